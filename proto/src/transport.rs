@@ -1,0 +1,146 @@
+//! The framed async transport: reads and writes length-prefixed frames over any
+//! `AsyncRead`/`AsyncWrite` (in practice one half of a TLS stream).
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::codec::{self, FrameCodec, FrameError, RawFrame};
+use crate::pb::{self, frame::Body, Frame};
+
+/// Smallest read attempted; small so that idle connections hold little memory.
+const MIN_READ: usize = 2 * 1024;
+/// Largest read attempted once a connection streams steadily.
+const MAX_READ: usize = 128 * 1024;
+/// A read buffer larger than this is released whenever it drains, so a burst does not pin
+/// memory on a connection that goes idle afterwards.
+const KEEP_BUFFER: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("the peer closed the connection in the middle of a frame")]
+    Truncated,
+    #[error("timed out after {0:?} waiting for the peer")]
+    Timeout(Duration),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the peer speaks protocol version {theirs}, this program speaks {ours}")]
+    VersionMismatch { ours: u32, theirs: u32 },
+    #[error("{}: {message}", crate::types::error_code_name(*code))]
+    Remote { code: pb::ErrorCode, message: String },
+}
+
+/// Reads frames, one at a time, from an async byte stream.
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    codec: FrameCodec,
+    read_size: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(io: R, max_frame: usize) -> Self {
+        Self { io, buf: BytesMut::new(), codec: FrameCodec::new(max_frame), read_size: MIN_READ }
+    }
+
+    /// The next frame; `Ok(None)` when the peer closed cleanly between frames.
+    pub async fn read(&mut self) -> Result<Option<RawFrame>, TransportError> {
+        loop {
+            if let Some(raw) = self.codec.decode(&mut self.buf)? {
+                if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
+                    self.buf = BytesMut::new();
+                    self.read_size = MIN_READ;
+                }
+                return Ok(Some(raw));
+            }
+            let wanted = self.codec.wanted(&self.buf)?;
+            self.buf.reserve(wanted.max(self.read_size));
+            let spare = self.buf.capacity() - self.buf.len();
+            let n = self.io.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() { Ok(None) } else { Err(TransportError::Truncated) };
+            }
+            if n == spare {
+                self.read_size = (self.read_size * 2).min(MAX_READ);
+            }
+        }
+    }
+
+    /// Like [`read`](Self::read) but gives up after `limit`.
+    pub async fn read_timeout(&mut self, limit: Duration) -> Result<Option<RawFrame>, TransportError> {
+        tokio::time::timeout(limit, self.read()).await.map_err(|_| TransportError::Timeout(limit))?
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.codec.max_frame()
+    }
+
+    pub fn into_inner(self) -> R {
+        self.io
+    }
+}
+
+/// Writes frames to an async byte stream.
+pub struct FrameWriter<W> {
+    io: W,
+    max_frame: usize,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(io: W, max_frame: usize) -> Self {
+        Self { io, max_frame }
+    }
+
+    /// Encodes and writes one frame, then flushes.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), TransportError> {
+        let bytes = codec::encode_limited(frame, self.max_frame)?;
+        self.io.write_all(&bytes).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Sends a frame with just this body.
+    pub async fn send_body(&mut self, body: Body) -> Result<(), TransportError> {
+        self.send(&Frame { body: Some(body) }).await
+    }
+
+    /// Writes already-encoded frame bytes without flushing.
+    pub async fn write_raw(&mut self, wire: &Bytes) -> Result<(), TransportError> {
+        self.io.write_all(wire).await?;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), TransportError> {
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    pub async fn shutdown(&mut self) -> Result<(), TransportError> {
+        self.io.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// A `Hello` frame for this protocol version.
+pub fn hello(agent: &str) -> Frame {
+    Frame { body: Some(Body::Hello(pb::Hello { version: crate::PROTOCOL_VERSION, agent: agent.to_string() })) }
+}
+
+/// An `Error` frame.
+pub fn error_frame(code: pb::ErrorCode, message: impl Into<String>) -> Frame {
+    Frame { body: Some(Body::Error(pb::Error { code: code as i32, message: message.into() })) }
+}
+
+/// Turns an `Error` frame from the peer into a [`TransportError::Remote`].
+pub fn remote_error(e: &pb::Error) -> TransportError {
+    TransportError::Remote {
+        code: pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified),
+        message: e.message.clone(),
+    }
+}
