@@ -1,0 +1,192 @@
+//! The client's configuration, validated before anything is dialled.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tsunagu_proto::dial::{parse_relay, DEFAULT_ATTEMPT_TIMEOUT};
+use tsunagu_proto::SessionCode;
+
+use crate::flow::{DEFAULT_ACK_STALL, DEFAULT_MAX_UNACKED};
+use crate::takeover::DEFAULT_RESUME_AFTER;
+
+/// Default synthetic screen size: small enough to encode in real time in a debug build,
+/// large enough to look like a desktop.
+pub const DEFAULT_SIZE: (usize, usize) = (640, 360);
+
+/// Default frame-rate cap: smooth enough to follow a pointer, light on CPU and link.
+pub const DEFAULT_FPS: u32 = 15;
+
+/// Highest frame-rate cap accepted.
+pub const MAX_FPS: u32 = 60;
+
+/// Largest synthetic screen side accepted (4K).
+pub const MAX_SIDE: usize = 3840;
+
+/// Where the screen picture comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScreenSource {
+    /// The synthetic animated desktop ([`crate::synthetic`]).
+    Synthetic {
+        /// Width in pixels (even).
+        width: usize,
+        /// Height in pixels (even).
+        height: usize,
+    },
+    /// Real X11 capture: not built yet.
+    X11,
+}
+
+/// Where operator input goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputSink {
+    /// Emit each applied input as an `input` event; nothing is injected.
+    Log,
+    /// Inject into the desktop: not built yet.
+    System,
+}
+
+/// Every wait on the relay, with its limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// One port attempt: TCP connect, TLS handshake, `Hello`.
+    pub attempt: Duration,
+    /// Relay silence that counts as a lost connection. The relay pings every 15 s, so 45 s is
+    /// three missed pings.
+    pub idle: Duration,
+    /// Waiting for the relay's answer to `Join`.
+    pub join: Duration,
+    /// One frame write.
+    pub write: Duration,
+    /// Waiting for `Ended` after sending `End`.
+    pub end: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            attempt: DEFAULT_ATTEMPT_TIMEOUT,
+            idle: Duration::from_secs(45),
+            join: Duration::from_secs(15),
+            write: Duration::from_secs(10),
+            end: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything [`crate::run`] needs.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Relay host name or address.
+    pub relay_host: String,
+    /// Relay ports, tried in order.
+    pub ports: Vec<u16>,
+    /// PEM file with the relay's CA certificate (`DATA/tls/ca.pem`).
+    pub ca: PathBuf,
+    /// The session code the operator read out.
+    pub code: SessionCode,
+    /// Host name shown to the operator.
+    pub host_name: String,
+    /// Screen source.
+    pub screen: ScreenSource,
+    /// Input sink.
+    pub input: InputSink,
+    /// Frame-rate cap.
+    pub fps: u32,
+    /// Frames that may be in flight unacknowledged.
+    pub max_unacked: u64,
+    /// Window reset after this long without acks while full.
+    pub ack_stall: Duration,
+    /// Takeover pause: resume after this long without local pointer movement.
+    pub takeover_resume: Duration,
+    /// Waits on the relay.
+    pub timeouts: Timeouts,
+    /// Largest frame accepted or sent.
+    pub max_frame: usize,
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--relay` is not `HOST[:PORT]`.
+    #[error("{0}")]
+    BadRelay(String),
+    /// An empty port list.
+    #[error("no relay port to try")]
+    NoPorts,
+}
+
+/// Resolves `--relay HOST[:PORT]` and `--ports`: explicit ports win; otherwise the port in
+/// `--relay` alone; otherwise the default ports 7615, 80, 443.
+pub fn relay_target(spec: &str, ports: Option<Vec<u16>>) -> Result<(String, Vec<u16>), ConfigError> {
+    let (host, port) = parse_relay(spec).map_err(|e| ConfigError::BadRelay(e.to_string()))?;
+    let ports = match (ports, port) {
+        (Some(p), _) => p,
+        (None, Some(p)) => vec![p],
+        (None, None) => tsunagu_proto::DEFAULT_PORTS.to_vec(),
+    };
+    if ports.is_empty() {
+        return Err(ConfigError::NoPorts);
+    }
+    Ok((host, ports))
+}
+
+/// This machine's host name, or `"unknown"`.
+pub fn local_host_name() -> String {
+    hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+}
+
+impl ClientConfig {
+    /// A configuration with the defaults: synthetic 640x360 screen, input logged, 15 fps,
+    /// 3 frames in flight, 3 s takeover resume, this machine's host name.
+    pub fn new(relay: &str, ports: Option<Vec<u16>>, ca: impl Into<PathBuf>, code: SessionCode) -> Result<Self, ConfigError> {
+        let (relay_host, ports) = relay_target(relay, ports)?;
+        Ok(Self {
+            relay_host,
+            ports,
+            ca: ca.into(),
+            code,
+            host_name: local_host_name(),
+            screen: ScreenSource::Synthetic { width: DEFAULT_SIZE.0, height: DEFAULT_SIZE.1 },
+            input: InputSink::Log,
+            fps: DEFAULT_FPS,
+            max_unacked: DEFAULT_MAX_UNACKED,
+            ack_stall: DEFAULT_ACK_STALL,
+            takeover_resume: DEFAULT_RESUME_AFTER,
+            timeouts: Timeouts::default(),
+            max_frame: tsunagu_proto::limits::DEFAULT_MAX_FRAME,
+        })
+    }
+}
+
+/// Parses `WIDTHxHEIGHT` (both even, non-zero, at most [`MAX_SIDE`]).
+pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("{s:?} is not WIDTHxHEIGHT"))?;
+    let w: usize = w.trim().parse().map_err(|_| format!("{s:?} is not WIDTHxHEIGHT"))?;
+    let h: usize = h.trim().parse().map_err(|_| format!("{s:?} is not WIDTHxHEIGHT"))?;
+    if w < 16 || h < 16 || w > MAX_SIDE || h > MAX_SIDE || w % 2 != 0 || h % 2 != 0 {
+        return Err(format!("{s:?}: both sides must be even, between 16 and {MAX_SIDE}"));
+    }
+    Ok((w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_follow_the_relay_spec() {
+        assert_eq!(relay_target("r.example", None).unwrap().1, vec![7615, 80, 443]);
+        assert_eq!(relay_target("127.0.0.1:9000", None).unwrap(), ("127.0.0.1".into(), vec![9000]));
+        assert_eq!(relay_target("127.0.0.1:9000", Some(vec![1, 2])).unwrap().1, vec![1, 2]);
+        assert!(relay_target("r.example", Some(vec![])).is_err());
+        assert!(relay_target("", None).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("640x360").unwrap(), (640, 360));
+        assert!(parse_size("641x360").is_err());
+        assert!(parse_size("640").is_err());
+        assert!(parse_size("0x0").is_err());
+    }
+}

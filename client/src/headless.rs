@@ -1,0 +1,111 @@
+//! The `--headless` driver: JSON-lines commands from stdin, JSON-lines events to stdout.
+//!
+//! One object per line each way; every event line is flushed at once. A line that is not a
+//! valid command yields `{"event":"error","code":"bad_command",...}` and the driver goes on.
+//! End of stdin is not the end of the session (scripts often run with `</dev/null`): the
+//! session runs until it ends on its own or by an `end` command.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Commands waiting for the session loop.
+pub const COMMAND_CAPACITY: usize = 64;
+/// Events waiting for stdout.
+pub const EVENT_CAPACITY: usize = 256;
+
+/// Runs `session` with stdin/stdout as its command and event streams and returns its result
+/// once the session has ended and every event has been written. `bad_command(message)`
+/// builds the error event for an unparsable line; `end` is the command sent on Ctrl-C.
+pub async fn drive<C, E, O, F>(
+    session: impl FnOnce(mpsc::Receiver<C>, mpsc::Sender<E>) -> F,
+    bad_command: fn(String) -> E,
+    end: C,
+) -> O
+where
+    C: DeserializeOwned + Send + 'static,
+    E: Serialize + Send + 'static,
+    F: Future<Output = O>,
+{
+    let (cmd_tx, cmd_rx) = mpsc::channel::<C>(COMMAND_CAPACITY);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<E>(EVENT_CAPACITY);
+
+    let stdin_events = ev_tx.clone();
+    let stdin_commands = cmd_tx.clone();
+    let stdin_task = tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) if line.trim().is_empty() => continue,
+                Ok(Some(line)) => match serde_json::from_str::<C>(&line) {
+                    Ok(cmd) => {
+                        if stdin_commands.send(cmd).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = stdin_events.send(bad_command(format!("not a valid command: {e}"))).await;
+                    }
+                },
+                // End of input is not the end of the session.
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = stdin_events.send(bad_command(format!("cannot read stdin: {e}"))).await;
+                    return;
+                }
+            }
+        }
+    });
+
+    // Ctrl-C / SIGTERM end the session politely (the relay records who ended it).
+    let signal_task = tokio::spawn(async move {
+        if wait_for_signal().await {
+            let _ = cmd_tx.send(end).await;
+        }
+    });
+
+    let writer_task = tokio::spawn(async move {
+        let mut out = tokio::io::stdout();
+        while let Some(event) = ev_rx.recv().await {
+            let mut line = match serde_json::to_vec(&event) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "an event could not be serialised");
+                    continue;
+                }
+            };
+            line.push(b'\n');
+            if out.write_all(&line).await.is_err() || out.flush().await.is_err() {
+                // Nobody reads stdout any more; keep draining so the session never blocks.
+                continue;
+            }
+        }
+    });
+
+    let outcome = session(cmd_rx, ev_tx).await;
+    stdin_task.abort();
+    signal_task.abort();
+    // The session dropped its sender and the stdin task is gone: the writer ends once every
+    // event is out.
+    let _ = writer_task.await;
+    outcome
+}
+
+/// Waits for Ctrl-C (and SIGTERM on Unix); false if signals cannot be watched.
+async fn wait_for_signal() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else { return false };
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.is_ok(),
+            _ = term.recv() => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
+    }
+}

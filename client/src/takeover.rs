@@ -1,0 +1,147 @@
+//! Takeover pause: the local user moving the pointer pauses remote input at once, and
+//! control returns after [`DEFAULT_RESUME_AFTER`] without local movement.
+//!
+//! Sans-IO: the caller feeds pointer observations and injections with their time and
+//! calls [`Takeover::poll`]; the machine answers with [`Transition`]s and says when it next
+//! needs to be polled. Tests drive it with a fake clock.
+
+use std::time::{Duration, Instant};
+
+/// Quiet time after the last local movement before remote control resumes: long enough that
+/// a user who grabbed the mouse is not fought over it, short enough that the operator is not
+/// left waiting.
+pub const DEFAULT_RESUME_AFTER: Duration = Duration::from_secs(3);
+
+/// How long after an injection a pointer observation at the injected position counts as the
+/// echo of that injection rather than local movement (the OS reports injected motion back
+/// within a few milliseconds).
+pub const INJECTION_ECHO_WINDOW: Duration = Duration::from_millis(250);
+
+/// A change of the takeover state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Local movement: remote input must stop now.
+    Paused,
+    /// No local movement for the resume delay: remote input may go on.
+    Resumed,
+}
+
+/// The takeover state machine.
+#[derive(Debug)]
+pub struct Takeover {
+    resume_after: Duration,
+    /// When the last local movement was seen, while paused.
+    paused_since_motion: Option<Instant>,
+    /// Last injected pointer position and when it was injected.
+    last_injected: Option<((i32, i32), Instant)>,
+}
+
+impl Takeover {
+    /// A machine that resumes `resume_after` after the last local movement.
+    pub fn new(resume_after: Duration) -> Self {
+        Self { resume_after, paused_since_motion: None, last_injected: None }
+    }
+
+    /// Whether remote input is paused by takeover now.
+    pub fn is_paused(&self) -> bool {
+        self.paused_since_motion.is_some()
+    }
+
+    /// The local user moved the pointer at `now` (known to be local, e.g. the `local_mouse`
+    /// command). Returns `Paused` if this starts a pause.
+    pub fn local_motion(&mut self, now: Instant) -> Option<Transition> {
+        let was_paused = self.is_paused();
+        self.paused_since_motion = Some(now);
+        (!was_paused).then_some(Transition::Paused)
+    }
+
+    /// The client injected a pointer move to `pos` at `now` on the operator's behalf.
+    pub fn injected(&mut self, pos: (i32, i32), now: Instant) {
+        self.last_injected = Some((pos, now));
+    }
+
+    /// The pointer was observed at `pos` at `now`, cause unknown: it is the echo of our own
+    /// injection if it matches the last injected position within [`INJECTION_ECHO_WINDOW`],
+    /// otherwise local movement.
+    pub fn pointer_moved(&mut self, pos: (i32, i32), now: Instant) -> Option<Transition> {
+        if let Some((injected, at)) = self.last_injected {
+            if injected == pos && now.saturating_duration_since(at) <= INJECTION_ECHO_WINDOW {
+                return None;
+            }
+        }
+        self.local_motion(now)
+    }
+
+    /// Advances time: returns `Resumed` once the resume delay has passed without local
+    /// movement.
+    pub fn poll(&mut self, now: Instant) -> Option<Transition> {
+        let last = self.paused_since_motion?;
+        if now.saturating_duration_since(last) >= self.resume_after {
+            self.paused_since_motion = None;
+            return Some(Transition::Resumed);
+        }
+        None
+    }
+
+    /// When [`poll`](Self::poll) should next be called, if a pause is running.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.paused_since_motion.map(|last| last + self.resume_after)
+    }
+}
+
+impl Default for Takeover {
+    fn default() -> Self {
+        Self::new(DEFAULT_RESUME_AFTER)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn local_motion_pauses_at_once_and_resumes_after_quiet_time() {
+        let t0 = Instant::now();
+        let mut m = Takeover::new(3000 * MS);
+        assert_eq!(m.poll(t0), None);
+        assert_eq!(m.local_motion(t0), Some(Transition::Paused));
+        assert!(m.is_paused());
+        assert_eq!(m.poll(t0 + 2999 * MS), None);
+        assert_eq!(m.next_deadline(), Some(t0 + 3000 * MS));
+        assert_eq!(m.poll(t0 + 3000 * MS), Some(Transition::Resumed));
+        assert!(!m.is_paused());
+        assert_eq!(m.poll(t0 + 9000 * MS), None, "resumed only once");
+        assert_eq!(m.next_deadline(), None);
+    }
+
+    #[test]
+    fn further_motion_extends_the_pause_without_a_second_transition() {
+        let t0 = Instant::now();
+        let mut m = Takeover::new(3000 * MS);
+        assert_eq!(m.local_motion(t0), Some(Transition::Paused));
+        assert_eq!(m.local_motion(t0 + 2000 * MS), None);
+        assert_eq!(m.poll(t0 + 3500 * MS), None, "the second motion restarted the delay");
+        assert_eq!(m.poll(t0 + 5000 * MS), Some(Transition::Resumed));
+        assert_eq!(m.local_motion(t0 + 6000 * MS), Some(Transition::Paused), "a new pause after resuming");
+    }
+
+    #[test]
+    fn echo_of_an_injection_is_not_local_motion() {
+        let t0 = Instant::now();
+        let mut m = Takeover::new(3000 * MS);
+        m.injected((10, 20), t0);
+        assert_eq!(m.pointer_moved((10, 20), t0 + 5 * MS), None);
+        assert!(!m.is_paused());
+        assert_eq!(m.pointer_moved((11, 20), t0 + 6 * MS), Some(Transition::Paused), "elsewhere: local");
+    }
+
+    #[test]
+    fn stale_echo_counts_as_local_motion() {
+        let t0 = Instant::now();
+        let mut m = Takeover::new(3000 * MS);
+        m.injected((10, 20), t0);
+        assert_eq!(m.pointer_moved((10, 20), t0 + 1000 * MS), Some(Transition::Paused));
+    }
+}

@@ -1,0 +1,144 @@
+//! The operator's configuration, validated before anything is dialled.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tsunagu_proto::dial::{parse_relay, DEFAULT_ATTEMPT_TIMEOUT};
+use tsunagu_proto::PermissionSet;
+
+/// Environment variable holding the operator's password (never a flag: flags show in `ps`).
+pub const PASSWORD_ENV: &str = "TSUNAGU_PASSWORD";
+
+/// Every wait on the relay, with its limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// One port attempt: TCP connect, TLS handshake, `Hello`.
+    pub attempt: Duration,
+    /// Relay silence that counts as a lost connection. The relay pings every 15 s, so 45 s is
+    /// three missed pings.
+    pub idle: Duration,
+    /// Waiting for the answer to `Login` and to `RequestCode` (password hashing on the relay
+    /// takes a moment; throttling may delay the answer).
+    pub step: Duration,
+    /// One frame write.
+    pub write: Duration,
+    /// Waiting for `Ended` after sending `End`.
+    pub end: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            attempt: DEFAULT_ATTEMPT_TIMEOUT,
+            idle: Duration::from_secs(45),
+            step: Duration::from_secs(15),
+            write: Duration::from_secs(10),
+            end: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything [`crate::run`] needs.
+#[derive(Clone)]
+pub struct OperatorConfig {
+    /// Relay host name or address.
+    pub relay_host: String,
+    /// Relay ports, tried in order.
+    pub ports: Vec<u16>,
+    /// PEM file with the relay's CA certificate (`DATA/tls/ca.pem`).
+    pub ca: PathBuf,
+    /// Operator account name.
+    pub user: String,
+    /// Operator password (not shown by `Debug`).
+    pub password: String,
+    /// Permissions to ask the client for.
+    pub permissions: PermissionSet,
+    /// Waits on the relay.
+    pub timeouts: Timeouts,
+    /// Largest frame accepted or sent.
+    pub max_frame: usize,
+}
+
+impl fmt::Debug for OperatorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OperatorConfig")
+            .field("relay_host", &self.relay_host)
+            .field("ports", &self.ports)
+            .field("ca", &self.ca)
+            .field("user", &self.user)
+            .field("password", &"********")
+            .field("permissions", &self.permissions)
+            .field("timeouts", &self.timeouts)
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--relay` is not `HOST[:PORT]`.
+    #[error("{0}")]
+    BadRelay(String),
+    /// An empty port list.
+    #[error("no relay port to try")]
+    NoPorts,
+}
+
+/// Resolves `--relay HOST[:PORT]` and `--ports`: explicit ports win; otherwise the port in
+/// `--relay` alone; otherwise the default ports 7615, 80, 443.
+pub fn relay_target(spec: &str, ports: Option<Vec<u16>>) -> Result<(String, Vec<u16>), ConfigError> {
+    let (host, port) = parse_relay(spec).map_err(|e| ConfigError::BadRelay(e.to_string()))?;
+    let ports = match (ports, port) {
+        (Some(p), _) => p,
+        (None, Some(p)) => vec![p],
+        (None, None) => tsunagu_proto::DEFAULT_PORTS.to_vec(),
+    };
+    if ports.is_empty() {
+        return Err(ConfigError::NoPorts);
+    }
+    Ok((host, ports))
+}
+
+impl OperatorConfig {
+    /// A configuration asking for all permissions, with the default timeouts.
+    pub fn new(
+        relay: &str,
+        ports: Option<Vec<u16>>,
+        ca: impl Into<PathBuf>,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Result<Self, ConfigError> {
+        let (relay_host, ports) = relay_target(relay, ports)?;
+        Ok(Self {
+            relay_host,
+            ports,
+            ca: ca.into(),
+            user: user.into(),
+            password: password.into(),
+            permissions: PermissionSet::ALL,
+            timeouts: Timeouts::default(),
+            max_frame: tsunagu_proto::limits::DEFAULT_MAX_FRAME,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_follow_the_relay_spec() {
+        assert_eq!(relay_target("r.example", None).unwrap().1, vec![7615, 80, 443]);
+        assert_eq!(relay_target("127.0.0.1:9000", None).unwrap(), ("127.0.0.1".into(), vec![9000]));
+        assert_eq!(relay_target("[::1]:9000", Some(vec![1, 2])).unwrap(), ("::1".into(), vec![1, 2]));
+        assert!(relay_target("r.example", Some(vec![])).is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let c = OperatorConfig::new("r:1", None, "ca.pem", "alice", "s3cret-pw").unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

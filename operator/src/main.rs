@@ -1,0 +1,101 @@
+//! `tsunagu-operator`: argument parsing and wiring only; see the library for the logic and
+//! `docs/automation.md` for the contract.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tsunagu_operator::config::{relay_target, OperatorConfig, Timeouts, PASSWORD_ENV};
+use tsunagu_operator::{headless, Command, Event};
+use tsunagu_proto::PermissionSet;
+
+/// Issue a tsunagu session code and view and control the client that joins with it.
+#[derive(Debug, Parser)]
+#[command(name = "tsunagu-operator", version)]
+struct Args {
+    /// The relay, HOST or HOST:PORT (IPv6 in brackets).
+    #[arg(long)]
+    relay: String,
+    /// Relay ports to try, in order (default: the port in --relay, else 7615,80,443).
+    #[arg(long, value_delimiter = ',')]
+    ports: Option<Vec<u16>>,
+    /// The relay's CA certificate (PEM), e.g. DATA/tls/ca.pem.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Operator account name. The password comes from the TSUNAGU_PASSWORD environment variable.
+    #[arg(long)]
+    user: String,
+    /// Speak JSON lines on stdin/stdout instead of showing a window.
+    #[arg(long)]
+    headless: bool,
+    /// Permissions to ask the client for (view, control, files, chat, or all).
+    #[arg(long, value_delimiter = ',', default_value = "view,control,files,chat")]
+    permissions: Vec<String>,
+    /// Milliseconds for each port attempt (connect, TLS, Hello).
+    #[arg(long, default_value_t = 5000)]
+    attempt_timeout_ms: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    if !args.headless {
+        eprintln!("tsunagu-operator: the GUI is not built yet; run with --headless");
+        return ExitCode::from(2);
+    }
+    let config = match build_config(args) {
+        Ok(c) => c,
+        Err((code, message)) => {
+            print_event(&Event::error(code, message.clone()));
+            eprintln!("tsunagu-operator: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tsunagu-operator: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(headless::drive(
+        |commands, events| tsunagu_operator::run(config, commands, events),
+        |message| Event::error("bad_command", message),
+        Command::End,
+    ));
+    // stdin is read on a blocking thread that cannot be cancelled: exit without waiting for it.
+    std::process::exit(outcome.exit_code() as i32);
+}
+
+/// Validates the arguments into a configuration, or an error code and message.
+fn build_config(args: Args) -> Result<OperatorConfig, (&'static str, String)> {
+    let password = match std::env::var(PASSWORD_ENV) {
+        Ok(p) if !p.is_empty() => p,
+        _ => return Err(("usage", format!("set the operator password in the {PASSWORD_ENV} environment variable"))),
+    };
+    let permissions =
+        PermissionSet::parse_names(args.permissions.iter().map(String::as_str)).map_err(|e| ("usage", e))?;
+    if permissions.is_empty() {
+        return Err(("usage", "--permissions needs at least one of view, control, files, chat".into()));
+    }
+    let (relay_host, ports) = relay_target(&args.relay, args.ports).map_err(|e| ("usage", e.to_string()))?;
+    let mut config = OperatorConfig::new(&args.relay, None, args.ca, args.user, password).map_err(|e| ("usage", e.to_string()))?;
+    config.relay_host = relay_host;
+    config.ports = ports;
+    config.permissions = permissions;
+    config.timeouts = Timeouts { attempt: Duration::from_millis(args.attempt_timeout_ms), ..Timeouts::default() };
+    Ok(config)
+}
+
+/// Writes one event line straight to stdout (before the driver runs).
+fn print_event(event: &Event) {
+    if let Ok(line) = serde_json::to_string(event) {
+        println!("{line}");
+    }
+}

@@ -1,0 +1,324 @@
+//! Relay configuration: every setting has a documented default, can be set in a TOML file
+//! (`--config`), and is validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole relay configuration. `Config::default()` is what `tsunagu-relay serve` runs
+/// with when no file is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the relay keeps its certificates (`tls/`) and database. Default `./tsunagu-data`.
+    pub data_dir: PathBuf,
+    /// Addresses of the endpoint listeners; all speak the same TLS protocol.
+    /// Default `0.0.0.0:7615`, `0.0.0.0:443`, `0.0.0.0:80`.
+    pub listen: Vec<SocketAddr>,
+    pub tls: TlsConfig,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub throttle: ThrottleConfig,
+    pub accounts: AccountsConfig,
+}
+
+/// Certificates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// A certificate chain (PEM) supplied by the operator of the relay; replaces the
+    /// self-generated one. Needs `key_file` too.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for the self-generated server certificate, besides
+    /// `localhost`, `127.0.0.1`, `::1` and this machine's host name.
+    pub names: Vec<String>,
+    /// Lifetime of a self-generated server certificate. Default 90 days.
+    #[serde(with = "humantime_serde")]
+    pub server_cert_lifetime: Duration,
+    /// A self-generated server certificate is renewed when it has less than this left.
+    /// Default 30 days.
+    #[serde(with = "humantime_serde")]
+    pub renew_before: Duration,
+}
+
+/// Every wait on a peer, with its default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// TLS handshake. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub handshake: Duration,
+    /// From the end of the handshake to the peer's `Hello`, and from `Hello` to its
+    /// `Login` or `Join`. Default 15 s.
+    #[serde(with = "humantime_serde")]
+    pub greeting: Duration,
+    /// How long a session code stays valid. Default 10 minutes.
+    #[serde(with = "humantime_serde")]
+    pub code_ttl: Duration,
+    /// How long the client has to answer the consent request; silence is a denial.
+    /// Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub consent: Duration,
+    /// A connection that sends nothing (not even `Pong`) for this long is closed.
+    /// Default 45 s.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// The relay sends `Ping` on a connection that has been quiet this long. Default 15 s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// A write to a peer that makes no progress for this long closes it. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub write: Duration,
+    /// On shutdown, sessions are told and history is flushed within this. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown: Duration,
+}
+
+/// Sizes and counts a peer cannot push beyond.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame accepted, in bytes. Default 1 MiB.
+    pub max_frame: usize,
+    /// Connections open at once (all listeners); more are refused at accept. Default 20,000.
+    pub max_connections: usize,
+    /// Screen frames queued for a slow operator; past this the oldest is dropped.
+    /// Default 4 (a few frames of latency at 30 frames/s).
+    pub screen_queue_frames: usize,
+    /// Bytes of other data queued for one peer before the sender is no longer read
+    /// (back-pressure). Default 256 KiB.
+    pub data_queue_bytes: usize,
+    /// Relay-generated control frames queued for one peer before it is disconnected as
+    /// unresponsive. Default 256.
+    pub control_queue_frames: usize,
+    /// Password verifications running at once (each takes argon2's memory). Default 4.
+    pub concurrent_logins: usize,
+}
+
+/// Guessing protection for session codes and logins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Wrong codes one IP address may send in a burst. Default 5.
+    pub per_ip_burst: u32,
+    /// One more attempt is allowed per IP address every this long. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub per_ip_refill: Duration,
+    /// An IP address that exhausts its burst is refused for this long. Default 5 minutes.
+    #[serde(with = "humantime_serde")]
+    pub per_ip_cooldown: Duration,
+    /// Wrong codes accepted from all addresses together per `global_window`; past it every
+    /// join is refused as throttled until the budget refills. Default 300.
+    pub global_failures: u32,
+    /// Default 1 hour.
+    #[serde(with = "humantime_serde")]
+    pub global_window: Duration,
+    /// IP addresses tracked at once; when full, new addresses share one bucket.
+    /// Default 100,000.
+    pub max_tracked_ips: usize,
+}
+
+/// Password hashing for operator accounts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountsConfig {
+    /// argon2id memory cost in KiB for new passwords. Default 19,456 (OWASP's minimum for
+    /// argon2id).
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations. Default 2.
+    pub argon2_iterations: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("tsunagu-data"),
+            listen: vec![
+                "0.0.0.0:7615".parse().expect("literal address"),
+                "0.0.0.0:443".parse().expect("literal address"),
+                "0.0.0.0:80".parse().expect("literal address"),
+            ],
+            tls: TlsConfig::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            throttle: ThrottleConfig::default(),
+            accounts: AccountsConfig::default(),
+        }
+    }
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            names: Vec::new(),
+            server_cert_lifetime: 90 * DAY,
+            renew_before: 30 * DAY,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_secs(10),
+            greeting: Duration::from_secs(15),
+            code_ttl: Duration::from_secs(600),
+            consent: Duration::from_secs(60),
+            idle: Duration::from_secs(45),
+            keepalive: Duration::from_secs(15),
+            write: Duration::from_secs(30),
+            shutdown: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame: tsunagu_proto::limits::DEFAULT_MAX_FRAME,
+            max_connections: 20_000,
+            screen_queue_frames: 4,
+            data_queue_bytes: 256 * 1024,
+            control_queue_frames: 256,
+            concurrent_logins: 4,
+        }
+    }
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            per_ip_burst: 5,
+            per_ip_refill: Duration::from_secs(30),
+            per_ip_cooldown: Duration::from_secs(300),
+            global_failures: 300,
+            global_window: Duration::from_secs(3600),
+            max_tracked_ips: 100_000,
+        }
+    }
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        Self { argon2_memory_kib: 19_456, argon2_iterations: 2 }
+    }
+}
+
+/// A configuration that cannot work, with the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid { setting: &'static str, reason: String },
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        Ok(config)
+    }
+
+    /// Checks every setting; called before any port is bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| Err(ConfigError::Invalid { setting, reason: reason.to_string() });
+        if self.listen.is_empty() {
+            return invalid("listen", "at least one listen address is needed");
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return invalid("tls.cert_file", "cert_file and key_file go together");
+        }
+        if self.tls.renew_before >= self.tls.server_cert_lifetime {
+            return invalid("tls.renew_before", "must be shorter than tls.server_cert_lifetime");
+        }
+        let t = &self.timeouts;
+        for (name, d) in [
+            ("timeouts.handshake", t.handshake),
+            ("timeouts.greeting", t.greeting),
+            ("timeouts.code_ttl", t.code_ttl),
+            ("timeouts.consent", t.consent),
+            ("timeouts.idle", t.idle),
+            ("timeouts.keepalive", t.keepalive),
+            ("timeouts.write", t.write),
+        ] {
+            if d.is_zero() {
+                return invalid(name, "must be longer than zero");
+            }
+        }
+        if t.keepalive >= t.idle {
+            return invalid("timeouts.keepalive", "must be shorter than timeouts.idle, or quiet peers are cut off");
+        }
+        let l = &self.limits;
+        if l.max_frame < 1024 || l.max_frame > 16 << 20 {
+            return invalid("limits.max_frame", "must be between 1 KiB and 16 MiB");
+        }
+        if l.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1");
+        }
+        if l.screen_queue_frames == 0 || l.control_queue_frames == 0 || l.concurrent_logins == 0 {
+            return invalid("limits", "queue sizes and concurrent_logins must be at least 1");
+        }
+        if l.data_queue_bytes == 0 {
+            return invalid("limits.data_queue_bytes", "must be at least 1 (one frame always fits an empty queue)");
+        }
+        let th = &self.throttle;
+        if th.per_ip_burst == 0 || th.global_failures == 0 {
+            return invalid("throttle", "per_ip_burst and global_failures must be at least 1");
+        }
+        if th.per_ip_refill.is_zero() || th.global_window.is_zero() {
+            return invalid("throttle", "per_ip_refill and global_window must be longer than zero");
+        }
+        if self.accounts.argon2_memory_kib < 8 || self.accounts.argon2_iterations == 0 {
+            return invalid("accounts", "argon2 memory must be at least 8 KiB and iterations at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("relay.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_and_validation() {
+        let c: Config = toml::from_str(
+            "listen = [\"127.0.0.1:9000\"]\n[timeouts]\nconsent = \"5s\"\ncode_ttl = \"2m\"\n[limits]\nmax_frame = 65536\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.timeouts.consent, Duration::from_secs(5));
+        assert_eq!(c.timeouts.code_ttl, Duration::from_secs(120));
+        assert_eq!(c.limits.max_frame, 65536);
+        assert_eq!(c.timeouts.idle, Duration::from_secs(45), "unset values keep defaults");
+
+        assert!(toml::from_str::<Config>("no_such_setting = 1").is_err());
+        let bad: Config = toml::from_str("[timeouts]\nkeepalive = \"60s\"\nidle = \"30s\"").unwrap();
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("timeouts.keepalive"), "{err}");
+    }
+}

@@ -1,0 +1,221 @@
+//! The connection history: events the sessions emit, a single writer task that applies
+//! them to the store in order, and the table/CSV/JSON views `tsunagu-relay history` prints.
+
+use std::net::SocketAddr;
+
+use tokio::sync::mpsc;
+use tsunagu_proto::PermissionSet;
+
+use crate::policy::Counters;
+use crate::store::{SessionRecord, Store};
+
+/// Pending history changes held at most; a full queue makes sessions wait a little rather
+/// than lose history.
+pub const HISTORY_QUEUE: usize = 4096;
+
+/// One change to a session's history row.
+#[derive(Debug)]
+pub enum HistoryEvent {
+    /// Not a change: answered once everything queued before it is written.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+    Issued { id: String, operator: String, operator_addr: SocketAddr, relay_port: u16, requested: PermissionSet, at_ms: i64 },
+    Joined { id: String, client_host: String, client_addr: SocketAddr, relay_port: u16, at_ms: i64 },
+    Consented { id: String, granted: PermissionSet, at_ms: i64 },
+    Ended { id: String, reason: &'static str, counters: Counters, granted: Option<PermissionSet>, at_ms: i64 },
+}
+
+/// Sends history events to the writer task.
+#[derive(Clone, Debug)]
+pub struct HistorySink {
+    tx: mpsc::Sender<HistoryEvent>,
+}
+
+impl HistorySink {
+    pub async fn record(&self, event: HistoryEvent) {
+        if self.tx.send(event).await.is_err() {
+            tracing::error!("history writer has stopped; a history event was lost");
+        }
+    }
+
+    /// Waits until every event recorded so far is in the database.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(HistoryEvent::Barrier(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Starts the writer; it ends when every sink is dropped, after writing what is queued.
+pub fn start_writer(store: Store) -> (HistorySink, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<HistoryEvent>(HISTORY_QUEUE);
+    let task = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if let HistoryEvent::Barrier(done) = event {
+                let _ = done.send(());
+                continue;
+            }
+            if let Err(e) = store.apply(&event).await {
+                tracing::error!(error = %e, "could not write history");
+            }
+        }
+    });
+    (HistorySink { tx }, task)
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn time(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
+}
+
+/// The columns of the table and CSV views, in order.
+const COLUMNS: [&str; 17] = [
+    "session", "operator", "operator_ip", "client_host", "client_ip", "client_port", "relay_port", "issued", "joined",
+    "consented", "ended", "granted", "pauses", "bytes_to_client", "bytes_to_operator", "end_reason", "requested",
+];
+
+fn cells(r: &SessionRecord) -> [String; 17] {
+    [
+        r.id.clone(),
+        r.operator.clone(),
+        r.operator_ip.clone(),
+        r.client_host.clone().unwrap_or_default(),
+        r.client_ip.clone().unwrap_or_default(),
+        r.client_port.map(|p| p.to_string()).unwrap_or_default(),
+        r.client_relay_port.map(|p| p.to_string()).unwrap_or_else(|| r.operator_relay_port.to_string()),
+        time(Some(r.issued_at)),
+        time(r.joined_at),
+        time(r.consented_at),
+        time(r.ended_at),
+        r.granted.clone().unwrap_or_default(),
+        r.pauses.to_string(),
+        r.bytes_to_client.to_string(),
+        r.bytes_to_operator.to_string(),
+        r.end_reason.clone().unwrap_or_else(|| "live".into()),
+        r.requested.clone(),
+    ]
+}
+
+/// Quotes a CSV field when needed (RFC 4180), and defuses spreadsheet formulas: a host name
+/// is chosen by the client and must not run as a formula when an admin opens the export.
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+/// Renders the history in one of the formats of `tsunagu-relay history --format`.
+pub fn render(records: &[SessionRecord], format: &str) -> Result<String, String> {
+    match format {
+        "json" => {
+            let mut out = String::new();
+            for r in records {
+                let mut v = serde_json::to_value(r).map_err(|e| e.to_string())?;
+                if let Some(obj) = v.as_object_mut() {
+                    for key in ["issued_at", "joined_at", "consented_at", "ended_at"] {
+                        let ms = obj.get(key).and_then(|x| x.as_i64());
+                        obj.insert(key.to_string(), ms.map(|m| time(Some(m)).into()).unwrap_or(serde_json::Value::Null));
+                    }
+                }
+                out.push_str(&v.to_string());
+                out.push('\n');
+            }
+            Ok(out)
+        }
+        "csv" => {
+            let mut out = COLUMNS.join(",");
+            out.push('\n');
+            for r in records {
+                out.push_str(&cells(r).iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+                out.push('\n');
+            }
+            Ok(out)
+        }
+        "table" => {
+            let rows: Vec<[String; 17]> = records.iter().map(cells).collect();
+            // The table leaves out the long session id and the requested set to stay readable.
+            let shown: Vec<usize> = (1..16).collect();
+            let mut widths: Vec<usize> = shown.iter().map(|&i| COLUMNS[i].len()).collect();
+            for row in &rows {
+                for (w, &i) in widths.iter_mut().zip(&shown) {
+                    *w = (*w).max(row[i].chars().count());
+                }
+            }
+            let line = |vals: Vec<&str>| {
+                let mut s = vals
+                    .iter()
+                    .zip(&widths)
+                    .map(|(v, w)| format!("{v:<w$}", w = *w))
+                    .collect::<Vec<_>>()
+                    .join("  ");
+                s.truncate(s.trim_end().len());
+                s.push('\n');
+                s
+            };
+            let mut out = line(shown.iter().map(|&i| COLUMNS[i]).collect());
+            for row in &rows {
+                // Control characters in a client-chosen host name must not move the cursor.
+                let clean: Vec<String> = shown.iter().map(|&i| row[i].chars().map(|c| if c.is_control() { '?' } else { c }).collect()).collect();
+                out.push_str(&line(clean.iter().map(String::as_str).collect()));
+            }
+            Ok(out)
+        }
+        other => Err(format!("unknown format {other:?}: use table, csv or json")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> SessionRecord {
+        SessionRecord {
+            id: "s1".into(),
+            operator: "alice".into(),
+            operator_ip: "127.0.0.1".into(),
+            operator_port: 5000,
+            operator_relay_port: 7615,
+            requested: "view,control".into(),
+            client_host: Some("=HYPERLINK(\"x\"),\u{1b}[2J".into()),
+            client_ip: Some("127.0.0.2".into()),
+            client_port: Some(6000),
+            client_relay_port: Some(443),
+            granted: Some("view".into()),
+            issued_at: 1_700_000_000_000,
+            joined_at: Some(1_700_000_001_000),
+            consented_at: None,
+            ended_at: Some(1_700_000_002_000),
+            pauses: 2,
+            bytes_to_client: 10,
+            bytes_to_operator: 20,
+            end_reason: Some("client_ended".into()),
+        }
+    }
+
+    #[test]
+    fn csv_quotes_and_defuses_formulas() {
+        let out = render(&[record()], "csv").unwrap();
+        let line = out.lines().nth(1).unwrap();
+        assert!(line.contains("\"'=HYPERLINK(\"\"x\"\"),\u{1b}[2J\""), "{line}");
+        assert!(line.contains("2023-11-14T22:13:20.000Z"));
+    }
+
+    #[test]
+    fn table_and_json() {
+        let table = render(&[record()], "table").unwrap();
+        assert!(table.starts_with("operator"));
+        assert!(table.contains("client_ended") && !table.contains('\u{1b}'));
+        let json: serde_json::Value = serde_json::from_str(render(&[record()], "json").unwrap().trim()).unwrap();
+        assert_eq!(json["pauses"], 2);
+        assert_eq!(json["consented_at"], serde_json::Value::Null);
+        assert!(render(&[], "xml").is_err());
+    }
+}

@@ -1,0 +1,578 @@
+//! The relay server: binds the listeners, accepts TLS connections under a connection cap,
+//! greets peers, logs operators in, pairs clients by code, and runs each connection's
+//! reader and writer. Accept loops only accept; every wait on a peer has a timeout.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tsunagu_proto::codec::encode;
+use tsunagu_proto::pb::{self, frame::Body, EndReason, ErrorCode, Frame};
+use tsunagu_proto::transport::{error_frame, hello, FrameReader, FrameWriter, TransportError};
+use tsunagu_proto::{PermissionSet, SessionCode};
+
+use crate::accounts;
+use crate::config::Config;
+use crate::directory::{Directory, JoinRefusal};
+use crate::history::{self, now_ms, HistoryEvent, HistorySink};
+use crate::policy::Policy;
+use crate::queue::OutQueue;
+use crate::session::{Role, Session};
+use crate::store::Store;
+use crate::throttle::{Throttle, Verdict};
+use crate::tls::ServerCerts;
+
+type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;
+type Writer = FrameWriter<WriteHalf<TlsStream<TcpStream>>>;
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("no listener could be started: {0}")]
+    NoListener(String),
+}
+
+/// State shared by every task of one relay; reached through an `Arc`.
+pub struct Shared {
+    pub config: Config,
+    pub directory: Directory,
+    pub history: HistorySink,
+    pub store: Store,
+    pub sessions: DashMap<String, Arc<Session>>,
+    join_throttle: Mutex<Throttle>,
+    login_throttle: Mutex<Throttle>,
+    login_slots: Semaphore,
+    connection_slots: Arc<Semaphore>,
+    dummy_hash: String,
+    acceptor: TlsAcceptor,
+}
+
+/// A running relay. Dropping it does not stop it; call [`Relay::shutdown`].
+pub struct Relay {
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    stop_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    history_task: JoinHandle<()>,
+    certs: Arc<ServerCerts>,
+}
+
+impl Relay {
+    /// Validates the config, prepares the data dir, certificates and database, binds the
+    /// listeners (a port that cannot be bound is a warning as long as one is up) and
+    /// starts serving.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        let certs = ServerCerts::load(&config)?;
+        let acceptor = TlsAcceptor::from(certs.server_config()?);
+        let store = Store::open(&config.database_path()).await?;
+        let (history, history_task) = history::start_writer(store.clone());
+
+        let mut listeners = Vec::new();
+        let mut failures = Vec::new();
+        for addr in &config.listen {
+            match TcpListener::bind(addr).await {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "could not listen on this address");
+                    failures.push(format!("{addr}: {e}"));
+                }
+            }
+        }
+        if listeners.is_empty() {
+            return Err(StartError::NoListener(failures.join("; ")));
+        }
+
+        let now = Instant::now();
+        let shared = Arc::new(Shared {
+            directory: Directory::new(config.timeouts.code_ttl),
+            history,
+            store,
+            sessions: DashMap::new(),
+            join_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
+            login_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
+            login_slots: Semaphore::new(config.limits.concurrent_logins),
+            connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            dummy_hash: accounts::dummy_hash(&config.accounts),
+            acceptor,
+            config,
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut addrs = Vec::new();
+        let mut tasks = Vec::new();
+        for listener in listeners {
+            let addr = listener.local_addr().map_err(|e| StartError::NoListener(e.to_string()))?;
+            addrs.push(addr);
+            tasks.push(tokio::spawn(accept_loop(shared.clone(), listener, addr.port(), stop_rx.clone())));
+        }
+        tasks.push(tokio::spawn(housekeeping(shared.clone(), certs.clone(), stop_rx)));
+        Ok(Self { shared, addrs, stop_tx, tasks, history_task, certs })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The shared state, for tests and embedding.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn server_certs(&self) -> &Arc<ServerCerts> {
+        &self.certs
+    }
+
+    /// Sessions live right now.
+    pub fn live_sessions(&self) -> usize {
+        self.shared.sessions.len()
+    }
+
+    /// Stops accepting, ends every session with `relay_shutdown`, and writes the history,
+    /// all within the configured shutdown timeout.
+    pub async fn shutdown(self) {
+        let _ = self.stop_tx.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        let sessions: Vec<Arc<Session>> = self.shared.sessions.iter().map(|e| e.value().clone()).collect();
+        let deadline = self.shared.config.timeouts.shutdown;
+        let end_all = async {
+            for s in sessions {
+                s.finish(EndReason::RelayShutdown).await;
+            }
+        };
+        if tokio::time::timeout(deadline, end_all).await.is_err() {
+            tracing::warn!("not every session ended before the shutdown deadline");
+        }
+        // Give writers a moment to deliver `Ended`.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if tokio::time::timeout(deadline, self.shared.history.flush()).await.is_err() {
+            tracing::warn!("history was not fully written before the shutdown deadline");
+        }
+        self.history_task.abort();
+        let store = self.shared.store.clone();
+        store.close().await;
+    }
+}
+
+async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: watch::Receiver<bool>) {
+    // Tombstones and throttle entries are swept every 30 s; certificates checked hourly.
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut cert_check = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = Instant::now();
+                shared.directory.sweep(now);
+                lock(&shared.join_throttle).prune(now);
+                lock(&shared.login_throttle).prune(now);
+            }
+            _ = cert_check.tick() => match certs.renew_if_due() {
+                Ok(true) => tracing::info!("renewed the server certificate"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "could not renew the server certificate"),
+            },
+            _ = crate::server::until_true(&mut stop) => return,
+        }
+    }
+}
+
+/// Resolves once the watched flag is true (or its sender is gone).
+pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await.map(|_| ());
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = crate::server::until_true(&mut stop) => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let Ok(permit) = shared.connection_slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "connection limit reached; refused a connection");
+                    drop(tcp);
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    handle_connection(shared, tcp, peer, port).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Everything one connection goes through, from TLS handshake to the end of its session.
+async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, port: u16) {
+    let _ = tcp.set_nodelay(true);
+    let t = &shared.config.timeouts;
+    let tls = match tokio::time::timeout(t.handshake, shared.acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (r, w) = tokio::io::split(tls);
+    let max_frame = shared.config.limits.max_frame;
+    let mut reader = FrameReader::new(r, max_frame);
+    let mut writer = FrameWriter::new(w, max_frame);
+
+    match greet(&mut reader, &mut writer, t.greeting).await {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "greeting failed");
+            return;
+        }
+    }
+    let first = match reader.read_timeout(t.greeting).await {
+        Ok(Some(raw)) => raw.frame.body,
+        Ok(None) => return,
+        Err(e) => {
+            refuse(&mut writer, &e).await;
+            return;
+        }
+    };
+    match first {
+        Some(Body::Login(login)) => operator_connection(shared, reader, writer, peer, port, login).await,
+        Some(Body::Join(join)) => client_connection(shared, reader, writer, peer, port, join).await,
+        _ => {
+            let _ = writer.send(&error_frame(ErrorCode::Protocol, "expected Login or Join")).await;
+        }
+    }
+}
+
+async fn greet(reader: &mut Reader, writer: &mut Writer, limit: Duration) -> Result<(), TransportError> {
+    match reader.read_timeout(limit).await?.and_then(|raw| raw.frame.body) {
+        Some(Body::Hello(h)) if h.version == tsunagu_proto::PROTOCOL_VERSION => {
+            writer.send(&hello(concat!("tsunagu-relay/", env!("CARGO_PKG_VERSION")))).await
+        }
+        Some(Body::Hello(h)) => {
+            let message = format!(
+                "this relay speaks protocol version {}, the program connecting speaks {}; update the older side",
+                tsunagu_proto::PROTOCOL_VERSION,
+                h.version
+            );
+            let _ = writer.send(&error_frame(ErrorCode::VersionMismatch, message)).await;
+            Err(TransportError::VersionMismatch { ours: tsunagu_proto::PROTOCOL_VERSION, theirs: h.version })
+        }
+        _ => {
+            let _ = writer.send(&error_frame(ErrorCode::Protocol, "the first message must be Hello")).await;
+            Err(TransportError::Protocol("no Hello".into()))
+        }
+    }
+}
+
+/// Tells a peer why its connection closes, when a frame can still be sent.
+async fn refuse(writer: &mut Writer, e: &TransportError) {
+    let (code, msg) = match e {
+        TransportError::Frame(f) => (ErrorCode::Protocol, f.to_string()),
+        TransportError::Timeout(_) => (ErrorCode::Timeout, e.to_string()),
+        _ => return,
+    };
+    let _ = writer.send(&error_frame(code, msg)).await;
+}
+
+fn throttled(verdict: Verdict) -> Option<String> {
+    match verdict {
+        Verdict::Allowed => None,
+        Verdict::Throttled { retry_after } => {
+            Some(format!("too many failed attempts; try again in {} s", retry_after.as_secs().max(1)))
+        }
+    }
+}
+
+async fn operator_connection(shared: Arc<Shared>, mut reader: Reader, mut writer: Writer, peer: SocketAddr, port: u16, login: pb::Login) {
+    let ip = peer.ip();
+    let verdict = lock(&shared.login_throttle).check(ip, Instant::now());
+    if let Some(msg) = throttled(verdict) {
+        let _ = writer.send(&error_frame(ErrorCode::Throttled, msg)).await;
+        return;
+    }
+    let record = match authenticate(&shared, &login).await {
+        Ok(r) => r,
+        Err((code, msg)) => {
+            if code == ErrorCode::AuthFailed {
+                lock(&shared.login_throttle).record_failure(ip, Instant::now());
+            }
+            tracing::info!(%peer, "operator login refused");
+            let _ = writer.send(&error_frame(code, msg)).await;
+            return;
+        }
+    };
+    let operator = record.name.clone();
+    tracing::info!(%peer, %operator, "operator logged in");
+    let ok = Frame { body: Some(Body::LoginOk(pb::LoginOk { operator: operator.clone(), allowed: record.permissions.to_wire() })) };
+    if writer.send(&ok).await.is_err() {
+        return;
+    }
+
+    // The operator asks for a code next.
+    let requested = match reader.read_timeout(shared.config.timeouts.idle).await {
+        Ok(Some(raw)) => match raw.frame.body {
+            Some(Body::RequestCode(rc)) => {
+                let p = PermissionSet::from_wire(&rc.permissions);
+                if p.is_empty() { PermissionSet::ALL } else { p }
+            }
+            _ => {
+                let _ = writer.send(&error_frame(ErrorCode::Protocol, "expected RequestCode")).await;
+                return;
+            }
+        },
+        Ok(None) => return,
+        Err(e) => {
+            refuse(&mut writer, &e).await;
+            return;
+        }
+    };
+    let asked = requested.intersect(record.permissions);
+    if asked.is_empty() {
+        let _ = writer.send(&error_frame(ErrorCode::Forbidden, "the admin allows none of the permissions asked for")).await;
+        return;
+    }
+
+    let limits = &shared.config.limits;
+    let operator_q = OutQueue::new(limits.screen_queue_frames, limits.data_queue_bytes, limits.control_queue_frames);
+    let t = &shared.config.timeouts;
+    let policy = Policy::new(requested, record.permissions, Instant::now(), t.code_ttl, t.consent);
+    let issued = shared.directory.issue(|code| Session::new(shared.clone(), operator.clone(), code, policy, operator_q.clone()));
+    let (code, session) = match issued {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "could not draw a session code");
+            let _ = writer.send(&error_frame(ErrorCode::Internal, "the relay could not create a code")).await;
+            return;
+        }
+    };
+    shared.sessions.insert(session.id.clone(), session.clone());
+    shared
+        .history
+        .record(HistoryEvent::Issued {
+            id: session.id.clone(),
+            operator: operator.clone(),
+            operator_addr: peer,
+            relay_port: port,
+            requested: asked,
+            at_ms: now_ms(),
+        })
+        .await;
+    tracing::info!(session = %session.id, %operator, %peer, "session code issued");
+    let issued = Frame {
+        body: Some(Body::CodeIssued(pb::CodeIssued {
+            code: code.reveal(),
+            expires_in_ms: t.code_ttl.as_millis() as u64,
+            session_id: session.id.clone(),
+        })),
+    };
+    if writer.send(&issued).await.is_err() {
+        session.finish(EndReason::OperatorDisconnected).await;
+        return;
+    }
+    tokio::spawn(session.clone().run_timer());
+    run_peer(shared, session, Role::Operator, reader, writer, operator_q).await;
+}
+
+async fn authenticate(shared: &Shared, login: &pb::Login) -> Result<crate::store::OperatorRecord, (ErrorCode, String)> {
+    let failed = || (ErrorCode::AuthFailed, "wrong user name or password".to_string());
+    if login.user.len() > tsunagu_proto::limits::MAX_USER_NAME || login.password.len() > tsunagu_proto::limits::MAX_PASSWORD {
+        return Err(failed());
+    }
+    let permit = tokio::time::timeout(shared.config.timeouts.greeting, shared.login_slots.acquire())
+        .await
+        .map_err(|_| (ErrorCode::Busy, "the relay is busy; try again shortly".to_string()))?
+        .map_err(|_| (ErrorCode::Internal, "the relay is shutting down".to_string()))?;
+    let record = shared.store.operator(&login.user).await.map_err(|e| {
+        tracing::error!(error = %e, "account lookup failed");
+        (ErrorCode::Internal, "the relay could not check the account".to_string())
+    })?;
+    let hash = record.as_ref().map(|r| r.password_hash.clone()).unwrap_or_else(|| shared.dummy_hash.clone());
+    let password = login.password.clone();
+    let ok = tokio::task::spawn_blocking(move || accounts::verify_password(&password, &hash)).await.unwrap_or(false);
+    drop(permit);
+    match record {
+        Some(r) if ok && r.suspended => Err((ErrorCode::Forbidden, "this operator account is suspended".to_string())),
+        Some(r) if ok => Ok(r),
+        _ => Err(failed()),
+    }
+}
+
+async fn client_connection(shared: Arc<Shared>, reader: Reader, mut writer: Writer, peer: SocketAddr, port: u16, join: pb::Join) {
+    let ip: IpAddr = peer.ip();
+    let now = Instant::now();
+    let verdict = lock(&shared.join_throttle).check(ip, now);
+    if let Some(msg) = throttled(verdict) {
+        tracing::info!(%peer, "join refused: throttled");
+        let _ = writer.send(&error_frame(ErrorCode::Throttled, msg)).await;
+        return;
+    }
+    let refused = |code: ErrorCode, msg: &str| (code, msg.to_string());
+    let taken = match SessionCode::parse(&join.code) {
+        Err(_) => Err(refused(ErrorCode::BadCode, "a session code has 8 digits")),
+        Ok(code) => shared.directory.take(code, now).map_err(|r| match r {
+            JoinRefusal::Unknown => refused(ErrorCode::BadCode, "no session has this code; check the digits with the operator"),
+            JoinRefusal::Expired => refused(ErrorCode::Expired, "this code has expired; ask the operator for a new one"),
+            JoinRefusal::Used => refused(ErrorCode::Used, "this code was already used; ask the operator for a new one"),
+        }),
+    };
+    let session = match taken {
+        Ok(s) => s,
+        Err((code, msg)) => {
+            lock(&shared.join_throttle).record_failure(ip, now);
+            tracing::info!(%peer, error = tsunagu_proto::types::error_code_name(code), "join refused");
+            let _ = writer.send(&error_frame(code, msg)).await;
+            return;
+        }
+    };
+    let host = clean_host_name(&join.host_name);
+    let limits = &shared.config.limits;
+    let client_q = OutQueue::new(limits.screen_queue_frames, limits.data_queue_bytes, limits.control_queue_frames);
+    if !session.attach_client(client_q.clone(), &host, peer, port).await {
+        let _ = writer.send(&error_frame(ErrorCode::Expired, "this code has expired; ask the operator for a new one")).await;
+        return;
+    }
+    run_peer(shared, session, Role::Client, reader, writer, client_q).await;
+}
+
+/// Host names are chosen by the client: keep them short and free of control characters.
+fn clean_host_name(raw: &str) -> String {
+    let mut s: String = raw.chars().filter(|c| !c.is_control()).collect();
+    let max = tsunagu_proto::limits::MAX_HOST_NAME;
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    if s.is_empty() {
+        "unknown".into()
+    } else {
+        s
+    }
+}
+
+/// Runs one peer of a session: its writer task and its reader loop, until the session
+/// ends or the peer goes away.
+async fn run_peer(shared: Arc<Shared>, session: Arc<Session>, role: Role, mut reader: Reader, writer: Writer, queue: OutQueue) {
+    let t = shared.config.timeouts.clone();
+    let writer_task = tokio::spawn(write_loop(queue.clone(), writer, t.keepalive, t.write));
+    let mut ended = session.ended();
+    let gone = match role {
+        Role::Operator => EndReason::OperatorDisconnected,
+        Role::Client => EndReason::ClientDisconnected,
+    };
+    loop {
+        let read = tokio::select! {
+            biased;
+            _ = crate::server::until_true(&mut ended) => break,
+            r = reader.read_timeout(t.idle) => r,
+        };
+        match read {
+            Ok(Some(raw)) => {
+                if !session.on_frame(role, raw).await {
+                    break;
+                }
+            }
+            Ok(None) => {
+                session.finish(gone).await;
+                break;
+            }
+            Err(TransportError::Timeout(_)) => {
+                tracing::info!(session = %session.id, ?role, "peer idle too long");
+                session.finish(EndReason::IdleTimeout).await;
+                break;
+            }
+            Err(TransportError::Frame(e)) => {
+                tracing::info!(session = %session.id, ?role, error = %e, "malformed frame; closing");
+                let _ = queue.push_control(encode(&error_frame(ErrorCode::Protocol, e.to_string())).unwrap_or_default());
+                session.finish(EndReason::ProtocolError).await;
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(session = %session.id, ?role, error = %e, "connection lost");
+                session.finish(gone).await;
+                break;
+            }
+        }
+    }
+    queue.close();
+    // The writer delivers what is queued (at least `Ended`) and closes TLS, under its own
+    // write timeout.
+    let _ = writer_task.await;
+}
+
+async fn write_loop(queue: OutQueue, mut writer: Writer, keepalive: Duration, write_timeout: Duration) {
+    let mut batch: Vec<Bytes> = Vec::new();
+    let ping = encode(&Frame { body: Some(Body::Ping(pb::Ping { nonce: 0 })) }).expect("ping is never empty");
+    loop {
+        match tokio::time::timeout(keepalive, queue.pop_batch(&mut batch)).await {
+            Err(_) => batch.push(ping.clone()),
+            Ok(false) => break,
+            Ok(true) => {}
+        }
+        let write_all = async {
+            for frame in batch.drain(..) {
+                writer.write_raw(&frame).await?;
+            }
+            writer.flush().await
+        };
+        match tokio::time::timeout(write_timeout, write_all).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                queue.close();
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_cleaned() {
+        assert_eq!(clean_host_name("pc-01"), "pc-01");
+        assert_eq!(clean_host_name("a\u{1b}[2Jb\n"), "a[2Jb");
+        assert_eq!(clean_host_name(""), "unknown");
+        let long = "é".repeat(300);
+        let cut = clean_host_name(&long);
+        assert!(cut.len() <= 255 && cut.chars().all(|c| c == 'é'));
+    }
+}
