@@ -28,6 +28,8 @@ pub enum Role {
 
 struct Inner {
     policy: Policy,
+    /// Set once `finish` has run; the policy may have ended on its own before that.
+    finished: bool,
     operator_q: OutQueue,
     client_q: Option<OutQueue>,
 }
@@ -75,7 +77,7 @@ impl Session {
             id: new_session_id(),
             operator,
             code,
-            inner: Mutex::new(Inner { policy, operator_q, client_q: None }),
+            inner: Mutex::new(Inner { policy, finished: false, operator_q, client_q: None }),
             ended_tx: watch::channel(false).0,
             kick: Notify::new(),
             shared,
@@ -254,9 +256,11 @@ impl Session {
         let (counters, granted, phase_before_client, queues) = {
             let mut inner = self.lock();
             let had_client = inner.client_q.is_some();
-            if !inner.policy.end(reason) {
+            if inner.finished {
                 return;
             }
+            inner.finished = true;
+            inner.policy.end(reason);
             (inner.policy.counters(), inner.policy.granted(), !had_client, (inner.operator_q.clone(), inner.client_q.clone()))
         };
         let ended = frame(Body::Ended(pb::Ended { reason: reason as i32 }));

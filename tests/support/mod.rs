@@ -1,0 +1,455 @@
+//! Shared helpers for the end-to-end tests: a relay (in-process or the real binary) on
+//! loopback ports chosen by the OS, operator accounts, and a raw protocol peer that speaks
+//! the wire protocol directly so tests can do what the apps never would.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::net::{TcpSocket, TcpStream};
+use tsunagu_proto::dial::{self, Connected, DialConfig};
+use tsunagu_proto::pb::{self, frame::Body, Channel, Frame};
+use tsunagu_proto::transport::{FrameReader, FrameWriter, TransportError};
+
+pub const PASSWORD: &str = "Correct-horse-1";
+
+/// Every wait in a test is bounded by this, so a broken relay fails a test instead of
+/// hanging the suite.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A relay running in this process with its own data dir.
+pub struct TestRelay {
+    pub relay: tsunagu_relay::Relay,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+impl TestRelay {
+    /// Starts a relay on 127.0.0.1:0 with `adjust` applied to the default config, and
+    /// creates operator `alice` (all permissions) with [`PASSWORD`].
+    pub async fn start(adjust: impl FnOnce(&mut tsunagu_relay::Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = tsunagu_relay::Config {
+            data_dir: dir.path().to_path_buf(),
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Default::default()
+        };
+        // Cheap hashing keeps the suite fast; production defaults are tested in unit tests.
+        config.accounts.argon2_memory_kib = 256;
+        config.accounts.argon2_iterations = 1;
+        adjust(&mut config);
+        let relay = tsunagu_relay::Relay::start(config.clone()).await.expect("relay starts");
+        let addr = relay.addrs()[0];
+        let hash = tsunagu_relay::accounts::hash_password(PASSWORD, &config.accounts).unwrap();
+        relay
+            .shared()
+            .store
+            .add_operator("alice", &hash, tsunagu_proto::PermissionSet::ALL, 0)
+            .await
+            .unwrap();
+        Self { relay, dir, addr }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.pem")
+    }
+
+    pub fn dial_config(&self) -> DialConfig {
+        dial_config(&self.ca(), "127.0.0.1", vec![self.addr.port()])
+    }
+
+    pub async fn add_operator(&self, name: &str, perms: &[&str]) {
+        let cfg = tsunagu_relay::config::AccountsConfig { argon2_memory_kib: 256, argon2_iterations: 1 };
+        let hash = tsunagu_relay::accounts::hash_password(PASSWORD, &cfg).unwrap();
+        let perms = tsunagu_proto::PermissionSet::parse_names(perms.iter().copied()).unwrap();
+        self.relay.shared().store.add_operator(name, &hash, perms, 0).await.unwrap();
+    }
+
+    pub async fn history(&self) -> Vec<tsunagu_relay::store::SessionRecord> {
+        self.relay.shared().history.flush().await;
+        self.relay.shared().store.sessions(100).await.unwrap()
+    }
+}
+
+pub fn dial_config(ca: &Path, host: &str, ports: Vec<u16>) -> DialConfig {
+    DialConfig {
+        host: host.to_string(),
+        ports,
+        tls: dial::client_tls(ca).expect("CA loads"),
+        attempt_timeout: Duration::from_secs(3),
+        max_frame: tsunagu_proto::limits::DEFAULT_MAX_FRAME,
+        agent: "tsunagu-tests".into(),
+    }
+}
+
+/// A peer speaking the wire protocol directly.
+pub struct RawPeer {
+    pub reader: dial::Reader,
+    pub writer: dial::Writer,
+    pub local: SocketAddr,
+    /// Last sequence number sent, per channel.
+    seq: std::collections::HashMap<i32, u64>,
+}
+
+impl std::fmt::Debug for RawPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawPeer({})", self.local)
+    }
+}
+
+pub fn body_frame(body: Body) -> Frame {
+    Frame { body: Some(body) }
+}
+
+impl RawPeer {
+    pub async fn connect(cfg: &DialConfig) -> Self {
+        let Connected { reader, writer, local, .. } = dial::dial(cfg).await.expect("relay reachable");
+        Self { reader, writer, local, seq: Default::default() }
+    }
+
+    /// Connects from a chosen loopback source address (127.0.0.0/8), to act as another
+    /// host for the per-address throttle.
+    pub async fn connect_from(cfg: &DialConfig, source: &str, port: u16) -> Self {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let tcp: TcpStream = socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        let tls = tokio_rustls::TlsConnector::from(cfg.tls.clone())
+            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (r, w) = tokio::io::split(tls);
+        let mut peer = Self {
+            reader: FrameReader::new(r, cfg.max_frame),
+            writer: FrameWriter::new(w, cfg.max_frame),
+            local,
+            seq: Default::default(),
+        };
+        peer.send(tsunagu_proto::transport::hello("tests")).await;
+        match peer.next().await {
+            Some(Body::Hello(_)) => peer,
+            other => panic!("expected Hello, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Frame) {
+        self.writer.send(&frame).await.expect("send");
+    }
+
+    pub async fn try_send(&mut self, frame: Frame) -> Result<(), TransportError> {
+        self.writer.send(&frame).await
+    }
+
+    pub async fn send_body(&mut self, body: Body) {
+        self.send(body_frame(body)).await;
+    }
+
+    /// The next frame body that is not a Ping (Pings are answered), or None on close.
+    pub async fn next(&mut self) -> Option<Body> {
+        loop {
+            let raw = match self.reader.read_timeout(WAIT).await {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return None,
+                Err(TransportError::Timeout(_)) => panic!("no frame from the relay within {WAIT:?}"),
+                Err(_) => return None,
+            };
+            match raw.frame.body {
+                Some(Body::Ping(p)) => {
+                    let _ = self.try_send(body_frame(Body::Pong(pb::Pong { nonce: p.nonce }))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The next frame within `limit`, or None if nothing arrives (or the connection closes).
+    pub async fn next_within(&mut self, limit: Duration) -> Option<Body> {
+        tokio::time::timeout(limit, self.next()).await.ok().flatten()
+    }
+
+    /// Reads until a frame matches, panicking with what arrived otherwise.
+    pub async fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(&Body) -> Option<T>) -> T {
+        let mut seen = Vec::new();
+        loop {
+            match self.next().await {
+                Some(b) => {
+                    if let Some(t) = pick(&b) {
+                        return t;
+                    }
+                    seen.push(format!("{b:?}"));
+                }
+                None => panic!("connection closed while waiting for {what}; saw {seen:?}"),
+            }
+        }
+    }
+
+    pub async fn login(cfg: &DialConfig, user: &str, password: &str) -> Result<Self, pb::Error> {
+        let mut p = Self::connect(cfg).await;
+        p.send_body(Body::Login(pb::Login { user: user.into(), password: password.into(), totp: String::new() })).await;
+        match p.next().await {
+            Some(Body::LoginOk(_)) => Ok(p),
+            Some(Body::Error(e)) => Err(e),
+            other => panic!("unexpected answer to Login: {other:?}"),
+        }
+    }
+
+    /// Logs in as alice and asks for a code with these permissions; returns the code.
+    pub async fn operator(cfg: &DialConfig, perms: &[&str]) -> (Self, String) {
+        let mut p = Self::login(cfg, "alice", PASSWORD).await.expect("alice logs in");
+        let code = p.request_code(perms).await.expect("code issued");
+        (p, code)
+    }
+
+    pub async fn request_code(&mut self, perms: &[&str]) -> Result<String, pb::Error> {
+        let perms = tsunagu_proto::PermissionSet::parse_names(perms.iter().copied()).unwrap();
+        self.send_body(Body::RequestCode(pb::RequestCode { permissions: perms.to_wire() })).await;
+        match self.next().await {
+            Some(Body::CodeIssued(c)) => Ok(c.code),
+            Some(Body::Error(e)) => Err(e),
+            other => panic!("unexpected answer to RequestCode: {other:?}"),
+        }
+    }
+
+    /// Sends Join on an already connected peer; returns the consent request or the error.
+    pub async fn join_on(mut self, code: &str) -> Result<(Self, pb::ConsentRequest), pb::Error> {
+        self.send_body(Body::Join(pb::Join { code: code.into(), host_name: "test-pc".into() })).await;
+        match self.next().await {
+            Some(Body::ConsentRequest(r)) => Ok((self, r)),
+            Some(Body::Error(e)) => Err(e),
+            other => panic!("unexpected answer to Join: {other:?}"),
+        }
+    }
+
+    pub async fn join(cfg: &DialConfig, code: &str) -> Result<(Self, pb::ConsentRequest), pb::Error> {
+        Self::connect(cfg).await.join_on(code).await
+    }
+
+    pub async fn consent(&mut self, grant: &[&str]) {
+        let g = tsunagu_proto::PermissionSet::parse_names(grant.iter().copied()).unwrap();
+        self.send_body(Body::Consent(pb::Consent { granted: g.to_wire(), denied: false })).await;
+    }
+
+    pub async fn data(&mut self, channel: Channel, payload: impl Into<Bytes>) {
+        let seq = {
+            let s = self.seq.entry(channel as i32).or_insert(0);
+            *s += 1;
+            *s
+        };
+        self.send_body(Body::Data(pb::Data { channel: channel as i32, seq, payload: payload.into() })).await;
+    }
+
+    pub async fn chat(&mut self, text: &str) {
+        self.data(Channel::Chat, pb::ChatMessage { text: text.into() }.encode_to_vec()).await;
+    }
+
+    pub async fn input_move(&mut self, x: i32, y: i32) {
+        let ev = pb::InputEvent { kind: Some(pb::input_event::Kind::MouseMove(pb::MouseMove { x, y })) };
+        self.data(Channel::Input, ev.encode_to_vec()).await;
+    }
+
+    pub async fn client_state(&mut self, paused: bool, view_only: bool, chat_only: bool, revoke: &[&str]) {
+        let r = tsunagu_proto::PermissionSet::parse_names(revoke.iter().copied()).unwrap();
+        self.send_body(Body::ClientState(pb::ClientState { paused, view_only, chat_only, revoke: r.to_wire() })).await;
+    }
+
+    /// The next Data frame on `channel`, skipping other frames.
+    pub async fn expect_data(&mut self, channel: Channel) -> pb::Data {
+        self.expect(&format!("{channel:?} data"), |b| match b {
+            Body::Data(d) if d.channel == channel as i32 => Some(d.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn expect_state(&mut self) -> pb::SessionState {
+        self.expect("SessionState", |b| match b {
+            Body::SessionState(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn expect_ended(&mut self) -> pb::EndReason {
+        self.expect("Ended", |b| match b {
+            Body::Ended(e) => Some(pb::EndReason::try_from(e.reason).unwrap()),
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// An operator and a client paired with consent to `grant`.
+pub async fn paired(relay: &TestRelay, grant: &[&str]) -> (RawPeer, RawPeer) {
+    let cfg = relay.dial_config();
+    let (mut op, code) = RawPeer::operator(&cfg, &["view", "control", "files", "chat"]).await;
+    let (mut client, _req) = RawPeer::join(&cfg, &code).await.expect("join");
+    op.expect("PeerJoined", |b| matches!(b, Body::PeerJoined(_)).then_some(())).await;
+    client.consent(grant).await;
+    op.expect_state().await;
+    client.expect_state().await;
+    (op, client)
+}
+
+pub fn chat_text(d: &pb::Data) -> String {
+    pb::ChatMessage::decode(d.payload.clone()).expect("chat payload").text
+}
+
+// ---- The real binaries ----
+
+static BUILD: Once = Once::new();
+
+/// Path of a workspace binary, building all of them once if needed.
+pub fn bin(name: &str) -> PathBuf {
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--bins", "-p", "tsunagu-relay", "-p", "tsunagu-operator", "-p", "tsunagu-client"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the binaries failed");
+    });
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    dir.join(name)
+}
+
+/// The relay binary running `serve` on 127.0.0.1:0 with its stderr (the log) in a file.
+pub struct RelayProcess {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub addrs: Vec<SocketAddr>,
+    pub log: PathBuf,
+}
+
+impl RelayProcess {
+    /// `config` is written to the data dir and passed with `--config` when not empty.
+    pub fn start(config: &str, listens: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config, listens)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: &str, listens: usize) -> Self {
+        let log = dir.path().join("relay.log");
+        let mut cmd = Command::new(bin("tsunagu-relay"));
+        cmd.arg("serve").arg("--data-dir").arg(dir.path().join("data"));
+        for _ in 0..listens {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !config.is_empty() {
+            let path = dir.path().join("relay.toml");
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        cmd.env("TSUNAGU_LOG", "debug");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("relay binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addrs = Vec::new();
+        while addrs.len() < listens {
+            let line = lines.next().expect("relay prints its listeners").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+            assert_eq!(v["event"], "listening", "{line}");
+            addrs.push(v["addr"].as_str().unwrap().parse().unwrap());
+        }
+        Self { child, dir, addrs, log }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir().join("tls/ca.pem")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addrs[0].port()
+    }
+
+    /// `tsunagu-relay operator add NAME` with the password on stdin.
+    pub fn add_operator(&self, name: &str, password: &str) -> std::process::Output {
+        relay_cli(&self.data_dir(), &["operator", "add", name], Some(password))
+    }
+
+    pub fn history(&self, format: &str) -> String {
+        let out = relay_cli(&self.data_dir(), &["history", "--format", format], None);
+        assert!(out.status.success(), "history: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Stops the relay with SIGTERM (a clean shutdown) and waits for it.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn relay_cli(data_dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("tsunagu-relay"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(format!("{s}\n").as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+/// Every file below `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in any file below `dir`.
+pub fn dir_contains(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| std::fs::read(p).map(|b| b.windows(needle.len()).any(|w| w == needle)).unwrap_or(false))
+        .collect()
+}
+
+pub type Shared<T> = Arc<T>;
