@@ -1,1 +1,463 @@
-fn main(){}
+//! `tsunagu-load`: the load generator. It starts the real relay binary (built next to this
+//! one) with a fresh data dir on loopback, drives sessions through it with the wire
+//! protocol, and prints figures as JSON lines plus a readable summary.
+//!
+//! * `throughput --sessions N --mb M`: each of N paired sessions moves M MB of file-channel
+//!   frames from client to operator through the relay (TLS on both legs); the same traffic
+//!   through a plain in-process TCP copy is measured in the same run as the baseline.
+//! * `pairing --sessions N`: code issue to consent granted, over connections that are
+//!   already open and logged in (TLS handshakes excluded); p50 and p99.
+//! * `idle --sessions N`: the relay's resident memory per idle paired session.
+//!
+//! Only loopback addresses are used; every loop is bounded in count and time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tsunagu_proto::dial::{self, DialConfig};
+use tsunagu_proto::pb::{self, frame::Body, Channel, Frame};
+use tsunagu_proto::transport::TransportError;
+use tsunagu_proto::PermissionSet;
+
+const PASSWORD: &str = "Load-test-pass-1";
+/// Payload of one file-channel frame: 64 KiB, a typical transfer chunk.
+const CHUNK: usize = 64 * 1024;
+/// Upper bound on any single wait, so a broken relay ends the run instead of hanging it.
+const WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Parser)]
+#[command(name = "tsunagu-load", about = "Load generator for the tsunagu relay (loopback only)")]
+struct Cli {
+    /// The relay binary; default: `tsunagu-relay` next to this program.
+    #[arg(long, global = true)]
+    relay_bin: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    Throughput {
+        #[arg(long, default_value_t = 1)]
+        sessions: usize,
+        /// Megabytes per session.
+        #[arg(long, default_value_t = 512)]
+        mb: usize,
+    },
+    Pairing {
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Sessions paired at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+    },
+}
+
+/// The relay under test, as a child process.
+struct RelayUnderTest {
+    child: Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+    ca: PathBuf,
+}
+
+impl RelayUnderTest {
+    fn start(bin: &Path) -> Result<Self> {
+        use std::io::{BufRead, BufReader, Write};
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        let config = dir.path().join("relay.toml");
+        // Cheap password hashing so thousands of logins do not dominate the run, and room
+        // for every connection the scenarios open.
+        std::fs::write(
+            &config,
+            "[accounts]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[limits]\nmax_connections = 100000\nconcurrent_logins = 8\n[timeouts]\nidle = \"10m\"\nkeepalive = \"5m\"\n",
+        )?;
+        let mut add = Command::new(bin)
+            .args(["operator", "add", "load"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        add.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes())?;
+        if !add.wait()?.success() {
+            bail!("could not add the load operator");
+        }
+        let mut child = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .env("TSUNAGU_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        let v: serde_json::Value = serde_json::from_str(&line).context("relay did not announce its listener")?;
+        let addr: std::net::SocketAddr = v["addr"].as_str().ok_or_else(|| anyhow!("no addr"))?.parse()?;
+        Ok(Self { child, port: addr.port(), ca: data.join("tls/ca.pem"), _dir: dir })
+    }
+
+    fn dial_config(&self) -> Result<DialConfig> {
+        Ok(DialConfig {
+            host: "127.0.0.1".into(),
+            ports: vec![self.port],
+            tls: dial::client_tls(&self.ca)?,
+            attempt_timeout: Duration::from_secs(10),
+            max_frame: tsunagu_proto::limits::DEFAULT_MAX_FRAME,
+            agent: "tsunagu-load".into(),
+        })
+    }
+
+    /// Resident memory of the relay process in KiB.
+    fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow!("no VmRSS"))?;
+        Ok(line.split_whitespace().nth(1).ok_or_else(|| anyhow!("bad VmRSS"))?.parse()?)
+    }
+}
+
+impl Drop for RelayUnderTest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn frame(body: Body) -> Frame {
+    Frame { body: Some(body) }
+}
+
+/// One endpoint connection.
+struct Peer {
+    reader: dial::Reader,
+    writer: dial::Writer,
+}
+
+impl Peer {
+    async fn connect(cfg: &DialConfig) -> Result<Self> {
+        let c = dial::dial(cfg).await?;
+        Ok(Self { reader: c.reader, writer: c.writer })
+    }
+
+    async fn next(&mut self) -> Result<Body> {
+        loop {
+            let raw = self.reader.read_timeout(WAIT).await?.ok_or_else(|| anyhow!("relay closed the connection"))?;
+            match raw.frame.body {
+                Some(Body::Ping(p)) => self.writer.send(&frame(Body::Pong(pb::Pong { nonce: p.nonce }))).await?,
+                Some(Body::Error(e)) => bail!("relay error: {}", e.message),
+                Some(b) => return Ok(b),
+                None => {}
+            }
+        }
+    }
+
+    async fn login(cfg: &DialConfig) -> Result<Self> {
+        let mut p = Self::connect(cfg).await?;
+        p.writer
+            .send(&frame(Body::Login(pb::Login { user: "load".into(), password: PASSWORD.into(), totp: String::new() })))
+            .await?;
+        match p.next().await? {
+            Body::LoginOk(_) => Ok(p),
+            other => bail!("login failed: {other:?}"),
+        }
+    }
+}
+
+/// Pairs one session over already-open connections: returns the time from asking for a
+/// code to the operator seeing the consent, and the two peers.
+async fn pair(mut op: Peer, mut client: Peer, perms: PermissionSet) -> Result<(Duration, Peer, Peer)> {
+    let start = Instant::now();
+    op.writer.send(&frame(Body::RequestCode(pb::RequestCode { permissions: perms.to_wire() }))).await?;
+    let code = match op.next().await? {
+        Body::CodeIssued(c) => c.code,
+        other => bail!("expected a code, got {other:?}"),
+    };
+    client.writer.send(&frame(Body::Join(pb::Join { code, host_name: "load".into() }))).await?;
+    match client.next().await? {
+        Body::ConsentRequest(_) => {}
+        other => bail!("expected a consent request, got {other:?}"),
+    }
+    client.writer.send(&frame(Body::Consent(pb::Consent { granted: perms.to_wire(), denied: false }))).await?;
+    loop {
+        match op.next().await? {
+            Body::SessionState(_) => break,
+            Body::PeerJoined(_) => {}
+            other => bail!("expected consent, got {other:?}"),
+        }
+    }
+    let elapsed = start.elapsed();
+    match client.next().await? {
+        Body::SessionState(_) => {}
+        other => bail!("client expected the session state, got {other:?}"),
+    }
+    Ok((elapsed, op, client))
+}
+
+async fn open_pair(cfg: &DialConfig, perms: PermissionSet) -> Result<(Duration, Peer, Peer)> {
+    let op = Peer::login(cfg).await?;
+    let client = Peer::connect(cfg).await?;
+    pair(op, client, perms).await
+}
+
+/// Moves `bytes` of file-channel frames from client to operator; returns bytes moved.
+async fn pump(mut op: Peer, mut client: Peer, bytes: usize) -> Result<usize> {
+    let chunks = bytes.div_ceil(CHUNK);
+    let payload = Bytes::from(vec![0x5a; CHUNK]);
+    let sender = tokio::spawn(async move {
+        for seq in 1..=chunks as u64 {
+            let f = frame(Body::Data(pb::Data { channel: Channel::File as i32, seq, payload: payload.clone() }));
+            let wire = tsunagu_proto::codec::encode(&f)?;
+            client.writer.write_raw(&wire).await?;
+        }
+        client.writer.flush().await?;
+        Ok::<_, TransportError>(client)
+    });
+    let mut got = 0usize;
+    let mut frames = 0usize;
+    while frames < chunks {
+        match op.next().await? {
+            Body::Data(d) => {
+                got += d.payload.len();
+                frames += 1;
+            }
+            other => bail!("unexpected frame during the transfer: {other:?}"),
+        }
+    }
+    sender.await??;
+    Ok(got)
+}
+
+/// The baseline: the same bytes through a plain in-process TCP copy (no TLS, no framing).
+async fn baseline(sessions: usize, bytes: usize) -> Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let front = listener.local_addr()?;
+    let sink = TcpListener::bind("127.0.0.1:0").await?;
+    let back = sink.local_addr()?;
+    // The "relay": accept, dial the sink, copy.
+    let proxy = tokio::spawn(async move {
+        for _ in 0..sessions {
+            let (mut a, _) = listener.accept().await?;
+            let mut b = TcpStream::connect(back).await?;
+            tokio::spawn(async move { tokio::io::copy(&mut a, &mut b).await });
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let receiver = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..sessions {
+            let (mut s, _) = sink.accept().await?;
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0usize;
+                while total < bytes {
+                    let n = s.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                Ok::<_, std::io::Error>(total)
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.map_err(std::io::Error::other)??;
+        }
+        Ok::<_, std::io::Error>(total)
+    });
+    let mut senders = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..sessions {
+        conns.push(TcpStream::connect(front).await?);
+    }
+    let start = Instant::now();
+    for mut c in conns {
+        senders.push(tokio::spawn(async move {
+            let chunk = vec![0x5au8; CHUNK];
+            for _ in 0..bytes.div_ceil(CHUNK) {
+                c.write_all(&chunk).await?;
+            }
+            c.shutdown().await
+        }));
+    }
+    for s in senders {
+        s.await??;
+    }
+    let total = receiver.await??;
+    let secs = start.elapsed().as_secs_f64();
+    proxy.await??;
+    Ok(total as f64 / secs)
+}
+
+fn mbps(bytes_per_sec: f64) -> f64 {
+    bytes_per_sec / 1e6
+}
+
+async fn throughput(relay: &RelayUnderTest, sessions: usize, mb: usize) -> Result<()> {
+    let cfg = relay.dial_config()?;
+    let bytes = mb * 1_000_000;
+    let perms = PermissionSet::parse_names(["files"]).map_err(|e| anyhow!(e))?;
+    let mut pairs = Vec::new();
+    for _ in 0..sessions {
+        let (_, op, client) = open_pair(&cfg, perms).await?;
+        pairs.push((op, client));
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = pairs.into_iter().map(|(op, client)| tokio::spawn(pump(op, client, bytes))).collect();
+    let mut total = 0usize;
+    for t in tasks {
+        total += t.await??;
+    }
+    let relay_rate = total as f64 / start.elapsed().as_secs_f64();
+    let base_rate = baseline(sessions, bytes).await?;
+    let ratio = relay_rate / base_rate;
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "throughput", "sessions": sessions, "mb_per_session": mb,
+            "relay_mb_s": (mbps(relay_rate) * 10.0).round() / 10.0,
+            "baseline_tcp_copy_mb_s": (mbps(base_rate) * 10.0).round() / 10.0,
+            "ratio": (ratio * 1000.0).round() / 1000.0,
+        })
+    );
+    eprintln!(
+        "throughput: {sessions} session(s) x {mb} MB: relay (TLS both legs) {:.0} MB/s, plain TCP copy {:.0} MB/s, ratio {:.2}",
+        mbps(relay_rate),
+        mbps(base_rate),
+        ratio
+    );
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[idx]
+}
+
+async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) -> Result<()> {
+    let cfg = Arc::new(relay.dial_config()?);
+    let perms = PermissionSet::ALL;
+    let mut latencies = Vec::with_capacity(sessions);
+    let per_worker = sessions.div_ceil(concurrency.max(1));
+    let mut workers = Vec::new();
+    for w in 0..concurrency.max(1) {
+        let cfg = cfg.clone();
+        let n = per_worker.min(sessions.saturating_sub(w * per_worker));
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                // Connections (TLS handshake, Hello, login) are opened before the clock starts.
+                let op = Peer::login(&cfg).await?;
+                let client = Peer::connect(&cfg).await?;
+                let (elapsed, mut op, _client) = pair(op, client, perms).await?;
+                out.push(elapsed);
+                op.writer.send(&frame(Body::End(pb::End {}))).await?;
+            }
+            Ok::<_, anyhow::Error>(out)
+        }));
+    }
+    for w in workers {
+        latencies.extend(w.await??);
+    }
+    latencies.sort();
+    let p50 = percentile(&latencies, 0.50);
+    let p99 = percentile(&latencies, 0.99);
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "pairing", "sessions": latencies.len(), "concurrency": concurrency,
+            "p50_us": p50.as_micros() as u64, "p99_us": p99.as_micros() as u64,
+            "max_us": latencies.last().map(|d| d.as_micros() as u64),
+        })
+    );
+    eprintln!("pairing: {} sessions, code issue to consent: p50 {:?}, p99 {:?}", latencies.len(), p50, p99);
+    Ok(())
+}
+
+async fn idle(relay: &RelayUnderTest, sessions: usize) -> Result<()> {
+    let cfg = relay.dial_config()?;
+    let perms = PermissionSet::ALL;
+    // Warm up: one session paired and ended, so allocator pools and lazy state exist.
+    let (_, mut op, _c) = open_pair(&cfg, perms).await?;
+    op.writer.send(&frame(Body::End(pb::End {}))).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = relay.rss_kib()?;
+    let mut held = Vec::with_capacity(sessions);
+    let started = Instant::now();
+    // Pair in batches of 50 at once to keep the run short.
+    for batch in (0..sessions).collect::<Vec<_>>().chunks(50) {
+        let tasks: Vec<_> = batch.iter().map(|_| {
+            let cfg = cfg.clone();
+            tokio::spawn(async move { open_pair(&cfg, perms).await })
+        }).collect();
+        for t in tasks {
+            let (_, op, client) = t.await??;
+            held.push((op, client));
+        }
+    }
+    let pair_time = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = relay.rss_kib()?;
+    let per = (after.saturating_sub(before)) as f64 / sessions as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "idle", "sessions": sessions, "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_session": (per * 10.0).round() / 10.0, "pairing_seconds": pair_time.as_secs_f64(),
+        })
+    );
+    eprintln!("idle: {sessions} paired sessions: relay RSS {before} KiB -> {after} KiB, {per:.1} KiB per session");
+    drop(held);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let _ = rlimit_raise();
+    let bin = match cli.relay_bin {
+        Some(b) => b,
+        None => std::env::current_exe()?.parent().ok_or_else(|| anyhow!("no exe dir"))?.join("tsunagu-relay"),
+    };
+    let relay = RelayUnderTest::start(&bin)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        match cli.command {
+            Scenario::Throughput { sessions, mb } => throughput(&relay, sessions, mb).await,
+            Scenario::Pairing { sessions, concurrency } => pairing(&relay, sessions, concurrency).await,
+            Scenario::Idle { sessions } => idle(&relay, sessions).await,
+        }
+    })
+}
+
+/// Each idle session holds two sockets here too; lift the soft open-files limit.
+fn rlimit_raise() -> std::io::Result<()> {
+    let mut lim = libc_rlimit();
+    lim.0 = lim.1;
+    set_rlimit(lim)
+}
+
+fn libc_rlimit() -> (u64, u64) {
+    rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024))
+}
+
+fn set_rlimit(l: (u64, u64)) -> std::io::Result<()> {
+    rlimit::setrlimit(rlimit::Resource::NOFILE, l.0, l.1)
+}

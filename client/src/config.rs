@@ -163,7 +163,7 @@ pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("{s:?} is not WIDTHxHEIGHT"))?;
     let w: usize = w.trim().parse().map_err(|_| format!("{s:?} is not WIDTHxHEIGHT"))?;
     let h: usize = h.trim().parse().map_err(|_| format!("{s:?} is not WIDTHxHEIGHT"))?;
-    if w < 16 || h < 16 || w > MAX_SIDE || h > MAX_SIDE || w % 2 != 0 || h % 2 != 0 {
+    if w < 16 || h < 16 || w > MAX_SIDE || h > MAX_SIDE || (w | h) & 1 != 0 {
         return Err(format!("{s:?}: both sides must be even, between 16 and {MAX_SIDE}"));
     }
     Ok((w, h))

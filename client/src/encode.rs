@@ -48,7 +48,7 @@ pub struct ScreenEncoder {
 impl ScreenEncoder {
     /// An encoder for `width` x `height` frames paced at `fps`.
     pub fn new(width: usize, height: usize, fps: f32) -> Result<Self, EncodeError> {
-        if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
+        if width == 0 || height == 0 || (width | height) & 1 != 0 {
             return Err(EncodeError::BadSize(width, height));
         }
         let config = EncoderConfig::new()

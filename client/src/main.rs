@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use tsunagu_client::config::{local_host_name, parse_size, relay_target, ClientConfig, Timeouts};
+use tsunagu_client::config::{local_host_name, parse_size, ClientConfig, Timeouts};
 use tsunagu_client::{headless, Command, Event, InputSink, ScreenSource};
 use tsunagu_proto::SessionCode;
 
@@ -117,10 +117,7 @@ fn main() -> ExitCode {
 /// Validates the arguments into a configuration, or an error code and message.
 fn build_config(args: Args) -> Result<ClientConfig, (&'static str, String)> {
     let code = SessionCode::parse(&args.code).map_err(|e| ("bad_code", e.to_string()))?;
-    let (relay_host, ports) = relay_target(&args.relay, args.ports).map_err(|e| ("usage", e.to_string()))?;
-    let mut config = ClientConfig::new(&args.relay, None, args.ca, code).map_err(|e| ("usage", e.to_string()))?;
-    config.relay_host = relay_host;
-    config.ports = ports;
+    let mut config = ClientConfig::new(&args.relay, args.ports, args.ca, code).map_err(|e| ("usage", e.to_string()))?;
     config.screen = match args.screen {
         ScreenArg::Synthetic => ScreenSource::Synthetic { width: args.size.0, height: args.size.1 },
         ScreenArg::X11 => ScreenSource::X11,

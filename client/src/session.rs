@@ -245,6 +245,12 @@ impl Session {
             self.events.emit(Event::Ended { reason: "client_ended".into() }).await;
             return Outcome::Ended { reason: "client_ended".into() };
         }
+        if self.user_denied && self.phase == Phase::Answered {
+            // The user's denial is final; a relay that closes without `Ended` changes nothing.
+            debug!(error = %detail, "connection closed after the denial");
+            self.events.emit(Event::Ended { reason: "consent_denied".into() }).await;
+            return Outcome::Ended { reason: "consent_denied".into() };
+        }
         warn!(error = %detail, "lost the connection to the relay");
         self.events.emit(Event::error("connection_lost", detail)).await;
         self.events.emit(Event::Ended { reason: "connection_lost".into() }).await;

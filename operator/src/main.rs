@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tsunagu_operator::config::{relay_target, OperatorConfig, Timeouts, PASSWORD_ENV};
+use tsunagu_operator::config::{OperatorConfig, Timeouts, PASSWORD_ENV};
 use tsunagu_operator::{headless, Command, Event};
 use tsunagu_proto::PermissionSet;
 
@@ -84,10 +84,8 @@ fn build_config(args: Args) -> Result<OperatorConfig, (&'static str, String)> {
     if permissions.is_empty() {
         return Err(("usage", "--permissions needs at least one of view, control, files, chat".into()));
     }
-    let (relay_host, ports) = relay_target(&args.relay, args.ports).map_err(|e| ("usage", e.to_string()))?;
-    let mut config = OperatorConfig::new(&args.relay, None, args.ca, args.user, password).map_err(|e| ("usage", e.to_string()))?;
-    config.relay_host = relay_host;
-    config.ports = ports;
+    let mut config =
+        OperatorConfig::new(&args.relay, args.ports, args.ca, args.user, password).map_err(|e| ("usage", e.to_string()))?;
     config.permissions = permissions;
     config.timeouts = Timeouts { attempt: Duration::from_millis(args.attempt_timeout_ms), ..Timeouts::default() };
     Ok(config)

@@ -453,3 +453,124 @@ pub fn dir_contains(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 }
 
 pub type Shared<T> = Arc<T>;
+
+// ---- Headless apps driven through the JSON-lines automation contract ----
+
+/// A headless app process: commands go to stdin, events come from stdout.
+pub struct App {
+    pub child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    events: std::sync::mpsc::Receiver<serde_json::Value>,
+    /// Every event seen so far, in order.
+    pub seen: Vec<serde_json::Value>,
+    pub name: &'static str,
+}
+
+impl App {
+    pub fn spawn(name: &'static str, mut cmd: Command) -> Self {
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => panic!("not a JSON line on stdout: {line:?}: {e}"),
+                }
+            }
+        });
+        Self { stdin: child.stdin.take(), child, events: rx, seen: Vec::new(), name }
+    }
+
+    pub fn operator(relay: &str, ca: &Path, ports: Option<&str>, user: &str, password: &str) -> Self {
+        let mut cmd = Command::new(bin("tsunagu-operator"));
+        cmd.args(["--relay", relay, "--user", user, "--headless"]).arg("--ca").arg(ca);
+        if let Some(p) = ports {
+            cmd.args(["--ports", p]);
+        }
+        cmd.env("TSUNAGU_PASSWORD", password);
+        Self::spawn("operator", cmd)
+    }
+
+    pub fn client(relay: &str, ca: &Path, ports: Option<&str>, code: &str, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(bin("tsunagu-client"));
+        cmd.args(["--relay", relay, "--headless", "--screen", "synthetic", "--input", "log", "--host-name", "help-desk-pc"]);
+        cmd.arg("--ca").arg(ca);
+        if let Some(p) = ports {
+            cmd.args(["--ports", p]);
+        }
+        cmd.args(extra).arg(code);
+        Self::spawn("client", cmd)
+    }
+
+    pub fn send(&mut self, cmd: serde_json::Value) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{cmd}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next event named `event`, skipping others (which stay in `seen`).
+    pub fn expect(&mut self, event: &str) -> serde_json::Value {
+        self.expect_where(event, |_| true)
+    }
+
+    pub fn expect_where(&mut self, event: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if v["event"] == event && pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!("{}: no {event:?} event within {WAIT:?}; saw {:?}", self.name, self.seen),
+            }
+        }
+    }
+
+    /// Events that arrive within `limit`.
+    pub fn drain_for(&mut self, limit: Duration) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut out = Vec::new();
+        while let Ok(v) = self.events.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            self.seen.push(v.clone());
+            out.push(v);
+        }
+        out
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait(&mut self) -> i32 {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(std::time::Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
