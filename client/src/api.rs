@@ -188,40 +188,7 @@ impl Event {
     }
 }
 
-/// How a run ended; maps to the process exit code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// A session ran and ended, or the local user denied consent. Exit code 0.
-    Ended {
-        /// The end reason as in the `ended` event.
-        reason: String,
-    },
-    /// The session could not start because of the relay's answer (bad code, expired, used,
-    /// throttled, consent timeout). Exit code 1.
-    Refused {
-        /// The error code or end reason.
-        code: String,
-    },
-    /// Unusable configuration (bad CA file, bad code, unsupported source). Exit code 2.
-    Usage {
-        /// What is wrong.
-        code: String,
-    },
-    /// The relay could not be reached, or the connection was lost. Exit code 3.
-    Unreachable,
-}
-
-impl Outcome {
-    /// The process exit code documented in `docs/automation.md`.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Outcome::Ended { .. } => 0,
-            Outcome::Refused { .. } => 1,
-            Outcome::Usage { .. } => 2,
-            Outcome::Unreachable => 3,
-        }
-    }
-}
+pub use tsunagu_proto::headless::Outcome;
 
 #[cfg(test)]
 mod tests {

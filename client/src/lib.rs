@@ -15,8 +15,6 @@ pub mod api;
 pub mod config;
 pub mod encode;
 pub mod flow;
-pub mod headless;
-mod link;
 mod session;
 pub mod synthetic;
 pub mod takeover;

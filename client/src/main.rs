@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use tsunagu_client::config::{local_host_name, parse_size, ClientConfig, Timeouts};
-use tsunagu_client::{headless, Command, Event, InputSink, ScreenSource};
+use tsunagu_client::{Command, Event, InputSink, ScreenSource};
 use tsunagu_proto::SessionCode;
 
 /// Screen sources on the command line.
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
                 return 2;
             }
         };
-        let outcome = headless::drive(
+        let outcome = tsunagu_proto::headless::drive(
             |commands, events| tsunagu_client::run(config, commands, events),
             |message| Event::error("bad_command", message),
             Command::End,

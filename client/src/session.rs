@@ -18,7 +18,7 @@ use crate::api::{Command, Event, InputLog, Outcome};
 use crate::config::{ClientConfig, InputSink, ScreenSource};
 use crate::encode::ScreenEncoder;
 use crate::flow::ScreenFlow;
-use crate::link::{Incoming, Link};
+use tsunagu_proto::link::{Incoming, Link};
 use crate::synthetic::SyntheticScreen;
 use crate::takeover::{Takeover, Transition};
 
@@ -139,7 +139,7 @@ async fn dial_failed(events: &Events, e: DialError) -> Outcome {
             events.emit(Event::error("bad_ca", e.to_string())).await;
             Outcome::Usage { code: "bad_ca".into() }
         }
-        DialError::BadHost(_) => {
+        DialError::BadHost(_) | DialError::NoPorts => {
             events.emit(Event::error("bad_relay", e.to_string())).await;
             Outcome::Usage { code: "bad_relay".into() }
         }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tsunagu_proto::dial::{parse_relay, DEFAULT_ATTEMPT_TIMEOUT};
+use tsunagu_proto::dial::DEFAULT_ATTEMPT_TIMEOUT;
 use tsunagu_proto::PermissionSet;
 
 /// Environment variable holding the operator's password (never a flag: flags show in `ps`).
@@ -86,19 +86,12 @@ pub enum ConfigError {
     NoPorts,
 }
 
-/// Resolves `--relay HOST[:PORT]` and `--ports`: explicit ports win; otherwise the port in
-/// `--relay` alone; otherwise the default ports 7615, 80, 443.
+/// Resolves `--relay HOST[:PORT]` and `--ports` (see [`tsunagu_proto::dial::resolve_target`]).
 pub fn relay_target(spec: &str, ports: Option<Vec<u16>>) -> Result<(String, Vec<u16>), ConfigError> {
-    let (host, port) = parse_relay(spec).map_err(|e| ConfigError::BadRelay(e.to_string()))?;
-    let ports = match (ports, port) {
-        (Some(p), _) => p,
-        (None, Some(p)) => vec![p],
-        (None, None) => tsunagu_proto::DEFAULT_PORTS.to_vec(),
-    };
-    if ports.is_empty() {
-        return Err(ConfigError::NoPorts);
-    }
-    Ok((host, ports))
+    tsunagu_proto::dial::resolve_target(spec, ports).map_err(|e| match e {
+        tsunagu_proto::dial::DialError::NoPorts => ConfigError::NoPorts,
+        other => ConfigError::BadRelay(other.to_string()),
+    })
 }
 
 impl OperatorConfig {
@@ -130,10 +123,7 @@ mod tests {
 
     #[test]
     fn ports_follow_the_relay_spec() {
-        assert_eq!(relay_target("r.example", None).unwrap().1, vec![7615, 80, 443]);
         assert_eq!(relay_target("127.0.0.1:9000", None).unwrap(), ("127.0.0.1".into(), vec![9000]));
-        assert_eq!(relay_target("[::1]:9000", Some(vec![1, 2])).unwrap(), ("::1".into(), vec![1, 2]));
-        assert!(relay_target("r.example", Some(vec![])).is_err());
     }
 
     #[test]

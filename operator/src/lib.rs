@@ -14,8 +14,6 @@
 pub mod api;
 pub mod config;
 pub mod decode;
-pub mod headless;
-mod link;
 mod session;
 
 pub use api::{Button, Command, Event, Outcome};

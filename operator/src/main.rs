@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tsunagu_operator::config::{OperatorConfig, Timeouts, PASSWORD_ENV};
-use tsunagu_operator::{headless, Command, Event};
+use tsunagu_operator::{Command, Event};
 use tsunagu_proto::PermissionSet;
 
 /// Issue a tsunagu session code and view and control the client that joins with it.
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let outcome = runtime.block_on(headless::drive(
+    let outcome = runtime.block_on(tsunagu_proto::headless::drive(
         |commands, events| tsunagu_operator::run(config, commands, events),
         |message| Event::error("bad_command", message),
         Command::End,

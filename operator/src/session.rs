@@ -16,7 +16,7 @@ use tsunagu_proto::PermissionSet;
 use crate::api::{Button, Command, Event, Outcome};
 use crate::config::OperatorConfig;
 use crate::decode::{FrameResult, ScreenDecoder};
-use crate::link::{Incoming, Link};
+use tsunagu_proto::link::{Incoming, Link};
 
 /// Sent in `Hello`.
 const AGENT: &str = concat!("tsunagu-operator/", env!("CARGO_PKG_VERSION"));
@@ -114,7 +114,7 @@ async fn dial_failed(events: &Events, e: DialError) -> Outcome {
             events.emit(Event::error("bad_ca", e.to_string())).await;
             Outcome::Usage { code: "bad_ca".into() }
         }
-        DialError::BadHost(_) => {
+        DialError::BadHost(_) | DialError::NoPorts => {
             events.emit(Event::error("bad_relay", e.to_string())).await;
             Outcome::Usage { code: "bad_relay".into() }
         }

@@ -46,6 +46,8 @@ pub enum DialError {
     Unreachable { host: String, attempts: Vec<(u16, String)> },
     #[error(transparent)]
     Refused(TransportError),
+    #[error("no relay port to try")]
+    NoPorts,
 }
 
 /// A connection to the relay after the `Hello` exchange.
@@ -81,6 +83,21 @@ pub fn parse_relay(spec: &str) -> Result<(String, Option<u16>), DialError> {
         _ if spec.is_empty() => Err(bad()),
         _ => Ok((spec.to_string(), None)),
     }
+}
+
+/// Resolves `--relay HOST[:PORT]` and `--ports`: explicit ports win; otherwise the port in
+/// `--relay` alone; otherwise [`crate::DEFAULT_PORTS`] (7615, 80, 443).
+pub fn resolve_target(spec: &str, ports: Option<Vec<u16>>) -> Result<(String, Vec<u16>), DialError> {
+    let (host, port) = parse_relay(spec)?;
+    let ports = match (ports, port) {
+        (Some(p), _) => p,
+        (None, Some(p)) => vec![p],
+        (None, None) => crate::DEFAULT_PORTS.to_vec(),
+    };
+    if ports.is_empty() {
+        return Err(DialError::NoPorts);
+    }
+    Ok((host, ports))
 }
 
 /// A TLS 1.3 client configuration that trusts only the CA in `ca_pem` and offers ALPN
@@ -175,5 +192,9 @@ mod tests {
         assert!(parse_relay("host:notaport").is_err());
         assert!(parse_relay("").is_err());
         assert!(parse_relay(":80").is_err());
+        assert_eq!(resolve_target("r.example", None).unwrap().1, vec![7615, 80, 443]);
+        assert_eq!(resolve_target("127.0.0.1:9000", None).unwrap(), ("127.0.0.1".into(), vec![9000]));
+        assert_eq!(resolve_target("[::1]:9000", Some(vec![1, 2])).unwrap(), ("::1".into(), vec![1, 2]));
+        assert!(resolve_target("r.example", Some(vec![])).is_err());
     }
 }

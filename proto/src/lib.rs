@@ -5,8 +5,10 @@
 //!   checked before any allocation.
 //! * [`types`]: validated domain types shared by relay, operator and client
 //!   (session codes, permission sets).
-//! * `transport` and `dial` (feature `tokio`): the framed async transport over TLS and the
-//!   endpoint dialer that tries the relay's ports in order.
+//! * `transport`, `dial` and `link` (feature `tokio`): the framed async transport over TLS,
+//!   the endpoint dialer that tries the relay's ports in order, and an endpoint's live
+//!   connection (reader task, send timeouts, sequence numbers).
+//! * `headless` (feature `endpoint`): the JSON-lines driver of both apps' `--headless` mode.
 
 pub mod codec;
 pub mod limits;
@@ -14,6 +16,10 @@ pub mod types;
 
 #[cfg(feature = "tokio")]
 pub mod dial;
+#[cfg(feature = "endpoint")]
+pub mod headless;
+#[cfg(feature = "tokio")]
+pub mod link;
 #[cfg(feature = "tokio")]
 pub mod transport;
 

@@ -1,4 +1,4 @@
-//! The `--headless` driver: JSON-lines commands from stdin, JSON-lines events to stdout.
+//! The `--headless` driver shared by operator and client: JSON-lines commands from stdin, JSON-lines events to stdout.
 //!
 //! One object per line each way; every event line is flushed at once. A line that is not a
 //! valid command yields `{"event":"error","code":"bad_command",...}` and the driver goes on.
@@ -10,6 +10,41 @@ use serde::Serialize;
 use std::future::Future;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
+
+/// How a run ended; maps to the process exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A session ran and ended, or the local user denied consent. Exit code 0.
+    Ended {
+        /// The end reason as in the `ended` event.
+        reason: String,
+    },
+    /// The session could not start because of the relay's answer (bad code, expired, used,
+    /// throttled, consent timeout). Exit code 1.
+    Refused {
+        /// The error code or end reason.
+        code: String,
+    },
+    /// Unusable configuration (bad CA file, bad code, unsupported source). Exit code 2.
+    Usage {
+        /// What is wrong.
+        code: String,
+    },
+    /// The relay could not be reached, or the connection was lost. Exit code 3.
+    Unreachable,
+}
+
+impl Outcome {
+    /// The process exit code documented in `docs/automation.md`.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Ended { .. } => 0,
+            Outcome::Refused { .. } => 1,
+            Outcome::Usage { .. } => 2,
+            Outcome::Unreachable => 3,
+        }
+    }
+}
 
 /// Commands waiting for the session loop.
 pub const COMMAND_CAPACITY: usize = 64;

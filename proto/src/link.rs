@@ -4,15 +4,13 @@
 //!
 //! Only [`Link::recv`] is cancel-safe (it is a channel receive); sends must not be raced in a
 //! `select!`, or a frame could be cut in half. The session loops send from handler bodies.
-//!
-//! (The operator crate has the same module; both could move into `tsunagu-proto` later.)
 
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tsunagu_proto::dial::{Connected, Reader, Writer};
-use tsunagu_proto::pb::{self, frame::Body};
-use tsunagu_proto::transport::TransportError;
+use crate::dial::{Connected, Reader, Writer};
+use crate::pb::{self, frame::Body};
+use crate::transport::TransportError;
 
 /// Frames buffered between the reader task and the session loop. When full the reader stops
 /// reading, TCP pushes back, and the relay drops the oldest screen frames for us.
@@ -20,7 +18,7 @@ const INCOMING_CAPACITY: usize = 64;
 
 /// What the reader task reports.
 #[derive(Debug)]
-pub(crate) enum Incoming {
+pub enum Incoming {
     /// A frame from the relay.
     Frame(Body),
     /// The relay closed the connection.
@@ -33,7 +31,7 @@ pub(crate) enum Incoming {
 
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum LinkError {
+pub enum LinkError {
     #[error("the relay did not take our frame within {0:?}")]
     WriteTimeout(Duration),
     #[error(transparent)]
@@ -41,7 +39,7 @@ pub(crate) enum LinkError {
 }
 
 /// The session's connection to the relay.
-pub(crate) struct Link {
+pub struct Link {
     writer: Writer,
     incoming: mpsc::Receiver<Incoming>,
     reader_task: tokio::task::JoinHandle<()>,
@@ -52,14 +50,14 @@ pub(crate) struct Link {
 
 impl Link {
     /// Takes over a dialled connection; `idle_timeout` is how long the relay may stay silent.
-    pub(crate) fn new(conn: Connected, idle_timeout: Duration, write_timeout: Duration) -> Self {
+    pub fn new(conn: Connected, idle_timeout: Duration, write_timeout: Duration) -> Self {
         let (tx, incoming) = mpsc::channel(INCOMING_CAPACITY);
         let reader_task = tokio::spawn(read_loop(conn.reader, idle_timeout, tx));
         Self { writer: conn.writer, incoming, reader_task, seqs: [0; 8], write_timeout }
     }
 
     /// Sends one frame body.
-    pub(crate) async fn send(&mut self, body: Body) -> Result<(), LinkError> {
+    pub async fn send(&mut self, body: Body) -> Result<(), LinkError> {
         tokio::time::timeout(self.write_timeout, self.writer.send_body(body))
             .await
             .map_err(|_| LinkError::WriteTimeout(self.write_timeout))??;
@@ -67,7 +65,7 @@ impl Link {
     }
 
     /// Sends a data frame on `channel` with the next sequence number, which it returns.
-    pub(crate) async fn send_data(&mut self, channel: pb::Channel, payload: Vec<u8>) -> Result<u64, LinkError> {
+    pub async fn send_data(&mut self, channel: pb::Channel, payload: Vec<u8>) -> Result<u64, LinkError> {
         let slot = (channel as usize).min(self.seqs.len() - 1);
         let seq = self.seqs[slot] + 1;
         self.send(Body::Data(pb::Data { channel: channel as i32, seq, payload: payload.into() })).await?;
@@ -77,7 +75,7 @@ impl Link {
 
     /// The next frame or connection event (stray `Pong`s are dropped; `Ping`s are returned
     /// for the caller to answer). Cancel-safe.
-    pub(crate) async fn recv(&mut self) -> Incoming {
+    pub async fn recv(&mut self) -> Incoming {
         loop {
             match self.incoming.recv().await {
                 Some(Incoming::Frame(Body::Pong(_))) => {}
@@ -88,7 +86,7 @@ impl Link {
     }
 
     /// Closes the TLS stream (best effort, bounded by the write timeout).
-    pub(crate) async fn close(mut self) {
+    pub async fn close(mut self) {
         let _ = tokio::time::timeout(self.write_timeout, self.writer.shutdown()).await;
         self.reader_task.abort();
     }
