@@ -221,9 +221,21 @@ async fn open_pair(cfg: &DialConfig, perms: PermissionSet) -> Result<(Duration, 
 async fn pump(mut op: Peer, mut client: Peer, bytes: usize) -> Result<usize> {
     let chunks = bytes.div_ceil(CHUNK);
     let payload = Bytes::from(vec![0x5a; CHUNK]);
+    // The relay forwards file chunks only for a transfer the receiver accepted.
+    let offer = pb::FileOffer { transfer_id: 1, name: "load.bin".into(), size: (chunks * CHUNK) as u64, sha256: vec![0; 32].into() };
+    client.writer.send(&frame(Body::FileOffer(offer))).await?;
+    match op.next().await? {
+        Body::FileOffer(_) => {}
+        other => bail!("expected the file offer, got {other:?}"),
+    }
+    op.writer.send(&frame(Body::FileAnswer(pb::FileAnswer { transfer_id: 1, accept: true }))).await?;
+    match client.next().await? {
+        Body::FileAnswer(a) if a.accept => {}
+        other => bail!("expected the acceptance, got {other:?}"),
+    }
     let sender = tokio::spawn(async move {
         for seq in 1..=chunks as u64 {
-            let f = frame(Body::Data(pb::Data { channel: Channel::File as i32, seq, payload: payload.clone() }));
+            let f = frame(Body::Data(pb::Data { channel: Channel::File as i32, seq, payload: payload.clone(), stream: 1 }));
             let wire = tsunagu_proto::codec::encode(&f)?;
             client.writer.write_raw(&wire).await?;
         }

@@ -14,7 +14,7 @@ use tsunagu_proto::PermissionSet;
 use tsunagu_relay::policy::{Direction, Policy};
 
 fn data_frame(len: usize) -> Frame {
-    Frame { body: Some(Body::Data(pb::Data { channel: Channel::File as i32, seq: 1, payload: Bytes::from(vec![7u8; len]) })) }
+    Frame { body: Some(Body::Data(pb::Data { channel: Channel::File as i32, seq: 1, payload: Bytes::from(vec![7u8; len]), stream: 1 })) }
 }
 
 fn codec(c: &mut Criterion) {
@@ -76,6 +76,12 @@ async fn relayed(total: usize) -> Duration {
 
     let chunk = encode(&data_frame(64 * 1024)).unwrap();
     let frames = total / (64 * 1024);
+    // The relay forwards file chunks only for an accepted transfer.
+    let offer = pb::FileOffer { transfer_id: 1, name: "bench.bin".into(), size: (frames * 64 * 1024) as u64, sha256: vec![0; 32].into() };
+    cl.writer.send_body(Body::FileOffer(offer)).await.unwrap();
+    op.reader.read().await.unwrap();
+    op.writer.send_body(Body::FileAnswer(pb::FileAnswer { transfer_id: 1, accept: true })).await.unwrap();
+    cl.reader.read().await.unwrap();
     let start = std::time::Instant::now();
     let mut writer = cl.writer;
     let sender = tokio::spawn(async move {

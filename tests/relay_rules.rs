@@ -106,7 +106,7 @@ async fn a_denial_ends_the_session_and_nothing_flows() {
     assert_eq!(client.expect_ended().await, EndReason::ConsentDenied);
     // Both connections close.
     assert!(op.next_within(Duration::from_secs(5)).await.is_none());
-    let _ = client.try_send(body_frame(Body::Data(pb::Data { channel: 1, seq: 1, payload: vec![0u8; 10].into() }))).await;
+    let _ = client.try_send(body_frame(Body::Data(pb::Data { channel: 1, seq: 1, payload: vec![0u8; 10].into(), stream: 0 }))).await;
     let rows = relay.history().await;
     assert_eq!(rows[0].end_reason.as_deref(), Some("consent_denied"));
     assert_eq!(rows[0].bytes_to_operator, 0);
@@ -331,7 +331,7 @@ async fn garbage_closes_only_that_connection() {
     // A data frame larger than the limit, inside an active session, ends only that session.
     let (mut op2, mut client2) = paired(&relay, &["view"]).await;
     let huge = vec![0u8; 2 << 20];
-    let _ = client2.try_send(body_frame(Body::Data(pb::Data { channel: 1, seq: 1, payload: huge.into() }))).await;
+    let _ = client2.try_send(body_frame(Body::Data(pb::Data { channel: 1, seq: 1, payload: huge.into(), stream: 0 }))).await;
     let mut w = client2;
     w.writer.write_raw(&bytes::Bytes::from_static(&[0x7f, 0xff, 0xff, 0xff])).await.unwrap();
     w.writer.flush().await.unwrap();

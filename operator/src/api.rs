@@ -73,27 +73,9 @@ pub enum Command {
     },
     /// End the session.
     End,
-    /// File transfer: not supported yet.
-    SendFile {
-        /// Path of the file to send.
-        #[serde(default)]
-        path: Option<String>,
-    },
-    /// File transfer: not supported yet.
-    AcceptFile {
-        /// Offer id.
-        #[serde(default)]
-        id: Option<String>,
-        /// Folder to save into.
-        #[serde(default)]
-        dir: Option<String>,
-    },
-    /// File transfer: not supported yet.
-    RejectFile {
-        /// Offer id.
-        #[serde(default)]
-        id: Option<String>,
-    },
+    /// File transfer: `send_file`, `accept_file`, `reject_file`, `cancel_file`.
+    #[serde(untagged)]
+    File(tsunagu_proto::transfer::FileCommand),
 }
 
 /// An event from the operator (`{"event": "...", ...}` in headless mode).
@@ -200,6 +182,10 @@ pub enum Event {
         /// Human-readable detail.
         message: String,
     },
+    /// File transfer events: `file_offer`, `file_offered`, `file_accepted`, `file_progress`,
+    /// `file_saved`, `file_sent`, `file_rejected`, `file_cancelled`, `file_failed`.
+    #[serde(untagged)]
+    File(tsunagu_proto::transfer::FileEvent),
 }
 
 impl Event {

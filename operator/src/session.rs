@@ -17,6 +17,7 @@ use crate::api::{Button, Command, Event, Outcome};
 use crate::config::OperatorConfig;
 use crate::decode::{FrameResult, ScreenDecoder};
 use tsunagu_proto::link::{Incoming, Link};
+use tsunagu_proto::transfer::{ProgressBars, TransferEvent, Transfers};
 
 /// Sent in `Hello`.
 const AGENT: &str = concat!("tsunagu-operator/", env!("CARGO_PKG_VERSION"));
@@ -96,6 +97,9 @@ pub async fn run(config: OperatorConfig, commands: mpsc::Receiver<Command>, even
         paused: false,
         decoder,
         last_decoded_seq: 0,
+        granted: PermissionSet::EMPTY,
+        transfers: Transfers::new(),
+        bars: ProgressBars::new(),
         config,
     };
     let outcome = session.run(commands).await;
@@ -146,6 +150,10 @@ struct Session {
     paused: bool,
     decoder: ScreenDecoder,
     last_decoded_seq: u64,
+    /// Permissions in force, from the last `SessionState`.
+    granted: PermissionSet,
+    transfers: Transfers,
+    bars: ProgressBars,
 }
 
 /// What a handler decided.
@@ -174,6 +182,8 @@ impl Session {
                     }
                 },
                 _ = tokio::time::sleep_until(phase_deadline.into()) => self.on_deadline().await,
+                // Outgoing file content, a few chunks at a time so frames and input interleave.
+                _ = std::future::ready(()), if self.transfers.wants_pump() => self.pump_files().await,
             };
             if let Step::Done(outcome) = step {
                 return outcome;
@@ -204,6 +214,8 @@ impl Session {
             return Outcome::Ended { reason: "operator_ended".into() };
         }
         warn!(session = %self.session_id, error = %detail, "lost the connection to the relay");
+        let aborted = self.transfers.abort_all("the connection to the relay was lost").await;
+        self.emit_files(aborted).await;
         self.events.emit(Event::error("connection_lost", detail)).await;
         self.events.emit(Event::Ended { reason: "connection_lost".into() }).await;
         Outcome::Unreachable
@@ -264,6 +276,8 @@ impl Session {
                 Ok(())
             }
             Body::Ended(ended) => return Step::Done(self.on_ended(ended).await),
+            Body::FileOffer(_) | Body::FileAnswer(_) | Body::FileCredit(_) | Body::FileDone(_) => self.on_file_frame(&body).await,
+            Body::Data(data) if data.channel == Channel::File as i32 => self.on_file_frame(&Body::Data(data)).await,
             Body::Data(data) => self.on_data(data).await,
             other => {
                 debug!(frame = ?std::mem::discriminant(&other), phase = ?self.phase, "ignored an unexpected frame");
@@ -276,8 +290,37 @@ impl Session {
         }
     }
 
+    /// A file-transfer frame from the client.
+    async fn on_file_frame(&mut self, body: &Body) -> Result<(), Outcome> {
+        match self.transfers.on_frame(&mut self.link, body).await {
+            Ok(events) => {
+                self.emit_files(events).await;
+                Ok(())
+            }
+            Err(e) => Err(self.lost(e.to_string()).await),
+        }
+    }
+
+    async fn pump_files(&mut self) -> Step {
+        match self.transfers.pump(&mut self.link).await {
+            Ok(events) => {
+                self.emit_files(events).await;
+                Step::Continue
+            }
+            Err(e) => Step::Done(self.lost(e.to_string()).await),
+        }
+    }
+
+    async fn emit_files(&mut self, events: Vec<TransferEvent>) {
+        for e in events {
+            self.bars.show(&e);
+            self.events.emit(Event::File(e.into())).await;
+        }
+    }
+
     async fn on_session_state(&mut self, state: pb::SessionState) {
         let granted = PermissionSet::from_wire(&state.granted);
+        self.granted = granted;
         if self.phase < Phase::Active {
             self.phase = Phase::Active;
             info!(session = %self.session_id, %granted, "session active");
@@ -302,6 +345,8 @@ impl Session {
         let reason = pb::EndReason::try_from(ended.reason).unwrap_or(pb::EndReason::Unspecified);
         let name = end_reason_name(reason);
         info!(session = %self.session_id, reason = name, "session ended");
+        let aborted = self.transfers.abort_all(&format!("the session ended ({name})")).await;
+        self.emit_files(aborted).await;
         let ran = self.phase >= Phase::Active;
         if !ran && matches!(reason, pb::EndReason::ConsentDenied | pb::EndReason::ConsentTimeout) {
             self.events.emit(Event::Consent { granted: None, denied: Some(true), reason: Some(name.into()) }).await;
@@ -370,14 +415,7 @@ impl Session {
     async fn on_command(&mut self, cmd: Command) -> Step {
         use pb::input_event::Kind;
         let sendable = self.phase >= Phase::WaitingForClient && self.phase != Phase::Ending;
-        let needs_session = !matches!(
-            cmd,
-            Command::End
-                | Command::Sample { .. }
-                | Command::SendFile { .. }
-                | Command::AcceptFile { .. }
-                | Command::RejectFile { .. }
-        );
+        let needs_session = !matches!(cmd, Command::End | Command::Sample { .. });
         if needs_session && !sendable {
             self.events.emit(Event::error("not_active", "there is no session to send this to")).await;
             return Step::Continue;
@@ -425,8 +463,15 @@ impl Session {
                 Ok(())
             }
             Command::End => self.end().await,
-            Command::SendFile { .. } | Command::AcceptFile { .. } | Command::RejectFile { .. } => {
-                self.events.emit(Event::error("not_supported", "file transfer is not built yet")).await;
+            Command::File(fc) => {
+                if self.phase != Phase::Active || !self.granted.contains(pb::Permission::Files) {
+                    self.events.emit(Event::error("not_granted", "the client has not granted file transfer")).await;
+                } else {
+                    match self.transfers.command(&mut self.link, fc).await {
+                        Ok(events) => self.emit_files(events).await,
+                        Err((code, message)) => self.events.emit(Event::error(code, message)).await,
+                    }
+                }
                 Ok(())
             }
         };

@@ -125,6 +125,7 @@ mod tests {
                 channel: pb::Channel::Chat as i32,
                 seq,
                 payload: Bytes::copy_from_slice(payload),
+                stream: 0,
             })),
         }
     }

@@ -9,6 +9,8 @@
 //!   the endpoint dialer that tries the relay's ports in order, and an endpoint's live
 //!   connection (reader task, send timeouts, sequence numbers).
 //! * `headless` (feature `endpoint`): the JSON-lines driver of both apps' `--headless` mode.
+//! * `transfer` (feature `endpoint`): file transfer as both apps do it: offers with SHA-256,
+//!   the receiver's choice of folder, safe names, a credit window, verified saves.
 
 pub mod codec;
 pub mod limits;
@@ -20,6 +22,8 @@ pub mod dial;
 pub mod headless;
 #[cfg(feature = "tokio")]
 pub mod link;
+#[cfg(feature = "endpoint")]
+pub mod transfer;
 #[cfg(feature = "tokio")]
 pub mod transport;
 

@@ -68,7 +68,16 @@ impl Link {
     pub async fn send_data(&mut self, channel: pb::Channel, payload: Vec<u8>) -> Result<u64, LinkError> {
         let slot = (channel as usize).min(self.seqs.len() - 1);
         let seq = self.seqs[slot] + 1;
-        self.send(Body::Data(pb::Data { channel: channel as i32, seq, payload: payload.into() })).await?;
+        self.send(Body::Data(pb::Data { channel: channel as i32, seq, payload: payload.into(), stream: 0 })).await?;
+        self.seqs[slot] = seq;
+        Ok(seq)
+    }
+
+    /// Sends the next bytes of file transfer `stream` on the file channel.
+    pub async fn send_file_chunk(&mut self, stream: u32, payload: bytes::Bytes) -> Result<u64, LinkError> {
+        let slot = pb::Channel::File as usize;
+        let seq = self.seqs[slot] + 1;
+        self.send(Body::Data(pb::Data { channel: pb::Channel::File as i32, seq, payload, stream })).await?;
         self.seqs[slot] = seq;
         Ok(seq)
     }

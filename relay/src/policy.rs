@@ -2,6 +2,7 @@
 //! Events and time go in; decisions (forward or drop, what to tell the peers, when the
 //! next deadline is) come out. The connection code only carries out what this decides.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tsunagu_proto::pb::{Channel, EndReason, Permission};
@@ -20,10 +21,80 @@ pub enum Phase {
 }
 
 /// Which way a data frame travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     ToClient,
     ToOperator,
+}
+
+impl Direction {
+    pub fn opposite(self) -> Self {
+        match self {
+            Direction::ToClient => Direction::ToOperator,
+            Direction::ToOperator => Direction::ToClient,
+        }
+    }
+
+    /// The history's name for files moving this way.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::ToClient => "to_client",
+            Direction::ToOperator => "to_operator",
+        }
+    }
+}
+
+/// Transfers open at once in one session (offered or accepted, both directions together).
+/// Each holds a few bytes of bookkeeping; the cap keeps a peer from growing the table.
+pub const MAX_OPEN_TRANSFERS: usize = 16;
+
+/// Longest file name kept in the history, in characters.
+pub const MAX_RECORDED_NAME: usize = 255;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransferState {
+    Offered,
+    Accepted,
+}
+
+#[derive(Debug, Clone)]
+struct Transfer {
+    name: String,
+    size: u64,
+    bytes: u64,
+    state: TransferState,
+}
+
+/// A finished (or refused) transfer, for the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub name: String,
+    pub size: u64,
+    pub direction: Direction,
+    pub bytes: u64,
+    /// `completed`, `rejected`, `cancelled` or `failed`.
+    pub result: &'static str,
+}
+
+/// The history's name for a file result.
+pub fn file_result_name(result: tsunagu_proto::pb::FileResult) -> &'static str {
+    use tsunagu_proto::pb::FileResult as R;
+    match result {
+        R::Completed => "completed",
+        R::Rejected => "rejected",
+        R::Cancelled => "cancelled",
+        R::Failed | R::Unspecified => "failed",
+    }
+}
+
+/// Keeps a file name fit for the history: no control characters, bounded length.
+fn recorded_name(name: &str) -> String {
+    let clean: String = name.chars().filter(|c| !c.is_control()).take(MAX_RECORDED_NAME).collect();
+    if clean.is_empty() {
+        "unnamed".into()
+    } else {
+        clean
+    }
 }
 
 /// Why a data frame was not forwarded.
@@ -36,6 +107,12 @@ pub enum DropReason {
     ChatOnly,
     WrongDirection,
     UnknownChannel,
+    /// A file frame for a transfer that was not offered, not accepted, or is over.
+    NoTransfer,
+    /// A file chunk beyond the offered size, or an offer with an id already in use.
+    TransferMisuse,
+    /// Too many transfers open at once.
+    TooManyTransfers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +159,8 @@ pub struct Policy {
     code_deadline: Instant,
     consent_timeout: Duration,
     consent_deadline: Option<Instant>,
+    /// Open transfers by (direction the content moves, sender's transfer id).
+    transfers: HashMap<(Direction, u32), Transfer>,
 }
 
 impl Policy {
@@ -97,6 +176,7 @@ impl Policy {
             code_deadline: now + code_ttl,
             consent_timeout,
             consent_deadline: None,
+            transfers: HashMap::new(),
         }
     }
 
@@ -165,9 +245,29 @@ impl Policy {
         before != (self.modes, self.granted)
     }
 
-    /// Decides whether a data frame of `len` wire bytes on `channel` may pass.
+    /// Decides whether a data frame of `len` wire bytes on `channel` may pass. File chunks
+    /// (`stream` = transfer id, `payload` = content bytes claimed) pass only for an accepted
+    /// transfer moving this way, up to its offered size.
     pub fn check_data(&mut self, direction: Direction, channel: Option<Channel>, len: usize) -> Verdict {
-        let verdict = self.decide(direction, channel);
+        self.check_data_in(direction, channel, 0, 0, len)
+    }
+
+    /// [`check_data`](Self::check_data) with the file-transfer header fields.
+    pub fn check_data_in(&mut self, direction: Direction, channel: Option<Channel>, stream: u32, payload: usize, len: usize) -> Verdict {
+        let mut verdict = self.decide(direction, channel);
+        if verdict == Verdict::Forward && channel == Some(Channel::File) {
+            verdict = match self.transfers.get_mut(&(direction, stream)) {
+                Some(t) if t.state == TransferState::Accepted => {
+                    if t.bytes + payload as u64 > t.size {
+                        Verdict::Drop(DropReason::TransferMisuse)
+                    } else {
+                        t.bytes += payload as u64;
+                        Verdict::Forward
+                    }
+                }
+                _ => Verdict::Drop(DropReason::NoTransfer),
+            };
+        }
         match verdict {
             Verdict::Forward => match direction {
                 Direction::ToClient => self.counters.bytes_to_client += len as u64,
@@ -197,8 +297,95 @@ impl Policy {
                 v => v,
             },
             (Some(Channel::File), _) => need(Permission::Files),
+            // Feedback and input never travel towards the operator, nor screen to the client.
             (Some(Channel::Screen | Channel::ScreenFeedback | Channel::Input), _) => Verdict::Drop(WrongDirection),
         }
+    }
+
+    /// Files may move now (consent, `files` granted, not chat-only).
+    fn files_allowed(&self) -> Result<(), DropReason> {
+        if self.phase != Phase::Active {
+            return Err(DropReason::NoConsent);
+        }
+        if !self.granted.contains(Permission::Files) {
+            return Err(DropReason::NotGranted);
+        }
+        if self.modes.chat_only {
+            return Err(DropReason::ChatOnly);
+        }
+        Ok(())
+    }
+
+    /// A sender offers a file moving `direction`.
+    pub fn file_offer(&mut self, direction: Direction, id: u32, name: &str, size: u64) -> Verdict {
+        if let Err(r) = self.files_allowed() {
+            return Verdict::Drop(r);
+        }
+        if self.transfers.contains_key(&(direction, id)) {
+            return Verdict::Drop(DropReason::TransferMisuse);
+        }
+        if self.transfers.len() >= MAX_OPEN_TRANSFERS {
+            return Verdict::Drop(DropReason::TooManyTransfers);
+        }
+        self.transfers.insert((direction, id), Transfer { name: recorded_name(name), size, bytes: 0, state: TransferState::Offered });
+        Verdict::Forward
+    }
+
+    /// The receiver answers an offer; the answer travels `direction` (back to the sender).
+    /// A rejection closes the transfer and yields its record.
+    pub fn file_answer(&mut self, direction: Direction, id: u32, accept: bool) -> (Verdict, Option<FileRecord>) {
+        let key = (direction.opposite(), id);
+        let allowed = self.files_allowed();
+        match self.transfers.get_mut(&key) {
+            Some(t) if t.state == TransferState::Offered => {
+                if accept {
+                    if let Err(r) = allowed {
+                        return (Verdict::Drop(r), None);
+                    }
+                    t.state = TransferState::Accepted;
+                    (Verdict::Forward, None)
+                } else {
+                    let record = self.close_transfer(key, "rejected");
+                    (Verdict::Forward, record)
+                }
+            }
+            _ => (Verdict::Drop(DropReason::NoTransfer), None),
+        }
+    }
+
+    /// The receiver grants more credit; it travels `direction` (back to the sender).
+    pub fn file_credit(&self, direction: Direction, id: u32) -> Verdict {
+        match self.transfers.get(&(direction.opposite(), id)) {
+            Some(t) if t.state == TransferState::Accepted => Verdict::Forward,
+            _ => Verdict::Drop(DropReason::NoTransfer),
+        }
+    }
+
+    /// Either side ends a transfer; the frame travels `direction`.
+    pub fn file_done(&mut self, direction: Direction, id: u32, from_receiver: bool, result: &'static str) -> (Verdict, Option<FileRecord>) {
+        let key = if from_receiver { (direction.opposite(), id) } else { (direction, id) };
+        if !self.transfers.contains_key(&key) {
+            return (Verdict::Drop(DropReason::NoTransfer), None);
+        }
+        // A sender cannot declare its own transfer completed: only the receiver, who
+        // checked the hash, can.
+        let result = if result == "completed" && !from_receiver { "failed" } else { result };
+        let record = self.close_transfer(key, result);
+        (Verdict::Forward, record)
+    }
+
+    fn close_transfer(&mut self, key: (Direction, u32), result: &'static str) -> Option<FileRecord> {
+        self.transfers.remove(&key).map(|t| FileRecord { name: t.name, size: t.size, direction: key.0, bytes: t.bytes, result })
+    }
+
+    /// Transfers still open (the session is ending): each is recorded as failed.
+    pub fn close_all_transfers(&mut self) -> Vec<FileRecord> {
+        let keys: Vec<_> = self.transfers.keys().copied().collect();
+        keys.into_iter().filter_map(|k| self.close_transfer(k, "failed")).collect()
+    }
+
+    pub fn open_transfers(&self) -> usize {
+        self.transfers.len()
     }
 
     /// The next moment something happens by itself (code expiry, consent timeout).
@@ -321,7 +508,10 @@ mod tests {
         assert_eq!(p.check_data(ToOperator, Some(Channel::Input), 5), Verdict::Drop(DropReason::WrongDirection));
         assert_eq!(p.check_data(ToOperator, None, 5), Verdict::Drop(DropReason::UnknownChannel));
         assert_eq!(p.check_data(ToClient, Some(Channel::ScreenFeedback), 5), Verdict::Forward);
-        assert_eq!(p.check_data(ToOperator, Some(Channel::File), 7), Verdict::Forward);
+        assert_eq!(p.check_data(ToOperator, Some(Channel::File), 7), Verdict::Drop(DropReason::NoTransfer));
+        p.file_offer(ToOperator, 3, "f", 100);
+        p.file_answer(ToClient, 3, true);
+        assert_eq!(p.check_data_in(ToOperator, Some(Channel::File), 3, 5, 7), Verdict::Forward);
         assert_eq!(p.counters().bytes_to_client, 5);
         assert_eq!(p.counters().bytes_to_operator, 7);
     }
@@ -342,6 +532,59 @@ mod tests {
         assert_eq!(p.deadline(), Some(t0 + Duration::from_secs(65)));
         assert_eq!(p.tick(t0 + Duration::from_secs(65)), Some(EndReason::ConsentTimeout));
         assert_eq!(p.consent(PermissionSet::ALL, false), ConsentOutcome::Unexpected);
+    }
+
+    #[test]
+    fn file_chunks_need_an_accepted_transfer_and_stay_within_its_size() {
+        let (mut p, _) = active(&["view", "files"]);
+        let file = Some(Channel::File);
+        assert_eq!(p.check_data_in(ToClient, file, 1, 10, 20), Verdict::Drop(DropReason::NoTransfer));
+        assert_eq!(p.file_offer(ToClient, 1, "report.pdf", 100), Verdict::Forward);
+        assert_eq!(p.check_data_in(ToClient, file, 1, 10, 20), Verdict::Drop(DropReason::NoTransfer), "offered is not accepted");
+        // The sender cannot accept its own offer: the answer must travel back to it.
+        assert_eq!(p.file_answer(ToClient, 1, true).0, Verdict::Drop(DropReason::NoTransfer));
+        assert_eq!(p.file_answer(ToOperator, 1, true), (Verdict::Forward, None));
+        assert_eq!(p.check_data_in(ToClient, file, 1, 60, 70), Verdict::Forward);
+        assert_eq!(p.check_data_in(ToOperator, file, 1, 10, 20), Verdict::Drop(DropReason::NoTransfer), "wrong direction");
+        assert_eq!(p.check_data_in(ToClient, file, 2, 10, 20), Verdict::Drop(DropReason::NoTransfer), "wrong stream");
+        assert_eq!(p.check_data_in(ToClient, file, 1, 50, 60), Verdict::Drop(DropReason::TransferMisuse), "beyond the size");
+        assert_eq!(p.check_data_in(ToClient, file, 1, 40, 50), Verdict::Forward);
+        assert_eq!(p.file_credit(ToOperator, 1), Verdict::Forward);
+        assert_eq!(p.file_credit(ToClient, 1), Verdict::Drop(DropReason::NoTransfer));
+        let (v, rec) = p.file_done(ToOperator, 1, true, "completed");
+        assert_eq!(v, Verdict::Forward);
+        let rec = rec.unwrap();
+        assert_eq!((rec.name.as_str(), rec.size, rec.bytes, rec.result, rec.direction), ("report.pdf", 100, 100, "completed", ToClient));
+        assert_eq!(p.check_data_in(ToClient, file, 1, 1, 2), Verdict::Drop(DropReason::NoTransfer), "over is over");
+    }
+
+    #[test]
+    fn rejections_revocation_and_limits() {
+        let (mut p, _) = active(&["view", "files"]);
+        p.file_offer(ToOperator, 7, "a\u{1b}b.txt", 5);
+        let (_, rec) = p.file_answer(ToClient, 7, false);
+        assert_eq!(rec.unwrap().result, "rejected");
+        assert_eq!(p.open_transfers(), 0);
+
+        // Only the receiver may call a transfer completed.
+        p.file_offer(ToOperator, 8, "x", 5);
+        p.file_answer(ToClient, 8, true);
+        assert_eq!(p.file_done(ToOperator, 8, false, "completed").1.unwrap().result, "failed");
+
+        for id in 0..MAX_OPEN_TRANSFERS as u32 {
+            assert_eq!(p.file_offer(ToClient, id, "f", 1), Verdict::Forward);
+        }
+        assert_eq!(p.file_offer(ToClient, 99, "f", 1), Verdict::Drop(DropReason::TooManyTransfers));
+        assert_eq!(p.file_offer(ToClient, 0, "f", 1), Verdict::Drop(DropReason::TransferMisuse));
+        p.file_answer(ToOperator, 0, true);
+        // Revoking files stops chunks at once.
+        p.client_state(ClientModes::default(), perms(&["files"]));
+        assert_eq!(p.check_data_in(ToClient, Some(Channel::File), 0, 1, 2), Verdict::Drop(DropReason::NotGranted));
+        assert_eq!(p.file_offer(ToClient, 50, "f", 1), Verdict::Drop(DropReason::NotGranted));
+        assert_eq!(p.close_all_transfers().len(), MAX_OPEN_TRANSFERS);
+
+        let (mut q, _) = active(&["view"]);
+        assert_eq!(q.file_offer(ToClient, 1, "f", 1), Verdict::Drop(DropReason::NotGranted));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tsunagu_proto::types::end_reason_name;
 use tsunagu_proto::{PermissionSet, RawFrame, SessionCode};
 
 use crate::history::{now_ms, HistoryEvent};
-use crate::policy::{ClientModes, ConsentOutcome, Direction, Policy, Verdict};
+use crate::policy::{file_result_name, ClientModes, ConsentOutcome, Direction, FileRecord, Policy, Verdict};
 use crate::queue::{OutQueue, QueueError};
 use crate::server::Shared;
 
@@ -139,20 +139,88 @@ impl Session {
         true
     }
 
+    /// The queue of the peer a frame travelling `direction` goes to.
+    fn target(inner: &Inner, direction: Direction) -> Option<OutQueue> {
+        match direction {
+            Direction::ToClient => inner.client_q.clone(),
+            Direction::ToOperator => Some(inner.operator_q.clone()),
+        }
+    }
+
+    /// Forwards a file-transfer frame the policy allowed, and records a finished transfer.
+    async fn forward_file_frame(&self, target: Option<OutQueue>, wire: Bytes, record: Option<FileRecord>) {
+        if let Some(q) = target {
+            let _ = q.push_data(wire).await;
+        }
+        if let Some(r) = record {
+            self.record_file(r).await;
+        }
+    }
+
+    async fn record_file(&self, r: FileRecord) {
+        tracing::info!(session = %self.id, size = r.size, bytes = r.bytes, direction = r.direction.name(), result = r.result, "file transfer over");
+        self.shared
+            .history
+            .record(HistoryEvent::File {
+                id: self.id.clone(),
+                name: r.name,
+                size: r.size,
+                direction: r.direction.name(),
+                bytes: r.bytes,
+                result: r.result,
+                at_ms: now_ms(),
+            })
+            .await;
+    }
+
     /// Handles one frame from a peer. Returns false when the peer's connection should stop
     /// reading (the session ended).
     pub async fn on_frame(&self, from: Role, raw: RawFrame) -> bool {
         let Some(body) = raw.frame.body else { return true };
+        let direction = match from {
+            Role::Operator => Direction::ToClient,
+            Role::Client => Direction::ToOperator,
+        };
         match body {
-            Body::Data(data) => {
-                let direction = match from {
-                    Role::Operator => Direction::ToClient,
-                    Role::Client => Direction::ToOperator,
+            Body::FileOffer(offer) => {
+                let target = {
+                    let mut inner = self.lock();
+                    let v = inner.policy.file_offer(direction, offer.transfer_id, &offer.name, offer.size);
+                    (v == Verdict::Forward).then(|| Self::target(&inner, direction)).flatten()
                 };
+                self.forward_file_frame(target, raw.wire, None).await;
+            }
+            Body::FileAnswer(answer) => {
+                let (target, record) = {
+                    let mut inner = self.lock();
+                    let (v, record) = inner.policy.file_answer(direction, answer.transfer_id, answer.accept);
+                    ((v == Verdict::Forward).then(|| Self::target(&inner, direction)).flatten(), record)
+                };
+                self.forward_file_frame(target, raw.wire, record).await;
+            }
+            Body::FileCredit(credit) => {
+                let target = {
+                    let inner = self.lock();
+                    (inner.policy.file_credit(direction, credit.transfer_id) == Verdict::Forward)
+                        .then(|| Self::target(&inner, direction))
+                        .flatten()
+                };
+                self.forward_file_frame(target, raw.wire, None).await;
+            }
+            Body::FileDone(done) => {
+                let result = file_result_name(pb::FileResult::try_from(done.result).unwrap_or(pb::FileResult::Failed));
+                let (target, record) = {
+                    let mut inner = self.lock();
+                    let (v, record) = inner.policy.file_done(direction, done.transfer_id, done.from_receiver, result);
+                    ((v == Verdict::Forward).then(|| Self::target(&inner, direction)).flatten(), record)
+                };
+                self.forward_file_frame(target, raw.wire, record).await;
+            }
+            Body::Data(data) => {
                 let channel = Channel::try_from(data.channel).ok();
                 let target = {
                     let mut inner = self.lock();
-                    match inner.policy.check_data(direction, channel, raw.wire.len()) {
+                    match inner.policy.check_data_in(direction, channel, data.stream, file_payload_len(channel, &data.payload), raw.wire.len()) {
                         Verdict::Forward => match direction {
                             Direction::ToClient => inner.client_q.clone(),
                             Direction::ToOperator => Some(inner.operator_q.clone()),
@@ -253,7 +321,7 @@ impl Session {
     /// Ends the session for `reason` (once): tells both peers, closes their queues,
     /// releases the code and writes the history.
     pub async fn finish(&self, reason: EndReason) {
-        let (counters, granted, phase_before_client, queues) = {
+        let (counters, granted, phase_before_client, queues, open_files) = {
             let mut inner = self.lock();
             let had_client = inner.client_q.is_some();
             if inner.finished {
@@ -261,8 +329,12 @@ impl Session {
             }
             inner.finished = true;
             inner.policy.end(reason);
-            (inner.policy.counters(), inner.policy.granted(), !had_client, (inner.operator_q.clone(), inner.client_q.clone()))
+            let open_files = inner.policy.close_all_transfers();
+            (inner.policy.counters(), inner.policy.granted(), !had_client, (inner.operator_q.clone(), inner.client_q.clone()), open_files)
         };
+        for record in open_files {
+            self.record_file(record).await;
+        }
         let ended = frame(Body::Ended(pb::Ended { reason: reason as i32 }));
         for q in [Some(&queues.0), queues.1.as_ref()].into_iter().flatten() {
             let _ = q.push_control(ended.clone());
@@ -324,6 +396,15 @@ impl Session {
     }
 }
 
+/// Content bytes of a file chunk (its whole payload); 0 on other channels.
+fn file_payload_len(channel: Option<Channel>, payload: &Bytes) -> usize {
+    if channel == Some(Channel::File) {
+        payload.len()
+    } else {
+        0
+    }
+}
+
 fn body_name(body: &Body) -> &'static str {
     match body {
         Body::Hello(_) => "hello",
@@ -343,5 +424,9 @@ fn body_name(body: &Body) -> &'static str {
         Body::Ended(_) => "ended",
         Body::Ping(_) => "ping",
         Body::Pong(_) => "pong",
+        Body::FileOffer(_) => "file_offer",
+        Body::FileAnswer(_) => "file_answer",
+        Body::FileCredit(_) => "file_credit",
+        Body::FileDone(_) => "file_done",
     }
 }

@@ -241,7 +241,7 @@ impl RawPeer {
             *s += 1;
             *s
         };
-        self.send_body(Body::Data(pb::Data { channel: channel as i32, seq, payload: payload.into() })).await;
+        self.send_body(Body::Data(pb::Data { channel: channel as i32, seq, payload: payload.into(), stream: 0 })).await;
     }
 
     pub async fn chat(&mut self, text: &str) {
@@ -574,3 +574,4 @@ impl Drop for App {
         let _ = self.child.wait();
     }
 }
+pub mod xvfb;
