@@ -270,7 +270,7 @@ fn done(transfer_id: u32, result: FileResult, reason: &str, from_receiver: bool)
 
 /// Progress is reported each time a transfer crosses another 1/20 of its size.
 fn progress_step(size: u64) -> u64 {
-    (size / 20).max(CHUNK as u64)
+    (size / 20).max(1)
 }
 
 impl Transfers {
