@@ -99,7 +99,7 @@ impl RelayUnderTest {
             bail!("could not add the load operator");
         }
         let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&data)
             .arg("--config")

@@ -277,7 +277,7 @@ fn a_port_that_cannot_be_bound_is_a_warning_not_a_failure() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("relay.log");
     let mut child = std::process::Command::new(bin("tsunagu-relay"))
-        .args(["serve", "--listen", &taken_addr.to_string(), "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", &taken_addr.to_string(), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -296,7 +296,7 @@ fn a_port_that_cannot_be_bound_is_a_warning_not_a_failure() {
 
     // With no listener possible at all, it fails with a clear message.
     let out = std::process::Command::new(bin("tsunagu-relay"))
-        .args(["serve", "--listen", &taken_addr.to_string(), "--data-dir"])
+        .args(["serve", "--listen", &taken_addr.to_string(), "--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .output()
         .unwrap();

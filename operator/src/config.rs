@@ -58,6 +58,10 @@ pub struct OperatorConfig {
     pub timeouts: Timeouts,
     /// Largest frame accepted or sent.
     pub max_frame: usize,
+    /// One-time code for 2-step login, when the account requires one.
+    pub totp: String,
+    /// Where a viewer takes decoded pictures from (the GUI); `None` headless.
+    pub picture: Option<crate::picture::PictureSink>,
 }
 
 impl fmt::Debug for OperatorConfig {
@@ -71,6 +75,7 @@ impl fmt::Debug for OperatorConfig {
             .field("permissions", &self.permissions)
             .field("timeouts", &self.timeouts)
             .field("max_frame", &self.max_frame)
+            .field("totp", &if self.totp.is_empty() { "" } else { "******" })
             .finish()
     }
 }
@@ -113,6 +118,8 @@ impl OperatorConfig {
             permissions: PermissionSet::ALL,
             timeouts: Timeouts::default(),
             max_frame: tsunagu_proto::limits::DEFAULT_MAX_FRAME,
+            totp: String::new(),
+            picture: None,
         })
     }
 }

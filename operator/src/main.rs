@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use tsunagu_operator::config::{OperatorConfig, Timeouts, PASSWORD_ENV};
+use tsunagu_operator::gui::GuiOptions;
+use tsunagu_operator::i18n::Lang;
 use tsunagu_operator::{Command, Event};
 use tsunagu_proto::PermissionSet;
 
@@ -14,8 +16,9 @@ use tsunagu_proto::PermissionSet;
 #[derive(Debug, Parser)]
 #[command(name = "tsunagu-operator", version)]
 struct Args {
-    /// The relay, HOST or HOST:PORT (IPv6 in brackets).
-    #[arg(long)]
+    /// The relay, HOST or HOST:PORT (IPv6 in brackets). Required with --headless; the
+    /// window lets the operator type it.
+    #[arg(long, default_value = "")]
     relay: String,
     /// Relay ports to try, in order (default: the port in --relay, else 7615,80,443).
     #[arg(long, value_delimiter = ',')]
@@ -23,8 +26,9 @@ struct Args {
     /// The relay's CA certificate (PEM), e.g. DATA/tls/ca.pem.
     #[arg(long)]
     ca: PathBuf,
-    /// Operator account name. The password comes from the TSUNAGU_PASSWORD environment variable.
-    #[arg(long)]
+    /// Operator account name. The password comes from the TSUNAGU_PASSWORD environment variable
+    /// (the window asks for it when unset).
+    #[arg(long, default_value = "")]
     user: String,
     /// Speak JSON lines on stdin/stdout instead of showing a window.
     #[arg(long)]
@@ -35,6 +39,18 @@ struct Args {
     /// Milliseconds for each port attempt (connect, TLS, Hello).
     #[arg(long, default_value_t = 5000)]
     attempt_timeout_ms: u64,
+    /// Window only: start a session at once (needs --relay, --user and TSUNAGU_PASSWORD).
+    #[arg(long)]
+    connect: bool,
+    /// Window only: also print events and window reports as JSON lines on stdout.
+    #[arg(long)]
+    events: bool,
+    /// Window only: language, `ja` or `en` (default: the system locale).
+    #[arg(long, value_parser = ["ja", "en"])]
+    lang: Option<String>,
+    /// Window only: the folder offered files are saved into by default.
+    #[arg(long)]
+    save_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -46,7 +62,11 @@ fn main() -> ExitCode {
         )
         .init();
     if !args.headless {
-        eprintln!("tsunagu-operator: the GUI is not built yet; run with --headless");
+        return run_window(args);
+    }
+    if args.relay.is_empty() || args.user.is_empty() {
+        print_event(&Event::error("usage", "--headless needs --relay and --user"));
+        eprintln!("tsunagu-operator: --headless needs --relay and --user");
         return ExitCode::from(2);
     }
     let config = match build_config(args) {
@@ -71,6 +91,43 @@ fn main() -> ExitCode {
     ));
     // stdin is read on a blocking thread that cannot be cancelled: exit without waiting for it.
     std::process::exit(outcome.exit_code() as i32);
+}
+
+/// Shows the window.
+fn run_window(args: Args) -> ExitCode {
+    let permissions = match PermissionSet::parse_names(args.permissions.iter().map(String::as_str)) {
+        Ok(p) if !p.is_empty() => Some(p),
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("tsunagu-operator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let lang = args.lang.as_deref().map(|l| if l == "ja" { Lang::Ja } else { Lang::En });
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let save_dir = args.save_dir.unwrap_or_else(|| {
+        let downloads = home.join("Downloads");
+        if downloads.is_dir() { downloads } else { home }
+    });
+    let options = GuiOptions {
+        relay: args.relay,
+        ports: args.ports,
+        ca: args.ca,
+        user: args.user,
+        password: std::env::var(PASSWORD_ENV).unwrap_or_default(),
+        permissions,
+        lang,
+        connect: args.connect,
+        events: args.events,
+        save_dir,
+    };
+    match tsunagu_operator::gui::run(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tsunagu-operator: the window could not open: {e} (use --headless without a display)");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Validates the arguments into a configuration, or an error code and message.

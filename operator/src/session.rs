@@ -164,7 +164,7 @@ enum Step {
 
 impl Session {
     async fn run(&mut self, mut commands: mpsc::Receiver<Command>) -> Outcome {
-        let login = pb::Login { user: self.config.user.clone(), password: self.config.password.clone(), totp: String::new() };
+        let login = pb::Login { user: self.config.user.clone(), password: self.config.password.clone(), totp: self.config.totp.clone() };
         if let Err(outcome) = self.send(Body::Login(login)).await {
             return outcome;
         }
@@ -395,6 +395,10 @@ impl Session {
         match (result, frame) {
             (FrameResult::Decoded(picture), Some(frame)) => {
                 self.last_decoded_seq = seq;
+                if let Some(sink) = &self.config.picture {
+                    let (rgb, width, height) = self.decoder.rgb();
+                    sink.put(width, height, rgb, seq);
+                }
                 let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
                 self.events.emit_lossy(Event::Frame {
                     seq,

@@ -342,6 +342,8 @@ impl RelayProcess {
         for _ in 0..listens {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        // Tests run side by side: the admin console takes a port the OS picks.
+        cmd.args(["--admin-listen", "127.0.0.1:0"]);
         if !config.is_empty() {
             let path = dir.path().join("relay.toml");
             std::fs::write(&path, config).unwrap();
@@ -354,13 +356,23 @@ impl RelayProcess {
             .spawn()
             .expect("relay binary starts");
         let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        // Keep reading stdout for the relay's whole life: a closed pipe would make its next
+        // line fail.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
         let mut addrs = Vec::new();
         while addrs.len() < listens {
-            let line = lines.next().expect("relay prints its listeners").unwrap();
+            let line = rx.recv_timeout(WAIT).expect("relay prints its listeners");
             let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
             assert_eq!(v["event"], "listening", "{line}");
-            addrs.push(v["addr"].as_str().unwrap().parse().unwrap());
+            if v["service"] == "relay" {
+                addrs.push(v["addr"].as_str().unwrap().parse().unwrap());
+            }
         }
         Self { child, dir, addrs, log }
     }
@@ -575,3 +587,4 @@ impl Drop for App {
     }
 }
 pub mod xvfb;
+pub mod admin;

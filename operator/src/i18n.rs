@@ -1,0 +1,194 @@
+//! Japanese and English text for the operator window. The system locale decides (`ja*` is
+//! Japanese, anything else English); the window has a switch. Every string is a [`Text`]
+//! looked up with [`Lang::t`], so a missing translation is a compile error.
+
+/// A display language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Ja,
+    En,
+}
+
+impl Lang {
+    /// From `LC_ALL`, `LC_MESSAGES` or `LANG` (the first set); English when none is.
+    pub fn from_env() -> Self {
+        let value = ["LC_ALL", "LC_MESSAGES", "LANG"].iter().filter_map(|k| std::env::var(k).ok()).find(|v| !v.is_empty());
+        match value {
+            Some(v) if v.to_ascii_lowercase().starts_with("ja") => Lang::Ja,
+            _ => Lang::En,
+        }
+    }
+
+    pub fn other(self) -> Self {
+        match self {
+            Lang::Ja => Lang::En,
+            Lang::En => Lang::Ja,
+        }
+    }
+
+    /// The language's own name, for the switch.
+    pub fn native_name(self) -> &'static str {
+        match self {
+            Lang::Ja => "日本語",
+            Lang::En => "English",
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Ja => "ja",
+            Lang::En => "en",
+        }
+    }
+
+    /// The text for `id` in this language.
+    pub fn t(self, id: Text) -> &'static str {
+        use Text::*;
+        match (self, id) {
+            (Lang::Ja, Title) => "つなぐ オペレーター",
+            (Lang::En, Title) => "tsunagu operator",
+            (Lang::Ja, Relay) => "リレーサーバー",
+            (Lang::En, Relay) => "Relay",
+            (Lang::Ja, User) => "ユーザー名",
+            (Lang::En, User) => "User name",
+            (Lang::Ja, Password) => "パスワード",
+            (Lang::En, Password) => "Password",
+            (Lang::Ja, Totp) => "確認コード（必要な場合）",
+            (Lang::En, Totp) => "Verification code (if required)",
+            (Lang::Ja, NewSession) => "新しいセッション",
+            (Lang::En, NewSession) => "New session",
+            (Lang::Ja, Connecting) => "接続しています…",
+            (Lang::En, Connecting) => "Connecting…",
+            (Lang::Ja, CodeForClient) => "この番号をお客様に伝えてください",
+            (Lang::En, CodeForClient) => "Read this code to the client",
+            (Lang::Ja, Copy) => "コピー",
+            (Lang::En, Copy) => "Copy",
+            (Lang::Ja, ExpiresIn) => "有効期限まで",
+            (Lang::En, ExpiresIn) => "Expires in",
+            (Lang::Ja, WaitingForClient) => "お客様の接続を待っています",
+            (Lang::En, WaitingForClient) => "Waiting for the client to join",
+            (Lang::Ja, Joined) => "が接続しました。許可を待っています",
+            (Lang::En, Joined) => "joined; waiting for consent",
+            (Lang::Ja, Granted) => "許可",
+            (Lang::En, Granted) => "Granted",
+            (Lang::Ja, Denied) => "お客様が許可しませんでした",
+            (Lang::En, Denied) => "The client did not grant access",
+            (Lang::Ja, PausedBanner) => "お客様がマウスを操作中のため、リモート操作は一時停止しています",
+            (Lang::En, PausedBanner) => "The client is using the mouse: remote control is paused",
+            (Lang::Ja, ViewOnlyBanner) => "表示のみ：お客様が操作を許可していません",
+            (Lang::En, ViewOnlyBanner) => "View only: the client has not allowed control",
+            (Lang::Ja, ChatOnlyBanner) => "チャットのみ：画面は共有されていません",
+            (Lang::En, ChatOnlyBanner) => "Chat only: the screen is not shared",
+            (Lang::Ja, NoPicture) => "画面を待っています…",
+            (Lang::En, NoPicture) => "Waiting for the screen…",
+            (Lang::Ja, Chat) => "チャット",
+            (Lang::En, Chat) => "Chat",
+            (Lang::Ja, Send) => "送信",
+            (Lang::En, Send) => "Send",
+            (Lang::Ja, Files) => "ファイル",
+            (Lang::En, Files) => "Files",
+            (Lang::Ja, SendFile) => "ファイルを送る",
+            (Lang::En, SendFile) => "Send file",
+            (Lang::Ja, FilePath) => "送るファイルのパス",
+            (Lang::En, FilePath) => "Path of the file to send",
+            (Lang::Ja, SaveFolder) => "保存先フォルダー",
+            (Lang::En, SaveFolder) => "Save into folder",
+            (Lang::Ja, Accept) => "受け取る",
+            (Lang::En, Accept) => "Accept",
+            (Lang::Ja, Reject) => "断る",
+            (Lang::En, Reject) => "Reject",
+            (Lang::Ja, Cancel) => "中止",
+            (Lang::En, Cancel) => "Cancel",
+            (Lang::Ja, End) => "終了",
+            (Lang::En, End) => "End",
+            (Lang::Ja, Ended) => "セッションは終了しました",
+            (Lang::En, Ended) => "The session has ended",
+            (Lang::Ja, You) => "あなた",
+            (Lang::En, You) => "You",
+            (Lang::Ja, Client) => "お客様",
+            (Lang::En, Client) => "Client",
+            (Lang::Ja, Offers) => "が送ろうとしています",
+            (Lang::En, Offers) => "is offering",
+            (Lang::Ja, Saved) => "保存しました",
+            (Lang::En, Saved) => "Saved",
+            (Lang::Ja, Sent) => "送信しました",
+            (Lang::En, Sent) => "Sent",
+            (Lang::Ja, Failed) => "失敗しました",
+            (Lang::En, Failed) => "Failed",
+            (Lang::Ja, Rejected) => "断られました",
+            (Lang::En, Rejected) => "Rejected",
+            (Lang::Ja, Cancelled) => "中止しました",
+            (Lang::En, Cancelled) => "Cancelled",
+            (Lang::Ja, AuthFailed) => "ユーザー名かパスワードが違います",
+            (Lang::En, AuthFailed) => "Wrong user name or password",
+            (Lang::Ja, Unreachable) => "リレーサーバーに接続できません",
+            (Lang::En, Unreachable) => "Cannot reach the relay",
+            (Lang::Ja, Throttled) => "失敗が多すぎます。しばらく待ってください",
+            (Lang::En, Throttled) => "Too many failed attempts; please wait",
+            (Lang::Ja, Forbidden) => "このアカウントでは許可されていません",
+            (Lang::En, Forbidden) => "This account is not allowed to do that",
+            (Lang::Ja, Permissions) => "権限",
+            (Lang::En, Permissions) => "Permissions",
+        }
+    }
+}
+
+/// Every string the operator window shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Text {
+    Title,
+    Relay,
+    User,
+    Password,
+    Totp,
+    NewSession,
+    Connecting,
+    CodeForClient,
+    Copy,
+    ExpiresIn,
+    WaitingForClient,
+    Joined,
+    Granted,
+    Denied,
+    PausedBanner,
+    ViewOnlyBanner,
+    ChatOnlyBanner,
+    NoPicture,
+    Chat,
+    Send,
+    Files,
+    SendFile,
+    FilePath,
+    SaveFolder,
+    Accept,
+    Reject,
+    Cancel,
+    End,
+    Ended,
+    You,
+    Client,
+    Offers,
+    Saved,
+    Sent,
+    Failed,
+    Rejected,
+    Cancelled,
+    AuthFailed,
+    Unreachable,
+    Throttled,
+    Forbidden,
+    Permissions,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_languages_have_every_text() {
+        for lang in [Lang::Ja, Lang::En] {
+            assert!(!lang.t(Text::NewSession).is_empty());
+        }
+        assert_ne!(Lang::Ja.t(Text::End), Lang::En.t(Text::End));
+    }
+}
