@@ -62,6 +62,12 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         sessions: usize,
     },
+    /// A file sent with the apps' transfer engine (hash, credit window, verified save)
+    /// through the relay, against a plain TLS copy of the same size in the same run.
+    Files {
+        #[arg(long, default_value_t = 200)]
+        mb: usize,
+    },
 }
 
 /// The relay under test, as a child process.
@@ -441,6 +447,155 @@ async fn idle(relay: &RelayUnderTest, sessions: usize) -> Result<()> {
     Ok(())
 }
 
+/// Drives a `Transfers` and its link until `done` says the wanted event arrived.
+async fn drive_transfer(
+    link: &mut tsunagu_proto::link::Link,
+    transfers: &mut tsunagu_proto::transfer::Transfers,
+    mut done: impl FnMut(&tsunagu_proto::transfer::TransferEvent) -> bool,
+) -> Result<tsunagu_proto::transfer::TransferEvent> {
+    use tsunagu_proto::link::Incoming;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        anyhow::ensure!(Instant::now() < deadline, "the transfer did not finish in time");
+        let events = if transfers.wants_pump() {
+            transfers.pump(link).await?
+        } else {
+            match tokio::time::timeout(WAIT, link.recv()).await? {
+                Incoming::Frame(Body::Ping(p)) => {
+                    link.send(Body::Pong(pb::Pong { nonce: p.nonce })).await?;
+                    vec![]
+                }
+                Incoming::Frame(body) => transfers.on_frame(link, &body).await?,
+                other => bail!("connection ended during the transfer: {other:?}"),
+            }
+        };
+        for e in events {
+            if let tsunagu_proto::transfer::TransferEvent::Failed { reason, .. } = &e {
+                bail!("transfer failed: {reason}");
+            }
+            if done(&e) {
+                return Ok(e);
+            }
+        }
+    }
+}
+
+/// A plain TLS copy of `bytes` (one connection, no relay, no framing): the baseline.
+async fn tls_copy(bytes: usize) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, key.cert.pem())?;
+    let server_cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![key.cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let receiver = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        let mut tls = acceptor.accept(tcp).await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0usize;
+        while total < bytes {
+            let n = tls.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        Ok::<_, std::io::Error>(total)
+    });
+    let client_cfg = dial::client_tls(&ca)?;
+    let tcp = TcpStream::connect(addr).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(client_cfg)
+        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let chunk = vec![0x5au8; CHUNK];
+    let start = Instant::now();
+    for _ in 0..bytes.div_ceil(CHUNK) {
+        tls.write_all(&chunk).await?;
+    }
+    tls.flush().await?;
+    let total = receiver.await??;
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn files(relay: &RelayUnderTest, mb: usize) -> Result<()> {
+    use tsunagu_proto::link::Link;
+    use tsunagu_proto::transfer::{TransferEvent, Transfers};
+    let cfg = relay.dial_config()?;
+    let dir = tempfile::tempdir()?;
+    let source = dir.path().join("payload.bin");
+    {
+        // Incompressible content, written once.
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&source)?);
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..mb {
+            for (j, b) in block.iter_mut().enumerate() {
+                *b = (i as u32).wrapping_mul(2654435761).wrapping_add(j as u32).to_le_bytes()[j % 4];
+            }
+            f.write_all(&block)?;
+        }
+    }
+    let bytes = mb << 20;
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir(&inbox)?;
+    let perms = PermissionSet::parse_names(["view", "files"]).map_err(|e| anyhow!(e))?;
+    let (_, op, client) = open_pair(&cfg, perms).await?;
+    let timeouts = (Duration::from_secs(60), Duration::from_secs(30));
+    let mut op_link = Link::new(
+        dial::Connected { reader: op.reader, writer: op.writer, port: relay.port, peer: "127.0.0.1:0".parse()?, local: "127.0.0.1:0".parse()? },
+        timeouts.0,
+        timeouts.1,
+    );
+    let mut cl_link = Link::new(
+        dial::Connected { reader: client.reader, writer: client.writer, port: relay.port, peer: "127.0.0.1:0".parse()?, local: "127.0.0.1:0".parse()? },
+        timeouts.0,
+        timeouts.1,
+    );
+    let start = Instant::now();
+    let mut sender = Transfers::new();
+    sender.send_file(&mut op_link, &source).await?;
+    let hashed = start.elapsed();
+    let inbox_dir = inbox.clone();
+    let receive = tokio::spawn(async move {
+        let mut receiver = Transfers::new();
+        let offer = drive_transfer(&mut cl_link, &mut receiver, |e| matches!(e, TransferEvent::Offer { .. })).await?;
+        let TransferEvent::Offer { id, .. } = offer else { unreachable!() };
+        receiver.accept(&mut cl_link, id, &inbox_dir).await?;
+        drive_transfer(&mut cl_link, &mut receiver, |e| matches!(e, TransferEvent::Saved { .. })).await
+    });
+    drive_transfer(&mut op_link, &mut sender, |e| matches!(e, TransferEvent::Sent { .. })).await?;
+    let saved = receive.await??;
+    let total = start.elapsed();
+    let TransferEvent::Saved { path, .. } = saved else { unreachable!() };
+    anyhow::ensure!(std::fs::metadata(&path)?.len() as usize == bytes, "saved size differs");
+    let moving = total - hashed;
+    let rate = bytes as f64 / moving.as_secs_f64();
+    let base = tls_copy(bytes).await?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "files", "mb": mb,
+            "transfer_mb_s": (mbps(rate) * 10.0).round() / 10.0,
+            "hash_seconds": (hashed.as_secs_f64() * 1000.0).round() / 1000.0,
+            "baseline_tls_copy_mb_s": (mbps(base) * 10.0).round() / 10.0,
+            "ratio": ((rate / base) * 1000.0).round() / 1000.0,
+        })
+    );
+    eprintln!(
+        "files: {mb} MiB through the relay {:.0} MB/s (after {:.2} s hashing), plain TLS copy {:.0} MB/s, ratio {:.2}",
+        mbps(rate),
+        hashed.as_secs_f64(),
+        mbps(base),
+        rate / base
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let _ = rlimit_raise();
@@ -455,6 +610,7 @@ fn main() -> Result<()> {
             Scenario::Throughput { sessions, mb } => throughput(&relay, sessions, mb).await,
             Scenario::Pairing { sessions, concurrency } => pairing(&relay, sessions, concurrency).await,
             Scenario::Idle { sessions } => idle(&relay, sessions).await,
+            Scenario::Files { mb } => files(&relay, mb).await,
         }
     })
 }
