@@ -22,6 +22,84 @@ pub struct Config {
     pub limits: Limits,
     pub throttle: ThrottleConfig,
     pub accounts: AccountsConfig,
+    pub database: DatabaseConfig,
+    pub admin: AdminConfig,
+}
+
+/// Where durable state lives and how long history is kept.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// A PostgreSQL URL (`postgres://user:password@host/db`) for nodes that share one store;
+    /// unset means SQLite in the data dir (`relay.db`). Never logged: it may hold a password.
+    pub url: Option<String>,
+    /// PostgreSQL schema for every table (created when missing). Default: the server's
+    /// `search_path`. Ignored for SQLite.
+    pub schema: Option<String>,
+    /// Ended sessions older than this are purged with their file records. Default 90 days.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often the purge job runs. Default 1 hour.
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: show only whether one is set.
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("schema", &self.schema)
+            .field("retention", &self.retention)
+            .field("purge_interval", &self.purge_interval)
+            .finish()
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: None, schema: None, retention: 90 * DAY, purge_interval: Duration::from_secs(3600) }
+    }
+}
+
+/// The admin web console and its REST API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether the relay serves the console at all. Default true.
+    pub enabled: bool,
+    /// HTTPS address of the console; `None` turns it off. Default `127.0.0.1:8443`: admins
+    /// reach it through an SSH tunnel or a reverse proxy unless this is widened on purpose.
+    pub listen: Option<SocketAddr>,
+    /// An admin session that is not used for this long is logged out. Default 30 minutes.
+    #[serde(with = "humantime_serde")]
+    pub session_idle: Duration,
+    /// An admin session ends this long after login however busy it is. Default 12 hours.
+    #[serde(with = "humantime_serde")]
+    pub session_max: Duration,
+    /// Failed logins in a row after which the account is locked. Default 5; each failure
+    /// before that is answered a little slower (250 ms, doubling).
+    pub lockout_after: u32,
+    /// How long a locked account stays locked. Default 15 minutes.
+    #[serde(with = "humantime_serde")]
+    pub lockout: Duration,
+    /// An HTTP request (headers and body) must arrive within this. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: Some("127.0.0.1:8443".parse().expect("literal address")),
+            session_idle: Duration::from_secs(30 * 60),
+            session_max: Duration::from_secs(12 * 3600),
+            lockout_after: 5,
+            lockout: Duration::from_secs(15 * 60),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Certificates.
@@ -146,6 +224,8 @@ impl Default for Config {
             limits: Limits::default(),
             throttle: ThrottleConfig::default(),
             accounts: AccountsConfig::default(),
+            database: DatabaseConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -242,6 +322,35 @@ impl Config {
         }
         if self.tls.renew_before >= self.tls.server_cert_lifetime {
             return invalid("tls.renew_before", "must be shorter than tls.server_cert_lifetime");
+        }
+        if let Some(url) = &self.database.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return invalid("database.url", "only postgres:// URLs are supported; leave it unset for SQLite");
+            }
+        }
+        if let Some(schema) = &self.database.schema {
+            let ok = !schema.is_empty() && schema.len() <= 63 && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return invalid("database.schema", "1 to 63 characters of a-z, 0-9 and _");
+            }
+        }
+        if self.database.retention < DAY {
+            return invalid("database.retention", "must be at least one day");
+        }
+        if self.database.purge_interval < Duration::from_secs(60) {
+            return invalid("database.purge_interval", "must be at least one minute");
+        }
+        if self.admin.lockout_after == 0 {
+            return invalid("admin.lockout_after", "must be at least 1");
+        }
+        for (name, d) in [
+            ("admin.session_idle", self.admin.session_idle),
+            ("admin.session_max", self.admin.session_max),
+            ("admin.request_timeout", self.admin.request_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(name, "must be more than zero");
+            }
         }
         let t = &self.timeouts;
         for (name, d) in [

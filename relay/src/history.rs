@@ -2,10 +2,14 @@
 //! them to the store in order, and the table/CSV/JSON views `tsunagu-relay history` prints.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dashmap::DashMap;
 
 use tokio::sync::mpsc;
 use tsunagu_proto::PermissionSet;
 
+use crate::audit::{self, Audit};
 use crate::policy::Counters;
 use crate::store::{SessionRecord, Store};
 
@@ -22,7 +26,29 @@ pub enum HistoryEvent {
     Joined { id: String, client_host: String, client_addr: SocketAddr, relay_port: u16, at_ms: i64 },
     Consented { id: String, granted: PermissionSet, at_ms: i64 },
     Ended { id: String, reason: &'static str, counters: Counters, granted: Option<PermissionSet>, at_ms: i64 },
+    /// A file transfer's outcome: `direction` is `to_client` or `to_operator`, `result` one of
+    /// `completed`, `rejected`, `cancelled`, `failed`; `bytes` is what went through the relay.
+    /// Only the metadata is recorded, never content.
+    File { id: String, name: String, size: u64, direction: &'static str, bytes: u64, result: &'static str, at_ms: i64 },
 }
+
+/// What the console shows about a live session, kept from the history events as they pass
+/// (the session itself is owned by the session module).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveInfo {
+    pub id: String,
+    pub operator: String,
+    pub operator_ip: String,
+    pub issued_at: i64,
+    pub client_host: Option<String>,
+    pub client_ip: Option<String>,
+    pub joined_at: Option<i64>,
+    pub consented_at: Option<i64>,
+    pub granted: Option<String>,
+}
+
+/// Live sessions by id, as the history writer last saw them.
+pub type LiveMap = Arc<DashMap<String, LiveInfo>>;
 
 /// Sends history events to the writer task.
 #[derive(Clone, Debug)]
@@ -47,7 +73,9 @@ impl HistorySink {
 }
 
 /// Starts the writer; it ends when every sink is dropped, after writing what is queued.
-pub fn start_writer(store: Store) -> (HistorySink, tokio::task::JoinHandle<()>) {
+/// Besides the history rows it keeps `live` current and audits code issue, join and the
+/// client's consent decisions.
+pub fn start_writer(store: Store, audit: Audit, live: LiveMap) -> (HistorySink, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<HistoryEvent>(HISTORY_QUEUE);
     let task = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
@@ -58,11 +86,78 @@ pub fn start_writer(store: Store) -> (HistorySink, tokio::task::JoinHandle<()>) 
             if let Err(e) = store.apply(&event).await {
                 tracing::error!(error = %e, "could not write history");
             }
+            if let Some(entry) = track(&live, &event) {
+                audit.record(entry).await;
+            }
         }
     });
     (HistorySink { tx }, task)
 }
 
+/// Updates the live map from one event and says what to audit.
+fn track(live: &LiveMap, event: &HistoryEvent) -> Option<audit::Entry> {
+    use HistoryEvent as E;
+    match event {
+        E::Barrier(_) | E::File { .. } => None,
+        E::Issued { id, operator, operator_addr, requested, at_ms, .. } => {
+            live.insert(
+                id.clone(),
+                LiveInfo {
+                    id: id.clone(),
+                    operator: operator.clone(),
+                    operator_ip: operator_addr.ip().to_string(),
+                    issued_at: *at_ms,
+                    client_host: None,
+                    client_ip: None,
+                    joined_at: None,
+                    consented_at: None,
+                    granted: None,
+                },
+            );
+            Some(audit::Entry {
+                actor: format!("operator:{operator}"),
+                action: "code_issued",
+                target: id.clone(),
+                ip: operator_addr.ip().to_string(),
+                detail: format!("requested={requested}"),
+            })
+        }
+        E::Joined { id, client_host, client_addr, at_ms, .. } => {
+            if let Some(mut info) = live.get_mut(id) {
+                info.client_host = Some(client_host.clone());
+                info.client_ip = Some(client_addr.ip().to_string());
+                info.joined_at = Some(*at_ms);
+            }
+            Some(audit::Entry {
+                actor: "client".into(),
+                action: "code_joined",
+                target: id.clone(),
+                ip: client_addr.ip().to_string(),
+                detail: format!("host={client_host}"),
+            })
+        }
+        E::Consented { id, granted, at_ms } => {
+            let ip = live.get_mut(id).map(|mut info| {
+                info.consented_at = Some(*at_ms);
+                info.granted = Some(granted.to_string());
+                info.client_ip.clone().unwrap_or_default()
+            });
+            Some(audit::Entry { actor: "client".into(), action: "consent_granted", target: id.clone(), ip: ip.unwrap_or_default(), detail: format!("granted={granted}") })
+        }
+        E::Ended { id, reason, .. } => {
+            let info = live.remove(id).map(|(_, v)| v);
+            matches!(*reason, "consent_denied" | "consent_timeout").then(|| audit::Entry {
+                actor: "client".into(),
+                action: "consent_denied",
+                target: id.clone(),
+                ip: info.and_then(|i| i.client_ip).unwrap_or_default(),
+                detail: format!("reason={reason}"),
+            })
+        }
+    }
+}
+
+/// Now, in Unix milliseconds (UTC).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -103,7 +198,7 @@ fn cells(r: &SessionRecord) -> [String; 17] {
 
 /// Quotes a CSV field when needed (RFC 4180), and defuses spreadsheet formulas: a host name
 /// is chosen by the client and must not run as a formula when an admin opens the export.
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))

@@ -8,8 +8,13 @@
 //! * [`directory`]: live and recently used session codes.
 //! * [`throttle`]: guessing protection for codes and logins.
 //! * [`accounts`], [`store`], [`history`]: operator accounts and the connection history.
+//! * [`totp`], [`audit`]: second factors; the hash-chained audit trail.
+//! * [`admin`]: the HTTPS admin console, its REST API, and the operations both share with
+//!   `tsunagu-relay admin`.
 
 pub mod accounts;
+pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod directory;
 pub mod history;
@@ -20,6 +25,7 @@ pub mod session;
 pub mod store;
 pub mod throttle;
 pub mod tls;
+pub mod totp;
 
 pub use config::Config;
 pub use server::{Relay, StartError};

@@ -34,6 +34,10 @@ enum Command {
         /// Listen address (repeatable); replaces the default 0.0.0.0:7615, :443 and :80.
         #[arg(long)]
         listen: Vec<SocketAddr>,
+        /// HTTPS address of the admin console (default 127.0.0.1:8443, or the config's
+        /// `admin.listen`).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// Log format on stderr.
         #[arg(long, default_value = "json", value_parser = ["json", "text"])]
         log_format: String,
@@ -42,6 +46,16 @@ enum Command {
     Operator {
         #[command(subcommand)]
         action: OperatorAction,
+    },
+    /// Manage admins and, like the console, operators' limits and suspension.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
     },
     /// Show the connection history.
     History {
@@ -81,6 +95,163 @@ enum OperatorAction {
     },
 }
 
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Create an admin; the password is the first line of standard input. TOTP is set up at
+    /// the first console login.
+    Add {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List admins.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Clear an admin's TOTP and recovery codes (they enrol again at next login).
+    ResetTotp {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Suspend an operator: login and code issue are refused (a running relay also ends
+    /// their live sessions when this is done from the console or API).
+    Suspend {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Lift a suspension.
+    Resume {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Live sessions an operator may hold at once (0 = no limit).
+    SetMaxSessions {
+        name: String,
+        max: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Replace an operator's IP rules, in order: each is "allow CIDR" or "deny CIDR"; none
+    /// given clears them.
+    SetIpRules {
+        name: String,
+        rules: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Require (or not) a TOTP code at the operator's login.
+    RequireTotp {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        on: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Set an operator's password (first line of standard input).
+    SetPassword {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Rename an operator (history keeps the old name).
+    Rename {
+        name: String,
+        new_name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Delete an operator (history is kept).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check the hash chain; exits non-zero and names the rows when any was edited or deleted.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn read_password() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+async fn cli_ops(common: &Common) -> Result<tsunagu_relay::admin::ops::Ops, String> {
+    let config = load_config(common)?;
+    config.validate().map_err(|e| e.to_string())?;
+    let store = open_store(&config).await?;
+    let audit = tsunagu_relay::audit::Audit::new(store.clone());
+    Ok(tsunagu_relay::admin::ops::Ops { store, audit, config, shared: None })
+}
+
+/// Who the audit trail names for command-line changes.
+fn cli_actor() -> tsunagu_relay::admin::ops::Actor {
+    tsunagu_relay::admin::ops::Actor { name: "cli".into(), ip: String::new() }
+}
+
+async fn admin_command(action: AdminAction) -> Result<(), String> {
+    use tsunagu_relay::admin::ops;
+    let actor = cli_actor();
+    let (common, event, name) = match &action {
+        AdminAction::Add { common, name } => (common, "admin_added", name.clone()),
+        AdminAction::List { common } => (common, "", String::new()),
+        AdminAction::ResetTotp { common, name } => (common, "admin_totp_reset", name.clone()),
+        AdminAction::Suspend { common, name } => (common, "operator_suspended", name.clone()),
+        AdminAction::Resume { common, name } => (common, "operator_resumed", name.clone()),
+        AdminAction::SetMaxSessions { common, name, .. } => (common, "operator_updated", name.clone()),
+        AdminAction::SetIpRules { common, name, .. } => (common, "operator_updated", name.clone()),
+        AdminAction::RequireTotp { common, name, .. } => (common, "operator_updated", name.clone()),
+        AdminAction::SetPassword { common, name } => (common, "operator_updated", name.clone()),
+        AdminAction::Rename { common, name, .. } => (common, "operator_renamed", name.clone()),
+        AdminAction::Delete { common, name } => (common, "operator_deleted", name.clone()),
+    };
+    let ops = cli_ops(common).await?;
+    let result = match &action {
+        AdminAction::Add { name, .. } => {
+            let password = read_password()?;
+            ops.create_admin(&actor, name, &password).await
+        }
+        AdminAction::List { .. } => {
+            for name in ops.store.admin_names().await.map_err(|e| e.to_string())? {
+                println!("{name}");
+            }
+            Ok(())
+        }
+        AdminAction::ResetTotp { name, .. } => ops.reset_admin_totp(&actor, name).await,
+        AdminAction::Suspend { name, .. } => ops.suspend(&actor, name).await.map(|_| ()),
+        AdminAction::Resume { name, .. } => ops.resume(&actor, name).await,
+        AdminAction::SetMaxSessions { name, max, .. } => ops.set_max_sessions(&actor, name, *max).await,
+        AdminAction::SetIpRules { name, rules, .. } => match ops::parse_ip_rules(&rules.join("\n")) {
+            Ok(r) => ops.set_ip_rules(&actor, name, &r).await,
+            Err(e) => Err(e),
+        },
+        AdminAction::RequireTotp { name, on, .. } => ops.require_operator_totp(&actor, name, on == "on").await,
+        AdminAction::SetPassword { name, .. } => {
+            let password = read_password()?;
+            ops.set_password(&actor, name, &password).await
+        }
+        AdminAction::Rename { name, new_name, .. } => ops.rename(&actor, name, new_name).await,
+        AdminAction::Delete { name, .. } => ops.delete(&actor, name).await,
+    };
+    ops.store.close().await;
+    result.map_err(|e| e.to_string())?;
+    if !event.is_empty() {
+        println!("{}", serde_json::json!({"event": event, "name": name}));
+    }
+    Ok(())
+}
+
 fn load_config(common: &Common) -> Result<Config, String> {
     let mut config = match &common.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
@@ -104,22 +275,29 @@ fn init_logs(json: bool) {
 
 async fn open_store(config: &Config) -> Result<Store, String> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
-    Store::open(&config.database_path()).await.map_err(|e| e.to_string())
+    Store::connect(config).await.map_err(|e| e.to_string())
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve { common, listen, log_format } => {
+        Command::Serve { common, listen, admin_listen, log_format } => {
             init_logs(log_format == "json");
             let mut config = load_config(&common)?;
             if !listen.is_empty() {
                 config.listen = listen;
+            }
+            if admin_listen.is_some() {
+                config.admin.listen = admin_listen;
             }
             tsunagu_relay::raise_fd_limit();
             let relay = Relay::start(config.clone()).await.map_err(|e| e.to_string())?;
             let mut out = std::io::stdout().lock();
             for addr in relay.addrs() {
                 let line = serde_json::json!({"event": "listening", "service": "relay", "addr": addr.to_string()});
+                writeln!(out, "{line}").and_then(|_| out.flush()).map_err(|e| e.to_string())?;
+            }
+            if let Some(addr) = relay.admin_addr() {
+                let line = serde_json::json!({"event": "listening", "service": "admin", "addr": addr.to_string()});
                 writeln!(out, "{line}").and_then(|_| out.flush()).map_err(|e| e.to_string())?;
             }
             drop(out);
@@ -135,23 +313,23 @@ async fn run(cli: Cli) -> Result<(), String> {
                 config.validate().map_err(|e| e.to_string())?;
                 accounts::validate_name(&name).map_err(|e| e.to_string())?;
                 let perms = tsunagu_proto::PermissionSet::parse_names(permissions.iter().map(String::as_str))?;
-                let mut line = String::new();
-                std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
-                let password = line.trim_end_matches(['\n', '\r']);
-                accounts::check_password(password).map_err(|e| e.to_string())?;
-                let hash = accounts::hash_password(password, &config.accounts)?;
-                let store = open_store(&config).await?;
-                store.add_operator(&name, &hash, perms, history::now_ms()).await.map_err(|e| e.to_string())?;
-                store.close().await;
+                let password = read_password()?;
+                accounts::check_password(&password).map_err(|e| e.to_string())?;
+                let ops = cli_ops(&common).await?;
+                let result = ops.create_operator(&cli_actor(), &name, &password, perms).await;
+                ops.store.close().await;
+                result.map_err(|e| e.to_string())?;
                 println!("{}", serde_json::json!({"event": "operator_added", "name": name, "permissions": perms.names()}));
                 Ok(())
             }
             OperatorAction::SetPermissions { name, permissions, common } => {
                 let config = load_config(&common)?;
                 let perms = tsunagu_proto::PermissionSet::parse_names(permissions.iter().map(String::as_str))?;
-                let store = open_store(&config).await?;
-                store.set_operator_permissions(&name, perms).await.map_err(|e| e.to_string())?;
-                store.close().await;
+                let _ = config;
+                let ops = cli_ops(&common).await?;
+                let result = ops.set_permissions(&cli_actor(), &name, perms).await;
+                ops.store.close().await;
+                result.map_err(|e| e.to_string())?;
                 println!("{}", serde_json::json!({"event": "operator_updated", "name": name, "permissions": perms.names()}));
                 Ok(())
             }
@@ -165,6 +343,19 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Ok(())
             }
         },
+        Command::Admin { action } => admin_command(action).await,
+        Command::Audit { action: AuditAction::Verify { common } } => {
+            let config = load_config(&common)?;
+            let store = open_store(&config).await?;
+            let report = tsunagu_relay::audit::verify(&store).await.map_err(|e| e.to_string())?;
+            store.close().await;
+            println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+            if report.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("the audit trail was tampered with:\n{}", report.problems.join("\n")))
+            }
+        }
         Command::History { common, format, limit } => {
             let config = load_config(&common)?;
             let store = open_store(&config).await?;

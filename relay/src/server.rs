@@ -22,7 +22,8 @@ use tsunagu_proto::{PermissionSet, SessionCode};
 use crate::accounts;
 use crate::config::Config;
 use crate::directory::{Directory, JoinRefusal};
-use crate::history::{self, now_ms, HistoryEvent, HistorySink};
+use crate::audit::{self, Audit};
+use crate::history::{self, now_ms, HistoryEvent, HistorySink, LiveMap};
 use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::session::{Role, Session};
@@ -55,10 +56,16 @@ pub struct Shared {
     pub history: HistorySink,
     pub store: Store,
     pub sessions: DashMap<String, Arc<Session>>,
+    /// The audit trail.
+    pub audit: Audit,
+    /// Operator TOTP codes already used.
+    pub(crate) operator_totp: crate::totp::ReplayGuard,
+    /// What the console shows about live sessions (fed by the history writer).
+    pub live: LiveMap,
     join_throttle: Mutex<Throttle>,
     login_throttle: Mutex<Throttle>,
     login_slots: Semaphore,
-    connection_slots: Arc<Semaphore>,
+    pub(crate) connection_slots: Arc<Semaphore>,
     dummy_hash: String,
     acceptor: TlsAcceptor,
 }
@@ -71,6 +78,7 @@ pub struct Relay {
     tasks: Vec<JoinHandle<()>>,
     history_task: JoinHandle<()>,
     certs: Arc<ServerCerts>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Relay {
@@ -83,8 +91,10 @@ impl Relay {
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let certs = ServerCerts::load(&config)?;
         let acceptor = TlsAcceptor::from(certs.server_config()?);
-        let store = Store::open(&config.database_path()).await?;
-        let (history, history_task) = history::start_writer(store.clone());
+        let store = Store::connect(&config).await?;
+        let audit = Audit::new(store.clone());
+        let live: LiveMap = Default::default();
+        let (history, history_task) = history::start_writer(store.clone(), audit.clone(), live.clone());
 
         let mut listeners = Vec::new();
         let mut failures = Vec::new();
@@ -107,6 +117,9 @@ impl Relay {
             history,
             store,
             sessions: DashMap::new(),
+            audit,
+            operator_totp: Default::default(),
+            live,
             join_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
             login_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
             login_slots: Semaphore::new(config.limits.concurrent_logins),
@@ -123,13 +136,29 @@ impl Relay {
             addrs.push(addr);
             tasks.push(tokio::spawn(accept_loop(shared.clone(), listener, addr.port(), stop_rx.clone())));
         }
+        let mut admin_addr = None;
+        if let Some(addr) = shared.config.admin.listen.filter(|_| shared.config.admin.enabled) {
+            match crate::admin::serve(shared.clone(), certs.clone(), addr, stop_rx.clone()).await {
+                Ok((bound, task)) => {
+                    admin_addr = Some(bound);
+                    tasks.push(task);
+                }
+                // Like the endpoint ports: a console that cannot bind is a warning, the relay runs.
+                Err(e) => tracing::warn!(%addr, error = %e, "could not start the admin console"),
+            }
+        }
         tasks.push(tokio::spawn(housekeeping(shared.clone(), certs.clone(), stop_rx)));
-        Ok(Self { shared, addrs, stop_tx, tasks, history_task, certs })
+        Ok(Self { shared, addrs, stop_tx, tasks, history_task, certs, admin_addr })
     }
 
     /// The addresses actually bound (useful with port 0).
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The admin console's address, when it is up.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The shared state, for tests and embedding.
@@ -178,13 +207,16 @@ async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: wa
     // Tombstones and throttle entries are swept every 30 s; certificates checked hourly.
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     let mut cert_check = tokio::time::interval(Duration::from_secs(3600));
+    let mut purge = tokio::time::interval(shared.config.database.purge_interval);
     loop {
         tokio::select! {
+            _ = purge.tick() => purge_history(&shared).await,
             _ = tick.tick() => {
                 let now = Instant::now();
                 shared.directory.sweep(now);
                 lock(&shared.join_throttle).prune(now);
                 lock(&shared.login_throttle).prune(now);
+                enforce_account_changes(&shared).await;
             }
             _ = cert_check.tick() => match certs.renew_if_due() {
                 Ok(true) => tracing::info!("renewed the server certificate"),
@@ -194,6 +226,57 @@ async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: wa
             _ = crate::server::until_true(&mut stop) => return,
         }
     }
+}
+
+/// The retention job: ended sessions older than `database.retention` go, with their files.
+pub async fn purge_history(shared: &Shared) {
+    let cutoff = now_ms() - shared.config.database.retention.as_millis() as i64;
+    match shared.store.purge_history(cutoff).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(sessions = n, "purged history past retention");
+            shared
+                .audit
+                .record(audit::Entry { actor: "relay".into(), action: "history_purged", detail: format!("sessions={n}"), ..Default::default() })
+                .await;
+        }
+        Err(e) => tracing::error!(error = %e, "history purge failed"),
+    }
+}
+
+/// Ends the live sessions of operators suspended or deleted by another process (the CLI,
+/// or another relay node sharing the database); the console and API end them at once
+/// themselves. Runs with the housekeeping tick.
+async fn enforce_account_changes(shared: &Shared) {
+    let mut operators: Vec<String> = shared.sessions.iter().map(|e| e.value().operator.clone()).collect();
+    operators.sort();
+    operators.dedup();
+    for name in operators {
+        match shared.store.operator(&name).await {
+            Ok(Some(r)) if !r.suspended => {}
+            Ok(_) => {
+                let n = end_sessions_of(shared, &name).await;
+                if n > 0 {
+                    tracing::info!(operator = %name, sessions = n, "ended the sessions of a suspended or deleted operator");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "account check failed"),
+        }
+    }
+}
+
+/// Live sessions of `operator` that have not ended.
+pub fn live_sessions_of(shared: &Shared, operator: &str) -> Vec<Arc<Session>> {
+    shared.sessions.iter().filter(|e| e.value().operator == operator && !e.value().is_ended()).map(|e| e.value().clone()).collect()
+}
+
+/// Ends every live session of `operator` at once (suspension, deletion); returns how many.
+pub async fn end_sessions_of(shared: &Shared, operator: &str) -> usize {
+    let sessions = live_sessions_of(shared, operator);
+    for s in &sessions {
+        s.finish(EndReason::AdminEnded).await;
+    }
+    sessions.len()
 }
 
 /// Resolves once the watched flag is true (or its sender is gone).
@@ -324,19 +407,33 @@ async fn operator_connection(shared: Arc<Shared>, mut reader: Reader, mut writer
         let _ = writer.send(&error_frame(ErrorCode::Throttled, msg)).await;
         return;
     }
-    let record = match authenticate(&shared, &login).await {
+    let record = match authenticate(&shared, &login, ip).await {
         Ok(r) => r,
         Err((code, msg)) => {
             if code == ErrorCode::AuthFailed {
                 lock(&shared.login_throttle).record_failure(ip, Instant::now());
             }
             tracing::info!(%peer, "operator login refused");
+            shared
+                .audit
+                .record(audit::Entry {
+                    actor: format!("operator:{}", login.user),
+                    action: "operator_login_failed",
+                    target: login.user.clone(),
+                    ip: ip.to_string(),
+                    detail: format!("error={}", tsunagu_proto::types::error_code_name(code)),
+                })
+                .await;
             let _ = writer.send(&error_frame(code, msg)).await;
             return;
         }
     };
     let operator = record.name.clone();
     tracing::info!(%peer, %operator, "operator logged in");
+    shared
+        .audit
+        .record(audit::Entry { actor: format!("operator:{operator}"), action: "operator_login", target: operator.clone(), ip: ip.to_string(), ..Default::default() })
+        .await;
     let ok = Frame { body: Some(Body::LoginOk(pb::LoginOk { operator: operator.clone(), allowed: record.permissions.to_wire() })) };
     if writer.send(&ok).await.is_err() {
         return;
@@ -360,9 +457,32 @@ async fn operator_connection(shared: Arc<Shared>, mut reader: Reader, mut writer
             return;
         }
     };
+    // The admin may have changed the account since login: check it again at code issue.
+    let record = match check_code_issue(&shared, &operator, ip).await {
+        Ok(r) => r,
+        Err((code, msg)) => {
+            shared
+                .audit
+                .record(audit::Entry {
+                    actor: format!("operator:{operator}"),
+                    action: "code_refused",
+                    target: operator.clone(),
+                    ip: ip.to_string(),
+                    detail: msg.clone(),
+                })
+                .await;
+            let _ = writer.send(&error_frame(code, msg)).await;
+            return;
+        }
+    };
     let asked = requested.intersect(record.permissions);
     if asked.is_empty() {
-        let _ = writer.send(&error_frame(ErrorCode::Forbidden, "the admin allows none of the permissions asked for")).await;
+        let msg = "the admin allows none of the permissions asked for";
+        shared
+            .audit
+            .record(audit::Entry { actor: format!("operator:{operator}"), action: "code_refused", target: operator.clone(), ip: ip.to_string(), detail: msg.into() })
+            .await;
+        let _ = writer.send(&error_frame(ErrorCode::Forbidden, msg)).await;
         return;
     }
 
@@ -407,7 +527,31 @@ async fn operator_connection(shared: Arc<Shared>, mut reader: Reader, mut writer
     run_peer(shared, session, Role::Operator, reader, writer, operator_q).await;
 }
 
-async fn authenticate(shared: &Shared, login: &pb::Login) -> Result<crate::store::OperatorRecord, (ErrorCode, String)> {
+/// Suspension, IP rules and the session cap, checked against the current account when a
+/// code is asked for.
+async fn check_code_issue(shared: &Shared, operator: &str, ip: IpAddr) -> Result<crate::store::OperatorRecord, (ErrorCode, String)> {
+    let record = shared
+        .store
+        .operator(operator)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "account lookup failed");
+            (ErrorCode::Internal, "the relay could not check the account".to_string())
+        })?
+        .ok_or_else(|| (ErrorCode::Forbidden, "this operator account no longer exists".to_string()))?;
+    if record.suspended {
+        return Err((ErrorCode::Forbidden, "this operator account is suspended".to_string()));
+    }
+    if !crate::store::ip_allowed(&record.ip_rules, ip) {
+        return Err((ErrorCode::Forbidden, "this operator may not work from this address".to_string()));
+    }
+    if record.max_sessions > 0 && live_sessions_of(shared, operator).len() >= record.max_sessions as usize {
+        return Err((ErrorCode::Forbidden, format!("the admin allows this operator at most {} session(s) at once", record.max_sessions)));
+    }
+    Ok(record)
+}
+
+async fn authenticate(shared: &Shared, login: &pb::Login, ip: IpAddr) -> Result<crate::store::OperatorRecord, (ErrorCode, String)> {
     let failed = || (ErrorCode::AuthFailed, "wrong user name or password".to_string());
     if login.user.len() > tsunagu_proto::limits::MAX_USER_NAME || login.password.len() > tsunagu_proto::limits::MAX_PASSWORD {
         return Err(failed());
@@ -426,6 +570,14 @@ async fn authenticate(shared: &Shared, login: &pb::Login) -> Result<crate::store
     drop(permit);
     match record {
         Some(r) if ok && r.suspended => Err((ErrorCode::Forbidden, "this operator account is suspended".to_string())),
+        Some(r) if ok && !crate::store::ip_allowed(&r.ip_rules, ip) => {
+            Err((ErrorCode::Forbidden, "this operator may not log in from this address".to_string()))
+        }
+        Some(r) if ok && r.totp_required => match &r.totp_secret {
+            None => Err((ErrorCode::Forbidden, "the admin requires a TOTP code but none is enrolled for this operator".to_string())),
+            Some(secret) if shared.operator_totp.accept(&r.name, secret, &login.totp, crate::totp::now_secs()) => Ok(r),
+            Some(_) => Err((ErrorCode::AuthFailed, "wrong or missing TOTP code".to_string())),
+        },
         Some(r) if ok => Ok(r),
         _ => Err(failed()),
     }
@@ -454,6 +606,16 @@ async fn client_connection(shared: Arc<Shared>, reader: Reader, mut writer: Writ
         Err((code, msg)) => {
             lock(&shared.join_throttle).record_failure(ip, now);
             tracing::info!(%peer, error = tsunagu_proto::types::error_code_name(code), "join refused");
+            shared
+                .audit
+                .record(audit::Entry {
+                    actor: "client".into(),
+                    action: "code_join_failed",
+                    ip: ip.to_string(),
+                    detail: format!("error={}", tsunagu_proto::types::error_code_name(code)),
+                    ..Default::default()
+                })
+                .await;
             let _ = writer.send(&error_frame(code, msg)).await;
             return;
         }

@@ -1,15 +1,19 @@
-//! Durable state: operator accounts and the session history, in SQLite in the data dir.
-//! Migrations are embedded and applied at open. The store never sees content, passwords
-//! (only argon2id hashes) or session codes.
+//! Durable state: operator and admin accounts, per-operator limits, the session history and
+//! the audit trail. SQLite in the data dir by default, PostgreSQL when `database.url` is
+//! set; both run the same embedded migrations at open and the same SQL (`$N` placeholders,
+//! which SQLite accepts too, and only integer and text columns, which both map alike).
+//! The store never sees content, passwords (only argon2id hashes) or session codes.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Row};
 use tsunagu_proto::PermissionSet;
 
+use crate::config::Config;
+
+/// What went wrong with the database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -20,15 +24,98 @@ pub enum StoreError {
     OperatorExists(String),
     #[error("no operator named {0:?}")]
     NoSuchOperator(String),
+    #[error("an admin named {0:?} already exists")]
+    AdminExists(String),
+    #[error("no admin named {0:?}")]
+    NoSuchAdmin(String),
+    #[error("the database path {0:?} is not valid UTF-8")]
+    BadPath(String),
 }
 
-/// What the relay needs to know about an operator at login.
+/// Which database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One IP rule of an operator: `allow` or `deny` for a CIDR block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpRule {
+    /// `true` allows, `false` denies.
+    pub allow: bool,
+    pub net: ipnet::IpNet,
+}
+
+impl IpRule {
+    /// Parses `allow 10.0.0.0/8` or `deny 2001:db8::/32` (a bare address is a /32 or /128).
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let mut words = line.split_whitespace();
+        let (Some(action), Some(net), None) = (words.next(), words.next(), words.next()) else {
+            return Err(format!("{line:?}: write a rule as \"allow CIDR\" or \"deny CIDR\""));
+        };
+        let allow = match action {
+            "allow" => true,
+            "deny" => false,
+            _ => return Err(format!("{line:?}: a rule starts with allow or deny")),
+        };
+        let net = net
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| format!("{line:?}: {net:?} is not an IP address or CIDR block"))?;
+        Ok(Self { allow, net: net.trunc() })
+    }
+
+    /// `allow 10.0.0.0/8`.
+    pub fn to_line(&self) -> String {
+        format!("{} {}", if self.allow { "allow" } else { "deny" }, self.net)
+    }
+}
+
+/// Rules per operator at most, so a rule list stays reviewable and checks stay cheap.
+pub const MAX_IP_RULES: usize = 64;
+
+/// Checks an address against ordered rules: the first matching rule decides; with rules
+/// but no match the address is denied; with no rules everything is allowed.
+pub fn ip_allowed(rules: &[IpRule], ip: std::net::IpAddr) -> bool {
+    // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    if rules.is_empty() {
+        return true;
+    }
+    rules.iter().find(|r| r.net.contains(&ip)).map(|r| r.allow).unwrap_or(false)
+}
+
+/// What the relay needs to know about an operator at login and code issue.
 #[derive(Debug, Clone)]
 pub struct OperatorRecord {
     pub name: String,
     pub password_hash: String,
     pub permissions: PermissionSet,
     pub suspended: bool,
+    /// Live sessions at once; 0 is no limit.
+    pub max_sessions: u32,
+    /// Base32 TOTP secret when enrolled. A secret: never log it.
+    pub totp_secret: Option<String>,
+    /// Login needs a TOTP code too.
+    pub totp_required: bool,
+    pub ip_rules: Vec<IpRule>,
+    pub created_at: i64,
+}
+
+/// A console account.
+#[derive(Debug, Clone)]
+pub struct AdminRecord {
+    pub name: String,
+    pub password_hash: String,
+    /// Base32 TOTP secret once enrolment is confirmed. A secret: never log it.
+    pub totp_secret: Option<String>,
+    pub failed_logins: u32,
+    /// Unix ms until which login is refused; 0 when not locked.
+    pub locked_until: i64,
 }
 
 /// One history row as read back.
@@ -55,33 +142,149 @@ pub struct SessionRecord {
     pub end_reason: Option<String>,
 }
 
+/// One file event of a session, as read back.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileRecord {
+    pub session_id: String,
+    pub name: String,
+    pub size: i64,
+    pub direction: String,
+    pub bytes: i64,
+    pub result: String,
+    pub at: i64,
+}
+
+/// Which sessions a history query returns; unset fields do not filter.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct HistoryFilter {
+    pub operator: Option<String>,
+    pub client_ip: Option<String>,
+    /// Issued at or after this (Unix ms).
+    pub from_ms: Option<i64>,
+    /// Issued before this (Unix ms).
+    pub to_ms: Option<i64>,
+    /// `live` matches sessions that have not ended.
+    pub end_reason: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Most rows one history query returns.
+pub const HISTORY_MAX_ROWS: i64 = 100_000;
+
+/// One audit row as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub ip: String,
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
 /// A handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn install_drivers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and applies migrations.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            // Another process (the admin's CLI) may hold the write lock briefly.
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+    /// Opens the store the config names: PostgreSQL when `database.url` is set, else SQLite
+    /// at `DATA/relay.db` (created if needed). Applies migrations.
+    pub async fn connect(config: &Config) -> Result<Self, StoreError> {
+        match &config.database.url {
+            Some(url) => Self::open_postgres(url, config.database.schema.as_deref()).await,
+            None => Self::open(&config.database_path()).await,
+        }
     }
 
+    /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        install_drivers();
+        let p = path.to_str().ok_or_else(|| StoreError::BadPath(path.display().to_string()))?;
+        // The URL form percent-decodes the path: escape what would be read as syntax.
+        let p = p.replace('%', "%25").replace('?', "%3F").replace('#', "%23");
+        let options: AnyConnectOptions = format!("sqlite://{p}?mode=rwc").parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL lets the admin CLI read while the relay writes; another process may
+                    // hold the write lock briefly, hence the busy timeout.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool, backend: Backend::Sqlite })
+    }
+
+    /// Opens a PostgreSQL store; with `schema`, every table lives in that schema (created
+    /// when missing). Applies migrations.
+    pub async fn open_postgres(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        install_drivers();
+        let options: AnyConnectOptions = url.parse()?;
+        if let Some(s) = schema {
+            let pool = AnyPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+            pool.execute(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)).as_str()).await?;
+            pool.close().await;
+        }
+        let set_path = schema.map(|s| format!("SET search_path TO {}", quote_ident(s)));
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                let set_path = set_path.clone();
+                Box::pin(async move {
+                    if let Some(sql) = set_path {
+                        conn.execute(sql.as_str()).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool, backend: Backend::Postgres })
+    }
+
+    /// Drops a PostgreSQL schema and everything in it (tests clean up with this).
+    pub async fn drop_postgres_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+        install_drivers();
+        let pool = AnyPoolOptions::new().max_connections(1).connect(url).await?;
+        pool.execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)).as_str()).await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    /// The engine this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every connection; pending writes finish first.
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
+    // ---- operators ----
+
+    /// Adds an operator; a taken name is [`StoreError::OperatorExists`].
     pub async fn add_operator(&self, name: &str, password_hash: &str, permissions: PermissionSet, now_ms: i64) -> Result<(), StoreError> {
-        let result = sqlx::query("INSERT INTO operators (name, password_hash, permissions, created_at) VALUES (?, ?, ?, ?)")
+        let result = sqlx::query("INSERT INTO operators (name, password_hash, permissions, created_at) VALUES ($1, $2, $3, $4)")
             .bind(name)
             .bind(password_hash)
             .bind(permissions.bits() as i64)
@@ -94,31 +297,148 @@ impl Store {
         }
     }
 
-    pub async fn set_operator_permissions(&self, name: &str, permissions: PermissionSet) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE operators SET permissions = ? WHERE name = ?")
-            .bind(permissions.bits() as i64)
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
+    async fn update_operator(&self, name: &str, sql: &str, bind: impl FnOnce(Query<'_>) -> Query<'_>) -> Result<(), StoreError> {
+        let q = bind(sqlx::query(sql));
+        let done = q.bind(name.to_string()).execute(&self.pool).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NoSuchOperator(name.to_string()));
         }
         Ok(())
     }
 
-    pub async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
-        let row = sqlx::query("SELECT name, password_hash, permissions, suspended FROM operators WHERE name = ?")
+    /// What the operator may ask clients for (checked again at every code issue).
+    pub async fn set_operator_permissions(&self, name: &str, permissions: PermissionSet) -> Result<(), StoreError> {
+        self.update_operator(name, "UPDATE operators SET permissions = $1 WHERE name = $2", |q| q.bind(permissions.bits() as i64)).await
+    }
+
+    /// Replaces the argon2id hash of an operator's password.
+    pub async fn set_operator_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        let h = password_hash.to_string();
+        self.update_operator(name, "UPDATE operators SET password_hash = $1 WHERE name = $2", |q| q.bind(h)).await
+    }
+
+    /// Suspends or resumes an operator (the caller ends live sessions).
+    pub async fn set_operator_suspended(&self, name: &str, suspended: bool) -> Result<(), StoreError> {
+        self.update_operator(name, "UPDATE operators SET suspended = $1 WHERE name = $2", |q| q.bind(suspended as i64)).await
+    }
+
+    /// Live sessions an operator may hold at once; 0 is no limit.
+    pub async fn set_operator_max_sessions(&self, name: &str, max: u32) -> Result<(), StoreError> {
+        self.update_operator(name, "UPDATE operators SET max_sessions = $1 WHERE name = $2", |q| q.bind(max as i64)).await
+    }
+
+    /// Enrols (`Some`) or resets (`None`) an operator's TOTP secret.
+    pub async fn set_operator_totp(&self, name: &str, secret: Option<&str>) -> Result<(), StoreError> {
+        let s = secret.map(str::to_string);
+        self.update_operator(name, "UPDATE operators SET totp_secret = $1 WHERE name = $2", |q| q.bind(s)).await
+    }
+
+    /// Whether the operator's login needs a TOTP code.
+    pub async fn set_operator_totp_required(&self, name: &str, required: bool) -> Result<(), StoreError> {
+        self.update_operator(name, "UPDATE operators SET totp_required = $1 WHERE name = $2", |q| q.bind(required as i64)).await
+    }
+
+    /// Renames an operator; history rows keep the name they were written with.
+    pub async fn rename_operator(&self, name: &str, new_name: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE operators SET name = $1 WHERE name = $2").bind(new_name).bind(name).execute(&mut *tx).await;
+        match done {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(StoreError::OperatorExists(new_name.to_string())),
+            Err(e) => return Err(e.into()),
+            Ok(d) if d.rows_affected() == 0 => return Err(StoreError::NoSuchOperator(name.to_string())),
+            Ok(_) => {}
+        }
+        sqlx::query("UPDATE operator_ip_rules SET operator = $1 WHERE operator = $2").bind(new_name).bind(name).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes an operator and its rules; its history stays.
+    pub async fn delete_operator(&self, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM operators WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchOperator(name.to_string()));
+        }
+        sqlx::query("DELETE FROM operator_ip_rules WHERE operator = $1").bind(name).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces an operator's IP rules with `rules`, in order.
+    pub async fn set_operator_ip_rules(&self, name: &str, rules: &[IpRule]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT name FROM operators WHERE name = $1").bind(name).fetch_optional(&mut *tx).await?;
+        if exists.is_none() {
+            return Err(StoreError::NoSuchOperator(name.to_string()));
+        }
+        sqlx::query("DELETE FROM operator_ip_rules WHERE operator = $1").bind(name).execute(&mut *tx).await?;
+        for (i, r) in rules.iter().enumerate() {
+            sqlx::query("INSERT INTO operator_ip_rules (operator, position, action, cidr) VALUES ($1, $2, $3, $4)")
+                .bind(name)
+                .bind(i as i64)
+                .bind(if r.allow { "allow" } else { "deny" })
+                .bind(r.net.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ip_rules(&self, name: &str) -> Result<Vec<IpRule>, StoreError> {
+        let rows = sqlx::query("SELECT action, cidr FROM operator_ip_rules WHERE operator = $1 ORDER BY position")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await?;
-        Ok(row.map(|r| OperatorRecord {
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let net = r.get::<String, _>("cidr").parse().ok()?;
+                Some(IpRule { allow: r.get::<String, _>("action") == "allow", net })
+            })
+            .collect())
+    }
+
+    fn operator_from_row(r: &sqlx::any::AnyRow) -> OperatorRecord {
+        OperatorRecord {
             name: r.get("name"),
             password_hash: r.get("password_hash"),
             permissions: PermissionSet::from_bits(r.get::<i64, _>("permissions") as u8),
             suspended: r.get::<i64, _>("suspended") != 0,
-        }))
+            max_sessions: r.get::<i64, _>("max_sessions").clamp(0, u32::MAX as i64) as u32,
+            totp_secret: r.get("totp_secret"),
+            totp_required: r.get::<i64, _>("totp_required") != 0,
+            ip_rules: Vec::new(),
+            created_at: r.get("created_at"),
+        }
     }
 
+    const OPERATOR_COLUMNS: &'static str =
+        "name, password_hash, permissions, suspended, max_sessions, totp_secret, totp_required, created_at";
+
+    pub async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {} FROM operators WHERE name = $1", Self::OPERATOR_COLUMNS))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut record = Self::operator_from_row(&row);
+        record.ip_rules = self.ip_rules(name).await?;
+        Ok(Some(record))
+    }
+
+    /// Every operator with its rules, by name.
+    pub async fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {} FROM operators ORDER BY name", Self::OPERATOR_COLUMNS)).fetch_all(&self.pool).await?;
+        let mut out: Vec<OperatorRecord> = rows.iter().map(Self::operator_from_row).collect();
+        for op in &mut out {
+            op.ip_rules = self.ip_rules(&op.name).await?;
+        }
+        Ok(out)
+    }
+
+    /// Names and permissions of every operator, by name.
     pub async fn operator_names(&self) -> Result<Vec<(String, PermissionSet)>, StoreError> {
         let rows = sqlx::query("SELECT name, permissions FROM operators ORDER BY name").fetch_all(&self.pool).await?;
         Ok(rows
@@ -126,6 +446,94 @@ impl Store {
             .map(|r| (r.get("name"), PermissionSet::from_bits(r.get::<i64, _>("permissions") as u8)))
             .collect())
     }
+
+    // ---- admins ----
+
+    /// Adds a console admin; a taken name is [`StoreError::AdminExists`].
+    pub async fn add_admin(&self, name: &str, password_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        let result = sqlx::query("INSERT INTO admins (name, password_hash, created_at) VALUES ($1, $2, $3)")
+            .bind(name)
+            .bind(password_hash)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await;
+        match result {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::AdminExists(name.to_string())),
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    /// One admin by name.
+    pub async fn admin(&self, name: &str) -> Result<Option<AdminRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, password_hash, totp_secret, failed_logins, locked_until FROM admins WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| AdminRecord {
+            name: r.get("name"),
+            password_hash: r.get("password_hash"),
+            totp_secret: r.get("totp_secret"),
+            failed_logins: r.get::<i64, _>("failed_logins").clamp(0, u32::MAX as i64) as u32,
+            locked_until: r.get("locked_until"),
+        }))
+    }
+
+    /// Every admin's name, sorted.
+    pub async fn admin_names(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT name FROM admins ORDER BY name").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|r| r.get("name")).collect())
+    }
+
+    async fn update_admin(&self, name: &str, q: Query<'_>) -> Result<(), StoreError> {
+        let done = q.bind(name.to_string()).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchAdmin(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Replaces the argon2id hash of an admin's password.
+    pub async fn set_admin_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        self.update_admin(name, sqlx::query("UPDATE admins SET password_hash = $1 WHERE name = $2").bind(password_hash.to_string())).await
+    }
+
+    /// Confirms (`Some`) or resets (`None`) an admin's TOTP enrolment.
+    pub async fn set_admin_totp(&self, name: &str, secret: Option<&str>) -> Result<(), StoreError> {
+        self.update_admin(name, sqlx::query("UPDATE admins SET totp_secret = $1 WHERE name = $2").bind(secret.map(str::to_string))).await
+    }
+
+    /// Records the failure count and lock after a failed login (0 and 0 after a success).
+    pub async fn set_admin_failures(&self, name: &str, failed_logins: u32, locked_until: i64) -> Result<(), StoreError> {
+        self.update_admin(
+            name,
+            sqlx::query("UPDATE admins SET failed_logins = $1, locked_until = $2 WHERE name = $3").bind(failed_logins as i64).bind(locked_until),
+        )
+        .await
+    }
+
+    /// Replaces an admin's recovery codes with these SHA-256 hashes.
+    pub async fn replace_recovery_codes(&self, admin: &str, hashes: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM admin_recovery_codes WHERE admin = $1").bind(admin).execute(&mut *tx).await?;
+        for h in hashes {
+            sqlx::query("INSERT INTO admin_recovery_codes (admin, code_hash) VALUES ($1, $2)").bind(admin).bind(h).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Spends a recovery code: true when it existed and was unused.
+    pub async fn use_recovery_code(&self, admin: &str, hash: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE admin_recovery_codes SET used_at = $1 WHERE admin = $2 AND code_hash = $3 AND used_at IS NULL")
+            .bind(now_ms)
+            .bind(admin)
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- history ----
 
     /// Applies one history change.
     pub async fn apply(&self, event: &crate::history::HistoryEvent) -> Result<(), StoreError> {
@@ -135,7 +543,7 @@ impl Store {
             E::Issued { id, operator, operator_addr, relay_port, requested, at_ms } => {
                 sqlx::query(
                     "INSERT INTO sessions (id, operator, operator_ip, operator_port, operator_relay_port, requested, issued_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(id)
                 .bind(operator)
@@ -149,7 +557,7 @@ impl Store {
             }
             E::Joined { id, client_host, client_addr, relay_port, at_ms } => {
                 sqlx::query(
-                    "UPDATE sessions SET client_host = ?, client_ip = ?, client_port = ?, client_relay_port = ?, joined_at = ? WHERE id = ?",
+                    "UPDATE sessions SET client_host = $1, client_ip = $2, client_port = $3, client_relay_port = $4, joined_at = $5 WHERE id = $6",
                 )
                 .bind(client_host)
                 .bind(client_addr.ip().to_string())
@@ -161,7 +569,7 @@ impl Store {
                 .await?;
             }
             E::Consented { id, granted, at_ms } => {
-                sqlx::query("UPDATE sessions SET granted = ?, consented_at = ? WHERE id = ?")
+                sqlx::query("UPDATE sessions SET granted = $1, consented_at = $2 WHERE id = $3")
                     .bind(granted.to_string())
                     .bind(at_ms)
                     .bind(id)
@@ -170,11 +578,11 @@ impl Store {
             }
             E::Ended { id, reason, counters, granted, at_ms } => {
                 sqlx::query(
-                    "UPDATE sessions SET ended_at = ?, end_reason = ?, pauses = ?, bytes_to_client = ?, bytes_to_operator = ?, \
-                     granted = COALESCE(?, granted) WHERE id = ?",
+                    "UPDATE sessions SET ended_at = $1, end_reason = $2, pauses = $3, bytes_to_client = $4, bytes_to_operator = $5, \
+                     granted = COALESCE($6, granted) WHERE id = $7",
                 )
                 .bind(at_ms)
-                .bind(reason)
+                .bind(*reason)
                 .bind(counters.pauses as i64)
                 .bind(counters.bytes_to_client as i64)
                 .bind(counters.bytes_to_operator as i64)
@@ -183,39 +591,314 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
             }
+            E::File { id, name, size, direction, bytes, result, at_ms } => {
+                sqlx::query("INSERT INTO session_files (session_id, name, size, direction, bytes, result, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                    .bind(id)
+                    .bind(name)
+                    .bind(i64::try_from(*size).unwrap_or(i64::MAX))
+                    .bind(*direction)
+                    .bind(i64::try_from(*bytes).unwrap_or(i64::MAX))
+                    .bind(*result)
+                    .bind(at_ms)
+                    .execute(&self.pool)
+                    .await?;
+            }
         }
         Ok(())
     }
 
+    fn session_from_row(r: sqlx::any::AnyRow) -> SessionRecord {
+        SessionRecord {
+            id: r.get("id"),
+            operator: r.get("operator"),
+            operator_ip: r.get("operator_ip"),
+            operator_port: r.get("operator_port"),
+            operator_relay_port: r.get("operator_relay_port"),
+            requested: r.get("requested"),
+            client_host: r.get("client_host"),
+            client_ip: r.get("client_ip"),
+            client_port: r.get("client_port"),
+            client_relay_port: r.get("client_relay_port"),
+            granted: r.get("granted"),
+            issued_at: r.get("issued_at"),
+            joined_at: r.get("joined_at"),
+            consented_at: r.get("consented_at"),
+            ended_at: r.get("ended_at"),
+            pauses: r.get("pauses"),
+            bytes_to_client: r.get("bytes_to_client"),
+            bytes_to_operator: r.get("bytes_to_operator"),
+            end_reason: r.get("end_reason"),
+        }
+    }
+
     /// The newest `limit` sessions, newest first.
     pub async fn sessions(&self, limit: i64) -> Result<Vec<SessionRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM sessions ORDER BY issued_at DESC, id LIMIT ?")
-            .bind(limit)
+        self.history(&HistoryFilter { limit: Some(limit), ..Default::default() }).await
+    }
+
+    /// Sessions matching `filter`, newest first, at most `filter.limit` (capped at
+    /// [`HISTORY_MAX_ROWS`]).
+    pub async fn history(&self, filter: &HistoryFilter) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut sql = String::from("SELECT * FROM sessions WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        // Parameters are numbered in the order the conditions are appended.
+        let mut binds: Vec<Bind> = Vec::new();
+        if let Some(op) = filter.operator.as_ref().filter(|s| !s.is_empty()) {
+            sql.push_str(&format!(" AND operator = ${}", next()));
+            binds.push(Bind::Text(op.clone()));
+        }
+        if let Some(ip) = filter.client_ip.as_ref().filter(|s| !s.is_empty()) {
+            sql.push_str(&format!(" AND client_ip = ${}", next()));
+            binds.push(Bind::Text(ip.clone()));
+        }
+        match filter.end_reason.as_deref().filter(|s| !s.is_empty()) {
+            Some("live") => sql.push_str(" AND end_reason IS NULL"),
+            Some(reason) => {
+                sql.push_str(&format!(" AND end_reason = ${}", next()));
+                binds.push(Bind::Text(reason.to_string()));
+            }
+            None => {}
+        }
+        if let Some(from) = filter.from_ms {
+            sql.push_str(&format!(" AND issued_at >= ${}", next()));
+            binds.push(Bind::Int(from));
+        }
+        if let Some(to) = filter.to_ms {
+            sql.push_str(&format!(" AND issued_at < ${}", next()));
+            binds.push(Bind::Int(to));
+        }
+        sql.push_str(&format!(" ORDER BY issued_at DESC, id LIMIT ${}", next()));
+        binds.push(Bind::Int(filter.limit.unwrap_or(1000).clamp(1, HISTORY_MAX_ROWS)));
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                Bind::Text(t) => q.bind(t),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(Self::session_from_row).collect())
+    }
+
+    /// One session by id.
+    pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM sessions WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.map(Self::session_from_row))
+    }
+
+    /// The file events of a session, oldest first.
+    pub async fn session_files(&self, id: &str) -> Result<Vec<FileRecord>, StoreError> {
+        let rows = sqlx::query("SELECT session_id, name, size, direction, bytes, result, at FROM session_files WHERE session_id = $1 ORDER BY at")
+            .bind(id)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows
             .into_iter()
-            .map(|r| SessionRecord {
-                id: r.get("id"),
-                operator: r.get("operator"),
-                operator_ip: r.get("operator_ip"),
-                operator_port: r.get("operator_port"),
-                operator_relay_port: r.get("operator_relay_port"),
-                requested: r.get("requested"),
-                client_host: r.get("client_host"),
-                client_ip: r.get("client_ip"),
-                client_port: r.get("client_port"),
-                client_relay_port: r.get("client_relay_port"),
-                granted: r.get("granted"),
-                issued_at: r.get("issued_at"),
-                joined_at: r.get("joined_at"),
-                consented_at: r.get("consented_at"),
-                ended_at: r.get("ended_at"),
-                pauses: r.get("pauses"),
-                bytes_to_client: r.get("bytes_to_client"),
-                bytes_to_operator: r.get("bytes_to_operator"),
-                end_reason: r.get("end_reason"),
+            .map(|r| FileRecord {
+                session_id: r.get("session_id"),
+                name: r.get("name"),
+                size: r.get("size"),
+                direction: r.get("direction"),
+                bytes: r.get("bytes"),
+                result: r.get("result"),
+                at: r.get("at"),
             })
             .collect())
+    }
+
+    /// Deletes ended sessions issued before `before_ms` and their file events; returns how
+    /// many sessions went. Live sessions are never purged.
+    pub async fn purge_history(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM session_files WHERE session_id IN \
+             (SELECT id FROM sessions WHERE issued_at < $1 AND ended_at IS NOT NULL)",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM sessions WHERE issued_at < $1 AND ended_at IS NOT NULL").bind(before_ms).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    // ---- audit ----
+
+    /// The newest audit row, if any.
+    pub async fn audit_head(&self) -> Result<Option<AuditRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM audit ORDER BY seq DESC LIMIT 1").fetch_optional(&self.pool).await?;
+        Ok(row.map(audit_from_row))
+    }
+
+    /// Inserts one audit row; false when `seq` was taken meanwhile (the caller retries).
+    pub async fn audit_insert(&self, row: &AuditRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO audit (seq, at, actor, action, target, ip, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(row.seq)
+        .bind(row.at)
+        .bind(&row.actor)
+        .bind(&row.action)
+        .bind(&row.target)
+        .bind(&row.ip)
+        .bind(&row.detail)
+        .bind(&row.prev_hash)
+        .bind(&row.hash)
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Audit rows with `seq` greater than `after`, oldest first, at most `limit`.
+    pub async fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2").bind(after).bind(limit).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(audit_from_row).collect())
+    }
+
+    /// The newest `limit` audit rows, newest first.
+    pub async fn audit_recent(&self, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit ORDER BY seq DESC LIMIT $1").bind(limit).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(audit_from_row).collect())
+    }
+
+    /// Runs raw SQL; for tests that simulate tampering.
+    #[doc(hidden)]
+    pub async fn execute_raw(&self, sql: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(sql).execute(&self.pool).await?.rows_affected())
+    }
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+fn audit_from_row(r: sqlx::any::AnyRow) -> AuditRow {
+    AuditRow {
+        seq: r.get("seq"),
+        at: r.get("at"),
+        actor: r.get("actor"),
+        action: r.get("action"),
+        target: r.get("target"),
+        ip: r.get("ip"),
+        detail: r.get("detail"),
+        prev_hash: r.get("prev_hash"),
+        hash: r.get("hash"),
+    }
+}
+
+/// Quotes a PostgreSQL identifier (the schema name is validated by the config too).
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_rules_first_match_wins() {
+        let rules: Vec<IpRule> = ["deny 10.1.0.0/16", "allow 10.0.0.0/8", "allow 2001:db8::/32"]
+            .iter()
+            .map(|l| IpRule::parse(l).unwrap())
+            .collect();
+        assert!(!ip_allowed(&rules, "10.1.2.3".parse().unwrap()));
+        assert!(ip_allowed(&rules, "10.2.0.1".parse().unwrap()));
+        assert!(ip_allowed(&rules, "::ffff:10.2.0.1".parse().unwrap()), "mapped IPv4 matches IPv4 rules");
+        assert!(ip_allowed(&rules, "2001:db8::5".parse().unwrap()));
+        assert!(!ip_allowed(&rules, "192.168.0.1".parse().unwrap()), "no match with rules present is a denial");
+        assert!(ip_allowed(&[], "192.168.0.1".parse().unwrap()), "no rules allows everything");
+        assert_eq!(IpRule::parse("allow 127.0.0.1").unwrap().to_line(), "allow 127.0.0.1/32");
+        assert_eq!(IpRule::parse("deny 10.1.2.3/8").unwrap().to_line(), "deny 10.0.0.0/8");
+        assert!(IpRule::parse("permit 10.0.0.0/8").is_err());
+        assert!(IpRule::parse("allow nonsense").is_err());
+        assert!(IpRule::parse("allow 10.0.0.0/8 extra").is_err());
+    }
+
+    #[tokio::test]
+    async fn sqlite_round_trip_with_files_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        // A data dir may have spaces and URL syntax in its name.
+        let sub = dir.path().join("my data?#%20");
+        std::fs::create_dir_all(&sub).unwrap();
+        let store = Store::open(&sub.join("t.db")).await.unwrap();
+        round_trip(&store).await;
+        assert!(sub.join("t.db").exists());
+        store.close().await;
+    }
+
+    /// Runs against the PostgreSQL that `.ci/run` provides, in a schema of its own.
+    #[tokio::test]
+    async fn postgres_round_trip_with_files_and_purge() {
+        let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
+            assert!(std::env::var_os("CI").is_none(), "CI must provide PostgreSQL (.ci/run starts it)");
+            eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL store test");
+            return;
+        };
+        let schema = format!("t_store_{}", std::process::id());
+        let store = Store::open_postgres(&url, Some(&schema)).await.unwrap();
+        round_trip(&store).await;
+        store.close().await;
+        // Opening again runs the migrations again: they must be recorded as applied.
+        let again = Store::open_postgres(&url, Some(&schema)).await.unwrap();
+        assert_eq!(again.operator_names().await.unwrap().len(), 1);
+        again.close().await;
+        Store::drop_postgres_schema(&url, &schema).await.unwrap();
+    }
+
+    async fn round_trip(store: &Store) {
+        use crate::history::HistoryEvent as E;
+        store.add_operator("alice", "$argon2id$x", PermissionSet::ALL, 1).await.unwrap();
+        assert!(matches!(store.add_operator("alice", "h", PermissionSet::ALL, 1).await, Err(StoreError::OperatorExists(_))));
+        store.set_operator_ip_rules("alice", &[IpRule::parse("allow 10.0.0.0/8").unwrap()]).await.unwrap();
+        store.set_operator_max_sessions("alice", 3).await.unwrap();
+        store.set_operator_suspended("alice", true).await.unwrap();
+        let op = store.operator("alice").await.unwrap().unwrap();
+        assert!(op.suspended);
+        assert_eq!(op.max_sessions, 3);
+        assert_eq!(op.ip_rules[0].to_line(), "allow 10.0.0.0/8");
+        assert!(matches!(store.set_operator_suspended("bob", true).await, Err(StoreError::NoSuchOperator(_))));
+
+        let addr: std::net::SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let counters = crate::policy::Counters { bytes_to_client: 10, bytes_to_operator: 20, pauses: 1, dropped_frames: 0 };
+        for (id, at) in [("old", 1_000), ("new", 10_000)] {
+            store
+                .apply(&E::Issued { id: id.into(), operator: "alice".into(), operator_addr: addr, relay_port: 7615, requested: PermissionSet::ALL, at_ms: at })
+                .await
+                .unwrap();
+            store
+                .apply(&E::Joined { id: id.into(), client_host: "pc".into(), client_addr: "10.0.0.2:6000".parse().unwrap(), relay_port: 443, at_ms: at + 1 })
+                .await
+                .unwrap();
+            store
+                .apply(&E::File { id: id.into(), name: "a.txt".into(), size: 5, direction: "to_client", bytes: 5, result: "completed", at_ms: at + 2 })
+                .await
+                .unwrap();
+            store
+                .apply(&E::Ended { id: id.into(), reason: "client_ended", counters, granted: Some(PermissionSet::ALL), at_ms: at + 3 })
+                .await
+                .unwrap();
+        }
+        let files = store.session_files("new").await.unwrap();
+        assert_eq!((files.len(), files[0].name.as_str(), files[0].direction.as_str(), files[0].result.as_str()), (1, "a.txt", "to_client", "completed"));
+        let by_ip = store.history(&HistoryFilter { client_ip: Some("10.0.0.2".into()), from_ms: Some(5_000), ..Default::default() }).await.unwrap();
+        assert_eq!(by_ip.len(), 1);
+        assert_eq!(by_ip[0].id, "new");
+        assert_eq!(by_ip[0].bytes_to_operator, 20);
+        assert!(store.history(&HistoryFilter { end_reason: Some("live".into()), ..Default::default() }).await.unwrap().is_empty());
+        assert_eq!(store.purge_history(5_000).await.unwrap(), 1);
+        assert!(store.session("old").await.unwrap().is_none());
+        assert!(store.session_files("old").await.unwrap().is_empty());
+        assert_eq!(store.sessions(10).await.unwrap().len(), 1);
     }
 }

@@ -1,0 +1,240 @@
+//! What admins can do, in one place for the console, the REST API and `tsunagu-relay admin`:
+//! each operation validates its input, changes the store, acts on the running relay when
+//! there is one (ending sessions), and writes the audit trail.
+
+use std::sync::Arc;
+
+use tsunagu_proto::PermissionSet;
+
+use crate::accounts;
+use crate::audit::{Audit, Entry};
+use crate::config::Config;
+use crate::server::Shared;
+use crate::store::{IpRule, Store, StoreError, MAX_IP_RULES};
+
+/// Why an operation was refused; the message is shown to the admin as is.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The admin's input is wrong (bad name, weak password, bad rule...).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed; details are logged, not shown.
+    #[error("the relay could not save the change")]
+    Internal,
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::OperatorExists(_) | StoreError::AdminExists(_) => OpError::Conflict(e.to_string()),
+            StoreError::NoSuchOperator(_) | StoreError::NoSuchAdmin(_) => OpError::NotFound(e.to_string()),
+            other => {
+                tracing::error!(error = %other, "store error in an admin operation");
+                OpError::Internal
+            }
+        }
+    }
+}
+
+impl From<accounts::PolicyError> for OpError {
+    fn from(e: accounts::PolicyError) -> Self {
+        OpError::Invalid(e.to_string())
+    }
+}
+
+/// Who is acting, for the audit trail: `admin:NAME` from the console or API, `cli` from
+/// the command line.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub ip: String,
+}
+
+/// The handle operations run on: the store and audit, plus the live relay when there is
+/// one (the CLI has none; its suspensions take effect at the operator's next code).
+#[derive(Clone)]
+pub struct Ops {
+    pub store: Store,
+    pub audit: Audit,
+    pub config: Config,
+    pub shared: Option<Arc<Shared>>,
+}
+
+async fn hash(password: &str, config: &Config) -> Result<String, OpError> {
+    accounts::check_password(password)?;
+    let (password, cfg) = (password.to_string(), config.accounts.clone());
+    tokio::task::spawn_blocking(move || accounts::hash_password(&password, &cfg))
+        .await
+        .map_err(|_| OpError::Internal)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "password hashing failed");
+            OpError::Internal
+        })
+}
+
+/// Parses permission names (`view`, `control`, `files`, `chat`, `all`); an empty list is none.
+pub fn parse_permissions<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<PermissionSet, OpError> {
+    let names: Vec<&str> = names.into_iter().map(str::trim).filter(|s| !s.is_empty()).collect();
+    if names.is_empty() {
+        return Ok(PermissionSet::from_bits(0));
+    }
+    PermissionSet::parse_names(names.iter().copied()).map_err(OpError::Invalid)
+}
+
+/// Parses IP rules, one per line (`allow CIDR` / `deny CIDR`); blank lines and `#` comments
+/// are skipped.
+pub fn parse_ip_rules(text: &str) -> Result<Vec<IpRule>, OpError> {
+    let rules = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(IpRule::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(OpError::Invalid)?;
+    if rules.len() > MAX_IP_RULES {
+        return Err(OpError::Invalid(format!("at most {MAX_IP_RULES} rules per operator")));
+    }
+    Ok(rules)
+}
+
+impl Ops {
+    async fn audit(&self, actor: &Actor, action: &'static str, target: &str, detail: String) {
+        self.audit.record(Entry { actor: actor.name.clone(), action, target: target.to_string(), ip: actor.ip.clone(), detail }).await;
+    }
+
+    async fn end_sessions(&self, name: &str) -> usize {
+        match &self.shared {
+            Some(shared) => crate::server::end_sessions_of(shared, name).await,
+            None => 0,
+        }
+    }
+
+    /// Creates an operator after the name and password policies.
+    pub async fn create_operator(&self, actor: &Actor, name: &str, password: &str, permissions: PermissionSet) -> Result<(), OpError> {
+        accounts::validate_name(name)?;
+        let hash = hash(password, &self.config).await?;
+        self.store.add_operator(name, &hash, permissions, crate::history::now_ms()).await?;
+        self.audit(actor, "operator_created", name, format!("permissions={permissions}")).await;
+        Ok(())
+    }
+
+    /// Sets what the operator may ask for; applies at their next code.
+    pub async fn set_permissions(&self, actor: &Actor, name: &str, permissions: PermissionSet) -> Result<(), OpError> {
+        self.store.set_operator_permissions(name, permissions).await?;
+        self.audit(actor, "operator_permissions", name, format!("permissions={permissions}")).await;
+        Ok(())
+    }
+
+    /// Sets the live-session cap (0 = none), up to 10,000.
+    pub async fn set_max_sessions(&self, actor: &Actor, name: &str, max: u32) -> Result<(), OpError> {
+        // A cap this high is no cap; refusing it catches typos.
+        if max > 10_000 {
+            return Err(OpError::Invalid("the session limit is 0 (none) to 10000".into()));
+        }
+        self.store.set_operator_max_sessions(name, max).await?;
+        self.audit(actor, "operator_max_sessions", name, format!("max_sessions={max}")).await;
+        Ok(())
+    }
+
+    /// Replaces the operator's ordered IP rules.
+    pub async fn set_ip_rules(&self, actor: &Actor, name: &str, rules: &[IpRule]) -> Result<(), OpError> {
+        self.store.set_operator_ip_rules(name, rules).await?;
+        let lines: Vec<String> = rules.iter().map(IpRule::to_line).collect();
+        self.audit(actor, "operator_ip_rules", name, lines.join("; ")).await;
+        Ok(())
+    }
+
+    /// Suspends an operator: login and code issue are refused and every live session of
+    /// theirs ends at once. Returns how many sessions ended.
+    pub async fn suspend(&self, actor: &Actor, name: &str) -> Result<usize, OpError> {
+        self.store.set_operator_suspended(name, true).await?;
+        let ended = self.end_sessions(name).await;
+        self.audit(actor, "operator_suspended", name, format!("sessions_ended={ended}")).await;
+        Ok(ended)
+    }
+
+    /// Lifts a suspension.
+    pub async fn resume(&self, actor: &Actor, name: &str) -> Result<(), OpError> {
+        self.store.set_operator_suspended(name, false).await?;
+        self.audit(actor, "operator_resumed", name, String::new()).await;
+        Ok(())
+    }
+
+    /// Sets an operator's password after the password policy.
+    pub async fn set_password(&self, actor: &Actor, name: &str, password: &str) -> Result<(), OpError> {
+        let hash = hash(password, &self.config).await?;
+        self.store.set_operator_password(name, &hash).await?;
+        self.audit(actor, "operator_password", name, String::new()).await;
+        Ok(())
+    }
+
+    /// Renames an operator; their history keeps the old name.
+    pub async fn rename(&self, actor: &Actor, name: &str, new_name: &str) -> Result<(), OpError> {
+        accounts::validate_name(new_name)?;
+        self.store.rename_operator(name, new_name).await?;
+        self.audit(actor, "operator_renamed", name, format!("new_name={new_name}")).await;
+        Ok(())
+    }
+
+    /// Deletes an operator (their history stays) and ends their live sessions.
+    pub async fn delete(&self, actor: &Actor, name: &str) -> Result<(), OpError> {
+        self.store.delete_operator(name).await?;
+        let ended = self.end_sessions(name).await;
+        self.audit(actor, "operator_deleted", name, format!("sessions_ended={ended}")).await;
+        Ok(())
+    }
+
+    /// Enrols a fresh TOTP secret for an operator and returns it (shown once, as a QR code).
+    pub async fn enrol_operator_totp(&self, actor: &Actor, name: &str) -> Result<String, OpError> {
+        let secret = crate::totp::new_secret().map_err(|_| OpError::Internal)?;
+        self.store.set_operator_totp(name, Some(&secret)).await?;
+        self.audit(actor, "operator_totp_enrolled", name, String::new()).await;
+        Ok(secret)
+    }
+
+    /// Forgets the operator's TOTP secret.
+    pub async fn reset_operator_totp(&self, actor: &Actor, name: &str) -> Result<(), OpError> {
+        self.store.set_operator_totp(name, None).await?;
+        self.audit(actor, "operator_totp_reset", name, String::new()).await;
+        Ok(())
+    }
+
+    /// Requires (or not) a TOTP code at the operator's login.
+    pub async fn require_operator_totp(&self, actor: &Actor, name: &str, required: bool) -> Result<(), OpError> {
+        self.store.set_operator_totp_required(name, required).await?;
+        self.audit(actor, "operator_totp_required", name, format!("required={required}")).await;
+        Ok(())
+    }
+
+    /// Ends one live session at once.
+    pub async fn end_session(&self, actor: &Actor, id: &str) -> Result<(), OpError> {
+        let session = self.shared.as_ref().and_then(|s| s.sessions.get(id).map(|e| e.value().clone()));
+        let Some(session) = session else {
+            return Err(OpError::NotFound("no live session with this id".into()));
+        };
+        session.finish(tsunagu_proto::pb::EndReason::AdminEnded).await;
+        self.audit(actor, "session_ended", id, format!("operator={}", session.operator)).await;
+        Ok(())
+    }
+
+    /// Creates a console admin after the name and password policies.
+    pub async fn create_admin(&self, actor: &Actor, name: &str, password: &str) -> Result<(), OpError> {
+        accounts::validate_name(name)?;
+        let hash = hash(password, &self.config).await?;
+        self.store.add_admin(name, &hash, crate::history::now_ms()).await?;
+        self.audit(actor, "admin_created", name, String::new()).await;
+        Ok(())
+    }
+
+    /// Clears an admin's TOTP so they enrol again at next login.
+    pub async fn reset_admin_totp(&self, actor: &Actor, name: &str) -> Result<(), OpError> {
+        self.store.set_admin_totp(name, None).await?;
+        self.store.replace_recovery_codes(name, &[]).await?;
+        self.audit(actor, "admin_totp_reset", name, String::new()).await;
+        Ok(())
+    }
+}

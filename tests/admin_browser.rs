@@ -1,0 +1,331 @@
+//! A real headless Chromium, driven through Debian's chromedriver (W3C WebDriver), uses the
+//! console as an admin would: logs in with a TOTP code, creates an operator, limits its
+//! permissions, suspends it, filters the history and exports CSV. Screenshots of each step
+//! land in `target/tmp/admin-browser/` as test artefacts.
+//!
+//! The relay's CA is self-generated; the browser session accepts it with
+//! `acceptInsecureCerts` (this test only).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::admin::{console_relay, ADMIN, ADMIN_PASSWORD};
+use support::WAIT;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The W3C name of an element reference in WebDriver answers.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// chromedriver on a free loopback port; killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let run = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await?;
+        // chromedriver may keep the connection open: read the headers, then Content-Length
+        // bytes (or to the end when chunked or unsized).
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+                let len = head.lines().find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()));
+                if let Some(len) = len {
+                    if raw.len() >= split + 4 + len {
+                        break;
+                    }
+                } else if head.contains("chunked") && raw.ends_with(b"0\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(60), run).await.expect("chromedriver answers").expect("chromedriver I/O");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header block");
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut b = &body[..];
+        while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+            b = &b[eol + 2 + size + 2..];
+        }
+        body = out;
+    }
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
+}
+
+struct Browser {
+    port: u16,
+    session: String,
+    shots: PathBuf,
+    step: u32,
+}
+
+impl Browser {
+    async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let v = http(self.port, method, &format!("/session/{}{path}", self.session), body.as_ref()).await;
+        if let Some(err) = v["value"]["error"].as_str() {
+            panic!("WebDriver {method} {path}: {err}: {}", v["value"]["message"]);
+        }
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({ "url": url }))).await;
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let v = self.cmd("POST", "/element", Some(json!({"using": "css selector", "value": css}))).await;
+        v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {v}")).to_string()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let el = self.find(css).await;
+        self.cmd("POST", &format!("/element/{el}/clear"), Some(json!({}))).await;
+        self.cmd("POST", &format!("/element/{el}/value"), Some(json!({ "text": text }))).await;
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self.find(css).await;
+        self.cmd("POST", &format!("/element/{el}/click"), Some(json!({}))).await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let el = self.find(css).await;
+        self.cmd("GET", &format!("/element/{el}/text"), None).await.as_str().unwrap_or_default().to_string()
+    }
+
+    /// Polls the page until `css`'s text satisfies `ok` (pages load after a click returns).
+    async fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = http(self.port, "POST", &format!("/session/{}/element", self.session), Some(&json!({"using": "css selector", "value": css}))).await;
+            if let Some(el) = v["value"][ELEMENT].as_str() {
+                let t = http(self.port, "GET", &format!("/session/{}/element/{el}/text", self.session), None).await;
+                if let Some(text) = t["value"].as_str() {
+                    if ok(text) {
+                        return text.to_string();
+                    }
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{css} never showed the expected text");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until the address ends with `suffix`.
+    async fn wait_url(&self, suffix: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.url().await.ends_with(suffix) {
+            assert!(tokio::time::Instant::now() < deadline, "the browser never reached {suffix}: {}", self.url().await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn url(&self) -> String {
+        self.cmd("GET", "/url", None).await.as_str().unwrap_or_default().to_string()
+    }
+
+    async fn screenshot(&mut self, name: &str) {
+        self.step += 1;
+        let b64 = self.cmd("GET", "/screenshot", None).await;
+        let png = base64_decode(b64.as_str().unwrap_or_default());
+        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+        std::fs::write(self.shots.join(format!("{:02}-{name}.png", self.step)), png).unwrap();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let digits: Vec<u8> = s.bytes().filter_map(val).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let mut n = 0u32;
+        for (i, d) in chunk.iter().enumerate() {
+            n |= (*d as u32) << (18 - 6 * i);
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
+    }
+    out
+}
+
+async fn start_driver() -> Option<Driver> {
+    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide chromium and chromium-driver (.ci/run installs them)");
+        eprintln!("chromium or chromedriver is not installed; skipping the browser test");
+        return None;
+    }
+    // A free port: bind, note, release (chromedriver needs a number).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let driver = Driver { child, port };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() && http(port, "GET", "/status", None).await["value"]["ready"] == true {
+            return Some(driver);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "chromedriver did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_admin_uses_the_console_in_chromium() {
+    let Some(driver) = start_driver().await else { return };
+    let (relay, secret) = console_relay(|_| {}).await;
+    let shared = relay.relay.shared().clone();
+    // Some history to filter.
+    use tsunagu_relay::history::HistoryEvent as E;
+    for (id, op) in [("s-alice-1", "alice"), ("s-bob-1", "bob")] {
+        let addr = "127.0.0.1:4000".parse().unwrap();
+        shared
+            .history
+            .record(E::Issued { id: id.into(), operator: op.into(), operator_addr: addr, relay_port: 7615, requested: tsunagu_proto::PermissionSet::ALL, at_ms: tsunagu_relay::history::now_ms() })
+            .await;
+    }
+    shared.history.flush().await;
+
+    let profile = tempfile::tempdir().unwrap();
+    let downloads = tempfile::tempdir().unwrap();
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("admin-browser");
+    std::fs::create_dir_all(&shots).unwrap();
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "acceptInsecureCerts": true,
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1280,900", "--lang=en-US",
+                     format!("--user-data-dir={}", profile.path().display())],
+            "prefs": {"download.default_directory": downloads.path().display().to_string(), "download.prompt_for_download": false}
+        }
+    }}});
+    let created = http(driver.port, "POST", "/session", Some(&caps)).await;
+    let session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {created}")).to_string();
+    let mut b = Browser { port: driver.port, session, shots: shots.clone(), step: 0 };
+    let base = format!("https://127.0.0.1:{}", relay.relay.admin_addr().unwrap().port());
+
+    // Log in: password, then the TOTP code.
+    b.goto(&format!("{base}/operators")).await;
+    assert!(b.url().await.ends_with("/login"), "anonymous visits land on the login page");
+    b.type_into("#name", ADMIN).await;
+    b.type_into("#password", ADMIN_PASSWORD).await;
+    b.screenshot("login").await;
+    b.click("#submit").await;
+    b.wait_url("/login/totp").await;
+    let code = tsunagu_relay::totp::code_at(&secret, tsunagu_relay::totp::now_secs()).unwrap();
+    b.type_into("#code", &code).await;
+    b.click("#verify").await;
+    b.wait_url("/operators").await;
+    b.screenshot("operators").await;
+
+    // Create an operator.
+    b.type_into("#new-name", "bob").await;
+    b.type_into("#new-password", "Bob-passw0rd!").await;
+    b.click("#create").await;
+    b.wait_url("/operators/bob").await;
+    assert!(shared.store.operator("bob").await.unwrap().is_some());
+
+    // Limit its permissions to view and chat.
+    b.click("#perm-control").await;
+    b.click("#perm-files").await;
+    b.click("#save-permissions").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while shared.store.operator("bob").await.unwrap().unwrap().permissions.to_string() != "view,chat" {
+        assert!(tokio::time::Instant::now() < deadline, "the permissions were not saved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.wait_text("#status", |t| t == "active").await;
+    b.screenshot("bob-limited").await;
+
+    // Suspend it.
+    b.click("#suspend").await;
+    b.wait_text("#status", |t| t == "suspended").await;
+    assert!(shared.store.operator("bob").await.unwrap().unwrap().suspended);
+    b.screenshot("bob-suspended").await;
+
+    // Filter the history.
+    b.goto(&format!("{base}/history")).await;
+    b.type_into("#f-operator", "bob").await;
+    b.click("#apply-filter").await;
+    b.wait_url("/history?operator=bob&client_ip=&from=&to=&end_reason=").await;
+    let table = b.text("#history").await;
+    assert!(table.contains("bob") && !table.contains("alice"), "{table}");
+    b.screenshot("history-filtered").await;
+
+    // Export CSV: the browser downloads the filtered history.
+    b.click("#export-csv").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let csv = loop {
+        let done = std::fs::read_dir(downloads.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "csv"));
+        if let Some(p) = done {
+            let text = std::fs::read_to_string(&p).unwrap();
+            if text.ends_with('\n') {
+                break text;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the CSV download did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(csv.starts_with("session,operator,"));
+    assert!(csv.contains("s-bob-1") && !csv.contains("s-alice-1"), "{csv}");
+
+    // Switch to Japanese.
+    b.click("#lang").await;
+    b.wait_text("h1", |t| t.contains("オペレーター")).await;
+    b.screenshot("operators-ja").await;
+
+    http(driver.port, "DELETE", &format!("/session/{}", b.session), None).await;
+    drop(driver);
+    relay.relay.shutdown().await;
+    assert!(std::fs::read_dir(&shots).unwrap().count() >= 6, "screenshots saved in {}", shots.display());
+}
