@@ -148,6 +148,18 @@ async fn suspension_ends_live_sessions_within_a_second_and_blocks_login_and_code
 
     let live = web.get("/sessions").await.text();
     assert!(live.contains("test-pc") && live.contains("alice"), "{live}");
+    assert!(live.contains("<td class=\"state\">active</td>"), "{live}");
+
+    // The client takes the mouse: the live page says so, and counts bytes as they move.
+    client.client_state(true, false, false, &[]).await;
+    op.expect_state().await;
+    client.data(tsunagu_proto::pb::Channel::Screen, vec![0u8; 5000]).await;
+    op.expect_data(tsunagu_proto::pb::Channel::Screen).await;
+    let live = web.get("/sessions").await.text();
+    assert!(live.contains("<td class=\"state\">paused by the client</td>"), "{live}");
+    let bytes = live.split("<td class=\"bytes\">").nth(1).and_then(|r| r.split('<').next()).unwrap_or("");
+    let to_operator: u64 = bytes.split(" / ").nth(1).and_then(|b| b.parse().ok()).unwrap_or(0);
+    assert!(to_operator > 5000, "bytes shown: {bytes:?}");
 
     let r = web.post_form("/operators/alice/suspend", &[("csrf", &csrf)]).await;
     assert_eq!(r.status, 303);

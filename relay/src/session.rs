@@ -34,6 +34,15 @@ struct Inner {
     client_q: Option<OutQueue>,
 }
 
+/// What [`Session::view`] returns.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionView {
+    pub phase: crate::policy::Phase,
+    pub modes: ClientModes,
+    pub granted: PermissionSet,
+    pub counters: crate::policy::Counters,
+}
+
 /// One session, shared by its two connection tasks and its timer.
 pub struct Session {
     pub id: String,
@@ -99,6 +108,18 @@ impl Session {
 
     pub fn asked(&self) -> PermissionSet {
         self.lock().policy.asked()
+    }
+
+    /// A snapshot of the session for the admin console: phase, client switches, grants and
+    /// byte counters.
+    pub fn view(&self) -> SessionView {
+        let inner = self.lock();
+        SessionView {
+            phase: inner.policy.phase(),
+            modes: inner.policy.modes(),
+            granted: inner.policy.granted(),
+            counters: inner.policy.counters(),
+        }
     }
 
     /// A client with a valid code arrives. Returns false if the session ended meanwhile.

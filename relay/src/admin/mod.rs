@@ -851,6 +851,8 @@ pub struct LiveRow {
     pub since: i64,
     pub state: &'static str,
     pub granted: Option<String>,
+    pub bytes_to_client: u64,
+    pub bytes_to_operator: u64,
 }
 
 fn live_rows(shared: &Shared) -> Vec<LiveRow> {
@@ -861,9 +863,13 @@ fn live_rows(shared: &Shared) -> Vec<LiveRow> {
         .map(|e| {
             let s = e.value();
             let info = shared.live.get(&s.id).map(|i| i.clone());
-            let state = match &info {
-                Some(i) if i.consented_at.is_some() => "active",
-                Some(i) if i.joined_at.is_some() => "awaiting_consent",
+            let view = s.view();
+            let state = match view.phase {
+                crate::policy::Phase::Active if view.modes.chat_only => "chat_only",
+                crate::policy::Phase::Active if view.modes.paused => "paused",
+                crate::policy::Phase::Active if view.modes.view_only => "view_only",
+                crate::policy::Phase::Active => "active",
+                crate::policy::Phase::AwaitingConsent => "awaiting_consent",
                 _ => "awaiting_client",
             };
             LiveRow {
@@ -874,7 +880,9 @@ fn live_rows(shared: &Shared) -> Vec<LiveRow> {
                 client_ip: info.as_ref().and_then(|i| i.client_ip.clone()),
                 since: info.as_ref().map(|i| i.issued_at).unwrap_or_default(),
                 state,
-                granted: info.and_then(|i| i.granted),
+                granted: (!view.granted.is_empty()).then(|| view.granted.to_string()).or_else(|| info.and_then(|i| i.granted)),
+                bytes_to_client: view.counters.bytes_to_client,
+                bytes_to_operator: view.counters.bytes_to_operator,
             }
         })
         .collect();
@@ -889,17 +897,22 @@ async fn sessions_page(State(console): State<Console>, Extension(ctx): Extension
         .map(|r| {
             let state = match r.state {
                 "active" => t(lang, "state_active"),
+                "paused" => t(lang, "state_paused"),
+                "view_only" => t(lang, "state_view_only"),
+                "chat_only" => t(lang, "state_chat_only"),
                 "awaiting_consent" => t(lang, "awaiting_consent"),
                 _ => t(lang, "awaiting_client"),
             };
             format!(
-                "<tr><td>{}</td><td class=\"client-host\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><form method=\"post\" action=\"/sessions/{}/end\" class=\"inline\">{}<button class=\"end\">{}</button></form></td></tr>",
+                "<tr><td>{}</td><td class=\"client-host\">{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{}</td><td class=\"bytes\">{} / {}</td><td><form method=\"post\" action=\"/sessions/{}/end\" class=\"inline\">{}<button class=\"end\">{}</button></form></td></tr>",
                 esc(&r.operator),
                 esc(r.client_host.as_deref().unwrap_or("")),
                 esc(r.client_ip.as_deref().unwrap_or("")),
                 html::time(Some(r.since)),
                 state,
                 esc(r.granted.as_deref().unwrap_or("")),
+                r.bytes_to_client,
+                r.bytes_to_operator,
                 url(&r.id),
                 csrf_field(&ctx),
                 t(lang, "end"),
@@ -907,13 +920,14 @@ async fn sessions_page(State(console): State<Console>, Extension(ctx): Extension
         })
         .collect();
     let body = format!(
-        "<table id=\"live\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr>{rows}</table>",
+        "<table id=\"live\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr>{rows}</table>",
         t(lang, "operator"),
         t(lang, "client_host"),
         t(lang, "client_ip"),
         t(lang, "since"),
         t(lang, "state"),
         t(lang, "granted"),
+        t(lang, "bytes_each_way"),
     );
     render(&ctx, t(lang, "sessions"), &body)
 }
