@@ -292,13 +292,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             tsunagu_relay::raise_fd_limit();
             let relay = Relay::start(config.clone()).await.map_err(|e| e.to_string())?;
             let mut out = std::io::stdout().lock();
-            for addr in relay.addrs() {
-                let line = serde_json::json!({"event": "listening", "service": "relay", "addr": addr.to_string()});
-                writeln!(out, "{line}").and_then(|_| out.flush()).map_err(|e| e.to_string())?;
-            }
-            if let Some(addr) = relay.admin_addr() {
-                let line = serde_json::json!({"event": "listening", "service": "admin", "addr": addr.to_string()});
-                writeln!(out, "{line}").and_then(|_| out.flush()).map_err(|e| e.to_string())?;
+            let listeners = relay.addrs().iter().map(|a| ("relay", *a)).chain(relay.admin_addr().map(|a| ("admin", a)));
+            for (service, addr) in listeners {
+                let line = serde_json::json!({"event": "listening", "service": service, "addr": addr.to_string()});
+                // Whoever started the relay may have stopped reading stdout; a relay that is
+                // serving must not stop over that.
+                if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
+                    tracing::warn!(error = %e, %service, %addr, "could not announce a listener on stdout");
+                }
             }
             drop(out);
             tracing::info!(ca = %tsunagu_relay::tls::ca_path(&config).display(), "relay ready");
