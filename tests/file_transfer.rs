@@ -232,3 +232,146 @@ fn the_operator_app_saves_hostile_names_safely() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Writes `mb` MiB of incompressible bytes and returns their SHA-256 in hex.
+fn make_file(path: &Path, mb: usize, seed: u32) -> String {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut hasher = Sha256::new();
+    let mut block = vec![0u8; 1 << 20];
+    let mut state = seed | 1;
+    for _ in 0..mb {
+        for b in block.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            *b = state as u8;
+        }
+        hasher.update(&block);
+        f.write_all(&block).unwrap();
+    }
+    f.flush().unwrap();
+    hex(&hasher.finalize())
+}
+
+fn paired_apps(relay: &RelayProcess) -> (App, App) {
+    let spec = format!("127.0.0.1:{}", relay.port());
+    let mut op = App::operator(&spec, &relay.ca(), None, "alice", PASSWORD);
+    let code = op.expect("code")["code"].as_str().unwrap().to_string();
+    let mut client = App::client(&spec, &relay.ca(), None, &code, &["--fps", "5"]);
+    client.expect("consent_request");
+    client.send(json!({"cmd": "consent", "grant": ["view", "files", "chat"]}));
+    client.expect("connected");
+    op.expect("consent");
+    (op, client)
+}
+
+#[test]
+fn two_hundred_megabytes_each_way_arrive_intact() {
+    let relay = RelayProcess::start("", 1);
+    assert!(relay.add_operator("alice", PASSWORD).status.success());
+    let (mut op, mut client) = paired_apps(&relay);
+    let work = tempfile::tempdir().unwrap();
+    let (to_client, to_operator) = (work.path().join("to-client.bin"), work.path().join("to-operator.bin"));
+    let sha_a = make_file(&to_client, 200, 7);
+    let sha_b = make_file(&to_operator, 200, 11);
+    let (client_in, op_in) = (work.path().join("client-in"), work.path().join("operator-in"));
+    std::fs::create_dir_all(&client_in).unwrap();
+    std::fs::create_dir_all(&op_in).unwrap();
+
+    let saved = transfer_patiently(&mut op, &mut client, &to_client, &client_in);
+    assert_eq!(saved["sha256"], sha_a);
+    assert_eq!(std::fs::metadata(saved["path"].as_str().unwrap()).unwrap().len(), 200 << 20);
+    let saved = transfer_patiently(&mut client, &mut op, &to_operator, &op_in);
+    assert_eq!(saved["sha256"], sha_b);
+    assert_eq!(Path::new(saved["path"].as_str().unwrap()).parent().unwrap(), op_in);
+
+    op.send(json!({"cmd": "end"}));
+    client.expect("ended");
+    std::thread::sleep(Duration::from_millis(300));
+    let rows = relay.history("json");
+    let row: serde_json::Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
+    assert!(row["bytes_to_client"].as_u64().unwrap() > 200 << 20);
+    assert!(row["bytes_to_operator"].as_u64().unwrap() > 200 << 20);
+}
+
+/// Sends `path` from `sender` to `receiver`, saving into `dir`; returns the `file_saved`
+/// event after checking the sender's `file_sent` names the same hash.
+fn transfer_patiently(sender: &mut App, receiver: &mut App, path: &Path, dir: &Path) -> serde_json::Value {
+    sender.send(json!({"cmd": "send_file", "path": path}));
+    let offered = sender.expect("file_offered");
+    let offer = receiver.expect("file_offer");
+    assert_eq!(offer["sha256"], offered["sha256"]);
+    receiver.send(json!({"cmd": "accept_file", "id": offer["id"], "dir": dir}));
+    // Progress events arrive every twentieth of the file, so each wait stays short.
+    loop {
+        let ev = receiver.next_event();
+        match ev["event"].as_str() {
+            Some("file_saved") => {
+                let sent = sender.expect("file_sent");
+                assert_eq!(sent["sha256"], ev["sha256"]);
+                return ev;
+            }
+            Some("file_failed") | Some("ended") => panic!("transfer did not finish: {ev}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn cancelled_and_interrupted_transfers_leave_nothing() {
+    let relay = RelayProcess::start("", 1);
+    assert!(relay.add_operator("alice", PASSWORD).status.success());
+    let (mut op, mut client) = paired_apps(&relay);
+    let work = tempfile::tempdir().unwrap();
+    let big = work.path().join("big.bin");
+    make_file(&big, 64, 3);
+    let inbox = work.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+
+    // The sender cancels mid-way.
+    op.send(json!({"cmd": "send_file", "path": big}));
+    let id = op.expect("file_offered")["id"].clone();
+    let offer = client.expect("file_offer");
+    client.send(json!({"cmd": "accept_file", "id": offer["id"], "dir": inbox}));
+    client.expect("file_progress");
+    op.send(json!({"cmd": "cancel_file", "id": id}));
+    op.expect("file_cancelled");
+    client.expect("file_cancelled");
+    // The receiver cancels mid-way.
+    client.send(json!({"cmd": "send_file", "path": big}));
+    client.expect("file_offered");
+    let offer = op.expect("file_offer");
+    op.send(json!({"cmd": "accept_file", "id": offer["id"], "dir": inbox}));
+    op.expect("file_progress");
+    op.send(json!({"cmd": "cancel_file", "id": offer["id"], "side": "receive"}));
+    op.expect("file_cancelled");
+    client.expect("file_cancelled");
+    std::thread::sleep(Duration::from_millis(300));
+    let left: Vec<_> = std::fs::read_dir(&inbox).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "cancelled transfers left {left:?}");
+
+    // A rejected offer: the sender is told, nothing is written.
+    op.send(json!({"cmd": "send_file", "path": big}));
+    op.expect("file_offered");
+    let offer = client.expect("file_offer");
+    client.send(json!({"cmd": "reject_file", "id": offer["id"]}));
+    op.expect("file_rejected");
+
+    // The client vanishes while receiving: the operator is told, the session ends.
+    op.send(json!({"cmd": "send_file", "path": big}));
+    op.expect("file_offered");
+    let offer = client.expect("file_offer");
+    client.send(json!({"cmd": "accept_file", "id": offer["id"], "dir": inbox}));
+    client.expect("file_progress");
+    client.child.kill().unwrap();
+    let ended = op.expect("ended");
+    assert_eq!(ended["reason"], "client_disconnected");
+    assert!(op.seen.iter().any(|v| v["event"] == "file_failed"), "{:?}", op.seen);
+    let finals: Vec<_> = std::fs::read_dir(&inbox)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".tsunagu-"))
+        .collect();
+    assert!(finals.is_empty(), "an interrupted transfer left {finals:?} under a final name");
+}

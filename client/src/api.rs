@@ -1,6 +1,6 @@
 //! The client's automation contract: the commands it takes, the events it emits, and how a
 //! run ends. `--headless` maps these one-to-one to JSON lines (see `docs/automation.md`);
-//! tests and the future GUI use the same types in-process.
+//! tests and the GUI use the same types in-process.
 
 use serde::{Deserialize, Serialize};
 
@@ -57,27 +57,10 @@ pub enum Command {
     },
     /// End the session.
     End,
-    /// File transfer: not supported yet.
-    SendFile {
-        /// Path of the file to send.
-        #[serde(default)]
-        path: Option<String>,
-    },
-    /// File transfer: not supported yet.
-    AcceptFile {
-        /// Offer id.
-        #[serde(default)]
-        id: Option<String>,
-        /// Folder to save into.
-        #[serde(default)]
-        dir: Option<String>,
-    },
-    /// File transfer: not supported yet.
-    RejectFile {
-        /// Offer id.
-        #[serde(default)]
-        id: Option<String>,
-    },
+    /// File transfer: `send_file`, `accept_file`, `reject_file`, `cancel_file`
+    /// (see `tsunagu_proto::transfer`).
+    #[serde(untagged)]
+    File(tsunagu_proto::transfer::FileCommand),
 }
 
 fn yes() -> bool {
@@ -145,6 +128,14 @@ pub enum Event {
     },
     /// An input event from the operator was applied (`--input log`).
     Input(InputLog),
+    /// An input event from the operator was refused (`--input system`): outside the screen,
+    /// an unknown key, malformed, or refused by the system. Nothing was injected.
+    InputRefused {
+        /// Why.
+        reason: String,
+        /// Events refused so far in this session.
+        refused: u64,
+    },
     /// Remote control is paused (takeover or the `pause` command).
     Paused,
     /// Remote control is back.
@@ -179,6 +170,11 @@ pub enum Event {
         /// Human-readable detail.
         message: String,
     },
+    /// File transfer events: `file_offer` (the GUI opens its save dialog on it),
+    /// `file_offered`, `file_accepted`, `file_progress`, `file_saved`, `file_sent`,
+    /// `file_rejected`, `file_cancelled`, `file_failed`.
+    #[serde(untagged)]
+    File(tsunagu_proto::transfer::FileEvent),
 }
 
 impl Event {

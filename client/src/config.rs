@@ -6,6 +6,7 @@ use std::time::Duration;
 use tsunagu_proto::dial::DEFAULT_ATTEMPT_TIMEOUT;
 use tsunagu_proto::SessionCode;
 
+use crate::capture::{MonitorChoice, X11Backend};
 use crate::flow::{DEFAULT_ACK_STALL, DEFAULT_MAX_UNACKED};
 use crate::takeover::DEFAULT_RESUME_AFTER;
 
@@ -13,8 +14,13 @@ use crate::takeover::DEFAULT_RESUME_AFTER;
 /// large enough to look like a desktop.
 pub const DEFAULT_SIZE: (usize, usize) = (640, 360);
 
-/// Default frame-rate cap: smooth enough to follow a pointer, light on CPU and link.
+/// Default frame-rate cap for the synthetic desktop: smooth enough to follow a pointer,
+/// light on CPU in debug-build tests.
 pub const DEFAULT_FPS: u32 = 15;
+
+/// Default frame-rate cap for a real desktop: pointer and scrolling look fluid at 30 fps,
+/// and an idle desktop costs nothing (unchanged frames are not encoded).
+pub const DEFAULT_DESKTOP_FPS: u32 = 30;
 
 /// Highest frame-rate cap accepted.
 pub const MAX_FPS: u32 = 60;
@@ -32,8 +38,13 @@ pub enum ScreenSource {
         /// Height in pixels (even).
         height: usize,
     },
-    /// Real X11 capture: not built yet.
-    X11,
+    /// The real X11 desktop (`$DISPLAY`).
+    X11 {
+        /// Shared memory, xcap, or shared memory with xcap as fallback.
+        backend: X11Backend,
+        /// Which monitor.
+        monitor: MonitorChoice,
+    },
 }
 
 /// Where operator input goes.
@@ -41,7 +52,8 @@ pub enum ScreenSource {
 pub enum InputSink {
     /// Emit each applied input as an `input` event; nothing is injected.
     Log,
-    /// Inject into the desktop: not built yet.
+    /// Inject into the desktop with enigo (XTest on X11), and pause the operator when the
+    /// real pointer moves without us (takeover).
     System,
 }
 
@@ -92,6 +104,8 @@ pub struct ClientConfig {
     pub input: InputSink,
     /// Frame-rate cap.
     pub fps: u32,
+    /// H.264 target bit rate.
+    pub bitrate_bps: u32,
     /// Frames that may be in flight unacknowledged.
     pub max_unacked: u64,
     /// Window reset after this long without acks while full.
@@ -142,6 +156,7 @@ impl ClientConfig {
             screen: ScreenSource::Synthetic { width: DEFAULT_SIZE.0, height: DEFAULT_SIZE.1 },
             input: InputSink::Log,
             fps: DEFAULT_FPS,
+            bitrate_bps: crate::encode::DEFAULT_BITRATE_BPS,
             max_unacked: DEFAULT_MAX_UNACKED,
             ack_stall: DEFAULT_ACK_STALL,
             takeover_resume: DEFAULT_RESUME_AFTER,

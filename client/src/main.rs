@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use tsunagu_client::capture::{MonitorChoice, X11Backend};
 use tsunagu_client::config::{local_host_name, parse_size, ClientConfig, Timeouts};
+use tsunagu_client::i18n::Lang;
 use tsunagu_client::{Command, Event, InputSink, ScreenSource};
 use tsunagu_proto::SessionCode;
 
@@ -15,8 +17,28 @@ use tsunagu_proto::SessionCode;
 enum ScreenArg {
     /// A synthetic animated desktop (colour bars and a moving square).
     Synthetic,
-    /// The X11 desktop (not built yet).
+    /// The X11 desktop on $DISPLAY.
     X11,
+}
+
+/// X11 capture paths on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CaptureArg {
+    /// Shared memory, falling back to xcap.
+    Auto,
+    /// Shared memory (MIT-SHM) only.
+    Shm,
+    /// xcap only.
+    Xcap,
+}
+
+/// Languages on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LangArg {
+    /// 日本語
+    Ja,
+    /// English
+    En,
 }
 
 /// Input sinks on the command line.
@@ -24,7 +46,7 @@ enum ScreenArg {
 enum InputArg {
     /// Report applied input as `input` events; inject nothing.
     Log,
-    /// Inject into the desktop (not built yet).
+    /// Inject into the desktop (XTest), with takeover detection.
     System,
 }
 
@@ -44,19 +66,30 @@ struct Args {
     /// Speak JSON lines on stdin/stdout instead of showing a window.
     #[arg(long)]
     headless: bool,
+    /// Window language (default: from the locale).
+    #[arg(long, value_enum)]
+    lang: Option<LangArg>,
     /// Where the screen picture comes from.
     #[arg(long, value_enum, default_value = "synthetic")]
     screen: ScreenArg,
     /// Where operator input goes.
     #[arg(long, value_enum, default_value = "log")]
     input: InputArg,
+    /// X11 capture path.
+    #[arg(long, value_enum, default_value = "auto")]
+    capture: CaptureArg,
+    /// Monitor to capture, by index in RandR order (default: the primary monitor).
+    #[arg(long)]
+    monitor: Option<usize>,
+    /// H.264 target bit rate in kbit/s (default: 2000 synthetic, 4000 x11).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(100..=50_000))]
+    bitrate_kbps: Option<u32>,
     /// Synthetic screen size, WIDTHxHEIGHT (even numbers).
     #[arg(long, default_value = "640x360", value_parser = parse_size)]
     size: (usize, usize),
-    /// Frame-rate cap.
-    #[arg(long, default_value_t = tsunagu_client::config::DEFAULT_FPS,
-          value_parser = clap::value_parser!(u32).range(1..=tsunagu_client::config::MAX_FPS as i64))]
-    fps: u32,
+    /// Frame-rate cap (default: 15 synthetic, 30 x11).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=tsunagu_client::config::MAX_FPS as i64))]
+    fps: Option<u32>,
     /// Screen frames that may be unacknowledged before capture is skipped.
     #[arg(long, default_value_t = tsunagu_client::flow::DEFAULT_MAX_UNACKED,
           value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -70,8 +103,9 @@ struct Args {
     /// Milliseconds for each port attempt (connect, TLS, Hello).
     #[arg(long, default_value_t = 5000)]
     attempt_timeout_ms: u64,
-    /// The 8-digit session code (spaces and dashes are ignored).
-    code: String,
+    /// The 8-digit session code (spaces and dashes are ignored); required with --headless,
+    /// pre-filled in the window otherwise.
+    code: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -83,8 +117,7 @@ fn main() -> ExitCode {
         )
         .init();
     if !args.headless {
-        eprintln!("tsunagu-client: the GUI is not built yet; run with --headless");
-        return ExitCode::from(2);
+        return run_gui(args);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -114,19 +147,65 @@ fn main() -> ExitCode {
     std::process::exit(code as i32);
 }
 
+/// Shows the window; the code is typed there.
+fn run_gui(args: Args) -> ExitCode {
+    let prefill = args.code.clone();
+    let lang = args.lang.map(|l| match l {
+        LangArg::Ja => Lang::Ja,
+        LangArg::En => Lang::En,
+    });
+    // A placeholder code: the window replaces it with what the user types.
+    let placeholder = SessionCode::parse("00000000").expect("a literal 8-digit code parses");
+    let config = match build_config_with(args, placeholder) {
+        Ok(c) => c,
+        Err((_, message)) => {
+            eprintln!("tsunagu-client: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = std::env::var("TSUNAGU_GUI_REPORT").is_ok_and(|v| v == "1");
+    match tsunagu_client::gui::run(tsunagu_client::gui::GuiOptions { config, lang, prefill, report }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tsunagu-client: cannot open the window: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Validates the arguments into a configuration, or an error code and message.
 fn build_config(args: Args) -> Result<ClientConfig, (&'static str, String)> {
-    let code = SessionCode::parse(&args.code).map_err(|e| ("bad_code", e.to_string()))?;
+    let code = args.code.as_deref().ok_or(("usage", "the session code is required with --headless".to_string()))?;
+    let code = SessionCode::parse(code).map_err(|e| ("bad_code", e.to_string()))?;
+    build_config_with(args, code)
+}
+
+/// Validates the arguments into a configuration for `code`.
+fn build_config_with(args: Args, code: SessionCode) -> Result<ClientConfig, (&'static str, String)> {
     let mut config = ClientConfig::new(&args.relay, args.ports, args.ca, code).map_err(|e| ("usage", e.to_string()))?;
+    let desktop = matches!(args.screen, ScreenArg::X11);
     config.screen = match args.screen {
         ScreenArg::Synthetic => ScreenSource::Synthetic { width: args.size.0, height: args.size.1 },
-        ScreenArg::X11 => ScreenSource::X11,
+        ScreenArg::X11 => ScreenSource::X11 {
+            backend: match args.capture {
+                CaptureArg::Auto => X11Backend::Auto,
+                CaptureArg::Shm => X11Backend::Shm,
+                CaptureArg::Xcap => X11Backend::Xcap,
+            },
+            monitor: args.monitor.map_or(MonitorChoice::Primary, MonitorChoice::Index),
+        },
     };
+    let (default_fps, default_bitrate) = if desktop {
+        (tsunagu_client::config::DEFAULT_DESKTOP_FPS, tsunagu_client::encode::DESKTOP_BITRATE_BPS)
+    } else {
+        (tsunagu_client::config::DEFAULT_FPS, tsunagu_client::encode::DEFAULT_BITRATE_BPS)
+    };
+    config.bitrate_bps = args.bitrate_kbps.map_or(default_bitrate, |k| k * 1000);
     config.input = match args.input {
         InputArg::Log => InputSink::Log,
         InputArg::System => InputSink::System,
     };
-    config.fps = args.fps;
+    config.fps = args.fps.unwrap_or(default_fps);
     config.max_unacked = args.max_unacked;
     config.takeover_resume = Duration::from_millis(args.takeover_resume_ms);
     config.host_name = args.host_name.unwrap_or_else(local_host_name);

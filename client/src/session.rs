@@ -2,7 +2,7 @@
 //! for consent, then stream the screen under the flow-control window, apply input unless
 //! paused, and keep the relay told about the user's mode switches.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use tokio::sync::mpsc;
@@ -16,11 +16,14 @@ use tsunagu_proto::PermissionSet;
 
 use crate::api::{Command, Event, InputLog, Outcome};
 use crate::config::{ClientConfig, InputSink, ScreenSource};
-use crate::encode::ScreenEncoder;
+use crate::capture::{self, Capturer, SyntheticCapturer};
 use crate::flow::ScreenFlow;
-use tsunagu_proto::link::{Incoming, Link};
-use crate::synthetic::SyntheticScreen;
+use crate::inject::SystemInjector;
+use crate::pointer::{PointerReport, PointerWatcher};
+use crate::stream::{EncoderSettings, ScreenWorker, Shot, ShotRequest};
 use crate::takeover::{Takeover, Transition};
+use tsunagu_proto::link::{Incoming, Link};
+use tsunagu_proto::transfer::{ProgressBars, TransferEvent, Transfers};
 
 /// Sent in `Hello`.
 const AGENT: &str = concat!("tsunagu-client/", env!("CARGO_PKG_VERSION"));
@@ -69,23 +72,55 @@ impl Events {
 /// end of the session); `events` receives everything the user should see.
 pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) -> Outcome {
     let events = Events(events);
-    let (width, height) = match config.screen {
-        ScreenSource::Synthetic { width, height } => (width, height),
-        ScreenSource::X11 => {
-            events.emit(Event::error("not_supported", "--screen x11 is not built yet; use --screen synthetic")).await;
-            return Outcome::Usage { code: "not_supported".into() };
+    let capturer: Box<dyn Capturer> = match config.screen {
+        ScreenSource::Synthetic { width, height } => {
+            if width == 0 || height == 0 || (width | height) & 1 != 0 {
+                events.emit(Event::error("bad_size", format!("{width}x{height}: both sides must be even"))).await;
+                return Outcome::Usage { code: "bad_size".into() };
+            }
+            Box::new(SyntheticCapturer::new(width, height))
+        }
+        ScreenSource::X11 { backend, monitor } => {
+            // Opening xcap or the X connection may block briefly: keep it off the runtime.
+            match tokio::task::spawn_blocking(move || capture::open_x11(backend, monitor)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    events.emit(Event::error("no_screen", e.to_string())).await;
+                    return Outcome::Usage { code: "no_screen".into() };
+                }
+                Err(e) => {
+                    events.emit(Event::error("no_screen", e.to_string())).await;
+                    return Outcome::Usage { code: "no_screen".into() };
+                }
+            }
         }
     };
-    if config.input == InputSink::System {
-        events.emit(Event::error("not_supported", "--input system is not built yet; use --input log")).await;
-        return Outcome::Usage { code: "not_supported".into() };
-    }
-    let encoder = match ScreenEncoder::new(width, height, config.fps as f32) {
-        Ok(e) => e,
+    let settings = EncoderSettings { fps: config.fps, bitrate_bps: config.bitrate_bps };
+    let (worker, shots) = match ScreenWorker::start(capturer, settings) {
+        Ok(w) => w,
         Err(e) => {
-            events.emit(Event::error("bad_size", e.to_string())).await;
-            return Outcome::Usage { code: "bad_size".into() };
+            events.emit(Event::error("no_screen", e.to_string())).await;
+            return Outcome::Usage { code: "no_screen".into() };
         }
+    };
+    info!(source = worker.name(), width = worker.dimensions().0, height = worker.dimensions().1, "screen source ready");
+    let (injector, pointer) = if config.input == InputSink::System {
+        let injector = match SystemInjector::open(worker.origin(), worker.dimensions()) {
+            Ok(i) => i,
+            Err(e) => {
+                events.emit(Event::error("no_input", e.to_string())).await;
+                return Outcome::Usage { code: "no_input".into() };
+            }
+        };
+        match PointerWatcher::start(None) {
+            Ok(p) => (Some(injector), Some(p)),
+            Err(e) => {
+                events.emit(Event::error("no_input", format!("cannot watch the pointer: {e}"))).await;
+                return Outcome::Usage { code: "no_input".into() };
+            }
+        }
+    } else {
+        (None, None)
     };
     let tls = match dial::client_tls(&config.ca) {
         Ok(t) => t,
@@ -119,11 +154,19 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
         modes: Modes::default(),
         takeover: Takeover::new(config.takeover_resume),
         flow: ScreenFlow::new(config.max_unacked, config.ack_stall),
-        screen: SyntheticScreen::new(width, height),
-        encoder,
+        worker,
+        shot_pending: false,
+        transfers: Transfers::new(),
+        bars: ProgressBars::new(),
+        injector,
         config,
     };
-    let outcome = session.run(commands).await;
+    let (watcher, pointer_reports) = match pointer {
+        Some((w, r)) => (Some(w), Some(r)),
+        None => (None, None),
+    };
+    let outcome = session.run(commands, shots, pointer_reports).await;
+    drop(watcher);
     session.link.close().await;
     outcome
 }
@@ -175,8 +218,15 @@ struct Session {
     modes: Modes,
     takeover: Takeover,
     flow: ScreenFlow,
-    screen: SyntheticScreen,
-    encoder: ScreenEncoder,
+    /// The capture/encode thread.
+    worker: ScreenWorker,
+    /// A shot was requested and not answered yet (one at a time: skip, never queue).
+    shot_pending: bool,
+    /// Input into the real desktop (`--input system`).
+    injector: Option<SystemInjector>,
+    /// File transfers (the shared engine in `tsunagu_proto::transfer`).
+    transfers: Transfers,
+    bars: ProgressBars,
 }
 
 /// What a handler decided.
@@ -186,7 +236,12 @@ enum Step {
 }
 
 impl Session {
-    async fn run(&mut self, mut commands: mpsc::Receiver<Command>) -> Outcome {
+    async fn run(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut shots: mpsc::Receiver<Shot>,
+        mut pointer: Option<mpsc::Receiver<PointerReport>>,
+    ) -> Outcome {
         if let Err(outcome) = self.send(Body::Join(pb::Join {
             code: self.config.code.reveal(),
             host_name: self.config.host_name.clone(),
@@ -213,9 +268,26 @@ impl Session {
                         Step::Continue
                     }
                 },
-                _ = ticks.tick() => self.on_tick().await,
+                _ = ticks.tick() => self.on_tick(),
+                shot = shots.recv() => match shot {
+                    Some(shot) => self.on_shot(shot).await,
+                    None => {
+                        self.events.emit(Event::error("no_screen", "the screen worker stopped")).await;
+                        self.shot_pending = false;
+                        Step::Continue
+                    }
+                },
+                report = recv_pointer(&mut pointer) => match report {
+                    Some(report) => self.on_pointer(report).await,
+                    None => {
+                        pointer = None;
+                        Step::Continue
+                    }
+                },
                 _ = tokio::time::sleep_until(takeover_deadline.into()) => self.on_takeover_timer().await,
                 _ = tokio::time::sleep_until(phase_deadline.into()) => self.on_deadline().await,
+                // Outgoing file content, a few chunks at a time so frames and input interleave.
+                _ = std::future::ready(()), if self.transfers.wants_pump() => self.pump_files().await,
             };
             if let Step::Done(outcome) = step {
                 return outcome;
@@ -252,6 +324,8 @@ impl Session {
             return Outcome::Ended { reason: "consent_denied".into() };
         }
         warn!(error = %detail, "lost the connection to the relay");
+        let aborted = self.transfers.abort_all("the connection to the relay was lost").await;
+        self.emit_files(aborted).await;
         self.events.emit(Event::error("connection_lost", detail)).await;
         self.events.emit(Event::Ended { reason: "connection_lost".into() }).await;
         Outcome::Unreachable
@@ -296,9 +370,13 @@ impl Session {
                 Step::Done(Outcome::Refused { code: name.into() })
             }
             Body::SessionState(state) => self.on_session_state(state).await,
+            Body::FileOffer(_) | Body::FileAnswer(_) | Body::FileCredit(_) | Body::FileDone(_) => self.on_file_frame(&body).await,
+            Body::Data(data) if data.channel == Channel::File as i32 => self.on_file_frame(&Body::Data(data)).await,
             Body::Ended(ended) => {
                 let reason = end_reason_name(pb::EndReason::try_from(ended.reason).unwrap_or(pb::EndReason::Unspecified));
                 info!(reason, "session ended");
+                let aborted = self.transfers.abort_all(&format!("the session ended ({reason})")).await;
+                self.emit_files(aborted).await;
                 self.events.emit(Event::Ended { reason: reason.into() }).await;
                 let ran = matches!(self.phase, Phase::Active | Phase::Ending) || self.user_denied;
                 Step::Done(if ran { Outcome::Ended { reason: reason.into() } } else { Outcome::Refused { code: reason.into() } })
@@ -405,9 +483,25 @@ impl Session {
         }
     }
 
-    /// Applies one input event: with `--input log`, emits it.
+    /// Applies one input event: with `--input system`, injects it (a refused event is
+    /// counted and reported as `input_refused`); with `--input log`, emits it.
     async fn apply_input(&mut self, kind: pb::input_event::Kind) {
         use pb::input_event::Kind;
+        if let Some(injector) = self.injector.as_mut() {
+            if let Kind::MouseMove(m) = &kind {
+                // Recorded before the injection so the pointer watcher can never see the
+                // move before we know it is ours.
+                if let Ok(pos) = injector.screen_point(m.x, m.y) {
+                    self.takeover.injected(pos, Instant::now());
+                }
+            }
+            if let Err(e) = injector.apply(&kind) {
+                let refused = injector.stats().refused;
+                debug!(error = %e, refused, "input refused");
+                self.events.emit(Event::InputRefused { reason: e.to_string(), refused }).await;
+            }
+            return;
+        }
         let log = match kind {
             Kind::MouseMove(m) => {
                 self.takeover.injected((m.x, m.y), Instant::now());
@@ -496,14 +590,52 @@ impl Session {
                     self.send(Body::End(pb::End {})).await
                 }
             }
-            Command::SendFile { .. } | Command::AcceptFile { .. } | Command::RejectFile { .. } => {
-                self.events.emit(Event::error("not_supported", "file transfer is not built yet")).await;
+            Command::File(fc) => {
+                let files = self.phase == Phase::Active
+                    && self.granted.contains(Permission::Files)
+                    && !self.modes.revoked.contains(Permission::Files);
+                if !files {
+                    self.events.emit(Event::error("not_granted", "file transfer is not granted in this session")).await;
+                } else {
+                    match self.transfers.command(&mut self.link, fc).await {
+                        Ok(events) => self.emit_files(events).await,
+                        Err((code, message)) => self.events.emit(Event::error(code, message)).await,
+                    }
+                }
                 Ok(())
             }
         };
         match result {
             Ok(()) => Step::Continue,
             Err(outcome) => Step::Done(outcome),
+        }
+    }
+
+    /// A file-transfer frame from the operator.
+    async fn on_file_frame(&mut self, body: &Body) -> Step {
+        match self.transfers.on_frame(&mut self.link, body).await {
+            Ok(events) => {
+                self.emit_files(events).await;
+                Step::Continue
+            }
+            Err(e) => Step::Done(self.lost(e.to_string()).await),
+        }
+    }
+
+    async fn pump_files(&mut self) -> Step {
+        match self.transfers.pump(&mut self.link).await {
+            Ok(events) => {
+                self.emit_files(events).await;
+                Step::Continue
+            }
+            Err(e) => Step::Done(self.lost(e.to_string()).await),
+        }
+    }
+
+    async fn emit_files(&mut self, events: Vec<TransferEvent>) {
+        for e in events {
+            self.bars.show(&e);
+            self.events.emit(Event::File(e.into())).await;
         }
     }
 
@@ -587,32 +719,59 @@ impl Session {
         }
     }
 
-    /// Captures, encodes and sends one frame if the stream runs and the window allows.
-    async fn on_tick(&mut self) -> Step {
-        if !self.streaming || self.phase != Phase::Active {
+    /// On each frame-rate tick: asks the worker for a shot if the stream runs, the window
+    /// has room and no shot is being made (a late worker makes ticks skip, never queue).
+    fn on_tick(&mut self) -> Step {
+        if !self.streaming || self.phase != Phase::Active || self.shot_pending {
             return Step::Continue;
         }
-        let now = Instant::now();
-        if !self.flow.may_send(now) {
+        if !self.flow.may_send(Instant::now()) {
             return Step::Continue;
         }
-        let captured_at_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-        let force = self.flow.keyframe_due();
-        let rgb = self.screen.next_frame();
-        let encoded = match self.encoder.encode(rgb, force) {
-            Ok(e) => e,
-            Err(e) => {
-                warn!(error = %e, "encoding failed; frame skipped");
+        if self.worker.request(ShotRequest { force_keyframe: self.flow.keyframe_due() }) {
+            self.shot_pending = true;
+        }
+        Step::Continue
+    }
+
+    /// The real pointer moved: local movement (not an echo of our injection) pauses control.
+    async fn on_pointer(&mut self, report: PointerReport) -> Step {
+        if self.phase != Phase::Active {
+            return Step::Continue;
+        }
+        let before = self.paused();
+        // Further movement during a pause only extends it; the relay hears of changes only.
+        if self.takeover.pointer_moved(report.pos, report.at).is_some() && !before {
+            debug!(x = report.pos.0, y = report.pos.1, "local pointer movement");
+            if let Err(o) = self.mode_changed(before).await {
+                return Step::Done(o);
+            }
+        }
+        Step::Continue
+    }
+
+    /// Sends what the worker made, if the stream still runs.
+    async fn on_shot(&mut self, shot: Shot) -> Step {
+        self.shot_pending = false;
+        let (encoded, width, height, captured_at_us) = match shot {
+            Shot::Frame { encoded, width, height, captured_at_us } => (encoded, width, height, captured_at_us),
+            Shot::Unchanged => return Step::Continue,
+            Shot::Failed(e) => {
+                warn!(error = %e, "capture or encoding failed; frame skipped");
                 self.flow.request_keyframe();
                 return Step::Continue;
             }
         };
+        if !self.streaming || self.phase != Phase::Active {
+            // The stream stopped meanwhile; a restart asks for a keyframe anyway.
+            return Step::Continue;
+        }
+        let now = Instant::now();
         if encoded.h264.len() + FRAME_OVERHEAD > self.config.max_frame {
             warn!(bytes = encoded.h264.len(), "encoded frame too large for one frame; skipped");
             self.flow.request_keyframe();
             return Step::Continue;
         }
-        let (width, height) = self.screen.dimensions();
         let frame = pb::ScreenFrame {
             width: width as u32,
             height: height as u32,
@@ -627,6 +786,14 @@ impl Session {
             }
             Err(o) => Step::Done(o),
         }
+    }
+}
+
+/// The next pointer report, or never if there is no watcher.
+async fn recv_pointer(pointer: &mut Option<mpsc::Receiver<PointerReport>>) -> Option<PointerReport> {
+    match pointer {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

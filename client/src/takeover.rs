@@ -5,6 +5,7 @@
 //! calls [`Takeover::poll`]; the machine answers with [`Transition`]s and says when it next
 //! needs to be polled. Tests drive it with a fake clock.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Quiet time after the last local movement before remote control resumes: long enough that
@@ -16,6 +17,10 @@ pub const DEFAULT_RESUME_AFTER: Duration = Duration::from_secs(3);
 /// echo of that injection rather than local movement (the OS reports injected motion back
 /// within a few milliseconds).
 pub const INJECTION_ECHO_WINDOW: Duration = Duration::from_millis(250);
+
+/// Injected positions remembered for echo matching: an operator dragging at 60 events/s
+/// produces 15 within the echo window; 64 leaves room for bursts.
+pub const RECENT_INJECTIONS: usize = 64;
 
 /// A change of the takeover state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,14 +37,15 @@ pub struct Takeover {
     resume_after: Duration,
     /// When the last local movement was seen, while paused.
     paused_since_motion: Option<Instant>,
-    /// Last injected pointer position and when it was injected.
-    last_injected: Option<((i32, i32), Instant)>,
+    /// Recent injected pointer positions and when each was injected (newest last, at most
+    /// [`RECENT_INJECTIONS`]): the watcher may see any of them, not just the last.
+    recent_injected: VecDeque<((i32, i32), Instant)>,
 }
 
 impl Takeover {
     /// A machine that resumes `resume_after` after the last local movement.
     pub fn new(resume_after: Duration) -> Self {
-        Self { resume_after, paused_since_motion: None, last_injected: None }
+        Self { resume_after, paused_since_motion: None, recent_injected: VecDeque::new() }
     }
 
     /// Whether remote input is paused by takeover now.
@@ -57,17 +63,25 @@ impl Takeover {
 
     /// The client injected a pointer move to `pos` at `now` on the operator's behalf.
     pub fn injected(&mut self, pos: (i32, i32), now: Instant) {
-        self.last_injected = Some((pos, now));
+        if self.recent_injected.len() == RECENT_INJECTIONS {
+            self.recent_injected.pop_front();
+        }
+        self.recent_injected.push_back((pos, now));
     }
 
     /// The pointer was observed at `pos` at `now`, cause unknown: it is the echo of our own
-    /// injection if it matches the last injected position within [`INJECTION_ECHO_WINDOW`],
+    /// injection if it matches a position injected within [`INJECTION_ECHO_WINDOW`] before,
     /// otherwise local movement.
     pub fn pointer_moved(&mut self, pos: (i32, i32), now: Instant) -> Option<Transition> {
-        if let Some((injected, at)) = self.last_injected {
-            if injected == pos && now.saturating_duration_since(at) <= INJECTION_ECHO_WINDOW {
-                return None;
+        while let Some(&(_, at)) = self.recent_injected.front() {
+            if now.saturating_duration_since(at) > INJECTION_ECHO_WINDOW {
+                self.recent_injected.pop_front();
+            } else {
+                break;
             }
+        }
+        if self.recent_injected.iter().any(|&(injected, _)| injected == pos) {
+            return None;
         }
         self.local_motion(now)
     }
@@ -135,6 +149,18 @@ mod tests {
         assert_eq!(m.pointer_moved((10, 20), t0 + 5 * MS), None);
         assert!(!m.is_paused());
         assert_eq!(m.pointer_moved((11, 20), t0 + 6 * MS), Some(Transition::Paused), "elsewhere: local");
+    }
+
+    #[test]
+    fn any_recent_injection_is_an_echo() {
+        let t0 = Instant::now();
+        let mut m = Takeover::new(3000 * MS);
+        for i in 0..10 {
+            m.injected((i, i), t0 + i as u32 * MS);
+        }
+        assert_eq!(m.pointer_moved((3, 3), t0 + 20 * MS), None, "an intermediate position");
+        assert_eq!(m.pointer_moved((9, 9), t0 + 20 * MS), None);
+        assert!(!m.is_paused());
     }
 
     #[test]

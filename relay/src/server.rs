@@ -696,7 +696,15 @@ async fn run_peer(shared: Arc<Shared>, session: Arc<Session>, role: Role, mut re
     // The writer delivers what is queued (at least `Ended`) and closes TLS, under its own
     // write timeout.
     let _ = writer_task.await;
+    // Lingering close: a socket closed with unread data is reset, and a reset can destroy the
+    // `Ended` frame still on its way to a peer that was busy sending. Read and discard for a
+    // moment, until the peer closes its side too.
+    let linger = async { while let Ok(Some(_)) = reader.read().await {} };
+    let _ = tokio::time::timeout(LINGER, linger).await;
 }
+
+/// How long a closing connection keeps reading what its peer still sends.
+const LINGER: Duration = Duration::from_secs(2);
 
 async fn write_loop(queue: OutQueue, mut writer: Writer, keepalive: Duration, write_timeout: Duration) {
     let mut batch: Vec<Bytes> = Vec::new();

@@ -556,6 +556,17 @@ impl App {
         }
     }
 
+    /// The next event of any kind (within [`WAIT`]).
+    pub fn next_event(&mut self) -> serde_json::Value {
+        match self.events.recv_timeout(WAIT) {
+            Ok(v) => {
+                self.seen.push(v.clone());
+                v
+            }
+            Err(_) => panic!("{}: no event within {WAIT:?}; saw {:?}", self.name, self.seen),
+        }
+    }
+
     /// Events that arrive within `limit`.
     pub fn drain_for(&mut self, limit: Duration) -> Vec<serde_json::Value> {
         let deadline = std::time::Instant::now() + limit;

@@ -1,0 +1,270 @@
+//! Screen capture + H.264 encode throughput at 1080p, X11 shared memory against xcap, and
+//! capture-to-decoded latency through the real relay on loopback.
+//!
+//! `cargo bench --bench capture` starts its own Xvfb (1920x1080x24) and prints one JSON line
+//! per measurement:
+//!
+//! * `{"bench":"throughput","backend":"shm"|"xcap","scene":...}`: the client's capture +
+//!   change check + encode loop ([`tsunagu_client::stream::shoot`]) run back to back on one
+//!   thread (one core), while the scene changes the screen between shots. `fps` is shots per
+//!   second of that thread's work; `bytes_per_s_at_cap` is what the stream would send at the
+//!   default 30 fps cap (`bytes_per_shot` x min(fps, 30)); an idle screen encodes nothing.
+//!   Scenes: `idle` (a still desktop), `typing` (glyph-sized cells appear one per frame in a
+//!   terminal-like window), `scrolling` (a text-like page scrolls one line per frame).
+//! * `{"bench":"latency",...}`: relay, operator and client release binaries, the client on
+//!   the Xvfb with `--screen x11`, the page scrolling at 60 Hz; the operator's `frame` events
+//!   carry `latency_us` = decoded on the operator − captured on the client (same clock).
+//!
+//! Set `CAPTURE_BENCH_SECONDS` to change the time per measurement (default 4).
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::xvfb::{Desk, Xvfb};
+use tsunagu_client::capture::{open_x11, Capturer, MonitorChoice, Picture, X11Backend};
+use tsunagu_client::encode::DESKTOP_BITRATE_BPS;
+use tsunagu_client::stream::{shoot, EncoderSettings, Shot, ShotRequest};
+
+/// The stream's default frame-rate cap on a real desktop.
+const CAP_FPS: f64 = 30.0;
+
+/// What changes on the screen between shots.
+#[derive(Clone, Copy, Debug)]
+enum Scene {
+    Idle,
+    Typing,
+    Scrolling,
+}
+
+impl Scene {
+    fn name(self) -> &'static str {
+        match self {
+            Scene::Idle => "idle",
+            Scene::Typing => "typing",
+            Scene::Scrolling => "scrolling",
+        }
+    }
+}
+
+/// Draws the scenes on the test desktop.
+struct Painter {
+    step: u32,
+}
+
+/// The terminal and page rectangles.
+const TERM: (i16, i16, u16, u16) = (100, 100, 1200, 700);
+const PAGE: (i16, i16, u16, u16) = (400, 150, 1200, 800);
+/// One text line of the page, in pixels.
+const LINE: u16 = 24;
+/// One terminal character cell.
+const CELL: (u16, u16) = (9, 18);
+
+impl Painter {
+    /// A desktop: background, a "terminal" and a "page" of text-like lines.
+    fn setup(desk: &Desk) -> Self {
+        desk.fill(0x3a6ea5, 0, 0, 1920, 1080);
+        desk.fill(0xe0e0e0, 0, 1040, 1920, 40);
+        desk.fill(0xffffff, PAGE.0, PAGE.1, PAGE.2, PAGE.3);
+        let mut p = Self { step: 0 };
+        for line in 0..(PAGE.3 / LINE) {
+            p.page_line(desk, PAGE.1 + (line * LINE) as i16, line as u32);
+        }
+        desk.fill(0x101010, TERM.0, TERM.1, TERM.2, TERM.3);
+        p
+    }
+
+    /// One line of "words": grey bars of varying width on white.
+    fn page_line(&mut self, desk: &Desk, y: i16, seed: u32) {
+        desk.fill(0xffffff, PAGE.0, y, PAGE.2, LINE);
+        let mut x = PAGE.0 + 20;
+        let mut s = seed.wrapping_mul(2654435761);
+        while x < PAGE.0 + PAGE.2 as i16 - 120 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let w = 20 + (s % 90) as u16;
+            desk.fill(if s % 7 == 0 { 0x1a0dab } else { 0x303030 }, x, y + 6, w, 12);
+            x += w as i16 + 8;
+        }
+    }
+
+    fn step(&mut self, desk: &Desk, scene: Scene) {
+        self.step += 1;
+        match scene {
+            Scene::Idle => {}
+            Scene::Typing => {
+                let cols = TERM.2 / CELL.0 - 2;
+                let rows = TERM.3 / CELL.1 - 2;
+                let n = self.step as u16;
+                let (col, row) = (n % cols, (n / cols) % rows);
+                let x = TERM.0 + ((col + 1) * CELL.0) as i16;
+                let y = TERM.1 + ((row + 1) * CELL.1) as i16;
+                // A "glyph": two strokes in the cell, varying with the character.
+                desk.fill(0xd0d0d0, x + 1, y + 3, 2, 12);
+                desk.fill(0xd0d0d0, x + 1 + (n % 5) as i16, y + 3 + (n % 9) as i16, 5, 2);
+            }
+            Scene::Scrolling => {
+                desk.copy(PAGE.0, PAGE.1 + LINE as i16, PAGE.0, PAGE.1, PAGE.2, PAGE.3 - LINE);
+                let y = PAGE.1 + (PAGE.3 - LINE) as i16;
+                self.page_line(desk, y, 1000 + self.step);
+            }
+        }
+    }
+}
+
+fn seconds() -> Duration {
+    let s: f64 = std::env::var("CAPTURE_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4.0);
+    Duration::from_secs_f64(s)
+}
+
+fn throughput(desk: &Desk, backend: X11Backend, scene: Scene) {
+    let mut capturer: Box<dyn Capturer> = open_x11(backend, MonitorChoice::Primary).expect("capturer opens");
+    let mut painter = Painter::setup(desk);
+    let settings = EncoderSettings { fps: CAP_FPS as u32, bitrate_bps: DESKTOP_BITRATE_BPS };
+    let (mut encoder, mut previous, mut picture) = (None, Picture::default(), Picture::default());
+    let plain = ShotRequest { force_keyframe: false };
+    // The first shot is the keyframe of a session start: measured apart.
+    let t = Instant::now();
+    let first = shoot(capturer.as_mut(), &mut encoder, settings, &mut previous, &mut picture, plain);
+    let keyframe_ms = t.elapsed().as_secs_f64() * 1e3;
+    let keyframe_bytes = match first {
+        Shot::Frame { encoded, .. } => encoded.h264.len(),
+        _ => 0,
+    };
+    let (mut shots, mut encoded_frames, mut bytes) = (0u64, 0u64, 0u64);
+    let mut work = Duration::ZERO;
+    let mut capture_only = Duration::ZERO;
+    let mut scratch = Picture::default();
+    let limit = seconds();
+    let wall = Instant::now();
+    while wall.elapsed() < limit && shots < 2000 {
+        painter.step(desk, scene);
+        desk.sync();
+        let t = Instant::now();
+        let shot = shoot(capturer.as_mut(), &mut encoder, settings, &mut previous, &mut picture, plain);
+        work += t.elapsed();
+        shots += 1;
+        match shot {
+            Shot::Frame { encoded, .. } => {
+                encoded_frames += 1;
+                bytes += encoded.h264.len() as u64;
+            }
+            Shot::Unchanged => {}
+            Shot::Failed(e) => eprintln!("shot failed: {e}"),
+        }
+        if shots % 10 == 0 {
+            let t = Instant::now();
+            let _ = capturer.capture(&mut scratch);
+            capture_only += t.elapsed();
+        }
+    }
+    let fps = shots as f64 / work.as_secs_f64();
+    let bytes_per_shot = bytes as f64 / shots as f64;
+    println!(
+        "{}",
+        json!({
+            "bench": "throughput",
+            "backend": capturer.name(),
+            "scene": scene.name(),
+            "width": capturer.dimensions().0,
+            "height": capturer.dimensions().1,
+            "shots": shots,
+            "encoded": encoded_frames,
+            "fps": (fps * 10.0).round() / 10.0,
+            "ms_per_shot": (work.as_secs_f64() * 1e3 / shots as f64 * 100.0).round() / 100.0,
+            "capture_ms": (capture_only.as_secs_f64() * 1e3 / (shots / 10).max(1) as f64 * 100.0).round() / 100.0,
+            "bytes_per_shot": bytes_per_shot.round(),
+            "bytes_per_s_at_cap": (bytes_per_shot * fps.min(CAP_FPS)).round(),
+            "keyframe_bytes": keyframe_bytes,
+            "keyframe_ms": (keyframe_ms * 100.0).round() / 100.0,
+        })
+    );
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn latency(xvfb: &Xvfb, desk: &Desk) {
+    use support::{App, RelayProcess};
+    let relay = RelayProcess::start("", 1);
+    let out = relay.add_operator("bench", "Bench-mark-2026");
+    assert!(out.status.success());
+    let spec = format!("127.0.0.1:{}", relay.port());
+    let mut op = App::operator(&spec, &relay.ca(), None, "bench", "Bench-mark-2026");
+    let code = op.expect("code")["code"].as_str().unwrap().to_string();
+    let mut cmd = xvfb.command(support::bin("tsunagu-client"));
+    cmd.args(["--relay", &spec, "--headless", "--screen", "x11", "--input", "log"]).arg("--ca").arg(relay.ca()).arg(&code);
+    let mut client = App::spawn("client", cmd);
+    client.expect("consent_request");
+    client.send(json!({"cmd": "consent", "grant": ["view"]}));
+    op.expect("consent");
+    let mut painter = Painter::setup(desk);
+    let mut samples = Vec::new();
+    let limit = seconds() * 2;
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        painter.step(desk, Scene::Scrolling);
+        desk.sync();
+        for v in op.drain_for(Duration::from_millis(16)) {
+            if v["event"] == "frame" {
+                if let Some(us) = v["latency_us"].as_u64() {
+                    samples.push(us);
+                }
+            }
+        }
+    }
+    op.send(json!({"cmd": "end"}));
+    let _ = client.drain_for(Duration::from_millis(500));
+    // The first frames include the session start (keyframe, decoder set-up): skip them.
+    let steady: Vec<u64> = samples.iter().skip(10).copied().collect();
+    let mut sorted = steady.clone();
+    sorted.sort_unstable();
+    let frames_per_s = steady.len() as f64 / (limit.as_secs_f64() * (steady.len() as f64 / samples.len().max(1) as f64));
+    println!(
+        "{}",
+        json!({
+            "bench": "latency",
+            "scene": "scrolling",
+            "frames": sorted.len(),
+            "fps": (frames_per_s * 10.0).round() / 10.0,
+            "p50_ms": percentile(&sorted, 0.5) as f64 / 1000.0,
+            "p95_ms": percentile(&sorted, 0.95) as f64 / 1000.0,
+            "max_ms": sorted.last().copied().unwrap_or(0) as f64 / 1000.0,
+        })
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument picks parts: throughput, latency.
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let xvfb = Xvfb::start(1920, 1080);
+    let desk = Desk::open(&xvfb);
+    // The capturers read $DISPLAY; this process only ever talks to its own Xvfb.
+    std::env::set_var("DISPLAY", &xvfb.display);
+    if wants("throughput") {
+        for scene in [Scene::Idle, Scene::Typing, Scene::Scrolling] {
+            for backend in [X11Backend::Shm, X11Backend::Xcap] {
+                throughput(&desk, backend, scene);
+            }
+        }
+    }
+    if wants("latency") {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--release", "--bins", "-p", "tsunagu-relay", "-p", "tsunagu-operator", "-p", "tsunagu-client"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the release binaries failed");
+        latency(&xvfb, &desk);
+    }
+}

@@ -1,0 +1,643 @@
+//! The client window (eframe/egui): code entry, consent, and the session bar.
+//!
+//! The window drives the same [`crate::run`] session as `--headless`, on a tokio runtime of
+//! its own: a button press becomes a [`Command`], each [`Event`] changes what the window
+//! shows. Screens, in order:
+//!
+//! 1. **Code**: an 8-digit field (digits only; pasted spaces and dashes are dropped) and
+//!    Connect; clear messages for a wrong or expired code, throttling and an unreachable relay.
+//! 2. **Consent**: the operator's name, each requested permission (all ticked; untick to
+//!    refuse one), Allow and Deny, and a countdown. Deny has the keyboard focus, so Enter or
+//!    Escape denies; when the countdown ends the window denies.
+//! 3. **Session bar**: a small always-on-top strip: who is connected, Pause control, View
+//!    only, Chat only, End, and the operator's last chat line with a reply field. A file
+//!    offer (`file_offer`, [`Event::File`]) opens a save dialog: a folder, Save or Reject.
+//!
+//! Japanese and English ([`crate::i18n`]) follow the locale and switch with one button;
+//! a system CJK font is loaded because egui ships none ([`load_cjk_font`]).
+//!
+//! With `TSUNAGU_GUI_REPORT=1` the window writes one JSON line to stdout whenever the screen
+//! or its widgets move (screen name, window rectangle and widget rectangles in physical
+//! pixels), and every session event as in headless mode: the accessibility output the GUI
+//! tests read.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use tokio::sync::mpsc;
+use tsunagu_proto::transfer::{FileCommand, FileEvent};
+use tsunagu_proto::SessionCode;
+
+use crate::api::{Command, Event, Outcome};
+use crate::config::ClientConfig;
+use crate::i18n::{permission_text, Lang, Text};
+
+/// Places where Debian and other distributions keep a CJK font with Japanese glyphs; the
+/// first that exists is used. Face 0 of Noto Sans CJK collections is the Japanese one.
+pub const CJK_FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf",
+    "/usr/share/fonts/truetype/fonts-japanese-gothic.ttf",
+];
+
+/// Size of the code and consent window, in points: room for the Japanese prompt at a size
+/// older eyes read comfortably.
+const MAIN_WINDOW: [f32; 2] = [560.0, 400.0];
+
+/// Size of the session bar, in points.
+const BAR_WINDOW: [f32; 2] = [720.0, 96.0];
+
+/// Base text size in points (egui's default is 12.5: too small for this audience).
+const TEXT_SIZE: f32 = 18.0;
+
+/// Default folder offered for received files.
+fn default_download_dir() -> PathBuf {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join("Downloads")).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// What the window needs besides the code it asks for.
+#[derive(Debug, Clone)]
+pub struct GuiOptions {
+    /// The session settings; the code in it is replaced by what the user types.
+    pub config: ClientConfig,
+    /// Display language; `None`: from the locale.
+    pub lang: Option<Lang>,
+    /// A code to put in the field at start (e.g. from a link).
+    pub prefill: Option<String>,
+    /// Write the JSON-lines report (see the module docs).
+    pub report: bool,
+}
+
+/// Loads the first CJK font of [`CJK_FONT_CANDIDATES`] into `ctx` as a fallback after egui's
+/// own fonts. Returns the path used, or `None` (Japanese then shows as boxes; logged).
+pub fn load_cjk_font(ctx: &egui::Context) -> Option<&'static str> {
+    let (path, bytes) = CJK_FONT_CANDIDATES.iter().find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))?;
+    let mut fonts = egui::FontDefinitions::default();
+    fonts.font_data.insert("cjk".into(), std::sync::Arc::new(egui::FontData::from_owned(bytes)));
+    for family in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
+        fonts.families.entry(family).or_default().push("cjk".into());
+    }
+    ctx.set_fonts(fonts);
+    Some(path)
+}
+
+/// Runs the window until the user closes it.
+pub fn run(options: GuiOptions) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let lang = options.lang.unwrap_or_else(Lang::from_env);
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title(lang.t(Text::Title))
+            .with_app_id("tsunagu-client")
+            .with_inner_size(MAIN_WINDOW)
+            .with_resizable(false),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "tsunagu-client",
+        native,
+        Box::new(move |cc| {
+            match load_cjk_font(&cc.egui_ctx) {
+                Some(path) => tracing::info!(font = path, "CJK font loaded"),
+                None => tracing::warn!("no CJK font found; Japanese text cannot be shown (install fonts-noto-cjk)"),
+            }
+            // Dark grey on white reads best for the people this window is for.
+            cc.egui_ctx.set_theme(egui::Theme::Light);
+            cc.egui_ctx.all_styles_mut(|style| {
+                for (text_style, font) in style.text_styles.iter_mut() {
+                    font.size = match text_style {
+                        egui::TextStyle::Heading => TEXT_SIZE * 1.4,
+                        egui::TextStyle::Small => TEXT_SIZE * 0.75,
+                        _ => TEXT_SIZE,
+                    };
+                }
+                style.spacing.button_padding = egui::vec2(12.0, 6.0);
+            });
+            Ok(Box::new(ClientApp::new(options, lang, runtime)))
+        }),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Messages from the session task to the window.
+enum FromSession {
+    Event(Event),
+    Finished(Outcome),
+}
+
+/// What the window shows.
+#[derive(Debug, Clone)]
+enum Screen {
+    Code,
+    Connecting,
+    Consent { operator: String, permissions: Vec<(String, bool)>, deadline: Instant, focused: bool },
+    Session,
+    Finished { text: Text },
+}
+
+impl Screen {
+    fn name(&self) -> &'static str {
+        match self {
+            Screen::Code => "code",
+            Screen::Connecting => "connecting",
+            Screen::Consent { .. } => "consent",
+            Screen::Session => "session",
+            Screen::Finished { .. } => "finished",
+        }
+    }
+}
+
+/// A file offer waiting for the user's answer.
+#[derive(Debug, Clone)]
+struct FileOfferDialog {
+    id: u32,
+    name: String,
+    size: u64,
+    dir: String,
+}
+
+/// The session state the bar shows.
+#[derive(Debug, Default, Clone)]
+struct SessionView {
+    operator: String,
+    granted: Vec<String>,
+    paused: bool,
+    manual_pause: bool,
+    view_only: bool,
+    chat_only: bool,
+    last_chat: Option<String>,
+    chat_draft: String,
+}
+
+struct ClientApp {
+    options: GuiOptions,
+    lang: Lang,
+    runtime: tokio::runtime::Runtime,
+    screen: Screen,
+    code: String,
+    code_focused: bool,
+    error: Option<String>,
+    commands: Option<mpsc::Sender<Command>>,
+    from_session: Option<std_mpsc::Receiver<FromSession>>,
+    session: SessionView,
+    file_offer: Option<FileOfferDialog>,
+    /// Widget rectangles of this frame, for the report.
+    widgets: BTreeMap<&'static str, egui::Rect>,
+    last_report: String,
+}
+
+impl ClientApp {
+    fn new(options: GuiOptions, lang: Lang, runtime: tokio::runtime::Runtime) -> Self {
+        let code = options.prefill.as_deref().map(clean_code).unwrap_or_default();
+        Self {
+            options,
+            lang,
+            runtime,
+            screen: Screen::Code,
+            code,
+            code_focused: false,
+            error: None,
+            commands: None,
+            from_session: None,
+            session: SessionView::default(),
+            file_offer: None,
+            widgets: BTreeMap::new(),
+            last_report: String::new(),
+        }
+    }
+
+    fn t(&self, id: Text) -> &'static str {
+        self.lang.t(id)
+    }
+
+    fn send(&self, cmd: Command) {
+        if let Some(tx) = &self.commands {
+            if tx.try_send(cmd).is_err() {
+                tracing::warn!("the session is not taking commands");
+            }
+        }
+    }
+
+    fn connect(&mut self, ctx: &egui::Context) {
+        let code = match SessionCode::parse(&self.code) {
+            Ok(c) => c,
+            Err(_) => {
+                self.error = Some(self.t(Text::CodeIncomplete).into());
+                return;
+            }
+        };
+        let mut config = self.options.config.clone();
+        config.code = code;
+        let (cmd_tx, cmd_rx) = mpsc::channel(tsunagu_proto::headless::COMMAND_CAPACITY);
+        let (ev_tx, mut ev_rx) = mpsc::channel(tsunagu_proto::headless::EVENT_CAPACITY);
+        let (to_gui, from_session) = std_mpsc::channel();
+        let repaint = ctx.clone();
+        let report = self.options.report;
+        self.runtime.spawn(async move {
+            let session = tokio::spawn(crate::run(config, cmd_rx, ev_tx));
+            while let Some(event) = ev_rx.recv().await {
+                if report {
+                    if let Ok(line) = serde_json::to_string(&event) {
+                        println!("{line}");
+                    }
+                }
+                let _ = to_gui.send(FromSession::Event(event));
+                repaint.request_repaint();
+            }
+            let outcome = session.await.unwrap_or(Outcome::Unreachable);
+            let _ = to_gui.send(FromSession::Finished(outcome));
+            repaint.request_repaint();
+        });
+        self.commands = Some(cmd_tx);
+        self.from_session = Some(from_session);
+        self.error = None;
+        self.session = SessionView::default();
+        self.screen = Screen::Connecting;
+    }
+
+    fn drain(&mut self, ctx: &egui::Context) {
+        let Some(rx) = &self.from_session else { return };
+        let messages: Vec<_> = rx.try_iter().collect();
+        for message in messages {
+            match message {
+                FromSession::Event(event) => self.on_event(event, ctx),
+                FromSession::Finished(outcome) => self.on_finished(outcome, ctx),
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event, ctx: &egui::Context) {
+        match event {
+            Event::ConsentRequest { operator, permissions, timeout_s, .. } => {
+                self.session.operator = operator.clone();
+                self.screen = Screen::Consent {
+                    operator,
+                    permissions: permissions.into_iter().map(|p| (p, true)).collect(),
+                    deadline: Instant::now() + Duration::from_secs(timeout_s),
+                    focused: false,
+                };
+            }
+            Event::Connected { granted } => {
+                self.session.granted = granted;
+                self.screen = Screen::Session;
+                ctx.send_viewport_cmd(egui::ViewportCommand::InnerSize(BAR_WINDOW.into()));
+                ctx.send_viewport_cmd(egui::ViewportCommand::WindowLevel(egui::WindowLevel::AlwaysOnTop));
+            }
+            Event::State { granted, view_only, chat_only, .. } => {
+                self.session.granted = granted;
+                self.session.view_only = view_only;
+                self.session.chat_only = chat_only;
+            }
+            Event::Paused => self.session.paused = true,
+            Event::Resumed => self.session.paused = false,
+            Event::Chat { text } => self.session.last_chat = Some(text),
+            Event::File(FileEvent::FileOffer { id, name, size, .. }) => {
+                self.file_offer = Some(FileOfferDialog { id, name, size, dir: default_download_dir().display().to_string() });
+            }
+            Event::File(_) => {}
+            Event::Error { code, message } => {
+                let text = match code.as_str() {
+                    "bad_code" => Some(Text::BadCode),
+                    "expired" => Some(Text::Expired),
+                    "used" => Some(Text::Used),
+                    "throttled" => Some(Text::Throttled),
+                    "unreachable" | "connection_lost" => Some(Text::Unreachable),
+                    "bad_command" | "not_supported" => None,
+                    _ => {
+                        self.error = Some(format!("{}: {message}", self.t(Text::OtherError)));
+                        None
+                    }
+                };
+                if let Some(text) = text {
+                    self.error = Some(self.t(text).into());
+                }
+            }
+            Event::Ended { reason } => {
+                if matches!(self.screen, Screen::Session) || reason == "consent_denied" {
+                    let text = if reason == "consent_denied" { Text::Denied } else { Text::Ended };
+                    self.screen = Screen::Finished { text };
+                    ctx.send_viewport_cmd(egui::ViewportCommand::WindowLevel(egui::WindowLevel::Normal));
+                    ctx.send_viewport_cmd(egui::ViewportCommand::InnerSize(MAIN_WINDOW.into()));
+                }
+            }
+            Event::Input(_) | Event::InputRefused { .. } => {}
+        }
+    }
+
+    fn on_finished(&mut self, outcome: Outcome, ctx: &egui::Context) {
+        self.commands = None;
+        self.from_session = None;
+        self.file_offer = None;
+        if !matches!(self.screen, Screen::Finished { .. }) {
+            // The session never ran: back to the code, with the error the events gave.
+            if self.error.is_none() {
+                if let Outcome::Refused { code } | Outcome::Usage { code } = &outcome {
+                    self.error = Some(format!("{}: {code}", self.t(Text::OtherError)));
+                }
+            }
+            self.screen = Screen::Code;
+            self.code_focused = false;
+            ctx.send_viewport_cmd(egui::ViewportCommand::WindowLevel(egui::WindowLevel::Normal));
+            ctx.send_viewport_cmd(egui::ViewportCommand::InnerSize(MAIN_WINDOW.into()));
+        }
+    }
+
+    fn lang_switch(&mut self, ui: &mut egui::Ui) {
+        let label = self.lang.other().native_name();
+        let r = ui.small_button(label);
+        self.widgets.insert("language", r.rect);
+        if r.clicked() {
+            self.lang = self.lang.other();
+            ui.ctx().send_viewport_cmd(egui::ViewportCommand::Title(self.t(Text::Title).into()));
+        }
+    }
+
+    fn code_screen(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.heading(self.t(Text::Title));
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| self.lang_switch(ui));
+        });
+        ui.add_space(16.0);
+        let prompt = ui.label(self.t(Text::EnterCode));
+        self.widgets.insert("prompt", prompt.rect);
+        ui.add_space(8.0);
+        let connecting = matches!(self.screen, Screen::Connecting);
+        let field = ui.add_enabled(
+            !connecting,
+            egui::TextEdit::singleline(&mut self.code)
+                .hint_text("1234 5678")
+                .font(egui::FontId::monospace(TEXT_SIZE * 1.6))
+                .desired_width(300.0),
+        );
+        self.widgets.insert("code_field", field.rect);
+        if field.changed() {
+            self.code = clean_code(&self.code);
+            self.error = None;
+        }
+        if !self.code_focused && !connecting {
+            field.request_focus();
+            self.code_focused = true;
+        }
+        let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        ui.add_space(12.0);
+        let label = if connecting { self.t(Text::Connecting) } else { self.t(Text::Connect) };
+        let button = ui.add_enabled(
+            !connecting && self.code.len() == 8,
+            egui::Button::new(egui::RichText::new(label).size(TEXT_SIZE * 1.2)).min_size(egui::vec2(160.0, 44.0)),
+        );
+        self.widgets.insert("connect", button.rect);
+        if (button.clicked() || (enter && self.code.len() == 8)) && !connecting {
+            self.connect(ui.ctx());
+        }
+        if let Some(error) = &self.error {
+            ui.add_space(12.0);
+            let r = ui.colored_label(egui::Color32::from_rgb(200, 40, 40), error);
+            self.widgets.insert("error", r.rect);
+        }
+    }
+
+    fn consent_screen(&mut self, ui: &mut egui::Ui) {
+        let Screen::Consent { operator, mut permissions, deadline, mut focused } = self.screen.clone() else { return };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.send(Command::Deny);
+            self.screen = Screen::Connecting;
+            return;
+        }
+        ui.horizontal(|ui| {
+            ui.heading(self.t(Text::ConsentTitle));
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| self.lang_switch(ui));
+        });
+        ui.add_space(12.0);
+        let who = ui.horizontal_wrapped(|ui| {
+            ui.label(self.t(Text::ConsentWho));
+            ui.label(egui::RichText::new(&operator).strong());
+            ui.label(self.t(Text::ConsentAsks));
+        });
+        self.widgets.insert("operator", who.response.rect);
+        ui.add_space(8.0);
+        for (name, on) in permissions.iter_mut() {
+            let text = permission_text(name).map(|t| self.t(t).to_string()).unwrap_or_else(|| name.clone());
+            let r = ui.checkbox(on, text);
+            self.widgets.insert(permission_widget(name), r.rect);
+        }
+        ui.add_space(12.0);
+        let mut answer = None;
+        ui.horizontal(|ui| {
+            let deny = ui.add(egui::Button::new(self.t(Text::Deny)).min_size(egui::vec2(140.0, 40.0)));
+            let allow = ui.add(
+                egui::Button::new(egui::RichText::new(self.t(Text::Allow)).color(egui::Color32::WHITE))
+                    .fill(egui::Color32::from_rgb(30, 110, 200))
+                    .min_size(egui::vec2(140.0, 40.0)),
+            );
+            self.widgets.insert("deny", deny.rect);
+            self.widgets.insert("allow", allow.rect);
+            if !focused {
+                // Deny is the default action: it has the focus, so Enter or Space denies.
+                deny.request_focus();
+                focused = true;
+            }
+            if deny.clicked() || ui.input(|i| i.key_pressed(egui::Key::Escape)) {
+                answer = Some(false);
+            } else if allow.clicked() {
+                answer = Some(true);
+            }
+        });
+        ui.add_space(8.0);
+        let countdown = ui.label(format!("{}  {}", left.as_secs_f32().ceil() as u64, self.t(Text::SecondsLeft)));
+        self.widgets.insert("countdown", countdown.rect);
+        ui.ctx().request_repaint_after(Duration::from_millis(250));
+        match answer {
+            Some(true) => {
+                let grant: Vec<String> = permissions.iter().filter(|(_, on)| *on).map(|(n, _)| n.clone()).collect();
+                self.send(if grant.is_empty() { Command::Deny } else { Command::Consent { grant } });
+                self.screen = Screen::Connecting;
+            }
+            Some(false) => {
+                self.send(Command::Deny);
+                self.screen = Screen::Connecting;
+            }
+            None => self.screen = Screen::Consent { operator, permissions, deadline, focused },
+        }
+    }
+
+    fn session_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            let who = ui.label(format!("{} {}", self.t(Text::ConnectedTo), self.session.operator));
+            self.widgets.insert("operator", who.rect);
+            ui.separator();
+            let mut manual = self.session.manual_pause;
+            let pause_label = if self.session.paused && !manual { self.t(Text::Paused) } else { self.t(Text::PauseControl) };
+            let pause = ui.toggle_value(&mut manual, pause_label);
+            self.widgets.insert("pause", pause.rect);
+            if pause.changed() {
+                self.session.manual_pause = manual;
+                self.send(Command::Pause { on: manual });
+            }
+            let mut view_only = self.session.view_only;
+            let view = ui.toggle_value(&mut view_only, self.t(Text::ViewOnly));
+            self.widgets.insert("view_only", view.rect);
+            if view.changed() {
+                self.session.view_only = view_only;
+                self.send(Command::ViewOnly { on: view_only });
+            }
+            let mut chat_only = self.session.chat_only;
+            let chat = ui.toggle_value(&mut chat_only, self.t(Text::ChatOnly));
+            self.widgets.insert("chat_only", chat.rect);
+            if chat.changed() {
+                self.session.chat_only = chat_only;
+                self.send(Command::ChatOnly { on: chat_only });
+            }
+            let end = ui.add(egui::Button::new(egui::RichText::new(self.t(Text::End)).color(egui::Color32::WHITE)).fill(egui::Color32::from_rgb(190, 40, 40)));
+            self.widgets.insert("end", end.rect);
+            if end.clicked() {
+                self.send(Command::End);
+            }
+            self.lang_switch(ui);
+        });
+        ui.horizontal(|ui| {
+            if let Some(text) = &self.session.last_chat {
+                ui.label(format!("💬 {text}"));
+            }
+            let hint = self.t(Text::ChatPlaceholder);
+            let field = ui.add(egui::TextEdit::singleline(&mut self.session.chat_draft).hint_text(hint).desired_width(220.0));
+            self.widgets.insert("chat_field", field.rect);
+            let send = ui.button(self.t(Text::Send));
+            let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            if (send.clicked() || enter) && !self.session.chat_draft.trim().is_empty() {
+                let text = std::mem::take(&mut self.session.chat_draft);
+                self.send(Command::Chat { text });
+            }
+        });
+    }
+
+    fn finished_screen(&mut self, ui: &mut egui::Ui, text: Text) {
+        ui.horizontal(|ui| {
+            ui.heading(self.t(Text::Title));
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| self.lang_switch(ui));
+        });
+        ui.add_space(24.0);
+        let r = ui.label(self.t(text));
+        self.widgets.insert("message", r.rect);
+        ui.add_space(12.0);
+        if ui.button(self.t(Text::Close)).clicked() {
+            ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+    }
+
+    fn file_offer_dialog(&mut self, ctx: &egui::Context) {
+        let Some(mut offer) = self.file_offer.clone() else { return };
+        let mut answer: Option<bool> = None;
+        egui::Window::new(self.t(Text::FileOfferTitle)).collapsible(false).resizable(false).show(ctx, |ui| {
+            ui.label(format!("{} ({} B)", offer.name, offer.size));
+            ui.horizontal(|ui| {
+                ui.label(self.t(Text::SaveIn));
+                ui.text_edit_singleline(&mut offer.dir);
+            });
+            ui.horizontal(|ui| {
+                if ui.button(self.t(Text::Save)).clicked() {
+                    answer = Some(true);
+                }
+                if ui.button(self.t(Text::Reject)).clicked() {
+                    answer = Some(false);
+                }
+            });
+        });
+        match answer {
+            Some(true) => {
+                self.send(Command::File(FileCommand::AcceptFile { id: offer.id, dir: PathBuf::from(offer.dir) }));
+                self.file_offer = None;
+            }
+            Some(false) => {
+                self.send(Command::File(FileCommand::RejectFile { id: offer.id }));
+                self.file_offer = None;
+            }
+            None => self.file_offer = Some(offer),
+        }
+    }
+
+    /// Writes the report line if anything changed since the last one.
+    fn report(&mut self, ctx: &egui::Context) {
+        if !self.options.report {
+            return;
+        }
+        let ppp = ctx.pixels_per_point();
+        let px = |r: egui::Rect| [(r.min.x * ppp).round() as i64, (r.min.y * ppp).round() as i64, (r.width() * ppp).round() as i64, (r.height() * ppp).round() as i64];
+        let window = ctx.input(|i| i.viewport().inner_rect).map(px);
+        let widgets: BTreeMap<_, _> = self.widgets.iter().map(|(k, r)| (*k, px(*r))).collect();
+        let line = serde_json::json!({
+            "event": "gui",
+            "screen": self.screen.name(),
+            "lang": match self.lang { Lang::Ja => "ja", Lang::En => "en" },
+            "window": window,
+            "widgets": widgets,
+            "file_offer": self.file_offer.is_some(),
+            "digits": self.code.len(),
+            "error": self.error,
+        })
+        .to_string();
+        if line != self.last_report {
+            println!("{line}");
+            self.last_report = line;
+        }
+    }
+}
+
+impl eframe::App for ClientApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        self.drain(&ctx);
+        self.widgets.clear();
+        egui::CentralPanel::default().show(ui, |ui| match self.screen.clone() {
+            Screen::Code | Screen::Connecting => self.code_screen(ui),
+            Screen::Consent { .. } => self.consent_screen(ui),
+            Screen::Session => self.session_bar(ui),
+            Screen::Finished { text } => self.finished_screen(ui, text),
+        });
+        self.file_offer_dialog(&ctx);
+        self.report(&ctx);
+        if self.from_session.is_some() {
+            // Events also wake the window; this only bounds a missed wake-up.
+            ctx.request_repaint_after(Duration::from_millis(500));
+        }
+    }
+}
+
+/// The widget name reported for a permission's checkbox.
+fn permission_widget(name: &str) -> &'static str {
+    match name {
+        "view" => "perm_view",
+        "control" => "perm_control",
+        "files" => "perm_files",
+        "chat" => "perm_chat",
+        _ => "perm_other",
+    }
+}
+
+/// Keeps the digits of what was typed or pasted, at most 8: `"4815-1623"`, `"4815 1623"` and
+/// `" 48151623\n"` all become `"48151623"`.
+pub fn clean_code(input: &str) -> String {
+    input.chars().filter(char::is_ascii_digit).take(8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pasted_codes_are_cleaned() {
+        assert_eq!(clean_code("4815-1623"), "48151623");
+        assert_eq!(clean_code(" 4815 1623\n"), "48151623");
+        assert_eq!(clean_code("abc12"), "12");
+        assert_eq!(clean_code("123456789"), "12345678");
+    }
+}

@@ -1,0 +1,241 @@
+//! Japanese and English text for the client window.
+//!
+//! The system locale decides ([`Lang::from_env`]); with no locale at all the window speaks
+//! Japanese, since most people this app helps read Japanese first; the window has a switch. Every string the window shows is a [`Text`] looked up with
+//! [`Lang::t`], so a missing translation is a compile error, not a blank label.
+
+/// A display language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// 日本語
+    Ja,
+    /// English
+    En,
+}
+
+impl Lang {
+    /// The language of the system locale: the first of `LC_ALL`, `LC_MESSAGES`, `LANG`
+    /// (POSIX precedence) that is set and non-empty. `ja*` is Japanese, any other locale is
+    /// English, and no locale at all is Japanese (the audience this app is for).
+    pub fn from_env() -> Self {
+        let value = ["LC_ALL", "LC_MESSAGES", "LANG"]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok())
+            .find(|v| !v.is_empty());
+        Self::from_locale(value.as_deref())
+    }
+
+    /// The language for a locale string such as `ja_JP.UTF-8` or `en_US.UTF-8`.
+    pub fn from_locale(locale: Option<&str>) -> Self {
+        match locale {
+            None => Lang::Ja,
+            Some(l) if l.to_ascii_lowercase().starts_with("ja") => Lang::Ja,
+            Some("C") | Some("POSIX") => Lang::En,
+            Some(_) => Lang::En,
+        }
+    }
+
+    /// The other language (for the switch).
+    pub fn other(self) -> Self {
+        match self {
+            Lang::Ja => Lang::En,
+            Lang::En => Lang::Ja,
+        }
+    }
+
+    /// The name of this language in itself, for the switch button.
+    pub fn native_name(self) -> &'static str {
+        match self {
+            Lang::Ja => "日本語",
+            Lang::En => "English",
+        }
+    }
+
+    /// The text for `id` in this language.
+    pub fn t(self, id: Text) -> &'static str {
+        use Text::*;
+        match (self, id) {
+            (Lang::Ja, Title) => "つなぐ リモートサポート",
+            (Lang::En, Title) => "tsunagu remote support",
+            (Lang::Ja, EnterCode) => "担当者から伝えられた 8 桁の番号を入力してください",
+            (Lang::En, EnterCode) => "Enter the 8-digit code the support person gave you",
+            (Lang::Ja, Connect) => "接続",
+            (Lang::En, Connect) => "Connect",
+            (Lang::Ja, Connecting) => "接続しています…",
+            (Lang::En, Connecting) => "Connecting…",
+            (Lang::Ja, CodeIncomplete) => "番号は 8 桁の数字です",
+            (Lang::En, CodeIncomplete) => "The code has 8 digits",
+            (Lang::Ja, BadCode) => "番号が正しくありません。担当者に確認してください。",
+            (Lang::En, BadCode) => "That code is not right. Please check it with the support person.",
+            (Lang::Ja, Expired) => "番号の有効期限が切れています。新しい番号をもらってください。",
+            (Lang::En, Expired) => "That code has expired. Please ask for a new one.",
+            (Lang::Ja, Used) => "この番号はすでに使われています。新しい番号をもらってください。",
+            (Lang::En, Used) => "That code was already used. Please ask for a new one.",
+            (Lang::Ja, Throttled) => "入力の失敗が多すぎます。しばらく待ってからやり直してください。",
+            (Lang::En, Throttled) => "Too many wrong tries. Please wait a few minutes and try again.",
+            (Lang::Ja, Unreachable) => "サーバーに接続できません。インターネット接続を確認してください。",
+            (Lang::En, Unreachable) => "Cannot reach the server. Please check your internet connection.",
+            (Lang::Ja, OtherError) => "接続できませんでした",
+            (Lang::En, OtherError) => "Could not connect",
+            (Lang::Ja, ConsentTitle) => "画面の共有を許可しますか？",
+            (Lang::En, ConsentTitle) => "Allow access to this computer?",
+            (Lang::Ja, ConsentWho) => "サポート担当者",
+            (Lang::En, ConsentWho) => "Support person",
+            (Lang::Ja, ConsentAsks) => "が次の操作を求めています:",
+            (Lang::En, ConsentAsks) => "asks to:",
+            (Lang::Ja, PermView) => "画面を見る",
+            (Lang::En, PermView) => "See your screen",
+            (Lang::Ja, PermControl) => "マウスとキーボードを操作する",
+            (Lang::En, PermControl) => "Use your mouse and keyboard",
+            (Lang::Ja, PermFiles) => "ファイルを送受信する",
+            (Lang::En, PermFiles) => "Send and receive files",
+            (Lang::Ja, PermChat) => "チャットする",
+            (Lang::En, PermChat) => "Chat with you",
+            (Lang::Ja, Allow) => "許可する",
+            (Lang::En, Allow) => "Allow",
+            (Lang::Ja, Deny) => "拒否する",
+            (Lang::En, Deny) => "Deny",
+            (Lang::Ja, SecondsLeft) => "秒後に自動的に拒否されます",
+            (Lang::En, SecondsLeft) => "seconds until this is denied automatically",
+            (Lang::Ja, ConnectedTo) => "接続中:",
+            (Lang::En, ConnectedTo) => "Connected:",
+            (Lang::Ja, PauseControl) => "操作を一時停止",
+            (Lang::En, PauseControl) => "Pause control",
+            (Lang::Ja, Paused) => "一時停止中",
+            (Lang::En, Paused) => "Paused",
+            (Lang::Ja, ViewOnly) => "見るだけ",
+            (Lang::En, ViewOnly) => "View only",
+            (Lang::Ja, ChatOnly) => "チャットのみ",
+            (Lang::En, ChatOnly) => "Chat only",
+            (Lang::Ja, End) => "終了",
+            (Lang::En, End) => "End",
+            (Lang::Ja, Ended) => "セッションは終了しました",
+            (Lang::En, Ended) => "The session has ended",
+            (Lang::Ja, Denied) => "拒否しました。接続は行われません。",
+            (Lang::En, Denied) => "You denied access. Nothing was shared.",
+            (Lang::Ja, Close) => "閉じる",
+            (Lang::En, Close) => "Close",
+            (Lang::Ja, FileOfferTitle) => "ファイルが届いています",
+            (Lang::En, FileOfferTitle) => "A file is offered",
+            (Lang::Ja, SaveIn) => "保存先フォルダー:",
+            (Lang::En, SaveIn) => "Save in folder:",
+            (Lang::Ja, Save) => "保存",
+            (Lang::En, Save) => "Save",
+            (Lang::Ja, Reject) => "受け取らない",
+            (Lang::En, Reject) => "Reject",
+            (Lang::Ja, ChatPlaceholder) => "メッセージ",
+            (Lang::En, ChatPlaceholder) => "Message",
+            (Lang::Ja, Send) => "送信",
+            (Lang::En, Send) => "Send",
+        }
+    }
+}
+
+/// Every piece of text the window shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Text {
+    /// Window title.
+    Title,
+    /// Prompt above the code field.
+    EnterCode,
+    /// The Connect button.
+    Connect,
+    /// While dialling and joining.
+    Connecting,
+    /// The field does not hold 8 digits.
+    CodeIncomplete,
+    /// The relay said `bad_code`.
+    BadCode,
+    /// The relay said `expired`.
+    Expired,
+    /// The relay said `used`.
+    Used,
+    /// The relay said `throttled`.
+    Throttled,
+    /// No port of the relay answered.
+    Unreachable,
+    /// Any other failure (followed by the detail).
+    OtherError,
+    /// Consent screen heading.
+    ConsentTitle,
+    /// "Support person" label before the operator's name.
+    ConsentWho,
+    /// "asks to:" after the operator's name.
+    ConsentAsks,
+    /// Permission `view`.
+    PermView,
+    /// Permission `control`.
+    PermControl,
+    /// Permission `files`.
+    PermFiles,
+    /// Permission `chat`.
+    PermChat,
+    /// Allow button.
+    Allow,
+    /// Deny button.
+    Deny,
+    /// After the countdown number.
+    SecondsLeft,
+    /// Session bar: before the operator's name.
+    ConnectedTo,
+    /// Session bar: pause toggle.
+    PauseControl,
+    /// Session bar: shown while paused.
+    Paused,
+    /// Session bar: view-only toggle.
+    ViewOnly,
+    /// Session bar: chat-only toggle.
+    ChatOnly,
+    /// Session bar: end button.
+    End,
+    /// After the session.
+    Ended,
+    /// After the user denied.
+    Denied,
+    /// Close button.
+    Close,
+    /// File offer dialog heading.
+    FileOfferTitle,
+    /// File offer: folder label.
+    SaveIn,
+    /// File offer: save button.
+    Save,
+    /// File offer: reject button.
+    Reject,
+    /// Chat field hint.
+    ChatPlaceholder,
+    /// Chat send button.
+    Send,
+}
+
+/// The label for a permission name (`view`, `control`, `files`, `chat`).
+pub fn permission_text(name: &str) -> Option<Text> {
+    match name {
+        "view" => Some(Text::PermView),
+        "control" => Some(Text::PermControl),
+        "files" => Some(Text::PermFiles),
+        "chat" => Some(Text::PermChat),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locale_picks_the_language() {
+        assert_eq!(Lang::from_locale(Some("ja_JP.UTF-8")), Lang::Ja);
+        assert_eq!(Lang::from_locale(Some("en_US.UTF-8")), Lang::En);
+        assert_eq!(Lang::from_locale(Some("C")), Lang::En);
+        assert_eq!(Lang::from_locale(None), Lang::Ja);
+        assert_eq!(Lang::Ja.other(), Lang::En);
+    }
+
+    #[test]
+    fn both_languages_differ() {
+        assert_ne!(Lang::Ja.t(Text::Connect), Lang::En.t(Text::Connect));
+        assert_eq!(permission_text("files"), Some(Text::PermFiles));
+        assert_eq!(permission_text("rootkit"), None);
+    }
+}

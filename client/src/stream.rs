@@ -1,0 +1,225 @@
+//! The screen worker: a thread that captures and encodes on request, so the session loop
+//! never blocks on a 1080p capture or an encoder run and keeps answering pings and input.
+//!
+//! The session asks for one shot at a time ([`ScreenWorker::request`]) when the frame-rate
+//! tick fires, the stream runs and the flow-control window has room; the worker answers with
+//! a [`Shot`]. One request in flight at most: a slow encoder makes the stream skip ticks,
+//! never queue them. An unchanged screen is answered with [`Shot::Unchanged`] and nothing is
+//! encoded or sent, unless a keyframe is due.
+
+use std::sync::mpsc as std_mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use crate::capture::{Capturer, Picture};
+use crate::encode::{EncodedFrame, ScreenEncoder};
+
+/// What the session asks the worker.
+#[derive(Debug, Clone, Copy)]
+pub struct ShotRequest {
+    /// The frame must be a keyframe (and is sent even if the screen did not change).
+    pub force_keyframe: bool,
+}
+
+/// The worker's answer.
+#[derive(Debug)]
+pub enum Shot {
+    /// A changed picture, encoded.
+    Frame {
+        /// The access unit.
+        encoded: EncodedFrame,
+        /// Picture width.
+        width: usize,
+        /// Picture height.
+        height: usize,
+        /// Capture time, microseconds since the Unix epoch (for latency measurement).
+        captured_at_us: u64,
+    },
+    /// The screen is as it was at the last frame: nothing to send.
+    Unchanged,
+    /// Capture or encoding failed; the session logs it and asks for a keyframe next time.
+    Failed(String),
+}
+
+/// Encoder settings for the worker.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderSettings {
+    /// Frame-rate cap the encoder's rate control plans for.
+    pub fps: u32,
+    /// Target bit rate.
+    pub bitrate_bps: u32,
+}
+
+/// Handle to the worker thread; the thread ends when this is dropped.
+pub struct ScreenWorker {
+    requests: std_mpsc::Sender<ShotRequest>,
+    dimensions: (usize, usize),
+    origin: (i32, i32),
+    name: &'static str,
+}
+
+/// Whether two pictures differ (size or any pixel). A full compare of 8 MB is about a
+/// millisecond: far cheaper than encoding a frame that did not change.
+pub fn changed(previous: &Picture, current: &Picture) -> bool {
+    changed_rows(previous, current).is_some()
+}
+
+/// The rows `first..last+1` that differ between two pictures of the same size (`None`: the
+/// same picture). A different size counts as every row changed.
+pub fn changed_rows(previous: &Picture, current: &Picture) -> Option<(usize, usize)> {
+    if previous.width != current.width || previous.height != current.height || previous.stride != current.stride {
+        return Some((0, current.height));
+    }
+    fn row(p: &Picture, y: usize) -> &[u8] {
+        &p.bgrx[y * p.stride..(y + 1) * p.stride]
+    }
+    let first = (0..current.height).find(|&y| row(previous, y) != row(current, y))?;
+    let last = (first..current.height).rev().find(|&y| row(previous, y) != row(current, y)).unwrap_or(first);
+    Some((first, last + 1))
+}
+
+/// Captures into `picture`, and encodes it if it differs from `previous` or a keyframe is
+/// forced; then keeps it as the new `previous`. The building block of the worker, public for
+/// the benchmark.
+pub fn shoot(
+    capturer: &mut dyn Capturer,
+    encoder: &mut Option<ScreenEncoder>,
+    settings: EncoderSettings,
+    previous: &mut Picture,
+    picture: &mut Picture,
+    request: ShotRequest,
+) -> Shot {
+    if let Err(e) = capturer.capture(picture) {
+        return Shot::Failed(e.to_string());
+    }
+    let captured_at_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    let rows = changed_rows(previous, picture);
+    if rows.is_none() && !request.force_keyframe {
+        return Shot::Unchanged;
+    }
+    let (w, h) = (picture.width, picture.height);
+    let mut force = request.force_keyframe;
+    if encoder.as_ref().map(ScreenEncoder::dimensions) != Some((w, h)) {
+        match ScreenEncoder::with_bitrate(w, h, settings.fps as f32, settings.bitrate_bps) {
+            Ok(e) => *encoder = Some(e),
+            Err(e) => return Shot::Failed(e.to_string()),
+        }
+        force = true;
+    }
+    let Some(enc) = encoder.as_mut() else { return Shot::Failed("no encoder".into()) };
+    // After a new encoder, everything is converted; otherwise only the rows that changed.
+    let result = enc.encode_picture_rows(picture, force, if force && rows.is_none() { Some((0, 0)) } else { rows });
+    std::mem::swap(previous, picture);
+    match result {
+        Ok(encoded) => Shot::Frame { encoded, width: w, height: h, captured_at_us },
+        Err(e) => Shot::Failed(e.to_string()),
+    }
+}
+
+impl ScreenWorker {
+    /// Starts the worker on `capturer`; answers arrive on the returned receiver.
+    pub fn start(mut capturer: Box<dyn Capturer>, settings: EncoderSettings) -> std::io::Result<(Self, mpsc::Receiver<Shot>)> {
+        let (req_tx, req_rx) = std_mpsc::channel::<ShotRequest>();
+        // One answer per request and one request in flight: capacity 2 never blocks.
+        let (shot_tx, shot_rx) = mpsc::channel(2);
+        let dimensions = capturer.dimensions();
+        let origin = capturer.origin();
+        let name = capturer.name();
+        std::thread::Builder::new().name("screen".into()).spawn(move || {
+            let mut encoder: Option<ScreenEncoder> = None;
+            let mut previous = Picture::default();
+            let mut picture = Picture::default();
+            while let Ok(request) = req_rx.recv() {
+                let shot = shoot(capturer.as_mut(), &mut encoder, settings, &mut previous, &mut picture, request);
+                if shot_tx.blocking_send(shot).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok((Self { requests: req_tx, dimensions, origin, name }, shot_rx))
+    }
+
+    /// Asks for one shot. Returns false if the worker is gone.
+    pub fn request(&self, request: ShotRequest) -> bool {
+        self.requests.send(request).is_ok()
+    }
+
+    /// The captured area's size.
+    pub fn dimensions(&self) -> (usize, usize) {
+        self.dimensions
+    }
+
+    /// The captured area's origin on the X screen.
+    pub fn origin(&self) -> (i32, i32) {
+        self.origin
+    }
+
+    /// The capturer's name (`shm`, `xcap`, `synthetic`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::SyntheticCapturer;
+
+    /// A capturer that always returns the same picture.
+    struct Still(SyntheticCapturer, Option<Picture>);
+
+    impl Capturer for Still {
+        fn dimensions(&self) -> (usize, usize) {
+            self.0.dimensions()
+        }
+        fn capture(&mut self, into: &mut Picture) -> Result<(), crate::capture::CaptureError> {
+            if self.1.is_none() {
+                let mut p = Picture::default();
+                self.0.capture(&mut p)?;
+                self.1 = Some(p);
+            }
+            *into = self.1.clone().unwrap_or_default();
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "still"
+        }
+    }
+
+    #[test]
+    fn an_unchanged_screen_sends_nothing_unless_a_keyframe_is_due() {
+        let mut cap = Still(SyntheticCapturer::new(64, 48), None);
+        let settings = EncoderSettings { fps: 30, bitrate_bps: 1_000_000 };
+        let (mut enc, mut prev, mut pic) = (None, Picture::default(), Picture::default());
+        let plain = ShotRequest { force_keyframe: false };
+        let first = shoot(&mut cap, &mut enc, settings, &mut prev, &mut pic, plain);
+        assert!(matches!(first, Shot::Frame { ref encoded, .. } if encoded.keyframe), "first frame: keyframe");
+        assert!(matches!(shoot(&mut cap, &mut enc, settings, &mut prev, &mut pic, plain), Shot::Unchanged));
+        let forced = shoot(&mut cap, &mut enc, settings, &mut prev, &mut pic, ShotRequest { force_keyframe: true });
+        assert!(matches!(forced, Shot::Frame { ref encoded, .. } if encoded.keyframe));
+    }
+
+    #[test]
+    fn changed_rows_bound_the_difference() {
+        let mut a = Picture { width: 4, height: 10, stride: 16, bgrx: vec![0; 160], captured_at: None };
+        let b = a.clone();
+        assert_eq!(changed_rows(&a, &b), None);
+        a.bgrx[5 * 16 + 3] = 1;
+        a.bgrx[7 * 16] = 1;
+        assert_eq!(changed_rows(&a, &b), Some((5, 8)));
+        let c = Picture { width: 2, height: 10, stride: 8, bgrx: vec![0; 80], captured_at: None };
+        assert_eq!(changed_rows(&a, &c), Some((0, 10)));
+    }
+
+    #[test]
+    fn a_changing_screen_is_encoded_every_time() {
+        let mut cap = SyntheticCapturer::new(64, 48);
+        let settings = EncoderSettings { fps: 30, bitrate_bps: 1_000_000 };
+        let (mut enc, mut prev, mut pic) = (None, Picture::default(), Picture::default());
+        for _ in 0..3 {
+            let shot = shoot(&mut cap, &mut enc, settings, &mut prev, &mut pic, ShotRequest { force_keyframe: false });
+            assert!(matches!(shot, Shot::Frame { .. }));
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The client window on its own Xvfb: the code window, the consent screen and the session
+//! bar render with their widgets (checked on `import -window root` screenshots, at the
+//! rectangles the window reports with `TSUNAGU_GUI_REPORT=1`), and typing a code and
+//! pressing Connect starts a session the operator sees. Screenshots are kept in
+//! `target/tmp/client-gui/` for people to look at.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::xvfb::Xvfb;
+use support::*;
+
+const OP_PASSWORD: &str = "Help-desk-2026";
+
+fn shots_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("client-gui");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The next `gui` report for `screen` that has every widget in `widgets`.
+fn expect_screen(gui: &mut App, screen: &str, widgets: &[&str]) -> Value {
+    gui.expect_where("gui", |v| v["screen"] == screen && widgets.iter().all(|w| v["widgets"][*w].is_array()))
+}
+
+/// Gives the window the keyboard focus, as a window manager would on a click (Xvfb runs
+/// without one).
+fn focus(xvfb: &Xvfb) {
+    let out = xvfb.command("xdotool").args(["search", "--onlyvisible", "--class", "tsunagu-client"]).output().unwrap();
+    let ids = String::from_utf8_lossy(&out.stdout).to_string();
+    let id = ids.lines().last().expect("the client window exists").to_string();
+    xvfb.xdotool(&["windowfocus", "--sync", &id]);
+}
+
+/// The window's top-left corner on the X screen (from xdotool, the X server's view).
+fn window_origin(xvfb: &Xvfb) -> (i64, i64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = xvfb.command("xdotool").args(["search", "--onlyvisible", "--class", "tsunagu-client"]).output().unwrap();
+        let ids = String::from_utf8_lossy(&out.stdout).to_string();
+        if let Some(id) = ids.lines().last() {
+            let geo = xvfb.xdotool(&["getwindowgeometry", "--shell", id]);
+            let get = |k: &str| geo.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<i64>().ok());
+            if let (Some(x), Some(y)) = (get("X="), get("Y=")) {
+                return (x, y);
+            }
+        }
+        assert!(Instant::now() < deadline, "the client window did not appear");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A widget's rectangle on the X screen.
+fn rect_of(report: &Value, origin: (i64, i64), widget: &str) -> (i64, i64, i64, i64) {
+    let r = &report["widgets"][widget];
+    let v: Vec<i64> = r.as_array().unwrap_or_else(|| panic!("no widget {widget} in {report}")).iter().map(|n| n.as_i64().unwrap()).collect();
+    (origin.0 + v[0], origin.1 + v[1], v[2], v[3])
+}
+
+fn click(xvfb: &Xvfb, rect: (i64, i64, i64, i64)) {
+    let (x, y) = (rect.0 + rect.2 / 2, rect.1 + rect.3 / 2);
+    xvfb.xdotool(&["mousemove", &x.to_string(), &y.to_string()]);
+    // egui reacts to a press and release on the same widget, a frame apart at most.
+    std::thread::sleep(Duration::from_millis(150));
+    xvfb.xdotool(&["click", "1"]);
+}
+
+/// Share of pixels in `rect` that differ clearly from the rectangle's most common colour:
+/// text and borders ("ink"). A blank rectangle has none.
+fn ink(shot: &image::RgbImage, rect: (i64, i64, i64, i64)) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    let mut pixels = Vec::new();
+    for y in rect.1.max(0)..(rect.1 + rect.3).min(shot.height() as i64) {
+        for x in rect.0.max(0)..(rect.0 + rect.2).min(shot.width() as i64) {
+            let p = shot.get_pixel(x as u32, y as u32).0;
+            *counts.entry(p).or_insert(0u32) += 1;
+            pixels.push(p);
+        }
+    }
+    let Some((&bg, _)) = counts.iter().max_by_key(|(_, n)| **n) else { return 0.0 };
+    let far = pixels.iter().filter(|p| p.iter().zip(bg.iter()).map(|(a, b)| (*a as i32 - *b as i32).abs()).sum::<i32>() > 120).count();
+    far as f64 / pixels.len().max(1) as f64
+}
+
+fn screenshot(xvfb: &Xvfb, name: &str) -> image::RgbImage {
+    // Give the window a few frames to paint what it reported.
+    std::thread::sleep(Duration::from_millis(400));
+    let path = xvfb.screenshot(&shots_dir().join(name));
+    image::open(&path).expect("a PNG").to_rgb8()
+}
+
+fn assert_drawn(shot: &image::RgbImage, report: &Value, origin: (i64, i64), widgets: &[&str], what: &str) {
+    for w in widgets {
+        let r = rect_of(report, origin, w);
+        let share = ink(shot, r);
+        assert!(share > 0.01, "{what}: widget {w} at {r:?} looks blank ({share:.4} ink)");
+    }
+}
+
+#[test]
+fn typing_a_code_and_pressing_connect_starts_a_session() {
+    let xvfb = Xvfb::start(1280, 800);
+    let relay = RelayProcess::start("", 1);
+    let out = relay.add_operator("alice", OP_PASSWORD);
+    assert!(out.status.success());
+    let spec = format!("127.0.0.1:{}", relay.port());
+    let mut op = App::operator(&spec, &relay.ca(), None, "alice", OP_PASSWORD);
+    let code = op.expect("code")["code"].as_str().unwrap().to_string();
+
+    let mut cmd = xvfb.command(bin("tsunagu-client"));
+    cmd.args(["--relay", &spec, "--host-name", "gui-desk", "--screen", "synthetic", "--input", "log"])
+        .arg("--ca")
+        .arg(relay.ca())
+        .env("TSUNAGU_GUI_REPORT", "1")
+        .env("LANG", "ja_JP.UTF-8")
+        .env_remove("LC_ALL")
+        .env_remove("LC_MESSAGES");
+    let mut gui = App::spawn("gui", cmd);
+
+    // The code window, in Japanese (the locale), with its field and button.
+    let report = expect_screen(&mut gui, "code", &["code_field", "connect", "prompt", "language"]);
+    assert_eq!(report["lang"], "ja");
+    let origin = window_origin(&xvfb);
+    let shot = screenshot(&xvfb, "1-code.png");
+    assert_drawn(&shot, &report, origin, &["prompt", "code_field", "connect", "language"], "code window");
+
+    // The user types the code as it was read out, with a dash: only the digits stay.
+    focus(&xvfb);
+    click(&xvfb, rect_of(&report, origin, "code_field"));
+    let typed = format!("{}-{}", &code[..4], &code[4..]);
+    xvfb.xdotool(&["type", "--delay", "60", &typed]);
+    let report = gui.expect_where("gui", |v| v["screen"] == "code" && v["digits"] == 8);
+    let shot = screenshot(&xvfb, "2-code-typed.png");
+    assert_drawn(&shot, &report, origin, &["code_field", "connect"], "typed code");
+    click(&xvfb, rect_of(&report, origin, "connect"));
+
+    // The consent screen names the operator and each permission; Deny and Allow.
+    let req = gui.expect("consent_request");
+    assert_eq!(req["operator"], "alice");
+    let widgets = ["operator", "perm_view", "perm_control", "perm_files", "perm_chat", "allow", "deny", "countdown"];
+    let report = expect_screen(&mut gui, "consent", &widgets);
+    let shot = screenshot(&xvfb, "3-consent.png");
+    assert_drawn(&shot, &report, origin, &widgets, "consent screen");
+    assert!(op.expect("peer_joined")["host"] == "gui-desk");
+
+    // Untick files, then Allow: the operator gets exactly what was left ticked.
+    click(&xvfb, rect_of(&report, origin, "perm_files"));
+    std::thread::sleep(Duration::from_millis(300));
+    click(&xvfb, rect_of(&report, origin, "allow"));
+    assert_eq!(op.expect("consent")["granted"], json!(["view", "control", "chat"]));
+    gui.expect("connected");
+
+    // The session bar: who, Pause control, View only, Chat only, End.
+    let bar = ["operator", "pause", "view_only", "chat_only", "end"];
+    let report = expect_screen(&mut gui, "session", &bar);
+    let origin = window_origin(&xvfb);
+    let shot = screenshot(&xvfb, "4-session-bar.png");
+    assert_drawn(&shot, &report, origin, &bar, "session bar");
+    op.expect("frame");
+
+    // View only from the bar reaches the relay at once.
+    click(&xvfb, rect_of(&report, origin, "view_only"));
+    op.expect_where("state", |v| v["view_only"] == true);
+
+    // English on request: the same bar, other words.
+    click(&xvfb, rect_of(&report, origin, "language"));
+    let report = gui.expect_where("gui", |v| v["screen"] == "session" && v["lang"] == "en" && v["widgets"]["end"].is_array());
+    screenshot(&xvfb, "5-session-bar-en.png");
+
+    // End from the bar ends the session for the operator.
+    click(&xvfb, rect_of(&report, origin, "end"));
+    assert_eq!(op.expect("ended")["reason"], "client_ended");
+    let report = expect_screen(&mut gui, "finished", &["message"]);
+    let shot = screenshot(&xvfb, "6-finished.png");
+    assert_drawn(&shot, &report, window_origin(&xvfb), &["message"], "end message");
+}
+
+#[test]
+fn a_wrong_code_is_explained_in_the_window() {
+    let xvfb = Xvfb::start(1024, 768);
+    let relay = RelayProcess::start("", 1);
+    let spec = format!("127.0.0.1:{}", relay.port());
+    let mut cmd = xvfb.command(bin("tsunagu-client"));
+    cmd.args(["--relay", &spec, "--lang", "en", "--screen", "synthetic", "--input", "log"])
+        .arg("--ca")
+        .arg(relay.ca())
+        .env("TSUNAGU_GUI_REPORT", "1");
+    let mut gui = App::spawn("gui", cmd);
+    let report = expect_screen(&mut gui, "code", &["code_field", "connect"]);
+    assert_eq!(report["lang"], "en");
+    let origin = window_origin(&xvfb);
+    focus(&xvfb);
+    click(&xvfb, rect_of(&report, origin, "code_field"));
+    xvfb.xdotool(&["type", "--delay", "60", "1234 5678"]);
+    let report = gui.expect_where("gui", |v| v["digits"] == 8);
+    click(&xvfb, rect_of(&report, origin, "connect"));
+    let err = gui.expect("error");
+    assert_eq!(err["code"], "bad_code");
+    let report = expect_screen(&mut gui, "code", &["error"]);
+    assert!(report["error"].as_str().unwrap().contains("not right"), "{report}");
+    let shot = screenshot(&xvfb, "7-wrong-code.png");
+    assert_drawn(&shot, &report, origin, &["error"], "error message");
+}
