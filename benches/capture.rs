@@ -18,7 +18,7 @@
 //! Set `CAPTURE_BENCH_SECONDS` to change the time per measurement (default 4).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -87,7 +87,7 @@ impl Painter {
             s ^= s >> 17;
             s ^= s << 5;
             let w = 20 + (s % 90) as u16;
-            desk.fill(if s % 7 == 0 { 0x1a0dab } else { 0x303030 }, x, y + 6, w, 12);
+            desk.fill(if s.is_multiple_of(7) { 0x1a0dab } else { 0x303030 }, x, y + 6, w, 12);
             x += w as i16 + 8;
         }
     }
