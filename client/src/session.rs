@@ -10,7 +10,6 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 use tsunagu_proto::dial::{self, DialConfig, DialError};
 use tsunagu_proto::pb::{self, frame::Body, Channel, Permission};
-use tsunagu_proto::transport::TransportError;
 use tsunagu_proto::types::{end_reason_name, error_code_name, permission_name};
 use tsunagu_proto::PermissionSet;
 
@@ -171,35 +170,11 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
     outcome
 }
 
-/// Maps a dial failure to its event and outcome.
+/// Reports a dial failure as an `error` event and returns how the run ends.
 async fn dial_failed(events: &Events, e: DialError) -> Outcome {
-    match e {
-        DialError::Unreachable { .. } => {
-            events.emit(Event::error("unreachable", e.to_string())).await;
-            Outcome::Unreachable
-        }
-        DialError::BadCa { .. } => {
-            events.emit(Event::error("bad_ca", e.to_string())).await;
-            Outcome::Usage { code: "bad_ca".into() }
-        }
-        DialError::BadHost(_) | DialError::NoPorts => {
-            events.emit(Event::error("bad_relay", e.to_string())).await;
-            Outcome::Usage { code: "bad_relay".into() }
-        }
-        DialError::Refused(TransportError::Remote { code, message }) => {
-            let name = error_code_name(code);
-            events.emit(Event::error(name, message)).await;
-            Outcome::Refused { code: name.into() }
-        }
-        DialError::Refused(TransportError::VersionMismatch { .. }) => {
-            events.emit(Event::error("version_mismatch", e.to_string())).await;
-            Outcome::Refused { code: "version_mismatch".into() }
-        }
-        DialError::Refused(other) => {
-            events.emit(Event::error("protocol", other.to_string())).await;
-            Outcome::Refused { code: "protocol".into() }
-        }
-    }
+    let (code, message, outcome) = tsunagu_proto::headless::dial_failure(e);
+    events.emit(Event::error(code, message)).await;
+    outcome
 }
 
 struct Session {

@@ -46,6 +46,26 @@ impl Outcome {
     }
 }
 
+/// What a failed dial means for an app: the `error` event's code and message, and how the
+/// run ends. Shared so both apps report the same failure the same way.
+pub fn dial_failure(e: crate::dial::DialError) -> (&'static str, String, Outcome) {
+    use crate::dial::DialError;
+    use crate::transport::TransportError;
+    match e {
+        DialError::Unreachable { .. } => ("unreachable", e.to_string(), Outcome::Unreachable),
+        DialError::BadCa { .. } => ("bad_ca", e.to_string(), Outcome::Usage { code: "bad_ca".into() }),
+        DialError::BadHost(_) | DialError::NoPorts => ("bad_relay", e.to_string(), Outcome::Usage { code: "bad_relay".into() }),
+        DialError::Refused(TransportError::Remote { code, message }) => {
+            let name = crate::types::error_code_name(code);
+            (name, message, Outcome::Refused { code: name.into() })
+        }
+        DialError::Refused(TransportError::VersionMismatch { .. }) => {
+            ("version_mismatch", e.to_string(), Outcome::Refused { code: "version_mismatch".into() })
+        }
+        DialError::Refused(other) => ("protocol", other.to_string(), Outcome::Refused { code: "protocol".into() }),
+    }
+}
+
 /// Commands waiting for the session loop.
 pub const COMMAND_CAPACITY: usize = 64;
 /// Events waiting for stdout.
