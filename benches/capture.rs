@@ -117,19 +117,32 @@ impl Painter {
 }
 
 fn seconds() -> Duration {
-    let s: f64 = std::env::var("CAPTURE_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4.0);
+    let s: f64 = std::env::var("CAPTURE_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4.0);
     Duration::from_secs_f64(s)
 }
 
 fn throughput(desk: &Desk, backend: X11Backend, scene: Scene) {
     let mut capturer: Box<dyn Capturer> = open_x11(backend, MonitorChoice::Primary).expect("capturer opens");
     let mut painter = Painter::setup(desk);
-    let settings = EncoderSettings { fps: CAP_FPS as u32, bitrate_bps: DESKTOP_BITRATE_BPS };
+    let settings = EncoderSettings {
+        fps: CAP_FPS as u32,
+        bitrate_bps: DESKTOP_BITRATE_BPS,
+    };
     let (mut encoder, mut previous, mut picture) = (None, Picture::default(), Picture::default());
     let plain = ShotRequest { force_keyframe: false };
     // The first shot is the keyframe of a session start: measured apart.
     let t = Instant::now();
-    let first = shoot(capturer.as_mut(), &mut encoder, settings, &mut previous, &mut picture, plain);
+    let first = shoot(
+        capturer.as_mut(),
+        &mut encoder,
+        settings,
+        &mut previous,
+        &mut picture,
+        plain,
+    );
     let keyframe_ms = t.elapsed().as_secs_f64() * 1e3;
     let keyframe_bytes = match first {
         Shot::Frame { encoded, .. } => encoded.h264.len(),
@@ -145,7 +158,14 @@ fn throughput(desk: &Desk, backend: X11Backend, scene: Scene) {
         painter.step(desk, scene);
         desk.sync();
         let t = Instant::now();
-        let shot = shoot(capturer.as_mut(), &mut encoder, settings, &mut previous, &mut picture, plain);
+        let shot = shoot(
+            capturer.as_mut(),
+            &mut encoder,
+            settings,
+            &mut previous,
+            &mut picture,
+            plain,
+        );
         work += t.elapsed();
         shots += 1;
         match shot {
@@ -202,7 +222,10 @@ fn latency(xvfb: &Xvfb, desk: &Desk) {
     let mut op = App::operator(&spec, &relay.ca(), None, "bench", "Bench-mark-2026");
     let code = op.expect("code")["code"].as_str().unwrap().to_string();
     let mut cmd = xvfb.command(support::bin("tsunagu-client"));
-    cmd.args(["--relay", &spec, "--headless", "--screen", "x11", "--input", "log"]).arg("--ca").arg(relay.ca()).arg(&code);
+    cmd.args(["--relay", &spec, "--headless", "--screen", "x11", "--input", "log"])
+        .arg("--ca")
+        .arg(relay.ca())
+        .arg(&code);
     let mut client = App::spawn("client", cmd);
     client.expect("consent_request");
     client.send(json!({"cmd": "consent", "grant": ["view"]}));
@@ -228,7 +251,8 @@ fn latency(xvfb: &Xvfb, desk: &Desk) {
     let steady: Vec<u64> = samples.iter().skip(10).copied().collect();
     let mut sorted = steady.clone();
     sorted.sort_unstable();
-    let frames_per_s = steady.len() as f64 / (limit.as_secs_f64() * (steady.len() as f64 / samples.len().max(1) as f64));
+    let frames_per_s =
+        steady.len() as f64 / (limit.as_secs_f64() * (steady.len() as f64 / samples.len().max(1) as f64));
     println!(
         "{}",
         json!({
@@ -260,7 +284,17 @@ fn main() {
     }
     if wants("latency") {
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--release", "--bins", "-p", "tsunagu-relay", "-p", "tsunagu-operator", "-p", "tsunagu-client"])
+            .args([
+                "build",
+                "--release",
+                "--bins",
+                "-p",
+                "tsunagu-relay",
+                "-p",
+                "tsunagu-operator",
+                "-p",
+                "tsunagu-client",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo runs");

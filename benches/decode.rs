@@ -26,8 +26,14 @@ fn desktop(shift: usize) -> Vec<u8> {
                 (230, 230, 230)
             } else {
                 let row = (y + shift) % 24;
-                let ink = row < 14 && !(x / 9 + (y + shift) / 24).is_multiple_of(7) && !(x * 31 + (y + shift) / 24 * 17).is_multiple_of(5);
-                if ink { (30, 30, 30) } else { (250, 250, 250) }
+                let ink = row < 14
+                    && !(x / 9 + (y + shift) / 24).is_multiple_of(7)
+                    && !(x * 31 + (y + shift) / 24 * 17).is_multiple_of(5);
+                if ink {
+                    (30, 30, 30)
+                } else {
+                    (250, 250, 250)
+                }
             };
             rgb[o] = r;
             rgb[o + 1] = g;

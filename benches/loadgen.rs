@@ -33,7 +33,10 @@ const CHUNK: usize = 64 * 1024;
 const WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Parser)]
-#[command(name = "tsunagu-load", about = "Load generator for the tsunagu relay (loopback only)")]
+#[command(
+    name = "tsunagu-load",
+    about = "Load generator for the tsunagu relay (loopback only)"
+)]
 struct Cli {
     /// The relay binary; default: `tsunagu-relay` next to this program.
     #[arg(long, global = true)]
@@ -100,7 +103,10 @@ impl RelayUnderTest {
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot run {}", bin.display()))?;
-        add.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes())?;
+        add.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASSWORD}\n").as_bytes())?;
         if !add.wait()?.success() {
             bail!("could not add the load operator");
         }
@@ -118,7 +124,12 @@ impl RelayUnderTest {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
         let v: serde_json::Value = serde_json::from_str(&line).context("relay did not announce its listener")?;
         let addr: std::net::SocketAddr = v["addr"].as_str().ok_or_else(|| anyhow!("no addr"))?.parse()?;
-        Ok(Self { child, port: addr.port(), ca: data.join("tls/ca.pem"), _dir: dir })
+        Ok(Self {
+            child,
+            port: addr.port(),
+            ca: data.join("tls/ca.pem"),
+            _dir: dir,
+        })
     }
 
     fn dial_config(&self) -> Result<DialConfig> {
@@ -135,8 +146,15 @@ impl RelayUnderTest {
     /// Resident memory of the relay process in KiB.
     fn rss_kib(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow!("no VmRSS"))?;
-        Ok(line.split_whitespace().nth(1).ok_or_else(|| anyhow!("bad VmRSS"))?.parse()?)
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .ok_or_else(|| anyhow!("no VmRSS"))?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| anyhow!("bad VmRSS"))?
+            .parse()?)
     }
 }
 
@@ -160,14 +178,25 @@ struct Peer {
 impl Peer {
     async fn connect(cfg: &DialConfig) -> Result<Self> {
         let c = dial::dial(cfg).await?;
-        Ok(Self { reader: c.reader, writer: c.writer })
+        Ok(Self {
+            reader: c.reader,
+            writer: c.writer,
+        })
     }
 
     async fn next(&mut self) -> Result<Body> {
         loop {
-            let raw = self.reader.read_timeout(WAIT).await?.ok_or_else(|| anyhow!("relay closed the connection"))?;
+            let raw = self
+                .reader
+                .read_timeout(WAIT)
+                .await?
+                .ok_or_else(|| anyhow!("relay closed the connection"))?;
             match raw.frame.body {
-                Some(Body::Ping(p)) => self.writer.send(&frame(Body::Pong(pb::Pong { nonce: p.nonce }))).await?,
+                Some(Body::Ping(p)) => {
+                    self.writer
+                        .send(&frame(Body::Pong(pb::Pong { nonce: p.nonce })))
+                        .await?
+                }
                 Some(Body::Error(e)) => bail!("relay error: {}", e.message),
                 Some(b) => return Ok(b),
                 None => {}
@@ -178,7 +207,11 @@ impl Peer {
     async fn login(cfg: &DialConfig) -> Result<Self> {
         let mut p = Self::connect(cfg).await?;
         p.writer
-            .send(&frame(Body::Login(pb::Login { user: "load".into(), password: PASSWORD.into(), totp: String::new() })))
+            .send(&frame(Body::Login(pb::Login {
+                user: "load".into(),
+                password: PASSWORD.into(),
+                totp: String::new(),
+            })))
             .await?;
         match p.next().await? {
             Body::LoginOk(_) => Ok(p),
@@ -191,17 +224,33 @@ impl Peer {
 /// code to the operator seeing the consent, and the two peers.
 async fn pair(mut op: Peer, mut client: Peer, perms: PermissionSet) -> Result<(Duration, Peer, Peer)> {
     let start = Instant::now();
-    op.writer.send(&frame(Body::RequestCode(pb::RequestCode { permissions: perms.to_wire() }))).await?;
+    op.writer
+        .send(&frame(Body::RequestCode(pb::RequestCode {
+            permissions: perms.to_wire(),
+        })))
+        .await?;
     let code = match op.next().await? {
         Body::CodeIssued(c) => c.code,
         other => bail!("expected a code, got {other:?}"),
     };
-    client.writer.send(&frame(Body::Join(pb::Join { code, host_name: "load".into() }))).await?;
+    client
+        .writer
+        .send(&frame(Body::Join(pb::Join {
+            code,
+            host_name: "load".into(),
+        })))
+        .await?;
     match client.next().await? {
         Body::ConsentRequest(_) => {}
         other => bail!("expected a consent request, got {other:?}"),
     }
-    client.writer.send(&frame(Body::Consent(pb::Consent { granted: perms.to_wire(), denied: false }))).await?;
+    client
+        .writer
+        .send(&frame(Body::Consent(pb::Consent {
+            granted: perms.to_wire(),
+            denied: false,
+        })))
+        .await?;
     loop {
         match op.next().await? {
             Body::SessionState(_) => break,
@@ -228,20 +277,35 @@ async fn pump(mut op: Peer, mut client: Peer, bytes: usize) -> Result<usize> {
     let chunks = bytes.div_ceil(CHUNK);
     let payload = Bytes::from(vec![0x5a; CHUNK]);
     // The relay forwards file chunks only for a transfer the receiver accepted.
-    let offer = pb::FileOffer { transfer_id: 1, name: "load.bin".into(), size: (chunks * CHUNK) as u64, sha256: vec![0; 32].into() };
+    let offer = pb::FileOffer {
+        transfer_id: 1,
+        name: "load.bin".into(),
+        size: (chunks * CHUNK) as u64,
+        sha256: vec![0; 32].into(),
+    };
     client.writer.send(&frame(Body::FileOffer(offer))).await?;
     match op.next().await? {
         Body::FileOffer(_) => {}
         other => bail!("expected the file offer, got {other:?}"),
     }
-    op.writer.send(&frame(Body::FileAnswer(pb::FileAnswer { transfer_id: 1, accept: true }))).await?;
+    op.writer
+        .send(&frame(Body::FileAnswer(pb::FileAnswer {
+            transfer_id: 1,
+            accept: true,
+        })))
+        .await?;
     match client.next().await? {
         Body::FileAnswer(a) if a.accept => {}
         other => bail!("expected the acceptance, got {other:?}"),
     }
     let sender = tokio::spawn(async move {
         for seq in 1..=chunks as u64 {
-            let f = frame(Body::Data(pb::Data { channel: Channel::File as i32, seq, payload: payload.clone(), stream: 1 }));
+            let f = frame(Body::Data(pb::Data {
+                channel: Channel::File as i32,
+                seq,
+                payload: payload.clone(),
+                stream: 1,
+            }));
             let wire = tsunagu_proto::codec::encode(&f)?;
             client.writer.write_raw(&wire).await?;
         }
@@ -339,7 +403,10 @@ async fn throughput(relay: &RelayUnderTest, sessions: usize, mb: usize) -> Resul
         pairs.push((op, client));
     }
     let start = Instant::now();
-    let tasks: Vec<_> = pairs.into_iter().map(|(op, client)| tokio::spawn(pump(op, client, bytes))).collect();
+    let tasks: Vec<_> = pairs
+        .into_iter()
+        .map(|(op, client)| tokio::spawn(pump(op, client, bytes)))
+        .collect();
     let mut total = 0usize;
     for t in tasks {
         total += t.await??;
@@ -406,7 +473,12 @@ async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) ->
             "max_us": latencies.last().map(|d| d.as_micros() as u64),
         })
     );
-    eprintln!("pairing: {} sessions, code issue to consent: p50 {:?}, p99 {:?}", latencies.len(), p50, p99);
+    eprintln!(
+        "pairing: {} sessions, code issue to consent: p50 {:?}, p99 {:?}",
+        latencies.len(),
+        p50,
+        p99
+    );
     Ok(())
 }
 
@@ -422,10 +494,13 @@ async fn idle(relay: &RelayUnderTest, sessions: usize) -> Result<()> {
     let started = Instant::now();
     // Pair in batches of 50 at once to keep the run short.
     for batch in (0..sessions).collect::<Vec<_>>().chunks(50) {
-        let tasks: Vec<_> = batch.iter().map(|_| {
-            let cfg = cfg.clone();
-            tokio::spawn(async move { open_pair(&cfg, perms).await })
-        }).collect();
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|_| {
+                let cfg = cfg.clone();
+                tokio::spawn(async move { open_pair(&cfg, perms).await })
+            })
+            .collect();
         for t in tasks {
             let (_, op, client) = t.await??;
             held.push((op, client));
@@ -489,7 +564,10 @@ async fn tls_copy(bytes: usize) -> Result<f64> {
     let server_cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(vec![key.cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()))?;
+        .with_single_cert(
+            vec![key.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+        )?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -547,12 +625,24 @@ async fn files(relay: &RelayUnderTest, mb: usize) -> Result<()> {
     let (_, op, client) = open_pair(&cfg, perms).await?;
     let timeouts = (Duration::from_secs(60), Duration::from_secs(30));
     let mut op_link = Link::new(
-        dial::Connected { reader: op.reader, writer: op.writer, port: relay.port, peer: "127.0.0.1:0".parse()?, local: "127.0.0.1:0".parse()? },
+        dial::Connected {
+            reader: op.reader,
+            writer: op.writer,
+            port: relay.port,
+            peer: "127.0.0.1:0".parse()?,
+            local: "127.0.0.1:0".parse()?,
+        },
         timeouts.0,
         timeouts.1,
     );
     let mut cl_link = Link::new(
-        dial::Connected { reader: client.reader, writer: client.writer, port: relay.port, peer: "127.0.0.1:0".parse()?, local: "127.0.0.1:0".parse()? },
+        dial::Connected {
+            reader: client.reader,
+            writer: client.writer,
+            port: relay.port,
+            peer: "127.0.0.1:0".parse()?,
+            local: "127.0.0.1:0".parse()?,
+        },
         timeouts.0,
         timeouts.1,
     );
@@ -563,15 +653,25 @@ async fn files(relay: &RelayUnderTest, mb: usize) -> Result<()> {
     let inbox_dir = inbox.clone();
     let receive = tokio::spawn(async move {
         let mut receiver = Transfers::new();
-        let offer = drive_transfer(&mut cl_link, &mut receiver, |e| matches!(e, TransferEvent::Offer { .. })).await?;
-        let TransferEvent::Offer { id, .. } = offer else { unreachable!() };
+        let offer = drive_transfer(&mut cl_link, &mut receiver, |e| {
+            matches!(e, TransferEvent::Offer { .. })
+        })
+        .await?;
+        let TransferEvent::Offer { id, .. } = offer else {
+            unreachable!()
+        };
         receiver.accept(&mut cl_link, id, &inbox_dir).await?;
-        drive_transfer(&mut cl_link, &mut receiver, |e| matches!(e, TransferEvent::Saved { .. })).await
+        drive_transfer(&mut cl_link, &mut receiver, |e| {
+            matches!(e, TransferEvent::Saved { .. })
+        })
+        .await
     });
     drive_transfer(&mut op_link, &mut sender, |e| matches!(e, TransferEvent::Sent { .. })).await?;
     let saved = receive.await??;
     let total = start.elapsed();
-    let TransferEvent::Saved { path, .. } = saved else { unreachable!() };
+    let TransferEvent::Saved { path, .. } = saved else {
+        unreachable!()
+    };
     anyhow::ensure!(std::fs::metadata(&path)?.len() as usize == bytes, "saved size differs");
     let moving = total - hashed;
     let rate = bytes as f64 / moving.as_secs_f64();
@@ -601,7 +701,10 @@ fn main() -> Result<()> {
     let _ = rlimit_raise();
     let bin = match cli.relay_bin {
         Some(b) => b,
-        None => std::env::current_exe()?.parent().ok_or_else(|| anyhow!("no exe dir"))?.join("tsunagu-relay"),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow!("no exe dir"))?
+            .join("tsunagu-relay"),
     };
     let relay = RelayUnderTest::start(&bin)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -14,7 +14,14 @@ use tsunagu_proto::PermissionSet;
 use tsunagu_relay::policy::{Direction, Policy};
 
 fn data_frame(len: usize) -> Frame {
-    Frame { body: Some(Body::Data(pb::Data { channel: Channel::File as i32, seq: 1, payload: Bytes::from(vec![7u8; len]), stream: 1 })) }
+    Frame {
+        body: Some(Body::Data(pb::Data {
+            channel: Channel::File as i32,
+            seq: 1,
+            payload: Bytes::from(vec![7u8; len]),
+            stream: 1,
+        })),
+    }
 }
 
 fn codec(c: &mut Criterion) {
@@ -35,21 +42,38 @@ fn codec(c: &mut Criterion) {
 
 fn policy(c: &mut Criterion) {
     let now = std::time::Instant::now();
-    let mut p = Policy::new(PermissionSet::ALL, PermissionSet::ALL, now, Duration::from_secs(600), Duration::from_secs(60));
+    let mut p = Policy::new(
+        PermissionSet::ALL,
+        PermissionSet::ALL,
+        now,
+        Duration::from_secs(600),
+        Duration::from_secs(60),
+    );
     p.client_joined(now);
     p.consent(PermissionSet::ALL, false);
-    c.bench_function("policy_check_data", |b| b.iter(|| p.check_data(Direction::ToOperator, Some(Channel::Screen), 1000)));
+    c.bench_function("policy_check_data", |b| {
+        b.iter(|| p.check_data(Direction::ToOperator, Some(Channel::Screen), 1000))
+    });
 }
 
 /// Moves `total` bytes through one relayed session (TLS both legs) and returns the time.
 async fn relayed(total: usize) -> Duration {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = tsunagu_relay::Config { data_dir: dir.path().into(), listen: vec!["127.0.0.1:0".parse().unwrap()], ..Default::default() };
+    let mut config = tsunagu_relay::Config {
+        data_dir: dir.path().into(),
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Default::default()
+    };
     config.accounts.argon2_memory_kib = 64;
     config.accounts.argon2_iterations = 1;
     let relay = tsunagu_relay::Relay::start(config.clone()).await.unwrap();
     let hash = tsunagu_relay::accounts::hash_password("Bench-pass-1", &config.accounts).unwrap();
-    relay.shared().store.add_operator("bench", &hash, PermissionSet::ALL, 0).await.unwrap();
+    relay
+        .shared()
+        .store
+        .add_operator("bench", &hash, PermissionSet::ALL, 0)
+        .await
+        .unwrap();
     let cfg = tsunagu_proto::dial::DialConfig {
         host: "127.0.0.1".into(),
         ports: vec![relay.addrs()[0].port()],
@@ -59,17 +83,41 @@ async fn relayed(total: usize) -> Duration {
         agent: "bench".into(),
     };
     let mut op = tsunagu_proto::dial::dial(&cfg).await.unwrap();
-    op.writer.send_body(Body::Login(pb::Login { user: "bench".into(), password: "Bench-pass-1".into(), totp: String::new() })).await.unwrap();
+    op.writer
+        .send_body(Body::Login(pb::Login {
+            user: "bench".into(),
+            password: "Bench-pass-1".into(),
+            totp: String::new(),
+        }))
+        .await
+        .unwrap();
     op.reader.read().await.unwrap();
-    op.writer.send_body(Body::RequestCode(pb::RequestCode { permissions: PermissionSet::ALL.to_wire() })).await.unwrap();
+    op.writer
+        .send_body(Body::RequestCode(pb::RequestCode {
+            permissions: PermissionSet::ALL.to_wire(),
+        }))
+        .await
+        .unwrap();
     let code = match op.reader.read().await.unwrap().unwrap().frame.body {
         Some(Body::CodeIssued(c)) => c.code,
         other => panic!("{other:?}"),
     };
     let mut cl = tsunagu_proto::dial::dial(&cfg).await.unwrap();
-    cl.writer.send_body(Body::Join(pb::Join { code, host_name: "bench".into() })).await.unwrap();
+    cl.writer
+        .send_body(Body::Join(pb::Join {
+            code,
+            host_name: "bench".into(),
+        }))
+        .await
+        .unwrap();
     cl.reader.read().await.unwrap();
-    cl.writer.send_body(Body::Consent(pb::Consent { granted: PermissionSet::ALL.to_wire(), denied: false })).await.unwrap();
+    cl.writer
+        .send_body(Body::Consent(pb::Consent {
+            granted: PermissionSet::ALL.to_wire(),
+            denied: false,
+        }))
+        .await
+        .unwrap();
     op.reader.read().await.unwrap(); // PeerJoined
     op.reader.read().await.unwrap(); // SessionState
     cl.reader.read().await.unwrap();
@@ -77,10 +125,21 @@ async fn relayed(total: usize) -> Duration {
     let chunk = encode(&data_frame(64 * 1024)).unwrap();
     let frames = total / (64 * 1024);
     // The relay forwards file chunks only for an accepted transfer.
-    let offer = pb::FileOffer { transfer_id: 1, name: "bench.bin".into(), size: (frames * 64 * 1024) as u64, sha256: vec![0; 32].into() };
+    let offer = pb::FileOffer {
+        transfer_id: 1,
+        name: "bench.bin".into(),
+        size: (frames * 64 * 1024) as u64,
+        sha256: vec![0; 32].into(),
+    };
     cl.writer.send_body(Body::FileOffer(offer)).await.unwrap();
     op.reader.read().await.unwrap();
-    op.writer.send_body(Body::FileAnswer(pb::FileAnswer { transfer_id: 1, accept: true })).await.unwrap();
+    op.writer
+        .send_body(Body::FileAnswer(pb::FileAnswer {
+            transfer_id: 1,
+            accept: true,
+        }))
+        .await
+        .unwrap();
     cl.reader.read().await.unwrap();
     let start = std::time::Instant::now();
     let mut writer = cl.writer;
@@ -134,7 +193,10 @@ async fn tcp_copy(total: usize) -> Duration {
 
 fn forwarding(c: &mut Criterion) {
     const TOTAL: usize = 64 << 20;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("forward_64MiB");
     group.sample_size(10).throughput(Throughput::Bytes(TOTAL as u64));
     group.bench_function("relay_tls_both_legs", |b| {

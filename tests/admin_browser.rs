@@ -57,7 +57,10 @@ async fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Valu
             raw.extend_from_slice(&buf[..n]);
             if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-                let len = head.lines().find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()));
+                let len = head.lines().find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                });
                 if let Some(len) = len {
                     if raw.len() >= split + 4 + len {
                         break;
@@ -69,8 +72,14 @@ async fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Valu
         }
         Ok::<_, std::io::Error>(raw)
     };
-    let raw = tokio::time::timeout(Duration::from_secs(60), run).await.expect("chromedriver answers").expect("chromedriver I/O");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header block");
+    let raw = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("chromedriver answers")
+        .expect("chromedriver I/O");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP header block");
     let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
     let mut body = raw[split + 4..].to_vec();
     if head.contains("transfer-encoding: chunked") {
@@ -98,7 +107,13 @@ struct Browser {
 
 impl Browser {
     async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let v = http(self.port, method, &format!("/session/{}{path}", self.session), body.as_ref()).await;
+        let v = http(
+            self.port,
+            method,
+            &format!("/session/{}{path}", self.session),
+            body.as_ref(),
+        )
+        .await;
         if let Some(err) = v["value"]["error"].as_str() {
             panic!("WebDriver {method} {path}: {err}: {}", v["value"]["message"]);
         }
@@ -110,14 +125,20 @@ impl Browser {
     }
 
     async fn find(&self, css: &str) -> String {
-        let v = self.cmd("POST", "/element", Some(json!({"using": "css selector", "value": css}))).await;
-        v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {v}")).to_string()
+        let v = self
+            .cmd("POST", "/element", Some(json!({"using": "css selector", "value": css})))
+            .await;
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
     }
 
     async fn type_into(&self, css: &str, text: &str) {
         let el = self.find(css).await;
         self.cmd("POST", &format!("/element/{el}/clear"), Some(json!({}))).await;
-        self.cmd("POST", &format!("/element/{el}/value"), Some(json!({ "text": text }))).await;
+        self.cmd("POST", &format!("/element/{el}/value"), Some(json!({ "text": text })))
+            .await;
     }
 
     async fn click(&self, css: &str) {
@@ -127,23 +148,42 @@ impl Browser {
 
     async fn text(&self, css: &str) -> String {
         let el = self.find(css).await;
-        self.cmd("GET", &format!("/element/{el}/text"), None).await.as_str().unwrap_or_default().to_string()
+        self.cmd("GET", &format!("/element/{el}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Polls the page until `css`'s text satisfies `ok` (pages load after a click returns).
     async fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let v = http(self.port, "POST", &format!("/session/{}/element", self.session), Some(&json!({"using": "css selector", "value": css}))).await;
+            let v = http(
+                self.port,
+                "POST",
+                &format!("/session/{}/element", self.session),
+                Some(&json!({"using": "css selector", "value": css})),
+            )
+            .await;
             if let Some(el) = v["value"][ELEMENT].as_str() {
-                let t = http(self.port, "GET", &format!("/session/{}/element/{el}/text", self.session), None).await;
+                let t = http(
+                    self.port,
+                    "GET",
+                    &format!("/session/{}/element/{el}/text", self.session),
+                    None,
+                )
+                .await;
                 if let Some(text) = t["value"].as_str() {
                     if ok(text) {
                         return text.to_string();
                     }
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "{css} never showed the expected text");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css} never showed the expected text"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -152,13 +192,21 @@ impl Browser {
     async fn wait_url(&self, suffix: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !self.url().await.ends_with(suffix) {
-            assert!(tokio::time::Instant::now() < deadline, "the browser never reached {suffix}: {}", self.url().await);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the browser never reached {suffix}: {}",
+                self.url().await
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     async fn url(&self) -> String {
-        self.cmd("GET", "/url", None).await.as_str().unwrap_or_default().to_string()
+        self.cmd("GET", "/url", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     async fn screenshot(&mut self, name: &str) {
@@ -194,12 +242,19 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 async fn start_driver() -> Option<Driver> {
     if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(std::env::var_os("CI").is_none(), "CI must provide chromium and chromium-driver (.ci/run installs them)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide chromium and chromium-driver (.ci/run installs them)"
+        );
         eprintln!("chromium or chromedriver is not installed; skipping the browser test");
         return None;
     }
     // A free port: bind, note, release (chromedriver needs a number).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
@@ -209,10 +264,15 @@ async fn start_driver() -> Option<Driver> {
     let driver = Driver { child, port };
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() && http(port, "GET", "/status", None).await["value"]["ready"] == true {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+            && http(port, "GET", "/status", None).await["value"]["ready"] == true
+        {
             return Some(driver);
         }
-        assert!(tokio::time::Instant::now() < deadline, "chromedriver did not become ready");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "chromedriver did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -228,7 +288,14 @@ async fn an_admin_uses_the_console_in_chromium() {
         let addr = "127.0.0.1:4000".parse().unwrap();
         shared
             .history
-            .record(E::Issued { id: id.into(), operator: op.into(), operator_addr: addr, relay_port: 7615, requested: tsunagu_proto::PermissionSet::ALL, at_ms: tsunagu_relay::history::now_ms() })
+            .record(E::Issued {
+                id: id.into(),
+                operator: op.into(),
+                operator_addr: addr,
+                relay_port: 7615,
+                requested: tsunagu_proto::PermissionSet::ALL,
+                at_ms: tsunagu_relay::history::now_ms(),
+            })
             .await;
     }
     shared.history.flush().await;
@@ -250,13 +317,24 @@ async fn an_admin_uses_the_console_in_chromium() {
         }
     }}});
     let created = http(driver.port, "POST", "/session", Some(&caps)).await;
-    let session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {created}")).to_string();
-    let mut b = Browser { port: driver.port, session, shots: shots.clone(), step: 0 };
+    let session = created["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
+        .to_string();
+    let mut b = Browser {
+        port: driver.port,
+        session,
+        shots: shots.clone(),
+        step: 0,
+    };
     let base = format!("https://127.0.0.1:{}", relay.relay.admin_addr().unwrap().port());
 
     // Log in: password, then the TOTP code.
     b.goto(&format!("{base}/operators")).await;
-    assert!(b.url().await.ends_with("/login"), "anonymous visits land on the login page");
+    assert!(
+        b.url().await.ends_with("/login"),
+        "anonymous visits land on the login page"
+    );
     b.type_into("#name", ADMIN).await;
     b.type_into("#password", ADMIN_PASSWORD).await;
     b.screenshot("login").await;
@@ -280,7 +358,16 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.click("#perm-files").await;
     b.click("#save-permissions").await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while shared.store.operator("bob").await.unwrap().unwrap().permissions.to_string() != "view,chat" {
+    while shared
+        .store
+        .operator("bob")
+        .await
+        .unwrap()
+        .unwrap()
+        .permissions
+        .to_string()
+        != "view,chat"
+    {
         assert!(tokio::time::Instant::now() < deadline, "the permissions were not saved");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -297,7 +384,8 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.goto(&format!("{base}/history")).await;
     b.type_into("#f-operator", "bob").await;
     b.click("#apply-filter").await;
-    b.wait_url("/history?operator=bob&client_ip=&from=&to=&end_reason=").await;
+    b.wait_url("/history?operator=bob&client_ip=&from=&to=&end_reason=")
+        .await;
     let table = b.text("#history").await;
     assert!(table.contains("bob") && !table.contains("alice"), "{table}");
     b.screenshot("history-filtered").await;
@@ -306,14 +394,21 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.click("#export-csv").await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let csv = loop {
-        let done = std::fs::read_dir(downloads.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "csv"));
+        let done = std::fs::read_dir(downloads.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "csv"));
         if let Some(p) = done {
             let text = std::fs::read_to_string(&p).unwrap();
             if text.ends_with('\n') {
                 break text;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "the CSV download did not arrive");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the CSV download did not arrive"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(csv.starts_with("session,operator,"));
@@ -327,5 +422,9 @@ async fn an_admin_uses_the_console_in_chromium() {
     http(driver.port, "DELETE", &format!("/session/{}", b.session), None).await;
     drop(driver);
     relay.relay.shutdown().await;
-    assert!(std::fs::read_dir(&shots).unwrap().count() >= 6, "screenshots saved in {}", shots.display());
+    assert!(
+        std::fs::read_dir(&shots).unwrap().count() >= 6,
+        "screenshots saved in {}",
+        shots.display()
+    );
 }

@@ -28,9 +28,20 @@ async fn every_private_route_refuses_anonymous_half_logged_in_and_operator_calle
     // Anonymous.
     let mut anon = Http::new(&relay);
     for (method, path, public) in routes {
-        let r = anon.request(method, path, &[("Content-Type", "application/x-www-form-urlencoded")], b"").await;
+        let r = anon
+            .request(
+                method,
+                path,
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                b"",
+            )
+            .await;
         if *public {
-            assert!(!is_login_redirect(&r) && r.status != 401, "{method} {path} is public: {}", r.status);
+            assert!(
+                !is_login_redirect(&r) && r.status != 401,
+                "{method} {path} is public: {}",
+                r.status
+            );
         } else if path.starts_with("/api/") {
             assert_eq!(r.status, 401, "anonymous {method} {path}");
         } else {
@@ -38,37 +49,72 @@ async fn every_private_route_refuses_anonymous_half_logged_in_and_operator_calle
         }
         // Every answer carries the browser security headers.
         let csp = r.header("content-security-policy").unwrap_or_default();
-        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
-        assert!(r.header("strict-transport-security").unwrap_or_default().starts_with("max-age="), "{path}");
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
+        assert!(
+            r.header("strict-transport-security")
+                .unwrap_or_default()
+                .starts_with("max-age="),
+            "{path}"
+        );
         assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{path}");
     }
 
     // An operator's credentials are not an admin's.
     let mut op = Http::new(&relay);
-    let r = op.post_form("/login", &[("name", "alice"), ("password", PASSWORD)]).await;
+    let r = op
+        .post_form("/login", &[("name", "alice"), ("password", PASSWORD)])
+        .await;
     assert_eq!(r.status, 401);
     assert!(r.text().contains("Wrong name, password or code."));
     assert!(op.cookie.is_none());
 
     // Password right but no TOTP yet: still refused everywhere but the TOTP step.
     let mut half = Http::new(&relay);
-    let r = half.post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)]).await;
+    let r = half
+        .post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)])
+        .await;
     assert_eq!(r.header("location"), Some("/login/totp"));
     let set_cookie = r.header("set-cookie").unwrap().to_string();
-    for attr in ["__Host-tsunagu_admin=", "Path=/", "Secure", "HttpOnly", "SameSite=Strict"] {
+    for attr in [
+        "__Host-tsunagu_admin=",
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+    ] {
         assert!(set_cookie.contains(attr), "{set_cookie} lacks {attr}");
     }
-    for (method, path, public) in routes.iter().filter(|(_, p, public)| !public && !p.starts_with("/login/")) {
+    for (method, path, public) in routes
+        .iter()
+        .filter(|(_, p, public)| !public && !p.starts_with("/login/"))
+    {
         let _ = public;
         let r = half.request(method, path, &[], b"").await;
-        assert!(r.status == 401 || is_login_redirect(&r), "half-logged-in {method} {path}: {}", r.status);
+        assert!(
+            r.status == 401 || is_login_redirect(&r),
+            "half-logged-in {method} {path}: {}",
+            r.status
+        );
     }
 
     // Logged in: every change without the CSRF token is refused, with a wrong one too.
     let mut admin = Http::new(&relay);
     admin.login(ADMIN, ADMIN_PASSWORD, &secret).await;
-    for (method, path, _) in routes.iter().filter(|(m, p, public)| !public && *m != "GET" && !p.starts_with("/login") && *p != "/logout") {
-        let r = admin.request(method, path, &[("Content-Type", "application/x-www-form-urlencoded")], b"x=1").await;
+    for (method, path, _) in routes
+        .iter()
+        .filter(|(m, p, public)| !public && *m != "GET" && !p.starts_with("/login") && *p != "/logout")
+    {
+        let r = admin
+            .request(
+                method,
+                path,
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                b"x=1",
+            )
+            .await;
         assert_eq!(r.status, 403, "{method} {path} without CSRF");
         let r = admin.request(method, path, &[("x-csrf-token", "wrong")], b"").await;
         assert_eq!(r.status, 403, "{method} {path} with a wrong CSRF token");
@@ -76,7 +122,10 @@ async fn every_private_route_refuses_anonymous_half_logged_in_and_operator_calle
     assert_eq!(admin.request("POST", "/logout", &[], b"").await.status, 403);
     // And the session still works for reading.
     assert_eq!(admin.get("/operators").await.status, 200);
-    assert!(relay.relay.shared().store.operator("alice").await.unwrap().is_some(), "no refused request deleted anything");
+    assert!(
+        relay.relay.shared().store.operator("alice").await.unwrap().is_some(),
+        "no refused request deleted anything"
+    );
     relay.relay.shutdown().await;
 }
 
@@ -89,19 +138,35 @@ async fn first_login_enrols_totp_then_recovery_codes_work_once_and_failures_lock
     .await;
     add_admin(&relay, ADMIN, false).await;
     let mut web = Http::new(&relay);
-    let r = web.post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)]).await;
+    let r = web
+        .post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)])
+        .await;
     assert_eq!(r.header("location"), Some("/login/enrol"));
     let page = web.get("/login/enrol").await;
     let text = page.text();
     assert!(text.contains("<svg"), "the enrolment page shows a QR code");
-    let secret = text.split("id=\"secret\">").nth(1).unwrap().split('<').next().unwrap().to_string();
+    let secret = text
+        .split("id=\"secret\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
     let csrf = page.csrf().unwrap();
-    let wrong = web.post_form("/login/enrol", &[("csrf", &csrf), ("code", "000000")]).await;
+    let wrong = web
+        .post_form("/login/enrol", &[("csrf", &csrf), ("code", "000000")])
+        .await;
     assert_eq!(wrong.status, 401);
     let code = tsunagu_relay::totp::code_at(&secret, tsunagu_relay::totp::now_secs()).unwrap();
     let done = web.post_form("/login/enrol", &[("csrf", &csrf), ("code", &code)]).await;
     assert_eq!(done.status, 200);
-    let codes: Vec<String> = done.text().split("<li><code>").skip(1).map(|s| s.split('<').next().unwrap().to_string()).collect();
+    let codes: Vec<String> = done
+        .text()
+        .split("<li><code>")
+        .skip(1)
+        .map(|s| s.split('<').next().unwrap().to_string())
+        .collect();
     assert_eq!(codes.len(), 10);
     assert_eq!(web.get("/operators").await.status, 200, "enrolment logs in");
     let stored = relay.relay.shared().store.admin(ADMIN).await.unwrap().unwrap();
@@ -110,17 +175,29 @@ async fn first_login_enrols_totp_then_recovery_codes_work_once_and_failures_lock
     // A recovery code logs in once.
     for (attempt, expect) in [(1, 303), (2, 401)] {
         let mut w = Http::new(&relay);
-        w.post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)]).await;
+        w.post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)])
+            .await;
         let csrf = w.get("/login/totp").await.csrf().unwrap();
-        let r = w.post_form("/login/totp", &[("csrf", &csrf), ("code", &codes[0])]).await;
+        let r = w
+            .post_form("/login/totp", &[("csrf", &csrf), ("code", &codes[0])])
+            .await;
         assert_eq!(r.status, expect, "recovery code use {attempt}");
     }
     // The failed recovery code counted: two wrong passwords more lock the account (3).
     let mut w = Http::new(&relay);
-    assert_eq!(w.post_form("/login", &[("name", ADMIN), ("password", "Wrong-passw0rd")]).await.status, 401);
-    let r = w.post_form("/login", &[("name", ADMIN), ("password", "Wrong-passw0rd")]).await;
+    assert_eq!(
+        w.post_form("/login", &[("name", ADMIN), ("password", "Wrong-passw0rd")])
+            .await
+            .status,
+        401
+    );
+    let r = w
+        .post_form("/login", &[("name", ADMIN), ("password", "Wrong-passw0rd")])
+        .await;
     assert!(r.text().contains("locked"), "{}", r.text());
-    let r = w.post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)]).await;
+    let r = w
+        .post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)])
+        .await;
     assert_eq!(r.status, 429, "locked even with the right password");
 
     let trail = relay.relay.shared().store.audit_recent(100).await.unwrap();
@@ -157,16 +234,30 @@ async fn suspension_ends_live_sessions_within_a_second_and_blocks_login_and_code
     op.expect_data(tsunagu_proto::pb::Channel::Screen).await;
     let live = web.get("/sessions").await.text();
     assert!(live.contains("<td class=\"state\">paused by the client</td>"), "{live}");
-    let bytes = live.split("<td class=\"bytes\">").nth(1).and_then(|r| r.split('<').next()).unwrap_or("");
+    let bytes = live
+        .split("<td class=\"bytes\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap_or("");
     let to_operator: u64 = bytes.split(" / ").nth(1).and_then(|b| b.parse().ok()).unwrap_or(0);
     assert!(to_operator > 5000, "bytes shown: {bytes:?}");
 
     let r = web.post_form("/operators/alice/suspend", &[("csrf", &csrf)]).await;
     assert_eq!(r.status, 303);
-    let ended = tokio::time::timeout(Duration::from_secs(1), op.expect_ended()).await.expect("the operator's session ends within a second");
+    let ended = tokio::time::timeout(Duration::from_secs(1), op.expect_ended())
+        .await
+        .expect("the operator's session ends within a second");
     assert_eq!(ended, EndReason::AdminEnded);
-    assert_eq!(tokio::time::timeout(Duration::from_secs(1), client.expect_ended()).await.unwrap(), EndReason::AdminEnded);
-    let e = RawPeer::login(&cfg, "alice", PASSWORD).await.err().expect("suspended login refused");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(1), client.expect_ended())
+            .await
+            .unwrap(),
+        EndReason::AdminEnded
+    );
+    let e = RawPeer::login(&cfg, "alice", PASSWORD)
+        .await
+        .err()
+        .expect("suspended login refused");
     assert_eq!(e.code(), ErrorCode::Forbidden);
     assert!(e.message.contains("suspended"));
     assert!(web.get("/operators/alice").await.text().contains("suspended"));
@@ -175,32 +266,84 @@ async fn suspension_ends_live_sessions_within_a_second_and_blocks_login_and_code
     // A permission the admin removes is refused at the next code issue, even on a
     // connection that logged in before the change.
     let mut early = RawPeer::login(&cfg, "alice", PASSWORD).await.unwrap();
-    let r = web.post_form("/operators/alice/permissions", &[("csrf", &csrf), ("perm", "view"), ("perm", "chat")]).await;
+    let r = web
+        .post_form(
+            "/operators/alice/permissions",
+            &[("csrf", &csrf), ("perm", "view"), ("perm", "chat")],
+        )
+        .await;
     assert_eq!(r.status, 303);
-    let e = early.request_code(&["control"]).await.err().expect("control is no longer allowed");
+    let e = early
+        .request_code(&["control"])
+        .await
+        .err()
+        .expect("control is no longer allowed");
     assert_eq!(e.code(), ErrorCode::Forbidden);
     let mut again = RawPeer::login(&cfg, "alice", PASSWORD).await.unwrap();
     assert!(again.request_code(&["view"]).await.is_ok());
 
     // IP rules: first match wins; none matching denies once any rule exists.
-    web.post_form("/operators/alice/ip-rules", &[("csrf", &csrf), ("rules", "deny 127.0.0.0/8\nallow 0.0.0.0/0")]).await;
-    let e = RawPeer::login(&cfg, "alice", PASSWORD).await.err().expect("denied address");
+    web.post_form(
+        "/operators/alice/ip-rules",
+        &[("csrf", &csrf), ("rules", "deny 127.0.0.0/8\nallow 0.0.0.0/0")],
+    )
+    .await;
+    let e = RawPeer::login(&cfg, "alice", PASSWORD)
+        .await
+        .err()
+        .expect("denied address");
     assert_eq!(e.code(), ErrorCode::Forbidden);
-    web.post_form("/operators/alice/ip-rules", &[("csrf", &csrf), ("rules", "allow 10.0.0.0/8")]).await;
-    assert!(RawPeer::login(&cfg, "alice", PASSWORD).await.is_err(), "no rule matches 127.0.0.1: denied");
-    web.post_form("/operators/alice/ip-rules", &[("csrf", &csrf), ("rules", "allow 127.0.0.1\ndeny 0.0.0.0/0")]).await;
+    web.post_form(
+        "/operators/alice/ip-rules",
+        &[("csrf", &csrf), ("rules", "allow 10.0.0.0/8")],
+    )
+    .await;
+    assert!(
+        RawPeer::login(&cfg, "alice", PASSWORD).await.is_err(),
+        "no rule matches 127.0.0.1: denied"
+    );
+    web.post_form(
+        "/operators/alice/ip-rules",
+        &[("csrf", &csrf), ("rules", "allow 127.0.0.1\ndeny 0.0.0.0/0")],
+    )
+    .await;
     // Max concurrent sessions: `again` holds one live code.
-    web.post_form("/operators/alice/limits", &[("csrf", &csrf), ("max_sessions", "1")]).await;
+    web.post_form("/operators/alice/limits", &[("csrf", &csrf), ("max_sessions", "1")])
+        .await;
     let mut third = RawPeer::login(&cfg, "alice", PASSWORD).await.expect("allowed address");
-    let e = third.request_code(&["view"]).await.err().expect("over the session limit");
+    let e = third
+        .request_code(&["view"])
+        .await
+        .err()
+        .expect("over the session limit");
     assert!(e.message.contains("at most 1"), "{}", e.message);
-    let bad = web.post_form("/operators/alice/ip-rules", &[("csrf", &csrf), ("rules", "allow nonsense")]).await;
+    let bad = web
+        .post_form(
+            "/operators/alice/ip-rules",
+            &[("csrf", &csrf), ("rules", "allow nonsense")],
+        )
+        .await;
     assert_eq!(bad.status, 400);
     assert!(bad.text().contains("not an IP address"));
 
     let trail = relay.relay.shared().store.audit_recent(200).await.unwrap();
-    for action in ["operator_suspended", "operator_resumed", "operator_permissions", "operator_ip_rules", "operator_max_sessions", "code_issued", "code_joined", "consent_granted", "operator_login", "operator_login_failed", "code_refused"] {
-        assert!(trail.iter().any(|a| a.action == action), "{action} missing from the audit trail");
+    for action in [
+        "operator_suspended",
+        "operator_resumed",
+        "operator_permissions",
+        "operator_ip_rules",
+        "operator_max_sessions",
+        "code_issued",
+        "code_joined",
+        "consent_granted",
+        "operator_login",
+        "operator_login_failed",
+        "code_refused",
+    ] {
+        assert!(
+            trail.iter().any(|a| a.action == action),
+            "{action} missing from the audit trail"
+        );
     }
     drop((op, client, early, again, third));
     relay.relay.shutdown().await;
@@ -213,21 +356,40 @@ async fn a_hostile_client_host_name_renders_as_text_everywhere() {
     let payload = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&";
     let (mut op, code) = RawPeer::operator(&cfg, &["view"]).await;
     let mut client = RawPeer::connect(&cfg).await;
-    client.send_body(Body::Join(pb::Join { code, host_name: payload.into() })).await;
-    client.expect("ConsentRequest", |b| matches!(b, Body::ConsentRequest(_)).then_some(())).await;
-    op.expect("PeerJoined", |b| matches!(b, Body::PeerJoined(_)).then_some(())).await;
+    client
+        .send_body(Body::Join(pb::Join {
+            code,
+            host_name: payload.into(),
+        }))
+        .await;
+    client
+        .expect("ConsentRequest", |b| matches!(b, Body::ConsentRequest(_)).then_some(()))
+        .await;
+    op.expect("PeerJoined", |b| matches!(b, Body::PeerJoined(_)).then_some(()))
+        .await;
     relay.relay.shared().history.flush().await;
     let mut web = Http::new(&relay);
     web.login(ADMIN, ADMIN_PASSWORD, &secret).await;
     let id = relay.history().await[0].id.clone();
     let escaped = "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;&quot;&#39;&amp;";
-    for path in ["/sessions".to_string(), "/history".to_string(), format!("/history/{id}"), "/audit".to_string()] {
+    for path in [
+        "/sessions".to_string(),
+        "/history".to_string(),
+        format!("/history/{id}"),
+        "/audit".to_string(),
+    ] {
         let page = web.get(&path).await.text();
         assert!(page.contains(escaped), "{path} shows the host name as text: {page}");
-        assert!(!page.contains("<script>") && !page.contains("<img src=x"), "{path} contains live markup");
+        assert!(
+            !page.contains("<script>") && !page.contains("<img src=x"),
+            "{path} contains live markup"
+        );
     }
     let csv = web.get("/history/export.csv").await.text();
-    assert!(csv.contains("<script>alert(1)</script>"), "CSV carries the raw text, quoted");
+    assert!(
+        csv.contains("<script>alert(1)</script>"),
+        "CSV carries the raw text, quoted"
+    );
     drop((op, client));
     relay.relay.shutdown().await;
 }
@@ -241,17 +403,61 @@ async fn history_filters_csv_zip_file_events_and_the_api() {
     let shared = relay.relay.shared().clone();
     use tsunagu_relay::history::HistoryEvent as E;
     let day = 1_700_000_000_000i64; // 2023-11-14T22:13:20Z
-    let counters = tsunagu_relay::policy::Counters { bytes_to_client: 100, bytes_to_operator: 2000, pauses: 0, dropped_frames: 0 };
+    let counters = tsunagu_relay::policy::Counters {
+        bytes_to_client: 100,
+        bytes_to_operator: 2000,
+        pauses: 0,
+        dropped_frames: 0,
+    };
     for (id, op, client_ip, at, reason) in [
         ("s-alice", "alice", "10.0.0.7:5000", day, "client_ended"),
         ("s-bob", "bob", "10.0.0.8:5000", day + 1000, "admin_ended"),
         ("s-old", "alice", "10.0.0.7:5000", day - 5 * 86_400_000, "client_ended"),
     ] {
         let addr = "10.9.9.9:4000".parse().unwrap();
-        shared.history.record(E::Issued { id: id.into(), operator: op.into(), operator_addr: addr, relay_port: 7615, requested: tsunagu_proto::PermissionSet::ALL, at_ms: at }).await;
-        shared.history.record(E::Joined { id: id.into(), client_host: format!("pc-{op}"), client_addr: client_ip.parse().unwrap(), relay_port: 443, at_ms: at + 1 }).await;
-        shared.history.record(E::File { id: id.into(), name: "報告書.pdf".into(), size: 1234, direction: "to_operator", bytes: 1234, result: "completed", at_ms: at + 2 }).await;
-        shared.history.record(E::Ended { id: id.into(), reason, counters, granted: None, at_ms: at + 3 }).await;
+        shared
+            .history
+            .record(E::Issued {
+                id: id.into(),
+                operator: op.into(),
+                operator_addr: addr,
+                relay_port: 7615,
+                requested: tsunagu_proto::PermissionSet::ALL,
+                at_ms: at,
+            })
+            .await;
+        shared
+            .history
+            .record(E::Joined {
+                id: id.into(),
+                client_host: format!("pc-{op}"),
+                client_addr: client_ip.parse().unwrap(),
+                relay_port: 443,
+                at_ms: at + 1,
+            })
+            .await;
+        shared
+            .history
+            .record(E::File {
+                id: id.into(),
+                name: "報告書.pdf".into(),
+                size: 1234,
+                direction: "to_operator",
+                bytes: 1234,
+                result: "completed",
+                at_ms: at + 2,
+            })
+            .await;
+        shared
+            .history
+            .record(E::Ended {
+                id: id.into(),
+                reason,
+                counters,
+                granted: None,
+                at_ms: at + 3,
+            })
+            .await;
     }
     shared.history.flush().await;
     let mut web = Http::new(&relay);
@@ -259,16 +465,30 @@ async fn history_filters_csv_zip_file_events_and_the_api() {
 
     let by_op = web.get("/history?operator=bob").await.text();
     assert!(by_op.contains("s-bob") && !by_op.contains("s-alice"));
-    let by_ip = web.get("/history?client_ip=10.0.0.7&from=2023-11-14&to=2023-11-14").await.text();
-    assert!(by_ip.contains("s-alice") && !by_ip.contains("s-old") && !by_ip.contains("s-bob"), "{by_ip}");
+    let by_ip = web
+        .get("/history?client_ip=10.0.0.7&from=2023-11-14&to=2023-11-14")
+        .await
+        .text();
+    assert!(
+        by_ip.contains("s-alice") && !by_ip.contains("s-old") && !by_ip.contains("s-bob"),
+        "{by_ip}"
+    );
     let by_reason = web.get("/history?end_reason=admin_ended").await.text();
     assert!(by_reason.contains("s-bob") && !by_reason.contains("s-alice"));
     assert_eq!(web.get("/history?from=yesterday").await.status, 400);
 
     let detail = web.get("/history/s-alice").await.text();
-    assert!(detail.contains("報告書.pdf") && detail.contains("to_operator") && detail.contains("completed"), "{detail}");
+    assert!(
+        detail.contains("報告書.pdf") && detail.contains("to_operator") && detail.contains("completed"),
+        "{detail}"
+    );
 
-    let csv = web.get(&format!("/history/export.csv?operator=alice&client_ip=&from=&to=&end_reason={}", enc("client_ended"))).await;
+    let csv = web
+        .get(&format!(
+            "/history/export.csv?operator=alice&client_ip=&from=&to=&end_reason={}",
+            enc("client_ended")
+        ))
+        .await;
     assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
     let text = csv.text();
     assert!(text.starts_with("session,operator,"));
@@ -286,27 +506,57 @@ async fn history_filters_csv_zip_file_events_and_the_api() {
     assert_eq!(api[0]["id"], "s-bob");
     let csrf = web.csrf().await;
     let created = web
-        .request("POST", "/api/v1/operators", &[("x-csrf-token", &csrf), ("Content-Type", "application/json")], br#"{"name":"carol","password":"Carol-passw0rd","permissions":["view"]}"#)
+        .request(
+            "POST",
+            "/api/v1/operators",
+            &[("x-csrf-token", &csrf), ("Content-Type", "application/json")],
+            br#"{"name":"carol","password":"Carol-passw0rd","permissions":["view"]}"#,
+        )
         .await;
     assert_eq!(created.status, 201, "{}", created.text());
     let weak = web
-        .request("POST", "/api/v1/operators", &[("x-csrf-token", &csrf), ("Content-Type", "application/json")], br#"{"name":"dave","password":"short"}"#)
+        .request(
+            "POST",
+            "/api/v1/operators",
+            &[("x-csrf-token", &csrf), ("Content-Type", "application/json")],
+            br#"{"name":"dave","password":"short"}"#,
+        )
         .await;
     assert_eq!(weak.status, 400);
     assert!(weak.text().contains("too short"));
     let patched = web
-        .request("PATCH", "/api/v1/operators/carol", &[("x-csrf-token", &csrf), ("Content-Type", "application/json")], br#"{"max_sessions":2,"ip_rules":["allow 10.0.0.0/8"],"suspended":true}"#)
+        .request(
+            "PATCH",
+            "/api/v1/operators/carol",
+            &[("x-csrf-token", &csrf), ("Content-Type", "application/json")],
+            br#"{"max_sessions":2,"ip_rules":["allow 10.0.0.0/8"],"suspended":true}"#,
+        )
         .await;
     let v: serde_json::Value = serde_json::from_slice(&patched.body).unwrap();
-    assert_eq!((v["max_sessions"].as_i64(), v["suspended"].as_bool(), v["ip_rules"][0].as_str()), (Some(2), Some(true), Some("allow 10.0.0.0/8")));
+    assert_eq!(
+        (
+            v["max_sessions"].as_i64(),
+            v["suspended"].as_bool(),
+            v["ip_rules"][0].as_str()
+        ),
+        (Some(2), Some(true), Some("allow 10.0.0.0/8"))
+    );
     let verify: serde_json::Value = serde_json::from_slice(&web.get("/api/v1/audit/verify").await.body).unwrap();
     assert_eq!(verify["problems"].as_array().unwrap().len(), 0);
-    let openapi: serde_json::Value = serde_json::from_slice(&Http::new(&relay).get("/api/v1/openapi.json").await.body).unwrap();
+    let openapi: serde_json::Value =
+        serde_json::from_slice(&Http::new(&relay).get("/api/v1/openapi.json").await.body).unwrap();
     assert_eq!(openapi["openapi"], "3.1.0");
 
     // Retention: purging removes ended sessions older than the cutoff, files included.
     assert_eq!(shared.store.purge_history(day - 86_400_000).await.unwrap(), 1);
-    let left: Vec<String> = shared.store.sessions(10).await.unwrap().into_iter().map(|r| r.id).collect();
+    let left: Vec<String> = shared
+        .store
+        .sessions(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(!left.contains(&"s-old".to_string()));
     assert!(shared.store.session_files("s-old").await.unwrap().is_empty());
@@ -318,9 +568,15 @@ async fn history_filters_csv_zip_file_events_and_the_api() {
 async fn pages_follow_the_browser_language_and_switch() {
     let (relay, secret) = console_relay(|_| {}).await;
     let mut web = Http::new(&relay);
-    let ja = web.request("GET", "/login", &[("Accept-Language", "ja-JP,ja;q=0.9")], b"").await.text();
+    let ja = web
+        .request("GET", "/login", &[("Accept-Language", "ja-JP,ja;q=0.9")], b"")
+        .await
+        .text();
     assert!(ja.contains("lang=\"ja\"") && ja.contains("ログイン"));
-    let en = web.request("GET", "/login", &[("Accept-Language", "en-US")], b"").await.text();
+    let en = web
+        .request("GET", "/login", &[("Accept-Language", "en-US")], b"")
+        .await
+        .text();
     assert!(en.contains("Log in") && !en.contains("ログイン"));
     let switch = web.get("/lang?l=ja").await;
     let c = switch.header("set-cookie").unwrap();
@@ -329,15 +585,28 @@ async fn pages_follow_the_browser_language_and_switch() {
     let code = tsunagu_relay::totp::code_at(&secret, tsunagu_relay::totp::now_secs()).unwrap();
     for expect in [303, 401] {
         let mut w = Http::new(&relay);
-        w.post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)]).await;
+        w.post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)])
+            .await;
         let csrf = w.get("/login/totp").await.csrf().unwrap();
-        assert_eq!(w.post_form("/login/totp", &[("csrf", &csrf), ("code", &code)]).await.status, expect);
+        assert_eq!(
+            w.post_form("/login/totp", &[("csrf", &csrf), ("code", &code)])
+                .await
+                .status,
+            expect
+        );
         if expect == 303 {
             web = w;
         }
     }
     let cookie = format!("{}; __Host-tsunagu_lang=ja", web.cookie.clone().unwrap());
-    let page = web.request("GET", "/operators", &[("Cookie", &cookie), ("Accept-Language", "en")], b"").await;
+    let page = web
+        .request(
+            "GET",
+            "/operators",
+            &[("Cookie", &cookie), ("Accept-Language", "en")],
+            b"",
+        )
+        .await;
     // Two Cookie headers are sent here; the language one wins over Accept-Language.
     assert!(page.text().contains("新しいオペレーター"), "{}", page.text());
     relay.relay.shutdown().await;
@@ -354,9 +623,18 @@ fn cli_admin_add_and_audit_verify_detects_tampering() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let out = support::relay_cli(&data, &["operator", "add", "alice"], Some(PASSWORD));
     assert!(out.status.success());
-    for args in [&["admin", "suspend", "alice"][..], &["admin", "set-max-sessions", "alice", "2"], &["admin", "set-ip-rules", "alice", "allow 10.0.0.0/8"], &["admin", "resume", "alice"]] {
+    for args in [
+        &["admin", "suspend", "alice"][..],
+        &["admin", "set-max-sessions", "alice", "2"],
+        &["admin", "set-ip-rules", "alice", "allow 10.0.0.0/8"],
+        &["admin", "resume", "alice"],
+    ] {
         let out = support::relay_cli(&data, args, None);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let list = support::relay_cli(&data, &["admin", "list"], None);
     assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "root");
@@ -369,7 +647,10 @@ fn cli_admin_add_and_audit_verify_detects_tampering() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = tsunagu_relay::store::Store::open(&data.join("relay.db")).await.unwrap();
-        store.execute_raw("UPDATE audit SET detail = 'max_sessions=99' WHERE seq = 3").await.unwrap();
+        store
+            .execute_raw("UPDATE audit SET detail = 'max_sessions=99' WHERE seq = 3")
+            .await
+            .unwrap();
         store.execute_raw("DELETE FROM audit WHERE seq = 4").await.unwrap();
         store.close().await;
     });
@@ -385,7 +666,10 @@ fn cli_admin_add_and_audit_verify_detects_tampering() {
 #[tokio::test]
 async fn the_relay_runs_on_postgresql() {
     let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
-        assert!(std::env::var_os("CI").is_none(), "CI must provide PostgreSQL (.ci/run starts it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide PostgreSQL (.ci/run starts it)"
+        );
         eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL relay test");
         return;
     };
@@ -395,14 +679,22 @@ async fn the_relay_runs_on_postgresql() {
         c.database.schema = Some(schema.clone());
     })
     .await;
-    assert_eq!(relay.relay.shared().store.backend(), tsunagu_relay::store::Backend::Postgres);
+    assert_eq!(
+        relay.relay.shared().store.backend(),
+        tsunagu_relay::store::Backend::Postgres
+    );
     let (op, client) = support::paired(&relay, &["view"]).await;
     let mut web = Http::new(&relay);
     web.login(ADMIN, ADMIN_PASSWORD, &secret).await;
     let csrf = web.csrf().await;
     web.post_form("/operators/alice/suspend", &[("csrf", &csrf)]).await;
     let mut op = op;
-    assert_eq!(tokio::time::timeout(Duration::from_secs(1), op.expect_ended()).await.unwrap(), EndReason::AdminEnded);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(1), op.expect_ended())
+            .await
+            .unwrap(),
+        EndReason::AdminEnded
+    );
     let history = relay.history().await;
     assert_eq!(history[0].end_reason.as_deref(), Some("admin_ended"));
     assert_eq!(history[0].client_host.as_deref(), Some("test-pc"));
@@ -410,7 +702,9 @@ async fn the_relay_runs_on_postgresql() {
     assert!(report.rows >= 5 && report.problems.is_empty(), "{report:?}");
     drop(client);
     relay.relay.shutdown().await;
-    tsunagu_relay::store::Store::drop_postgres_schema(&url, &schema).await.unwrap();
+    tsunagu_relay::store::Store::drop_postgres_schema(&url, &schema)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -422,27 +716,52 @@ async fn an_operator_required_to_use_totp_needs_the_code_at_login() {
     let csrf = web.csrf().await;
     // Required but not enrolled: refused with a reason the operator can act on.
     web.post_form("/operators/alice/totp-require", &[("csrf", &csrf)]).await;
-    let e = RawPeer::login(&cfg, "alice", PASSWORD).await.err().expect("no TOTP enrolled");
+    let e = RawPeer::login(&cfg, "alice", PASSWORD)
+        .await
+        .err()
+        .expect("no TOTP enrolled");
     assert!(e.message.contains("none is enrolled"), "{}", e.message);
-    let page = web.post_form("/operators/alice/totp-enrol", &[("csrf", &csrf)]).await.text();
+    let page = web
+        .post_form("/operators/alice/totp-enrol", &[("csrf", &csrf)])
+        .await
+        .text();
     assert!(page.contains("<svg"), "the enrolment shows a QR code");
-    let op_secret = page.split("id=\"secret\">").nth(1).unwrap().split('<').next().unwrap().to_string();
+    let op_secret = page
+        .split("id=\"secret\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
 
     let login = |totp: String| {
         let cfg = cfg.clone();
         async move {
             let mut p = RawPeer::connect(&cfg).await;
-            p.send_body(Body::Login(pb::Login { user: "alice".into(), password: PASSWORD.into(), totp })).await;
+            p.send_body(Body::Login(pb::Login {
+                user: "alice".into(),
+                password: PASSWORD.into(),
+                totp,
+            }))
+            .await;
             p.next().await
         }
     };
     match login(String::new()).await {
-        Some(Body::Error(e)) => assert_eq!((e.code(), e.message.as_str()), (ErrorCode::AuthFailed, "wrong or missing TOTP code")),
+        Some(Body::Error(e)) => assert_eq!(
+            (e.code(), e.message.as_str()),
+            (ErrorCode::AuthFailed, "wrong or missing TOTP code")
+        ),
         other => panic!("login without the code: {other:?}"),
     }
     let code = tsunagu_relay::totp::code_at(&op_secret, tsunagu_relay::totp::now_secs()).unwrap();
-    assert!(matches!(login(code).await, Some(Body::LoginOk(_))), "the right code logs in");
-    web.post_form("/operators/alice/totp-optional", &[("csrf", &csrf)]).await;
+    assert!(
+        matches!(login(code).await, Some(Body::LoginOk(_))),
+        "the right code logs in"
+    );
+    web.post_form("/operators/alice/totp-optional", &[("csrf", &csrf)])
+        .await;
     assert!(RawPeer::login(&cfg, "alice", PASSWORD).await.is_ok());
     relay.relay.shutdown().await;
 }
@@ -455,15 +774,41 @@ async fn rename_password_delete_and_ending_one_session_from_the_console() {
     web.login(ADMIN, ADMIN_PASSWORD, &secret).await;
     let csrf = web.csrf().await;
 
-    let r = web.post_form("/operators", &[("csrf", &csrf), ("name", "erin"), ("password", "weak"), ("perm", "view")]).await;
+    let r = web
+        .post_form(
+            "/operators",
+            &[
+                ("csrf", &csrf),
+                ("name", "erin"),
+                ("password", "weak"),
+                ("perm", "view"),
+            ],
+        )
+        .await;
     assert_eq!(r.status, 400);
     assert!(r.text().contains("too short"));
-    let r = web.post_form("/operators", &[("csrf", &csrf), ("name", "erin"), ("password", "Erin-passw0rd"), ("perm", "view")]).await;
+    let r = web
+        .post_form(
+            "/operators",
+            &[
+                ("csrf", &csrf),
+                ("name", "erin"),
+                ("password", "Erin-passw0rd"),
+                ("perm", "view"),
+            ],
+        )
+        .await;
     assert_eq!(r.header("location"), Some("/operators/erin"));
     assert!(RawPeer::login(&cfg, "erin", "Erin-passw0rd").await.is_ok());
-    let r = web.post_form("/operators/erin/rename", &[("csrf", &csrf), ("new_name", "erin2")]).await;
+    let r = web
+        .post_form("/operators/erin/rename", &[("csrf", &csrf), ("new_name", "erin2")])
+        .await;
     assert_eq!(r.header("location"), Some("/operators/erin2"));
-    web.post_form("/operators/erin2/password", &[("csrf", &csrf), ("password", "Erin-new-passw0rd")]).await;
+    web.post_form(
+        "/operators/erin2/password",
+        &[("csrf", &csrf), ("password", "Erin-new-passw0rd")],
+    )
+    .await;
     assert!(RawPeer::login(&cfg, "erin2", "Erin-passw0rd").await.is_err());
     assert!(RawPeer::login(&cfg, "erin2", "Erin-new-passw0rd").await.is_ok());
 
@@ -472,8 +817,18 @@ async fn rename_password_delete_and_ending_one_session_from_the_console() {
     let id = relay.relay.shared().sessions.iter().next().unwrap().key().clone();
     let r = web.post_form(&format!("/sessions/{id}/end"), &[("csrf", &csrf)]).await;
     assert_eq!(r.status, 303);
-    assert_eq!(tokio::time::timeout(Duration::from_secs(1), op.expect_ended()).await.unwrap(), EndReason::AdminEnded);
-    assert_eq!(tokio::time::timeout(Duration::from_secs(1), client.expect_ended()).await.unwrap(), EndReason::AdminEnded);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(1), op.expect_ended())
+            .await
+            .unwrap(),
+        EndReason::AdminEnded
+    );
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(1), client.expect_ended())
+            .await
+            .unwrap(),
+        EndReason::AdminEnded
+    );
 
     // Deleting an operator keeps their history.
     let before = relay.history().await.len();
@@ -493,15 +848,50 @@ async fn the_purge_job_removes_history_past_retention_and_audits_it() {
     let counters = tsunagu_relay::policy::Counters::default();
     for (id, at) in [("ancient", now - 91 * 86_400_000), ("recent", now - 89 * 86_400_000)] {
         let addr = "10.9.9.9:4000".parse().unwrap();
-        shared.history.record(E::Issued { id: id.into(), operator: "alice".into(), operator_addr: addr, relay_port: 7615, requested: tsunagu_proto::PermissionSet::ALL, at_ms: at }).await;
-        shared.history.record(E::Ended { id: id.into(), reason: "client_ended", counters, granted: None, at_ms: at + 1 }).await;
+        shared
+            .history
+            .record(E::Issued {
+                id: id.into(),
+                operator: "alice".into(),
+                operator_addr: addr,
+                relay_port: 7615,
+                requested: tsunagu_proto::PermissionSet::ALL,
+                at_ms: at,
+            })
+            .await;
+        shared
+            .history
+            .record(E::Ended {
+                id: id.into(),
+                reason: "client_ended",
+                counters,
+                granted: None,
+                at_ms: at + 1,
+            })
+            .await;
     }
     shared.history.flush().await;
     // The job also runs at start; whichever run sees the old row removes it.
     tsunagu_relay::server::purge_history(&shared).await;
-    let left: Vec<String> = shared.store.sessions(10).await.unwrap().into_iter().map(|r| r.id).collect();
-    assert_eq!(left, vec!["recent".to_string()], "the 90-day default keeps 89 days, not 91");
+    let left: Vec<String> = shared
+        .store
+        .sessions(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        left,
+        vec!["recent".to_string()],
+        "the 90-day default keeps 89 days, not 91"
+    );
     let trail = shared.store.audit_recent(50).await.unwrap();
-    assert!(trail.iter().any(|a| a.action == "history_purged" && a.detail == "sessions=1"), "{trail:?}");
+    assert!(
+        trail
+            .iter()
+            .any(|a| a.action == "history_purged" && a.detail == "sessions=1"),
+        "{trail:?}"
+    );
     relay.relay.shutdown().await;
 }

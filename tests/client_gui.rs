@@ -23,13 +23,19 @@ fn shots_dir() -> PathBuf {
 
 /// The next `gui` report for `screen` that has every widget in `widgets`.
 fn expect_screen(gui: &mut App, screen: &str, widgets: &[&str]) -> Value {
-    gui.expect_where("gui", |v| v["screen"] == screen && widgets.iter().all(|w| v["widgets"][*w].is_array()))
+    gui.expect_where("gui", |v| {
+        v["screen"] == screen && widgets.iter().all(|w| v["widgets"][*w].is_array())
+    })
 }
 
 /// Gives the window the keyboard focus, as a window manager would on a click (Xvfb runs
 /// without one).
 fn focus(xvfb: &Xvfb) {
-    let out = xvfb.command("xdotool").args(["search", "--onlyvisible", "--class", "tsunagu-client"]).output().unwrap();
+    let out = xvfb
+        .command("xdotool")
+        .args(["search", "--onlyvisible", "--class", "tsunagu-client"])
+        .output()
+        .unwrap();
     let ids = String::from_utf8_lossy(&out.stdout).to_string();
     let id = ids.lines().last().expect("the client window exists").to_string();
     xvfb.xdotool(&["windowfocus", "--sync", &id]);
@@ -39,11 +45,19 @@ fn focus(xvfb: &Xvfb) {
 fn window_origin(xvfb: &Xvfb) -> (i64, i64) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let out = xvfb.command("xdotool").args(["search", "--onlyvisible", "--class", "tsunagu-client"]).output().unwrap();
+        let out = xvfb
+            .command("xdotool")
+            .args(["search", "--onlyvisible", "--class", "tsunagu-client"])
+            .output()
+            .unwrap();
         let ids = String::from_utf8_lossy(&out.stdout).to_string();
         if let Some(id) = ids.lines().last() {
             let geo = xvfb.xdotool(&["getwindowgeometry", "--shell", id]);
-            let get = |k: &str| geo.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<i64>().ok());
+            let get = |k: &str| {
+                geo.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+            };
             if let (Some(x), Some(y)) = (get("X="), get("Y=")) {
                 return (x, y);
             }
@@ -56,7 +70,12 @@ fn window_origin(xvfb: &Xvfb) -> (i64, i64) {
 /// A widget's rectangle on the X screen.
 fn rect_of(report: &Value, origin: (i64, i64), widget: &str) -> (i64, i64, i64, i64) {
     let r = &report["widgets"][widget];
-    let v: Vec<i64> = r.as_array().unwrap_or_else(|| panic!("no widget {widget} in {report}")).iter().map(|n| n.as_i64().unwrap()).collect();
+    let v: Vec<i64> = r
+        .as_array()
+        .unwrap_or_else(|| panic!("no widget {widget} in {report}"))
+        .iter()
+        .map(|n| n.as_i64().unwrap())
+        .collect();
     (origin.0 + v[0], origin.1 + v[1], v[2], v[3])
 }
 
@@ -80,8 +99,19 @@ fn ink(shot: &image::RgbImage, rect: (i64, i64, i64, i64)) -> f64 {
             pixels.push(p);
         }
     }
-    let Some((&bg, _)) = counts.iter().max_by_key(|(_, n)| **n) else { return 0.0 };
-    let far = pixels.iter().filter(|p| p.iter().zip(bg.iter()).map(|(a, b)| (*a as i32 - *b as i32).abs()).sum::<i32>() > 120).count();
+    let Some((&bg, _)) = counts.iter().max_by_key(|(_, n)| **n) else {
+        return 0.0;
+    };
+    let far = pixels
+        .iter()
+        .filter(|p| {
+            p.iter()
+                .zip(bg.iter())
+                .map(|(a, b)| (*a as i32 - *b as i32).abs())
+                .sum::<i32>()
+                > 120
+        })
+        .count();
     far as f64 / pixels.len().max(1) as f64
 }
 
@@ -111,13 +141,22 @@ fn typing_a_code_and_pressing_connect_starts_a_session() {
     let code = op.expect("code")["code"].as_str().unwrap().to_string();
 
     let mut cmd = xvfb.command(bin("tsunagu-client"));
-    cmd.args(["--relay", &spec, "--host-name", "gui-desk", "--screen", "synthetic", "--input", "log"])
-        .arg("--ca")
-        .arg(relay.ca())
-        .env("TSUNAGU_GUI_REPORT", "1")
-        .env("LANG", "ja_JP.UTF-8")
-        .env_remove("LC_ALL")
-        .env_remove("LC_MESSAGES");
+    cmd.args([
+        "--relay",
+        &spec,
+        "--host-name",
+        "gui-desk",
+        "--screen",
+        "synthetic",
+        "--input",
+        "log",
+    ])
+    .arg("--ca")
+    .arg(relay.ca())
+    .env("TSUNAGU_GUI_REPORT", "1")
+    .env("LANG", "ja_JP.UTF-8")
+    .env_remove("LC_ALL")
+    .env_remove("LC_MESSAGES");
     let mut gui = App::spawn("gui", cmd);
 
     // The code window, in Japanese (the locale), with its field and button.
@@ -125,7 +164,13 @@ fn typing_a_code_and_pressing_connect_starts_a_session() {
     assert_eq!(report["lang"], "ja");
     let origin = window_origin(&xvfb);
     let shot = screenshot(&xvfb, "1-code.png");
-    assert_drawn(&shot, &report, origin, &["prompt", "code_field", "connect", "language"], "code window");
+    assert_drawn(
+        &shot,
+        &report,
+        origin,
+        &["prompt", "code_field", "connect", "language"],
+        "code window",
+    );
 
     // The user types the code as it was read out, with a dash: only the digits stay.
     focus(&xvfb);
@@ -140,7 +185,16 @@ fn typing_a_code_and_pressing_connect_starts_a_session() {
     // The consent screen names the operator and each permission; Deny and Allow.
     let req = gui.expect("consent_request");
     assert_eq!(req["operator"], "alice");
-    let widgets = ["operator", "perm_view", "perm_control", "perm_files", "perm_chat", "allow", "deny", "countdown"];
+    let widgets = [
+        "operator",
+        "perm_view",
+        "perm_control",
+        "perm_files",
+        "perm_chat",
+        "allow",
+        "deny",
+        "countdown",
+    ];
     let report = expect_screen(&mut gui, "consent", &widgets);
     let shot = screenshot(&xvfb, "3-consent.png");
     assert_drawn(&shot, &report, origin, &widgets, "consent screen");
@@ -167,7 +221,9 @@ fn typing_a_code_and_pressing_connect_starts_a_session() {
 
     // English on request: the same bar, other words.
     click(&xvfb, rect_of(&report, origin, "language"));
-    let report = gui.expect_where("gui", |v| v["screen"] == "session" && v["lang"] == "en" && v["widgets"]["end"].is_array());
+    let report = gui.expect_where("gui", |v| {
+        v["screen"] == "session" && v["lang"] == "en" && v["widgets"]["end"].is_array()
+    });
     screenshot(&xvfb, "5-session-bar-en.png");
 
     // End from the bar ends the session for the operator.
@@ -184,10 +240,19 @@ fn a_wrong_code_is_explained_in_the_window() {
     let relay = RelayProcess::start("", 1);
     let spec = format!("127.0.0.1:{}", relay.port());
     let mut cmd = xvfb.command(bin("tsunagu-client"));
-    cmd.args(["--relay", &spec, "--lang", "en", "--screen", "synthetic", "--input", "log"])
-        .arg("--ca")
-        .arg(relay.ca())
-        .env("TSUNAGU_GUI_REPORT", "1");
+    cmd.args([
+        "--relay",
+        &spec,
+        "--lang",
+        "en",
+        "--screen",
+        "synthetic",
+        "--input",
+        "log",
+    ])
+    .arg("--ca")
+    .arg(relay.ca())
+    .env("TSUNAGU_GUI_REPORT", "1");
     let mut gui = App::spawn("gui", cmd);
     let report = expect_screen(&mut gui, "code", &["code_field", "connect"]);
     assert_eq!(report["lang"], "en");

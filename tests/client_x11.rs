@@ -28,29 +28,53 @@ fn session(extra: &[&str]) -> Setup {
     let desk = Desk::open(&xvfb);
     let relay = RelayProcess::start("", 1);
     let out = relay.add_operator("alice", OP_PASSWORD);
-    assert!(out.status.success(), "operator add: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "operator add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let spec = format!("127.0.0.1:{}", relay.port());
     let mut op = App::operator(&spec, &relay.ca(), None, "alice", OP_PASSWORD);
     let code = op.expect("code")["code"].as_str().unwrap().to_string();
     let mut cmd = xvfb.command(bin("tsunagu-client"));
-    cmd.args(["--relay", &spec, "--headless", "--screen", "x11", "--input", "system", "--host-name", "desk"])
-        .arg("--ca")
-        .arg(relay.ca())
-        .args(extra)
-        .arg(&code);
+    cmd.args([
+        "--relay",
+        &spec,
+        "--headless",
+        "--screen",
+        "x11",
+        "--input",
+        "system",
+        "--host-name",
+        "desk",
+    ])
+    .arg("--ca")
+    .arg(relay.ca())
+    .args(extra)
+    .arg(&code);
     let mut client = App::spawn("client", cmd);
     client.expect("consent_request");
     client.send(json!({"cmd": "consent", "grant": ["view", "control", "chat"]}));
     op.expect("consent");
     client.expect("connected");
-    Setup { op, client, desk, _relay: relay, _xvfb: xvfb }
+    Setup {
+        op,
+        client,
+        desk,
+        _relay: relay,
+        _xvfb: xvfb,
+    }
 }
 
 /// The decoded colour at (`x`, `y`) on the operator's side.
 fn sample(op: &mut App, x: u32, y: u32) -> (i64, i64, i64) {
     op.send(json!({"cmd": "sample", "x": x, "y": y}));
     let px = op.expect("pixel");
-    (px["r"].as_i64().unwrap(), px["g"].as_i64().unwrap(), px["b"].as_i64().unwrap())
+    (
+        px["r"].as_i64().unwrap(),
+        px["g"].as_i64().unwrap(),
+        px["b"].as_i64().unwrap(),
+    )
 }
 
 fn close(a: (i64, i64, i64), b: (i64, i64, i64)) -> bool {
@@ -80,7 +104,10 @@ fn the_operator_sees_the_real_1080p_screen_change() {
 
     let first = s.op.expect("frame");
     assert_eq!(first["keyframe"], true, "the stream starts with a keyframe");
-    assert_eq!((first["width"].as_u64(), first["height"].as_u64()), (Some(1920), Some(1080)));
+    assert_eq!(
+        (first["width"].as_u64(), first["height"].as_u64()),
+        (Some(1920), Some(1080))
+    );
     let got = wait_for_colour(&mut s.op, 480, 540, (255, 128, 0));
     assert!(close(got, (255, 128, 0)), "left half should be orange, got {got:?}");
     let got = wait_for_colour(&mut s.op, 1440, 540, (0, 128, 128));
@@ -89,13 +116,24 @@ fn the_operator_sees_the_real_1080p_screen_change() {
     // The screen changes: the operator's picture follows.
     s.desk.fill(0x2040ff, 0, 0, 960, 1080);
     let got = wait_for_colour(&mut s.op, 480, 540, (32, 64, 255));
-    assert!(close(got, (32, 64, 255)), "left half should have turned blue, got {got:?}");
-    let later = s.op.seen.iter().filter(|v| v["event"] == "frame" && v["seq"].as_u64() > first["seq"].as_u64()).count();
+    assert!(
+        close(got, (32, 64, 255)),
+        "left half should have turned blue, got {got:?}"
+    );
+    let later =
+        s.op.seen
+            .iter()
+            .filter(|v| v["event"] == "frame" && v["seq"].as_u64() > first["seq"].as_u64())
+            .count();
     assert!(later >= 1, "the change came as a new frame");
 
     // A still screen sends nothing: once the change has gone out, no frame follows.
     s.op.drain_for(Duration::from_millis(500));
-    let idle: Vec<_> = s.op.drain_for(Duration::from_millis(1500)).into_iter().filter(|v| v["event"] == "frame").collect();
+    let idle: Vec<_> =
+        s.op.drain_for(Duration::from_millis(1500))
+            .into_iter()
+            .filter(|v| v["event"] == "frame")
+            .collect();
     assert!(idle.is_empty(), "frames sent for an unchanged screen: {idle:?}");
 
     // The operator asks for a keyframe: it comes although nothing changed.
@@ -106,7 +144,6 @@ fn the_operator_sees_the_real_1080p_screen_change() {
     s.op.send(json!({"cmd": "end"}));
     assert_eq!(s.client.expect("ended")["reason"], "operator_ended");
     assert_eq!(s.client.wait(), 0);
-
 }
 
 /// Waits (bounded by WAIT) until the real pointer is at `want`; returns where it is.
@@ -129,7 +166,11 @@ fn moving_the_real_mouse_pauses_the_operator_until_it_rests() {
     for i in 0..10 {
         let (x, y) = (100 + i * 37, 100 + i * 23);
         s.op.send(json!({"cmd": "mouse_move", "x": x, "y": y}));
-        assert_eq!(wait_for_pointer(&s.desk, (x, y)), (x, y), "operator input moves the pointer");
+        assert_eq!(
+            wait_for_pointer(&s.desk, (x, y)),
+            (x, y),
+            "operator input moves the pointer"
+        );
     }
     // Input the client cannot apply is refused and counted, and the session goes on.
     s.op.send(json!({"cmd": "mouse_move", "x": 5000, "y": 5000}));
@@ -158,12 +199,15 @@ fn moving_the_real_mouse_pauses_the_operator_until_it_rests() {
     s.client.expect("resumed");
     s.op.expect("resumed");
     s.op.send(json!({"cmd": "mouse_move", "x": 321, "y": 123}));
-    assert_eq!(wait_for_pointer(&s.desk, (321, 123)), (321, 123), "operator input applies again");
+    assert_eq!(
+        wait_for_pointer(&s.desk, (321, 123)),
+        (321, 123),
+        "operator input applies again"
+    );
     let pauses = s.client.seen.iter().filter(|v| v["event"] == "paused").count();
     assert_eq!(pauses, 1, "one pause for one takeover");
 
     s.client.send(json!({"cmd": "end"}));
     assert_eq!(s.op.expect("ended")["reason"], "client_ended");
     assert_eq!(s.client.wait(), 0);
-
 }

@@ -18,13 +18,23 @@ fn sha(content: &[u8]) -> Bytes {
 }
 
 async fn offer(peer: &mut RawPeer, id: u32, name: &str, content: &[u8]) {
-    peer.send_body(Body::FileOffer(pb::FileOffer { transfer_id: id, name: name.into(), size: content.len() as u64, sha256: sha(content) }))
-        .await;
+    peer.send_body(Body::FileOffer(pb::FileOffer {
+        transfer_id: id,
+        name: name.into(),
+        size: content.len() as u64,
+        sha256: sha(content),
+    }))
+    .await;
 }
 
 async fn chunk(peer: &mut RawPeer, id: u32, seq: u64, content: &[u8]) {
-    peer.send_body(Body::Data(pb::Data { channel: Channel::File as i32, seq, payload: Bytes::copy_from_slice(content), stream: id }))
-        .await;
+    peer.send_body(Body::Data(pb::Data {
+        channel: Channel::File as i32,
+        seq,
+        payload: Bytes::copy_from_slice(content),
+        stream: id,
+    }))
+    .await;
 }
 
 #[tokio::test]
@@ -36,15 +46,38 @@ async fn file_content_flows_only_for_an_accepted_transfer_and_is_recorded_not_st
     // No offer yet: chunks go nowhere.
     chunk(&mut client, 1, 1, marker).await;
     offer(&mut client, 1, "notes.txt", marker).await;
-    let got = op.expect("FileOffer", |b| if let Body::FileOffer(o) = b { Some(o.clone()) } else { None }).await;
-    assert_eq!((got.transfer_id, got.name.as_str(), got.size), (1, "notes.txt", marker.len() as u64));
+    let got = op
+        .expect("FileOffer", |b| {
+            if let Body::FileOffer(o) = b {
+                Some(o.clone())
+            } else {
+                None
+            }
+        })
+        .await;
+    assert_eq!(
+        (got.transfer_id, got.name.as_str(), got.size),
+        (1, "notes.txt", marker.len() as u64)
+    );
     // Offered but not accepted: still nothing.
     chunk(&mut client, 1, 2, marker).await;
     client.chat("probe-1").await;
-    assert_eq!(chat_text(&op.expect_data(Channel::Chat).await), "probe-1", "no file chunk arrived before the acceptance");
+    assert_eq!(
+        chat_text(&op.expect_data(Channel::Chat).await),
+        "probe-1",
+        "no file chunk arrived before the acceptance"
+    );
 
-    op.send_body(Body::FileAnswer(pb::FileAnswer { transfer_id: 1, accept: true })).await;
-    client.expect("FileAnswer", |b| matches!(b, Body::FileAnswer(a) if a.accept).then_some(())).await;
+    op.send_body(Body::FileAnswer(pb::FileAnswer {
+        transfer_id: 1,
+        accept: true,
+    }))
+    .await;
+    client
+        .expect("FileAnswer", |b| {
+            matches!(b, Body::FileAnswer(a) if a.accept).then_some(())
+        })
+        .await;
     chunk(&mut client, 1, 3, &marker[..10]).await;
     let d = op.expect_data(Channel::File).await;
     assert_eq!((d.stream, &d.payload[..]), (1, &marker[..10]));
@@ -54,27 +87,54 @@ async fn file_content_flows_only_for_an_accepted_transfer_and_is_recorded_not_st
     chunk(&mut client, 1, 6, &marker[10..]).await;
     let d = op.expect_data(Channel::File).await;
     assert_eq!(d.seq, 6, "the chunks for transfer 2 and past the size were dropped");
-    op.send_body(Body::FileDone(pb::FileDone { transfer_id: 1, result: pb::FileResult::Completed as i32, reason: String::new(), from_receiver: true }))
+    op.send_body(Body::FileDone(pb::FileDone {
+        transfer_id: 1,
+        result: pb::FileResult::Completed as i32,
+        reason: String::new(),
+        from_receiver: true,
+    }))
+    .await;
+    client
+        .expect("FileDone", |b| {
+            matches!(b, Body::FileDone(d) if d.result == pb::FileResult::Completed as i32).then_some(())
+        })
         .await;
-    client.expect("FileDone", |b| matches!(b, Body::FileDone(d) if d.result == pb::FileResult::Completed as i32).then_some(())).await;
 
     // A rejected offer is recorded too.
     offer(&mut op, 9, "setup.exe", b"binary").await;
-    client.expect("FileOffer", |b| matches!(b, Body::FileOffer(_)).then_some(())).await;
-    client.send_body(Body::FileAnswer(pb::FileAnswer { transfer_id: 9, accept: false })).await;
-    op.expect("FileAnswer", |b| matches!(b, Body::FileAnswer(a) if !a.accept).then_some(())).await;
+    client
+        .expect("FileOffer", |b| matches!(b, Body::FileOffer(_)).then_some(()))
+        .await;
+    client
+        .send_body(Body::FileAnswer(pb::FileAnswer {
+            transfer_id: 9,
+            accept: false,
+        }))
+        .await;
+    op.expect("FileAnswer", |b| {
+        matches!(b, Body::FileAnswer(a) if !a.accept).then_some(())
+    })
+    .await;
 
     op.send_body(Body::End(pb::End {})).await;
     client.expect_ended().await;
     let history = relay.history().await;
     let files = relay.relay.shared().store.session_files(&history[0].id).await.unwrap();
-    let mut files: Vec<(String, u64, String, u64, String)> =
-        files.into_iter().map(|f| (f.name, f.size as u64, f.direction, f.bytes as u64, f.result)).collect();
+    let mut files: Vec<(String, u64, String, u64, String)> = files
+        .into_iter()
+        .map(|f| (f.name, f.size as u64, f.direction, f.bytes as u64, f.result))
+        .collect();
     files.sort();
     assert_eq!(
         files,
         vec![
-            ("notes.txt".into(), marker.len() as u64, "to_operator".into(), marker.len() as u64, "completed".into()),
+            (
+                "notes.txt".into(),
+                marker.len() as u64,
+                "to_operator".into(),
+                marker.len() as u64,
+                "completed".into()
+            ),
             ("setup.exe".into(), 6, "to_client".into(), 0, "rejected".into()),
         ]
     );
@@ -90,32 +150,49 @@ async fn files_need_the_files_permission() {
     let (mut op, mut client) = paired(&relay, &["view", "chat"]).await;
     offer(&mut client, 1, "a.txt", b"abc").await;
     client.chat("after-offer").await;
-    let first = op.expect("something", |b| match b {
-        Body::FileOffer(_) => Some("offer"),
-        Body::Data(d) if d.channel == Channel::Chat as i32 => Some("chat"),
-        _ => None,
-    })
-    .await;
-    assert_eq!(first, "chat", "an offer without the files permission must not reach the operator");
+    let first = op
+        .expect("something", |b| match b {
+            Body::FileOffer(_) => Some("offer"),
+            Body::Data(d) if d.channel == Channel::Chat as i32 => Some("chat"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        first, "chat",
+        "an offer without the files permission must not reach the operator"
+    );
 
     // Revoking files mid-transfer stops the content at once.
     let (mut op, mut client) = paired(&relay, &["view", "files", "chat"]).await;
     offer(&mut op, 1, "big.bin", &[7u8; 1000]).await;
-    client.expect("FileOffer", |b| matches!(b, Body::FileOffer(_)).then_some(())).await;
-    client.send_body(Body::FileAnswer(pb::FileAnswer { transfer_id: 1, accept: true })).await;
-    op.expect("FileAnswer", |b| matches!(b, Body::FileAnswer(_)).then_some(())).await;
+    client
+        .expect("FileOffer", |b| matches!(b, Body::FileOffer(_)).then_some(()))
+        .await;
+    client
+        .send_body(Body::FileAnswer(pb::FileAnswer {
+            transfer_id: 1,
+            accept: true,
+        }))
+        .await;
+    op.expect("FileAnswer", |b| matches!(b, Body::FileAnswer(_)).then_some(()))
+        .await;
     chunk(&mut op, 1, 1, &[7u8; 100]).await;
     client.expect_data(Channel::File).await;
     client.client_state(false, false, false, &["files"]).await;
     op.expect_state().await;
     chunk(&mut op, 1, 2, &[7u8; 100]).await;
     op.chat("after-revoke").await;
-    let next = client.expect("data", |b| match b {
-        Body::Data(d) => Some(d.channel),
-        _ => None,
-    })
-    .await;
-    assert_eq!(next, Channel::Chat as i32, "file content must stop when the client revokes files");
+    let next = client
+        .expect("data", |b| match b {
+            Body::Data(d) => Some(d.channel),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        next,
+        Channel::Chat as i32,
+        "file content must stop when the client revokes files"
+    );
     relay.relay.shutdown().await;
 }
 
@@ -159,24 +236,43 @@ fn the_operator_app_saves_hostile_names_safely() {
         let o = op.expect("file_offer");
         assert_eq!(o["id"], id);
         let shown = o["name"].as_str().unwrap();
-        assert!(!shown.contains('/') && !shown.contains('\\') && !shown.contains('\0') && shown.len() <= 200, "{shown:?}");
+        assert!(
+            !shown.contains('/') && !shown.contains('\\') && !shown.contains('\0') && shown.len() <= 200,
+            "{shown:?}"
+        );
         op.send(json!({"cmd": "accept_file", "id": id, "dir": inbox.path()}));
         rt.block_on(async {
-            client.expect("FileAnswer", |b| matches!(b, Body::FileAnswer(a) if a.accept).then_some(())).await;
-            client.expect("FileCredit", |b| matches!(b, Body::FileCredit(_)).then_some(())).await;
+            client
+                .expect("FileAnswer", |b| {
+                    matches!(b, Body::FileAnswer(a) if a.accept).then_some(())
+                })
+                .await;
+            client
+                .expect("FileCredit", |b| matches!(b, Body::FileCredit(_)).then_some(()))
+                .await;
             seq += 1;
             chunk(&mut client, id, seq, content).await;
             client
-                .expect("FileDone", |b| matches!(b, Body::FileDone(d) if d.result == pb::FileResult::Completed as i32).then_some(()))
+                .expect("FileDone", |b| {
+                    matches!(b, Body::FileDone(d) if d.result == pb::FileResult::Completed as i32).then_some(())
+                })
                 .await;
         });
         let saved = op.expect("file_saved");
         let path = Path::new(saved["path"].as_str().unwrap());
-        assert_eq!(path.parent().unwrap(), inbox.path(), "{name:?} was saved outside the folder: {path:?}");
+        assert_eq!(
+            path.parent().unwrap(),
+            inbox.path(),
+            "{name:?} was saved outside the folder: {path:?}"
+        );
         assert_eq!(std::fs::read(path).unwrap(), *content);
         assert_eq!(saved["sha256"], hex(&Sha256::digest(content)));
     }
-    assert_eq!(std::fs::read(inbox.path().join("report.pdf")).unwrap(), b"the admin's own report", "never overwritten");
+    assert_eq!(
+        std::fs::read(inbox.path().join("report.pdf")).unwrap(),
+        b"the admin's own report",
+        "never overwritten"
+    );
     assert!(inbox.path().join("report (1).pdf").exists());
     assert!(inbox.path().join("_CON").exists());
     assert!(inbox.path().join("passwd").exists() && inbox.path().join("escape.txt").exists());
@@ -185,15 +281,26 @@ fn the_operator_app_saves_hostile_names_safely() {
     // Content that does not match the offered hash is not saved under any name.
     rt.block_on(async {
         client
-            .send_body(Body::FileOffer(pb::FileOffer { transfer_id: 50, name: "tampered.txt".into(), size: 4, sha256: sha(b"good") }))
+            .send_body(Body::FileOffer(pb::FileOffer {
+                transfer_id: 50,
+                name: "tampered.txt".into(),
+                size: 4,
+                sha256: sha(b"good"),
+            }))
             .await;
     });
     op.expect("file_offer");
     op.send(json!({"cmd": "accept_file", "id": 50, "dir": inbox.path()}));
     rt.block_on(async {
-        client.expect("FileCredit", |b| matches!(b, Body::FileCredit(_)).then_some(())).await;
+        client
+            .expect("FileCredit", |b| matches!(b, Body::FileCredit(_)).then_some(()))
+            .await;
         chunk(&mut client, 50, 100, b"evil").await;
-        client.expect("FileDone", |b| matches!(b, Body::FileDone(d) if d.result == pb::FileResult::Failed as i32).then_some(())).await;
+        client
+            .expect("FileDone", |b| {
+                matches!(b, Body::FileDone(d) if d.result == pb::FileResult::Failed as i32).then_some(())
+            })
+            .await;
     });
     let failed = op.expect("file_failed");
     assert!(failed["reason"].as_str().unwrap().contains("SHA-256"), "{failed}");
@@ -203,7 +310,9 @@ fn the_operator_app_saves_hostile_names_safely() {
     rt.block_on(offer(&mut client, 60, "unwanted.bin", b"data"));
     op.expect("file_offer");
     op.send(json!({"cmd": "reject_file", "id": 60}));
-    rt.block_on(client.expect("FileAnswer", |b| matches!(b, Body::FileAnswer(a) if !a.accept).then_some(())));
+    rt.block_on(client.expect("FileAnswer", |b| {
+        matches!(b, Body::FileAnswer(a) if !a.accept).then_some(())
+    }));
     assert!(!inbox.path().join("unwanted.bin").exists());
 
     // A transfer the sender abandons (it vanishes) leaves no partial file behind.
@@ -211,15 +320,25 @@ fn the_operator_app_saves_hostile_names_safely() {
     op.expect("file_offer");
     op.send(json!({"cmd": "accept_file", "id": 70, "dir": inbox.path()}));
     rt.block_on(async {
-        client.expect("FileCredit", |b| matches!(b, Body::FileCredit(_)).then_some(())).await;
+        client
+            .expect("FileCredit", |b| matches!(b, Body::FileCredit(_)).then_some(()))
+            .await;
         chunk(&mut client, 70, 200, &[1u8; 50_000]).await;
     });
     op.expect_where("file_progress", |v| v["id"] == 70);
     drop(client);
     let ended = op.expect("ended");
     assert_eq!(ended["reason"], "client_disconnected");
-    let failed = op.seen.iter().find(|v| v["event"] == "file_failed" && v["id"] == 70).cloned();
-    assert!(failed.is_some(), "the operator is told the transfer failed: {:?}", op.seen);
+    let failed = op
+        .seen
+        .iter()
+        .find(|v| v["event"] == "file_failed" && v["id"] == 70)
+        .cloned();
+    assert!(
+        failed.is_some(),
+        "the operator is told the transfer failed: {:?}",
+        op.seen
+    );
     std::thread::sleep(Duration::from_millis(200));
     let leftovers: Vec<_> = std::fs::read_dir(inbox.path())
         .unwrap()
@@ -281,7 +400,10 @@ fn two_hundred_megabytes_each_way_arrive_intact() {
 
     let saved = transfer_patiently(&mut op, &mut client, &to_client, &client_in);
     assert_eq!(saved["sha256"], sha_a);
-    assert_eq!(std::fs::metadata(saved["path"].as_str().unwrap()).unwrap().len(), 200 << 20);
+    assert_eq!(
+        std::fs::metadata(saved["path"].as_str().unwrap()).unwrap().len(),
+        200 << 20
+    );
     let saved = transfer_patiently(&mut client, &mut op, &to_operator, &op_in);
     assert_eq!(saved["sha256"], sha_b);
     assert_eq!(Path::new(saved["path"].as_str().unwrap()).parent().unwrap(), op_in);
@@ -348,7 +470,10 @@ fn cancelled_and_interrupted_transfers_leave_nothing() {
     op.expect("file_cancelled");
     client.expect("file_cancelled");
     std::thread::sleep(Duration::from_millis(300));
-    let left: Vec<_> = std::fs::read_dir(&inbox).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&inbox)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(left.is_empty(), "cancelled transfers left {left:?}");
 
     // A rejected offer: the sender is told, nothing is written.
@@ -373,5 +498,8 @@ fn cancelled_and_interrupted_transfers_leave_nothing() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with(".tsunagu-"))
         .collect();
-    assert!(finals.is_empty(), "an interrupted transfer left {finals:?} under a final name");
+    assert!(
+        finals.is_empty(),
+        "an interrupted transfer left {finals:?} under a final name"
+    );
 }

@@ -25,7 +25,11 @@ impl Shot {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
         std::fs::create_dir_all(&dir).unwrap();
         x.screenshot(&dir.join(format!("{name}.png")));
-        let out = x.command("import").args(["-window", "root", "-depth", "8", "ppm:-"]).output().unwrap();
+        let out = x
+            .command("import")
+            .args(["-window", "root", "-depth", "8", "ppm:-"])
+            .output()
+            .unwrap();
         assert!(out.status.success());
         Self::parse_ppm(&out.stdout)
     }
@@ -46,7 +50,10 @@ impl Shot {
         }
         assert_eq!(fields[0], "P6");
         let width: usize = fields[1].parse().unwrap();
-        Self { width, rgb: data[i + 1..].to_vec() }
+        Self {
+            width,
+            rgb: data[i + 1..].to_vec(),
+        }
     }
 
     fn pixel(&self, x: i64, y: i64) -> [i64; 3] {
@@ -61,7 +68,12 @@ fn close(a: [i64; 3], b: [i64; 3]) -> bool {
 
 fn rect(report: &Value, widget: &str) -> [i64; 4] {
     let r = &report["widgets"][widget];
-    [r[0].as_i64().unwrap(), r[1].as_i64().unwrap(), r[2].as_i64().unwrap(), r[3].as_i64().unwrap()]
+    [
+        r[0].as_i64().unwrap(),
+        r[1].as_i64().unwrap(),
+        r[2].as_i64().unwrap(),
+        r[3].as_i64().unwrap(),
+    ]
 }
 
 fn center(r: [i64; 4]) -> (i64, i64) {
@@ -76,22 +88,39 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
     let spec = format!("127.0.0.1:{}", relay.port());
 
     let mut cmd = x.command(bin("tsunagu-operator"));
-    cmd.args(["--relay", &spec, "--user", "alice", "--connect", "--events", "--lang", "ja"])
-        .arg("--ca")
-        .arg(relay.ca())
-        .env("TSUNAGU_PASSWORD", OP_PASSWORD);
+    cmd.args([
+        "--relay",
+        &spec,
+        "--user",
+        "alice",
+        "--connect",
+        "--events",
+        "--lang",
+        "ja",
+    ])
+    .arg("--ca")
+    .arg(relay.ca())
+    .env("TSUNAGU_PASSWORD", OP_PASSWORD);
     let mut op = App::spawn("operator window", cmd);
     let code = op.expect("code")["code"].as_str().unwrap().to_string();
     let waiting = op.expect_where("gui", |v| v["screen"] == "waiting" && v["widgets"]["code"].is_array());
     assert_eq!(waiting["lang"], "ja");
     Shot::take(&x, "operator-code");
 
-    let mut client = App::client(&spec, &relay.ca(), None, &code, &["--size", "1280x720", "--fps", "10", "--takeover-resume-ms", "60000"]);
+    let mut client = App::client(
+        &spec,
+        &relay.ca(),
+        None,
+        &code,
+        &["--size", "1280x720", "--fps", "10", "--takeover-resume-ms", "60000"],
+    );
     client.expect("consent_request");
     client.send(json!({"cmd": "consent", "grant": ["view", "control", "chat"]}));
     client.expect("connected");
     op.expect("consent");
-    let session = op.expect_where("gui", |v| v["screen"] == "session" && v["picture"] == json!([1280, 720]) && v["widgets"]["screen"].is_array());
+    let session = op.expect_where("gui", |v| {
+        v["screen"] == "session" && v["picture"] == json!([1280, 720]) && v["widgets"]["screen"].is_array()
+    });
     for _ in 0..3 {
         op.expect("frame");
     }
@@ -102,12 +131,24 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
 
     // The eight colour bars of the synthetic desktop, sampled in the middle of each bar.
     let shot = Shot::take(&x, "operator-session");
-    let bars = [[255, 255, 255], [255, 255, 0], [0, 255, 255], [0, 255, 0], [255, 0, 255], [255, 0, 0], [0, 0, 255], [0, 0, 0]];
+    let bars = [
+        [255, 255, 255],
+        [255, 255, 0],
+        [0, 255, 255],
+        [0, 255, 0],
+        [255, 0, 255],
+        [255, 0, 0],
+        [0, 0, 255],
+        [0, 0, 0],
+    ];
     for (i, expected) in bars.iter().enumerate() {
         let px = screen[0] + screen[2] * (2 * i as i64 + 1) / 16;
         let py = screen[1] + screen[3] / 3;
         let got = shot.pixel(px, py);
-        assert!(close(got, *expected), "bar {i} at ({px},{py}): expected {expected:?}, got {got:?}");
+        assert!(
+            close(got, *expected),
+            "bar {i} at ({px},{py}): expected {expected:?}, got {got:?}"
+        );
     }
 
     // The pointer over the picture reaches the client in the client's coordinates.
@@ -119,10 +160,17 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
     let want_x = ((tx - screen[0]) as f64 * scale) as i64;
     let want_y = ((ty - screen[1]) as f64 * scale) as i64;
     let (gx, gy) = (moved["x"].as_i64().unwrap(), moved["y"].as_i64().unwrap());
-    assert!((gx - want_x).abs() <= 4 && (gy - want_y).abs() <= 4, "client got ({gx},{gy}), expected about ({want_x},{want_y})");
+    assert!(
+        (gx - want_x).abs() <= 4 && (gy - want_y).abs() <= 4,
+        "client got ({gx},{gy}), expected about ({want_x},{want_y})"
+    );
     x.xdotool(&["click", "1"]);
-    client.expect_where("input", |v| v["kind"] == "mouse_button" && v["button"] == "left" && v["down"] == true);
-    client.expect_where("input", |v| v["kind"] == "mouse_button" && v["button"] == "left" && v["down"] == false);
+    client.expect_where("input", |v| {
+        v["kind"] == "mouse_button" && v["button"] == "left" && v["down"] == true
+    });
+    client.expect_where("input", |v| {
+        v["kind"] == "mouse_button" && v["button"] == "left" && v["down"] == false
+    });
 
     // The client's user takes the mouse: the window shows the banner.
     client.send(json!({"cmd": "local_mouse", "x": 1, "y": 1}));
@@ -131,7 +179,11 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
     let banner = rect(&paused, "banner");
     let shot = Shot::take(&x, "operator-paused");
     let (bx, by) = (banner[0] + 3, banner[1] + 3);
-    assert!(close(shot.pixel(bx, by), [255, 200, 60]), "banner colour at ({bx},{by}): {:?}", shot.pixel(bx, by));
+    assert!(
+        close(shot.pixel(bx, by), [255, 200, 60]),
+        "banner colour at ({bx},{by}): {:?}",
+        shot.pixel(bx, by)
+    );
 
     // End from the window.
     let end = center(rect(&paused, "end"));

@@ -26,13 +26,24 @@ async fn a_session_pairs_forwards_and_is_recorded() {
     let asked = tsunagu_proto::PermissionSet::from_wire(&req.permissions);
     assert_eq!(asked.names(), vec!["view", "control", "chat"]);
     assert_eq!(req.timeout_ms, 60_000);
-    let joined = op.expect("PeerJoined", |b| if let Body::PeerJoined(p) = b { Some(p.clone()) } else { None }).await;
+    let joined = op
+        .expect("PeerJoined", |b| {
+            if let Body::PeerJoined(p) = b {
+                Some(p.clone())
+            } else {
+                None
+            }
+        })
+        .await;
     assert_eq!(joined.host_name, "test-pc");
     assert_eq!(joined.ip, "127.0.0.1");
 
     client.consent(&["view", "control", "chat"]).await;
     let s = op.expect_state().await;
-    assert_eq!(tsunagu_proto::PermissionSet::from_wire(&s.granted).names(), vec!["view", "control", "chat"]);
+    assert_eq!(
+        tsunagu_proto::PermissionSet::from_wire(&s.granted).names(),
+        vec!["view", "control", "chat"]
+    );
     client.expect_state().await;
 
     client.data(Channel::Screen, vec![7u8; 5000]).await;
@@ -69,7 +80,8 @@ async fn nothing_crosses_before_consent() {
     // Before anyone joined.
     op.chat("before-join").await;
     let (mut client, _) = RawPeer::join(&cfg, &code).await.unwrap();
-    op.expect("PeerJoined", |b| matches!(b, Body::PeerJoined(_)).then_some(())).await;
+    op.expect("PeerJoined", |b| matches!(b, Body::PeerJoined(_)).then_some(()))
+        .await;
     // Joined, no consent yet: every channel both ways.
     op.chat("before-consent").await;
     op.input_move(1, 1).await;
@@ -77,8 +89,14 @@ async fn nothing_crosses_before_consent() {
     client.data(Channel::Screen, vec![1u8; 10]).await;
     client.chat("client-before-consent").await;
     client.data(Channel::File, vec![1u8; 10]).await;
-    assert!(op.next_within(Duration::from_millis(300)).await.is_none(), "operator got something before consent");
-    assert!(client.next_within(Duration::from_millis(300)).await.is_none(), "client got something before consent");
+    assert!(
+        op.next_within(Duration::from_millis(300)).await.is_none(),
+        "operator got something before consent"
+    );
+    assert!(
+        client.next_within(Duration::from_millis(300)).await.is_none(),
+        "client got something before consent"
+    );
 
     client.consent(&["chat"]).await;
     op.expect_state().await;
@@ -101,12 +119,24 @@ async fn a_denial_ends_the_session_and_nothing_flows() {
     let cfg = relay.dial_config();
     let (mut op, code) = RawPeer::operator(&cfg, &["view"]).await;
     let (mut client, _) = RawPeer::join(&cfg, &code).await.unwrap();
-    client.send_body(Body::Consent(pb::Consent { granted: vec![], denied: true })).await;
+    client
+        .send_body(Body::Consent(pb::Consent {
+            granted: vec![],
+            denied: true,
+        }))
+        .await;
     assert_eq!(op.expect_ended().await, EndReason::ConsentDenied);
     assert_eq!(client.expect_ended().await, EndReason::ConsentDenied);
     // Both connections close.
     assert!(op.next_within(Duration::from_secs(5)).await.is_none());
-    let _ = client.try_send(body_frame(Body::Data(pb::Data { channel: 1, seq: 1, payload: vec![0u8; 10].into(), stream: 0 }))).await;
+    let _ = client
+        .try_send(body_frame(Body::Data(pb::Data {
+            channel: 1,
+            seq: 1,
+            payload: vec![0u8; 10].into(),
+            stream: 0,
+        })))
+        .await;
     let rows = relay.history().await;
     assert_eq!(rows[0].end_reason.as_deref(), Some("consent_denied"));
     assert_eq!(rows[0].bytes_to_operator, 0);
@@ -134,13 +164,23 @@ async fn grants_are_clipped_to_what_the_admin_allows() {
     let mut op = RawPeer::login(&cfg, "viewer", PASSWORD).await.unwrap();
     let code = op.request_code(&["view", "control", "files", "chat"]).await.unwrap();
     let (mut client, req) = RawPeer::join(&cfg, &code).await.unwrap();
-    assert_eq!(tsunagu_proto::PermissionSet::from_wire(&req.permissions).names(), vec!["view", "chat"]);
+    assert_eq!(
+        tsunagu_proto::PermissionSet::from_wire(&req.permissions).names(),
+        vec!["view", "chat"]
+    );
     client.consent(&["view", "control", "files", "chat"]).await;
     let s = op.expect_state().await;
-    assert_eq!(tsunagu_proto::PermissionSet::from_wire(&s.granted).names(), vec!["view", "chat"]);
+    assert_eq!(
+        tsunagu_proto::PermissionSet::from_wire(&s.granted).names(),
+        vec!["view", "chat"]
+    );
     op.input_move(5, 5).await;
     op.chat("after-input").await;
-    assert_eq!(chat_text(&client.expect_data(Channel::Chat).await), "after-input", "input must have been dropped");
+    assert_eq!(
+        chat_text(&client.expect_data(Channel::Chat).await),
+        "after-input",
+        "input must have been dropped"
+    );
 
     // An operator allowed nothing that was asked gets a clear refusal.
     let mut op2 = RawPeer::login(&cfg, "viewer", PASSWORD).await.unwrap();
@@ -170,7 +210,10 @@ async fn view_only_and_pause_stop_input_at_once() {
     client.expect_state().await;
     op.input_move(2, 2).await;
     let d = client.expect_data(Channel::Input).await;
-    assert_eq!(d.seq, 2, "the first input (seq 1) was sent during the pause and dropped");
+    assert_eq!(
+        d.seq, 2,
+        "the first input (seq 1) was sent during the pause and dropped"
+    );
 
     // View-only.
     client.client_state(false, true, false, &[]).await;
@@ -194,7 +237,11 @@ async fn view_only_and_pause_stop_input_at_once() {
     let row = &relay.history().await[0];
     assert_eq!(row.pauses, 1);
     assert_eq!(row.end_reason.as_deref(), Some("operator_ended"));
-    assert_eq!(row.granted.as_deref(), Some("view,chat"), "history shows what was still granted at the end");
+    assert_eq!(
+        row.granted.as_deref(),
+        Some("view,chat"),
+        "history shows what was still granted at the end"
+    );
     relay.relay.shutdown().await;
 }
 
@@ -205,8 +252,14 @@ async fn wrong_replayed_and_expired_codes_get_clear_errors() {
 
     let (_op, code) = RawPeer::operator(&cfg, &["view"]).await;
     let wrong = format!("{:08}", (code.parse::<u32>().unwrap() + 1) % 100_000_000);
-    assert_eq!(code_of(&RawPeer::join(&cfg, &wrong).await.unwrap_err()), ErrorCode::BadCode);
-    assert_eq!(code_of(&RawPeer::join(&cfg, "12ab").await.unwrap_err()), ErrorCode::BadCode);
+    assert_eq!(
+        code_of(&RawPeer::join(&cfg, &wrong).await.unwrap_err()),
+        ErrorCode::BadCode
+    );
+    assert_eq!(
+        code_of(&RawPeer::join(&cfg, "12ab").await.unwrap_err()),
+        ErrorCode::BadCode
+    );
 
     let (_client, _) = RawPeer::join(&cfg, &code).await.expect("the right code works once");
     let e = RawPeer::join(&cfg, &code).await.unwrap_err();
@@ -214,20 +267,37 @@ async fn wrong_replayed_and_expired_codes_get_clear_errors() {
     assert!(e.message.contains("already used"));
 
     let (mut op2, code2) = RawPeer::operator(&cfg, &["view"]).await;
-    assert_eq!(op2.expect_ended().await, EndReason::Expired, "the operator learns the code expired");
+    assert_eq!(
+        op2.expect_ended().await,
+        EndReason::Expired,
+        "the operator learns the code expired"
+    );
     let e = RawPeer::join_from_new(&cfg, &code2).await.unwrap_err();
     assert_eq!(code_of(&e), ErrorCode::Expired);
-    assert!(relay.history().await.iter().any(|r| r.end_reason.as_deref() == Some("expired")));
+    assert!(relay
+        .history()
+        .await
+        .iter()
+        .any(|r| r.end_reason.as_deref() == Some("expired")));
     relay.relay.shutdown().await;
 }
 
 trait JoinFresh {
-    async fn join_from_new(cfg: &tsunagu_proto::dial::DialConfig, code: &str) -> Result<(RawPeer, pb::ConsentRequest), pb::Error>;
+    async fn join_from_new(
+        cfg: &tsunagu_proto::dial::DialConfig,
+        code: &str,
+    ) -> Result<(RawPeer, pb::ConsentRequest), pb::Error>;
 }
 impl JoinFresh for RawPeer {
-    async fn join_from_new(cfg: &tsunagu_proto::dial::DialConfig, code: &str) -> Result<(RawPeer, pb::ConsentRequest), pb::Error> {
+    async fn join_from_new(
+        cfg: &tsunagu_proto::dial::DialConfig,
+        code: &str,
+    ) -> Result<(RawPeer, pb::ConsentRequest), pb::Error> {
         // From another loopback address, so earlier failures of this test do not throttle it.
-        RawPeer::connect_from(cfg, "127.0.0.9", cfg.ports[0]).await.join_on(code).await
+        RawPeer::connect_from(cfg, "127.0.0.9", cfg.ports[0])
+            .await
+            .join_on(code)
+            .await
     }
 }
 
@@ -244,21 +314,37 @@ async fn guessing_is_throttled_per_address_and_globally() {
     let wrong = format!("{:08}", (code.parse::<u32>().unwrap() + 1) % 100_000_000);
 
     for _ in 0..3 {
-        let e = RawPeer::connect_from(&cfg, "127.0.0.2", port).await.join_on(&wrong).await.unwrap_err();
+        let e = RawPeer::connect_from(&cfg, "127.0.0.2", port)
+            .await
+            .join_on(&wrong)
+            .await
+            .unwrap_err();
         assert_eq!(code_of(&e), ErrorCode::BadCode);
     }
     // The burst is spent: even the right code is refused from this address now.
-    let e = RawPeer::connect_from(&cfg, "127.0.0.2", port).await.join_on(&code).await.unwrap_err();
+    let e = RawPeer::connect_from(&cfg, "127.0.0.2", port)
+        .await
+        .join_on(&code)
+        .await
+        .unwrap_err();
     assert_eq!(code_of(&e), ErrorCode::Throttled);
     assert!(e.message.contains("try again in"), "{}", e.message);
 
     // Other addresses spend the global budget (8 in all)...
     for src in ["127.0.0.3", "127.0.0.3", "127.0.0.4", "127.0.0.4", "127.0.0.5"] {
-        let e = RawPeer::connect_from(&cfg, src, port).await.join_on(&wrong).await.unwrap_err();
+        let e = RawPeer::connect_from(&cfg, src, port)
+            .await
+            .join_on(&wrong)
+            .await
+            .unwrap_err();
         assert_eq!(code_of(&e), ErrorCode::BadCode);
     }
     // ...and then a fresh address is refused too.
-    let e = RawPeer::connect_from(&cfg, "127.0.0.6", port).await.join_on(&code).await.unwrap_err();
+    let e = RawPeer::connect_from(&cfg, "127.0.0.6", port)
+        .await
+        .join_on(&code)
+        .await
+        .unwrap_err();
     assert_eq!(code_of(&e), ErrorCode::Throttled);
     relay.relay.shutdown().await;
 }
@@ -288,7 +374,13 @@ async fn a_version_mismatch_is_explained() {
     let (r, w) = tokio::io::split(tls);
     let mut reader = tsunagu_proto::transport::FrameReader::new(r, 1 << 20);
     let mut writer = tsunagu_proto::transport::FrameWriter::new(w, 1 << 20);
-    writer.send_body(Body::Hello(pb::Hello { version: 99, agent: "future".into() })).await.unwrap();
+    writer
+        .send_body(Body::Hello(pb::Hello {
+            version: 99,
+            agent: "future".into(),
+        }))
+        .await
+        .unwrap();
     match reader.read_timeout(WAIT).await.unwrap().and_then(|r| r.frame.body) {
         Some(Body::Error(e)) => {
             assert_eq!(code_of(&e), ErrorCode::VersionMismatch);
@@ -306,7 +398,11 @@ async fn garbage_closes_only_that_connection() {
     let (mut op, mut client) = paired(&relay, &["view", "chat"]).await;
 
     // Plain HTTP and random bytes where TLS is expected.
-    for junk in [&b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n"[..], &[0xffu8; 3000][..], &[][..]] {
+    for junk in [
+        &b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n"[..],
+        &[0xffu8; 3000][..],
+        &[][..],
+    ] {
         let mut tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
         let _ = tcp.write_all(junk).await;
         let mut buf = vec![0u8; 4096];
@@ -315,7 +411,12 @@ async fn garbage_closes_only_that_connection() {
     }
 
     // Inside TLS: an oversized length prefix, a zero length, a truncated frame, a bad body.
-    for raw in [vec![0xff, 0xff, 0xff, 0xff], vec![0, 0, 0, 0], vec![0, 0, 0, 50, 1, 2, 3], vec![0, 0, 0, 3, 0xff, 0xff, 0xff]] {
+    for raw in [
+        vec![0xff, 0xff, 0xff, 0xff],
+        vec![0, 0, 0, 0],
+        vec![0, 0, 0, 50, 1, 2, 3],
+        vec![0, 0, 0, 3, 0xff, 0xff, 0xff],
+    ] {
         let mut p = RawPeer::connect(&cfg).await;
         let w = &mut p.writer;
         w.write_raw(&bytes::Bytes::from(raw.clone())).await.unwrap();
@@ -325,15 +426,28 @@ async fn garbage_closes_only_that_connection() {
             w.shutdown().await.unwrap();
         }
         let answer = p.next_within(WAIT).await;
-        assert!(matches!(answer, None | Some(Body::Error(_))), "got {answer:?} for {raw:?}");
+        assert!(
+            matches!(answer, None | Some(Body::Error(_))),
+            "got {answer:?} for {raw:?}"
+        );
     }
 
     // A data frame larger than the limit, inside an active session, ends only that session.
     let (mut op2, mut client2) = paired(&relay, &["view"]).await;
     let huge = vec![0u8; 2 << 20];
-    let _ = client2.try_send(body_frame(Body::Data(pb::Data { channel: 1, seq: 1, payload: huge.into(), stream: 0 }))).await;
+    let _ = client2
+        .try_send(body_frame(Body::Data(pb::Data {
+            channel: 1,
+            seq: 1,
+            payload: huge.into(),
+            stream: 0,
+        })))
+        .await;
     let mut w = client2;
-    w.writer.write_raw(&bytes::Bytes::from_static(&[0x7f, 0xff, 0xff, 0xff])).await.unwrap();
+    w.writer
+        .write_raw(&bytes::Bytes::from_static(&[0x7f, 0xff, 0xff, 0xff]))
+        .await
+        .unwrap();
     w.writer.flush().await.unwrap();
     assert_eq!(op2.expect_ended().await, EndReason::ProtocolError);
 
@@ -373,7 +487,10 @@ async fn the_connection_cap_refuses_extra_connections() {
     assert!(third.is_err(), "a third connection must be refused");
     drop(_a);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(tsunagu_proto::dial::dial(&cfg).await.is_ok(), "a slot frees when a connection closes");
+    assert!(
+        tsunagu_proto::dial::dial(&cfg).await.is_ok(),
+        "a slot frees when a connection closes"
+    );
     relay.relay.shutdown().await;
 }
 
@@ -386,14 +503,21 @@ async fn endpoints_fall_back_through_the_ports_in_order() {
     drop(closed);
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_port = silent.local_addr().unwrap().port();
-    let mut cfg = dial_config(&relay.ca(), "127.0.0.1", vec![closed_port, silent_port, relay.addr.port()]);
+    let mut cfg = dial_config(
+        &relay.ca(),
+        "127.0.0.1",
+        vec![closed_port, silent_port, relay.addr.port()],
+    );
     cfg.attempt_timeout = Duration::from_millis(500);
     let connected = tsunagu_proto::dial::dial(&cfg).await.expect("the last port answers");
     assert_eq!(connected.port, relay.addr.port());
 
     cfg.ports = vec![closed_port, silent_port];
     let err = tsunagu_proto::dial::dial(&cfg).await.err().unwrap().to_string();
-    assert!(err.contains(&closed_port.to_string()) && err.contains("no answer"), "{err}");
+    assert!(
+        err.contains(&closed_port.to_string()) && err.contains("no answer"),
+        "{err}"
+    );
     drop(silent);
     relay.relay.shutdown().await;
 }
@@ -411,7 +535,9 @@ async fn a_slow_operator_loses_old_screen_frames_not_the_session() {
         client.chat("done").await;
         client
     };
-    let mut client = tokio::time::timeout(WAIT * 2, send).await.expect("the client is never blocked by screen frames");
+    let mut client = tokio::time::timeout(WAIT * 2, send)
+        .await
+        .expect("the client is never blocked by screen frames");
     let mut screens = 0;
     loop {
         match op.next().await.expect("session alive") {

@@ -13,7 +13,11 @@ const OP_PASSWORD: &str = "Help-desk-2026";
 fn started_relay(config: &str) -> RelayProcess {
     let relay = RelayProcess::start(config, 1);
     let out = relay.add_operator("alice", OP_PASSWORD);
-    assert!(out.status.success(), "operator add: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "operator add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     relay
 }
 
@@ -31,7 +35,13 @@ fn a_headless_session_from_code_to_history() {
 
     // The client types the code the way people read it out: with a space.
     let typed = format!("{} {}", &code[..4], &code[4..]);
-    let mut client = App::client(&spec, &relay.ca(), None, &typed, &["--takeover-resume-ms", "700", "--fps", "10"]);
+    let mut client = App::client(
+        &spec,
+        &relay.ca(),
+        None,
+        &typed,
+        &["--takeover-resume-ms", "700", "--fps", "10"],
+    );
     let req = client.expect("consent_request");
     assert_eq!(req["operator"], "alice");
     assert_eq!(req["permissions"], json!(["view", "control", "files", "chat"]));
@@ -46,20 +56,30 @@ fn a_headless_session_from_code_to_history() {
     // The live H.264 stream of the synthetic desktop: a keyframe first, then more frames.
     let first = op.expect("frame");
     assert_eq!(first["keyframe"], true);
-    assert_eq!((first["width"].as_u64(), first["height"].as_u64()), (Some(640), Some(360)));
+    assert_eq!(
+        (first["width"].as_u64(), first["height"].as_u64()),
+        (Some(640), Some(360))
+    );
     for _ in 0..4 {
         op.expect("frame");
     }
     // The picture is the client's: the cyan bar (third of eight) is where it should be.
     op.send(json!({"cmd": "sample", "x": 5 * 640 / 16, "y": 120}));
     let px = op.expect("pixel");
-    let (r, g, b) = (px["r"].as_i64().unwrap(), px["g"].as_i64().unwrap(), px["b"].as_i64().unwrap());
+    let (r, g, b) = (
+        px["r"].as_i64().unwrap(),
+        px["g"].as_i64().unwrap(),
+        px["b"].as_i64().unwrap(),
+    );
     assert!(r < 60 && g > 200 && b > 200, "expected cyan, got {px}");
 
     // Input reaches the client.
     op.send(json!({"cmd": "mouse_move", "x": 100, "y": 50}));
     let input = client.expect("input");
-    assert_eq!((input["kind"].as_str(), input["x"].as_i64(), input["y"].as_i64()), (Some("mouse_move"), Some(100), Some(50)));
+    assert_eq!(
+        (input["kind"].as_str(), input["x"].as_i64(), input["y"].as_i64()),
+        (Some("mouse_move"), Some(100), Some(50))
+    );
     op.send(json!({"cmd": "key", "key": "Enter"}));
     client.expect_where("input", |v| v["kind"] == "key" && v["key"] == "Enter");
 
@@ -76,14 +96,24 @@ fn a_headless_session_from_code_to_history() {
     op.send(json!({"cmd": "mouse_move", "x": 300, "y": 300}));
     op.send(json!({"cmd": "chat", "text": "during pause"}));
     client.expect("chat");
-    let during: Vec<_> = client.seen.iter().rev().take_while(|v| v["event"] != "paused").filter(|v| v["event"] == "input").cloned().collect();
+    let during: Vec<_> = client
+        .seen
+        .iter()
+        .rev()
+        .take_while(|v| v["event"] != "paused")
+        .filter(|v| v["event"] == "input")
+        .cloned()
+        .collect();
     assert!(during.is_empty(), "input applied during the pause: {during:?}");
     // Control comes back after the resume delay.
     op.expect("resumed");
     client.expect("resumed");
     op.send(json!({"cmd": "mouse_move", "x": 310, "y": 40}));
     let input = client.expect("input");
-    assert_eq!(input["x"], 310, "input after resume is applied (and the one during the pause never arrives)");
+    assert_eq!(
+        input["x"], 310,
+        "input after resume is applied (and the one during the pause never arrives)"
+    );
 
     // View-only: the operator sees the switch and its input stops.
     client.send(json!({"cmd": "view_only", "on": true}));
@@ -91,7 +121,14 @@ fn a_headless_session_from_code_to_history() {
     op.send(json!({"cmd": "mouse_move", "x": 1, "y": 1}));
     op.send(json!({"cmd": "chat", "text": "view only now"}));
     client.expect_where("chat", |v| v["text"] == "view only now");
-    let late: Vec<_> = client.seen.iter().rev().take_while(|v| v["event"] != "state").filter(|v| v["event"] == "input").cloned().collect();
+    let late: Vec<_> = client
+        .seen
+        .iter()
+        .rev()
+        .take_while(|v| v["event"] != "state")
+        .filter(|v| v["event"] == "input")
+        .cloned()
+        .collect();
     assert!(late.is_empty(), "input applied in view-only mode: {late:?}");
 
     op.send(json!({"cmd": "end"}));
@@ -182,15 +219,32 @@ fn wrong_replayed_and_expired_codes_exit_non_zero() {
     assert_ne!(bad_login.wait(), 0);
 
     let rows = relay.history("json");
-    let reasons: Vec<String> = rows.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["end_reason"].as_str().unwrap_or("").to_string()).collect();
-    assert!(reasons.contains(&"consent_denied".to_string()) && reasons.contains(&"expired".to_string()), "{reasons:?}");
+    let reasons: Vec<String> = rows
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["end_reason"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert!(
+        reasons.contains(&"consent_denied".to_string()) && reasons.contains(&"expired".to_string()),
+        "{reasons:?}"
+    );
 }
 
 #[test]
 fn endpoints_reach_the_relay_when_only_the_last_port_is_open() {
     let relay = started_relay("");
     let closed: Vec<u16> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
         .collect();
     let ports = format!("{},{},{}", closed[0], closed[1], relay.port());
     let mut op = App::operator("127.0.0.1", &relay.ca(), Some(&ports), "alice", OP_PASSWORD);
@@ -203,7 +257,13 @@ fn endpoints_reach_the_relay_when_only_the_last_port_is_open() {
     assert_eq!(op.expect("ended")["reason"], "client_ended");
 
     // Nothing open at all: a clear error and exit code 3.
-    let mut lost = App::client("127.0.0.1", &relay.ca(), Some(&format!("{},{}", closed[0], closed[1])), "12345678", &[]);
+    let mut lost = App::client(
+        "127.0.0.1",
+        &relay.ca(),
+        Some(&format!("{},{}", closed[0], closed[1])),
+        "12345678",
+        &[],
+    );
     let e = lost.expect("error");
     assert_eq!(e["code"], "unreachable");
     assert_eq!(lost.wait(), 3);
@@ -239,7 +299,8 @@ fn nothing_the_users_send_is_stored_or_logged() {
         let (mut c, _) = RawPeer::join(&cfg, &code).await.unwrap();
         c.consent(&["view"]).await;
         o.expect_state().await;
-        c.data(tsunagu_proto::pb::Channel::Screen, marker.as_bytes().to_vec()).await;
+        c.data(tsunagu_proto::pb::Channel::Screen, marker.as_bytes().to_vec())
+            .await;
         let d = o.expect_data(tsunagu_proto::pb::Channel::Screen).await;
         assert_eq!(&d.payload[..], marker.as_bytes());
     });
@@ -248,7 +309,10 @@ fn nothing_the_users_send_is_stored_or_logged() {
     let stored = dir_contains(relay.dir.path(), marker.as_bytes());
     assert!(stored.is_empty(), "the marker was written to {stored:?}");
     let log = std::fs::read_to_string(&relay.log).unwrap();
-    assert!(log.contains("session ended"), "the log is there and was searched (debug level)");
+    assert!(
+        log.contains("session ended"),
+        "the log is there and was searched (debug level)"
+    );
     let code_hits = dir_contains(relay.dir.path(), code.as_bytes());
     assert!(code_hits.is_empty(), "a session code was written to {code_hits:?}");
     let pw_hits = dir_contains(relay.dir.path(), OP_PASSWORD.as_bytes());
@@ -277,7 +341,16 @@ fn a_port_that_cannot_be_bound_is_a_warning_not_a_failure() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("relay.log");
     let mut child = std::process::Command::new(bin("tsunagu-relay"))
-        .args(["serve", "--listen", &taken_addr.to_string(), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &taken_addr.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -285,18 +358,30 @@ fn a_port_that_cannot_be_bound_is_a_warning_not_a_failure() {
         .unwrap();
     use std::io::BufRead;
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["event"], "listening");
     assert_ne!(v["addr"], taken_addr.to_string());
     let _ = child.kill();
     let _ = child.wait();
     let log = std::fs::read_to_string(&log).unwrap();
-    assert!(log.contains("could not listen") && log.contains(&taken_addr.to_string()), "{log}");
+    assert!(
+        log.contains("could not listen") && log.contains(&taken_addr.to_string()),
+        "{log}"
+    );
 
     // With no listener possible at all, it fails with a clear message.
     let out = std::process::Command::new(bin("tsunagu-relay"))
-        .args(["serve", "--listen", &taken_addr.to_string(), "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &taken_addr.to_string(),
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .output()
         .unwrap();

@@ -180,7 +180,10 @@ pub enum Event {
 impl Event {
     /// An `error` event.
     pub fn error(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Event::Error { code: code.into(), message: message.into() }
+        Event::Error {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -203,7 +206,12 @@ mod tests {
     #[test]
     fn commands_parse_from_json_lines() {
         let c: Command = serde_json::from_str(r#"{"cmd":"consent","grant":["view","control"]}"#).unwrap();
-        assert_eq!(c, Command::Consent { grant: vec!["view".into(), "control".into()] });
+        assert_eq!(
+            c,
+            Command::Consent {
+                grant: vec!["view".into(), "control".into()]
+            }
+        );
         let c: Command = serde_json::from_str(r#"{"cmd":"view_only"}"#).unwrap();
         assert_eq!(c, Command::ViewOnly { on: true });
         let c: Command = serde_json::from_str(r#"{"cmd":"pause","on":false}"#).unwrap();

@@ -147,12 +147,18 @@ mod shm {
             unsafe {
                 let id = libc::shmget(libc::IPC_PRIVATE, len, libc::IPC_CREAT | 0o600);
                 if id < 0 {
-                    return Err(CaptureError::Unsupported(format!("shmget: {}", std::io::Error::last_os_error())));
+                    return Err(CaptureError::Unsupported(format!(
+                        "shmget: {}",
+                        std::io::Error::last_os_error()
+                    )));
                 }
                 let addr = libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY);
                 if addr as isize == -1 {
                     libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
-                    return Err(CaptureError::Unsupported(format!("shmat: {}", std::io::Error::last_os_error())));
+                    return Err(CaptureError::Unsupported(format!(
+                        "shmat: {}",
+                        std::io::Error::last_os_error()
+                    )));
                 }
                 Ok((id, addr))
             }
@@ -192,9 +198,15 @@ mod shm {
             let screen = &setup.roots[screen_num];
             let root = screen.root;
             let depth = screen.root_depth;
-            let bpp = setup.pixmap_formats.iter().find(|f| f.depth == depth).map(|f| f.bits_per_pixel);
+            let bpp = setup
+                .pixmap_formats
+                .iter()
+                .find(|f| f.depth == depth)
+                .map(|f| f.bits_per_pixel);
             if !(depth == 24 || depth == 32) || bpp != Some(32) {
-                return Err(CaptureError::Unsupported(format!("root depth {depth}, {bpp:?} bits per pixel")));
+                return Err(CaptureError::Unsupported(format!(
+                    "root depth {depth}, {bpp:?} bits per pixel"
+                )));
             }
             let ext = conn
                 .extension_information(x11rb::protocol::shm::X11_EXTENSION_NAME)
@@ -206,7 +218,10 @@ mod shm {
             let monitor = choose_monitor(&monitors, choice)?;
             let (width, height) = (even(monitor.width), even(monitor.height));
             if width == 0 || height == 0 {
-                return Err(CaptureError::Unsupported(format!("monitor {} is {}x{}", monitor.name, monitor.width, monitor.height)));
+                return Err(CaptureError::Unsupported(format!(
+                    "monitor {} is {}x{}",
+                    monitor.name, monitor.width, monitor.height
+                )));
             }
             let len = width as usize * height as usize * 4;
             let (shmid, addr) = Segment::create(len)?;
@@ -214,7 +229,10 @@ mod shm {
             let attached = conn
                 .shm_attach(xid, shmid as u32, false)
                 .map_err(|e| CaptureError::Failed(e.to_string()))
-                .and_then(|c| c.check().map_err(|e| CaptureError::Unsupported(format!("ShmAttach: {e}"))));
+                .and_then(|c| {
+                    c.check()
+                        .map_err(|e| CaptureError::Unsupported(format!("ShmAttach: {e}")))
+                });
             // The server has attached (or failed to): remove the id now so the segment goes
             // away with its last user whatever happens to this process.
             // SAFETY: `shmid` is the segment created above.
@@ -224,12 +242,28 @@ mod shm {
             let segment = Segment { addr, len, xid };
             attached?;
             tracing::info!(monitor = %monitor.name, x = monitor.x, y = monitor.y, width, height, "X11 shared-memory capture ready");
-            Ok(Self { conn, root, monitor, width, height, segment })
+            Ok(Self {
+                conn,
+                root,
+                monitor,
+                width,
+                height,
+                segment,
+            })
         }
 
         /// The monitors RandR reports (RandR 1.5 `GetMonitors`), or the whole screen.
         fn list_monitors(conn: &RustConnection, root: u32, width: u16, height: u16) -> Vec<Monitor> {
-            let whole = || vec![Monitor { name: "screen".into(), x: 0, y: 0, width: width.into(), height: height.into(), primary: true }];
+            let whole = || {
+                vec![Monitor {
+                    name: "screen".into(),
+                    x: 0,
+                    y: 0,
+                    width: width.into(),
+                    height: height.into(),
+                    primary: true,
+                }]
+            };
             let reply = match conn.randr_get_monitors(root, true).ok().and_then(|c| c.reply().ok()) {
                 Some(r) if !r.monitors.is_empty() => r,
                 _ => return whole(),
@@ -244,7 +278,14 @@ mod shm {
                         .and_then(|c| c.reply().ok())
                         .map(|r| String::from_utf8_lossy(&r.name).into_owned())
                         .unwrap_or_else(|| format!("monitor-{}", m.name));
-                    Monitor { name, x: m.x.into(), y: m.y.into(), width: m.width.into(), height: m.height.into(), primary: m.primary }
+                    Monitor {
+                        name,
+                        x: m.x.into(),
+                        y: m.y.into(),
+                        width: m.width.into(),
+                        height: m.height.into(),
+                        primary: m.primary,
+                    }
                 })
                 .collect()
         }
@@ -253,7 +294,12 @@ mod shm {
         pub fn monitors(display: Option<&str>) -> Result<Vec<Monitor>, CaptureError> {
             let (conn, screen_num) = x11rb::connect(display).map_err(|e| CaptureError::NoDisplay(e.to_string()))?;
             let screen = &conn.setup().roots[screen_num];
-            Ok(Self::list_monitors(&conn, screen.root, screen.width_in_pixels, screen.height_in_pixels))
+            Ok(Self::list_monitors(
+                &conn,
+                screen.root,
+                screen.width_in_pixels,
+                screen.height_in_pixels,
+            ))
         }
 
         /// The monitor being captured.
@@ -297,7 +343,10 @@ mod shm {
                 .map_err(|e| CaptureError::Failed(e.to_string()))?;
             let len = self.segment.len;
             if (reply.size as usize) < len {
-                return Err(CaptureError::Failed(format!("ShmGetImage returned {} bytes, {len} expected", reply.size)));
+                return Err(CaptureError::Failed(format!(
+                    "ShmGetImage returned {} bytes, {len} expected",
+                    reply.size
+                )));
             }
             into.width = self.width as usize;
             into.height = self.height as usize;
@@ -331,7 +380,10 @@ impl XcapCapturer {
         let monitors = xcap::Monitor::all().map_err(|e| CaptureError::NoDisplay(e.to_string()))?;
         let monitor = match choice {
             MonitorChoice::Primary => {
-                let primary = monitors.iter().position(|m| m.is_primary().unwrap_or(false)).unwrap_or(0);
+                let primary = monitors
+                    .iter()
+                    .position(|m| m.is_primary().unwrap_or(false))
+                    .unwrap_or(0);
                 monitors.into_iter().nth(primary)
             }
             MonitorChoice::Index(i) => monitors.into_iter().nth(i),
@@ -345,7 +397,12 @@ impl XcapCapturer {
         let h = monitor.height().map_err(|e| CaptureError::Failed(e.to_string()))?;
         let x = monitor.x().map_err(|e| CaptureError::Failed(e.to_string()))?;
         let y = monitor.y().map_err(|e| CaptureError::Failed(e.to_string()))?;
-        Ok(Self { monitor, origin: (x, y), width: even(w) as usize, height: even(h) as usize })
+        Ok(Self {
+            monitor,
+            origin: (x, y),
+            width: even(w) as usize,
+            height: even(h) as usize,
+        })
     }
 }
 
@@ -371,7 +428,10 @@ impl Capturer for XcapCapturer {
         };
         let (iw, ih) = (image.width() as usize, image.height() as usize);
         if iw < self.width || ih < self.height {
-            return Err(CaptureError::Failed(format!("xcap returned {iw}x{ih}, {}x{} expected", self.width, self.height)));
+            return Err(CaptureError::Failed(format!(
+                "xcap returned {iw}x{ih}, {}x{} expected",
+                self.width, self.height
+            )));
         }
         let rgba = image.as_raw();
         into.width = self.width;
@@ -405,7 +465,9 @@ pub struct SyntheticCapturer {
 impl SyntheticCapturer {
     /// A synthetic desktop of `width` x `height` (even sides).
     pub fn new(width: usize, height: usize) -> Self {
-        Self { screen: crate::synthetic::SyntheticScreen::new(width, height) }
+        Self {
+            screen: crate::synthetic::SyntheticScreen::new(width, height),
+        }
     }
 }
 
@@ -470,7 +532,14 @@ mod tests {
     use super::*;
 
     fn mon(name: &str, primary: bool) -> Monitor {
-        Monitor { name: name.into(), x: 0, y: 0, width: 100, height: 100, primary }
+        Monitor {
+            name: name.into(),
+            x: 0,
+            y: 0,
+            width: 100,
+            height: 100,
+            primary,
+        }
     }
 
     #[test]
@@ -479,7 +548,10 @@ mod tests {
         assert_eq!(choose_monitor(&ms, MonitorChoice::Primary).unwrap().name, "b");
         assert_eq!(choose_monitor(&ms, MonitorChoice::Index(0)).unwrap().name, "a");
         assert!(choose_monitor(&ms, MonitorChoice::Index(2)).is_err());
-        assert_eq!(choose_monitor(&[mon("a", false)], MonitorChoice::Primary).unwrap().name, "a");
+        assert_eq!(
+            choose_monitor(&[mon("a", false)], MonitorChoice::Primary).unwrap().name,
+            "a"
+        );
         assert!(choose_monitor(&[], MonitorChoice::Primary).is_err());
     }
 

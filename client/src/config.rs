@@ -139,13 +139,21 @@ pub fn relay_target(spec: &str, ports: Option<Vec<u16>>) -> Result<(String, Vec<
 
 /// This machine's host name, or `"unknown"`.
 pub fn local_host_name() -> String {
-    hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 impl ClientConfig {
     /// A configuration with the defaults: synthetic 640x360 screen, input logged, 15 fps,
     /// 3 frames in flight, 3 s takeover resume, this machine's host name.
-    pub fn new(relay: &str, ports: Option<Vec<u16>>, ca: impl Into<PathBuf>, code: SessionCode) -> Result<Self, ConfigError> {
+    pub fn new(
+        relay: &str,
+        ports: Option<Vec<u16>>,
+        ca: impl Into<PathBuf>,
+        code: SessionCode,
+    ) -> Result<Self, ConfigError> {
         let (relay_host, ports) = relay_target(relay, ports)?;
         Ok(Self {
             relay_host,
@@ -153,7 +161,10 @@ impl ClientConfig {
             ca: ca.into(),
             code,
             host_name: local_host_name(),
-            screen: ScreenSource::Synthetic { width: DEFAULT_SIZE.0, height: DEFAULT_SIZE.1 },
+            screen: ScreenSource::Synthetic {
+                width: DEFAULT_SIZE.0,
+                height: DEFAULT_SIZE.1,
+            },
             input: InputSink::Log,
             fps: DEFAULT_FPS,
             bitrate_bps: crate::encode::DEFAULT_BITRATE_BPS,
@@ -168,7 +179,9 @@ impl ClientConfig {
 
 /// Parses `WIDTHxHEIGHT` (both even, non-zero, at most [`MAX_SIDE`]).
 pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
-    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("{s:?} is not WIDTHxHEIGHT"))?;
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?} is not WIDTHxHEIGHT"))?;
     let w: usize = w.trim().parse().map_err(|_| format!("{s:?} is not WIDTHxHEIGHT"))?;
     let h: usize = h.trim().parse().map_err(|_| format!("{s:?} is not WIDTHxHEIGHT"))?;
     if w < 16 || h < 16 || w > MAX_SIDE || h > MAX_SIDE || (w | h) & 1 != 0 {
@@ -183,7 +196,10 @@ mod tests {
 
     #[test]
     fn ports_follow_the_relay_spec() {
-        assert_eq!(relay_target("127.0.0.1:9000", None).unwrap(), ("127.0.0.1".into(), vec![9000]));
+        assert_eq!(
+            relay_target("127.0.0.1:9000", None).unwrap(),
+            ("127.0.0.1".into(), vec![9000])
+        );
         assert!(relay_target("", None).is_err());
     }
 

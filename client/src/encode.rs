@@ -80,7 +80,13 @@ impl ScreenEncoder {
             .skip_frames(false);
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| EncodeError::Codec(e.to_string()))?;
-        Ok(Self { encoder, yuv: YUVBuffer::new(width, height), i420: Vec::new(), width, height })
+        Ok(Self {
+            encoder,
+            yuv: YUVBuffer::new(width, height),
+            i420: Vec::new(),
+            width,
+            height,
+        })
     }
 
     /// The frame size this encoder takes.
@@ -96,10 +102,22 @@ impl ScreenEncoder {
     /// Like [`encode_picture`](Self::encode_picture), but only rows `changed.0..changed.1`
     /// differ from the picture encoded last: only those are converted to I420 again (typing
     /// changes a few rows of a 1080-row screen). `None`: convert everything.
-    pub fn encode_picture_rows(&mut self, picture: &Picture, force_keyframe: bool, changed: Option<(usize, usize)>) -> Result<EncodedFrame, EncodeError> {
+    pub fn encode_picture_rows(
+        &mut self,
+        picture: &Picture,
+        force_keyframe: bool,
+        changed: Option<(usize, usize)>,
+    ) -> Result<EncodedFrame, EncodeError> {
         let (w, h) = (self.width, self.height);
-        if picture.width != w || picture.height != h || picture.stride < w * 4 || picture.bgrx.len() < picture.stride * h {
-            return Err(EncodeError::BadBuffer { want: w * h * 4, got: picture.bgrx.len() });
+        if picture.width != w
+            || picture.height != h
+            || picture.stride < w * 4
+            || picture.bgrx.len() < picture.stride * h
+        {
+            return Err(EncodeError::BadBuffer {
+                want: w * h * 4,
+                got: picture.bgrx.len(),
+            });
         }
         let fresh = self.i420.len() != w * h * 3 / 2;
         self.i420.resize(w * h * 3 / 2, 0);
@@ -125,9 +143,15 @@ impl ScreenEncoder {
         if force_keyframe {
             self.encoder.force_intra_frame();
         }
-        let stream = self.encoder.encode(&source).map_err(|e| EncodeError::Codec(e.to_string()))?;
+        let stream = self
+            .encoder
+            .encode(&source)
+            .map_err(|e| EncodeError::Codec(e.to_string()))?;
         let keyframe = matches!(stream.frame_type(), FrameType::IDR | FrameType::I);
-        Ok(EncodedFrame { h264: stream.to_vec(), keyframe })
+        Ok(EncodedFrame {
+            h264: stream.to_vec(),
+            keyframe,
+        })
     }
 
     /// Encodes one packed RGB frame; `force_keyframe` makes it an IDR frame.
@@ -140,15 +164,29 @@ impl ScreenEncoder {
         if force_keyframe {
             self.encoder.force_intra_frame();
         }
-        let stream = self.encoder.encode(&self.yuv).map_err(|e| EncodeError::Codec(e.to_string()))?;
+        let stream = self
+            .encoder
+            .encode(&self.yuv)
+            .map_err(|e| EncodeError::Codec(e.to_string()))?;
         let keyframe = matches!(stream.frame_type(), FrameType::IDR | FrameType::I);
-        Ok(EncodedFrame { h264: stream.to_vec(), keyframe })
+        Ok(EncodedFrame {
+            h264: stream.to_vec(),
+            keyframe,
+        })
     }
 }
 
 /// Converts BGRX (`stride` bytes per row) to I420 planes with BT.601 limited-range integer
 /// coefficients; chroma is the average of each 2x2 block. `w` and `h` must be even.
-pub fn bgrx_to_i420(bgrx: &[u8], stride: usize, w: usize, h: usize, y_plane: &mut [u8], u_plane: &mut [u8], v_plane: &mut [u8]) {
+pub fn bgrx_to_i420(
+    bgrx: &[u8],
+    stride: usize,
+    w: usize,
+    h: usize,
+    y_plane: &mut [u8],
+    u_plane: &mut [u8],
+    v_plane: &mut [u8],
+) {
     let cw = w / 2;
     for row in (0..h).step_by(2) {
         let top = &bgrx[row * stride..row * stride + w * 4];
@@ -195,7 +233,11 @@ mod tests {
         for n in 0..5 {
             let frame = enc.encode(screen.next_frame(), false).unwrap();
             assert!(!frame.h264.is_empty());
-            assert_eq!(frame.keyframe, n == 0, "only the first frame is a keyframe unless forced");
+            assert_eq!(
+                frame.keyframe,
+                n == 0,
+                "only the first frame is a keyframe unless forced"
+            );
             let yuv = dec.decode(&frame.h264).unwrap().expect("a picture per access unit");
             assert_eq!(yuv.dimensions(), (w, h));
             let mut rgb = vec![0u8; w * h * 3];
@@ -206,7 +248,12 @@ mod tests {
                 let i = (y * w + x) * 3;
                 for c in 0..3 {
                     let diff = (rgb[i + c] as i32 - want[c] as i32).abs();
-                    assert!(diff <= TOLERANCE, "frame {n} bar {bar} channel {c}: {} vs {}", rgb[i + c], want[c]);
+                    assert!(
+                        diff <= TOLERANCE,
+                        "frame {n} bar {bar} channel {c}: {} vs {}",
+                        rgb[i + c],
+                        want[c]
+                    );
                 }
             }
         }
@@ -232,7 +279,12 @@ mod tests {
             let i = (y * w + x) * 3;
             for c in 0..3 {
                 let diff = (rgb[i + c] as i32 - want[c] as i32).abs();
-                assert!(diff <= TOLERANCE, "bar {bar} channel {c}: {} vs {}", rgb[i + c], want[c]);
+                assert!(
+                    diff <= TOLERANCE,
+                    "bar {bar} channel {c}: {} vs {}",
+                    rgb[i + c],
+                    want[c]
+                );
             }
         }
     }
@@ -248,8 +300,14 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        assert!(matches!(ScreenEncoder::new(63, 48, 15.0), Err(EncodeError::BadSize(..))));
+        assert!(matches!(
+            ScreenEncoder::new(63, 48, 15.0),
+            Err(EncodeError::BadSize(..))
+        ));
         let mut enc = ScreenEncoder::new(64, 48, 15.0).unwrap();
-        assert!(matches!(enc.encode(&[0; 10], false), Err(EncodeError::BadBuffer { .. })));
+        assert!(matches!(
+            enc.encode(&[0; 10], false),
+            Err(EncodeError::BadBuffer { .. })
+        ));
     }
 }

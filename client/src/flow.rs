@@ -35,7 +35,14 @@ pub struct ScreenFlow {
 impl ScreenFlow {
     /// A window of `max_unacked` frames (at least 1).
     pub fn new(max_unacked: u64, ack_stall: Duration) -> Self {
-        Self { max_unacked: max_unacked.max(1), ack_stall, sent: 0, acked: 0, last_progress: None, keyframe_due: true }
+        Self {
+            max_unacked: max_unacked.max(1),
+            ack_stall,
+            sent: 0,
+            acked: 0,
+            last_progress: None,
+            keyframe_due: true,
+        }
     }
 
     /// Frames sent and not yet acknowledged.
@@ -49,7 +56,9 @@ impl ScreenFlow {
         if self.unacked() < self.max_unacked {
             return true;
         }
-        let stalled = self.last_progress.is_none_or(|t| now.saturating_duration_since(t) >= self.ack_stall);
+        let stalled = self
+            .last_progress
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.ack_stall);
         if stalled {
             self.acked = self.sent;
             self.keyframe_due = true;

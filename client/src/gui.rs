@@ -57,7 +57,9 @@ const TEXT_SIZE: f32 = 18.0;
 
 /// Default folder offered for received files.
 fn default_download_dir() -> PathBuf {
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join("Downloads")).unwrap_or_else(|| PathBuf::from("."))
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join("Downloads"))
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// What the window needs besides the code it asks for.
@@ -76,9 +78,13 @@ pub struct GuiOptions {
 /// Loads the first CJK font of [`CJK_FONT_CANDIDATES`] into `ctx` as a fallback after egui's
 /// own fonts. Returns the path used, or `None` (Japanese then shows as boxes; logged).
 pub fn load_cjk_font(ctx: &egui::Context) -> Option<&'static str> {
-    let (path, bytes) = CJK_FONT_CANDIDATES.iter().find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))?;
+    let (path, bytes) = CJK_FONT_CANDIDATES
+        .iter()
+        .find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))?;
     let mut fonts = egui::FontDefinitions::default();
-    fonts.font_data.insert("cjk".into(), std::sync::Arc::new(egui::FontData::from_owned(bytes)));
+    fonts
+        .font_data
+        .insert("cjk".into(), std::sync::Arc::new(egui::FontData::from_owned(bytes)));
     for family in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
         fonts.families.entry(family).or_default().push("cjk".into());
     }
@@ -139,9 +145,16 @@ enum FromSession {
 enum Screen {
     Code,
     Connecting,
-    Consent { operator: String, permissions: Vec<(String, bool)>, deadline: Instant, focused: bool },
+    Consent {
+        operator: String,
+        permissions: Vec<(String, bool)>,
+        deadline: Instant,
+        focused: bool,
+    },
     Session,
-    Finished { text: Text },
+    Finished {
+        text: Text,
+    },
 }
 
 impl Screen {
@@ -277,7 +290,12 @@ impl ClientApp {
 
     fn on_event(&mut self, event: Event, ctx: &egui::Context) {
         match event {
-            Event::ConsentRequest { operator, permissions, timeout_s, .. } => {
+            Event::ConsentRequest {
+                operator,
+                permissions,
+                timeout_s,
+                ..
+            } => {
                 self.session.operator = operator.clone();
                 self.screen = Screen::Consent {
                     operator,
@@ -292,7 +310,12 @@ impl ClientApp {
                 ctx.send_viewport_cmd(egui::ViewportCommand::InnerSize(BAR_WINDOW.into()));
                 ctx.send_viewport_cmd(egui::ViewportCommand::WindowLevel(egui::WindowLevel::AlwaysOnTop));
             }
-            Event::State { granted, view_only, chat_only, .. } => {
+            Event::State {
+                granted,
+                view_only,
+                chat_only,
+                ..
+            } => {
                 self.session.granted = granted;
                 self.session.view_only = view_only;
                 self.session.chat_only = chat_only;
@@ -301,7 +324,12 @@ impl ClientApp {
             Event::Resumed => self.session.paused = false,
             Event::Chat { text } => self.session.last_chat = Some(text),
             Event::File(FileEvent::FileOffer { id, name, size, .. }) => {
-                self.file_offer = Some(FileOfferDialog { id, name, size, dir: default_download_dir().display().to_string() });
+                self.file_offer = Some(FileOfferDialog {
+                    id,
+                    name,
+                    size,
+                    dir: default_download_dir().display().to_string(),
+                });
             }
             Event::File(_) => {}
             Event::Error { code, message } => {
@@ -323,7 +351,11 @@ impl ClientApp {
             }
             Event::Ended { reason } => {
                 if matches!(self.screen, Screen::Session) || reason == "consent_denied" {
-                    let text = if reason == "consent_denied" { Text::Denied } else { Text::Ended };
+                    let text = if reason == "consent_denied" {
+                        Text::Denied
+                    } else {
+                        Text::Ended
+                    };
                     self.screen = Screen::Finished { text };
                     ctx.send_viewport_cmd(egui::ViewportCommand::WindowLevel(egui::WindowLevel::Normal));
                     ctx.send_viewport_cmd(egui::ViewportCommand::InnerSize(MAIN_WINDOW.into()));
@@ -357,14 +389,17 @@ impl ClientApp {
         self.widgets.insert("language", r.rect);
         if r.clicked() {
             self.lang = self.lang.other();
-            ui.ctx().send_viewport_cmd(egui::ViewportCommand::Title(self.t(Text::Title).into()));
+            ui.ctx()
+                .send_viewport_cmd(egui::ViewportCommand::Title(self.t(Text::Title).into()));
         }
     }
 
     fn code_screen(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             ui.heading(self.t(Text::Title));
-            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| self.lang_switch(ui));
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                self.lang_switch(ui)
+            });
         });
         ui.add_space(16.0);
         let prompt = ui.label(self.t(Text::EnterCode));
@@ -389,7 +424,11 @@ impl ClientApp {
         }
         let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
         ui.add_space(12.0);
-        let label = if connecting { self.t(Text::Connecting) } else { self.t(Text::Connect) };
+        let label = if connecting {
+            self.t(Text::Connecting)
+        } else {
+            self.t(Text::Connect)
+        };
         let button = ui.add_enabled(
             !connecting && self.code.len() == 8,
             egui::Button::new(egui::RichText::new(label).size(TEXT_SIZE * 1.2)).min_size(egui::vec2(160.0, 44.0)),
@@ -406,7 +445,15 @@ impl ClientApp {
     }
 
     fn consent_screen(&mut self, ui: &mut egui::Ui) {
-        let Screen::Consent { operator, mut permissions, deadline, mut focused } = self.screen.clone() else { return };
+        let Screen::Consent {
+            operator,
+            mut permissions,
+            deadline,
+            mut focused,
+        } = self.screen.clone()
+        else {
+            return;
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             self.send(Command::Deny);
@@ -415,7 +462,9 @@ impl ClientApp {
         }
         ui.horizontal(|ui| {
             ui.heading(self.t(Text::ConsentTitle));
-            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| self.lang_switch(ui));
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                self.lang_switch(ui)
+            });
         });
         ui.add_space(12.0);
         let who = ui.horizontal_wrapped(|ui| {
@@ -426,7 +475,9 @@ impl ClientApp {
         self.widgets.insert("operator", who.response.rect);
         ui.add_space(8.0);
         for (name, on) in permissions.iter_mut() {
-            let text = permission_text(name).map(|t| self.t(t).to_string()).unwrap_or_else(|| name.clone());
+            let text = permission_text(name)
+                .map(|t| self.t(t).to_string())
+                .unwrap_or_else(|| name.clone());
             let r = ui.checkbox(on, text);
             self.widgets.insert(permission_widget(name), r.rect);
         }
@@ -453,20 +504,39 @@ impl ClientApp {
             }
         });
         ui.add_space(8.0);
-        let countdown = ui.label(format!("{}  {}", left.as_secs_f32().ceil() as u64, self.t(Text::SecondsLeft)));
+        let countdown = ui.label(format!(
+            "{}  {}",
+            left.as_secs_f32().ceil() as u64,
+            self.t(Text::SecondsLeft)
+        ));
         self.widgets.insert("countdown", countdown.rect);
         ui.ctx().request_repaint_after(Duration::from_millis(250));
         match answer {
             Some(true) => {
-                let grant: Vec<String> = permissions.iter().filter(|(_, on)| *on).map(|(n, _)| n.clone()).collect();
-                self.send(if grant.is_empty() { Command::Deny } else { Command::Consent { grant } });
+                let grant: Vec<String> = permissions
+                    .iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                self.send(if grant.is_empty() {
+                    Command::Deny
+                } else {
+                    Command::Consent { grant }
+                });
                 self.screen = Screen::Connecting;
             }
             Some(false) => {
                 self.send(Command::Deny);
                 self.screen = Screen::Connecting;
             }
-            None => self.screen = Screen::Consent { operator, permissions, deadline, focused },
+            None => {
+                self.screen = Screen::Consent {
+                    operator,
+                    permissions,
+                    deadline,
+                    focused,
+                }
+            }
         }
     }
 
@@ -476,7 +546,11 @@ impl ClientApp {
             self.widgets.insert("operator", who.rect);
             ui.separator();
             let mut manual = self.session.manual_pause;
-            let pause_label = if self.session.paused && !manual { self.t(Text::Paused) } else { self.t(Text::PauseControl) };
+            let pause_label = if self.session.paused && !manual {
+                self.t(Text::Paused)
+            } else {
+                self.t(Text::PauseControl)
+            };
             let pause = ui.toggle_value(&mut manual, pause_label);
             self.widgets.insert("pause", pause.rect);
             if pause.changed() {
@@ -497,7 +571,10 @@ impl ClientApp {
                 self.session.chat_only = chat_only;
                 self.send(Command::ChatOnly { on: chat_only });
             }
-            let end = ui.add(egui::Button::new(egui::RichText::new(self.t(Text::End)).color(egui::Color32::WHITE)).fill(egui::Color32::from_rgb(190, 40, 40)));
+            let end = ui.add(
+                egui::Button::new(egui::RichText::new(self.t(Text::End)).color(egui::Color32::WHITE))
+                    .fill(egui::Color32::from_rgb(190, 40, 40)),
+            );
             self.widgets.insert("end", end.rect);
             if end.clicked() {
                 self.send(Command::End);
@@ -509,7 +586,11 @@ impl ClientApp {
                 ui.label(format!("💬 {text}"));
             }
             let hint = self.t(Text::ChatPlaceholder);
-            let field = ui.add(egui::TextEdit::singleline(&mut self.session.chat_draft).hint_text(hint).desired_width(220.0));
+            let field = ui.add(
+                egui::TextEdit::singleline(&mut self.session.chat_draft)
+                    .hint_text(hint)
+                    .desired_width(220.0),
+            );
             self.widgets.insert("chat_field", field.rect);
             let send = ui.button(self.t(Text::Send));
             let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
@@ -523,7 +604,9 @@ impl ClientApp {
     fn finished_screen(&mut self, ui: &mut egui::Ui, text: Text) {
         ui.horizontal(|ui| {
             ui.heading(self.t(Text::Title));
-            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| self.lang_switch(ui));
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                self.lang_switch(ui)
+            });
         });
         ui.add_space(24.0);
         let r = ui.label(self.t(text));
@@ -535,26 +618,34 @@ impl ClientApp {
     }
 
     fn file_offer_dialog(&mut self, ctx: &egui::Context) {
-        let Some(mut offer) = self.file_offer.clone() else { return };
+        let Some(mut offer) = self.file_offer.clone() else {
+            return;
+        };
         let mut answer: Option<bool> = None;
-        egui::Window::new(self.t(Text::FileOfferTitle)).collapsible(false).resizable(false).show(ctx, |ui| {
-            ui.label(format!("{} ({} B)", offer.name, offer.size));
-            ui.horizontal(|ui| {
-                ui.label(self.t(Text::SaveIn));
-                ui.text_edit_singleline(&mut offer.dir);
+        egui::Window::new(self.t(Text::FileOfferTitle))
+            .collapsible(false)
+            .resizable(false)
+            .show(ctx, |ui| {
+                ui.label(format!("{} ({} B)", offer.name, offer.size));
+                ui.horizontal(|ui| {
+                    ui.label(self.t(Text::SaveIn));
+                    ui.text_edit_singleline(&mut offer.dir);
+                });
+                ui.horizontal(|ui| {
+                    if ui.button(self.t(Text::Save)).clicked() {
+                        answer = Some(true);
+                    }
+                    if ui.button(self.t(Text::Reject)).clicked() {
+                        answer = Some(false);
+                    }
+                });
             });
-            ui.horizontal(|ui| {
-                if ui.button(self.t(Text::Save)).clicked() {
-                    answer = Some(true);
-                }
-                if ui.button(self.t(Text::Reject)).clicked() {
-                    answer = Some(false);
-                }
-            });
-        });
         match answer {
             Some(true) => {
-                self.send(Command::File(FileCommand::AcceptFile { id: offer.id, dir: PathBuf::from(offer.dir) }));
+                self.send(Command::File(FileCommand::AcceptFile {
+                    id: offer.id,
+                    dir: PathBuf::from(offer.dir),
+                }));
                 self.file_offer = None;
             }
             Some(false) => {
@@ -571,7 +662,14 @@ impl ClientApp {
             return;
         }
         let ppp = ctx.pixels_per_point();
-        let px = |r: egui::Rect| [(r.min.x * ppp).round() as i64, (r.min.y * ppp).round() as i64, (r.width() * ppp).round() as i64, (r.height() * ppp).round() as i64];
+        let px = |r: egui::Rect| {
+            [
+                (r.min.x * ppp).round() as i64,
+                (r.min.y * ppp).round() as i64,
+                (r.width() * ppp).round() as i64,
+                (r.height() * ppp).round() as i64,
+            ]
+        };
         let window = ctx.input(|i| i.viewport().inner_rect).map(px);
         let widgets: BTreeMap<_, _> = self.widgets.iter().map(|(k, r)| (*k, px(*r))).collect();
         let line = serde_json::json!({

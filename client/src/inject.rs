@@ -55,9 +55,18 @@ impl SystemInjector {
     /// Opens the injector on `$DISPLAY` for a captured area at `origin` of `size` pixels.
     pub fn open(origin: (i32, i32), size: (usize, usize)) -> Result<Self, InjectError> {
         // No artificial delay between X events: the operator's own pacing is what counts.
-        let settings = Settings { linux_delay: 0, release_keys_when_dropped: true, ..Settings::default() };
+        let settings = Settings {
+            linux_delay: 0,
+            release_keys_when_dropped: true,
+            ..Settings::default()
+        };
         let enigo = Enigo::new(&settings).map_err(|e| InjectError::System(e.to_string()))?;
-        Ok(Self { enigo, origin, size: (size.0 as i32, size.1 as i32), stats: InjectStats::default() })
+        Ok(Self {
+            enigo,
+            origin,
+            size: (size.0 as i32, size.1 as i32),
+            stats: InjectStats::default(),
+        })
     }
 
     /// What was applied and refused so far.
@@ -94,9 +103,13 @@ impl SystemInjector {
                     pb::MouseButton::Left => Button::Left,
                     pb::MouseButton::Right => Button::Right,
                     pb::MouseButton::Middle => Button::Middle,
-                    pb::MouseButton::Unspecified => return Err(InjectError::Malformed(format!("mouse button {}", b.button))),
+                    pb::MouseButton::Unspecified => {
+                        return Err(InjectError::Malformed(format!("mouse button {}", b.button)))
+                    }
                 };
-                self.enigo.button(button, if b.down { Direction::Press } else { Direction::Release }).map_err(sys)
+                self.enigo
+                    .button(button, if b.down { Direction::Press } else { Direction::Release })
+                    .map_err(sys)
             }
             Kind::Wheel(w) => {
                 if w.dx.abs() > MAX_WHEEL_STEPS || w.dy.abs() > MAX_WHEEL_STEPS {
@@ -112,11 +125,15 @@ impl SystemInjector {
             }
             Kind::Key(k) => {
                 let key = key_from_name(&k.key).ok_or_else(|| InjectError::UnknownKey(k.key.clone()))?;
-                self.enigo.key(key, if k.down { Direction::Press } else { Direction::Release }).map_err(sys)
+                self.enigo
+                    .key(key, if k.down { Direction::Press } else { Direction::Release })
+                    .map_err(sys)
             }
             Kind::Text(t) => {
                 if t.text.chars().count() > MAX_TEXT_CHARS {
-                    return Err(InjectError::Malformed(format!("text longer than {MAX_TEXT_CHARS} characters")));
+                    return Err(InjectError::Malformed(format!(
+                        "text longer than {MAX_TEXT_CHARS} characters"
+                    )));
                 }
                 if t.text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
                     return Err(InjectError::Malformed("control characters in text".into()));

@@ -112,9 +112,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     if !args.headless {
         return run_gui(args);
@@ -164,7 +162,12 @@ fn run_gui(args: Args) -> ExitCode {
         }
     };
     let report = std::env::var("TSUNAGU_GUI_REPORT").is_ok_and(|v| v == "1");
-    match tsunagu_client::gui::run(tsunagu_client::gui::GuiOptions { config, lang, prefill, report }) {
+    match tsunagu_client::gui::run(tsunagu_client::gui::GuiOptions {
+        config,
+        lang,
+        prefill,
+        report,
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tsunagu-client: cannot open the window: {e}");
@@ -175,7 +178,10 @@ fn run_gui(args: Args) -> ExitCode {
 
 /// Validates the arguments into a configuration, or an error code and message.
 fn build_config(args: Args) -> Result<ClientConfig, (&'static str, String)> {
-    let code = args.code.as_deref().ok_or(("usage", "the session code is required with --headless".to_string()))?;
+    let code = args
+        .code
+        .as_deref()
+        .ok_or(("usage", "the session code is required with --headless".to_string()))?;
     let code = SessionCode::parse(code).map_err(|e| ("bad_code", e.to_string()))?;
     build_config_with(args, code)
 }
@@ -185,7 +191,10 @@ fn build_config_with(args: Args, code: SessionCode) -> Result<ClientConfig, (&'s
     let mut config = ClientConfig::new(&args.relay, args.ports, args.ca, code).map_err(|e| ("usage", e.to_string()))?;
     let desktop = matches!(args.screen, ScreenArg::X11);
     config.screen = match args.screen {
-        ScreenArg::Synthetic => ScreenSource::Synthetic { width: args.size.0, height: args.size.1 },
+        ScreenArg::Synthetic => ScreenSource::Synthetic {
+            width: args.size.0,
+            height: args.size.1,
+        },
         ScreenArg::X11 => ScreenSource::X11 {
             backend: match args.capture {
                 CaptureArg::Auto => X11Backend::Auto,
@@ -196,9 +205,15 @@ fn build_config_with(args: Args, code: SessionCode) -> Result<ClientConfig, (&'s
         },
     };
     let (default_fps, default_bitrate) = if desktop {
-        (tsunagu_client::config::DEFAULT_DESKTOP_FPS, tsunagu_client::encode::DESKTOP_BITRATE_BPS)
+        (
+            tsunagu_client::config::DEFAULT_DESKTOP_FPS,
+            tsunagu_client::encode::DESKTOP_BITRATE_BPS,
+        )
     } else {
-        (tsunagu_client::config::DEFAULT_FPS, tsunagu_client::encode::DEFAULT_BITRATE_BPS)
+        (
+            tsunagu_client::config::DEFAULT_FPS,
+            tsunagu_client::encode::DEFAULT_BITRATE_BPS,
+        )
     };
     config.bitrate_bps = args.bitrate_kbps.map_or(default_bitrate, |k| k * 1000);
     config.input = match args.input {
@@ -209,7 +224,10 @@ fn build_config_with(args: Args, code: SessionCode) -> Result<ClientConfig, (&'s
     config.max_unacked = args.max_unacked;
     config.takeover_resume = Duration::from_millis(args.takeover_resume_ms);
     config.host_name = args.host_name.unwrap_or_else(local_host_name);
-    config.timeouts = Timeouts { attempt: Duration::from_millis(args.attempt_timeout_ms), ..Timeouts::default() };
+    config.timeouts = Timeouts {
+        attempt: Duration::from_millis(args.attempt_timeout_ms),
+        ..Timeouts::default()
+    };
     Ok(config)
 }
 

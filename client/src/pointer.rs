@@ -61,7 +61,10 @@ impl PointerWatcher {
                     let pos = (i32::from(reply.root_x), i32::from(reply.root_y));
                     if last.is_some_and(|l| l != pos) {
                         // Full: drop this report (the next carries a newer position).
-                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(PointerReport { pos, at: Instant::now() }) {
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(PointerReport {
+                            pos,
+                            at: Instant::now(),
+                        }) {
                             return;
                         }
                     }

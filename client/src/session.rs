@@ -14,8 +14,8 @@ use tsunagu_proto::types::{end_reason_name, error_code_name, permission_name};
 use tsunagu_proto::PermissionSet;
 
 use crate::api::{Command, Event, InputLog, Outcome};
-use crate::config::{ClientConfig, InputSink, ScreenSource};
 use crate::capture::{self, Capturer, SyntheticCapturer};
+use crate::config::{ClientConfig, InputSink, ScreenSource};
 use crate::flow::ScreenFlow;
 use crate::inject::SystemInjector;
 use crate::pointer::{PointerReport, PointerWatcher};
@@ -74,8 +74,15 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
     let capturer: Box<dyn Capturer> = match config.screen {
         ScreenSource::Synthetic { width, height } => {
             if width == 0 || height == 0 || (width | height) & 1 != 0 {
-                events.emit(Event::error("bad_size", format!("{width}x{height}: both sides must be even"))).await;
-                return Outcome::Usage { code: "bad_size".into() };
+                events
+                    .emit(Event::error(
+                        "bad_size",
+                        format!("{width}x{height}: both sides must be even"),
+                    ))
+                    .await;
+                return Outcome::Usage {
+                    code: "bad_size".into(),
+                };
             }
             Box::new(SyntheticCapturer::new(width, height))
         }
@@ -85,37 +92,57 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     events.emit(Event::error("no_screen", e.to_string())).await;
-                    return Outcome::Usage { code: "no_screen".into() };
+                    return Outcome::Usage {
+                        code: "no_screen".into(),
+                    };
                 }
                 Err(e) => {
                     events.emit(Event::error("no_screen", e.to_string())).await;
-                    return Outcome::Usage { code: "no_screen".into() };
+                    return Outcome::Usage {
+                        code: "no_screen".into(),
+                    };
                 }
             }
         }
     };
-    let settings = EncoderSettings { fps: config.fps, bitrate_bps: config.bitrate_bps };
+    let settings = EncoderSettings {
+        fps: config.fps,
+        bitrate_bps: config.bitrate_bps,
+    };
     let (worker, shots) = match ScreenWorker::start(capturer, settings) {
         Ok(w) => w,
         Err(e) => {
             events.emit(Event::error("no_screen", e.to_string())).await;
-            return Outcome::Usage { code: "no_screen".into() };
+            return Outcome::Usage {
+                code: "no_screen".into(),
+            };
         }
     };
-    info!(source = worker.name(), width = worker.dimensions().0, height = worker.dimensions().1, "screen source ready");
+    info!(
+        source = worker.name(),
+        width = worker.dimensions().0,
+        height = worker.dimensions().1,
+        "screen source ready"
+    );
     let (injector, pointer) = if config.input == InputSink::System {
         let injector = match SystemInjector::open(worker.origin(), worker.dimensions()) {
             Ok(i) => i,
             Err(e) => {
                 events.emit(Event::error("no_input", e.to_string())).await;
-                return Outcome::Usage { code: "no_input".into() };
+                return Outcome::Usage {
+                    code: "no_input".into(),
+                };
             }
         };
         match PointerWatcher::start(None) {
             Ok(p) => (Some(injector), Some(p)),
             Err(e) => {
-                events.emit(Event::error("no_input", format!("cannot watch the pointer: {e}"))).await;
-                return Outcome::Usage { code: "no_input".into() };
+                events
+                    .emit(Event::error("no_input", format!("cannot watch the pointer: {e}")))
+                    .await;
+                return Outcome::Usage {
+                    code: "no_input".into(),
+                };
             }
         }
     } else {
@@ -217,11 +244,12 @@ impl Session {
         mut shots: mpsc::Receiver<Shot>,
         mut pointer: Option<mpsc::Receiver<PointerReport>>,
     ) -> Outcome {
-        if let Err(outcome) = self.send(Body::Join(pb::Join {
-            code: self.config.code.reveal(),
-            host_name: self.config.host_name.clone(),
-        }))
-        .await
+        if let Err(outcome) = self
+            .send(Body::Join(pb::Join {
+                code: self.config.code.reveal(),
+                host_name: self.config.host_name.clone(),
+            }))
+            .await
         {
             return outcome;
         }
@@ -289,20 +317,36 @@ impl Session {
     /// already ending).
     async fn lost(&mut self, detail: String) -> Outcome {
         if self.phase == Phase::Ending {
-            self.events.emit(Event::Ended { reason: "client_ended".into() }).await;
-            return Outcome::Ended { reason: "client_ended".into() };
+            self.events
+                .emit(Event::Ended {
+                    reason: "client_ended".into(),
+                })
+                .await;
+            return Outcome::Ended {
+                reason: "client_ended".into(),
+            };
         }
         if self.user_denied && self.phase == Phase::Answered {
             // The user's denial is final; a relay that closes without `Ended` changes nothing.
             debug!(error = %detail, "connection closed after the denial");
-            self.events.emit(Event::Ended { reason: "consent_denied".into() }).await;
-            return Outcome::Ended { reason: "consent_denied".into() };
+            self.events
+                .emit(Event::Ended {
+                    reason: "consent_denied".into(),
+                })
+                .await;
+            return Outcome::Ended {
+                reason: "consent_denied".into(),
+            };
         }
         warn!(error = %detail, "lost the connection to the relay");
         let aborted = self.transfers.abort_all("the connection to the relay was lost").await;
         self.emit_files(aborted).await;
         self.events.emit(Event::error("connection_lost", detail)).await;
-        self.events.emit(Event::Ended { reason: "connection_lost".into() }).await;
+        self.events
+            .emit(Event::Ended {
+                reason: "connection_lost".into(),
+            })
+            .await;
         Outcome::Unreachable
     }
 
@@ -345,16 +389,23 @@ impl Session {
                 Step::Done(Outcome::Refused { code: name.into() })
             }
             Body::SessionState(state) => self.on_session_state(state).await,
-            Body::FileOffer(_) | Body::FileAnswer(_) | Body::FileCredit(_) | Body::FileDone(_) => self.on_file_frame(&body).await,
+            Body::FileOffer(_) | Body::FileAnswer(_) | Body::FileCredit(_) | Body::FileDone(_) => {
+                self.on_file_frame(&body).await
+            }
             Body::Data(data) if data.channel == Channel::File as i32 => self.on_file_frame(&Body::Data(data)).await,
             Body::Ended(ended) => {
-                let reason = end_reason_name(pb::EndReason::try_from(ended.reason).unwrap_or(pb::EndReason::Unspecified));
+                let reason =
+                    end_reason_name(pb::EndReason::try_from(ended.reason).unwrap_or(pb::EndReason::Unspecified));
                 info!(reason, "session ended");
                 let aborted = self.transfers.abort_all(&format!("the session ended ({reason})")).await;
                 self.emit_files(aborted).await;
                 self.events.emit(Event::Ended { reason: reason.into() }).await;
                 let ran = matches!(self.phase, Phase::Active | Phase::Ending) || self.user_denied;
-                Step::Done(if ran { Outcome::Ended { reason: reason.into() } } else { Outcome::Refused { code: reason.into() } })
+                Step::Done(if ran {
+                    Outcome::Ended { reason: reason.into() }
+                } else {
+                    Outcome::Refused { code: reason.into() }
+                })
             }
             Body::Data(data) => {
                 self.on_data(data).await;
@@ -378,9 +429,14 @@ impl Session {
         if first {
             self.phase = Phase::Active;
             info!(granted = %self.granted, "session active");
-            self.events.emit(Event::Connected { granted: names(self.granted) }).await;
+            self.events
+                .emit(Event::Connected {
+                    granted: names(self.granted),
+                })
+                .await;
             // Mode switches made before consent are sent now.
-            if self.modes.manual_pause || self.modes.view_only || self.modes.chat_only || !self.modes.revoked.is_empty() {
+            if self.modes.manual_pause || self.modes.view_only || self.modes.chat_only || !self.modes.revoked.is_empty()
+            {
                 if let Err(o) = self.send_client_state().await {
                     return Step::Done(o);
                 }
@@ -454,7 +510,10 @@ impl Session {
                 Ok(m) => self.events.emit(Event::Chat { text: m.text }).await,
                 Err(e) => warn!(error = %e, "undecodable chat message; ignored"),
             },
-            _ => debug!(channel = data.channel, "data on a channel the client does not handle; ignored"),
+            _ => debug!(
+                channel = data.channel,
+                "data on a channel the client does not handle; ignored"
+            ),
         }
     }
 
@@ -473,7 +532,12 @@ impl Session {
             if let Err(e) = injector.apply(&kind) {
                 let refused = injector.stats().refused;
                 debug!(error = %e, refused, "input refused");
-                self.events.emit(Event::InputRefused { reason: e.to_string(), refused }).await;
+                self.events
+                    .emit(Event::InputRefused {
+                        reason: e.to_string(),
+                        refused,
+                    })
+                    .await;
             }
             return;
         }
@@ -489,10 +553,16 @@ impl Session {
                     pb::MouseButton::Middle => "middle",
                     pb::MouseButton::Unspecified => "unspecified",
                 };
-                InputLog::MouseButton { button: button.into(), down: b.down }
+                InputLog::MouseButton {
+                    button: button.into(),
+                    down: b.down,
+                }
             }
             Kind::Wheel(w) => InputLog::Wheel { dx: w.dx, dy: w.dy },
-            Kind::Key(k) => InputLog::Key { key: k.key, down: k.down },
+            Kind::Key(k) => InputLog::Key {
+                key: k.key,
+                down: k.down,
+            },
             Kind::Text(t) => InputLog::Text { text: t.text },
         };
         self.events.emit(Event::Input(log)).await;
@@ -534,7 +604,8 @@ impl Session {
                 self.modes.chat_only = on;
                 self.mode_changed(before).await
             }
-            Command::Revoke { permissions } => match PermissionSet::parse_names(permissions.iter().map(String::as_str)) {
+            Command::Revoke { permissions } => match PermissionSet::parse_names(permissions.iter().map(String::as_str))
+            {
                 Ok(set) => {
                     let before = self.paused();
                     self.modes.revoked = PermissionSet::from_bits(self.modes.revoked.bits() | set.bits());
@@ -551,7 +622,9 @@ impl Session {
                     self.events.emit(Event::error("bad_command", msg)).await;
                     Ok(())
                 } else {
-                    self.send_data(Channel::Chat, pb::ChatMessage { text }.encode_to_vec()).await.map(|_| ())
+                    self.send_data(Channel::Chat, pb::ChatMessage { text }.encode_to_vec())
+                        .await
+                        .map(|_| ())
                 }
             }
             Command::End => {
@@ -570,7 +643,12 @@ impl Session {
                     && self.granted.contains(Permission::Files)
                     && !self.modes.revoked.contains(Permission::Files);
                 if !files {
-                    self.events.emit(Event::error("not_granted", "file transfer is not granted in this session")).await;
+                    self.events
+                        .emit(Event::error(
+                            "not_granted",
+                            "file transfer is not granted in this session",
+                        ))
+                        .await;
                 } else {
                     match self.transfers.command(&mut self.link, fc).await {
                         Ok(events) => self.emit_files(events).await,
@@ -617,19 +695,30 @@ impl Session {
     /// Sends the user's answer: `Some(grants)` or `None` for a denial.
     async fn answer_consent(&mut self, grant: Option<PermissionSet>) -> Result<(), Outcome> {
         if self.phase != Phase::AwaitingConsent {
-            self.events.emit(Event::error("bad_command", "no consent request is waiting for an answer")).await;
+            self.events
+                .emit(Event::error(
+                    "bad_command",
+                    "no consent request is waiting for an answer",
+                ))
+                .await;
             return Ok(());
         }
         self.phase = Phase::Answered;
         let consent = match grant {
             Some(set) => {
                 info!(granted = %set, "consent given");
-                pb::Consent { granted: set.to_wire(), denied: false }
+                pb::Consent {
+                    granted: set.to_wire(),
+                    denied: false,
+                }
             }
             None => {
                 info!("consent denied");
                 self.user_denied = true;
-                pb::Consent { granted: vec![], denied: true }
+                pb::Consent {
+                    granted: vec![],
+                    denied: true,
+                }
             }
         };
         self.send(Body::Consent(consent)).await
@@ -643,8 +732,14 @@ impl Session {
             self.send_client_state().await?;
         }
         if paused_now != paused_before {
-            info!(paused = paused_now, "remote control {}", if paused_now { "paused" } else { "resumed" });
-            self.events.emit(if paused_now { Event::Paused } else { Event::Resumed }).await;
+            info!(
+                paused = paused_now,
+                "remote control {}",
+                if paused_now { "paused" } else { "resumed" }
+            );
+            self.events
+                .emit(if paused_now { Event::Paused } else { Event::Resumed })
+                .await;
             if !paused_now {
                 self.flow.request_keyframe();
             }
@@ -681,14 +776,23 @@ impl Session {
         self.deadline = None;
         match self.phase {
             Phase::Joining => {
-                let msg = format!("the relay did not answer the join within {:?}", self.config.timeouts.join);
+                let msg = format!(
+                    "the relay did not answer the join within {:?}",
+                    self.config.timeouts.join
+                );
                 self.events.emit(Event::error("timeout", msg)).await;
                 Step::Done(Outcome::Refused { code: "timeout".into() })
             }
             Phase::Ending => {
                 debug!("no Ended from the relay in time; closing");
-                self.events.emit(Event::Ended { reason: "client_ended".into() }).await;
-                Step::Done(Outcome::Ended { reason: "client_ended".into() })
+                self.events
+                    .emit(Event::Ended {
+                        reason: "client_ended".into(),
+                    })
+                    .await;
+                Step::Done(Outcome::Ended {
+                    reason: "client_ended".into(),
+                })
             }
             _ => Step::Continue,
         }
@@ -703,7 +807,9 @@ impl Session {
         if !self.flow.may_send(Instant::now()) {
             return Step::Continue;
         }
-        if self.worker.request(ShotRequest { force_keyframe: self.flow.keyframe_due() }) {
+        if self.worker.request(ShotRequest {
+            force_keyframe: self.flow.keyframe_due(),
+        }) {
             self.shot_pending = true;
         }
         Step::Continue
@@ -729,7 +835,12 @@ impl Session {
     async fn on_shot(&mut self, shot: Shot) -> Step {
         self.shot_pending = false;
         let (encoded, width, height, captured_at_us) = match shot {
-            Shot::Frame { encoded, width, height, captured_at_us } => (encoded, width, height, captured_at_us),
+            Shot::Frame {
+                encoded,
+                width,
+                height,
+                captured_at_us,
+            } => (encoded, width, height, captured_at_us),
             Shot::Unchanged => return Step::Continue,
             Shot::Failed(e) => {
                 warn!(error = %e, "capture or encoding failed; frame skipped");
@@ -743,7 +854,10 @@ impl Session {
         }
         let now = Instant::now();
         if encoded.h264.len() + FRAME_OVERHEAD > self.config.max_frame {
-            warn!(bytes = encoded.h264.len(), "encoded frame too large for one frame; skipped");
+            warn!(
+                bytes = encoded.h264.len(),
+                "encoded frame too large for one frame; skipped"
+            );
             self.flow.request_keyframe();
             return Step::Continue;
         }

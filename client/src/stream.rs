@@ -75,7 +75,10 @@ pub fn changed_rows(previous: &Picture, current: &Picture) -> Option<(usize, usi
         &p.bgrx[y * p.stride..(y + 1) * p.stride]
     }
     let first = (0..current.height).find(|&y| row(previous, y) != row(current, y))?;
-    let last = (first..current.height).rev().find(|&y| row(previous, y) != row(current, y)).unwrap_or(first);
+    let last = (first..current.height)
+        .rev()
+        .find(|&y| row(previous, y) != row(current, y))
+        .unwrap_or(first);
     Some((first, last + 1))
 }
 
@@ -93,7 +96,10 @@ pub fn shoot(
     if let Err(e) = capturer.capture(picture) {
         return Shot::Failed(e.to_string());
     }
-    let captured_at_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    let captured_at_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
     let rows = changed_rows(previous, picture);
     if rows.is_none() && !request.force_keyframe {
         return Shot::Unchanged;
@@ -107,19 +113,33 @@ pub fn shoot(
         }
         force = true;
     }
-    let Some(enc) = encoder.as_mut() else { return Shot::Failed("no encoder".into()) };
+    let Some(enc) = encoder.as_mut() else {
+        return Shot::Failed("no encoder".into());
+    };
     // After a new encoder, everything is converted; otherwise only the rows that changed.
-    let result = enc.encode_picture_rows(picture, force, if force && rows.is_none() { Some((0, 0)) } else { rows });
+    let result = enc.encode_picture_rows(
+        picture,
+        force,
+        if force && rows.is_none() { Some((0, 0)) } else { rows },
+    );
     std::mem::swap(previous, picture);
     match result {
-        Ok(encoded) => Shot::Frame { encoded, width: w, height: h, captured_at_us },
+        Ok(encoded) => Shot::Frame {
+            encoded,
+            width: w,
+            height: h,
+            captured_at_us,
+        },
         Err(e) => Shot::Failed(e.to_string()),
     }
 }
 
 impl ScreenWorker {
     /// Starts the worker on `capturer`; answers arrive on the returned receiver.
-    pub fn start(mut capturer: Box<dyn Capturer>, settings: EncoderSettings) -> std::io::Result<(Self, mpsc::Receiver<Shot>)> {
+    pub fn start(
+        mut capturer: Box<dyn Capturer>,
+        settings: EncoderSettings,
+    ) -> std::io::Result<(Self, mpsc::Receiver<Shot>)> {
         let (req_tx, req_rx) = std_mpsc::channel::<ShotRequest>();
         // One answer per request and one request in flight: capacity 2 never blocks.
         let (shot_tx, shot_rx) = mpsc::channel(2);
@@ -131,13 +151,28 @@ impl ScreenWorker {
             let mut previous = Picture::default();
             let mut picture = Picture::default();
             while let Ok(request) = req_rx.recv() {
-                let shot = shoot(capturer.as_mut(), &mut encoder, settings, &mut previous, &mut picture, request);
+                let shot = shoot(
+                    capturer.as_mut(),
+                    &mut encoder,
+                    settings,
+                    &mut previous,
+                    &mut picture,
+                    request,
+                );
                 if shot_tx.blocking_send(shot).is_err() {
                     return;
                 }
             }
         })?;
-        Ok((Self { requests: req_tx, dimensions, origin, name }, shot_rx))
+        Ok((
+            Self {
+                requests: req_tx,
+                dimensions,
+                origin,
+                name,
+            },
+            shot_rx,
+        ))
     }
 
     /// Asks for one shot. Returns false if the worker is gone.
@@ -190,35 +225,73 @@ mod tests {
     #[test]
     fn an_unchanged_screen_sends_nothing_unless_a_keyframe_is_due() {
         let mut cap = Still(SyntheticCapturer::new(64, 48), None);
-        let settings = EncoderSettings { fps: 30, bitrate_bps: 1_000_000 };
+        let settings = EncoderSettings {
+            fps: 30,
+            bitrate_bps: 1_000_000,
+        };
         let (mut enc, mut prev, mut pic) = (None, Picture::default(), Picture::default());
         let plain = ShotRequest { force_keyframe: false };
         let first = shoot(&mut cap, &mut enc, settings, &mut prev, &mut pic, plain);
-        assert!(matches!(first, Shot::Frame { ref encoded, .. } if encoded.keyframe), "first frame: keyframe");
-        assert!(matches!(shoot(&mut cap, &mut enc, settings, &mut prev, &mut pic, plain), Shot::Unchanged));
-        let forced = shoot(&mut cap, &mut enc, settings, &mut prev, &mut pic, ShotRequest { force_keyframe: true });
+        assert!(
+            matches!(first, Shot::Frame { ref encoded, .. } if encoded.keyframe),
+            "first frame: keyframe"
+        );
+        assert!(matches!(
+            shoot(&mut cap, &mut enc, settings, &mut prev, &mut pic, plain),
+            Shot::Unchanged
+        ));
+        let forced = shoot(
+            &mut cap,
+            &mut enc,
+            settings,
+            &mut prev,
+            &mut pic,
+            ShotRequest { force_keyframe: true },
+        );
         assert!(matches!(forced, Shot::Frame { ref encoded, .. } if encoded.keyframe));
     }
 
     #[test]
     fn changed_rows_bound_the_difference() {
-        let mut a = Picture { width: 4, height: 10, stride: 16, bgrx: vec![0; 160], captured_at: None };
+        let mut a = Picture {
+            width: 4,
+            height: 10,
+            stride: 16,
+            bgrx: vec![0; 160],
+            captured_at: None,
+        };
         let b = a.clone();
         assert_eq!(changed_rows(&a, &b), None);
         a.bgrx[5 * 16 + 3] = 1;
         a.bgrx[7 * 16] = 1;
         assert_eq!(changed_rows(&a, &b), Some((5, 8)));
-        let c = Picture { width: 2, height: 10, stride: 8, bgrx: vec![0; 80], captured_at: None };
+        let c = Picture {
+            width: 2,
+            height: 10,
+            stride: 8,
+            bgrx: vec![0; 80],
+            captured_at: None,
+        };
         assert_eq!(changed_rows(&a, &c), Some((0, 10)));
     }
 
     #[test]
     fn a_changing_screen_is_encoded_every_time() {
         let mut cap = SyntheticCapturer::new(64, 48);
-        let settings = EncoderSettings { fps: 30, bitrate_bps: 1_000_000 };
+        let settings = EncoderSettings {
+            fps: 30,
+            bitrate_bps: 1_000_000,
+        };
         let (mut enc, mut prev, mut pic) = (None, Picture::default(), Picture::default());
         for _ in 0..3 {
-            let shot = shoot(&mut cap, &mut enc, settings, &mut prev, &mut pic, ShotRequest { force_keyframe: false });
+            let shot = shoot(
+                &mut cap,
+                &mut enc,
+                settings,
+                &mut prev,
+                &mut pic,
+                ShotRequest { force_keyframe: false },
+            );
             assert!(matches!(shot, Shot::Frame { .. }));
         }
     }

@@ -70,7 +70,12 @@ impl SyntheticScreen {
                 rgb[i..i + 3].copy_from_slice(&c);
             }
         }
-        Self { width, height, rgb, frame: 0 }
+        Self {
+            width,
+            height,
+            rgb,
+            frame: 0,
+        }
     }
 
     /// Width and height in pixels.

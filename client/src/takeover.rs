@@ -45,7 +45,11 @@ pub struct Takeover {
 impl Takeover {
     /// A machine that resumes `resume_after` after the last local movement.
     pub fn new(resume_after: Duration) -> Self {
-        Self { resume_after, paused_since_motion: None, recent_injected: VecDeque::new() }
+        Self {
+            resume_after,
+            paused_since_motion: None,
+            recent_injected: VecDeque::new(),
+        }
     }
 
     /// Whether remote input is paused by takeover now.
@@ -138,7 +142,11 @@ mod tests {
         assert_eq!(m.local_motion(t0 + 2000 * MS), None);
         assert_eq!(m.poll(t0 + 3500 * MS), None, "the second motion restarted the delay");
         assert_eq!(m.poll(t0 + 5000 * MS), Some(Transition::Resumed));
-        assert_eq!(m.local_motion(t0 + 6000 * MS), Some(Transition::Paused), "a new pause after resuming");
+        assert_eq!(
+            m.local_motion(t0 + 6000 * MS),
+            Some(Transition::Paused),
+            "a new pause after resuming"
+        );
     }
 
     #[test]
@@ -148,7 +156,11 @@ mod tests {
         m.injected((10, 20), t0);
         assert_eq!(m.pointer_moved((10, 20), t0 + 5 * MS), None);
         assert!(!m.is_paused());
-        assert_eq!(m.pointer_moved((11, 20), t0 + 6 * MS), Some(Transition::Paused), "elsewhere: local");
+        assert_eq!(
+            m.pointer_moved((11, 20), t0 + 6 * MS),
+            Some(Transition::Paused),
+            "elsewhere: local"
+        );
     }
 
     #[test]

@@ -191,7 +191,10 @@ pub enum Event {
 impl Event {
     /// An `error` event.
     pub fn error(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Event::Error { code: code.into(), message: message.into() }
+        Event::Error {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -204,23 +207,54 @@ mod tests {
 
     #[test]
     fn events_serialise_as_the_contract_says() {
-        let granted = Event::Consent { granted: Some(vec!["view".into()]), denied: None, reason: None };
-        assert_eq!(serde_json::to_value(&granted).unwrap(), json!({"event": "consent", "granted": ["view"]}));
-        let denied = Event::Consent { granted: None, denied: Some(true), reason: Some("consent_denied".into()) };
+        let granted = Event::Consent {
+            granted: Some(vec!["view".into()]),
+            denied: None,
+            reason: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&granted).unwrap(),
+            json!({"event": "consent", "granted": ["view"]})
+        );
+        let denied = Event::Consent {
+            granted: None,
+            denied: Some(true),
+            reason: Some("consent_denied".into()),
+        };
         assert_eq!(
             serde_json::to_value(&denied).unwrap(),
             json!({"event": "consent", "denied": true, "reason": "consent_denied"})
         );
-        let line = serde_json::to_string(&Event::Ended { reason: "client_ended".into() }).unwrap();
-        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), Event::Ended { reason: "client_ended".into() });
+        let line = serde_json::to_string(&Event::Ended {
+            reason: "client_ended".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Event>(&line).unwrap(),
+            Event::Ended {
+                reason: "client_ended".into()
+            }
+        );
     }
 
     #[test]
     fn commands_parse_from_json_lines() {
         let c: Command = serde_json::from_str(r#"{"cmd":"mouse_button","button":"left"}"#).unwrap();
-        assert_eq!(c, Command::MouseButton { button: Button::Left, down: None });
+        assert_eq!(
+            c,
+            Command::MouseButton {
+                button: Button::Left,
+                down: None
+            }
+        );
         let c: Command = serde_json::from_str(r#"{"cmd":"key","key":"Enter","down":true}"#).unwrap();
-        assert_eq!(c, Command::Key { key: "Enter".into(), down: Some(true) });
+        assert_eq!(
+            c,
+            Command::Key {
+                key: "Enter".into(),
+                down: Some(true)
+            }
+        );
         let c: Command = serde_json::from_str(r#"{"cmd":"wheel","dy":-3}"#).unwrap();
         assert_eq!(c, Command::Wheel { dx: 0, dy: -3 });
         assert!(serde_json::from_str::<Command>(r#"{"cmd":"mouse_button","button":"fourth"}"#).is_err());

@@ -130,7 +130,10 @@ mod tests {
 
     #[test]
     fn ports_follow_the_relay_spec() {
-        assert_eq!(relay_target("127.0.0.1:9000", None).unwrap(), ("127.0.0.1".into(), vec![9000]));
+        assert_eq!(
+            relay_target("127.0.0.1:9000", None).unwrap(),
+            ("127.0.0.1".into(), vec![9000])
+        );
     }
 
     #[test]

@@ -111,11 +111,20 @@ impl ScreenDecoder {
                 }
             }
         };
-        let keyframe_request = self.awaiting_keyframe && self.last_request.is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_RETRY);
+        let keyframe_request = self.awaiting_keyframe
+            && self
+                .last_request
+                .is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_RETRY);
         if keyframe_request {
             self.last_request = Some(now);
         }
-        (result, Feedback { ack_seq: seq, keyframe_request })
+        (
+            result,
+            Feedback {
+                ack_seq: seq,
+                keyframe_request,
+            },
+        )
     }
 
     /// Wants a keyframe now (the `request_keyframe` command, or a lost frame).
@@ -153,7 +162,13 @@ mod tests {
                 let mut rgb = vec![0u8; w * h * 3];
                 for y in 0..h {
                     for x in 0..w {
-                        let c = if y >= h - 8 && x / 8 == i % (w / 8) { [255; 3] } else if x < w / 2 { RED } else { BLUE };
+                        let c = if y >= h - 8 && x / 8 == i % (w / 8) {
+                            [255; 3]
+                        } else if x < w / 2 {
+                            RED
+                        } else {
+                            BLUE
+                        };
                         rgb[(y * w + x) * 3..][..3].copy_from_slice(&c);
                     }
                 }
@@ -162,7 +177,10 @@ mod tests {
                     enc.force_intra_frame();
                 }
                 let out = enc.encode(&yuv).unwrap();
-                let key = matches!(out.frame_type(), openh264::encoder::FrameType::IDR | openh264::encoder::FrameType::I);
+                let key = matches!(
+                    out.frame_type(),
+                    openh264::encoder::FrameType::IDR | openh264::encoder::FrameType::I
+                );
                 (out.to_vec(), key)
             })
             .collect()
@@ -181,7 +199,13 @@ mod tests {
             let seq = i as u64 + 1;
             let (result, fb) = d.frame(seq, key, &bytes, t);
             assert_eq!(result, FrameResult::Decoded(Picture { width: w, height: h }));
-            assert_eq!(fb, Feedback { ack_seq: seq, keyframe_request: false });
+            assert_eq!(
+                fb,
+                Feedback {
+                    ack_seq: seq,
+                    keyframe_request: false
+                }
+            );
         }
         assert!(close(d.pixel(10, 10).unwrap(), RED), "{:?}", d.pixel(10, 10));
         assert!(close(d.pixel(100, 10).unwrap(), BLUE), "{:?}", d.pixel(100, 10));
@@ -199,7 +223,13 @@ mod tests {
         // Frames 2 and 3 were dropped by the relay.
         let (r, fb) = d.frame(4, stream[3].1, &stream[3].0, t);
         assert_eq!(r, FrameResult::Skipped);
-        assert_eq!(fb, Feedback { ack_seq: 4, keyframe_request: true });
+        assert_eq!(
+            fb,
+            Feedback {
+                ack_seq: 4,
+                keyframe_request: true
+            }
+        );
         let (r, fb) = d.frame(5, stream[4].1, &stream[4].0, t + Duration::from_millis(10));
         assert_eq!(r, FrameResult::Skipped);
         assert!(!fb.keyframe_request, "not repeated within the retry interval");

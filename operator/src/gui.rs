@@ -56,9 +56,13 @@ pub struct GuiOptions {
 }
 
 fn load_cjk_font(ctx: &egui::Context) -> Option<&'static str> {
-    let (path, bytes) = CJK_FONT_CANDIDATES.iter().find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))?;
+    let (path, bytes) = CJK_FONT_CANDIDATES
+        .iter()
+        .find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))?;
     let mut fonts = egui::FontDefinitions::default();
-    fonts.font_data.insert("cjk".into(), std::sync::Arc::new(egui::FontData::from_owned(bytes)));
+    fonts
+        .font_data
+        .insert("cjk".into(), std::sync::Arc::new(egui::FontData::from_owned(bytes)));
     for family in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
         fonts.families.entry(family).or_default().push("cjk".into());
     }
@@ -68,7 +72,11 @@ fn load_cjk_font(ctx: &egui::Context) -> Option<&'static str> {
 
 /// Runs the window until the operator closes it (which ends a running session).
 pub fn run(options: GuiOptions) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let lang = options.lang.unwrap_or_else(Lang::from_env);
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -226,7 +234,13 @@ impl OperatorApp {
 
     /// Starts a session: log in, ask for a code.
     fn start(&mut self, ctx: &egui::Context) {
-        let mut config = match OperatorConfig::new(&self.relay, self.options.ports.clone(), self.options.ca.clone(), self.user.clone(), self.password.clone()) {
+        let mut config = match OperatorConfig::new(
+            &self.relay,
+            self.options.ports.clone(),
+            self.options.ca.clone(),
+            self.user.clone(),
+            self.password.clone(),
+        ) {
             Ok(c) => c,
             Err(e) => {
                 self.message = Some(e.to_string());
@@ -348,7 +362,12 @@ impl OperatorApp {
                 self.screen = Screen::Session;
             }
             Event::Consent { denied: Some(true), .. } => self.message = Some(self.t(Text::Denied).to_string()),
-            Event::State { granted, paused, view_only, chat_only } => {
+            Event::State {
+                granted,
+                paused,
+                view_only,
+                chat_only,
+            } => {
                 self.granted = PermissionSet::parse_names(granted.iter().map(String::as_str)).unwrap_or_default();
                 self.paused = paused;
                 self.view_only = view_only;
@@ -365,7 +384,14 @@ impl OperatorApp {
     }
 
     fn on_file_event(&mut self, f: FileEvent) {
-        let row = |name: &str, size: u64, sending: bool| TransferRow { name: name.into(), size, bytes: 0, sending, status: None, detail: String::new() };
+        let row = |name: &str, size: u64, sending: bool| TransferRow {
+            name: name.into(),
+            size,
+            bytes: 0,
+            sending,
+            status: None,
+            detail: String::new(),
+        };
         match f {
             FileEvent::FileOffer { id, name, size, .. } => {
                 self.offers.insert(id, (name, size));
@@ -418,24 +444,27 @@ impl OperatorApp {
     fn login_screen(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
         ui.heading(self.t(Text::Title));
         ui.add_space(12.0);
-        egui::Grid::new("login").num_columns(2).spacing([12.0, 8.0]).show(ui, |ui| {
-            ui.label(self.t(Text::Relay));
-            let r = ui.text_edit_singleline(&mut self.relay);
-            self.widgets.insert("relay", r.rect);
-            ui.end_row();
-            ui.label(self.t(Text::User));
-            let r = ui.text_edit_singleline(&mut self.user);
-            self.widgets.insert("user", r.rect);
-            ui.end_row();
-            ui.label(self.t(Text::Password));
-            let r = ui.add(egui::TextEdit::singleline(&mut self.password).password(true));
-            self.widgets.insert("password", r.rect);
-            ui.end_row();
-            ui.label(self.t(Text::Totp));
-            let r = ui.add(egui::TextEdit::singleline(&mut self.totp).char_limit(8));
-            self.widgets.insert("totp", r.rect);
-            ui.end_row();
-        });
+        egui::Grid::new("login")
+            .num_columns(2)
+            .spacing([12.0, 8.0])
+            .show(ui, |ui| {
+                ui.label(self.t(Text::Relay));
+                let r = ui.text_edit_singleline(&mut self.relay);
+                self.widgets.insert("relay", r.rect);
+                ui.end_row();
+                ui.label(self.t(Text::User));
+                let r = ui.text_edit_singleline(&mut self.user);
+                self.widgets.insert("user", r.rect);
+                ui.end_row();
+                ui.label(self.t(Text::Password));
+                let r = ui.add(egui::TextEdit::singleline(&mut self.password).password(true));
+                self.widgets.insert("password", r.rect);
+                ui.end_row();
+                ui.label(self.t(Text::Totp));
+                let r = ui.add(egui::TextEdit::singleline(&mut self.totp).char_limit(8));
+                self.widgets.insert("totp", r.rect);
+                ui.end_row();
+            });
         ui.add_space(12.0);
         let ready = !self.relay.trim().is_empty() && !self.user.trim().is_empty() && !self.password.is_empty();
         let r = ui.add_enabled(ready, egui::Button::new(self.t(Text::NewSession)));
@@ -452,7 +481,11 @@ impl OperatorApp {
     fn waiting_screen(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
         ui.heading(self.t(Text::CodeForClient));
         ui.add_space(8.0);
-        let shown = if self.code.len() == 8 { format!("{} {}", &self.code[..4], &self.code[4..]) } else { self.code.clone() };
+        let shown = if self.code.len() == 8 {
+            format!("{} {}", &self.code[..4], &self.code[4..])
+        } else {
+            self.code.clone()
+        };
         ui.horizontal(|ui| {
             let r = ui.label(egui::RichText::new(&shown).monospace().size(TEXT_SIZE * 4.0).strong());
             self.widgets.insert("code", r.rect);
@@ -509,21 +542,31 @@ impl OperatorApp {
             None
         };
         if let Some(b) = banner {
-            let r = egui::Frame::new().fill(egui::Color32::from_rgb(255, 200, 60)).inner_margin(6.0).show(ui, |ui| {
-                ui.colored_label(egui::Color32::BLACK, self.t(b));
-            });
+            let r = egui::Frame::new()
+                .fill(egui::Color32::from_rgb(255, 200, 60))
+                .inner_margin(6.0)
+                .show(ui, |ui| {
+                    ui.colored_label(egui::Color32::BLACK, self.t(b));
+                });
             self.widgets.insert("banner", r.response.rect);
         }
     }
 
     fn side_panel(&mut self, ui: &mut egui::Ui) {
         ui.heading(self.t(Text::Chat));
-        egui::ScrollArea::vertical().max_height(260.0).stick_to_bottom(true).show(ui, |ui| {
-            for (mine, text) in &self.chat {
-                let who = if *mine { self.lang.t(Text::You) } else { self.lang.t(Text::Client) };
-                ui.label(format!("{who}: {text}"));
-            }
-        });
+        egui::ScrollArea::vertical()
+            .max_height(260.0)
+            .stick_to_bottom(true)
+            .show(ui, |ui| {
+                for (mine, text) in &self.chat {
+                    let who = if *mine {
+                        self.lang.t(Text::You)
+                    } else {
+                        self.lang.t(Text::Client)
+                    };
+                    ui.label(format!("{who}: {text}"));
+                }
+            });
         let mut send_chat = false;
         ui.horizontal(|ui| {
             let r = ui.add(egui::TextEdit::singleline(&mut self.chat_draft).desired_width(200.0));
@@ -546,7 +589,10 @@ impl OperatorApp {
         ui.label(self.t(Text::FilePath));
         ui.horizontal(|ui| {
             ui.add(egui::TextEdit::singleline(&mut self.send_path).desired_width(200.0));
-            let b = ui.add_enabled(files_ok && !self.send_path.trim().is_empty(), egui::Button::new(self.lang.t(Text::SendFile)));
+            let b = ui.add_enabled(
+                files_ok && !self.send_path.trim().is_empty(),
+                egui::Button::new(self.lang.t(Text::SendFile)),
+            );
             if b.clicked() {
                 let path = PathBuf::from(self.send_path.trim());
                 self.send(Command::File(FileCommand::SendFile { path }));
@@ -557,11 +603,29 @@ impl OperatorApp {
         let offers: Vec<(u32, (String, u64))> = self.offers.iter().map(|(k, v)| (*k, v.clone())).collect();
         for (id, (name, size)) in offers {
             ui.horizontal(|ui| {
-                ui.label(format!("{} {} {name} ({})", self.lang.t(Text::Client), self.lang.t(Text::Offers), human_size(size)));
+                ui.label(format!(
+                    "{} {} {name} ({})",
+                    self.lang.t(Text::Client),
+                    self.lang.t(Text::Offers),
+                    human_size(size)
+                ));
                 if ui.button(self.lang.t(Text::Accept)).clicked() {
-                    self.send(Command::File(FileCommand::AcceptFile { id, dir: PathBuf::from(self.save_dir.trim()) }));
+                    self.send(Command::File(FileCommand::AcceptFile {
+                        id,
+                        dir: PathBuf::from(self.save_dir.trim()),
+                    }));
                     self.offers.remove(&id);
-                    self.transfers.insert((id, false), TransferRow { name: name.clone(), size, bytes: 0, sending: false, status: None, detail: String::new() });
+                    self.transfers.insert(
+                        (id, false),
+                        TransferRow {
+                            name: name.clone(),
+                            size,
+                            bytes: 0,
+                            sending: false,
+                            status: None,
+                            detail: String::new(),
+                        },
+                    );
                 }
                 if ui.button(self.lang.t(Text::Reject)).clicked() {
                     self.send(Command::File(FileCommand::RejectFile { id }));
@@ -572,9 +636,17 @@ impl OperatorApp {
         let rows: Vec<((u32, bool), TransferRow)> = self.transfers.iter().map(|(k, v)| (*k, v.clone())).collect();
         for ((id, sending), row) in rows {
             ui.label(format!("{} {}", if row.sending { "↑" } else { "↓" }, row.name));
-            let fraction = if row.size == 0 { 1.0 } else { row.bytes as f32 / row.size as f32 };
+            let fraction = if row.size == 0 {
+                1.0
+            } else {
+                row.bytes as f32 / row.size as f32
+            };
             ui.horizontal(|ui| {
-                ui.add(egui::ProgressBar::new(fraction).desired_width(180.0).text(format!("{} / {}", human_size(row.bytes), human_size(row.size))));
+                ui.add(egui::ProgressBar::new(fraction).desired_width(180.0).text(format!(
+                    "{} / {}",
+                    human_size(row.bytes),
+                    human_size(row.size)
+                )));
                 match row.status {
                     Some(s) => {
                         ui.label(self.lang.t(s));
@@ -606,10 +678,18 @@ impl OperatorApp {
         let size = egui::vec2(pw * scale, ph * scale);
         let rect = egui::Rect::from_center_size(avail.center(), size);
         let response = ui.allocate_rect(rect, egui::Sense::click_and_drag());
-        ui.painter().image(texture.id(), rect, egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)), egui::Color32::WHITE);
+        ui.painter().image(
+            texture.id(),
+            rect,
+            egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
+            egui::Color32::WHITE,
+        );
         self.picture_rect = Some(rect);
         self.widgets.insert("screen", rect);
-        let control = self.granted.contains(tsunagu_proto::pb::Permission::Control) && !self.paused && !self.view_only && !self.chat_only;
+        let control = self.granted.contains(tsunagu_proto::pb::Permission::Control)
+            && !self.paused
+            && !self.view_only
+            && !self.chat_only;
         if control && response.hovered() {
             response.request_focus();
             self.forward_input(ui, rect, scale);
@@ -618,7 +698,12 @@ impl OperatorApp {
 
     /// Maps the window's input over the picture to the client's screen coordinates.
     fn forward_input(&mut self, ui: &egui::Ui, rect: egui::Rect, scale: f32) {
-        let to_remote = |p: egui::Pos2| (((p.x - rect.min.x) / scale).floor() as i32, ((p.y - rect.min.y) / scale).floor() as i32);
+        let to_remote = |p: egui::Pos2| {
+            (
+                ((p.x - rect.min.x) / scale).floor() as i32,
+                ((p.y - rect.min.y) / scale).floor() as i32,
+            )
+        };
         let events = ui.input(|i| i.events.clone());
         let mut commands = Vec::new();
         for e in events {
@@ -630,7 +715,9 @@ impl OperatorApp {
                         commands.push(Command::MouseMove { x: xy.0, y: xy.1 });
                     }
                 }
-                egui::Event::PointerButton { pos, button, pressed, .. } if rect.contains(pos) => {
+                egui::Event::PointerButton {
+                    pos, button, pressed, ..
+                } if rect.contains(pos) => {
                     let button = match button {
                         egui::PointerButton::Primary => Button::Left,
                         egui::PointerButton::Secondary => Button::Right,
@@ -639,7 +726,10 @@ impl OperatorApp {
                     };
                     let (x, y) = to_remote(pos);
                     commands.push(Command::MouseMove { x, y });
-                    commands.push(Command::MouseButton { button, down: Some(pressed) });
+                    commands.push(Command::MouseButton {
+                        button,
+                        down: Some(pressed),
+                    });
                 }
                 egui::Event::MouseWheel { delta, unit, .. } => {
                     // One notch per line; points are turned into lines of ~40 points.
@@ -656,7 +746,10 @@ impl OperatorApp {
                 egui::Event::Text(text) => commands.push(Command::Text { text }),
                 egui::Event::Key { key, pressed, .. } => {
                     if let Some(name) = special_key_name(key) {
-                        commands.push(Command::Key { key: name.to_string(), down: Some(pressed) });
+                        commands.push(Command::Key {
+                            key: name.to_string(),
+                            down: Some(pressed),
+                        });
                     }
                 }
                 _ => {}
@@ -669,9 +762,13 @@ impl OperatorApp {
 
     fn session_screen(&mut self, ui: &mut egui::Ui) {
         egui::Panel::top("session-top").show(ui, |ui| self.top_bar(ui));
-        egui::Panel::right("session-side").resizable(true).default_size(360.0).min_size(280.0).show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| self.side_panel(ui));
-        });
+        egui::Panel::right("session-side")
+            .resizable(true)
+            .default_size(360.0)
+            .min_size(280.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| self.side_panel(ui));
+            });
         egui::CentralPanel::default().show(ui, |ui| self.remote_screen(ui));
     }
 
@@ -695,7 +792,14 @@ impl OperatorApp {
             return;
         }
         let ppp = ctx.pixels_per_point();
-        let px = |r: egui::Rect| [(r.min.x * ppp).round() as i64, (r.min.y * ppp).round() as i64, (r.width() * ppp).round() as i64, (r.height() * ppp).round() as i64];
+        let px = |r: egui::Rect| {
+            [
+                (r.min.x * ppp).round() as i64,
+                (r.min.y * ppp).round() as i64,
+                (r.width() * ppp).round() as i64,
+                (r.height() * ppp).round() as i64,
+            ]
+        };
         let window = ctx.input(|i| i.viewport().inner_rect).map(px);
         let widgets: BTreeMap<_, _> = self.widgets.iter().map(|(k, r)| (*k, px(*r))).collect();
         let line = serde_json::json!({

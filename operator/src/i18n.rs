@@ -12,7 +12,10 @@ pub enum Lang {
 impl Lang {
     /// From `LC_ALL`, `LC_MESSAGES` or `LANG` (the first set); English when none is.
     pub fn from_env() -> Self {
-        let value = ["LC_ALL", "LC_MESSAGES", "LANG"].iter().filter_map(|k| std::env::var(k).ok()).find(|v| !v.is_empty());
+        let value = ["LC_ALL", "LC_MESSAGES", "LANG"]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok())
+            .find(|v| !v.is_empty());
         match value {
             Some(v) if v.to_ascii_lowercase().starts_with("ja") => Lang::Ja,
             _ => Lang::En,

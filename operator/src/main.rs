@@ -57,9 +57,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     if !args.headless {
         return run_window(args);
@@ -103,11 +101,20 @@ fn run_window(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let lang = args.lang.as_deref().map(|l| if l == "ja" { Lang::Ja } else { Lang::En });
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let lang = args
+        .lang
+        .as_deref()
+        .map(|l| if l == "ja" { Lang::Ja } else { Lang::En });
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     let save_dir = args.save_dir.unwrap_or_else(|| {
         let downloads = home.join("Downloads");
-        if downloads.is_dir() { downloads } else { home }
+        if downloads.is_dir() {
+            downloads
+        } else {
+            home
+        }
     });
     let options = GuiOptions {
         relay: args.relay,
@@ -134,17 +141,28 @@ fn run_window(args: Args) -> ExitCode {
 fn build_config(args: Args) -> Result<OperatorConfig, (&'static str, String)> {
     let password = match std::env::var(PASSWORD_ENV) {
         Ok(p) if !p.is_empty() => p,
-        _ => return Err(("usage", format!("set the operator password in the {PASSWORD_ENV} environment variable"))),
+        _ => {
+            return Err((
+                "usage",
+                format!("set the operator password in the {PASSWORD_ENV} environment variable"),
+            ))
+        }
     };
     let permissions =
         PermissionSet::parse_names(args.permissions.iter().map(String::as_str)).map_err(|e| ("usage", e))?;
     if permissions.is_empty() {
-        return Err(("usage", "--permissions needs at least one of view, control, files, chat".into()));
+        return Err((
+            "usage",
+            "--permissions needs at least one of view, control, files, chat".into(),
+        ));
     }
-    let mut config =
-        OperatorConfig::new(&args.relay, args.ports, args.ca, args.user, password).map_err(|e| ("usage", e.to_string()))?;
+    let mut config = OperatorConfig::new(&args.relay, args.ports, args.ca, args.user, password)
+        .map_err(|e| ("usage", e.to_string()))?;
     config.permissions = permissions;
-    config.timeouts = Timeouts { attempt: Duration::from_millis(args.attempt_timeout_ms), ..Timeouts::default() };
+    config.timeouts = Timeouts {
+        attempt: Duration::from_millis(args.attempt_timeout_ms),
+        ..Timeouts::default()
+    };
     Ok(config)
 }
 

@@ -32,7 +32,10 @@ impl std::fmt::Debug for PictureSink {
 impl PictureSink {
     /// A sink that calls `wake` after each new picture.
     pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Self {
-        Self { slot: Arc::default(), wake: Some(Arc::new(wake)) }
+        Self {
+            slot: Arc::default(),
+            wake: Some(Arc::new(wake)),
+        }
     }
 
     /// Stores a picture, replacing any the viewer has not taken yet.

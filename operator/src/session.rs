@@ -63,8 +63,12 @@ pub async fn run(config: OperatorConfig, commands: mpsc::Receiver<Command>, even
     let decoder = match ScreenDecoder::new() {
         Ok(d) => d,
         Err(e) => {
-            events.emit(Event::error("internal", format!("cannot start the H.264 decoder: {e}"))).await;
-            return Outcome::Usage { code: "internal".into() };
+            events
+                .emit(Event::error("internal", format!("cannot start the H.264 decoder: {e}")))
+                .await;
+            return Outcome::Usage {
+                code: "internal".into(),
+            };
         }
     };
     let tls = match dial::client_tls(&config.ca) {
@@ -139,7 +143,11 @@ enum Step {
 
 impl Session {
     async fn run(&mut self, mut commands: mpsc::Receiver<Command>) -> Outcome {
-        let login = pb::Login { user: self.config.user.clone(), password: self.config.password.clone(), totp: self.config.totp.clone() };
+        let login = pb::Login {
+            user: self.config.user.clone(),
+            password: self.config.password.clone(),
+            totp: self.config.totp.clone(),
+        };
         if let Err(outcome) = self.send(Body::Login(login)).await {
             return outcome;
         }
@@ -185,14 +193,24 @@ impl Session {
     /// already ending).
     async fn lost(&mut self, detail: String) -> Outcome {
         if self.phase == Phase::Ending {
-            self.events.emit(Event::Ended { reason: "operator_ended".into() }).await;
-            return Outcome::Ended { reason: "operator_ended".into() };
+            self.events
+                .emit(Event::Ended {
+                    reason: "operator_ended".into(),
+                })
+                .await;
+            return Outcome::Ended {
+                reason: "operator_ended".into(),
+            };
         }
         warn!(session = %self.session_id, error = %detail, "lost the connection to the relay");
         let aborted = self.transfers.abort_all("the connection to the relay was lost").await;
         self.emit_files(aborted).await;
         self.events.emit(Event::error("connection_lost", detail)).await;
-        self.events.emit(Event::Ended { reason: "connection_lost".into() }).await;
+        self.events
+            .emit(Event::Ended {
+                reason: "connection_lost".into(),
+            })
+            .await;
         Outcome::Unreachable
     }
 
@@ -208,7 +226,12 @@ impl Session {
             Body::LoginOk(ok) if self.phase == Phase::LoggingIn => {
                 let allowed = PermissionSet::from_wire(&ok.allowed);
                 info!(operator = %ok.operator, %allowed, "logged in");
-                self.events.emit(Event::LoggedIn { operator: ok.operator, allowed: names(allowed) }).await;
+                self.events
+                    .emit(Event::LoggedIn {
+                        operator: ok.operator,
+                        allowed: names(allowed),
+                    })
+                    .await;
                 self.phase = Phase::RequestingCode;
                 self.deadline = Some(Instant::now() + self.config.timeouts.step);
                 let permissions = self.config.permissions.to_wire();
@@ -233,7 +256,13 @@ impl Session {
                     self.phase = Phase::WaitingForConsent;
                 }
                 info!(session = %self.session_id, client_ip = %peer.ip, client_port = peer.port, "client joined");
-                self.events.emit(Event::PeerJoined { host: peer.host_name, ip: peer.ip, port: peer.port }).await;
+                self.events
+                    .emit(Event::PeerJoined {
+                        host: peer.host_name,
+                        ip: peer.ip,
+                        port: peer.port,
+                    })
+                    .await;
                 Ok(())
             }
             Body::SessionState(state) => {
@@ -251,7 +280,9 @@ impl Session {
                 Ok(())
             }
             Body::Ended(ended) => return Step::Done(self.on_ended(ended).await),
-            Body::FileOffer(_) | Body::FileAnswer(_) | Body::FileCredit(_) | Body::FileDone(_) => self.on_file_frame(&body).await,
+            Body::FileOffer(_) | Body::FileAnswer(_) | Body::FileCredit(_) | Body::FileDone(_) => {
+                self.on_file_frame(&body).await
+            }
             Body::Data(data) if data.channel == Channel::File as i32 => self.on_file_frame(&Body::Data(data)).await,
             Body::Data(data) => self.on_data(data).await,
             other => {
@@ -299,7 +330,13 @@ impl Session {
         if self.phase < Phase::Active {
             self.phase = Phase::Active;
             info!(session = %self.session_id, %granted, "session active");
-            self.events.emit(Event::Consent { granted: Some(names(granted)), denied: None, reason: None }).await;
+            self.events
+                .emit(Event::Consent {
+                    granted: Some(names(granted)),
+                    denied: None,
+                    reason: None,
+                })
+                .await;
         }
         self.events
             .emit(Event::State {
@@ -312,7 +349,9 @@ impl Session {
         if state.paused != self.paused {
             self.paused = state.paused;
             info!(session = %self.session_id, paused = state.paused, "client {}", if state.paused { "paused control" } else { "resumed control" });
-            self.events.emit(if state.paused { Event::Paused } else { Event::Resumed }).await;
+            self.events
+                .emit(if state.paused { Event::Paused } else { Event::Resumed })
+                .await;
         }
     }
 
@@ -324,7 +363,13 @@ impl Session {
         self.emit_files(aborted).await;
         let ran = self.phase >= Phase::Active;
         if !ran && matches!(reason, pb::EndReason::ConsentDenied | pb::EndReason::ConsentTimeout) {
-            self.events.emit(Event::Consent { granted: None, denied: Some(true), reason: Some(name.into()) }).await;
+            self.events
+                .emit(Event::Consent {
+                    granted: None,
+                    denied: Some(true),
+                    reason: Some(name.into()),
+                })
+                .await;
         }
         self.events.emit(Event::Ended { reason: name.into() }).await;
         if ran {
@@ -346,7 +391,10 @@ impl Session {
                 Ok(())
             }
             _ => {
-                debug!(channel = data.channel, "data on a channel the operator does not handle; ignored");
+                debug!(
+                    channel = data.channel,
+                    "data on a channel the operator does not handle; ignored"
+                );
                 Ok(())
             }
         }
@@ -364,7 +412,11 @@ impl Session {
             Err(e) => {
                 self.decoder.lose_sync();
                 let (_, feedback) = self.decoder.frame(seq, false, &[], now);
-                (FrameResult::Failed(format!("undecodable ScreenFrame: {e}")), feedback, None)
+                (
+                    FrameResult::Failed(format!("undecodable ScreenFrame: {e}")),
+                    feedback,
+                    None,
+                )
             }
         };
         match (result, frame) {
@@ -374,7 +426,10 @@ impl Session {
                     let (rgb, width, height) = self.decoder.rgb();
                     sink.put(width, height, rgb, seq);
                 }
-                let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+                let now_us = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_micros() as i64)
+                    .unwrap_or(0);
                 self.events.emit_lossy(Event::Frame {
                     seq,
                     width: picture.width,
@@ -387,8 +442,13 @@ impl Session {
             (FrameResult::Skipped, _) => debug!(seq, "delta frame skipped while waiting for a keyframe"),
             _ => {}
         }
-        let fb = pb::ScreenFeedback { ack_seq: feedback.ack_seq, keyframe_request: feedback.keyframe_request };
-        self.send_data(Channel::ScreenFeedback, fb.encode_to_vec()).await.map(|_| ())
+        let fb = pb::ScreenFeedback {
+            ack_seq: feedback.ack_seq,
+            keyframe_request: feedback.keyframe_request,
+        };
+        self.send_data(Channel::ScreenFeedback, fb.encode_to_vec())
+            .await
+            .map(|_| ())
     }
 
     async fn on_command(&mut self, cmd: Command) -> Step {
@@ -396,7 +456,9 @@ impl Session {
         let sendable = self.phase >= Phase::WaitingForClient && self.phase != Phase::Ending;
         let needs_session = !matches!(cmd, Command::End | Command::Sample { .. });
         if needs_session && !sendable {
-            self.events.emit(Event::error("not_active", "there is no session to send this to")).await;
+            self.events
+                .emit(Event::error("not_active", "there is no session to send this to"))
+                .await;
             return Step::Continue;
         }
         let result = match cmd {
@@ -407,12 +469,16 @@ impl Session {
                     Button::Right => pb::MouseButton::Right,
                     Button::Middle => pb::MouseButton::Middle,
                 } as i32;
-                let events = presses(down).map(|down| Kind::MouseButton(pb::MouseButtonEvent { button, down })).collect();
+                let events = presses(down)
+                    .map(|down| Kind::MouseButton(pb::MouseButtonEvent { button, down }))
+                    .collect();
                 self.send_input(events).await
             }
             Command::Wheel { dx, dy } => self.send_input(vec![Kind::Wheel(pb::Wheel { dx, dy })]).await,
             Command::Key { key, down } => {
-                let events = presses(down).map(|down| Kind::Key(pb::KeyEvent { key: key.clone(), down })).collect();
+                let events = presses(down)
+                    .map(|down| Kind::Key(pb::KeyEvent { key: key.clone(), down }))
+                    .collect();
                 self.send_input(events).await
             }
             Command::Text { text } => self.send_input(vec![Kind::Text(pb::TextInput { text })]).await,
@@ -422,21 +488,39 @@ impl Session {
                     self.events.emit(Event::error("bad_command", msg)).await;
                     Ok(())
                 } else {
-                    self.send_data(Channel::Chat, pb::ChatMessage { text }.encode_to_vec()).await.map(|_| ())
+                    self.send_data(Channel::Chat, pb::ChatMessage { text }.encode_to_vec())
+                        .await
+                        .map(|_| ())
                 }
             }
             Command::RequestKeyframe => {
                 self.decoder.request_now();
-                let fb = pb::ScreenFeedback { ack_seq: 0, keyframe_request: true };
-                self.send_data(Channel::ScreenFeedback, fb.encode_to_vec()).await.map(|_| ())
+                let fb = pb::ScreenFeedback {
+                    ack_seq: 0,
+                    keyframe_request: true,
+                };
+                self.send_data(Channel::ScreenFeedback, fb.encode_to_vec())
+                    .await
+                    .map(|_| ())
             }
             Command::Sample { x, y } => {
                 match self.decoder.pixel(x, y) {
                     Some([r, g, b]) => {
-                        self.events.emit(Event::Pixel { x, y, r, g, b, seq: self.last_decoded_seq }).await;
+                        self.events
+                            .emit(Event::Pixel {
+                                x,
+                                y,
+                                r,
+                                g,
+                                b,
+                                seq: self.last_decoded_seq,
+                            })
+                            .await;
                     }
                     None => {
-                        self.events.emit(Event::error("bad_command", "no decoded picture covers that point")).await;
+                        self.events
+                            .emit(Event::error("bad_command", "no decoded picture covers that point"))
+                            .await;
                     }
                 }
                 Ok(())
@@ -444,7 +528,9 @@ impl Session {
             Command::End => self.end().await,
             Command::File(fc) => {
                 if self.phase != Phase::Active || !self.granted.contains(pb::Permission::Files) {
-                    self.events.emit(Event::error("not_granted", "the client has not granted file transfer")).await;
+                    self.events
+                        .emit(Event::error("not_granted", "the client has not granted file transfer"))
+                        .await;
                 } else {
                     match self.transfers.command(&mut self.link, fc).await {
                         Ok(events) => self.emit_files(events).await,
@@ -476,8 +562,14 @@ impl Session {
         match self.phase {
             Phase::Ending => Ok(()),
             Phase::LoggingIn | Phase::RequestingCode => {
-                self.events.emit(Event::Ended { reason: "operator_ended".into() }).await;
-                Err(Outcome::Ended { reason: "operator_ended".into() })
+                self.events
+                    .emit(Event::Ended {
+                        reason: "operator_ended".into(),
+                    })
+                    .await;
+                Err(Outcome::Ended {
+                    reason: "operator_ended".into(),
+                })
             }
             _ => {
                 info!(session = %self.session_id, "ending the session");
@@ -492,15 +584,28 @@ impl Session {
         self.deadline = None;
         match self.phase {
             Phase::LoggingIn | Phase::RequestingCode => {
-                let what = if self.phase == Phase::LoggingIn { "login" } else { "code request" };
-                let msg = format!("the relay did not answer the {what} within {:?}", self.config.timeouts.step);
+                let what = if self.phase == Phase::LoggingIn {
+                    "login"
+                } else {
+                    "code request"
+                };
+                let msg = format!(
+                    "the relay did not answer the {what} within {:?}",
+                    self.config.timeouts.step
+                );
                 self.events.emit(Event::error("timeout", msg)).await;
                 Step::Done(Outcome::Refused { code: "timeout".into() })
             }
             _ => {
                 debug!("no Ended from the relay in time; closing");
-                self.events.emit(Event::Ended { reason: "operator_ended".into() }).await;
-                Step::Done(Outcome::Ended { reason: "operator_ended".into() })
+                self.events
+                    .emit(Event::Ended {
+                        reason: "operator_ended".into(),
+                    })
+                    .await;
+                Step::Done(Outcome::Ended {
+                    reason: "operator_ended".into(),
+                })
             }
         }
     }

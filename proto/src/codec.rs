@@ -57,7 +57,10 @@ impl FrameCodec {
             return Err(FrameError::Empty);
         }
         if len > self.max_frame {
-            return Err(FrameError::TooLarge { len, max: self.max_frame });
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
         }
         Ok(Some(len))
     }
@@ -74,7 +77,9 @@ impl FrameCodec {
     /// Takes one frame off the front of `buf`, or returns `Ok(None)` when more bytes are
     /// needed. On error the buffer content is unspecified and the connection must close.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<RawFrame>, FrameError> {
-        let Some(len) = self.peek_len(buf)? else { return Ok(None) };
+        let Some(len) = self.peek_len(buf)? else {
+            return Ok(None);
+        };
         if buf.len() < LENGTH_PREFIX + len {
             return Ok(None);
         }
@@ -162,13 +167,22 @@ mod tests {
     fn oversized_length_is_refused_before_the_body_arrives() {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xf0][..]);
         let err = FrameCodec::new(1 << 20).decode(&mut buf).unwrap_err();
-        assert_eq!(err, FrameError::TooLarge { len: 0xffff_fff0, max: 1 << 20 });
+        assert_eq!(
+            err,
+            FrameError::TooLarge {
+                len: 0xffff_fff0,
+                max: 1 << 20
+            }
+        );
     }
 
     #[test]
     fn zero_length_and_garbage_are_errors() {
         let mut codec = FrameCodec::new(1024);
-        assert_eq!(codec.decode(&mut BytesMut::from(&[0, 0, 0, 0][..])).unwrap_err(), FrameError::Empty);
+        assert_eq!(
+            codec.decode(&mut BytesMut::from(&[0, 0, 0, 0][..])).unwrap_err(),
+            FrameError::Empty
+        );
         let mut http = BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]);
         assert!(matches!(codec.decode(&mut http), Err(FrameError::TooLarge { .. })));
         let mut junk = BytesMut::from(&[0, 0, 0, 3, 0xff, 0xff, 0xff][..]);

@@ -103,7 +103,10 @@ pub fn resolve_target(spec: &str, ports: Option<Vec<u16>>) -> Result<(String, Ve
 /// A TLS 1.3 client configuration that trusts only the CA in `ca_pem` and offers ALPN
 /// `tsunagu/1`.
 pub fn client_tls(ca_pem_path: &Path) -> Result<Arc<rustls::ClientConfig>, DialError> {
-    let bad = |reason: String| DialError::BadCa { path: ca_pem_path.display().to_string(), reason };
+    let bad = |reason: String| DialError::BadCa {
+        path: ca_pem_path.display().to_string(),
+        reason,
+    };
     let pem = std::fs::read(ca_pem_path).map_err(|e| bad(e.to_string()))?;
     client_tls_from_pem(&pem).map_err(bad)
 }
@@ -144,7 +147,10 @@ pub async fn dial(cfg: &DialConfig) -> Result<Connected, DialError> {
             Err(_) => attempts.push((port, format!("no answer within {:?}", cfg.attempt_timeout))),
         }
     }
-    Err(DialError::Unreachable { host: cfg.host.clone(), attempts })
+    Err(DialError::Unreachable {
+        host: cfg.host.clone(),
+        attempts,
+    })
 }
 
 enum AttemptError {
@@ -154,20 +160,29 @@ enum AttemptError {
 
 async fn attempt(cfg: &DialConfig, name: ServerName<'static>, port: u16) -> Result<Connected, AttemptError> {
     let fail = |e: &dyn std::fmt::Display| AttemptError::Failed(e.to_string());
-    let tcp = TcpStream::connect((cfg.host.as_str(), port)).await.map_err(|e| fail(&e))?;
+    let tcp = TcpStream::connect((cfg.host.as_str(), port))
+        .await
+        .map_err(|e| fail(&e))?;
     tcp.set_nodelay(true).map_err(|e| fail(&e))?;
     let peer = tcp.peer_addr().map_err(|e| fail(&e))?;
     let local = tcp.local_addr().map_err(|e| fail(&e))?;
-    let tls = TlsConnector::from(cfg.tls.clone()).connect(name, tcp).await.map_err(|e| fail(&e))?;
+    let tls = TlsConnector::from(cfg.tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| fail(&e))?;
     let (r, w) = tokio::io::split(tls);
     let mut reader = FrameReader::new(r, cfg.max_frame);
     let mut writer = FrameWriter::new(w, cfg.max_frame);
     writer.send(&hello(&cfg.agent)).await.map_err(|e| fail(&e))?;
     let first = reader.read().await.map_err(|e| fail(&e))?;
     match first.and_then(|raw| raw.frame.body) {
-        Some(Body::Hello(h)) if h.version == crate::PROTOCOL_VERSION => {
-            Ok(Connected { reader, writer, port, peer, local })
-        }
+        Some(Body::Hello(h)) if h.version == crate::PROTOCOL_VERSION => Ok(Connected {
+            reader,
+            writer,
+            port,
+            peer,
+            local,
+        }),
         Some(Body::Hello(h)) => Err(AttemptError::Refused(TransportError::VersionMismatch {
             ours: crate::PROTOCOL_VERSION,
             theirs: h.version,
@@ -193,8 +208,14 @@ mod tests {
         assert!(parse_relay("").is_err());
         assert!(parse_relay(":80").is_err());
         assert_eq!(resolve_target("r.example", None).unwrap().1, vec![7615, 80, 443]);
-        assert_eq!(resolve_target("127.0.0.1:9000", None).unwrap(), ("127.0.0.1".into(), vec![9000]));
-        assert_eq!(resolve_target("[::1]:9000", Some(vec![1, 2])).unwrap(), ("::1".into(), vec![1, 2]));
+        assert_eq!(
+            resolve_target("127.0.0.1:9000", None).unwrap(),
+            ("127.0.0.1".into(), vec![9000])
+        );
+        assert_eq!(
+            resolve_target("[::1]:9000", Some(vec![1, 2])).unwrap(),
+            ("::1".into(), vec![1, 2])
+        );
         assert!(resolve_target("r.example", Some(vec![])).is_err());
     }
 }

@@ -54,15 +54,31 @@ pub fn dial_failure(e: crate::dial::DialError) -> (&'static str, String, Outcome
     match e {
         DialError::Unreachable { .. } => ("unreachable", e.to_string(), Outcome::Unreachable),
         DialError::BadCa { .. } => ("bad_ca", e.to_string(), Outcome::Usage { code: "bad_ca".into() }),
-        DialError::BadHost(_) | DialError::NoPorts => ("bad_relay", e.to_string(), Outcome::Usage { code: "bad_relay".into() }),
+        DialError::BadHost(_) | DialError::NoPorts => (
+            "bad_relay",
+            e.to_string(),
+            Outcome::Usage {
+                code: "bad_relay".into(),
+            },
+        ),
         DialError::Refused(TransportError::Remote { code, message }) => {
             let name = crate::types::error_code_name(code);
             (name, message, Outcome::Refused { code: name.into() })
         }
-        DialError::Refused(TransportError::VersionMismatch { .. }) => {
-            ("version_mismatch", e.to_string(), Outcome::Refused { code: "version_mismatch".into() })
-        }
-        DialError::Refused(other) => ("protocol", other.to_string(), Outcome::Refused { code: "protocol".into() }),
+        DialError::Refused(TransportError::VersionMismatch { .. }) => (
+            "version_mismatch",
+            e.to_string(),
+            Outcome::Refused {
+                code: "version_mismatch".into(),
+            },
+        ),
+        DialError::Refused(other) => (
+            "protocol",
+            other.to_string(),
+            Outcome::Refused {
+                code: "protocol".into(),
+            },
+        ),
     }
 }
 
@@ -101,7 +117,9 @@ where
                         }
                     }
                     Err(e) => {
-                        let _ = stdin_events.send(bad_command(format!("not a valid command: {e}"))).await;
+                        let _ = stdin_events
+                            .send(bad_command(format!("not a valid command: {e}")))
+                            .await;
                     }
                 },
                 // End of input is not the end of the session.
@@ -153,7 +171,9 @@ async fn wait_for_signal() -> bool {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else { return false };
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return false;
+        };
         tokio::select! {
             r = tokio::signal::ctrl_c() => r.is_ok(),
             _ = term.recv() => true,

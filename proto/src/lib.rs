@@ -56,7 +56,10 @@ pub fn fuzz_decode(data: &[u8]) {
         // Re-encoding a decoded frame must round-trip to a frame of the same kind.
         let again = codec::encode(&raw.frame).expect("a decoded frame fits the limit it was decoded under");
         let mut again = bytes::BytesMut::from(&again[..]);
-        let back = codec.decode(&mut again).expect("re-encoded frame decodes").expect("complete");
+        let back = codec
+            .decode(&mut again)
+            .expect("re-encoded frame decodes")
+            .expect("complete");
         assert_eq!(back.frame, raw.frame);
     }
 }
@@ -66,7 +69,10 @@ mod fuzz_seeds {
     #[test]
     fn fuzz_entry_point_runs_on_seeds() {
         let hello = crate::codec::encode(&crate::pb::Frame {
-            body: Some(crate::pb::frame::Body::Hello(crate::pb::Hello { version: 1, agent: "x".into() })),
+            body: Some(crate::pb::frame::Body::Hello(crate::pb::Hello {
+                version: 1,
+                agent: "x".into(),
+            })),
         })
         .unwrap();
         let seeds: Vec<Vec<u8>> = vec![

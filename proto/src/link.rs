@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use crate::dial::{Connected, Reader, Writer};
 use crate::pb::{self, frame::Body};
 use crate::transport::TransportError;
+use tokio::sync::mpsc;
 
 /// Frames buffered between the reader task and the session loop. When full the reader stops
 /// reading, TCP pushes back, and the relay drops the oldest screen frames for us.
@@ -53,7 +53,13 @@ impl Link {
     pub fn new(conn: Connected, idle_timeout: Duration, write_timeout: Duration) -> Self {
         let (tx, incoming) = mpsc::channel(INCOMING_CAPACITY);
         let reader_task = tokio::spawn(read_loop(conn.reader, idle_timeout, tx));
-        Self { writer: conn.writer, incoming, reader_task, seqs: [0; 8], write_timeout }
+        Self {
+            writer: conn.writer,
+            incoming,
+            reader_task,
+            seqs: [0; 8],
+            write_timeout,
+        }
     }
 
     /// Sends one frame body.
@@ -68,7 +74,13 @@ impl Link {
     pub async fn send_data(&mut self, channel: pb::Channel, payload: Vec<u8>) -> Result<u64, LinkError> {
         let slot = (channel as usize).min(self.seqs.len() - 1);
         let seq = self.seqs[slot] + 1;
-        self.send(Body::Data(pb::Data { channel: channel as i32, seq, payload: payload.into(), stream: 0 })).await?;
+        self.send(Body::Data(pb::Data {
+            channel: channel as i32,
+            seq,
+            payload: payload.into(),
+            stream: 0,
+        }))
+        .await?;
         self.seqs[slot] = seq;
         Ok(seq)
     }
@@ -77,7 +89,13 @@ impl Link {
     pub async fn send_file_chunk(&mut self, stream: u32, payload: bytes::Bytes) -> Result<u64, LinkError> {
         let slot = pb::Channel::File as usize;
         let seq = self.seqs[slot] + 1;
-        self.send(Body::Data(pb::Data { channel: pb::Channel::File as i32, seq, payload, stream })).await?;
+        self.send(Body::Data(pb::Data {
+            channel: pb::Channel::File as i32,
+            seq,
+            payload,
+            stream,
+        }))
+        .await?;
         self.seqs[slot] = seq;
         Ok(seq)
     }

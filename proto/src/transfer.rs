@@ -136,7 +136,14 @@ impl Sink {
         #[cfg(unix)]
         opts.mode(0o600);
         let file = opts.open(&temp).await?;
-        Ok(Self { dir: dir.to_path_buf(), temp: Some(temp), file, hasher: Sha256::new(), written: 0, since_credit: 0 })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            temp: Some(temp),
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+            since_credit: 0,
+        })
     }
 
     fn temp(&self) -> &Path {
@@ -224,19 +231,56 @@ impl Side {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferEvent {
     /// The other side offers a file; answer with accept (choosing a folder) or reject.
-    Offer { id: u32, name: String, size: u64, sha256: String },
+    Offer {
+        id: u32,
+        name: String,
+        size: u64,
+        sha256: String,
+    },
     /// This side's offer went out.
-    Offered { id: u32, name: String, size: u64, sha256: String },
+    Offered {
+        id: u32,
+        name: String,
+        size: u64,
+        sha256: String,
+    },
     /// The other side accepted this side's offer.
-    Accepted { id: u32 },
-    Progress { id: u32, side: Side, bytes: u64, size: u64 },
+    Accepted {
+        id: u32,
+    },
+    Progress {
+        id: u32,
+        side: Side,
+        bytes: u64,
+        size: u64,
+    },
     /// A received file was verified and saved.
-    Saved { id: u32, path: PathBuf, size: u64, sha256: String },
+    Saved {
+        id: u32,
+        path: PathBuf,
+        size: u64,
+        sha256: String,
+    },
     /// A sent file arrived intact on the other side.
-    Sent { id: u32, name: String, size: u64, sha256: String },
-    Rejected { id: u32, side: Side },
-    Cancelled { id: u32, side: Side },
-    Failed { id: u32, side: Side, reason: String },
+    Sent {
+        id: u32,
+        name: String,
+        size: u64,
+        sha256: String,
+    },
+    Rejected {
+        id: u32,
+        side: Side,
+    },
+    Cancelled {
+        id: u32,
+        side: Side,
+    },
+    Failed {
+        id: u32,
+        side: Side,
+        reason: String,
+    },
 }
 
 /// Why a user command about a transfer could not be done. The transfer itself goes on.
@@ -265,7 +309,12 @@ pub struct Transfers {
 }
 
 fn done(transfer_id: u32, result: FileResult, reason: &str, from_receiver: bool) -> Body {
-    Body::FileDone(pb::FileDone { transfer_id, result: result as i32, reason: reason.into(), from_receiver })
+    Body::FileDone(pb::FileDone {
+        transfer_id,
+        result: result as i32,
+        reason: reason.into(),
+        from_receiver,
+    })
 }
 
 /// Progress is reported each time a transfer crosses another 1/20 of its size.
@@ -288,22 +337,50 @@ impl Transfers {
         if self.outgoing.len() >= MAX_OPEN {
             return Err(TransferError::TooMany(MAX_OPEN));
         }
-        let read_err = |source| TransferError::Read { path: path.display().to_string(), source };
+        let read_err = |source| TransferError::Read {
+            path: path.display().to_string(),
+            source,
+        };
         let meta = tokio::fs::metadata(path).await.map_err(read_err)?;
         if !meta.is_file() {
-            return Err(read_err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+            return Err(read_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
         }
         let (sha256, size) = hash_file(path).await.map_err(read_err)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let id = self.next_id;
-        link.send(Body::FileOffer(pb::FileOffer { transfer_id: id, name: name.clone(), size, sha256: Bytes::copy_from_slice(&sha256) }))
-            .await?;
+        link.send(Body::FileOffer(pb::FileOffer {
+            transfer_id: id,
+            name: name.clone(),
+            size,
+            sha256: Bytes::copy_from_slice(&sha256),
+        }))
+        .await?;
         self.outgoing.insert(
             id,
-            Outgoing { path: path.to_path_buf(), name: name.clone(), size, sha256, source: None, sent: 0, credit: 0, awaiting_verdict: false },
+            Outgoing {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                size,
+                sha256,
+                source: None,
+                sent: 0,
+                credit: 0,
+                awaiting_verdict: false,
+            },
         );
-        Ok(TransferEvent::Offered { id, name, size, sha256: hex(&sha256) })
+        Ok(TransferEvent::Offered {
+            id,
+            name,
+            size,
+            sha256: hex(&sha256),
+        })
     }
 
     /// Accepts the other side's offer `id`, saving into `dir`.
@@ -312,12 +389,23 @@ impl Transfers {
             Some(o) if o.sink.is_none() => o,
             _ => return Err(TransferError::NoSuchOffer(id)),
         };
-        let sink = Sink::create(dir).await.map_err(|source| TransferError::Folder { dir: dir.display().to_string(), source })?;
+        let sink = Sink::create(dir).await.map_err(|source| TransferError::Folder {
+            dir: dir.display().to_string(),
+            source,
+        })?;
         offer.sink = Some(sink);
         let size = offer.size;
-        link.send(Body::FileAnswer(pb::FileAnswer { transfer_id: id, accept: true })).await?;
+        link.send(Body::FileAnswer(pb::FileAnswer {
+            transfer_id: id,
+            accept: true,
+        }))
+        .await?;
         if size > 0 {
-            link.send(Body::FileCredit(pb::FileCredit { transfer_id: id, bytes: INITIAL_CREDIT })).await?;
+            link.send(Body::FileCredit(pb::FileCredit {
+                transfer_id: id,
+                bytes: INITIAL_CREDIT,
+            }))
+            .await?;
         }
         Ok(())
     }
@@ -329,12 +417,24 @@ impl Transfers {
             _ => return Err(TransferError::NoSuchOffer(id)),
         }
         self.incoming.remove(&id);
-        link.send(Body::FileAnswer(pb::FileAnswer { transfer_id: id, accept: false })).await?;
-        Ok(TransferEvent::Rejected { id, side: Side::Receive })
+        link.send(Body::FileAnswer(pb::FileAnswer {
+            transfer_id: id,
+            accept: false,
+        }))
+        .await?;
+        Ok(TransferEvent::Rejected {
+            id,
+            side: Side::Receive,
+        })
     }
 
     /// Cancels transfer `id` in either direction (`side` picks one when both exist).
-    pub async fn cancel(&mut self, link: &mut Link, id: u32, side: Option<Side>) -> Result<TransferEvent, TransferError> {
+    pub async fn cancel(
+        &mut self,
+        link: &mut Link,
+        id: u32,
+        side: Option<Side>,
+    ) -> Result<TransferEvent, TransferError> {
         let side = match side {
             Some(s) => s,
             None if self.outgoing.contains_key(&id) => Side::Send,
@@ -343,14 +443,16 @@ impl Transfers {
         match side {
             Side::Send => {
                 self.outgoing.remove(&id).ok_or(TransferError::NoSuchTransfer(id))?;
-                link.send(done(id, FileResult::Cancelled, "cancelled by the sender", false)).await?;
+                link.send(done(id, FileResult::Cancelled, "cancelled by the sender", false))
+                    .await?;
             }
             Side::Receive => {
                 let t = self.incoming.remove(&id).ok_or(TransferError::NoSuchTransfer(id))?;
                 if let Some(sink) = t.sink {
                     sink.discard().await;
                 }
-                link.send(done(id, FileResult::Cancelled, "cancelled by the receiver", true)).await?;
+                link.send(done(id, FileResult::Cancelled, "cancelled by the receiver", true))
+                    .await?;
             }
         }
         Ok(TransferEvent::Cancelled { id, side })
@@ -367,15 +469,36 @@ impl Transfers {
                 match sha {
                     _ if self.incoming.contains_key(&id) => {}
                     Some(_) if self.incoming.len() >= MAX_OPEN => {
-                        link.send(Body::FileAnswer(pb::FileAnswer { transfer_id: id, accept: false })).await?;
+                        link.send(Body::FileAnswer(pb::FileAnswer {
+                            transfer_id: id,
+                            accept: false,
+                        }))
+                        .await?;
                     }
                     Some(sha256) => {
                         let name = sanitize_file_name(&o.name);
-                        events.push(TransferEvent::Offer { id, name: name.clone(), size: o.size, sha256: hex(&sha256) });
-                        self.incoming.insert(id, Incoming { name, size: o.size, sha256, sink: None });
+                        events.push(TransferEvent::Offer {
+                            id,
+                            name: name.clone(),
+                            size: o.size,
+                            sha256: hex(&sha256),
+                        });
+                        self.incoming.insert(
+                            id,
+                            Incoming {
+                                name,
+                                size: o.size,
+                                sha256,
+                                sink: None,
+                            },
+                        );
                     }
                     None => {
-                        link.send(Body::FileAnswer(pb::FileAnswer { transfer_id: id, accept: false })).await?;
+                        link.send(Body::FileAnswer(pb::FileAnswer {
+                            transfer_id: id,
+                            accept: false,
+                        }))
+                        .await?;
                     }
                 }
             }
@@ -393,13 +516,21 @@ impl Transfers {
                             Err(e) => {
                                 let reason = format!("cannot read the file any more: {e}");
                                 self.outgoing.remove(&a.transfer_id);
-                                link.send(done(a.transfer_id, FileResult::Failed, &reason, false)).await?;
-                                events.push(TransferEvent::Failed { id: a.transfer_id, side: Side::Send, reason });
+                                link.send(done(a.transfer_id, FileResult::Failed, &reason, false))
+                                    .await?;
+                                events.push(TransferEvent::Failed {
+                                    id: a.transfer_id,
+                                    side: Side::Send,
+                                    reason,
+                                });
                             }
                         }
                     } else if !a.accept {
                         self.outgoing.remove(&a.transfer_id);
-                        events.push(TransferEvent::Rejected { id: a.transfer_id, side: Side::Send });
+                        events.push(TransferEvent::Rejected {
+                            id: a.transfer_id,
+                            side: Side::Send,
+                        });
                     }
                 }
             }
@@ -413,10 +544,25 @@ impl Transfers {
                 if d.from_receiver {
                     if let Some(t) = self.outgoing.remove(&d.transfer_id) {
                         events.push(match result {
-                            FileResult::Completed => TransferEvent::Sent { id: d.transfer_id, name: t.name, size: t.size, sha256: hex(&t.sha256) },
-                            FileResult::Cancelled => TransferEvent::Cancelled { id: d.transfer_id, side: Side::Send },
-                            FileResult::Rejected => TransferEvent::Rejected { id: d.transfer_id, side: Side::Send },
-                            _ => TransferEvent::Failed { id: d.transfer_id, side: Side::Send, reason: d.reason.clone() },
+                            FileResult::Completed => TransferEvent::Sent {
+                                id: d.transfer_id,
+                                name: t.name,
+                                size: t.size,
+                                sha256: hex(&t.sha256),
+                            },
+                            FileResult::Cancelled => TransferEvent::Cancelled {
+                                id: d.transfer_id,
+                                side: Side::Send,
+                            },
+                            FileResult::Rejected => TransferEvent::Rejected {
+                                id: d.transfer_id,
+                                side: Side::Send,
+                            },
+                            _ => TransferEvent::Failed {
+                                id: d.transfer_id,
+                                side: Side::Send,
+                                reason: d.reason.clone(),
+                            },
                         });
                     }
                 } else if let Some(t) = self.incoming.remove(&d.transfer_id) {
@@ -424,8 +570,15 @@ impl Transfers {
                         sink.discard().await;
                     }
                     events.push(match result {
-                        FileResult::Cancelled => TransferEvent::Cancelled { id: d.transfer_id, side: Side::Receive },
-                        _ => TransferEvent::Failed { id: d.transfer_id, side: Side::Receive, reason: d.reason.clone() },
+                        FileResult::Cancelled => TransferEvent::Cancelled {
+                            id: d.transfer_id,
+                            side: Side::Receive,
+                        },
+                        _ => TransferEvent::Failed {
+                            id: d.transfer_id,
+                            side: Side::Receive,
+                            reason: d.reason.clone(),
+                        },
                     });
                 }
             }
@@ -440,9 +593,15 @@ impl Transfers {
     }
 
     async fn on_chunk(&mut self, link: &mut Link, id: u32, chunk: &[u8]) -> Result<Option<TransferEvent>, LinkError> {
-        let Some(t) = self.incoming.get_mut(&id) else { return Ok(None) };
+        let Some(t) = self.incoming.get_mut(&id) else {
+            return Ok(None);
+        };
         let Some(sink) = t.sink.as_mut() else { return Ok(None) };
-        let fail = |reason: String| TransferEvent::Failed { id, side: Side::Receive, reason };
+        let fail = |reason: String| TransferEvent::Failed {
+            id,
+            side: Side::Receive,
+            reason,
+        };
         if sink.written + chunk.len() as u64 > t.size {
             let reason = "the sender sent more than it offered".to_string();
             self.abort_incoming(id).await;
@@ -474,7 +633,12 @@ impl Transfers {
             return match sink.publish(&t.name).await {
                 Ok(path) => {
                     link.send(done(id, FileResult::Completed, "", true)).await?;
-                    Ok(Some(TransferEvent::Saved { id, path, size: t.size, sha256: hex(&digest) }))
+                    Ok(Some(TransferEvent::Saved {
+                        id,
+                        path,
+                        size: t.size,
+                        sha256: hex(&digest),
+                    }))
                 }
                 Err(e) => {
                     let reason = format!("cannot save the file: {e}");
@@ -486,10 +650,19 @@ impl Transfers {
         if sink.since_credit >= CREDIT_STEP {
             let grant = sink.since_credit;
             sink.since_credit = 0;
-            link.send(Body::FileCredit(pb::FileCredit { transfer_id: id, bytes: grant })).await?;
+            link.send(Body::FileCredit(pb::FileCredit {
+                transfer_id: id,
+                bytes: grant,
+            }))
+            .await?;
         }
         let step = progress_step(t.size);
-        Ok((before / step != written / step).then_some(TransferEvent::Progress { id, side: Side::Receive, bytes: written, size: t.size }))
+        Ok((before / step != written / step).then_some(TransferEvent::Progress {
+            id,
+            side: Side::Receive,
+            bytes: written,
+            size: t.size,
+        }))
     }
 
     async fn abort_incoming(&mut self, id: u32) {
@@ -502,7 +675,9 @@ impl Transfers {
 
     /// Whether an accepted outgoing transfer has credit and content left to send.
     pub fn wants_pump(&self) -> bool {
-        self.outgoing.values().any(|t| t.source.is_some() && !t.awaiting_verdict && t.credit > 0)
+        self.outgoing
+            .values()
+            .any(|t| t.source.is_some() && !t.awaiting_verdict && t.credit > 0)
     }
 
     /// Sends up to [`CHUNKS_PER_PUMP`] chunks of accepted outgoing transfers, within their
@@ -525,7 +700,11 @@ impl Transfers {
                         let reason = "the file changed or became unreadable while sending".to_string();
                         self.outgoing.remove(&id);
                         link.send(done(id, FileResult::Failed, &reason, false)).await?;
-                        events.push(TransferEvent::Failed { id, side: Side::Send, reason });
+                        events.push(TransferEvent::Failed {
+                            id,
+                            side: Side::Send,
+                            reason,
+                        });
                         break;
                     }
                     Ok(n) => n,
@@ -542,7 +721,12 @@ impl Transfers {
                 budget -= 1;
                 let step = progress_step(size);
                 if before / step != sent / step {
-                    events.push(TransferEvent::Progress { id, side: Side::Send, bytes: sent, size });
+                    events.push(TransferEvent::Progress {
+                        id,
+                        side: Side::Send,
+                        bytes: sent,
+                        size,
+                    });
                 }
             }
         }
@@ -555,12 +739,20 @@ impl Transfers {
         for (id, t) in self.incoming.drain() {
             if let Some(sink) = t.sink {
                 sink.discard().await;
-                events.push(TransferEvent::Failed { id, side: Side::Receive, reason: reason.into() });
+                events.push(TransferEvent::Failed {
+                    id,
+                    side: Side::Receive,
+                    reason: reason.into(),
+                });
             }
         }
         for (id, t) in self.outgoing.drain() {
             if t.source.is_some() {
-                events.push(TransferEvent::Failed { id, side: Side::Send, reason: reason.into() });
+                events.push(TransferEvent::Failed {
+                    id,
+                    side: Side::Send,
+                    reason: reason.into(),
+                });
             }
         }
         events
@@ -592,21 +784,58 @@ pub enum FileCommand {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum FileEvent {
     /// The other side offers a file: answer with `accept_file` (choosing `dir`) or `reject_file`.
-    FileOffer { id: u32, name: String, size: u64, sha256: String },
+    FileOffer {
+        id: u32,
+        name: String,
+        size: u64,
+        sha256: String,
+    },
     /// This side's offer went out; waiting for the other side's answer.
-    FileOffered { id: u32, name: String, size: u64, sha256: String },
+    FileOffered {
+        id: u32,
+        name: String,
+        size: u64,
+        sha256: String,
+    },
     /// The other side accepted this side's offer; sending starts.
-    FileAccepted { id: u32 },
+    FileAccepted {
+        id: u32,
+    },
     /// Another twentieth of a transfer moved (`side`: "send" or "receive").
-    FileProgress { id: u32, side: String, bytes: u64, size: u64 },
+    FileProgress {
+        id: u32,
+        side: String,
+        bytes: u64,
+        size: u64,
+    },
     /// A received file was verified against its SHA-256 and saved at `path`.
-    FileSaved { id: u32, path: PathBuf, size: u64, sha256: String },
+    FileSaved {
+        id: u32,
+        path: PathBuf,
+        size: u64,
+        sha256: String,
+    },
     /// A sent file arrived intact (the receiver verified its SHA-256).
-    FileSent { id: u32, name: String, size: u64, sha256: String },
-    FileRejected { id: u32, side: String },
-    FileCancelled { id: u32, side: String },
+    FileSent {
+        id: u32,
+        name: String,
+        size: u64,
+        sha256: String,
+    },
+    FileRejected {
+        id: u32,
+        side: String,
+    },
+    FileCancelled {
+        id: u32,
+        side: String,
+    },
     /// Nothing was saved under a final name.
-    FileFailed { id: u32, side: String, reason: String },
+    FileFailed {
+        id: u32,
+        side: String,
+        reason: String,
+    },
 }
 
 impl From<TransferEvent> for FileEvent {
@@ -615,12 +844,27 @@ impl From<TransferEvent> for FileEvent {
             TransferEvent::Offer { id, name, size, sha256 } => FileEvent::FileOffer { id, name, size, sha256 },
             TransferEvent::Offered { id, name, size, sha256 } => FileEvent::FileOffered { id, name, size, sha256 },
             TransferEvent::Accepted { id } => FileEvent::FileAccepted { id },
-            TransferEvent::Progress { id, side, bytes, size } => FileEvent::FileProgress { id, side: side.name().into(), bytes, size },
+            TransferEvent::Progress { id, side, bytes, size } => FileEvent::FileProgress {
+                id,
+                side: side.name().into(),
+                bytes,
+                size,
+            },
             TransferEvent::Saved { id, path, size, sha256 } => FileEvent::FileSaved { id, path, size, sha256 },
             TransferEvent::Sent { id, name, size, sha256 } => FileEvent::FileSent { id, name, size, sha256 },
-            TransferEvent::Rejected { id, side } => FileEvent::FileRejected { id, side: side.name().into() },
-            TransferEvent::Cancelled { id, side } => FileEvent::FileCancelled { id, side: side.name().into() },
-            TransferEvent::Failed { id, side, reason } => FileEvent::FileFailed { id, side: side.name().into(), reason },
+            TransferEvent::Rejected { id, side } => FileEvent::FileRejected {
+                id,
+                side: side.name().into(),
+            },
+            TransferEvent::Cancelled { id, side } => FileEvent::FileCancelled {
+                id,
+                side: side.name().into(),
+            },
+            TransferEvent::Failed { id, side, reason } => FileEvent::FileFailed {
+                id,
+                side: side.name().into(),
+                reason,
+            },
         }
     }
 }
@@ -629,7 +873,11 @@ impl Transfers {
     /// Carries out a file command. `Err` is a user mistake to report as an `error` event with
     /// code `bad_command` (or `file_error` for unreadable files and unusable folders); the
     /// session goes on. A broken link is `Ok` with nothing and shows up on the next send.
-    pub async fn command(&mut self, link: &mut Link, cmd: FileCommand) -> Result<Vec<TransferEvent>, (&'static str, String)> {
+    pub async fn command(
+        &mut self,
+        link: &mut Link,
+        cmd: FileCommand,
+    ) -> Result<Vec<TransferEvent>, (&'static str, String)> {
         let result = match cmd {
             FileCommand::SendFile { path } => self.send_file(link, &path).await.map(|e| vec![e]),
             FileCommand::AcceptFile { id, dir } => self.accept(link, id, &dir).await.map(|_| vec![]),
@@ -639,7 +887,9 @@ impl Transfers {
                     None => None,
                     Some("send") => Some(Side::Send),
                     Some("receive") => Some(Side::Receive),
-                    Some(other) => return Err(("bad_command", format!("side is \"send\" or \"receive\", not {other:?}"))),
+                    Some(other) => {
+                        return Err(("bad_command", format!("side is \"send\" or \"receive\", not {other:?}")))
+                    }
                 };
                 self.cancel(link, id, side).await.map(|e| vec![e])
             }
@@ -668,7 +918,9 @@ impl ProgressBars {
 
     /// Updates the bars from a transfer event.
     pub fn show(&mut self, event: &TransferEvent) {
-        let multi = self.multi.get_or_insert_with(|| indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr()));
+        let multi = self
+            .multi
+            .get_or_insert_with(|| indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr()));
         let (key, bytes, size, label) = match event {
             TransferEvent::Accepted { id } => ((*id, "send"), 0, None, None),
             TransferEvent::Progress { id, side, bytes, size } => ((*id, side.name()), *bytes, Some(*size), None),
@@ -680,8 +932,10 @@ impl ProgressBars {
         };
         let bar = self.bars.entry(key).or_insert_with(|| {
             let bar = multi.add(indicatif::ProgressBar::new(size.unwrap_or(0)));
-            let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            let style = indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
             bar.set_style(style);
             bar.set_prefix(format!("{} #{}", key.1, key.0));
             bar
@@ -721,16 +975,34 @@ mod tests {
         assert_eq!(sanitize_file_name("trailing. . "), "trailing");
         let long = format!("{}.pdf", "あ".repeat(5000));
         let s = sanitize_file_name(&long);
-        assert!(s.len() <= MAX_NAME_BYTES && s.ends_with(".pdf") && s.starts_with('あ'), "{s}");
+        assert!(
+            s.len() <= MAX_NAME_BYTES && s.ends_with(".pdf") && s.starts_with('あ'),
+            "{s}"
+        );
         assert_eq!(sanitize_file_name("報告書.xlsx"), "報告書.xlsx");
     }
 
     #[test]
     fn contract_shapes() {
         let c: FileCommand = serde_json::from_str(r#"{"cmd":"accept_file","id":3,"dir":"/tmp/in"}"#).unwrap();
-        assert_eq!(c, FileCommand::AcceptFile { id: 3, dir: "/tmp/in".into() });
-        let e: FileEvent = TransferEvent::Progress { id: 1, side: Side::Send, bytes: 5, size: 10 }.into();
-        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"event":"file_progress","id":1,"side":"send","bytes":5,"size":10}"#);
+        assert_eq!(
+            c,
+            FileCommand::AcceptFile {
+                id: 3,
+                dir: "/tmp/in".into()
+            }
+        );
+        let e: FileEvent = TransferEvent::Progress {
+            id: 1,
+            side: Side::Send,
+            bytes: 5,
+            size: 10,
+        }
+        .into();
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"event":"file_progress","id":1,"side":"send","bytes":5,"size":10}"#
+        );
     }
 
     #[test]
@@ -751,7 +1023,10 @@ mod tests {
         assert_eq!(path, dir.path().join("a (1).txt"));
         assert_eq!(std::fs::read(dir.path().join("a.txt")).unwrap(), b"existing");
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2, "no temp file left: {names:?}");
 
         let sink = Sink::create(dir.path()).await.unwrap();
@@ -767,6 +1042,9 @@ mod tests {
         std::fs::write(&p, b"abc").unwrap();
         let (sha, size) = hash_file(&p).await.unwrap();
         assert_eq!(size, 3);
-        assert_eq!(hex(&sha), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hex(&sha),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -46,7 +46,12 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(io: R, max_frame: usize) -> Self {
-        Self { io, buf: BytesMut::new(), codec: FrameCodec::new(max_frame), read_size: MIN_READ }
+        Self {
+            io,
+            buf: BytesMut::new(),
+            codec: FrameCodec::new(max_frame),
+            read_size: MIN_READ,
+        }
     }
 
     /// The next frame; `Ok(None)` when the peer closed cleanly between frames.
@@ -64,7 +69,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let spare = self.buf.capacity() - self.buf.len();
             let n = self.io.read_buf(&mut self.buf).await?;
             if n == 0 {
-                return if self.buf.is_empty() { Ok(None) } else { Err(TransportError::Truncated) };
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(TransportError::Truncated)
+                };
             }
             if n == spare {
                 self.read_size = (self.read_size * 2).min(MAX_READ);
@@ -74,7 +83,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Like [`read`](Self::read) but gives up after `limit`.
     pub async fn read_timeout(&mut self, limit: Duration) -> Result<Option<RawFrame>, TransportError> {
-        tokio::time::timeout(limit, self.read()).await.map_err(|_| TransportError::Timeout(limit))?
+        tokio::time::timeout(limit, self.read())
+            .await
+            .map_err(|_| TransportError::Timeout(limit))?
     }
 
     pub fn max_frame(&self) -> usize {
@@ -129,12 +140,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
 /// A `Hello` frame for this protocol version.
 pub fn hello(agent: &str) -> Frame {
-    Frame { body: Some(Body::Hello(pb::Hello { version: crate::PROTOCOL_VERSION, agent: agent.to_string() })) }
+    Frame {
+        body: Some(Body::Hello(pb::Hello {
+            version: crate::PROTOCOL_VERSION,
+            agent: agent.to_string(),
+        })),
+    }
 }
 
 /// An `Error` frame.
 pub fn error_frame(code: pb::ErrorCode, message: impl Into<String>) -> Frame {
-    Frame { body: Some(Body::Error(pb::Error { code: code as i32, message: message.into() })) }
+    Frame {
+        body: Some(Body::Error(pb::Error {
+            code: code as i32,
+            message: message.into(),
+        })),
+    }
 }
 
 /// Turns an `Error` frame from the peer into a [`TransportError::Remote`].

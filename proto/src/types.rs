@@ -88,8 +88,12 @@ pub struct PermissionSet(u8);
 impl PermissionSet {
     pub const EMPTY: Self = Self(0);
     pub const ALL: Self = Self(0b1111);
-    pub const ORDER: [Permission; 4] =
-        [Permission::View, Permission::Control, Permission::Files, Permission::Chat];
+    pub const ORDER: [Permission; 4] = [
+        Permission::View,
+        Permission::Control,
+        Permission::Files,
+        Permission::Chat,
+    ];
 
     fn bit(p: Permission) -> u8 {
         match p {
@@ -170,9 +174,10 @@ impl PermissionSet {
                 set = Self::ALL;
                 continue;
             }
-            set.insert(permission_from_name(n).ok_or_else(|| {
-                format!("unknown permission {n:?} (expected view, control, files, chat or all)")
-            })?);
+            set.insert(
+                permission_from_name(n)
+                    .ok_or_else(|| format!("unknown permission {n:?} (expected view, control, files, chat or all)"))?,
+            );
         }
         Ok(set)
     }
@@ -289,8 +294,14 @@ mod tests {
         assert!(!s.contains(Permission::Control));
         assert_eq!(s.names(), vec!["view", "chat"]);
         assert_eq!(PermissionSet::from_wire(&s.to_wire()), s);
-        assert_eq!(PermissionSet::from_wire(&[1, 99, -3]), PermissionSet::parse_names(["view"]).unwrap());
+        assert_eq!(
+            PermissionSet::from_wire(&[1, 99, -3]),
+            PermissionSet::parse_names(["view"]).unwrap()
+        );
         assert!(PermissionSet::parse_names(["root"]).is_err());
-        assert_eq!(s.intersect(PermissionSet::parse_names(["view"]).unwrap()).names(), vec!["view"]);
+        assert_eq!(
+            s.intersect(PermissionSet::parse_names(["view"]).unwrap()).names(),
+            vec!["view"]
+        );
     }
 }

@@ -28,7 +28,9 @@ pub enum PolicyError {
 pub fn validate_name(name: &str) -> Result<(), PolicyError> {
     let ok = !name.is_empty()
         && name.len() <= tsunagu_proto::limits::MAX_USER_NAME
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
     if ok {
         Ok(())
     } else {
@@ -72,7 +74,9 @@ pub fn hash_password(password: &str, config: &AccountsConfig) -> Result<String, 
     let mut salt_bytes = [0u8; 16];
     getrandom::fill(&mut salt_bytes).map_err(|e| e.to_string())?;
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
-    let hash = hasher(config)?.hash_password(password.as_bytes(), &salt).map_err(|e| e.to_string())?;
+    let hash = hasher(config)?
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| e.to_string())?;
     Ok(hash.to_string())
 }
 
@@ -100,12 +104,24 @@ mod tests {
         assert_eq!(check_password("Ab1!"), Err(PolicyError::TooShort(4)));
         assert_eq!(check_password("alllowercase"), Err(PolicyError::TooSimple(1)));
         assert_eq!(check_password("lowerand123"), Err(PolicyError::TooSimple(2)));
-        assert!(check_password(&"Aa1!".repeat(17)).unwrap_err().to_string().contains("at most 64"));
+        assert!(check_password(&"Aa1!".repeat(17))
+            .unwrap_err()
+            .to_string()
+            .contains("at most 64"));
         assert!(check_password("Correct-horse1").is_ok());
-        assert!(check_password("パスワードAb1").is_ok(), "non-ASCII letters count as letters");
-        assert!(check_password("TooSimple!").is_ok(), "upper, lower, symbol is three classes");
+        assert!(
+            check_password("パスワードAb1").is_ok(),
+            "non-ASCII letters count as letters"
+        );
+        assert!(
+            check_password("TooSimple!").is_ok(),
+            "upper, lower, symbol is three classes"
+        );
         assert!(check_password("tab\there1A").is_err());
-        assert!(check_password("lower12345").unwrap_err().to_string().contains("at least 3"));
+        assert!(check_password("lower12345")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 3"));
     }
 
     #[test]
@@ -119,7 +135,10 @@ mod tests {
 
     #[test]
     fn hash_and_verify_argon2id() {
-        let cfg = AccountsConfig { argon2_memory_kib: 64, argon2_iterations: 1 };
+        let cfg = AccountsConfig {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+        };
         let phc = hash_password("Correct-horse1", &cfg).unwrap();
         assert!(phc.starts_with("$argon2id$"));
         assert!(!phc.contains("Correct-horse1"));

@@ -49,10 +49,28 @@ fn cut(s: &str) -> String {
 /// The hash of a row: SHA-256 over every field, each length-prefixed so no two different
 /// rows can serialise alike. (One argument per stored column, in column order.)
 #[allow(clippy::too_many_arguments)]
-pub fn row_hash(seq: i64, at: i64, actor: &str, action: &str, target: &str, ip: &str, detail: &str, prev_hash: &str) -> String {
+pub fn row_hash(
+    seq: i64,
+    at: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    ip: &str,
+    detail: &str,
+    prev_hash: &str,
+) -> String {
     let mut h = Sha256::new();
     h.update(b"tsunagu-audit-v1");
-    for field in [seq.to_string().as_str(), at.to_string().as_str(), actor, action, target, ip, detail, prev_hash] {
+    for field in [
+        seq.to_string().as_str(),
+        at.to_string().as_str(),
+        actor,
+        action,
+        target,
+        ip,
+        detail,
+        prev_hash,
+    ] {
         h.update((field.len() as u64).to_be_bytes());
         h.update(field.as_bytes());
     }
@@ -62,13 +80,21 @@ pub fn row_hash(seq: i64, at: i64, actor: &str, action: &str, target: &str, ip: 
 impl Audit {
     /// A handle appending to `store`'s trail.
     pub fn new(store: Store) -> Self {
-        Self { store, lock: Default::default() }
+        Self {
+            store,
+            lock: Default::default(),
+        }
     }
 
     /// Appends one entry and returns the stored row.
     pub async fn append(&self, entry: Entry) -> Result<AuditRow, StoreError> {
         let _guard = self.lock.lock().await;
-        let (actor, target, ip, detail) = (cut(&entry.actor), cut(&entry.target), cut(&entry.ip), cut(&entry.detail));
+        let (actor, target, ip, detail) = (
+            cut(&entry.actor),
+            cut(&entry.target),
+            cut(&entry.ip),
+            cut(&entry.detail),
+        );
         // Another process appending at the same moment takes our seq; a few retries settle it.
         let mut last_err = None;
         for _ in 0..8 {
@@ -134,14 +160,30 @@ pub async fn verify(store: &Store) -> Result<Report, StoreError> {
         for row in page {
             report.rows += 1;
             if row.seq != expected_seq {
-                report.problems.push(format!("rows {}..={} are missing (deleted)", expected_seq, row.seq - 1));
+                report
+                    .problems
+                    .push(format!("rows {}..={} are missing (deleted)", expected_seq, row.seq - 1));
             }
             if row.prev_hash != prev {
-                report.problems.push(format!("row {}: does not follow the row before it (a row was deleted or edited)", row.seq));
+                report.problems.push(format!(
+                    "row {}: does not follow the row before it (a row was deleted or edited)",
+                    row.seq
+                ));
             }
-            let recomputed = row_hash(row.seq, row.at, &row.actor, &row.action, &row.target, &row.ip, &row.detail, &row.prev_hash);
+            let recomputed = row_hash(
+                row.seq,
+                row.at,
+                &row.actor,
+                &row.action,
+                &row.target,
+                &row.ip,
+                &row.detail,
+                &row.prev_hash,
+            );
             if recomputed != row.hash {
-                report.problems.push(format!("row {}: its content was edited (hash mismatch)", row.seq));
+                report
+                    .problems
+                    .push(format!("row {}: its content was edited (hash mismatch)", row.seq));
             }
             expected_seq = row.seq + 1;
             prev = row.hash.clone();
@@ -156,7 +198,13 @@ mod tests {
     use super::*;
 
     fn entry(action: &'static str, target: &str) -> Entry {
-        Entry { actor: "admin:root".into(), action, target: target.into(), ip: "127.0.0.1".into(), detail: String::new() }
+        Entry {
+            actor: "admin:root".into(),
+            action,
+            target: target.into(),
+            ip: "127.0.0.1".into(),
+            detail: String::new(),
+        }
     }
 
     #[tokio::test]
@@ -165,19 +213,36 @@ mod tests {
         let store = Store::open(&dir.path().join("a.db")).await.unwrap();
         let audit = Audit::new(store.clone());
         for i in 0..5 {
-            audit.append(entry("operator_created", &format!("op{i}"))).await.unwrap();
+            audit
+                .append(entry("operator_created", &format!("op{i}")))
+                .await
+                .unwrap();
         }
         let ok = verify(&store).await.unwrap();
         assert_eq!((ok.rows, ok.problems.len()), (5, 0), "{:?}", ok.problems);
 
-        store.execute_raw("UPDATE audit SET target = 'mallory' WHERE seq = 2").await.unwrap();
+        store
+            .execute_raw("UPDATE audit SET target = 'mallory' WHERE seq = 2")
+            .await
+            .unwrap();
         let edited = verify(&store).await.unwrap();
-        assert_eq!(edited.problems, vec!["row 2: its content was edited (hash mismatch)".to_string()]);
+        assert_eq!(
+            edited.problems,
+            vec!["row 2: its content was edited (hash mismatch)".to_string()]
+        );
 
         store.execute_raw("DELETE FROM audit WHERE seq = 4").await.unwrap();
         let deleted = verify(&store).await.unwrap();
-        assert!(deleted.problems.iter().any(|p| p.contains("rows 4..=4 are missing")), "{:?}", deleted.problems);
-        assert!(deleted.problems.iter().any(|p| p.starts_with("row 5: does not follow")), "{:?}", deleted.problems);
+        assert!(
+            deleted.problems.iter().any(|p| p.contains("rows 4..=4 are missing")),
+            "{:?}",
+            deleted.problems
+        );
+        assert!(
+            deleted.problems.iter().any(|p| p.starts_with("row 5: does not follow")),
+            "{:?}",
+            deleted.problems
+        );
         store.close().await;
     }
 
@@ -185,6 +250,9 @@ mod tests {
     fn fields_are_cut_and_cleaned() {
         assert_eq!(cut("a\u{1b}[2Jb\n"), "a[2Jb");
         assert!(cut(&"é".repeat(400)).len() <= MAX_FIELD);
-        assert_ne!(row_hash(1, 2, "ab", "c", "", "", "", GENESIS), row_hash(1, 2, "a", "bc", "", "", "", GENESIS));
+        assert_ne!(
+            row_hash(1, 2, "ab", "c", "", "", "", GENESIS),
+            row_hash(1, 2, "a", "bc", "", "", "", GENESIS)
+        );
     }
 }

@@ -58,7 +58,12 @@ impl std::fmt::Debug for DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: None, schema: None, retention: 90 * DAY, purge_interval: Duration::from_secs(3600) }
+        Self {
+            url: None,
+            schema: None,
+            retention: 90 * DAY,
+            purge_interval: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -287,7 +292,10 @@ impl Default for ThrottleConfig {
 
 impl Default for AccountsConfig {
     fn default() -> Self {
-        Self { argon2_memory_kib: 19_456, argon2_iterations: 2 }
+        Self {
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+        }
     }
 }
 
@@ -305,15 +313,25 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         Ok(config)
     }
 
     /// Checks every setting; called before any port is bound.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |setting, reason: &str| Err(ConfigError::Invalid { setting, reason: reason.to_string() });
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_string(),
+            })
+        };
         if self.listen.is_empty() {
             return invalid("listen", "at least one listen address is needed");
         }
@@ -325,11 +343,18 @@ impl Config {
         }
         if let Some(url) = &self.database.url {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return invalid("database.url", "only postgres:// URLs are supported; leave it unset for SQLite");
+                return invalid(
+                    "database.url",
+                    "only postgres:// URLs are supported; leave it unset for SQLite",
+                );
             }
         }
         if let Some(schema) = &self.database.schema {
-            let ok = !schema.is_empty() && schema.len() <= 63 && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            let ok = !schema.is_empty()
+                && schema.len() <= 63
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !ok {
                 return invalid("database.schema", "1 to 63 characters of a-z, 0-9 and _");
             }
@@ -367,7 +392,10 @@ impl Config {
             }
         }
         if t.keepalive >= t.idle {
-            return invalid("timeouts.keepalive", "must be shorter than timeouts.idle, or quiet peers are cut off");
+            return invalid(
+                "timeouts.keepalive",
+                "must be shorter than timeouts.idle, or quiet peers are cut off",
+            );
         }
         let l = &self.limits;
         if l.max_frame < 1024 || l.max_frame > 16 << 20 {
@@ -380,7 +408,10 @@ impl Config {
             return invalid("limits", "queue sizes and concurrent_logins must be at least 1");
         }
         if l.data_queue_bytes == 0 {
-            return invalid("limits.data_queue_bytes", "must be at least 1 (one frame always fits an empty queue)");
+            return invalid(
+                "limits.data_queue_bytes",
+                "must be at least 1 (one frame always fits an empty queue)",
+            );
         }
         let th = &self.throttle;
         if th.per_ip_burst == 0 || th.global_failures == 0 {
@@ -390,7 +421,10 @@ impl Config {
             return invalid("throttle", "per_ip_refill and global_window must be longer than zero");
         }
         if self.accounts.argon2_memory_kib < 8 || self.accounts.argon2_iterations == 0 {
-            return invalid("accounts", "argon2 memory must be at least 8 KiB and iterations at least 1");
+            return invalid(
+                "accounts",
+                "argon2 memory must be at least 8 KiB and iterations at least 1",
+            );
         }
         Ok(())
     }

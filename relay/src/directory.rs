@@ -37,12 +37,18 @@ pub struct Directory {
 impl Directory {
     /// `tombstone`: how long a used or expired code is remembered.
     pub fn new(tombstone: Duration) -> Self {
-        Self { slots: DashMap::new(), tombstone }
+        Self {
+            slots: DashMap::new(),
+            tombstone,
+        }
     }
 
     /// Claims a fresh random code, unique among live and remembered codes, for the session
     /// `make` builds from it.
-    pub fn issue(&self, make: impl FnOnce(SessionCode) -> Arc<Session>) -> Result<(SessionCode, Arc<Session>), tsunagu_proto::CodeError> {
+    pub fn issue(
+        &self,
+        make: impl FnOnce(SessionCode) -> Arc<Session>,
+    ) -> Result<(SessionCode, Arc<Session>), tsunagu_proto::CodeError> {
         loop {
             let code = SessionCode::random()?;
             if let Entry::Vacant(v) = self.slots.entry(code.as_u32()) {
@@ -55,12 +61,19 @@ impl Directory {
 
     /// Takes the session behind `code` for a joining client; the code is used up.
     pub fn take(&self, code: SessionCode, now: Instant) -> Result<Arc<Session>, JoinRefusal> {
-        let Some(mut slot) = self.slots.get_mut(&code.as_u32()) else { return Err(JoinRefusal::Unknown) };
+        let Some(mut slot) = self.slots.get_mut(&code.as_u32()) else {
+            return Err(JoinRefusal::Unknown);
+        };
         match &*slot {
             Slot::Used { .. } => Err(JoinRefusal::Used),
             Slot::Expired { .. } => Err(JoinRefusal::Expired),
             Slot::Live(_) => {
-                let Slot::Live(session) = std::mem::replace(&mut *slot, Slot::Used { forget_at: now + self.tombstone }) else {
+                let Slot::Live(session) = std::mem::replace(
+                    &mut *slot,
+                    Slot::Used {
+                        forget_at: now + self.tombstone,
+                    },
+                ) else {
                     unreachable!("matched Live above")
                 };
                 Ok(session)
@@ -72,7 +85,9 @@ impl Directory {
     pub fn expire(&self, code: SessionCode, now: Instant) {
         if let Some(mut slot) = self.slots.get_mut(&code.as_u32()) {
             if matches!(*slot, Slot::Live(_)) {
-                *slot = Slot::Expired { forget_at: now + self.tombstone };
+                *slot = Slot::Expired {
+                    forget_at: now + self.tombstone,
+                };
             }
         }
     }

@@ -22,14 +22,45 @@ pub const HISTORY_QUEUE: usize = 4096;
 pub enum HistoryEvent {
     /// Not a change: answered once everything queued before it is written.
     Barrier(tokio::sync::oneshot::Sender<()>),
-    Issued { id: String, operator: String, operator_addr: SocketAddr, relay_port: u16, requested: PermissionSet, at_ms: i64 },
-    Joined { id: String, client_host: String, client_addr: SocketAddr, relay_port: u16, at_ms: i64 },
-    Consented { id: String, granted: PermissionSet, at_ms: i64 },
-    Ended { id: String, reason: &'static str, counters: Counters, granted: Option<PermissionSet>, at_ms: i64 },
+    Issued {
+        id: String,
+        operator: String,
+        operator_addr: SocketAddr,
+        relay_port: u16,
+        requested: PermissionSet,
+        at_ms: i64,
+    },
+    Joined {
+        id: String,
+        client_host: String,
+        client_addr: SocketAddr,
+        relay_port: u16,
+        at_ms: i64,
+    },
+    Consented {
+        id: String,
+        granted: PermissionSet,
+        at_ms: i64,
+    },
+    Ended {
+        id: String,
+        reason: &'static str,
+        counters: Counters,
+        granted: Option<PermissionSet>,
+        at_ms: i64,
+    },
     /// A file transfer's outcome: `direction` is `to_client` or `to_operator`, `result` one of
     /// `completed`, `rejected`, `cancelled`, `failed`; `bytes` is what went through the relay.
     /// Only the metadata is recorded, never content.
-    File { id: String, name: String, size: u64, direction: &'static str, bytes: u64, result: &'static str, at_ms: i64 },
+    File {
+        id: String,
+        name: String,
+        size: u64,
+        direction: &'static str,
+        bytes: u64,
+        result: &'static str,
+        at_ms: i64,
+    },
 }
 
 /// What the console shows about a live session, kept from the history events as they pass
@@ -99,7 +130,14 @@ fn track(live: &LiveMap, event: &HistoryEvent) -> Option<audit::Entry> {
     use HistoryEvent as E;
     match event {
         E::Barrier(_) | E::File { .. } => None,
-        E::Issued { id, operator, operator_addr, requested, at_ms, .. } => {
+        E::Issued {
+            id,
+            operator,
+            operator_addr,
+            requested,
+            at_ms,
+            ..
+        } => {
             live.insert(
                 id.clone(),
                 LiveInfo {
@@ -122,7 +160,13 @@ fn track(live: &LiveMap, event: &HistoryEvent) -> Option<audit::Entry> {
                 detail: format!("requested={requested}"),
             })
         }
-        E::Joined { id, client_host, client_addr, at_ms, .. } => {
+        E::Joined {
+            id,
+            client_host,
+            client_addr,
+            at_ms,
+            ..
+        } => {
             if let Some(mut info) = live.get_mut(id) {
                 info.client_host = Some(client_host.clone());
                 info.client_ip = Some(client_addr.ip().to_string());
@@ -142,7 +186,13 @@ fn track(live: &LiveMap, event: &HistoryEvent) -> Option<audit::Entry> {
                 info.granted = Some(granted.to_string());
                 info.client_ip.clone().unwrap_or_default()
             });
-            Some(audit::Entry { actor: "client".into(), action: "consent_granted", target: id.clone(), ip: ip.unwrap_or_default(), detail: format!("granted={granted}") })
+            Some(audit::Entry {
+                actor: "client".into(),
+                action: "consent_granted",
+                target: id.clone(),
+                ip: ip.unwrap_or_default(),
+                detail: format!("granted={granted}"),
+            })
         }
         E::Ended { id, reason, .. } => {
             let info = live.remove(id).map(|(_, v)| v);
@@ -170,8 +220,23 @@ fn time(ms: Option<i64>) -> String {
 
 /// The columns of the table and CSV views, in order.
 const COLUMNS: [&str; 17] = [
-    "session", "operator", "operator_ip", "client_host", "client_ip", "client_port", "relay_port", "issued", "joined",
-    "consented", "ended", "granted", "pauses", "bytes_to_client", "bytes_to_operator", "end_reason", "requested",
+    "session",
+    "operator",
+    "operator_ip",
+    "client_host",
+    "client_ip",
+    "client_port",
+    "relay_port",
+    "issued",
+    "joined",
+    "consented",
+    "ended",
+    "granted",
+    "pauses",
+    "bytes_to_client",
+    "bytes_to_operator",
+    "end_reason",
+    "requested",
 ];
 
 fn cells(r: &SessionRecord) -> [String; 17] {
@@ -182,7 +247,9 @@ fn cells(r: &SessionRecord) -> [String; 17] {
         r.client_host.clone().unwrap_or_default(),
         r.client_ip.clone().unwrap_or_default(),
         r.client_port.map(|p| p.to_string()).unwrap_or_default(),
-        r.client_relay_port.map(|p| p.to_string()).unwrap_or_else(|| r.operator_relay_port.to_string()),
+        r.client_relay_port
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| r.operator_relay_port.to_string()),
         time(Some(r.issued_at)),
         time(r.joined_at),
         time(r.consented_at),
@@ -199,7 +266,11 @@ fn cells(r: &SessionRecord) -> [String; 17] {
 /// Quotes a CSV field when needed (RFC 4180), and defuses spreadsheet formulas: a host name
 /// is chosen by the client and must not run as a formula when an admin opens the export.
 pub(crate) fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -217,7 +288,10 @@ pub fn render(records: &[SessionRecord], format: &str) -> Result<String, String>
                 if let Some(obj) = v.as_object_mut() {
                     for key in ["issued_at", "joined_at", "consented_at", "ended_at"] {
                         let ms = obj.get(key).and_then(|x| x.as_i64());
-                        obj.insert(key.to_string(), ms.map(|m| time(Some(m)).into()).unwrap_or(serde_json::Value::Null));
+                        obj.insert(
+                            key.to_string(),
+                            ms.map(|m| time(Some(m)).into()).unwrap_or(serde_json::Value::Null),
+                        );
                     }
                 }
                 out.push_str(&v.to_string());
@@ -258,7 +332,10 @@ pub fn render(records: &[SessionRecord], format: &str) -> Result<String, String>
             let mut out = line(shown.iter().map(|&i| COLUMNS[i]).collect());
             for row in &rows {
                 // Control characters in a client-chosen host name must not move the cursor.
-                let clean: Vec<String> = shown.iter().map(|&i| row[i].chars().map(|c| if c.is_control() { '?' } else { c }).collect()).collect();
+                let clean: Vec<String> = shown
+                    .iter()
+                    .map(|&i| row[i].chars().map(|c| if c.is_control() { '?' } else { c }).collect())
+                    .collect();
                 out.push_str(&line(clean.iter().map(String::as_str).collect()));
             }
             Ok(out)

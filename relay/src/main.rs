@@ -183,7 +183,10 @@ enum AuditAction {
 
 fn read_password() -> Result<String, String> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
@@ -192,12 +195,20 @@ async fn cli_ops(common: &Common) -> Result<tsunagu_relay::admin::ops::Ops, Stri
     config.validate().map_err(|e| e.to_string())?;
     let store = open_store(&config).await?;
     let audit = tsunagu_relay::audit::Audit::new(store.clone());
-    Ok(tsunagu_relay::admin::ops::Ops { store, audit, config, shared: None })
+    Ok(tsunagu_relay::admin::ops::Ops {
+        store,
+        audit,
+        config,
+        shared: None,
+    })
 }
 
 /// Who the audit trail names for command-line changes.
 fn cli_actor() -> tsunagu_relay::admin::ops::Actor {
-    tsunagu_relay::admin::ops::Actor { name: "cli".into(), ip: String::new() }
+    tsunagu_relay::admin::ops::Actor {
+        name: "cli".into(),
+        ip: String::new(),
+    }
 }
 
 async fn admin_command(action: AdminAction) -> Result<(), String> {
@@ -265,7 +276,9 @@ fn load_config(common: &Common) -> Result<Config, String> {
 
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TSUNAGU_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
     } else {
@@ -274,13 +287,19 @@ fn init_logs(json: bool) {
 }
 
 async fn open_store(config: &Config) -> Result<Store, String> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
     Store::connect(config).await.map_err(|e| e.to_string())
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve { common, listen, admin_listen, log_format } => {
+        Command::Serve {
+            common,
+            listen,
+            admin_listen,
+            log_format,
+        } => {
             init_logs(log_format == "json");
             let mut config = load_config(&common)?;
             if !listen.is_empty() {
@@ -292,7 +311,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             tsunagu_relay::raise_fd_limit();
             let relay = Relay::start(config.clone()).await.map_err(|e| e.to_string())?;
             let mut out = std::io::stdout().lock();
-            let listeners = relay.addrs().iter().map(|a| ("relay", *a)).chain(relay.admin_addr().map(|a| ("admin", a)));
+            let listeners = relay
+                .addrs()
+                .iter()
+                .map(|a| ("relay", *a))
+                .chain(relay.admin_addr().map(|a| ("admin", a)));
             for (service, addr) in listeners {
                 let line = serde_json::json!({"event": "listening", "service": service, "addr": addr.to_string()});
                 // Whoever started the relay may have stopped reading stdout; a relay that is
@@ -309,7 +332,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Operator { action } => match action {
-            OperatorAction::Add { name, common, permissions } => {
+            OperatorAction::Add {
+                name,
+                common,
+                permissions,
+            } => {
                 let config = load_config(&common)?;
                 config.validate().map_err(|e| e.to_string())?;
                 accounts::validate_name(&name).map_err(|e| e.to_string())?;
@@ -320,10 +347,17 @@ async fn run(cli: Cli) -> Result<(), String> {
                 let result = ops.create_operator(&cli_actor(), &name, &password, perms).await;
                 ops.store.close().await;
                 result.map_err(|e| e.to_string())?;
-                println!("{}", serde_json::json!({"event": "operator_added", "name": name, "permissions": perms.names()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "operator_added", "name": name, "permissions": perms.names()})
+                );
                 Ok(())
             }
-            OperatorAction::SetPermissions { name, permissions, common } => {
+            OperatorAction::SetPermissions {
+                name,
+                permissions,
+                common,
+            } => {
                 let config = load_config(&common)?;
                 let perms = tsunagu_proto::PermissionSet::parse_names(permissions.iter().map(String::as_str))?;
                 let _ = config;
@@ -331,7 +365,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 let result = ops.set_permissions(&cli_actor(), &name, perms).await;
                 ops.store.close().await;
                 result.map_err(|e| e.to_string())?;
-                println!("{}", serde_json::json!({"event": "operator_updated", "name": name, "permissions": perms.names()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "operator_updated", "name": name, "permissions": perms.names()})
+                );
                 Ok(())
             }
             OperatorAction::List { common } => {
@@ -345,7 +382,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         },
         Command::Admin { action } => admin_command(action).await,
-        Command::Audit { action: AuditAction::Verify { common } } => {
+        Command::Audit {
+            action: AuditAction::Verify { common },
+        } => {
             let config = load_config(&common)?;
             let store = open_store(&config).await?;
             let report = tsunagu_relay::audit::verify(&store).await.map_err(|e| e.to_string())?;
@@ -354,7 +393,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             if report.problems.is_empty() {
                 Ok(())
             } else {
-                Err(format!("the audit trail was tampered with:\n{}", report.problems.join("\n")))
+                Err(format!(
+                    "the audit trail was tampered with:\n{}",
+                    report.problems.join("\n")
+                ))
             }
         }
         Command::History { common, format, limit } => {
@@ -363,7 +405,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             let records = store.sessions(limit).await.map_err(|e| e.to_string())?;
             store.close().await;
             let text = history::render(&records, &format)?;
-            std::io::stdout().lock().write_all(text.as_bytes()).map_err(|e| e.to_string())
+            std::io::stdout()
+                .lock()
+                .write_all(text.as_bytes())
+                .map_err(|e| e.to_string())
         }
     }
 }

@@ -89,7 +89,11 @@ pub fn file_result_name(result: tsunagu_proto::pb::FileResult) -> &'static str {
 
 /// Keeps a file name fit for the history: no control characters, bounded length.
 fn recorded_name(name: &str) -> String {
-    let clean: String = name.chars().filter(|c| !c.is_control()).take(MAX_RECORDED_NAME).collect();
+    let clean: String = name
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_RECORDED_NAME)
+        .collect();
     if clean.is_empty() {
         "unnamed".into()
     } else {
@@ -166,7 +170,13 @@ pub struct Policy {
 impl Policy {
     /// A session whose code was issued at `now`, asking for `requested` (clipped to
     /// `allowed`), that expires after `code_ttl` unless a client joins.
-    pub fn new(requested: PermissionSet, allowed: PermissionSet, now: Instant, code_ttl: Duration, consent_timeout: Duration) -> Self {
+    pub fn new(
+        requested: PermissionSet,
+        allowed: PermissionSet,
+        now: Instant,
+        code_ttl: Duration,
+        consent_timeout: Duration,
+    ) -> Self {
         Self {
             phase: Phase::AwaitingClient,
             asked: requested.intersect(allowed),
@@ -253,7 +263,14 @@ impl Policy {
     }
 
     /// [`check_data`](Self::check_data) with the file-transfer header fields.
-    pub fn check_data_in(&mut self, direction: Direction, channel: Option<Channel>, stream: u32, payload: usize, len: usize) -> Verdict {
+    pub fn check_data_in(
+        &mut self,
+        direction: Direction,
+        channel: Option<Channel>,
+        stream: u32,
+        payload: usize,
+        len: usize,
+    ) -> Verdict {
         let mut verdict = self.decide(direction, channel);
         if verdict == Verdict::Forward && channel == Some(Channel::File) {
             verdict = match self.transfers.get_mut(&(direction, stream)) {
@@ -284,7 +301,13 @@ impl Policy {
         if self.phase != Phase::Active {
             return Verdict::Drop(NoConsent);
         }
-        let need = |p: Permission| if self.granted.contains(p) { Verdict::Forward } else { Verdict::Drop(NotGranted) };
+        let need = |p: Permission| {
+            if self.granted.contains(p) {
+                Verdict::Forward
+            } else {
+                Verdict::Drop(NotGranted)
+            }
+        };
         let m = self.modes;
         match (channel, direction) {
             (None | Some(Channel::Unspecified), _) => Verdict::Drop(UnknownChannel),
@@ -327,7 +350,15 @@ impl Policy {
         if self.transfers.len() >= MAX_OPEN_TRANSFERS {
             return Verdict::Drop(DropReason::TooManyTransfers);
         }
-        self.transfers.insert((direction, id), Transfer { name: recorded_name(name), size, bytes: 0, state: TransferState::Offered });
+        self.transfers.insert(
+            (direction, id),
+            Transfer {
+                name: recorded_name(name),
+                size,
+                bytes: 0,
+                state: TransferState::Offered,
+            },
+        );
         Verdict::Forward
     }
 
@@ -362,26 +393,48 @@ impl Policy {
     }
 
     /// Either side ends a transfer; the frame travels `direction`.
-    pub fn file_done(&mut self, direction: Direction, id: u32, from_receiver: bool, result: &'static str) -> (Verdict, Option<FileRecord>) {
-        let key = if from_receiver { (direction.opposite(), id) } else { (direction, id) };
+    pub fn file_done(
+        &mut self,
+        direction: Direction,
+        id: u32,
+        from_receiver: bool,
+        result: &'static str,
+    ) -> (Verdict, Option<FileRecord>) {
+        let key = if from_receiver {
+            (direction.opposite(), id)
+        } else {
+            (direction, id)
+        };
         if !self.transfers.contains_key(&key) {
             return (Verdict::Drop(DropReason::NoTransfer), None);
         }
         // A sender cannot declare its own transfer completed: only the receiver, who
         // checked the hash, can.
-        let result = if result == "completed" && !from_receiver { "failed" } else { result };
+        let result = if result == "completed" && !from_receiver {
+            "failed"
+        } else {
+            result
+        };
         let record = self.close_transfer(key, result);
         (Verdict::Forward, record)
     }
 
     fn close_transfer(&mut self, key: (Direction, u32), result: &'static str) -> Option<FileRecord> {
-        self.transfers.remove(&key).map(|t| FileRecord { name: t.name, size: t.size, direction: key.0, bytes: t.bytes, result })
+        self.transfers.remove(&key).map(|t| FileRecord {
+            name: t.name,
+            size: t.size,
+            direction: key.0,
+            bytes: t.bytes,
+            result,
+        })
     }
 
     /// Transfers still open (the session is ending): each is recorded as failed.
     pub fn close_all_transfers(&mut self) -> Vec<FileRecord> {
         let keys: Vec<_> = self.transfers.keys().copied().collect();
-        keys.into_iter().filter_map(|k| self.close_transfer(k, "failed")).collect()
+        keys.into_iter()
+            .filter_map(|k| self.close_transfer(k, "failed"))
+            .collect()
     }
 
     pub fn open_transfers(&self) -> usize {
@@ -438,7 +491,10 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Policy::new(PermissionSet::ALL, PermissionSet::ALL, t0, TTL, CONSENT);
         assert!(p.client_joined(t0));
-        assert_eq!(p.consent(perms(granted), false), ConsentOutcome::Granted(perms(granted)));
+        assert_eq!(
+            p.consent(perms(granted), false),
+            ConsentOutcome::Granted(perms(granted))
+        );
         (p, t0)
     }
 
@@ -447,10 +503,16 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Policy::new(PermissionSet::ALL, PermissionSet::ALL, t0, TTL, CONSENT);
         for ch in [Channel::Screen, Channel::Chat, Channel::File] {
-            assert_eq!(p.check_data(ToOperator, Some(ch), 10), Verdict::Drop(DropReason::NoConsent));
+            assert_eq!(
+                p.check_data(ToOperator, Some(ch), 10),
+                Verdict::Drop(DropReason::NoConsent)
+            );
         }
         p.client_joined(t0);
-        assert_eq!(p.check_data(ToClient, Some(Channel::Input), 10), Verdict::Drop(DropReason::NoConsent));
+        assert_eq!(
+            p.check_data(ToClient, Some(Channel::Input), 10),
+            Verdict::Drop(DropReason::NoConsent)
+        );
         assert_eq!(p.counters().dropped_frames, 4);
         assert_eq!(p.counters().bytes_to_client, 0);
     }
@@ -461,8 +523,14 @@ mod tests {
         let mut p = Policy::new(PermissionSet::ALL, perms(&["view", "chat"]), t0, TTL, CONSENT);
         assert_eq!(p.asked(), perms(&["view", "chat"]));
         p.client_joined(t0);
-        assert_eq!(p.consent(PermissionSet::ALL, false), ConsentOutcome::Granted(perms(&["view", "chat"])));
-        assert_eq!(p.check_data(ToClient, Some(Channel::Input), 5), Verdict::Drop(DropReason::NotGranted));
+        assert_eq!(
+            p.consent(PermissionSet::ALL, false),
+            ConsentOutcome::Granted(perms(&["view", "chat"]))
+        );
+        assert_eq!(
+            p.check_data(ToClient, Some(Channel::Input), 5),
+            Verdict::Drop(DropReason::NotGranted)
+        );
     }
 
     #[test]
@@ -472,23 +540,59 @@ mod tests {
         p.client_joined(t0);
         assert_eq!(p.consent(perms(&["view"]), false), ConsentOutcome::Denied);
         assert_eq!(p.phase(), Phase::Ended(EndReason::ConsentDenied));
-        assert_eq!(p.check_data(ToOperator, Some(Channel::Screen), 5), Verdict::Drop(DropReason::NoConsent));
+        assert_eq!(
+            p.check_data(ToOperator, Some(Channel::Screen), 5),
+            Verdict::Drop(DropReason::NoConsent)
+        );
     }
 
     #[test]
     fn view_only_and_pause_drop_input_but_not_screen() {
         let (mut p, _) = active(&["view", "control", "chat"]);
         assert_eq!(p.check_data(ToClient, Some(Channel::Input), 5), Verdict::Forward);
-        assert!(p.client_state(ClientModes { paused: true, ..Default::default() }, PermissionSet::EMPTY));
-        assert_eq!(p.check_data(ToClient, Some(Channel::Input), 5), Verdict::Drop(DropReason::Paused));
+        assert!(p.client_state(
+            ClientModes {
+                paused: true,
+                ..Default::default()
+            },
+            PermissionSet::EMPTY
+        ));
+        assert_eq!(
+            p.check_data(ToClient, Some(Channel::Input), 5),
+            Verdict::Drop(DropReason::Paused)
+        );
         assert_eq!(p.check_data(ToOperator, Some(Channel::Screen), 5), Verdict::Forward);
         p.client_state(ClientModes::default(), PermissionSet::EMPTY);
-        p.client_state(ClientModes { paused: true, ..Default::default() }, PermissionSet::EMPTY);
+        p.client_state(
+            ClientModes {
+                paused: true,
+                ..Default::default()
+            },
+            PermissionSet::EMPTY,
+        );
         assert_eq!(p.counters().pauses, 2);
-        p.client_state(ClientModes { view_only: true, ..Default::default() }, PermissionSet::EMPTY);
-        assert_eq!(p.check_data(ToClient, Some(Channel::Input), 5), Verdict::Drop(DropReason::ViewOnly));
-        p.client_state(ClientModes { chat_only: true, ..Default::default() }, PermissionSet::EMPTY);
-        assert_eq!(p.check_data(ToOperator, Some(Channel::Screen), 5), Verdict::Drop(DropReason::ChatOnly));
+        p.client_state(
+            ClientModes {
+                view_only: true,
+                ..Default::default()
+            },
+            PermissionSet::EMPTY,
+        );
+        assert_eq!(
+            p.check_data(ToClient, Some(Channel::Input), 5),
+            Verdict::Drop(DropReason::ViewOnly)
+        );
+        p.client_state(
+            ClientModes {
+                chat_only: true,
+                ..Default::default()
+            },
+            PermissionSet::EMPTY,
+        );
+        assert_eq!(
+            p.check_data(ToOperator, Some(Channel::Screen), 5),
+            Verdict::Drop(DropReason::ChatOnly)
+        );
         assert_eq!(p.check_data(ToOperator, Some(Channel::Chat), 5), Verdict::Forward);
     }
 
@@ -496,7 +600,10 @@ mod tests {
     fn revoked_permissions_stay_revoked() {
         let (mut p, _) = active(&["view", "control"]);
         assert!(p.client_state(ClientModes::default(), perms(&["control"])));
-        assert_eq!(p.check_data(ToClient, Some(Channel::Input), 5), Verdict::Drop(DropReason::NotGranted));
+        assert_eq!(
+            p.check_data(ToClient, Some(Channel::Input), 5),
+            Verdict::Drop(DropReason::NotGranted)
+        );
         p.client_state(ClientModes::default(), PermissionSet::EMPTY);
         assert_eq!(p.granted(), perms(&["view"]));
     }
@@ -504,14 +611,32 @@ mod tests {
     #[test]
     fn channels_only_flow_their_own_way() {
         let (mut p, _) = active(&["view", "control", "chat", "files"]);
-        assert_eq!(p.check_data(ToClient, Some(Channel::Screen), 5), Verdict::Drop(DropReason::WrongDirection));
-        assert_eq!(p.check_data(ToOperator, Some(Channel::Input), 5), Verdict::Drop(DropReason::WrongDirection));
-        assert_eq!(p.check_data(ToOperator, None, 5), Verdict::Drop(DropReason::UnknownChannel));
-        assert_eq!(p.check_data(ToClient, Some(Channel::ScreenFeedback), 5), Verdict::Forward);
-        assert_eq!(p.check_data(ToOperator, Some(Channel::File), 7), Verdict::Drop(DropReason::NoTransfer));
+        assert_eq!(
+            p.check_data(ToClient, Some(Channel::Screen), 5),
+            Verdict::Drop(DropReason::WrongDirection)
+        );
+        assert_eq!(
+            p.check_data(ToOperator, Some(Channel::Input), 5),
+            Verdict::Drop(DropReason::WrongDirection)
+        );
+        assert_eq!(
+            p.check_data(ToOperator, None, 5),
+            Verdict::Drop(DropReason::UnknownChannel)
+        );
+        assert_eq!(
+            p.check_data(ToClient, Some(Channel::ScreenFeedback), 5),
+            Verdict::Forward
+        );
+        assert_eq!(
+            p.check_data(ToOperator, Some(Channel::File), 7),
+            Verdict::Drop(DropReason::NoTransfer)
+        );
         p.file_offer(ToOperator, 3, "f", 100);
         p.file_answer(ToClient, 3, true);
-        assert_eq!(p.check_data_in(ToOperator, Some(Channel::File), 3, 5, 7), Verdict::Forward);
+        assert_eq!(
+            p.check_data_in(ToOperator, Some(Channel::File), 3, 5, 7),
+            Verdict::Forward
+        );
         assert_eq!(p.counters().bytes_to_client, 5);
         assert_eq!(p.counters().bytes_to_operator, 7);
     }
@@ -526,7 +651,10 @@ mod tests {
         assert!(!p.client_joined(t0 + TTL), "an expired code takes no client");
 
         let mut p = Policy::new(PermissionSet::ALL, PermissionSet::ALL, t0, TTL, CONSENT);
-        assert!(!p.client_joined(t0 + TTL + Duration::from_secs(1)), "joining after expiry fails even before the tick");
+        assert!(
+            !p.client_joined(t0 + TTL + Duration::from_secs(1)),
+            "joining after expiry fails even before the tick"
+        );
         let mut p = Policy::new(PermissionSet::ALL, PermissionSet::ALL, t0, TTL, CONSENT);
         p.client_joined(t0 + Duration::from_secs(5));
         assert_eq!(p.deadline(), Some(t0 + Duration::from_secs(65)));
@@ -538,24 +666,53 @@ mod tests {
     fn file_chunks_need_an_accepted_transfer_and_stay_within_its_size() {
         let (mut p, _) = active(&["view", "files"]);
         let file = Some(Channel::File);
-        assert_eq!(p.check_data_in(ToClient, file, 1, 10, 20), Verdict::Drop(DropReason::NoTransfer));
+        assert_eq!(
+            p.check_data_in(ToClient, file, 1, 10, 20),
+            Verdict::Drop(DropReason::NoTransfer)
+        );
         assert_eq!(p.file_offer(ToClient, 1, "report.pdf", 100), Verdict::Forward);
-        assert_eq!(p.check_data_in(ToClient, file, 1, 10, 20), Verdict::Drop(DropReason::NoTransfer), "offered is not accepted");
+        assert_eq!(
+            p.check_data_in(ToClient, file, 1, 10, 20),
+            Verdict::Drop(DropReason::NoTransfer),
+            "offered is not accepted"
+        );
         // The sender cannot accept its own offer: the answer must travel back to it.
-        assert_eq!(p.file_answer(ToClient, 1, true).0, Verdict::Drop(DropReason::NoTransfer));
+        assert_eq!(
+            p.file_answer(ToClient, 1, true).0,
+            Verdict::Drop(DropReason::NoTransfer)
+        );
         assert_eq!(p.file_answer(ToOperator, 1, true), (Verdict::Forward, None));
         assert_eq!(p.check_data_in(ToClient, file, 1, 60, 70), Verdict::Forward);
-        assert_eq!(p.check_data_in(ToOperator, file, 1, 10, 20), Verdict::Drop(DropReason::NoTransfer), "wrong direction");
-        assert_eq!(p.check_data_in(ToClient, file, 2, 10, 20), Verdict::Drop(DropReason::NoTransfer), "wrong stream");
-        assert_eq!(p.check_data_in(ToClient, file, 1, 50, 60), Verdict::Drop(DropReason::TransferMisuse), "beyond the size");
+        assert_eq!(
+            p.check_data_in(ToOperator, file, 1, 10, 20),
+            Verdict::Drop(DropReason::NoTransfer),
+            "wrong direction"
+        );
+        assert_eq!(
+            p.check_data_in(ToClient, file, 2, 10, 20),
+            Verdict::Drop(DropReason::NoTransfer),
+            "wrong stream"
+        );
+        assert_eq!(
+            p.check_data_in(ToClient, file, 1, 50, 60),
+            Verdict::Drop(DropReason::TransferMisuse),
+            "beyond the size"
+        );
         assert_eq!(p.check_data_in(ToClient, file, 1, 40, 50), Verdict::Forward);
         assert_eq!(p.file_credit(ToOperator, 1), Verdict::Forward);
         assert_eq!(p.file_credit(ToClient, 1), Verdict::Drop(DropReason::NoTransfer));
         let (v, rec) = p.file_done(ToOperator, 1, true, "completed");
         assert_eq!(v, Verdict::Forward);
         let rec = rec.unwrap();
-        assert_eq!((rec.name.as_str(), rec.size, rec.bytes, rec.result, rec.direction), ("report.pdf", 100, 100, "completed", ToClient));
-        assert_eq!(p.check_data_in(ToClient, file, 1, 1, 2), Verdict::Drop(DropReason::NoTransfer), "over is over");
+        assert_eq!(
+            (rec.name.as_str(), rec.size, rec.bytes, rec.result, rec.direction),
+            ("report.pdf", 100, 100, "completed", ToClient)
+        );
+        assert_eq!(
+            p.check_data_in(ToClient, file, 1, 1, 2),
+            Verdict::Drop(DropReason::NoTransfer),
+            "over is over"
+        );
     }
 
     #[test]
@@ -569,18 +726,33 @@ mod tests {
         // Only the receiver may call a transfer completed.
         p.file_offer(ToOperator, 8, "x", 5);
         p.file_answer(ToClient, 8, true);
-        assert_eq!(p.file_done(ToOperator, 8, false, "completed").1.unwrap().result, "failed");
+        assert_eq!(
+            p.file_done(ToOperator, 8, false, "completed").1.unwrap().result,
+            "failed"
+        );
 
         for id in 0..MAX_OPEN_TRANSFERS as u32 {
             assert_eq!(p.file_offer(ToClient, id, "f", 1), Verdict::Forward);
         }
-        assert_eq!(p.file_offer(ToClient, 99, "f", 1), Verdict::Drop(DropReason::TooManyTransfers));
-        assert_eq!(p.file_offer(ToClient, 0, "f", 1), Verdict::Drop(DropReason::TransferMisuse));
+        assert_eq!(
+            p.file_offer(ToClient, 99, "f", 1),
+            Verdict::Drop(DropReason::TooManyTransfers)
+        );
+        assert_eq!(
+            p.file_offer(ToClient, 0, "f", 1),
+            Verdict::Drop(DropReason::TransferMisuse)
+        );
         p.file_answer(ToOperator, 0, true);
         // Revoking files stops chunks at once.
         p.client_state(ClientModes::default(), perms(&["files"]));
-        assert_eq!(p.check_data_in(ToClient, Some(Channel::File), 0, 1, 2), Verdict::Drop(DropReason::NotGranted));
-        assert_eq!(p.file_offer(ToClient, 50, "f", 1), Verdict::Drop(DropReason::NotGranted));
+        assert_eq!(
+            p.check_data_in(ToClient, Some(Channel::File), 0, 1, 2),
+            Verdict::Drop(DropReason::NotGranted)
+        );
+        assert_eq!(
+            p.file_offer(ToClient, 50, "f", 1),
+            Verdict::Drop(DropReason::NotGranted)
+        );
         assert_eq!(p.close_all_transfers().len(), MAX_OPEN_TRANSFERS);
 
         let (mut q, _) = active(&["view"]);

@@ -220,7 +220,10 @@ mod tests {
         q.close();
         assert_eq!(q.push_screen(b(4, 1)), Err(QueueError::Closed));
         let mut out = Vec::new();
-        assert!(q.pop_batch(&mut out).await, "queued frames are still delivered after close");
+        assert!(
+            q.pop_batch(&mut out).await,
+            "queued frames are still delivered after close"
+        );
         assert_eq!(out.len(), 2);
         assert!(!q.pop_batch(&mut out).await);
     }

@@ -20,9 +20,9 @@ use tsunagu_proto::transport::{error_frame, hello, FrameReader, FrameWriter, Tra
 use tsunagu_proto::{PermissionSet, SessionCode};
 
 use crate::accounts;
+use crate::audit::{self, Audit};
 use crate::config::Config;
 use crate::directory::{Directory, JoinRefusal};
-use crate::audit::{self, Audit};
 use crate::history::{self, now_ms, HistoryEvent, HistorySink, LiveMap};
 use crate::policy::Policy;
 use crate::queue::OutQueue;
@@ -87,8 +87,10 @@ impl Relay {
     /// starts serving.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
         let certs = ServerCerts::load(&config)?;
         let acceptor = TlsAcceptor::from(certs.server_config()?);
         let store = Store::connect(&config).await?;
@@ -132,9 +134,16 @@ impl Relay {
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
         for listener in listeners {
-            let addr = listener.local_addr().map_err(|e| StartError::NoListener(e.to_string()))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| StartError::NoListener(e.to_string()))?;
             addrs.push(addr);
-            tasks.push(tokio::spawn(accept_loop(shared.clone(), listener, addr.port(), stop_rx.clone())));
+            tasks.push(tokio::spawn(accept_loop(
+                shared.clone(),
+                listener,
+                addr.port(),
+                stop_rx.clone(),
+            )));
         }
         let mut admin_addr = None;
         if let Some(addr) = shared.config.admin.listen.filter(|_| shared.config.admin.enabled) {
@@ -148,7 +157,15 @@ impl Relay {
             }
         }
         tasks.push(tokio::spawn(housekeeping(shared.clone(), certs.clone(), stop_rx)));
-        Ok(Self { shared, addrs, stop_tx, tasks, history_task, certs, admin_addr })
+        Ok(Self {
+            shared,
+            addrs,
+            stop_tx,
+            tasks,
+            history_task,
+            certs,
+            admin_addr,
+        })
     }
 
     /// The addresses actually bound (useful with port 0).
@@ -194,7 +211,10 @@ impl Relay {
         }
         // Give writers a moment to deliver `Ended`.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if tokio::time::timeout(deadline, self.shared.history.flush()).await.is_err() {
+        if tokio::time::timeout(deadline, self.shared.history.flush())
+            .await
+            .is_err()
+        {
             tracing::warn!("history was not fully written before the shutdown deadline");
         }
         self.history_task.abort();
@@ -237,7 +257,12 @@ pub async fn purge_history(shared: &Shared) {
             tracing::info!(sessions = n, "purged history past retention");
             shared
                 .audit
-                .record(audit::Entry { actor: "relay".into(), action: "history_purged", detail: format!("sessions={n}"), ..Default::default() })
+                .record(audit::Entry {
+                    actor: "relay".into(),
+                    action: "history_purged",
+                    detail: format!("sessions={n}"),
+                    ..Default::default()
+                })
                 .await;
         }
         Err(e) => tracing::error!(error = %e, "history purge failed"),
@@ -267,7 +292,12 @@ async fn enforce_account_changes(shared: &Shared) {
 
 /// Live sessions of `operator` that have not ended.
 pub fn live_sessions_of(shared: &Shared, operator: &str) -> Vec<Arc<Session>> {
-    shared.sessions.iter().filter(|e| e.value().operator == operator && !e.value().is_ended()).map(|e| e.value().clone()).collect()
+    shared
+        .sessions
+        .iter()
+        .filter(|e| e.value().operator == operator && !e.value().is_ended())
+        .map(|e| e.value().clone())
+        .collect()
 }
 
 /// Ends every live session of `operator` at once (suspension, deletion); returns how many.
@@ -355,7 +385,9 @@ async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         Some(Body::Login(login)) => operator_connection(shared, reader, writer, peer, port, login).await,
         Some(Body::Join(join)) => client_connection(shared, reader, writer, peer, port, join).await,
         _ => {
-            let _ = writer.send(&error_frame(ErrorCode::Protocol, "expected Login or Join")).await;
+            let _ = writer
+                .send(&error_frame(ErrorCode::Protocol, "expected Login or Join"))
+                .await;
         }
     }
 }
@@ -363,7 +395,9 @@ async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
 async fn greet(reader: &mut Reader, writer: &mut Writer, limit: Duration) -> Result<(), TransportError> {
     match reader.read_timeout(limit).await?.and_then(|raw| raw.frame.body) {
         Some(Body::Hello(h)) if h.version == tsunagu_proto::PROTOCOL_VERSION => {
-            writer.send(&hello(concat!("tsunagu-relay/", env!("CARGO_PKG_VERSION")))).await
+            writer
+                .send(&hello(concat!("tsunagu-relay/", env!("CARGO_PKG_VERSION"))))
+                .await
         }
         Some(Body::Hello(h)) => {
             let message = format!(
@@ -372,10 +406,15 @@ async fn greet(reader: &mut Reader, writer: &mut Writer, limit: Duration) -> Res
                 h.version
             );
             let _ = writer.send(&error_frame(ErrorCode::VersionMismatch, message)).await;
-            Err(TransportError::VersionMismatch { ours: tsunagu_proto::PROTOCOL_VERSION, theirs: h.version })
+            Err(TransportError::VersionMismatch {
+                ours: tsunagu_proto::PROTOCOL_VERSION,
+                theirs: h.version,
+            })
         }
         _ => {
-            let _ = writer.send(&error_frame(ErrorCode::Protocol, "the first message must be Hello")).await;
+            let _ = writer
+                .send(&error_frame(ErrorCode::Protocol, "the first message must be Hello"))
+                .await;
             Err(TransportError::Protocol("no Hello".into()))
         }
     }
@@ -394,13 +433,21 @@ async fn refuse(writer: &mut Writer, e: &TransportError) {
 fn throttled(verdict: Verdict) -> Option<String> {
     match verdict {
         Verdict::Allowed => None,
-        Verdict::Throttled { retry_after } => {
-            Some(format!("too many failed attempts; try again in {} s", retry_after.as_secs().max(1)))
-        }
+        Verdict::Throttled { retry_after } => Some(format!(
+            "too many failed attempts; try again in {} s",
+            retry_after.as_secs().max(1)
+        )),
     }
 }
 
-async fn operator_connection(shared: Arc<Shared>, mut reader: Reader, mut writer: Writer, peer: SocketAddr, port: u16, login: pb::Login) {
+async fn operator_connection(
+    shared: Arc<Shared>,
+    mut reader: Reader,
+    mut writer: Writer,
+    peer: SocketAddr,
+    port: u16,
+    login: pb::Login,
+) {
     let ip = peer.ip();
     let verdict = lock(&shared.login_throttle).check(ip, Instant::now());
     if let Some(msg) = throttled(verdict) {
@@ -432,9 +479,20 @@ async fn operator_connection(shared: Arc<Shared>, mut reader: Reader, mut writer
     tracing::info!(%peer, %operator, "operator logged in");
     shared
         .audit
-        .record(audit::Entry { actor: format!("operator:{operator}"), action: "operator_login", target: operator.clone(), ip: ip.to_string(), ..Default::default() })
+        .record(audit::Entry {
+            actor: format!("operator:{operator}"),
+            action: "operator_login",
+            target: operator.clone(),
+            ip: ip.to_string(),
+            ..Default::default()
+        })
         .await;
-    let ok = Frame { body: Some(Body::LoginOk(pb::LoginOk { operator: operator.clone(), allowed: record.permissions.to_wire() })) };
+    let ok = Frame {
+        body: Some(Body::LoginOk(pb::LoginOk {
+            operator: operator.clone(),
+            allowed: record.permissions.to_wire(),
+        })),
+    };
     if writer.send(&ok).await.is_err() {
         return;
     }
@@ -444,10 +502,16 @@ async fn operator_connection(shared: Arc<Shared>, mut reader: Reader, mut writer
         Ok(Some(raw)) => match raw.frame.body {
             Some(Body::RequestCode(rc)) => {
                 let p = PermissionSet::from_wire(&rc.permissions);
-                if p.is_empty() { PermissionSet::ALL } else { p }
+                if p.is_empty() {
+                    PermissionSet::ALL
+                } else {
+                    p
+                }
             }
             _ => {
-                let _ = writer.send(&error_frame(ErrorCode::Protocol, "expected RequestCode")).await;
+                let _ = writer
+                    .send(&error_frame(ErrorCode::Protocol, "expected RequestCode"))
+                    .await;
                 return;
             }
         },
@@ -480,22 +544,36 @@ async fn operator_connection(shared: Arc<Shared>, mut reader: Reader, mut writer
         let msg = "the admin allows none of the permissions asked for";
         shared
             .audit
-            .record(audit::Entry { actor: format!("operator:{operator}"), action: "code_refused", target: operator.clone(), ip: ip.to_string(), detail: msg.into() })
+            .record(audit::Entry {
+                actor: format!("operator:{operator}"),
+                action: "code_refused",
+                target: operator.clone(),
+                ip: ip.to_string(),
+                detail: msg.into(),
+            })
             .await;
         let _ = writer.send(&error_frame(ErrorCode::Forbidden, msg)).await;
         return;
     }
 
     let limits = &shared.config.limits;
-    let operator_q = OutQueue::new(limits.screen_queue_frames, limits.data_queue_bytes, limits.control_queue_frames);
+    let operator_q = OutQueue::new(
+        limits.screen_queue_frames,
+        limits.data_queue_bytes,
+        limits.control_queue_frames,
+    );
     let t = &shared.config.timeouts;
     let policy = Policy::new(requested, record.permissions, Instant::now(), t.code_ttl, t.consent);
-    let issued = shared.directory.issue(|code| Session::new(shared.clone(), operator.clone(), code, policy, operator_q.clone()));
+    let issued = shared
+        .directory
+        .issue(|code| Session::new(shared.clone(), operator.clone(), code, policy, operator_q.clone()));
     let (code, session) = match issued {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(error = %e, "could not draw a session code");
-            let _ = writer.send(&error_frame(ErrorCode::Internal, "the relay could not create a code")).await;
+            let _ = writer
+                .send(&error_frame(ErrorCode::Internal, "the relay could not create a code"))
+                .await;
             return;
         }
     };
@@ -529,7 +607,11 @@ async fn operator_connection(shared: Arc<Shared>, mut reader: Reader, mut writer
 
 /// Suspension, IP rules and the session cap, checked against the current account when a
 /// code is asked for.
-async fn check_code_issue(shared: &Shared, operator: &str, ip: IpAddr) -> Result<crate::store::OperatorRecord, (ErrorCode, String)> {
+async fn check_code_issue(
+    shared: &Shared,
+    operator: &str,
+    ip: IpAddr,
+) -> Result<crate::store::OperatorRecord, (ErrorCode, String)> {
     let record = shared
         .store
         .operator(operator)
@@ -538,22 +620,42 @@ async fn check_code_issue(shared: &Shared, operator: &str, ip: IpAddr) -> Result
             tracing::error!(error = %e, "account lookup failed");
             (ErrorCode::Internal, "the relay could not check the account".to_string())
         })?
-        .ok_or_else(|| (ErrorCode::Forbidden, "this operator account no longer exists".to_string()))?;
+        .ok_or_else(|| {
+            (
+                ErrorCode::Forbidden,
+                "this operator account no longer exists".to_string(),
+            )
+        })?;
     if record.suspended {
         return Err((ErrorCode::Forbidden, "this operator account is suspended".to_string()));
     }
     if !crate::store::ip_allowed(&record.ip_rules, ip) {
-        return Err((ErrorCode::Forbidden, "this operator may not work from this address".to_string()));
+        return Err((
+            ErrorCode::Forbidden,
+            "this operator may not work from this address".to_string(),
+        ));
     }
     if record.max_sessions > 0 && live_sessions_of(shared, operator).len() >= record.max_sessions as usize {
-        return Err((ErrorCode::Forbidden, format!("the admin allows this operator at most {} session(s) at once", record.max_sessions)));
+        return Err((
+            ErrorCode::Forbidden,
+            format!(
+                "the admin allows this operator at most {} session(s) at once",
+                record.max_sessions
+            ),
+        ));
     }
     Ok(record)
 }
 
-async fn authenticate(shared: &Shared, login: &pb::Login, ip: IpAddr) -> Result<crate::store::OperatorRecord, (ErrorCode, String)> {
+async fn authenticate(
+    shared: &Shared,
+    login: &pb::Login,
+    ip: IpAddr,
+) -> Result<crate::store::OperatorRecord, (ErrorCode, String)> {
     let failed = || (ErrorCode::AuthFailed, "wrong user name or password".to_string());
-    if login.user.len() > tsunagu_proto::limits::MAX_USER_NAME || login.password.len() > tsunagu_proto::limits::MAX_PASSWORD {
+    if login.user.len() > tsunagu_proto::limits::MAX_USER_NAME
+        || login.password.len() > tsunagu_proto::limits::MAX_PASSWORD
+    {
         return Err(failed());
     }
     let permit = tokio::time::timeout(shared.config.timeouts.greeting, shared.login_slots.acquire())
@@ -564,18 +666,33 @@ async fn authenticate(shared: &Shared, login: &pb::Login, ip: IpAddr) -> Result<
         tracing::error!(error = %e, "account lookup failed");
         (ErrorCode::Internal, "the relay could not check the account".to_string())
     })?;
-    let hash = record.as_ref().map(|r| r.password_hash.clone()).unwrap_or_else(|| shared.dummy_hash.clone());
+    let hash = record
+        .as_ref()
+        .map(|r| r.password_hash.clone())
+        .unwrap_or_else(|| shared.dummy_hash.clone());
     let password = login.password.clone();
-    let ok = tokio::task::spawn_blocking(move || accounts::verify_password(&password, &hash)).await.unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || accounts::verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
     drop(permit);
     match record {
         Some(r) if ok && r.suspended => Err((ErrorCode::Forbidden, "this operator account is suspended".to_string())),
-        Some(r) if ok && !crate::store::ip_allowed(&r.ip_rules, ip) => {
-            Err((ErrorCode::Forbidden, "this operator may not log in from this address".to_string()))
-        }
+        Some(r) if ok && !crate::store::ip_allowed(&r.ip_rules, ip) => Err((
+            ErrorCode::Forbidden,
+            "this operator may not log in from this address".to_string(),
+        )),
         Some(r) if ok && r.totp_required => match &r.totp_secret {
-            None => Err((ErrorCode::Forbidden, "the admin requires a TOTP code but none is enrolled for this operator".to_string())),
-            Some(secret) if shared.operator_totp.accept(&r.name, secret, &login.totp, crate::totp::now_secs()) => Ok(r),
+            None => Err((
+                ErrorCode::Forbidden,
+                "the admin requires a TOTP code but none is enrolled for this operator".to_string(),
+            )),
+            Some(secret)
+                if shared
+                    .operator_totp
+                    .accept(&r.name, secret, &login.totp, crate::totp::now_secs()) =>
+            {
+                Ok(r)
+            }
             Some(_) => Err((ErrorCode::AuthFailed, "wrong or missing TOTP code".to_string())),
         },
         Some(r) if ok => Ok(r),
@@ -583,7 +700,14 @@ async fn authenticate(shared: &Shared, login: &pb::Login, ip: IpAddr) -> Result<
     }
 }
 
-async fn client_connection(shared: Arc<Shared>, reader: Reader, mut writer: Writer, peer: SocketAddr, port: u16, join: pb::Join) {
+async fn client_connection(
+    shared: Arc<Shared>,
+    reader: Reader,
+    mut writer: Writer,
+    peer: SocketAddr,
+    port: u16,
+    join: pb::Join,
+) {
     let ip: IpAddr = peer.ip();
     let now = Instant::now();
     let verdict = lock(&shared.join_throttle).check(ip, now);
@@ -596,9 +720,18 @@ async fn client_connection(shared: Arc<Shared>, reader: Reader, mut writer: Writ
     let taken = match SessionCode::parse(&join.code) {
         Err(_) => Err(refused(ErrorCode::BadCode, "a session code has 8 digits")),
         Ok(code) => shared.directory.take(code, now).map_err(|r| match r {
-            JoinRefusal::Unknown => refused(ErrorCode::BadCode, "no session has this code; check the digits with the operator"),
-            JoinRefusal::Expired => refused(ErrorCode::Expired, "this code has expired; ask the operator for a new one"),
-            JoinRefusal::Used => refused(ErrorCode::Used, "this code was already used; ask the operator for a new one"),
+            JoinRefusal::Unknown => refused(
+                ErrorCode::BadCode,
+                "no session has this code; check the digits with the operator",
+            ),
+            JoinRefusal::Expired => refused(
+                ErrorCode::Expired,
+                "this code has expired; ask the operator for a new one",
+            ),
+            JoinRefusal::Used => refused(
+                ErrorCode::Used,
+                "this code was already used; ask the operator for a new one",
+            ),
         }),
     };
     let session = match taken {
@@ -622,9 +755,18 @@ async fn client_connection(shared: Arc<Shared>, reader: Reader, mut writer: Writ
     };
     let host = clean_host_name(&join.host_name);
     let limits = &shared.config.limits;
-    let client_q = OutQueue::new(limits.screen_queue_frames, limits.data_queue_bytes, limits.control_queue_frames);
+    let client_q = OutQueue::new(
+        limits.screen_queue_frames,
+        limits.data_queue_bytes,
+        limits.control_queue_frames,
+    );
     if !session.attach_client(client_q.clone(), &host, peer, port).await {
-        let _ = writer.send(&error_frame(ErrorCode::Expired, "this code has expired; ask the operator for a new one")).await;
+        let _ = writer
+            .send(&error_frame(
+                ErrorCode::Expired,
+                "this code has expired; ask the operator for a new one",
+            ))
+            .await;
         return;
     }
     run_peer(shared, session, Role::Client, reader, writer, client_q).await;
@@ -650,7 +792,14 @@ fn clean_host_name(raw: &str) -> String {
 
 /// Runs one peer of a session: its writer task and its reader loop, until the session
 /// ends or the peer goes away.
-async fn run_peer(shared: Arc<Shared>, session: Arc<Session>, role: Role, mut reader: Reader, writer: Writer, queue: OutQueue) {
+async fn run_peer(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    role: Role,
+    mut reader: Reader,
+    writer: Writer,
+    queue: OutQueue,
+) {
     let t = shared.config.timeouts.clone();
     let writer_task = tokio::spawn(write_loop(queue.clone(), writer, t.keepalive, t.write));
     let mut ended = session.ended();
@@ -681,7 +830,8 @@ async fn run_peer(shared: Arc<Shared>, session: Arc<Session>, role: Role, mut re
             }
             Err(TransportError::Frame(e)) => {
                 tracing::info!(session = %session.id, ?role, error = %e, "malformed frame; closing");
-                let _ = queue.push_control(encode(&error_frame(ErrorCode::Protocol, e.to_string())).unwrap_or_default());
+                let _ =
+                    queue.push_control(encode(&error_frame(ErrorCode::Protocol, e.to_string())).unwrap_or_default());
                 session.finish(EndReason::ProtocolError).await;
                 break;
             }
@@ -708,7 +858,10 @@ const LINGER: Duration = Duration::from_secs(2);
 
 async fn write_loop(queue: OutQueue, mut writer: Writer, keepalive: Duration, write_timeout: Duration) {
     let mut batch: Vec<Bytes> = Vec::new();
-    let ping = encode(&Frame { body: Some(Body::Ping(pb::Ping { nonce: 0 })) }).expect("ping is never empty");
+    let ping = encode(&Frame {
+        body: Some(Body::Ping(pb::Ping { nonce: 0 })),
+    })
+    .expect("ping is never empty");
     loop {
         match tokio::time::timeout(keepalive, queue.pop_batch(&mut batch)).await {
             Err(_) => batch.push(ping.clone()),

@@ -81,12 +81,23 @@ fn new_session_id() -> String {
 }
 
 impl Session {
-    pub(crate) fn new(shared: Arc<Shared>, operator: String, code: SessionCode, policy: Policy, operator_q: OutQueue) -> Arc<Self> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        operator: String,
+        code: SessionCode,
+        policy: Policy,
+        operator_q: OutQueue,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id: new_session_id(),
             operator,
             code,
-            inner: Mutex::new(Inner { policy, finished: false, operator_q, client_q: None }),
+            inner: Mutex::new(Inner {
+                policy,
+                finished: false,
+                operator_q,
+                client_q: None,
+            }),
             ended_tx: watch::channel(false).0,
             kick: Notify::new(),
             shared,
@@ -206,8 +217,12 @@ impl Session {
             Body::FileOffer(offer) => {
                 let target = {
                     let mut inner = self.lock();
-                    let v = inner.policy.file_offer(direction, offer.transfer_id, &offer.name, offer.size);
-                    (v == Verdict::Forward).then(|| Self::target(&inner, direction)).flatten()
+                    let v = inner
+                        .policy
+                        .file_offer(direction, offer.transfer_id, &offer.name, offer.size);
+                    (v == Verdict::Forward)
+                        .then(|| Self::target(&inner, direction))
+                        .flatten()
                 };
                 self.forward_file_frame(target, raw.wire, None).await;
             }
@@ -215,7 +230,12 @@ impl Session {
                 let (target, record) = {
                     let mut inner = self.lock();
                     let (v, record) = inner.policy.file_answer(direction, answer.transfer_id, answer.accept);
-                    ((v == Verdict::Forward).then(|| Self::target(&inner, direction)).flatten(), record)
+                    (
+                        (v == Verdict::Forward)
+                            .then(|| Self::target(&inner, direction))
+                            .flatten(),
+                        record,
+                    )
                 };
                 self.forward_file_frame(target, raw.wire, record).await;
             }
@@ -232,8 +252,15 @@ impl Session {
                 let result = file_result_name(pb::FileResult::try_from(done.result).unwrap_or(pb::FileResult::Failed));
                 let (target, record) = {
                     let mut inner = self.lock();
-                    let (v, record) = inner.policy.file_done(direction, done.transfer_id, done.from_receiver, result);
-                    ((v == Verdict::Forward).then(|| Self::target(&inner, direction)).flatten(), record)
+                    let (v, record) = inner
+                        .policy
+                        .file_done(direction, done.transfer_id, done.from_receiver, result);
+                    (
+                        (v == Verdict::Forward)
+                            .then(|| Self::target(&inner, direction))
+                            .flatten(),
+                        record,
+                    )
                 };
                 self.forward_file_frame(target, raw.wire, record).await;
             }
@@ -241,7 +268,13 @@ impl Session {
                 let channel = Channel::try_from(data.channel).ok();
                 let target = {
                     let mut inner = self.lock();
-                    match inner.policy.check_data_in(direction, channel, data.stream, file_payload_len(channel, &data.payload), raw.wire.len()) {
+                    match inner.policy.check_data_in(
+                        direction,
+                        channel,
+                        data.stream,
+                        file_payload_len(channel, &data.payload),
+                        raw.wire.len(),
+                    ) {
                         Verdict::Forward => match direction {
                             Direction::ToClient => inner.client_q.clone(),
                             Direction::ToOperator => Some(inner.operator_q.clone()),
@@ -253,7 +286,11 @@ impl Session {
                     }
                 };
                 if let Some(q) = target {
-                    let pushed = if channel == Some(Channel::Screen) { q.push_screen(raw.wire) } else { q.push_data(raw.wire).await };
+                    let pushed = if channel == Some(Channel::Screen) {
+                        q.push_screen(raw.wire)
+                    } else {
+                        q.push_data(raw.wire).await
+                    };
                     if pushed == Err(QueueError::Closed) {
                         return !self.is_ended();
                     }
@@ -265,7 +302,10 @@ impl Session {
                     let mut inner = self.lock();
                     let outcome = inner.policy.consent(granted, c.denied);
                     let state = matches!(outcome, ConsentOutcome::Granted(_)).then(|| state_frame(&inner.policy));
-                    (outcome, state.map(|s| (s, inner.operator_q.clone(), inner.client_q.clone())))
+                    (
+                        outcome,
+                        state.map(|s| (s, inner.operator_q.clone(), inner.client_q.clone())),
+                    )
                 };
                 match outcome {
                     ConsentOutcome::Granted(g) => {
@@ -273,7 +313,14 @@ impl Session {
                             self.push_control_both(&op_q, cl_q.as_ref(), state).await;
                         }
                         tracing::info!(session = %self.id, granted = %g, "consent granted");
-                        self.shared.history.record(HistoryEvent::Consented { id: self.id.clone(), granted: g, at_ms: now_ms() }).await;
+                        self.shared
+                            .history
+                            .record(HistoryEvent::Consented {
+                                id: self.id.clone(),
+                                granted: g,
+                                at_ms: now_ms(),
+                            })
+                            .await;
                     }
                     ConsentOutcome::Denied => {
                         tracing::info!(session = %self.id, "consent denied");
@@ -284,12 +331,21 @@ impl Session {
                 }
             }
             Body::ClientState(cs) if from == Role::Client => {
-                let modes = ClientModes { paused: cs.paused, view_only: cs.view_only, chat_only: cs.chat_only };
+                let modes = ClientModes {
+                    paused: cs.paused,
+                    view_only: cs.view_only,
+                    chat_only: cs.chat_only,
+                };
                 let change = {
                     let mut inner = self.lock();
                     let was_paused = inner.policy.modes().paused;
                     if inner.policy.client_state(modes, PermissionSet::from_wire(&cs.revoke)) {
-                        Some((state_frame(&inner.policy), inner.operator_q.clone(), inner.client_q.clone(), was_paused))
+                        Some((
+                            state_frame(&inner.policy),
+                            inner.operator_q.clone(),
+                            inner.client_q.clone(),
+                            was_paused,
+                        ))
                     } else {
                         None
                     }
@@ -351,7 +407,13 @@ impl Session {
             inner.finished = true;
             inner.policy.end(reason);
             let open_files = inner.policy.close_all_transfers();
-            (inner.policy.counters(), inner.policy.granted(), !had_client, (inner.operator_q.clone(), inner.client_q.clone()), open_files)
+            (
+                inner.policy.counters(),
+                inner.policy.granted(),
+                !had_client,
+                (inner.operator_q.clone(), inner.client_q.clone()),
+                open_files,
+            )
         };
         for record in open_files {
             self.record_file(record).await;

@@ -63,7 +63,10 @@ impl IpRule {
             .parse::<ipnet::IpNet>()
             .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
             .map_err(|_| format!("{line:?}: {net:?} is not an IP address or CIDR block"))?;
-        Ok(Self { allow, net: net.trunc() })
+        Ok(Self {
+            allow,
+            net: net.trunc(),
+        })
     }
 
     /// `allow 10.0.0.0/8`.
@@ -86,7 +89,11 @@ pub fn ip_allowed(rules: &[IpRule], ip: std::net::IpAddr) -> bool {
     if rules.is_empty() {
         return true;
     }
-    rules.iter().find(|r| r.net.contains(&ip)).map(|r| r.allow).unwrap_or(false)
+    rules
+        .iter()
+        .find(|r| r.net.contains(&ip))
+        .map(|r| r.allow)
+        .unwrap_or(false)
 }
 
 /// What the relay needs to know about an operator at login and code issue.
@@ -210,7 +217,9 @@ impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         install_drivers();
-        let p = path.to_str().ok_or_else(|| StoreError::BadPath(path.display().to_string()))?;
+        let p = path
+            .to_str()
+            .ok_or_else(|| StoreError::BadPath(path.display().to_string()))?;
         // The URL form percent-decodes the path: escape what would be read as syntax.
         let p = p.replace('%', "%25").replace('?', "%3F").replace('#', "%23");
         let options: AnyConnectOptions = format!("sqlite://{p}?mode=rwc").parse()?;
@@ -229,7 +238,10 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool, backend: Backend::Sqlite })
+        Ok(Self {
+            pool,
+            backend: Backend::Sqlite,
+        })
     }
 
     /// Opens a PostgreSQL store; with `schema`, every table lives in that schema (created
@@ -238,8 +250,12 @@ impl Store {
         install_drivers();
         let options: AnyConnectOptions = url.parse()?;
         if let Some(s) = schema {
-            let pool = AnyPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-            pool.execute(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)).as_str()).await?;
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await?;
+            pool.execute(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)).as_str())
+                .await?;
             pool.close().await;
         }
         let set_path = schema.map(|s| format!("SET search_path TO {}", quote_ident(s)));
@@ -258,14 +274,18 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool, backend: Backend::Postgres })
+        Ok(Self {
+            pool,
+            backend: Backend::Postgres,
+        })
     }
 
     /// Drops a PostgreSQL schema and everything in it (tests clean up with this).
     pub async fn drop_postgres_schema(url: &str, schema: &str) -> Result<(), StoreError> {
         install_drivers();
         let pool = AnyPoolOptions::new().max_connections(1).connect(url).await?;
-        pool.execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)).as_str()).await?;
+        pool.execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)).as_str())
+            .await?;
         pool.close().await;
         Ok(())
     }
@@ -283,21 +303,35 @@ impl Store {
     // ---- operators ----
 
     /// Adds an operator; a taken name is [`StoreError::OperatorExists`].
-    pub async fn add_operator(&self, name: &str, password_hash: &str, permissions: PermissionSet, now_ms: i64) -> Result<(), StoreError> {
-        let result = sqlx::query("INSERT INTO operators (name, password_hash, permissions, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(name)
-            .bind(password_hash)
-            .bind(permissions.bits() as i64)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await;
+    pub async fn add_operator(
+        &self,
+        name: &str,
+        password_hash: &str,
+        permissions: PermissionSet,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let result =
+            sqlx::query("INSERT INTO operators (name, password_hash, permissions, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(name)
+                .bind(password_hash)
+                .bind(permissions.bits() as i64)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await;
         match result {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::OperatorExists(name.to_string())),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::OperatorExists(name.to_string()))
+            }
             other => other.map(|_| ()).map_err(Into::into),
         }
     }
 
-    async fn update_operator(&self, name: &str, sql: &str, bind: impl FnOnce(Query<'_>) -> Query<'_>) -> Result<(), StoreError> {
+    async fn update_operator(
+        &self,
+        name: &str,
+        sql: &str,
+        bind: impl FnOnce(Query<'_>) -> Query<'_>,
+    ) -> Result<(), StoreError> {
         let q = bind(sqlx::query(sql));
         let done = q.bind(name.to_string()).execute(&self.pool).await?;
         if done.rows_affected() == 0 {
@@ -308,47 +342,75 @@ impl Store {
 
     /// What the operator may ask clients for (checked again at every code issue).
     pub async fn set_operator_permissions(&self, name: &str, permissions: PermissionSet) -> Result<(), StoreError> {
-        self.update_operator(name, "UPDATE operators SET permissions = $1 WHERE name = $2", |q| q.bind(permissions.bits() as i64)).await
+        self.update_operator(name, "UPDATE operators SET permissions = $1 WHERE name = $2", |q| {
+            q.bind(permissions.bits() as i64)
+        })
+        .await
     }
 
     /// Replaces the argon2id hash of an operator's password.
     pub async fn set_operator_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
         let h = password_hash.to_string();
-        self.update_operator(name, "UPDATE operators SET password_hash = $1 WHERE name = $2", |q| q.bind(h)).await
+        self.update_operator(name, "UPDATE operators SET password_hash = $1 WHERE name = $2", |q| {
+            q.bind(h)
+        })
+        .await
     }
 
     /// Suspends or resumes an operator (the caller ends live sessions).
     pub async fn set_operator_suspended(&self, name: &str, suspended: bool) -> Result<(), StoreError> {
-        self.update_operator(name, "UPDATE operators SET suspended = $1 WHERE name = $2", |q| q.bind(suspended as i64)).await
+        self.update_operator(name, "UPDATE operators SET suspended = $1 WHERE name = $2", |q| {
+            q.bind(suspended as i64)
+        })
+        .await
     }
 
     /// Live sessions an operator may hold at once; 0 is no limit.
     pub async fn set_operator_max_sessions(&self, name: &str, max: u32) -> Result<(), StoreError> {
-        self.update_operator(name, "UPDATE operators SET max_sessions = $1 WHERE name = $2", |q| q.bind(max as i64)).await
+        self.update_operator(name, "UPDATE operators SET max_sessions = $1 WHERE name = $2", |q| {
+            q.bind(max as i64)
+        })
+        .await
     }
 
     /// Enrols (`Some`) or resets (`None`) an operator's TOTP secret.
     pub async fn set_operator_totp(&self, name: &str, secret: Option<&str>) -> Result<(), StoreError> {
         let s = secret.map(str::to_string);
-        self.update_operator(name, "UPDATE operators SET totp_secret = $1 WHERE name = $2", |q| q.bind(s)).await
+        self.update_operator(name, "UPDATE operators SET totp_secret = $1 WHERE name = $2", |q| {
+            q.bind(s)
+        })
+        .await
     }
 
     /// Whether the operator's login needs a TOTP code.
     pub async fn set_operator_totp_required(&self, name: &str, required: bool) -> Result<(), StoreError> {
-        self.update_operator(name, "UPDATE operators SET totp_required = $1 WHERE name = $2", |q| q.bind(required as i64)).await
+        self.update_operator(name, "UPDATE operators SET totp_required = $1 WHERE name = $2", |q| {
+            q.bind(required as i64)
+        })
+        .await
     }
 
     /// Renames an operator; history rows keep the name they were written with.
     pub async fn rename_operator(&self, name: &str, new_name: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE operators SET name = $1 WHERE name = $2").bind(new_name).bind(name).execute(&mut *tx).await;
+        let done = sqlx::query("UPDATE operators SET name = $1 WHERE name = $2")
+            .bind(new_name)
+            .bind(name)
+            .execute(&mut *tx)
+            .await;
         match done {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(StoreError::OperatorExists(new_name.to_string())),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::OperatorExists(new_name.to_string()))
+            }
             Err(e) => return Err(e.into()),
             Ok(d) if d.rows_affected() == 0 => return Err(StoreError::NoSuchOperator(name.to_string())),
             Ok(_) => {}
         }
-        sqlx::query("UPDATE operator_ip_rules SET operator = $1 WHERE operator = $2").bind(new_name).bind(name).execute(&mut *tx).await?;
+        sqlx::query("UPDATE operator_ip_rules SET operator = $1 WHERE operator = $2")
+            .bind(new_name)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -356,11 +418,17 @@ impl Store {
     /// Deletes an operator and its rules; its history stays.
     pub async fn delete_operator(&self, name: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("DELETE FROM operators WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        let done = sqlx::query("DELETE FROM operators WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NoSuchOperator(name.to_string()));
         }
-        sqlx::query("DELETE FROM operator_ip_rules WHERE operator = $1").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM operator_ip_rules WHERE operator = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -368,11 +436,17 @@ impl Store {
     /// Replaces an operator's IP rules with `rules`, in order.
     pub async fn set_operator_ip_rules(&self, name: &str, rules: &[IpRule]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let exists = sqlx::query("SELECT name FROM operators WHERE name = $1").bind(name).fetch_optional(&mut *tx).await?;
+        let exists = sqlx::query("SELECT name FROM operators WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
         if exists.is_none() {
             return Err(StoreError::NoSuchOperator(name.to_string()));
         }
-        sqlx::query("DELETE FROM operator_ip_rules WHERE operator = $1").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM operator_ip_rules WHERE operator = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         for (i, r) in rules.iter().enumerate() {
             sqlx::query("INSERT INTO operator_ip_rules (operator, position, action, cidr) VALUES ($1, $2, $3, $4)")
                 .bind(name)
@@ -395,7 +469,10 @@ impl Store {
             .into_iter()
             .filter_map(|r| {
                 let net = r.get::<String, _>("cidr").parse().ok()?;
-                Some(IpRule { allow: r.get::<String, _>("action") == "allow", net })
+                Some(IpRule {
+                    allow: r.get::<String, _>("action") == "allow",
+                    net,
+                })
             })
             .collect())
     }
@@ -418,10 +495,13 @@ impl Store {
         "name, password_hash, permissions, suspended, max_sessions, totp_secret, totp_required, created_at";
 
     pub async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {} FROM operators WHERE name = $1", Self::OPERATOR_COLUMNS))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM operators WHERE name = $1",
+            Self::OPERATOR_COLUMNS
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else { return Ok(None) };
         let mut record = Self::operator_from_row(&row);
         record.ip_rules = self.ip_rules(name).await?;
@@ -430,7 +510,12 @@ impl Store {
 
     /// Every operator with its rules, by name.
     pub async fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {} FROM operators ORDER BY name", Self::OPERATOR_COLUMNS)).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM operators ORDER BY name",
+            Self::OPERATOR_COLUMNS
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         let mut out: Vec<OperatorRecord> = rows.iter().map(Self::operator_from_row).collect();
         for op in &mut out {
             op.ip_rules = self.ip_rules(&op.name).await?;
@@ -440,10 +525,17 @@ impl Store {
 
     /// Names and permissions of every operator, by name.
     pub async fn operator_names(&self) -> Result<Vec<(String, PermissionSet)>, StoreError> {
-        let rows = sqlx::query("SELECT name, permissions FROM operators ORDER BY name").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT name, permissions FROM operators ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.get("name"), PermissionSet::from_bits(r.get::<i64, _>("permissions") as u8)))
+            .map(|r| {
+                (
+                    r.get("name"),
+                    PermissionSet::from_bits(r.get::<i64, _>("permissions") as u8),
+                )
+            })
             .collect())
     }
 
@@ -465,10 +557,12 @@ impl Store {
 
     /// One admin by name.
     pub async fn admin(&self, name: &str) -> Result<Option<AdminRecord>, StoreError> {
-        let row = sqlx::query("SELECT name, password_hash, totp_secret, failed_logins, locked_until FROM admins WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT name, password_hash, totp_secret, failed_logins, locked_until FROM admins WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|r| AdminRecord {
             name: r.get("name"),
             password_hash: r.get("password_hash"),
@@ -480,7 +574,9 @@ impl Store {
 
     /// Every admin's name, sorted.
     pub async fn admin_names(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT name FROM admins ORDER BY name").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT name FROM admins ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(|r| r.get("name")).collect())
     }
 
@@ -494,19 +590,34 @@ impl Store {
 
     /// Replaces the argon2id hash of an admin's password.
     pub async fn set_admin_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
-        self.update_admin(name, sqlx::query("UPDATE admins SET password_hash = $1 WHERE name = $2").bind(password_hash.to_string())).await
+        self.update_admin(
+            name,
+            sqlx::query("UPDATE admins SET password_hash = $1 WHERE name = $2").bind(password_hash.to_string()),
+        )
+        .await
     }
 
     /// Confirms (`Some`) or resets (`None`) an admin's TOTP enrolment.
     pub async fn set_admin_totp(&self, name: &str, secret: Option<&str>) -> Result<(), StoreError> {
-        self.update_admin(name, sqlx::query("UPDATE admins SET totp_secret = $1 WHERE name = $2").bind(secret.map(str::to_string))).await
+        self.update_admin(
+            name,
+            sqlx::query("UPDATE admins SET totp_secret = $1 WHERE name = $2").bind(secret.map(str::to_string)),
+        )
+        .await
     }
 
     /// Records the failure count and lock after a failed login (0 and 0 after a success).
-    pub async fn set_admin_failures(&self, name: &str, failed_logins: u32, locked_until: i64) -> Result<(), StoreError> {
+    pub async fn set_admin_failures(
+        &self,
+        name: &str,
+        failed_logins: u32,
+        locked_until: i64,
+    ) -> Result<(), StoreError> {
         self.update_admin(
             name,
-            sqlx::query("UPDATE admins SET failed_logins = $1, locked_until = $2 WHERE name = $3").bind(failed_logins as i64).bind(locked_until),
+            sqlx::query("UPDATE admins SET failed_logins = $1, locked_until = $2 WHERE name = $3")
+                .bind(failed_logins as i64)
+                .bind(locked_until),
         )
         .await
     }
@@ -514,9 +625,16 @@ impl Store {
     /// Replaces an admin's recovery codes with these SHA-256 hashes.
     pub async fn replace_recovery_codes(&self, admin: &str, hashes: &[String]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM admin_recovery_codes WHERE admin = $1").bind(admin).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM admin_recovery_codes WHERE admin = $1")
+            .bind(admin)
+            .execute(&mut *tx)
+            .await?;
         for h in hashes {
-            sqlx::query("INSERT INTO admin_recovery_codes (admin, code_hash) VALUES ($1, $2)").bind(admin).bind(h).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO admin_recovery_codes (admin, code_hash) VALUES ($1, $2)")
+                .bind(admin)
+                .bind(h)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -524,12 +642,14 @@ impl Store {
 
     /// Spends a recovery code: true when it existed and was unused.
     pub async fn use_recovery_code(&self, admin: &str, hash: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE admin_recovery_codes SET used_at = $1 WHERE admin = $2 AND code_hash = $3 AND used_at IS NULL")
-            .bind(now_ms)
-            .bind(admin)
-            .bind(hash)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE admin_recovery_codes SET used_at = $1 WHERE admin = $2 AND code_hash = $3 AND used_at IS NULL",
+        )
+        .bind(now_ms)
+        .bind(admin)
+        .bind(hash)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -540,7 +660,14 @@ impl Store {
         use crate::history::HistoryEvent as E;
         match event {
             E::Barrier(_) => {}
-            E::Issued { id, operator, operator_addr, relay_port, requested, at_ms } => {
+            E::Issued {
+                id,
+                operator,
+                operator_addr,
+                relay_port,
+                requested,
+                at_ms,
+            } => {
                 sqlx::query(
                     "INSERT INTO sessions (id, operator, operator_ip, operator_port, operator_relay_port, requested, issued_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -555,7 +682,13 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
             }
-            E::Joined { id, client_host, client_addr, relay_port, at_ms } => {
+            E::Joined {
+                id,
+                client_host,
+                client_addr,
+                relay_port,
+                at_ms,
+            } => {
                 sqlx::query(
                     "UPDATE sessions SET client_host = $1, client_ip = $2, client_port = $3, client_relay_port = $4, joined_at = $5 WHERE id = $6",
                 )
@@ -576,7 +709,13 @@ impl Store {
                     .execute(&self.pool)
                     .await?;
             }
-            E::Ended { id, reason, counters, granted, at_ms } => {
+            E::Ended {
+                id,
+                reason,
+                counters,
+                granted,
+                at_ms,
+            } => {
                 sqlx::query(
                     "UPDATE sessions SET ended_at = $1, end_reason = $2, pauses = $3, bytes_to_client = $4, bytes_to_operator = $5, \
                      granted = COALESCE($6, granted) WHERE id = $7",
@@ -591,7 +730,15 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
             }
-            E::File { id, name, size, direction, bytes, result, at_ms } => {
+            E::File {
+                id,
+                name,
+                size,
+                direction,
+                bytes,
+                result,
+                at_ms,
+            } => {
                 sqlx::query("INSERT INTO session_files (session_id, name, size, direction, bytes, result, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                     .bind(id)
                     .bind(name)
@@ -633,7 +780,11 @@ impl Store {
 
     /// The newest `limit` sessions, newest first.
     pub async fn sessions(&self, limit: i64) -> Result<Vec<SessionRecord>, StoreError> {
-        self.history(&HistoryFilter { limit: Some(limit), ..Default::default() }).await
+        self.history(&HistoryFilter {
+            limit: Some(limit),
+            ..Default::default()
+        })
+        .await
     }
 
     /// Sessions matching `filter`, newest first, at most `filter.limit` (capped at
@@ -686,7 +837,10 @@ impl Store {
 
     /// One session by id.
     pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM sessions WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM sessions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(Self::session_from_row))
     }
 
@@ -721,7 +875,10 @@ impl Store {
         .bind(before_ms)
         .execute(&mut *tx)
         .await?;
-        let done = sqlx::query("DELETE FROM sessions WHERE issued_at < $1 AND ended_at IS NOT NULL").bind(before_ms).execute(&mut *tx).await?;
+        let done = sqlx::query("DELETE FROM sessions WHERE issued_at < $1 AND ended_at IS NOT NULL")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(done.rows_affected())
     }
@@ -730,7 +887,9 @@ impl Store {
 
     /// The newest audit row, if any.
     pub async fn audit_head(&self) -> Result<Option<AuditRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM audit ORDER BY seq DESC LIMIT 1").fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(audit_from_row))
     }
 
@@ -759,13 +918,20 @@ impl Store {
 
     /// Audit rows with `seq` greater than `after`, oldest first, at most `limit`.
     pub async fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2").bind(after).bind(limit).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(audit_from_row).collect())
     }
 
     /// The newest `limit` audit rows, newest first.
     pub async fn audit_recent(&self, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM audit ORDER BY seq DESC LIMIT $1").bind(limit).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM audit ORDER BY seq DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(audit_from_row).collect())
     }
 
@@ -814,11 +980,23 @@ mod tests {
             .collect();
         assert!(!ip_allowed(&rules, "10.1.2.3".parse().unwrap()));
         assert!(ip_allowed(&rules, "10.2.0.1".parse().unwrap()));
-        assert!(ip_allowed(&rules, "::ffff:10.2.0.1".parse().unwrap()), "mapped IPv4 matches IPv4 rules");
+        assert!(
+            ip_allowed(&rules, "::ffff:10.2.0.1".parse().unwrap()),
+            "mapped IPv4 matches IPv4 rules"
+        );
         assert!(ip_allowed(&rules, "2001:db8::5".parse().unwrap()));
-        assert!(!ip_allowed(&rules, "192.168.0.1".parse().unwrap()), "no match with rules present is a denial");
-        assert!(ip_allowed(&[], "192.168.0.1".parse().unwrap()), "no rules allows everything");
-        assert_eq!(IpRule::parse("allow 127.0.0.1").unwrap().to_line(), "allow 127.0.0.1/32");
+        assert!(
+            !ip_allowed(&rules, "192.168.0.1".parse().unwrap()),
+            "no match with rules present is a denial"
+        );
+        assert!(
+            ip_allowed(&[], "192.168.0.1".parse().unwrap()),
+            "no rules allows everything"
+        );
+        assert_eq!(
+            IpRule::parse("allow 127.0.0.1").unwrap().to_line(),
+            "allow 127.0.0.1/32"
+        );
         assert_eq!(IpRule::parse("deny 10.1.2.3/8").unwrap().to_line(), "deny 10.0.0.0/8");
         assert!(IpRule::parse("permit 10.0.0.0/8").is_err());
         assert!(IpRule::parse("allow nonsense").is_err());
@@ -841,7 +1019,10 @@ mod tests {
     #[tokio::test]
     async fn postgres_round_trip_with_files_and_purge() {
         let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
-            assert!(std::env::var_os("CI").is_none(), "CI must provide PostgreSQL (.ci/run starts it)");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must provide PostgreSQL (.ci/run starts it)"
+            );
             eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL store test");
             return;
         };
@@ -858,44 +1039,110 @@ mod tests {
 
     async fn round_trip(store: &Store) {
         use crate::history::HistoryEvent as E;
-        store.add_operator("alice", "$argon2id$x", PermissionSet::ALL, 1).await.unwrap();
-        assert!(matches!(store.add_operator("alice", "h", PermissionSet::ALL, 1).await, Err(StoreError::OperatorExists(_))));
-        store.set_operator_ip_rules("alice", &[IpRule::parse("allow 10.0.0.0/8").unwrap()]).await.unwrap();
+        store
+            .add_operator("alice", "$argon2id$x", PermissionSet::ALL, 1)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.add_operator("alice", "h", PermissionSet::ALL, 1).await,
+            Err(StoreError::OperatorExists(_))
+        ));
+        store
+            .set_operator_ip_rules("alice", &[IpRule::parse("allow 10.0.0.0/8").unwrap()])
+            .await
+            .unwrap();
         store.set_operator_max_sessions("alice", 3).await.unwrap();
         store.set_operator_suspended("alice", true).await.unwrap();
         let op = store.operator("alice").await.unwrap().unwrap();
         assert!(op.suspended);
         assert_eq!(op.max_sessions, 3);
         assert_eq!(op.ip_rules[0].to_line(), "allow 10.0.0.0/8");
-        assert!(matches!(store.set_operator_suspended("bob", true).await, Err(StoreError::NoSuchOperator(_))));
+        assert!(matches!(
+            store.set_operator_suspended("bob", true).await,
+            Err(StoreError::NoSuchOperator(_))
+        ));
 
         let addr: std::net::SocketAddr = "10.0.0.1:5000".parse().unwrap();
-        let counters = crate::policy::Counters { bytes_to_client: 10, bytes_to_operator: 20, pauses: 1, dropped_frames: 0 };
+        let counters = crate::policy::Counters {
+            bytes_to_client: 10,
+            bytes_to_operator: 20,
+            pauses: 1,
+            dropped_frames: 0,
+        };
         for (id, at) in [("old", 1_000), ("new", 10_000)] {
             store
-                .apply(&E::Issued { id: id.into(), operator: "alice".into(), operator_addr: addr, relay_port: 7615, requested: PermissionSet::ALL, at_ms: at })
+                .apply(&E::Issued {
+                    id: id.into(),
+                    operator: "alice".into(),
+                    operator_addr: addr,
+                    relay_port: 7615,
+                    requested: PermissionSet::ALL,
+                    at_ms: at,
+                })
                 .await
                 .unwrap();
             store
-                .apply(&E::Joined { id: id.into(), client_host: "pc".into(), client_addr: "10.0.0.2:6000".parse().unwrap(), relay_port: 443, at_ms: at + 1 })
+                .apply(&E::Joined {
+                    id: id.into(),
+                    client_host: "pc".into(),
+                    client_addr: "10.0.0.2:6000".parse().unwrap(),
+                    relay_port: 443,
+                    at_ms: at + 1,
+                })
                 .await
                 .unwrap();
             store
-                .apply(&E::File { id: id.into(), name: "a.txt".into(), size: 5, direction: "to_client", bytes: 5, result: "completed", at_ms: at + 2 })
+                .apply(&E::File {
+                    id: id.into(),
+                    name: "a.txt".into(),
+                    size: 5,
+                    direction: "to_client",
+                    bytes: 5,
+                    result: "completed",
+                    at_ms: at + 2,
+                })
                 .await
                 .unwrap();
             store
-                .apply(&E::Ended { id: id.into(), reason: "client_ended", counters, granted: Some(PermissionSet::ALL), at_ms: at + 3 })
+                .apply(&E::Ended {
+                    id: id.into(),
+                    reason: "client_ended",
+                    counters,
+                    granted: Some(PermissionSet::ALL),
+                    at_ms: at + 3,
+                })
                 .await
                 .unwrap();
         }
         let files = store.session_files("new").await.unwrap();
-        assert_eq!((files.len(), files[0].name.as_str(), files[0].direction.as_str(), files[0].result.as_str()), (1, "a.txt", "to_client", "completed"));
-        let by_ip = store.history(&HistoryFilter { client_ip: Some("10.0.0.2".into()), from_ms: Some(5_000), ..Default::default() }).await.unwrap();
+        assert_eq!(
+            (
+                files.len(),
+                files[0].name.as_str(),
+                files[0].direction.as_str(),
+                files[0].result.as_str()
+            ),
+            (1, "a.txt", "to_client", "completed")
+        );
+        let by_ip = store
+            .history(&HistoryFilter {
+                client_ip: Some("10.0.0.2".into()),
+                from_ms: Some(5_000),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(by_ip.len(), 1);
         assert_eq!(by_ip[0].id, "new");
         assert_eq!(by_ip[0].bytes_to_operator, 20);
-        assert!(store.history(&HistoryFilter { end_reason: Some("live".into()), ..Default::default() }).await.unwrap().is_empty());
+        assert!(store
+            .history(&HistoryFilter {
+                end_reason: Some("live".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(store.purge_history(5_000).await.unwrap(), 1);
         assert!(store.session("old").await.unwrap().is_none());
         assert!(store.session_files("old").await.unwrap().is_empty());

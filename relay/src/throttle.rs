@@ -27,7 +27,11 @@ struct Bucket {
 
 impl Bucket {
     fn full(capacity: u32, now: Instant) -> Self {
-        Self { tokens: capacity as f64, updated: now, locked_until: None }
+        Self {
+            tokens: capacity as f64,
+            updated: now,
+            locked_until: None,
+        }
     }
 
     fn refill(&mut self, now: Instant, capacity: u32, per_token: Duration) {
@@ -87,11 +91,14 @@ impl Throttle {
             wait = per_token.mul_f64(1.0 - self.global.tokens);
         }
         let key = source(ip);
-        let bucket = self.sources.get(&key).or(if self.sources.len() >= self.config.max_tracked_ips {
-            Some(&self.overflow)
-        } else {
-            None
-        });
+        let bucket = self
+            .sources
+            .get(&key)
+            .or(if self.sources.len() >= self.config.max_tracked_ips {
+                Some(&self.overflow)
+            } else {
+                None
+            });
         if let Some(locked) = bucket.and_then(|b| b.locked_until) {
             if locked > now {
                 wait = wait.max(locked - now);
@@ -114,7 +121,11 @@ impl Throttle {
         if !self.sources.contains_key(&key) && self.sources.len() >= self.config.max_tracked_ips {
             self.prune(now);
         }
-        let (burst, refill, cooldown) = (self.config.per_ip_burst, self.config.per_ip_refill, self.config.per_ip_cooldown);
+        let (burst, refill, cooldown) = (
+            self.config.per_ip_burst,
+            self.config.per_ip_refill,
+            self.config.per_ip_cooldown,
+        );
         let bucket = if self.sources.contains_key(&key) || self.sources.len() < self.config.max_tracked_ips {
             self.sources.entry(key).or_insert_with(|| Bucket::full(burst, now))
         } else {
@@ -179,9 +190,21 @@ mod tests {
             assert_eq!(t.check(a, t0), Verdict::Allowed);
             t.record_failure(a, t0);
         }
-        assert_eq!(t.check(a, t0), Verdict::Throttled { retry_after: Duration::from_secs(60) });
-        assert_eq!(t.check(ip("192.0.2.2"), t0), Verdict::Allowed, "other addresses are not affected");
-        assert!(matches!(t.check(a, t0 + Duration::from_secs(59)), Verdict::Throttled { .. }));
+        assert_eq!(
+            t.check(a, t0),
+            Verdict::Throttled {
+                retry_after: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(
+            t.check(ip("192.0.2.2"), t0),
+            Verdict::Allowed,
+            "other addresses are not affected"
+        );
+        assert!(matches!(
+            t.check(a, t0 + Duration::from_secs(59)),
+            Verdict::Throttled { .. }
+        ));
         assert_eq!(t.check(a, t0 + Duration::from_secs(60)), Verdict::Allowed);
     }
 
@@ -199,7 +222,13 @@ mod tests {
     #[test]
     fn global_budget_stops_distributed_guessing() {
         let t0 = Instant::now();
-        let mut t = Throttle::new(ThrottleConfig { max_tracked_ips: 1000, ..cfg() }, t0);
+        let mut t = Throttle::new(
+            ThrottleConfig {
+                max_tracked_ips: 1000,
+                ..cfg()
+            },
+            t0,
+        );
         for i in 0..10 {
             t.record_failure(ip(&format!("198.51.100.{i}")), t0);
         }
@@ -208,13 +237,23 @@ mod tests {
             Verdict::Throttled { retry_after } => assert_eq!(retry_after, Duration::from_secs(10)),
             v => panic!("expected throttled, got {v:?}"),
         }
-        assert_eq!(t.check(fresh, t0 + Duration::from_secs(10)), Verdict::Allowed, "one token refilled");
+        assert_eq!(
+            t.check(fresh, t0 + Duration::from_secs(10)),
+            Verdict::Allowed,
+            "one token refilled"
+        );
     }
 
     #[test]
     fn table_stays_bounded() {
         let t0 = Instant::now();
-        let mut t = Throttle::new(ThrottleConfig { global_failures: 1_000_000, ..cfg() }, t0);
+        let mut t = Throttle::new(
+            ThrottleConfig {
+                global_failures: 1_000_000,
+                ..cfg()
+            },
+            t0,
+        );
         for i in 0..100u32 {
             t.record_failure(IpAddr::from(i.to_be_bytes()), t0);
         }

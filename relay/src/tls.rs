@@ -37,7 +37,12 @@ const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Where the server certificate comes from.
 enum Source {
-    Generated { dir: PathBuf, names: Vec<String>, lifetime: Duration, renew_before: Duration },
+    Generated {
+        dir: PathBuf,
+        names: Vec<String>,
+        lifetime: Duration,
+        renew_before: Duration,
+    },
     Supplied,
 }
 
@@ -60,7 +65,10 @@ impl ResolvesServerCert for ServerCerts {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.to_path_buf(), source }
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
@@ -111,19 +119,27 @@ fn ensure_ca(dir: &Path) -> Result<(String, KeyPair), TlsError> {
     if ca_path.exists() && key_path.exists() {
         let pem = fs::read_to_string(&ca_path).map_err(io_err(&ca_path))?;
         let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
-        let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| TlsError::BadFile { path: key_path.clone(), reason: e.to_string() })?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::BadFile {
+            path: key_path.clone(),
+            reason: e.to_string(),
+        })?;
         return Ok((pem, key));
     }
     let key = KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| TlsError::Generate(e.to_string()))?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.distinguished_name.push(DnType::CommonName, "tsunagu relay CA");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = SystemTime::now();
     params.not_before = offset(now - Duration::from_secs(3600));
     params.not_after = offset(now + CA_LIFETIME);
-    let cert = params.self_signed(&key).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
     write_private(&key_path, &key.serialize_pem())?;
     write_public(&ca_path, &cert.pem())?;
     tracing::info!(path = %ca_path.display(), "created the relay CA");
@@ -133,8 +149,10 @@ fn ensure_ca(dir: &Path) -> Result<(String, KeyPair), TlsError> {
 /// Issues a new server certificate signed by the CA in `dir` and writes it.
 fn issue_server(dir: &Path, names: &[String], lifetime: Duration) -> Result<(), TlsError> {
     let (ca_pem, ca_key) = ensure_ca(dir)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
-        .map_err(|e| TlsError::BadFile { path: dir.join(CA_FILE), reason: e.to_string() })?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| TlsError::BadFile {
+        path: dir.join(CA_FILE),
+        reason: e.to_string(),
+    })?;
     let key = KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
     let mut params = CertificateParams::new(names.to_vec()).map_err(|e| TlsError::Generate(e.to_string()))?;
     params.distinguished_name.push(DnType::CommonName, "tsunagu relay");
@@ -143,15 +161,26 @@ fn issue_server(dir: &Path, names: &[String], lifetime: Duration) -> Result<(), 
     let now = SystemTime::now();
     params.not_before = offset(now - Duration::from_secs(3600));
     params.not_after = offset(now + lifetime);
-    let cert = params.signed_by(&key, &issuer).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
     write_private(&dir.join(SERVER_KEY_FILE), &key.serialize_pem())?;
     write_public(&dir.join(SERVER_FILE), &format!("{}{}", cert.pem(), ca_pem))?;
-    tracing::info!(valid_days = lifetime.as_secs() / 86400, "issued a new server certificate");
+    tracing::info!(
+        valid_days = lifetime.as_secs() / 86400,
+        "issued a new server certificate"
+    );
     Ok(())
 }
 
-fn load_chain(cert_path: &Path, key_path: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    let bad = |p: &Path, reason: String| TlsError::BadFile { path: p.to_path_buf(), reason };
+fn load_chain(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let bad = |p: &Path, reason: String| TlsError::BadFile {
+        path: p.to_path_buf(),
+        reason,
+    };
     let cert_pem = fs::read(cert_path).map_err(io_err(cert_path))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
@@ -166,9 +195,15 @@ fn load_chain(cert_path: &Path, key_path: &Path) -> Result<(Vec<CertificateDer<'
     Ok((certs, key))
 }
 
-fn certified_key(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<CertifiedKey>, TlsError> {
+fn certified_key(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let provider = rustls::crypto::ring::default_provider();
-    let signing = provider.key_provider.load_private_key(key).map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
     Ok(Arc::new(CertifiedKey::new(certs, signing)))
 }
 
@@ -177,12 +212,23 @@ fn remaining(path: &Path) -> Result<Duration, TlsError> {
     let pem = fs::read(path).map_err(io_err(path))?;
     let der = rustls_pemfile::certs(&mut &pem[..])
         .next()
-        .ok_or_else(|| TlsError::BadFile { path: path.into(), reason: "no certificate".into() })?
-        .map_err(|e| TlsError::BadFile { path: path.into(), reason: e.to_string() })?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| TlsError::BadFile { path: path.into(), reason: e.to_string() })?;
+        .ok_or_else(|| TlsError::BadFile {
+            path: path.into(),
+            reason: "no certificate".into(),
+        })?
+        .map_err(|e| TlsError::BadFile {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| TlsError::BadFile {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     let not_after = cert.validity().not_after.timestamp();
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
     Ok(Duration::from_secs((not_after - now).max(0) as u64))
 }
 
@@ -191,7 +237,10 @@ impl ServerCerts {
     pub fn load(config: &Config) -> Result<Arc<Self>, TlsError> {
         if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
             let (certs, key) = load_chain(cert, key)?;
-            return Ok(Arc::new(Self { current: RwLock::new(certified_key(certs, key)?), source: Source::Supplied }));
+            return Ok(Arc::new(Self {
+                current: RwLock::new(certified_key(certs, key)?),
+                source: Source::Supplied,
+            }));
         }
         let dir = config.tls_dir();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -202,12 +251,21 @@ impl ServerCerts {
             lifetime: config.tls.server_cert_lifetime,
             renew_before: config.tls.renew_before,
         };
-        let this = Self { current: RwLock::new(Self::load_generated(&source, true)?), source };
+        let this = Self {
+            current: RwLock::new(Self::load_generated(&source, true)?),
+            source,
+        };
         Ok(Arc::new(this))
     }
 
     fn load_generated(source: &Source, allow_issue: bool) -> Result<Arc<CertifiedKey>, TlsError> {
-        let Source::Generated { dir, names, lifetime, renew_before } = source else {
+        let Source::Generated {
+            dir,
+            names,
+            lifetime,
+            renew_before,
+        } = source
+        else {
             unreachable!("only called for generated certificates")
         };
         let cert_path = dir.join(SERVER_FILE);
@@ -222,7 +280,9 @@ impl ServerCerts {
 
     /// Renews the generated server certificate if it is due; returns whether it did.
     pub fn renew_if_due(&self) -> Result<bool, TlsError> {
-        let Source::Generated { dir, renew_before, .. } = &self.source else { return Ok(false) };
+        let Source::Generated { dir, renew_before, .. } = &self.source else {
+            return Ok(false);
+        };
         if remaining(&dir.join(SERVER_FILE))? >= *renew_before {
             return Ok(false);
         }
@@ -259,7 +319,10 @@ mod tests {
     #[test]
     fn creates_then_reuses_and_renews() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         let certs = ServerCerts::load(&config).unwrap();
         let ca1 = fs::read_to_string(ca_path(&config)).unwrap();
         let server1 = fs::read_to_string(config.tls_dir().join(SERVER_FILE)).unwrap();
@@ -281,7 +344,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(config.tls_dir().join(CA_KEY_FILE)).unwrap().permissions().mode();
+            let mode = fs::metadata(config.tls_dir().join(CA_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o077, 0, "private keys are readable by the owner only");
         }
     }

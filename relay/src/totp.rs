@@ -48,7 +48,12 @@ pub fn verify_step(secret_b32: &str, code: &str, unix_secs: u64) -> Option<u64> 
     [now.saturating_sub(1), now, now + 1].into_iter().find(|step| {
         let expected = t.generate(step * STEP_SECS);
         // Compare without an early exit.
-        expected.len() == code.len() && expected.bytes().zip(code.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        expected.len() == code.len()
+            && expected
+                .bytes()
+                .zip(code.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     })
 }
 
@@ -62,7 +67,9 @@ pub struct ReplayGuard {
 impl ReplayGuard {
     /// Checks `code` for `account` and, when valid and unused, records its step.
     pub fn accept(&self, account: &str, secret_b32: &str, code: &str, unix_secs: u64) -> bool {
-        let Some(step) = verify_step(secret_b32, code, unix_secs) else { return false };
+        let Some(step) = verify_step(secret_b32, code, unix_secs) else {
+            return false;
+        };
         let mut last = self.last.entry(account.to_string()).or_insert(0);
         if step <= *last {
             return false;
@@ -74,7 +81,10 @@ impl ReplayGuard {
 
 /// Now, in Unix seconds.
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The `otpauth://` URL an authenticator app scans.
@@ -82,13 +92,18 @@ pub fn otpauth_url(secret_b32: &str, account: &str) -> String {
     // Account names are letters, digits and . _ - @ (accounts::validate_name): only '@'
     // needs escaping in the label.
     let label = account.replace('@', "%40");
-    format!("otpauth://totp/tsunagu:{label}?secret={secret_b32}&issuer=tsunagu&algorithm=SHA1&digits=6&period={STEP_SECS}")
+    format!(
+        "otpauth://totp/tsunagu:{label}?secret={secret_b32}&issuer=tsunagu&algorithm=SHA1&digits=6&period={STEP_SECS}"
+    )
 }
 
 /// The URL as an inline SVG QR code (no script, no external image: fits the console's CSP).
 pub fn qr_svg(url: &str) -> Result<String, String> {
     let code = qrcode::QrCode::new(url.as_bytes()).map_err(|e| e.to_string())?;
-    let svg = code.render::<qrcode::render::svg::Color>().min_dimensions(200, 200).build();
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(200, 200)
+        .build();
     // Drop the XML declaration so the SVG can sit inside HTML.
     Ok(match svg.find("<svg") {
         Some(i) => svg[i..].to_string(),
@@ -105,7 +120,10 @@ pub fn new_recovery_codes() -> Result<(Vec<String>, Vec<String>), String> {
     for _ in 0..RECOVERY_CODES {
         let mut raw = [0u8; 10];
         getrandom::fill(&mut raw).map_err(|e| e.to_string())?;
-        let chars: String = raw.iter().map(|b| RECOVERY_ALPHABET[*b as usize % RECOVERY_ALPHABET.len()] as char).collect();
+        let chars: String = raw
+            .iter()
+            .map(|b| RECOVERY_ALPHABET[*b as usize % RECOVERY_ALPHABET.len()] as char)
+            .collect();
         codes.push(format!("{}-{}", &chars[..5], &chars[5..]));
     }
     let hashes = codes.iter().map(|c| recovery_hash(c)).collect();
@@ -115,7 +133,11 @@ pub fn new_recovery_codes() -> Result<(Vec<String>, Vec<String>), String> {
 /// The stored form of a recovery code: SHA-256 of its normalised text. The codes are
 /// random and long enough that a fast hash does not make guessing practical.
 pub fn recovery_hash(code: &str) -> String {
-    let norm: String = code.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_uppercase()).collect();
+    let norm: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
     hex(&Sha256::digest(norm.as_bytes()))
 }
 
@@ -144,7 +166,10 @@ mod tests {
         assert!(!verify(&secret, "abcdef", 59));
         let guard = ReplayGuard::default();
         assert!(guard.accept("a", &secret, "287082", 59));
-        assert!(!guard.accept("a", &secret, "287082", 60), "the same code twice is refused");
+        assert!(
+            !guard.accept("a", &secret, "287082", 60),
+            "the same code twice is refused"
+        );
         assert!(guard.accept("b", &secret, "287082", 59), "per account");
     }
 

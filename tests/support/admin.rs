@@ -24,7 +24,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -51,12 +54,18 @@ impl Http {
         let addr = relay.relay.admin_addr().expect("the admin console is up");
         let mut tls = (*tsunagu_proto::dial::client_tls(&relay.ca()).expect("CA loads")).clone();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Self { addr, tls: Arc::new(tls), cookie: None }
+        Self {
+            addr,
+            tls: Arc::new(tls),
+            cookie: None,
+        }
     }
 
     /// Sends one request; keeps a `__Host-tsunagu_admin` cookie the server sets.
     pub async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        tokio::time::timeout(WAIT, self.request_inner(method, path, headers, body)).await.expect("HTTP request within the test wait")
+        tokio::time::timeout(WAIT, self.request_inner(method, path, headers, body))
+            .await
+            .expect("HTTP request within the test wait")
     }
 
     async fn request_inner(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
@@ -64,7 +73,10 @@ impl Http {
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
         let mut tls = connector.connect(name, tcp).await.expect("TLS to the console");
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
         if let Some(c) = &self.cookie {
             req.push_str(&format!("Cookie: {c}\r\n"));
         }
@@ -78,14 +90,24 @@ impl Http {
         let mut raw = Vec::new();
         // The server may close without close_notify after the response; what was read counts.
         let _ = tls.read_to_end(&mut raw).await;
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response has a header block");
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("response has a header block");
         let head = String::from_utf8_lossy(&raw[..split]).into_owned();
         let mut lines = head.split("\r\n");
         let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-        let headers: Vec<(String, String)> =
-            lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| {
+                l.split_once(':')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            })
+            .collect();
         let mut body = raw[split + 4..].to_vec();
-        if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+        if headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+        {
             body = dechunk(&body);
         }
         let resp = Resp { status, headers, body };
@@ -104,31 +126,58 @@ impl Http {
 
     /// POSTs a form (fields are URL-encoded here).
     pub async fn post_form(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
-        let body: String = fields.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&");
-        self.request("POST", path, &[("Content-Type", "application/x-www-form-urlencoded")], body.as_bytes()).await
+        let body: String = fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+        )
+        .await
     }
 
     /// Logs in with password and the TOTP code for `secret`; panics unless it lands on a page.
     pub async fn login(&mut self, name: &str, password: &str, secret: &str) {
-        let r = self.post_form("/login", &[("name", name), ("password", password)]).await;
-        assert_eq!((r.status, r.header("location")), (303, Some("/login/totp")), "{}", r.text());
+        let r = self
+            .post_form("/login", &[("name", name), ("password", password)])
+            .await;
+        assert_eq!(
+            (r.status, r.header("location")),
+            (303, Some("/login/totp")),
+            "{}",
+            r.text()
+        );
         let page = self.get("/login/totp").await;
         let csrf = page.csrf().expect("TOTP form has a CSRF token");
         let code = tsunagu_relay::totp::code_at(secret, tsunagu_relay::totp::now_secs()).unwrap();
         let r = self.post_form("/login/totp", &[("csrf", &csrf), ("code", &code)]).await;
-        assert_eq!((r.status, r.header("location")), (303, Some("/operators")), "{}", r.text());
+        assert_eq!(
+            (r.status, r.header("location")),
+            (303, Some("/operators")),
+            "{}",
+            r.text()
+        );
     }
 
     /// The CSRF token of the logged-in session (read from a page).
     pub async fn csrf(&mut self) -> String {
-        self.get("/operators").await.csrf().expect("a logged-in page carries the CSRF token")
+        self.get("/operators")
+            .await
+            .csrf()
+            .expect("a logged-in page carries the CSRF token")
     }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
         let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
@@ -141,7 +190,13 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 /// URL-encodes a form value.
 pub fn enc(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -160,7 +215,10 @@ pub async fn console_relay(adjust: impl FnOnce(&mut tsunagu_relay::Config)) -> (
 /// Creates an admin with [`ADMIN_PASSWORD`]; with `enrol`, also a TOTP secret (returned).
 pub async fn add_admin(relay: &TestRelay, name: &str, enrol: bool) -> Option<String> {
     let shared = relay.relay.shared();
-    let cfg = tsunagu_relay::config::AccountsConfig { argon2_memory_kib: 256, argon2_iterations: 1 };
+    let cfg = tsunagu_relay::config::AccountsConfig {
+        argon2_memory_kib: 256,
+        argon2_iterations: 1,
+    };
     let hash = tsunagu_relay::accounts::hash_password(ADMIN_PASSWORD, &cfg).unwrap();
     shared.store.add_admin(name, &hash, 0).await.unwrap();
     if !enrol {

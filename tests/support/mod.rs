@@ -65,10 +65,18 @@ impl TestRelay {
     }
 
     pub async fn add_operator(&self, name: &str, perms: &[&str]) {
-        let cfg = tsunagu_relay::config::AccountsConfig { argon2_memory_kib: 256, argon2_iterations: 1 };
+        let cfg = tsunagu_relay::config::AccountsConfig {
+            argon2_memory_kib: 256,
+            argon2_iterations: 1,
+        };
         let hash = tsunagu_relay::accounts::hash_password(PASSWORD, &cfg).unwrap();
         let perms = tsunagu_proto::PermissionSet::parse_names(perms.iter().copied()).unwrap();
-        self.relay.shared().store.add_operator(name, &hash, perms, 0).await.unwrap();
+        self.relay
+            .shared()
+            .store
+            .add_operator(name, &hash, perms, 0)
+            .await
+            .unwrap();
     }
 
     pub async fn history(&self) -> Vec<tsunagu_relay::store::SessionRecord> {
@@ -109,8 +117,15 @@ pub fn body_frame(body: Body) -> Frame {
 
 impl RawPeer {
     pub async fn connect(cfg: &DialConfig) -> Self {
-        let Connected { reader, writer, local, .. } = dial::dial(cfg).await.expect("relay reachable");
-        Self { reader, writer, local, seq: Default::default() }
+        let Connected {
+            reader, writer, local, ..
+        } = dial::dial(cfg).await.expect("relay reachable");
+        Self {
+            reader,
+            writer,
+            local,
+            seq: Default::default(),
+        }
     }
 
     /// Connects from a chosen loopback source address (127.0.0.0/8), to act as another
@@ -118,7 +133,10 @@ impl RawPeer {
     pub async fn connect_from(cfg: &DialConfig, source: &str, port: u16) -> Self {
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-        let tcp: TcpStream = socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+        let tcp: TcpStream = socket
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .await
+            .unwrap();
         let local = tcp.local_addr().unwrap();
         let tls = tokio_rustls::TlsConnector::from(cfg.tls.clone())
             .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
@@ -191,7 +209,12 @@ impl RawPeer {
 
     pub async fn login(cfg: &DialConfig, user: &str, password: &str) -> Result<Self, pb::Error> {
         let mut p = Self::connect(cfg).await;
-        p.send_body(Body::Login(pb::Login { user: user.into(), password: password.into(), totp: String::new() })).await;
+        p.send_body(Body::Login(pb::Login {
+            user: user.into(),
+            password: password.into(),
+            totp: String::new(),
+        }))
+        .await;
         match p.next().await {
             Some(Body::LoginOk(_)) => Ok(p),
             Some(Body::Error(e)) => Err(e),
@@ -208,7 +231,10 @@ impl RawPeer {
 
     pub async fn request_code(&mut self, perms: &[&str]) -> Result<String, pb::Error> {
         let perms = tsunagu_proto::PermissionSet::parse_names(perms.iter().copied()).unwrap();
-        self.send_body(Body::RequestCode(pb::RequestCode { permissions: perms.to_wire() })).await;
+        self.send_body(Body::RequestCode(pb::RequestCode {
+            permissions: perms.to_wire(),
+        }))
+        .await;
         match self.next().await {
             Some(Body::CodeIssued(c)) => Ok(c.code),
             Some(Body::Error(e)) => Err(e),
@@ -218,7 +244,11 @@ impl RawPeer {
 
     /// Sends Join on an already connected peer; returns the consent request or the error.
     pub async fn join_on(mut self, code: &str) -> Result<(Self, pb::ConsentRequest), pb::Error> {
-        self.send_body(Body::Join(pb::Join { code: code.into(), host_name: "test-pc".into() })).await;
+        self.send_body(Body::Join(pb::Join {
+            code: code.into(),
+            host_name: "test-pc".into(),
+        }))
+        .await;
         match self.next().await {
             Some(Body::ConsentRequest(r)) => Ok((self, r)),
             Some(Body::Error(e)) => Err(e),
@@ -232,7 +262,11 @@ impl RawPeer {
 
     pub async fn consent(&mut self, grant: &[&str]) {
         let g = tsunagu_proto::PermissionSet::parse_names(grant.iter().copied()).unwrap();
-        self.send_body(Body::Consent(pb::Consent { granted: g.to_wire(), denied: false })).await;
+        self.send_body(Body::Consent(pb::Consent {
+            granted: g.to_wire(),
+            denied: false,
+        }))
+        .await;
     }
 
     pub async fn data(&mut self, channel: Channel, payload: impl Into<Bytes>) {
@@ -241,21 +275,36 @@ impl RawPeer {
             *s += 1;
             *s
         };
-        self.send_body(Body::Data(pb::Data { channel: channel as i32, seq, payload: payload.into(), stream: 0 })).await;
+        self.send_body(Body::Data(pb::Data {
+            channel: channel as i32,
+            seq,
+            payload: payload.into(),
+            stream: 0,
+        }))
+        .await;
     }
 
     pub async fn chat(&mut self, text: &str) {
-        self.data(Channel::Chat, pb::ChatMessage { text: text.into() }.encode_to_vec()).await;
+        self.data(Channel::Chat, pb::ChatMessage { text: text.into() }.encode_to_vec())
+            .await;
     }
 
     pub async fn input_move(&mut self, x: i32, y: i32) {
-        let ev = pb::InputEvent { kind: Some(pb::input_event::Kind::MouseMove(pb::MouseMove { x, y })) };
+        let ev = pb::InputEvent {
+            kind: Some(pb::input_event::Kind::MouseMove(pb::MouseMove { x, y })),
+        };
         self.data(Channel::Input, ev.encode_to_vec()).await;
     }
 
     pub async fn client_state(&mut self, paused: bool, view_only: bool, chat_only: bool, revoke: &[&str]) {
         let r = tsunagu_proto::PermissionSet::parse_names(revoke.iter().copied()).unwrap();
-        self.send_body(Body::ClientState(pb::ClientState { paused, view_only, chat_only, revoke: r.to_wire() })).await;
+        self.send_body(Body::ClientState(pb::ClientState {
+            paused,
+            view_only,
+            chat_only,
+            revoke: r.to_wire(),
+        }))
+        .await;
     }
 
     /// The next Data frame on `channel`, skipping other frames.
@@ -289,7 +338,8 @@ pub async fn paired(relay: &TestRelay, grant: &[&str]) -> (RawPeer, RawPeer) {
     let cfg = relay.dial_config();
     let (mut op, code) = RawPeer::operator(&cfg, &["view", "control", "files", "chat"]).await;
     let (mut client, _req) = RawPeer::join(&cfg, &code).await.expect("join");
-    op.expect("PeerJoined", |b| matches!(b, Body::PeerJoined(_)).then_some(())).await;
+    op.expect("PeerJoined", |b| matches!(b, Body::PeerJoined(_)).then_some(()))
+        .await;
     client.consent(grant).await;
     op.expect_state().await;
     client.expect_state().await;
@@ -308,7 +358,16 @@ static BUILD: Once = Once::new();
 pub fn bin(name: &str) -> PathBuf {
     BUILD.call_once(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--bins", "-p", "tsunagu-relay", "-p", "tsunagu-operator", "-p", "tsunagu-client"])
+            .args([
+                "build",
+                "--bins",
+                "-p",
+                "tsunagu-relay",
+                "-p",
+                "tsunagu-operator",
+                "-p",
+                "tsunagu-client",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo runs");
@@ -396,13 +455,20 @@ impl RelayProcess {
 
     pub fn history(&self, format: &str) -> String {
         let out = relay_cli(&self.data_dir(), &["history", "--format", format], None);
-        assert!(out.status.success(), "history: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "history: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
     /// Stops the relay with SIGTERM (a clean shutdown) and waits for it.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         for _ in 0..100 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -433,7 +499,12 @@ pub fn relay_cli(data_dir: &Path, args: &[&str], stdin: Option<&str>) -> std::pr
         .spawn()
         .unwrap();
     if let Some(s) = stdin {
-        child.stdin.take().unwrap().write_all(format!("{s}\n").as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{s}\n").as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
@@ -460,7 +531,11 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn dir_contains(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     files_under(dir)
         .into_iter()
-        .filter(|p| std::fs::read(p).map(|b| b.windows(needle.len()).any(|w| w == needle)).unwrap_or(false))
+        .filter(|p| {
+            std::fs::read(p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
         .collect()
 }
 
@@ -504,12 +579,20 @@ impl App {
                 }
             }
         });
-        Self { stdin: child.stdin.take(), child, events: rx, seen: Vec::new(), name }
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            events: rx,
+            seen: Vec::new(),
+            name,
+        }
     }
 
     pub fn operator(relay: &str, ca: &Path, ports: Option<&str>, user: &str, password: &str) -> Self {
         let mut cmd = Command::new(bin("tsunagu-operator"));
-        cmd.args(["--relay", relay, "--user", user, "--headless"]).arg("--ca").arg(ca);
+        cmd.args(["--relay", relay, "--user", user, "--headless"])
+            .arg("--ca")
+            .arg(ca);
         if let Some(p) = ports {
             cmd.args(["--ports", p]);
         }
@@ -519,7 +602,17 @@ impl App {
 
     pub fn client(relay: &str, ca: &Path, ports: Option<&str>, code: &str, extra: &[&str]) -> Self {
         let mut cmd = Command::new(bin("tsunagu-client"));
-        cmd.args(["--relay", relay, "--headless", "--screen", "synthetic", "--input", "log", "--host-name", "help-desk-pc"]);
+        cmd.args([
+            "--relay",
+            relay,
+            "--headless",
+            "--screen",
+            "synthetic",
+            "--input",
+            "log",
+            "--host-name",
+            "help-desk-pc",
+        ]);
         cmd.arg("--ca").arg(ca);
         if let Some(p) = ports {
             cmd.args(["--ports", p]);
@@ -571,7 +664,10 @@ impl App {
     pub fn drain_for(&mut self, limit: Duration) -> Vec<serde_json::Value> {
         let deadline = std::time::Instant::now() + limit;
         let mut out = Vec::new();
-        while let Ok(v) = self.events.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+        while let Ok(v) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
             self.seen.push(v.clone());
             out.push(v);
         }
@@ -597,5 +693,5 @@ impl Drop for App {
         let _ = self.child.wait();
     }
 }
-pub mod xvfb;
 pub mod admin;
+pub mod xvfb;

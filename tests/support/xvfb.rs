@@ -21,7 +21,11 @@ impl Xvfb {
     /// Starts Xvfb with one `width`x`height`x24 screen on a display number from 90 up that
     /// has neither a socket nor a lock file, and waits until it accepts connections.
     pub fn start(width: u32, height: u32) -> Self {
-        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) ^ std::process::id();
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            ^ std::process::id();
         for attempt in 0..50u32 {
             let n = 90 + (seed.wrapping_add(attempt.wrapping_mul(7919)) % 900);
             if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() || Path::new(&format!("/tmp/.X{n}-lock")).exists() {
@@ -30,7 +34,15 @@ impl Xvfb {
             let display = format!(":{n}");
             let mut child = Command::new("Xvfb")
                 .arg(&display)
-                .args(["-screen", "0", &format!("{width}x{height}x24"), "-nolisten", "tcp", "-ac", "-noreset"])
+                .args([
+                    "-screen",
+                    "0",
+                    &format!("{width}x{height}x24"),
+                    "-nolisten",
+                    "tcp",
+                    "-ac",
+                    "-noreset",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -42,7 +54,11 @@ impl Xvfb {
                     break; // lost a race for this number: try another
                 }
                 if x11rb::connect(Some(&display)).is_ok() {
-                    return Self { child, display, size: (width, height) };
+                    return Self {
+                        child,
+                        display,
+                        size: (width, height),
+                    };
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -64,13 +80,22 @@ impl Xvfb {
     /// Runs `xdotool ARGS` on this display; panics if it fails.
     pub fn xdotool(&self, args: &[&str]) -> String {
         let out = self.command("xdotool").args(args).output().expect("xdotool runs");
-        assert!(out.status.success(), "xdotool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "xdotool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Saves a PNG of the whole screen (`import -window root`) to `path`.
     pub fn screenshot(&self, path: &Path) -> PathBuf {
-        let out = self.command("import").args(["-window", "root"]).arg(path).output().expect("import runs");
+        let out = self
+            .command("import")
+            .args(["-window", "root"])
+            .arg(path)
+            .output()
+            .expect("import runs");
         assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
         path.to_path_buf()
     }
@@ -115,9 +140,19 @@ impl Desk {
         .unwrap();
         conn.map_window(window).unwrap();
         let gc = conn.generate_id().unwrap();
-        conn.create_gc(gc, window, &CreateGCAux::new().foreground(0xffffff).graphics_exposures(0)).unwrap();
+        conn.create_gc(
+            gc,
+            window,
+            &CreateGCAux::new().foreground(0xffffff).graphics_exposures(0),
+        )
+        .unwrap();
         conn.flush().unwrap();
-        let desk = Self { conn, root: screen.root, window, gc };
+        let desk = Self {
+            conn,
+            root: screen.root,
+            window,
+            gc,
+        };
         desk.sync();
         desk
     }
@@ -132,8 +167,21 @@ impl Desk {
     pub fn fill(&self, rgb: u32, x: i16, y: i16, w: u16, h: u16) {
         use x11rb::connection::Connection;
         use x11rb::protocol::xproto::*;
-        self.conn.change_gc(self.gc, &ChangeGCAux::new().foreground(rgb)).unwrap();
-        self.conn.poly_fill_rectangle(self.window, self.gc, &[Rectangle { x, y, width: w, height: h }]).unwrap();
+        self.conn
+            .change_gc(self.gc, &ChangeGCAux::new().foreground(rgb))
+            .unwrap();
+        self.conn
+            .poly_fill_rectangle(
+                self.window,
+                self.gc,
+                &[Rectangle {
+                    x,
+                    y,
+                    width: w,
+                    height: h,
+                }],
+            )
+            .unwrap();
         self.conn.flush().unwrap();
         self.sync();
     }
@@ -142,7 +190,9 @@ impl Desk {
     pub fn copy(&self, sx: i16, sy: i16, dx: i16, dy: i16, w: u16, h: u16) {
         use x11rb::connection::Connection;
         use x11rb::protocol::xproto::*;
-        self.conn.copy_area(self.window, self.window, self.gc, sx, sy, dx, dy, w, h).unwrap();
+        self.conn
+            .copy_area(self.window, self.window, self.gc, sx, sy, dx, dy, w, h)
+            .unwrap();
         self.conn.flush().unwrap();
     }
 
@@ -157,7 +207,9 @@ impl Desk {
     pub fn user_moves_pointer(&self, x: i16, y: i16) {
         use x11rb::connection::Connection;
         use x11rb::protocol::xtest::ConnectionExt;
-        self.conn.xtest_fake_input(x11rb::protocol::xproto::MOTION_NOTIFY_EVENT, 0, 0, self.root, x, y, 0).unwrap();
+        self.conn
+            .xtest_fake_input(x11rb::protocol::xproto::MOTION_NOTIFY_EVENT, 0, 0, self.root, x, y, 0)
+            .unwrap();
         self.conn.flush().unwrap();
         self.sync();
     }

@@ -18,7 +18,11 @@ impl Lang {
             _ => {}
         }
         // The first listed language wins; quality values are rarely ordered otherwise.
-        let first = accept_language.and_then(|a| a.split(',').next()).unwrap_or("").trim().to_ascii_lowercase();
+        let first = accept_language
+            .and_then(|a| a.split(',').next())
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if first.starts_with("ja") {
             Lang::Ja
         } else {
@@ -53,7 +57,13 @@ pub fn esc(s: &str) -> String {
 /// Percent-encodes a path segment or query value.
 pub fn url(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -65,7 +75,10 @@ pub fn t(lang: Lang, key: &str) -> &'static str {
         "logout" => ("Log out", "ログアウト"),
         "name" => ("Name", "名前"),
         "password" => ("Password", "パスワード"),
-        "totp_code" => ("Code from your authenticator app, or a recovery code", "認証アプリのコード、またはリカバリーコード"),
+        "totp_code" => (
+            "Code from your authenticator app, or a recovery code",
+            "認証アプリのコード、またはリカバリーコード",
+        ),
         "verify" => ("Verify", "確認"),
         "enrol" => ("Set up two-step login", "2段階ログインの設定"),
         "enrol_help" => (
@@ -78,8 +91,14 @@ pub fn t(lang: Lang, key: &str) -> &'static str {
             "認証アプリを失くした時に各コードで1回ログインできます。表示は今回だけです。安全に保管してください。",
         ),
         "continue" => ("Continue", "続ける"),
-        "login_failed" => ("Wrong name, password or code.", "名前、パスワード、またはコードが違います。"),
-        "locked" => ("Too many failed attempts: this account is locked for a while.", "失敗が多すぎるため、このアカウントはしばらくロックされています。"),
+        "login_failed" => (
+            "Wrong name, password or code.",
+            "名前、パスワード、またはコードが違います。",
+        ),
+        "locked" => (
+            "Too many failed attempts: this account is locked for a while.",
+            "失敗が多すぎるため、このアカウントはしばらくロックされています。",
+        ),
         "operators" => ("Operators", "オペレーター"),
         "sessions" => ("Live sessions", "接続中のセッション"),
         "history" => ("History", "履歴"),
@@ -87,8 +106,14 @@ pub fn t(lang: Lang, key: &str) -> &'static str {
         "create" => ("Create", "作成"),
         "new_operator" => ("New operator", "新しいオペレーター"),
         "permissions" => ("Permissions", "権限"),
-        "max_sessions" => ("Max concurrent sessions (0 = no limit)", "同時セッション上限 (0 = 無制限)"),
-        "ip_rules" => ("IP rules (one per line: allow CIDR / deny CIDR; first match wins)", "IPルール (1行に1つ: allow CIDR / deny CIDR、最初に一致したものが有効)"),
+        "max_sessions" => (
+            "Max concurrent sessions (0 = no limit)",
+            "同時セッション上限 (0 = 無制限)",
+        ),
+        "ip_rules" => (
+            "IP rules (one per line: allow CIDR / deny CIDR; first match wins)",
+            "IPルール (1行に1つ: allow CIDR / deny CIDR、最初に一致したものが有効)",
+        ),
         "save" => ("Save", "保存"),
         "status" => ("Status", "状態"),
         "active" => ("active", "有効"),
@@ -121,7 +146,10 @@ pub fn t(lang: Lang, key: &str) -> &'static str {
         "state_paused" => ("paused by the client", "お客様が一時停止中"),
         "state_view_only" => ("view only", "表示のみ"),
         "state_chat_only" => ("chat only", "チャットのみ"),
-        "bytes_each_way" => ("Bytes to client / to operator", "送信バイト数（お客様へ／オペレーターへ）"),
+        "bytes_each_way" => (
+            "Bytes to client / to operator",
+            "送信バイト数（お客様へ／オペレーターへ）",
+        ),
         "filter" => ("Filter", "絞り込み"),
         "from" => ("From (YYYY-MM-DD)", "開始日 (YYYY-MM-DD)"),
         "to" => ("To (YYYY-MM-DD)", "終了日 (YYYY-MM-DD)"),
@@ -155,7 +183,9 @@ pub fn t(lang: Lang, key: &str) -> &'static str {
 
 /// A Unix-ms time as `YYYY-MM-DD HH:MM:SS` UTC.
 pub fn time(ms: Option<i64>) -> String {
-    ms.and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default()
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
 }
 
 /// Wraps a page body in the frame: navigation (when logged in), language switch.
@@ -208,7 +238,10 @@ mod tests {
 
     #[test]
     fn escaping_and_language() {
-        assert_eq!(esc("<script>alert('x')</script>&\""), "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;");
+        assert_eq!(
+            esc("<script>alert('x')</script>&\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
+        );
         assert_eq!(url("a b/é"), "a%20b%2F%C3%A9");
         assert_eq!(Lang::pick(None, Some("ja-JP,ja;q=0.9,en;q=0.8")), Lang::Ja);
         assert_eq!(Lang::pick(Some("en"), Some("ja")), Lang::En);

@@ -132,7 +132,10 @@ struct Ctx {
 
 impl Ctx {
     fn actor(&self) -> Actor {
-        Actor { name: format!("admin:{}", self.admin), ip: self.ip.clone() }
+        Actor {
+            name: format!("admin:{}", self.admin),
+            ip: self.ip.clone(),
+        }
     }
 }
 
@@ -144,18 +147,29 @@ fn random_token() -> String {
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == name).then(|| v.to_string())
-    })
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then(|| v.to_string())
+        })
 }
 
 fn lang_of(headers: &HeaderMap) -> Lang {
-    Lang::pick(cookie(headers, LANG_COOKIE).as_deref(), headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()))
+    Lang::pick(
+        cookie(headers, LANG_COOKIE).as_deref(),
+        headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()),
+    )
 }
 
 fn session_cookie(token: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("{SESSION_COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict")).expect("hex token is a valid header")
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict"
+    ))
+    .expect("hex token is a valid header")
 }
 
 fn clear_cookie() -> HeaderValue {
@@ -171,7 +185,12 @@ fn html_response(status: StatusCode, body: String) -> Response {
 }
 
 /// Starts the console on `addr`; returns the bound address and the accept task.
-pub async fn serve(shared: Arc<Shared>, certs: Arc<ServerCerts>, addr: SocketAddr, stop: watch::Receiver<bool>) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+pub async fn serve(
+    shared: Arc<Shared>,
+    certs: Arc<ServerCerts>,
+    addr: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let mut tls = (*certs.server_config().map_err(std::io::Error::other)?).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
@@ -183,7 +202,13 @@ pub async fn serve(shared: Arc<Shared>, certs: Arc<ServerCerts>, addr: SocketAdd
     Ok((bound, task))
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, app: Router, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Router,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let handshake = shared.config.timeouts.handshake;
     let request_timeout = shared.config.admin.request_timeout;
     loop {
@@ -227,9 +252,20 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, app: Router, 
 
 impl Console {
     fn new(shared: Arc<Shared>) -> Self {
-        let ops = Ops { store: shared.store.clone(), audit: shared.audit.clone(), config: shared.config.clone(), shared: Some(shared.clone()) };
+        let ops = Ops {
+            store: shared.store.clone(),
+            audit: shared.audit.clone(),
+            config: shared.config.clone(),
+            shared: Some(shared.clone()),
+        };
         let dummy_hash = Arc::new(crate::accounts::dummy_hash(&shared.config.accounts));
-        Self { shared, ops, sessions: Default::default(), dummy_hash, totp_used: Default::default() }
+        Self {
+            shared,
+            ops,
+            sessions: Default::default(),
+            dummy_hash,
+            totp_used: Default::default(),
+        }
     }
 
     fn session(&self, headers: &HeaderMap) -> Option<(String, AdminSession)> {
@@ -237,7 +273,11 @@ impl Console {
         let cfg = &self.shared.config.admin;
         let now = Instant::now();
         let s = self.sessions.get(&token)?.clone();
-        let limit = if matches!(s.stage, Stage::Done) { cfg.session_idle } else { PENDING_LOGIN };
+        let limit = if matches!(s.stage, Stage::Done) {
+            cfg.session_idle
+        } else {
+            PENDING_LOGIN
+        };
         if now.duration_since(s.last_used) > limit || now.duration_since(s.created) > cfg.session_max {
             self.sessions.remove(&token);
             return None;
@@ -254,21 +294,40 @@ impl Console {
             let idle = self.shared.config.admin.session_idle;
             self.sessions.retain(|_, s| s.last_used.elapsed() < idle);
             if self.sessions.len() >= MAX_SESSIONS {
-                let oldest = self.sessions.iter().min_by_key(|e| e.value().last_used).map(|e| e.key().clone());
+                let oldest = self
+                    .sessions
+                    .iter()
+                    .min_by_key(|e| e.value().last_used)
+                    .map(|e| e.key().clone());
                 if let Some(k) = oldest {
                     self.sessions.remove(&k);
                 }
             }
         }
         let now = Instant::now();
-        let s = AdminSession { admin: admin.to_string(), stage, csrf: random_token(), created: now, last_used: now };
+        let s = AdminSession {
+            admin: admin.to_string(),
+            stage,
+            csrf: random_token(),
+            created: now,
+            last_used: now,
+        };
         let token = random_token();
         self.sessions.insert(token.clone(), s.clone());
         (token, s)
     }
 
     async fn audit(&self, actor: String, action: &'static str, target: &str, ip: &str, detail: String) {
-        self.shared.audit.record(audit::Entry { actor, action, target: target.to_string(), ip: ip.to_string(), detail }).await;
+        self.shared
+            .audit
+            .record(audit::Entry {
+                actor,
+                action,
+                target: target.to_string(),
+                ip: ip.to_string(),
+                detail,
+            })
+            .await;
     }
 }
 
@@ -287,7 +346,10 @@ fn router(console: Console) -> Router {
         .route("/history/{id}", get(session_page))
         .route("/audit", get(audit_page))
         .route("/api/v1/operators", get(api_operators).post(api_create_operator))
-        .route("/api/v1/operators/{name}", get(api_operator).patch(api_update_operator).delete(api_delete_operator))
+        .route(
+            "/api/v1/operators/{name}",
+            get(api_operator).patch(api_update_operator).delete(api_delete_operator),
+        )
         .route("/api/v1/sessions", get(api_sessions))
         .route("/api/v1/sessions/{id}", axum::routing::delete(api_end_session))
         .route("/api/v1/history", get(api_history))
@@ -298,8 +360,14 @@ fn router(console: Console) -> Router {
         .route("/login/totp", get(totp_page).post(totp_submit))
         .route("/login/enrol", get(enrol_page).post(enrol_submit))
         .route("/lang", get(set_lang))
-        .route("/static/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], html::CSS) }))
-        .route("/api/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route(
+            "/static/console.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], html::CSS) }),
+        )
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .merge(protected)
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -316,7 +384,10 @@ async fn security_headers(req: Request, next: Next) -> Response {
             "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
-    h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -325,17 +396,36 @@ async fn security_headers(req: Request, next: Next) -> Response {
 }
 
 fn peer_ip(req: &Request) -> String {
-    req.extensions().get::<Peer>().map(|p| p.0.ip().to_string()).unwrap_or_default()
+    req.extensions()
+        .get::<Peer>()
+        .map(|p| p.0.ip().to_string())
+        .unwrap_or_default()
 }
 
 /// Refuses anyone not fully logged in (pages redirect to /login, the API answers 401), and
 /// any change without the session's CSRF token (403).
 async fn guard(State(console): State<Console>, req: Request, next: Next) -> Response {
     let api = req.uri().path().starts_with("/api/");
-    let Some((_, s)) = console.session(req.headers()).filter(|(_, s)| matches!(s.stage, Stage::Done)) else {
-        return if api { (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": "log in first"}))).into_response() } else { see_other("/login") };
+    let Some((_, s)) = console
+        .session(req.headers())
+        .filter(|(_, s)| matches!(s.stage, Stage::Done))
+    else {
+        return if api {
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(serde_json::json!({"error": "log in first"})),
+            )
+                .into_response()
+        } else {
+            see_other("/login")
+        };
     };
-    let ctx = Ctx { admin: s.admin.clone(), csrf: s.csrf.clone(), lang: lang_of(req.headers()), ip: peer_ip(&req) };
+    let ctx = Ctx {
+        admin: s.admin.clone(),
+        csrf: s.csrf.clone(),
+        lang: lang_of(req.headers()),
+        ip: peer_ip(&req),
+    };
     let req = match check_csrf(req, &s.csrf).await {
         Ok(req) => req,
         Err(res) => return res,
@@ -352,12 +442,20 @@ async fn check_csrf(req: Request, expected: &str) -> Result<Request, Response> {
     }
     let refused = || (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     if let Some(h) = req.headers().get("x-csrf-token") {
-        return if constant_eq(h.as_bytes(), expected.as_bytes()) { Ok(req) } else { Err(refused()) };
+        return if constant_eq(h.as_bytes(), expected.as_bytes()) {
+            Ok(req)
+        } else {
+            Err(refused())
+        };
     }
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "request too large").into_response())?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "request too large").into_response())?;
     let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
-    let ok = fields.iter().any(|(k, v)| k == "csrf" && constant_eq(v.as_bytes(), expected.as_bytes()));
+    let ok = fields
+        .iter()
+        .any(|(k, v)| k == "csrf" && constant_eq(v.as_bytes(), expected.as_bytes()));
     if !ok {
         return Err(refused());
     }
@@ -371,7 +469,9 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 // ---------------------------------------------------------------- login
 
 fn login_form(lang: Lang, error: Option<&str>) -> String {
-    let err = error.map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", esc(e))).unwrap_or_default();
+    let err = error
+        .map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", esc(e)))
+        .unwrap_or_default();
     page(
         lang,
         t(lang, "login"),
@@ -392,9 +492,16 @@ async fn login_page(headers: HeaderMap) -> Response {
 }
 
 async fn set_lang(Query(q): Query<HashMap<String, String>>) -> Response {
-    let l = if q.get("l").map(String::as_str) == Some("ja") { "ja" } else { "en" };
+    let l = if q.get("l").map(String::as_str) == Some("ja") {
+        "ja"
+    } else {
+        "en"
+    };
     let mut res = see_other("/");
-    let v = HeaderValue::from_str(&format!("{LANG_COOKIE}={l}; Path=/; Secure; SameSite=Strict; Max-Age=31536000")).expect("static cookie");
+    let v = HeaderValue::from_str(&format!(
+        "{LANG_COOKIE}={l}; Path=/; Secure; SameSite=Strict; Max-Age=31536000"
+    ))
+    .expect("static cookie");
     res.headers_mut().insert(header::SET_COOKIE, v);
     res
 }
@@ -430,8 +537,13 @@ impl Console {
         } else {
             tokio::time::sleep(failure_delay(1)).await;
         }
-        let detail = if locked { format!("reason={reason}; account locked") } else { format!("reason={reason}") };
-        self.audit(format!("admin:{admin}"), "admin_login_failed", admin, ip, detail).await;
+        let detail = if locked {
+            format!("reason={reason}; account locked")
+        } else {
+            format!("reason={reason}")
+        };
+        self.audit(format!("admin:{admin}"), "admin_login_failed", admin, ip, detail)
+            .await;
         locked
     }
 
@@ -440,23 +552,48 @@ impl Console {
     }
 }
 
-async fn login(State(console): State<Console>, Extension(Peer(peer)): Extension<Peer>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(console): State<Console>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let lang = lang_of(&headers);
     let ip = peer.ip().to_string();
     if form.name.len() > tsunagu_proto::limits::MAX_USER_NAME || form.password.len() > 256 {
-        return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(t(lang, "login_failed"))));
+        return html_response(
+            StatusCode::UNAUTHORIZED,
+            login_form(lang, Some(t(lang, "login_failed"))),
+        );
     }
     if console.locked(&form.name).await {
-        console.audit(format!("admin:{}", form.name), "admin_login_failed", &form.name, &ip, "reason=locked".into()).await;
+        console
+            .audit(
+                format!("admin:{}", form.name),
+                "admin_login_failed",
+                &form.name,
+                &ip,
+                "reason=locked".into(),
+            )
+            .await;
         return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(lang, Some(t(lang, "locked"))));
     }
     let record = console.shared.store.admin(&form.name).await.ok().flatten();
-    let hash = record.as_ref().map(|r| r.password_hash.clone()).unwrap_or_else(|| console.dummy_hash.to_string());
+    let hash = record
+        .as_ref()
+        .map(|r| r.password_hash.clone())
+        .unwrap_or_else(|| console.dummy_hash.to_string());
     let password = form.password.clone();
-    let ok = tokio::task::spawn_blocking(move || crate::accounts::verify_password(&password, &hash)).await.unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || crate::accounts::verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
     let Some(record) = record.filter(|_| ok) else {
         let locked = console.login_failed(&form.name, &ip, "password").await;
-        let msg = if locked { t(lang, "locked") } else { t(lang, "login_failed") };
+        let msg = if locked {
+            t(lang, "locked")
+        } else {
+            t(lang, "login_failed")
+        };
         return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(msg)));
     };
     let (stage, next) = match &record.totp_secret {
@@ -473,7 +610,9 @@ async fn login(State(console): State<Console>, Extension(Peer(peer)): Extension<
 }
 
 fn totp_form(lang: Lang, csrf: &str, action: &str, error: Option<&str>, intro: &str) -> String {
-    let err = error.map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", esc(e))).unwrap_or_default();
+    let err = error
+        .map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", esc(e)))
+        .unwrap_or_default();
     format!(
         "{err}{intro}<form method=\"post\" action=\"{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
          <p><label>{} <input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" maxlength=\"32\" required></label></p>\
@@ -487,9 +626,15 @@ fn totp_form(lang: Lang, csrf: &str, action: &str, error: Option<&str>, intro: &
 async fn totp_page(State(console): State<Console>, headers: HeaderMap) -> Response {
     let lang = lang_of(&headers);
     match console.session(&headers) {
-        Some((_, s)) if matches!(s.stage, Stage::NeedTotp) => {
-            html_response(StatusCode::OK, page(lang, t(lang, "login"), None, &totp_form(lang, &s.csrf, "/login/totp", None, "")))
-        }
+        Some((_, s)) if matches!(s.stage, Stage::NeedTotp) => html_response(
+            StatusCode::OK,
+            page(
+                lang,
+                t(lang, "login"),
+                None,
+                &totp_form(lang, &s.csrf, "/login/totp", None, ""),
+            ),
+        ),
         _ => see_other("/login"),
     }
 }
@@ -516,17 +661,32 @@ impl Console {
         self.sessions.remove(old_token);
         let _ = self.shared.store.set_admin_failures(admin, 0, 0).await;
         let (token, s) = self.new_session(admin, Stage::Done);
-        self.audit(format!("admin:{admin}"), "admin_login", admin, ip, format!("second_factor={how}")).await;
+        self.audit(
+            format!("admin:{admin}"),
+            "admin_login",
+            admin,
+            ip,
+            format!("second_factor={how}"),
+        )
+        .await;
         let mut res = see_other(to);
         res.headers_mut().insert(header::SET_COOKIE, session_cookie(&token));
         (s.csrf, res)
     }
 }
 
-async fn totp_submit(State(console): State<Console>, Extension(Peer(peer)): Extension<Peer>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn totp_submit(
+    State(console): State<Console>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let lang = lang_of(&headers);
     let ip = peer.ip().to_string();
-    let Some((token, s)) = console.session(&headers).filter(|(_, s)| matches!(s.stage, Stage::NeedTotp)) else {
+    let Some((token, s)) = console
+        .session(&headers)
+        .filter(|(_, s)| matches!(s.stage, Stage::NeedTotp))
+    else {
         return see_other("/login");
     };
     let form = CodeForm::parse(&body);
@@ -540,11 +700,19 @@ async fn totp_submit(State(console): State<Console>, Extension(Peer(peer)): Exte
     let record = console.shared.store.admin(&s.admin).await.ok().flatten();
     let secret = record.as_ref().and_then(|r| r.totp_secret.clone());
     let code = form.code.trim();
-    let how = if secret.as_deref().is_some_and(|sec| console.totp_used.accept(&s.admin, sec, code, crate::totp::now_secs())) {
+    let how = if secret
+        .as_deref()
+        .is_some_and(|sec| console.totp_used.accept(&s.admin, sec, code, crate::totp::now_secs()))
+    {
         Some("totp")
     } else if code.len() >= 10
         && code.len() <= 32
-        && console.shared.store.use_recovery_code(&s.admin, &crate::totp::recovery_hash(code), now_ms()).await.unwrap_or(false)
+        && console
+            .shared
+            .store
+            .use_recovery_code(&s.admin, &crate::totp::recovery_hash(code), now_ms())
+            .await
+            .unwrap_or(false)
     {
         Some("recovery_code")
     } else {
@@ -557,7 +725,15 @@ async fn totp_submit(State(console): State<Console>, Extension(Peer(peer)): Exte
                 console.sessions.remove(&token);
                 return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(lang, Some(t(lang, "locked"))));
             }
-            html_response(StatusCode::UNAUTHORIZED, page(lang, t(lang, "login"), None, &totp_form(lang, &s.csrf, "/login/totp", Some(t(lang, "login_failed")), "")))
+            html_response(
+                StatusCode::UNAUTHORIZED,
+                page(
+                    lang,
+                    t(lang, "login"),
+                    None,
+                    &totp_form(lang, &s.csrf, "/login/totp", Some(t(lang, "login_failed")), ""),
+                ),
+            )
         }
     }
 }
@@ -578,44 +754,92 @@ async fn enrol_page(State(console): State<Console>, headers: HeaderMap) -> Respo
     let lang = lang_of(&headers);
     match console.session(&headers) {
         Some((_, s)) => match &s.stage {
-            Stage::Enrol { secret } => html_response(StatusCode::OK, page(lang, t(lang, "enrol"), None, &enrol_body(lang, &s.admin, secret, &s.csrf, None))),
+            Stage::Enrol { secret } => html_response(
+                StatusCode::OK,
+                page(
+                    lang,
+                    t(lang, "enrol"),
+                    None,
+                    &enrol_body(lang, &s.admin, secret, &s.csrf, None),
+                ),
+            ),
             _ => see_other("/login"),
         },
         None => see_other("/login"),
     }
 }
 
-async fn enrol_submit(State(console): State<Console>, Extension(Peer(peer)): Extension<Peer>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn enrol_submit(
+    State(console): State<Console>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let lang = lang_of(&headers);
     let ip = peer.ip().to_string();
-    let Some((token, s)) = console.session(&headers) else { return see_other("/login") };
-    let Stage::Enrol { secret } = &s.stage else { return see_other("/login") };
+    let Some((token, s)) = console.session(&headers) else {
+        return see_other("/login");
+    };
+    let Stage::Enrol { secret } = &s.stage else {
+        return see_other("/login");
+    };
     let form = CodeForm::parse(&body);
     if !constant_eq(form.csrf.as_bytes(), s.csrf.as_bytes()) {
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
-    if !console.totp_used.accept(&s.admin, secret, &form.code, crate::totp::now_secs()) {
+    if !console
+        .totp_used
+        .accept(&s.admin, secret, &form.code, crate::totp::now_secs())
+    {
         if console.login_failed(&s.admin, &ip, "totp_enrolment").await {
             console.sessions.remove(&token);
             return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(lang, Some(t(lang, "locked"))));
         }
         return html_response(
             StatusCode::UNAUTHORIZED,
-            page(lang, t(lang, "enrol"), None, &enrol_body(lang, &s.admin, secret, &s.csrf, Some(t(lang, "login_failed")))),
+            page(
+                lang,
+                t(lang, "enrol"),
+                None,
+                &enrol_body(lang, &s.admin, secret, &s.csrf, Some(t(lang, "login_failed"))),
+            ),
         );
     }
     let Ok((codes, hashes)) = crate::totp::new_recovery_codes() else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no randomness").into_response();
     };
-    if console.shared.store.set_admin_totp(&s.admin, Some(secret)).await.is_err()
-        || console.shared.store.replace_recovery_codes(&s.admin, &hashes).await.is_err()
+    if console
+        .shared
+        .store
+        .set_admin_totp(&s.admin, Some(secret))
+        .await
+        .is_err()
+        || console
+            .shared
+            .store
+            .replace_recovery_codes(&s.admin, &hashes)
+            .await
+            .is_err()
     {
         return (StatusCode::INTERNAL_SERVER_ERROR, "could not save").into_response();
     }
-    console.audit(format!("admin:{}", s.admin), "admin_totp_enrolled", &s.admin, &ip, String::new()).await;
-    let (_, redirect) = console.complete_login(&token, &s.admin, &ip, "totp_enrolment", "/operators").await;
+    console
+        .audit(
+            format!("admin:{}", s.admin),
+            "admin_totp_enrolled",
+            &s.admin,
+            &ip,
+            String::new(),
+        )
+        .await;
+    let (_, redirect) = console
+        .complete_login(&token, &s.admin, &ip, "totp_enrolment", "/operators")
+        .await;
     // Show the recovery codes once, on this response, with the new session cookie.
-    let list: String = codes.iter().map(|c| format!("<li><code>{}</code></li>", esc(c))).collect();
+    let list: String = codes
+        .iter()
+        .map(|c| format!("<li><code>{}</code></li>", esc(c)))
+        .collect();
     let body = format!(
         "<h2>{}</h2><p>{}</p><ul id=\"recovery-codes\">{list}</ul><p><a id=\"continue\" href=\"/operators\">{}</a></p>",
         t(lang, "recovery"),
@@ -633,7 +857,15 @@ async fn logout(State(console): State<Console>, Extension(ctx): Extension<Ctx>, 
     if let Some(token) = cookie(&headers, SESSION_COOKIE) {
         console.sessions.remove(&token);
     }
-    console.audit(format!("admin:{}", ctx.admin), "admin_logout", &ctx.admin, &ctx.ip, String::new()).await;
+    console
+        .audit(
+            format!("admin:{}", ctx.admin),
+            "admin_logout",
+            &ctx.admin,
+            &ctx.ip,
+            String::new(),
+        )
+        .await;
     let mut res = see_other("/login");
     res.headers_mut().insert(header::SET_COOKIE, clear_cookie());
     res
@@ -642,7 +874,10 @@ async fn logout(State(console): State<Console>, Extension(ctx): Extension<Ctx>, 
 // ---------------------------------------------------------------- pages
 
 fn render(ctx: &Ctx, title: &str, body: &str) -> Response {
-    html_response(StatusCode::OK, page(ctx.lang, title, Some((&ctx.admin, &ctx.csrf)), body))
+    html_response(
+        StatusCode::OK,
+        page(ctx.lang, title, Some((&ctx.admin, &ctx.csrf)), body),
+    )
 }
 
 fn op_error(ctx: &Ctx, e: &OpError) -> Response {
@@ -652,8 +887,15 @@ fn op_error(ctx: &Ctx, e: &OpError) -> Response {
         OpError::Conflict(_) => StatusCode::CONFLICT,
         OpError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let body = format!("<p class=\"error\" id=\"error\">{}</p><p><a href=\"/operators\">{}</a></p>", esc(&e.to_string()), t(ctx.lang, "operators"));
-    html_response(status, page(ctx.lang, t(ctx.lang, "operators"), Some((&ctx.admin, &ctx.csrf)), &body))
+    let body = format!(
+        "<p class=\"error\" id=\"error\">{}</p><p><a href=\"/operators\">{}</a></p>",
+        esc(&e.to_string()),
+        t(ctx.lang, "operators")
+    );
+    html_response(
+        status,
+        page(ctx.lang, t(ctx.lang, "operators"), Some((&ctx.admin, &ctx.csrf)), &body),
+    )
 }
 
 fn csrf_field(ctx: &Ctx) -> String {
@@ -664,7 +906,9 @@ fn permission_boxes(prefix: &str, set: PermissionSet) -> String {
     ["view", "control", "files", "chat"]
         .iter()
         .map(|p| {
-            let on = PermissionSet::parse_names([*p]).map(|one| set.intersect(one) == one).unwrap_or(false);
+            let on = PermissionSet::parse_names([*p])
+                .map(|one| set.intersect(one) == one)
+                .unwrap_or(false);
             format!(
                 "<label><input type=\"checkbox\" name=\"perm\" value=\"{p}\" id=\"{prefix}-{p}\"{}> {p}</label> ",
                 if on { " checked" } else { "" }
@@ -719,13 +963,26 @@ fn form_perms(fields: &[(String, String)]) -> Result<PermissionSet, OpError> {
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
-    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
 }
 
-async fn create_operator(State(console): State<Console>, Extension(ctx): Extension<Ctx>, Form(fields): Form<Vec<(String, String)>>) -> Response {
+async fn create_operator(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
     let name = field(&fields, "name").trim().to_string();
     let result = match form_perms(&fields) {
-        Ok(perms) => console.ops.create_operator(&ctx.actor(), &name, field(&fields, "password"), perms).await,
+        Ok(perms) => {
+            console
+                .ops
+                .create_operator(&ctx.actor(), &name, field(&fields, "password"), perms)
+                .await
+        }
         Err(e) => Err(e),
     };
     match result {
@@ -734,7 +991,11 @@ async fn create_operator(State(console): State<Console>, Extension(ctx): Extensi
     }
 }
 
-async fn operator_page(State(console): State<Console>, Extension(ctx): Extension<Ctx>, Path(name): Path<String>) -> Response {
+async fn operator_page(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Path(name): Path<String>,
+) -> Response {
     let lang = ctx.lang;
     let o = match console.shared.store.operator(&name).await {
         Ok(Some(o)) => o,
@@ -801,7 +1062,9 @@ async fn operator_action(
         },
         "limits" => match field(&fields, "max_sessions").trim().parse::<u32>() {
             Ok(n) => ops.set_max_sessions(&actor, &name, n).await.map(|_| None),
-            Err(_) => Err(OpError::Invalid("the session limit is a whole number (0 = no limit)".into())),
+            Err(_) => Err(OpError::Invalid(
+                "the session limit is a whole number (0 = no limit)".into(),
+            )),
         },
         "ip-rules" => match ops::parse_ip_rules(field(&fields, "rules")) {
             Ok(rules) => ops.set_ip_rules(&actor, &name, &rules).await.map(|_| None),
@@ -809,10 +1072,15 @@ async fn operator_action(
         },
         "suspend" => ops.suspend(&actor, &name).await.map(|_| None),
         "resume" => ops.resume(&actor, &name).await.map(|_| None),
-        "password" => ops.set_password(&actor, &name, field(&fields, "password")).await.map(|_| None),
+        "password" => ops
+            .set_password(&actor, &name, field(&fields, "password"))
+            .await
+            .map(|_| None),
         "rename" => {
             let new_name = field(&fields, "new_name").trim().to_string();
-            ops.rename(&actor, &name, &new_name).await.map(|_| Some(format!("/operators/{}", url(&new_name))))
+            ops.rename(&actor, &name, &new_name)
+                .await
+                .map(|_| Some(format!("/operators/{}", url(&new_name))))
         }
         "delete" => ops.delete(&actor, &name).await.map(|_| Some("/operators".to_string())),
         "totp-reset" => ops.reset_operator_totp(&actor, &name).await.map(|_| None),
@@ -880,7 +1148,9 @@ fn live_rows(shared: &Shared) -> Vec<LiveRow> {
                 client_ip: info.as_ref().and_then(|i| i.client_ip.clone()),
                 since: info.as_ref().map(|i| i.issued_at).unwrap_or_default(),
                 state,
-                granted: (!view.granted.is_empty()).then(|| view.granted.to_string()).or_else(|| info.and_then(|i| i.granted)),
+                granted: (!view.granted.is_empty())
+                    .then(|| view.granted.to_string())
+                    .or_else(|| info.and_then(|i| i.granted)),
                 bytes_to_client: view.counters.bytes_to_client,
                 bytes_to_operator: view.counters.bytes_to_operator,
             }
@@ -932,7 +1202,11 @@ async fn sessions_page(State(console): State<Console>, Extension(ctx): Extension
     render(&ctx, t(lang, "sessions"), &body)
 }
 
-async fn end_session(State(console): State<Console>, Extension(ctx): Extension<Ctx>, Path(id): Path<String>) -> Response {
+async fn end_session(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+) -> Response {
     match console.ops.end_session(&ctx.actor(), &id).await {
         Ok(()) => see_other("/sessions"),
         Err(e) => op_error(&ctx, &e),
@@ -966,7 +1240,13 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 
 impl HistoryQuery {
     fn filter(&self, limit: i64) -> Result<HistoryFilter, OpError> {
-        let bound = |s: &str, extra: i64| -> Result<Option<i64>, OpError> { if s.trim().is_empty() { Ok(None) } else { Ok(Some(day_start_ms(s)? + extra)) } };
+        let bound = |s: &str, extra: i64| -> Result<Option<i64>, OpError> {
+            if s.trim().is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(day_start_ms(s)? + extra))
+            }
+        };
         Ok(HistoryFilter {
             operator: Some(self.operator.trim().to_string()),
             client_ip: Some(self.client_ip.trim().to_string()),
@@ -1006,7 +1286,11 @@ const END_REASONS: &[&str] = &[
     "admin_ended",
 ];
 
-async fn history_page(State(console): State<Console>, Extension(ctx): Extension<Ctx>, Query(q): Query<HistoryQuery>) -> Response {
+async fn history_page(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
     let lang = ctx.lang;
     let filter = match q.filter(HISTORY_PAGE_ROWS) {
         Ok(f) => f,
@@ -1035,7 +1319,12 @@ async fn history_page(State(console): State<Console>, Extension(ctx): Extension<
         })
         .collect();
     let reasons: String = std::iter::once(String::from("<option value=\"\">—</option>"))
-        .chain(END_REASONS.iter().map(|r| format!("<option value=\"{r}\"{}>{r}</option>", if q.end_reason == *r { " selected" } else { "" })))
+        .chain(END_REASONS.iter().map(|r| {
+            format!(
+                "<option value=\"{r}\"{}>{r}</option>",
+                if q.end_reason == *r { " selected" } else { "" }
+            )
+        }))
         .collect();
     let body = format!(
         "<form method=\"get\" action=\"/history\" id=\"history-filter\">\
@@ -1077,21 +1366,36 @@ fn csv_response(filename: &str, body: String) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
         ],
         body,
     )
         .into_response()
 }
 
-async fn history_csv(State(console): State<Console>, Extension(ctx): Extension<Ctx>, Query(q): Query<HistoryQuery>) -> Response {
+async fn history_csv(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
     let records = match q.filter(crate::store::HISTORY_MAX_ROWS) {
         Ok(f) => console.shared.store.history(&f).await.map_err(OpError::from),
         Err(e) => Err(e),
     };
     match records.and_then(|r| crate::history::render(&r, "csv").map_err(|_| OpError::Internal)) {
         Ok(csv) => {
-            console.audit(format!("admin:{}", ctx.admin), "history_exported", "csv", &ctx.ip, q.query_string()).await;
+            console
+                .audit(
+                    format!("admin:{}", ctx.admin),
+                    "history_exported",
+                    "csv",
+                    &ctx.ip,
+                    q.query_string(),
+                )
+                .await;
             csv_response("tsunagu-history.csv", csv)
         }
         Err(e) => op_error(&ctx, &e),
@@ -1102,34 +1406,69 @@ async fn files_csv(console: &Console, records: &[SessionRecord]) -> Result<Strin
     let mut out = String::from("session,name,size,direction,bytes,result,at\n");
     for r in records {
         for f in console.shared.store.session_files(&r.id).await? {
-            let cells = [f.session_id, f.name, f.size.to_string(), f.direction, f.bytes.to_string(), f.result, html::time(Some(f.at))];
-            out.push_str(&cells.iter().map(|c| crate::history::csv_field(c)).collect::<Vec<_>>().join(","));
+            let cells = [
+                f.session_id,
+                f.name,
+                f.size.to_string(),
+                f.direction,
+                f.bytes.to_string(),
+                f.result,
+                html::time(Some(f.at)),
+            ];
+            out.push_str(
+                &cells
+                    .iter()
+                    .map(|c| crate::history::csv_field(c))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
             out.push('\n');
         }
     }
     Ok(out)
 }
 
-async fn history_zip(State(console): State<Console>, Extension(ctx): Extension<Ctx>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn history_zip(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let date = q.get("date").cloned().unwrap_or_default();
     let start = match day_start_ms(&date) {
         Ok(s) => s,
         Err(e) => return op_error(&ctx, &e),
     };
-    let filter = HistoryFilter { from_ms: Some(start), to_ms: Some(start + DAY_MS), limit: Some(crate::store::HISTORY_MAX_ROWS), ..Default::default() };
+    let filter = HistoryFilter {
+        from_ms: Some(start),
+        to_ms: Some(start + DAY_MS),
+        limit: Some(crate::store::HISTORY_MAX_ROWS),
+        ..Default::default()
+    };
     let built = async {
         let records = console.shared.store.history(&filter).await?;
         let sessions = crate::history::render(&records, "csv").map_err(|_| OpError::Internal)?;
         let files = files_csv(&console, &records).await?;
-        zip_files(&[("sessions.csv", sessions.as_bytes()), ("files.csv", files.as_bytes())]).map_err(|_| OpError::Internal)
+        zip_files(&[("sessions.csv", sessions.as_bytes()), ("files.csv", files.as_bytes())])
+            .map_err(|_| OpError::Internal)
     };
     match built.await {
         Ok(bytes) => {
-            console.audit(format!("admin:{}", ctx.admin), "history_exported", "zip", &ctx.ip, format!("date={date}")).await;
+            console
+                .audit(
+                    format!("admin:{}", ctx.admin),
+                    "history_exported",
+                    "zip",
+                    &ctx.ip,
+                    format!("date={date}"),
+                )
+                .await;
             (
                 [
                     (header::CONTENT_TYPE, "application/zip".to_string()),
-                    (header::CONTENT_DISPOSITION, format!("attachment; filename=\"tsunagu-history-{}.zip\"", url(&date))),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"tsunagu-history-{}.zip\"", url(&date)),
+                    ),
                 ],
                 bytes,
             )
@@ -1151,7 +1490,11 @@ pub fn zip_files(files: &[(&str, &[u8])]) -> zip::result::ZipResult<Vec<u8>> {
     Ok(w.finish()?.into_inner())
 }
 
-async fn session_page(State(console): State<Console>, Extension(ctx): Extension<Ctx>, Path(id): Path<String>) -> Response {
+async fn session_page(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+) -> Response {
     let lang = ctx.lang;
     let r = match console.shared.store.session(&id).await {
         Ok(Some(r)) => r,
@@ -1162,9 +1505,20 @@ async fn session_page(State(console): State<Console>, Extension(ctx): Extension<
     let pairs: Vec<(&str, String)> = vec![
         ("session", r.id.clone()),
         ("operator", r.operator.clone()),
-        ("operator_ip", format!("{}:{} → :{}", r.operator_ip, r.operator_port, r.operator_relay_port)),
+        (
+            "operator_ip",
+            format!("{}:{} → :{}", r.operator_ip, r.operator_port, r.operator_relay_port),
+        ),
         ("client_host", r.client_host.clone().unwrap_or_default()),
-        ("client_ip", format!("{}:{} → :{}", r.client_ip.clone().unwrap_or_default(), r.client_port.unwrap_or(0), r.client_relay_port.unwrap_or(0))),
+        (
+            "client_ip",
+            format!(
+                "{}:{} → :{}",
+                r.client_ip.clone().unwrap_or_default(),
+                r.client_port.unwrap_or(0),
+                r.client_relay_port.unwrap_or(0)
+            ),
+        ),
         ("requested", r.requested.clone()),
         ("granted", r.granted.clone().unwrap_or_default()),
         ("issued", html::time(Some(r.issued_at))),
@@ -1176,7 +1530,10 @@ async fn session_page(State(console): State<Console>, Extension(ctx): Extension<
         ("bytes_to_client", r.bytes_to_client.to_string()),
         ("bytes_to_operator", r.bytes_to_operator.to_string()),
     ];
-    let table: String = pairs.iter().map(|(k, v)| format!("<tr><th>{k}</th><td id=\"d-{k}\">{}</td></tr>", esc(v))).collect();
+    let table: String = pairs
+        .iter()
+        .map(|(k, v)| format!("<tr><th>{k}</th><td id=\"d-{k}\">{}</td></tr>", esc(v)))
+        .collect();
     let file_rows: String = files
         .iter()
         .map(|f| {
@@ -1204,7 +1561,14 @@ async fn session_page(State(console): State<Console>, Extension(ctx): Extension<
             t(lang, "time")
         )
     };
-    render(&ctx, t(lang, "detail"), &format!("<table id=\"session\">{table}</table><h2>{}</h2>{files_html}", t(lang, "files")))
+    render(
+        &ctx,
+        t(lang, "detail"),
+        &format!(
+            "<table id=\"session\">{table}</table><h2>{}</h2>{files_html}",
+            t(lang, "files")
+        ),
+    )
 }
 
 async fn audit_page(State(console): State<Console>, Extension(ctx): Extension<Ctx>) -> Response {
@@ -1212,7 +1576,10 @@ async fn audit_page(State(console): State<Console>, Extension(ctx): Extension<Ct
     let report = audit::verify(&console.shared.store).await;
     let status = match &report {
         Ok(r) if r.problems.is_empty() => format!("<p class=\"ok\" id=\"chain\">chain intact: {} rows</p>", r.rows),
-        Ok(r) => format!("<p class=\"error\" id=\"chain\">{}</p>", r.problems.iter().map(|p| esc(p)).collect::<Vec<_>>().join("<br>")),
+        Ok(r) => format!(
+            "<p class=\"error\" id=\"chain\">{}</p>",
+            r.problems.iter().map(|p| esc(p)).collect::<Vec<_>>().join("<br>")
+        ),
         Err(_) => "<p class=\"error\" id=\"chain\">could not read the audit trail</p>".into(),
     };
     let rows: String = console
@@ -1294,7 +1661,11 @@ struct NewOperator {
     permissions: Option<Vec<String>>,
 }
 
-async fn api_create_operator(State(console): State<Console>, Extension(ctx): Extension<Ctx>, Json(body): Json<NewOperator>) -> Response {
+async fn api_create_operator(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Json(body): Json<NewOperator>,
+) -> Response {
     let perms = match &body.permissions {
         Some(p) => match ops::parse_permissions(p.iter().map(String::as_str)) {
             Ok(p) => p,
@@ -1302,7 +1673,11 @@ async fn api_create_operator(State(console): State<Console>, Extension(ctx): Ext
         },
         None => PermissionSet::ALL,
     };
-    match console.ops.create_operator(&ctx.actor(), &body.name, &body.password, perms).await {
+    match console
+        .ops
+        .create_operator(&ctx.actor(), &body.name, &body.password, perms)
+        .await
+    {
         Ok(()) => (StatusCode::CREATED, Json(serde_json::json!({"name": body.name}))).into_response(),
         Err(e) => api_error(e),
     }
@@ -1318,18 +1693,25 @@ struct OperatorPatch {
     password: Option<String>,
 }
 
-async fn api_update_operator(State(console): State<Console>, Extension(ctx): Extension<Ctx>, Path(name): Path<String>, Json(p): Json<OperatorPatch>) -> Response {
+async fn api_update_operator(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Path(name): Path<String>,
+    Json(p): Json<OperatorPatch>,
+) -> Response {
     let actor = ctx.actor();
     let ops = &console.ops;
     let result = async {
         if let Some(perms) = &p.permissions {
-            ops.set_permissions(&actor, &name, ops::parse_permissions(perms.iter().map(String::as_str))?).await?;
+            ops.set_permissions(&actor, &name, ops::parse_permissions(perms.iter().map(String::as_str))?)
+                .await?;
         }
         if let Some(max) = p.max_sessions {
             ops.set_max_sessions(&actor, &name, max).await?;
         }
         if let Some(rules) = &p.ip_rules {
-            ops.set_ip_rules(&actor, &name, &ops::parse_ip_rules(&rules.join("\n"))?).await?;
+            ops.set_ip_rules(&actor, &name, &ops::parse_ip_rules(&rules.join("\n"))?)
+                .await?;
         }
         if let Some(pw) = &p.password {
             ops.set_password(&actor, &name, pw).await?;
@@ -1352,7 +1734,11 @@ async fn api_update_operator(State(console): State<Console>, Extension(ctx): Ext
     }
 }
 
-async fn api_delete_operator(State(console): State<Console>, Extension(ctx): Extension<Ctx>, Path(name): Path<String>) -> Response {
+async fn api_delete_operator(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Path(name): Path<String>,
+) -> Response {
     match console.ops.delete(&ctx.actor(), &name).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => api_error(e),
@@ -1363,7 +1749,11 @@ async fn api_sessions(State(console): State<Console>) -> Response {
     Json(live_rows(&console.shared)).into_response()
 }
 
-async fn api_end_session(State(console): State<Console>, Extension(ctx): Extension<Ctx>, Path(id): Path<String>) -> Response {
+async fn api_end_session(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+) -> Response {
     match console.ops.end_session(&ctx.actor(), &id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => api_error(e),
@@ -1399,11 +1789,19 @@ mod tests {
     fn openapi_is_json_and_lists_every_api_route() {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        for (method, path, _) in ROUTES.iter().filter(|(_, p, _)| p.starts_with("/api/v1/") && *p != "/api/v1/openapi.json") {
+        for (method, path, _) in ROUTES
+            .iter()
+            .filter(|(_, p, _)| p.starts_with("/api/v1/") && *p != "/api/v1/openapi.json")
+        {
             let templ = path.replace("/alice", "/{name}").replace("/abc", "/{id}");
             let templ = templ.trim_start_matches("/api/v1");
-            let entry = paths.get(templ).unwrap_or_else(|| panic!("{templ} missing from openapi.json"));
-            assert!(entry.get(method.to_lowercase()).is_some(), "{method} {templ} missing from openapi.json");
+            let entry = paths
+                .get(templ)
+                .unwrap_or_else(|| panic!("{templ} missing from openapi.json"));
+            assert!(
+                entry.get(method.to_lowercase()).is_some(),
+                "{method} {templ} missing from openapi.json"
+            );
         }
     }
 
@@ -1417,7 +1815,10 @@ mod tests {
     #[test]
     fn cookies_and_dates() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; __Host-tsunagu_admin=tok; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-tsunagu_admin=tok; b=2"),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("tok"));
         assert_eq!(day_start_ms("2023-11-14").unwrap(), 1_699_920_000_000);
         assert!(day_start_ms("14/11/2023").is_err());

@@ -103,7 +103,15 @@ pub fn parse_ip_rules(text: &str) -> Result<Vec<IpRule>, OpError> {
 
 impl Ops {
     async fn audit(&self, actor: &Actor, action: &'static str, target: &str, detail: String) {
-        self.audit.record(Entry { actor: actor.name.clone(), action, target: target.to_string(), ip: actor.ip.clone(), detail }).await;
+        self.audit
+            .record(Entry {
+                actor: actor.name.clone(),
+                action,
+                target: target.to_string(),
+                ip: actor.ip.clone(),
+                detail,
+            })
+            .await;
     }
 
     async fn end_sessions(&self, name: &str) -> usize {
@@ -114,18 +122,33 @@ impl Ops {
     }
 
     /// Creates an operator after the name and password policies.
-    pub async fn create_operator(&self, actor: &Actor, name: &str, password: &str, permissions: PermissionSet) -> Result<(), OpError> {
+    pub async fn create_operator(
+        &self,
+        actor: &Actor,
+        name: &str,
+        password: &str,
+        permissions: PermissionSet,
+    ) -> Result<(), OpError> {
         accounts::validate_name(name)?;
         let hash = hash(password, &self.config).await?;
-        self.store.add_operator(name, &hash, permissions, crate::history::now_ms()).await?;
-        self.audit(actor, "operator_created", name, format!("permissions={permissions}")).await;
+        self.store
+            .add_operator(name, &hash, permissions, crate::history::now_ms())
+            .await?;
+        self.audit(actor, "operator_created", name, format!("permissions={permissions}"))
+            .await;
         Ok(())
     }
 
     /// Sets what the operator may ask for; applies at their next code.
     pub async fn set_permissions(&self, actor: &Actor, name: &str, permissions: PermissionSet) -> Result<(), OpError> {
         self.store.set_operator_permissions(name, permissions).await?;
-        self.audit(actor, "operator_permissions", name, format!("permissions={permissions}")).await;
+        self.audit(
+            actor,
+            "operator_permissions",
+            name,
+            format!("permissions={permissions}"),
+        )
+        .await;
         Ok(())
     }
 
@@ -136,7 +159,8 @@ impl Ops {
             return Err(OpError::Invalid("the session limit is 0 (none) to 10000".into()));
         }
         self.store.set_operator_max_sessions(name, max).await?;
-        self.audit(actor, "operator_max_sessions", name, format!("max_sessions={max}")).await;
+        self.audit(actor, "operator_max_sessions", name, format!("max_sessions={max}"))
+            .await;
         Ok(())
     }
 
@@ -153,7 +177,8 @@ impl Ops {
     pub async fn suspend(&self, actor: &Actor, name: &str) -> Result<usize, OpError> {
         self.store.set_operator_suspended(name, true).await?;
         let ended = self.end_sessions(name).await;
-        self.audit(actor, "operator_suspended", name, format!("sessions_ended={ended}")).await;
+        self.audit(actor, "operator_suspended", name, format!("sessions_ended={ended}"))
+            .await;
         Ok(ended)
     }
 
@@ -176,7 +201,8 @@ impl Ops {
     pub async fn rename(&self, actor: &Actor, name: &str, new_name: &str) -> Result<(), OpError> {
         accounts::validate_name(new_name)?;
         self.store.rename_operator(name, new_name).await?;
-        self.audit(actor, "operator_renamed", name, format!("new_name={new_name}")).await;
+        self.audit(actor, "operator_renamed", name, format!("new_name={new_name}"))
+            .await;
         Ok(())
     }
 
@@ -184,7 +210,8 @@ impl Ops {
     pub async fn delete(&self, actor: &Actor, name: &str) -> Result<(), OpError> {
         self.store.delete_operator(name).await?;
         let ended = self.end_sessions(name).await;
-        self.audit(actor, "operator_deleted", name, format!("sessions_ended={ended}")).await;
+        self.audit(actor, "operator_deleted", name, format!("sessions_ended={ended}"))
+            .await;
         Ok(())
     }
 
@@ -206,18 +233,23 @@ impl Ops {
     /// Requires (or not) a TOTP code at the operator's login.
     pub async fn require_operator_totp(&self, actor: &Actor, name: &str, required: bool) -> Result<(), OpError> {
         self.store.set_operator_totp_required(name, required).await?;
-        self.audit(actor, "operator_totp_required", name, format!("required={required}")).await;
+        self.audit(actor, "operator_totp_required", name, format!("required={required}"))
+            .await;
         Ok(())
     }
 
     /// Ends one live session at once.
     pub async fn end_session(&self, actor: &Actor, id: &str) -> Result<(), OpError> {
-        let session = self.shared.as_ref().and_then(|s| s.sessions.get(id).map(|e| e.value().clone()));
+        let session = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.sessions.get(id).map(|e| e.value().clone()));
         let Some(session) = session else {
             return Err(OpError::NotFound("no live session with this id".into()));
         };
         session.finish(tsunagu_proto::pb::EndReason::AdminEnded).await;
-        self.audit(actor, "session_ended", id, format!("operator={}", session.operator)).await;
+        self.audit(actor, "session_ended", id, format!("operator={}", session.operator))
+            .await;
         Ok(())
     }
 
