@@ -4,7 +4,7 @@
 //! length is checked against the configured maximum before any buffer is reserved for the
 //! body, so a hostile length prefix costs nothing.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use crate::limits::LENGTH_PREFIX;
@@ -112,11 +112,6 @@ pub fn encode_limited(frame: &Frame, max_frame: usize) -> Result<Bytes, FrameErr
         return Err(FrameError::TooLarge { len, max: max_frame });
     }
     encode(frame)
-}
-
-/// Advances past a frame's length prefix; exposed for readers that frame by hand.
-pub fn skip_prefix(buf: &mut impl Buf) {
-    buf.advance(LENGTH_PREFIX);
 }
 
 #[cfg(test)]

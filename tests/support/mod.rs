@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Once};
+use std::sync::Once;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -538,8 +538,6 @@ pub fn dir_contains(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         })
         .collect()
 }
-
-pub type Shared<T> = Arc<T>;
 
 // ---- Headless apps driven through the JSON-lines automation contract ----
 
