@@ -344,7 +344,7 @@ async fn guessing_is_throttled_per_address_and_globally() {
 
 #[tokio::test]
 async fn wrong_passwords_are_refused_and_throttled() {
-    let relay = TestRelay::start(|c| c.throttle.per_ip_burst = 2).await;
+    let relay = TestRelay::start(|c| c.login_throttle.per_ip_burst = 2).await;
     let cfg = relay.dial_config();
     let e = RawPeer::login(&cfg, "alice", "Wrong-pass-1").await.err().unwrap();
     assert_eq!(code_of(&e), ErrorCode::AuthFailed);

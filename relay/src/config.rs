@@ -20,7 +20,10 @@ pub struct Config {
     pub tls: TlsConfig,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// Wrong session codes.
     pub throttle: ThrottleConfig,
+    /// Wrong operator passwords and TOTP codes; the scope budget is per account.
+    pub login_throttle: ThrottleConfig,
     pub accounts: AccountsConfig,
     pub database: DatabaseConfig,
     pub admin: AdminConfig,
@@ -181,27 +184,59 @@ pub struct Limits {
     pub concurrent_logins: usize,
 }
 
-/// Guessing protection for session codes and logins.
+/// Guessing protection for session codes (`[throttle]`) and operator logins
+/// (`[login_throttle]`, where the scope budget is per account). See `throttle.rs` and the
+/// README for how the levels combine and the guessing arithmetic.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ThrottleConfig {
-    /// Wrong codes one IP address may send in a burst. Default 5.
+    /// Failures one IP address (IPv6: one /64) may have in a burst. Default 5.
     pub per_ip_burst: u32,
-    /// One more attempt is allowed per IP address every this long. Default 30 s.
+    /// One more attempt is allowed per address (and per prefix) every this long. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub per_ip_refill: Duration,
-    /// An IP address that exhausts its burst is refused for this long. Default 5 minutes.
+    /// An address that exhausts its burst is refused for this long. Default 5 minutes.
     #[serde(with = "humantime_serde")]
     pub per_ip_cooldown: Duration,
-    /// Wrong codes accepted from all addresses together per `global_window`; past it every
-    /// join is refused as throttled until the budget refills. Default 300.
+    /// Failures one network (IPv4 /24, IPv6 /48) may have in a burst within the scope.
+    /// Default 20 for codes (a few hosts of one office); 5 for logins, which makes the
+    /// lock-out per (account, network).
+    pub per_prefix_burst: u32,
+    /// A network that exhausts its burst is refused for this long. Default 15 minutes.
+    #[serde(with = "humantime_serde")]
+    pub per_prefix_cooldown: Duration,
+    /// The scope budget: failures from all addresses together per `global_window` (codes:
+    /// the whole relay; logins: one account). Default 300 for codes, 20 for logins. When it
+    /// is dry, only networks without a failure in `prefix_memory` may try, one attempt at a
+    /// time per network, after `dry_slowdown`.
     pub global_failures: u32,
     /// Default 1 hour.
     #[serde(with = "humantime_serde")]
     pub global_window: Duration,
-    /// IP addresses tracked at once; when full, new addresses share one bucket.
-    /// Default 100,000.
+    /// How long a network that failed stays marked (refused while the budget is dry).
+    /// Default 24 hours: each attacking network buys at most one extra guess a day.
+    #[serde(with = "humantime_serde")]
+    pub prefix_memory: Duration,
+    /// The wait before checking an attempt that passed on a clean network while the budget
+    /// is dry. Default 1 s for codes, 2 s for logins (the slow-down per account).
+    #[serde(with = "humantime_serde")]
+    pub dry_slowdown: Duration,
+    /// Addresses, networks and scopes tracked at once, each. When full, new addresses
+    /// share one bucket, and a network that cannot be tracked is not taken for clean.
+    /// Default 100,000 (a few MiB).
     pub max_tracked_ips: usize,
+}
+
+impl ThrottleConfig {
+    /// The defaults for operator logins.
+    pub fn logins() -> Self {
+        Self {
+            per_prefix_burst: 5,
+            global_failures: 20,
+            dry_slowdown: Duration::from_secs(2),
+            ..Self::default()
+        }
+    }
 }
 
 /// Password hashing for operator accounts.
@@ -228,6 +263,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             throttle: ThrottleConfig::default(),
+            login_throttle: ThrottleConfig::logins(),
             accounts: AccountsConfig::default(),
             database: DatabaseConfig::default(),
             admin: AdminConfig::default(),
@@ -283,8 +319,12 @@ impl Default for ThrottleConfig {
             per_ip_burst: 5,
             per_ip_refill: Duration::from_secs(30),
             per_ip_cooldown: Duration::from_secs(300),
+            per_prefix_burst: 20,
+            per_prefix_cooldown: Duration::from_secs(15 * 60),
             global_failures: 300,
             global_window: Duration::from_secs(3600),
+            prefix_memory: DAY,
+            dry_slowdown: Duration::from_secs(1),
             max_tracked_ips: 100_000,
         }
     }
@@ -413,12 +453,22 @@ impl Config {
                 "must be at least 1 (one frame always fits an empty queue)",
             );
         }
-        let th = &self.throttle;
-        if th.per_ip_burst == 0 || th.global_failures == 0 {
-            return invalid("throttle", "per_ip_burst and global_failures must be at least 1");
-        }
-        if th.per_ip_refill.is_zero() || th.global_window.is_zero() {
-            return invalid("throttle", "per_ip_refill and global_window must be longer than zero");
+        for (name, th) in [("throttle", &self.throttle), ("login_throttle", &self.login_throttle)] {
+            if th.per_ip_burst == 0 || th.per_prefix_burst == 0 || th.global_failures == 0 {
+                return invalid(
+                    name,
+                    "per_ip_burst, per_prefix_burst and global_failures must be at least 1",
+                );
+            }
+            if th.per_ip_refill.is_zero() || th.global_window.is_zero() || th.prefix_memory.is_zero() {
+                return invalid(
+                    name,
+                    "per_ip_refill, global_window and prefix_memory must be longer than zero",
+                );
+            }
+            if th.max_tracked_ips == 0 {
+                return invalid(name, "max_tracked_ips must be at least 1");
+            }
         }
         if self.accounts.argon2_memory_kib < 8 || self.accounts.argon2_iterations == 0 {
             return invalid(

@@ -28,7 +28,7 @@ use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::session::{Role, Session};
 use crate::store::Store;
-use crate::throttle::{Throttle, Verdict};
+use crate::throttle::{Scope, Throttle, Throttled};
 use crate::tls::ServerCerts;
 
 type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;
@@ -64,7 +64,8 @@ pub struct Shared {
     pub live: LiveMap,
     join_throttle: Mutex<Throttle>,
     login_throttle: Mutex<Throttle>,
-    login_slots: Semaphore,
+    /// Every argon2 computation of the process goes through this bounded pool.
+    pub verifier: crate::verifier::Verifier,
     pub(crate) connection_slots: Arc<Semaphore>,
     dummy_hash: String,
     acceptor: TlsAcceptor,
@@ -123,8 +124,14 @@ impl Relay {
             operator_totp: Default::default(),
             live,
             join_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
-            login_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
-            login_slots: Semaphore::new(config.limits.concurrent_logins),
+            login_throttle: Mutex::new(Throttle::new(config.login_throttle.clone(), now)),
+            // A login waits at most the greeting timeout for a worker; at most 16 wait per
+            // worker, beyond that the answer is `Busy` at once.
+            verifier: crate::verifier::Verifier::new(
+                config.limits.concurrent_logins,
+                config.limits.concurrent_logins * 16,
+                config.timeouts.greeting,
+            ),
             connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             dummy_hash: accounts::dummy_hash(&config.accounts),
             acceptor,
@@ -430,14 +437,11 @@ async fn refuse(writer: &mut Writer, e: &TransportError) {
     let _ = writer.send(&error_frame(code, msg)).await;
 }
 
-fn throttled(verdict: Verdict) -> Option<String> {
-    match verdict {
-        Verdict::Allowed => None,
-        Verdict::Throttled { retry_after } => Some(format!(
-            "too many failed attempts; try again in {} s",
-            retry_after.as_secs().max(1)
-        )),
-    }
+fn throttled_message(t: Throttled) -> String {
+    format!(
+        "too many failed attempts; try again in {} s",
+        t.retry_after.as_secs().max(1)
+    )
 }
 
 async fn operator_connection(
@@ -449,29 +453,58 @@ async fn operator_connection(
     login: pb::Login,
 ) {
     let ip = peer.ip();
-    let verdict = lock(&shared.login_throttle).check(ip, Instant::now());
-    if let Some(msg) = throttled(verdict) {
-        let _ = writer.send(&error_frame(ErrorCode::Throttled, msg)).await;
-        return;
+    // The attempt takes its token before the password or TOTP code is checked, so a burst
+    // of parallel logins gets no more real checks than the budget holds.
+    let ticket = {
+        let mut throttle = lock(&shared.login_throttle);
+        let scope = throttle.account(&login.user);
+        throttle.reserve(scope, ip, Instant::now())
+    };
+    let ticket = match ticket {
+        Ok(t) => t,
+        Err(t) => {
+            tracing::info!(%peer, "operator login refused: throttled");
+            let _ = writer
+                .send(&error_frame(ErrorCode::Throttled, throttled_message(t)))
+                .await;
+            return;
+        }
+    };
+    if !ticket.delay.is_zero() {
+        tokio::time::sleep(ticket.delay).await;
     }
-    let record = match authenticate(&shared, &login, ip).await {
+    let result = authenticate(&shared, &login, ip).await;
+    {
+        let mut throttle = lock(&shared.login_throttle);
+        match &result {
+            Err(e) if e.code == ErrorCode::AuthFailed => throttle.failed(ticket, Instant::now()),
+            // A right password (even for a suspended account) and a check that could not
+            // run cost the source nothing.
+            Ok(_) | Err(_) => throttle.refund(ticket, Instant::now()),
+        }
+    }
+    let record = match result {
         Ok(r) => r,
-        Err((code, msg)) => {
-            if code == ErrorCode::AuthFailed {
-                lock(&shared.login_throttle).record_failure(ip, Instant::now());
-            }
+        Err(e) => {
             tracing::info!(%peer, "operator login refused");
+            // A name that matches no account may be a password typed into the wrong field:
+            // it is never written down.
+            let (actor, target) = if e.account_known {
+                (format!("operator:{}", login.user), login.user.clone())
+            } else {
+                ("operator:(unknown account)".to_string(), String::new())
+            };
             shared
                 .audit
                 .record(audit::Entry {
-                    actor: format!("operator:{}", login.user),
+                    actor,
                     action: "operator_login_failed",
-                    target: login.user.clone(),
+                    target,
                     ip: ip.to_string(),
-                    detail: format!("error={}", tsunagu_proto::types::error_code_name(code)),
+                    detail: format!("error={}", tsunagu_proto::types::error_code_name(e.code)),
                 })
                 .await;
-            let _ = writer.send(&error_frame(code, msg)).await;
+            let _ = writer.send(&error_frame(e.code, e.message)).await;
             return;
         }
     };
@@ -647,57 +680,88 @@ async fn check_code_issue(
     Ok(record)
 }
 
+/// Why a login was refused, and whether the name matched an account (which decides what
+/// the audit trail may record).
+struct LoginError {
+    code: ErrorCode,
+    message: String,
+    account_known: bool,
+}
+
+impl LoginError {
+    fn new(code: ErrorCode, message: &str, account_known: bool) -> Self {
+        Self {
+            code,
+            message: message.to_string(),
+            account_known,
+        }
+    }
+}
+
+/// Checks an operator's password (through the bounded verifier pool) and second factor,
+/// then suspension and IP rules.
 async fn authenticate(
     shared: &Shared,
     login: &pb::Login,
     ip: IpAddr,
-) -> Result<crate::store::OperatorRecord, (ErrorCode, String)> {
-    let failed = || (ErrorCode::AuthFailed, "wrong user name or password".to_string());
+) -> Result<crate::store::OperatorRecord, LoginError> {
+    let failed = |known| LoginError::new(ErrorCode::AuthFailed, "wrong user name or password", known);
     if login.user.len() > tsunagu_proto::limits::MAX_USER_NAME
         || login.password.len() > tsunagu_proto::limits::MAX_PASSWORD
     {
-        return Err(failed());
+        return Err(failed(false));
     }
-    let permit = tokio::time::timeout(shared.config.timeouts.greeting, shared.login_slots.acquire())
-        .await
-        .map_err(|_| (ErrorCode::Busy, "the relay is busy; try again shortly".to_string()))?
-        .map_err(|_| (ErrorCode::Internal, "the relay is shutting down".to_string()))?;
     let record = shared.store.operator(&login.user).await.map_err(|e| {
         tracing::error!(error = %e, "account lookup failed");
-        (ErrorCode::Internal, "the relay could not check the account".to_string())
+        LoginError::new(ErrorCode::Internal, "the relay could not check the account", false)
     })?;
+    let known = record.is_some();
     let hash = record
         .as_ref()
         .map(|r| r.password_hash.clone())
         .unwrap_or_else(|| shared.dummy_hash.clone());
-    let password = login.password.clone();
-    let ok = tokio::task::spawn_blocking(move || accounts::verify_password(&password, &hash))
+    let ok = shared
+        .verifier
+        .verify(login.password.clone(), hash)
         .await
-        .unwrap_or(false);
-    drop(permit);
-    match record {
-        Some(r) if ok && r.suspended => Err((ErrorCode::Forbidden, "this operator account is suspended".to_string())),
-        Some(r) if ok && !crate::store::ip_allowed(&r.ip_rules, ip) => Err((
+        .map_err(|_| LoginError::new(ErrorCode::Busy, "the relay is busy; try again shortly", known))?;
+    let Some(r) = record.filter(|_| ok) else {
+        return Err(failed(known));
+    };
+    if r.suspended {
+        return Err(LoginError::new(
             ErrorCode::Forbidden,
-            "this operator may not log in from this address".to_string(),
-        )),
-        Some(r) if ok && r.totp_required => match &r.totp_secret {
-            None => Err((
-                ErrorCode::Forbidden,
-                "the admin requires a TOTP code but none is enrolled for this operator".to_string(),
-            )),
-            Some(secret)
-                if shared
-                    .operator_totp
-                    .accept(&r.name, secret, &login.totp, crate::totp::now_secs()) =>
-            {
-                Ok(r)
-            }
-            Some(_) => Err((ErrorCode::AuthFailed, "wrong or missing TOTP code".to_string())),
-        },
-        Some(r) if ok => Ok(r),
-        _ => Err(failed()),
+            "this operator account is suspended",
+            true,
+        ));
     }
+    if !crate::store::ip_allowed(&r.ip_rules, ip) {
+        return Err(LoginError::new(
+            ErrorCode::Forbidden,
+            "this operator may not log in from this address",
+            true,
+        ));
+    }
+    if r.totp_required {
+        let Some(secret) = &r.totp_secret else {
+            return Err(LoginError::new(
+                ErrorCode::Forbidden,
+                "the admin requires a TOTP code but none is enrolled for this operator",
+                true,
+            ));
+        };
+        if !shared
+            .operator_totp
+            .accept(&r.name, secret, &login.totp, crate::totp::now_secs())
+        {
+            return Err(LoginError::new(
+                ErrorCode::AuthFailed,
+                "wrong or missing TOTP code",
+                true,
+            ));
+        }
+    }
+    Ok(r)
 }
 
 async fn client_connection(
@@ -709,13 +773,22 @@ async fn client_connection(
     join: pb::Join,
 ) {
     let ip: IpAddr = peer.ip();
-    let now = Instant::now();
-    let verdict = lock(&shared.join_throttle).check(ip, now);
-    if let Some(msg) = throttled(verdict) {
-        tracing::info!(%peer, "join refused: throttled");
-        let _ = writer.send(&error_frame(ErrorCode::Throttled, msg)).await;
-        return;
+    // The attempt takes its token before the code is looked at (see `throttle`).
+    let ticket = lock(&shared.join_throttle).reserve(Scope::CODES, ip, Instant::now());
+    let ticket = match ticket {
+        Ok(t) => t,
+        Err(t) => {
+            tracing::info!(%peer, "join refused: throttled");
+            let _ = writer
+                .send(&error_frame(ErrorCode::Throttled, throttled_message(t)))
+                .await;
+            return;
+        }
+    };
+    if !ticket.delay.is_zero() {
+        tokio::time::sleep(ticket.delay).await;
     }
+    let now = Instant::now();
     let refused = |code: ErrorCode, msg: &str| (code, msg.to_string());
     let taken = match SessionCode::parse(&join.code) {
         Err(_) => Err(refused(ErrorCode::BadCode, "a session code has 8 digits")),
@@ -735,9 +808,12 @@ async fn client_connection(
         }),
     };
     let session = match taken {
-        Ok(s) => s,
+        Ok(s) => {
+            lock(&shared.join_throttle).succeeded(ticket, now);
+            s
+        }
         Err((code, msg)) => {
-            lock(&shared.join_throttle).record_failure(ip, now);
+            lock(&shared.join_throttle).failed(ticket, now);
             tracing::info!(%peer, error = tsunagu_proto::types::error_code_name(code), "join refused");
             shared
                 .audit
