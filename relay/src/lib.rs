@@ -7,6 +7,7 @@
 //! * [`queue`]: bounded outbound queues (drop-oldest screen, back-pressured data).
 //! * [`directory`]: live and recently used session codes.
 //! * [`throttle`]: guessing protection for codes and logins.
+//! * [`connlimit`]: connection caps per source and per pool, on every listener.
 //! * [`accounts`], [`store`], [`history`]: operator accounts and the connection history.
 //! * [`totp`], [`audit`]: second factors; the hash-chained audit trail.
 //! * [`admin`]: the HTTPS admin console, its REST API, and the operations both share with
@@ -16,6 +17,7 @@ pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod connlimit;
 pub mod directory;
 pub mod history;
 pub mod policy;
