@@ -22,6 +22,7 @@ use tsunagu_proto::{PermissionSet, SessionCode};
 use crate::accounts;
 use crate::audit::{self, Audit};
 use crate::config::Config;
+use crate::connlimit::{ConnLimiter, ConnLimits, ConnPermit};
 use crate::directory::{Directory, JoinRefusal};
 use crate::history::{self, now_ms, HistoryEvent, HistorySink, LiveMap};
 use crate::policy::Policy;
@@ -65,7 +66,8 @@ pub struct Shared {
     join_throttle: Mutex<Throttle>,
     login_throttle: Mutex<Throttle>,
     login_slots: Semaphore,
-    pub(crate) connection_slots: Arc<Semaphore>,
+    /// Connection caps of the endpoint listeners (the console has its own).
+    pub(crate) connections: ConnLimiter,
     dummy_hash: String,
     acceptor: TlsAcceptor,
 }
@@ -125,7 +127,7 @@ impl Relay {
             join_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
             login_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
             login_slots: Semaphore::new(config.limits.concurrent_logins),
-            connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            connections: ConnLimiter::new(ConnLimits::endpoints(&config.limits), "relay"),
             dummy_hash: accounts::dummy_hash(&config.accounts),
             acceptor,
             config,
@@ -326,16 +328,14 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16, mut 
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let Ok(permit) = shared.connection_slots.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "connection limit reached; refused a connection");
+                // The slot is taken before any work (TLS) is done; refusals are logged as
+                // counts by the limiter.
+                let Ok(permit) = shared.connections.try_admit(peer.ip(), Instant::now()) else {
                     drop(tcp);
                     continue;
                 };
                 let shared = shared.clone();
-                tokio::spawn(async move {
-                    handle_connection(shared, tcp, peer, port).await;
-                    drop(permit);
-                });
+                tokio::spawn(handle_connection(shared, tcp, peer, port, permit));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -346,8 +346,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16, mut 
     }
 }
 
-/// Everything one connection goes through, from TLS handshake to the end of its session.
-async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, port: u16) {
+/// Everything one connection goes through, from TLS handshake to the end of its session;
+/// `permit` holds its connection slot until then.
+async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, port: u16, permit: ConnPermit) {
     let _ = tcp.set_nodelay(true);
     let t = &shared.config.timeouts;
     let tls = match tokio::time::timeout(t.handshake, shared.acceptor.accept(tcp)).await {
@@ -382,8 +383,8 @@ async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         }
     };
     match first {
-        Some(Body::Login(login)) => operator_connection(shared, reader, writer, peer, port, login).await,
-        Some(Body::Join(join)) => client_connection(shared, reader, writer, peer, port, join).await,
+        Some(Body::Login(login)) => operator_connection(shared, reader, writer, peer, port, login, permit).await,
+        Some(Body::Join(join)) => client_connection(shared, reader, writer, peer, port, join, permit).await,
         _ => {
             let _ = writer
                 .send(&error_frame(ErrorCode::Protocol, "expected Login or Join"))
@@ -447,6 +448,7 @@ async fn operator_connection(
     peer: SocketAddr,
     port: u16,
     login: pb::Login,
+    mut permit: ConnPermit,
 ) {
     let ip = peer.ip();
     let verdict = lock(&shared.login_throttle).check(ip, Instant::now());
@@ -475,6 +477,8 @@ async fn operator_connection(
             return;
         }
     };
+    // Logged in: the connection leaves the unauthenticated pool.
+    permit.authenticated();
     let operator = record.name.clone();
     tracing::info!(%peer, %operator, "operator logged in");
     shared
@@ -707,6 +711,7 @@ async fn client_connection(
     peer: SocketAddr,
     port: u16,
     join: pb::Join,
+    mut permit: ConnPermit,
 ) {
     let ip: IpAddr = peer.ip();
     let now = Instant::now();
@@ -753,6 +758,8 @@ async fn client_connection(
             return;
         }
     };
+    // The code was taken: the connection leaves the unauthenticated pool.
+    permit.authenticated();
     let host = clean_host_name(&join.host_name);
     let limits = &shared.config.limits;
     let client_q = OutQueue::new(
