@@ -88,10 +88,10 @@ impl RelayUnderTest {
         let data = dir.path().join("data");
         let config = dir.path().join("relay.toml");
         // Cheap password hashing so thousands of logins do not dominate the run, and room
-        // for every connection the scenarios open.
+        // for every connection the scenarios open (all from one address, 127.0.0.1).
         std::fs::write(
             &config,
-            "[accounts]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[limits]\nmax_connections = 100000\nconcurrent_logins = 8\n[timeouts]\nidle = \"10m\"\nkeepalive = \"5m\"\n",
+            "[accounts]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[limits]\nmax_connections = 100000\nmax_unauthenticated = 100000\nmax_connections_per_source = 100000\nmax_unauthenticated_per_source = 100000\nconcurrent_logins = 8\n[timeouts]\nidle = \"10m\"\nkeepalive = \"5m\"\n",
         )?;
         let mut add = Command::new(bin)
             .args(["operator", "add", "load"])

@@ -83,7 +83,8 @@ impl Counts {
 fn roomy(c: &mut tsunagu_relay::Config) {
     // Two hundred connections from one address are the attack under test here; the
     // per-address connection cap (tested on its own) would otherwise refuse most of them.
-    c.limits.max_connections = 20_000;
+    c.limits.max_connections_per_source = 1_000;
+    c.limits.max_unauthenticated_per_source = 1_000;
 }
 
 #[tokio::test]

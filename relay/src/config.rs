@@ -94,6 +94,13 @@ pub struct AdminConfig {
     /// An HTTP request (headers and body) must arrive within this. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Console connections open at once, in a pool of their own (the endpoint listeners'
+    /// floods cannot take it, nor the other way round). Default 256: a browser opens about
+    /// six connections per admin, so this serves dozens of admins at once.
+    pub max_connections: usize,
+    /// Console connections one source (an IPv4 address, an IPv6 /64) holds at once.
+    /// Default 32: a few admins' browsers behind one NAT address.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for AdminConfig {
@@ -106,6 +113,8 @@ impl Default for AdminConfig {
             lockout_after: 5,
             lockout: Duration::from_secs(15 * 60),
             request_timeout: Duration::from_secs(30),
+            max_connections: 256,
+            max_connections_per_source: 32,
         }
     }
 }
@@ -169,8 +178,25 @@ pub struct Timeouts {
 pub struct Limits {
     /// Largest frame accepted, in bytes. Default 1 MiB.
     pub max_frame: usize,
-    /// Connections open at once (all listeners); more are refused at accept. Default 20,000.
+    /// Connections open at once (all endpoint listeners together, logged in or not); more
+    /// are refused at accept. Default 20,000.
     pub max_connections: usize,
+    /// Of `max_connections`, how many may not have logged in or joined yet; more are refused
+    /// at accept, so strangers can never hold the slots live sessions need. Default 2,000
+    /// (an honest connection is unauthenticated for well under a second, so this covers
+    /// bursts of thousands of logins and joins per second; a flood needs 2,000 /
+    /// `max_unauthenticated_per_source` addresses to fill it). Values above
+    /// `max_connections` act as `max_connections`.
+    pub max_unauthenticated: usize,
+    /// Connections one source (an IPv4 address, an IPv6 /64) holds at once on the endpoint
+    /// listeners. Default 64: a support desk of a few dozen operators behind one NAT
+    /// address, each with a live session; raise it for larger desks behind one address.
+    pub max_connections_per_source: usize,
+    /// Connections one source holds before they log in or join. Default 16: a desk behind
+    /// one NAT address whose people all connect in the same second; one address alone then
+    /// holds under 1 % of `max_unauthenticated`. Values above `max_connections_per_source`
+    /// act as `max_connections_per_source`.
+    pub max_unauthenticated_per_source: usize,
     /// Screen frames queued for a slow operator; past this the oldest is dropped.
     /// Default 4 (a few frames of latency at 30 frames/s).
     pub screen_queue_frames: usize,
@@ -305,6 +331,9 @@ impl Default for Limits {
         Self {
             max_frame: tsunagu_proto::limits::DEFAULT_MAX_FRAME,
             max_connections: 20_000,
+            max_unauthenticated: 2_000,
+            max_connections_per_source: 64,
+            max_unauthenticated_per_source: 16,
             screen_queue_frames: 4,
             data_queue_bytes: 256 * 1024,
             control_queue_frames: 256,
@@ -444,6 +473,23 @@ impl Config {
         if l.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1");
         }
+        for (name, n) in [
+            ("limits.max_unauthenticated", l.max_unauthenticated),
+            ("limits.max_connections_per_source", l.max_connections_per_source),
+            (
+                "limits.max_unauthenticated_per_source",
+                l.max_unauthenticated_per_source,
+            ),
+            ("admin.max_connections", self.admin.max_connections),
+            (
+                "admin.max_connections_per_source",
+                self.admin.max_connections_per_source,
+            ),
+        ] {
+            if n == 0 {
+                return invalid(name, "must be at least 1, or no connection could ever be accepted");
+            }
+        }
         if l.screen_queue_frames == 0 || l.control_queue_frames == 0 || l.concurrent_logins == 0 {
             return invalid("limits", "queue sizes and concurrent_logins must be at least 1");
         }
@@ -513,5 +559,44 @@ mod tests {
         let bad: Config = toml::from_str("[timeouts]\nkeepalive = \"60s\"\nidle = \"30s\"").unwrap();
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("timeouts.keepalive"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_are_read_and_validated() {
+        let c: Config = toml::from_str(
+            "[limits]\nmax_unauthenticated = 10\nmax_connections_per_source = 4\nmax_unauthenticated_per_source = 2\n\
+             [admin]\nmax_connections = 20\nmax_connections_per_source = 3\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (
+                c.limits.max_unauthenticated,
+                c.limits.max_connections_per_source,
+                c.limits.max_unauthenticated_per_source
+            ),
+            (10, 4, 2)
+        );
+        assert_eq!((c.admin.max_connections, c.admin.max_connections_per_source), (20, 3));
+        for (text, setting) in [
+            ("[limits]\nmax_unauthenticated = 0", "limits.max_unauthenticated"),
+            (
+                "[limits]\nmax_connections_per_source = 0",
+                "limits.max_connections_per_source",
+            ),
+            (
+                "[limits]\nmax_unauthenticated_per_source = 0",
+                "limits.max_unauthenticated_per_source",
+            ),
+            ("[admin]\nmax_connections = 0", "admin.max_connections"),
+            (
+                "[admin]\nmax_connections_per_source = 0",
+                "admin.max_connections_per_source",
+            ),
+        ] {
+            let bad: Config = toml::from_str(text).unwrap();
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(setting), "{err}");
+        }
     }
 }

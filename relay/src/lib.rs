@@ -7,6 +7,7 @@
 //! * [`queue`]: bounded outbound queues (drop-oldest screen, back-pressured data).
 //! * [`directory`]: live and recently used session codes.
 //! * [`throttle`]: guessing protection for codes and logins.
+//! * [`connlimit`]: connection caps per source and per pool, on every listener.
 //! * [`accounts`], [`store`], [`history`]: operator accounts and the connection history.
 //! * [`totp`], [`audit`]: second factors; the hash-chained audit trail.
 //! * [`verifier`]: the one bounded pool every argon2 computation goes through.
@@ -17,6 +18,7 @@ pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod connlimit;
 pub mod directory;
 pub mod history;
 pub mod policy;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -22,6 +22,7 @@ use tsunagu_proto::{PermissionSet, SessionCode};
 use crate::accounts;
 use crate::audit::{self, Audit};
 use crate::config::Config;
+use crate::connlimit::{ConnLimiter, ConnLimits, ConnPermit};
 use crate::directory::{Directory, JoinRefusal};
 use crate::history::{self, now_ms, HistoryEvent, HistorySink, LiveMap};
 use crate::policy::Policy;
@@ -66,7 +67,8 @@ pub struct Shared {
     login_throttle: Mutex<Throttle>,
     /// Every argon2 computation of the process goes through this bounded pool.
     pub verifier: crate::verifier::Verifier,
-    pub(crate) connection_slots: Arc<Semaphore>,
+    /// Connection caps of the endpoint listeners (the console has its own).
+    pub(crate) connections: ConnLimiter,
     dummy_hash: String,
     acceptor: TlsAcceptor,
 }
@@ -132,7 +134,7 @@ impl Relay {
                 config.limits.concurrent_logins * 16,
                 config.timeouts.greeting,
             ),
-            connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            connections: ConnLimiter::new(ConnLimits::endpoints(&config.limits), "relay"),
             dummy_hash: accounts::dummy_hash(&config.accounts),
             acceptor,
             config,
@@ -333,16 +335,14 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16, mut 
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let Ok(permit) = shared.connection_slots.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "connection limit reached; refused a connection");
+                // The slot is taken before any work (TLS) is done; refusals are logged as
+                // counts by the limiter.
+                let Ok(permit) = shared.connections.try_admit(peer.ip(), Instant::now()) else {
                     drop(tcp);
                     continue;
                 };
                 let shared = shared.clone();
-                tokio::spawn(async move {
-                    handle_connection(shared, tcp, peer, port).await;
-                    drop(permit);
-                });
+                tokio::spawn(handle_connection(shared, tcp, peer, port, permit));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -353,8 +353,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16, mut 
     }
 }
 
-/// Everything one connection goes through, from TLS handshake to the end of its session.
-async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, port: u16) {
+/// Everything one connection goes through, from TLS handshake to the end of its session;
+/// `permit` holds its connection slot until then.
+async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, port: u16, permit: ConnPermit) {
     let _ = tcp.set_nodelay(true);
     let t = &shared.config.timeouts;
     let tls = match tokio::time::timeout(t.handshake, shared.acceptor.accept(tcp)).await {
@@ -389,8 +390,8 @@ async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         }
     };
     match first {
-        Some(Body::Login(login)) => operator_connection(shared, reader, writer, peer, port, login).await,
-        Some(Body::Join(join)) => client_connection(shared, reader, writer, peer, port, join).await,
+        Some(Body::Login(login)) => operator_connection(shared, reader, writer, peer, port, login, permit).await,
+        Some(Body::Join(join)) => client_connection(shared, reader, writer, peer, port, join, permit).await,
         _ => {
             let _ = writer
                 .send(&error_frame(ErrorCode::Protocol, "expected Login or Join"))
@@ -451,6 +452,7 @@ async fn operator_connection(
     peer: SocketAddr,
     port: u16,
     login: pb::Login,
+    mut permit: ConnPermit,
 ) {
     let ip = peer.ip();
     // The attempt takes its token before the password or TOTP code is checked, so a burst
@@ -508,6 +510,8 @@ async fn operator_connection(
             return;
         }
     };
+    // Logged in: the connection leaves the unauthenticated pool.
+    permit.authenticated();
     let operator = record.name.clone();
     tracing::info!(%peer, %operator, "operator logged in");
     shared
@@ -771,6 +775,7 @@ async fn client_connection(
     peer: SocketAddr,
     port: u16,
     join: pb::Join,
+    mut permit: ConnPermit,
 ) {
     let ip: IpAddr = peer.ip();
     // The attempt takes its token before the code is looked at (see `throttle`).
@@ -829,6 +834,8 @@ async fn client_connection(
             return;
         }
     };
+    // The code was taken: the connection leaves the unauthenticated pool.
+    permit.authenticated();
     let host = clean_host_name(&join.host_name);
     let limits = &shared.config.limits;
     let client_q = OutQueue::new(

@@ -211,6 +211,8 @@ async fn accept_loop(
 ) {
     let handshake = shared.config.timeouts.handshake;
     let request_timeout = shared.config.admin.request_timeout;
+    let console_connections =
+        crate::connlimit::ConnLimiter::new(crate::connlimit::ConnLimits::console(&shared.config.admin), "console");
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -224,7 +226,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = shared.connection_slots.clone().try_acquire_owned() else {
+        // The console's own pool and per-source cap, taken before the TLS handshake.
+        let Ok(permit) = console_connections.try_admit(peer.ip(), Instant::now()) else {
             drop(tcp);
             continue;
         };
