@@ -566,7 +566,7 @@ async fn operator_connection(
     let policy = Policy::new(requested, record.permissions, Instant::now(), t.code_ttl, t.consent);
     let issued = shared
         .directory
-        .issue(|code| Session::new(shared.clone(), operator.clone(), code, policy, operator_q.clone()));
+        .issue(|code| Session::new(shared.clone(), operator.clone(), peer, code, policy, operator_q.clone()));
     let (code, session) = match issued {
         Ok(x) => x,
         Err(e) => {
