@@ -293,6 +293,8 @@ async fn suspension_ends_live_sessions_within_a_second_and_blocks_login_and_code
         .err()
         .expect("denied address");
     assert_eq!(e.code(), ErrorCode::Forbidden);
+    // Live sessions follow the rules too: the code `again` holds from 127.0.0.1 dies.
+    assert_eq!(again.expect_ended().await, EndReason::AdminEnded);
     web.post_form(
         "/operators/alice/ip-rules",
         &[("csrf", &csrf), ("rules", "allow 10.0.0.0/8")],
@@ -307,7 +309,9 @@ async fn suspension_ends_live_sessions_within_a_second_and_blocks_login_and_code
         &[("csrf", &csrf), ("rules", "allow 127.0.0.1\ndeny 0.0.0.0/0")],
     )
     .await;
-    // Max concurrent sessions: `again` holds one live code.
+    // Max concurrent sessions: `holder` holds one live code.
+    let mut holder = RawPeer::login(&cfg, "alice", PASSWORD).await.expect("allowed address");
+    assert!(holder.request_code(&["view"]).await.is_ok());
     web.post_form("/operators/alice/limits", &[("csrf", &csrf), ("max_sessions", "1")])
         .await;
     let mut third = RawPeer::login(&cfg, "alice", PASSWORD).await.expect("allowed address");
@@ -345,7 +349,7 @@ async fn suspension_ends_live_sessions_within_a_second_and_blocks_login_and_code
             "{action} missing from the audit trail"
         );
     }
-    drop((op, client, early, again, third));
+    drop((op, client, early, again, holder, third));
     relay.relay.shutdown().await;
 }
 

@@ -45,6 +45,12 @@ pub struct DatabaseConfig {
     /// How often the purge job runs. Default 1 hour.
     #[serde(with = "humantime_serde")]
     pub purge_interval: Duration,
+    /// How often the relay re-reads the accounts of operators with live sessions, to apply
+    /// to those sessions what another process (the CLI, another node) changed: suspension,
+    /// deletion, permissions, IP rules. Changes made through this relay's console or API
+    /// apply at once. Default 30 s; 100 ms to 1 hour.
+    #[serde(with = "humantime_serde")]
+    pub account_poll: Duration,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -55,6 +61,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("schema", &self.schema)
             .field("retention", &self.retention)
             .field("purge_interval", &self.purge_interval)
+            .field("account_poll", &self.account_poll)
             .finish()
     }
 }
@@ -66,6 +73,9 @@ impl Default for DatabaseConfig {
             schema: None,
             retention: 90 * DAY,
             purge_interval: Duration::from_secs(3600),
+            // Bounds how long a CLI suspension or permission change leaves a live session
+            // as it was, at one account read per operator with sessions each time.
+            account_poll: Duration::from_secs(30),
         }
     }
 }
@@ -434,6 +444,13 @@ impl Config {
         if self.database.purge_interval < Duration::from_secs(60) {
             return invalid("database.purge_interval", "must be at least one minute");
         }
+        // Below 100 ms the reads load the database for nothing; past an hour a suspension
+        // made with the CLI would leave sessions running far too long.
+        if self.database.account_poll < Duration::from_millis(100)
+            || self.database.account_poll > Duration::from_secs(3600)
+        {
+            return invalid("database.account_poll", "must be between 100ms and 1h");
+        }
         if self.admin.lockout_after == 0 {
             return invalid("admin.lockout_after", "must be at least 1");
         }
@@ -559,6 +576,16 @@ mod tests {
         let bad: Config = toml::from_str("[timeouts]\nkeepalive = \"60s\"\nidle = \"30s\"").unwrap();
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("timeouts.keepalive"), "{err}");
+
+        let c: Config = toml::from_str("[database]\naccount_poll = \"5s\"").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.database.account_poll, Duration::from_secs(5));
+        assert_eq!(Config::default().database.account_poll, Duration::from_secs(30));
+        for bad in ["0s", "10ms", "2h"] {
+            let c: Config = toml::from_str(&format!("[database]\naccount_poll = \"{bad}\"")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("database.account_poll"), "{bad}: {err}");
+        }
     }
 
     #[test]

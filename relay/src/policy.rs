@@ -68,6 +68,8 @@ struct Transfer {
 /// A finished (or refused) transfer, for the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRecord {
+    /// The sender's transfer id.
+    pub id: u32,
     pub name: String,
     pub size: u64,
     pub direction: Direction,
@@ -149,6 +151,59 @@ pub struct Counters {
     pub bytes_to_operator: u64,
     pub pauses: u32,
     pub dropped_frames: u64,
+}
+
+/// Every (way, channel) pair that can carry traffic, in a fixed order: the bit positions of
+/// [`Flows`].
+const FLOW_PAIRS: [(Direction, Channel); 7] = [
+    (Direction::ToClient, Channel::Input),
+    (Direction::ToClient, Channel::ScreenFeedback),
+    (Direction::ToOperator, Channel::Screen),
+    (Direction::ToClient, Channel::Chat),
+    (Direction::ToOperator, Channel::Chat),
+    (Direction::ToClient, Channel::File),
+    (Direction::ToOperator, Channel::File),
+];
+
+/// Which traffic a session lets through at one moment, channel by channel and way by way.
+/// Comparing two snapshots tells which frames already queued a change has made stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flows(u8);
+
+impl Flows {
+    /// Whether frames on `channel` may travel `direction`.
+    pub fn allows(self, direction: Direction, channel: Channel) -> bool {
+        FLOW_PAIRS
+            .iter()
+            .position(|p| *p == (direction, channel))
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+
+    /// What flowed in `earlier` and no longer flows in `self`.
+    pub fn stopped_since(self, earlier: Flows) -> Vec<(Direction, Channel)> {
+        FLOW_PAIRS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| earlier.0 & (1 << i) != 0 && self.0 & (1 << i) == 0)
+            .map(|(_, p)| *p)
+            .collect()
+    }
+}
+
+/// What a change of grants or client switches did, for the session to carry out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    /// The grants or switches changed: both peers are told the new state.
+    pub changed: bool,
+    /// Traffic that flowed before and no longer does: frames of these already queued are
+    /// withdrawn before the new state is sent.
+    pub stopped: Vec<(Direction, Channel)>,
+    /// Transfers closed because files no longer flow (recorded as cancelled; both sides are
+    /// told).
+    pub closed: Vec<FileRecord>,
+    /// The admin left the session nothing it may do (nothing asked before consent, nothing
+    /// granted after): the session ends.
+    pub emptied: bool,
 }
 
 /// One session's rules and state.
@@ -240,19 +295,85 @@ impl Policy {
         ConsentOutcome::Granted(granted)
     }
 
-    /// The client reported its switches and any permissions it withdraws. Returns whether
-    /// anything changed (then both peers are told the new state).
-    pub fn client_state(&mut self, modes: ClientModes, revoke: PermissionSet) -> bool {
+    /// The client reported its switches and any permissions it withdraws. Says whether
+    /// anything changed (then both peers are told the new state), which traffic stopped, and
+    /// which transfers closed because files stopped.
+    pub fn client_state(&mut self, modes: ClientModes, revoke: PermissionSet) -> Change {
         if self.phase != Phase::Active {
-            return false;
+            return Change::default();
         }
         let before = (self.modes, self.granted);
+        let flows = self.flows();
         if modes.paused && !self.modes.paused {
             self.counters.pauses += 1;
         }
         self.modes = modes;
         self.granted = self.granted.difference(revoke);
-        before != (self.modes, self.granted)
+        self.change_since(before != (self.modes, self.granted), flows)
+    }
+
+    /// The admin lowered what the operator may do to `allowed` (it never raises anything):
+    /// before consent the request is clipped, so the client can no longer grant the rest;
+    /// after consent the grants are clipped. A session left with nothing to do ends.
+    pub fn limit(&mut self, allowed: PermissionSet) -> Change {
+        let flows = self.flows();
+        let asked = self.asked;
+        self.asked = self.asked.intersect(allowed);
+        match self.phase {
+            Phase::AwaitingClient | Phase::AwaitingConsent => Change {
+                emptied: self.asked.is_empty() && !asked.is_empty(),
+                ..Change::default()
+            },
+            Phase::Active => {
+                let granted = self.granted;
+                self.granted = self.granted.intersect(allowed);
+                let changed = granted != self.granted;
+                let mut change = self.change_since(changed, flows);
+                change.emptied = changed && self.granted.is_empty();
+                change
+            }
+            Phase::Ended(_) => Change::default(),
+        }
+    }
+
+    /// The traffic the session lets through now.
+    pub fn flows(&self) -> Flows {
+        let mut bits = 0u8;
+        for (i, (direction, channel)) in FLOW_PAIRS.iter().enumerate() {
+            if self.decide(*direction, Some(*channel)) == Verdict::Forward {
+                bits |= 1 << i;
+            }
+        }
+        Flows(bits)
+    }
+
+    /// What changed since the traffic was `earlier`: when files stopped, every open transfer
+    /// closes as cancelled, since its chunks can no longer arrive.
+    fn change_since(&mut self, changed: bool, earlier: Flows) -> Change {
+        let stopped = self.flows().stopped_since(earlier);
+        let files_stopped = stopped.iter().any(|(_, c)| *c == Channel::File);
+        let closed = if files_stopped {
+            self.close_all_transfers_as("cancelled")
+        } else {
+            Vec::new()
+        };
+        Change {
+            changed,
+            stopped,
+            closed,
+            emptied: false,
+        }
+    }
+
+    /// Frames the policy let through were taken back before they reached the peer (the
+    /// traffic stopped while they were queued): they count as dropped, not as relayed.
+    pub fn withdrawn(&mut self, direction: Direction, frames: u64, bytes: u64) {
+        let relayed = match direction {
+            Direction::ToClient => &mut self.counters.bytes_to_client,
+            Direction::ToOperator => &mut self.counters.bytes_to_operator,
+        };
+        *relayed = relayed.saturating_sub(bytes);
+        self.counters.dropped_frames = self.counters.dropped_frames.saturating_add(frames);
     }
 
     /// Decides whether a data frame of `len` wire bytes on `channel` may pass. File chunks
@@ -421,6 +542,7 @@ impl Policy {
 
     fn close_transfer(&mut self, key: (Direction, u32), result: &'static str) -> Option<FileRecord> {
         self.transfers.remove(&key).map(|t| FileRecord {
+            id: key.1,
             name: t.name,
             size: t.size,
             direction: key.0,
@@ -431,9 +553,15 @@ impl Policy {
 
     /// Transfers still open (the session is ending): each is recorded as failed.
     pub fn close_all_transfers(&mut self) -> Vec<FileRecord> {
-        let keys: Vec<_> = self.transfers.keys().copied().collect();
+        self.close_all_transfers_as("failed")
+    }
+
+    fn close_all_transfers_as(&mut self, result: &'static str) -> Vec<FileRecord> {
+        let mut keys: Vec<_> = self.transfers.keys().copied().collect();
+        // A stable order, so the peers are told in the order the transfers were numbered.
+        keys.sort_by_key(|(d, id)| (*d == Direction::ToOperator, *id));
         keys.into_iter()
-            .filter_map(|k| self.close_transfer(k, "failed"))
+            .filter_map(|k| self.close_transfer(k, result))
             .collect()
     }
 
@@ -550,13 +678,16 @@ mod tests {
     fn view_only_and_pause_drop_input_but_not_screen() {
         let (mut p, _) = active(&["view", "control", "chat"]);
         assert_eq!(p.check_data(ToClient, Some(Channel::Input), 5), Verdict::Forward);
-        assert!(p.client_state(
-            ClientModes {
-                paused: true,
-                ..Default::default()
-            },
-            PermissionSet::EMPTY
-        ));
+        assert!(
+            p.client_state(
+                ClientModes {
+                    paused: true,
+                    ..Default::default()
+                },
+                PermissionSet::EMPTY
+            )
+            .changed
+        );
         assert_eq!(
             p.check_data(ToClient, Some(Channel::Input), 5),
             Verdict::Drop(DropReason::Paused)
@@ -599,7 +730,7 @@ mod tests {
     #[test]
     fn revoked_permissions_stay_revoked() {
         let (mut p, _) = active(&["view", "control"]);
-        assert!(p.client_state(ClientModes::default(), perms(&["control"])));
+        assert!(p.client_state(ClientModes::default(), perms(&["control"])).changed);
         assert_eq!(
             p.check_data(ToClient, Some(Channel::Input), 5),
             Verdict::Drop(DropReason::NotGranted)
@@ -743,8 +874,11 @@ mod tests {
             Verdict::Drop(DropReason::TransferMisuse)
         );
         p.file_answer(ToOperator, 0, true);
-        // Revoking files stops chunks at once.
-        p.client_state(ClientModes::default(), perms(&["files"]));
+        // Revoking files stops chunks at once and closes every open transfer as cancelled.
+        let change = p.client_state(ClientModes::default(), perms(&["files"]));
+        assert_eq!(change.closed.len(), MAX_OPEN_TRANSFERS);
+        assert!(change.closed.iter().all(|r| r.result == "cancelled"));
+        assert!(change.stopped.contains(&(ToClient, Channel::File)));
         assert_eq!(
             p.check_data_in(ToClient, Some(Channel::File), 0, 1, 2),
             Verdict::Drop(DropReason::NotGranted)
@@ -753,10 +887,129 @@ mod tests {
             p.file_offer(ToClient, 50, "f", 1),
             Verdict::Drop(DropReason::NotGranted)
         );
-        assert_eq!(p.close_all_transfers().len(), MAX_OPEN_TRANSFERS);
+        assert_eq!(p.open_transfers(), 0);
+        assert!(p.close_all_transfers().is_empty());
 
         let (mut q, _) = active(&["view"]);
         assert_eq!(q.file_offer(ToClient, 1, "f", 1), Verdict::Drop(DropReason::NotGranted));
+    }
+
+    #[test]
+    fn an_admin_limit_clips_live_grants_and_stops_their_traffic() {
+        let (mut p, _) = active(&["view", "control", "files", "chat"]);
+        assert_eq!(p.file_offer(ToOperator, 4, "log.txt", 10), Verdict::Forward);
+        p.file_answer(ToClient, 4, true);
+        let change = p.limit(perms(&["view", "chat"]));
+        assert!(change.changed && !change.emptied);
+        assert_eq!(
+            change.stopped,
+            vec![
+                (ToClient, Channel::Input),
+                (ToClient, Channel::File),
+                (ToOperator, Channel::File)
+            ]
+        );
+        assert_eq!(change.closed.len(), 1);
+        assert_eq!(
+            (change.closed[0].name.as_str(), change.closed[0].result),
+            ("log.txt", "cancelled")
+        );
+        assert_eq!(p.granted(), perms(&["view", "chat"]));
+        assert_eq!(p.asked(), perms(&["view", "chat"]));
+        assert_eq!(
+            p.check_data(ToClient, Some(Channel::Input), 5),
+            Verdict::Drop(DropReason::NotGranted)
+        );
+        assert_eq!(
+            p.check_data_in(ToOperator, Some(Channel::File), 4, 1, 2),
+            Verdict::Drop(DropReason::NotGranted)
+        );
+        assert_eq!(p.check_data(ToOperator, Some(Channel::Screen), 5), Verdict::Forward);
+
+        // The same limit again changes nothing; a wider one never gives anything back.
+        assert_eq!(p.limit(perms(&["view", "chat"])), Change::default());
+        assert!(!p.limit(PermissionSet::ALL).changed);
+        assert_eq!(p.granted(), perms(&["view", "chat"]));
+
+        // Nothing left: the session is told to end.
+        let change = p.limit(PermissionSet::EMPTY);
+        assert!(change.changed && change.emptied);
+        assert_eq!(p.flows(), Flows::default());
+    }
+
+    #[test]
+    fn an_admin_limit_before_consent_clips_what_the_client_can_grant() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(PermissionSet::ALL, PermissionSet::ALL, t0, TTL, CONSENT);
+        // Code issued, nobody joined yet: the consent request will offer only the rest.
+        let change = p.limit(perms(&["view", "chat"]));
+        assert!(!change.changed && !change.emptied);
+        assert_eq!(p.asked(), perms(&["view", "chat"]));
+        assert!(p.client_joined(t0));
+        // Consent asked already: what the client grants is clipped.
+        p.limit(perms(&["view"]));
+        assert_eq!(
+            p.consent(PermissionSet::ALL, false),
+            ConsentOutcome::Granted(perms(&["view"]))
+        );
+
+        let mut p = Policy::new(perms(&["control"]), PermissionSet::ALL, t0, TTL, CONSENT);
+        p.client_joined(t0);
+        assert!(
+            p.limit(perms(&["view", "chat"])).emptied,
+            "nothing asked is allowed any more"
+        );
+    }
+
+    #[test]
+    fn client_switches_report_the_traffic_they_stop() {
+        let (mut p, _) = active(&["view", "control", "files", "chat"]);
+        let pause = ClientModes {
+            paused: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            p.client_state(pause, PermissionSet::EMPTY).stopped,
+            vec![(ToClient, Channel::Input)]
+        );
+        assert!(
+            p.client_state(pause, PermissionSet::EMPTY).stopped.is_empty(),
+            "no change, nothing stops"
+        );
+        let chat_only = ClientModes {
+            chat_only: true,
+            ..Default::default()
+        };
+        let stopped = p.client_state(chat_only, PermissionSet::EMPTY).stopped;
+        assert_eq!(
+            stopped,
+            vec![
+                (ToClient, Channel::ScreenFeedback),
+                (ToOperator, Channel::Screen),
+                (ToClient, Channel::File),
+                (ToOperator, Channel::File)
+            ]
+        );
+        p.client_state(ClientModes::default(), PermissionSet::EMPTY);
+        let stopped = p.client_state(ClientModes::default(), perms(&["view"])).stopped;
+        assert_eq!(
+            stopped,
+            vec![(ToClient, Channel::ScreenFeedback), (ToOperator, Channel::Screen)]
+        );
+        assert!(p.flows().allows(ToClient, Channel::Input));
+        assert!(!p.flows().allows(ToOperator, Channel::Input));
+    }
+
+    #[test]
+    fn withdrawn_frames_count_as_dropped_not_relayed() {
+        let (mut p, _) = active(&["view", "control"]);
+        p.check_data(ToClient, Some(Channel::Input), 30);
+        p.check_data(ToClient, Some(Channel::Input), 30);
+        p.withdrawn(ToClient, 1, 30);
+        assert_eq!(p.counters().bytes_to_client, 30);
+        assert_eq!(p.counters().dropped_frames, 1);
+        p.withdrawn(ToClient, 1, 1000);
+        assert_eq!(p.counters().bytes_to_client, 0, "never below zero");
     }
 
     #[test]

@@ -237,6 +237,7 @@ async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: wa
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     let mut cert_check = tokio::time::interval(Duration::from_secs(3600));
     let mut purge = tokio::time::interval(shared.config.database.purge_interval);
+    let mut account_poll = tokio::time::interval(shared.config.database.account_poll);
     loop {
         tokio::select! {
             _ = purge.tick() => purge_history(&shared).await,
@@ -245,8 +246,8 @@ async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: wa
                 shared.directory.sweep(now);
                 lock(&shared.join_throttle).prune(now);
                 lock(&shared.login_throttle).prune(now);
-                enforce_account_changes(&shared).await;
             }
+            _ = account_poll.tick() => enforce_account_changes(&shared).await,
             _ = cert_check.tick() => match certs.renew_if_due() {
                 Ok(true) => tracing::info!("renewed the server certificate"),
                 Ok(false) => {}
@@ -278,25 +279,64 @@ pub async fn purge_history(shared: &Shared) {
     }
 }
 
-/// Ends the live sessions of operators suspended or deleted by another process (the CLI,
-/// or another relay node sharing the database); the console and API end them at once
-/// themselves. Runs with the housekeeping tick.
+/// Applies to live sessions what another process (the CLI, or another relay node sharing
+/// the database) changed in their operators' accounts: suspension, deletion, permissions and
+/// IP rules; the console and API apply their own changes at once. Runs every
+/// `database.account_poll`.
 async fn enforce_account_changes(shared: &Shared) {
     let mut operators: Vec<String> = shared.sessions.iter().map(|e| e.value().operator.clone()).collect();
     operators.sort();
     operators.dedup();
     for name in operators {
         match shared.store.operator(&name).await {
-            Ok(Some(r)) if !r.suspended => {}
-            Ok(_) => {
-                let n = end_sessions_of(shared, &name).await;
-                if n > 0 {
-                    tracing::info!(operator = %name, sessions = n, "ended the sessions of a suspended or deleted operator");
-                }
+            Ok(record) => {
+                enforce_account(shared, &name, record.as_ref()).await;
             }
             Err(e) => tracing::error!(error = %e, "account check failed"),
         }
     }
+}
+
+/// What [`enforce_account`] did to an operator's live sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enforced {
+    /// Sessions ended (account gone or suspended, or an address the IP rules now refuse).
+    pub ended: usize,
+    /// Sessions whose request or grants were narrowed to the permissions now allowed.
+    pub narrowed: usize,
+}
+
+/// Brings the live sessions of `operator` (codes issued, consents pending, sessions
+/// running) in line with the account as stored now, `None` meaning deleted: every session
+/// ends if the account is gone or suspended; a session whose operator connection comes from
+/// an address the IP rules no longer allow ends; the others are clipped to the permissions
+/// the admin allows. Ended sessions get `admin_ended`.
+pub async fn enforce_account(
+    shared: &Shared,
+    operator: &str,
+    record: Option<&crate::store::OperatorRecord>,
+) -> Enforced {
+    let mut done = Enforced::default();
+    let record = match record {
+        Some(r) if !r.suspended => r,
+        _ => {
+            done.ended = end_sessions_of(shared, operator).await;
+            if done.ended > 0 {
+                tracing::info!(%operator, sessions = done.ended, "ended the sessions of a suspended or deleted operator");
+            }
+            return done;
+        }
+    };
+    for session in live_sessions_of(shared, operator) {
+        if !crate::store::ip_allowed(&record.ip_rules, session.operator_addr.ip()) {
+            tracing::info!(session = %session.id, %operator, peer = %session.operator_addr, "the operator's IP rules no longer allow this session's address; ending it");
+            session.finish(EndReason::AdminEnded).await;
+            done.ended += 1;
+        } else if session.limit(record.permissions).await {
+            done.narrowed += 1;
+        }
+    }
+    done
 }
 
 /// Live sessions of `operator` that have not ended.
@@ -603,7 +643,7 @@ async fn operator_connection(
     let policy = Policy::new(requested, record.permissions, Instant::now(), t.code_ttl, t.consent);
     let issued = shared
         .directory
-        .issue(|code| Session::new(shared.clone(), operator.clone(), code, policy, operator_q.clone()));
+        .issue(|code| Session::new(shared.clone(), operator.clone(), peer, code, policy, operator_q.clone()));
     let (code, session) = match issued {
         Ok(x) => x,
         Err(e) => {

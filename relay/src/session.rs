@@ -2,6 +2,12 @@
 //! queues, and the timer that expires codes and consent requests. Connection tasks feed it
 //! frames; it decides with [`Policy`] and queues what may pass. No lock is held across an
 //! await.
+//!
+//! A change of grants or switches (the client's `ClientState`, or an admin lowering what
+//! the operator may do) is carried out under the lock in one step: frames of the traffic it
+//! stops are withdrawn from both queues, transfers it stops are closed, and only then is the
+//! new `SessionState` queued, so nothing the change forbids reaches a peer after the state
+//! that announces it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,8 +21,8 @@ use tsunagu_proto::types::end_reason_name;
 use tsunagu_proto::{PermissionSet, RawFrame, SessionCode};
 
 use crate::history::{now_ms, HistoryEvent};
-use crate::policy::{file_result_name, ClientModes, ConsentOutcome, Direction, FileRecord, Policy, Verdict};
-use crate::queue::{OutQueue, QueueError};
+use crate::policy::{file_result_name, Change, ClientModes, ConsentOutcome, Direction, FileRecord, Policy, Verdict};
+use crate::queue::{OutQueue, Pass, QueueError};
 use crate::server::Shared;
 
 /// Which side a frame came from.
@@ -43,10 +49,30 @@ pub struct SessionView {
     pub counters: crate::policy::Counters,
 }
 
+/// Where a frame the policy let through goes.
+struct Route {
+    queue: OutQueue,
+    /// Taken with the decision; refused if the traffic stops before the frame is queued.
+    pass: Pass,
+    direction: Direction,
+}
+
+/// What [`Session::carry_out`] did under the lock and leaves for after it.
+struct Carried {
+    changed: bool,
+    emptied: bool,
+    /// A peer's control queue was full: it stopped reading.
+    overflow: bool,
+    closed: Vec<FileRecord>,
+}
+
 /// One session, shared by its two connection tasks and its timer.
 pub struct Session {
     pub id: String,
     pub operator: String,
+    /// Where the operator's connection comes from, checked again when the admin changes
+    /// the operator's IP rules.
+    pub operator_addr: SocketAddr,
     code: SessionCode,
     inner: Mutex<Inner>,
     ended_tx: watch::Sender<bool>,
@@ -84,6 +110,7 @@ impl Session {
     pub(crate) fn new(
         shared: Arc<Shared>,
         operator: String,
+        operator_addr: SocketAddr,
         code: SessionCode,
         policy: Policy,
         operator_q: OutQueue,
@@ -91,6 +118,7 @@ impl Session {
         Arc::new(Self {
             id: new_session_id(),
             operator,
+            operator_addr,
             code,
             inner: Mutex::new(Inner {
                 policy,
@@ -179,14 +207,136 @@ impl Session {
         }
     }
 
+    /// Where a frame on `channel` the policy just let through goes, with its pass taken
+    /// under the same lock as the decision.
+    fn route(inner: &Inner, direction: Direction, channel: Channel) -> Option<Route> {
+        Self::target(inner, direction).map(|queue| Route {
+            pass: queue.pass(channel),
+            queue,
+            direction,
+        })
+    }
+
+    /// Queues a frame the policy let through. A frame whose traffic was stopped while it
+    /// waited for room is not sent, and counts as dropped.
+    async fn send(&self, route: Route, wire: Bytes, screen: bool) -> Result<(), QueueError> {
+        let len = wire.len() as u64;
+        let pushed = if screen {
+            route.queue.push_screen(wire, route.pass)
+        } else {
+            route.queue.push_data(wire, route.pass).await
+        };
+        if pushed == Err(QueueError::Withdrawn) {
+            self.lock().policy.withdrawn(route.direction, 1, len);
+        }
+        pushed
+    }
+
     /// Forwards a file-transfer frame the policy allowed, and records a finished transfer.
-    async fn forward_file_frame(&self, target: Option<OutQueue>, wire: Bytes, record: Option<FileRecord>) {
-        if let Some(q) = target {
-            let _ = q.push_data(wire).await;
+    async fn forward_file_frame(&self, route: Option<Route>, wire: Bytes, record: Option<FileRecord>) {
+        if let Some(route) = route {
+            let _ = self.send(route, wire, false).await;
         }
         if let Some(r) = record {
             self.record_file(r).await;
         }
+    }
+
+    /// Carries out a change of grants or switches, under the session lock: withdraws the
+    /// queued frames of the traffic it stopped, tells both sides about transfers it closed,
+    /// then queues the new state for both peers (in that order, so nothing the change
+    /// forbids follows the state that announces it).
+    fn carry_out(inner: &mut Inner, change: Change) -> Carried {
+        for direction in [Direction::ToClient, Direction::ToOperator] {
+            let channels: Vec<Channel> = change
+                .stopped
+                .iter()
+                .filter(|(d, _)| *d == direction)
+                .map(|(_, c)| *c)
+                .collect();
+            if channels.is_empty() {
+                continue;
+            }
+            if let Some(q) = Self::target(inner, direction) {
+                let w = q.withdraw(&channels);
+                inner.policy.withdrawn(direction, w.frames, w.bytes);
+            }
+        }
+        let mut overflow = false;
+        let mut push = |q: Option<OutQueue>, f: Bytes| {
+            if let Some(q) = q {
+                overflow |= q.push_control(f) == Err(QueueError::Overflow);
+            }
+        };
+        if change.changed {
+            let state = state_frame(&inner.policy);
+            push(Some(inner.operator_q.clone()), state.clone());
+            push(inner.client_q.clone(), state);
+        }
+        for r in &change.closed {
+            // The receiver hears it as from the sender and the sender as from the receiver,
+            // each in the id space of the transfer's sender.
+            let done = |from_receiver| {
+                frame(Body::FileDone(pb::FileDone {
+                    transfer_id: r.id,
+                    result: pb::FileResult::Cancelled as i32,
+                    reason: "file transfer is no longer allowed in this session".into(),
+                    from_receiver,
+                }))
+            };
+            push(Self::target(inner, r.direction), done(false));
+            push(Self::target(inner, r.direction.opposite()), done(true));
+        }
+        Carried {
+            changed: change.changed,
+            emptied: change.emptied,
+            overflow,
+            closed: change.closed,
+        }
+    }
+
+    /// The async half of a change: history for closed transfers, and the end of a session
+    /// a peer stopped reading or the admin left nothing to do. Returns whether it ended.
+    async fn after_change(&self, carried: Carried) -> bool {
+        for r in carried.closed {
+            self.record_file(r).await;
+        }
+        if carried.overflow {
+            tracing::warn!(session = %self.id, "a peer stopped reading; ending the session");
+            self.finish(EndReason::ProtocolError).await;
+            return true;
+        }
+        if carried.emptied {
+            tracing::info!(session = %self.id, operator = %self.operator, "the admin allows nothing this session does; ending it");
+            self.finish(EndReason::AdminEnded).await;
+            return true;
+        }
+        false
+    }
+
+    /// Lowers what this session may do to what the admin now allows its operator (it never
+    /// raises anything): a code not yet joined or a consent not yet given offers less, live
+    /// grants are clipped, the traffic they no longer allow stops at once and both peers
+    /// see the new state. A session left with nothing to do ends as `admin_ended`. Returns
+    /// whether the session changed.
+    pub async fn limit(&self, allowed: PermissionSet) -> bool {
+        let carried = {
+            let mut inner = self.lock();
+            if inner.finished {
+                return false;
+            }
+            let asked = inner.policy.asked();
+            let change = inner.policy.limit(allowed);
+            let narrowed = change.changed || inner.policy.asked() != asked;
+            let carried = Self::carry_out(&mut inner, change);
+            if !narrowed {
+                return false;
+            }
+            tracing::info!(session = %self.id, operator = %self.operator, allowed = %allowed, granted = %inner.policy.granted(), "the admin narrowed the session's permissions");
+            carried
+        };
+        self.after_change(carried).await;
+        true
     }
 
     async fn record_file(&self, r: FileRecord) {
@@ -221,7 +371,7 @@ impl Session {
                         .policy
                         .file_offer(direction, offer.transfer_id, &offer.name, offer.size);
                     (v == Verdict::Forward)
-                        .then(|| Self::target(&inner, direction))
+                        .then(|| Self::route(&inner, direction, Channel::File))
                         .flatten()
                 };
                 self.forward_file_frame(target, raw.wire, None).await;
@@ -232,7 +382,7 @@ impl Session {
                     let (v, record) = inner.policy.file_answer(direction, answer.transfer_id, answer.accept);
                     (
                         (v == Verdict::Forward)
-                            .then(|| Self::target(&inner, direction))
+                            .then(|| Self::route(&inner, direction, Channel::File))
                             .flatten(),
                         record,
                     )
@@ -243,7 +393,7 @@ impl Session {
                 let target = {
                     let inner = self.lock();
                     (inner.policy.file_credit(direction, credit.transfer_id) == Verdict::Forward)
-                        .then(|| Self::target(&inner, direction))
+                        .then(|| Self::route(&inner, direction, Channel::File))
                         .flatten()
                 };
                 self.forward_file_frame(target, raw.wire, None).await;
@@ -255,10 +405,18 @@ impl Session {
                     let (v, record) = inner
                         .policy
                         .file_done(direction, done.transfer_id, done.from_receiver, result);
+                    // The end of a transfer is never withdrawn: the other side must hear it
+                    // even if files stop meanwhile (the transfer is closed already, so no
+                    // cancellation would follow).
                     (
                         (v == Verdict::Forward)
                             .then(|| Self::target(&inner, direction))
-                            .flatten(),
+                            .flatten()
+                            .map(|queue| Route {
+                                queue,
+                                pass: OutQueue::pass_always(),
+                                direction,
+                            }),
                         record,
                     )
                 };
@@ -275,22 +433,16 @@ impl Session {
                         file_payload_len(channel, &data.payload),
                         raw.wire.len(),
                     ) {
-                        Verdict::Forward => match direction {
-                            Direction::ToClient => inner.client_q.clone(),
-                            Direction::ToOperator => Some(inner.operator_q.clone()),
-                        },
+                        // The policy forwards only frames on a known channel.
+                        Verdict::Forward => channel.and_then(|c| Self::route(&inner, direction, c)),
                         Verdict::Drop(reason) => {
                             tracing::debug!(session = %self.id, ?reason, ?channel, "dropped a data frame");
                             None
                         }
                     }
                 };
-                if let Some(q) = target {
-                    let pushed = if channel == Some(Channel::Screen) {
-                        q.push_screen(raw.wire)
-                    } else {
-                        q.push_data(raw.wire).await
-                    };
+                if let Some(route) = target {
+                    let pushed = self.send(route, raw.wire, channel == Some(Channel::Screen)).await;
                     if pushed == Err(QueueError::Closed) {
                         return !self.is_ended();
                     }
@@ -298,19 +450,21 @@ impl Session {
             }
             Body::Consent(c) if from == Role::Client => {
                 let granted = PermissionSet::from_wire(&c.granted);
-                let (outcome, frames) = {
+                let (outcome, carried) = {
                     let mut inner = self.lock();
                     let outcome = inner.policy.consent(granted, c.denied);
-                    let state = matches!(outcome, ConsentOutcome::Granted(_)).then(|| state_frame(&inner.policy));
-                    (
-                        outcome,
-                        state.map(|s| (s, inner.operator_q.clone(), inner.client_q.clone())),
-                    )
+                    // Queued under the lock, so a change right after consent (an admin
+                    // narrowing the grants) cannot be overtaken by this older state.
+                    let change = Change {
+                        changed: matches!(outcome, ConsentOutcome::Granted(_)),
+                        ..Change::default()
+                    };
+                    (outcome, Self::carry_out(&mut inner, change))
                 };
                 match outcome {
                     ConsentOutcome::Granted(g) => {
-                        if let Some((state, op_q, cl_q)) = frames {
-                            self.push_control_both(&op_q, cl_q.as_ref(), state).await;
+                        if self.after_change(carried).await {
+                            return false;
                         }
                         tracing::info!(session = %self.id, granted = %g, "consent granted");
                         self.shared
@@ -336,25 +490,17 @@ impl Session {
                     view_only: cs.view_only,
                     chat_only: cs.chat_only,
                 };
-                let change = {
+                let (carried, was_paused) = {
                     let mut inner = self.lock();
                     let was_paused = inner.policy.modes().paused;
-                    if inner.policy.client_state(modes, PermissionSet::from_wire(&cs.revoke)) {
-                        Some((
-                            state_frame(&inner.policy),
-                            inner.operator_q.clone(),
-                            inner.client_q.clone(),
-                            was_paused,
-                        ))
-                    } else {
-                        None
-                    }
+                    let change = inner.policy.client_state(modes, PermissionSet::from_wire(&cs.revoke));
+                    (Self::carry_out(&mut inner, change), was_paused)
                 };
-                if let Some((state, op_q, cl_q, was_paused)) = change {
-                    if modes.paused != was_paused {
-                        tracing::info!(session = %self.id, paused = modes.paused, "client changed control");
-                    }
-                    self.push_control_both(&op_q, cl_q.as_ref(), state).await;
+                if carried.changed && modes.paused != was_paused {
+                    tracing::info!(session = %self.id, paused = modes.paused, "client changed control");
+                }
+                if self.after_change(carried).await {
+                    return false;
                 }
             }
             Body::End(_) => {
@@ -384,15 +530,6 @@ impl Session {
             }
         }
         true
-    }
-
-    async fn push_control_both(&self, op_q: &OutQueue, cl_q: Option<&OutQueue>, frame: Bytes) {
-        let overflow = op_q.push_control(frame.clone()) == Err(QueueError::Overflow)
-            || cl_q.is_some_and(|q| q.push_control(frame) == Err(QueueError::Overflow));
-        if overflow {
-            tracing::warn!(session = %self.id, "a peer stopped reading; ending the session");
-            self.finish(EndReason::ProtocolError).await;
-        }
     }
 
     /// Ends the session for `reason` (once): tells both peers, closes their queues,

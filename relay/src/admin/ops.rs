@@ -55,7 +55,8 @@ pub struct Actor {
 }
 
 /// The handle operations run on: the store and audit, plus the live relay when there is
-/// one (the CLI has none; its suspensions take effect at the operator's next code).
+/// one (the CLI has none; a running relay applies its changes to live sessions within
+/// `database.account_poll`).
 #[derive(Clone)]
 pub struct Ops {
     pub store: Store,
@@ -114,6 +115,21 @@ impl Ops {
             .await;
     }
 
+    /// Applies the operator's account as stored now to their live sessions on this relay
+    /// (none from the CLI: a running relay picks the change up within
+    /// `database.account_poll`).
+    /// The change is saved already: a failed read here is logged, and the account poll
+    /// applies it later.
+    async fn enforce(&self, name: &str) {
+        let Some(shared) = &self.shared else { return };
+        match self.store.operator(name).await {
+            Ok(record) => {
+                crate::server::enforce_account(shared, name, record.as_ref()).await;
+            }
+            Err(e) => tracing::error!(error = %e, "could not apply an account change to live sessions"),
+        }
+    }
+
     async fn end_sessions(&self, name: &str) -> usize {
         match &self.shared {
             Some(shared) => crate::server::end_sessions_of(shared, name).await,
@@ -139,9 +155,13 @@ impl Ops {
         Ok(())
     }
 
-    /// Sets what the operator may ask for; applies at their next code.
+    /// Sets what the operator may ask for. A permission taken away is also taken from their
+    /// live sessions at once: codes not yet joined and consents not yet given offer less,
+    /// running sessions lose the grant (both peers see the new state). A permission added
+    /// applies from their next code.
     pub async fn set_permissions(&self, actor: &Actor, name: &str, permissions: PermissionSet) -> Result<(), OpError> {
         self.store.set_operator_permissions(name, permissions).await?;
+        self.enforce(name).await;
         self.audit(
             actor,
             "operator_permissions",
@@ -164,9 +184,11 @@ impl Ops {
         Ok(())
     }
 
-    /// Replaces the operator's ordered IP rules.
+    /// Replaces the operator's ordered IP rules. Live sessions whose operator connection
+    /// comes from an address the new rules refuse end at once.
     pub async fn set_ip_rules(&self, actor: &Actor, name: &str, rules: &[IpRule]) -> Result<(), OpError> {
         self.store.set_operator_ip_rules(name, rules).await?;
+        self.enforce(name).await;
         let lines: Vec<String> = rules.iter().map(IpRule::to_line).collect();
         self.audit(actor, "operator_ip_rules", name, lines.join("; ")).await;
         Ok(())
