@@ -356,7 +356,7 @@ impl OperatorApp {
                 self.expires_at = Some(Instant::now() + Duration::from_secs(expires_in_s));
                 self.screen = Screen::Waiting;
             }
-            Event::PeerJoined { host, ip, .. } => self.peer = Some((host, ip)),
+            Event::PeerJoined { host, ip, .. } => self.peer = Some((tsunagu_proto::names::make_inert(&host), ip)),
             Event::Consent { granted: Some(g), .. } => {
                 self.granted = PermissionSet::parse_names(g.iter().map(String::as_str)).unwrap_or_default();
                 self.screen = Screen::Session;
@@ -394,7 +394,8 @@ impl OperatorApp {
         };
         match f {
             FileEvent::FileOffer { id, name, size, .. } => {
-                self.offers.insert(id, (name, size));
+                // Already sanitised by the transfer engine; inert whatever fed the event.
+                self.offers.insert(id, (tsunagu_proto::names::make_inert(&name), size));
             }
             FileEvent::FileOffered { id, name, size, .. } => {
                 self.transfers.insert((id, true), row(&name, size, true));

@@ -38,13 +38,15 @@ const WINDOWS_RESERVED: [&str; 22] = [
 ];
 
 /// Turns a name chosen by the other side into one safe to create inside a folder: the last
-/// path component only, no control or reserved characters, no `.`/`..`, no hidden file, no
-/// Windows device name, at most [`MAX_NAME_BYTES`] bytes (keeping the extension).
+/// path component only, no control, format, bidi or reserved characters (so
+/// `invoice\u{202E}fdp.exe` is saved as `invoicefdp.exe`, never as a name that reads
+/// `invoiceexe.pdf`), no `.`/`..`, no hidden file, no Windows device name, at most
+/// [`MAX_NAME_BYTES`] bytes (keeping the extension).
 pub fn sanitize_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
     let mut s: String = base
         .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*'))
+        .filter(|c| !crate::names::is_format_or_control(*c) && !matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*'))
         .collect();
     s = s.trim_matches(|c: char| c == ' ' || c == '.').to_string();
     if s.is_empty() {
@@ -561,7 +563,7 @@ impl Transfers {
                             _ => TransferEvent::Failed {
                                 id: d.transfer_id,
                                 side: Side::Send,
-                                reason: d.reason.clone(),
+                                reason: crate::names::make_inert(&d.reason),
                             },
                         });
                     }
@@ -577,7 +579,7 @@ impl Transfers {
                         _ => TransferEvent::Failed {
                             id: d.transfer_id,
                             side: Side::Receive,
-                            reason: d.reason.clone(),
+                            reason: crate::names::make_inert(&d.reason),
                         },
                     });
                 }
@@ -980,6 +982,22 @@ mod tests {
             "{s}"
         );
         assert_eq!(sanitize_file_name("報告書.xlsx"), "報告書.xlsx");
+    }
+
+    #[test]
+    fn format_and_bidi_characters_never_reach_a_saved_name() {
+        assert_eq!(sanitize_file_name("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
+        assert_eq!(
+            sanitize_file_name("\u{FEFF}re\u{200B}port\u{2066}.pdf\u{2069}"),
+            "report.pdf"
+        );
+        assert_eq!(
+            sanitize_file_name("\u{200F}.bashrc"),
+            "bashrc",
+            "hidden behind an invisible mark"
+        );
+        assert_eq!(sanitize_file_name("\u{202E}\u{200B}"), "file");
+        assert_eq!(sanitize_file_name("a\u{2028}b.txt"), "ab.txt");
     }
 
     #[test]

@@ -87,11 +87,11 @@ pub fn file_result_name(result: tsunagu_proto::pb::FileResult) -> &'static str {
     }
 }
 
-/// Keeps a file name fit for the history: no control characters, bounded length.
+/// Keeps a file name fit for the history: no control, format or bidi characters (see
+/// `tsunagu_proto::names`), bounded length.
 fn recorded_name(name: &str) -> String {
-    let clean: String = name
+    let clean: String = tsunagu_proto::names::make_inert(name)
         .chars()
-        .filter(|c| !c.is_control())
         .take(MAX_RECORDED_NAME)
         .collect();
     if clean.is_empty() {
@@ -757,6 +757,16 @@ mod tests {
 
         let (mut q, _) = active(&["view"]);
         assert_eq!(q.file_offer(ToClient, 1, "f", 1), Verdict::Drop(DropReason::NotGranted));
+    }
+
+    #[test]
+    fn recorded_file_names_lose_format_and_bidi_characters() {
+        let (mut p, _) = active(&["view", "files"]);
+        p.file_offer(ToOperator, 1, "invoice\u{202E}fdp.exe\u{200B}", 5);
+        let (_, rec) = p.file_answer(ToClient, 1, false);
+        assert_eq!(rec.unwrap().name, "invoicefdp.exe");
+        p.file_offer(ToOperator, 2, "\u{FEFF}\u{2066}", 5);
+        assert_eq!(p.file_answer(ToClient, 2, false).1.unwrap().name, "unnamed");
     }
 
     #[test]
