@@ -70,6 +70,12 @@ pub fn sanitize_file_name(name: &str) -> String {
     s
 }
 
+/// Whether a chunk of `chunk` bytes after `written` bytes goes past the offered `size`. The
+/// sum is checked: an offer of `u64::MAX` bytes must not make it wrap around.
+fn beyond_offer(written: u64, chunk: usize, size: u64) -> bool {
+    written.checked_add(chunk as u64).is_none_or(|end| end > size)
+}
+
 /// `name`, or `name (1).ext`, `name (2).ext`, ... the first that does not exist in `dir`.
 fn candidate(dir: &Path, name: &str, n: u32) -> PathBuf {
     if n == 0 {
@@ -604,7 +610,7 @@ impl Transfers {
             side: Side::Receive,
             reason,
         };
-        if sink.written + chunk.len() as u64 > t.size {
+        if beyond_offer(sink.written, chunk.len(), t.size) {
             let reason = "the sender sent more than it offered".to_string();
             self.abort_incoming(id).await;
             link.send(done(id, FileResult::Failed, &reason, true)).await?;
@@ -998,6 +1004,16 @@ mod tests {
         );
         assert_eq!(sanitize_file_name("\u{202E}\u{200B}"), "file");
         assert_eq!(sanitize_file_name("a\u{2028}b.txt"), "ab.txt");
+    }
+
+    #[test]
+    fn chunk_accounting_survives_the_largest_offer() {
+        assert!(!beyond_offer(0, CHUNK, u64::MAX));
+        assert!(!beyond_offer(u64::MAX - 1, 1, u64::MAX));
+        assert!(beyond_offer(u64::MAX, 1, u64::MAX), "wraps past the largest size");
+        assert!(beyond_offer(u64::MAX - 10, CHUNK, u64::MAX));
+        assert!(beyond_offer(90, 11, 100));
+        assert!(!beyond_offer(90, 10, 100));
     }
 
     #[test]
