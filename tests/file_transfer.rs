@@ -228,6 +228,9 @@ fn the_operator_app_saves_hostile_names_safely() {
         ("CON", b"five"),
         ("report.pdf", b"six"),
         ("..\\..\\windows.ini", b"seven"),
+        // Reads as "invoiceexe.pdf"; must be saved under a name that shows what it is.
+        ("invoice\u{202E}fdp.exe", b"eight"),
+        ("\u{FEFF}notes\u{200B}\u{2066}.txt", b"nine"),
     ];
     let mut seq = 0;
     for (i, (name, content)) in cases.iter().enumerate() {
@@ -238,6 +241,10 @@ fn the_operator_app_saves_hostile_names_safely() {
         let shown = o["name"].as_str().unwrap();
         assert!(
             !shown.contains('/') && !shown.contains('\\') && !shown.contains('\0') && shown.len() <= 200,
+            "{shown:?}"
+        );
+        assert!(
+            !shown.contains(['\u{202E}', '\u{200B}', '\u{2066}', '\u{FEFF}']),
             "{shown:?}"
         );
         op.send(json!({"cmd": "accept_file", "id": id, "dir": inbox.path()}));
@@ -277,6 +284,17 @@ fn the_operator_app_saves_hostile_names_safely() {
     assert!(inbox.path().join("_CON").exists());
     assert!(inbox.path().join("passwd").exists() && inbox.path().join("escape.txt").exists());
     assert!(!outside.join("escape.txt").exists());
+    assert_eq!(std::fs::read(inbox.path().join("invoicefdp.exe")).unwrap(), b"eight");
+    assert_eq!(std::fs::read(inbox.path().join("notes.txt")).unwrap(), b"nine");
+    let hidden: Vec<_> = std::fs::read_dir(inbox.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(['\u{202E}', '\u{200B}', '\u{2066}', '\u{FEFF}']))
+        .collect();
+    assert!(
+        hidden.is_empty(),
+        "saved under names with invisible characters: {hidden:?}"
+    );
 
     // Content that does not match the offered hash is not saved under any name.
     rt.block_on(async {

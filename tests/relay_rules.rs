@@ -72,6 +72,65 @@ async fn a_session_pairs_forwards_and_is_recorded() {
     relay.relay.shutdown().await;
 }
 
+/// A client's host name and the name of a file it offers lose bidi overrides, zero-width and
+/// control characters before the operator is told and before the history keeps them.
+#[tokio::test]
+async fn host_and_file_names_are_inert_for_the_operator_and_in_the_history() {
+    let relay = TestRelay::start(|_| {}).await;
+    let cfg = relay.dial_config();
+    let (mut op, code) = RawPeer::operator(&cfg, &["view", "files"]).await;
+    let mut client = RawPeer::connect(&cfg).await;
+    client
+        .send_body(Body::Join(pb::Join {
+            code,
+            // Reads as "pc-01jpg.exe" once the override flips the tail.
+            host_name: "pc-01\u{202E}exe.gpj\u{200B}\u{1b}[2J".into(),
+        }))
+        .await;
+    client
+        .expect("ConsentRequest", |b| matches!(b, Body::ConsentRequest(_)).then_some(()))
+        .await;
+    let joined = op
+        .expect("PeerJoined", |b| match b {
+            Body::PeerJoined(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(joined.host_name, "pc-01exe.gpj[2J");
+
+    client.consent(&["view", "files"]).await;
+    op.expect_state().await;
+    client.expect_state().await;
+    client
+        .send_body(Body::FileOffer(pb::FileOffer {
+            transfer_id: 1,
+            name: "invoice\u{202E}fdp.exe\u{FEFF}".into(),
+            size: 3,
+            sha256: vec![0u8; 32].into(),
+        }))
+        .await;
+    op.expect("FileOffer", |b| matches!(b, Body::FileOffer(_)).then_some(()))
+        .await;
+    op.send_body(Body::FileAnswer(pb::FileAnswer {
+        transfer_id: 1,
+        accept: false,
+    }))
+    .await;
+    client
+        .expect("FileAnswer", |b| matches!(b, Body::FileAnswer(_)).then_some(()))
+        .await;
+    client.send_body(Body::End(pb::End {})).await;
+    assert_eq!(op.expect_ended().await, EndReason::ClientEnded);
+
+    let rows = relay.history().await;
+    assert_eq!(rows[0].client_host.as_deref(), Some("pc-01exe.gpj[2J"));
+    let files = relay.relay.shared().store.session_files(&rows[0].id).await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].name, "invoicefdp.exe");
+    assert_eq!(files[0].result, "rejected");
+    relay.relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn nothing_crosses_before_consent() {
     let relay = TestRelay::start(|_| {}).await;

@@ -296,6 +296,8 @@ impl ClientApp {
                 timeout_s,
                 ..
             } => {
+                // The relay allows only ASCII operator names; shown inert all the same.
+                let operator = tsunagu_proto::names::make_inert(&operator);
                 self.session.operator = operator.clone();
                 self.screen = Screen::Consent {
                     operator,
@@ -326,7 +328,8 @@ impl ClientApp {
             Event::File(FileEvent::FileOffer { id, name, size, .. }) => {
                 self.file_offer = Some(FileOfferDialog {
                     id,
-                    name,
+                    // Already sanitised by the transfer engine; inert whatever fed the event.
+                    name: tsunagu_proto::names::make_inert(&name),
                     size,
                     dir: default_download_dir().display().to_string(),
                 });

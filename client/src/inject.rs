@@ -112,9 +112,7 @@ impl SystemInjector {
                     .map_err(sys)
             }
             Kind::Wheel(w) => {
-                if w.dx.abs() > MAX_WHEEL_STEPS || w.dy.abs() > MAX_WHEEL_STEPS {
-                    return Err(InjectError::Malformed(format!("wheel ({}, {})", w.dx, w.dy)));
-                }
+                check_wheel(w.dx, w.dy)?;
                 if w.dy != 0 {
                     self.enigo.scroll(w.dy, Axis::Vertical).map_err(sys)?;
                 }
@@ -144,12 +142,26 @@ impl SystemInjector {
     }
 }
 
-/// Maps a picture point to the X screen: `origin + (x, y)` if inside `size`.
+/// Maps a picture point to the X screen: `origin + (x, y)` if inside `size` (and if the sum
+/// is a point at all: the addition is checked, so no value the operator sends can overflow).
 pub fn screen_point(origin: (i32, i32), size: (i32, i32), x: i32, y: i32) -> Result<(i32, i32), InjectError> {
     if x < 0 || y < 0 || x >= size.0 || y >= size.1 {
         return Err(InjectError::OutOfScreen(x, y));
     }
-    Ok((origin.0 + x, origin.1 + y))
+    match (origin.0.checked_add(x), origin.1.checked_add(y)) {
+        (Some(sx), Some(sy)) => Ok((sx, sy)),
+        _ => Err(InjectError::OutOfScreen(x, y)),
+    }
+}
+
+/// Checks a wheel event's step counts against [`MAX_WHEEL_STEPS`] in either direction.
+/// `unsigned_abs`, because `i32::MIN.abs()` does not exist (it overflows).
+pub fn check_wheel(dx: i32, dy: i32) -> Result<(), InjectError> {
+    let limit = MAX_WHEEL_STEPS.unsigned_abs();
+    if dx.unsigned_abs() > limit || dy.unsigned_abs() > limit {
+        return Err(InjectError::Malformed(format!("wheel ({dx}, {dy})")));
+    }
+    Ok(())
 }
 
 /// The key a name stands for: one character is that character; otherwise the names of the
@@ -214,6 +226,46 @@ mod tests {
         assert!(screen_point((0, 0), (1920, 1080), 1920, 5).is_err());
         assert!(screen_point((0, 0), (1920, 1080), -1, 5).is_err());
         assert!(screen_point((0, 0), (1920, 1080), 5, i32::MAX).is_err());
+    }
+
+    #[test]
+    fn extreme_wheel_steps_are_refused_not_overflowed() {
+        assert_eq!(check_wheel(0, 0), Ok(()));
+        assert_eq!(check_wheel(-MAX_WHEEL_STEPS, MAX_WHEEL_STEPS), Ok(()));
+        for (dx, dy) in [
+            (i32::MIN, 0),
+            (0, i32::MIN),
+            (i32::MAX, 0),
+            (0, i32::MAX),
+            (i32::MIN, i32::MIN),
+            (MAX_WHEEL_STEPS + 1, 0),
+            (0, -MAX_WHEEL_STEPS - 1),
+        ] {
+            assert!(
+                matches!(check_wheel(dx, dy), Err(InjectError::Malformed(_))),
+                "({dx}, {dy})"
+            );
+        }
+    }
+
+    #[test]
+    fn extreme_points_never_overflow_the_screen_offset() {
+        let origin = (i32::MAX - 10, i32::MAX - 10);
+        assert_eq!(screen_point(origin, (100, 100), 10, 10), Ok((i32::MAX, i32::MAX)));
+        assert_eq!(
+            screen_point(origin, (100, 100), 50, 0),
+            Err(InjectError::OutOfScreen(50, 0))
+        );
+        assert_eq!(
+            screen_point(origin, (i32::MAX, i32::MAX), 0, 50),
+            Err(InjectError::OutOfScreen(0, 50))
+        );
+        for (x, y) in [(i32::MIN, 0), (0, i32::MIN), (i32::MAX, i32::MAX)] {
+            assert_eq!(
+                screen_point((0, 0), (1920, 1080), x, y),
+                Err(InjectError::OutOfScreen(x, y))
+            );
+        }
     }
 
     #[test]

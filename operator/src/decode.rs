@@ -85,8 +85,10 @@ impl ScreenDecoder {
     /// `now`; returns what happened and the feedback to send.
     pub fn frame(&mut self, seq: u64, keyframe: bool, h264: &[u8], now: Instant) -> (FrameResult, Feedback) {
         if let Some(last) = self.last_seq {
-            if seq != last + 1 {
-                tracing::debug!(expected = last + 1, got = seq, "gap in the screen stream");
+            // Checked: the client picks the numbers, and nothing follows `u64::MAX`.
+            let expected = last.checked_add(1);
+            if expected != Some(seq) {
+                tracing::debug!(?expected, got = seq, "gap in the screen stream");
                 self.lose_sync();
             }
         }
@@ -238,6 +240,29 @@ mod tests {
         assert!(matches!(r, FrameResult::Decoded(_)));
         assert!(!fb.keyframe_request);
         assert!(close(d.pixel(10, 10).unwrap(), RED));
+    }
+
+    #[test]
+    fn the_largest_sequence_numbers_are_gaps_not_overflows() {
+        let stream = frames(3, 64, 32);
+        let mut d = ScreenDecoder::new().unwrap();
+        let t = Instant::now();
+        let (r, fb) = d.frame(u64::MAX - 1, stream[0].1, &stream[0].0, t);
+        assert!(matches!(r, FrameResult::Decoded(_)), "{r:?}");
+        assert_eq!(fb.ack_seq, u64::MAX - 1);
+        let (r, fb) = d.frame(u64::MAX, stream[1].1, &stream[1].0, t);
+        assert!(
+            matches!(r, FrameResult::Decoded(_)),
+            "in order up to the last number: {r:?}"
+        );
+        assert!(!fb.keyframe_request);
+        // Nothing follows u64::MAX: a repeat or a wrap is a gap, and a keyframe is asked for.
+        let (r, fb) = d.frame(u64::MAX, stream[2].1, &stream[2].0, t);
+        assert_eq!(r, FrameResult::Skipped);
+        assert!(fb.keyframe_request);
+        let (r, fb) = d.frame(0, false, &[], t + KEYFRAME_RETRY);
+        assert_eq!(r, FrameResult::Skipped);
+        assert_eq!(fb.ack_seq, 0);
     }
 
     #[test]

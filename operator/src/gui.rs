@@ -18,6 +18,7 @@ use tsunagu_proto::transfer::{FileCommand, FileEvent};
 use tsunagu_proto::PermissionSet;
 
 use crate::api::{Button, Command, Event, Outcome};
+use crate::chat::{Author, ChatLog};
 use crate::config::OperatorConfig;
 use crate::i18n::{Lang, Text};
 use crate::picture::PictureSink;
@@ -172,7 +173,7 @@ struct OperatorApp {
     paused: bool,
     view_only: bool,
     chat_only: bool,
-    chat: Vec<(bool, String)>,
+    chat: ChatLog,
     chat_draft: String,
     send_path: String,
     save_dir: String,
@@ -209,7 +210,7 @@ impl OperatorApp {
             paused: false,
             view_only: false,
             chat_only: false,
-            chat: Vec::new(),
+            chat: ChatLog::new(),
             chat_draft: String::new(),
             send_path: String::new(),
             offers: BTreeMap::new(),
@@ -356,7 +357,7 @@ impl OperatorApp {
                 self.expires_at = Some(Instant::now() + Duration::from_secs(expires_in_s));
                 self.screen = Screen::Waiting;
             }
-            Event::PeerJoined { host, ip, .. } => self.peer = Some((host, ip)),
+            Event::PeerJoined { host, ip, .. } => self.peer = Some((tsunagu_proto::names::make_inert(&host), ip)),
             Event::Consent { granted: Some(g), .. } => {
                 self.granted = PermissionSet::parse_names(g.iter().map(String::as_str)).unwrap_or_default();
                 self.screen = Screen::Session;
@@ -375,7 +376,7 @@ impl OperatorApp {
             }
             Event::Paused => self.paused = true,
             Event::Resumed => self.paused = false,
-            Event::Chat { text } => self.chat.push((false, text)),
+            Event::Chat { text } => self.chat.push(Author::Peer, text),
             Event::Error { code, message } => self.message = Some(self.error_text(&code, &message)),
             Event::Ended { .. } => {}
             Event::File(f) => self.on_file_event(f),
@@ -394,7 +395,8 @@ impl OperatorApp {
         };
         match f {
             FileEvent::FileOffer { id, name, size, .. } => {
-                self.offers.insert(id, (name, size));
+                // Already sanitised by the transfer engine; inert whatever fed the event.
+                self.offers.insert(id, (tsunagu_proto::names::make_inert(&name), size));
             }
             FileEvent::FileOffered { id, name, size, .. } => {
                 self.transfers.insert((id, true), row(&name, size, true));
@@ -558,8 +560,8 @@ impl OperatorApp {
             .max_height(260.0)
             .stick_to_bottom(true)
             .show(ui, |ui| {
-                for (mine, text) in &self.chat {
-                    let who = if *mine {
+                for (author, text) in self.chat.iter() {
+                    let who = if *author == Author::Me {
                         self.lang.t(Text::You)
                     } else {
                         self.lang.t(Text::Client)
@@ -581,7 +583,7 @@ impl OperatorApp {
         if send_chat && !self.chat_draft.trim().is_empty() {
             let text = std::mem::take(&mut self.chat_draft);
             self.send(Command::Chat { text: text.clone() });
-            self.chat.push((true, text));
+            self.chat.push(Author::Me, text);
         }
         ui.separator();
         ui.heading(self.t(Text::Files));

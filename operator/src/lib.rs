@@ -8,9 +8,10 @@
 //!
 //! Modules: [`decode`] (openh264 decoding, gap detection, acks), [`config`], [`api`]
 //! (commands, events, outcome), [`picture`] (the newest picture for a viewer), [`gui`] (the
-//! window), [`i18n`] (its Japanese and English text).
+//! window), [`chat`] (the window's bounded chat log), [`i18n`] (its Japanese and English text).
 
 pub mod api;
+pub mod chat;
 pub mod config;
 pub mod decode;
 pub mod gui;

@@ -258,7 +258,8 @@ impl Session {
                 info!(session = %self.session_id, client_ip = %peer.ip, client_port = peer.port, "client joined");
                 self.events
                     .emit(Event::PeerJoined {
-                        host: peer.host_name,
+                        // The relay cleans host names already; inert here too, for every display.
+                        host: tsunagu_proto::names::make_inert(&peer.host_name),
                         ip: peer.ip,
                         port: peer.port,
                     })

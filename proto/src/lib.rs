@@ -5,6 +5,8 @@
 //!   checked before any allocation.
 //! * [`types`]: validated domain types shared by relay, operator and client
 //!   (session codes, permission sets).
+//! * [`names`]: names a peer chose (host, file and operator names) made inert before they are
+//!   shown or stored: no control, format or bidi characters.
 //! * `transport`, `dial` and `link` (feature `tokio`): the framed async transport over TLS,
 //!   the endpoint dialer that tries the relay's ports in order, and an endpoint's live
 //!   connection (reader task, send timeouts, sequence numbers).
@@ -14,6 +16,7 @@
 
 pub mod codec;
 pub mod limits;
+pub mod names;
 pub mod types;
 
 #[cfg(feature = "tokio")]

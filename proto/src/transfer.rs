@@ -38,13 +38,15 @@ const WINDOWS_RESERVED: [&str; 22] = [
 ];
 
 /// Turns a name chosen by the other side into one safe to create inside a folder: the last
-/// path component only, no control or reserved characters, no `.`/`..`, no hidden file, no
-/// Windows device name, at most [`MAX_NAME_BYTES`] bytes (keeping the extension).
+/// path component only, no control, format, bidi or reserved characters (so
+/// `invoice\u{202E}fdp.exe` is saved as `invoicefdp.exe`, never as a name that reads
+/// `invoiceexe.pdf`), no `.`/`..`, no hidden file, no Windows device name, at most
+/// [`MAX_NAME_BYTES`] bytes (keeping the extension).
 pub fn sanitize_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
     let mut s: String = base
         .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*'))
+        .filter(|c| !crate::names::is_format_or_control(*c) && !matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*'))
         .collect();
     s = s.trim_matches(|c: char| c == ' ' || c == '.').to_string();
     if s.is_empty() {
@@ -66,6 +68,12 @@ pub fn sanitize_file_name(name: &str) -> String {
         s = format!("{}{}", &stem[..cut], ext);
     }
     s
+}
+
+/// Whether a chunk of `chunk` bytes after `written` bytes goes past the offered `size`. The
+/// sum is checked: an offer of `u64::MAX` bytes must not make it wrap around.
+fn beyond_offer(written: u64, chunk: usize, size: u64) -> bool {
+    written.checked_add(chunk as u64).is_none_or(|end| end > size)
 }
 
 /// `name`, or `name (1).ext`, `name (2).ext`, ... the first that does not exist in `dir`.
@@ -561,7 +569,7 @@ impl Transfers {
                             _ => TransferEvent::Failed {
                                 id: d.transfer_id,
                                 side: Side::Send,
-                                reason: d.reason.clone(),
+                                reason: crate::names::make_inert(&d.reason),
                             },
                         });
                     }
@@ -577,7 +585,7 @@ impl Transfers {
                         _ => TransferEvent::Failed {
                             id: d.transfer_id,
                             side: Side::Receive,
-                            reason: d.reason.clone(),
+                            reason: crate::names::make_inert(&d.reason),
                         },
                     });
                 }
@@ -602,7 +610,7 @@ impl Transfers {
             side: Side::Receive,
             reason,
         };
-        if sink.written + chunk.len() as u64 > t.size {
+        if beyond_offer(sink.written, chunk.len(), t.size) {
             let reason = "the sender sent more than it offered".to_string();
             self.abort_incoming(id).await;
             link.send(done(id, FileResult::Failed, &reason, true)).await?;
@@ -980,6 +988,32 @@ mod tests {
             "{s}"
         );
         assert_eq!(sanitize_file_name("報告書.xlsx"), "報告書.xlsx");
+    }
+
+    #[test]
+    fn format_and_bidi_characters_never_reach_a_saved_name() {
+        assert_eq!(sanitize_file_name("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
+        assert_eq!(
+            sanitize_file_name("\u{FEFF}re\u{200B}port\u{2066}.pdf\u{2069}"),
+            "report.pdf"
+        );
+        assert_eq!(
+            sanitize_file_name("\u{200F}.bashrc"),
+            "bashrc",
+            "hidden behind an invisible mark"
+        );
+        assert_eq!(sanitize_file_name("\u{202E}\u{200B}"), "file");
+        assert_eq!(sanitize_file_name("a\u{2028}b.txt"), "ab.txt");
+    }
+
+    #[test]
+    fn chunk_accounting_survives_the_largest_offer() {
+        assert!(!beyond_offer(0, CHUNK, u64::MAX));
+        assert!(!beyond_offer(u64::MAX - 1, 1, u64::MAX));
+        assert!(beyond_offer(u64::MAX, 1, u64::MAX), "wraps past the largest size");
+        assert!(beyond_offer(u64::MAX - 10, CHUNK, u64::MAX));
+        assert!(beyond_offer(90, 11, 100));
+        assert!(!beyond_offer(90, 10, 100));
     }
 
     #[test]

@@ -89,11 +89,11 @@ pub fn file_result_name(result: tsunagu_proto::pb::FileResult) -> &'static str {
     }
 }
 
-/// Keeps a file name fit for the history: no control characters, bounded length.
+/// Keeps a file name fit for the history: no control, format or bidi characters (see
+/// `tsunagu_proto::names`), bounded length.
 fn recorded_name(name: &str) -> String {
-    let clean: String = name
+    let clean: String = tsunagu_proto::names::make_inert(name)
         .chars()
-        .filter(|c| !c.is_control())
         .take(MAX_RECORDED_NAME)
         .collect();
     if clean.is_empty() {
@@ -305,7 +305,7 @@ impl Policy {
         let before = (self.modes, self.granted);
         let flows = self.flows();
         if modes.paused && !self.modes.paused {
-            self.counters.pauses += 1;
+            self.counters.pauses = self.counters.pauses.saturating_add(1);
         }
         self.modes = modes;
         self.granted = self.granted.difference(revoke);
@@ -396,22 +396,26 @@ impl Policy {
         if verdict == Verdict::Forward && channel == Some(Channel::File) {
             verdict = match self.transfers.get_mut(&(direction, stream)) {
                 Some(t) if t.state == TransferState::Accepted => {
-                    if t.bytes + payload as u64 > t.size {
-                        Verdict::Drop(DropReason::TransferMisuse)
-                    } else {
-                        t.bytes += payload as u64;
-                        Verdict::Forward
+                    // Checked: the size is the sender's word and may be `u64::MAX`.
+                    match t.bytes.checked_add(payload as u64) {
+                        Some(total) if total <= t.size => {
+                            t.bytes = total;
+                            Verdict::Forward
+                        }
+                        _ => Verdict::Drop(DropReason::TransferMisuse),
                     }
                 }
                 _ => Verdict::Drop(DropReason::NoTransfer),
             };
         }
+        // Saturating: a counter that has reached its largest value stays there.
+        let c = &mut self.counters;
         match verdict {
             Verdict::Forward => match direction {
-                Direction::ToClient => self.counters.bytes_to_client += len as u64,
-                Direction::ToOperator => self.counters.bytes_to_operator += len as u64,
+                Direction::ToClient => c.bytes_to_client = c.bytes_to_client.saturating_add(len as u64),
+                Direction::ToOperator => c.bytes_to_operator = c.bytes_to_operator.saturating_add(len as u64),
             },
-            Verdict::Drop(_) => self.counters.dropped_frames += 1,
+            Verdict::Drop(_) => c.dropped_frames = c.dropped_frames.saturating_add(1),
         }
         verdict
     }
@@ -1010,6 +1014,66 @@ mod tests {
         assert_eq!(p.counters().dropped_frames, 1);
         p.withdrawn(ToClient, 1, 1000);
         assert_eq!(p.counters().bytes_to_client, 0, "never below zero");
+    }
+
+    #[test]
+    fn recorded_file_names_lose_format_and_bidi_characters() {
+        let (mut p, _) = active(&["view", "files"]);
+        p.file_offer(ToOperator, 1, "invoice\u{202E}fdp.exe\u{200B}", 5);
+        let (_, rec) = p.file_answer(ToClient, 1, false);
+        assert_eq!(rec.unwrap().name, "invoicefdp.exe");
+        p.file_offer(ToOperator, 2, "\u{FEFF}\u{2066}", 5);
+        assert_eq!(p.file_answer(ToClient, 2, false).1.unwrap().name, "unnamed");
+    }
+
+    #[test]
+    fn extreme_sizes_and_counters_never_overflow() {
+        let (mut p, _) = active(&["view", "control", "files"]);
+        let file = Some(Channel::File);
+        // An offer of the largest size, accepted, already carried almost all of it.
+        p.file_offer(ToClient, 1, "huge", u64::MAX);
+        p.file_answer(ToOperator, 1, true);
+        p.transfers.get_mut(&(ToClient, 1)).unwrap().bytes = u64::MAX - 3;
+        assert_eq!(
+            p.check_data_in(ToClient, file, 1, 5, 10),
+            Verdict::Drop(DropReason::TransferMisuse),
+            "past u64::MAX is past the offer"
+        );
+        assert_eq!(p.check_data_in(ToClient, file, 1, 3, 10), Verdict::Forward);
+        assert_eq!(p.close_all_transfers()[0].bytes, u64::MAX);
+
+        // Counters at their largest value stay there.
+        p.counters = Counters {
+            bytes_to_client: u64::MAX - 1,
+            bytes_to_operator: u64::MAX,
+            pauses: u32::MAX,
+            dropped_frames: u64::MAX,
+        };
+        assert_eq!(
+            p.check_data(ToClient, Some(Channel::Input), usize::MAX),
+            Verdict::Forward
+        );
+        assert_eq!(p.check_data(ToOperator, Some(Channel::Screen), 100), Verdict::Forward);
+        assert_eq!(
+            p.check_data(ToOperator, Some(Channel::Input), 1),
+            Verdict::Drop(DropReason::WrongDirection)
+        );
+        assert!(p.client_state(
+            ClientModes {
+                paused: true,
+                ..Default::default()
+            },
+            PermissionSet::EMPTY
+        ));
+        assert_eq!(
+            p.counters(),
+            Counters {
+                bytes_to_client: u64::MAX,
+                bytes_to_operator: u64::MAX,
+                pauses: u32::MAX,
+                dropped_frames: u64::MAX,
+            }
+        );
     }
 
     #[test]

@@ -897,7 +897,8 @@ async fn client_connection(
 
 /// Host names are chosen by the client: keep them short and free of control characters.
 fn clean_host_name(raw: &str) -> String {
-    let mut s: String = raw.chars().filter(|c| !c.is_control()).collect();
+    // No control, format or bidi characters: the name shows what it is (see `names`).
+    let mut s: String = tsunagu_proto::names::make_inert(raw);
     let max = tsunagu_proto::limits::MAX_HOST_NAME;
     if s.len() > max {
         let mut cut = max;
