@@ -2,7 +2,9 @@
 //!
 //! Decoding has three outcomes: a frame, "need more bytes" (`Ok(None)`), or an error. The
 //! length is checked against the configured maximum before any buffer is reserved for the
-//! body, so a hostile length prefix costs nothing.
+//! body, so a hostile length prefix costs nothing. A decoded frame is also refused when its
+//! own encoding would exceed the maximum, so every frame the codec accepts can be sent on
+//! to a peer with the same limit (see [`FrameCodec::decode`]).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
@@ -13,7 +15,8 @@ use crate::pb::Frame;
 /// Why a byte stream is not a valid frame sequence. Any of these closes the connection.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
-    /// The peer announced a frame larger than the limit.
+    /// The frame is larger than the limit: as the peer announced it, or as it would be
+    /// re-encoded (`len` is then the re-encoded size; see [`FrameCodec::decode`]).
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
     /// The peer sent a zero-length frame, which carries no message.
@@ -76,6 +79,12 @@ impl FrameCodec {
 
     /// Takes one frame off the front of `buf`, or returns `Ok(None)` when more bytes are
     /// needed. On error the buffer content is unspecified and the connection must close.
+    ///
+    /// A frame whose re-encoding is larger than the limit is refused as
+    /// [`FrameError::TooLarge`] even though its wire form fits: prost writes a negative
+    /// `int32` or enum value as a 10-byte varint, while a peer may send it as 5 bytes, so a
+    /// frame just under the limit can double in size when re-encoded. Refusing it keeps the
+    /// promise that whatever the codec accepts, [`encode_limited`] can send on unchanged.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<RawFrame>, FrameError> {
         let Some(len) = self.peek_len(buf)? else {
             return Ok(None);
@@ -88,6 +97,13 @@ impl FrameCodec {
         let frame = Frame::decode(&mut body).map_err(|e| FrameError::Malformed(e.to_string()))?;
         if frame.body.is_none() {
             return Err(FrameError::Malformed("frame without a body".into()));
+        }
+        let reencoded = frame.encoded_len();
+        if reencoded > self.max_frame {
+            return Err(FrameError::TooLarge {
+                len: reencoded,
+                max: self.max_frame,
+            });
         }
         Ok(Some(RawFrame { frame, wire }))
     }
@@ -191,6 +207,38 @@ mod tests {
         let mut codec = FrameCodec::new(1024);
         assert!(codec.decode(&mut buf).unwrap().is_none());
         assert_eq!(codec.wanted(&buf).unwrap(), 1);
+    }
+
+    /// A `Consent` frame (with its length prefix) whose `count` packed permissions are each -1
+    /// written as a 5-byte varint (its low 32 bits), where prost writes 10 bytes.
+    fn consent_of_short_negative_enums(count: usize) -> BytesMut {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let minus_one_in_5_bytes = [0xff, 0xff, 0xff, 0xff, 0x0f];
+        let mut consent = BytesMut::new();
+        encode_key(1, WireType::LengthDelimited, &mut consent); // Consent.granted, packed
+        encode_varint((count * minus_one_in_5_bytes.len()) as u64, &mut consent);
+        for _ in 0..count {
+            consent.extend_from_slice(&minus_one_in_5_bytes);
+        }
+        let mut body = BytesMut::new();
+        encode_key(10, WireType::LengthDelimited, &mut body); // Frame.consent
+        encode_varint(consent.len() as u64, &mut body);
+        body.extend_from_slice(&consent);
+        let mut wire = BytesMut::new();
+        wire.put_u32(body.len() as u32);
+        wire.extend_from_slice(&body);
+        wire
+    }
+
+    #[test]
+    fn a_frame_that_outgrows_the_limit_when_reencoded_is_refused() {
+        let max = crate::limits::DEFAULT_MAX_FRAME;
+        // 200,000 values: 1,000,012 bytes on the wire, under the 1 MiB limit...
+        let mut wire = consent_of_short_negative_enums(200_000);
+        assert_eq!(wire.len(), 1_000_012);
+        // ...but 2,000,008 once re-encoded (10 bytes per value), which no peer would accept.
+        let err = FrameCodec::new(max).decode(&mut wire).unwrap_err();
+        assert_eq!(err, FrameError::TooLarge { len: 2_000_008, max });
     }
 
     #[test]

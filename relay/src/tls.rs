@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -182,16 +183,17 @@ fn load_chain(
         reason,
     };
     let cert_pem = fs::read(cert_path).map_err(io_err(cert_path))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| bad(cert_path, e.to_string()))?;
     if certs.is_empty() {
         return Err(bad(cert_path, "no certificate in the file".into()));
     }
     let key_pem = fs::read(key_path).map_err(io_err(key_path))?;
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| bad(key_path, e.to_string()))?
-        .ok_or_else(|| bad(key_path, "no private key in the file".into()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => bad(key_path, "no private key in the file".into()),
+        e => bad(key_path, e.to_string()),
+    })?;
     Ok((certs, key))
 }
 
@@ -210,7 +212,7 @@ fn certified_key(
 /// Seconds until the first certificate in `path` expires (negative when expired).
 fn remaining(path: &Path) -> Result<Duration, TlsError> {
     let pem = fs::read(path).map_err(io_err(path))?;
-    let der = rustls_pemfile::certs(&mut &pem[..])
+    let der = CertificateDer::pem_slice_iter(&pem)
         .next()
         .ok_or_else(|| TlsError::BadFile {
             path: path.into(),
