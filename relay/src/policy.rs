@@ -1058,13 +1058,16 @@ mod tests {
             p.check_data(ToOperator, Some(Channel::Input), 1),
             Verdict::Drop(DropReason::WrongDirection)
         );
-        assert!(p.client_state(
-            ClientModes {
-                paused: true,
-                ..Default::default()
-            },
-            PermissionSet::EMPTY
-        ));
+        assert!(
+            p.client_state(
+                ClientModes {
+                    paused: true,
+                    ..Default::default()
+                },
+                PermissionSet::EMPTY
+            )
+            .changed
+        );
         assert_eq!(
             p.counters(),
             Counters {
