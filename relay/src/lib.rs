@@ -9,6 +9,8 @@
 //! * [`throttle`]: guessing protection for codes and logins.
 //! * [`accounts`], [`store`], [`history`]: operator accounts and the connection history.
 //! * [`totp`], [`audit`]: second factors; the hash-chained audit trail.
+//! * [`keys`]: keys kept outside the database (TOTP secrets at rest, the audit chain and
+//!   its signed checkpoints) and the owner-only modes of the data dir.
 //! * [`admin`]: the HTTPS admin console, its REST API, and the operations both share with
 //!   `tsunagu-relay admin`.
 
@@ -18,6 +20,7 @@ pub mod audit;
 pub mod config;
 pub mod directory;
 pub mod history;
+pub mod keys;
 pub mod policy;
 pub mod queue;
 pub mod server;
