@@ -1,13 +1,38 @@
 //! The audit trail: admin actions, logins, code issue / join / failure, consent decisions
-//! and suspensions. Rows are only ever appended; each row's hash covers its content and the
-//! previous row's hash, so editing or deleting any row breaks the chain from there on and
-//! [`verify`] names it. (Removing rows from the very end leaves a shorter valid chain: keep
-//! the head hash that `tsunagu-relay audit verify` prints somewhere else to catch that.)
+//! and suspensions. Rows are only ever appended; each row's hash is an HMAC-SHA-256, under a
+//! key kept outside the database ([`crate::keys`]), of its content and the previous row's
+//! hash, so editing or deleting any row breaks the chain from there on and [`verify`] names
+//! it, and someone who can write the database but not read the key cannot recompute it.
+//!
+//! Cutting rows from the very end leaves a shorter chain that is valid in itself: the relay
+//! therefore appends a signed head (the newest row's `seq` and hash, Ed25519) to
+//! `DATA/audit/checkpoints.jsonl`, outside the database, at start, every
+//! `secrets.checkpoint_interval` (daily) and at shutdown, and the console's one-day zip
+//! carries them too. [`verify`] checks the trail against every checkpoint.
+//!
+//! Trails written before the chain was keyed keep their rows: those rows (plain SHA-256,
+//! no prefix) are verified the old way, but only as a prefix: once a keyed row (`k1:`)
+//! appears every later row must be keyed, and the first keyed row's HMAC covers the last
+//! unkeyed row's hash, so the old rows cannot be rewritten either. The relay marks the
+//! switch with an `audit_chain_keyed` row at its first start with the key.
 
 use sha2::{Digest, Sha256};
 
+use crate::keys::{KeyError, Keys};
 use crate::store::{AuditRow, Store, StoreError};
 use crate::totp::hex;
+
+/// Prefix of a keyed row hash: `k1:` then the hex HMAC-SHA-256. Unkeyed (older) rows hold
+/// the bare hex SHA-256.
+pub const KEYED_PREFIX: &str = "k1:";
+
+/// Newest rows [`Audit::check_key`] looks at: enough that an insider would have to edit
+/// them all to pass for a wrong key, few enough to read at every start.
+const KEY_CHECK_ROWS: i64 = 100;
+
+/// Longest checkpoint file [`verify`] reads; a daily line is about 300 bytes, so this is
+/// centuries of checkpoints, and a bigger file is reported instead of filling memory.
+const MAX_CHECKPOINT_FILE: u64 = 64 << 20;
 
 /// `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -46,8 +71,10 @@ fn cut(s: &str) -> String {
     clean[..end].to_string()
 }
 
-/// The hash of a row: SHA-256 over every field, each length-prefixed so no two different
-/// rows can serialise alike. (One argument per stored column, in column order.)
+/// The unkeyed hash of a row, as trails were chained before the key: SHA-256 over every
+/// field, each length-prefixed so no two different rows can serialise alike. (One argument
+/// per stored column, in column order.) Only rows older than the first keyed row may carry
+/// it.
 #[allow(clippy::too_many_arguments)]
 pub fn row_hash(
     seq: i64,
@@ -59,22 +86,39 @@ pub fn row_hash(
     detail: &str,
     prev_hash: &str,
 ) -> String {
-    let mut h = Sha256::new();
-    h.update(b"tsunagu-audit-v1");
-    for field in [
-        seq.to_string().as_str(),
-        at.to_string().as_str(),
-        actor,
-        action,
-        target,
-        ip,
-        detail,
-        prev_hash,
-    ] {
-        h.update((field.len() as u64).to_be_bytes());
-        h.update(field.as_bytes());
+    hex(&Sha256::digest(row_bytes(
+        b"tsunagu-audit-v1",
+        &[seq, at],
+        &[actor, action, target, ip, detail, prev_hash],
+    )))
+}
+
+/// The keyed hash of a row: `k1:` + HMAC-SHA-256 under the audit key over the same
+/// length-prefixed fields.
+pub fn keyed_row_hash(keys: &Keys, row: &AuditRow) -> String {
+    let bytes = row_bytes(
+        b"tsunagu-audit-v2",
+        &[row.seq, row.at],
+        &[
+            &row.actor,
+            &row.action,
+            &row.target,
+            &row.ip,
+            &row.detail,
+            &row.prev_hash,
+        ],
+    );
+    format!("{KEYED_PREFIX}{}", keys.audit_mac(&bytes))
+}
+
+fn row_bytes(domain: &[u8], numbers: &[i64], texts: &[&str]) -> Vec<u8> {
+    let mut out = domain.to_vec();
+    let numbers: Vec<String> = numbers.iter().map(i64::to_string).collect();
+    for field in numbers.iter().map(String::as_str).chain(texts.iter().copied()) {
+        out.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        out.extend_from_slice(field.as_bytes());
     }
-    hex(&h.finalize())
+    out
 }
 
 impl Audit {
@@ -86,8 +130,9 @@ impl Audit {
         }
     }
 
-    /// Appends one entry and returns the stored row.
+    /// Appends one entry and returns the stored row. Needs the store's keys.
     pub async fn append(&self, entry: Entry) -> Result<AuditRow, StoreError> {
+        let keys = self.store.keys().ok_or(StoreError::NoKeys)?.clone();
         let _guard = self.lock.lock().await;
         let (actor, target, ip, detail) = (
             cut(&entry.actor),
@@ -104,8 +149,7 @@ impl Audit {
                 None => (1, GENESIS.to_string()),
             };
             let at = crate::history::now_ms();
-            let hash = row_hash(seq, at, &actor, entry.action, &target, &ip, &detail, &prev);
-            let row = AuditRow {
+            let mut row = AuditRow {
                 seq,
                 at,
                 actor: actor.clone(),
@@ -114,8 +158,9 @@ impl Audit {
                 ip: ip.clone(),
                 detail: detail.clone(),
                 prev_hash: prev,
-                hash,
+                hash: String::new(),
             };
+            row.hash = keyed_row_hash(&keys, &row);
             match self.store.audit_insert(&row).await {
                 Ok(true) => return Ok(row),
                 Ok(false) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
@@ -133,24 +178,232 @@ impl Audit {
             tracing::error!(error = %e, action, "could not write the audit trail");
         }
     }
+
+    /// Checks at start that the audit key is the one the trail was keyed with: when none of
+    /// the newest keyed rows matches it, the key file is wrong ([`StoreError::WrongAuditKey`]);
+    /// when only some do, rows were edited, which is logged and left to `audit verify`.
+    pub async fn check_key(&self) -> Result<(), StoreError> {
+        let keys = self.store.keys().ok_or(StoreError::NoKeys)?.clone();
+        let recent = self.store.audit_recent(KEY_CHECK_ROWS).await?;
+        let keyed: Vec<&AuditRow> = recent.iter().filter(|r| r.hash.starts_with(KEYED_PREFIX)).collect();
+        let matching = keyed.iter().filter(|r| keyed_row_hash(&keys, r) == r.hash).count();
+        if !keyed.is_empty() && matching == 0 {
+            return Err(StoreError::WrongAuditKey(keys.files().audit.display().to_string()));
+        }
+        if matching < keyed.len() {
+            tracing::error!(
+                edited = keyed.len() - matching,
+                "recent audit rows do not match their hashes: run `tsunagu-relay audit verify`"
+            );
+        }
+        Ok(())
+    }
+
+    /// On a trail whose newest row is unkeyed (written before the chain was keyed), appends
+    /// the `audit_chain_keyed` row that starts the keyed part; a no-op otherwise. The relay
+    /// calls it at start.
+    pub async fn mark_keyed(&self) -> Result<(), StoreError> {
+        let Some(head) = self.store.audit_head().await? else {
+            return Ok(());
+        };
+        if head.hash.starts_with(KEYED_PREFIX) {
+            return Ok(());
+        }
+        self.append(Entry {
+            actor: "relay".into(),
+            action: "audit_chain_keyed",
+            detail: format!("unkeyed_rows={}", head.seq),
+            ..Default::default()
+        })
+        .await?;
+        tracing::info!(unkeyed_rows = head.seq, "the audit chain is keyed from now on");
+        Ok(())
+    }
+
+    /// Appends a signed head of the trail to the checkpoint file; `None` while the trail is
+    /// empty.
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let keys = self.store.keys().ok_or(StoreError::NoKeys)?.clone();
+        // Appends from this process wait, so the head is not overtaken while it is signed.
+        let _guard = self.lock.lock().await;
+        let Some(head) = self.store.audit_head().await? else {
+            return Ok(None);
+        };
+        if !head.hash.starts_with(KEYED_PREFIX) {
+            // Since `mark_keyed` every row is keyed: an unkeyed head was written without the
+            // key. Signing it would vouch for the rewrite.
+            return Err(StoreError::AuditRewritten(head.seq));
+        }
+        let mut c = Checkpoint {
+            seq: head.seq,
+            hash: head.hash,
+            at: crate::history::now_ms(),
+            key: keys.signing_public_hex(),
+            sig: String::new(),
+        };
+        c.sig = keys.sign(&c.signed_bytes());
+        let path = &keys.files().checkpoints;
+        let io = |source| {
+            StoreError::Keys(KeyError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        if let Some(dir) = path.parent() {
+            crate::keys::create_private_dir(dir).map_err(io)?;
+        }
+        let line = serde_json::to_string(&c).map_err(|e| io(std::io::Error::other(e)))? + "\n";
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = crate::keys::private_file_options()
+                .append(true)
+                .create(true)
+                .open(path)?;
+            f.write_all(line.as_bytes())?;
+            f.sync_data()
+        };
+        write().map_err(io)?;
+        Ok(Some(c))
+    }
+
+    /// [`Audit::checkpoint`], logging instead of failing (housekeeping and shutdown).
+    pub async fn checkpoint_logged(&self) {
+        match self.checkpoint().await {
+            Ok(Some(c)) => tracing::info!(seq = c.seq, "wrote an audit checkpoint"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "could not write an audit checkpoint"),
+        }
+    }
+}
+
+/// A signed head of the audit trail, one JSON line of `DATA/audit/checkpoints.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// The newest row's `seq` when the checkpoint was taken.
+    pub seq: i64,
+    /// That row's hash.
+    pub hash: String,
+    /// When (Unix ms).
+    pub at: i64,
+    /// The signing key's public half (hex), to tell which relay wrote it.
+    pub key: String,
+    /// Ed25519 signature (hex) of [`Checkpoint::signed_bytes`].
+    pub sig: String,
+}
+
+impl Checkpoint {
+    /// What the signature covers.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        format!("tsunagu-audit-checkpoint-v1\n{}\n{}\n{}", self.seq, self.hash, self.at).into_bytes()
+    }
+}
+
+impl Audit {
+    /// For the console's one-day zip: the checkpoints written in `[from_ms, to_ms)`, and
+    /// one taken now (so the download always carries the current head).
+    pub async fn day_checkpoints(&self, from_ms: i64, to_ms: i64) -> String {
+        let fresh = match self.checkpoint().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "could not write an audit checkpoint");
+                None
+            }
+        };
+        let Some(keys) = self.store.keys() else {
+            return String::new();
+        };
+        let mut out = checkpoint_lines(keys, from_ms, to_ms);
+        if let Some(c) = fresh.filter(|c| !(from_ms..to_ms).contains(&c.at)) {
+            if let Ok(line) = serde_json::to_string(&c) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// The checkpoint file's lines written in `[from_ms, to_ms)`.
+pub fn checkpoint_lines(keys: &Keys, from_ms: i64, to_ms: i64) -> String {
+    let Ok(text) = std::fs::read_to_string(&keys.files().checkpoints) else {
+        return String::new();
+    };
+    text.lines()
+        .filter(|l| {
+            serde_json::from_str::<Checkpoint>(l)
+                .map(|c| (from_ms..to_ms).contains(&c.at))
+                .unwrap_or(false)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// What `audit verify` found.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Report {
     pub rows: u64,
-    /// The newest row's hash: keep it elsewhere to detect truncation later.
+    /// The newest row's hash.
     pub head: Option<String>,
+    /// The first keyed row; rows before it are unkeyed (written before the key existed).
+    pub keyed_from: Option<i64>,
+    /// Signed checkpoints the trail was checked against.
+    pub checkpoints: u64,
     /// One line per broken link, empty when the chain is intact.
     pub problems: Vec<String>,
 }
 
-/// Walks the whole trail and reports every row that was edited, and every gap where rows
-/// were deleted.
+/// Reads the checkpoint file: good checkpoints by the row they name, and a problem for
+/// every line that is unreadable or not signed by this relay's key.
+fn load_checkpoints(keys: &Keys, problems: &mut Vec<String>) -> std::collections::BTreeMap<i64, Vec<Checkpoint>> {
+    let mut by_seq = std::collections::BTreeMap::<i64, Vec<Checkpoint>>::new();
+    let path = &keys.files().checkpoints;
+    let text = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return by_seq,
+        Ok(m) if m.len() > MAX_CHECKPOINT_FILE => {
+            problems.push(format!("{} is too large to be a checkpoint file", path.display()));
+            return by_seq;
+        }
+        _ => match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("cannot read the checkpoints in {}: {e}", path.display()));
+                return by_seq;
+            }
+        },
+    };
+    let own_key = keys.signing_public_hex();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        match serde_json::from_str::<Checkpoint>(line) {
+            Ok(c) if c.key == own_key && keys.signature_ok(&c.signed_bytes(), &c.sig) => {
+                by_seq.entry(c.seq).or_default().push(c)
+            }
+            Ok(_) => problems.push(format!("checkpoint line {}: not signed by this relay's key", i + 1)),
+            Err(_) => problems.push(format!("checkpoint line {}: unreadable", i + 1)),
+        }
+    }
+    by_seq
+}
+
+fn when(at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| at_ms.to_string())
+}
+
+/// Walks the whole trail and reports every row that was edited, every gap where rows were
+/// deleted, and, against the signed checkpoints outside the database, rows cut from the
+/// end or rewritten wholesale.
 pub async fn verify(store: &Store) -> Result<Report, StoreError> {
     let mut report = Report::default();
+    let keys = store.keys().cloned();
+    let checkpoints = match &keys {
+        Some(k) => load_checkpoints(k, &mut report.problems),
+        None => Default::default(),
+    };
+    report.checkpoints = checkpoints.values().map(|v| v.len() as u64).sum();
     let mut expected_seq = 1i64;
     let mut prev = GENESIS.to_string();
+    let mut missing_key_reported = false;
     loop {
         // Pages keep memory flat on a long trail.
         let page = store.audit_rows(expected_seq - 1, 1000).await?;
@@ -170,25 +423,66 @@ pub async fn verify(store: &Store) -> Result<Report, StoreError> {
                     row.seq
                 ));
             }
-            let recomputed = row_hash(
-                row.seq,
-                row.at,
-                &row.actor,
-                &row.action,
-                &row.target,
-                &row.ip,
-                &row.detail,
-                &row.prev_hash,
-            );
-            if recomputed != row.hash {
+            let intact = if row.hash.starts_with(KEYED_PREFIX) {
+                report.keyed_from.get_or_insert(row.seq);
+                match &keys {
+                    Some(k) => keyed_row_hash(k, &row) == row.hash,
+                    None => {
+                        if !missing_key_reported {
+                            report
+                                .problems
+                                .push("the audit key is not loaded: keyed rows cannot be checked".into());
+                            missing_key_reported = true;
+                        }
+                        true
+                    }
+                }
+            } else if report.keyed_from.is_some() {
+                report.problems.push(format!(
+                    "row {}: unkeyed hash after the chain was keyed (rewritten without the key)",
+                    row.seq
+                ));
+                true
+            } else {
+                row_hash(
+                    row.seq,
+                    row.at,
+                    &row.actor,
+                    &row.action,
+                    &row.target,
+                    &row.ip,
+                    &row.detail,
+                    &row.prev_hash,
+                ) == row.hash
+            };
+            if !intact {
                 report
                     .problems
                     .push(format!("row {}: its content was edited (hash mismatch)", row.seq));
+            }
+            for c in checkpoints.get(&row.seq).into_iter().flatten() {
+                if c.hash != row.hash {
+                    report.problems.push(format!(
+                        "row {}: differs from the signed checkpoint of {} (rewritten)",
+                        row.seq,
+                        when(c.at)
+                    ));
+                }
             }
             expected_seq = row.seq + 1;
             prev = row.hash.clone();
             report.head = Some(row.hash);
         }
+    }
+    let last = expected_seq - 1;
+    // The furthest checkpoint past the end says how much was cut.
+    if let Some((seq, cs)) = checkpoints.range(last + 1..).next_back() {
+        let newest = cs.iter().map(|c| c.at).max().unwrap_or_default();
+        report.problems.push(format!(
+            "rows {}..={seq} were cut from the end: the signed checkpoint of {} names row {seq}",
+            last + 1,
+            when(newest)
+        ));
     }
     Ok(report)
 }
@@ -207,10 +501,217 @@ mod tests {
         }
     }
 
+    fn keys(dir: &std::path::Path) -> std::sync::Arc<Keys> {
+        let all = crate::keys::MayCreate {
+            secrets: true,
+            audit: true,
+            signing: true,
+        };
+        std::sync::Arc::new(Keys::load(&crate::keys::KeyFiles::in_data_dir(dir), all).unwrap())
+    }
+
+    async fn keyed_store(dir: &std::path::Path) -> Store {
+        let store = Store::open(&dir.join("a.db")).await.unwrap();
+        store.with_keys(keys(dir)).await.unwrap()
+    }
+
+    /// What an insider with write access to the database but not the key could do: edit a
+    /// row and recompute every later hash with plain SHA-256.
+    async fn rehash(store: &Store, which: std::ops::RangeInclusive<i64>, keyed_looking: bool) {
+        let rows = store.audit_rows(0, 1000).await.unwrap();
+        let mut prev = GENESIS.to_string();
+        for r in rows {
+            if which.contains(&r.seq) {
+                let h = row_hash(r.seq, r.at, &r.actor, &r.action, &r.target, &r.ip, &r.detail, &prev);
+                let h = if keyed_looking { format!("{KEYED_PREFIX}{h}") } else { h };
+                store
+                    .execute_raw(&format!(
+                        "UPDATE audit SET prev_hash = '{prev}', hash = '{h}' WHERE seq = {}",
+                        r.seq
+                    ))
+                    .await
+                    .unwrap();
+                prev = h;
+            } else {
+                prev = r.hash;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_edit_rehashed_without_the_key_is_reported() {
+        for keyed_looking in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = keyed_store(dir.path()).await;
+            let audit = Audit::new(store.clone());
+            for i in 0..5 {
+                audit
+                    .append(entry("operator_created", &format!("op{i}")))
+                    .await
+                    .unwrap();
+            }
+            store
+                .execute_raw("UPDATE audit SET target = 'mallory' WHERE seq = 3")
+                .await
+                .unwrap();
+            rehash(&store, 3..=i64::MAX, keyed_looking).await;
+            let report = verify(&store).await.unwrap();
+            let expect = if keyed_looking {
+                "row 3: its content was edited"
+            } else {
+                "row 3: unkeyed hash after the chain was keyed"
+            };
+            assert!(
+                report.problems.iter().any(|p| p.starts_with(expect)),
+                "{keyed_looking}: {:?}",
+                report.problems
+            );
+            store.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_cut_from_the_end_are_reported_against_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keyed_store(dir.path()).await;
+        let audit = Audit::new(store.clone());
+        assert_eq!(audit.checkpoint().await.unwrap(), None, "nothing to sign yet");
+        for i in 0..5 {
+            audit
+                .append(entry("operator_created", &format!("op{i}")))
+                .await
+                .unwrap();
+        }
+        let c = audit.checkpoint().await.unwrap().unwrap();
+        assert_eq!(c.seq, 5);
+        let ok = verify(&store).await.unwrap();
+        assert_eq!((ok.checkpoints, ok.problems.len()), (1, 0), "{:?}", ok.problems);
+
+        store.execute_raw("DELETE FROM audit WHERE seq >= 4").await.unwrap();
+        let cut = verify(&store).await.unwrap();
+        assert_eq!(cut.rows, 3);
+        assert_eq!(cut.problems.len(), 1, "{:?}", cut.problems);
+        assert!(
+            cut.problems[0].starts_with("rows 4..=5 were cut from the end: the signed checkpoint of"),
+            "{:?}",
+            cut.problems
+        );
+
+        // Rows appended again up to the same seq do not match the signed head either.
+        for i in 0..2 {
+            audit
+                .append(entry("operator_created", &format!("new{i}")))
+                .await
+                .unwrap();
+        }
+        let replaced = verify(&store).await.unwrap();
+        assert!(
+            replaced
+                .problems
+                .iter()
+                .any(|p| p.starts_with("row 5: differs from the signed checkpoint")),
+            "{:?}",
+            replaced.problems
+        );
+
+        // A forged checkpoint line is reported, not trusted.
+        let path = store.keys().unwrap().files().checkpoints.clone();
+        let mut forged = c.clone();
+        forged.seq = 99;
+        let text = std::fs::read_to_string(&path).unwrap() + &serde_json::to_string(&forged).unwrap() + "\n";
+        std::fs::write(&path, text).unwrap();
+        let report = verify(&store).await.unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p == "checkpoint line 2: not signed by this relay's key"),
+            "{:?}",
+            report.problems
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_wrong_audit_key_is_refused_but_an_edited_row_is_only_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keyed_store(dir.path()).await;
+        let audit = Audit::new(store.clone());
+        audit.check_key().await.unwrap();
+        for i in 0..3 {
+            audit
+                .append(entry("operator_created", &format!("op{i}")))
+                .await
+                .unwrap();
+        }
+        store
+            .execute_raw("UPDATE audit SET target = 'mallory' WHERE seq = 3")
+            .await
+            .unwrap();
+        audit.check_key().await.unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let wrong = Store::open(&dir.path().join("a.db"))
+            .await
+            .unwrap()
+            .with_keys(keys(other.path()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            Audit::new(wrong.clone()).check_key().await,
+            Err(StoreError::WrongAuditKey(_))
+        ));
+        wrong.close().await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_unkeyed_trail_is_kept_and_continued_keyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keyed_store(dir.path()).await;
+        // Two rows as an older relay wrote them.
+        let mut prev = GENESIS.to_string();
+        for seq in 1..=2 {
+            let h = row_hash(seq, 10, "cli", "operator_created", "op", "", "", &prev);
+            store
+                .execute_raw(&format!(
+                    "INSERT INTO audit VALUES ({seq}, 10, 'cli', 'operator_created', 'op', '', '', '{prev}', '{h}')"
+                ))
+                .await
+                .unwrap();
+            prev = h;
+        }
+        let audit = Audit::new(store.clone());
+        audit.mark_keyed().await.unwrap();
+        audit.mark_keyed().await.unwrap();
+        audit.append(entry("operator_created", "op3")).await.unwrap();
+        let report = verify(&store).await.unwrap();
+        assert_eq!(
+            (report.rows, report.keyed_from, report.problems.len()),
+            (4, Some(3), 0),
+            "{:?}",
+            report.problems
+        );
+        let marker = store.audit_rows(2, 1).await.unwrap().remove(0);
+        assert_eq!(
+            (marker.action.as_str(), marker.detail.as_str()),
+            ("audit_chain_keyed", "unkeyed_rows=2")
+        );
+
+        // The unkeyed rows cannot be rewritten either: the first keyed row covers them.
+        store
+            .execute_raw("UPDATE audit SET target = 'mallory' WHERE seq = 1")
+            .await
+            .unwrap();
+        rehash(&store, 1..=2, false).await;
+        let report = verify(&store).await.unwrap();
+        assert!(!report.problems.is_empty(), "{report:?}");
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn chain_detects_edits_and_deletions() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("a.db")).await.unwrap();
+        let store = keyed_store(dir.path()).await;
         let audit = Audit::new(store.clone());
         for i in 0..5 {
             audit

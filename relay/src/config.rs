@@ -27,6 +27,35 @@ pub struct Config {
     pub accounts: AccountsConfig,
     pub database: DatabaseConfig,
     pub admin: AdminConfig,
+    pub secrets: SecretsConfig,
+}
+
+/// Keys kept outside the database (see [`crate::keys`]) and the audit checkpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Encrypts TOTP secrets in the database. Default `DATA/keys/secrets.key` (created on
+    /// first start). Losing it means every account enrols TOTP again.
+    pub key_file: Option<PathBuf>,
+    /// Keys the audit trail's HMAC chain. Default `DATA/keys/audit.key`.
+    pub audit_key_file: Option<PathBuf>,
+    /// Signs audit checkpoints (Ed25519 seed). Default `DATA/keys/audit-signing.key`.
+    pub signing_key_file: Option<PathBuf>,
+    /// How often the relay appends a signed head of the audit trail to
+    /// `DATA/audit/checkpoints.jsonl` (also at start and at shutdown). Default 1 day.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            audit_key_file: None,
+            signing_key_file: None,
+            checkpoint_interval: DAY,
+        }
+    }
 }
 
 /// Where durable state lives and how long history is kept.
@@ -303,6 +332,7 @@ impl Default for Config {
             accounts: AccountsConfig::default(),
             database: DatabaseConfig::default(),
             admin: AdminConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -538,6 +568,27 @@ impl Config {
                 "accounts",
                 "argon2 memory must be at least 8 KiB and iterations at least 1",
             );
+        }
+        self.validate_secrets()?;
+        Ok(())
+    }
+
+    /// Checks `[secrets]`: three distinct key files, a checkpoint at least every minute
+    /// (more often would only grow the file) and at most daily.
+    fn validate_secrets(&self) -> Result<(), ConfigError> {
+        let files = crate::keys::KeyFiles::from_config(self);
+        if files.secrets == files.audit || files.secrets == files.signing || files.audit == files.signing {
+            return Err(ConfigError::Invalid {
+                setting: "secrets",
+                reason: "key_file, audit_key_file and signing_key_file must be three different files".into(),
+            });
+        }
+        let i = self.secrets.checkpoint_interval;
+        if i < Duration::from_secs(60) || i > DAY {
+            return Err(ConfigError::Invalid {
+                setting: "secrets.checkpoint_interval",
+                reason: "must be between one minute and one day".into(),
+            });
         }
         Ok(())
     }

@@ -11,6 +11,8 @@
 //! * [`accounts`], [`store`], [`history`]: operator accounts and the connection history.
 //! * [`totp`], [`audit`]: second factors; the hash-chained audit trail.
 //! * [`verifier`]: the one bounded pool every argon2 computation goes through.
+//! * [`keys`]: keys kept outside the database (TOTP secrets at rest, the audit chain and
+//!   its signed checkpoints) and the owner-only modes of the data dir.
 //! * [`admin`]: the HTTPS admin console, its REST API, and the operations both share with
 //!   `tsunagu-relay admin`.
 
@@ -21,6 +23,7 @@ pub mod config;
 pub mod connlimit;
 pub mod directory;
 pub mod history;
+pub mod keys;
 pub mod policy;
 pub mod queue;
 pub mod server;

@@ -287,7 +287,7 @@ fn init_logs(json: bool) {
 }
 
 async fn open_store(config: &Config) -> Result<Store, String> {
-    std::fs::create_dir_all(&config.data_dir)
+    tsunagu_relay::keys::create_private_dir(&config.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
     Store::connect(config).await.map_err(|e| e.to_string())
 }

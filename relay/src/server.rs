@@ -90,7 +90,7 @@ impl Relay {
     /// starts serving.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        crate::keys::create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.display().to_string(),
             source,
         })?;
@@ -98,6 +98,8 @@ impl Relay {
         let acceptor = TlsAcceptor::from(certs.server_config()?);
         let store = Store::connect(&config).await?;
         let audit = Audit::new(store.clone());
+        audit.check_key().await?;
+        audit.mark_keyed().await?;
         let live: LiveMap = Default::default();
         let (history, history_task) = history::start_writer(store.clone(), audit.clone(), live.clone());
 
@@ -227,6 +229,7 @@ impl Relay {
             tracing::warn!("history was not fully written before the shutdown deadline");
         }
         self.history_task.abort();
+        self.shared.audit.checkpoint_logged().await;
         let store = self.shared.store.clone();
         store.close().await;
     }
@@ -238,8 +241,11 @@ async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: wa
     let mut cert_check = tokio::time::interval(Duration::from_secs(3600));
     let mut purge = tokio::time::interval(shared.config.database.purge_interval);
     let mut account_poll = tokio::time::interval(shared.config.database.account_poll);
+    // The first tick is immediate: a checkpoint at start, then one per interval.
+    let mut checkpoint = tokio::time::interval(shared.config.secrets.checkpoint_interval);
     loop {
         tokio::select! {
+            _ = checkpoint.tick() => shared.audit.checkpoint_logged().await,
             _ = purge.tick() => purge_history(&shared).await,
             _ = tick.tick() => {
                 let now = Instant::now();

@@ -5,6 +5,7 @@
 //! The store never sees content, passwords (only argon2id hashes) or session codes.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -12,6 +13,7 @@ use sqlx::{AnyPool, Executor, Row};
 use tsunagu_proto::PermissionSet;
 
 use crate::config::Config;
+use crate::keys::{KeyError, KeyFiles, Keys, MayCreate, SEALED_PREFIX};
 
 /// What went wrong with the database.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,19 @@ pub enum StoreError {
     NoSuchAdmin(String),
     #[error("the database path {0:?} is not valid UTF-8")]
     BadPath(String),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("this store was opened without its keys (open it with Store::connect)")]
+    NoKeys,
+    #[error("the newest audit row ({0}) is not keyed: the trail was rewritten without the key (run `tsunagu-relay audit verify`)")]
+    AuditRewritten(i64),
+    #[error(
+        "the audit key {0} matches none of the newest audit rows: it is not the key this trail was \
+         written with (restore it from the backup of the data dir)"
+    )]
+    WrongAuditKey(String),
+    #[error("cannot protect the database file {path}: {source}")]
+    FileMode { path: String, source: std::io::Error },
 }
 
 /// Which database engine a store runs on.
@@ -197,6 +212,9 @@ pub struct AuditRow {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The keys kept outside the database: TOTP secrets are sealed and opened with them,
+    /// the audit chain is keyed with them. `None` only for raw opens (tests, tools).
+    keys: Option<Arc<Keys>>,
 }
 
 fn install_drivers() {
@@ -207,11 +225,118 @@ fn install_drivers() {
 impl Store {
     /// Opens the store the config names: PostgreSQL when `database.url` is set, else SQLite
     /// at `DATA/relay.db` (created if needed). Applies migrations.
+    ///
+    /// Loads the keys of `[secrets]` (creating only those the database shows no trace of)
+    /// and encrypts any TOTP secret still stored in plaintext.
     pub async fn connect(config: &Config) -> Result<Self, StoreError> {
-        match &config.database.url {
-            Some(url) => Self::open_postgres(url, config.database.schema.as_deref()).await,
-            None => Self::open(&config.database_path()).await,
+        let store = match &config.database.url {
+            Some(url) => Self::open_postgres(url, config.database.schema.as_deref()).await?,
+            None => Self::open(&config.database_path()).await?,
+        };
+        let files = KeyFiles::from_config(config);
+        let may_create = MayCreate {
+            secrets: !store.has_sealed_secrets().await?,
+            audit: !store.audit_is_keyed().await?,
+            // Checkpoints signed with a lost key could never be checked again.
+            signing: std::fs::metadata(&files.checkpoints)
+                .map(|m| m.len() == 0)
+                .unwrap_or(true),
+        };
+        let keys = Keys::load(&files, may_create)?;
+        store.with_keys(Arc::new(keys)).await
+    }
+
+    /// Attaches the keys, then seals every TOTP secret still in plaintext (a store written
+    /// before secrets were encrypted) and checks that every sealed one opens, so a wrong key
+    /// fails here, at start, and never as a wrong answer later. Idempotent.
+    pub async fn with_keys(mut self, keys: Arc<Keys>) -> Result<Self, StoreError> {
+        let mut sealed_now = 0;
+        for table in ["operators", "admins"] {
+            let rows = sqlx::query(&format!(
+                "SELECT name, totp_secret FROM {table} WHERE totp_secret IS NOT NULL"
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+            for r in rows {
+                let (name, stored): (String, String) = (r.get("name"), r.get("totp_secret"));
+                if stored.starts_with(SEALED_PREFIX) {
+                    keys.open(table, &name, &stored)?;
+                    continue;
+                }
+                let sealed = keys.seal(table, &name, &stored)?;
+                // Only if unchanged meanwhile: another process may be writing it right now.
+                sqlx::query(&format!(
+                    "UPDATE {table} SET totp_secret = $1 WHERE name = $2 AND totp_secret = $3"
+                ))
+                .bind(sealed)
+                .bind(&name)
+                .bind(&stored)
+                .execute(&self.pool)
+                .await?;
+                sealed_now += 1;
+                tracing::info!(table, "encrypted a TOTP secret stored in plaintext");
+            }
         }
+        if sealed_now > 0 && self.backend == Backend::Sqlite {
+            // Plaintext may linger in free pages (from before `secure_delete`) and in the
+            // write-ahead log: rebuild the file once, then empty the log.
+            sqlx::query("VACUUM").execute(&self.pool).await?;
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await?;
+        }
+        self.keys = Some(keys);
+        Ok(self)
+    }
+
+    /// The keys this store was opened with (`None` for a raw open).
+    pub fn keys(&self) -> Option<&Arc<Keys>> {
+        self.keys.as_ref()
+    }
+
+    fn require_keys(&self) -> Result<&Keys, StoreError> {
+        self.keys.as_deref().ok_or(StoreError::NoKeys)
+    }
+
+    /// Seals a secret for `table`'s row `account`; `None` stays `None`.
+    fn seal_secret(&self, table: &str, account: &str, secret: Option<&str>) -> Result<Option<String>, StoreError> {
+        match secret {
+            Some(s) => Ok(Some(self.require_keys()?.seal(table, account, s)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens a stored secret; a plaintext one (written by an older relay since start) is
+    /// passed through and sealed at the next start.
+    fn open_secret(&self, table: &str, account: &str, stored: Option<String>) -> Result<Option<String>, StoreError> {
+        match stored {
+            Some(s) if s.starts_with(SEALED_PREFIX) => Ok(Some(self.require_keys()?.open(table, account, &s)?)),
+            other => Ok(other),
+        }
+    }
+
+    /// Whether any TOTP secret is stored sealed (then its key must exist).
+    async fn has_sealed_secrets(&self) -> Result<bool, StoreError> {
+        let pattern = format!("{SEALED_PREFIX}%");
+        for table in ["operators", "admins"] {
+            let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table} WHERE totp_secret LIKE $1"))
+                .bind(&pattern)
+                .fetch_one(&self.pool)
+                .await?;
+            if row.get::<i64, _>("n") > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether any audit row is keyed (then the audit key must exist).
+    async fn audit_is_keyed(&self) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM audit WHERE hash LIKE $1")
+            .bind(format!("{}%", crate::audit::KEYED_PREFIX))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get::<i64, _>("n") > 0)
     }
 
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
@@ -222,6 +347,9 @@ impl Store {
             .ok_or_else(|| StoreError::BadPath(path.display().to_string()))?;
         // The URL form percent-decodes the path: escape what would be read as syntax.
         let p = p.replace('%', "%25").replace('?', "%3F").replace('#', "%23");
+        // The database holds account data: created owner-only (SQLite gives its -wal and
+        // -shm files the database file's mode), and tightened when an older relay made it.
+        protect_db_file(path, true)?;
         let options: AnyConnectOptions = format!("sqlite://{p}?mode=rwc").parse()?;
         let pool = AnyPoolOptions::new()
             .max_connections(4)
@@ -232,15 +360,24 @@ impl Store {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
                     conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    // Freed space is zeroed, so an old plaintext secret (or a purged session)
+                    // does not linger in the file after it was rewritten or deleted.
+                    conn.execute("PRAGMA secure_delete = ON").await?;
                     Ok(())
                 })
             })
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            protect_db_file(Path::new(&side), false)?;
+        }
         Ok(Self {
             pool,
             backend: Backend::Sqlite,
+            keys: None,
         })
     }
 
@@ -277,6 +414,7 @@ impl Store {
         Ok(Self {
             pool,
             backend: Backend::Postgres,
+            keys: None,
         })
     }
 
@@ -375,7 +513,7 @@ impl Store {
 
     /// Enrols (`Some`) or resets (`None`) an operator's TOTP secret.
     pub async fn set_operator_totp(&self, name: &str, secret: Option<&str>) -> Result<(), StoreError> {
-        let s = secret.map(str::to_string);
+        let s = self.seal_secret("operators", name, secret)?;
         self.update_operator(name, "UPDATE operators SET totp_secret = $1 WHERE name = $2", |q| {
             q.bind(s)
         })
@@ -411,6 +549,19 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        // A sealed secret is bound to the account name: seal it again for the new one.
+        let row = sqlx::query("SELECT totp_secret FROM operators WHERE name = $1")
+            .bind(new_name)
+            .fetch_one(&mut *tx)
+            .await?;
+        let stored: Option<String> = row.get("totp_secret");
+        if let Some(secret) = self.open_secret("operators", name, stored.filter(|s| s.starts_with(SEALED_PREFIX)))? {
+            sqlx::query("UPDATE operators SET totp_secret = $1 WHERE name = $2")
+                .bind(self.seal_secret("operators", new_name, Some(&secret))?)
+                .bind(new_name)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -504,6 +655,7 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let mut record = Self::operator_from_row(&row);
+        record.totp_secret = self.open_secret("operators", &record.name, record.totp_secret.take())?;
         record.ip_rules = self.ip_rules(name).await?;
         Ok(Some(record))
     }
@@ -518,6 +670,7 @@ impl Store {
         .await?;
         let mut out: Vec<OperatorRecord> = rows.iter().map(Self::operator_from_row).collect();
         for op in &mut out {
+            op.totp_secret = self.open_secret("operators", &op.name, op.totp_secret.take())?;
             op.ip_rules = self.ip_rules(&op.name).await?;
         }
         Ok(out)
@@ -563,10 +716,11 @@ impl Store {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| AdminRecord {
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(AdminRecord {
             name: r.get("name"),
             password_hash: r.get("password_hash"),
-            totp_secret: r.get("totp_secret"),
+            totp_secret: self.open_secret("admins", name, r.get("totp_secret"))?,
             failed_logins: r.get::<i64, _>("failed_logins").clamp(0, u32::MAX as i64) as u32,
             locked_until: r.get("locked_until"),
         }))
@@ -599,9 +753,10 @@ impl Store {
 
     /// Confirms (`Some`) or resets (`None`) an admin's TOTP enrolment.
     pub async fn set_admin_totp(&self, name: &str, secret: Option<&str>) -> Result<(), StoreError> {
+        let sealed = self.seal_secret("admins", name, secret)?;
         self.update_admin(
             name,
-            sqlx::query("UPDATE admins SET totp_secret = $1 WHERE name = $2").bind(secret.map(str::to_string)),
+            sqlx::query("UPDATE admins SET totp_secret = $1 WHERE name = $2").bind(sealed),
         )
         .await
     }
@@ -960,6 +1115,27 @@ fn audit_from_row(r: sqlx::any::AnyRow) -> AuditRow {
         detail: r.get("detail"),
         prev_hash: r.get("prev_hash"),
         hash: r.get("hash"),
+    }
+}
+
+/// Creates the SQLite file owner-only when `create` and it is missing, and takes group and
+/// other access away from it when it exists.
+fn protect_db_file(path: &Path, create: bool) -> Result<(), StoreError> {
+    let fail = |source| StoreError::FileMode {
+        path: path.display().to_string(),
+        source,
+    };
+    if create {
+        crate::keys::private_file_options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(fail)?;
+    }
+    match crate::keys::tighten(path, false) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(fail),
     }
 }
 

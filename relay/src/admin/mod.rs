@@ -1451,8 +1451,15 @@ async fn history_zip(
         let records = console.shared.store.history(&filter).await?;
         let sessions = crate::history::render(&records, "csv").map_err(|_| OpError::Internal)?;
         let files = files_csv(&console, &records).await?;
-        zip_files(&[("sessions.csv", sessions.as_bytes()), ("files.csv", files.as_bytes())])
-            .map_err(|_| OpError::Internal)
+        // Signed heads of the audit trail, so a copy outside the relay can later show rows
+        // cut from its end.
+        let checkpoints = console.shared.audit.day_checkpoints(start, start + DAY_MS).await;
+        zip_files(&[
+            ("sessions.csv", sessions.as_bytes()),
+            ("files.csv", files.as_bytes()),
+            ("audit-checkpoints.jsonl", checkpoints.as_bytes()),
+        ])
+        .map_err(|_| OpError::Internal)
     };
     match built.await {
         Ok(bytes) => {
