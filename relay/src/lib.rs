@@ -9,6 +9,7 @@
 //! * [`throttle`]: guessing protection for codes and logins.
 //! * [`accounts`], [`store`], [`history`]: operator accounts and the connection history.
 //! * [`totp`], [`audit`]: second factors; the hash-chained audit trail.
+//! * [`verifier`]: the one bounded pool every argon2 computation goes through.
 //! * [`admin`]: the HTTPS admin console, its REST API, and the operations both share with
 //!   `tsunagu-relay admin`.
 
@@ -26,6 +27,7 @@ pub mod store;
 pub mod throttle;
 pub mod tls;
 pub mod totp;
+pub mod verifier;
 
 pub use config::Config;
 pub use server::{Relay, StartError};
