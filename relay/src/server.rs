@@ -62,6 +62,8 @@ pub struct Shared {
     pub(crate) operator_totp: crate::totp::ReplayGuard,
     /// What the console shows about live sessions (fed by the history writer).
     pub live: LiveMap,
+    /// The one bounded pool every argon2 computation of this relay goes through.
+    pub verifier: crate::verifier::Verifier,
     join_throttle: Mutex<Throttle>,
     login_throttle: Mutex<Throttle>,
     login_slots: Semaphore,
@@ -122,6 +124,11 @@ impl Relay {
             audit,
             operator_totp: Default::default(),
             live,
+            verifier: crate::verifier::Verifier::new(
+                config.limits.concurrent_logins,
+                config.limits.login_queue,
+                config.timeouts.login_wait,
+            ),
             join_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
             login_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
             login_slots: Semaphore::new(config.limits.concurrent_logins),

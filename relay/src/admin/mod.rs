@@ -257,6 +257,7 @@ impl Console {
             audit: shared.audit.clone(),
             config: shared.config.clone(),
             shared: Some(shared.clone()),
+            verifier: shared.verifier.clone(),
         };
         let dummy_hash = Arc::new(crate::accounts::dummy_hash(&shared.config.accounts));
         Self {
@@ -886,6 +887,7 @@ fn op_error(ctx: &Ctx, e: &OpError) -> Response {
         OpError::NotFound(_) => StatusCode::NOT_FOUND,
         OpError::Conflict(_) => StatusCode::CONFLICT,
         OpError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        OpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
     };
     let body = format!(
         "<p class=\"error\" id=\"error\">{}</p><p><a href=\"/operators\">{}</a></p>",
@@ -1621,6 +1623,7 @@ fn api_error(e: OpError) -> Response {
         OpError::NotFound(_) => StatusCode::NOT_FOUND,
         OpError::Conflict(_) => StatusCode::CONFLICT,
         OpError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        OpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, Json(serde_json::json!({"error": e.to_string()}))).into_response()
 }
