@@ -82,10 +82,12 @@ pub struct AdminConfig {
     /// An admin session ends this long after login however busy it is. Default 12 hours.
     #[serde(with = "humantime_serde")]
     pub session_max: Duration,
-    /// Failed logins in a row after which the account is locked. Default 5; each failure
-    /// before that is answered a little slower (250 ms, doubling).
+    /// Failed login steps in a row from one source prefix (IPv4 /24, IPv6 /48) after which
+    /// the account is locked for that prefix only. Default 5; each failure before that is
+    /// answered a little slower (250 ms, doubling).
     pub lockout_after: u32,
-    /// How long a locked account stays locked. Default 15 minutes.
+    /// How long a locked account stays locked for that prefix; a counter quiet this long
+    /// starts over. Default 15 minutes.
     #[serde(with = "humantime_serde")]
     pub lockout: Duration,
     /// An HTTP request (headers and body) must arrive within this. Default 30 s.
@@ -382,6 +384,7 @@ impl Config {
             ("admin.session_idle", self.admin.session_idle),
             ("admin.session_max", self.admin.session_max),
             ("admin.request_timeout", self.admin.request_timeout),
+            ("admin.lockout", self.admin.lockout),
         ] {
             if d.is_zero() {
                 return invalid(name, "must be more than zero");
