@@ -8,6 +8,10 @@
 //! * `pairing --sessions N`: code issue to consent granted, over connections that are
 //!   already open and logged in (TLS handshakes excluded); p50 and p99.
 //! * `idle --sessions N`: the relay's resident memory per idle paired session.
+//! * `console-login --requests N --concurrency C [--known]`: N wrong-password `POST /login`
+//!   to the admin console, C at once, with unknown names (or the name of a real admin),
+//!   against production argon2 settings; the relay's resident memory idle, at its peak and
+//!   10 s after, and the answers by status.
 //!
 //! Only loopback addresses are used; every loop is bounded in count and time.
 
@@ -71,6 +75,18 @@ enum Scenario {
         #[arg(long, default_value_t = 200)]
         mb: usize,
     },
+    /// Wrong-password console logins against production argon2 settings: resident memory
+    /// idle, at peak and 10 s after.
+    ConsoleLogin {
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Use the name of a real admin instead of a fresh unknown name per request.
+        #[arg(long)]
+        known: bool,
+    },
 }
 
 /// The relay under test, as a child process.
@@ -79,20 +95,55 @@ struct RelayUnderTest {
     _dir: tempfile::TempDir,
     port: u16,
     ca: PathBuf,
+    /// The admin console's address (the relay always serves it here).
+    admin: Option<std::net::SocketAddr>,
 }
+
+/// The console-login scenario's relay: production argon2 settings and every other limit
+/// at its default, so the figures are what a deployed relay does.
+/// The console's per-address cap is raised so the 64 parallel requests of the scenario,
+/// all from 127.0.0.1, reach the login handler instead of being closed at accept.
+const CONSOLE_CONFIG: &str = "[limits]\nmax_connections = 100000\n[admin]\nmax_connections_per_source = 256\n";
+/// The real admin of the console-login scenario.
+const LOAD_ADMIN: &str = "load-admin";
 
 impl RelayUnderTest {
     fn start(bin: &Path) -> Result<Self> {
+        // Cheap password hashing so thousands of logins do not dominate the run, and room
+        // for every connection the scenarios open (all from one address, 127.0.0.1).
+        Self::start_with(
+            bin,
+            "[accounts]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[limits]\nmax_connections = 100000\nmax_unauthenticated = 100000\nmax_connections_per_source = 100000\nmax_unauthenticated_per_source = 100000\nconcurrent_logins = 8\n[timeouts]\nidle = \"10m\"\nkeepalive = \"5m\"\n",
+            false,
+        )
+    }
+
+    /// Starts the relay with `config_toml`; with `admin`, also creates [`LOAD_ADMIN`].
+    fn start_with(bin: &Path, config_toml: &str, admin: bool) -> Result<Self> {
         use std::io::{BufRead, BufReader, Write};
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         let config = dir.path().join("relay.toml");
-        // Cheap password hashing so thousands of logins do not dominate the run, and room
-        // for every connection the scenarios open (all from one address, 127.0.0.1).
-        std::fs::write(
-            &config,
-            "[accounts]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[limits]\nmax_connections = 100000\nmax_unauthenticated = 100000\nmax_connections_per_source = 100000\nmax_unauthenticated_per_source = 100000\nconcurrent_logins = 8\n[timeouts]\nidle = \"10m\"\nkeepalive = \"5m\"\n",
-        )?;
+        std::fs::write(&config, config_toml)?;
+        if admin {
+            let mut add = Command::new(bin)
+                .args(["admin", "add", LOAD_ADMIN])
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot run {}", bin.display()))?;
+            add.stdin
+                .take()
+                .ok_or_else(|| anyhow!("no stdin"))?
+                .write_all(format!("{PASSWORD}\n").as_bytes())?;
+            if !add.wait()?.success() {
+                bail!("could not add the load admin");
+            }
+        }
         let mut add = Command::new(bin)
             .args(["operator", "add", "load"])
             .arg("--data-dir")
@@ -120,14 +171,23 @@ impl RelayUnderTest {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-        let v: serde_json::Value = serde_json::from_str(&line).context("relay did not announce its listener")?;
-        let addr: std::net::SocketAddr = v["addr"].as_str().ok_or_else(|| anyhow!("no addr"))?.parse()?;
+        // One line per listener: the relay port, then the console.
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            let mut line = String::new();
+            out.read_line(&mut line)?;
+            let v: serde_json::Value = serde_json::from_str(&line).context("relay did not announce its listener")?;
+            let addr: std::net::SocketAddr = v["addr"].as_str().ok_or_else(|| anyhow!("no addr"))?.parse()?;
+            addrs.push((v["service"].as_str().unwrap_or_default().to_string(), addr));
+        }
+        let find = |service: &str| addrs.iter().find(|(s, _)| s == service).map(|(_, a)| *a);
+        let addr = find("relay").ok_or_else(|| anyhow!("no relay listener"))?;
         Ok(Self {
             child,
             port: addr.port(),
             ca: data.join("tls/ca.pem"),
+            admin: find("admin"),
             _dir: dir,
         })
     }
@@ -145,15 +205,20 @@ impl RelayUnderTest {
 
     /// Resident memory of the relay process in KiB.
     fn rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// A KiB figure of `/proc/PID/status` (`VmRSS:`, `VmHWM:` the peak).
+    fn status_kib(&self, field: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .ok_or_else(|| anyhow!("no VmRSS"))?;
+            .find(|l| l.starts_with(field))
+            .ok_or_else(|| anyhow!("no {field}"))?;
         Ok(line
             .split_whitespace()
             .nth(1)
-            .ok_or_else(|| anyhow!("bad VmRSS"))?
+            .ok_or_else(|| anyhow!("bad {field}"))?
             .parse()?)
     }
 }
@@ -706,16 +771,147 @@ fn main() -> Result<()> {
             .ok_or_else(|| anyhow!("no exe dir"))?
             .join("tsunagu-relay"),
     };
-    let relay = RelayUnderTest::start(&bin)?;
+    let relay = match cli.command {
+        Scenario::ConsoleLogin { known, .. } => RelayUnderTest::start_with(&bin, CONSOLE_CONFIG, known)?,
+        _ => RelayUnderTest::start(&bin)?,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.command {
+            Scenario::ConsoleLogin {
+                requests,
+                concurrency,
+                known,
+            } => console_login(&relay, requests, concurrency, known).await,
             Scenario::Throughput { sessions, mb } => throughput(&relay, sessions, mb).await,
             Scenario::Pairing { sessions, concurrency } => pairing(&relay, sessions, concurrency).await,
             Scenario::Idle { sessions } => idle(&relay, sessions).await,
             Scenario::Files { mb } => files(&relay, mb).await,
         }
     })
+}
+
+/// One HTTPS `POST /login` to the console from `local`; returns the status.
+async fn console_post(
+    tls: Arc<rustls::ClientConfig>,
+    console: std::net::SocketAddr,
+    local: std::net::IpAddr,
+    body: String,
+) -> Result<u16> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(local, 0))?;
+    let tcp = socket.connect(console).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let mut tls = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+    let req = format!(
+        "POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await?;
+    tls.flush().await?;
+    let mut raw = Vec::new();
+    // The console may close without close_notify; what arrived counts.
+    let _ = tls.read_to_end(&mut raw).await;
+    let head = String::from_utf8_lossy(&raw[..raw.len().min(64)]).into_owned();
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no HTTP status in {head:?}"))
+}
+
+/// The source address of request `i`: 250 /24s of 127.0.0.0/8 in turn, so that with a
+/// real admin's name every request is checked (4 per /24 per 1,000, under the default
+/// lockout of 5) instead of being refused by the lockout from request 6 on.
+fn console_source(i: usize) -> std::net::IpAddr {
+    // 250: /24s 127.0.0.x .. 127.0.249.x; the third octet never reaches 255.
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, (i % 250) as u8, 2))
+}
+
+async fn console_login(relay: &RelayUnderTest, requests: usize, concurrency: usize, known: bool) -> Result<()> {
+    let console = relay.admin.ok_or_else(|| anyhow!("the relay announced no console"))?;
+    let mut tls = (*dial::client_tls(&relay.ca)?).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = Arc::new(tls);
+    // Settle after start-up, then take the idle figure.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = relay.rss_kib()?;
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(idle));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let pid = relay.child.id();
+    // Sample every 20 ms: well under one argon2 check, so the peak is seen.
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    if let Some(kib) = status
+                        .lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(requests);
+    for i in 0..requests {
+        let permit = gate.clone().acquire_owned().await?;
+        let name = if known {
+            LOAD_ADMIN.to_string()
+        } else {
+            format!("nobody-{i}")
+        };
+        let body = format!("name={name}&password=Wrong-passw0rd-{i}");
+        let tls = tls.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = tokio::time::timeout(WAIT, console_post(tls, console, console_source(i), body)).await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut by_status = std::collections::BTreeMap::<String, usize>::new();
+    for t in tasks {
+        let key = match t.await? {
+            Ok(Ok(status)) => status.to_string(),
+            Ok(Err(_)) => "error".into(),
+            Err(_) => "timeout".into(),
+        };
+        *by_status.entry(key).or_default() += 1;
+    }
+    let elapsed = started.elapsed();
+    let done = relay.rss_kib()?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = relay.rss_kib()?;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let hwm = relay.status_kib("VmHWM:")?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "console-login", "requests": requests, "concurrency": concurrency,
+            "names": if known { "known" } else { "unknown" }, "seconds": elapsed.as_secs_f64(),
+            "statuses": by_status, "rss_idle_kib": idle, "rss_peak_sampled_kib": peak,
+            "rss_hwm_kib": hwm, "rss_at_end_kib": done, "rss_10s_after_kib": after,
+        })
+    );
+    eprintln!(
+        "console-login: {requests} {} names, {concurrency} at once, {:.1} s, {by_status:?}; relay RSS idle {} MiB, peak {} MiB (VmHWM {} MiB), 10 s after {} MiB",
+        if known { "known" } else { "unknown" },
+        elapsed.as_secs_f64(),
+        idle / 1024,
+        peak / 1024,
+        hwm / 1024,
+        after / 1024
+    );
+    Ok(())
 }
 
 /// Each idle session holds two sockets here too; lift the soft open-files limit.

@@ -899,3 +899,225 @@ async fn the_purge_job_removes_history_past_retention_and_audits_it() {
     );
     relay.relay.shutdown().await;
 }
+
+// ---------------------------------------------------------------- login hardening
+
+/// Audit rows of failed password or code checks (`reason=password`, `reason=totp`...):
+/// each is one real check. Refusals without a check say `reason=locked`.
+async fn real_checks(relay: &TestRelay, reason: &str) -> usize {
+    let trail = relay.relay.shared().store.audit_recent(10_000).await.unwrap();
+    let prefix = format!("reason={reason}");
+    trail
+        .iter()
+        .filter(|a| {
+            a.action == "admin_login_failed" && (a.detail == prefix || a.detail.starts_with(&format!("{prefix};")))
+        })
+        .count()
+}
+
+/// A 6-digit code that is not the right one in any window the relay accepts.
+fn wrong_totp(secret: &str) -> String {
+    let now = tsunagu_relay::totp::now_secs();
+    let near: Vec<String> = [now.saturating_sub(30), now, now + 30]
+        .iter()
+        .map(|t| tsunagu_relay::totp::code_at(secret, *t).unwrap())
+        .collect();
+    (0..10)
+        .map(|d| d.to_string().repeat(6))
+        .find(|c| !near.contains(c))
+        .unwrap()
+}
+
+/// 200 parallel wrong passwords for one admin from one address, then the same for the TOTP
+/// step: at most `lockout_after` of each are really checked, and the right password (or
+/// code) after them is refused.
+async fn bursts_are_bounded(relay: &TestRelay, secret: &str) {
+    let shared = relay.relay.shared();
+    let after = shared.config.admin.lockout_after as usize;
+    let checks_before = shared.verifier.computations();
+
+    // The password step, from 127.0.5.1.
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let mut w = Http::from_address(relay, "127.0.5.1");
+        tasks.push(tokio::spawn(async move {
+            w.post_form("/login", &[("name", ADMIN), ("password", "Wrong-passw0rd")])
+                .await
+                .status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let checked = real_checks(relay, "password").await;
+    assert!(
+        checked <= after,
+        "{checked} wrong passwords were checked; at most {after} may be"
+    );
+    assert_eq!(checked, after, "the first {after} are checked");
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), after, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        200 - after,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        shared.verifier.computations() - checks_before,
+        after as u64,
+        "argon2 ran only for the checked attempts"
+    );
+    let mut w = Http::from_address(relay, "127.0.5.1");
+    let right = w
+        .post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)])
+        .await;
+    assert_eq!(right.status, 429, "the right password after the burst is refused");
+
+    // The TOTP step, with the right password, from 127.0.6.1.
+    let mut w = Http::from_address(relay, "127.0.6.1");
+    let r = w
+        .post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)])
+        .await;
+    assert_eq!(r.header("location"), Some("/login/totp"), "{}", r.text());
+    let csrf = w.get("/login/totp").await.csrf().unwrap();
+    let wrong = wrong_totp(secret);
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let mut w = w.same_session();
+        let (csrf, wrong) = (csrf.clone(), wrong.clone());
+        tasks.push(tokio::spawn(async move {
+            w.post_form("/login/totp", &[("csrf", &csrf), ("code", &wrong)])
+                .await
+                .status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let checked = real_checks(relay, "totp").await;
+    assert_eq!(checked, after, "at most {after} TOTP codes are checked: {statuses:?}");
+    // The pending login ends with the lock: later requests of the burst are sent to /login.
+    assert!(statuses.iter().all(|s| [401, 429, 303].contains(s)), "{statuses:?}");
+    let code = tsunagu_relay::totp::code_at(secret, tsunagu_relay::totp::now_secs()).unwrap();
+    let r = w.post_form("/login/totp", &[("csrf", &csrf), ("code", &code)]).await;
+    assert_ne!(
+        r.header("location"),
+        Some("/operators"),
+        "the right code after the burst is refused"
+    );
+    let mut w = Http::from_address(relay, "127.0.6.1");
+    let r = w
+        .post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)])
+        .await;
+    assert_eq!(r.status, 429, "and so is the right password from there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_200_wrong_passwords_or_codes_gets_at_most_lockout_after_checks() {
+    let (relay, secret) = console_relay(|_| {}).await;
+    bursts_are_bounded(&relay, &secret).await;
+    relay.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_200_wrong_passwords_or_codes_gets_at_most_lockout_after_checks_on_postgresql() {
+    let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide PostgreSQL (.ci/run starts it)"
+        );
+        eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL burst test");
+        return;
+    };
+    let schema = format!("t_burst_{}", std::process::id());
+    let (relay, secret) = console_relay(|c| {
+        c.database.url = Some(url.clone());
+        c.database.schema = Some(schema.clone());
+    })
+    .await;
+    bursts_are_bounded(&relay, &secret).await;
+    relay.relay.shutdown().await;
+    tsunagu_relay::store::Store::drop_postgres_schema(&url, &schema)
+        .await
+        .unwrap();
+}
+
+/// Lockout is per (account, source prefix): a stranger failing from 127.0.0.2 locks only
+/// their own network out, and the admin logs in from 127.0.1.x.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_failing_elsewhere_does_not_lock_the_admin_out() {
+    let (relay, secret) = console_relay(|_| {}).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let mut w = Http::from_address(&relay, "127.0.0.2");
+        tasks.push(tokio::spawn(async move {
+            w.post_form("/login", &[("name", ADMIN), ("password", "Wrong-passw0rd")])
+                .await
+                .status
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut attacker = Http::from_address(&relay, "127.0.0.3");
+    let r = attacker
+        .post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)])
+        .await;
+    assert_eq!(r.status, 429, "the stranger's own network is locked out");
+
+    let mut admin = Http::from_address(&relay, "127.0.1.7");
+    admin.login(ADMIN, ADMIN_PASSWORD, &secret).await;
+    assert_eq!(admin.get("/operators").await.status, 200, "the admin is in");
+    relay.relay.shutdown().await;
+}
+
+/// A wrong password for a name that matches no account gets the same answer, the same
+/// argon2 check and the same lockout as for a real admin, and the typed name never lands
+/// in the audit trail.
+#[tokio::test]
+async fn unknown_names_look_like_known_ones_and_stay_out_of_the_audit_trail() {
+    let (relay, _secret) = console_relay(|c| c.admin.lockout_after = 3).await;
+    let shared = relay.relay.shared();
+    // What a user might type into the name field: their password.
+    let typed = "Hunter2-secret";
+    let mut answers = Vec::new();
+    for (name, from) in [(ADMIN, "127.0.7.1"), (typed, "127.0.8.1")] {
+        let before = shared.verifier.computations();
+        let mut w = Http::from_address(&relay, from);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let r = w
+                .post_form("/login", &[("name", name), ("password", "Wrong-passw0rd")])
+                .await;
+            seen.push((r.status, r.text()));
+        }
+        assert_eq!(
+            shared.verifier.computations() - before,
+            3,
+            "{name}: three checks of the same cost, then the lock"
+        );
+        answers.push(seen);
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "same statuses and bodies for known and unknown names"
+    );
+    assert_eq!(
+        answers[0].iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![401, 401, 401, 429]
+    );
+    let trail = shared.store.audit_recent(1_000).await.unwrap();
+    assert!(!trail.is_empty());
+    for a in &trail {
+        let row = format!("{} {} {} {}", a.actor, a.action, a.target, a.detail);
+        assert!(!row.contains(typed), "the typed name is in the audit trail: {row}");
+    }
+    assert!(
+        trail
+            .iter()
+            .any(|a| a.target.starts_with("unknown account (name hash ")),
+        "{trail:?}"
+    );
+    relay.relay.shutdown().await;
+}

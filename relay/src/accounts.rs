@@ -90,9 +90,28 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
 }
 
 /// A hash that never matches, verified when the user does not exist so that the answer
-/// takes as long as for a real account.
+/// takes as long as for a real account: a PHC string with the configured argon2id
+/// parameters, a random salt and a random 32-byte output. Verifying it costs exactly what
+/// verifying a real hash with those parameters costs, and making it computes no argon2 at
+/// all (every argon2 computation goes through the verifier pool). A password matches it
+/// only if argon2 hits 256 random bits.
 pub fn dummy_hash(config: &AccountsConfig) -> String {
-    hash_password("no account has this password 0!A", config).unwrap_or_default()
+    let mut salt = [0u8; 16];
+    let mut output = [0u8; 32];
+    // Without randomness the fixed bytes still never match a password in practice; the
+    // hash only has to cost the same.
+    let _ = getrandom::fill(&mut salt);
+    let _ = getrandom::fill(&mut output);
+    let salt = SaltString::encode_b64(&salt)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_default();
+    let output = argon2::password_hash::Output::new(&output)
+        .map(|o| o.to_string())
+        .unwrap_or_default();
+    format!(
+        "$argon2id$v=19$m={},t={},p=1${salt}${output}",
+        config.argon2_memory_kib, config.argon2_iterations
+    )
 }
 
 #[cfg(test)]
@@ -145,5 +164,24 @@ mod tests {
         assert!(verify_password("Correct-horse1", &phc));
         assert!(!verify_password("Correct-horse2", &phc));
         assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn the_dummy_hash_costs_what_a_real_one_costs_and_never_matches() {
+        let cfg = AccountsConfig {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+        };
+        let real = PasswordHash::new(&hash_password("Correct-horse1", &cfg).unwrap())
+            .unwrap()
+            .params
+            .to_string();
+        let dummy = dummy_hash(&cfg);
+        let parsed = PasswordHash::new(&dummy).expect("a valid PHC string");
+        assert_eq!(parsed.params.to_string(), real, "same argon2 parameters");
+        assert_eq!(parsed.hash.map(|h| h.len()), Some(32));
+        assert!(!verify_password("no account has this password 0!A", &dummy));
+        assert!(!verify_password("", &dummy));
+        assert_ne!(dummy, dummy_hash(&cfg), "random salt and output each time");
     }
 }

@@ -124,10 +124,12 @@ pub struct AdminConfig {
     /// An admin session ends this long after login however busy it is. Default 12 hours.
     #[serde(with = "humantime_serde")]
     pub session_max: Duration,
-    /// Failed logins in a row after which the account is locked. Default 5; each failure
-    /// before that is answered a little slower (250 ms, doubling).
+    /// Failed login steps in a row from one source prefix (IPv4 /24, IPv6 /48) after which
+    /// the account is locked for that prefix only. Default 5; each failure before that is
+    /// answered a little slower (250 ms, doubling).
     pub lockout_after: u32,
-    /// How long a locked account stays locked. Default 15 minutes.
+    /// How long a locked account stays locked for that prefix; a counter quiet this long
+    /// starts over. Default 15 minutes.
     #[serde(with = "humantime_serde")]
     pub lockout: Duration,
     /// An HTTP request (headers and body) must arrive within this. Default 30 s.
@@ -209,6 +211,10 @@ pub struct Timeouts {
     /// On shutdown, sessions are told and history is flushed within this. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub shutdown: Duration,
+    /// The longest a password check or hash waits for a worker of the verifier pool before
+    /// it is refused as busy. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub login_wait: Duration,
 }
 
 /// Sizes and counts a peer cannot push beyond.
@@ -247,6 +253,10 @@ pub struct Limits {
     pub control_queue_frames: usize,
     /// Password verifications running at once (each takes argon2's memory). Default 4.
     pub concurrent_logins: usize,
+    /// Password checks and hashes waiting for one of the `concurrent_logins` workers; more
+    /// are refused as busy at once, before any memory is taken. Default 64 (at 4 workers
+    /// and about 50 ms per check, the last one waits under a second).
+    pub login_queue: usize,
 }
 
 /// Guessing protection for session codes (`[throttle]`) and operator logins
@@ -362,6 +372,7 @@ impl Default for Timeouts {
             keepalive: Duration::from_secs(15),
             write: Duration::from_secs(30),
             shutdown: Duration::from_secs(5),
+            login_wait: Duration::from_secs(5),
         }
     }
 }
@@ -378,6 +389,7 @@ impl Default for Limits {
             data_queue_bytes: 256 * 1024,
             control_queue_frames: 256,
             concurrent_logins: 4,
+            login_queue: 64,
         }
     }
 }
@@ -488,6 +500,7 @@ impl Config {
             ("admin.session_idle", self.admin.session_idle),
             ("admin.session_max", self.admin.session_max),
             ("admin.request_timeout", self.admin.request_timeout),
+            ("admin.lockout", self.admin.lockout),
         ] {
             if d.is_zero() {
                 return invalid(name, "must be more than zero");
@@ -502,6 +515,7 @@ impl Config {
             ("timeouts.idle", t.idle),
             ("timeouts.keepalive", t.keepalive),
             ("timeouts.write", t.write),
+            ("timeouts.login_wait", t.login_wait),
         ] {
             if d.is_zero() {
                 return invalid(name, "must be longer than zero");
@@ -539,6 +553,11 @@ impl Config {
         }
         if l.screen_queue_frames == 0 || l.control_queue_frames == 0 || l.concurrent_logins == 0 {
             return invalid("limits", "queue sizes and concurrent_logins must be at least 1");
+        }
+        // Each waiting check holds only its request; a bound keeps the wait (queue / workers
+        // checks) reasonable.
+        if l.login_queue > 100_000 {
+            return invalid("limits.login_queue", "must be at most 100000");
         }
         if l.data_queue_bytes == 0 {
             return invalid(

@@ -42,3 +42,28 @@ pub use server::{Relay, StartError};
 pub fn raise_fd_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
 }
+
+/// Allocations at least this large get their own memory mapping, returned to the system
+/// when freed. glibc's default (128 KiB, then raised dynamically up to 32 MiB once a large
+/// block has been freed) lets argon2's 19 MiB blocks land in heap arenas that are never
+/// given back; fixing it at 128 KiB (the default's starting value, so small allocations
+/// are unchanged) keeps them mapped and unmapped per use.
+pub const MMAP_THRESHOLD: usize = 128 * 1024;
+
+/// Makes the allocator give large freed blocks back to the system, so that the relay's
+/// resident memory returns to its idle size after a login or password flood (every argon2
+/// check takes and frees `accounts.argon2_memory_kib`). On glibc: `mallopt(M_MMAP_THRESHOLD,
+/// MMAP_THRESHOLD)`, which also turns off the dynamic threshold. Elsewhere nothing is done.
+/// Returns whether the setting took.
+pub fn return_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes allocator parameters; it takes plain integers and
+        // is safe to call at any time, from any thread.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

@@ -195,11 +195,14 @@ async fn cli_ops(common: &Common) -> Result<tsunagu_relay::admin::ops::Ops, Stri
     config.validate().map_err(|e| e.to_string())?;
     let store = open_store(&config).await?;
     let audit = tsunagu_relay::audit::Audit::new(store.clone());
+    // One command hashes at most one password: one worker, nobody waiting.
+    let verifier = tsunagu_relay::verifier::Verifier::new(1, 0, config.timeouts.login_wait);
     Ok(tsunagu_relay::admin::ops::Ops {
         store,
         audit,
         config,
         shared: None,
+        verifier,
     })
 }
 
@@ -430,6 +433,8 @@ async fn wait_for_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Before any argon2 block is allocated.
+    tsunagu_relay::return_freed_memory();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -63,10 +63,10 @@ pub struct Shared {
     pub(crate) operator_totp: crate::totp::ReplayGuard,
     /// What the console shows about live sessions (fed by the history writer).
     pub live: LiveMap,
+    /// The one bounded pool every argon2 computation of this relay goes through.
+    pub verifier: crate::verifier::Verifier,
     join_throttle: Mutex<Throttle>,
     login_throttle: Mutex<Throttle>,
-    /// Every argon2 computation of the process goes through this bounded pool.
-    pub verifier: crate::verifier::Verifier,
     /// Connection caps of the endpoint listeners (the console has its own).
     pub(crate) connections: ConnLimiter,
     dummy_hash: String,
@@ -127,15 +127,13 @@ impl Relay {
             audit,
             operator_totp: Default::default(),
             live,
-            join_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
-            login_throttle: Mutex::new(Throttle::new(config.login_throttle.clone(), now)),
-            // A login waits at most the greeting timeout for a worker; at most 16 wait per
-            // worker, beyond that the answer is `Busy` at once.
             verifier: crate::verifier::Verifier::new(
                 config.limits.concurrent_logins,
-                config.limits.concurrent_logins * 16,
-                config.timeouts.greeting,
+                config.limits.login_queue,
+                config.timeouts.login_wait,
             ),
+            join_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
+            login_throttle: Mutex::new(Throttle::new(config.login_throttle.clone(), now)),
             connections: ConnLimiter::new(ConnLimits::endpoints(&config.limits), "relay"),
             dummy_hash: accounts::dummy_hash(&config.accounts),
             acceptor,

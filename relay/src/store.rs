@@ -207,6 +207,15 @@ pub struct AuditRow {
     pub hash: String,
 }
 
+/// One admin login attempt taken by [`Store::reserve_admin_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginAttempt {
+    /// Attempts counted against this (account, prefix), this one included.
+    pub failures: u32,
+    /// 0, or when the lock ends (Unix milliseconds).
+    pub locked_until: i64,
+}
+
 /// A handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -808,6 +817,112 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    // ---- admin login failures ----
+
+    /// Takes one login attempt for `account` from `prefix` before the password or code is
+    /// checked: the attempt counts as a failure until [`Store::refund_admin_attempt`]. One
+    /// statement (an upsert), so parallel attempts each see their own count. The counter
+    /// starts over when its lock has ended, or when it has not moved for `lockout_ms` and is
+    /// not locked; the attempt that brings it to `lockout_after` sets the lock. The caller
+    /// refuses, without checking, an attempt whose count is above `lockout_after`.
+    pub async fn reserve_admin_attempt(
+        &self,
+        account: &str,
+        prefix: &str,
+        now_ms: i64,
+        lockout_after: u32,
+        lockout_ms: i64,
+    ) -> Result<LoginAttempt, StoreError> {
+        const SQL: &str =
+            "INSERT INTO admin_login_failures AS f (account, prefix, failures, locked_until, updated_at) \
+             VALUES ($1, $2, 1, CASE WHEN 1 >= $4 THEN $3 + $5 ELSE 0 END, $3) \
+             ON CONFLICT (account, prefix) DO UPDATE SET \
+             failures = CASE WHEN (f.locked_until > 0 AND f.locked_until <= $3) \
+                              OR (f.locked_until = 0 AND f.updated_at <= $3 - $5) THEN 1 \
+                        ELSE f.failures + 1 END, \
+             locked_until = CASE WHEN (f.locked_until > 0 AND f.locked_until <= $3) \
+                                   OR (f.locked_until = 0 AND f.updated_at <= $3 - $5) \
+                                 THEN (CASE WHEN 1 >= $4 THEN $3 + $5 ELSE 0 END) \
+                            WHEN f.locked_until = 0 AND f.failures + 1 >= $4 THEN $3 + $5 \
+                            ELSE f.locked_until END, \
+             updated_at = $3 \
+             RETURNING failures, locked_until";
+        let row = sqlx::query(SQL)
+            .bind(account)
+            .bind(prefix)
+            .bind(now_ms)
+            .bind(i64::from(lockout_after))
+            .bind(lockout_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(LoginAttempt {
+            failures: row.get::<i64, _>("failures").clamp(0, u32::MAX as i64) as u32,
+            locked_until: row.get("locked_until"),
+        })
+    }
+
+    /// Gives back an attempt taken by [`Store::reserve_admin_attempt`] that succeeded or was
+    /// never checked; a count that falls below `lockout_after` is unlocked again.
+    pub async fn refund_admin_attempt(
+        &self,
+        account: &str,
+        prefix: &str,
+        lockout_after: u32,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE admin_login_failures SET \
+             failures = CASE WHEN failures > 0 THEN failures - 1 ELSE 0 END, \
+             locked_until = CASE WHEN failures - 1 < $3 THEN 0 ELSE locked_until END \
+             WHERE account = $1 AND prefix = $2",
+        )
+        .bind(account)
+        .bind(prefix)
+        .bind(i64::from(lockout_after))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets the failures of `account` from `prefix` (after a complete login from there).
+    pub async fn clear_admin_failures(&self, account: &str, prefix: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM admin_login_failures WHERE account = $1 AND prefix = $2")
+            .bind(account)
+            .bind(prefix)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Failures against `account` from every prefix that moved after `since_ms`, counting at
+    /// most `per_prefix` from each (attempts refused while locked were never checked).
+    pub async fn admin_recent_failures(
+        &self,
+        account: &str,
+        since_ms: i64,
+        per_prefix: u32,
+    ) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN failures > $3 THEN $3 ELSE failures END), 0) AS BIGINT) AS n \
+             FROM admin_login_failures WHERE account = $1 AND updated_at > $2",
+        )
+        .bind(account)
+        .bind(since_ms)
+        .bind(i64::from(per_prefix))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get::<i64, _>("n").max(0) as u64)
+    }
+
+    /// Drops failure counters that neither moved nor hold a lock after `before_ms`; returns
+    /// how many went.
+    pub async fn prune_admin_failures(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM admin_login_failures WHERE updated_at < $1 AND locked_until < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     // ---- history ----
 
     /// Applies one history change.
@@ -1323,5 +1438,116 @@ mod tests {
         assert!(store.session("old").await.unwrap().is_none());
         assert!(store.session_files("old").await.unwrap().is_empty());
         assert_eq!(store.sessions(10).await.unwrap().len(), 1);
+    }
+
+    /// Parallel reservations each get their own count (no lost update), the lock starts at
+    /// `lockout_after` and ends on time, a refund unlocks, and prefixes are independent.
+    async fn admin_attempts(store: &Store) {
+        const MIN: i64 = 60_000;
+        let now = 1_000 * MIN;
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .reserve_admin_attempt("root", "10.0.0.0/24", now, 5, 15 * MIN)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut counts = Vec::new();
+        for t in tasks {
+            counts.push(t.await.unwrap());
+        }
+        let mut seen: Vec<u32> = counts.iter().map(|a| a.failures).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=50).collect::<Vec<u32>>(), "every attempt counted once");
+        for a in &counts {
+            let locked = if a.failures >= 5 { now + 15 * MIN } else { 0 };
+            assert!(a.failures < 5 || a.locked_until == locked, "{a:?}");
+        }
+        // Another prefix, and another account, start from nothing.
+        let other = store
+            .reserve_admin_attempt("root", "10.0.1.0/24", now, 5, 15 * MIN)
+            .await
+            .unwrap();
+        assert_eq!(
+            other,
+            LoginAttempt {
+                failures: 1,
+                locked_until: 0
+            }
+        );
+        assert_eq!(store.admin_recent_failures("root", now - 15 * MIN, 5).await.unwrap(), 6);
+        // A refund below the threshold unlocks; a complete login clears.
+        store.clear_admin_failures("root", "10.0.0.0/24").await.unwrap();
+        for expected in 1..=5 {
+            let a = store
+                .reserve_admin_attempt("root", "10.0.0.0/24", now, 5, 15 * MIN)
+                .await
+                .unwrap();
+            assert_eq!(a.failures, expected);
+        }
+        store.refund_admin_attempt("root", "10.0.0.0/24", 5).await.unwrap();
+        let a = store
+            .reserve_admin_attempt("root", "10.0.0.0/24", now, 5, 15 * MIN)
+            .await
+            .unwrap();
+        assert_eq!(
+            a,
+            LoginAttempt {
+                failures: 5,
+                locked_until: now + 15 * MIN
+            }
+        );
+        // The lock ends on time and the count starts over; so does a quiet counter.
+        let later = now + 15 * MIN;
+        let a = store
+            .reserve_admin_attempt("root", "10.0.0.0/24", later, 5, 15 * MIN)
+            .await
+            .unwrap();
+        assert_eq!(
+            a,
+            LoginAttempt {
+                failures: 1,
+                locked_until: 0
+            }
+        );
+        let quiet = later + 15 * MIN;
+        let a = store
+            .reserve_admin_attempt("root", "10.0.1.0/24", quiet, 5, 15 * MIN)
+            .await
+            .unwrap();
+        assert_eq!(a.failures, 1);
+        assert_eq!(
+            store.prune_admin_failures(quiet).await.unwrap(),
+            1,
+            "the stale counter goes"
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_admin_attempts_are_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
+        admin_attempts(&store).await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_admin_attempts_are_atomic() {
+        let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must provide PostgreSQL (.ci/run starts it)"
+            );
+            eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL store test");
+            return;
+        };
+        let schema = format!("t_attempts_{}", std::process::id());
+        let store = Store::open_postgres(&url, Some(&schema)).await.unwrap();
+        admin_attempts(&store).await;
+        store.close().await;
+        Store::drop_postgres_schema(&url, &schema).await.unwrap();
     }
 }

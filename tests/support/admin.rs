@@ -47,6 +47,9 @@ pub struct Http {
     pub addr: std::net::SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     pub cookie: Option<String>,
+    /// The loopback address requests come from (127.0.0.0/8 is all loopback on Linux);
+    /// `None` lets the OS choose.
+    pub local: Option<std::net::IpAddr>,
 }
 
 impl Http {
@@ -58,6 +61,24 @@ impl Http {
             addr,
             tls: Arc::new(tls),
             cookie: None,
+            local: None,
+        }
+    }
+
+    /// A client whose requests come from `local` (e.g. `127.0.1.5`).
+    pub fn from_address(relay: &TestRelay, local: &str) -> Self {
+        let mut http = Self::new(relay);
+        http.local = Some(local.parse().expect("a literal address"));
+        http
+    }
+
+    /// Another client from the same address with the same session cookie.
+    pub fn same_session(&self) -> Self {
+        Self {
+            addr: self.addr,
+            tls: self.tls.clone(),
+            cookie: self.cookie.clone(),
+            local: self.local,
         }
     }
 
@@ -69,7 +90,16 @@ impl Http {
     }
 
     async fn request_inner(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        let tcp = TcpStream::connect(self.addr).await.expect("connect to the console");
+        let tcp = match self.local {
+            None => TcpStream::connect(self.addr).await.expect("connect to the console"),
+            Some(local) => {
+                let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+                socket
+                    .bind(std::net::SocketAddr::new(local, 0))
+                    .expect("bind to a loopback address");
+                socket.connect(self.addr).await.expect("connect to the console")
+            }
+        };
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
         let mut tls = connector.connect(name, tcp).await.expect("TLS to the console");

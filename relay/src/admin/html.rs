@@ -96,8 +96,12 @@ pub fn t(lang: Lang, key: &str) -> &'static str {
             "名前、パスワード、またはコードが違います。",
         ),
         "locked" => (
-            "Too many failed attempts: this account is locked for a while.",
-            "失敗が多すぎるため、このアカウントはしばらくロックされています。",
+            "Too many failed attempts from your network: this account is locked here for a while.",
+            "お使いのネットワークからの失敗が多すぎるため、このアカウントはここからしばらくロックされています。",
+        ),
+        "busy" => (
+            "The relay is busy; try again in a moment.",
+            "リレーが混み合っています。しばらくしてから再度お試しください。",
         ),
         "operators" => ("Operators", "オペレーター"),
         "sessions" => ("Live sessions", "接続中のセッション"),

@@ -14,7 +14,7 @@ pub mod html;
 pub mod ops;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use dashmap::DashMap;
+use sha2::Digest;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -115,6 +116,9 @@ pub struct Console {
     sessions: Arc<DashMap<String, AdminSession>>,
     dummy_hash: Arc<String>,
     totp_used: Arc<crate::totp::ReplayGuard>,
+    /// Key of the hash that stands for a typed name matching no account (in the failure
+    /// counters and the audit trail); random per process, never stored.
+    name_key: Arc<[u8; 32]>,
 }
 
 /// The peer address of the HTTP connection.
@@ -144,6 +148,17 @@ fn random_token() -> String {
     // Without the OS CSPRNG no session could be safe: refuse rather than degrade.
     getrandom::fill(&mut b).expect("the OS random number generator is available");
     crate::totp::hex(&b)
+}
+
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    if getrandom::fill(&mut key).is_err() {
+        // Without OS randomness the key is still unknown outside this process, just weaker:
+        // mix in what is at hand rather than refuse to serve.
+        let seed = format!("{:?}{:?}", Instant::now(), std::time::SystemTime::now());
+        key.copy_from_slice(&sha2::Sha256::digest(seed.as_bytes()));
+    }
+    key
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -213,9 +228,14 @@ async fn accept_loop(
     let request_timeout = shared.config.admin.request_timeout;
     let console_connections =
         crate::connlimit::ConnLimiter::new(crate::connlimit::ConnLimits::console(&shared.config.admin), "console");
+    let mut prune = tokio::time::interval(PRUNE_FAILURES_EVERY);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
+            _ = prune.tick() => {
+                prune_failures(&shared).await;
+                continue;
+            }
             _ = crate::server::until_true(&mut stop) => return,
         };
         let (tcp, peer) = match accepted {
@@ -253,6 +273,18 @@ async fn accept_loop(
     }
 }
 
+/// How often stale login failure counters are dropped; they only need to go eventually
+/// (the table's size is what this bounds).
+const PRUNE_FAILURES_EVERY: Duration = Duration::from_secs(60);
+
+/// Drops failure counters that have been quiet and unlocked for longer than `admin.lockout`.
+async fn prune_failures(shared: &Shared) {
+    let before = now_ms() - shared.config.admin.lockout.as_millis() as i64;
+    if let Err(e) = shared.store.prune_admin_failures(before).await {
+        tracing::warn!(error = %e, "could not prune admin login failure counters");
+    }
+}
+
 impl Console {
     fn new(shared: Arc<Shared>) -> Self {
         let ops = Ops {
@@ -260,6 +292,7 @@ impl Console {
             audit: shared.audit.clone(),
             config: shared.config.clone(),
             shared: Some(shared.clone()),
+            verifier: shared.verifier.clone(),
         };
         let dummy_hash = Arc::new(crate::accounts::dummy_hash(&shared.config.accounts));
         Self {
@@ -268,6 +301,7 @@ impl Console {
             sessions: Default::default(),
             dummy_hash,
             totp_used: Default::default(),
+            name_key: Arc::new(random_key()),
         }
     }
 
@@ -520,41 +554,184 @@ fn failure_delay(failures: u32) -> Duration {
     Duration::from_millis(250u64 << failures.saturating_sub(1).min(4))
 }
 
+/// Failures against one account from all prefixes together, per `admin.lockout`, before the
+/// account-wide slow-down starts, in multiples of `admin.lockout_after`: two places locked
+/// out is still an accident; more is a spray.
+const SLOWDOWN_FREE_LOCKOUTS: u64 = 2;
+/// Extra wait per failure beyond that, before every login step for the account.
+const SLOWDOWN_STEP: Duration = Duration::from_millis(100);
+/// The longest extra wait: the owner still gets in (well within `admin.request_timeout`);
+/// it slows a spray, it never refuses.
+const SLOWDOWN_MAX: Duration = Duration::from_secs(5);
+
+/// The extra wait before a login step for an account with `recent` failures from all
+/// prefixes (each counted up to `lockout_after`).
+fn account_slowdown(recent: u64, lockout_after: u32) -> Duration {
+    let over = recent.saturating_sub(SLOWDOWN_FREE_LOCKOUTS * u64::from(lockout_after));
+    SLOWDOWN_STEP
+        .saturating_mul(over.min(u64::from(u32::MAX)) as u32)
+        .min(SLOWDOWN_MAX)
+}
+
+/// The source prefix console login failures are counted by: the /24 of an IPv4 address,
+/// the /48 of an IPv6 one (an IPv4-mapped address counts as IPv4). Everyone behind one
+/// home or office network shares a budget, and an attacker there can lock its admins out
+/// from there; an attacker anywhere else has a budget of their own and cannot. Per address
+/// would give whoever holds a /24 (cheap at hosting providers) 256 budgets, and an IPv6
+/// user whole /64s.
+pub fn source_prefix(ip: IpAddr) -> String {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    let net = match ip {
+        IpAddr::V4(v4) => ipnet::Ipv4Net::new(v4, 24).map(ipnet::IpNet::V4),
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 48).map(ipnet::IpNet::V6),
+    };
+    // 24 and 48 are valid prefix lengths, so `new` cannot fail; the address itself is the
+    // safe fallback all the same.
+    net.map(|n| n.trunc().to_string()).unwrap_or_else(|_| ip.to_string())
+}
+
+/// Whose counter a login step runs on, and how the audit trail names it.
+struct Account {
+    /// The failure counters' key: the admin's name, or `unknown:HASH` for a name that
+    /// matches no account.
+    key: String,
+    actor: String,
+    target: String,
+}
+
+/// Why a login step was refused before its check.
+enum Refused {
+    /// This (account, prefix) is locked: answered 429.
+    Locked,
+    /// The counters could not be updated: refused rather than checked unbounded.
+    Store,
+}
+
 impl Console {
-    /// Counts a failed step for `admin`; returns true when the account is now locked.
-    async fn login_failed(&self, admin: &str, ip: &str, reason: &str) -> bool {
-        let cfg = &self.shared.config.admin;
-        let mut locked = false;
-        if let Ok(Some(record)) = self.shared.store.admin(admin).await {
-            let failures = record.failed_logins + 1;
-            let (count, until) = if failures >= cfg.lockout_after {
-                locked = true;
-                (0, now_ms() + cfg.lockout.as_millis() as i64)
-            } else {
-                (failures, record.locked_until)
+    /// The account a typed name stands for. A name that matches no account is never kept
+    /// as typed (a password typed into the name field must not be stored): it becomes a
+    /// keyed hash, with a key that lives in this process only.
+    fn account(&self, typed: &str, exists: bool) -> Account {
+        if exists {
+            return Account {
+                key: typed.to_string(),
+                actor: format!("admin:{typed}"),
+                target: typed.to_string(),
             };
-            let _ = self.shared.store.set_admin_failures(admin, count, until).await;
-            if !locked {
-                tokio::time::sleep(failure_delay(failures)).await;
-            }
-        } else {
-            tokio::time::sleep(failure_delay(1)).await;
+        }
+        let mut h = sha2::Sha256::new();
+        h.update(self.name_key.as_slice());
+        h.update(typed.as_bytes());
+        let hash = crate::totp::hex(&h.finalize()[..16]);
+        Account {
+            key: format!("unknown:{hash}"),
+            actor: "unknown".into(),
+            target: format!("unknown account (name hash {})", &hash[..16]),
+        }
+    }
+
+    /// Starts a login step (password, TOTP, recovery code, enrolment) from `ip`: waits out
+    /// the account's slow-down, then takes the step's attempt from the (account, prefix)
+    /// budget in one store statement, before anything is checked. Parallel steps each take
+    /// their own, so at most `admin.lockout_after` of them are ever checked.
+    async fn begin_step(&self, account: &Account, ip: IpAddr) -> Result<crate::store::LoginAttempt, Refused> {
+        let cfg = &self.shared.config.admin;
+        let store = &self.shared.store;
+        let lockout_ms = cfg.lockout.as_millis() as i64;
+        let recent = store
+            .admin_recent_failures(&account.key, now_ms() - lockout_ms, cfg.lockout_after)
+            .await
+            .unwrap_or(0);
+        let slow = account_slowdown(recent, cfg.lockout_after);
+        if !slow.is_zero() {
+            tokio::time::sleep(slow).await;
+        }
+        let attempt = store
+            .reserve_admin_attempt(
+                &account.key,
+                &source_prefix(ip),
+                now_ms(),
+                cfg.lockout_after,
+                lockout_ms,
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not count an admin login attempt");
+                Refused::Store
+            })?;
+        if attempt.failures > cfg.lockout_after {
+            return Err(Refused::Locked);
+        }
+        Ok(attempt)
+    }
+
+    /// Gives back a step's attempt: it succeeded, or it was never checked.
+    async fn refund_step(&self, account: &Account, ip: IpAddr) {
+        let after = self.shared.config.admin.lockout_after;
+        if let Err(e) = self
+            .shared
+            .store
+            .refund_admin_attempt(&account.key, &source_prefix(ip), after)
+            .await
+        {
+            tracing::error!(error = %e, "could not refund an admin login attempt");
+        }
+    }
+
+    /// A checked step failed (its attempt stays counted): answers after the failure delay
+    /// and audits it. Returns true when this failure locked the account from this prefix.
+    async fn step_failed(
+        &self,
+        account: &Account,
+        ip: IpAddr,
+        attempt: crate::store::LoginAttempt,
+        reason: &str,
+    ) -> bool {
+        let locked = attempt.failures >= self.shared.config.admin.lockout_after;
+        if !locked {
+            tokio::time::sleep(failure_delay(attempt.failures)).await;
         }
         let detail = if locked {
-            format!("reason={reason}; account locked")
+            format!("reason={reason}; account locked from {}", source_prefix(ip))
         } else {
             format!("reason={reason}")
         };
-        self.audit(format!("admin:{admin}"), "admin_login_failed", admin, ip, detail)
-            .await;
+        self.audit(
+            account.actor.clone(),
+            "admin_login_failed",
+            &account.target,
+            &ip.to_string(),
+            detail,
+        )
+        .await;
         locked
     }
 
-    async fn locked(&self, admin: &str) -> bool {
-        matches!(self.shared.store.admin(admin).await, Ok(Some(r)) if r.locked_until > now_ms())
+    /// A step refused before its check: audited, answered 429 (locked) or 503.
+    async fn step_refused(&self, account: &Account, ip: IpAddr, why: Refused, lang: Lang) -> Response {
+        let (status, reason, msg) = match why {
+            Refused::Locked => (StatusCode::TOO_MANY_REQUESTS, "locked", "locked"),
+            Refused::Store => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "busy"),
+        };
+        self.audit(
+            account.actor.clone(),
+            "admin_login_failed",
+            &account.target,
+            &ip.to_string(),
+            format!("reason={reason}"),
+        )
+        .await;
+        html_response(status, login_form(lang, Some(t(lang, msg))))
     }
 }
 
+/// `POST /login`. A name that matches no account goes through exactly the same steps as
+/// one that does (the same store statements, an argon2 check of the same cost through the
+/// same pool, the same delays, the same lockout), so status, body and timing do not tell
+/// them apart.
 async fn login(
     State(console): State<Console>,
     Extension(Peer(peer)): Extension<Peer>,
@@ -562,36 +739,33 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let lang = lang_of(&headers);
-    let ip = peer.ip().to_string();
+    let ip = peer.ip();
     if form.name.len() > tsunagu_proto::limits::MAX_USER_NAME || form.password.len() > 256 {
         return html_response(
             StatusCode::UNAUTHORIZED,
             login_form(lang, Some(t(lang, "login_failed"))),
         );
     }
-    if console.locked(&form.name).await {
-        console
-            .audit(
-                format!("admin:{}", form.name),
-                "admin_login_failed",
-                &form.name,
-                &ip,
-                "reason=locked".into(),
-            )
-            .await;
-        return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(lang, Some(t(lang, "locked"))));
-    }
     let record = console.shared.store.admin(&form.name).await.ok().flatten();
+    let account = console.account(&form.name, record.is_some());
+    let attempt = match console.begin_step(&account, ip).await {
+        Ok(a) => a,
+        Err(why) => return console.step_refused(&account, ip, why, lang).await,
+    };
     let hash = record
         .as_ref()
         .map(|r| r.password_hash.clone())
         .unwrap_or_else(|| console.dummy_hash.to_string());
-    let password = form.password.clone();
-    let ok = tokio::task::spawn_blocking(move || crate::accounts::verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+    let ok = match console.shared.verifier.verify(form.password, hash).await {
+        Ok(ok) => ok,
+        Err(crate::verifier::Busy) => {
+            // Nothing was checked: the attempt goes back.
+            console.refund_step(&account, ip).await;
+            return html_response(StatusCode::SERVICE_UNAVAILABLE, login_form(lang, Some(t(lang, "busy"))));
+        }
+    };
     let Some(record) = record.filter(|_| ok) else {
-        let locked = console.login_failed(&form.name, &ip, "password").await;
+        let locked = console.step_failed(&account, ip, attempt, "password").await;
         let msg = if locked {
             t(lang, "locked")
         } else {
@@ -599,6 +773,8 @@ async fn login(
         };
         return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(msg)));
     };
+    // The password is right: this step is no failure. The second step takes its own.
+    console.refund_step(&account, ip).await;
     let (stage, next) = match &record.totp_secret {
         Some(_) => (Stage::NeedTotp, "/login/totp"),
         None => match crate::totp::new_secret() {
@@ -662,7 +838,12 @@ impl Console {
     /// Ends the pending session and starts the full one under a fresh token (no fixation).
     async fn complete_login(&self, old_token: &str, admin: &str, ip: &str, how: &str, to: &str) -> (String, Response) {
         self.sessions.remove(old_token);
-        let _ = self.shared.store.set_admin_failures(admin, 0, 0).await;
+        // Both factors proved: the failures from this prefix are forgotten (not those from
+        // elsewhere, or the owner would hand a stranger fresh guesses).
+        let prefix = ip.parse().map(source_prefix).unwrap_or_else(|_| ip.to_string());
+        if let Err(e) = self.shared.store.clear_admin_failures(admin, &prefix).await {
+            tracing::error!(error = %e, "could not clear admin login failures");
+        }
         let (token, s) = self.new_session(admin, Stage::Done);
         self.audit(
             format!("admin:{admin}"),
@@ -696,10 +877,14 @@ async fn totp_submit(
     if !constant_eq(form.csrf.as_bytes(), s.csrf.as_bytes()) {
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
-    if console.locked(&s.admin).await {
-        console.sessions.remove(&token);
-        return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(lang, Some(t(lang, "locked"))));
-    }
+    let account = console.account(&s.admin, true);
+    let attempt = match console.begin_step(&account, peer.ip()).await {
+        Ok(a) => a,
+        Err(why) => {
+            console.sessions.remove(&token);
+            return console.step_refused(&account, peer.ip(), why, lang).await;
+        }
+    };
     let record = console.shared.store.admin(&s.admin).await.ok().flatten();
     let secret = record.as_ref().and_then(|r| r.totp_secret.clone());
     let code = form.code.trim();
@@ -724,7 +909,7 @@ async fn totp_submit(
     match how {
         Some(how) => console.complete_login(&token, &s.admin, &ip, how, "/operators").await.1,
         None => {
-            if console.login_failed(&s.admin, &ip, "totp").await {
+            if console.step_failed(&account, peer.ip(), attempt, "totp").await {
                 console.sessions.remove(&token);
                 return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(lang, Some(t(lang, "locked"))));
             }
@@ -790,11 +975,22 @@ async fn enrol_submit(
     if !constant_eq(form.csrf.as_bytes(), s.csrf.as_bytes()) {
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
+    let account = console.account(&s.admin, true);
+    let attempt = match console.begin_step(&account, peer.ip()).await {
+        Ok(a) => a,
+        Err(why) => {
+            console.sessions.remove(&token);
+            return console.step_refused(&account, peer.ip(), why, lang).await;
+        }
+    };
     if !console
         .totp_used
         .accept(&s.admin, secret, &form.code, crate::totp::now_secs())
     {
-        if console.login_failed(&s.admin, &ip, "totp_enrolment").await {
+        if console
+            .step_failed(&account, peer.ip(), attempt, "totp_enrolment")
+            .await
+        {
             console.sessions.remove(&token);
             return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(lang, Some(t(lang, "locked"))));
         }
@@ -889,6 +1085,7 @@ fn op_error(ctx: &Ctx, e: &OpError) -> Response {
         OpError::NotFound(_) => StatusCode::NOT_FOUND,
         OpError::Conflict(_) => StatusCode::CONFLICT,
         OpError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        OpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
     };
     let body = format!(
         "<p class=\"error\" id=\"error\">{}</p><p><a href=\"/operators\">{}</a></p>",
@@ -1631,6 +1828,7 @@ fn api_error(e: OpError) -> Response {
         OpError::NotFound(_) => StatusCode::NOT_FOUND,
         OpError::Conflict(_) => StatusCode::CONFLICT,
         OpError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        OpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, Json(serde_json::json!({"error": e.to_string()}))).into_response()
 }

@@ -11,6 +11,7 @@ use crate::audit::{Audit, Entry};
 use crate::config::Config;
 use crate::server::Shared;
 use crate::store::{IpRule, Store, StoreError, MAX_IP_RULES};
+use crate::verifier::{HashError, Verifier};
 
 /// Why an operation was refused; the message is shown to the admin as is.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,9 @@ pub enum OpError {
     /// The store failed; details are logged, not shown.
     #[error("the relay could not save the change")]
     Internal,
+    /// Too many password hashes at once (the verifier pool is saturated); nothing changed.
+    #[error("the relay is busy; try again shortly")]
+    Busy,
 }
 
 impl From<StoreError> for OpError {
@@ -63,18 +67,21 @@ pub struct Ops {
     pub audit: Audit,
     pub config: Config,
     pub shared: Option<Arc<Shared>>,
+    /// The argon2 pool password hashes go through: the relay's own when there is one
+    /// (`Shared::verifier`), else one for this process.
+    pub verifier: Verifier,
 }
 
-async fn hash(password: &str, config: &Config) -> Result<String, OpError> {
+async fn hash(password: &str, config: &Config, verifier: &Verifier) -> Result<String, OpError> {
     accounts::check_password(password)?;
-    let (password, cfg) = (password.to_string(), config.accounts.clone());
-    tokio::task::spawn_blocking(move || accounts::hash_password(&password, &cfg))
-        .await
-        .map_err(|_| OpError::Internal)?
-        .map_err(|e| {
+    match verifier.hash(password.to_string(), config.accounts.clone()).await {
+        Ok(phc) => Ok(phc),
+        Err(HashError::Busy(_)) => Err(OpError::Busy),
+        Err(e) => {
             tracing::error!(error = %e, "password hashing failed");
-            OpError::Internal
-        })
+            Err(OpError::Internal)
+        }
+    }
 }
 
 /// Parses permission names (`view`, `control`, `files`, `chat`, `all`); an empty list is none.
@@ -146,7 +153,7 @@ impl Ops {
         permissions: PermissionSet,
     ) -> Result<(), OpError> {
         accounts::validate_name(name)?;
-        let hash = hash(password, &self.config).await?;
+        let hash = hash(password, &self.config, &self.verifier).await?;
         self.store
             .add_operator(name, &hash, permissions, crate::history::now_ms())
             .await?;
@@ -213,7 +220,7 @@ impl Ops {
 
     /// Sets an operator's password after the password policy.
     pub async fn set_password(&self, actor: &Actor, name: &str, password: &str) -> Result<(), OpError> {
-        let hash = hash(password, &self.config).await?;
+        let hash = hash(password, &self.config, &self.verifier).await?;
         self.store.set_operator_password(name, &hash).await?;
         self.audit(actor, "operator_password", name, String::new()).await;
         Ok(())
@@ -278,7 +285,7 @@ impl Ops {
     /// Creates a console admin after the name and password policies.
     pub async fn create_admin(&self, actor: &Actor, name: &str, password: &str) -> Result<(), OpError> {
         accounts::validate_name(name)?;
-        let hash = hash(password, &self.config).await?;
+        let hash = hash(password, &self.config, &self.verifier).await?;
         self.store.add_admin(name, &hash, crate::history::now_ms()).await?;
         self.audit(actor, "admin_created", name, String::new()).await;
         Ok(())
