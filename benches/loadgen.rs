@@ -25,7 +25,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tsunagu_proto::dial::{self, DialConfig};
+use tsunagu_endpoint::dial::{self, DialConfig};
 use tsunagu_proto::pb::{self, frame::Body, Channel, Frame};
 use tsunagu_proto::transport::TransportError;
 use tsunagu_proto::PermissionSet;
@@ -589,11 +589,11 @@ async fn idle(relay: &RelayUnderTest, sessions: usize) -> Result<()> {
 
 /// Drives a `Transfers` and its link until `done` says the wanted event arrived.
 async fn drive_transfer(
-    link: &mut tsunagu_proto::link::Link,
-    transfers: &mut tsunagu_proto::transfer::Transfers,
-    mut done: impl FnMut(&tsunagu_proto::transfer::TransferEvent) -> bool,
-) -> Result<tsunagu_proto::transfer::TransferEvent> {
-    use tsunagu_proto::link::Incoming;
+    link: &mut tsunagu_endpoint::link::Link,
+    transfers: &mut tsunagu_endpoint::transfer::Transfers,
+    mut done: impl FnMut(&tsunagu_endpoint::transfer::TransferEvent) -> bool,
+) -> Result<tsunagu_endpoint::transfer::TransferEvent> {
+    use tsunagu_endpoint::link::Incoming;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         anyhow::ensure!(Instant::now() < deadline, "the transfer did not finish in time");
@@ -610,7 +610,7 @@ async fn drive_transfer(
             }
         };
         for e in events {
-            if let tsunagu_proto::transfer::TransferEvent::Failed { reason, .. } = &e {
+            if let tsunagu_endpoint::transfer::TransferEvent::Failed { reason, .. } = &e {
                 bail!("transfer failed: {reason}");
             }
             if done(&e) {
@@ -666,8 +666,8 @@ async fn tls_copy(bytes: usize) -> Result<f64> {
 }
 
 async fn files(relay: &RelayUnderTest, mb: usize) -> Result<()> {
-    use tsunagu_proto::link::Link;
-    use tsunagu_proto::transfer::{TransferEvent, Transfers};
+    use tsunagu_endpoint::link::Link;
+    use tsunagu_endpoint::transfer::{TransferEvent, Transfers};
     let cfg = relay.dial_config()?;
     let dir = tempfile::tempdir()?;
     let source = dir.path().join("payload.bin");

@@ -74,15 +74,15 @@ async fn relayed(total: usize) -> Duration {
         .add_operator("bench", &hash, PermissionSet::ALL, 0)
         .await
         .unwrap();
-    let cfg = tsunagu_proto::dial::DialConfig {
+    let cfg = tsunagu_endpoint::dial::DialConfig {
         host: "127.0.0.1".into(),
         ports: vec![relay.addrs()[0].port()],
-        tls: tsunagu_proto::dial::client_tls(&dir.path().join("tls/ca.pem")).unwrap(),
+        tls: tsunagu_endpoint::dial::client_tls(&dir.path().join("tls/ca.pem")).unwrap(),
         attempt_timeout: Duration::from_secs(5),
         max_frame: 1 << 20,
         agent: "bench".into(),
     };
-    let mut op = tsunagu_proto::dial::dial(&cfg).await.unwrap();
+    let mut op = tsunagu_endpoint::dial::dial(&cfg).await.unwrap();
     op.writer
         .send_body(Body::Login(pb::Login {
             user: "bench".into(),
@@ -102,7 +102,7 @@ async fn relayed(total: usize) -> Duration {
         Some(Body::CodeIssued(c)) => c.code,
         other => panic!("{other:?}"),
     };
-    let mut cl = tsunagu_proto::dial::dial(&cfg).await.unwrap();
+    let mut cl = tsunagu_endpoint::dial::dial(&cfg).await.unwrap();
     cl.writer
         .send_body(Body::Join(pb::Join {
             code,

@@ -52,7 +52,7 @@ async fn flood(
 }
 
 /// Logs in as alice from `source`.
-async fn login_from(cfg: &tsunagu_proto::dial::DialConfig, source: &str, port: u16) -> Result<RawPeer, pb::Error> {
+async fn login_from(cfg: &tsunagu_endpoint::dial::DialConfig, source: &str, port: u16) -> Result<RawPeer, pb::Error> {
     let mut p = RawPeer::connect_from(cfg, source, port).await;
     p.send_body(Body::Login(pb::Login {
         user: "alice".into(),
@@ -193,7 +193,7 @@ async fn a_flood_on_the_console_from_one_address_leaves_others_served() {
     })
     .await;
     let console = relay.relay.admin_addr().expect("console up");
-    let mut tls = (*tsunagu_proto::dial::client_tls(&relay.ca()).expect("CA loads")).clone();
+    let mut tls = (*tsunagu_endpoint::dial::client_tls(&relay.ca()).expect("CA loads")).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tls = Arc::new(tls);
     let (kept, closed) = flood(&tls, "127.0.0.2", console, 10).await;
@@ -229,7 +229,7 @@ async fn the_console_and_the_relay_ports_have_separate_pools() {
     drop(endpoint_flood);
 
     // The console is full ...
-    let mut tls = (*tsunagu_proto::dial::client_tls(&relay.ca()).expect("CA loads")).clone();
+    let mut tls = (*tsunagu_endpoint::dial::client_tls(&relay.ca()).expect("CA loads")).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let (console_flood, closed) = flood(&Arc::new(tls), "127.0.0.3", console, 3).await;
     assert_eq!((console_flood.len(), closed), (2, 1));
@@ -237,7 +237,7 @@ async fn the_console_and_the_relay_ports_have_separate_pools() {
     // are back).
     let deadline = Instant::now() + WAIT;
     loop {
-        if tsunagu_proto::dial::dial(&cfg).await.is_ok() {
+        if tsunagu_endpoint::dial::dial(&cfg).await.is_ok() {
             break;
         }
         assert!(Instant::now() < deadline, "the relay ports never freed their slots");

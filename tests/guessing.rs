@@ -194,7 +194,7 @@ async fn a_burst_of_200_wrong_codes_gets_only_the_burst_checked() {
 }
 
 /// One wrong join from `source`; the relay's answer.
-async fn wrong_join(cfg: &tsunagu_proto::dial::DialConfig, port: u16, source: String, code: String) -> ErrorCode {
+async fn wrong_join(cfg: &tsunagu_endpoint::dial::DialConfig, port: u16, source: String, code: String) -> ErrorCode {
     let p = RawPeer::connect_from(cfg, &source, port).await;
     match p.join_on(&code).await {
         Ok(_) => panic!("a wrong code was accepted"),
@@ -266,7 +266,12 @@ async fn a_spray_from_1000_addresses_does_not_lock_out_an_honest_client() {
     relay.relay.shutdown().await;
 }
 
-async fn wrong_join_owned(cfg: tsunagu_proto::dial::DialConfig, port: u16, source: String, code: String) -> ErrorCode {
+async fn wrong_join_owned(
+    cfg: tsunagu_endpoint::dial::DialConfig,
+    port: u16,
+    source: String,
+    code: String,
+) -> ErrorCode {
     wrong_join(&cfg, port, source, code).await
 }
 

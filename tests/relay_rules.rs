@@ -336,13 +336,13 @@ async fn wrong_replayed_and_expired_codes_get_clear_errors() {
 
 trait JoinFresh {
     async fn join_from_new(
-        cfg: &tsunagu_proto::dial::DialConfig,
+        cfg: &tsunagu_endpoint::dial::DialConfig,
         code: &str,
     ) -> Result<(RawPeer, pb::ConsentRequest), pb::Error>;
 }
 impl JoinFresh for RawPeer {
     async fn join_from_new(
-        cfg: &tsunagu_proto::dial::DialConfig,
+        cfg: &tsunagu_endpoint::dial::DialConfig,
         code: &str,
     ) -> Result<(RawPeer, pb::ConsentRequest), pb::Error> {
         // From another loopback address, so earlier failures of this test do not throttle it.
@@ -535,12 +535,12 @@ async fn the_connection_cap_refuses_extra_connections() {
     let cfg = relay.dial_config();
     let _a = RawPeer::connect(&cfg).await;
     let _b = RawPeer::connect(&cfg).await;
-    let third = tsunagu_proto::dial::dial(&cfg).await;
+    let third = tsunagu_endpoint::dial::dial(&cfg).await;
     assert!(third.is_err(), "a third connection must be refused");
     drop(_a);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        tsunagu_proto::dial::dial(&cfg).await.is_ok(),
+        tsunagu_endpoint::dial::dial(&cfg).await.is_ok(),
         "a slot frees when a connection closes"
     );
     relay.relay.shutdown().await;
@@ -561,11 +561,11 @@ async fn endpoints_fall_back_through_the_ports_in_order() {
         vec![closed_port, silent_port, relay.addr.port()],
     );
     cfg.attempt_timeout = Duration::from_millis(500);
-    let connected = tsunagu_proto::dial::dial(&cfg).await.expect("the last port answers");
+    let connected = tsunagu_endpoint::dial::dial(&cfg).await.expect("the last port answers");
     assert_eq!(connected.port, relay.addr.port());
 
     cfg.ports = vec![closed_port, silent_port];
-    let err = tsunagu_proto::dial::dial(&cfg).await.err().unwrap().to_string();
+    let err = tsunagu_endpoint::dial::dial(&cfg).await.err().unwrap().to_string();
     assert!(
         err.contains(&closed_port.to_string()) && err.contains("no answer"),
         "{err}"

@@ -58,9 +58,9 @@ pub enum Command {
     /// End the session.
     End,
     /// File transfer: `send_file`, `accept_file`, `reject_file`, `cancel_file`
-    /// (see `tsunagu_proto::transfer`).
+    /// (see `tsunagu_endpoint::transfer`).
     #[serde(untagged)]
-    File(tsunagu_proto::transfer::FileCommand),
+    File(tsunagu_endpoint::transfer::FileCommand),
 }
 
 fn yes() -> bool {
@@ -174,7 +174,7 @@ pub enum Event {
     /// `file_offered`, `file_accepted`, `file_progress`, `file_saved`, `file_sent`,
     /// `file_rejected`, `file_cancelled`, `file_failed`.
     #[serde(untagged)]
-    File(tsunagu_proto::transfer::FileEvent),
+    File(tsunagu_endpoint::transfer::FileEvent),
 }
 
 impl Event {
@@ -187,7 +187,7 @@ impl Event {
     }
 }
 
-pub use tsunagu_proto::headless::Outcome;
+pub use tsunagu_endpoint::headless::Outcome;
 
 #[cfg(test)]
 mod tests {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use tokio::sync::mpsc;
-use tsunagu_proto::transfer::{FileCommand, FileEvent};
+use tsunagu_endpoint::transfer::{FileCommand, FileEvent};
 use tsunagu_proto::SessionCode;
 
 use crate::api::{Command, Event, Outcome};
@@ -250,8 +250,8 @@ impl ClientApp {
         };
         let mut config = self.options.config.clone();
         config.code = code;
-        let (cmd_tx, cmd_rx) = mpsc::channel(tsunagu_proto::headless::COMMAND_CAPACITY);
-        let (ev_tx, mut ev_rx) = mpsc::channel(tsunagu_proto::headless::EVENT_CAPACITY);
+        let (cmd_tx, cmd_rx) = mpsc::channel(tsunagu_endpoint::headless::COMMAND_CAPACITY);
+        let (ev_tx, mut ev_rx) = mpsc::channel(tsunagu_endpoint::headless::EVENT_CAPACITY);
         let (to_gui, from_session) = std_mpsc::channel();
         let repaint = ctx.clone();
         let report = self.options.report;

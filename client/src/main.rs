@@ -133,7 +133,7 @@ fn main() -> ExitCode {
                 return 2;
             }
         };
-        let outcome = tsunagu_proto::headless::drive(
+        let outcome = tsunagu_endpoint::headless::drive(
             |commands, events| tsunagu_client::run(config, commands, events),
             |message| Event::error("bad_command", message),
             Command::End,

@@ -8,7 +8,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
-use tsunagu_proto::dial::{self, DialConfig, DialError};
+use tsunagu_endpoint::dial::{self, DialConfig, DialError};
 use tsunagu_proto::pb::{self, frame::Body, Channel, Permission};
 use tsunagu_proto::types::{end_reason_name, error_code_name, permission_name};
 use tsunagu_proto::PermissionSet;
@@ -21,8 +21,8 @@ use crate::inject::SystemInjector;
 use crate::pointer::{PointerReport, PointerWatcher};
 use crate::stream::{EncoderSettings, ScreenWorker, Shot, ShotRequest};
 use crate::takeover::{Takeover, Transition};
-use tsunagu_proto::link::{Incoming, Link};
-use tsunagu_proto::transfer::{ProgressBars, TransferEvent, Transfers};
+use tsunagu_endpoint::link::{Incoming, Link};
+use tsunagu_endpoint::transfer::{ProgressBars, TransferEvent, Transfers};
 
 /// Sent in `Hello`.
 const AGENT: &str = concat!("tsunagu-client/", env!("CARGO_PKG_VERSION"));
@@ -199,7 +199,7 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
 
 /// Reports a dial failure as an `error` event and returns how the run ends.
 async fn dial_failed(events: &Events, e: DialError) -> Outcome {
-    let (code, message, outcome) = tsunagu_proto::headless::dial_failure(e);
+    let (code, message, outcome) = tsunagu_endpoint::headless::dial_failure(e);
     events.emit(Event::error(code, message)).await;
     outcome
 }
@@ -226,7 +226,7 @@ struct Session {
     shot_pending: bool,
     /// Input into the real desktop (`--input system`).
     injector: Option<SystemInjector>,
-    /// File transfers (the shared engine in `tsunagu_proto::transfer`).
+    /// File transfers (the shared engine in `tsunagu_endpoint::transfer`).
     transfers: Transfers,
     bars: ProgressBars,
 }

@@ -75,7 +75,7 @@ pub enum Command {
     End,
     /// File transfer: `send_file`, `accept_file`, `reject_file`, `cancel_file`.
     #[serde(untagged)]
-    File(tsunagu_proto::transfer::FileCommand),
+    File(tsunagu_endpoint::transfer::FileCommand),
 }
 
 /// An event from the operator (`{"event": "...", ...}` in headless mode).
@@ -185,7 +185,7 @@ pub enum Event {
     /// File transfer events: `file_offer`, `file_offered`, `file_accepted`, `file_progress`,
     /// `file_saved`, `file_sent`, `file_rejected`, `file_cancelled`, `file_failed`.
     #[serde(untagged)]
-    File(tsunagu_proto::transfer::FileEvent),
+    File(tsunagu_endpoint::transfer::FileEvent),
 }
 
 impl Event {
@@ -198,7 +198,7 @@ impl Event {
     }
 }
 
-pub use tsunagu_proto::headless::Outcome;
+pub use tsunagu_endpoint::headless::Outcome;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tsunagu_proto::dial::DEFAULT_ATTEMPT_TIMEOUT;
+use tsunagu_endpoint::dial::DEFAULT_ATTEMPT_TIMEOUT;
 use tsunagu_proto::PermissionSet;
 
 /// Environment variable holding the operator's password (never a flag: flags show in `ps`).
@@ -91,10 +91,10 @@ pub enum ConfigError {
     NoPorts,
 }
 
-/// Resolves `--relay HOST[:PORT]` and `--ports` (see [`tsunagu_proto::dial::resolve_target`]).
+/// Resolves `--relay HOST[:PORT]` and `--ports` (see [`tsunagu_endpoint::dial::resolve_target`]).
 pub fn relay_target(spec: &str, ports: Option<Vec<u16>>) -> Result<(String, Vec<u16>), ConfigError> {
-    tsunagu_proto::dial::resolve_target(spec, ports).map_err(|e| match e {
-        tsunagu_proto::dial::DialError::NoPorts => ConfigError::NoPorts,
+    tsunagu_endpoint::dial::resolve_target(spec, ports).map_err(|e| match e {
+        tsunagu_endpoint::dial::DialError::NoPorts => ConfigError::NoPorts,
         other => ConfigError::BadRelay(other.to_string()),
     })
 }

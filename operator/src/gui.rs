@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use tokio::sync::mpsc;
-use tsunagu_proto::transfer::{FileCommand, FileEvent};
+use tsunagu_endpoint::transfer::{FileCommand, FileEvent};
 use tsunagu_proto::PermissionSet;
 
 use crate::api::{Button, Command, Event, Outcome};

@@ -82,7 +82,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let outcome = runtime.block_on(tsunagu_proto::headless::drive(
+    let outcome = runtime.block_on(tsunagu_endpoint::headless::drive(
         |commands, events| tsunagu_operator::run(config, commands, events),
         |message| Event::error("bad_command", message),
         Command::End,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-use tsunagu_proto::dial::{self, DialConfig, DialError};
+use tsunagu_endpoint::dial::{self, DialConfig, DialError};
 use tsunagu_proto::pb::{self, frame::Body, Channel};
 use tsunagu_proto::types::{end_reason_name, error_code_name, permission_name};
 use tsunagu_proto::PermissionSet;
@@ -15,8 +15,8 @@ use tsunagu_proto::PermissionSet;
 use crate::api::{Button, Command, Event, Outcome};
 use crate::config::OperatorConfig;
 use crate::decode::{FrameResult, ScreenDecoder};
-use tsunagu_proto::link::{Incoming, Link};
-use tsunagu_proto::transfer::{ProgressBars, TransferEvent, Transfers};
+use tsunagu_endpoint::link::{Incoming, Link};
+use tsunagu_endpoint::transfer::{ProgressBars, TransferEvent, Transfers};
 
 /// Sent in `Hello`.
 const AGENT: &str = concat!("tsunagu-operator/", env!("CARGO_PKG_VERSION"));
@@ -112,7 +112,7 @@ pub async fn run(config: OperatorConfig, commands: mpsc::Receiver<Command>, even
 
 /// Reports a dial failure as an `error` event and returns how the run ends.
 async fn dial_failed(events: &Events, e: DialError) -> Outcome {
-    let (code, message, outcome) = tsunagu_proto::headless::dial_failure(e);
+    let (code, message, outcome) = tsunagu_endpoint::headless::dial_failure(e);
     events.emit(Event::error(code, message)).await;
     outcome
 }

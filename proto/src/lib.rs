@@ -7,26 +7,17 @@
 //!   (session codes, permission sets).
 //! * [`names`]: names a peer chose (host, file and operator names) made inert before they are
 //!   shown or stored: no control, format or bidi characters.
-//! * `transport`, `dial` and `link` (feature `tokio`): the framed async transport over TLS,
-//!   the endpoint dialer that tries the relay's ports in order, and an endpoint's live
-//!   connection (reader task, send timeouts, sequence numbers).
-//! * `headless` (feature `endpoint`): the JSON-lines driver of both apps' `--headless` mode.
-//! * `transfer` (feature `endpoint`): file transfer as both apps do it: offers with SHA-256,
-//!   the receiver's choice of folder, safe names, a credit window, verified saves.
+//! * `transport` (feature `tokio`): the framed async transport, over any async byte stream
+//!   (TLS in practice).
+//!
+//! This crate is the wire format only. What the operator and client apps share on top of it
+//! (the dialer, the link, file transfer, the headless driver) lives in `tsunagu-endpoint`.
 
 pub mod codec;
 pub mod limits;
 pub mod names;
 pub mod types;
 
-#[cfg(feature = "tokio")]
-pub mod dial;
-#[cfg(feature = "endpoint")]
-pub mod headless;
-#[cfg(feature = "tokio")]
-pub mod link;
-#[cfg(feature = "endpoint")]
-pub mod transfer;
 #[cfg(feature = "tokio")]
 pub mod transport;
 

@@ -55,7 +55,7 @@ pub struct Http {
 impl Http {
     pub fn new(relay: &TestRelay) -> Self {
         let addr = relay.relay.admin_addr().expect("the admin console is up");
-        let mut tls = (*tsunagu_proto::dial::client_tls(&relay.ca()).expect("CA loads")).clone();
+        let mut tls = (*tsunagu_endpoint::dial::client_tls(&relay.ca()).expect("CA loads")).clone();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Self {
             addr,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use tokio::net::{TcpSocket, TcpStream};
-use tsunagu_proto::dial::{self, Connected, DialConfig};
+use tsunagu_endpoint::dial::{self, Connected, DialConfig};
 use tsunagu_proto::pb::{self, frame::Body, Channel, Frame};
 use tsunagu_proto::transport::{FrameReader, FrameWriter, TransportError};
 

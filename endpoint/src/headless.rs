@@ -50,7 +50,7 @@ impl Outcome {
 /// run ends. Shared so both apps report the same failure the same way.
 pub fn dial_failure(e: crate::dial::DialError) -> (&'static str, String, Outcome) {
     use crate::dial::DialError;
-    use crate::transport::TransportError;
+    use tsunagu_proto::transport::TransportError;
     match e {
         DialError::Unreachable { .. } => ("unreachable", e.to_string(), Outcome::Unreachable),
         DialError::BadCa { .. } => ("bad_ca", e.to_string(), Outcome::Usage { code: "bad_ca".into() }),
@@ -62,7 +62,7 @@ pub fn dial_failure(e: crate::dial::DialError) -> (&'static str, String, Outcome
             },
         ),
         DialError::Refused(TransportError::Remote { code, message }) => {
-            let name = crate::types::error_code_name(code);
+            let name = tsunagu_proto::types::error_code_name(code);
             (name, message, Outcome::Refused { code: name.into() })
         }
         DialError::Refused(TransportError::VersionMismatch { .. }) => (

@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::pb::frame::Body;
-use crate::transport::{hello, remote_error, FrameReader, FrameWriter, TransportError};
+use tsunagu_proto::pb::frame::Body;
+use tsunagu_proto::transport::{hello, remote_error, FrameReader, FrameWriter, TransportError};
 
 /// Default time for one port attempt: TCP connect, TLS handshake and `Hello`.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,13 +87,13 @@ pub fn parse_relay(spec: &str) -> Result<(String, Option<u16>), DialError> {
 }
 
 /// Resolves `--relay HOST[:PORT]` and `--ports`: explicit ports win; otherwise the port in
-/// `--relay` alone; otherwise [`crate::DEFAULT_PORTS`] (7615, 80, 443).
+/// `--relay` alone; otherwise [`tsunagu_proto::DEFAULT_PORTS`] (7615, 80, 443).
 pub fn resolve_target(spec: &str, ports: Option<Vec<u16>>) -> Result<(String, Vec<u16>), DialError> {
     let (host, port) = parse_relay(spec)?;
     let ports = match (ports, port) {
         (Some(p), _) => p,
         (None, Some(p)) => vec![p],
-        (None, None) => crate::DEFAULT_PORTS.to_vec(),
+        (None, None) => tsunagu_proto::DEFAULT_PORTS.to_vec(),
     };
     if ports.is_empty() {
         return Err(DialError::NoPorts);
@@ -130,7 +130,7 @@ pub fn client_tls_from_pem(pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, Stri
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![crate::ALPN.to_vec()];
+    config.alpn_protocols = vec![tsunagu_proto::ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -177,7 +177,7 @@ async fn attempt(cfg: &DialConfig, name: ServerName<'static>, port: u16) -> Resu
     writer.send(&hello(&cfg.agent)).await.map_err(|e| fail(&e))?;
     let first = reader.read().await.map_err(|e| fail(&e))?;
     match first.and_then(|raw| raw.frame.body) {
-        Some(Body::Hello(h)) if h.version == crate::PROTOCOL_VERSION => Ok(Connected {
+        Some(Body::Hello(h)) if h.version == tsunagu_proto::PROTOCOL_VERSION => Ok(Connected {
             reader,
             writer,
             port,
@@ -185,7 +185,7 @@ async fn attempt(cfg: &DialConfig, name: ServerName<'static>, port: u16) -> Resu
             local,
         }),
         Some(Body::Hello(h)) => Err(AttemptError::Refused(TransportError::VersionMismatch {
-            ours: crate::PROTOCOL_VERSION,
+            ours: tsunagu_proto::PROTOCOL_VERSION,
             theirs: h.version,
         })),
         Some(Body::Error(e)) => Err(AttemptError::Refused(remote_error(&e))),

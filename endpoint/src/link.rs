@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use crate::dial::{Connected, Reader, Writer};
-use crate::pb::{self, frame::Body};
-use crate::transport::TransportError;
 use tokio::sync::mpsc;
+use tsunagu_proto::pb::{self, frame::Body};
+use tsunagu_proto::transport::TransportError;
 
 /// Frames buffered between the reader task and the session loop. When full the reader stops
 /// reading, TCP pushes back, and the relay drops the oldest screen frames for us.

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::link::{Link, LinkError};
-use crate::pb::{self, frame::Body, FileResult};
+use tsunagu_proto::pb::{self, frame::Body, FileResult};
 
 /// Content bytes per file-channel frame.
 pub const CHUNK: usize = 64 * 1024;
@@ -46,7 +46,9 @@ pub fn sanitize_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
     let mut s: String = base
         .chars()
-        .filter(|c| !crate::names::is_format_or_control(*c) && !matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*'))
+        .filter(|c| {
+            !tsunagu_proto::names::is_format_or_control(*c) && !matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*')
+        })
         .collect();
     s = s.trim_matches(|c: char| c == ' ' || c == '.').to_string();
     if s.is_empty() {
@@ -569,7 +571,7 @@ impl Transfers {
                             _ => TransferEvent::Failed {
                                 id: d.transfer_id,
                                 side: Side::Send,
-                                reason: crate::names::make_inert(&d.reason),
+                                reason: tsunagu_proto::names::make_inert(&d.reason),
                             },
                         });
                     }
@@ -585,7 +587,7 @@ impl Transfers {
                         _ => TransferEvent::Failed {
                             id: d.transfer_id,
                             side: Side::Receive,
-                            reason: crate::names::make_inert(&d.reason),
+                            reason: tsunagu_proto::names::make_inert(&d.reason),
                         },
                     });
                 }
