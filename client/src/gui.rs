@@ -14,7 +14,7 @@
 //!    offer (`file_offer`, [`Event::File`]) opens a save dialog: a folder, Save or Reject.
 //!
 //! Japanese and English ([`crate::i18n`]) follow the locale and switch with one button;
-//! a system CJK font is loaded because egui ships none ([`load_cjk_font`]).
+//! a system CJK font is loaded because egui ships none ([`gui::load_cjk_font`]).
 //!
 //! With `TSUNAGU_GUI_REPORT=1` the window writes one JSON line to stdout whenever the screen
 //! or its widgets move (screen name, window rectangle and widget rectangles in physical
@@ -28,22 +28,13 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use tokio::sync::mpsc;
+use tsunagu_endpoint::gui;
 use tsunagu_endpoint::transfer::{FileCommand, FileEvent};
 use tsunagu_proto::SessionCode;
 
 use crate::api::{Command, Event, Outcome};
 use crate::config::ClientConfig;
 use crate::i18n::{permission_text, Lang, Text};
-
-/// Places where Debian and other distributions keep a CJK font with Japanese glyphs; the
-/// first that exists is used. Face 0 of Noto Sans CJK collections is the Japanese one.
-pub const CJK_FONT_CANDIDATES: &[&str] = &[
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf",
-    "/usr/share/fonts/truetype/fonts-japanese-gothic.ttf",
-];
 
 /// Size of the code and consent window, in points: room for the Japanese prompt at a size
 /// older eyes read comfortably.
@@ -75,30 +66,9 @@ pub struct GuiOptions {
     pub report: bool,
 }
 
-/// Loads the first CJK font of [`CJK_FONT_CANDIDATES`] into `ctx` as a fallback after egui's
-/// own fonts. Returns the path used, or `None` (Japanese then shows as boxes; logged).
-pub fn load_cjk_font(ctx: &egui::Context) -> Option<&'static str> {
-    let (path, bytes) = CJK_FONT_CANDIDATES
-        .iter()
-        .find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))?;
-    let mut fonts = egui::FontDefinitions::default();
-    fonts
-        .font_data
-        .insert("cjk".into(), std::sync::Arc::new(egui::FontData::from_owned(bytes)));
-    for family in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
-        fonts.families.entry(family).or_default().push("cjk".into());
-    }
-    ctx.set_fonts(fonts);
-    Some(path)
-}
-
 /// Runs the window until the user closes it.
 pub fn run(options: GuiOptions) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runtime = gui::session_runtime()?;
     let lang = options.lang.unwrap_or_else(Lang::from_env);
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -112,20 +82,11 @@ pub fn run(options: GuiOptions) -> Result<(), String> {
         "tsunagu-client",
         native,
         Box::new(move |cc| {
-            match load_cjk_font(&cc.egui_ctx) {
-                Some(path) => tracing::info!(font = path, "CJK font loaded"),
-                None => tracing::warn!("no CJK font found; Japanese text cannot be shown (install fonts-noto-cjk)"),
-            }
+            gui::load_cjk_font(&cc.egui_ctx);
             // Dark grey on white reads best for the people this window is for.
             cc.egui_ctx.set_theme(egui::Theme::Light);
             cc.egui_ctx.all_styles_mut(|style| {
-                for (text_style, font) in style.text_styles.iter_mut() {
-                    font.size = match text_style {
-                        egui::TextStyle::Heading => TEXT_SIZE * 1.4,
-                        egui::TextStyle::Small => TEXT_SIZE * 0.75,
-                        _ => TEXT_SIZE,
-                    };
-                }
+                gui::set_text_size(style, TEXT_SIZE);
                 style.spacing.button_padding = egui::vec2(12.0, 6.0);
             });
             Ok(Box::new(ClientApp::new(options, lang, runtime)))

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use tokio::sync::mpsc;
+use tsunagu_endpoint::gui;
 use tsunagu_endpoint::transfer::{FileCommand, FileEvent};
 use tsunagu_proto::PermissionSet;
 
@@ -25,13 +26,6 @@ use crate::picture::PictureSink;
 
 /// Base text size in points; support work is read from a little distance.
 const TEXT_SIZE: f32 = 16.0;
-/// Places where Debian and other distributions keep a font with Japanese glyphs.
-const CJK_FONT_CANDIDATES: [&str; 4] = [
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf",
-];
 /// Commands the window may queue for the session.
 const COMMAND_QUEUE: usize = 256;
 /// Events the session may queue for the window.
@@ -56,28 +50,9 @@ pub struct GuiOptions {
     pub save_dir: PathBuf,
 }
 
-fn load_cjk_font(ctx: &egui::Context) -> Option<&'static str> {
-    let (path, bytes) = CJK_FONT_CANDIDATES
-        .iter()
-        .find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))?;
-    let mut fonts = egui::FontDefinitions::default();
-    fonts
-        .font_data
-        .insert("cjk".into(), std::sync::Arc::new(egui::FontData::from_owned(bytes)));
-    for family in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
-        fonts.families.entry(family).or_default().push("cjk".into());
-    }
-    ctx.set_fonts(fonts);
-    Some(path)
-}
-
 /// Runs the window until the operator closes it (which ends a running session).
 pub fn run(options: GuiOptions) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runtime = gui::session_runtime()?;
     let lang = options.lang.unwrap_or_else(Lang::from_env);
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -90,19 +65,8 @@ pub fn run(options: GuiOptions) -> Result<(), String> {
         "tsunagu-operator",
         native,
         Box::new(move |cc| {
-            match load_cjk_font(&cc.egui_ctx) {
-                Some(path) => tracing::info!(font = path, "CJK font loaded"),
-                None => tracing::warn!("no CJK font found; Japanese text cannot be shown (install fonts-noto-cjk)"),
-            }
-            cc.egui_ctx.all_styles_mut(|style| {
-                for (text_style, font) in style.text_styles.iter_mut() {
-                    font.size = match text_style {
-                        egui::TextStyle::Heading => TEXT_SIZE * 1.4,
-                        egui::TextStyle::Small => TEXT_SIZE * 0.75,
-                        _ => TEXT_SIZE,
-                    };
-                }
-            });
+            gui::load_cjk_font(&cc.egui_ctx);
+            cc.egui_ctx.all_styles_mut(|style| gui::set_text_size(style, TEXT_SIZE));
             let mut app = OperatorApp::new(options, lang, runtime);
             if app.options.connect {
                 app.start(&cc.egui_ctx);
