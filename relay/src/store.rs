@@ -593,6 +593,13 @@ impl Store {
     /// Replaces an operator's IP rules with `rules`, in order.
     pub async fn set_operator_ip_rules(&self, name: &str, rules: &[IpRule]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The first statement writes: on SQLite a transaction that reads first and writes
+        // later fails with SQLITE_BUSY_SNAPSHOT when another connection (the history
+        // writer) commits in between, while a write first simply waits for the lock.
+        sqlx::query("DELETE FROM operator_ip_rules WHERE operator = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         let exists = sqlx::query("SELECT name FROM operators WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -600,10 +607,6 @@ impl Store {
         if exists.is_none() {
             return Err(StoreError::NoSuchOperator(name.to_string()));
         }
-        sqlx::query("DELETE FROM operator_ip_rules WHERE operator = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
         for (i, r) in rules.iter().enumerate() {
             sqlx::query("INSERT INTO operator_ip_rules (operator, position, action, cidr) VALUES ($1, $2, $3, $4)")
                 .bind(name)
