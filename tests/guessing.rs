@@ -100,7 +100,7 @@ async fn a_burst_of_200_wrong_passwords_gets_only_the_burst_checked() {
     // The right password right after the burst is refused without being checked.
     let cfg = relay.dial_config();
     let p = RawPeer::connect_from(&cfg, "127.0.0.2", relay.addr.port()).await;
-    let e = login_on(p, "alice", PASSWORD, "").await.err().expect("refused");
+    let e = login_on(p, "alice", PASSWORD, "").await.expect_err("refused");
     assert_eq!(code_of(&e), ErrorCode::Throttled);
     eprintln!(
         "figure: 200 parallel wrong passwords -> {} real checks",
@@ -132,7 +132,7 @@ async fn a_burst_of_200_wrong_totp_codes_gets_only_the_burst_checked() {
     assert_eq!(counts.ok, 0, "{counts:?}");
     let cfg = relay.dial_config();
     let p = RawPeer::connect_from(&cfg, "127.0.0.3", relay.addr.port()).await;
-    let e = login_on(p, "alice", PASSWORD, &right).await.err().expect("refused");
+    let e = login_on(p, "alice", PASSWORD, &right).await.expect_err("refused");
     assert_eq!(
         code_of(&e),
         ErrorCode::Throttled,
@@ -182,8 +182,7 @@ async fn a_burst_of_200_wrong_codes_gets_only_the_burst_checked() {
         .await
         .join_on(&code)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(
         code_of(&e),
         ErrorCode::Throttled,
@@ -245,8 +244,7 @@ async fn a_spray_from_1000_addresses_does_not_lock_out_an_honest_client() {
         .await
         .join_on(&code)
         .await
-        .err()
-        .expect("a marked network is refused while the budget is dry");
+        .expect_err("a marked network is refused while the budget is dry");
     assert_eq!(code_of(&e), ErrorCode::Throttled);
 
     // The honest client, from a network that never failed, types the right code.
