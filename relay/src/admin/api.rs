@@ -10,17 +10,12 @@ use tsunagu_proto::PermissionSet;
 use super::history::HistoryQuery;
 use super::ops::{self, OpError};
 use super::sessions::live_rows;
-use super::{Console, Ctx};
+use super::{op_status, Console, Ctx};
 use crate::audit;
 
+/// A refused operation as the API answers it: the status, and the reason as JSON.
 fn api_error(e: OpError) -> Response {
-    let status = match e {
-        OpError::Invalid(_) => StatusCode::BAD_REQUEST,
-        OpError::NotFound(_) => StatusCode::NOT_FOUND,
-        OpError::Conflict(_) => StatusCode::CONFLICT,
-        OpError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        OpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-    };
+    let status = op_status(&e);
     (status, Json(serde_json::json!({"error": e.to_string()}))).into_response()
 }
 

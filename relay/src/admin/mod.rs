@@ -34,13 +34,14 @@ mod sessions;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::http::StatusCode;
 use dashmap::DashMap;
 
 use crate::audit;
 use crate::server::Shared;
 use auth::{random_key, AdminSession};
 use html::Lang;
-use ops::{Actor, Ops};
+use ops::{Actor, OpError, Ops};
 
 pub use api::OPENAPI;
 pub use auth::{source_prefix, LANG_COOKIE, MAX_SESSIONS, PENDING_LOGIN, SESSION_COOKIE};
@@ -118,5 +119,16 @@ impl Console {
                 detail,
             })
             .await;
+    }
+}
+
+/// The HTTP status a refused operation is answered with, for pages and API alike.
+fn op_status(e: &OpError) -> StatusCode {
+    match e {
+        OpError::Invalid(_) => StatusCode::BAD_REQUEST,
+        OpError::NotFound(_) => StatusCode::NOT_FOUND,
+        OpError::Conflict(_) => StatusCode::CONFLICT,
+        OpError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        OpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::html::{esc, page, t};
 use super::ops::OpError;
-use super::Ctx;
+use super::{op_status, Ctx};
 
 /// A 303 redirect to `to`.
 pub(super) fn see_other(to: &str) -> Response {
@@ -28,13 +28,7 @@ pub(super) fn render(ctx: &Ctx, title: &str, body: &str) -> Response {
 
 /// A refused operation, shown as a page with a way back.
 pub(super) fn op_error(ctx: &Ctx, e: &OpError) -> Response {
-    let status = match e {
-        OpError::Invalid(_) => StatusCode::BAD_REQUEST,
-        OpError::NotFound(_) => StatusCode::NOT_FOUND,
-        OpError::Conflict(_) => StatusCode::CONFLICT,
-        OpError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        OpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-    };
+    let status = op_status(e);
     let body = format!(
         "<p class=\"error\" id=\"error\">{}</p><p><a href=\"/operators\">{}</a></p>",
         esc(&e.to_string()),
