@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
 
-use super::html::{self, esc, t};
+use super::html::{self, esc, t, Text};
 use super::pages::render;
 use super::{Console, Ctx};
 use crate::audit;
@@ -42,11 +42,11 @@ pub(super) async fn audit_page(State(console): State<Console>, Extension(ctx): E
         .collect();
     let body = format!(
         "{status}<table id=\"audit\"><tr><th>#</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>IP</th><th>{}</th></tr>{rows}</table>",
-        t(lang, "time"),
-        t(lang, "actor"),
-        t(lang, "action"),
-        t(lang, "target"),
-        t(lang, "detail")
+        t(lang, Text::Time),
+        t(lang, Text::Actor),
+        t(lang, Text::Action),
+        t(lang, Text::Target),
+        t(lang, Text::Detail)
     );
-    render(&ctx, t(lang, "audit"), &body)
+    render(&ctx, t(lang, Text::Audit), &body)
 }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use sha2::Digest;
 
-use super::html::{esc, page, t, Lang};
+use super::html::{esc, page, t, Lang, Text};
 use super::pages::{html_response, see_other};
 use super::{Console, Ctx, Peer, MAX_BODY};
 use crate::history::now_ms;
@@ -242,15 +242,15 @@ fn login_form(lang: Lang, error: Option<&str>) -> String {
         .unwrap_or_default();
     page(
         lang,
-        t(lang, "login"),
+        t(lang, Text::Login),
         None,
         &format!(
             "{err}<form method=\"post\" action=\"/login\"><p><label>{} <input name=\"name\" id=\"name\" autocomplete=\"username\" maxlength=\"64\" required></label></p>\
              <p><label>{} <input type=\"password\" name=\"password\" id=\"password\" autocomplete=\"current-password\" maxlength=\"128\" required></label></p>\
              <p><button id=\"submit\">{}</button></p></form>",
-            t(lang, "name"),
-            t(lang, "password"),
-            t(lang, "login")
+            t(lang, Text::Name),
+            t(lang, Text::Password),
+            t(lang, Text::Login)
         ),
     )
 }
@@ -444,8 +444,8 @@ impl Console {
     /// A step refused before its check: audited, answered 429 (locked) or 503.
     async fn step_refused(&self, account: &Account, ip: IpAddr, why: Refused, lang: Lang) -> Response {
         let (status, reason, msg) = match why {
-            Refused::Locked => (StatusCode::TOO_MANY_REQUESTS, "locked", "locked"),
-            Refused::Store => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "busy"),
+            Refused::Locked => (StatusCode::TOO_MANY_REQUESTS, "locked", Text::Locked),
+            Refused::Store => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Text::Busy),
         };
         self.audit(
             account.actor.clone(),
@@ -474,7 +474,7 @@ pub(super) async fn login(
     if form.name.len() > tsunagu_proto::limits::MAX_USER_NAME || form.password.len() > 256 {
         return html_response(
             StatusCode::UNAUTHORIZED,
-            login_form(lang, Some(t(lang, "login_failed"))),
+            login_form(lang, Some(t(lang, Text::LoginFailed))),
         );
     }
     let record = console.shared.store.admin(&form.name).await.ok().flatten();
@@ -492,15 +492,18 @@ pub(super) async fn login(
         Err(crate::verifier::Busy) => {
             // Nothing was checked: the attempt goes back.
             console.refund_step(&account, ip).await;
-            return html_response(StatusCode::SERVICE_UNAVAILABLE, login_form(lang, Some(t(lang, "busy"))));
+            return html_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                login_form(lang, Some(t(lang, Text::Busy))),
+            );
         }
     };
     let Some(record) = record.filter(|_| ok) else {
         let locked = console.step_failed(&account, ip, attempt, "password").await;
         let msg = if locked {
-            t(lang, "locked")
+            t(lang, Text::Locked)
         } else {
-            t(lang, "login_failed")
+            t(lang, Text::LoginFailed)
         };
         return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(msg)));
     };
@@ -528,8 +531,8 @@ fn totp_form(lang: Lang, csrf: &str, action: &str, error: Option<&str>, intro: &
          <p><label>{} <input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" maxlength=\"32\" required></label></p>\
          <p><button id=\"verify\">{}</button></p></form>",
         esc(csrf),
-        t(lang, "totp_code"),
-        t(lang, "verify")
+        t(lang, Text::TotpCode),
+        t(lang, Text::Verify)
     )
 }
 
@@ -540,7 +543,7 @@ pub(super) async fn totp_page(State(console): State<Console>, headers: HeaderMap
             StatusCode::OK,
             page(
                 lang,
-                t(lang, "login"),
+                t(lang, Text::Login),
                 None,
                 &totp_form(lang, &s.csrf, "/login/totp", None, ""),
             ),
@@ -642,15 +645,18 @@ pub(super) async fn totp_submit(
         None => {
             if console.step_failed(&account, peer.ip(), attempt, "totp").await {
                 console.sessions.remove(&token);
-                return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(lang, Some(t(lang, "locked"))));
+                return html_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    login_form(lang, Some(t(lang, Text::Locked))),
+                );
             }
             html_response(
                 StatusCode::UNAUTHORIZED,
                 page(
                     lang,
-                    t(lang, "login"),
+                    t(lang, Text::Login),
                     None,
-                    &totp_form(lang, &s.csrf, "/login/totp", Some(t(lang, "login_failed")), ""),
+                    &totp_form(lang, &s.csrf, "/login/totp", Some(t(lang, Text::LoginFailed)), ""),
                 ),
             )
         }
@@ -662,8 +668,8 @@ fn enrol_body(lang: Lang, admin: &str, secret: &str, csrf: &str, error: Option<&
     let qr = crate::totp::qr_svg(&url).unwrap_or_default();
     let intro = format!(
         "<p>{}</p><div class=\"qr\">{qr}</div><p>{}: <code class=\"secret\" id=\"secret\">{}</code></p>",
-        t(lang, "enrol_help"),
-        t(lang, "secret"),
+        t(lang, Text::EnrolHelp),
+        t(lang, Text::Secret),
         esc(secret)
     );
     totp_form(lang, csrf, "/login/enrol", error, &intro)
@@ -677,7 +683,7 @@ pub(super) async fn enrol_page(State(console): State<Console>, headers: HeaderMa
                 StatusCode::OK,
                 page(
                     lang,
-                    t(lang, "enrol"),
+                    t(lang, Text::Enrol),
                     None,
                     &enrol_body(lang, &s.admin, secret, &s.csrf, None),
                 ),
@@ -723,15 +729,18 @@ pub(super) async fn enrol_submit(
             .await
         {
             console.sessions.remove(&token);
-            return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(lang, Some(t(lang, "locked"))));
+            return html_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                login_form(lang, Some(t(lang, Text::Locked))),
+            );
         }
         return html_response(
             StatusCode::UNAUTHORIZED,
             page(
                 lang,
-                t(lang, "enrol"),
+                t(lang, Text::Enrol),
                 None,
-                &enrol_body(lang, &s.admin, secret, &s.csrf, Some(t(lang, "login_failed"))),
+                &enrol_body(lang, &s.admin, secret, &s.csrf, Some(t(lang, Text::LoginFailed))),
             ),
         );
     }
@@ -772,11 +781,11 @@ pub(super) async fn enrol_submit(
         .collect();
     let body = format!(
         "<h2>{}</h2><p>{}</p><ul id=\"recovery-codes\">{list}</ul><p><a id=\"continue\" href=\"/operators\">{}</a></p>",
-        t(lang, "recovery"),
-        t(lang, "recovery_help"),
-        t(lang, "continue")
+        t(lang, Text::Recovery),
+        t(lang, Text::RecoveryHelp),
+        t(lang, Text::Continue)
     );
-    let mut res = html_response(StatusCode::OK, page(lang, t(lang, "enrol"), None, &body));
+    let mut res = html_response(StatusCode::OK, page(lang, t(lang, Text::Enrol), None, &body));
     if let Some(c) = redirect.headers().get(header::SET_COOKIE) {
         res.headers_mut().insert(header::SET_COOKIE, c.clone());
     }

@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::Extension;
 
-use super::html::{self, esc, t, url};
+use super::html::{self, esc, t, url, Text};
 use super::ops::OpError;
 use super::pages::{op_error, render};
 use super::{Console, Ctx};
@@ -140,29 +140,29 @@ pub(super) async fn history_page(
          <p><a id=\"export-csv\" href=\"/history/export.csv?{}\">{}</a></p>\
          <form method=\"get\" action=\"/history/day.zip\"><label>{} <input name=\"date\" id=\"zip-date\" size=\"10\"></label> <button id=\"download-zip\">zip</button></form>\
          <table id=\"history\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>{rows}</table>",
-        t(lang, "operator"),
+        t(lang, Text::Operator),
         esc(&q.operator),
-        t(lang, "client_ip"),
+        t(lang, Text::ClientIp),
         esc(&q.client_ip),
-        t(lang, "from"),
+        t(lang, Text::From),
         esc(&q.from),
-        t(lang, "to"),
+        t(lang, Text::To),
         esc(&q.to),
-        t(lang, "end_reason"),
-        t(lang, "filter"),
+        t(lang, Text::EndReason),
+        t(lang, Text::Filter),
         esc(&q.query_string()),
-        t(lang, "export_csv"),
-        t(lang, "day_zip"),
-        t(lang, "issued"),
-        t(lang, "operator"),
-        t(lang, "client_host"),
-        t(lang, "client_ip"),
-        t(lang, "ended"),
-        t(lang, "end_reason"),
-        t(lang, "granted"),
-        t(lang, "bytes"),
+        t(lang, Text::ExportCsv),
+        t(lang, Text::DayZip),
+        t(lang, Text::Issued),
+        t(lang, Text::Operator),
+        t(lang, Text::ClientHost),
+        t(lang, Text::ClientIp),
+        t(lang, Text::Ended),
+        t(lang, Text::EndReason),
+        t(lang, Text::Granted),
+        t(lang, Text::Bytes),
     );
-    render(&ctx, t(lang, "history"), &body)
+    render(&ctx, t(lang, Text::History), &body)
 }
 
 pub(super) async fn session_page(
@@ -224,24 +224,24 @@ pub(super) async fn session_page(
         })
         .collect();
     let files_html = if files.is_empty() {
-        format!("<p>{}</p>", t(lang, "none"))
+        format!("<p>{}</p>", t(lang, Text::None))
     } else {
         format!(
             "<table id=\"files\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>{file_rows}</table>",
-            t(lang, "file"),
-            t(lang, "size"),
-            t(lang, "direction"),
-            t(lang, "bytes"),
-            t(lang, "result"),
-            t(lang, "time")
+            t(lang, Text::File),
+            t(lang, Text::Size),
+            t(lang, Text::Direction),
+            t(lang, Text::Bytes),
+            t(lang, Text::Result),
+            t(lang, Text::Time)
         )
     };
     render(
         &ctx,
-        t(lang, "detail"),
+        t(lang, Text::Detail),
         &format!(
             "<table id=\"session\">{table}</table><h2>{}</h2>{files_html}",
-            t(lang, "files")
+            t(lang, Text::Files)
         ),
     )
 }

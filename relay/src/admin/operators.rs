@@ -7,7 +7,7 @@ use axum::response::Response;
 use axum::Extension;
 use tsunagu_proto::PermissionSet;
 
-use super::html::{esc, t, url};
+use super::html::{esc, t, url, Text};
 use super::ops::{self, OpError};
 use super::pages::{csrf_field, op_error, render, see_other};
 use super::{Console, Ctx};
@@ -41,9 +41,9 @@ pub(super) async fn operators_page(State(console): State<Console>, Extension(ctx
                 url(&o.name),
                 esc(&o.name),
                 esc(&o.permissions.to_string()),
-                t(lang, if o.suspended { "suspended" } else { "active" }),
+                t(lang, if o.suspended { Text::Suspended } else { Text::Active }),
                 o.max_sessions,
-                t(lang, if o.totp_secret.is_some() { "enrolled" } else { "not_enrolled" }),
+                t(lang, if o.totp_secret.is_some() { Text::Enrolled } else { Text::NotEnrolled }),
             )
         })
         .collect();
@@ -53,19 +53,19 @@ pub(super) async fn operators_page(State(console): State<Console>, Extension(ctx
          <p><label>{} <input name=\"name\" id=\"new-name\" maxlength=\"64\" required></label></p>\
          <p><label>{} <input type=\"password\" name=\"password\" id=\"new-password\" maxlength=\"64\" required></label></p>\
          <fieldset><legend>{}</legend>{}</fieldset><p><button id=\"create\">{}</button></p></form>",
-        t(lang, "name"),
-        t(lang, "permissions"),
-        t(lang, "status"),
-        t(lang, "max_sessions"),
-        t(lang, "new_operator"),
+        t(lang, Text::Name),
+        t(lang, Text::Permissions),
+        t(lang, Text::Status),
+        t(lang, Text::MaxSessions),
+        t(lang, Text::NewOperator),
         csrf_field(&ctx),
-        t(lang, "name"),
-        t(lang, "password"),
-        t(lang, "permissions"),
+        t(lang, Text::Name),
+        t(lang, Text::Password),
+        t(lang, Text::Permissions),
         permission_boxes("new", PermissionSet::ALL),
-        t(lang, "create"),
+        t(lang, Text::Create),
     );
-    render(&ctx, t(lang, "operators"), &body)
+    render(&ctx, t(lang, Text::Operators), &body)
 }
 
 fn form_perms(fields: &[(String, String)]) -> Result<PermissionSet, OpError> {
@@ -114,7 +114,7 @@ pub(super) async fn operator_page(
     };
     let base = format!("/operators/{}", url(&o.name));
     let csrf = csrf_field(&ctx);
-    let button = |action: &str, label: &str| {
+    let button = |action: &str, label: Text| {
         format!("<form method=\"post\" action=\"{base}/{action}\" class=\"inline\">{csrf}<button id=\"{action}\">{}</button></form> ", t(lang, label))
     };
     let rules: Vec<String> = o.ip_rules.iter().map(|r| r.to_line()).collect();
@@ -128,32 +128,32 @@ pub(super) async fn operator_page(
          <form method=\"post\" action=\"{base}/password\">{csrf}<p><label>{} <input type=\"password\" name=\"password\" maxlength=\"64\"></label> <button id=\"set-password\">{}</button></p></form>\
          <form method=\"post\" action=\"{base}/rename\">{csrf}<p><label>{} <input name=\"new_name\" maxlength=\"64\"></label> <button id=\"rename\">{}</button></p></form>\
          <p>{}{}{}</p><p>{}</p>",
-        t(lang, "status"),
-        t(lang, if o.suspended { "suspended" } else { "active" }),
-        t(lang, "sessions"),
-        t(lang, if o.totp_secret.is_some() { "enrolled" } else { "not_enrolled" }),
-        t(lang, if o.totp_required { "required" } else { "optional" }),
-        if o.suspended { button("resume", "resume") } else { button("suspend", "suspend") },
-        button("delete", "delete"),
-        t(lang, "permissions"),
+        t(lang, Text::Status),
+        t(lang, if o.suspended { Text::Suspended } else { Text::Active }),
+        t(lang, Text::Sessions),
+        t(lang, if o.totp_secret.is_some() { Text::Enrolled } else { Text::NotEnrolled }),
+        t(lang, if o.totp_required { Text::Required } else { Text::Optional }),
+        if o.suspended { button("resume", Text::Resume) } else { button("suspend", Text::Suspend) },
+        button("delete", Text::Delete),
+        t(lang, Text::Permissions),
         permission_boxes("perm", o.permissions),
-        t(lang, "save"),
-        t(lang, "max_sessions"),
+        t(lang, Text::Save),
+        t(lang, Text::MaxSessions),
         o.max_sessions,
-        t(lang, "save"),
-        t(lang, "ip_rules"),
+        t(lang, Text::Save),
+        t(lang, Text::IpRules),
         esc(&rules.join("\n")),
-        t(lang, "save"),
-        t(lang, "new_password"),
-        t(lang, "set_password"),
-        t(lang, "rename"),
-        t(lang, "rename"),
-        button("totp-enrol", "enrol_totp"),
-        button("totp-reset", "reset_totp"),
-        if o.totp_required { button("totp-optional", "optional_totp") } else { button("totp-require", "require_totp") },
+        t(lang, Text::Save),
+        t(lang, Text::NewPassword),
+        t(lang, Text::SetPassword),
+        t(lang, Text::Rename),
+        t(lang, Text::Rename),
+        button("totp-enrol", Text::EnrolTotp),
+        button("totp-reset", Text::ResetTotp),
+        if o.totp_required { button("totp-optional", Text::OptionalTotp) } else { button("totp-require", Text::RequireTotp) },
         "",
     );
-    render(&ctx, &format!("{}: {}", t(lang, "operator"), o.name), &body)
+    render(&ctx, &format!("{}: {}", t(lang, Text::Operator), o.name), &body)
 }
 
 pub(super) async fn operator_action(
@@ -201,12 +201,12 @@ pub(super) async fn operator_action(
                 let qr = crate::totp::qr_svg(&crate::totp::otpauth_url(&secret, &name)).unwrap_or_default();
                 let body = format!(
                     "<p>{}</p><div class=\"qr\">{qr}</div><p>{}: <code class=\"secret\" id=\"secret\">{}</code></p><p><a href=\"{back}\">{}</a></p>",
-                    t(ctx.lang, "enrol_help"),
-                    t(ctx.lang, "secret"),
+                    t(ctx.lang, Text::EnrolHelp),
+                    t(ctx.lang, Text::Secret),
                     esc(&secret),
-                    t(ctx.lang, "continue")
+                    t(ctx.lang, Text::Continue)
                 );
-                return render(&ctx, t(ctx.lang, "enrol_totp"), &body);
+                return render(&ctx, t(ctx.lang, Text::EnrolTotp), &body);
             }
             Err(e) => Err(e),
         },

@@ -4,7 +4,7 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::html::{esc, page, t};
+use super::html::{esc, page, t, Text};
 use super::ops::OpError;
 use super::{op_status, Ctx};
 
@@ -32,11 +32,16 @@ pub(super) fn op_error(ctx: &Ctx, e: &OpError) -> Response {
     let body = format!(
         "<p class=\"error\" id=\"error\">{}</p><p><a href=\"/operators\">{}</a></p>",
         esc(&e.to_string()),
-        t(ctx.lang, "operators")
+        t(ctx.lang, Text::Operators)
     );
     html_response(
         status,
-        page(ctx.lang, t(ctx.lang, "operators"), Some((&ctx.admin, &ctx.csrf)), &body),
+        page(
+            ctx.lang,
+            t(ctx.lang, Text::Operators),
+            Some((&ctx.admin, &ctx.csrf)),
+            &body,
+        ),
     )
 }
 

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Extension;
 
-use super::html::{self, esc, t, url};
+use super::html::{self, esc, t, url, Text};
 use super::pages::{csrf_field, op_error, render, see_other};
 use super::{Console, Ctx};
 use crate::server::Shared;
@@ -68,12 +68,12 @@ pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx)
         .iter()
         .map(|r| {
             let state = match r.state {
-                "active" => t(lang, "state_active"),
-                "paused" => t(lang, "state_paused"),
-                "view_only" => t(lang, "state_view_only"),
-                "chat_only" => t(lang, "state_chat_only"),
-                "awaiting_consent" => t(lang, "awaiting_consent"),
-                _ => t(lang, "awaiting_client"),
+                "active" => t(lang, Text::StateActive),
+                "paused" => t(lang, Text::StatePaused),
+                "view_only" => t(lang, Text::StateViewOnly),
+                "chat_only" => t(lang, Text::StateChatOnly),
+                "awaiting_consent" => t(lang, Text::AwaitingConsent),
+                _ => t(lang, Text::AwaitingClient),
             };
             format!(
                 "<tr><td>{}</td><td class=\"client-host\">{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{}</td><td class=\"bytes\">{} / {}</td><td><form method=\"post\" action=\"/sessions/{}/end\" class=\"inline\">{}<button class=\"end\">{}</button></form></td></tr>",
@@ -87,21 +87,21 @@ pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx)
                 r.bytes_to_operator,
                 url(&r.id),
                 csrf_field(&ctx),
-                t(lang, "end"),
+                t(lang, Text::End),
             )
         })
         .collect();
     let body = format!(
         "<table id=\"live\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr>{rows}</table>",
-        t(lang, "operator"),
-        t(lang, "client_host"),
-        t(lang, "client_ip"),
-        t(lang, "since"),
-        t(lang, "state"),
-        t(lang, "granted"),
-        t(lang, "bytes_each_way"),
+        t(lang, Text::Operator),
+        t(lang, Text::ClientHost),
+        t(lang, Text::ClientIp),
+        t(lang, Text::Since),
+        t(lang, Text::State),
+        t(lang, Text::Granted),
+        t(lang, Text::BytesEachWay),
     );
-    render(&ctx, t(lang, "sessions"), &body)
+    render(&ctx, t(lang, Text::Sessions), &body)
 }
 
 pub(super) async fn end_session(
