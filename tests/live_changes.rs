@@ -32,6 +32,7 @@ fn ops(relay: &TestRelay) -> Ops {
         audit: shared.audit.clone(),
         config: shared.config.clone(),
         shared: Some(shared.clone()),
+        verifier: shared.verifier.clone(),
     }
 }
 

@@ -30,7 +30,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
 }
 
-/// Keys kept outside the database (see [`crate::keys`]) and the audit checkpoints.
+/// Keys kept outside the database (see the `keys` module) and the audit checkpoints.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecretsConfig {
@@ -595,8 +595,8 @@ impl Config {
     /// Checks `[secrets]`: three distinct key files, a checkpoint at least every minute
     /// (more often would only grow the file) and at most daily.
     fn validate_secrets(&self) -> Result<(), ConfigError> {
-        let files = crate::keys::KeyFiles::from_config(self);
-        if files.secrets == files.audit || files.secrets == files.signing || files.audit == files.signing {
+        let [secrets, audit, signing] = self.key_paths();
+        if secrets == audit || secrets == signing || audit == signing {
             return Err(ConfigError::Invalid {
                 setting: "secrets",
                 reason: "key_file, audit_key_file and signing_key_file must be three different files".into(),
@@ -610,6 +610,25 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The secrets key, the audit chain key and the checkpoint signing key: the configured
+    /// paths, or `DATA/keys/secrets.key`, `audit.key` and `audit-signing.key`.
+    pub fn key_paths(&self) -> [PathBuf; 3] {
+        let keys = self.data_dir.join("keys");
+        let s = &self.secrets;
+        [
+            s.key_file.clone().unwrap_or_else(|| keys.join("secrets.key")),
+            s.audit_key_file.clone().unwrap_or_else(|| keys.join("audit.key")),
+            s.signing_key_file
+                .clone()
+                .unwrap_or_else(|| keys.join("audit-signing.key")),
+        ]
+    }
+
+    /// Where the signed audit checkpoints are appended.
+    pub fn checkpoints_path(&self) -> PathBuf {
+        self.data_dir.join("audit").join("checkpoints.jsonl")
     }
 
     pub fn tls_dir(&self) -> PathBuf {

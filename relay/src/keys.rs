@@ -89,25 +89,21 @@ impl KeyFiles {
     /// The paths the config names (`[secrets]`), defaulting to `DATA/keys/*.key` and
     /// `DATA/audit/checkpoints.jsonl`.
     pub fn from_config(config: &Config) -> Self {
-        let defaults = Self::in_data_dir(&config.data_dir);
-        let s = &config.secrets;
+        let [secrets, audit, signing] = config.key_paths();
         Self {
-            secrets: s.key_file.clone().unwrap_or(defaults.secrets),
-            audit: s.audit_key_file.clone().unwrap_or(defaults.audit),
-            signing: s.signing_key_file.clone().unwrap_or(defaults.signing),
-            checkpoints: defaults.checkpoints,
+            secrets,
+            audit,
+            signing,
+            checkpoints: config.checkpoints_path(),
         }
     }
 
     /// The default layout below `data_dir`.
     pub fn in_data_dir(data_dir: &Path) -> Self {
-        let keys = data_dir.join("keys");
-        Self {
-            secrets: keys.join("secrets.key"),
-            audit: keys.join("audit.key"),
-            signing: keys.join("audit-signing.key"),
-            checkpoints: data_dir.join("audit").join("checkpoints.jsonl"),
-        }
+        Self::from_config(&Config {
+            data_dir: data_dir.to_path_buf(),
+            ..Config::default()
+        })
     }
 }
 

@@ -135,9 +135,6 @@ pub struct AdminRecord {
     pub password_hash: String,
     /// Base32 TOTP secret once enrolment is confirmed. A secret: never log it.
     pub totp_secret: Option<String>,
-    pub failed_logins: u32,
-    /// Unix ms until which login is refused; 0 when not locked.
-    pub locked_until: i64,
 }
 
 /// One history row as read back.
@@ -596,6 +593,13 @@ impl Store {
     /// Replaces an operator's IP rules with `rules`, in order.
     pub async fn set_operator_ip_rules(&self, name: &str, rules: &[IpRule]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The first statement writes: on SQLite a transaction that reads first and writes
+        // later fails with SQLITE_BUSY_SNAPSHOT when another connection (the history
+        // writer) commits in between, while a write first simply waits for the lock.
+        sqlx::query("DELETE FROM operator_ip_rules WHERE operator = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         let exists = sqlx::query("SELECT name FROM operators WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -603,10 +607,6 @@ impl Store {
         if exists.is_none() {
             return Err(StoreError::NoSuchOperator(name.to_string()));
         }
-        sqlx::query("DELETE FROM operator_ip_rules WHERE operator = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
         for (i, r) in rules.iter().enumerate() {
             sqlx::query("INSERT INTO operator_ip_rules (operator, position, action, cidr) VALUES ($1, $2, $3, $4)")
                 .bind(name)
@@ -719,19 +719,15 @@ impl Store {
 
     /// One admin by name.
     pub async fn admin(&self, name: &str) -> Result<Option<AdminRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT name, password_hash, totp_secret, failed_logins, locked_until FROM admins WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT name, password_hash, totp_secret FROM admins WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(r) = row else { return Ok(None) };
         Ok(Some(AdminRecord {
             name: r.get("name"),
             password_hash: r.get("password_hash"),
             totp_secret: self.open_secret("admins", name, r.get("totp_secret"))?,
-            failed_logins: r.get::<i64, _>("failed_logins").clamp(0, u32::MAX as i64) as u32,
-            locked_until: r.get("locked_until"),
         }))
     }
 
@@ -766,22 +762,6 @@ impl Store {
         self.update_admin(
             name,
             sqlx::query("UPDATE admins SET totp_secret = $1 WHERE name = $2").bind(sealed),
-        )
-        .await
-    }
-
-    /// Records the failure count and lock after a failed login (0 and 0 after a success).
-    pub async fn set_admin_failures(
-        &self,
-        name: &str,
-        failed_logins: u32,
-        locked_until: i64,
-    ) -> Result<(), StoreError> {
-        self.update_admin(
-            name,
-            sqlx::query("UPDATE admins SET failed_logins = $1, locked_until = $2 WHERE name = $3")
-                .bind(failed_logins as i64)
-                .bind(locked_until),
         )
         .await
     }
