@@ -1,0 +1,219 @@
+//! The operator pages: the list with its creation form, one operator's page, and the
+//! changes made from it (permissions, limits, IP rules, suspension, password, name, TOTP,
+//! deletion), all through [`Ops`](super::ops::Ops).
+
+use axum::extract::{Form, Path, State};
+use axum::response::Response;
+use axum::Extension;
+use tsunagu_proto::PermissionSet;
+
+use super::html::{esc, t, url, Text};
+use super::ops::{self, OpError};
+use super::pages::{csrf_field, op_error, render, see_other};
+use super::{Console, Ctx};
+
+fn permission_boxes(prefix: &str, set: PermissionSet) -> String {
+    ["view", "control", "files", "chat"]
+        .iter()
+        .map(|p| {
+            let on = PermissionSet::parse_names([*p])
+                .map(|one| set.intersect(one) == one)
+                .unwrap_or(false);
+            format!(
+                "<label><input type=\"checkbox\" name=\"perm\" value=\"{p}\" id=\"{prefix}-{p}\"{}> {p}</label> ",
+                if on { " checked" } else { "" }
+            )
+        })
+        .collect()
+}
+
+pub(super) async fn operators_page(State(console): State<Console>, Extension(ctx): Extension<Ctx>) -> Response {
+    let lang = ctx.lang;
+    let ops = match console.shared.store.operators().await {
+        Ok(o) => o,
+        Err(_) => return op_error(&ctx, &OpError::Internal),
+    };
+    let rows: String = ops
+        .iter()
+        .map(|o| {
+            format!(
+                "<tr><td><a href=\"/operators/{}\">{}</a></td><td>{}</td><td class=\"status\">{}</td><td>{}</td><td>{}</td></tr>",
+                url(&o.name),
+                esc(&o.name),
+                esc(&o.permissions.to_string()),
+                t(lang, if o.suspended { Text::Suspended } else { Text::Active }),
+                o.max_sessions,
+                t(lang, if o.totp_secret.is_some() { Text::Enrolled } else { Text::NotEnrolled }),
+            )
+        })
+        .collect();
+    let body = format!(
+        "<table id=\"operators\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>TOTP</th></tr>{rows}</table>\
+         <h2>{}</h2><form method=\"post\" action=\"/operators\" id=\"create-operator\">{}\
+         <p><label>{} <input name=\"name\" id=\"new-name\" maxlength=\"64\" required></label></p>\
+         <p><label>{} <input type=\"password\" name=\"password\" id=\"new-password\" maxlength=\"64\" required></label></p>\
+         <fieldset><legend>{}</legend>{}</fieldset><p><button id=\"create\">{}</button></p></form>",
+        t(lang, Text::Name),
+        t(lang, Text::Permissions),
+        t(lang, Text::Status),
+        t(lang, Text::MaxSessions),
+        t(lang, Text::NewOperator),
+        csrf_field(&ctx),
+        t(lang, Text::Name),
+        t(lang, Text::Password),
+        t(lang, Text::Permissions),
+        permission_boxes("new", PermissionSet::ALL),
+        t(lang, Text::Create),
+    );
+    render(&ctx, t(lang, Text::Operators), &body)
+}
+
+fn form_perms(fields: &[(String, String)]) -> Result<PermissionSet, OpError> {
+    ops::parse_permissions(fields.iter().filter(|(k, _)| k == "perm").map(|(_, v)| v.as_str()))
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+pub(super) async fn create_operator(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let name = field(&fields, "name").trim().to_string();
+    let result = match form_perms(&fields) {
+        Ok(perms) => {
+            console
+                .ops
+                .create_operator(&ctx.actor(), &name, field(&fields, "password"), perms)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => see_other(&format!("/operators/{}", url(&name))),
+        Err(e) => op_error(&ctx, &e),
+    }
+}
+
+pub(super) async fn operator_page(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Path(name): Path<String>,
+) -> Response {
+    let lang = ctx.lang;
+    let o = match console.shared.store.operator(&name).await {
+        Ok(Some(o)) => o,
+        Ok(None) => return op_error(&ctx, &OpError::NotFound(format!("no operator named {name:?}"))),
+        Err(_) => return op_error(&ctx, &OpError::Internal),
+    };
+    let base = format!("/operators/{}", url(&o.name));
+    let csrf = csrf_field(&ctx);
+    let button = |action: &str, label: Text| {
+        format!("<form method=\"post\" action=\"{base}/{action}\" class=\"inline\">{csrf}<button id=\"{action}\">{}</button></form> ", t(lang, label))
+    };
+    let rules: Vec<String> = o.ip_rules.iter().map(|r| r.to_line()).collect();
+    let live = crate::server::live_sessions_of(&console.shared, &o.name).len();
+    let body = format!(
+        "<p>{}: <strong id=\"status\">{}</strong> · {}: {live} · TOTP: {} ({})</p>\
+         <p>{}{}</p>\
+         <form method=\"post\" action=\"{base}/permissions\" id=\"permissions\">{csrf}<fieldset><legend>{}</legend>{}</fieldset><button id=\"save-permissions\">{}</button></form>\
+         <form method=\"post\" action=\"{base}/limits\">{csrf}<p><label>{} <input name=\"max_sessions\" id=\"max-sessions\" value=\"{}\" size=\"5\"></label> <button id=\"save-limits\">{}</button></p></form>\
+         <form method=\"post\" action=\"{base}/ip-rules\">{csrf}<p><label>{}<br><textarea name=\"rules\" id=\"ip-rules\">{}</textarea></label><br><button id=\"save-ip-rules\">{}</button></p></form>\
+         <form method=\"post\" action=\"{base}/password\">{csrf}<p><label>{} <input type=\"password\" name=\"password\" maxlength=\"64\"></label> <button id=\"set-password\">{}</button></p></form>\
+         <form method=\"post\" action=\"{base}/rename\">{csrf}<p><label>{} <input name=\"new_name\" maxlength=\"64\"></label> <button id=\"rename\">{}</button></p></form>\
+         <p>{}{}{}</p><p>{}</p>",
+        t(lang, Text::Status),
+        t(lang, if o.suspended { Text::Suspended } else { Text::Active }),
+        t(lang, Text::Sessions),
+        t(lang, if o.totp_secret.is_some() { Text::Enrolled } else { Text::NotEnrolled }),
+        t(lang, if o.totp_required { Text::Required } else { Text::Optional }),
+        if o.suspended { button("resume", Text::Resume) } else { button("suspend", Text::Suspend) },
+        button("delete", Text::Delete),
+        t(lang, Text::Permissions),
+        permission_boxes("perm", o.permissions),
+        t(lang, Text::Save),
+        t(lang, Text::MaxSessions),
+        o.max_sessions,
+        t(lang, Text::Save),
+        t(lang, Text::IpRules),
+        esc(&rules.join("\n")),
+        t(lang, Text::Save),
+        t(lang, Text::NewPassword),
+        t(lang, Text::SetPassword),
+        t(lang, Text::Rename),
+        t(lang, Text::Rename),
+        button("totp-enrol", Text::EnrolTotp),
+        button("totp-reset", Text::ResetTotp),
+        if o.totp_required { button("totp-optional", Text::OptionalTotp) } else { button("totp-require", Text::RequireTotp) },
+        "",
+    );
+    render(&ctx, &format!("{}: {}", t(lang, Text::Operator), o.name), &body)
+}
+
+pub(super) async fn operator_action(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Path((name, action)): Path<(String, String)>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Response {
+    let actor = ctx.actor();
+    let ops = &console.ops;
+    let back = format!("/operators/{}", url(&name));
+    let result: Result<Option<String>, OpError> = match action.as_str() {
+        "permissions" => match form_perms(&fields) {
+            Ok(p) => ops.set_permissions(&actor, &name, p).await.map(|_| None),
+            Err(e) => Err(e),
+        },
+        "limits" => match field(&fields, "max_sessions").trim().parse::<u32>() {
+            Ok(n) => ops.set_max_sessions(&actor, &name, n).await.map(|_| None),
+            Err(_) => Err(OpError::Invalid(
+                "the session limit is a whole number (0 = no limit)".into(),
+            )),
+        },
+        "ip-rules" => match ops::parse_ip_rules(field(&fields, "rules")) {
+            Ok(rules) => ops.set_ip_rules(&actor, &name, &rules).await.map(|_| None),
+            Err(e) => Err(e),
+        },
+        "suspend" => ops.suspend(&actor, &name).await.map(|_| None),
+        "resume" => ops.resume(&actor, &name).await.map(|_| None),
+        "password" => ops
+            .set_password(&actor, &name, field(&fields, "password"))
+            .await
+            .map(|_| None),
+        "rename" => {
+            let new_name = field(&fields, "new_name").trim().to_string();
+            ops.rename(&actor, &name, &new_name)
+                .await
+                .map(|_| Some(format!("/operators/{}", url(&new_name))))
+        }
+        "delete" => ops.delete(&actor, &name).await.map(|_| Some("/operators".to_string())),
+        "totp-reset" => ops.reset_operator_totp(&actor, &name).await.map(|_| None),
+        "totp-require" => ops.require_operator_totp(&actor, &name, true).await.map(|_| None),
+        "totp-optional" => ops.require_operator_totp(&actor, &name, false).await.map(|_| None),
+        "totp-enrol" => match ops.enrol_operator_totp(&actor, &name).await {
+            Ok(secret) => {
+                let qr = crate::totp::qr_svg(&crate::totp::otpauth_url(&secret, &name)).unwrap_or_default();
+                let body = format!(
+                    "<p>{}</p><div class=\"qr\">{qr}</div><p>{}: <code class=\"secret\" id=\"secret\">{}</code></p><p><a href=\"{back}\">{}</a></p>",
+                    t(ctx.lang, Text::EnrolHelp),
+                    t(ctx.lang, Text::Secret),
+                    esc(&secret),
+                    t(ctx.lang, Text::Continue)
+                );
+                return render(&ctx, t(ctx.lang, Text::EnrolTotp), &body);
+            }
+            Err(e) => Err(e),
+        },
+        _ => Err(OpError::NotFound("no such action".into())),
+    };
+    match result {
+        Ok(to) => see_other(&to.unwrap_or(back)),
+        Err(e) => op_error(&ctx, &e),
+    }
+}

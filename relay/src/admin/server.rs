@@ -1,0 +1,206 @@
+//! The console's listener: TLS on the relay's own certificate, the accept loop with its
+//! connection limits, the security headers every response carries, and the router, with
+//! [`ROUTES`] listing every route and whether it is public (a test walks all of them).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use super::pages::see_other;
+use super::{api, audit_page, auth, export, history, html, operators, sessions};
+use super::{Console, Peer, MAX_BODY};
+use crate::server::Shared;
+use crate::tls::ServerCerts;
+
+/// Every route: method, path (with sample values for parameters), public or not.
+pub const ROUTES: &[(&str, &str, bool)] = &[
+    ("GET", "/login", true),
+    ("POST", "/login", true),
+    ("GET", "/lang?l=ja", true),
+    ("GET", "/static/console.css", true),
+    ("GET", "/api/v1/openapi.json", true),
+    ("GET", "/login/totp", false),
+    ("POST", "/login/totp", false),
+    ("GET", "/login/enrol", false),
+    ("POST", "/login/enrol", false),
+    ("GET", "/", false),
+    ("POST", "/logout", false),
+    ("GET", "/operators", false),
+    ("POST", "/operators", false),
+    ("GET", "/operators/alice", false),
+    ("POST", "/operators/alice/suspend", false),
+    ("GET", "/sessions", false),
+    ("POST", "/sessions/abc/end", false),
+    ("GET", "/history", false),
+    ("GET", "/history/export.csv", false),
+    ("GET", "/history/day.zip?date=2026-01-01", false),
+    ("GET", "/history/abc", false),
+    ("GET", "/audit", false),
+    ("GET", "/api/v1/operators", false),
+    ("POST", "/api/v1/operators", false),
+    ("GET", "/api/v1/operators/alice", false),
+    ("PATCH", "/api/v1/operators/alice", false),
+    ("DELETE", "/api/v1/operators/alice", false),
+    ("GET", "/api/v1/sessions", false),
+    ("DELETE", "/api/v1/sessions/abc", false),
+    ("GET", "/api/v1/history", false),
+    ("GET", "/api/v1/audit/verify", false),
+];
+
+/// Starts the console on `addr`; returns the bound address and the accept task.
+pub async fn serve(
+    shared: Arc<Shared>,
+    certs: Arc<ServerCerts>,
+    addr: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let mut tls = (*certs.server_config().map_err(std::io::Error::other)?).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let console = Console::new(shared.clone());
+    let app = router(console);
+    let task = tokio::spawn(accept_loop(listener, acceptor, app, shared, stop));
+    Ok((bound, task))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Router,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let handshake = shared.config.timeouts.handshake;
+    let request_timeout = shared.config.admin.request_timeout;
+    let console_connections =
+        crate::connlimit::ConnLimiter::new(crate::connlimit::ConnLimits::console(&shared.config.admin), "console");
+    let mut prune = tokio::time::interval(auth::PRUNE_FAILURES_EVERY);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = prune.tick() => {
+                auth::prune_failures(&shared).await;
+                continue;
+            }
+            _ = crate::server::until_true(&mut stop) => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // The console's own pool and per-source cap, taken before the TLS handshake.
+        let Ok(permit) = console_connections.try_admit(peer.ip(), Instant::now()) else {
+            drop(tcp);
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                _ => return,
+            };
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                let app = app.clone();
+                async move { tower::ServiceExt::oneshot(app, req.map(Body::new)).await }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(request_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            // A connection lives at most a few request timeouts' worth of keep-alive.
+            let _ = tokio::time::timeout(request_timeout * 10, conn).await;
+        });
+    }
+}
+
+fn router(console: Console) -> Router {
+    let protected = Router::new()
+        .route("/", get(|| async { see_other("/operators") }))
+        .route("/logout", post(auth::logout))
+        .route(
+            "/operators",
+            get(operators::operators_page).post(operators::create_operator),
+        )
+        .route("/operators/{name}", get(operators::operator_page))
+        .route("/operators/{name}/{action}", post(operators::operator_action))
+        .route("/sessions", get(sessions::sessions_page))
+        .route("/sessions/{id}/end", post(sessions::end_session))
+        .route("/history", get(history::history_page))
+        .route("/history/export.csv", get(export::history_csv))
+        .route("/history/day.zip", get(export::history_zip))
+        .route("/history/{id}", get(history::session_page))
+        .route("/audit", get(audit_page::audit_page))
+        .route(
+            "/api/v1/operators",
+            get(api::api_operators).post(api::api_create_operator),
+        )
+        .route(
+            "/api/v1/operators/{name}",
+            get(api::api_operator)
+                .patch(api::api_update_operator)
+                .delete(api::api_delete_operator),
+        )
+        .route("/api/v1/sessions", get(api::api_sessions))
+        .route("/api/v1/sessions/{id}", axum::routing::delete(api::api_end_session))
+        .route("/api/v1/history", get(api::api_history))
+        .route("/api/v1/audit/verify", get(api::api_audit_verify))
+        .route_layer(middleware::from_fn_with_state(console.clone(), auth::guard));
+    Router::new()
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/login/totp", get(auth::totp_page).post(auth::totp_submit))
+        .route("/login/enrol", get(auth::enrol_page).post(auth::enrol_submit))
+        .route("/lang", get(auth::set_lang))
+        .route(
+            "/static/console.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], html::CSS) }),
+        )
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], api::OPENAPI) }),
+        )
+        .merge(protected)
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(console)
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}

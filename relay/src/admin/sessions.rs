@@ -1,0 +1,116 @@
+//! The live sessions page, and the live rows it shares with the API.
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::Extension;
+
+use super::html::{self, esc, t, url, Text};
+use super::pages::{csrf_field, op_error, render, see_other};
+use super::{Console, Ctx};
+use crate::server::Shared;
+
+/// A live session as the console and API show it.
+#[derive(Debug, serde::Serialize)]
+pub struct LiveRow {
+    pub id: String,
+    pub operator: String,
+    pub operator_ip: String,
+    pub client_host: Option<String>,
+    pub client_ip: Option<String>,
+    pub since: i64,
+    pub state: &'static str,
+    pub granted: Option<String>,
+    pub bytes_to_client: u64,
+    pub bytes_to_operator: u64,
+}
+
+/// The relay's live sessions, newest first.
+pub(super) fn live_rows(shared: &Shared) -> Vec<LiveRow> {
+    let mut rows: Vec<LiveRow> = shared
+        .sessions
+        .iter()
+        .filter(|e| !e.value().is_ended())
+        .map(|e| {
+            let s = e.value();
+            let info = shared.live.get(&s.id).map(|i| i.clone());
+            let view = s.view();
+            let state = match view.phase {
+                crate::policy::Phase::Active if view.modes.chat_only => "chat_only",
+                crate::policy::Phase::Active if view.modes.paused => "paused",
+                crate::policy::Phase::Active if view.modes.view_only => "view_only",
+                crate::policy::Phase::Active => "active",
+                crate::policy::Phase::AwaitingConsent => "awaiting_consent",
+                _ => "awaiting_client",
+            };
+            LiveRow {
+                id: s.id.clone(),
+                operator: s.operator.clone(),
+                operator_ip: info.as_ref().map(|i| i.operator_ip.clone()).unwrap_or_default(),
+                client_host: info.as_ref().and_then(|i| i.client_host.clone()),
+                client_ip: info.as_ref().and_then(|i| i.client_ip.clone()),
+                since: info.as_ref().map(|i| i.issued_at).unwrap_or_default(),
+                state,
+                granted: (!view.granted.is_empty())
+                    .then(|| view.granted.to_string())
+                    .or_else(|| info.and_then(|i| i.granted)),
+                bytes_to_client: view.counters.bytes_to_client,
+                bytes_to_operator: view.counters.bytes_to_operator,
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.since));
+    rows
+}
+
+pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx): Extension<Ctx>) -> Response {
+    let lang = ctx.lang;
+    let rows: String = live_rows(&console.shared)
+        .iter()
+        .map(|r| {
+            let state = match r.state {
+                "active" => t(lang, Text::StateActive),
+                "paused" => t(lang, Text::StatePaused),
+                "view_only" => t(lang, Text::StateViewOnly),
+                "chat_only" => t(lang, Text::StateChatOnly),
+                "awaiting_consent" => t(lang, Text::AwaitingConsent),
+                _ => t(lang, Text::AwaitingClient),
+            };
+            format!(
+                "<tr><td>{}</td><td class=\"client-host\">{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{}</td><td class=\"bytes\">{} / {}</td><td><form method=\"post\" action=\"/sessions/{}/end\" class=\"inline\">{}<button class=\"end\">{}</button></form></td></tr>",
+                esc(&r.operator),
+                esc(r.client_host.as_deref().unwrap_or("")),
+                esc(r.client_ip.as_deref().unwrap_or("")),
+                html::time(Some(r.since)),
+                state,
+                esc(r.granted.as_deref().unwrap_or("")),
+                r.bytes_to_client,
+                r.bytes_to_operator,
+                url(&r.id),
+                csrf_field(&ctx),
+                t(lang, Text::End),
+            )
+        })
+        .collect();
+    let body = format!(
+        "<table id=\"live\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr>{rows}</table>",
+        t(lang, Text::Operator),
+        t(lang, Text::ClientHost),
+        t(lang, Text::ClientIp),
+        t(lang, Text::Since),
+        t(lang, Text::State),
+        t(lang, Text::Granted),
+        t(lang, Text::BytesEachWay),
+    );
+    render(&ctx, t(lang, Text::Sessions), &body)
+}
+
+pub(super) async fn end_session(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+) -> Response {
+    match console.ops.end_session(&ctx.actor(), &id).await {
+        Ok(()) => see_other("/sessions"),
+        Err(e) => op_error(&ctx, &e),
+    }
+}
