@@ -29,7 +29,7 @@ use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::session::{Role, Session};
 use crate::store::Store;
-use crate::throttle::{Scope, Throttle, Throttled};
+use crate::throttle::{Scope, Throttle, Throttled, Ticket};
 use crate::tls::ServerCerts;
 
 type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;
@@ -482,11 +482,37 @@ async fn refuse(writer: &mut Writer, e: &TransportError) {
     let _ = writer.send(&error_frame(code, msg)).await;
 }
 
-fn throttled_message(t: Throttled) -> String {
-    format!(
-        "too many failed attempts; try again in {} s",
-        t.retry_after.as_secs().max(1)
-    )
+/// Reserves one attempt (see `throttle`) before anything is checked: for `account`'s
+/// login, or for a session code when `None`. Waits out the slow-down the reservation asks
+/// for; a throttled peer is told when to try again, and `None` comes back.
+async fn reserve_attempt(
+    throttle: &Mutex<Throttle>,
+    account: Option<&str>,
+    peer: SocketAddr,
+    writer: &mut Writer,
+) -> Option<Ticket> {
+    let reserved = {
+        let mut t = lock(throttle);
+        let scope = account.map_or(Scope::CODES, |name| t.account(name));
+        t.reserve(scope, peer.ip(), Instant::now())
+    };
+    match reserved {
+        Ok(ticket) => {
+            if !ticket.delay.is_zero() {
+                tokio::time::sleep(ticket.delay).await;
+            }
+            Some(ticket)
+        }
+        Err(Throttled { retry_after }) => {
+            tracing::info!(%peer, login = account.is_some(), "attempt refused: throttled");
+            let message = format!(
+                "too many failed attempts; try again in {} s",
+                retry_after.as_secs().max(1)
+            );
+            let _ = writer.send(&error_frame(ErrorCode::Throttled, message)).await;
+            None
+        }
+    }
 }
 
 async fn operator_connection(
@@ -501,24 +527,9 @@ async fn operator_connection(
     let ip = peer.ip();
     // The attempt takes its token before the password or TOTP code is checked, so a burst
     // of parallel logins gets no more real checks than the budget holds.
-    let ticket = {
-        let mut throttle = lock(&shared.login_throttle);
-        let scope = throttle.account(&login.user);
-        throttle.reserve(scope, ip, Instant::now())
+    let Some(ticket) = reserve_attempt(&shared.login_throttle, Some(&login.user), peer, &mut writer).await else {
+        return;
     };
-    let ticket = match ticket {
-        Ok(t) => t,
-        Err(t) => {
-            tracing::info!(%peer, "operator login refused: throttled");
-            let _ = writer
-                .send(&error_frame(ErrorCode::Throttled, throttled_message(t)))
-                .await;
-            return;
-        }
-    };
-    if !ticket.delay.is_zero() {
-        tokio::time::sleep(ticket.delay).await;
-    }
     let result = authenticate(&shared, &login, ip).await;
     {
         let mut throttle = lock(&shared.login_throttle);
@@ -822,21 +833,10 @@ async fn client_connection(
     mut permit: ConnPermit,
 ) {
     let ip: IpAddr = peer.ip();
-    // The attempt takes its token before the code is looked at (see `throttle`).
-    let ticket = lock(&shared.join_throttle).reserve(Scope::CODES, ip, Instant::now());
-    let ticket = match ticket {
-        Ok(t) => t,
-        Err(t) => {
-            tracing::info!(%peer, "join refused: throttled");
-            let _ = writer
-                .send(&error_frame(ErrorCode::Throttled, throttled_message(t)))
-                .await;
-            return;
-        }
+    // The attempt takes its token before the code is looked at.
+    let Some(ticket) = reserve_attempt(&shared.join_throttle, None, peer, &mut writer).await else {
+        return;
     };
-    if !ticket.delay.is_zero() {
-        tokio::time::sleep(ticket.delay).await;
-    }
     let now = Instant::now();
     let refused = |code: ErrorCode, msg: &str| (code, msg.to_string());
     let taken = match SessionCode::parse(&join.code) {
