@@ -18,13 +18,11 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::hex::hex;
 use crate::keys::{KeyError, Keys};
 use crate::store::{AuditRow, Store, StoreError};
-use crate::totp::hex;
 
-/// Prefix of a keyed row hash: `k1:` then the hex HMAC-SHA-256. Unkeyed (older) rows hold
-/// the bare hex SHA-256.
-pub const KEYED_PREFIX: &str = "k1:";
+pub use crate::keys::KEYED_PREFIX;
 
 /// Newest rows [`Audit::check_key`] looks at: enough that an insider would have to edit
 /// them all to pass for a wrong key, few enough to read at every start.
@@ -148,7 +146,7 @@ impl Audit {
                 Some(h) => (h.seq + 1, h.hash),
                 None => (1, GENESIS.to_string()),
             };
-            let at = crate::history::now_ms();
+            let at = crate::time::now_ms();
             let mut row = AuditRow {
                 seq,
                 at,
@@ -237,7 +235,7 @@ impl Audit {
         let mut c = Checkpoint {
             seq: head.seq,
             hash: head.hash,
-            at: crate::history::now_ms(),
+            at: crate::time::now_ms(),
             key: keys.signing_public_hex(),
             sig: String::new(),
         };

@@ -1,66 +1,27 @@
 //! The connection history: events the sessions emit, a single writer task that applies
 //! them to the store in order, and the table/CSV/JSON views `tsunagu-relay history` prints.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
 use tokio::sync::mpsc;
-use tsunagu_proto::PermissionSet;
 
 use crate::audit::{self, Audit};
-use crate::policy::Counters;
 use crate::store::{SessionRecord, Store};
 
 /// Pending history changes held at most; a full queue makes sessions wait a little rather
 /// than lose history.
 pub const HISTORY_QUEUE: usize = 4096;
 
-/// One change to a session's history row.
-#[derive(Debug)]
-pub enum HistoryEvent {
-    /// Not a change: answered once everything queued before it is written.
+/// One change to a session's history row; the store defines what it can write.
+pub use crate::store::SessionEvent as HistoryEvent;
+
+/// What the writer task receives: a change, or a barrier answered once everything queued
+/// before it is written.
+enum Message {
+    Event(HistoryEvent),
     Barrier(tokio::sync::oneshot::Sender<()>),
-    Issued {
-        id: String,
-        operator: String,
-        operator_addr: SocketAddr,
-        relay_port: u16,
-        requested: PermissionSet,
-        at_ms: i64,
-    },
-    Joined {
-        id: String,
-        client_host: String,
-        client_addr: SocketAddr,
-        relay_port: u16,
-        at_ms: i64,
-    },
-    Consented {
-        id: String,
-        granted: PermissionSet,
-        at_ms: i64,
-    },
-    Ended {
-        id: String,
-        reason: &'static str,
-        counters: Counters,
-        granted: Option<PermissionSet>,
-        at_ms: i64,
-    },
-    /// A file transfer's outcome: `direction` is `to_client` or `to_operator`, `result` one of
-    /// `completed`, `rejected`, `cancelled`, `failed`; `bytes` is what went through the relay.
-    /// Only the metadata is recorded, never content.
-    File {
-        id: String,
-        name: String,
-        size: u64,
-        direction: &'static str,
-        bytes: u64,
-        result: &'static str,
-        at_ms: i64,
-    },
 }
 
 /// What the console shows about a live session, kept from the history events as they pass
@@ -84,12 +45,12 @@ pub type LiveMap = Arc<DashMap<String, LiveInfo>>;
 /// Sends history events to the writer task.
 #[derive(Clone, Debug)]
 pub struct HistorySink {
-    tx: mpsc::Sender<HistoryEvent>,
+    tx: mpsc::Sender<Message>,
 }
 
 impl HistorySink {
     pub async fn record(&self, event: HistoryEvent) {
-        if self.tx.send(event).await.is_err() {
+        if self.tx.send(Message::Event(event)).await.is_err() {
             tracing::error!("history writer has stopped; a history event was lost");
         }
     }
@@ -97,7 +58,7 @@ impl HistorySink {
     /// Waits until every event recorded so far is in the database.
     pub async fn flush(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(HistoryEvent::Barrier(tx)).await.is_ok() {
+        if self.tx.send(Message::Barrier(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -107,13 +68,16 @@ impl HistorySink {
 /// Besides the history rows it keeps `live` current and audits code issue, join and the
 /// client's consent decisions.
 pub fn start_writer(store: Store, audit: Audit, live: LiveMap) -> (HistorySink, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<HistoryEvent>(HISTORY_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Message>(HISTORY_QUEUE);
     let task = tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
-            if let HistoryEvent::Barrier(done) = event {
-                let _ = done.send(());
-                continue;
-            }
+        while let Some(message) = rx.recv().await {
+            let event = match message {
+                Message::Event(event) => event,
+                Message::Barrier(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             if let Err(e) = store.apply(&event).await {
                 tracing::error!(error = %e, "could not write history");
             }
@@ -129,7 +93,7 @@ pub fn start_writer(store: Store, audit: Audit, live: LiveMap) -> (HistorySink, 
 fn track(live: &LiveMap, event: &HistoryEvent) -> Option<audit::Entry> {
     use HistoryEvent as E;
     match event {
-        E::Barrier(_) | E::File { .. } => None,
+        E::File { .. } => None,
         E::Issued {
             id,
             operator,
@@ -207,10 +171,7 @@ fn track(live: &LiveMap, event: &HistoryEvent) -> Option<audit::Entry> {
     }
 }
 
-/// Now, in Unix milliseconds (UTC).
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use crate::time::now_ms;
 
 fn time(ms: Option<i64>) -> String {
     ms.and_then(chrono::DateTime::from_timestamp_millis)

@@ -22,7 +22,12 @@ use ring::hmac;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
 use crate::config::Config;
-use crate::totp::hex;
+use crate::hex::hex;
+
+/// Prefix of a keyed audit row hash: `k1:` then the hex HMAC-SHA-256 under the audit key.
+/// Unkeyed (older) rows hold the bare hex SHA-256. Here, beside the key, so the store can
+/// tell keyed rows apart without reaching into the audit module.
+pub const KEYED_PREFIX: &str = "k1:";
 
 /// Prefix of an encrypted secret as stored: `v1:` then hex of nonce, ciphertext and tag.
 /// Base32 TOTP secrets never contain `:`, so a stored value is either one or the other.

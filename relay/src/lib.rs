@@ -13,6 +13,7 @@
 //! * [`verifier`]: the one bounded pool every argon2 computation goes through.
 //! * [`keys`]: keys kept outside the database (TOTP secrets at rest, the audit chain and
 //!   its signed checkpoints) and the owner-only modes of the data dir.
+//! * [`time`], [`hex`]: leaf helpers (Unix milliseconds, lower-case hex).
 //! * [`admin`]: the HTTPS admin console, its REST API, and the operations both share with
 //!   `tsunagu-relay admin`.
 
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod config;
 pub mod connlimit;
 pub mod directory;
+pub mod hex;
 pub mod history;
 pub mod keys;
 pub mod policy;
@@ -30,6 +32,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod throttle;
+pub mod time;
 pub mod tls;
 pub mod totp;
 pub mod verifier;

@@ -24,12 +24,13 @@ use crate::audit::{self, Audit};
 use crate::config::Config;
 use crate::connlimit::{ConnLimiter, ConnLimits, ConnPermit};
 use crate::directory::{Directory, JoinRefusal};
-use crate::history::{self, now_ms, HistoryEvent, HistorySink, LiveMap};
+use crate::history::{self, HistoryEvent, HistorySink, LiveMap};
 use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::session::{Role, Session};
 use crate::store::Store;
 use crate::throttle::{Scope, Throttle, Throttled, Ticket};
+use crate::time::now_ms;
 use crate::tls::ServerCerts;
 
 type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;

@@ -20,10 +20,11 @@ use tsunagu_proto::pb::{self, frame::Body, Channel, EndReason, Frame};
 use tsunagu_proto::types::end_reason_name;
 use tsunagu_proto::{PermissionSet, RawFrame, SessionCode};
 
-use crate::history::{now_ms, HistoryEvent};
+use crate::history::HistoryEvent;
 use crate::policy::{file_result_name, Change, ClientModes, ConsentOutcome, Direction, FileRecord, Policy, Verdict};
 use crate::queue::{OutQueue, Pass, QueueError};
 use crate::server::Shared;
+use crate::time::now_ms;
 
 /// Which side a frame came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

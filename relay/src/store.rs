@@ -4,6 +4,7 @@
 //! which SQLite accepts too, and only integer and text columns, which both map alike).
 //! The store never sees content, passwords (only argon2id hashes) or session codes.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tsunagu_proto::PermissionSet;
 
 use crate::config::Config;
 use crate::keys::{KeyError, KeyFiles, Keys, MayCreate, SEALED_PREFIX};
+use crate::policy::Counters;
 
 /// What went wrong with the database.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +137,50 @@ pub struct AdminRecord {
     pub password_hash: String,
     /// Base32 TOTP secret once enrolment is confirmed. A secret: never log it.
     pub totp_secret: Option<String>,
+}
+
+/// One change to a session's history row, as the store writes it.
+#[derive(Debug)]
+pub enum SessionEvent {
+    Issued {
+        id: String,
+        operator: String,
+        operator_addr: SocketAddr,
+        relay_port: u16,
+        requested: PermissionSet,
+        at_ms: i64,
+    },
+    Joined {
+        id: String,
+        client_host: String,
+        client_addr: SocketAddr,
+        relay_port: u16,
+        at_ms: i64,
+    },
+    Consented {
+        id: String,
+        granted: PermissionSet,
+        at_ms: i64,
+    },
+    Ended {
+        id: String,
+        reason: &'static str,
+        counters: Counters,
+        granted: Option<PermissionSet>,
+        at_ms: i64,
+    },
+    /// A file transfer's outcome: `direction` is `to_client` or `to_operator`, `result` one of
+    /// `completed`, `rejected`, `cancelled`, `failed`; `bytes` is what went through the relay.
+    /// Only the metadata is recorded, never content.
+    File {
+        id: String,
+        name: String,
+        size: u64,
+        direction: &'static str,
+        bytes: u64,
+        result: &'static str,
+        at_ms: i64,
+    },
 }
 
 /// One history row as read back.
@@ -339,7 +385,7 @@ impl Store {
     /// Whether any audit row is keyed (then the audit key must exist).
     async fn audit_is_keyed(&self) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM audit WHERE hash LIKE $1")
-            .bind(format!("{}%", crate::audit::KEYED_PREFIX))
+            .bind(format!("{}%", crate::keys::KEYED_PREFIX))
             .fetch_one(&self.pool)
             .await?;
         Ok(row.get::<i64, _>("n") > 0)
@@ -906,10 +952,9 @@ impl Store {
     // ---- history ----
 
     /// Applies one history change.
-    pub async fn apply(&self, event: &crate::history::HistoryEvent) -> Result<(), StoreError> {
-        use crate::history::HistoryEvent as E;
+    pub async fn apply(&self, event: &SessionEvent) -> Result<(), StoreError> {
+        use SessionEvent as E;
         match event {
-            E::Barrier(_) => {}
             E::Issued {
                 id,
                 operator,
@@ -1309,7 +1354,7 @@ mod tests {
     }
 
     async fn round_trip(store: &Store) {
-        use crate::history::HistoryEvent as E;
+        use SessionEvent as E;
         store
             .add_operator("alice", "$argon2id$x", PermissionSet::ALL, 1)
             .await

@@ -5,6 +5,8 @@
 use sha2::{Digest, Sha256};
 use totp_rs::{Algorithm, Secret, TOTP};
 
+use crate::hex::hex;
+
 /// Seconds per TOTP step, as authenticator apps assume.
 pub const STEP_SECS: u64 = 30;
 /// Recovery codes handed out per enrolment.
@@ -139,11 +141,6 @@ pub fn recovery_hash(code: &str) -> String {
         .map(|c| c.to_ascii_uppercase())
         .collect();
     hex(&Sha256::digest(norm.as_bytes()))
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use sha2::Digest;
 use super::html::{esc, page, t, Lang, Text};
 use super::pages::{html_response, see_other};
 use super::{Console, Ctx, Peer, MAX_BODY};
-use crate::history::now_ms;
 use crate::server::Shared;
+use crate::time::now_ms;
 
 /// The session cookie. `__Host-` makes browsers insist on Secure, Path=/ and no Domain.
 pub const SESSION_COOKIE: &str = "__Host-tsunagu_admin";
@@ -55,7 +55,7 @@ fn random_token() -> String {
     let mut b = [0u8; 32];
     // Without the OS CSPRNG no session could be safe: refuse rather than degrade.
     getrandom::fill(&mut b).expect("the OS random number generator is available");
-    crate::totp::hex(&b)
+    crate::hex::hex(&b)
 }
 
 /// A key for this process only (the hash of names that match no account).
@@ -356,7 +356,7 @@ impl Console {
         let mut h = sha2::Sha256::new();
         h.update(self.name_key.as_slice());
         h.update(typed.as_bytes());
-        let hash = crate::totp::hex(&h.finalize()[..16]);
+        let hash = crate::hex::hex(&h.finalize()[..16]);
         Account {
             key: format!("unknown:{hash}"),
             actor: "unknown".into(),

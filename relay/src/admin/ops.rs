@@ -155,7 +155,7 @@ impl Ops {
         accounts::validate_name(name)?;
         let hash = hash(password, &self.config, &self.verifier).await?;
         self.store
-            .add_operator(name, &hash, permissions, crate::history::now_ms())
+            .add_operator(name, &hash, permissions, crate::time::now_ms())
             .await?;
         self.audit(actor, "operator_created", name, format!("permissions={permissions}"))
             .await;
@@ -286,7 +286,7 @@ impl Ops {
     pub async fn create_admin(&self, actor: &Actor, name: &str, password: &str) -> Result<(), OpError> {
         accounts::validate_name(name)?;
         let hash = hash(password, &self.config, &self.verifier).await?;
-        self.store.add_admin(name, &hash, crate::history::now_ms()).await?;
+        self.store.add_admin(name, &hash, crate::time::now_ms()).await?;
         self.audit(actor, "admin_created", name, String::new()).await;
         Ok(())
     }
