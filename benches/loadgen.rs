@@ -107,6 +107,29 @@ const CONSOLE_CONFIG: &str = "[limits]\nmax_connections = 100000\n[admin]\nmax_c
 /// The real admin of the console-login scenario.
 const LOAD_ADMIN: &str = "load-admin";
 
+/// Runs `tsunagu-relay KIND add NAME` with [`PASSWORD`] on standard input.
+fn add_account(bin: &Path, data: &Path, config: &Path, kind: &str, name: &str) -> Result<()> {
+    use std::io::Write;
+    let mut add = Command::new(bin)
+        .args([kind, "add", name])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    add.stdin
+        .take()
+        .ok_or_else(|| anyhow!("no stdin"))?
+        .write_all(format!("{PASSWORD}\n").as_bytes())?;
+    if !add.wait()?.success() {
+        bail!("could not add the load {kind} {name}");
+    }
+    Ok(())
+}
+
 impl RelayUnderTest {
     fn start(bin: &Path) -> Result<Self> {
         // Cheap password hashing so thousands of logins do not dominate the run, and room
@@ -120,47 +143,15 @@ impl RelayUnderTest {
 
     /// Starts the relay with `config_toml`; with `admin`, also creates [`LOAD_ADMIN`].
     fn start_with(bin: &Path, config_toml: &str, admin: bool) -> Result<Self> {
-        use std::io::{BufRead, BufReader, Write};
+        use std::io::{BufRead, BufReader};
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         let config = dir.path().join("relay.toml");
         std::fs::write(&config, config_toml)?;
         if admin {
-            let mut add = Command::new(bin)
-                .args(["admin", "add", LOAD_ADMIN])
-                .arg("--data-dir")
-                .arg(&data)
-                .arg("--config")
-                .arg(&config)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .spawn()
-                .with_context(|| format!("cannot run {}", bin.display()))?;
-            add.stdin
-                .take()
-                .ok_or_else(|| anyhow!("no stdin"))?
-                .write_all(format!("{PASSWORD}\n").as_bytes())?;
-            if !add.wait()?.success() {
-                bail!("could not add the load admin");
-            }
+            add_account(bin, &data, &config, "admin", LOAD_ADMIN)?;
         }
-        let mut add = Command::new(bin)
-            .args(["operator", "add", "load"])
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot run {}", bin.display()))?;
-        add.stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{PASSWORD}\n").as_bytes())?;
-        if !add.wait()?.success() {
-            bail!("could not add the load operator");
-        }
+        add_account(bin, &data, &config, "operator", "load")?;
         let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")

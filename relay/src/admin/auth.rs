@@ -442,6 +442,24 @@ impl Console {
     }
 
     /// A step refused before its check: audited, answered 429 (locked) or 503.
+    /// [`Console::begin_step`] for a second step (TOTP, enrolment) of the half-logged-in
+    /// session `token`: a refusal also ends that session.
+    async fn begin_second_step(
+        &self,
+        token: &str,
+        account: &Account,
+        ip: IpAddr,
+        lang: Lang,
+    ) -> Result<crate::store::LoginAttempt, Response> {
+        match self.begin_step(account, ip).await {
+            Ok(a) => Ok(a),
+            Err(why) => {
+                self.sessions.remove(token);
+                Err(self.step_refused(account, ip, why, lang).await)
+            }
+        }
+    }
+
     async fn step_refused(&self, account: &Account, ip: IpAddr, why: Refused, lang: Lang) -> Response {
         let (status, reason, msg) = match why {
             Refused::Locked => (StatusCode::TOO_MANY_REQUESTS, "locked", Text::Locked),
@@ -612,12 +630,9 @@ pub(super) async fn totp_submit(
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
     let account = console.account(&s.admin, true);
-    let attempt = match console.begin_step(&account, peer.ip()).await {
+    let attempt = match console.begin_second_step(&token, &account, peer.ip(), lang).await {
         Ok(a) => a,
-        Err(why) => {
-            console.sessions.remove(&token);
-            return console.step_refused(&account, peer.ip(), why, lang).await;
-        }
+        Err(refused) => return refused,
     };
     let record = console.shared.store.admin(&s.admin).await.ok().flatten();
     let secret = record.as_ref().and_then(|r| r.totp_secret.clone());
@@ -713,12 +728,9 @@ pub(super) async fn enrol_submit(
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
     let account = console.account(&s.admin, true);
-    let attempt = match console.begin_step(&account, peer.ip()).await {
+    let attempt = match console.begin_second_step(&token, &account, peer.ip(), lang).await {
         Ok(a) => a,
-        Err(why) => {
-            console.sessions.remove(&token);
-            return console.step_refused(&account, peer.ip(), why, lang).await;
-        }
+        Err(refused) => return refused,
     };
     if !console
         .totp_used
