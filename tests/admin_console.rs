@@ -818,7 +818,7 @@ async fn rename_password_delete_and_ending_one_session_from_the_console() {
 
     // End one live session from the live sessions page.
     let (mut op, mut client) = support::paired(&relay, &["view"]).await;
-    let id = relay.relay.shared().sessions.iter().next().unwrap().key().clone();
+    let id = relay.relay.shared().sessions().live()[0].id.clone();
     let r = web.post_form(&format!("/sessions/{id}/end"), &[("csrf", &csrf)]).await;
     assert_eq!(r.status, 303);
     assert_eq!(

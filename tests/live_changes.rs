@@ -31,7 +31,7 @@ fn ops(relay: &TestRelay) -> Ops {
         store: shared.store.clone(),
         audit: shared.audit.clone(),
         config: shared.config.clone(),
-        shared: Some(shared.clone()),
+        sessions: Some(shared.sessions().clone()),
         verifier: shared.verifier.clone(),
     }
 }

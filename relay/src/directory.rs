@@ -1,15 +1,24 @@
-//! Live state of a single relay: which session codes are live, used or expired. Codes
-//! that were used or expired are remembered for a while as tombstones, so a replayed or
-//! late code gets an exact error, and are never reissued meanwhile.
+//! Which session codes are live, used or expired, and which session each one leads to.
+//!
+//! [`Directory`] is the seam between a relay node and the place codes are kept: in memory
+//! for a single node ([`MemoryDirectory`]), Redis for the grid. It maps a code to a
+//! [`SessionRef`] (a session id; in the grid also the node that runs it) and never holds
+//! the session itself: the node's registry does. Its methods return boxed futures so that
+//! an implementation that talks to a server fits behind the same `Arc<dyn Directory>`.
+//!
+//! Codes that were used or expired are remembered for a while as tombstones, so a replayed
+//! or late code gets an exact error, and are never reissued meanwhile.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tsunagu_proto::SessionCode;
 
-use crate::session::Session;
+/// A future a [`Directory`] returns; `Send` so connection tasks can await it.
+pub type DirFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why a code did not lead to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,87 +31,141 @@ pub enum JoinRefusal {
     Used,
 }
 
-enum Slot {
-    Live(Arc<Session>),
-    Used { forget_at: Instant },
-    Expired { forget_at: Instant },
+/// Why no code could be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The OS random source failed.
+    #[error(transparent)]
+    Random(#[from] tsunagu_proto::CodeError),
 }
 
-/// The in-memory directory. Cheap to share behind an `Arc`.
-pub struct Directory {
+/// What a code leads to: a session, by id. The grid adds the node that runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRef {
+    pub session_id: String,
+}
+
+/// Where a code stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeState {
+    /// Issued, waiting for a client.
+    Live,
+    /// A client used it; remembered until the tombstone runs out.
+    Used,
+    /// It ran out or its session ended before a client came; remembered likewise.
+    Expired,
+}
+
+/// A session's entry, as [`Directory::lookup`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub code: SessionCode,
+    pub state: CodeState,
+}
+
+/// The live state of session codes. Every method may wait on the network in a remote
+/// implementation; `now` is passed in so the in-memory one runs on a fake clock in tests.
+pub trait Directory: Send + Sync {
+    /// Claims a fresh random code, unique among live and remembered codes, for `session`.
+    fn issue(&self, session: SessionRef) -> DirFuture<'_, Result<SessionCode, IssueError>>;
+
+    /// Takes the session behind `code` for a joining client; the code is used up.
+    fn take(&self, code: SessionCode, now: Instant) -> DirFuture<'_, Result<SessionRef, JoinRefusal>>;
+
+    /// The session behind `code` ended before a client joined: a live code expires.
+    fn expire(&self, code: SessionCode, now: Instant) -> DirFuture<'_, ()>;
+
+    /// Forgets tombstones whose time is up.
+    fn sweep(&self, now: Instant) -> DirFuture<'_, ()>;
+
+    /// The code of the session `session_id` and where it stands, while remembered.
+    fn lookup<'a>(&'a self, session_id: &'a str) -> DirFuture<'a, Option<Listing>>;
+}
+
+struct Slot {
+    session: SessionRef,
+    state: CodeState,
+    /// When a tombstone is forgotten; `None` while the code is live.
+    forget_at: Option<Instant>,
+}
+
+/// The single-node directory, in memory. Cheap to share behind an `Arc`.
+pub struct MemoryDirectory {
     slots: DashMap<u32, Slot>,
+    /// Session id → code, for [`Directory::lookup`]; kept in step with `slots`.
+    by_session: DashMap<String, SessionCode>,
     tombstone: Duration,
 }
 
-impl Directory {
+impl MemoryDirectory {
     /// `tombstone`: how long a used or expired code is remembered.
     pub fn new(tombstone: Duration) -> Self {
         Self {
             slots: DashMap::new(),
+            by_session: DashMap::new(),
             tombstone,
         }
     }
 
-    /// Claims a fresh random code, unique among live and remembered codes, for the session
-    /// `make` builds from it.
-    pub fn issue(
-        &self,
-        make: impl FnOnce(SessionCode) -> Arc<Session>,
-    ) -> Result<(SessionCode, Arc<Session>), tsunagu_proto::CodeError> {
+    fn issue_now(&self, session: SessionRef) -> Result<SessionCode, IssueError> {
         loop {
             let code = SessionCode::random()?;
             if let Entry::Vacant(v) = self.slots.entry(code.as_u32()) {
-                let session = make(code);
-                v.insert(Slot::Live(session.clone()));
-                return Ok((code, session));
+                self.by_session.insert(session.session_id.clone(), code);
+                v.insert(Slot {
+                    session,
+                    state: CodeState::Live,
+                    forget_at: None,
+                });
+                return Ok(code);
             }
         }
     }
 
-    /// Takes the session behind `code` for a joining client; the code is used up.
-    pub fn take(&self, code: SessionCode, now: Instant) -> Result<Arc<Session>, JoinRefusal> {
+    fn take_now(&self, code: SessionCode, now: Instant) -> Result<SessionRef, JoinRefusal> {
         let Some(mut slot) = self.slots.get_mut(&code.as_u32()) else {
             return Err(JoinRefusal::Unknown);
         };
-        match &*slot {
-            Slot::Used { .. } => Err(JoinRefusal::Used),
-            Slot::Expired { .. } => Err(JoinRefusal::Expired),
-            Slot::Live(_) => {
-                let Slot::Live(session) = std::mem::replace(
-                    &mut *slot,
-                    Slot::Used {
-                        forget_at: now + self.tombstone,
-                    },
-                ) else {
-                    unreachable!("matched Live above")
-                };
-                Ok(session)
+        match slot.state {
+            CodeState::Used => Err(JoinRefusal::Used),
+            CodeState::Expired => Err(JoinRefusal::Expired),
+            CodeState::Live => {
+                slot.state = CodeState::Used;
+                slot.forget_at = Some(now + self.tombstone);
+                Ok(slot.session.clone())
             }
         }
     }
 
-    /// The session behind `code` ended before a client joined: the code expires.
-    pub fn expire(&self, code: SessionCode, now: Instant) {
+    fn expire_now(&self, code: SessionCode, now: Instant) {
         if let Some(mut slot) = self.slots.get_mut(&code.as_u32()) {
-            if matches!(*slot, Slot::Live(_)) {
-                *slot = Slot::Expired {
-                    forget_at: now + self.tombstone,
-                };
+            if slot.state == CodeState::Live {
+                slot.state = CodeState::Expired;
+                slot.forget_at = Some(now + self.tombstone);
             }
         }
     }
 
-    /// Forgets tombstones whose time is up.
-    pub fn sweep(&self, now: Instant) {
-        self.slots.retain(|_, slot| match slot {
-            Slot::Live(_) => true,
-            Slot::Used { forget_at } | Slot::Expired { forget_at } => *forget_at > now,
+    fn sweep_now(&self, now: Instant) {
+        self.slots.retain(|_, slot| {
+            let keep = slot.forget_at.is_none_or(|at| at > now);
+            if !keep {
+                self.by_session.remove(&slot.session.session_id);
+            }
+            keep
         });
+    }
+
+    fn lookup_now(&self, session_id: &str) -> Option<Listing> {
+        // The index guard is dropped before the slot is read: locks are taken one at a time.
+        let code = *self.by_session.get(session_id)?;
+        let state = self.slots.get(&code.as_u32())?.state;
+        Some(Listing { code, state })
     }
 
     /// Live codes right now.
     pub fn live(&self) -> usize {
-        self.slots.iter().filter(|s| matches!(s.value(), Slot::Live(_))).count()
+        self.slots.iter().filter(|s| s.state == CodeState::Live).count()
     }
 
     /// Entries held, live or remembered.
@@ -112,5 +175,98 @@ impl Directory {
 
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+}
+
+impl Directory for MemoryDirectory {
+    fn issue(&self, session: SessionRef) -> DirFuture<'_, Result<SessionCode, IssueError>> {
+        let issued = self.issue_now(session);
+        Box::pin(std::future::ready(issued))
+    }
+
+    fn take(&self, code: SessionCode, now: Instant) -> DirFuture<'_, Result<SessionRef, JoinRefusal>> {
+        let taken = self.take_now(code, now);
+        Box::pin(std::future::ready(taken))
+    }
+
+    fn expire(&self, code: SessionCode, now: Instant) -> DirFuture<'_, ()> {
+        self.expire_now(code, now);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn sweep(&self, now: Instant) -> DirFuture<'_, ()> {
+        self.sweep_now(now);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn lookup<'a>(&'a self, session_id: &'a str) -> DirFuture<'a, Option<Listing>> {
+        Box::pin(std::future::ready(self.lookup_now(session_id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn session(id: &str) -> SessionRef {
+        SessionRef {
+            session_id: id.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_code_leads_to_its_session_once_then_says_used() {
+        let dir: Arc<dyn Directory> = Arc::new(MemoryDirectory::new(Duration::from_secs(600)));
+        let now = Instant::now();
+        let code = dir.issue(session("s1")).await.unwrap();
+        assert_eq!(
+            dir.lookup("s1").await,
+            Some(Listing {
+                code,
+                state: CodeState::Live
+            })
+        );
+        assert_eq!(dir.take(code, now).await, Ok(session("s1")));
+        assert_eq!(dir.take(code, now).await, Err(JoinRefusal::Used));
+        assert_eq!(dir.lookup("s1").await.map(|l| l.state), Some(CodeState::Used));
+        // Expiring a used code changes nothing: the client already has the session.
+        dir.expire(code, now).await;
+        assert_eq!(dir.take(code, now).await, Err(JoinRefusal::Used));
+    }
+
+    #[tokio::test]
+    async fn an_expired_code_says_expired_and_an_unknown_one_unknown() {
+        let dir = MemoryDirectory::new(Duration::from_secs(600));
+        let now = Instant::now();
+        let code = dir.issue(session("s1")).await.unwrap();
+        dir.expire(code, now).await;
+        assert_eq!(dir.take(code, now).await, Err(JoinRefusal::Expired));
+        let other = (0..)
+            .map(|_| SessionCode::random().unwrap())
+            .find(|c| *c != code)
+            .unwrap();
+        assert_eq!(dir.take(other, now).await, Err(JoinRefusal::Unknown));
+        assert_eq!(dir.live(), 0);
+    }
+
+    #[tokio::test]
+    async fn tombstones_are_kept_until_their_time_then_forgotten() {
+        let tombstone = Duration::from_secs(600);
+        let dir = MemoryDirectory::new(tombstone);
+        let t0 = Instant::now();
+        let used = dir.issue(session("used")).await.unwrap();
+        let live = dir.issue(session("live")).await.unwrap();
+        assert_ne!(used, live, "codes are unique among live codes");
+        dir.take(used, t0).await.unwrap();
+        dir.sweep(t0 + tombstone - Duration::from_secs(1)).await;
+        assert_eq!(dir.take(used, t0).await, Err(JoinRefusal::Used), "still remembered");
+        dir.sweep(t0 + tombstone + Duration::from_secs(1)).await;
+        assert_eq!(dir.take(used, t0).await, Err(JoinRefusal::Unknown), "forgotten");
+        assert_eq!(dir.lookup("used").await, None);
+        // A live code is never swept, however late.
+        dir.sweep(t0 + 100 * tombstone).await;
+        assert_eq!(dir.lookup("live").await.map(|l| l.state), Some(CodeState::Live));
+        assert_eq!((dir.len(), dir.live()), (1, 1));
     }
 }

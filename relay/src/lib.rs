@@ -2,10 +2,15 @@
 //!
 //! * [`config`]: settings with defaults, loaded from TOML and validated before binding.
 //! * [`tls`]: the self-generated CA and server certificate, renewal.
-//! * [`server`]: listeners, greeting, login, pairing, per-connection reader and writer.
+//! * [`server`]: the running [`Relay`] (start, housekeeping, shutdown) and its connections:
+//!   listeners, greeting, login, pairing, per-connection reader and writer.
+//! * [`state`]: what every task of one relay shares ([`state::Shared`]).
+//! * [`shutdown`]: the stop signal and the connection tasks shutdown waits for.
 //! * [`session`], [`policy`]: the session rules; `policy` is the sans-IO state machine.
 //! * [`queue`]: bounded outbound queues (drop-oldest screen, back-pressured data).
-//! * [`directory`]: live and recently used session codes.
+//! * [`directory`]: live and recently used session codes, each leading to a session id
+//!   (the [`directory::Directory`] trait; in memory on a single node).
+//! * [`registry`]: the sessions this node runs, by id.
 //! * [`throttle`]: guessing protection for codes and logins.
 //! * [`connlimit`]: connection caps per source and per pool, on every listener.
 //! * [`accounts`], [`store`], [`history`]: operator accounts and the connection history.
@@ -28,8 +33,11 @@ pub mod history;
 pub mod keys;
 pub mod policy;
 pub mod queue;
+pub mod registry;
 pub mod server;
 pub mod session;
+pub mod shutdown;
+pub mod state;
 pub mod store;
 pub mod throttle;
 pub mod time;

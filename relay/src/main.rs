@@ -201,7 +201,7 @@ async fn cli_ops(common: &Common) -> Result<tsunagu_relay::admin::ops::Ops, Stri
         store,
         audit,
         config,
-        shared: None,
+        sessions: None,
         verifier,
     })
 }

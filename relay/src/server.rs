@@ -1,16 +1,15 @@
 //! The relay server: binds the listeners, accepts TLS connections under a connection cap,
 //! greets peers, logs operators in, pairs clients by code, and runs each connection's
-//! reader and writer. Accept loops only accept; every wait on a peer has a timeout.
+//! reader and writer. Accept loops only accept; every wait on a peer has a timeout. The
+//! state all of this shares lives in [`crate::state`]; stopping, in [`crate::shutdown`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -19,15 +18,16 @@ use tsunagu_proto::pb::{self, frame::Body, EndReason, ErrorCode, Frame};
 use tsunagu_proto::transport::{error_frame, hello, FrameReader, FrameWriter, TransportError};
 use tsunagu_proto::{PermissionSet, SessionCode};
 
-use crate::accounts;
 use crate::audit::{self, Audit};
 use crate::config::Config;
-use crate::connlimit::{ConnLimiter, ConnLimits, ConnPermit};
-use crate::directory::{Directory, JoinRefusal};
-use crate::history::{self, HistoryEvent, HistorySink, LiveMap};
+use crate::connlimit::ConnPermit;
+use crate::directory::JoinRefusal;
+use crate::history::{self, HistoryEvent, LiveMap};
 use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::session::{Role, Session};
+use crate::shutdown::{ConnectionTasks, Shutdown, Stopper};
+use crate::state::Shared;
 use crate::store::Store;
 use crate::throttle::{Scope, Throttle, Throttled, Ticket};
 use crate::time::now_ms;
@@ -51,34 +51,13 @@ pub enum StartError {
     NoListener(String),
 }
 
-/// State shared by every task of one relay; reached through an `Arc`.
-pub struct Shared {
-    pub config: Config,
-    pub directory: Directory,
-    pub history: HistorySink,
-    pub store: Store,
-    pub sessions: DashMap<String, Arc<Session>>,
-    /// The audit trail.
-    pub audit: Audit,
-    /// Operator TOTP codes already used.
-    pub(crate) operator_totp: crate::totp::ReplayGuard,
-    /// What the console shows about live sessions (fed by the history writer).
-    pub live: LiveMap,
-    /// The one bounded pool every argon2 computation of this relay goes through.
-    pub verifier: crate::verifier::Verifier,
-    join_throttle: Mutex<Throttle>,
-    login_throttle: Mutex<Throttle>,
-    /// Connection caps of the endpoint listeners (the console has its own).
-    pub(crate) connections: ConnLimiter,
-    dummy_hash: String,
-    acceptor: TlsAcceptor,
-}
-
 /// A running relay. Dropping it does not stop it; call [`Relay::shutdown`].
 pub struct Relay {
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
-    stop_tx: watch::Sender<bool>,
+    /// The stop signal, and the connection tasks shutdown waits for.
+    stopper: Stopper,
+    /// Accept loops, the console's and housekeeping: each returns at the stop signal.
     tasks: Vec<JoinHandle<()>>,
     history_task: JoinHandle<()>,
     certs: Arc<ServerCerts>,
@@ -119,28 +98,16 @@ impl Relay {
             return Err(StartError::NoListener(failures.join("; ")));
         }
 
-        let now = Instant::now();
-        let shared = Arc::new(Shared {
-            directory: Directory::new(config.timeouts.code_ttl),
-            history,
-            store,
-            sessions: DashMap::new(),
-            audit,
-            operator_totp: Default::default(),
-            live,
-            verifier: crate::verifier::Verifier::new(
-                config.limits.concurrent_logins,
-                config.limits.login_queue,
-                config.timeouts.login_wait,
-            ),
-            join_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
-            login_throttle: Mutex::new(Throttle::new(config.login_throttle.clone(), now)),
-            connections: ConnLimiter::new(ConnLimits::endpoints(&config.limits), "relay"),
-            dummy_hash: accounts::dummy_hash(&config.accounts),
-            acceptor,
+        let stopper = Stopper::new();
+        let shared = Arc::new(Shared::new(
             config,
-        });
-        let (stop_tx, stop_rx) = watch::channel(false);
+            store,
+            audit,
+            history,
+            live,
+            acceptor,
+            stopper.listener(),
+        ));
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
         for listener in listeners {
@@ -152,12 +119,13 @@ impl Relay {
                 shared.clone(),
                 listener,
                 addr.port(),
-                stop_rx.clone(),
+                stopper.tracker(),
+                stopper.listener(),
             )));
         }
         let mut admin_addr = None;
         if let Some(addr) = shared.config.admin.listen.filter(|_| shared.config.admin.enabled) {
-            match crate::admin::serve(shared.clone(), certs.clone(), addr, stop_rx.clone()).await {
+            match crate::admin::serve(shared.clone(), certs.clone(), addr, stopper.listener()).await {
                 Ok((bound, task)) => {
                     admin_addr = Some(bound);
                     tasks.push(task);
@@ -166,11 +134,15 @@ impl Relay {
                 Err(e) => tracing::warn!(%addr, error = %e, "could not start the admin console"),
             }
         }
-        tasks.push(tokio::spawn(housekeeping(shared.clone(), certs.clone(), stop_rx)));
+        tasks.push(tokio::spawn(housekeeping(
+            shared.clone(),
+            certs.clone(),
+            stopper.listener(),
+        )));
         Ok(Self {
             shared,
             addrs,
-            stop_tx,
+            stopper,
             tasks,
             history_task,
             certs,
@@ -199,42 +171,49 @@ impl Relay {
 
     /// Sessions live right now.
     pub fn live_sessions(&self) -> usize {
-        self.shared.sessions.len()
+        self.shared.sessions().len()
     }
 
-    /// Stops accepting, ends every session with `relay_shutdown`, and writes the history,
-    /// all within the configured shutdown timeout.
+    /// Stops accepting, ends every session with `relay_shutdown`, waits for the connection
+    /// tasks to deliver `Ended` and close TLS, and writes the history, each step within the
+    /// configured shutdown timeout. Connections that carry no session are closed at once.
     pub async fn shutdown(self) {
-        let _ = self.stop_tx.send(true);
-        for t in &self.tasks {
-            t.abort();
-        }
-        let sessions: Vec<Arc<Session>> = self.shared.sessions.iter().map(|e| e.value().clone()).collect();
-        let deadline = self.shared.config.timeouts.shutdown;
-        let end_all = async {
-            for s in sessions {
-                s.finish(EndReason::RelayShutdown).await;
+        let Self {
+            shared,
+            stopper,
+            tasks,
+            history_task,
+            ..
+        } = self;
+        let deadline = shared.config.timeouts.shutdown;
+        stopper.signal();
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let stopped = async {
+            // The accept loops, the console and housekeeping return at the signal; the
+            // accept loops' trackers go with them.
+            for t in tasks {
+                let _ = t.await;
             }
+            shared.sessions().end_all(EndReason::RelayShutdown).await;
         };
-        if tokio::time::timeout(deadline, end_all).await.is_err() {
+        if tokio::time::timeout(deadline, stopped).await.is_err() {
             tracing::warn!("not every session ended before the shutdown deadline");
+            aborts.iter().for_each(|t| t.abort());
         }
-        // Give writers a moment to deliver `Ended`.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if tokio::time::timeout(deadline, self.shared.history.flush())
-            .await
-            .is_err()
-        {
+        if !stopper.drain(deadline).await {
+            tracing::warn!("not every connection closed before the shutdown deadline");
+        }
+        if tokio::time::timeout(deadline, shared.history.flush()).await.is_err() {
             tracing::warn!("history was not fully written before the shutdown deadline");
         }
-        self.history_task.abort();
-        self.shared.audit.checkpoint_logged().await;
-        let store = self.shared.store.clone();
+        history_task.abort();
+        shared.audit.checkpoint_logged().await;
+        let store = shared.store.clone();
         store.close().await;
     }
 }
 
-async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: watch::Receiver<bool>) {
+async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: Shutdown) {
     // Tombstones and throttle entries are swept every 30 s; certificates checked hourly.
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     let mut cert_check = tokio::time::interval(Duration::from_secs(3600));
@@ -248,7 +227,7 @@ async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: wa
             _ = purge.tick() => purge_history(&shared).await,
             _ = tick.tick() => {
                 let now = Instant::now();
-                shared.directory.sweep(now);
+                shared.directory().sweep(now).await;
                 lock(&shared.join_throttle).prune(now);
                 lock(&shared.login_throttle).prune(now);
             }
@@ -258,7 +237,7 @@ async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: wa
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "could not renew the server certificate"),
             },
-            _ = crate::server::until_true(&mut stop) => return,
+            _ = stop.recv() => return,
         }
     }
 }
@@ -289,94 +268,33 @@ pub async fn purge_history(shared: &Shared) {
 /// IP rules; the console and API apply their own changes at once. Runs every
 /// `database.account_poll`.
 async fn enforce_account_changes(shared: &Shared) {
-    let mut operators: Vec<String> = shared.sessions.iter().map(|e| e.value().operator.clone()).collect();
-    operators.sort();
-    operators.dedup();
-    for name in operators {
+    for name in shared.sessions().operators() {
         match shared.store.operator(&name).await {
             Ok(record) => {
-                enforce_account(shared, &name, record.as_ref()).await;
+                shared.sessions().enforce_account(&name, record.as_ref()).await;
             }
             Err(e) => tracing::error!(error = %e, "account check failed"),
         }
     }
 }
 
-/// What [`enforce_account`] did to an operator's live sessions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Enforced {
-    /// Sessions ended (account gone or suspended, or an address the IP rules now refuse).
-    pub ended: usize,
-    /// Sessions whose request or grants were narrowed to the permissions now allowed.
-    pub narrowed: usize,
-}
-
-/// Brings the live sessions of `operator` (codes issued, consents pending, sessions
-/// running) in line with the account as stored now, `None` meaning deleted: every session
-/// ends if the account is gone or suspended; a session whose operator connection comes from
-/// an address the IP rules no longer allow ends; the others are clipped to the permissions
-/// the admin allows. Ended sessions get `admin_ended`.
-pub async fn enforce_account(
-    shared: &Shared,
-    operator: &str,
-    record: Option<&crate::store::OperatorRecord>,
-) -> Enforced {
-    let mut done = Enforced::default();
-    let record = match record {
-        Some(r) if !r.suspended => r,
-        _ => {
-            done.ended = end_sessions_of(shared, operator).await;
-            if done.ended > 0 {
-                tracing::info!(%operator, sessions = done.ended, "ended the sessions of a suspended or deleted operator");
-            }
-            return done;
-        }
-    };
-    for session in live_sessions_of(shared, operator) {
-        if !crate::store::ip_allowed(&record.ip_rules, session.operator_addr.ip()) {
-            tracing::info!(session = %session.id, %operator, peer = %session.operator_addr, "the operator's IP rules no longer allow this session's address; ending it");
-            session.finish(EndReason::AdminEnded).await;
-            done.ended += 1;
-        } else if session.limit(record.permissions).await {
-            done.narrowed += 1;
-        }
-    }
-    done
-}
-
-/// Live sessions of `operator` that have not ended.
-pub fn live_sessions_of(shared: &Shared, operator: &str) -> Vec<Arc<Session>> {
-    shared
-        .sessions
-        .iter()
-        .filter(|e| e.value().operator == operator && !e.value().is_ended())
-        .map(|e| e.value().clone())
-        .collect()
-}
-
-/// Ends every live session of `operator` at once (suspension, deletion); returns how many.
-pub async fn end_sessions_of(shared: &Shared, operator: &str) -> usize {
-    let sessions = live_sessions_of(shared, operator);
-    for s in &sessions {
-        s.finish(EndReason::AdminEnded).await;
-    }
-    sessions.len()
-}
-
-/// Resolves once the watched flag is true (or its sender is gone).
-pub(crate) async fn until_true(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await.map(|_| ());
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16, mut stop: watch::Receiver<bool>) {
+/// Accepts connections on one listener until the stop signal; every connection runs as a
+/// task shutdown waits for.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    port: u16,
+    connections: ConnectionTasks,
+    mut stop: Shutdown,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = crate::server::until_true(&mut stop) => return,
+            _ = stop.recv() => return,
         };
         match accepted {
             Ok((tcp, peer)) => {
@@ -387,7 +305,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16, mut 
                     continue;
                 };
                 let shared = shared.clone();
-                tokio::spawn(handle_connection(shared, tcp, peer, port, permit));
+                connections.spawn(handle_connection(shared, tcp, peer, port, permit));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -658,8 +576,8 @@ async fn operator_connection(
     let t = &shared.config.timeouts;
     let policy = Policy::new(requested, record.permissions, Instant::now(), t.code_ttl, t.consent);
     let issued = shared
-        .directory
-        .issue(|code| Session::new(shared.clone(), operator.clone(), peer, code, policy, operator_q.clone()));
+        .open_session(operator.clone(), peer, policy, operator_q.clone())
+        .await;
     let (code, session) = match issued {
         Ok(x) => x,
         Err(e) => {
@@ -670,7 +588,6 @@ async fn operator_connection(
             return;
         }
     };
-    shared.sessions.insert(session.id.clone(), session.clone());
     shared
         .history
         .record(HistoryEvent::Issued {
@@ -728,7 +645,7 @@ async fn check_code_issue(
             "this operator may not work from this address".to_string(),
         ));
     }
-    if record.max_sessions > 0 && live_sessions_of(shared, operator).len() >= record.max_sessions as usize {
+    if record.max_sessions > 0 && shared.sessions().live_of(operator).len() >= record.max_sessions as usize {
         return Err((
             ErrorCode::Forbidden,
             format!(
@@ -842,7 +759,7 @@ async fn client_connection(
     let refused = |code: ErrorCode, msg: &str| (code, msg.to_string());
     let taken = match SessionCode::parse(&join.code) {
         Err(_) => Err(refused(ErrorCode::BadCode, "a session code has 8 digits")),
-        Ok(code) => shared.directory.take(code, now).map_err(|r| match r {
+        Ok(code) => shared.join(code, now).await.map_err(|r| match r {
             JoinRefusal::Unknown => refused(
                 ErrorCode::BadCode,
                 "no session has this code; check the digits with the operator",
@@ -939,7 +856,7 @@ async fn run_peer(
     loop {
         let read = tokio::select! {
             biased;
-            _ = crate::server::until_true(&mut ended) => break,
+            _ = crate::shutdown::until_true(&mut ended) => break,
             r = reader.read_timeout(t.idle) => r,
         };
         match read {

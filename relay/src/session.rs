@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
@@ -20,10 +20,10 @@ use tsunagu_proto::pb::{self, frame::Body, Channel, EndReason, Frame};
 use tsunagu_proto::types::end_reason_name;
 use tsunagu_proto::{PermissionSet, RawFrame, SessionCode};
 
-use crate::history::HistoryEvent;
+use crate::directory::Directory;
+use crate::history::{HistoryEvent, HistorySink};
 use crate::policy::{file_result_name, Change, ClientModes, ConsentOutcome, Direction, FileRecord, Policy, Verdict};
 use crate::queue::{OutQueue, Pass, QueueError};
-use crate::server::Shared;
 use crate::time::now_ms;
 
 /// Which side a frame came from.
@@ -67,6 +67,18 @@ struct Carried {
     closed: Vec<FileRecord>,
 }
 
+/// The narrow part of the relay a session uses: where its history goes, the consent
+/// timeout it announces, the directory its code expires in, and the registry it leaves when
+/// it ends. One per relay, shared by all its sessions.
+pub struct SessionShared {
+    pub history: HistorySink,
+    /// How long the client has to answer the consent request (`timeouts.consent`).
+    pub consent_timeout: Duration,
+    pub directory: Arc<dyn Directory>,
+    /// Takes an ended session out of this node's registry, by id.
+    pub leave: Box<dyn Fn(&str) + Send + Sync>,
+}
+
 /// One session, shared by its two connection tasks and its timer.
 pub struct Session {
     pub id: String,
@@ -79,7 +91,7 @@ pub struct Session {
     ended_tx: watch::Sender<bool>,
     /// Wakes the timer when the deadline moves.
     kick: Notify,
-    shared: Arc<Shared>,
+    shared: Arc<SessionShared>,
 }
 
 fn frame(body: Body) -> Bytes {
@@ -98,7 +110,7 @@ fn state_frame(policy: &Policy) -> Bytes {
 }
 
 /// Random 128-bit session id in hex; not secret, just unique.
-fn new_session_id() -> String {
+pub fn new_session_id() -> String {
     let mut b = [0u8; 16];
     // The OS CSPRNG failing is not recoverable in any useful way; fall back to time.
     if getrandom::fill(&mut b).is_err() {
@@ -108,8 +120,10 @@ fn new_session_id() -> String {
 }
 
 impl Session {
+    /// A session `id` (see [`new_session_id`]) whose code the directory issued already.
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<SessionShared>,
+        id: String,
         operator: String,
         operator_addr: SocketAddr,
         code: SessionCode,
@@ -117,7 +131,7 @@ impl Session {
         operator_q: OutQueue,
     ) -> Arc<Self> {
         Arc::new(Self {
-            id: new_session_id(),
+            id,
             operator,
             operator_addr,
             code,
@@ -174,7 +188,7 @@ impl Session {
             (inner.policy.asked(), inner.operator_q.clone())
         };
         self.kick.notify_one();
-        let consent_ms = self.shared.config.timeouts.consent.as_millis() as u64;
+        let consent_ms = self.shared.consent_timeout.as_millis() as u64;
         let _ = client_q.push_control(frame(Body::ConsentRequest(pb::ConsentRequest {
             session_id: self.id.clone(),
             operator: self.operator.clone(),
@@ -564,9 +578,9 @@ impl Session {
         let _ = self.ended_tx.send(true);
         self.kick.notify_one();
         if phase_before_client {
-            self.shared.directory.expire(self.code, Instant::now());
+            self.shared.directory.expire(self.code, Instant::now()).await;
         }
-        self.shared.sessions.remove(&self.id);
+        (self.shared.leave)(&self.id);
         tracing::info!(
             session = %self.id,
             operator = %self.operator,
@@ -611,7 +625,7 @@ impl Session {
                     }
                 }
                 _ = self.kick.notified() => {}
-                _ = crate::server::until_true(&mut ended) => return,
+                _ = crate::shutdown::until_true(&mut ended) => return,
             }
         }
     }

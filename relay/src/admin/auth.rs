@@ -19,7 +19,7 @@ use sha2::Digest;
 use super::html::{esc, page, t, Lang, Text};
 use super::pages::{html_response, see_other};
 use super::{Console, Ctx, Peer, MAX_BODY};
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::time::now_ms;
 
 /// The session cookie. `__Host-` makes browsers insist on Secure, Path=/ and no Domain.

@@ -38,7 +38,7 @@ use axum::http::StatusCode;
 use dashmap::DashMap;
 
 use crate::audit;
-use crate::server::Shared;
+use crate::state::Shared;
 use auth::{random_key, AdminSession};
 use html::Lang;
 use ops::{Actor, OpError, Ops};
@@ -94,7 +94,7 @@ impl Console {
             store: shared.store.clone(),
             audit: shared.audit.clone(),
             config: shared.config.clone(),
-            shared: Some(shared.clone()),
+            sessions: Some(shared.sessions().clone()),
             verifier: shared.verifier.clone(),
         };
         let dummy_hash = Arc::new(crate::accounts::dummy_hash(&shared.config.accounts));

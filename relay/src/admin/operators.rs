@@ -118,7 +118,7 @@ pub(super) async fn operator_page(
         format!("<form method=\"post\" action=\"{base}/{action}\" class=\"inline\">{csrf}<button id=\"{action}\">{}</button></form> ", t(lang, label))
     };
     let rules: Vec<String> = o.ip_rules.iter().map(|r| r.to_line()).collect();
-    let live = crate::server::live_sessions_of(&console.shared, &o.name).len();
+    let live = console.shared.sessions().live_of(&o.name).len();
     let body = format!(
         "<p>{}: <strong id=\"status\">{}</strong> · {}: {live} · TOTP: {} ({})</p>\
          <p>{}{}</p>\

@@ -2,14 +2,12 @@
 //! each operation validates its input, changes the store, acts on the running relay when
 //! there is one (ending sessions), and writes the audit trail.
 
-use std::sync::Arc;
-
 use tsunagu_proto::PermissionSet;
 
 use crate::accounts;
 use crate::audit::{Audit, Entry};
 use crate::config::Config;
-use crate::server::Shared;
+use crate::registry::Registry;
 use crate::store::{IpRule, Store, StoreError, MAX_IP_RULES};
 use crate::verifier::{HashError, Verifier};
 
@@ -66,7 +64,8 @@ pub struct Ops {
     pub store: Store,
     pub audit: Audit,
     pub config: Config,
-    pub shared: Option<Arc<Shared>>,
+    /// The running relay's sessions, to end or narrow at once; `None` from the CLI.
+    pub sessions: Option<Registry>,
     /// The argon2 pool password hashes go through: the relay's own when there is one
     /// (`Shared::verifier`), else one for this process.
     pub verifier: Verifier,
@@ -128,18 +127,18 @@ impl Ops {
     /// The change is saved already: a failed read here is logged, and the account poll
     /// applies it later.
     async fn enforce(&self, name: &str) {
-        let Some(shared) = &self.shared else { return };
+        let Some(sessions) = &self.sessions else { return };
         match self.store.operator(name).await {
             Ok(record) => {
-                crate::server::enforce_account(shared, name, record.as_ref()).await;
+                sessions.enforce_account(name, record.as_ref()).await;
             }
             Err(e) => tracing::error!(error = %e, "could not apply an account change to live sessions"),
         }
     }
 
     async fn end_sessions(&self, name: &str) -> usize {
-        match &self.shared {
-            Some(shared) => crate::server::end_sessions_of(shared, name).await,
+        match &self.sessions {
+            Some(sessions) => sessions.end_sessions_of(name).await,
             None => 0,
         }
     }
@@ -269,10 +268,7 @@ impl Ops {
 
     /// Ends one live session at once.
     pub async fn end_session(&self, actor: &Actor, id: &str) -> Result<(), OpError> {
-        let session = self
-            .shared
-            .as_ref()
-            .and_then(|s| s.sessions.get(id).map(|e| e.value().clone()));
+        let session = self.sessions.as_ref().and_then(|s| s.get(id));
         let Some(session) = session else {
             return Err(OpError::NotFound("no live session with this id".into()));
         };

@@ -14,14 +14,14 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::pages::see_other;
 use super::{api, audit_page, auth, export, history, html, operators, sessions};
 use super::{Console, Peer, MAX_BODY};
-use crate::server::Shared;
+use crate::shutdown::Shutdown;
+use crate::state::Shared;
 use crate::tls::ServerCerts;
 
 /// Every route: method, path (with sample values for parameters), public or not.
@@ -64,7 +64,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     certs: Arc<ServerCerts>,
     addr: SocketAddr,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let mut tls = (*certs.server_config().map_err(std::io::Error::other)?).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -82,7 +82,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     app: Router,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let handshake = shared.config.timeouts.handshake;
     let request_timeout = shared.config.admin.request_timeout;
@@ -96,7 +96,7 @@ async fn accept_loop(
                 auth::prune_failures(&shared).await;
                 continue;
             }
-            _ = crate::server::until_true(&mut stop) => return,
+            _ = stop.recv() => return,
         };
         let (tcp, peer) = match accepted {
             Ok(x) => x,

@@ -7,7 +7,7 @@ use axum::Extension;
 use super::html::{self, esc, t, url, Text};
 use super::pages::{csrf_field, op_error, render, see_other};
 use super::{Console, Ctx};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// A live session as the console and API show it.
 #[derive(Debug, serde::Serialize)]
@@ -27,11 +27,10 @@ pub struct LiveRow {
 /// The relay's live sessions, newest first.
 pub(super) fn live_rows(shared: &Shared) -> Vec<LiveRow> {
     let mut rows: Vec<LiveRow> = shared
-        .sessions
-        .iter()
-        .filter(|e| !e.value().is_ended())
-        .map(|e| {
-            let s = e.value();
+        .sessions()
+        .live()
+        .into_iter()
+        .map(|s| {
             let info = shared.live.get(&s.id).map(|i| i.clone());
             let view = s.view();
             let state = match view.phase {

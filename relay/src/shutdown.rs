@@ -1,0 +1,192 @@
+//! Stopping the relay (after mini-redis's `shutdown.rs`): one stop signal that every
+//! long-running task listens to, and the tracking of connection tasks, so that shutdown
+//! waits for them to deliver `Ended` and close TLS instead of sleeping and hoping.
+//!
+//! A connection task is tracked by holding a clone of an `mpsc::Sender`; when every clone
+//! is gone the receiver sees the channel close, which is the moment every tracked task has
+//! finished. At the stop signal, a connection that does not carry a session yet (TLS
+//! handshake, greeting, login, waiting for `RequestCode`) is closed at once: nothing is
+//! promised to it. A connection that carries a session keeps running until its session
+//! ends, which the relay brings about by ending every session with `relay_shutdown`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+/// Resolves once the watched flag is true (or its sender is gone).
+pub async fn until_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Listens for the relay's stop signal. Cheap to clone; holding one keeps nothing alive.
+#[derive(Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// Whether the relay is stopping.
+    pub fn is_shutdown(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once the relay is stopping.
+    pub async fn recv(&mut self) {
+        until_true(&mut self.rx).await
+    }
+}
+
+/// Sends the stop signal and waits for the tracked tasks; owned by the running relay.
+pub struct Stopper {
+    stop_tx: watch::Sender<bool>,
+    /// Dropped when draining starts, so that only the tasks' clones are left.
+    done_tx: mpsc::Sender<()>,
+    done_rx: mpsc::Receiver<()>,
+}
+
+impl Default for Stopper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stopper {
+    pub fn new() -> Self {
+        let (done_tx, done_rx) = mpsc::channel(1);
+        Self {
+            stop_tx: watch::channel(false).0,
+            done_tx,
+            done_rx,
+        }
+    }
+
+    /// A listener for the stop signal.
+    pub fn listener(&self) -> Shutdown {
+        Shutdown {
+            rx: self.stop_tx.subscribe(),
+        }
+    }
+
+    /// A handle that spawns tasks this stopper waits for.
+    pub fn tracker(&self) -> ConnectionTasks {
+        ConnectionTasks {
+            done: self.done_tx.clone(),
+            stop: self.listener(),
+        }
+    }
+
+    /// Tells every listener the relay is stopping.
+    pub fn signal(&self) {
+        self.stop_tx.send_replace(true);
+    }
+
+    /// Waits until every tracked task has finished, or `deadline` has passed; returns how
+    /// it ended (`true`: all finished). Trackers still held (an accept loop that has not
+    /// returned yet) count as unfinished tasks.
+    pub async fn drain(self, deadline: Duration) -> bool {
+        let Self {
+            stop_tx,
+            done_tx,
+            mut done_rx,
+        } = self;
+        drop(done_tx);
+        // No task ever sends: `recv` returns `None` once every sender clone is dropped.
+        let drained = tokio::time::timeout(deadline, done_rx.recv()).await.is_ok();
+        drop(stop_tx);
+        drained
+    }
+}
+
+tokio::task_local! {
+    /// Set in a connection task once it carries a session (see [`carrying_session`]).
+    static CARRIES_SESSION: Arc<AtomicBool>;
+}
+
+/// Marks the current connection task as carrying a session: at the stop signal it is no
+/// longer closed at once but runs until its session ends, so its peer hears `Ended`.
+/// Outside a tracked connection task this does nothing.
+pub fn carrying_session() {
+    let _ = CARRIES_SESSION.try_with(|flag| flag.store(true, Ordering::SeqCst));
+}
+
+/// Spawns connection tasks that the relay's shutdown waits for. Cheap to clone.
+#[derive(Clone)]
+pub struct ConnectionTasks {
+    done: mpsc::Sender<()>,
+    stop: Shutdown,
+}
+
+impl ConnectionTasks {
+    /// Runs `connection` as a tracked task: closed at the stop signal unless it carries a
+    /// session by then, in which case it runs to its end.
+    pub fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
+        let done = self.done.clone();
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            // Dropped when the task ends, whichever way: that is what `drain` waits for.
+            let _done = done;
+            let carries = Arc::new(AtomicBool::new(false));
+            let connection = CARRIES_SESSION.scope(carries.clone(), connection);
+            let cut_off = async {
+                stop.recv().await;
+                if carries.load(Ordering::SeqCst) {
+                    // Its session is being ended; the connection finishes by itself.
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = connection => {}
+                _ = cut_off => {}
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drain_waits_for_a_session_connection_and_cuts_off_the_others() {
+        let stopper = Stopper::new();
+        let tasks = stopper.tracker();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let (cut_tx, mut cut_rx) = mpsc::channel::<&'static str>(2);
+        // A connection with a session: finishes only when released.
+        let cut = cut_tx.clone();
+        tasks.spawn(async move {
+            carrying_session();
+            let _ = release_rx.await;
+            let _ = cut.send("session finished").await;
+        });
+        // A connection without one (waiting on its peer forever).
+        tasks.spawn(async move {
+            std::future::pending::<()>().await;
+            let _ = cut_tx.send("never").await;
+        });
+        drop(tasks);
+        stopper.signal();
+        let drain = tokio::spawn(stopper.drain(Duration::from_secs(60)));
+        // Still waiting for the session's connection.
+        tokio::task::yield_now().await;
+        assert!(!drain.is_finished());
+        release_tx.send(()).unwrap();
+        assert!(drain.await.unwrap(), "every tracked task finished");
+        assert_eq!(cut_rx.recv().await, Some("session finished"));
+        assert_eq!(cut_rx.recv().await, None, "the other connection was closed, not run on");
+    }
+
+    #[tokio::test]
+    async fn drain_gives_up_at_the_deadline() {
+        let stopper = Stopper::new();
+        stopper.tracker().spawn(async {
+            carrying_session();
+            std::future::pending::<()>().await;
+        });
+        stopper.signal();
+        assert!(!stopper.drain(Duration::from_millis(20)).await);
+    }
+}

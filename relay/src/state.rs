@@ -1,0 +1,149 @@
+//! What every task of one relay shares: configuration, store, audit trail, history, the
+//! code directory and the registry of this node's sessions. Connection tasks, the console
+//! and housekeeping reach it through an `Arc<Shared>`; it imports none of them, so the
+//! dependencies between the relay's modules go one way.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio_rustls::TlsAcceptor;
+use tsunagu_proto::pb::EndReason;
+use tsunagu_proto::SessionCode;
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::connlimit::{ConnLimiter, ConnLimits};
+use crate::directory::{Directory, IssueError, JoinRefusal, MemoryDirectory, SessionRef};
+use crate::history::{HistorySink, LiveMap};
+use crate::policy::Policy;
+use crate::queue::OutQueue;
+use crate::registry::Registry;
+use crate::session::{new_session_id, Session, SessionShared};
+use crate::shutdown::{carrying_session, Shutdown};
+use crate::store::Store;
+use crate::throttle::Throttle;
+
+/// State shared by every task of one relay; reached through an `Arc`.
+pub struct Shared {
+    pub config: Config,
+    pub history: HistorySink,
+    pub store: Store,
+    /// The audit trail.
+    pub audit: Audit,
+    /// The one bounded pool every argon2 computation of this relay goes through.
+    pub verifier: crate::verifier::Verifier,
+    /// Operator TOTP codes already used.
+    pub(crate) operator_totp: crate::totp::ReplayGuard,
+    /// What the console shows about live sessions (fed by the history writer).
+    pub(crate) live: LiveMap,
+    pub(crate) join_throttle: Mutex<Throttle>,
+    pub(crate) login_throttle: Mutex<Throttle>,
+    /// Connection caps of the endpoint listeners (the console has its own).
+    pub(crate) connections: ConnLimiter,
+    pub(crate) dummy_hash: String,
+    pub(crate) acceptor: TlsAcceptor,
+    directory: Arc<dyn Directory>,
+    sessions: Registry,
+    /// What each session gets of the above.
+    for_sessions: Arc<SessionShared>,
+    stop: Shutdown,
+}
+
+impl Shared {
+    /// The relay's state with the in-memory directory and an empty registry; `stop` is the
+    /// relay's stop signal (no session opens once it is given).
+    pub(crate) fn new(
+        config: Config,
+        store: Store,
+        audit: Audit,
+        history: HistorySink,
+        live: LiveMap,
+        acceptor: TlsAcceptor,
+        stop: Shutdown,
+    ) -> Self {
+        let now = Instant::now();
+        let directory: Arc<dyn Directory> = Arc::new(MemoryDirectory::new(config.timeouts.code_ttl));
+        let sessions = Registry::new();
+        let for_sessions = Arc::new(SessionShared {
+            history: history.clone(),
+            consent_timeout: config.timeouts.consent,
+            directory: directory.clone(),
+            leave: sessions.leave_hook(),
+        });
+        Self {
+            verifier: crate::verifier::Verifier::new(
+                config.limits.concurrent_logins,
+                config.limits.login_queue,
+                config.timeouts.login_wait,
+            ),
+            join_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
+            login_throttle: Mutex::new(Throttle::new(config.login_throttle.clone(), now)),
+            connections: ConnLimiter::new(ConnLimits::endpoints(&config.limits), "relay"),
+            dummy_hash: crate::accounts::dummy_hash(&config.accounts),
+            operator_totp: Default::default(),
+            history,
+            store,
+            audit,
+            live,
+            acceptor,
+            directory,
+            sessions,
+            for_sessions,
+            stop,
+            config,
+        }
+    }
+
+    /// The sessions on this node: what the console lists and ends, what account changes
+    /// are enforced on.
+    pub fn sessions(&self) -> &Registry {
+        &self.sessions
+    }
+
+    /// Where session codes are kept.
+    pub fn directory(&self) -> &dyn Directory {
+        &*self.directory
+    }
+
+    /// Opens a session for a logged-in operator: draws its code, builds it and registers
+    /// it on this node. The calling connection carries the session from now on. A session
+    /// opened while the relay stops ends at once with `relay_shutdown`.
+    pub(crate) async fn open_session(
+        &self,
+        operator: String,
+        operator_addr: SocketAddr,
+        policy: Policy,
+        operator_q: OutQueue,
+    ) -> Result<(SessionCode, Arc<Session>), IssueError> {
+        let id = new_session_id();
+        let code = self.directory.issue(SessionRef { session_id: id.clone() }).await?;
+        let session = Session::new(
+            self.for_sessions.clone(),
+            id,
+            operator,
+            operator_addr,
+            code,
+            policy,
+            operator_q,
+        );
+        carrying_session();
+        self.sessions.insert(session.clone());
+        // Checked after the insert: shutdown signals before it ends what the registry
+        // holds, so either it sees this session or this sees the signal.
+        if self.stop.is_shutdown() {
+            session.finish(EndReason::RelayShutdown).await;
+        }
+        Ok((code, session))
+    }
+
+    /// Takes `code` for a joining client and finds its session on this node. The calling
+    /// connection carries the session from now on. A session that ended between the take
+    /// and the lookup is an expired code.
+    pub(crate) async fn join(&self, code: SessionCode, now: Instant) -> Result<Arc<Session>, JoinRefusal> {
+        let found = self.directory.take(code, now).await?;
+        let session = self.sessions.get(&found.session_id).ok_or(JoinRefusal::Expired)?;
+        carrying_session();
+        Ok(session)
+    }
+}
