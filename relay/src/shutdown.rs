@@ -156,9 +156,11 @@ mod tests {
         let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
         let (cut_tx, mut cut_rx) = mpsc::channel::<&'static str>(2);
         // A connection with a session: finishes only when released.
+        let (marked_tx, marked_rx) = tokio::sync::oneshot::channel::<()>();
         let cut = cut_tx.clone();
         tasks.spawn(async move {
             carrying_session();
+            let _ = marked_tx.send(());
             let _ = release_rx.await;
             let _ = cut.send("session finished").await;
         });
@@ -168,6 +170,7 @@ mod tests {
             let _ = cut_tx.send("never").await;
         });
         drop(tasks);
+        marked_rx.await.unwrap();
         stopper.signal();
         let drain = tokio::spawn(stopper.drain(Duration::from_secs(60)));
         // Still waiting for the session's connection.
@@ -182,10 +185,13 @@ mod tests {
     #[tokio::test]
     async fn drain_gives_up_at_the_deadline() {
         let stopper = Stopper::new();
-        stopper.tracker().spawn(async {
+        let (marked_tx, marked_rx) = tokio::sync::oneshot::channel::<()>();
+        stopper.tracker().spawn(async move {
             carrying_session();
+            let _ = marked_tx.send(());
             std::future::pending::<()>().await;
         });
+        marked_rx.await.unwrap();
         stopper.signal();
         assert!(!stopper.drain(Duration::from_millis(20)).await);
     }
