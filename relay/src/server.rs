@@ -125,7 +125,15 @@ impl Relay {
         }
         let mut admin_addr = None;
         if let Some(addr) = shared.config.admin.listen.filter(|_| shared.config.admin.enabled) {
-            match crate::admin::serve(shared.clone(), certs.clone(), addr, stopper.listener()).await {
+            match crate::admin::serve(
+                shared.clone(),
+                certs.clone(),
+                addr,
+                stopper.listener(),
+                stopper.tracker(),
+            )
+            .await
+            {
                 Ok((bound, task)) => {
                     admin_addr = Some(bound);
                     tasks.push(task);

@@ -145,6 +145,24 @@ impl ConnectionTasks {
     }
 }
 
+impl ConnectionTasks {
+    /// Runs the task `start` builds as a tracked task that is not cut off at the stop
+    /// signal: it gets the signal and winds down by itself (a console connection answers
+    /// the request in flight, then closes).
+    pub fn spawn_winding_down<F, Fut>(&self, start: F)
+    where
+        F: FnOnce(Shutdown) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let done = self.done.clone();
+        let task = start(self.stop.clone());
+        tokio::spawn(async move {
+            let _done = done;
+            task.await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use super::pages::see_other;
 use super::{api, audit_page, auth, export, history, html, operators, sessions};
 use super::{Console, Peer, MAX_BODY};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{ConnectionTasks, Shutdown};
 use crate::state::Shared;
 use crate::tls::ServerCerts;
 
@@ -59,12 +59,15 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/api/v1/audit/verify", false),
 ];
 
-/// Starts the console on `addr`; returns the bound address and the accept task.
+/// Starts the console on `addr`; returns the bound address and the accept task. At the
+/// stop signal the accept task returns and each connection answers the request in flight,
+/// then closes; `connections` tracks them for the relay's shutdown.
 pub async fn serve(
     shared: Arc<Shared>,
     certs: Arc<ServerCerts>,
     addr: SocketAddr,
     stop: Shutdown,
+    connections: ConnectionTasks,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let mut tls = (*certs.server_config().map_err(std::io::Error::other)?).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -73,7 +76,7 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let console = Console::new(shared.clone());
     let app = router(console);
-    let task = tokio::spawn(accept_loop(listener, acceptor, app, shared, stop));
+    let task = tokio::spawn(accept_loop(listener, acceptor, app, shared, stop, connections));
     Ok((bound, task))
 }
 
@@ -83,6 +86,7 @@ async fn accept_loop(
     app: Router,
     shared: Arc<Shared>,
     mut stop: Shutdown,
+    connections: ConnectionTasks,
 ) {
     let handshake = shared.config.timeouts.handshake;
     let request_timeout = shared.config.admin.request_timeout;
@@ -112,11 +116,14 @@ async fn accept_loop(
             continue;
         };
         let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
+        connections.spawn_winding_down(|mut stop| async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                _ => return,
+            let tls = tokio::select! {
+                tls = tokio::time::timeout(handshake, acceptor.accept(tcp)) => match tls {
+                    Ok(Ok(tls)) => tls,
+                    _ => return,
+                },
+                _ = stop.recv() => return,
             };
             let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(Peer(peer));
@@ -127,8 +134,19 @@ async fn accept_loop(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(request_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            let served = async {
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.recv() => {
+                        // The request in flight is answered; an idle connection closes now.
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            };
             // A connection lives at most a few request timeouts' worth of keep-alive.
-            let _ = tokio::time::timeout(request_timeout * 10, conn).await;
+            let _ = tokio::time::timeout(request_timeout * 10, served).await;
         });
     }
 }
