@@ -182,9 +182,10 @@ impl Relay {
         self.shared.sessions().len()
     }
 
-    /// Stops accepting, ends every session with `relay_shutdown`, waits for the connection
-    /// tasks to deliver `Ended` and close TLS, and writes the history, each step within the
-    /// configured shutdown timeout. Connections that carry no session are closed at once.
+    /// Stops accepting, ends every session with `relay_shutdown` and waits for the
+    /// connection tasks to deliver `Ended` and close TLS, all within the configured shutdown
+    /// timeout; then writes the history, within it again. Connections that carry no session
+    /// are closed at once.
     pub async fn shutdown(self) {
         let Self {
             shared,
@@ -194,21 +195,31 @@ impl Relay {
             ..
         } = self;
         let deadline = shared.config.timeouts.shutdown;
+        // Stopping, ending sessions and closing connections share one deadline; writing
+        // the history gets its own.
+        let until = tokio::time::Instant::now() + deadline;
         stopper.signal();
+        // The accept loops, the console's and housekeeping return at the signal; the accept
+        // loops take their connection trackers with them.
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
         let stopped = async {
-            // The accept loops, the console and housekeeping return at the signal; the
-            // accept loops' trackers go with them.
             for t in tasks {
                 let _ = t.await;
             }
-            shared.sessions().end_all(EndReason::RelayShutdown).await;
         };
-        if tokio::time::timeout(deadline, stopped).await.is_err() {
-            tracing::warn!("not every session ended before the shutdown deadline");
+        if tokio::time::timeout_at(until, stopped).await.is_err() {
+            tracing::warn!("a listener or housekeeping did not stop before the shutdown deadline");
             aborts.iter().for_each(|t| t.abort());
         }
-        if !stopper.drain(deadline).await {
+        // A session opened after the signal ends by itself (see `Shared::open_session`).
+        let end_all = shared.sessions().end_all(EndReason::RelayShutdown);
+        if tokio::time::timeout_at(until, end_all).await.is_err() {
+            tracing::warn!("not every session ended before the shutdown deadline");
+        }
+        if !stopper
+            .drain(until.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
             tracing::warn!("not every connection closed before the shutdown deadline");
         }
         if tokio::time::timeout(deadline, shared.history.flush()).await.is_err() {
