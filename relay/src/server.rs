@@ -21,7 +21,7 @@ use tsunagu_proto::{PermissionSet, SessionCode};
 use crate::audit::{self, Audit};
 use crate::config::Config;
 use crate::connlimit::ConnPermit;
-use crate::directory::JoinRefusal;
+use crate::directory::{JoinRefusal, MemoryDirectory};
 use crate::history::{self, HistoryEvent, LiveMap};
 use crate::policy::Policy;
 use crate::queue::OutQueue;
@@ -99,8 +99,10 @@ impl Relay {
         }
 
         let stopper = Stopper::new();
+        let directory = Arc::new(MemoryDirectory::new(config.timeouts.code_ttl));
         let shared = Arc::new(Shared::new(
             config,
+            directory,
             store,
             audit,
             history,

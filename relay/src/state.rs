@@ -14,7 +14,7 @@ use tsunagu_proto::SessionCode;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::connlimit::{ConnLimiter, ConnLimits};
-use crate::directory::{Directory, IssueError, JoinRefusal, MemoryDirectory, SessionRef};
+use crate::directory::{Directory, IssueError, JoinRefusal, SessionRef};
 use crate::history::{HistorySink, LiveMap};
 use crate::policy::Policy;
 use crate::queue::OutQueue;
@@ -51,10 +51,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The relay's state with the in-memory directory and an empty registry; `stop` is the
-    /// relay's stop signal (no session opens once it is given).
+    /// The relay's state around `directory` (in memory on a single node) with an empty
+    /// registry; `stop` is the relay's stop signal (no session opens once it is given).
+    #[allow(clippy::too_many_arguments)] // each is one of the relay's parts, built by `Relay::start`
     pub(crate) fn new(
         config: Config,
+        directory: Arc<dyn Directory>,
         store: Store,
         audit: Audit,
         history: HistorySink,
@@ -63,7 +65,6 @@ impl Shared {
         stop: Shutdown,
     ) -> Self {
         let now = Instant::now();
-        let directory: Arc<dyn Directory> = Arc::new(MemoryDirectory::new(config.timeouts.code_ttl));
         let sessions = Registry::new();
         let for_sessions = Arc::new(SessionShared {
             history: history.clone(),
