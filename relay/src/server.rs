@@ -8,33 +8,31 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tsunagu_proto::codec::encode;
-use tsunagu_proto::pb::{self, frame::Body, EndReason, ErrorCode, Frame};
-use tsunagu_proto::transport::{error_frame, hello, FrameReader, FrameWriter, TransportError};
-use tsunagu_proto::{PermissionSet, SessionCode};
+use tsunagu_proto::pb::{self, frame::Body, EndReason, Frame};
+use tsunagu_proto::transport::{FrameReader, FrameWriter, TransportError};
+use tsunagu_proto::PermissionSet;
 
 use crate::accounts;
 use crate::audit::{self, Audit};
+use crate::clock;
 use crate::config::Config;
+use crate::conn::{Action, AttemptKind, Event, Greeting, Refusal, Settle, Timeouts};
 use crate::connlimit::{ConnLimiter, ConnLimits, ConnPermit};
-use crate::directory::{Directory, JoinRefusal};
+use crate::directory::Directory;
 use crate::history::{self, HistoryEvent, HistorySink, LiveMap};
 use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::session::{Role, Session};
 use crate::store::Store;
-use crate::throttle::{Scope, Throttle, Throttled, Ticket};
+use crate::throttle::{Scope, Throttle};
 use crate::time::now_ms;
 use crate::tls::ServerCerts;
-
-type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;
-type Writer = FrameWriter<WriteHalf<TlsStream<TcpStream>>>;
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -414,241 +412,173 @@ async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
             return;
         }
     };
-    let (r, w) = tokio::io::split(tls);
+    serve_connection(shared, tls, peer, port, permit).await;
+}
+
+/// Serves one endpoint connection that is already past TLS, or any byte stream (tests
+/// drive the relay over `tokio::io::duplex`, on tokio's paused clock), as coming from
+/// `peer` on relay port `port`, under the same connection caps as the listeners. Returns
+/// false, at once, if the caps refuse it; otherwise when the connection is over.
+pub async fn serve_stream<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16) -> bool
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let Ok(permit) = shared.connections.try_admit(peer.ip(), clock::now()) else {
+        return false;
+    };
+    serve_connection(shared, io, peer, port, permit).await;
+    true
+}
+
+/// Runs one connection over `io` (TLS in the relay; any byte stream in tests): drives its
+/// greeting machine ([`Greeting`]), carrying out what it asks for, then runs its side of
+/// the session. Every wait on the peer is bounded by the machine's deadline, measured by
+/// tokio's clock (see [`crate::clock`]).
+async fn serve_connection<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16, mut permit: ConnPermit)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let t = &shared.config.timeouts;
+    let (r, w) = tokio::io::split(io);
     let max_frame = shared.config.limits.max_frame;
     let mut reader = FrameReader::new(r, max_frame);
     let mut writer = FrameWriter::new(w, max_frame);
-
-    match greet(&mut reader, &mut writer, t.greeting).await {
-        Ok(()) => {}
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "greeting failed");
-            return;
-        }
-    }
-    let first = match reader.read_timeout(t.greeting).await {
-        Ok(Some(raw)) => raw.frame.body,
-        Ok(None) => return,
-        Err(e) => {
-            refuse(&mut writer, &e).await;
-            return;
-        }
-    };
-    match first {
-        Some(Body::Login(login)) => operator_connection(shared, reader, writer, peer, port, login, permit).await,
-        Some(Body::Join(join)) => client_connection(shared, reader, writer, peer, port, join, permit).await,
-        _ => {
-            let _ = writer
-                .send(&error_frame(ErrorCode::Protocol, "expected Login or Join"))
-                .await;
-        }
-    }
-}
-
-async fn greet(reader: &mut Reader, writer: &mut Writer, limit: Duration) -> Result<(), TransportError> {
-    match reader.read_timeout(limit).await?.and_then(|raw| raw.frame.body) {
-        Some(Body::Hello(h)) if h.version == tsunagu_proto::PROTOCOL_VERSION => {
-            writer
-                .send(&hello(concat!("tsunagu-relay/", env!("CARGO_PKG_VERSION"))))
-                .await
-        }
-        Some(Body::Hello(h)) => {
-            let message = format!(
-                "this relay speaks protocol version {}, the program connecting speaks {}; update the older side",
-                tsunagu_proto::PROTOCOL_VERSION,
-                h.version
-            );
-            let _ = writer.send(&error_frame(ErrorCode::VersionMismatch, message)).await;
-            Err(TransportError::VersionMismatch {
-                ours: tsunagu_proto::PROTOCOL_VERSION,
-                theirs: h.version,
-            })
-        }
-        _ => {
-            let _ = writer
-                .send(&error_frame(ErrorCode::Protocol, "the first message must be Hello"))
-                .await;
-            Err(TransportError::Protocol("no Hello".into()))
-        }
-    }
-}
-
-/// Tells a peer why its connection closes, when a frame can still be sent.
-async fn refuse(writer: &mut Writer, e: &TransportError) {
-    let (code, msg) = match e {
-        TransportError::Frame(f) => (ErrorCode::Protocol, f.to_string()),
-        TransportError::Timeout(_) => (ErrorCode::Timeout, e.to_string()),
-        _ => return,
-    };
-    let _ = writer.send(&error_frame(code, msg)).await;
-}
-
-/// Reserves one attempt (see `throttle`) before anything is checked: for `account`'s
-/// login, or for a session code when `None`. Waits out the slow-down the reservation asks
-/// for; a throttled peer is told when to try again, and `None` comes back.
-async fn reserve_attempt(
-    throttle: &Mutex<Throttle>,
-    account: Option<&str>,
-    peer: SocketAddr,
-    writer: &mut Writer,
-) -> Option<Ticket> {
-    let reserved = {
-        let mut t = lock(throttle);
-        let scope = account.map_or(Scope::CODES, |name| t.account(name));
-        t.reserve(scope, peer.ip(), Instant::now())
-    };
-    match reserved {
-        Ok(ticket) => {
-            if !ticket.delay.is_zero() {
-                tokio::time::sleep(ticket.delay).await;
-            }
-            Some(ticket)
-        }
-        Err(Throttled { retry_after }) => {
-            tracing::info!(%peer, login = account.is_some(), "attempt refused: throttled");
-            let message = format!(
-                "too many failed attempts; try again in {} s",
-                retry_after.as_secs().max(1)
-            );
-            let _ = writer.send(&error_frame(ErrorCode::Throttled, message)).await;
-            None
-        }
-    }
-}
-
-async fn operator_connection(
-    shared: Arc<Shared>,
-    mut reader: Reader,
-    mut writer: Writer,
-    peer: SocketAddr,
-    port: u16,
-    login: pb::Login,
-    mut permit: ConnPermit,
-) {
     let ip = peer.ip();
-    // The attempt takes its token before the password or TOTP code is checked, so a burst
-    // of parallel logins gets no more real checks than the budget holds.
-    let Some(ticket) = reserve_attempt(&shared.login_throttle, Some(&login.user), peer, &mut writer).await else {
-        return;
+    let timeouts = Timeouts {
+        greeting: t.greeting,
+        idle: t.idle,
     };
-    let result = authenticate(&shared, &login, ip).await;
-    {
-        let mut throttle = lock(&shared.login_throttle);
-        match &result {
-            Err(e) if e.code == ErrorCode::AuthFailed => throttle.failed(ticket, Instant::now()),
-            // A right password (even for a suspended account) and a check that could not
-            // run cost the source nothing.
-            Ok(_) | Err(_) => throttle.refund(ticket, Instant::now()),
-        }
-    }
-    let record = match result {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!(%peer, "operator login refused");
-            // A name that matches no account may be a password typed into the wrong field:
-            // it is never written down.
-            let (actor, target) = if e.account_known {
-                (format!("operator:{}", login.user), login.user.clone())
-            } else {
-                ("operator:(unknown account)".to_string(), String::new())
-            };
-            shared
-                .audit
-                .record(audit::Entry {
-                    actor,
-                    action: "operator_login_failed",
-                    target,
-                    ip: ip.to_string(),
-                    detail: format!("error={}", tsunagu_proto::types::error_code_name(e.code)),
-                })
-                .await;
-            let _ = writer.send(&error_frame(e.code, e.message)).await;
-            return;
-        }
-    };
-    // Logged in: the connection leaves the unauthenticated pool.
-    permit.authenticated();
-    let operator = record.name.clone();
-    tracing::info!(%peer, %operator, "operator logged in");
-    shared
-        .audit
-        .record(audit::Entry {
-            actor: format!("operator:{operator}"),
-            action: "operator_login",
-            target: operator.clone(),
-            ip: ip.to_string(),
-            ..Default::default()
-        })
-        .await;
-    let ok = Frame {
-        body: Some(Body::LoginOk(pb::LoginOk {
-            operator: operator.clone(),
-            allowed: record.permissions.to_wire(),
-        })),
-    };
-    if writer.send(&ok).await.is_err() {
-        return;
-    }
-
-    // The operator asks for a code next.
-    let requested = match reader.read_timeout(shared.config.timeouts.idle).await {
-        Ok(Some(raw)) => match raw.frame.body {
-            Some(Body::RequestCode(rc)) => {
-                let p = PermissionSet::from_wire(&rc.permissions);
-                if p.is_empty() {
-                    PermissionSet::ALL
-                } else {
-                    p
+    let mut machine = Greeting::new(ip, timeouts, clock::now());
+    // The session a client's code led to, between `TakeCode` and `Join`.
+    let mut taken: Option<Arc<Session>> = None;
+    loop {
+        while let Some(action) = machine.poll_action() {
+            match action {
+                Action::Send(frame) => {
+                    if writer.send(&frame).await.is_err() {
+                        return;
+                    }
+                }
+                Action::Reserve { account } => {
+                    let reserved = {
+                        let mut t = lock(throttle_of(&shared, account.is_some()));
+                        let scope = account.as_deref().map_or(Scope::CODES, |name| t.account(name));
+                        t.reserve(scope, ip, clock::now())
+                    };
+                    if reserved.is_err() {
+                        tracing::info!(%peer, login = account.is_some(), "attempt refused: throttled");
+                    }
+                    machine.handle_event(clock::now(), Event::Reserved(reserved));
+                }
+                Action::Authenticate(login) => {
+                    let result = authenticate(&shared, &login, ip).await;
+                    if result.is_err() {
+                        tracing::info!(%peer, "operator login refused");
+                    }
+                    machine.handle_event(clock::now(), Event::Authenticated(result));
+                }
+                Action::Settle(kind, ticket, outcome) => {
+                    let mut t = lock(throttle_of(&shared, kind == AttemptKind::Login));
+                    let now = clock::now();
+                    match outcome {
+                        Settle::Succeeded => t.succeeded(ticket, now),
+                        Settle::Failed => t.failed(ticket, now),
+                        Settle::Refund => t.refund(ticket, now),
+                    }
+                }
+                Action::Audit(entry) => shared.audit.record(entry).await,
+                Action::Authenticated => permit.authenticated(),
+                Action::CheckAccount { operator } => {
+                    let checked = check_code_issue(&shared, &operator, ip).await;
+                    machine.handle_event(clock::now(), Event::AccountChecked(checked));
+                }
+                Action::TakeCode(code) => {
+                    let result = shared.directory.take(code, clock::now()).map(|s| {
+                        taken = Some(s);
+                    });
+                    if let Err(r) = result {
+                        let code = Refusal::from(r).code();
+                        tracing::info!(%peer, error = tsunagu_proto::types::error_code_name(code), "join refused");
+                    }
+                    machine.handle_event(clock::now(), Event::CodeTaken(result));
+                }
+                Action::Issue {
+                    record,
+                    requested,
+                    asked,
+                } => {
+                    tracing::info!(%peer, operator = %record.name, "operator logged in");
+                    run_operator(shared, reader, writer, peer, port, record, requested, asked).await;
+                    return;
+                }
+                Action::Join { host } => {
+                    let Some(session) = taken.take() else { return };
+                    run_client(shared, session, reader, writer, peer, port, host).await;
+                    return;
+                }
+                Action::Close(refusal) => {
+                    if let Some(refusal) = refusal {
+                        tracing::debug!(%peer, ?refusal, "connection refused");
+                        let _ = writer.send(&refusal.frame()).await;
+                    }
+                    return;
                 }
             }
-            _ => {
-                let _ = writer
-                    .send(&error_frame(ErrorCode::Protocol, "expected RequestCode"))
-                    .await;
-                return;
+        }
+        let deadline = machine.poll_timeout().map(tokio::time::Instant::from_std);
+        if machine.wants_frame() {
+            let read = match deadline {
+                Some(d) => tokio::time::timeout_at(d, reader.read()).await,
+                None => Ok(reader.read().await),
+            };
+            match read {
+                Err(_) => machine.handle_timeout(clock::now()),
+                Ok(Ok(Some(raw))) => machine.handle_frame(clock::now(), raw.frame),
+                Ok(Ok(None)) => machine.handle_close(None),
+                Ok(Err(TransportError::Frame(e))) => machine.handle_close(Some(e.to_string())),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "greeting failed");
+                    machine.handle_close(None);
+                }
             }
-        },
-        Ok(None) => return,
-        Err(e) => {
-            refuse(&mut writer, &e).await;
+        } else if let Some(d) = deadline {
+            tokio::time::sleep_until(d).await;
+            machine.handle_timeout(clock::now());
+        } else if !machine.is_done() {
+            // Waiting for neither the peer, nor time, nor an answer: cannot happen, as every
+            // action that asks for an answer was answered above.
+            tracing::error!(%peer, "the greeting stalled; closing");
             return;
         }
-    };
-    // The admin may have changed the account since login: check it again at code issue.
-    let record = match check_code_issue(&shared, &operator, ip).await {
-        Ok(r) => r,
-        Err((code, msg)) => {
-            shared
-                .audit
-                .record(audit::Entry {
-                    actor: format!("operator:{operator}"),
-                    action: "code_refused",
-                    target: operator.clone(),
-                    ip: ip.to_string(),
-                    detail: msg.clone(),
-                })
-                .await;
-            let _ = writer.send(&error_frame(code, msg)).await;
-            return;
-        }
-    };
-    let asked = requested.intersect(record.permissions);
-    if asked.is_empty() {
-        let msg = "the admin allows none of the permissions asked for";
-        shared
-            .audit
-            .record(audit::Entry {
-                actor: format!("operator:{operator}"),
-                action: "code_refused",
-                target: operator.clone(),
-                ip: ip.to_string(),
-                detail: msg.into(),
-            })
-            .await;
-        let _ = writer.send(&error_frame(ErrorCode::Forbidden, msg)).await;
-        return;
     }
+}
 
+/// The throttle an attempt goes through: logins or session codes.
+fn throttle_of(shared: &Shared, login: bool) -> &Mutex<Throttle> {
+    if login {
+        &shared.login_throttle
+    } else {
+        &shared.join_throttle
+    }
+}
+
+/// An operator passed the greeting and asked for a code: issues it, records it, tells the
+/// operator and runs its side of the session.
+#[allow(clippy::too_many_arguments)]
+async fn run_operator<R, W>(
+    shared: Arc<Shared>,
+    reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+    peer: SocketAddr,
+    port: u16,
+    record: crate::store::OperatorRecord,
+    requested: PermissionSet,
+    asked: PermissionSet,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let operator = record.name;
     let limits = &shared.config.limits;
     let operator_q = OutQueue::new(
         limits.screen_queue_frames,
@@ -656,7 +586,7 @@ async fn operator_connection(
         limits.control_queue_frames,
     );
     let t = &shared.config.timeouts;
-    let policy = Policy::new(requested, record.permissions, Instant::now(), t.code_ttl, t.consent);
+    let policy = Policy::new(requested, record.permissions, clock::now(), t.code_ttl, t.consent);
     let issued = shared
         .directory
         .issue(|code| Session::new(shared.clone(), operator.clone(), peer, code, policy, operator_q.clone()));
@@ -664,9 +594,7 @@ async fn operator_connection(
         Ok(x) => x,
         Err(e) => {
             tracing::error!(error = %e, "could not draw a session code");
-            let _ = writer
-                .send(&error_frame(ErrorCode::Internal, "the relay could not create a code"))
-                .await;
+            let _ = writer.send(&Refusal::NoCode.frame()).await;
             return;
         }
     };
@@ -698,82 +626,77 @@ async fn operator_connection(
     run_peer(shared, session, Role::Operator, reader, writer, operator_q).await;
 }
 
+/// A client took a code: attaches it to the session and runs its side.
+async fn run_client<R, W>(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+    peer: SocketAddr,
+    port: u16,
+    host: String,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &shared.config.limits;
+    let client_q = OutQueue::new(
+        limits.screen_queue_frames,
+        limits.data_queue_bytes,
+        limits.control_queue_frames,
+    );
+    if !session.attach_client(client_q.clone(), &host, peer, port).await {
+        let _ = writer.send(&Refusal::ExpiredCode.frame()).await;
+        return;
+    }
+    run_peer(shared, session, Role::Client, reader, writer, client_q).await;
+}
+
 /// Suspension, IP rules and the session cap, checked against the current account when a
 /// code is asked for.
 async fn check_code_issue(
     shared: &Shared,
     operator: &str,
     ip: IpAddr,
-) -> Result<crate::store::OperatorRecord, (ErrorCode, String)> {
+) -> Result<crate::store::OperatorRecord, Refusal> {
     let record = shared
         .store
         .operator(operator)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "account lookup failed");
-            (ErrorCode::Internal, "the relay could not check the account".to_string())
+            Refusal::CheckFailed
         })?
-        .ok_or_else(|| {
-            (
-                ErrorCode::Forbidden,
-                "this operator account no longer exists".to_string(),
-            )
-        })?;
+        .ok_or(Refusal::AccountGone)?;
     if record.suspended {
-        return Err((ErrorCode::Forbidden, "this operator account is suspended".to_string()));
+        return Err(Refusal::Suspended);
     }
     if !crate::store::ip_allowed(&record.ip_rules, ip) {
-        return Err((
-            ErrorCode::Forbidden,
-            "this operator may not work from this address".to_string(),
-        ));
+        return Err(Refusal::WorkAddressRefused);
     }
     if record.max_sessions > 0 && live_sessions_of(shared, operator).len() >= record.max_sessions as usize {
-        return Err((
-            ErrorCode::Forbidden,
-            format!(
-                "the admin allows this operator at most {} session(s) at once",
-                record.max_sessions
-            ),
-        ));
+        return Err(Refusal::SessionCap {
+            max: record.max_sessions,
+        });
     }
     Ok(record)
 }
 
-/// Why a login was refused, and whether the name matched an account (which decides what
-/// the audit trail may record).
-struct LoginError {
-    code: ErrorCode,
-    message: String,
-    account_known: bool,
-}
-
-impl LoginError {
-    fn new(code: ErrorCode, message: &str, account_known: bool) -> Self {
-        Self {
-            code,
-            message: message.to_string(),
-            account_known,
-        }
-    }
-}
-
 /// Checks an operator's password (through the bounded verifier pool) and second factor,
-/// then suspension and IP rules.
+/// then suspension and IP rules. A refusal comes with whether the name matched an account.
 async fn authenticate(
     shared: &Shared,
     login: &pb::Login,
     ip: IpAddr,
-) -> Result<crate::store::OperatorRecord, LoginError> {
-    let failed = |known| LoginError::new(ErrorCode::AuthFailed, "wrong user name or password", known);
+) -> Result<crate::store::OperatorRecord, (Refusal, bool)> {
     if login.user.len() > tsunagu_proto::limits::MAX_USER_NAME
         || login.password.len() > tsunagu_proto::limits::MAX_PASSWORD
     {
-        return Err(failed(false));
+        return Err((Refusal::WrongPassword, false));
     }
     let record = shared.store.operator(&login.user).await.map_err(|e| {
         tracing::error!(error = %e, "account lookup failed");
-        LoginError::new(ErrorCode::Internal, "the relay could not check the account", false)
+        (Refusal::CheckFailed, false)
     })?;
     let known = record.is_some();
     let hash = record
@@ -784,151 +707,43 @@ async fn authenticate(
         .verifier
         .verify(login.password.clone(), hash)
         .await
-        .map_err(|_| LoginError::new(ErrorCode::Busy, "the relay is busy; try again shortly", known))?;
+        .map_err(|_| (Refusal::Busy, known))?;
     let Some(r) = record.filter(|_| ok) else {
-        return Err(failed(known));
+        return Err((Refusal::WrongPassword, known));
     };
     if r.suspended {
-        return Err(LoginError::new(
-            ErrorCode::Forbidden,
-            "this operator account is suspended",
-            true,
-        ));
+        return Err((Refusal::Suspended, true));
     }
     if !crate::store::ip_allowed(&r.ip_rules, ip) {
-        return Err(LoginError::new(
-            ErrorCode::Forbidden,
-            "this operator may not log in from this address",
-            true,
-        ));
+        return Err((Refusal::LoginAddressRefused, true));
     }
     if r.totp_required {
         let Some(secret) = &r.totp_secret else {
-            return Err(LoginError::new(
-                ErrorCode::Forbidden,
-                "the admin requires a TOTP code but none is enrolled for this operator",
-                true,
-            ));
+            return Err((Refusal::TotpNotEnrolled, true));
         };
         if !shared
             .operator_totp
             .accept(&r.name, secret, &login.totp, crate::totp::now_secs())
         {
-            return Err(LoginError::new(
-                ErrorCode::AuthFailed,
-                "wrong or missing TOTP code",
-                true,
-            ));
+            return Err((Refusal::WrongTotp, true));
         }
     }
     Ok(r)
 }
 
-async fn client_connection(
-    shared: Arc<Shared>,
-    reader: Reader,
-    mut writer: Writer,
-    peer: SocketAddr,
-    port: u16,
-    join: pb::Join,
-    mut permit: ConnPermit,
-) {
-    let ip: IpAddr = peer.ip();
-    // The attempt takes its token before the code is looked at.
-    let Some(ticket) = reserve_attempt(&shared.join_throttle, None, peer, &mut writer).await else {
-        return;
-    };
-    let now = Instant::now();
-    let refused = |code: ErrorCode, msg: &str| (code, msg.to_string());
-    let taken = match SessionCode::parse(&join.code) {
-        Err(_) => Err(refused(ErrorCode::BadCode, "a session code has 8 digits")),
-        Ok(code) => shared.directory.take(code, now).map_err(|r| match r {
-            JoinRefusal::Unknown => refused(
-                ErrorCode::BadCode,
-                "no session has this code; check the digits with the operator",
-            ),
-            JoinRefusal::Expired => refused(
-                ErrorCode::Expired,
-                "this code has expired; ask the operator for a new one",
-            ),
-            JoinRefusal::Used => refused(
-                ErrorCode::Used,
-                "this code was already used; ask the operator for a new one",
-            ),
-        }),
-    };
-    let session = match taken {
-        Ok(s) => {
-            lock(&shared.join_throttle).succeeded(ticket, now);
-            s
-        }
-        Err((code, msg)) => {
-            lock(&shared.join_throttle).failed(ticket, now);
-            tracing::info!(%peer, error = tsunagu_proto::types::error_code_name(code), "join refused");
-            shared
-                .audit
-                .record(audit::Entry {
-                    actor: "client".into(),
-                    action: "code_join_failed",
-                    ip: ip.to_string(),
-                    detail: format!("error={}", tsunagu_proto::types::error_code_name(code)),
-                    ..Default::default()
-                })
-                .await;
-            let _ = writer.send(&error_frame(code, msg)).await;
-            return;
-        }
-    };
-    // The code was taken: the connection leaves the unauthenticated pool.
-    permit.authenticated();
-    let host = clean_host_name(&join.host_name);
-    let limits = &shared.config.limits;
-    let client_q = OutQueue::new(
-        limits.screen_queue_frames,
-        limits.data_queue_bytes,
-        limits.control_queue_frames,
-    );
-    if !session.attach_client(client_q.clone(), &host, peer, port).await {
-        let _ = writer
-            .send(&error_frame(
-                ErrorCode::Expired,
-                "this code has expired; ask the operator for a new one",
-            ))
-            .await;
-        return;
-    }
-    run_peer(shared, session, Role::Client, reader, writer, client_q).await;
-}
-
-/// Host names are chosen by the client: keep them short and free of control characters.
-fn clean_host_name(raw: &str) -> String {
-    // No control, format or bidi characters: the name shows what it is (see `names`).
-    let mut s: String = tsunagu_proto::names::make_inert(raw);
-    let max = tsunagu_proto::limits::MAX_HOST_NAME;
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
-    if s.is_empty() {
-        "unknown".into()
-    } else {
-        s
-    }
-}
-
 /// Runs one peer of a session: its writer task and its reader loop, until the session
 /// ends or the peer goes away.
-async fn run_peer(
+async fn run_peer<R, W>(
     shared: Arc<Shared>,
     session: Arc<Session>,
     role: Role,
-    mut reader: Reader,
-    writer: Writer,
+    mut reader: FrameReader<R>,
+    writer: FrameWriter<W>,
     queue: OutQueue,
-) {
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let t = shared.config.timeouts.clone();
     let writer_task = tokio::spawn(write_loop(queue.clone(), writer, t.keepalive, t.write));
     let mut ended = session.ended();
@@ -949,7 +764,7 @@ async fn run_peer(
                 }
             }
             Ok(None) => {
-                session.finish(gone).await;
+                session.peer_gone(gone).await;
                 break;
             }
             Err(TransportError::Timeout(_)) => {
@@ -959,14 +774,13 @@ async fn run_peer(
             }
             Err(TransportError::Frame(e)) => {
                 tracing::info!(session = %session.id, ?role, error = %e, "malformed frame; closing");
-                let _ =
-                    queue.push_control(encode(&error_frame(ErrorCode::Protocol, e.to_string())).unwrap_or_default());
+                let _ = queue.push_control(encode(&Refusal::Malformed(e.to_string()).frame()).unwrap_or_default());
                 session.finish(EndReason::ProtocolError).await;
                 break;
             }
             Err(e) => {
                 tracing::debug!(session = %session.id, ?role, error = %e, "connection lost");
-                session.finish(gone).await;
+                session.peer_gone(gone).await;
                 break;
             }
         }
@@ -985,7 +799,10 @@ async fn run_peer(
 /// How long a closing connection keeps reading what its peer still sends.
 const LINGER: Duration = Duration::from_secs(2);
 
-async fn write_loop(queue: OutQueue, mut writer: Writer, keepalive: Duration, write_timeout: Duration) {
+async fn write_loop<W>(queue: OutQueue, mut writer: FrameWriter<W>, keepalive: Duration, write_timeout: Duration)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut batch: Vec<Bytes> = Vec::new();
     let ping = encode(&Frame {
         body: Some(Body::Ping(pb::Ping { nonce: 0 })),
@@ -1012,19 +829,4 @@ async fn write_loop(queue: OutQueue, mut writer: Writer, keepalive: Duration, wr
         }
     }
     let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_names_are_cleaned() {
-        assert_eq!(clean_host_name("pc-01"), "pc-01");
-        assert_eq!(clean_host_name("a\u{1b}[2Jb\n"), "a[2Jb");
-        assert_eq!(clean_host_name(""), "unknown");
-        let long = "é".repeat(300);
-        let cut = clean_host_name(&long);
-        assert!(cut.len() <= 255 && cut.chars().all(|c| c == 'é'));
-    }
 }
