@@ -380,7 +380,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16, mut 
             Ok((tcp, peer)) => {
                 // The slot is taken before any work (TLS) is done; refusals are logged as
                 // counts by the limiter.
-                let Ok(permit) = shared.connections.try_admit(peer.ip(), Instant::now()) else {
+                let Ok(permit) = shared.connections.try_admit(peer.ip(), clock::now()) else {
                     drop(tcp);
                     continue;
                 };
@@ -400,8 +400,16 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16, mut 
 /// `permit` holds its connection slot until then.
 async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, port: u16, permit: ConnPermit) {
     let _ = tcp.set_nodelay(true);
-    let t = &shared.config.timeouts;
-    let tls = match tokio::time::timeout(t.handshake, shared.acceptor.accept(tcp)).await {
+    serve_tls(shared, tcp, peer, port, permit).await;
+}
+
+/// The TLS handshake, under `timeouts.handshake` by tokio's clock, then the connection.
+async fn serve_tls<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16, permit: ConnPermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = shared.config.timeouts.handshake;
+    let tls = match tokio::time::timeout(handshake, shared.acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -413,6 +421,21 @@ async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         }
     };
     serve_connection(shared, tls, peer, port, permit).await;
+}
+
+/// Serves one endpoint connection from its first byte, TLS handshake included, over any
+/// byte stream (tests use `tokio::io::duplex` on tokio's paused clock), as coming from
+/// `peer` on relay port `port`, under the same connection caps as the listeners. Returns
+/// false, at once, if the caps refuse it; otherwise when the connection is over.
+pub async fn serve_tls_stream<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(permit) = shared.connections.try_admit(peer.ip(), clock::now()) else {
+        return false;
+    };
+    serve_tls(shared, io, peer, port, permit).await;
+    true
 }
 
 /// Serves one endpoint connection that is already past TLS, or any byte stream (tests

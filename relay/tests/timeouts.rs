@@ -1,6 +1,6 @@
-//! The relay's timeouts on tokio's paused clock: greeting, code expiry, consent, idle and
-//! keepalive, and the grace window of a vanished peer, each checked at its default length
-//! (seconds to minutes) in milliseconds of real time.
+//! The relay's timeouts on tokio's paused clock: TLS handshake, greeting, code expiry,
+//! consent, idle and keepalive, and the grace window of a vanished peer, each checked at
+//! its default length (seconds to minutes) in milliseconds of real time.
 //!
 //! The peers speak the wire protocol over `tokio::io::duplex` (no TCP, no TLS), so nothing
 //! outside the runtime moves while the clock is paused. Steps that need the database (a
@@ -19,7 +19,7 @@ use tsunagu_proto::pb::{self, frame::Body, EndReason, ErrorCode, Frame};
 use tsunagu_proto::transport::{FrameReader, FrameWriter};
 use tsunagu_proto::PermissionSet;
 use tsunagu_relay::policy::DISCONNECT_GRACE;
-use tsunagu_relay::server::{serve_stream, Shared};
+use tsunagu_relay::server::{serve_stream, serve_tls_stream, Shared};
 use tsunagu_relay::{Config, Relay};
 
 const PASSWORD: &str = "Correct-horse-1";
@@ -198,6 +198,29 @@ fn assert_took_about(start: Instant, expected: Duration, earlier: Duration) {
         took + earlier >= expected && took <= expected + Duration::from_millis(2),
         "took {took:?} on the paused clock, expected {expected:?}"
     );
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_tls_handshake_is_closed_on_time() {
+    use tokio::io::AsyncReadExt;
+    let relay = TestRelay::start().await;
+    let handshake = relay.timeouts().handshake;
+    tokio::time::pause();
+    let (mut ours, relays) = tokio::io::duplex(1 << 16);
+    let served = tokio::spawn(serve_tls_stream(
+        relay.shared(),
+        relays,
+        "192.0.2.6:40000".parse().unwrap(),
+        7615,
+    ));
+    let start = Instant::now();
+    // Nothing is sent: the relay waits for a ClientHello, then gives up and closes.
+    let mut buf = [0u8; 64];
+    assert_eq!(ours.read(&mut buf).await.unwrap(), 0, "closed without a byte");
+    assert_took(start, handshake);
+    assert!(served.await.unwrap(), "admitted under the connection caps");
+    tokio::time::resume();
+    relay.relay.shutdown().await;
 }
 
 #[tokio::test]
