@@ -529,6 +529,43 @@ async fn idle_peers_are_cut_off_and_keepalives_keep_sessions() {
     relay.relay.shutdown().await;
 }
 
+/// The two peers of a session reach the relay on two sockets, read by two tasks: the
+/// operator's `End` and the client's close, arriving together, must not race for the
+/// reason the history records (it used to record `client_disconnected` for about a third
+/// of the load generator's sessions).
+#[tokio::test]
+async fn an_end_is_recorded_as_such_when_the_other_side_closes_at_once() {
+    let relay = TestRelay::start(|_| {}).await;
+    const ROUNDS: usize = 10;
+    for _ in 0..ROUNDS {
+        // The client app closes just before the operator's End reaches the relay.
+        let (mut op, client) = paired(&relay, &["view"]).await;
+        drop(client);
+        op.send_body(Body::End(pb::End {})).await;
+        assert_eq!(op.expect_ended().await, EndReason::OperatorEnded);
+        // The load generator's order: End, then both apps close at once.
+        let (mut op, client) = paired(&relay, &["view"]).await;
+        op.send_body(Body::End(pb::End {})).await;
+        drop(client);
+        drop(op);
+    }
+    let reasons = end_reasons(&relay, 2 * ROUNDS).await;
+    assert!(reasons.iter().all(|r| r == "operator_ended"), "{reasons:?}");
+    relay.relay.shutdown().await;
+}
+
+/// The end reasons of the history once `n` sessions have ended.
+async fn end_reasons(relay: &TestRelay, n: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let reasons: Vec<String> = relay.history().await.into_iter().filter_map(|r| r.end_reason).collect();
+        if reasons.len() >= n || tokio::time::Instant::now() > deadline {
+            return reasons;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_connection_cap_refuses_extra_connections() {
     let relay = TestRelay::start(|c| c.limits.max_connections = 2).await;

@@ -2,8 +2,10 @@
 //!
 //! * [`config`]: settings with defaults, loaded from TOML and validated before binding.
 //! * [`tls`]: the self-generated CA and server certificate, renewal.
-//! * [`server`]: the running [`Relay`] (start, housekeeping, shutdown) and its connections:
-//!   listeners, greeting, login, pairing, per-connection reader and writer.
+//! * [`server`]: the running [`Relay`] (start, housekeeping, shutdown), its listeners, and
+//!   the async shell of each connection (TLS, greeting driver, reader, writer).
+//! * [`conn`]: a connection's greeting (login, code, join) as a sans-IO machine, and the
+//!   refusals with what the peer is told.
 //! * [`state`]: what every task of one relay shares ([`state::Shared`]).
 //! * [`shutdown`]: the stop signal and the connection tasks shutdown waits for.
 //! * [`session`], [`policy`]: the session rules; `policy` is the sans-IO state machine.
@@ -18,14 +20,17 @@
 //! * [`verifier`]: the one bounded pool every argon2 computation goes through.
 //! * [`keys`]: keys kept outside the database (TOTP secrets at rest, the audit chain and
 //!   its signed checkpoints) and the owner-only modes of the data dir.
-//! * [`time`], [`hex`]: leaf helpers (Unix milliseconds, lower-case hex).
+//! * [`time`], [`hex`], [`clock`]: leaf helpers (Unix milliseconds, lower-case hex, the
+//!   clock timeouts are measured by).
 //! * [`admin`]: the HTTPS admin console, its REST API, and the operations both share with
 //!   `tsunagu-relay admin`.
 
 pub mod accounts;
 pub mod admin;
 pub mod audit;
+pub mod clock;
 pub mod config;
+pub mod conn;
 pub mod connlimit;
 pub mod directory;
 pub mod hex;

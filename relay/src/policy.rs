@@ -44,6 +44,16 @@ impl Direction {
     }
 }
 
+/// How long a peer's vanished connection (end of stream, reset) waits before it becomes the
+/// session's end reason. The two peers reach the relay on two sockets read by two tasks:
+/// an operator that sends `End` and closes both its apps at once (or a client app that
+/// closes right after the operator's `End`) makes the relay see one side's `End` and the
+/// other side's close at nearly the same instant, in either order. An explicit end (`End`,
+/// a denial, the admin, a timeout) that arrives within this window wins over the close.
+/// A quarter second is far longer than the skew between two loopback or LAN reads, and
+/// short enough that the remaining peer hardly waits to hear that the session ended.
+pub const DISCONNECT_GRACE: Duration = Duration::from_millis(250);
+
 /// Transfers open at once in one session (offered or accepted, both directions together).
 /// Each holds a few bytes of bookkeeping; the cap keeps a peer from growing the table.
 pub const MAX_OPEN_TRANSFERS: usize = 16;
@@ -74,18 +84,43 @@ pub struct FileRecord {
     pub size: u64,
     pub direction: Direction,
     pub bytes: u64,
-    /// `completed`, `rejected`, `cancelled` or `failed`.
-    pub result: &'static str,
+    pub result: FileOutcome,
 }
 
-/// The history's name for a file result.
-pub fn file_result_name(result: tsunagu_proto::pb::FileResult) -> &'static str {
-    use tsunagu_proto::pb::FileResult as R;
-    match result {
-        R::Completed => "completed",
-        R::Rejected => "rejected",
-        R::Cancelled => "cancelled",
-        R::Failed | R::Unspecified => "failed",
+/// How a file transfer ended, as the history records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// The receiver checked the hash and kept the file.
+    Completed,
+    /// The receiver said no to the offer.
+    Rejected,
+    /// Stopped by a side, or because files stopped being allowed.
+    Cancelled,
+    /// Anything else: an error, a sender claiming completion, the session ending mid-way.
+    Failed,
+}
+
+impl FileOutcome {
+    /// The history's name for it (the `result` column, the console, the CSV export).
+    pub fn name(self) -> &'static str {
+        match self {
+            FileOutcome::Completed => "completed",
+            FileOutcome::Rejected => "rejected",
+            FileOutcome::Cancelled => "cancelled",
+            FileOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl From<tsunagu_proto::pb::FileResult> for FileOutcome {
+    fn from(result: tsunagu_proto::pb::FileResult) -> Self {
+        use tsunagu_proto::pb::FileResult as R;
+        match result {
+            R::Completed => FileOutcome::Completed,
+            R::Rejected => FileOutcome::Rejected,
+            R::Cancelled => FileOutcome::Cancelled,
+            R::Failed | R::Unspecified => FileOutcome::Failed,
+        }
     }
 }
 
@@ -220,6 +255,9 @@ pub struct Policy {
     consent_deadline: Option<Instant>,
     /// Open transfers by (direction the content moves, sender's transfer id).
     transfers: HashMap<(Direction, u32), Transfer>,
+    /// A peer's connection went away: the reason it will be recorded with, and when, unless
+    /// an explicit end comes first (see [`DISCONNECT_GRACE`]).
+    closing: Option<(EndReason, Instant)>,
 }
 
 impl Policy {
@@ -242,6 +280,7 @@ impl Policy {
             consent_timeout,
             consent_deadline: None,
             transfers: HashMap::new(),
+            closing: None,
         }
     }
 
@@ -353,7 +392,7 @@ impl Policy {
         let stopped = self.flows().stopped_since(earlier);
         let files_stopped = stopped.iter().any(|(_, c)| *c == Channel::File);
         let closed = if files_stopped {
-            self.close_all_transfers_as("cancelled")
+            self.close_all_transfers_as(FileOutcome::Cancelled)
         } else {
             Vec::new()
         };
@@ -501,7 +540,7 @@ impl Policy {
                     t.state = TransferState::Accepted;
                     (Verdict::Forward, None)
                 } else {
-                    let record = self.close_transfer(key, "rejected");
+                    let record = self.close_transfer(key, FileOutcome::Rejected);
                     (Verdict::Forward, record)
                 }
             }
@@ -523,7 +562,7 @@ impl Policy {
         direction: Direction,
         id: u32,
         from_receiver: bool,
-        result: &'static str,
+        result: FileOutcome,
     ) -> (Verdict, Option<FileRecord>) {
         let key = if from_receiver {
             (direction.opposite(), id)
@@ -535,8 +574,8 @@ impl Policy {
         }
         // A sender cannot declare its own transfer completed: only the receiver, who
         // checked the hash, can.
-        let result = if result == "completed" && !from_receiver {
-            "failed"
+        let result = if result == FileOutcome::Completed && !from_receiver {
+            FileOutcome::Failed
         } else {
             result
         };
@@ -544,7 +583,7 @@ impl Policy {
         (Verdict::Forward, record)
     }
 
-    fn close_transfer(&mut self, key: (Direction, u32), result: &'static str) -> Option<FileRecord> {
+    fn close_transfer(&mut self, key: (Direction, u32), result: FileOutcome) -> Option<FileRecord> {
         self.transfers.remove(&key).map(|t| FileRecord {
             id: key.1,
             name: t.name,
@@ -557,10 +596,10 @@ impl Policy {
 
     /// Transfers still open (the session is ending): each is recorded as failed.
     pub fn close_all_transfers(&mut self) -> Vec<FileRecord> {
-        self.close_all_transfers_as("failed")
+        self.close_all_transfers_as(FileOutcome::Failed)
     }
 
-    fn close_all_transfers_as(&mut self, result: &'static str) -> Vec<FileRecord> {
+    fn close_all_transfers_as(&mut self, result: FileOutcome) -> Vec<FileRecord> {
         let mut keys: Vec<_> = self.transfers.keys().copied().collect();
         // A stable order, so the peers are told in the order the transfers were numbered.
         keys.sort_by_key(|(d, id)| (*d == Direction::ToOperator, *id));
@@ -573,24 +612,59 @@ impl Policy {
         self.transfers.len()
     }
 
-    /// The next moment something happens by itself (code expiry, consent timeout).
+    /// The next moment something happens by itself (code expiry, consent timeout, the end
+    /// of a vanished peer's grace window).
     pub fn deadline(&self) -> Option<Instant> {
-        match self.phase {
+        let phase = match self.phase {
             Phase::AwaitingClient => Some(self.code_deadline),
             Phase::AwaitingConsent => self.consent_deadline,
             _ => None,
+        };
+        let closing = self.closing.filter(|_| !self.is_ended()).map(|(_, at)| at);
+        match (phase, closing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
     /// Applies the passage of time; returns the end reason if the session just ended.
     pub fn tick(&mut self, now: Instant) -> Option<EndReason> {
-        let reason = match self.phase {
-            Phase::AwaitingClient if now >= self.code_deadline => EndReason::Expired,
-            Phase::AwaitingConsent if self.consent_deadline.is_some_and(|d| now >= d) => EndReason::ConsentTimeout,
+        let reason = match (self.phase, self.closing) {
+            (Phase::Ended(_), _) => return None,
+            (_, Some((reason, at))) if now >= at => reason,
+            (Phase::AwaitingClient, _) if now >= self.code_deadline => EndReason::Expired,
+            (Phase::AwaitingConsent, _) if self.consent_deadline.is_some_and(|d| now >= d) => EndReason::ConsentTimeout,
             _ => return None,
         };
         self.phase = Phase::Ended(reason);
         Some(reason)
+    }
+
+    /// A peer's connection went away without `End` (`reason` is `operator_disconnected` or
+    /// `client_disconnected`). Returns the reason to end with at once, or `None` when the
+    /// end waits out [`DISCONNECT_GRACE`] (see [`Policy::deadline`]) so that an explicit end
+    /// the other peer sent at about the same time is the one recorded. With nobody left who
+    /// could still say why (no client yet, or the other peer is gone too) the session ends
+    /// at once, with the first peer's disconnect.
+    pub fn peer_gone(&mut self, reason: EndReason, now: Instant) -> Option<EndReason> {
+        if self.is_ended() {
+            return None;
+        }
+        let first = match self.closing {
+            Some((first, _)) => first,
+            None if self.phase == Phase::AwaitingClient => reason,
+            None => {
+                self.closing = Some((reason, now + DISCONNECT_GRACE));
+                return None;
+            }
+        };
+        self.phase = Phase::Ended(first);
+        Some(first)
+    }
+
+    /// Whether a peer's connection went away and the session waits out its grace window.
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_some() && !self.is_ended()
     }
 
     /// Ends the session for `reason` unless it already ended; returns whether it did.
@@ -836,12 +910,12 @@ mod tests {
         assert_eq!(p.check_data_in(ToClient, file, 1, 40, 50), Verdict::Forward);
         assert_eq!(p.file_credit(ToOperator, 1), Verdict::Forward);
         assert_eq!(p.file_credit(ToClient, 1), Verdict::Drop(DropReason::NoTransfer));
-        let (v, rec) = p.file_done(ToOperator, 1, true, "completed");
+        let (v, rec) = p.file_done(ToOperator, 1, true, FileOutcome::Completed);
         assert_eq!(v, Verdict::Forward);
         let rec = rec.unwrap();
         assert_eq!(
             (rec.name.as_str(), rec.size, rec.bytes, rec.result, rec.direction),
-            ("report.pdf", 100, 100, "completed", ToClient)
+            ("report.pdf", 100, 100, FileOutcome::Completed, ToClient)
         );
         assert_eq!(
             p.check_data_in(ToClient, file, 1, 1, 2),
@@ -855,15 +929,18 @@ mod tests {
         let (mut p, _) = active(&["view", "files"]);
         p.file_offer(ToOperator, 7, "a\u{1b}b.txt", 5);
         let (_, rec) = p.file_answer(ToClient, 7, false);
-        assert_eq!(rec.unwrap().result, "rejected");
+        assert_eq!(rec.unwrap().result, FileOutcome::Rejected);
         assert_eq!(p.open_transfers(), 0);
 
         // Only the receiver may call a transfer completed.
         p.file_offer(ToOperator, 8, "x", 5);
         p.file_answer(ToClient, 8, true);
         assert_eq!(
-            p.file_done(ToOperator, 8, false, "completed").1.unwrap().result,
-            "failed"
+            p.file_done(ToOperator, 8, false, FileOutcome::Completed)
+                .1
+                .unwrap()
+                .result,
+            FileOutcome::Failed
         );
 
         for id in 0..MAX_OPEN_TRANSFERS as u32 {
@@ -881,7 +958,7 @@ mod tests {
         // Revoking files stops chunks at once and closes every open transfer as cancelled.
         let change = p.client_state(ClientModes::default(), perms(&["files"]));
         assert_eq!(change.closed.len(), MAX_OPEN_TRANSFERS);
-        assert!(change.closed.iter().all(|r| r.result == "cancelled"));
+        assert!(change.closed.iter().all(|r| r.result == FileOutcome::Cancelled));
         assert!(change.stopped.contains(&(ToClient, Channel::File)));
         assert_eq!(
             p.check_data_in(ToClient, Some(Channel::File), 0, 1, 2),
@@ -916,7 +993,7 @@ mod tests {
         assert_eq!(change.closed.len(), 1);
         assert_eq!(
             (change.closed[0].name.as_str(), change.closed[0].result),
-            ("log.txt", "cancelled")
+            ("log.txt", FileOutcome::Cancelled)
         );
         assert_eq!(p.granted(), perms(&["view", "chat"]));
         assert_eq!(p.asked(), perms(&["view", "chat"]));
@@ -1085,5 +1162,57 @@ mod tests {
         assert!(p.end(EndReason::ClientEnded));
         assert!(!p.end(EndReason::OperatorEnded));
         assert_eq!(p.phase(), Phase::Ended(EndReason::ClientEnded));
+    }
+
+    #[test]
+    fn an_end_sent_as_the_other_peer_vanishes_is_the_one_recorded() {
+        // The client's connection closes first; the operator's End, read a moment later
+        // on the other socket, is what the history records.
+        let (mut p, t0) = active(&["view"]);
+        assert_eq!(p.peer_gone(EndReason::ClientDisconnected, t0), None);
+        assert!(p.is_closing());
+        assert_eq!(p.deadline(), Some(t0 + DISCONNECT_GRACE));
+        assert_eq!(p.tick(t0 + DISCONNECT_GRACE / 2), None);
+        assert!(p.end(EndReason::OperatorEnded));
+        assert_eq!(p.phase(), Phase::Ended(EndReason::OperatorEnded));
+        assert_eq!(
+            p.tick(t0 + DISCONNECT_GRACE),
+            None,
+            "the grace window no longer matters"
+        );
+        assert_eq!(p.deadline(), None);
+
+        // Nobody says anything within the window: the disconnect is the reason.
+        let (mut p, t0) = active(&["view"]);
+        assert_eq!(p.peer_gone(EndReason::OperatorDisconnected, t0), None);
+        assert_eq!(p.tick(t0 + DISCONNECT_GRACE - Duration::from_millis(1)), None);
+        assert_eq!(p.tick(t0 + DISCONNECT_GRACE), Some(EndReason::OperatorDisconnected));
+
+        // Both peers gone: nobody is left to explain, the first close is the reason at once.
+        let (mut p, t0) = active(&["view"]);
+        assert_eq!(p.peer_gone(EndReason::ClientDisconnected, t0), None);
+        assert_eq!(
+            p.peer_gone(EndReason::OperatorDisconnected, t0 + Duration::from_millis(3)),
+            Some(EndReason::ClientDisconnected)
+        );
+
+        // An operator that leaves before any client joined ends its session at once.
+        let mut p = Policy::new(perms(&["view"]), PermissionSet::ALL, t0, TTL, CONSENT);
+        assert_eq!(
+            p.peer_gone(EndReason::OperatorDisconnected, t0),
+            Some(EndReason::OperatorDisconnected)
+        );
+        assert_eq!(p.peer_gone(EndReason::ClientDisconnected, t0), None, "once");
+    }
+
+    #[test]
+    fn the_grace_window_does_not_hide_the_consent_timeout() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(perms(&["view"]), PermissionSet::ALL, t0, TTL, CONSENT);
+        assert!(p.client_joined(t0));
+        let late = t0 + CONSENT - Duration::from_millis(10);
+        assert_eq!(p.peer_gone(EndReason::OperatorDisconnected, late), None);
+        assert_eq!(p.deadline(), Some(t0 + CONSENT));
+        assert_eq!(p.tick(t0 + CONSENT), Some(EndReason::ConsentTimeout));
     }
 }

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
@@ -22,7 +22,7 @@ use tsunagu_proto::{PermissionSet, RawFrame, SessionCode};
 
 use crate::directory::Directory;
 use crate::history::{HistoryEvent, HistorySink};
-use crate::policy::{file_result_name, Change, ClientModes, ConsentOutcome, Direction, FileRecord, Policy, Verdict};
+use crate::policy::{Change, ClientModes, ConsentOutcome, Direction, FileOutcome, FileRecord, Phase, Policy, Verdict};
 use crate::queue::{OutQueue, Pass, QueueError};
 use crate::time::now_ms;
 
@@ -56,6 +56,26 @@ struct Route {
     /// Taken with the decision; refused if the traffic stops before the frame is queued.
     pass: Pass,
     direction: Direction,
+}
+
+/// How a frame the policy lets through is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Passage {
+    /// Screen frames: the oldest is dropped when the peer falls behind.
+    Screen,
+    /// Other data: back-pressured, withdrawn if its traffic stops before it is sent.
+    Queued,
+    /// Never withdrawn (the end of a transfer).
+    Always,
+}
+
+/// What the policy decided about one frame from a peer.
+struct Decided {
+    /// Where it goes, if it may pass.
+    route: Option<Route>,
+    screen: bool,
+    /// A transfer it finished, for the history.
+    record: Option<FileRecord>,
 }
 
 /// What [`Session::carry_out`] did under the lock and leaves for after it.
@@ -178,7 +198,7 @@ impl Session {
 
     /// A client with a valid code arrives. Returns false if the session ended meanwhile.
     pub async fn attach_client(&self, client_q: OutQueue, host: &str, addr: SocketAddr, relay_port: u16) -> bool {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let (asked, operator_q) = {
             let mut inner = self.lock();
             if !inner.policy.client_joined(now) {
@@ -222,16 +242,6 @@ impl Session {
         }
     }
 
-    /// Where a frame on `channel` the policy just let through goes, with its pass taken
-    /// under the same lock as the decision.
-    fn route(inner: &Inner, direction: Direction, channel: Channel) -> Option<Route> {
-        Self::target(inner, direction).map(|queue| Route {
-            pass: queue.pass(channel),
-            queue,
-            direction,
-        })
-    }
-
     /// Queues a frame the policy let through. A frame whose traffic was stopped while it
     /// waited for room is not sent, and counts as dropped.
     async fn send(&self, route: Route, wire: Bytes, screen: bool) -> Result<(), QueueError> {
@@ -245,16 +255,6 @@ impl Session {
             self.lock().policy.withdrawn(route.direction, 1, len);
         }
         pushed
-    }
-
-    /// Forwards a file-transfer frame the policy allowed, and records a finished transfer.
-    async fn forward_file_frame(&self, route: Option<Route>, wire: Bytes, record: Option<FileRecord>) {
-        if let Some(route) = route {
-            let _ = self.send(route, wire, false).await;
-        }
-        if let Some(r) = record {
-            self.record_file(r).await;
-        }
     }
 
     /// Carries out a change of grants or switches, under the session lock: withdraws the
@@ -355,7 +355,7 @@ impl Session {
     }
 
     async fn record_file(&self, r: FileRecord) {
-        tracing::info!(session = %self.id, size = r.size, bytes = r.bytes, direction = r.direction.name(), result = r.result, "file transfer over");
+        tracing::info!(session = %self.id, size = r.size, bytes = r.bytes, direction = r.direction.name(), result = r.result.name(), "file transfer over");
         self.shared
             .history
             .record(HistoryEvent::File {
@@ -364,7 +364,7 @@ impl Session {
                 size: r.size,
                 direction: r.direction.name(),
                 bytes: r.bytes,
-                result: r.result,
+                result: r.result.name(),
                 at_ms: now_ms(),
             })
             .await;
@@ -378,91 +378,101 @@ impl Session {
             Role::Operator => Direction::ToClient,
             Role::Client => Direction::ToOperator,
         };
-        match body {
-            Body::FileOffer(offer) => {
-                let target = {
-                    let mut inner = self.lock();
-                    let v = inner
-                        .policy
-                        .file_offer(direction, offer.transfer_id, &offer.name, offer.size);
-                    (v == Verdict::Forward)
-                        .then(|| Self::route(&inner, direction, Channel::File))
-                        .flatten()
-                };
-                self.forward_file_frame(target, raw.wire, None).await;
-            }
-            Body::FileAnswer(answer) => {
-                let (target, record) = {
-                    let mut inner = self.lock();
-                    let (v, record) = inner.policy.file_answer(direction, answer.transfer_id, answer.accept);
-                    (
-                        (v == Verdict::Forward)
-                            .then(|| Self::route(&inner, direction, Channel::File))
-                            .flatten(),
-                        record,
-                    )
-                };
-                self.forward_file_frame(target, raw.wire, record).await;
-            }
-            Body::FileCredit(credit) => {
-                let target = {
-                    let inner = self.lock();
-                    (inner.policy.file_credit(direction, credit.transfer_id) == Verdict::Forward)
-                        .then(|| Self::route(&inner, direction, Channel::File))
-                        .flatten()
-                };
-                self.forward_file_frame(target, raw.wire, None).await;
-            }
+        // Frames for the other peer: the policy decides, one path carries it out.
+        let decided = match body {
+            Body::FileOffer(offer) => self.decide(direction, Some(Channel::File), Passage::Queued, |p| {
+                (
+                    p.file_offer(direction, offer.transfer_id, &offer.name, offer.size),
+                    None,
+                )
+            }),
+            Body::FileAnswer(answer) => self.decide(direction, Some(Channel::File), Passage::Queued, |p| {
+                p.file_answer(direction, answer.transfer_id, answer.accept)
+            }),
+            Body::FileCredit(credit) => self.decide(direction, Some(Channel::File), Passage::Queued, |p| {
+                (p.file_credit(direction, credit.transfer_id), None)
+            }),
             Body::FileDone(done) => {
-                let result = file_result_name(pb::FileResult::try_from(done.result).unwrap_or(pb::FileResult::Failed));
-                let (target, record) = {
-                    let mut inner = self.lock();
-                    let (v, record) = inner
-                        .policy
-                        .file_done(direction, done.transfer_id, done.from_receiver, result);
-                    // The end of a transfer is never withdrawn: the other side must hear it
-                    // even if files stop meanwhile (the transfer is closed already, so no
-                    // cancellation would follow).
-                    (
-                        (v == Verdict::Forward)
-                            .then(|| Self::target(&inner, direction))
-                            .flatten()
-                            .map(|queue| Route {
-                                queue,
-                                pass: OutQueue::pass_always(),
-                                direction,
-                            }),
-                        record,
-                    )
-                };
-                self.forward_file_frame(target, raw.wire, record).await;
+                let result = FileOutcome::from(pb::FileResult::try_from(done.result).unwrap_or(pb::FileResult::Failed));
+                // The end of a transfer is never withdrawn: the other side must hear it even
+                // if files stop meanwhile (the transfer is closed already, so no
+                // cancellation would follow).
+                self.decide(direction, Some(Channel::File), Passage::Always, |p| {
+                    p.file_done(direction, done.transfer_id, done.from_receiver, result)
+                })
             }
             Body::Data(data) => {
                 let channel = Channel::try_from(data.channel).ok();
-                let target = {
-                    let mut inner = self.lock();
-                    match inner.policy.check_data_in(
-                        direction,
-                        channel,
-                        data.stream,
-                        file_payload_len(channel, &data.payload),
-                        raw.wire.len(),
-                    ) {
-                        // The policy forwards only frames on a known channel.
-                        Verdict::Forward => channel.and_then(|c| Self::route(&inner, direction, c)),
-                        Verdict::Drop(reason) => {
-                            tracing::debug!(session = %self.id, ?reason, ?channel, "dropped a data frame");
-                            None
-                        }
-                    }
+                let passage = if channel == Some(Channel::Screen) {
+                    Passage::Screen
+                } else {
+                    Passage::Queued
                 };
-                if let Some(route) = target {
-                    let pushed = self.send(route, raw.wire, channel == Some(Channel::Screen)).await;
-                    if pushed == Err(QueueError::Closed) {
-                        return !self.is_ended();
-                    }
-                }
+                let content = file_payload_len(channel, &data.payload);
+                let len = raw.wire.len();
+                self.decide(direction, channel, passage, |p| {
+                    (p.check_data_in(direction, channel, data.stream, content, len), None)
+                })
             }
+            control => return self.on_control(from, control).await,
+        };
+        if self.forward(decided, raw.wire).await == Err(QueueError::Closed) {
+            return !self.is_ended();
+        }
+        true
+    }
+
+    /// Asks the policy (`rule`, under the session lock) about a frame travelling
+    /// `direction` on `channel`, and takes its route when it may pass: the queue of the peer
+    /// it goes to and a pass taken under the same lock as the decision.
+    fn decide(
+        &self,
+        direction: Direction,
+        channel: Option<Channel>,
+        passage: Passage,
+        rule: impl FnOnce(&mut Policy) -> (Verdict, Option<FileRecord>),
+    ) -> Decided {
+        let mut inner = self.lock();
+        let (verdict, record) = rule(&mut inner.policy);
+        let route = match (verdict, channel) {
+            // The policy forwards only frames on a known channel.
+            (Verdict::Forward, Some(channel)) => Self::target(&inner, direction).map(|queue| Route {
+                pass: match passage {
+                    Passage::Always => OutQueue::pass_always(),
+                    Passage::Queued | Passage::Screen => queue.pass(channel),
+                },
+                queue,
+                direction,
+            }),
+            (Verdict::Forward, None) => None,
+            (Verdict::Drop(reason), _) => {
+                tracing::debug!(session = %self.id, ?reason, ?channel, "dropped a frame");
+                None
+            }
+        };
+        Decided {
+            route,
+            screen: passage == Passage::Screen,
+            record,
+        }
+    }
+
+    /// Carries out a [`Session::decide`]: queues the frame if it may pass, then records a
+    /// transfer it finished.
+    async fn forward(&self, decided: Decided, wire: Bytes) -> Result<(), QueueError> {
+        let pushed = match decided.route {
+            Some(route) => self.send(route, wire, decided.screen).await,
+            None => Ok(()),
+        };
+        if let Some(record) = decided.record {
+            self.record_file(record).await;
+        }
+        pushed
+    }
+
+    /// Frames for the relay itself: consent, the client's switches, `End`, `Ping`.
+    async fn on_control(&self, from: Role, body: Body) -> bool {
+        match body {
             Body::Consent(c) if from == Role::Client => {
                 let granted = PermissionSet::from_wire(&c.granted);
                 let (outcome, carried) = {
@@ -550,7 +560,7 @@ impl Session {
     /// Ends the session for `reason` (once): tells both peers, closes their queues,
     /// releases the code and writes the history.
     pub async fn finish(&self, reason: EndReason) {
-        let (counters, granted, phase_before_client, queues, open_files) = {
+        let (reason, counters, granted, phase_before_client, queues, open_files) = {
             let mut inner = self.lock();
             let had_client = inner.client_q.is_some();
             if inner.finished {
@@ -558,8 +568,15 @@ impl Session {
             }
             inner.finished = true;
             inner.policy.end(reason);
+            // The machine's word is final: if it had already ended (a deadline it ticked
+            // past, a disconnect it decided on), that reason stands over the caller's.
+            let reason = match inner.policy.phase() {
+                Phase::Ended(decided) => decided,
+                _ => reason,
+            };
             let open_files = inner.policy.close_all_transfers();
             (
+                reason,
                 inner.policy.counters(),
                 inner.policy.granted(),
                 !had_client,
@@ -578,7 +595,7 @@ impl Session {
         let _ = self.ended_tx.send(true);
         self.kick.notify_one();
         if phase_before_client {
-            self.shared.directory.expire(self.code, Instant::now()).await;
+            self.shared.directory.expire(self.code, crate::clock::now()).await;
         }
         (self.shared.leave)(&self.id);
         tracing::info!(
@@ -603,22 +620,56 @@ impl Session {
             .await;
     }
 
-    /// Runs the session's clock: code expiry and consent timeout. Returns when the session
-    /// ends or no longer has a deadline.
+    /// A peer's connection went away without `End` (`reason`: which side). The policy
+    /// decides whether that ends the session now or after a grace window in which an
+    /// explicit end from the other side still counts (see `policy::DISCONNECT_GRACE`).
+    pub async fn peer_gone(&self, reason: EndReason) {
+        let now = crate::clock::now();
+        let decided = {
+            let mut inner = self.lock();
+            if inner.finished {
+                return;
+            }
+            inner.policy.peer_gone(reason, now)
+        };
+        match decided {
+            Some(reason) => self.finish(reason).await,
+            // The timer wakes for the new deadline.
+            None => self.kick.notify_one(),
+        }
+    }
+
+    /// Runs the session's clock: code expiry, consent timeout and a vanished peer's grace
+    /// window, by tokio's clock (see [`crate::clock`]). Returns when the session ends.
     pub async fn run_timer(self: Arc<Self>) {
         let mut ended = self.ended();
         loop {
-            let deadline = {
+            let (deadline, decided) = {
                 let inner = self.lock();
-                if inner.policy.is_ended() {
+                if inner.finished {
                     return;
                 }
-                inner.policy.deadline()
+                match inner.policy.phase() {
+                    Phase::Ended(reason) => (None, Some(reason)),
+                    _ => (inner.policy.deadline(), None),
+                }
             };
-            let Some(deadline) = deadline else { return };
+            // The policy ended by itself (a code that ran out as a client presented it):
+            // carry it out, so the operator is told.
+            if let Some(reason) = decided {
+                self.finish(reason).await;
+                return;
+            }
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    // No deadline now; a later change (a peer vanishing) kicks the timer.
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    let reason = self.lock().policy.tick(Instant::now());
+                _ = sleep => {
+                    let reason = self.lock().policy.tick(crate::clock::now());
                     if let Some(reason) = reason {
                         self.finish(reason).await;
                         return;

@@ -1,0 +1,491 @@
+//! The async shell of one endpoint connection: the TLS handshake, then the greeting machine
+//! ([`crate::conn::Greeting`]) driven over the stream (its actions carried out: frames
+//! written, the throttle, argon2, the account store, the directory), then the connection's
+//! side of the session (its reader loop and writer task). Generic over the byte stream, so
+//! tests drive it over `tokio::io::duplex` on tokio's paused clock.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tsunagu_proto::codec::encode;
+use tsunagu_proto::pb::{self, frame::Body, EndReason, Frame};
+use tsunagu_proto::transport::{FrameReader, FrameWriter, TransportError};
+use tsunagu_proto::PermissionSet;
+
+use crate::clock;
+use crate::conn::{Action, AttemptKind, Event, Greeting, Refusal, Settle, Timeouts};
+use crate::connlimit::ConnPermit;
+use crate::history::HistoryEvent;
+use crate::policy::Policy;
+use crate::queue::OutQueue;
+use crate::session::{Role, Session};
+use crate::state::Shared;
+use crate::throttle::{Scope, Throttle};
+use crate::time::now_ms;
+
+/// Everything one connection goes through, from TLS handshake to the end of its session;
+/// `permit` holds its connection slot until then.
+pub(super) async fn handle_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    permit: ConnPermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    serve_tls(shared, tcp, peer, port, permit).await;
+}
+
+/// The TLS handshake, under `timeouts.handshake` by tokio's clock, then the connection.
+async fn serve_tls<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16, permit: ConnPermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = shared.config.timeouts.handshake;
+    let tls = match tokio::time::timeout(handshake, shared.acceptor.accept(io)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    serve_connection(shared, tls, peer, port, permit).await;
+}
+
+/// Serves one endpoint connection from its first byte, TLS handshake included, over any
+/// byte stream (tests use `tokio::io::duplex` on tokio's paused clock), as coming from
+/// `peer` on relay port `port`, under the same connection caps as the listeners. Returns
+/// false, at once, if the caps refuse it; otherwise when the connection is over.
+pub async fn serve_tls_stream<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(permit) = shared.connections.try_admit(peer.ip(), clock::now()) else {
+        return false;
+    };
+    serve_tls(shared, io, peer, port, permit).await;
+    true
+}
+
+/// Serves one endpoint connection that is already past TLS, or any byte stream (tests
+/// drive the relay over `tokio::io::duplex`, on tokio's paused clock), as coming from
+/// `peer` on relay port `port`, under the same connection caps as the listeners. Returns
+/// false, at once, if the caps refuse it; otherwise when the connection is over.
+pub async fn serve_stream<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16) -> bool
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let Ok(permit) = shared.connections.try_admit(peer.ip(), clock::now()) else {
+        return false;
+    };
+    serve_connection(shared, io, peer, port, permit).await;
+    true
+}
+
+/// Runs one connection over `io` (TLS in the relay; any byte stream in tests): drives its
+/// greeting machine ([`Greeting`]), carrying out what it asks for, then runs its side of
+/// the session. Every wait on the peer is bounded by the machine's deadline, measured by
+/// tokio's clock (see [`crate::clock`]).
+async fn serve_connection<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16, mut permit: ConnPermit)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let t = &shared.config.timeouts;
+    let (r, w) = tokio::io::split(io);
+    let max_frame = shared.config.limits.max_frame;
+    let mut reader = FrameReader::new(r, max_frame);
+    let mut writer = FrameWriter::new(w, max_frame);
+    let ip = peer.ip();
+    let timeouts = Timeouts {
+        greeting: t.greeting,
+        idle: t.idle,
+    };
+    let mut machine = Greeting::new(ip, timeouts, clock::now());
+    // The session a client's code led to, between `TakeCode` and `Join`.
+    let mut taken: Option<Arc<Session>> = None;
+    loop {
+        while let Some(action) = machine.poll_action() {
+            match action {
+                Action::Send(frame) => {
+                    if writer.send(&frame).await.is_err() {
+                        return;
+                    }
+                }
+                Action::Reserve { account } => {
+                    let reserved = {
+                        let mut t = super::lock(throttle_of(&shared, account.is_some()));
+                        let scope = account.as_deref().map_or(Scope::CODES, |name| t.account(name));
+                        t.reserve(scope, ip, clock::now())
+                    };
+                    if reserved.is_err() {
+                        tracing::info!(%peer, login = account.is_some(), "attempt refused: throttled");
+                    }
+                    machine.handle_event(clock::now(), Event::Reserved(reserved));
+                }
+                Action::Authenticate(login) => {
+                    let result = authenticate(&shared, &login, ip).await;
+                    if result.is_err() {
+                        tracing::info!(%peer, "operator login refused");
+                    }
+                    machine.handle_event(clock::now(), Event::Authenticated(result));
+                }
+                Action::Settle(kind, ticket, outcome) => {
+                    let mut t = super::lock(throttle_of(&shared, kind == AttemptKind::Login));
+                    let now = clock::now();
+                    match outcome {
+                        Settle::Succeeded => t.succeeded(ticket, now),
+                        Settle::Failed => t.failed(ticket, now),
+                        Settle::Refund => t.refund(ticket, now),
+                    }
+                }
+                Action::Audit(entry) => shared.audit.record(entry).await,
+                Action::Authenticated => permit.authenticated(),
+                Action::CheckAccount { operator } => {
+                    let checked = check_code_issue(&shared, &operator, ip).await;
+                    machine.handle_event(clock::now(), Event::AccountChecked(checked));
+                }
+                Action::TakeCode(code) => {
+                    let result = shared.join(code, clock::now()).await.map(|s| {
+                        taken = Some(s);
+                    });
+                    if let Err(r) = result {
+                        let code = Refusal::from(r).code();
+                        tracing::info!(%peer, error = tsunagu_proto::types::error_code_name(code), "join refused");
+                    }
+                    machine.handle_event(clock::now(), Event::CodeTaken(result));
+                }
+                Action::Issue {
+                    record,
+                    requested,
+                    asked,
+                } => {
+                    tracing::info!(%peer, operator = %record.name, "operator logged in");
+                    run_operator(shared, reader, writer, peer, port, record, requested, asked).await;
+                    return;
+                }
+                Action::Join { host } => {
+                    let Some(session) = taken.take() else { return };
+                    run_client(shared, session, reader, writer, peer, port, host).await;
+                    return;
+                }
+                Action::Close(refusal) => {
+                    if let Some(refusal) = refusal {
+                        tracing::debug!(%peer, ?refusal, "connection refused");
+                        let _ = writer.send(&refusal.frame()).await;
+                    }
+                    return;
+                }
+            }
+        }
+        let deadline = machine.poll_timeout().map(tokio::time::Instant::from_std);
+        if machine.wants_frame() {
+            let read = match deadline {
+                Some(d) => tokio::time::timeout_at(d, reader.read()).await,
+                None => Ok(reader.read().await),
+            };
+            match read {
+                Err(_) => machine.handle_timeout(clock::now()),
+                Ok(Ok(Some(raw))) => machine.handle_frame(clock::now(), raw.frame),
+                Ok(Ok(None)) => machine.handle_close(None),
+                Ok(Err(TransportError::Frame(e))) => machine.handle_close(Some(e.to_string())),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "greeting failed");
+                    machine.handle_close(None);
+                }
+            }
+        } else if let Some(d) = deadline {
+            tokio::time::sleep_until(d).await;
+            machine.handle_timeout(clock::now());
+        } else if !machine.is_done() {
+            // Waiting for neither the peer, nor time, nor an answer: cannot happen, as every
+            // action that asks for an answer was answered above.
+            tracing::error!(%peer, "the greeting stalled; closing");
+            return;
+        }
+    }
+}
+
+/// The throttle an attempt goes through: logins or session codes.
+fn throttle_of(shared: &Shared, login: bool) -> &Mutex<Throttle> {
+    if login {
+        &shared.login_throttle
+    } else {
+        &shared.join_throttle
+    }
+}
+
+/// An operator passed the greeting and asked for a code: issues it, records it, tells the
+/// operator and runs its side of the session.
+#[allow(clippy::too_many_arguments)]
+async fn run_operator<R, W>(
+    shared: Arc<Shared>,
+    reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+    peer: SocketAddr,
+    port: u16,
+    record: crate::store::OperatorRecord,
+    requested: PermissionSet,
+    asked: PermissionSet,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let operator = record.name;
+    let limits = &shared.config.limits;
+    let operator_q = OutQueue::new(
+        limits.screen_queue_frames,
+        limits.data_queue_bytes,
+        limits.control_queue_frames,
+    );
+    let t = &shared.config.timeouts;
+    let policy = Policy::new(requested, record.permissions, clock::now(), t.code_ttl, t.consent);
+    let issued = shared
+        .open_session(operator.clone(), peer, policy, operator_q.clone())
+        .await;
+    let (code, session) = match issued {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "could not draw a session code");
+            let _ = writer.send(&Refusal::NoCode.frame()).await;
+            return;
+        }
+    };
+    shared
+        .history
+        .record(HistoryEvent::Issued {
+            id: session.id.clone(),
+            operator: operator.clone(),
+            operator_addr: peer,
+            relay_port: port,
+            requested: asked,
+            at_ms: now_ms(),
+        })
+        .await;
+    tracing::info!(session = %session.id, %operator, %peer, "session code issued");
+    let issued = Frame {
+        body: Some(Body::CodeIssued(pb::CodeIssued {
+            code: code.reveal(),
+            expires_in_ms: t.code_ttl.as_millis() as u64,
+            session_id: session.id.clone(),
+        })),
+    };
+    if writer.send(&issued).await.is_err() {
+        session.finish(EndReason::OperatorDisconnected).await;
+        return;
+    }
+    tokio::spawn(session.clone().run_timer());
+    run_peer(shared, session, Role::Operator, reader, writer, operator_q).await;
+}
+
+/// A client took a code: attaches it to the session and runs its side.
+async fn run_client<R, W>(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+    peer: SocketAddr,
+    port: u16,
+    host: String,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &shared.config.limits;
+    let client_q = OutQueue::new(
+        limits.screen_queue_frames,
+        limits.data_queue_bytes,
+        limits.control_queue_frames,
+    );
+    if !session.attach_client(client_q.clone(), &host, peer, port).await {
+        let _ = writer.send(&Refusal::ExpiredCode.frame()).await;
+        return;
+    }
+    run_peer(shared, session, Role::Client, reader, writer, client_q).await;
+}
+
+/// Suspension, IP rules and the session cap, checked against the current account when a
+/// code is asked for.
+async fn check_code_issue(
+    shared: &Shared,
+    operator: &str,
+    ip: IpAddr,
+) -> Result<crate::store::OperatorRecord, Refusal> {
+    let record = shared
+        .store
+        .operator(operator)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "account lookup failed");
+            Refusal::CheckFailed
+        })?
+        .ok_or(Refusal::AccountGone)?;
+    if record.suspended {
+        return Err(Refusal::Suspended);
+    }
+    if !crate::store::ip_allowed(&record.ip_rules, ip) {
+        return Err(Refusal::WorkAddressRefused);
+    }
+    if record.max_sessions > 0 && shared.sessions().live_of(operator).len() >= record.max_sessions as usize {
+        return Err(Refusal::SessionCap {
+            max: record.max_sessions,
+        });
+    }
+    Ok(record)
+}
+
+/// Checks an operator's password (through the bounded verifier pool) and second factor,
+/// then suspension and IP rules. A refusal comes with whether the name matched an account.
+async fn authenticate(
+    shared: &Shared,
+    login: &pb::Login,
+    ip: IpAddr,
+) -> Result<crate::store::OperatorRecord, (Refusal, bool)> {
+    if login.user.len() > tsunagu_proto::limits::MAX_USER_NAME
+        || login.password.len() > tsunagu_proto::limits::MAX_PASSWORD
+    {
+        return Err((Refusal::WrongPassword, false));
+    }
+    let record = shared.store.operator(&login.user).await.map_err(|e| {
+        tracing::error!(error = %e, "account lookup failed");
+        (Refusal::CheckFailed, false)
+    })?;
+    let known = record.is_some();
+    let hash = record
+        .as_ref()
+        .map(|r| r.password_hash.clone())
+        .unwrap_or_else(|| shared.dummy_hash.clone());
+    let ok = shared
+        .verifier
+        .verify(login.password.clone(), hash)
+        .await
+        .map_err(|_| (Refusal::Busy, known))?;
+    let Some(r) = record.filter(|_| ok) else {
+        return Err((Refusal::WrongPassword, known));
+    };
+    if r.suspended {
+        return Err((Refusal::Suspended, true));
+    }
+    if !crate::store::ip_allowed(&r.ip_rules, ip) {
+        return Err((Refusal::LoginAddressRefused, true));
+    }
+    if r.totp_required {
+        let Some(secret) = &r.totp_secret else {
+            return Err((Refusal::TotpNotEnrolled, true));
+        };
+        if !shared
+            .operator_totp
+            .accept(&r.name, secret, &login.totp, crate::totp::now_secs())
+        {
+            return Err((Refusal::WrongTotp, true));
+        }
+    }
+    Ok(r)
+}
+
+/// Runs one peer of a session: its writer task and its reader loop, until the session
+/// ends or the peer goes away.
+async fn run_peer<R, W>(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    role: Role,
+    mut reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    queue: OutQueue,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let t = shared.config.timeouts.clone();
+    let writer_task = tokio::spawn(write_loop(queue.clone(), writer, t.keepalive, t.write));
+    let mut ended = session.ended();
+    let gone = match role {
+        Role::Operator => EndReason::OperatorDisconnected,
+        Role::Client => EndReason::ClientDisconnected,
+    };
+    loop {
+        let read = tokio::select! {
+            biased;
+            _ = crate::shutdown::until_true(&mut ended) => break,
+            r = reader.read_timeout(t.idle) => r,
+        };
+        match read {
+            Ok(Some(raw)) => {
+                if !session.on_frame(role, raw).await {
+                    break;
+                }
+            }
+            Ok(None) => {
+                session.peer_gone(gone).await;
+                break;
+            }
+            Err(TransportError::Timeout(_)) => {
+                tracing::info!(session = %session.id, ?role, "peer idle too long");
+                session.finish(EndReason::IdleTimeout).await;
+                break;
+            }
+            Err(TransportError::Frame(e)) => {
+                tracing::info!(session = %session.id, ?role, error = %e, "malformed frame; closing");
+                let _ = queue.push_control(encode(&Refusal::Malformed(e.to_string()).frame()).unwrap_or_default());
+                session.finish(EndReason::ProtocolError).await;
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(session = %session.id, ?role, error = %e, "connection lost");
+                session.peer_gone(gone).await;
+                break;
+            }
+        }
+    }
+    queue.close();
+    // The writer delivers what is queued (at least `Ended`) and closes TLS, under its own
+    // write timeout.
+    let _ = writer_task.await;
+    // Lingering close: a socket closed with unread data is reset, and a reset can destroy the
+    // `Ended` frame still on its way to a peer that was busy sending. Read and discard for a
+    // moment, until the peer closes its side too.
+    let linger = async { while let Ok(Some(_)) = reader.read().await {} };
+    let _ = tokio::time::timeout(LINGER, linger).await;
+}
+
+/// How long a closing connection keeps reading what its peer still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
+async fn write_loop<W>(queue: OutQueue, mut writer: FrameWriter<W>, keepalive: Duration, write_timeout: Duration)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut batch: Vec<Bytes> = Vec::new();
+    let ping = encode(&Frame {
+        body: Some(Body::Ping(pb::Ping { nonce: 0 })),
+    })
+    .expect("ping is never empty");
+    loop {
+        match tokio::time::timeout(keepalive, queue.pop_batch(&mut batch)).await {
+            Err(_) => batch.push(ping.clone()),
+            Ok(false) => break,
+            Ok(true) => {}
+        }
+        let write_all = async {
+            for frame in batch.drain(..) {
+                writer.write_raw(&frame).await?;
+            }
+            writer.flush().await
+        };
+        match tokio::time::timeout(write_timeout, write_all).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                queue.close();
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
+}
