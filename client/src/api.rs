@@ -187,6 +187,25 @@ impl Event {
     }
 }
 
+/// What the shared session driver reports itself.
+impl tsunagu_endpoint::driver::AppEvent for Event {
+    fn error(code: &str, message: String) -> Self {
+        Event::error(code, message)
+    }
+
+    fn ended(reason: &str) -> Self {
+        Event::Ended { reason: reason.into() }
+    }
+
+    fn chat(text: String) -> Self {
+        Event::Chat { text }
+    }
+
+    fn file(event: tsunagu_endpoint::transfer::FileEvent) -> Self {
+        Event::File(event)
+    }
+}
+
 pub use tsunagu_endpoint::headless::Outcome;
 
 #[cfg(test)]
