@@ -610,17 +610,7 @@ impl ClientApp {
         if !self.options.report {
             return;
         }
-        let ppp = ctx.pixels_per_point();
-        let px = |r: egui::Rect| {
-            [
-                (r.min.x * ppp).round() as i64,
-                (r.min.y * ppp).round() as i64,
-                (r.width() * ppp).round() as i64,
-                (r.height() * ppp).round() as i64,
-            ]
-        };
-        let window = ctx.input(|i| i.viewport().inner_rect).map(px);
-        let widgets: BTreeMap<_, _> = self.widgets.iter().map(|(k, r)| (*k, px(*r))).collect();
+        let (window, widgets) = gui::geometry(ctx, &self.widgets);
         let line = serde_json::json!({
             "event": "gui",
             "screen": self.screen.name(),

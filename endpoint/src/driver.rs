@@ -46,6 +46,47 @@ pub trait AppEvent: Send + 'static {
     fn file(event: FileEvent) -> Self;
 }
 
+/// Gives an app's event enum what the driver needs: an `error(code, message)` constructor and
+/// [`AppEvent`]. The enum must have the variants `Error { code, message }`, `Ended { reason }`,
+/// `Chat { text }` (all `String`s) and `File(FileEvent)`.
+#[macro_export]
+macro_rules! app_event {
+    ($event:ty) => {
+        impl $event {
+            /// An `error` event.
+            pub fn error(code: impl Into<String>, message: impl Into<String>) -> Self {
+                Self::Error {
+                    code: code.into(),
+                    message: message.into(),
+                }
+            }
+        }
+
+        impl $crate::driver::AppEvent for $event {
+            fn error(code: &str, message: String) -> Self {
+                Self::Error {
+                    code: code.into(),
+                    message,
+                }
+            }
+
+            fn ended(reason: &str) -> Self {
+                Self::Ended {
+                    reason: reason.into(),
+                }
+            }
+
+            fn chat(text: String) -> Self {
+                Self::Chat { text }
+            }
+
+            fn file(event: $crate::transfer::FileEvent) -> Self {
+                Self::File(event)
+            }
+        }
+    };
+}
+
 /// Sends events to the embedder; a dropped receiver just means nobody listens any more.
 pub struct Events<E>(mpsc::Sender<E>);
 

@@ -3,6 +3,7 @@
 //! the text sizes derived from one base size, the tokio runtime the session runs on beside
 //! the window, and the event bridge that carries the session's events to the window.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -134,6 +135,31 @@ where
         repaint.request_repaint();
     });
     (cmd_tx, from_session)
+}
+
+/// A rectangle in physical pixels, `[x, y, width, height]`, as window reports give them.
+pub type PixelRect = [i64; 4];
+
+/// `rect` (in points) in physical pixels.
+pub fn to_pixels(ctx: &egui::Context, rect: egui::Rect) -> PixelRect {
+    let ppp = ctx.pixels_per_point();
+    [
+        (rect.min.x * ppp).round() as i64,
+        (rect.min.y * ppp).round() as i64,
+        (rect.width() * ppp).round() as i64,
+        (rect.height() * ppp).round() as i64,
+    ]
+}
+
+/// Where the window is and where its named widgets are, in physical pixels, for a window
+/// report.
+pub fn geometry(
+    ctx: &egui::Context,
+    widgets: &BTreeMap<&'static str, egui::Rect>,
+) -> (Option<PixelRect>, BTreeMap<&'static str, PixelRect>) {
+    let window = ctx.input(|i| i.viewport().inner_rect).map(|r| to_pixels(ctx, r));
+    let widgets = widgets.iter().map(|(k, r)| (*k, to_pixels(ctx, *r))).collect();
+    (window, widgets)
 }
 
 /// Prints a window report (a `gui` JSON line) on stdout when it differs from the last one.

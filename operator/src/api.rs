@@ -188,34 +188,7 @@ pub enum Event {
     File(tsunagu_endpoint::transfer::FileEvent),
 }
 
-impl Event {
-    /// An `error` event.
-    pub fn error(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Event::Error {
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// What the shared session driver reports itself.
-impl tsunagu_endpoint::driver::AppEvent for Event {
-    fn error(code: &str, message: String) -> Self {
-        Event::error(code, message)
-    }
-
-    fn ended(reason: &str) -> Self {
-        Event::Ended { reason: reason.into() }
-    }
-
-    fn chat(text: String) -> Self {
-        Event::Chat { text }
-    }
-
-    fn file(event: tsunagu_endpoint::transfer::FileEvent) -> Self {
-        Event::File(event)
-    }
-}
+tsunagu_endpoint::app_event!(Event);
 
 pub use tsunagu_endpoint::headless::Outcome;
 
