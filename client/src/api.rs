@@ -177,15 +177,7 @@ pub enum Event {
     File(tsunagu_endpoint::transfer::FileEvent),
 }
 
-impl Event {
-    /// An `error` event.
-    pub fn error(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Event::Error {
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-}
+tsunagu_endpoint::app_event!(Event);
 
 pub use tsunagu_endpoint::headless::Outcome;
 

@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use thiserror::Error;
 
+pub use crate::picture::Picture;
+
 /// Why capture failed.
 #[derive(Debug, Error)]
 pub enum CaptureError {
@@ -58,29 +60,6 @@ pub enum MonitorChoice {
     Primary,
     /// The monitor at this index in [`ShmCapturer::monitors`] order (RandR order).
     Index(usize),
-}
-
-/// One captured picture: packed BGRX, `stride` bytes per row.
-#[derive(Debug, Clone, Default)]
-pub struct Picture {
-    /// Width in pixels.
-    pub width: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// Bytes per row (at least `4 * width`).
-    pub stride: usize,
-    /// The pixels: byte 0 blue, 1 green, 2 red, 3 unused.
-    pub bgrx: Vec<u8>,
-    /// When the pixels were read.
-    pub captured_at: Option<Instant>,
-}
-
-impl Picture {
-    /// The colour at (`x`, `y`) as RGB.
-    pub fn rgb_at(&self, x: usize, y: usize) -> [u8; 3] {
-        let i = y * self.stride + x * 4;
-        [self.bgrx[i + 2], self.bgrx[i + 1], self.bgrx[i]]
-    }
 }
 
 /// A screen source.
@@ -433,22 +412,7 @@ impl Capturer for XcapCapturer {
                 self.width, self.height
             )));
         }
-        let rgba = image.as_raw();
-        into.width = self.width;
-        into.height = self.height;
-        into.stride = self.width * 4;
-        into.bgrx.resize(self.width * self.height * 4, 0);
-        for y in 0..self.height {
-            let src = &rgba[y * iw * 4..(y * iw + self.width) * 4];
-            let dst = &mut into.bgrx[y * into.stride..(y + 1) * into.stride];
-            for (d, s) in dst.chunks_exact_mut(4).zip(src.chunks_exact(4)) {
-                d[0] = s[2];
-                d[1] = s[1];
-                d[2] = s[0];
-                d[3] = 0;
-            }
-        }
-        into.captured_at = Some(Instant::now());
+        into.fill_from_rgb(self.width, self.height, image.as_raw(), iw * 4, 4);
         Ok(())
     }
 
@@ -479,17 +443,7 @@ impl Capturer for SyntheticCapturer {
     fn capture(&mut self, into: &mut Picture) -> Result<(), CaptureError> {
         let (w, h) = self.screen.dimensions();
         let rgb = self.screen.next_frame();
-        into.width = w;
-        into.height = h;
-        into.stride = w * 4;
-        into.bgrx.resize(w * h * 4, 0);
-        for (d, s) in into.bgrx.chunks_exact_mut(4).zip(rgb.chunks_exact(3)) {
-            d[0] = s[2];
-            d[1] = s[1];
-            d[2] = s[0];
-            d[3] = 0;
-        }
-        into.captured_at = Some(Instant::now());
+        into.fill_from_rgb(w, h, rgb, w * 3, 3);
         Ok(())
     }
 

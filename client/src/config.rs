@@ -118,24 +118,7 @@ pub struct ClientConfig {
     pub max_frame: usize,
 }
 
-/// Why a configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// `--relay` is not `HOST[:PORT]`.
-    #[error("{0}")]
-    BadRelay(String),
-    /// An empty port list.
-    #[error("no relay port to try")]
-    NoPorts,
-}
-
-/// Resolves `--relay HOST[:PORT]` and `--ports` (see [`tsunagu_endpoint::dial::resolve_target`]).
-pub fn relay_target(spec: &str, ports: Option<Vec<u16>>) -> Result<(String, Vec<u16>), ConfigError> {
-    tsunagu_endpoint::dial::resolve_target(spec, ports).map_err(|e| match e {
-        tsunagu_endpoint::dial::DialError::NoPorts => ConfigError::NoPorts,
-        other => ConfigError::BadRelay(other.to_string()),
-    })
-}
+pub use tsunagu_endpoint::config::{relay_target, ConfigError};
 
 /// This machine's host name, or `"unknown"`.
 pub fn local_host_name() -> String {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use tokio::sync::mpsc;
-use tsunagu_endpoint::gui;
+use tsunagu_endpoint::gui::{self, FromSession};
 use tsunagu_endpoint::transfer::{FileCommand, FileEvent};
 use tsunagu_proto::SessionCode;
 
@@ -69,7 +69,7 @@ pub struct GuiOptions {
 /// Runs the window until the user closes it.
 pub fn run(options: GuiOptions) -> Result<(), String> {
     let runtime = gui::session_runtime()?;
-    let lang = options.lang.unwrap_or_else(Lang::from_env);
+    let lang = options.lang.unwrap_or_else(crate::i18n::from_env);
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title(lang.t(Text::Title))
@@ -93,12 +93,6 @@ pub fn run(options: GuiOptions) -> Result<(), String> {
         }),
     )
     .map_err(|e| e.to_string())
-}
-
-/// Messages from the session task to the window.
-enum FromSession {
-    Event(Event),
-    Finished(Outcome),
 }
 
 /// What the window shows.
@@ -161,7 +155,7 @@ struct ClientApp {
     code_focused: bool,
     error: Option<String>,
     commands: Option<mpsc::Sender<Command>>,
-    from_session: Option<std_mpsc::Receiver<FromSession>>,
+    from_session: Option<std_mpsc::Receiver<FromSession<Event>>>,
     session: SessionView,
     file_offer: Option<FileOfferDialog>,
     /// Widget rectangles of this frame, for the report.
@@ -211,26 +205,17 @@ impl ClientApp {
         };
         let mut config = self.options.config.clone();
         config.code = code;
-        let (cmd_tx, cmd_rx) = mpsc::channel(tsunagu_endpoint::headless::COMMAND_CAPACITY);
-        let (ev_tx, mut ev_rx) = mpsc::channel(tsunagu_endpoint::headless::EVENT_CAPACITY);
-        let (to_gui, from_session) = std_mpsc::channel();
-        let repaint = ctx.clone();
-        let report = self.options.report;
-        self.runtime.spawn(async move {
-            let session = tokio::spawn(crate::run(config, cmd_rx, ev_tx));
-            while let Some(event) = ev_rx.recv().await {
-                if report {
-                    if let Ok(line) = serde_json::to_string(&event) {
-                        println!("{line}");
-                    }
-                }
-                let _ = to_gui.send(FromSession::Event(event));
-                repaint.request_repaint();
-            }
-            let outcome = session.await.unwrap_or(Outcome::Unreachable);
-            let _ = to_gui.send(FromSession::Finished(outcome));
-            repaint.request_repaint();
-        });
+        let capacities = (
+            tsunagu_endpoint::headless::COMMAND_CAPACITY,
+            tsunagu_endpoint::headless::EVENT_CAPACITY,
+        );
+        let (cmd_tx, from_session) = gui::start_session(
+            &self.runtime,
+            ctx,
+            capacities,
+            self.options.report,
+            move |commands, events| crate::run(config, commands, events),
+        );
         self.commands = Some(cmd_tx);
         self.from_session = Some(from_session);
         self.error = None;
@@ -625,21 +610,11 @@ impl ClientApp {
         if !self.options.report {
             return;
         }
-        let ppp = ctx.pixels_per_point();
-        let px = |r: egui::Rect| {
-            [
-                (r.min.x * ppp).round() as i64,
-                (r.min.y * ppp).round() as i64,
-                (r.width() * ppp).round() as i64,
-                (r.height() * ppp).round() as i64,
-            ]
-        };
-        let window = ctx.input(|i| i.viewport().inner_rect).map(px);
-        let widgets: BTreeMap<_, _> = self.widgets.iter().map(|(k, r)| (*k, px(*r))).collect();
+        let (window, widgets) = gui::geometry(ctx, &self.widgets);
         let line = serde_json::json!({
             "event": "gui",
             "screen": self.screen.name(),
-            "lang": match self.lang { Lang::Ja => "ja", Lang::En => "en" },
+            "lang": self.lang.code(),
             "window": window,
             "widgets": widgets,
             "file_offer": self.file_offer.is_some(),
@@ -647,10 +622,7 @@ impl ClientApp {
             "error": self.error,
         })
         .to_string();
-        if line != self.last_report {
-            println!("{line}");
-            self.last_report = line;
-        }
+        gui::report_if_changed(&mut self.last_report, line);
     }
 }
 

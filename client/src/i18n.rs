@@ -1,60 +1,28 @@
 //! Japanese and English text for the client window.
 //!
-//! The system locale decides ([`Lang::from_env`]); with no locale at all the window speaks
-//! Japanese, since most people this app helps read Japanese first; the window has a switch. Every string the window shows is a [`Text`] looked up with
+//! The system locale decides ([`from_env`]); with no locale at all the window speaks
+//! Japanese, since most people this app helps read Japanese first; the window has a switch.
+//! Every string the window shows is a [`Text`] looked up with
 //! [`Lang::t`], so a missing translation is a compile error, not a blank label.
 
-/// A display language.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lang {
-    /// 日本語
-    Ja,
-    /// English
-    En,
+pub use tsunagu_endpoint::lang::Lang;
+use tsunagu_endpoint::lang::Texts;
+
+/// The language of the system locale ([`Lang::from_env`]); no locale at all is Japanese
+/// (the audience this app is for).
+pub fn from_env() -> Lang {
+    Lang::from_env(Lang::Ja)
 }
 
-impl Lang {
-    /// The language of the system locale: the first of `LC_ALL`, `LC_MESSAGES`, `LANG`
-    /// (POSIX precedence) that is set and non-empty. `ja*` is Japanese, any other locale is
-    /// English, and no locale at all is Japanese (the audience this app is for).
-    pub fn from_env() -> Self {
-        let value = ["LC_ALL", "LC_MESSAGES", "LANG"]
-            .iter()
-            .filter_map(|k| std::env::var(k).ok())
-            .find(|v| !v.is_empty());
-        Self::from_locale(value.as_deref())
-    }
+/// The language for a locale string such as `ja_JP.UTF-8`; no locale is Japanese.
+pub fn from_locale(locale: Option<&str>) -> Lang {
+    Lang::from_locale(locale, Lang::Ja)
+}
 
-    /// The language for a locale string such as `ja_JP.UTF-8` or `en_US.UTF-8`.
-    pub fn from_locale(locale: Option<&str>) -> Self {
-        match locale {
-            None => Lang::Ja,
-            Some(l) if l.to_ascii_lowercase().starts_with("ja") => Lang::Ja,
-            Some("C") | Some("POSIX") => Lang::En,
-            Some(_) => Lang::En,
-        }
-    }
-
-    /// The other language (for the switch).
-    pub fn other(self) -> Self {
-        match self {
-            Lang::Ja => Lang::En,
-            Lang::En => Lang::Ja,
-        }
-    }
-
-    /// The name of this language in itself, for the switch button.
-    pub fn native_name(self) -> &'static str {
-        match self {
-            Lang::Ja => "日本語",
-            Lang::En => "English",
-        }
-    }
-
-    /// The text for `id` in this language.
-    pub fn t(self, id: Text) -> &'static str {
+impl Texts for Text {
+    fn text(self, lang: Lang) -> &'static str {
         use Text::*;
-        match (self, id) {
+        match (lang, self) {
             (Lang::Ja, Title) => "つなぐ リモートサポート",
             (Lang::En, Title) => "tsunagu remote support",
             (Lang::Ja, EnterCode) => "担当者から伝えられた 8 桁の番号を入力してください",
@@ -225,10 +193,10 @@ mod tests {
 
     #[test]
     fn locale_picks_the_language() {
-        assert_eq!(Lang::from_locale(Some("ja_JP.UTF-8")), Lang::Ja);
-        assert_eq!(Lang::from_locale(Some("en_US.UTF-8")), Lang::En);
-        assert_eq!(Lang::from_locale(Some("C")), Lang::En);
-        assert_eq!(Lang::from_locale(None), Lang::Ja);
+        assert_eq!(from_locale(Some("ja_JP.UTF-8")), Lang::Ja);
+        assert_eq!(from_locale(Some("en_US.UTF-8")), Lang::En);
+        assert_eq!(from_locale(Some("C")), Lang::En);
+        assert_eq!(from_locale(None), Lang::Ja);
         assert_eq!(Lang::Ja.other(), Lang::En);
     }
 

@@ -7,7 +7,7 @@
 //! and returns an [`Outcome`] that maps to the process exit code. The `tsunagu-client`
 //! binary only parses arguments and wires stdin/stdout to those channels ([`headless`]).
 //!
-//! Modules: [`capture`] (X11 shared memory, xcap, synthetic), [`synthetic`] (the test
+//! Modules: [`picture`] (a captured BGRX picture), [`capture`] (X11 shared memory, xcap, synthetic), [`synthetic`] (the test
 //! desktop), [`encode`] (openh264), [`stream`] (the capture/encode worker thread), [`flow`]
 //! (the unacked-frame window), [`inject`] (enigo input), [`pointer`] and [`takeover`] (the
 //! takeover pause), [`config`], [`api`] (commands, events, outcome), [`gui`] (the eframe
@@ -21,6 +21,7 @@ pub mod flow;
 pub mod gui;
 pub mod i18n;
 pub mod inject;
+pub mod picture;
 pub mod pointer;
 mod session;
 pub mod stream;

@@ -10,7 +10,11 @@ use tsunagu_client::capture::{MonitorChoice, X11Backend};
 use tsunagu_client::config::{local_host_name, parse_size, ClientConfig, Timeouts};
 use tsunagu_client::i18n::Lang;
 use tsunagu_client::{Command, Event, InputSink, ScreenSource};
+use tsunagu_endpoint::headless;
 use tsunagu_proto::SessionCode;
+
+/// The program's name in messages on stderr.
+const PROGRAM: &str = "tsunagu-client";
 
 /// Screen sources on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,39 +114,20 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    headless::init_logging();
     if !args.headless {
         return run_gui(args);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tsunagu-client: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let config = match build_config(args) {
+        Ok(c) => c,
+        Err((code, message)) => return headless::usage_error(PROGRAM, &Event::error(code, message.clone()), &message),
     };
-    let code = runtime.block_on(async move {
-        let config = match build_config(args) {
-            Ok(c) => c,
-            Err((code, message)) => {
-                print_event(&Event::error(code, message.clone()));
-                eprintln!("tsunagu-client: {message}");
-                return 2;
-            }
-        };
-        let outcome = tsunagu_endpoint::headless::drive(
-            |commands, events| tsunagu_client::run(config, commands, events),
-            |message| Event::error("bad_command", message),
-            Command::End,
-        )
-        .await;
-        outcome.exit_code()
-    });
-    // stdin is read on a blocking thread that cannot be cancelled: exit without waiting for it.
-    std::process::exit(code as i32);
+    headless::run_to_exit(
+        PROGRAM,
+        |commands, events| tsunagu_client::run(config, commands, events),
+        |message| Event::error("bad_command", message),
+        Command::End,
+    )
 }
 
 /// Shows the window; the code is typed there.
@@ -157,7 +142,7 @@ fn run_gui(args: Args) -> ExitCode {
     let config = match build_config_with(args, placeholder) {
         Ok(c) => c,
         Err((_, message)) => {
-            eprintln!("tsunagu-client: {message}");
+            eprintln!("{PROGRAM}: {message}");
             return ExitCode::from(2);
         }
     };
@@ -170,7 +155,7 @@ fn run_gui(args: Args) -> ExitCode {
     }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tsunagu-client: cannot open the window: {e}");
+            eprintln!("{PROGRAM}: cannot open the window: {e}");
             ExitCode::from(2)
         }
     }
@@ -229,11 +214,4 @@ fn build_config_with(args: Args, code: SessionCode) -> Result<ClientConfig, (&'s
         ..Timeouts::default()
     };
     Ok(config)
-}
-
-/// Writes one event line straight to stdout (before the driver runs).
-fn print_event(event: &Event) {
-    if let Ok(line) = serde_json::to_string(event) {
-        println!("{line}");
-    }
 }

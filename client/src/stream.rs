@@ -12,8 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
-use crate::capture::{Capturer, Picture};
+use crate::capture::Capturer;
 use crate::encode::{EncodedFrame, ScreenEncoder};
+use crate::picture::Picture;
 
 /// What the session asks the worker.
 #[derive(Debug, Clone, Copy)]

@@ -1,11 +1,18 @@
 //! What both app windows (eframe/egui) set up the same way (feature `gui`): a system CJK font
 //! as a fallback after egui's own fonts (egui ships none, so Japanese would show as boxes),
-//! the text sizes derived from one base size, and the tokio runtime the session runs on
-//! beside the window.
+//! the text sizes derived from one base size, the tokio runtime the session runs on beside
+//! the window, and the event bridge that carries the session's events to the window.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
 use eframe::egui;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::headless::Outcome;
 
 /// Places where Debian and other distributions keep a CJK font with Japanese glyphs; the
 /// first that exists is used. Face 0 of Noto Sans CJK collections is the Japanese one.
@@ -81,6 +88,88 @@ pub fn session_runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| e.to_string())
 }
 
+/// What a running session tells its window, in order: its events, then how it ended.
+#[derive(Debug)]
+pub enum FromSession<E> {
+    /// An event, as the headless mode would print it.
+    Event(E),
+    /// The session is over; nothing follows.
+    Finished(Outcome),
+}
+
+/// Starts `session` on `runtime` with fresh command and event channels (of the given
+/// capacities) and returns the window's ends: where to send commands, and what to drain on
+/// each repaint. Every event wakes the window; with `print`, each is also printed as a JSON
+/// line on stdout (for scripts and tests following the window). The outcome comes after the
+/// session's last event.
+pub fn start_session<C, E, F>(
+    runtime: &tokio::runtime::Runtime,
+    ctx: &egui::Context,
+    (command_capacity, event_capacity): (usize, usize),
+    print: bool,
+    session: impl FnOnce(mpsc::Receiver<C>, mpsc::Sender<E>) -> F,
+) -> (mpsc::Sender<C>, std_mpsc::Receiver<FromSession<E>>)
+where
+    C: Send + 'static,
+    E: Serialize + Send + 'static,
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    let (cmd_tx, cmd_rx) = mpsc::channel(command_capacity);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<E>(event_capacity);
+    let (to_window, from_session) = std_mpsc::channel();
+    let repaint = ctx.clone();
+    let session = runtime.spawn(session(cmd_rx, ev_tx));
+    runtime.spawn(async move {
+        while let Some(event) = ev_rx.recv().await {
+            if print {
+                if let Ok(line) = serde_json::to_string(&event) {
+                    println!("{line}");
+                }
+            }
+            let _ = to_window.send(FromSession::Event(event));
+            repaint.request_repaint();
+        }
+        // The session dropped its sender: it has ended (or panicked, reported as unreachable).
+        let outcome = session.await.unwrap_or(Outcome::Unreachable);
+        let _ = to_window.send(FromSession::Finished(outcome));
+        repaint.request_repaint();
+    });
+    (cmd_tx, from_session)
+}
+
+/// A rectangle in physical pixels, `[x, y, width, height]`, as window reports give them.
+pub type PixelRect = [i64; 4];
+
+/// `rect` (in points) in physical pixels.
+pub fn to_pixels(ctx: &egui::Context, rect: egui::Rect) -> PixelRect {
+    let ppp = ctx.pixels_per_point();
+    [
+        (rect.min.x * ppp).round() as i64,
+        (rect.min.y * ppp).round() as i64,
+        (rect.width() * ppp).round() as i64,
+        (rect.height() * ppp).round() as i64,
+    ]
+}
+
+/// Where the window is and where its named widgets are, in physical pixels, for a window
+/// report.
+pub fn geometry(
+    ctx: &egui::Context,
+    widgets: &BTreeMap<&'static str, egui::Rect>,
+) -> (Option<PixelRect>, BTreeMap<&'static str, PixelRect>) {
+    let window = ctx.input(|i| i.viewport().inner_rect).map(|r| to_pixels(ctx, r));
+    let widgets = widgets.iter().map(|(k, r)| (*k, to_pixels(ctx, *r))).collect();
+    (window, widgets)
+}
+
+/// Prints a window report (a `gui` JSON line) on stdout when it differs from the last one.
+pub fn report_if_changed(last: &mut String, line: String) {
+    if line != *last {
+        println!("{line}");
+        *last = line;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +215,36 @@ mod tests {
         assert_eq!(style.text_styles[&egui::TextStyle::Body].size, 20.0);
         assert_eq!(style.text_styles[&egui::TextStyle::Button].size, 20.0);
         assert_eq!(style.text_styles[&egui::TextStyle::Monospace].size, 20.0);
+    }
+
+    #[test]
+    fn the_bridge_delivers_every_event_before_the_outcome() {
+        let runtime = session_runtime().unwrap();
+        let ctx = egui::Context::default();
+        let (commands, from_session) = start_session(&runtime, &ctx, (4, 4), false, |mut cmd_rx, ev_tx| async move {
+            // Echo commands as events until the window stops sending, then end.
+            while let Some(n) = cmd_rx.recv().await {
+                let _ = ev_tx.send(n * 10).await;
+            }
+            Outcome::Ended {
+                reason: "operator_ended".into(),
+            }
+        });
+        for n in 1..=20u32 {
+            commands.blocking_send(n).unwrap();
+        }
+        drop(commands);
+        let mut seen = Vec::new();
+        loop {
+            match from_session.recv_timeout(std::time::Duration::from_secs(10)).unwrap() {
+                FromSession::Event(e) => seen.push(e),
+                FromSession::Finished(outcome) => {
+                    assert_eq!(outcome.exit_code(), 0);
+                    break;
+                }
+            }
+        }
+        assert_eq!(seen, (1..=20).map(|n| n * 10).collect::<Vec<u32>>());
     }
 
     #[test]

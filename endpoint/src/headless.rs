@@ -166,6 +166,55 @@ where
     outcome
 }
 
+/// Start-up both binaries share: logs as `tracing` lines on stderr (stdout is the JSON-lines
+/// channel), filtered by `RUST_LOG`, `info` by default.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+}
+
+/// Writes one event line straight to stdout (before [`drive`] runs).
+pub fn print_event<E: Serialize>(event: &E) {
+    if let Ok(line) = serde_json::to_string(event) {
+        println!("{line}");
+    }
+}
+
+/// Reports an unusable command line the way both binaries do: the `error` event on stdout,
+/// the message on stderr after `program: `, exit code 2.
+pub fn usage_error<E: Serialize>(program: &str, event: &E, message: &str) -> std::process::ExitCode {
+    print_event(event);
+    eprintln!("{program}: {message}");
+    std::process::ExitCode::from(2)
+}
+
+/// Runs `session` headless ([`drive`]) on a fresh runtime and exits the process with the
+/// outcome's exit code. It does not return: stdin is read on a blocking thread that cannot be
+/// cancelled, so the process exits without waiting for it.
+pub fn run_to_exit<C, E, F>(
+    program: &str,
+    session: impl FnOnce(mpsc::Receiver<C>, mpsc::Sender<E>) -> F,
+    bad_command: fn(String) -> E,
+    end: C,
+) -> !
+where
+    C: DeserializeOwned + Send + 'static,
+    E: Serialize + Send + 'static,
+    F: Future<Output = Outcome>,
+{
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{program}: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let outcome = runtime.block_on(drive(session, bad_command, end));
+    std::process::exit(outcome.exit_code() as i32);
+}
+
 /// Waits for Ctrl-C (and SIGTERM on Unix); false if signals cannot be watched.
 async fn wait_for_signal() -> bool {
     #[cfg(unix)]

@@ -1,20 +1,28 @@
 //! What the operator and the client apps share on top of the wire protocol (`tsunagu_proto`).
 //!
+//! * [`config`]: what both apps' configurations share (the relay target, its errors).
 //! * [`dial`]: the endpoint dialer: TCP + TLS 1.3 to the relay, trying its ports in order
 //!   (7615, then 80, then 443 by default), then the `Hello` exchange.
 //! * [`link`]: an endpoint's live connection to the relay (reader task, send timeouts,
-//!   sequence numbers).
-//! * [`headless`]: the JSON-lines driver of both apps' `--headless` mode.
+//!   sequence numbers, the one layer every data payload passes).
+//! * [`driver`]: the session driver loop both apps plug their phase machines into (and where
+//!   a payload layer or a new channel is written once).
+//! * [`headless`]: the JSON-lines driver of both apps' `--headless` mode and their shared
+//!   start-up.
+//! * [`lang`]: the display language of both windows (each app keeps its own strings).
 //! * [`transfer`]: file transfer as both apps do it: offers with SHA-256, the receiver's choice
 //!   of folder, safe names, a credit window, verified saves.
 //! * [`gui`] (feature `gui`): what both windows set up alike: the CJK font, text sizes, the
-//!   session runtime.
+//!   session runtime, the event bridge from the session to the window.
 //!
 //! The relay never depends on this crate: it speaks the protocol through `tsunagu_proto` alone.
 
+pub mod config;
 pub mod dial;
+pub mod driver;
 #[cfg(feature = "gui")]
 pub mod gui;
 pub mod headless;
+pub mod lang;
 pub mod link;
 pub mod transfer;

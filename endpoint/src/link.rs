@@ -4,8 +4,17 @@
 //!
 //! Only [`Link::recv`] is cancel-safe (it is a channel receive); sends must not be raced in a
 //! `select!`, or a frame could be cut in half. The session loops send from handler bodies.
+//!
+//! **Every data payload passes one [`PayloadLayer`]**: outgoing ones in [`Link::send_data`]
+//! and [`Link::send_file_chunk`] (both through one private function), incoming ones in
+//! [`Link::recv`]. Today the layer is [`Plain`] (payloads go as they are); end-to-end
+//! encryption between operator and client is written once, as another `PayloadLayer` given to
+//! [`Link::with_layer`], and covers every channel (screen, input, chat, files, a future
+//! tunnel) of both apps. The relay only ever sees the `Data` header, so it needs no change.
 
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use crate::dial::{Connected, Reader, Writer};
 use tokio::sync::mpsc;
@@ -29,6 +38,32 @@ pub enum Incoming {
     Failed(String),
 }
 
+/// A layer around data payloads, end to end between operator and client: what goes out is
+/// [`sealed`](PayloadLayer::seal) just before it is framed, what comes in is
+/// [`opened`](PayloadLayer::open) before anything reads it. Control frames (login, join,
+/// consent, file offers) are for the relay and never pass here.
+pub trait PayloadLayer: Send + Sync {
+    /// The bytes to put on the wire for `payload` on `channel`.
+    fn seal(&mut self, channel: i32, payload: Bytes) -> Bytes;
+    /// The payload inside `wire` received on `channel`; an error means the peer's frame cannot
+    /// be trusted, and the session ends as a lost connection.
+    fn open(&mut self, channel: i32, wire: Bytes) -> Result<Bytes, String>;
+}
+
+/// Payloads as they are (no end-to-end layer yet).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Plain;
+
+impl PayloadLayer for Plain {
+    fn seal(&mut self, _channel: i32, payload: Bytes) -> Bytes {
+        payload
+    }
+
+    fn open(&mut self, _channel: i32, wire: Bytes) -> Result<Bytes, String> {
+        Ok(wire)
+    }
+}
+
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -46,6 +81,8 @@ pub struct Link {
     /// Last sequence number sent per channel, indexed by the channel's wire value.
     seqs: [u64; 8],
     write_timeout: Duration,
+    /// What every data payload passes through, both ways.
+    layer: Box<dyn PayloadLayer>,
 }
 
 impl Link {
@@ -59,7 +96,14 @@ impl Link {
             reader_task,
             seqs: [0; 8],
             write_timeout,
+            layer: Box::new(Plain),
         }
+    }
+
+    /// Puts `layer` around every data payload from now on (see [`PayloadLayer`]).
+    pub fn with_layer(mut self, layer: Box<dyn PayloadLayer>) -> Self {
+        self.layer = layer;
+        self
     }
 
     /// Sends one frame body.
@@ -72,25 +116,21 @@ impl Link {
 
     /// Sends a data frame on `channel` with the next sequence number, which it returns.
     pub async fn send_data(&mut self, channel: pb::Channel, payload: Vec<u8>) -> Result<u64, LinkError> {
-        let slot = (channel as usize).min(self.seqs.len() - 1);
-        let seq = self.seqs[slot] + 1;
-        self.send(Body::Data(pb::Data {
-            channel: channel as i32,
-            seq,
-            payload: payload.into(),
-            stream: 0,
-        }))
-        .await?;
-        self.seqs[slot] = seq;
-        Ok(seq)
+        self.send_payload(channel, 0, payload.into()).await
     }
 
     /// Sends the next bytes of file transfer `stream` on the file channel.
-    pub async fn send_file_chunk(&mut self, stream: u32, payload: bytes::Bytes) -> Result<u64, LinkError> {
-        let slot = pb::Channel::File as usize;
+    pub async fn send_file_chunk(&mut self, stream: u32, payload: Bytes) -> Result<u64, LinkError> {
+        self.send_payload(pb::Channel::File, stream, payload).await
+    }
+
+    /// The one way out for data payloads: through the [`PayloadLayer`], numbered per channel.
+    async fn send_payload(&mut self, channel: pb::Channel, stream: u32, payload: Bytes) -> Result<u64, LinkError> {
+        let slot = (channel as usize).min(self.seqs.len() - 1);
         let seq = self.seqs[slot] + 1;
+        let payload = self.layer.seal(channel as i32, payload);
         self.send(Body::Data(pb::Data {
-            channel: pb::Channel::File as i32,
+            channel: channel as i32,
             seq,
             payload,
             stream,
@@ -101,11 +141,20 @@ impl Link {
     }
 
     /// The next frame or connection event (stray `Pong`s are dropped; `Ping`s are returned
-    /// for the caller to answer). Cancel-safe.
+    /// for the caller to answer; data payloads come out of the [`PayloadLayer`]). Cancel-safe.
     pub async fn recv(&mut self) -> Incoming {
         loop {
             match self.incoming.recv().await {
                 Some(Incoming::Frame(Body::Pong(_))) => {}
+                Some(Incoming::Frame(Body::Data(mut data))) => {
+                    return match self.layer.open(data.channel, data.payload) {
+                        Ok(payload) => {
+                            data.payload = payload;
+                            Incoming::Frame(Body::Data(data))
+                        }
+                        Err(e) => Incoming::Failed(format!("a data payload could not be opened: {e}")),
+                    };
+                }
                 Some(other) => return other,
                 None => return Incoming::Failed("the reader stopped".into()),
             }

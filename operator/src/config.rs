@@ -80,24 +80,7 @@ impl fmt::Debug for OperatorConfig {
     }
 }
 
-/// Why a configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// `--relay` is not `HOST[:PORT]`.
-    #[error("{0}")]
-    BadRelay(String),
-    /// An empty port list.
-    #[error("no relay port to try")]
-    NoPorts,
-}
-
-/// Resolves `--relay HOST[:PORT]` and `--ports` (see [`tsunagu_endpoint::dial::resolve_target`]).
-pub fn relay_target(spec: &str, ports: Option<Vec<u16>>) -> Result<(String, Vec<u16>), ConfigError> {
-    tsunagu_endpoint::dial::resolve_target(spec, ports).map_err(|e| match e {
-        tsunagu_endpoint::dial::DialError::NoPorts => ConfigError::NoPorts,
-        other => ConfigError::BadRelay(other.to_string()),
-    })
-}
+pub use tsunagu_endpoint::config::{relay_target, ConfigError};
 
 impl OperatorConfig {
     /// A configuration asking for all permissions, with the default timeouts.

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use tokio::sync::mpsc;
-use tsunagu_endpoint::gui;
+use tsunagu_endpoint::gui::{self, FromSession};
 use tsunagu_endpoint::transfer::{FileCommand, FileEvent};
 use tsunagu_proto::PermissionSet;
 
-use crate::api::{Button, Command, Event, Outcome};
+use crate::api::{Button, Command, Event};
 use crate::chat::{Author, ChatLog};
 use crate::config::OperatorConfig;
 use crate::i18n::{Lang, Text};
@@ -53,7 +53,7 @@ pub struct GuiOptions {
 /// Runs the window until the operator closes it (which ends a running session).
 pub fn run(options: GuiOptions) -> Result<(), String> {
     let runtime = gui::session_runtime()?;
-    let lang = options.lang.unwrap_or_else(Lang::from_env);
+    let lang = options.lang.unwrap_or_else(crate::i18n::from_env);
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title(lang.t(Text::Title))
@@ -75,12 +75,6 @@ pub fn run(options: GuiOptions) -> Result<(), String> {
         }),
     )
     .map_err(|e| e.to_string())
-}
-
-/// Messages from the session task to the window.
-enum FromSession {
-    Event(Event),
-    Finished(Outcome),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +120,7 @@ struct OperatorApp {
     totp: String,
     message: Option<String>,
     commands: Option<mpsc::Sender<Command>>,
-    from_session: Option<std_mpsc::Receiver<FromSession>>,
+    from_session: Option<std_mpsc::Receiver<FromSession<Event>>>,
     picture: PictureSink,
     texture: Option<egui::TextureHandle>,
     picture_size: (usize, usize),
@@ -219,31 +213,13 @@ impl OperatorApp {
         let repaint = ctx.clone();
         self.picture = PictureSink::new(move || repaint.request_repaint());
         config.picture = Some(self.picture.clone());
-        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
-        let (to_window, from_session) = std_mpsc::channel();
-        let print = self.options.events;
-        let wake = ctx.clone();
-        let forward = to_window.clone();
-        self.runtime.spawn(async move {
-            while let Some(event) = ev_rx.recv().await {
-                if print {
-                    if let Ok(line) = serde_json::to_string(&event) {
-                        println!("{line}");
-                    }
-                }
-                if forward.send(FromSession::Event(event)).is_err() {
-                    break;
-                }
-                wake.request_repaint();
-            }
-        });
-        let wake = ctx.clone();
-        self.runtime.spawn(async move {
-            let outcome = crate::run(config, cmd_rx, ev_tx).await;
-            let _ = to_window.send(FromSession::Finished(outcome));
-            wake.request_repaint();
-        });
+        let (cmd_tx, from_session) = gui::start_session(
+            &self.runtime,
+            ctx,
+            (COMMAND_QUEUE, EVENT_QUEUE),
+            self.options.events,
+            move |commands, events| crate::run(config, commands, events),
+        );
         self.commands = Some(cmd_tx);
         self.from_session = Some(from_session);
         self.reset_session_view();
@@ -757,17 +733,7 @@ impl OperatorApp {
         if !self.options.events {
             return;
         }
-        let ppp = ctx.pixels_per_point();
-        let px = |r: egui::Rect| {
-            [
-                (r.min.x * ppp).round() as i64,
-                (r.min.y * ppp).round() as i64,
-                (r.width() * ppp).round() as i64,
-                (r.height() * ppp).round() as i64,
-            ]
-        };
-        let window = ctx.input(|i| i.viewport().inner_rect).map(px);
-        let widgets: BTreeMap<_, _> = self.widgets.iter().map(|(k, r)| (*k, px(*r))).collect();
+        let (window, widgets) = gui::geometry(ctx, &self.widgets);
         let line = serde_json::json!({
             "event": "gui",
             "screen": self.screen.name(),
@@ -778,10 +744,7 @@ impl OperatorApp {
             "picture": [self.picture_size.0, self.picture_size.1],
         })
         .to_string();
-        if line != self.last_report {
-            println!("{line}");
-            self.last_report = line;
-        }
+        gui::report_if_changed(&mut self.last_report, line);
     }
 }
 

@@ -1,53 +1,21 @@
 //! Japanese and English text for the operator window. The system locale decides (`ja*` is
 //! Japanese, anything else English); the window has a switch. Every string is a [`Text`]
-//! looked up with [`Lang::t`], so a missing translation is a compile error.
+//! looked up with [`Lang::t`] (the one [`Lang`] of both apps), so a missing translation is a
+//! compile error.
 
-/// A display language.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lang {
-    Ja,
-    En,
+pub use tsunagu_endpoint::lang::Lang;
+use tsunagu_endpoint::lang::Texts;
+
+/// The language of the system locale; English when there is none (operators work in
+/// either language, and a bare system is usually a technician's).
+pub fn from_env() -> Lang {
+    Lang::from_env(Lang::En)
 }
 
-impl Lang {
-    /// From `LC_ALL`, `LC_MESSAGES` or `LANG` (the first set); English when none is.
-    pub fn from_env() -> Self {
-        let value = ["LC_ALL", "LC_MESSAGES", "LANG"]
-            .iter()
-            .filter_map(|k| std::env::var(k).ok())
-            .find(|v| !v.is_empty());
-        match value {
-            Some(v) if v.to_ascii_lowercase().starts_with("ja") => Lang::Ja,
-            _ => Lang::En,
-        }
-    }
-
-    pub fn other(self) -> Self {
-        match self {
-            Lang::Ja => Lang::En,
-            Lang::En => Lang::Ja,
-        }
-    }
-
-    /// The language's own name, for the switch.
-    pub fn native_name(self) -> &'static str {
-        match self {
-            Lang::Ja => "日本語",
-            Lang::En => "English",
-        }
-    }
-
-    pub fn code(self) -> &'static str {
-        match self {
-            Lang::Ja => "ja",
-            Lang::En => "en",
-        }
-    }
-
-    /// The text for `id` in this language.
-    pub fn t(self, id: Text) -> &'static str {
+impl Texts for Text {
+    fn text(self, lang: Lang) -> &'static str {
         use Text::*;
-        match (self, id) {
+        match (lang, self) {
             (Lang::Ja, Title) => "つなぐ オペレーター",
             (Lang::En, Title) => "tsunagu operator",
             (Lang::Ja, Relay) => "リレーサーバー",

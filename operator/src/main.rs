@@ -6,11 +6,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use tsunagu_endpoint::headless;
 use tsunagu_operator::config::{OperatorConfig, Timeouts, PASSWORD_ENV};
 use tsunagu_operator::gui::GuiOptions;
 use tsunagu_operator::i18n::Lang;
 use tsunagu_operator::{Command, Event};
 use tsunagu_proto::PermissionSet;
+
+/// The program's name in messages on stderr.
+const PROGRAM: &str = "tsunagu-operator";
 
 /// Issue a tsunagu session code and view and control the client that joins with it.
 #[derive(Debug, Parser)]
@@ -55,40 +59,24 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    headless::init_logging();
     if !args.headless {
         return run_window(args);
     }
     if args.relay.is_empty() || args.user.is_empty() {
-        print_event(&Event::error("usage", "--headless needs --relay and --user"));
-        eprintln!("tsunagu-operator: --headless needs --relay and --user");
-        return ExitCode::from(2);
+        let message = "--headless needs --relay and --user";
+        return headless::usage_error(PROGRAM, &Event::error("usage", message), message);
     }
     let config = match build_config(args) {
         Ok(c) => c,
-        Err((code, message)) => {
-            print_event(&Event::error(code, message.clone()));
-            eprintln!("tsunagu-operator: {message}");
-            return ExitCode::from(2);
-        }
+        Err((code, message)) => return headless::usage_error(PROGRAM, &Event::error(code, message.clone()), &message),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tsunagu-operator: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let outcome = runtime.block_on(tsunagu_endpoint::headless::drive(
+    headless::run_to_exit(
+        PROGRAM,
         |commands, events| tsunagu_operator::run(config, commands, events),
         |message| Event::error("bad_command", message),
         Command::End,
-    ));
-    // stdin is read on a blocking thread that cannot be cancelled: exit without waiting for it.
-    std::process::exit(outcome.exit_code() as i32);
+    )
 }
 
 /// Shows the window.
@@ -97,7 +85,7 @@ fn run_window(args: Args) -> ExitCode {
         Ok(p) if !p.is_empty() => Some(p),
         Ok(_) => None,
         Err(e) => {
-            eprintln!("tsunagu-operator: {e}");
+            eprintln!("{PROGRAM}: {e}");
             return ExitCode::from(2);
         }
     };
@@ -131,7 +119,7 @@ fn run_window(args: Args) -> ExitCode {
     match tsunagu_operator::gui::run(options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tsunagu-operator: the window could not open: {e} (use --headless without a display)");
+            eprintln!("{PROGRAM}: the window could not open: {e} (use --headless without a display)");
             ExitCode::from(2)
         }
     }
@@ -164,11 +152,4 @@ fn build_config(args: Args) -> Result<OperatorConfig, (&'static str, String)> {
         ..Timeouts::default()
     };
     Ok(config)
-}
-
-/// Writes one event line straight to stdout (before the driver runs).
-fn print_event(event: &Event) {
-    if let Ok(line) = serde_json::to_string(event) {
-        println!("{line}");
-    }
 }

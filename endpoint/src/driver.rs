@@ -1,0 +1,473 @@
+//! The session driver both apps run: one loop from dialling the relay to the session's end,
+//! into which the operator and the client plug their own phase machines ([`App`]).
+//!
+//! The driver owns the [`Link`] to the relay and the select loop over incoming frames, app
+//! commands, the app's own wake-ups (capture ticks, pointer reports, timers), the phase
+//! deadline and the file pump. It answers pings, reports relay errors, hands file frames to
+//! the shared [`Transfers`] engine, decodes chat, ends the run on `Ended` or a lost
+//! connection, and sends events out. The app decides what each phase means.
+//!
+//! Where things are written once for both apps:
+//! * a layer around data payloads (end-to-end encryption): [`crate::link::PayloadLayer`],
+//!   which every data payload passes in [`Link`], both ways;
+//! * a new app channel (a TCP tunnel): [`Driver::on_data`], the one dispatch of incoming data
+//!   by channel (files and chat are handled there for both apps), plus a command on [`Core`]
+//!   to send on it, as [`Core::send_chat`] does for chat.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use tsunagu_proto::pb::{self, frame::Body, Channel};
+use tsunagu_proto::types::{end_reason_name, error_code_name, permission_name};
+use tsunagu_proto::PermissionSet;
+
+use crate::dial::{self, Connected, DialConfig};
+use crate::headless::{dial_failure, Outcome};
+use crate::link::{Incoming, Link, LinkError};
+use crate::transfer::{FileCommand, FileEvent, ProgressBars, TransferEvent, Transfers};
+
+/// A deadline far enough away to mean "never" in a `select!`.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
+
+/// The events every app has, so the driver can report what it handles itself.
+pub trait AppEvent: Send + 'static {
+    /// An `error` event.
+    fn error(code: &str, message: String) -> Self;
+    /// The `ended` event.
+    fn ended(reason: &str) -> Self;
+    /// A chat message from the other side.
+    fn chat(text: String) -> Self;
+    /// A file-transfer event.
+    fn file(event: FileEvent) -> Self;
+}
+
+/// Gives an app's event enum what the driver needs: an `error(code, message)` constructor and
+/// [`AppEvent`]. The enum must have the variants `Error { code, message }`, `Ended { reason }`,
+/// `Chat { text }` (all `String`s) and `File(FileEvent)`.
+#[macro_export]
+macro_rules! app_event {
+    ($event:ty) => {
+        impl $event {
+            /// An `error` event.
+            pub fn error(code: impl Into<String>, message: impl Into<String>) -> Self {
+                Self::Error {
+                    code: code.into(),
+                    message: message.into(),
+                }
+            }
+        }
+
+        impl $crate::driver::AppEvent for $event {
+            fn error(code: &str, message: String) -> Self {
+                Self::Error {
+                    code: code.into(),
+                    message,
+                }
+            }
+
+            fn ended(reason: &str) -> Self {
+                Self::Ended {
+                    reason: reason.into(),
+                }
+            }
+
+            fn chat(text: String) -> Self {
+                Self::Chat { text }
+            }
+
+            fn file(event: $crate::transfer::FileEvent) -> Self {
+                Self::File(event)
+            }
+        }
+    };
+}
+
+/// Sends events to the embedder; a dropped receiver just means nobody listens any more.
+pub struct Events<E>(mpsc::Sender<E>);
+
+impl<E: Send> Events<E> {
+    /// Events go to `tx`.
+    pub fn new(tx: mpsc::Sender<E>) -> Self {
+        Self(tx)
+    }
+
+    /// Sends `event`, waiting for room.
+    pub async fn emit(&self, event: E) {
+        let _ = self.0.send(event).await;
+    }
+
+    /// For high-rate events (screen frames): dropped rather than stalling the session when the
+    /// consumer is behind.
+    pub fn emit_lossy(&self, event: E) {
+        let _ = self.0.try_send(event);
+    }
+}
+
+/// The connection to the relay broke; what happened, for the `connection_lost` error.
+#[derive(Debug)]
+pub struct Lost(pub String);
+
+impl From<LinkError> for Lost {
+    fn from(e: LinkError) -> Self {
+        Lost(e.to_string())
+    }
+}
+
+/// What a handler decided.
+#[derive(Debug)]
+pub enum Step {
+    /// The session goes on.
+    Continue,
+    /// The run is over.
+    Done(Outcome),
+}
+
+/// A handler's result: a decision, or a lost connection (which the driver reports).
+pub type Handled = Result<Step, Lost>;
+
+/// Where and how to reach the relay.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// Relay host name or address.
+    pub host: String,
+    /// Relay ports, tried in order.
+    pub ports: Vec<u16>,
+    /// PEM file with the relay's CA certificate.
+    pub ca: PathBuf,
+    /// One port attempt: TCP connect, TLS handshake, `Hello`.
+    pub attempt_timeout: Duration,
+    /// Relay silence that counts as a lost connection.
+    pub idle_timeout: Duration,
+    /// One frame write.
+    pub write_timeout: Duration,
+    /// Largest frame accepted or sent.
+    pub max_frame: usize,
+    /// Sent in `Hello` (`tsunagu-operator/0.1.0`).
+    pub agent: &'static str,
+}
+
+/// What an app's handlers get from the driver: sending, events, the file engine and the phase
+/// deadline.
+pub struct Core<E> {
+    link: Link,
+    events: Events<E>,
+    transfers: Transfers,
+    bars: ProgressBars,
+    /// When the current phase gives up; the app's [`App::on_deadline`] runs then.
+    deadline: Option<Instant>,
+}
+
+impl<E: AppEvent> Core<E> {
+    /// Sends a control frame to the relay.
+    pub async fn send(&mut self, body: Body) -> Result<(), Lost> {
+        Ok(self.link.send(body).await?)
+    }
+
+    /// Sends a data payload on `channel` (through the link's payload layer); returns its
+    /// sequence number.
+    pub async fn send_data(&mut self, channel: Channel, payload: Vec<u8>) -> Result<u64, Lost> {
+        Ok(self.link.send_data(channel, payload).await?)
+    }
+
+    /// Sends a chat message; one longer than the protocol allows is refused with a
+    /// `bad_command` error and nothing is sent.
+    pub async fn send_chat(&mut self, text: String) -> Result<(), Lost> {
+        if text.len() > tsunagu_proto::limits::MAX_CHAT {
+            let msg = format!("a chat message has at most {} bytes", tsunagu_proto::limits::MAX_CHAT);
+            self.emit(E::error("bad_command", msg)).await;
+            return Ok(());
+        }
+        self.send_data(Channel::Chat, pb::ChatMessage { text }.encode_to_vec())
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends an event to the embedder.
+    pub async fn emit(&self, event: E) {
+        self.events.emit(event).await;
+    }
+
+    /// Sends a high-rate event, dropped when the embedder is behind.
+    pub fn emit_lossy(&self, event: E) {
+        self.events.emit_lossy(event);
+    }
+
+    /// Sets (or clears) when the current phase gives up.
+    pub fn set_deadline(&mut self, at: Option<Instant>) {
+        self.deadline = at;
+    }
+
+    /// Carries out a file command the app has allowed; a user mistake is reported as an
+    /// `error` event and the session goes on.
+    pub async fn file_command(&mut self, command: FileCommand) {
+        match self.transfers.command(&mut self.link, command).await {
+            Ok(events) => self.emit_files(events).await,
+            Err((code, message)) => self.emit(E::error(code, message)).await,
+        }
+    }
+
+    async fn emit_files(&mut self, events: Vec<TransferEvent>) {
+        for e in events {
+            self.bars.show(&e);
+            self.emit(E::file(e.into())).await;
+        }
+    }
+
+    async fn abort_files(&mut self, reason: &str) {
+        let aborted = self.transfers.abort_all(reason).await;
+        self.emit_files(aborted).await;
+    }
+}
+
+/// An app's phase machine, driven by [`run`]. Every handler may send through the [`Core`];
+/// a send that fails returns [`Lost`] (use `?`), and the driver ends the run as the app's
+/// [`App::lost_ends_as`] says.
+pub trait App: Send {
+    /// The app's events.
+    type Event: AppEvent;
+    /// The app's commands.
+    type Command: Send + 'static;
+    /// The app's own wake-ups besides frames, commands and the phase deadline.
+    type Wake: Send;
+
+    /// The first frames once connected (`Login`, `Join`) and the first phase deadline.
+    fn start(&mut self, core: &mut Core<Self::Event>) -> impl Future<Output = Result<(), Lost>> + Send;
+
+    /// A control frame the driver does not handle itself (everything but pings, errors,
+    /// `Ended`, file frames and data).
+    fn on_frame(&mut self, core: &mut Core<Self::Event>, body: Body) -> impl Future<Output = Handled> + Send;
+
+    /// A data payload on a channel the driver does not handle itself (not files, not chat).
+    fn on_data(
+        &mut self,
+        core: &mut Core<Self::Event>,
+        channel: Channel,
+        seq: u64,
+        payload: Bytes,
+    ) -> impl Future<Output = Handled> + Send;
+
+    /// A command from the embedder.
+    fn on_command(
+        &mut self,
+        core: &mut Core<Self::Event>,
+        command: Self::Command,
+    ) -> impl Future<Output = Handled> + Send;
+
+    /// The next of the app's own wake-ups; must be cancel-safe (it is raced in a `select!`).
+    /// An app with none waits forever.
+    fn next_wake(&mut self) -> impl Future<Output = Self::Wake> + Send;
+
+    /// Handles a wake-up from [`App::next_wake`].
+    fn on_wake(&mut self, core: &mut Core<Self::Event>, wake: Self::Wake) -> impl Future<Output = Handled> + Send;
+
+    /// The phase deadline passed (it has been cleared).
+    fn on_deadline(&mut self, core: &mut Core<Self::Event>) -> impl Future<Output = Handled> + Send;
+
+    /// Whether an `Error` from the relay ends the run now (as refused) rather than being
+    /// reported while the session goes on.
+    fn error_ends_run(&self) -> bool;
+
+    /// The relay ended the session with `reason` (file transfers are aborted already; the
+    /// driver emits `ended` after this). Returns whether a session ran, which makes the run
+    /// ended rather than refused.
+    fn on_ended(&mut self, core: &mut Core<Self::Event>, reason: pb::EndReason) -> impl Future<Output = bool> + Send;
+
+    /// When the connection breaks: `Some(reason)` if the run counts as ended with that reason
+    /// anyway (the app was ending, or its user's denial stands), `None` for a lost connection.
+    fn lost_ends_as(&self) -> Option<&'static str>;
+}
+
+/// Dials the relay and runs `app` to its end. `commands` may close at any time (that is not
+/// the end of the session); `events` receives everything the user should see.
+pub async fn run<A: App>(
+    app: A,
+    settings: LinkSettings,
+    commands: mpsc::Receiver<A::Command>,
+    events: Events<A::Event>,
+) -> Outcome {
+    let conn = match connect(&settings, &events).await {
+        Ok(c) => c,
+        Err(outcome) => return outcome,
+    };
+    info!(relay = %conn.peer, port = conn.port, agent = settings.agent, "connected to the relay");
+    let mut driver = Driver {
+        core: Core {
+            link: Link::new(conn, settings.idle_timeout, settings.write_timeout),
+            events,
+            transfers: Transfers::new(),
+            bars: ProgressBars::new(),
+            deadline: None,
+        },
+        app,
+    };
+    let outcome = driver.run(commands).await;
+    driver.core.link.close().await;
+    outcome
+}
+
+/// TLS set-up and the dial, with failures reported as `error` events.
+async fn connect<E: AppEvent>(settings: &LinkSettings, events: &Events<E>) -> Result<Connected, Outcome> {
+    let tls = match dial::client_tls(&settings.ca) {
+        Ok(t) => t,
+        Err(e) => {
+            events.emit(E::error("bad_ca", e.to_string())).await;
+            return Err(Outcome::Usage { code: "bad_ca".into() });
+        }
+    };
+    let dial_config = DialConfig {
+        host: settings.host.clone(),
+        ports: settings.ports.clone(),
+        tls,
+        attempt_timeout: settings.attempt_timeout,
+        max_frame: settings.max_frame,
+        agent: settings.agent.into(),
+    };
+    match dial::dial(&dial_config).await {
+        Ok(conn) => Ok(conn),
+        Err(e) => {
+            let (code, message, outcome) = dial_failure(e);
+            events.emit(E::error(code, message)).await;
+            Err(outcome)
+        }
+    }
+}
+
+struct Driver<A: App> {
+    core: Core<A::Event>,
+    app: A,
+}
+
+impl<A: App> Driver<A> {
+    async fn run(&mut self, mut commands: mpsc::Receiver<A::Command>) -> Outcome {
+        if let Err(lost) = self.app.start(&mut self.core).await {
+            return self.lost(lost).await;
+        }
+        let mut commands_open = true;
+        loop {
+            let phase_deadline = self.core.deadline.unwrap_or_else(|| Instant::now() + FAR_FUTURE);
+            let handled = tokio::select! {
+                incoming = self.core.link.recv() => self.on_incoming(incoming).await,
+                cmd = commands.recv(), if commands_open => match cmd {
+                    Some(cmd) => self.app.on_command(&mut self.core, cmd).await,
+                    None => {
+                        debug!("command channel closed; the session goes on");
+                        commands_open = false;
+                        Ok(Step::Continue)
+                    }
+                },
+                wake = self.app.next_wake() => self.app.on_wake(&mut self.core, wake).await,
+                _ = tokio::time::sleep_until(phase_deadline.into()) => {
+                    self.core.deadline = None;
+                    self.app.on_deadline(&mut self.core).await
+                }
+                // Outgoing file content, a few chunks at a time so frames and input interleave.
+                _ = std::future::ready(()), if self.core.transfers.wants_pump() => self.pump_files().await,
+            };
+            match handled {
+                Ok(Step::Continue) => {}
+                Ok(Step::Done(outcome)) => return outcome,
+                Err(lost) => return self.lost(lost).await,
+            }
+        }
+    }
+
+    /// The connection broke: tell the user and end as unreachable, unless the app says the
+    /// run ends normally anyway.
+    async fn lost(&mut self, Lost(detail): Lost) -> Outcome {
+        if let Some(reason) = self.app.lost_ends_as() {
+            debug!(error = %detail, reason, "connection closed while the session was ending");
+            self.core.emit(A::Event::ended(reason)).await;
+            return Outcome::Ended { reason: reason.into() };
+        }
+        warn!(error = %detail, "lost the connection to the relay");
+        self.core.abort_files("the connection to the relay was lost").await;
+        self.core.emit(A::Event::error("connection_lost", detail)).await;
+        self.core.emit(A::Event::ended("connection_lost")).await;
+        Outcome::Unreachable
+    }
+
+    async fn on_incoming(&mut self, incoming: Incoming) -> Handled {
+        let body = match incoming {
+            Incoming::Frame(body) => body,
+            Incoming::Closed => return Err(Lost("the relay closed the connection".into())),
+            Incoming::Silent(d) => return Err(Lost(format!("no frame from the relay for {d:?}"))),
+            Incoming::Failed(e) => return Err(Lost(e)),
+        };
+        match body {
+            Body::Ping(p) => {
+                self.core.send(Body::Pong(pb::Pong { nonce: p.nonce })).await?;
+                Ok(Step::Continue)
+            }
+            Body::Error(e) => {
+                let code = pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified);
+                let name = error_code_name(code);
+                warn!(code = name, "the relay reported an error");
+                self.core.emit(A::Event::error(name, e.message)).await;
+                if self.app.error_ends_run() {
+                    return Ok(Step::Done(Outcome::Refused { code: name.into() }));
+                }
+                Ok(Step::Continue)
+            }
+            Body::Ended(ended) => {
+                let reason = pb::EndReason::try_from(ended.reason).unwrap_or(pb::EndReason::Unspecified);
+                let name = end_reason_name(reason);
+                info!(reason = name, "session ended");
+                self.core.abort_files(&format!("the session ended ({name})")).await;
+                let ran = self.app.on_ended(&mut self.core, reason).await;
+                self.core.emit(A::Event::ended(name)).await;
+                Ok(Step::Done(if ran {
+                    Outcome::Ended { reason: name.into() }
+                } else {
+                    Outcome::Refused { code: name.into() }
+                }))
+            }
+            Body::FileOffer(_) | Body::FileAnswer(_) | Body::FileCredit(_) | Body::FileDone(_) => {
+                self.on_file_frame(&body).await
+            }
+            Body::Data(data) => self.on_data(data).await,
+            other => self.app.on_frame(&mut self.core, other).await,
+        }
+    }
+
+    /// Incoming data, by channel: the one place a new channel (a tunnel) is added for both
+    /// apps. Payloads arrive here already out of the link's payload layer.
+    async fn on_data(&mut self, data: pb::Data) -> Handled {
+        let channel = Channel::try_from(data.channel).unwrap_or(Channel::Unspecified);
+        match channel {
+            Channel::File => self.on_file_frame(&Body::Data(data)).await,
+            Channel::Chat => {
+                match pb::ChatMessage::decode(data.payload) {
+                    Ok(m) => self.core.emit(A::Event::chat(m.text)).await,
+                    Err(e) => warn!(error = %e, "undecodable chat message; ignored"),
+                }
+                Ok(Step::Continue)
+            }
+            _ => self.app.on_data(&mut self.core, channel, data.seq, data.payload).await,
+        }
+    }
+
+    /// A file-transfer frame from the other side.
+    async fn on_file_frame(&mut self, body: &Body) -> Handled {
+        let core = &mut self.core;
+        let events = core.transfers.on_frame(&mut core.link, body).await?;
+        core.emit_files(events).await;
+        Ok(Step::Continue)
+    }
+
+    async fn pump_files(&mut self) -> Handled {
+        let core = &mut self.core;
+        let events = core.transfers.pump(&mut core.link).await?;
+        core.emit_files(events).await;
+        Ok(Step::Continue)
+    }
+}
+
+/// Permission names as events list them.
+pub fn permission_names(set: PermissionSet) -> Vec<String> {
+    set.iter().map(|p| permission_name(p).to_string()).collect()
+}
