@@ -14,6 +14,8 @@
 //! * [`keys`]: keys kept outside the database (TOTP secrets at rest, the audit chain and
 //!   its signed checkpoints) and the owner-only modes of the data dir.
 //! * [`time`], [`hex`]: leaf helpers (Unix milliseconds, lower-case hex).
+//! * `testing` (tests and the `test-support` feature only): PostgreSQL for tests, the
+//!   audit rewrite an insider without the key could do.
 //! * [`admin`]: the HTTPS admin console, its REST API, and the operations both share with
 //!   `tsunagu-relay admin`.
 
@@ -31,6 +33,8 @@ pub mod queue;
 pub mod server;
 pub mod session;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod throttle;
 pub mod time;
 pub mod tls;

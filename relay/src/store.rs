@@ -1287,6 +1287,7 @@ fn quote_ident(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TestPostgres;
 
     #[test]
     fn ip_rules_first_match_wins() {
@@ -1334,23 +1335,17 @@ mod tests {
     /// Runs against the PostgreSQL that `.ci/run` provides, in a schema of its own.
     #[tokio::test]
     async fn postgres_round_trip_with_files_and_purge() {
-        let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must provide PostgreSQL (.ci/run starts it)"
-            );
-            eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL store test");
+        let Some(pg) = TestPostgres::from_env("store") else {
             return;
         };
-        let schema = format!("t_store_{}", std::process::id());
-        let store = Store::open_postgres(&url, Some(&schema)).await.unwrap();
+        let store = pg.open().await;
         round_trip(&store).await;
         store.close().await;
         // Opening again runs the migrations again: they must be recorded as applied.
-        let again = Store::open_postgres(&url, Some(&schema)).await.unwrap();
+        let again = pg.open().await;
         assert_eq!(again.operator_names().await.unwrap().len(), 1);
         again.close().await;
-        Store::drop_postgres_schema(&url, &schema).await.unwrap();
+        pg.drop_schema().await;
     }
 
     async fn round_trip(store: &Store) {
@@ -1561,18 +1556,12 @@ mod tests {
 
     #[tokio::test]
     async fn postgres_admin_attempts_are_atomic() {
-        let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must provide PostgreSQL (.ci/run starts it)"
-            );
-            eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL store test");
+        let Some(pg) = TestPostgres::from_env("attempts") else {
             return;
         };
-        let schema = format!("t_attempts_{}", std::process::id());
-        let store = Store::open_postgres(&url, Some(&schema)).await.unwrap();
+        let store = pg.open().await;
         admin_attempts(&store).await;
         store.close().await;
-        Store::drop_postgres_schema(&url, &schema).await.unwrap();
+        pg.drop_schema().await;
     }
 }
