@@ -16,6 +16,11 @@ use support::{RawPeer, TestRelay, PASSWORD};
 use tsunagu_proto::pb::{self, frame::Body, EndReason, ErrorCode};
 use tsunagu_relay::testing::TestPostgres;
 
+/// The ids of the sessions the store still holds (up to ten), newest first.
+async fn stored_session_ids(store: &tsunagu_relay::store::Store) -> Vec<String> {
+    store.sessions(10).await.unwrap().into_iter().map(|r| r.id).collect()
+}
+
 fn is_login_redirect(r: &support::admin::Resp) -> bool {
     r.status == 303 && r.header("location") == Some("/login")
 }
@@ -533,14 +538,7 @@ async fn history_filters_csv_zip_file_events_and_the_api() {
 
     // Retention: purging removes ended sessions older than the cutoff, files included.
     assert_eq!(shared.store.purge_history(day - 86_400_000).await.unwrap(), 1);
-    let left: Vec<String> = shared
-        .store
-        .sessions(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let left = stored_session_ids(&shared.store).await;
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(!left.contains(&"s-old".to_string()));
     assert!(shared.store.session_files("s-old").await.unwrap().is_empty());
@@ -832,14 +830,7 @@ async fn the_purge_job_removes_history_past_retention_and_audits_it() {
     shared.history.flush().await;
     // The job also runs at start; whichever run sees the old row removes it.
     tsunagu_relay::server::purge_history(&shared).await;
-    let left: Vec<String> = shared
-        .store
-        .sessions(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let left = stored_session_ids(&shared.store).await;
     assert_eq!(
         left,
         vec!["recent".to_string()],
