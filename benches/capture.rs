@@ -132,18 +132,16 @@ fn throughput(desk: &Desk, backend: X11Backend, scene: Scene) {
         bitrate_bps: DESKTOP_BITRATE_BPS,
     };
     let (mut encoder, mut previous, mut picture) = (None, Picture::default(), Picture::default());
-    let plain = ShotRequest { force_keyframe: false };
+    // One shot of the stream's loop, and the time it took.
+    let mut timed_shot = |capturer: &mut dyn Capturer| {
+        let t = Instant::now();
+        let plain = ShotRequest { force_keyframe: false };
+        let shot = shoot(capturer, &mut encoder, settings, &mut previous, &mut picture, plain);
+        (shot, t.elapsed())
+    };
     // The first shot is the keyframe of a session start: measured apart.
-    let t = Instant::now();
-    let first = shoot(
-        capturer.as_mut(),
-        &mut encoder,
-        settings,
-        &mut previous,
-        &mut picture,
-        plain,
-    );
-    let keyframe_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (first, keyframe_time) = timed_shot(capturer.as_mut());
+    let keyframe_ms = keyframe_time.as_secs_f64() * 1e3;
     let keyframe_bytes = match first {
         Shot::Frame { encoded, .. } => encoded.h264.len(),
         _ => 0,
@@ -157,16 +155,8 @@ fn throughput(desk: &Desk, backend: X11Backend, scene: Scene) {
     while wall.elapsed() < limit && shots < 2000 {
         painter.step(desk, scene);
         desk.sync();
-        let t = Instant::now();
-        let shot = shoot(
-            capturer.as_mut(),
-            &mut encoder,
-            settings,
-            &mut previous,
-            &mut picture,
-            plain,
-        );
-        work += t.elapsed();
+        let (shot, took) = timed_shot(capturer.as_mut());
+        work += took;
         shots += 1;
         match shot {
             Shot::Frame { encoded, .. } => {
@@ -218,14 +208,14 @@ fn latency(xvfb: &Xvfb, desk: &Desk) {
     let relay = RelayProcess::start("", 1);
     let out = relay.add_operator("bench", "Bench-mark-2026");
     assert!(out.status.success());
-    let spec = format!("127.0.0.1:{}", relay.port());
-    let mut op = App::operator(&spec, &relay.ca(), None, "bench", "Bench-mark-2026");
-    let code = op.expect("code")["code"].as_str().unwrap().to_string();
-    let mut cmd = xvfb.command(support::bin("tsunagu-client"));
-    cmd.args(["--relay", &spec, "--headless", "--screen", "x11", "--input", "log"])
-        .arg("--ca")
-        .arg(relay.ca())
-        .arg(&code);
+    let mut op = relay.operator("bench", "Bench-mark-2026");
+    let code = op.code();
+    let mut cmd = xvfb.app(
+        "tsunagu-client",
+        &relay,
+        &["--headless", "--screen", "x11", "--input", "log"],
+    );
+    cmd.arg(&code);
     let mut client = App::spawn("client", cmd);
     client.expect("consent_request");
     client.send(json!({"cmd": "consent", "grant": ["view"]}));
@@ -283,22 +273,7 @@ fn main() {
         }
     }
     if wants("latency") {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--bins",
-                "-p",
-                "tsunagu-relay",
-                "-p",
-                "tsunagu-operator",
-                "-p",
-                "tsunagu-client",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the release binaries failed");
+        support::build_binaries(true);
         latency(&xvfb, &desk);
     }
 }

@@ -383,6 +383,20 @@ async fn pump(mut op: Peer, mut client: Peer, bytes: usize) -> Result<usize> {
     Ok(got)
 }
 
+/// Reads and discards until `bytes` have come or the stream ends; how many came.
+async fn read_up_to(s: &mut (impl tokio::io::AsyncRead + Unpin), bytes: usize) -> std::io::Result<usize> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0usize;
+    while total < bytes {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    Ok(total)
+}
+
 /// The baseline: the same bytes through a plain in-process TCP copy (no TLS, no framing).
 async fn baseline(sessions: usize, bytes: usize) -> Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -402,18 +416,7 @@ async fn baseline(sessions: usize, bytes: usize) -> Result<f64> {
         let mut tasks = Vec::new();
         for _ in 0..sessions {
             let (mut s, _) = sink.accept().await?;
-            tasks.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut total = 0usize;
-                while total < bytes {
-                    let n = s.read(&mut buf).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    total += n;
-                }
-                Ok::<_, std::io::Error>(total)
-            }));
+            tasks.push(tokio::spawn(async move { read_up_to(&mut s, bytes).await }));
         }
         let mut total = 0;
         for t in tasks {
@@ -630,16 +633,7 @@ async fn tls_copy(bytes: usize) -> Result<f64> {
     let receiver = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await?;
         let mut tls = acceptor.accept(tcp).await?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0usize;
-        while total < bytes {
-            let n = tls.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            total += n;
-        }
-        Ok::<_, std::io::Error>(total)
+        read_up_to(&mut tls, bytes).await
     });
     let client_cfg = dial::client_tls(&ca)?;
     let tcp = TcpStream::connect(addr).await?;
@@ -679,29 +673,19 @@ async fn files(relay: &RelayUnderTest, mb: usize) -> Result<()> {
     std::fs::create_dir(&inbox)?;
     let perms = PermissionSet::parse_names(["view", "files"]).map_err(|e| anyhow!(e))?;
     let (_, op, client) = open_pair(&cfg, perms).await?;
-    let timeouts = (Duration::from_secs(60), Duration::from_secs(30));
-    let mut op_link = Link::new(
-        dial::Connected {
-            reader: op.reader,
-            writer: op.writer,
+    // A reliable link over one side of the pair, the way the apps run file transfers.
+    let link = |peer: Peer| -> Result<Link> {
+        let connected = dial::Connected {
+            reader: peer.reader,
+            writer: peer.writer,
             port: relay.port,
             peer: "127.0.0.1:0".parse()?,
             local: "127.0.0.1:0".parse()?,
-        },
-        timeouts.0,
-        timeouts.1,
-    );
-    let mut cl_link = Link::new(
-        dial::Connected {
-            reader: client.reader,
-            writer: client.writer,
-            port: relay.port,
-            peer: "127.0.0.1:0".parse()?,
-            local: "127.0.0.1:0".parse()?,
-        },
-        timeouts.0,
-        timeouts.1,
-    );
+        };
+        Ok(Link::new(connected, Duration::from_secs(60), Duration::from_secs(30)))
+    };
+    let mut op_link = link(op)?;
+    let mut cl_link = link(client)?;
     let start = Instant::now();
     let mut sender = Transfers::new();
     sender.send_file(&mut op_link, &source).await?;

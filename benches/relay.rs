@@ -56,6 +56,12 @@ fn policy(c: &mut Criterion) {
     });
 }
 
+/// Sends `body` from `peer` and reads what the relay sends it next.
+async fn ask(peer: &mut tsunagu_endpoint::dial::Connected, body: Body) -> Option<Body> {
+    peer.writer.send_body(body).await.unwrap();
+    peer.reader.read().await.unwrap().and_then(|r| r.frame.body)
+}
+
 /// Moves `total` bytes through one relayed session (TLS both legs) and returns the time.
 async fn relayed(total: usize) -> Duration {
     let dir = tempfile::tempdir().unwrap();
@@ -83,44 +89,34 @@ async fn relayed(total: usize) -> Duration {
         agent: "bench".into(),
     };
     let mut op = tsunagu_endpoint::dial::dial(&cfg).await.unwrap();
-    op.writer
-        .send_body(Body::Login(pb::Login {
-            user: "bench".into(),
-            password: "Bench-pass-1".into(),
-            totp: String::new(),
-        }))
-        .await
-        .unwrap();
-    op.reader.read().await.unwrap();
-    op.writer
-        .send_body(Body::RequestCode(pb::RequestCode {
-            permissions: PermissionSet::ALL.to_wire(),
-        }))
-        .await
-        .unwrap();
-    let code = match op.reader.read().await.unwrap().unwrap().frame.body {
+    let login = pb::Login {
+        user: "bench".into(),
+        password: "Bench-pass-1".into(),
+        totp: String::new(),
+    };
+    ask(&mut op, Body::Login(login)).await;
+    let all = PermissionSet::ALL.to_wire();
+    let code = match ask(
+        &mut op,
+        Body::RequestCode(pb::RequestCode {
+            permissions: all.clone(),
+        }),
+    )
+    .await
+    {
         Some(Body::CodeIssued(c)) => c.code,
         other => panic!("{other:?}"),
     };
     let mut cl = tsunagu_endpoint::dial::dial(&cfg).await.unwrap();
-    cl.writer
-        .send_body(Body::Join(pb::Join {
-            code,
-            host_name: "bench".into(),
-        }))
-        .await
-        .unwrap();
-    cl.reader.read().await.unwrap();
-    cl.writer
-        .send_body(Body::Consent(pb::Consent {
-            granted: PermissionSet::ALL.to_wire(),
-            denied: false,
-        }))
-        .await
-        .unwrap();
+    let host_name = "bench".into();
+    ask(&mut cl, Body::Join(pb::Join { code, host_name })).await;
+    let consent = pb::Consent {
+        granted: all,
+        denied: false,
+    };
+    ask(&mut cl, Body::Consent(consent)).await; // SessionState
     op.reader.read().await.unwrap(); // PeerJoined
     op.reader.read().await.unwrap(); // SessionState
-    cl.reader.read().await.unwrap();
 
     let chunk = encode(&data_frame(64 * 1024)).unwrap();
     let frames = total / (64 * 1024);
@@ -133,13 +129,11 @@ async fn relayed(total: usize) -> Duration {
     };
     cl.writer.send_body(Body::FileOffer(offer)).await.unwrap();
     op.reader.read().await.unwrap();
-    op.writer
-        .send_body(Body::FileAnswer(pb::FileAnswer {
-            transfer_id: 1,
-            accept: true,
-        }))
-        .await
-        .unwrap();
+    let answer = pb::FileAnswer {
+        transfer_id: 1,
+        accept: true,
+    };
+    op.writer.send_body(Body::FileAnswer(answer)).await.unwrap();
     cl.reader.read().await.unwrap();
     let start = std::time::Instant::now();
     let mut writer = cl.writer;

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::admin::{console_relay, ADMIN, ADMIN_PASSWORD};
+use support::admin::{console_relay, record_issued, ADMIN, ADMIN_PASSWORD};
 use support::WAIT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -283,20 +283,8 @@ async fn an_admin_uses_the_console_in_chromium() {
     let (relay, secret) = console_relay(|_| {}).await;
     let shared = relay.relay.shared().clone();
     // Some history to filter.
-    use tsunagu_relay::history::HistoryEvent as E;
     for (id, op) in [("s-alice-1", "alice"), ("s-bob-1", "bob")] {
-        let addr = "127.0.0.1:4000".parse().unwrap();
-        shared
-            .history
-            .record(E::Issued {
-                id: id.into(),
-                operator: op.into(),
-                operator_addr: addr,
-                relay_port: 7615,
-                requested: tsunagu_proto::PermissionSet::ALL,
-                at_ms: tsunagu_relay::history::now_ms(),
-            })
-            .await;
+        record_issued(&relay, id, op, "127.0.0.1:4000", tsunagu_relay::history::now_ms()).await;
     }
     shared.history.flush().await;
 

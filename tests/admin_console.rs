@@ -11,9 +11,15 @@ mod support;
 
 use std::time::Duration;
 
-use support::admin::{add_admin, console_relay, enc, Http, ADMIN, ADMIN_PASSWORD};
+use support::admin::{add_admin, console_relay, enc, record_issued, shown_secret, Http, ADMIN, ADMIN_PASSWORD};
 use support::{RawPeer, TestRelay, PASSWORD};
 use tsunagu_proto::pb::{self, frame::Body, EndReason, ErrorCode};
+use tsunagu_relay::testing::TestPostgres;
+
+/// The ids of the sessions the store still holds (up to ten), newest first.
+async fn stored_session_ids(store: &tsunagu_relay::store::Store) -> Vec<String> {
+    store.sessions(10).await.unwrap().into_iter().map(|r| r.id).collect()
+}
 
 fn is_login_redirect(r: &support::admin::Resp) -> bool {
     r.status == 303 && r.header("location") == Some("/login")
@@ -145,14 +151,7 @@ async fn first_login_enrols_totp_then_recovery_codes_work_once_and_failures_lock
     let page = web.get("/login/enrol").await;
     let text = page.text();
     assert!(text.contains("<svg"), "the enrolment page shows a QR code");
-    let secret = text
-        .split("id=\"secret\">")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_string();
+    let secret = shown_secret(&text);
     let csrf = page.csrf().unwrap();
     let wrong = web
         .post_form("/login/enrol", &[("csrf", &csrf), ("code", "000000")])
@@ -219,9 +218,7 @@ async fn suspension_ends_live_sessions_within_a_second_and_blocks_login_and_code
     let (relay, secret) = console_relay(|_| {}).await;
     let cfg = relay.dial_config();
     let (mut op, mut client) = support::paired(&relay, &["view", "control"]).await;
-    let mut web = Http::new(&relay);
-    web.login(ADMIN, ADMIN_PASSWORD, &secret).await;
-    let csrf = web.csrf().await;
+    let (mut web, csrf) = Http::admin(&relay, &secret).await;
 
     let live = web.get("/sessions").await.text();
     assert!(live.contains("test-pc") && live.contains("alice"), "{live}");
@@ -369,8 +366,7 @@ async fn a_hostile_client_host_name_renders_as_text_everywhere() {
     client
         .expect("ConsentRequest", |b| matches!(b, Body::ConsentRequest(_)).then_some(()))
         .await;
-    op.expect("PeerJoined", |b| matches!(b, Body::PeerJoined(_)).then_some(()))
-        .await;
+    op.expect_peer_joined().await;
     relay.relay.shared().history.flush().await;
     let mut web = Http::new(&relay);
     web.login(ADMIN, ADMIN_PASSWORD, &secret).await;
@@ -418,18 +414,7 @@ async fn history_filters_csv_zip_file_events_and_the_api() {
         ("s-bob", "bob", "10.0.0.8:5000", day + 1000, "admin_ended"),
         ("s-old", "alice", "10.0.0.7:5000", day - 5 * 86_400_000, "client_ended"),
     ] {
-        let addr = "10.9.9.9:4000".parse().unwrap();
-        shared
-            .history
-            .record(E::Issued {
-                id: id.into(),
-                operator: op.into(),
-                operator_addr: addr,
-                relay_port: 7615,
-                requested: tsunagu_proto::PermissionSet::ALL,
-                at_ms: at,
-            })
-            .await;
+        record_issued(&relay, id, op, "10.9.9.9:4000", at).await;
         shared
             .history
             .record(E::Joined {
@@ -553,14 +538,7 @@ async fn history_filters_csv_zip_file_events_and_the_api() {
 
     // Retention: purging removes ended sessions older than the cutoff, files included.
     assert_eq!(shared.store.purge_history(day - 86_400_000).await.unwrap(), 1);
-    let left: Vec<String> = shared
-        .store
-        .sessions(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let left = stored_session_ids(&shared.store).await;
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(!left.contains(&"s-old".to_string()));
     assert!(shared.store.session_files("s-old").await.unwrap().is_empty());
@@ -669,28 +647,16 @@ fn cli_admin_add_and_audit_verify_detects_tampering() {
 /// code, join, history and the audit chain, all from the same migrations as SQLite.
 #[tokio::test]
 async fn the_relay_runs_on_postgresql() {
-    let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide PostgreSQL (.ci/run starts it)"
-        );
-        eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL relay test");
+    let Some(pg) = TestPostgres::from_env("relay") else {
         return;
     };
-    let schema = format!("t_relay_{}", std::process::id());
-    let (relay, secret) = console_relay(|c| {
-        c.database.url = Some(url.clone());
-        c.database.schema = Some(schema.clone());
-    })
-    .await;
+    let (relay, secret) = console_relay(|c| pg.configure(c)).await;
     assert_eq!(
         relay.relay.shared().store.backend(),
         tsunagu_relay::store::Backend::Postgres
     );
     let (op, client) = support::paired(&relay, &["view"]).await;
-    let mut web = Http::new(&relay);
-    web.login(ADMIN, ADMIN_PASSWORD, &secret).await;
-    let csrf = web.csrf().await;
+    let (mut web, csrf) = Http::admin(&relay, &secret).await;
     web.post_form("/operators/alice/suspend", &[("csrf", &csrf)]).await;
     let mut op = op;
     assert_eq!(
@@ -706,18 +672,14 @@ async fn the_relay_runs_on_postgresql() {
     assert!(report.rows >= 5 && report.problems.is_empty(), "{report:?}");
     drop(client);
     relay.relay.shutdown().await;
-    tsunagu_relay::store::Store::drop_postgres_schema(&url, &schema)
-        .await
-        .unwrap();
+    pg.drop_schema().await;
 }
 
 #[tokio::test]
 async fn an_operator_required_to_use_totp_needs_the_code_at_login() {
     let (relay, secret) = console_relay(|_| {}).await;
     let cfg = relay.dial_config();
-    let mut web = Http::new(&relay);
-    web.login(ADMIN, ADMIN_PASSWORD, &secret).await;
-    let csrf = web.csrf().await;
+    let (mut web, csrf) = Http::admin(&relay, &secret).await;
     // Required but not enrolled: refused with a reason the operator can act on.
     web.post_form("/operators/alice/totp-require", &[("csrf", &csrf)]).await;
     let e = RawPeer::login(&cfg, "alice", PASSWORD)
@@ -730,14 +692,7 @@ async fn an_operator_required_to_use_totp_needs_the_code_at_login() {
         .await
         .text();
     assert!(page.contains("<svg"), "the enrolment shows a QR code");
-    let op_secret = page
-        .split("id=\"secret\">")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_string();
+    let op_secret = shown_secret(&page);
 
     let login = |totp: String| {
         let cfg = cfg.clone();
@@ -774,9 +729,7 @@ async fn an_operator_required_to_use_totp_needs_the_code_at_login() {
 async fn rename_password_delete_and_ending_one_session_from_the_console() {
     let (relay, secret) = console_relay(|_| {}).await;
     let cfg = relay.dial_config();
-    let mut web = Http::new(&relay);
-    web.login(ADMIN, ADMIN_PASSWORD, &secret).await;
-    let csrf = web.csrf().await;
+    let (mut web, csrf) = Http::admin(&relay, &secret).await;
 
     let r = web
         .post_form(
@@ -877,14 +830,7 @@ async fn the_purge_job_removes_history_past_retention_and_audits_it() {
     shared.history.flush().await;
     // The job also runs at start; whichever run sees the old row removes it.
     tsunagu_relay::server::purge_history(&shared).await;
-    let left: Vec<String> = shared
-        .store
-        .sessions(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let left = stored_session_ids(&shared.store).await;
     assert_eq!(
         left,
         vec!["recent".to_string()],
@@ -937,25 +883,35 @@ fn roomy_console(c: &mut tsunagu_relay::Config) {
     c.admin.max_connections_per_source = 1_000;
 }
 
+/// Runs 200 requests made by `request` at once; their answers, in the order made.
+async fn burst_of_200<F>(mut request: impl FnMut() -> F) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = (0..200).map(|_| tokio::spawn(request())).collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
 async fn bursts_are_bounded(relay: &TestRelay, secret: &str) {
     let shared = relay.relay.shared();
     let after = shared.config.admin.lockout_after as usize;
     let checks_before = shared.verifier.computations();
 
     // The password step, from 127.0.5.1.
-    let mut tasks = Vec::new();
-    for _ in 0..200 {
+    let statuses = burst_of_200(|| {
         let mut w = Http::from_address(relay, "127.0.5.1");
-        tasks.push(tokio::spawn(async move {
+        async move {
             w.post_form("/login", &[("name", ADMIN), ("password", "Wrong-passw0rd")])
                 .await
                 .status
-        }));
-    }
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
+        }
+    })
+    .await;
     let checked = real_checks(relay, "password").await;
     assert!(
         checked <= after,
@@ -987,20 +943,16 @@ async fn bursts_are_bounded(relay: &TestRelay, secret: &str) {
     assert_eq!(r.header("location"), Some("/login/totp"), "{}", r.text());
     let csrf = w.get("/login/totp").await.csrf().unwrap();
     let wrong = wrong_totp(secret);
-    let mut tasks = Vec::new();
-    for _ in 0..200 {
+    let statuses = burst_of_200(|| {
         let mut w = w.same_session();
         let (csrf, wrong) = (csrf.clone(), wrong.clone());
-        tasks.push(tokio::spawn(async move {
+        async move {
             w.post_form("/login/totp", &[("csrf", &csrf), ("code", &wrong)])
                 .await
                 .status
-        }));
-    }
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
+        }
+    })
+    .await;
     let checked = real_checks(relay, "totp").await;
     assert_eq!(checked, after, "at most {after} TOTP codes are checked: {statuses:?}");
     // The pending login ends with the lock: later requests of the burst are sent to /login.
@@ -1028,26 +980,17 @@ async fn a_burst_of_200_wrong_passwords_or_codes_gets_at_most_lockout_after_chec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_200_wrong_passwords_or_codes_gets_at_most_lockout_after_checks_on_postgresql() {
-    let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide PostgreSQL (.ci/run starts it)"
-        );
-        eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL burst test");
+    let Some(pg) = TestPostgres::from_env("burst") else {
         return;
     };
-    let schema = format!("t_burst_{}", std::process::id());
     let (relay, secret) = console_relay(|c| {
-        c.database.url = Some(url.clone());
-        c.database.schema = Some(schema.clone());
+        pg.configure(c);
         roomy_console(c);
     })
     .await;
     bursts_are_bounded(&relay, &secret).await;
     relay.relay.shutdown().await;
-    tsunagu_relay::store::Store::drop_postgres_schema(&url, &schema)
-        .await
-        .unwrap();
+    pg.drop_schema().await;
 }
 
 /// Lockout is per (account, source prefix): a stranger failing from 127.0.0.2 locks only

@@ -31,28 +31,26 @@ fn expect_screen(gui: &mut App, screen: &str, widgets: &[&str]) -> Value {
 /// Gives the window the keyboard focus, as a window manager would on a click (Xvfb runs
 /// without one).
 fn focus(xvfb: &Xvfb) {
+    let id = client_window(xvfb).expect("the client window exists");
+    xvfb.xdotool(&["windowfocus", "--sync", &id]);
+}
+
+/// The client's window id, once it is visible.
+fn client_window(xvfb: &Xvfb) -> Option<String> {
     let out = xvfb
         .command("xdotool")
         .args(["search", "--onlyvisible", "--class", "tsunagu-client"])
         .output()
         .unwrap();
-    let ids = String::from_utf8_lossy(&out.stdout).to_string();
-    let id = ids.lines().last().expect("the client window exists").to_string();
-    xvfb.xdotool(&["windowfocus", "--sync", &id]);
+    String::from_utf8_lossy(&out.stdout).lines().last().map(str::to_string)
 }
 
 /// The window's top-left corner on the X screen (from xdotool, the X server's view).
 fn window_origin(xvfb: &Xvfb) -> (i64, i64) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let out = xvfb
-            .command("xdotool")
-            .args(["search", "--onlyvisible", "--class", "tsunagu-client"])
-            .output()
-            .unwrap();
-        let ids = String::from_utf8_lossy(&out.stdout).to_string();
-        if let Some(id) = ids.lines().last() {
-            let geo = xvfb.xdotool(&["getwindowgeometry", "--shell", id]);
+        if let Some(id) = client_window(xvfb) {
+            let geo = xvfb.xdotool(&["getwindowgeometry", "--shell", &id]);
             let get = |k: &str| {
                 geo.lines()
                     .find_map(|l| l.strip_prefix(k))
@@ -136,27 +134,15 @@ fn typing_a_code_and_pressing_connect_starts_a_session() {
     let relay = RelayProcess::start("", 1);
     let out = relay.add_operator("alice", OP_PASSWORD);
     assert!(out.status.success());
-    let spec = format!("127.0.0.1:{}", relay.port());
-    let mut op = App::operator(&spec, &relay.ca(), None, "alice", OP_PASSWORD);
-    let code = op.expect("code")["code"].as_str().unwrap().to_string();
+    let mut op = relay.operator("alice", OP_PASSWORD);
+    let code = op.code();
 
-    let mut cmd = xvfb.command(bin("tsunagu-client"));
-    cmd.args([
-        "--relay",
-        &spec,
-        "--host-name",
-        "gui-desk",
-        "--screen",
-        "synthetic",
-        "--input",
-        "log",
-    ])
-    .arg("--ca")
-    .arg(relay.ca())
-    .env("TSUNAGU_GUI_REPORT", "1")
-    .env("LANG", "ja_JP.UTF-8")
-    .env_remove("LC_ALL")
-    .env_remove("LC_MESSAGES");
+    let args = ["--host-name", "gui-desk", "--screen", "synthetic", "--input", "log"];
+    let mut cmd = xvfb.app("tsunagu-client", &relay, &args);
+    cmd.env("TSUNAGU_GUI_REPORT", "1")
+        .env("LANG", "ja_JP.UTF-8")
+        .env_remove("LC_ALL")
+        .env_remove("LC_MESSAGES");
     let mut gui = App::spawn("gui", cmd);
 
     // The code window, in Japanese (the locale), with its field and button.
@@ -238,21 +224,9 @@ fn typing_a_code_and_pressing_connect_starts_a_session() {
 fn a_wrong_code_is_explained_in_the_window() {
     let xvfb = Xvfb::start(1024, 768);
     let relay = RelayProcess::start("", 1);
-    let spec = format!("127.0.0.1:{}", relay.port());
-    let mut cmd = xvfb.command(bin("tsunagu-client"));
-    cmd.args([
-        "--relay",
-        &spec,
-        "--lang",
-        "en",
-        "--screen",
-        "synthetic",
-        "--input",
-        "log",
-    ])
-    .arg("--ca")
-    .arg(relay.ca())
-    .env("TSUNAGU_GUI_REPORT", "1");
+    let args = ["--lang", "en", "--screen", "synthetic", "--input", "log"];
+    let mut cmd = xvfb.app("tsunagu-client", &relay, &args);
+    cmd.env("TSUNAGU_GUI_REPORT", "1");
     let mut gui = App::spawn("gui", cmd);
     let report = expect_screen(&mut gui, "code", &["code_field", "connect"]);
     assert_eq!(report["lang"], "en");

@@ -33,13 +33,9 @@ fn session(extra: &[&str]) -> Setup {
         "operator add: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let spec = format!("127.0.0.1:{}", relay.port());
-    let mut op = App::operator(&spec, &relay.ca(), None, "alice", OP_PASSWORD);
-    let code = op.expect("code")["code"].as_str().unwrap().to_string();
-    let mut cmd = xvfb.command(bin("tsunagu-client"));
-    cmd.args([
-        "--relay",
-        &spec,
+    let mut op = relay.operator("alice", OP_PASSWORD);
+    let code = op.code();
+    let args = [
         "--headless",
         "--screen",
         "x11",
@@ -47,11 +43,9 @@ fn session(extra: &[&str]) -> Setup {
         "system",
         "--host-name",
         "desk",
-    ])
-    .arg("--ca")
-    .arg(relay.ca())
-    .args(extra)
-    .arg(&code);
+    ];
+    let mut cmd = xvfb.app("tsunagu-client", &relay, &args);
+    cmd.args(extra).arg(&code);
     let mut client = App::spawn("client", cmd);
     client.expect("consent_request");
     client.send(json!({"cmd": "consent", "grant": ["view", "control", "chat"]}));

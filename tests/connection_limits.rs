@@ -11,7 +11,7 @@ use support::admin::Http;
 use support::*;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
-use tsunagu_proto::pb::{self, frame::Body, Channel};
+use tsunagu_proto::pb::{self, Channel};
 
 /// A TLS connection from `source` to `addr` that never sends anything after the handshake;
 /// an error when the relay closes it instead of completing the handshake.
@@ -53,18 +53,10 @@ async fn flood(
 
 /// Logs in as alice from `source`.
 async fn login_from(cfg: &tsunagu_endpoint::dial::DialConfig, source: &str, port: u16) -> Result<RawPeer, pb::Error> {
-    let mut p = RawPeer::connect_from(cfg, source, port).await;
-    p.send_body(Body::Login(pb::Login {
-        user: "alice".into(),
-        password: PASSWORD.into(),
-        totp: String::new(),
-    }))
-    .await;
-    match p.next().await {
-        Some(Body::LoginOk(_)) => Ok(p),
-        Some(Body::Error(e)) => Err(e),
-        other => panic!("unexpected answer to Login: {other:?}"),
-    }
+    RawPeer::connect_from(cfg, source, port)
+        .await
+        .login_on("alice", PASSWORD)
+        .await
 }
 
 /// Retries an idle TLS connection from `source` until the relay completes one (a slot was
@@ -110,12 +102,7 @@ async fn a_flood_of_idle_connections_from_one_address_leaves_others_served() {
         .await
         .expect("a client from a third address joins");
     assert_eq!(req.operator, "alice");
-    let joined = op
-        .expect("PeerJoined", |b| match b {
-            Body::PeerJoined(p) => Some(p.clone()),
-            _ => None,
-        })
-        .await;
+    let joined = op.expect_peer_joined().await;
     assert_eq!(joined.ip, "127.0.0.4");
     client.consent(&["view", "chat"]).await;
     client.expect_state().await;

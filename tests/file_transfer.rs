@@ -46,15 +46,7 @@ async fn file_content_flows_only_for_an_accepted_transfer_and_is_recorded_not_st
     // No offer yet: chunks go nowhere.
     chunk(&mut client, 1, 1, marker).await;
     offer(&mut client, 1, "notes.txt", marker).await;
-    let got = op
-        .expect("FileOffer", |b| {
-            if let Body::FileOffer(o) = b {
-                Some(o.clone())
-            } else {
-                None
-            }
-        })
-        .await;
+    let got = op.expect_file_offer().await;
     assert_eq!(
         (got.transfer_id, got.name.as_str(), got.size),
         (1, "notes.txt", marker.len() as u64)
@@ -102,15 +94,7 @@ async fn file_content_flows_only_for_an_accepted_transfer_and_is_recorded_not_st
 
     // A rejected offer is recorded too.
     offer(&mut op, 9, "setup.exe", b"binary").await;
-    client
-        .expect("FileOffer", |b| matches!(b, Body::FileOffer(_)).then_some(()))
-        .await;
-    client
-        .send_body(Body::FileAnswer(pb::FileAnswer {
-            transfer_id: 9,
-            accept: false,
-        }))
-        .await;
+    client.answer_offer(9, false).await;
     op.expect("FileAnswer", |b| {
         matches!(b, Body::FileAnswer(a) if !a.accept).then_some(())
     })
@@ -165,15 +149,7 @@ async fn files_need_the_files_permission() {
     // Revoking files mid-transfer stops the content at once.
     let (mut op, mut client) = paired(&relay, &["view", "files", "chat"]).await;
     offer(&mut op, 1, "big.bin", &[7u8; 1000]).await;
-    client
-        .expect("FileOffer", |b| matches!(b, Body::FileOffer(_)).then_some(()))
-        .await;
-    client
-        .send_body(Body::FileAnswer(pb::FileAnswer {
-            transfer_id: 1,
-            accept: true,
-        }))
-        .await;
+    client.answer_offer(1, true).await;
     op.expect("FileAnswer", |b| matches!(b, Body::FileAnswer(_)).then_some(()))
         .await;
     chunk(&mut op, 1, 1, &[7u8; 100]).await;
@@ -202,9 +178,8 @@ async fn files_need_the_files_permission() {
 fn the_operator_app_saves_hostile_names_safely() {
     let relay = RelayProcess::start("", 1);
     assert!(relay.add_operator("alice", PASSWORD).status.success());
-    let spec = format!("127.0.0.1:{}", relay.port());
-    let mut op = App::operator(&spec, &relay.ca(), None, "alice", PASSWORD);
-    let code = op.expect("code")["code"].as_str().unwrap().to_string();
+    let mut op = relay.operator("alice", PASSWORD);
+    let code = op.code();
     let inbox = tempfile::tempdir().unwrap();
     std::fs::write(inbox.path().join("report.pdf"), b"the admin's own report").unwrap();
     let outside = inbox.path().parent().unwrap().to_path_buf();
@@ -297,22 +272,8 @@ fn the_operator_app_saves_hostile_names_safely() {
     );
 
     // Content that does not match the offered hash is not saved under any name.
+    offered_and_accepted(&rt, &mut client, &mut op, 50, "tampered.txt", b"good", inbox.path());
     rt.block_on(async {
-        client
-            .send_body(Body::FileOffer(pb::FileOffer {
-                transfer_id: 50,
-                name: "tampered.txt".into(),
-                size: 4,
-                sha256: sha(b"good"),
-            }))
-            .await;
-    });
-    op.expect("file_offer");
-    op.send(json!({"cmd": "accept_file", "id": 50, "dir": inbox.path()}));
-    rt.block_on(async {
-        client
-            .expect("FileCredit", |b| matches!(b, Body::FileCredit(_)).then_some(()))
-            .await;
         chunk(&mut client, 50, 100, b"evil").await;
         client
             .expect("FileDone", |b| {
@@ -334,15 +295,16 @@ fn the_operator_app_saves_hostile_names_safely() {
     assert!(!inbox.path().join("unwanted.bin").exists());
 
     // A transfer the sender abandons (it vanishes) leaves no partial file behind.
-    rt.block_on(offer(&mut client, 70, "partial.bin", &[1u8; 100_000]));
-    op.expect("file_offer");
-    op.send(json!({"cmd": "accept_file", "id": 70, "dir": inbox.path()}));
-    rt.block_on(async {
-        client
-            .expect("FileCredit", |b| matches!(b, Body::FileCredit(_)).then_some(()))
-            .await;
-        chunk(&mut client, 70, 200, &[1u8; 50_000]).await;
-    });
+    offered_and_accepted(
+        &rt,
+        &mut client,
+        &mut op,
+        70,
+        "partial.bin",
+        &[1u8; 100_000],
+        inbox.path(),
+    );
+    rt.block_on(chunk(&mut client, 70, 200, &[1u8; 50_000]));
     op.expect_where("file_progress", |v| v["id"] == 70);
     drop(client);
     let ended = op.expect("ended");
@@ -364,6 +326,23 @@ fn the_operator_app_saves_hostile_names_safely() {
         .filter(|n| n.starts_with('.') || n.contains("partial"))
         .collect();
     assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
+}
+
+/// The raw `client` offers `content` as transfer `id` named `name`; the operator app accepts
+/// it into `dir`, and its first credit reaches the client.
+fn offered_and_accepted(
+    rt: &tokio::runtime::Runtime,
+    client: &mut RawPeer,
+    op: &mut App,
+    id: u32,
+    name: &str,
+    content: &[u8],
+    dir: &Path,
+) {
+    rt.block_on(offer(client, id, name, content));
+    op.expect("file_offer");
+    op.send(json!({"cmd": "accept_file", "id": id, "dir": dir}));
+    rt.block_on(client.expect("FileCredit", |b| matches!(b, Body::FileCredit(_)).then_some(())));
 }
 
 fn hex(b: &[u8]) -> String {
@@ -392,9 +371,9 @@ fn make_file(path: &Path, mb: usize, seed: u32) -> String {
 }
 
 fn paired_apps(relay: &RelayProcess) -> (App, App) {
-    let spec = format!("127.0.0.1:{}", relay.port());
-    let mut op = App::operator(&spec, &relay.ca(), None, "alice", PASSWORD);
-    let code = op.expect("code")["code"].as_str().unwrap().to_string();
+    let spec = relay.spec();
+    let mut op = relay.operator("alice", PASSWORD);
+    let code = op.code();
     let mut client = App::client(&spec, &relay.ca(), None, &code, &["--fps", "5"]);
     client.expect("consent_request");
     client.send(json!({"cmd": "consent", "grant": ["view", "files", "chat"]}));
@@ -435,12 +414,24 @@ fn two_hundred_megabytes_each_way_arrive_intact() {
     assert!(row["bytes_to_operator"].as_u64().unwrap() > 200 << 20);
 }
 
+/// `sender` offers the file at `path`: its own `file_offered` event and the `file_offer`
+/// event `receiver` shows.
+fn offer_file(sender: &mut App, receiver: &mut App, path: &Path) -> (serde_json::Value, serde_json::Value) {
+    sender.send(json!({"cmd": "send_file", "path": path}));
+    let offered = sender.expect("file_offered");
+    (offered, receiver.expect("file_offer"))
+}
+
+/// `receiver` accepts `offer` into `dir`, and the content starts to arrive.
+fn accept_started(receiver: &mut App, offer: &serde_json::Value, dir: &Path) {
+    receiver.send(json!({"cmd": "accept_file", "id": offer["id"], "dir": dir}));
+    receiver.expect("file_progress");
+}
+
 /// Sends `path` from `sender` to `receiver`, saving into `dir`; returns the `file_saved`
 /// event after checking the sender's `file_sent` names the same hash.
 fn transfer_patiently(sender: &mut App, receiver: &mut App, path: &Path, dir: &Path) -> serde_json::Value {
-    sender.send(json!({"cmd": "send_file", "path": path}));
-    let offered = sender.expect("file_offered");
-    let offer = receiver.expect("file_offer");
+    let (offered, offer) = offer_file(sender, receiver, path);
     assert_eq!(offer["sha256"], offered["sha256"]);
     receiver.send(json!({"cmd": "accept_file", "id": offer["id"], "dir": dir}));
     // Progress events arrive every twentieth of the file, so each wait stays short.
@@ -470,20 +461,14 @@ fn cancelled_and_interrupted_transfers_leave_nothing() {
     std::fs::create_dir_all(&inbox).unwrap();
 
     // The sender cancels mid-way.
-    op.send(json!({"cmd": "send_file", "path": big}));
-    let id = op.expect("file_offered")["id"].clone();
-    let offer = client.expect("file_offer");
-    client.send(json!({"cmd": "accept_file", "id": offer["id"], "dir": inbox}));
-    client.expect("file_progress");
-    op.send(json!({"cmd": "cancel_file", "id": id}));
+    let (offered, offer) = offer_file(&mut op, &mut client, &big);
+    accept_started(&mut client, &offer, &inbox);
+    op.send(json!({"cmd": "cancel_file", "id": offered["id"]}));
     op.expect("file_cancelled");
     client.expect("file_cancelled");
     // The receiver cancels mid-way.
-    client.send(json!({"cmd": "send_file", "path": big}));
-    client.expect("file_offered");
-    let offer = op.expect("file_offer");
-    op.send(json!({"cmd": "accept_file", "id": offer["id"], "dir": inbox}));
-    op.expect("file_progress");
+    let (_, offer) = offer_file(&mut client, &mut op, &big);
+    accept_started(&mut op, &offer, &inbox);
     op.send(json!({"cmd": "cancel_file", "id": offer["id"], "side": "receive"}));
     op.expect("file_cancelled");
     client.expect("file_cancelled");
@@ -495,18 +480,13 @@ fn cancelled_and_interrupted_transfers_leave_nothing() {
     assert!(left.is_empty(), "cancelled transfers left {left:?}");
 
     // A rejected offer: the sender is told, nothing is written.
-    op.send(json!({"cmd": "send_file", "path": big}));
-    op.expect("file_offered");
-    let offer = client.expect("file_offer");
+    let (_, offer) = offer_file(&mut op, &mut client, &big);
     client.send(json!({"cmd": "reject_file", "id": offer["id"]}));
     op.expect("file_rejected");
 
     // The client vanishes while receiving: the operator is told, the session ends.
-    op.send(json!({"cmd": "send_file", "path": big}));
-    op.expect("file_offered");
-    let offer = client.expect("file_offer");
-    client.send(json!({"cmd": "accept_file", "id": offer["id"], "dir": inbox}));
-    client.expect("file_progress");
+    let (_, offer) = offer_file(&mut op, &mut client, &big);
+    accept_started(&mut client, &offer, &inbox);
     client.child.kill().unwrap();
     let ended = op.expect("ended");
     assert_eq!(ended["reason"], "client_disconnected");

@@ -46,17 +46,11 @@ fn admin() -> Actor {
 /// Logs alice in from a chosen loopback source address and asks for a code.
 async fn operator_from(relay: &TestRelay, source: &str, perms: &[&str]) -> (RawPeer, String) {
     let cfg = relay.dial_config();
-    let mut op = RawPeer::connect_from(&cfg, source, relay.addr.port()).await;
-    op.send_body(Body::Login(pb::Login {
-        user: "alice".into(),
-        password: PASSWORD.into(),
-        totp: String::new(),
-    }))
-    .await;
-    match op.next().await {
-        Some(Body::LoginOk(_)) => {}
-        other => panic!("unexpected answer to Login: {other:?}"),
-    }
+    let mut op = RawPeer::connect_from(&cfg, source, relay.addr.port())
+        .await
+        .login_on("alice", PASSWORD)
+        .await
+        .expect("alice logs in");
     let code = op.request_code(perms).await.expect("code issued");
     (op, code)
 }
@@ -81,22 +75,12 @@ async fn a_permission_removed_through_the_api_is_taken_from_the_live_session_at_
         sha256: Bytes::from(vec![0u8; 32]),
     }))
     .await;
-    client
-        .expect("FileOffer", |b| matches!(b, Body::FileOffer(_)).then_some(()))
-        .await;
-    client
-        .send_body(Body::FileAnswer(pb::FileAnswer {
-            transfer_id: 7,
-            accept: true,
-        }))
-        .await;
+    client.answer_offer(7, true).await;
     op.expect("FileAnswer", |b| matches!(b, Body::FileAnswer(_)).then_some(()))
         .await;
 
     // The admin takes control and files away from alice.
-    let mut web = Http::new(&relay);
-    web.login(ADMIN, ADMIN_PASSWORD, &secret).await;
-    let csrf = web.csrf().await;
+    let (mut web, csrf) = Http::admin(&relay, &secret).await;
     let patched = web
         .request(
             "PATCH",
@@ -188,13 +172,7 @@ async fn a_permission_removed_before_join_or_consent_is_no_longer_offered_or_gra
         vec!["view", "files", "chat"]
     );
     assert_eq!(names(&op3.expect_state().await.granted), vec!["view", "files", "chat"]);
-    op3.input_move(1, 1).await;
-    op3.chat("marker").await;
-    assert_eq!(
-        chat_text(&client3.expect_data(Channel::Chat).await),
-        "marker",
-        "input must have been dropped"
-    );
+    assert_input_dropped(&mut op3, &mut client3, "marker").await;
     relay.relay.shutdown().await;
 }
 
@@ -238,9 +216,7 @@ async fn account_changes_written_by_another_process_reach_live_sessions() {
         .unwrap();
     assert_eq!(names(&client.expect_state().await.granted), vec!["view", "chat"]);
     assert_eq!(names(&op.expect_state().await.granted), vec!["view", "chat"]);
-    op.input_move(1, 1).await;
-    op.chat("marker").await;
-    assert_eq!(chat_text(&client.expect_data(Channel::Chat).await), "marker");
+    assert_input_dropped(&mut op, &mut client, "marker").await;
 
     store
         .set_operator_ip_rules("alice", &[IpRule::parse("allow 10.0.0.0/8").unwrap()])

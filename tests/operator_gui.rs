@@ -85,24 +85,13 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
     let x = Xvfb::start(1600, 1000);
     let relay = RelayProcess::start("", 1);
     assert!(relay.add_operator("alice", OP_PASSWORD).status.success());
-    let spec = format!("127.0.0.1:{}", relay.port());
+    let spec = relay.spec();
 
-    let mut cmd = x.command(bin("tsunagu-operator"));
-    cmd.args([
-        "--relay",
-        &spec,
-        "--user",
-        "alice",
-        "--connect",
-        "--events",
-        "--lang",
-        "ja",
-    ])
-    .arg("--ca")
-    .arg(relay.ca())
-    .env("TSUNAGU_PASSWORD", OP_PASSWORD);
+    let args = ["--user", "alice", "--connect", "--events", "--lang", "ja"];
+    let mut cmd = x.app("tsunagu-operator", &relay, &args);
+    cmd.env("TSUNAGU_PASSWORD", OP_PASSWORD);
     let mut op = App::spawn("operator window", cmd);
-    let code = op.expect("code")["code"].as_str().unwrap().to_string();
+    let code = op.code();
     let waiting = op.expect_where("gui", |v| v["screen"] == "waiting" && v["widgets"]["code"].is_array());
     assert_eq!(waiting["lang"], "ja");
     Shot::take(&x, "operator-code");
@@ -131,22 +120,13 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
 
     // The eight colour bars of the synthetic desktop, sampled in the middle of each bar.
     let shot = Shot::take(&x, "operator-session");
-    let bars = [
-        [255, 255, 255],
-        [255, 255, 0],
-        [0, 255, 255],
-        [0, 255, 0],
-        [255, 0, 255],
-        [255, 0, 0],
-        [0, 0, 255],
-        [0, 0, 0],
-    ];
-    for (i, expected) in bars.iter().enumerate() {
+    for (i, bar) in tsunagu_client::synthetic::BAR_COLOURS.iter().enumerate() {
+        let expected = bar.map(i64::from);
         let px = screen[0] + screen[2] * (2 * i as i64 + 1) / 16;
         let py = screen[1] + screen[3] / 3;
         let got = shot.pixel(px, py);
         assert!(
-            close(got, *expected),
+            close(got, expected),
             "bar {i} at ({px},{py}): expected {expected:?}, got {got:?}"
         );
     }

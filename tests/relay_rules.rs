@@ -13,6 +13,14 @@ fn code_of(e: &pb::Error) -> ErrorCode {
     ErrorCode::try_from(e.code).unwrap()
 }
 
+/// Joins with `code` from `source`: the relay's refusal (panics if it lets the peer in).
+async fn join_refusal(cfg: &tsunagu_endpoint::dial::DialConfig, source: &str, port: u16, code: &str) -> pb::Error {
+    match RawPeer::connect_from(cfg, source, port).await.join_on(code).await {
+        Ok(_) => panic!("a join from {source} was let in"),
+        Err(e) => e,
+    }
+}
+
 #[tokio::test]
 async fn a_session_pairs_forwards_and_is_recorded() {
     let relay = TestRelay::start(|_| {}).await;
@@ -26,15 +34,7 @@ async fn a_session_pairs_forwards_and_is_recorded() {
     let asked = tsunagu_proto::PermissionSet::from_wire(&req.permissions);
     assert_eq!(asked.names(), vec!["view", "control", "chat"]);
     assert_eq!(req.timeout_ms, 60_000);
-    let joined = op
-        .expect("PeerJoined", |b| {
-            if let Body::PeerJoined(p) = b {
-                Some(p.clone())
-            } else {
-                None
-            }
-        })
-        .await;
+    let joined = op.expect_peer_joined().await;
     assert_eq!(joined.host_name, "test-pc");
     assert_eq!(joined.ip, "127.0.0.1");
 
@@ -90,12 +90,7 @@ async fn host_and_file_names_are_inert_for_the_operator_and_in_the_history() {
     client
         .expect("ConsentRequest", |b| matches!(b, Body::ConsentRequest(_)).then_some(()))
         .await;
-    let joined = op
-        .expect("PeerJoined", |b| match b {
-            Body::PeerJoined(p) => Some(p.clone()),
-            _ => None,
-        })
-        .await;
+    let joined = op.expect_peer_joined().await;
     assert_eq!(joined.host_name, "pc-01exe.gpj[2J");
 
     client.consent(&["view", "files"]).await;
@@ -109,13 +104,7 @@ async fn host_and_file_names_are_inert_for_the_operator_and_in_the_history() {
             sha256: vec![0u8; 32].into(),
         }))
         .await;
-    op.expect("FileOffer", |b| matches!(b, Body::FileOffer(_)).then_some(()))
-        .await;
-    op.send_body(Body::FileAnswer(pb::FileAnswer {
-        transfer_id: 1,
-        accept: false,
-    }))
-    .await;
+    op.answer_offer(1, false).await;
     client
         .expect("FileAnswer", |b| matches!(b, Body::FileAnswer(_)).then_some(()))
         .await;
@@ -139,8 +128,7 @@ async fn nothing_crosses_before_consent() {
     // Before anyone joined.
     op.chat("before-join").await;
     let (mut client, _) = RawPeer::join(&cfg, &code).await.unwrap();
-    op.expect("PeerJoined", |b| matches!(b, Body::PeerJoined(_)).then_some(()))
-        .await;
+    op.expect_peer_joined().await;
     // Joined, no consent yet: every channel both ways.
     op.chat("before-consent").await;
     op.input_move(1, 1).await;
@@ -226,13 +214,7 @@ async fn grants_are_clipped_to_what_the_admin_allows() {
         tsunagu_proto::PermissionSet::from_wire(&s.granted).names(),
         vec!["view", "chat"]
     );
-    op.input_move(5, 5).await;
-    op.chat("after-input").await;
-    assert_eq!(
-        chat_text(&client.expect_data(Channel::Chat).await),
-        "after-input",
-        "input must have been dropped"
-    );
+    assert_input_dropped(&mut op, &mut client, "after-input").await;
 
     // An operator allowed nothing that was asked gets a clear refusal.
     let mut op2 = RawPeer::login(&cfg, "viewer", PASSWORD).await.unwrap();
@@ -250,9 +232,7 @@ async fn view_only_and_pause_stop_input_at_once() {
     client.client_state(true, false, false, &[]).await;
     assert!(op.expect_state().await.paused);
     client.expect_state().await;
-    op.input_move(1, 1).await;
-    op.chat("during-pause").await;
-    assert_eq!(chat_text(&client.expect_data(Channel::Chat).await), "during-pause");
+    assert_input_dropped(&mut op, &mut client, "during-pause").await;
     client.data(Channel::Screen, vec![1u8; 100]).await;
     op.expect_data(Channel::Screen).await;
 
@@ -366,37 +346,21 @@ async fn guessing_is_throttled_per_address_and_globally() {
     let wrong = format!("{:08}", (code.parse::<u32>().unwrap() + 1) % 100_000_000);
 
     for _ in 0..3 {
-        let e = RawPeer::connect_from(&cfg, "127.0.0.2", port)
-            .await
-            .join_on(&wrong)
-            .await
-            .unwrap_err();
+        let e = join_refusal(&cfg, "127.0.0.2", port, &wrong).await;
         assert_eq!(code_of(&e), ErrorCode::BadCode);
     }
     // The burst is spent: even the right code is refused from this address now.
-    let e = RawPeer::connect_from(&cfg, "127.0.0.2", port)
-        .await
-        .join_on(&code)
-        .await
-        .unwrap_err();
+    let e = join_refusal(&cfg, "127.0.0.2", port, &code).await;
     assert_eq!(code_of(&e), ErrorCode::Throttled);
     assert!(e.message.contains("try again in"), "{}", e.message);
 
     // Other addresses spend the global budget (8 in all)...
     for src in ["127.0.0.3", "127.0.0.3", "127.0.0.4", "127.0.0.4", "127.0.0.5"] {
-        let e = RawPeer::connect_from(&cfg, src, port)
-            .await
-            .join_on(&wrong)
-            .await
-            .unwrap_err();
+        let e = join_refusal(&cfg, src, port, &wrong).await;
         assert_eq!(code_of(&e), ErrorCode::BadCode);
     }
     // ...and then a fresh address is refused too.
-    let e = RawPeer::connect_from(&cfg, "127.0.0.6", port)
-        .await
-        .join_on(&code)
-        .await
-        .unwrap_err();
+    let e = join_refusal(&cfg, "127.0.0.6", port, &code).await;
     assert_eq!(code_of(&e), ErrorCode::Throttled);
     relay.relay.shutdown().await;
 }

@@ -13,6 +13,7 @@ use std::path::Path;
 use support::admin::{console_relay, Http, ADMIN, ADMIN_PASSWORD};
 use support::{RawPeer, RelayProcess, TestRelay, PASSWORD};
 use tsunagu_proto::pb::{self, frame::Body};
+use tsunagu_relay::testing::TestPostgres;
 
 /// Whether `needle` occurs anywhere in the raw bytes of `path` (absent files hold nothing).
 fn file_contains(path: &Path, needle: &str) -> bool {
@@ -257,20 +258,7 @@ fn an_audit_row_edited_and_rehashed_with_plain_sha256_is_reported() {
             .execute_raw("UPDATE audit SET target = 'mallory' WHERE seq = 2")
             .await
             .unwrap();
-        let rows = store.audit_rows(0, 100).await.unwrap();
-        let mut prev = rows[0].hash.clone();
-        for r in rows.iter().skip(1) {
-            let h =
-                tsunagu_relay::audit::row_hash(r.seq, r.at, &r.actor, &r.action, &r.target, &r.ip, &r.detail, &prev);
-            store
-                .execute_raw(&format!(
-                    "UPDATE audit SET prev_hash = '{prev}', hash = '{h}' WHERE seq = {}",
-                    r.seq
-                ))
-                .await
-                .unwrap();
-            prev = h;
-        }
+        tsunagu_relay::testing::rehash_without_key(&store, 2..=i64::MAX, false).await;
         store.close().await;
     });
     let (ok, err) = verify(&data);
@@ -321,20 +309,10 @@ async fn the_one_day_zip_carries_a_signed_checkpoint_of_the_audit_trail() {
 /// holds no secret, and a plaintext row is encrypted at the next start.
 #[tokio::test]
 async fn on_postgresql_the_secret_column_does_not_hold_the_secret() {
-    let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must provide PostgreSQL (.ci/run starts it)"
-        );
-        eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL secrets test");
+    let Some(pg) = TestPostgres::from_env("secrets") else {
         return;
     };
-    let schema = format!("t_secrets_{}", std::process::id());
-    let (relay, admin_secret) = console_relay(|c| {
-        c.database.url = Some(url.clone());
-        c.database.schema = Some(schema.clone());
-    })
-    .await;
+    let (relay, admin_secret) = console_relay(|c| pg.configure(c)).await;
     let op_secret = tsunagu_relay::totp::new_secret().unwrap();
     let store = relay.relay.shared().store.clone();
     store.set_operator_totp("alice", Some(&op_secret)).await.unwrap();
@@ -366,7 +344,5 @@ async fn on_postgresql_the_secret_column_does_not_hold_the_secret() {
     );
     Http::new(&relay).login(ADMIN, ADMIN_PASSWORD, &admin_secret).await;
     relay.relay.shutdown().await;
-    tsunagu_relay::store::Store::drop_postgres_schema(&url, &schema)
-        .await
-        .unwrap();
+    pg.drop_schema().await;
 }

@@ -21,16 +21,24 @@ fn started_relay(config: &str) -> RelayProcess {
     relay
 }
 
-fn relay_spec(relay: &RelayProcess) -> String {
-    format!("127.0.0.1:{}", relay.port())
+/// The `input` events `client` reported after its last `event` event.
+fn inputs_since(client: &App, event: &str) -> Vec<serde_json::Value> {
+    client
+        .seen
+        .iter()
+        .rev()
+        .take_while(|v| v["event"] != event)
+        .filter(|v| v["event"] == "input")
+        .cloned()
+        .collect()
 }
 
 #[test]
 fn a_headless_session_from_code_to_history() {
     let relay = started_relay("");
-    let spec = relay_spec(&relay);
-    let mut op = App::operator(&spec, &relay.ca(), None, "alice", OP_PASSWORD);
-    let code = op.expect("code")["code"].as_str().unwrap().to_string();
+    let spec = relay.spec();
+    let mut op = relay.operator("alice", OP_PASSWORD);
+    let code = op.code();
     assert_eq!(code.len(), 8);
 
     // The client types the code the way people read it out: with a space.
@@ -96,14 +104,7 @@ fn a_headless_session_from_code_to_history() {
     op.send(json!({"cmd": "mouse_move", "x": 300, "y": 300}));
     op.send(json!({"cmd": "chat", "text": "during pause"}));
     client.expect("chat");
-    let during: Vec<_> = client
-        .seen
-        .iter()
-        .rev()
-        .take_while(|v| v["event"] != "paused")
-        .filter(|v| v["event"] == "input")
-        .cloned()
-        .collect();
+    let during = inputs_since(&client, "paused");
     assert!(during.is_empty(), "input applied during the pause: {during:?}");
     // Control comes back after the resume delay.
     op.expect("resumed");
@@ -121,14 +122,7 @@ fn a_headless_session_from_code_to_history() {
     op.send(json!({"cmd": "mouse_move", "x": 1, "y": 1}));
     op.send(json!({"cmd": "chat", "text": "view only now"}));
     client.expect_where("chat", |v| v["text"] == "view only now");
-    let late: Vec<_> = client
-        .seen
-        .iter()
-        .rev()
-        .take_while(|v| v["event"] != "state")
-        .filter(|v| v["event"] == "input")
-        .cloned()
-        .collect();
+    let late = inputs_since(&client, "state");
     assert!(late.is_empty(), "input applied in view-only mode: {late:?}");
 
     op.send(json!({"cmd": "end"}));
@@ -186,9 +180,9 @@ fn csv_fields(line: &str) -> Vec<String> {
 #[test]
 fn wrong_replayed_and_expired_codes_exit_non_zero() {
     let relay = started_relay("[timeouts]\ncode_ttl = \"1500ms\"\n");
-    let spec = relay_spec(&relay);
-    let mut op = App::operator(&spec, &relay.ca(), None, "alice", OP_PASSWORD);
-    let code = op.expect("code")["code"].as_str().unwrap().to_string();
+    let spec = relay.spec();
+    let mut op = relay.operator("alice", OP_PASSWORD);
+    let code = op.code();
     let wrong = format!("{:08}", (code.parse::<u32>().unwrap() + 7) % 100_000_000);
 
     let mut c = App::client(&spec, &relay.ca(), None, &wrong, &[]);
@@ -207,14 +201,14 @@ fn wrong_replayed_and_expired_codes_exit_non_zero() {
     assert_eq!(denied["denied"], true);
     assert_ne!(op.wait(), 0, "the operator's session could not start");
 
-    let mut op2 = App::operator(&spec, &relay.ca(), None, "alice", OP_PASSWORD);
-    let code2 = op2.expect("code")["code"].as_str().unwrap().to_string();
+    let mut op2 = relay.operator("alice", OP_PASSWORD);
+    let code2 = op2.code();
     assert_eq!(op2.expect("ended")["reason"], "expired");
     let mut late = App::client(&spec, &relay.ca(), None, &code2, &[]);
     assert_eq!(late.expect("error")["code"], "expired");
     assert_ne!(late.wait(), 0);
 
-    let mut bad_login = App::operator(&spec, &relay.ca(), None, "alice", "Not-the-password-1");
+    let mut bad_login = relay.operator("alice", "Not-the-password-1");
     assert_eq!(bad_login.expect("error")["code"], "auth_failed");
     assert_ne!(bad_login.wait(), 0);
 
@@ -248,7 +242,7 @@ fn endpoints_reach_the_relay_when_only_the_last_port_is_open() {
         .collect();
     let ports = format!("{},{},{}", closed[0], closed[1], relay.port());
     let mut op = App::operator("127.0.0.1", &relay.ca(), Some(&ports), "alice", OP_PASSWORD);
-    let code = op.expect("code")["code"].as_str().unwrap().to_string();
+    let code = op.code();
     let mut client = App::client("127.0.0.1", &relay.ca(), Some(&ports), &code, &[]);
     client.expect("consent_request");
     client.send(json!({"cmd": "consent", "grant": ["chat"]}));
@@ -272,11 +266,11 @@ fn endpoints_reach_the_relay_when_only_the_last_port_is_open() {
 #[test]
 fn nothing_the_users_send_is_stored_or_logged() {
     let mut relay = started_relay("");
-    let spec = relay_spec(&relay);
+    let spec = relay.spec();
     let marker = "MARKER-7f3a9c-content-never-stored";
 
-    let mut op = App::operator(&spec, &relay.ca(), None, "alice", OP_PASSWORD);
-    let code = op.expect("code")["code"].as_str().unwrap().to_string();
+    let mut op = relay.operator("alice", OP_PASSWORD);
+    let code = op.code();
     let mut client = App::client(&spec, &relay.ca(), None, &code, &[]);
     client.expect("consent_request");
     client.send(json!({"cmd": "consent", "grant": ["view", "control", "chat"]}));

@@ -488,6 +488,7 @@ pub async fn verify(store: &Store) -> Result<Report, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::rehash_without_key;
 
     fn entry(action: &'static str, target: &str) -> Entry {
         Entry {
@@ -513,46 +514,33 @@ mod tests {
         store.with_keys(keys(dir)).await.unwrap()
     }
 
-    /// What an insider with write access to the database but not the key could do: edit a
-    /// row and recompute every later hash with plain SHA-256.
-    async fn rehash(store: &Store, which: std::ops::RangeInclusive<i64>, keyed_looking: bool) {
-        let rows = store.audit_rows(0, 1000).await.unwrap();
-        let mut prev = GENESIS.to_string();
-        for r in rows {
-            if which.contains(&r.seq) {
-                let h = row_hash(r.seq, r.at, &r.actor, &r.action, &r.target, &r.ip, &r.detail, &prev);
-                let h = if keyed_looking { format!("{KEYED_PREFIX}{h}") } else { h };
-                store
-                    .execute_raw(&format!(
-                        "UPDATE audit SET prev_hash = '{prev}', hash = '{h}' WHERE seq = {}",
-                        r.seq
-                    ))
-                    .await
-                    .unwrap();
-                prev = h;
-            } else {
-                prev = r.hash;
-            }
+    /// A keyed store in a fresh data dir, and the audit trail it holds.
+    async fn keyed_trail() -> (tempfile::TempDir, Store, Audit) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keyed_store(dir.path()).await;
+        (dir, store.clone(), Audit::new(store))
+    }
+
+    /// Appends `n` rows, `operator_created` of `{prefix}0`, `{prefix}1`, ...
+    async fn append_rows(audit: &Audit, prefix: &str, n: usize) {
+        for i in 0..n {
+            audit
+                .append(entry("operator_created", &format!("{prefix}{i}")))
+                .await
+                .unwrap();
         }
     }
 
     #[tokio::test]
     async fn an_edit_rehashed_without_the_key_is_reported() {
         for keyed_looking in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = keyed_store(dir.path()).await;
-            let audit = Audit::new(store.clone());
-            for i in 0..5 {
-                audit
-                    .append(entry("operator_created", &format!("op{i}")))
-                    .await
-                    .unwrap();
-            }
+            let (_dir, store, audit) = keyed_trail().await;
+            append_rows(&audit, "op", 5).await;
             store
                 .execute_raw("UPDATE audit SET target = 'mallory' WHERE seq = 3")
                 .await
                 .unwrap();
-            rehash(&store, 3..=i64::MAX, keyed_looking).await;
+            rehash_without_key(&store, 3..=i64::MAX, keyed_looking).await;
             let report = verify(&store).await.unwrap();
             let expect = if keyed_looking {
                 "row 3: its content was edited"
@@ -570,16 +558,9 @@ mod tests {
 
     #[tokio::test]
     async fn rows_cut_from_the_end_are_reported_against_the_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = keyed_store(dir.path()).await;
-        let audit = Audit::new(store.clone());
+        let (_dir, store, audit) = keyed_trail().await;
         assert_eq!(audit.checkpoint().await.unwrap(), None, "nothing to sign yet");
-        for i in 0..5 {
-            audit
-                .append(entry("operator_created", &format!("op{i}")))
-                .await
-                .unwrap();
-        }
+        append_rows(&audit, "op", 5).await;
         let c = audit.checkpoint().await.unwrap().unwrap();
         assert_eq!(c.seq, 5);
         let ok = verify(&store).await.unwrap();
@@ -596,12 +577,7 @@ mod tests {
         );
 
         // Rows appended again up to the same seq do not match the signed head either.
-        for i in 0..2 {
-            audit
-                .append(entry("operator_created", &format!("new{i}")))
-                .await
-                .unwrap();
-        }
+        append_rows(&audit, "new", 2).await;
         let replaced = verify(&store).await.unwrap();
         assert!(
             replaced
@@ -632,16 +608,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_audit_key_is_refused_but_an_edited_row_is_only_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = keyed_store(dir.path()).await;
-        let audit = Audit::new(store.clone());
+        let (dir, store, audit) = keyed_trail().await;
         audit.check_key().await.unwrap();
-        for i in 0..3 {
-            audit
-                .append(entry("operator_created", &format!("op{i}")))
-                .await
-                .unwrap();
-        }
+        append_rows(&audit, "op", 3).await;
         store
             .execute_raw("UPDATE audit SET target = 'mallory' WHERE seq = 3")
             .await
@@ -700,7 +669,7 @@ mod tests {
             .execute_raw("UPDATE audit SET target = 'mallory' WHERE seq = 1")
             .await
             .unwrap();
-        rehash(&store, 1..=2, false).await;
+        rehash_without_key(&store, 1..=2, false).await;
         let report = verify(&store).await.unwrap();
         assert!(!report.problems.is_empty(), "{report:?}");
         store.close().await;
@@ -708,15 +677,8 @@ mod tests {
 
     #[tokio::test]
     async fn chain_detects_edits_and_deletions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = keyed_store(dir.path()).await;
-        let audit = Audit::new(store.clone());
-        for i in 0..5 {
-            audit
-                .append(entry("operator_created", &format!("op{i}")))
-                .await
-                .unwrap();
-        }
+        let (_dir, store, audit) = keyed_trail().await;
+        append_rows(&audit, "op", 5).await;
         let ok = verify(&store).await.unwrap();
         assert_eq!((ok.rows, ok.problems.len()), (5, 0), "{:?}", ok.problems);
 

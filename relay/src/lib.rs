@@ -22,6 +22,8 @@
 //!   its signed checkpoints) and the owner-only modes of the data dir.
 //! * [`time`], [`hex`], [`clock`]: leaf helpers (Unix milliseconds, lower-case hex, the
 //!   clock timeouts are measured by).
+//! * `testing` (tests and the `test-support` feature only): PostgreSQL for tests, the
+//!   audit rewrite an insider without the key could do.
 //! * [`admin`]: the HTTPS admin console, its REST API, and the operations both share with
 //!   `tsunagu-relay admin`.
 
@@ -44,6 +46,8 @@ pub mod session;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod throttle;
 pub mod time;
 pub mod tls;

@@ -207,6 +207,24 @@ async fn cli_ops(common: &Common) -> Result<tsunagu_relay::admin::ops::Ops, Stri
 }
 
 /// Who the audit trail names for command-line changes.
+/// Ends an operator command of the CLI: closes the store, then reports the error or prints
+/// the `event` line with the operator's name and permissions.
+async fn operator_done(
+    ops: tsunagu_relay::admin::ops::Ops,
+    result: Result<(), tsunagu_relay::admin::ops::OpError>,
+    event: &str,
+    name: &str,
+    perms: tsunagu_proto::PermissionSet,
+) -> Result<(), String> {
+    ops.store.close().await;
+    result.map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::json!({"event": event, "name": name, "permissions": perms.names()})
+    );
+    Ok(())
+}
+
 fn cli_actor() -> tsunagu_relay::admin::ops::Actor {
     tsunagu_relay::admin::ops::Actor {
         name: "cli".into(),
@@ -348,13 +366,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 accounts::check_password(&password).map_err(|e| e.to_string())?;
                 let ops = cli_ops(&common).await?;
                 let result = ops.create_operator(&cli_actor(), &name, &password, perms).await;
-                ops.store.close().await;
-                result.map_err(|e| e.to_string())?;
-                println!(
-                    "{}",
-                    serde_json::json!({"event": "operator_added", "name": name, "permissions": perms.names()})
-                );
-                Ok(())
+                operator_done(ops, result, "operator_added", &name, perms).await
             }
             OperatorAction::SetPermissions {
                 name,
@@ -366,13 +378,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 let _ = config;
                 let ops = cli_ops(&common).await?;
                 let result = ops.set_permissions(&cli_actor(), &name, perms).await;
-                ops.store.close().await;
-                result.map_err(|e| e.to_string())?;
-                println!(
-                    "{}",
-                    serde_json::json!({"event": "operator_updated", "name": name, "permissions": perms.names()})
-                );
-                Ok(())
+                operator_done(ops, result, "operator_updated", &name, perms).await
             }
             OperatorAction::List { common } => {
                 let config = load_config(&common)?;

@@ -689,6 +689,22 @@ mod tests {
     const TTL: Duration = Duration::from_secs(600);
     const CONSENT: Duration = Duration::from_secs(60);
 
+    const PAUSED: ClientModes = ClientModes {
+        paused: true,
+        view_only: false,
+        chat_only: false,
+    };
+    const VIEW_ONLY: ClientModes = ClientModes {
+        paused: false,
+        view_only: true,
+        chat_only: false,
+    };
+    const CHAT_ONLY: ClientModes = ClientModes {
+        paused: false,
+        view_only: false,
+        chat_only: true,
+    };
+
     fn perms(names: &[&str]) -> PermissionSet {
         PermissionSet::parse_names(names.iter().copied()).unwrap()
     }
@@ -756,48 +772,21 @@ mod tests {
     fn view_only_and_pause_drop_input_but_not_screen() {
         let (mut p, _) = active(&["view", "control", "chat"]);
         assert_eq!(p.check_data(ToClient, Some(Channel::Input), 5), Verdict::Forward);
-        assert!(
-            p.client_state(
-                ClientModes {
-                    paused: true,
-                    ..Default::default()
-                },
-                PermissionSet::EMPTY
-            )
-            .changed
-        );
+        assert!(p.client_state(PAUSED, PermissionSet::EMPTY).changed);
         assert_eq!(
             p.check_data(ToClient, Some(Channel::Input), 5),
             Verdict::Drop(DropReason::Paused)
         );
         assert_eq!(p.check_data(ToOperator, Some(Channel::Screen), 5), Verdict::Forward);
         p.client_state(ClientModes::default(), PermissionSet::EMPTY);
-        p.client_state(
-            ClientModes {
-                paused: true,
-                ..Default::default()
-            },
-            PermissionSet::EMPTY,
-        );
+        p.client_state(PAUSED, PermissionSet::EMPTY);
         assert_eq!(p.counters().pauses, 2);
-        p.client_state(
-            ClientModes {
-                view_only: true,
-                ..Default::default()
-            },
-            PermissionSet::EMPTY,
-        );
+        p.client_state(VIEW_ONLY, PermissionSet::EMPTY);
         assert_eq!(
             p.check_data(ToClient, Some(Channel::Input), 5),
             Verdict::Drop(DropReason::ViewOnly)
         );
-        p.client_state(
-            ClientModes {
-                chat_only: true,
-                ..Default::default()
-            },
-            PermissionSet::EMPTY,
-        );
+        p.client_state(CHAT_ONLY, PermissionSet::EMPTY);
         assert_eq!(
             p.check_data(ToOperator, Some(Channel::Screen), 5),
             Verdict::Drop(DropReason::ChatOnly)
@@ -1045,23 +1034,15 @@ mod tests {
     #[test]
     fn client_switches_report_the_traffic_they_stop() {
         let (mut p, _) = active(&["view", "control", "files", "chat"]);
-        let pause = ClientModes {
-            paused: true,
-            ..Default::default()
-        };
         assert_eq!(
-            p.client_state(pause, PermissionSet::EMPTY).stopped,
+            p.client_state(PAUSED, PermissionSet::EMPTY).stopped,
             vec![(ToClient, Channel::Input)]
         );
         assert!(
-            p.client_state(pause, PermissionSet::EMPTY).stopped.is_empty(),
+            p.client_state(PAUSED, PermissionSet::EMPTY).stopped.is_empty(),
             "no change, nothing stops"
         );
-        let chat_only = ClientModes {
-            chat_only: true,
-            ..Default::default()
-        };
-        let stopped = p.client_state(chat_only, PermissionSet::EMPTY).stopped;
+        let stopped = p.client_state(CHAT_ONLY, PermissionSet::EMPTY).stopped;
         assert_eq!(
             stopped,
             vec![
@@ -1135,16 +1116,7 @@ mod tests {
             p.check_data(ToOperator, Some(Channel::Input), 1),
             Verdict::Drop(DropReason::WrongDirection)
         );
-        assert!(
-            p.client_state(
-                ClientModes {
-                    paused: true,
-                    ..Default::default()
-                },
-                PermissionSet::EMPTY
-            )
-            .changed
-        );
+        assert!(p.client_state(PAUSED, PermissionSet::EMPTY).changed);
         assert_eq!(
             p.counters(),
             Counters {

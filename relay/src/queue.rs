@@ -309,6 +309,12 @@ mod tests {
         Bytes::from(vec![n; len])
     }
 
+    /// Pushes a chat frame from another task, which waits there while the queue is full.
+    fn push_chat_later(q: &OutQueue, frame: Bytes) -> tokio::task::JoinHandle<Result<(), QueueError>> {
+        let q = q.clone();
+        tokio::spawn(async move { q.push_data(frame, q.pass(Channel::Chat)).await })
+    }
+
     #[tokio::test]
     async fn screen_frames_drop_oldest() {
         let q = OutQueue::new(2, 1024, 8);
@@ -326,8 +332,7 @@ mod tests {
     async fn data_waits_for_room_then_proceeds() {
         let q = OutQueue::new(2, 100, 8);
         q.push_data(b(1, 80), q.pass(Channel::Chat)).await.unwrap();
-        let q2 = q.clone();
-        let blocked = tokio::spawn(async move { q2.push_data(b(2, 80), q2.pass(Channel::Chat)).await });
+        let blocked = push_chat_later(&q, b(2, 80));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!blocked.is_finished(), "the second frame must wait for room");
         let mut out = Vec::new();
@@ -359,8 +364,7 @@ mod tests {
     async fn close_wakes_a_waiting_sender() {
         let q = OutQueue::new(2, 10, 2);
         q.push_data(b(1, 10), q.pass(Channel::Chat)).await.unwrap();
-        let q2 = q.clone();
-        let waiting = tokio::spawn(async move { q2.push_data(b(2, 10), q2.pass(Channel::Chat)).await });
+        let waiting = push_chat_later(&q, b(2, 10));
         tokio::time::sleep(Duration::from_millis(20)).await;
         q.close();
         assert_eq!(waiting.await.unwrap(), Err(QueueError::Closed));

@@ -49,6 +49,13 @@ pub enum StoreError {
     FileMode { path: String, source: std::io::Error },
 }
 
+/// The table of an account whose columns [`Store`] sets one at a time.
+#[derive(Debug, Clone, Copy)]
+enum AccountTable {
+    Operators,
+    Admins,
+}
+
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -516,68 +523,73 @@ impl Store {
         }
     }
 
-    async fn update_operator(
+    /// Sets `column` (always a literal of this module) of account `name` in `table`.
+    async fn set_account_column<T>(
         &self,
+        table: AccountTable,
         name: &str,
-        sql: &str,
-        bind: impl FnOnce(Query<'_>) -> Query<'_>,
-    ) -> Result<(), StoreError> {
-        let q = bind(sqlx::query(sql));
-        let done = q.bind(name.to_string()).execute(&self.pool).await?;
+        column: &'static str,
+        value: T,
+    ) -> Result<(), StoreError>
+    where
+        T: 'static + Send + for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        let (table_name, missing): (&str, fn(String) -> StoreError) = match table {
+            AccountTable::Operators => ("operators", StoreError::NoSuchOperator),
+            AccountTable::Admins => ("admins", StoreError::NoSuchAdmin),
+        };
+        let sql = format!("UPDATE {table_name} SET {column} = $1 WHERE name = $2");
+        let done = sqlx::query(&sql)
+            .bind(value)
+            .bind(name.to_string())
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NoSuchOperator(name.to_string()));
+            return Err(missing(name.to_string()));
         }
         Ok(())
     }
 
     /// What the operator may ask clients for (checked again at every code issue).
     pub async fn set_operator_permissions(&self, name: &str, permissions: PermissionSet) -> Result<(), StoreError> {
-        self.update_operator(name, "UPDATE operators SET permissions = $1 WHERE name = $2", |q| {
-            q.bind(permissions.bits() as i64)
-        })
-        .await
+        self.set_account_column(AccountTable::Operators, name, "permissions", permissions.bits() as i64)
+            .await
     }
 
     /// Replaces the argon2id hash of an operator's password.
     pub async fn set_operator_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
-        let h = password_hash.to_string();
-        self.update_operator(name, "UPDATE operators SET password_hash = $1 WHERE name = $2", |q| {
-            q.bind(h)
-        })
+        self.set_account_column(
+            AccountTable::Operators,
+            name,
+            "password_hash",
+            password_hash.to_string(),
+        )
         .await
     }
 
     /// Suspends or resumes an operator (the caller ends live sessions).
     pub async fn set_operator_suspended(&self, name: &str, suspended: bool) -> Result<(), StoreError> {
-        self.update_operator(name, "UPDATE operators SET suspended = $1 WHERE name = $2", |q| {
-            q.bind(suspended as i64)
-        })
-        .await
+        self.set_account_column(AccountTable::Operators, name, "suspended", suspended as i64)
+            .await
     }
 
     /// Live sessions an operator may hold at once; 0 is no limit.
     pub async fn set_operator_max_sessions(&self, name: &str, max: u32) -> Result<(), StoreError> {
-        self.update_operator(name, "UPDATE operators SET max_sessions = $1 WHERE name = $2", |q| {
-            q.bind(max as i64)
-        })
-        .await
+        self.set_account_column(AccountTable::Operators, name, "max_sessions", max as i64)
+            .await
     }
 
     /// Enrols (`Some`) or resets (`None`) an operator's TOTP secret.
     pub async fn set_operator_totp(&self, name: &str, secret: Option<&str>) -> Result<(), StoreError> {
         let s = self.seal_secret("operators", name, secret)?;
-        self.update_operator(name, "UPDATE operators SET totp_secret = $1 WHERE name = $2", |q| {
-            q.bind(s)
-        })
-        .await
+        self.set_account_column(AccountTable::Operators, name, "totp_secret", s)
+            .await
     }
 
     /// Whether the operator's login needs a TOTP code.
     pub async fn set_operator_totp_required(&self, name: &str, required: bool) -> Result<(), StoreError> {
-        self.update_operator(name, "UPDATE operators SET totp_required = $1 WHERE name = $2", |q| {
-            q.bind(required as i64)
-        })
-        .await
+        self.set_account_column(AccountTable::Operators, name, "totp_required", required as i64)
+            .await
     }
 
     /// Renames an operator; history rows keep the name they were written with.
@@ -785,31 +797,17 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.get("name")).collect())
     }
 
-    async fn update_admin(&self, name: &str, q: Query<'_>) -> Result<(), StoreError> {
-        let done = q.bind(name.to_string()).execute(&self.pool).await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NoSuchAdmin(name.to_string()));
-        }
-        Ok(())
-    }
-
     /// Replaces the argon2id hash of an admin's password.
     pub async fn set_admin_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
-        self.update_admin(
-            name,
-            sqlx::query("UPDATE admins SET password_hash = $1 WHERE name = $2").bind(password_hash.to_string()),
-        )
-        .await
+        self.set_account_column(AccountTable::Admins, name, "password_hash", password_hash.to_string())
+            .await
     }
 
     /// Confirms (`Some`) or resets (`None`) an admin's TOTP enrolment.
     pub async fn set_admin_totp(&self, name: &str, secret: Option<&str>) -> Result<(), StoreError> {
         let sealed = self.seal_secret("admins", name, secret)?;
-        self.update_admin(
-            name,
-            sqlx::query("UPDATE admins SET totp_secret = $1 WHERE name = $2").bind(sealed),
-        )
-        .await
+        self.set_account_column(AccountTable::Admins, name, "totp_secret", sealed)
+            .await
     }
 
     /// Replaces an admin's recovery codes with these SHA-256 hashes.
@@ -1237,8 +1235,6 @@ impl Store {
     }
 }
 
-type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
-
 enum Bind {
     Text(String),
     Int(i64),
@@ -1287,6 +1283,7 @@ fn quote_ident(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TestPostgres;
 
     #[test]
     fn ip_rules_first_match_wins() {
@@ -1334,23 +1331,17 @@ mod tests {
     /// Runs against the PostgreSQL that `.ci/run` provides, in a schema of its own.
     #[tokio::test]
     async fn postgres_round_trip_with_files_and_purge() {
-        let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must provide PostgreSQL (.ci/run starts it)"
-            );
-            eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL store test");
+        let Some(pg) = TestPostgres::from_env("store") else {
             return;
         };
-        let schema = format!("t_store_{}", std::process::id());
-        let store = Store::open_postgres(&url, Some(&schema)).await.unwrap();
+        let store = pg.open().await;
         round_trip(&store).await;
         store.close().await;
         // Opening again runs the migrations again: they must be recorded as applied.
-        let again = Store::open_postgres(&url, Some(&schema)).await.unwrap();
+        let again = pg.open().await;
         assert_eq!(again.operator_names().await.unwrap().len(), 1);
         again.close().await;
-        Store::drop_postgres_schema(&url, &schema).await.unwrap();
+        pg.drop_schema().await;
     }
 
     async fn round_trip(store: &Store) {
@@ -1561,18 +1552,12 @@ mod tests {
 
     #[tokio::test]
     async fn postgres_admin_attempts_are_atomic() {
-        let Ok(url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must provide PostgreSQL (.ci/run starts it)"
-            );
-            eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the PostgreSQL store test");
+        let Some(pg) = TestPostgres::from_env("attempts") else {
             return;
         };
-        let schema = format!("t_attempts_{}", std::process::id());
-        let store = Store::open_postgres(&url, Some(&schema)).await.unwrap();
+        let store = pg.open().await;
         admin_attempts(&store).await;
         store.close().await;
-        Store::drop_postgres_schema(&url, &schema).await.unwrap();
+        pg.drop_schema().await;
     }
 }

@@ -130,6 +130,12 @@ impl Verifier {
 mod tests {
     use super::*;
 
+    /// Keeps a worker of `v` busy for `ms` milliseconds, from another task.
+    fn sleep_on(v: &Verifier, ms: u64) -> tokio::task::JoinHandle<Result<Option<()>, Busy>> {
+        let v = v.clone();
+        tokio::spawn(async move { v.run(move || std::thread::sleep(Duration::from_millis(ms))).await })
+    }
+
     /// Small argon2 settings: the pool's behaviour, not argon2's cost, is under test.
     fn cheap() -> AccountsConfig {
         AccountsConfig {
@@ -227,10 +233,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_too_long_is_busy() {
         let v = Verifier::new(1, 10, Duration::from_millis(50));
-        let slow = {
-            let v = v.clone();
-            tokio::spawn(async move { v.run(|| std::thread::sleep(Duration::from_millis(500))).await })
-        };
+        let slow = sleep_on(&v, 500);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(v.run(|| ()).await, Err(Busy), "no worker within the wait");
         assert_eq!(slow.await.unwrap(), Ok(Some(())));
@@ -241,10 +244,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn abandoned_work_keeps_its_worker() {
         let v = Verifier::new(1, 0, Duration::from_millis(10));
-        let abandoned = {
-            let v = v.clone();
-            tokio::spawn(async move { v.run(|| std::thread::sleep(Duration::from_millis(300))).await })
-        };
+        let abandoned = sleep_on(&v, 300);
         tokio::time::sleep(Duration::from_millis(50)).await;
         abandoned.abort();
         tokio::time::sleep(Duration::from_millis(20)).await;

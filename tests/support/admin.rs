@@ -193,6 +193,14 @@ impl Http {
         );
     }
 
+    /// A console session of [`ADMIN`] (TOTP `secret`) on `relay`, and its CSRF token.
+    pub async fn admin(relay: &TestRelay, secret: &str) -> (Self, String) {
+        let mut web = Self::new(relay);
+        web.login(ADMIN, ADMIN_PASSWORD, secret).await;
+        let csrf = web.csrf().await;
+        (web, csrf)
+    }
+
     /// The CSRF token of the logged-in session (read from a page).
     pub async fn csrf(&mut self) -> String {
         self.get("/operators")
@@ -217,18 +225,8 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
-/// URL-encodes a form value.
-pub fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
+/// URL-encodes a form value, the way the console encodes its links.
+pub use tsunagu_relay::admin::html::url as enc;
 
 /// A relay with its console on 127.0.0.1:0, operator `alice` and admin [`ADMIN`] with a
 /// TOTP secret already enrolled (returned).
@@ -261,3 +259,27 @@ pub async fn add_admin(relay: &TestRelay, name: &str, enrol: bool) -> Option<Str
 
 /// The operator password the shared helpers use.
 pub const OPERATOR_PASSWORD: &str = PASSWORD;
+
+/// Writes to the relay's history that operator `operator` at `operator_addr` asked for code
+/// session `id` (every permission, on port 7615) at `at_ms`.
+pub async fn record_issued(relay: &TestRelay, id: &str, operator: &str, operator_addr: &str, at_ms: i64) {
+    relay
+        .relay
+        .shared()
+        .history
+        .record(tsunagu_relay::history::HistoryEvent::Issued {
+            id: id.into(),
+            operator: operator.into(),
+            operator_addr: operator_addr.parse().unwrap(),
+            relay_port: 7615,
+            requested: tsunagu_proto::PermissionSet::ALL,
+            at_ms,
+        })
+        .await;
+}
+
+/// The TOTP secret an enrolment page shows (in `id="secret"`).
+pub fn shown_secret(page: &str) -> String {
+    let after = page.split("id=\"secret\">").nth(1).expect("the page shows a secret");
+    after.split('<').next().unwrap().to_string()
+}

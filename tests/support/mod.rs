@@ -17,6 +17,16 @@ use tsunagu_endpoint::dial::{self, Connected, DialConfig};
 use tsunagu_proto::pb::{self, frame::Body, Channel, Frame};
 use tsunagu_proto::transport::{FrameReader, FrameWriter, TransportError};
 
+/// A picker for [`RawPeer::expect`]: a frame body of this kind, cloned.
+macro_rules! body {
+    ($kind:ident) => {
+        |b: &Body| match b {
+            Body::$kind(x) => Some(x.clone()),
+            _ => None,
+        }
+    };
+}
+
 pub const PASSWORD: &str = "Correct-horse-1";
 
 /// Every wait in a test is bounded by this, so a broken relay fails a test instead of
@@ -208,15 +218,19 @@ impl RawPeer {
     }
 
     pub async fn login(cfg: &DialConfig, user: &str, password: &str) -> Result<Self, pb::Error> {
-        let mut p = Self::connect(cfg).await;
-        p.send_body(Body::Login(pb::Login {
+        Self::connect(cfg).await.login_on(user, password).await
+    }
+
+    /// Sends Login on an already connected peer; returns the logged-in peer or the error.
+    pub async fn login_on(mut self, user: &str, password: &str) -> Result<Self, pb::Error> {
+        self.send_body(Body::Login(pb::Login {
             user: user.into(),
             password: password.into(),
             totp: String::new(),
         }))
         .await;
-        match p.next().await {
-            Some(Body::LoginOk(_)) => Ok(p),
+        match self.next().await {
+            Some(Body::LoginOk(_)) => Ok(self),
             Some(Body::Error(e)) => Err(e),
             other => panic!("unexpected answer to Login: {other:?}"),
         }
@@ -317,11 +331,24 @@ impl RawPeer {
     }
 
     pub async fn expect_state(&mut self) -> pb::SessionState {
-        self.expect("SessionState", |b| match b {
-            Body::SessionState(s) => Some(s.clone()),
-            _ => None,
-        })
-        .await
+        self.expect("SessionState", body!(SessionState)).await
+    }
+
+    /// Waits for the PeerJoined that tells an operator who joined.
+    pub async fn expect_peer_joined(&mut self) -> pb::PeerJoined {
+        self.expect("PeerJoined", body!(PeerJoined)).await
+    }
+
+    /// Waits for a FileOffer and returns it.
+    pub async fn expect_file_offer(&mut self) -> pb::FileOffer {
+        self.expect("FileOffer", body!(FileOffer)).await
+    }
+
+    /// Waits for a FileOffer, then accepts or rejects transfer `transfer_id`.
+    pub async fn answer_offer(&mut self, transfer_id: u32, accept: bool) {
+        self.expect_file_offer().await;
+        self.send_body(Body::FileAnswer(pb::FileAnswer { transfer_id, accept }))
+            .await;
     }
 
     pub async fn expect_ended(&mut self) -> pb::EndReason {
@@ -331,6 +358,19 @@ impl RawPeer {
         })
         .await
     }
+}
+
+/// Sends a pointer move from `op`, then the chat `marker`: the next data `client` gets is
+/// that chat, the relay having dropped the move.
+pub async fn assert_input_dropped(op: &mut RawPeer, client: &mut RawPeer, marker: &str) {
+    op.input_move(1, 1).await;
+    op.chat(marker).await;
+    let next = client.expect("data", body!(Data)).await;
+    assert_eq!(
+        (next.channel, chat_text(&next)),
+        (Channel::Chat as i32, marker.to_string()),
+        "input must have been dropped"
+    );
 }
 
 /// An operator and a client paired with consent to `grant`.
@@ -354,25 +394,32 @@ pub fn chat_text(d: &pb::Data) -> String {
 
 static BUILD: Once = Once::new();
 
+/// Builds the relay, operator and client binaries (`--release`: the optimised ones).
+pub fn build_binaries(release: bool) {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .args([
+            "--bins",
+            "-p",
+            "tsunagu-relay",
+            "-p",
+            "tsunagu-operator",
+            "-p",
+            "tsunagu-client",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the binaries failed");
+}
+
 /// Path of a workspace binary, building all of them once if needed.
 pub fn bin(name: &str) -> PathBuf {
-    BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--bins",
-                "-p",
-                "tsunagu-relay",
-                "-p",
-                "tsunagu-operator",
-                "-p",
-                "tsunagu-client",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the binaries failed");
-    });
+    BUILD.call_once(|| build_binaries(false));
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).unwrap();
@@ -446,6 +493,16 @@ impl RelayProcess {
 
     pub fn port(&self) -> u16 {
         self.addrs[0].port()
+    }
+
+    /// Its first listener as `--relay` takes it: `127.0.0.1:PORT`.
+    pub fn spec(&self) -> String {
+        format!("127.0.0.1:{}", self.port())
+    }
+
+    /// The headless operator app logged in here as `user`.
+    pub fn operator(&self, user: &str, password: &str) -> App {
+        App::operator(&self.spec(), &self.ca(), None, user, password)
     }
 
     /// `tsunagu-relay operator add NAME` with the password on stdin.
@@ -617,6 +674,11 @@ impl App {
         }
         cmd.args(extra).arg(code);
         Self::spawn("client", cmd)
+    }
+
+    /// The session code an operator app was given (its `code` event).
+    pub fn code(&mut self) -> String {
+        self.expect("code")["code"].as_str().unwrap().to_string()
     }
 
     pub fn send(&mut self, cmd: serde_json::Value) {

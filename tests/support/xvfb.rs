@@ -77,6 +77,17 @@ impl Xvfb {
         cmd
     }
 
+    /// The workspace binary `name` on this display, dialing `relay` (`--relay`, `--ca`)
+    /// with `args` in between.
+    pub fn app(&self, name: &str, relay: &super::RelayProcess, args: &[&str]) -> Command {
+        let mut cmd = self.command(super::bin(name));
+        cmd.args(["--relay", &relay.spec()])
+            .args(args)
+            .arg("--ca")
+            .arg(relay.ca());
+        cmd
+    }
+
     /// Runs `xdotool ARGS` on this display; panics if it fails.
     pub fn xdotool(&self, args: &[&str]) -> String {
         let out = self.command("xdotool").args(args).output().expect("xdotool runs");

@@ -40,13 +40,15 @@ pub(super) async fn audit_page(State(console): State<Console>, Extension(ctx): E
             )
         })
         .collect();
-    let body = format!(
-        "{status}<table id=\"audit\"><tr><th>#</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>IP</th><th>{}</th></tr>{rows}</table>",
+    let heads = [
+        "#",
         t(lang, Text::Time),
         t(lang, Text::Actor),
         t(lang, Text::Action),
         t(lang, Text::Target),
-        t(lang, Text::Detail)
-    );
+        "IP",
+        t(lang, Text::Detail),
+    ];
+    let body = status + &html::table("audit", &heads, &rows);
     render(&ctx, t(lang, Text::Audit), &body)
 }

@@ -587,6 +587,47 @@ impl CodeForm {
 }
 
 impl Console {
+    /// A second step's form (TOTP, recovery code, enrolment) posted in the half-logged-in
+    /// session `s` under `token`: parsed, its CSRF token checked (403 otherwise), and the
+    /// step's attempt taken from the budget ([`Console::begin_second_step`]).
+    async fn second_step(
+        &self,
+        token: &str,
+        s: &AdminSession,
+        body: &[u8],
+        ip: IpAddr,
+        lang: Lang,
+    ) -> Result<(CodeForm, Account, crate::store::LoginAttempt), Response> {
+        let form = CodeForm::parse(body);
+        if !constant_eq(form.csrf.as_bytes(), s.csrf.as_bytes()) {
+            return Err((StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response());
+        }
+        let account = self.account(&s.admin, true);
+        let attempt = self.begin_second_step(token, &account, ip, lang).await?;
+        Ok((form, account, attempt))
+    }
+
+    /// [`Console::step_failed`] for a second step: when that locked the account, the
+    /// half-logged-in session ends and the answer is the login form saying so (429).
+    async fn second_step_failed(
+        &self,
+        token: &str,
+        account: &Account,
+        ip: IpAddr,
+        attempt: crate::store::LoginAttempt,
+        reason: &str,
+        lang: Lang,
+    ) -> Option<Response> {
+        if !self.step_failed(account, ip, attempt, reason).await {
+            return None;
+        }
+        self.sessions.remove(token);
+        Some(html_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            login_form(lang, Some(t(lang, Text::Locked))),
+        ))
+    }
+
     /// Ends the pending session and starts the full one under a fresh token (no fixation).
     async fn complete_login(&self, old_token: &str, admin: &str, ip: &str, how: &str, to: &str) -> (String, Response) {
         self.sessions.remove(old_token);
@@ -625,13 +666,8 @@ pub(super) async fn totp_submit(
     else {
         return see_other("/login");
     };
-    let form = CodeForm::parse(&body);
-    if !constant_eq(form.csrf.as_bytes(), s.csrf.as_bytes()) {
-        return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
-    }
-    let account = console.account(&s.admin, true);
-    let attempt = match console.begin_second_step(&token, &account, peer.ip(), lang).await {
-        Ok(a) => a,
+    let (form, account, attempt) = match console.second_step(&token, &s, &body, peer.ip(), lang).await {
+        Ok(step) => step,
         Err(refused) => return refused,
     };
     let record = console.shared.store.admin(&s.admin).await.ok().flatten();
@@ -658,12 +694,11 @@ pub(super) async fn totp_submit(
     match how {
         Some(how) => console.complete_login(&token, &s.admin, &ip, how, "/operators").await.1,
         None => {
-            if console.step_failed(&account, peer.ip(), attempt, "totp").await {
-                console.sessions.remove(&token);
-                return html_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    login_form(lang, Some(t(lang, Text::Locked))),
-                );
+            if let Some(locked) = console
+                .second_step_failed(&token, &account, peer.ip(), attempt, "totp", lang)
+                .await
+            {
+                return locked;
             }
             html_response(
                 StatusCode::UNAUTHORIZED,
@@ -723,28 +758,19 @@ pub(super) async fn enrol_submit(
     let Stage::Enrol { secret } = &s.stage else {
         return see_other("/login");
     };
-    let form = CodeForm::parse(&body);
-    if !constant_eq(form.csrf.as_bytes(), s.csrf.as_bytes()) {
-        return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
-    }
-    let account = console.account(&s.admin, true);
-    let attempt = match console.begin_second_step(&token, &account, peer.ip(), lang).await {
-        Ok(a) => a,
+    let (form, account, attempt) = match console.second_step(&token, &s, &body, peer.ip(), lang).await {
+        Ok(step) => step,
         Err(refused) => return refused,
     };
     if !console
         .totp_used
         .accept(&s.admin, secret, &form.code, crate::totp::now_secs())
     {
-        if console
-            .step_failed(&account, peer.ip(), attempt, "totp_enrolment")
+        if let Some(locked) = console
+            .second_step_failed(&token, &account, peer.ip(), attempt, "totp_enrolment", lang)
             .await
         {
-            console.sessions.remove(&token);
-            return html_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                login_form(lang, Some(t(lang, Text::Locked))),
-            );
+            return locked;
         }
         return html_response(
             StatusCode::UNAUTHORIZED,

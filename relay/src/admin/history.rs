@@ -139,7 +139,7 @@ pub(super) async fn history_page(
          <button id=\"apply-filter\">{}</button></form>\
          <p><a id=\"export-csv\" href=\"/history/export.csv?{}\">{}</a></p>\
          <form method=\"get\" action=\"/history/day.zip\"><label>{} <input name=\"date\" id=\"zip-date\" size=\"10\"></label> <button id=\"download-zip\">zip</button></form>\
-         <table id=\"history\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>{rows}</table>",
+         {}",
         t(lang, Text::Operator),
         esc(&q.operator),
         t(lang, Text::ClientIp),
@@ -153,14 +153,20 @@ pub(super) async fn history_page(
         esc(&q.query_string()),
         t(lang, Text::ExportCsv),
         t(lang, Text::DayZip),
-        t(lang, Text::Issued),
-        t(lang, Text::Operator),
-        t(lang, Text::ClientHost),
-        t(lang, Text::ClientIp),
-        t(lang, Text::Ended),
-        t(lang, Text::EndReason),
-        t(lang, Text::Granted),
-        t(lang, Text::Bytes),
+        html::table(
+            "history",
+            &[
+                t(lang, Text::Issued),
+                t(lang, Text::Operator),
+                t(lang, Text::ClientHost),
+                t(lang, Text::ClientIp),
+                t(lang, Text::Ended),
+                t(lang, Text::EndReason),
+                t(lang, Text::Granted),
+                t(lang, Text::Bytes),
+            ],
+            &rows
+        ),
     );
     render(&ctx, t(lang, Text::History), &body)
 }
@@ -226,15 +232,15 @@ pub(super) async fn session_page(
     let files_html = if files.is_empty() {
         format!("<p>{}</p>", t(lang, Text::None))
     } else {
-        format!(
-            "<table id=\"files\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>{file_rows}</table>",
+        let heads = [
             t(lang, Text::File),
             t(lang, Text::Size),
             t(lang, Text::Direction),
             t(lang, Text::Bytes),
             t(lang, Text::Result),
-            t(lang, Text::Time)
-        )
+            t(lang, Text::Time),
+        ];
+        html::table("files", &heads, &file_rows)
     };
     render(
         &ctx,

@@ -67,6 +67,12 @@ pub fn url(s: &str) -> String {
         .collect()
 }
 
+/// A table with this id: one header row of `heads`, then `rows` (already `<tr>` HTML).
+pub fn table(id: &str, heads: &[&str], rows: &str) -> String {
+    let heads: String = heads.iter().map(|h| format!("<th>{h}</th>")).collect();
+    format!("<table id=\"{id}\"><tr>{heads}</tr>{rows}</table>")
+}
+
 /// Every text the console shows, by key. [`t`] matches every key in both languages, so a
 /// key without its wording, or a key that does not exist, is a build error, as in the apps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

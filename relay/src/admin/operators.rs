@@ -7,7 +7,7 @@ use axum::response::Response;
 use axum::Extension;
 use tsunagu_proto::PermissionSet;
 
-use super::html::{esc, t, url, Text};
+use super::html::{self, esc, t, url, Text};
 use super::ops::{self, OpError};
 use super::pages::{csrf_field, op_error, render, see_other};
 use super::{Console, Ctx};
@@ -48,15 +48,21 @@ pub(super) async fn operators_page(State(console): State<Console>, Extension(ctx
         })
         .collect();
     let body = format!(
-        "<table id=\"operators\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>TOTP</th></tr>{rows}</table>\
-         <h2>{}</h2><form method=\"post\" action=\"/operators\" id=\"create-operator\">{}\
+        "{}<h2>{}</h2><form method=\"post\" action=\"/operators\" id=\"create-operator\">{}\
          <p><label>{} <input name=\"name\" id=\"new-name\" maxlength=\"64\" required></label></p>\
          <p><label>{} <input type=\"password\" name=\"password\" id=\"new-password\" maxlength=\"64\" required></label></p>\
          <fieldset><legend>{}</legend>{}</fieldset><p><button id=\"create\">{}</button></p></form>",
-        t(lang, Text::Name),
-        t(lang, Text::Permissions),
-        t(lang, Text::Status),
-        t(lang, Text::MaxSessions),
+        html::table(
+            "operators",
+            &[
+                t(lang, Text::Name),
+                t(lang, Text::Permissions),
+                t(lang, Text::Status),
+                t(lang, Text::MaxSessions),
+                "TOTP"
+            ],
+            &rows
+        ),
         t(lang, Text::NewOperator),
         csrf_field(&ctx),
         t(lang, Text::Name),

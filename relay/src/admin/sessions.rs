@@ -90,15 +90,19 @@ pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx)
             )
         })
         .collect();
-    let body = format!(
-        "<table id=\"live\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr>{rows}</table>",
-        t(lang, Text::Operator),
-        t(lang, Text::ClientHost),
-        t(lang, Text::ClientIp),
-        t(lang, Text::Since),
-        t(lang, Text::State),
-        t(lang, Text::Granted),
-        t(lang, Text::BytesEachWay),
+    let body = html::table(
+        "live",
+        &[
+            t(lang, Text::Operator),
+            t(lang, Text::ClientHost),
+            t(lang, Text::ClientIp),
+            t(lang, Text::Since),
+            t(lang, Text::State),
+            t(lang, Text::Granted),
+            t(lang, Text::BytesEachWay),
+            "",
+        ],
+        &rows,
     );
     render(&ctx, t(lang, Text::Sessions), &body)
 }
