@@ -1,13 +1,13 @@
 //! One endpoint connection's protocol logic, sans-IO, in the style of quinn-proto: frames
 //! and time go in, actions and the next deadline come out; the async shell in
-//! [`crate::server`] reads, writes, and carries the actions out.
+//! `server` reads, writes, and carries the actions out.
 //!
 //! * [`greeting`]: `Hello`, `Login` (with TOTP), `RequestCode` or `Join`, up to the session.
 //! * [`refusal`]: every reason a connection is refused, and the one mapping to what the
 //!   peer is told.
 //!
-//! Once paired, a connection's frames go to the session ([`crate::session`]), whose rules
-//! are the sans-IO [`crate::policy`].
+//! Once paired, a connection's frames go to the session (`session`), whose rules
+//! are the sans-IO `policy`.
 
 pub mod greeting;
 pub mod refusal;
