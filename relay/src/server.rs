@@ -1,5 +1,5 @@
 //! The relay server: binds the listeners and accepts connections under a connection cap;
-//! each connection is served by [`connection`] (TLS, the greeting machine of
+//! each connection is served by the private `connection` module (TLS, the greeting machine of
 //! [`crate::conn`], then its side of the session). Accept loops only accept; every wait on
 //! a peer has a timeout. The state all of this shares lives in [`crate::state`]; stopping,
 //! in [`crate::shutdown`].

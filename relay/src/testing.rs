@@ -40,12 +40,16 @@ impl TestPostgres {
 
     /// Opens the store in this schema, running the migrations.
     pub async fn open(&self) -> Store {
-        Store::open_postgres(&self.url, Some(&self.schema)).await.unwrap()
+        Store::open_postgres(&self.url, Some(&self.schema))
+            .await
+            .expect("test PostgreSQL (TSUNAGU_TEST_POSTGRES) reachable and the schema creatable")
     }
 
     /// Drops the schema and everything in it.
     pub async fn drop_schema(self) {
-        Store::drop_postgres_schema(&self.url, &self.schema).await.unwrap();
+        Store::drop_postgres_schema(&self.url, &self.schema)
+            .await
+            .expect("the test's own PostgreSQL schema can be dropped");
     }
 }
 
@@ -53,7 +57,10 @@ impl TestPostgres {
 /// recompute the hashes of the rows in `which` (after editing one of them) with plain
 /// SHA-256, each chained to the one before; `keyed_looking` puts the keyed prefix in front.
 pub async fn rehash_without_key(store: &Store, which: RangeInclusive<i64>, keyed_looking: bool) {
-    let rows = store.audit_rows(0, 1000).await.unwrap();
+    let rows = store
+        .audit_rows(0, 1000)
+        .await
+        .expect("the test store's audit rows are readable");
     let mut prev = GENESIS.to_string();
     for r in rows {
         if which.contains(&r.seq) {
@@ -65,7 +72,7 @@ pub async fn rehash_without_key(store: &Store, which: RangeInclusive<i64>, keyed
                     r.seq
                 ))
                 .await
-                .unwrap();
+                .expect("the test store accepts the rewritten audit row");
             prev = h;
         } else {
             prev = r.hash;
