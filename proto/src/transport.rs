@@ -95,6 +95,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn into_inner(self) -> R {
         self.io
     }
+
+    /// The stream and the bytes already read from it but not yet decoded: what a relay
+    /// node that hands a connection on (the grid's bridge) must pass on first.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.io, self.buf)
+    }
 }
 
 /// Writes frames to an async byte stream.

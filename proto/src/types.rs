@@ -235,6 +235,7 @@ pub fn error_code_name(code: crate::pb::ErrorCode) -> &'static str {
         E::Forbidden => "forbidden",
         E::Timeout => "timeout",
         E::Internal => "internal",
+        E::Unavailable => "unavailable",
     }
 }
 

@@ -28,6 +28,152 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub admin: AdminConfig,
     pub secrets: SecretsConfig,
+    /// Set on every node of a grid (see docs/grid.md); unset runs one node on its own.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A node of a grid: the shared Redis, this node's name, where other nodes reach it over
+/// QUIC and the cluster CA that node certificates chain to. Every node of a grid also
+/// shares `database.url`, `tls.ca_file`/`tls.ca_key_file` and the `[secrets]` key files.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the grid: 1 to 32 of `a-z`, `0-9` and `-`.
+    pub node: String,
+    /// The shared Redis (`redis://[:password@]host:port[/db]` or `rediss://`). Never
+    /// logged: it may hold a password.
+    pub redis_url: String,
+    /// Prefix of every Redis key of this grid, so several grids (or tests) share one
+    /// Redis. Default `tsunagu:`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// UDP address the node-to-node QUIC listener binds. Default `0.0.0.0:7616`.
+    #[serde(default = "default_quic_listen")]
+    pub quic_listen: SocketAddr,
+    /// Where other nodes reach this node's QUIC listener. Default `quic_listen`, which
+    /// must then name a concrete address. Port 0 in either means the port bound at start.
+    #[serde(default)]
+    pub quic_advertise: Option<SocketAddr>,
+    /// The cluster CA certificate (PEM): a node accepts a peer node only with a node
+    /// certificate chained to it.
+    pub ca_file: PathBuf,
+    /// The cluster CA's private key (PEM): each node signs its own node certificate with
+    /// it at start. Keep it as private as the database password.
+    pub ca_key_file: PathBuf,
+    /// How often a node tells Redis it is alive and re-asserts its codes and sessions.
+    /// Default 1 s.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A node not heard from for this long is taken as gone. Default 5 s; more than
+    /// twice `heartbeat`.
+    #[serde(default = "default_node_ttl", with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// The longest a Redis call may take before the request it serves fails as
+    /// unavailable. Default 1 s.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub redis_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The Redis URL may carry a password: show only that it is set.
+        f.debug_struct("ClusterConfig")
+            .field("node", &self.node)
+            .field("redis_url", &"<set>")
+            .field("key_prefix", &self.key_prefix)
+            .field("quic_listen", &self.quic_listen)
+            .field("quic_advertise", &self.quic_advertise)
+            .field("ca_file", &self.ca_file)
+            .field("ca_key_file", &self.ca_key_file)
+            .field("heartbeat", &self.heartbeat)
+            .field("node_ttl", &self.node_ttl)
+            .field("redis_timeout", &self.redis_timeout)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    /// A cluster section with every default, for `node` on `redis_url` (tests, the CLI).
+    pub fn new(node: &str, redis_url: &str, ca_file: PathBuf, ca_key_file: PathBuf) -> Self {
+        Self {
+            node: node.to_string(),
+            redis_url: redis_url.to_string(),
+            key_prefix: default_key_prefix(),
+            quic_listen: default_quic_listen(),
+            quic_advertise: None,
+            ca_file,
+            ca_key_file,
+            heartbeat: default_heartbeat(),
+            node_ttl: default_node_ttl(),
+            redis_timeout: default_redis_timeout(),
+        }
+    }
+
+    /// Where other nodes reach this one.
+    pub fn advertised(&self) -> SocketAddr {
+        self.quic_advertise.unwrap_or(self.quic_listen)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_string(),
+            })
+        };
+        let name_ok = !self.node.is_empty()
+            && self.node.len() <= 32
+            && self
+                .node
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return invalid("cluster.node", "1 to 32 of a-z, 0-9 and -");
+        }
+        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
+            return invalid("cluster.redis_url", "must be a redis:// or rediss:// URL");
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.len() > 64 || self.key_prefix.contains(char::is_whitespace) {
+            return invalid("cluster.key_prefix", "1 to 64 characters, no spaces");
+        }
+        // Port 0 is allowed (a trial on one machine): the node advertises the port it bound.
+        if self.advertised().ip().is_unspecified() {
+            return invalid(
+                "cluster.quic_advertise",
+                "other nodes need a concrete address: set quic_advertise when quic_listen is 0.0.0.0 or ::",
+            );
+        }
+        if self.heartbeat < Duration::from_millis(100) || self.heartbeat > Duration::from_secs(60) {
+            return invalid("cluster.heartbeat", "100 ms to 60 s");
+        }
+        if self.node_ttl <= 2 * self.heartbeat {
+            return invalid("cluster.node_ttl", "must be more than twice cluster.heartbeat");
+        }
+        if self.redis_timeout < Duration::from_millis(10) || self.redis_timeout > Duration::from_secs(30) {
+            return invalid("cluster.redis_timeout", "10 ms to 30 s");
+        }
+        Ok(())
+    }
+}
+
+fn default_key_prefix() -> String {
+    "tsunagu:".to_string()
+}
+
+fn default_quic_listen() -> SocketAddr {
+    "0.0.0.0:7616".parse().expect("literal address")
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_node_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// Keys kept outside the database (see the `keys` module) and the audit checkpoints.
@@ -168,6 +314,11 @@ pub struct TlsConfig {
     /// self-generated one. Needs `key_file` too.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// A CA (certificate and key, PEM) to sign the self-generated server certificate with,
+    /// instead of the one the relay creates in `DATA/tls/`. The nodes of a grid share one,
+    /// so endpoints pin one `ca.pem` whichever node they reach. Needs `ca_key_file` too.
+    pub ca_file: Option<PathBuf>,
+    pub ca_key_file: Option<PathBuf>,
     /// Extra DNS names or IP addresses for the self-generated server certificate, besides
     /// `localhost`, `127.0.0.1`, `::1` and this machine's host name.
     pub names: Vec<String>,
@@ -343,6 +494,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             admin: AdminConfig::default(),
             secrets: SecretsConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -354,6 +506,8 @@ impl Default for TlsConfig {
         Self {
             cert_file: None,
             key_file: None,
+            ca_file: None,
+            ca_key_file: None,
             names: Vec::new(),
             server_cert_lifetime: 90 * DAY,
             renew_before: 30 * DAY,
@@ -458,6 +612,24 @@ impl Config {
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return invalid("tls.cert_file", "cert_file and key_file go together");
+        }
+        if self.tls.ca_file.is_some() != self.tls.ca_key_file.is_some() {
+            return invalid("tls.ca_file", "ca_file and ca_key_file go together");
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+            if self.database.url.is_none() {
+                return invalid(
+                    "cluster",
+                    "the nodes of a grid share one PostgreSQL database: set database.url",
+                );
+            }
+            if self.tls.cert_file.is_none() && self.tls.ca_file.is_none() {
+                return invalid(
+                    "tls.ca_file",
+                    "the nodes of a grid share one CA so endpoints pin one ca.pem: set tls.ca_file and tls.ca_key_file (or supply tls.cert_file)",
+                );
+            }
         }
         if self.tls.renew_before >= self.tls.server_cert_lifetime {
             return invalid("tls.renew_before", "must be shorter than tls.server_cert_lifetime");
@@ -647,6 +819,49 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_grid_node_needs_its_shared_parts() {
+        let named = |name: &str, extra: &str| -> Result<(), String> {
+            let text = format!(
+                "[database]\nurl = \"postgres://db/grid\"\n[tls]\nca_file = \"ca.pem\"\nca_key_file = \"ca.key\"\n\
+                 [cluster]\nnode = \"{name}\"\nredis_url = \"redis://127.0.0.1:6379\"\nquic_listen = \"10.0.0.1:7616\"\n\
+                 ca_file = \"cluster-ca.pem\"\nca_key_file = \"cluster-ca.key\"\n{extra}"
+            );
+            let c: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
+            c.validate().map_err(|e| e.to_string())
+        };
+        let node = |extra: &str| named("a", extra);
+        node("").unwrap();
+        named("node-2", "").unwrap();
+        let c: Config = toml::from_str(
+            "[cluster]\nnode = \"a\"\nredis_url = \"redis://r\"\nca_file = \"c\"\nca_key_file = \"k\"\n",
+        )
+        .unwrap();
+        let cluster = c.cluster.as_ref().unwrap();
+        assert_eq!(cluster.key_prefix, "tsunagu:");
+        assert_eq!(cluster.heartbeat, Duration::from_secs(1));
+        assert!(format!("{cluster:?}").contains("<set>"), "the Redis URL is never shown");
+        // 0.0.0.0 cannot be reached by other nodes.
+        assert!(c.validate().unwrap_err().to_string().contains("cluster.quic_advertise"));
+        for (extra, setting) in [
+            ("heartbeat = \"3s\"\n", "cluster.node_ttl"),
+            ("key_prefix = \"a b\"\n", "cluster.key_prefix"),
+        ] {
+            let err = node(extra).unwrap_err();
+            assert!(err.contains(setting), "{extra}: {err}");
+        }
+        for bad_name in ["A", "", "a_b", &"x".repeat(33)] {
+            let err = named(bad_name, "").unwrap_err();
+            assert!(err.contains("cluster.node"), "{bad_name}: {err}");
+        }
+        let no_db: Config = toml::from_str(
+            "[tls]\nca_file = \"ca.pem\"\nca_key_file = \"ca.key\"\n[cluster]\nnode = \"a\"\nredis_url = \"redis://r\"\n\
+             quic_listen = \"10.0.0.1:0\"\nca_file = \"c\"\nca_key_file = \"k\"\n",
+        )
+        .unwrap();
+        assert!(no_db.validate().unwrap_err().to_string().contains("database.url"));
     }
 
     #[test]

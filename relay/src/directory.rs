@@ -29,6 +29,8 @@ pub enum JoinRefusal {
     Expired,
     /// The code was already used by a client.
     Used,
+    /// The directory could not be asked (a grid's Redis is unreachable); nothing was taken.
+    Unavailable,
 }
 
 /// Why no code could be issued.
@@ -37,12 +39,18 @@ pub enum IssueError {
     /// The OS random source failed.
     #[error(transparent)]
     Random(#[from] tsunagu_proto::CodeError),
+    /// The directory could not be asked (a grid's Redis is unreachable or still
+    /// re-asserting after a restart); no code was claimed.
+    #[error("the grid's shared state is unavailable: {0}")]
+    Unavailable(String),
 }
 
-/// What a code leads to: a session, by id. The grid adds the node that runs it.
+/// What a code leads to: a session, by id, and in a grid the node that runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRef {
     pub session_id: String,
+    /// The grid node that runs the session; `None` in a single node's own directory.
+    pub node: Option<String>,
 }
 
 /// Where a code stands.
@@ -212,6 +220,7 @@ mod tests {
     fn session(id: &str) -> SessionRef {
         SessionRef {
             session_id: id.to_string(),
+            node: None,
         }
     }
 

@@ -35,6 +35,7 @@ pub mod config;
 pub mod conn;
 pub mod connlimit;
 pub mod directory;
+pub mod grid;
 pub mod hex;
 pub mod history;
 pub mod keys;

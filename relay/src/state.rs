@@ -118,7 +118,13 @@ impl Shared {
         operator_q: OutQueue,
     ) -> Result<(SessionCode, Arc<Session>), IssueError> {
         let id = new_session_id();
-        let code = self.directory.issue(SessionRef { session_id: id.clone() }).await?;
+        let code = self
+            .directory
+            .issue(SessionRef {
+                session_id: id.clone(),
+                node: None,
+            })
+            .await?;
         let session = Session::new(
             self.for_sessions.clone(),
             id,

@@ -36,10 +36,40 @@ const SERVER_KEY_FILE: &str = "server.key";
 /// The generated CA outlives many server certificates: 10 years.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// The CA that signs generated server certificates: the relay's own in `DATA/tls/`
+/// (created on first start) or one supplied in `tls.ca_file` (shared by a grid's nodes).
+#[derive(Debug, Clone)]
+struct CaFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    may_create: bool,
+}
+
+impl CaFiles {
+    fn of(config: &Config) -> Self {
+        match (&config.tls.ca_file, &config.tls.ca_key_file) {
+            (Some(cert), Some(key)) => Self {
+                cert: cert.clone(),
+                key: key.clone(),
+                may_create: false,
+            },
+            _ => {
+                let dir = config.tls_dir();
+                Self {
+                    cert: dir.join(CA_FILE),
+                    key: dir.join(CA_KEY_FILE),
+                    may_create: true,
+                }
+            }
+        }
+    }
+}
+
 /// Where the server certificate comes from.
 enum Source {
     Generated {
         dir: PathBuf,
+        ca: CaFiles,
         names: Vec<String>,
         lifetime: Duration,
         renew_before: Duration,
@@ -113,11 +143,11 @@ fn server_names(extra: &[String]) -> Vec<String> {
     names
 }
 
-/// Creates the CA if it does not exist yet; returns its PEM and key.
-fn ensure_ca(dir: &Path) -> Result<(String, KeyPair), TlsError> {
-    let ca_path = dir.join(CA_FILE);
-    let key_path = dir.join(CA_KEY_FILE);
-    if ca_path.exists() && key_path.exists() {
+/// Creates the CA if it does not exist yet (and may be created); returns its PEM and key.
+fn ensure_ca(ca: &CaFiles) -> Result<(String, KeyPair), TlsError> {
+    let ca_path = ca.cert.clone();
+    let key_path = ca.key.clone();
+    if !ca.may_create || (ca_path.exists() && key_path.exists()) {
         let pem = fs::read_to_string(&ca_path).map_err(io_err(&ca_path))?;
         let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::BadFile {
@@ -147,11 +177,11 @@ fn ensure_ca(dir: &Path) -> Result<(String, KeyPair), TlsError> {
     Ok((cert.pem(), key))
 }
 
-/// Issues a new server certificate signed by the CA in `dir` and writes it.
-fn issue_server(dir: &Path, names: &[String], lifetime: Duration) -> Result<(), TlsError> {
-    let (ca_pem, ca_key) = ensure_ca(dir)?;
+/// Issues a new server certificate signed by `ca` and writes it to `dir`.
+fn issue_server(dir: &Path, ca: &CaFiles, names: &[String], lifetime: Duration) -> Result<(), TlsError> {
+    let (ca_pem, ca_key) = ensure_ca(ca)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| TlsError::BadFile {
-        path: dir.join(CA_FILE),
+        path: ca.cert.clone(),
         reason: e.to_string(),
     })?;
     let key = KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
@@ -249,6 +279,7 @@ impl ServerCerts {
         let names = server_names(&config.tls.names);
         let source = Source::Generated {
             dir: dir.clone(),
+            ca: CaFiles::of(config),
             names,
             lifetime: config.tls.server_cert_lifetime,
             renew_before: config.tls.renew_before,
@@ -263,6 +294,7 @@ impl ServerCerts {
     fn load_generated(source: &Source, allow_issue: bool) -> Result<Arc<CertifiedKey>, TlsError> {
         let Source::Generated {
             dir,
+            ca,
             names,
             lifetime,
             renew_before,
@@ -274,7 +306,7 @@ impl ServerCerts {
         let key_path = dir.join(SERVER_KEY_FILE);
         let needs_new = !cert_path.exists() || !key_path.exists() || remaining(&cert_path)? < *renew_before;
         if needs_new && allow_issue {
-            issue_server(dir, names, *lifetime)?;
+            issue_server(dir, ca, names, *lifetime)?;
         }
         let (certs, key) = load_chain(&cert_path, &key_path)?;
         certified_key(certs, key)
@@ -311,7 +343,7 @@ impl ServerCerts {
 
 /// Path of the CA certificate endpoints pin.
 pub fn ca_path(config: &Config) -> PathBuf {
-    config.tls_dir().join(CA_FILE)
+    CaFiles::of(config).cert
 }
 
 #[cfg(test)]

@@ -320,6 +320,12 @@ impl Greeting {
                         host: clean_host_name(&join.host_name),
                     });
                 }
+                // Nothing was looked at: the attempt costs the client nothing.
+                Err(JoinRefusal::Unavailable) => {
+                    self.actions
+                        .push_back(Action::Settle(AttemptKind::Code, ticket, Settle::Refund));
+                    self.refuse(Refusal::Unavailable);
+                }
                 Err(r) => self.join_failed(ticket, r.into()),
             },
             // An event the machine did not ask for: a bug in the shell; ignore it.

@@ -74,6 +74,8 @@ pub enum Refusal {
     CheckFailed,
     /// No session code could be drawn.
     NoCode,
+    /// A grid node cannot reach the grid's shared state (Redis): nothing was decided.
+    Unavailable,
 }
 
 impl Refusal {
@@ -134,6 +136,10 @@ impl Refusal {
             Busy => (ErrorCode::Busy, "the relay is busy; try again shortly".into()),
             CheckFailed => (ErrorCode::Internal, "the relay could not check the account".into()),
             NoCode => (ErrorCode::Internal, "the relay could not create a code".into()),
+            Unavailable => (
+                ErrorCode::Unavailable,
+                "the relay cannot reach the grid's shared state; try again shortly".into(),
+            ),
         };
         (code, message)
     }
@@ -162,6 +168,7 @@ impl From<JoinRefusal> for Refusal {
             JoinRefusal::Unknown => Refusal::UnknownCode,
             JoinRefusal::Expired => Refusal::ExpiredCode,
             JoinRefusal::Used => Refusal::UsedCode,
+            JoinRefusal::Unavailable => Refusal::Unavailable,
         }
     }
 }

@@ -19,6 +19,7 @@ use tsunagu_proto::PermissionSet;
 use crate::clock;
 use crate::conn::{Action, AttemptKind, Event, Greeting, Refusal, Settle, Timeouts};
 use crate::connlimit::ConnPermit;
+use crate::directory::IssueError;
 use crate::history::HistoryEvent;
 use crate::policy::Policy;
 use crate::queue::OutQueue;
@@ -254,7 +255,11 @@ async fn run_operator<R, W>(
         Ok(x) => x,
         Err(e) => {
             tracing::error!(error = %e, "could not draw a session code");
-            let _ = writer.send(&Refusal::NoCode.frame()).await;
+            let refusal = match e {
+                IssueError::Unavailable(_) => Refusal::Unavailable,
+                IssueError::Random(_) => Refusal::NoCode,
+            };
+            let _ = writer.send(&refusal.frame()).await;
             return;
         }
     };
