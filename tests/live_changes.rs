@@ -33,6 +33,7 @@ fn ops(relay: &TestRelay) -> Ops {
         config: shared.config.clone(),
         sessions: Some(shared.sessions().clone()),
         verifier: shared.verifier.clone(),
+        grid: None,
     }
 }
 

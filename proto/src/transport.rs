@@ -142,6 +142,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.io.shutdown().await?;
         Ok(())
     }
+
+    /// The stream, for a relay node that hands the connection on (the grid's bridge).
+    pub fn into_inner(self) -> W {
+        self.io
+    }
 }
 
 /// A `Hello` frame for this protocol version.

@@ -39,6 +39,7 @@ pub mod grid;
 pub mod hex;
 pub mod history;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod registry;

@@ -197,12 +197,25 @@ async fn cli_ops(common: &Common) -> Result<tsunagu_relay::admin::ops::Ops, Stri
     let audit = tsunagu_relay::audit::Audit::new(store.clone());
     // One command hashes at most one password: one worker, nobody waiting.
     let verifier = tsunagu_relay::verifier::Verifier::new(1, 0, config.timeouts.login_wait);
+    // On a grid node's config, changes are also hinted to the running nodes, which apply
+    // them within a second (else within `database.account_poll`).
+    let grid = match &config.cluster {
+        Some(cluster) => match tsunagu_relay::grid::kv::Redis::connect(cluster).await {
+            Ok(redis) => Some(redis),
+            Err(e) => {
+                eprintln!("warning: {e}; running nodes apply this change within database.account_poll");
+                None
+            }
+        },
+        None => None,
+    };
     Ok(tsunagu_relay::admin::ops::Ops {
         store,
         audit,
         config,
         sessions: None,
         verifier,
+        grid,
     })
 }
 

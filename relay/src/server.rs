@@ -16,7 +16,8 @@ use tsunagu_proto::pb::EndReason;
 use crate::audit::{self, Audit};
 use crate::clock;
 use crate::config::Config;
-use crate::directory::MemoryDirectory;
+use crate::directory::{Directory, MemoryDirectory};
+use crate::grid;
 use crate::history::{self, LiveMap};
 use crate::shutdown::{ConnectionTasks, Shutdown, Stopper};
 use crate::state::Shared;
@@ -24,6 +25,7 @@ use crate::store::Store;
 use crate::time::now_ms;
 use crate::tls::ServerCerts;
 
+mod bridged;
 mod connection;
 
 pub use connection::{serve_stream, serve_tls_stream};
@@ -41,6 +43,12 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("no listener could be started: {0}")]
     NoListener(String),
+    #[error(transparent)]
+    Grid(#[from] grid::kv::GridError),
+    #[error(transparent)]
+    GridPki(#[from] grid::pki::PkiError),
+    #[error("cannot start the grid's QUIC listener: {0}")]
+    Bridge(#[from] grid::bridge::BridgeError),
 }
 
 /// A running relay. Dropping it does not stop it; call [`Relay::shutdown`].
@@ -54,6 +62,8 @@ pub struct Relay {
     history_task: JoinHandle<()>,
     certs: Arc<ServerCerts>,
     admin_addr: Option<SocketAddr>,
+    /// A grid node's QUIC links, closed last at shutdown.
+    bridge: Option<grid::bridge::Bridge>,
 }
 
 impl Relay {
@@ -62,6 +72,7 @@ impl Relay {
     /// starts serving.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         config.validate()?;
+        crate::metrics::install();
         crate::keys::create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.display().to_string(),
             source,
@@ -91,7 +102,29 @@ impl Relay {
         }
 
         let stopper = Stopper::new();
-        let directory = Arc::new(MemoryDirectory::new(config.timeouts.code_ttl));
+        let mut tasks = Vec::new();
+        let mut addrs = Vec::new();
+        for listener in &listeners {
+            addrs.push(
+                listener
+                    .local_addr()
+                    .map_err(|e| StartError::NoListener(e.to_string()))?,
+            );
+        }
+        // A grid node keeps its codes in the grid's Redis; a single node in memory.
+        let (directory, grid_parts): (Arc<dyn Directory>, _) = match &config.cluster {
+            None => (Arc::new(MemoryDirectory::new(config.timeouts.code_ttl)), None),
+            Some(cluster) => {
+                let redis = grid::kv::Redis::connect(cluster).await.map_err(StartError::Grid)?;
+                let directory = Arc::new(grid::directory::RedisDirectory::new(
+                    redis.clone(),
+                    cluster,
+                    config.timeouts.code_ttl,
+                    config.timeouts.code_ttl,
+                ));
+                (directory.clone() as Arc<dyn Directory>, Some((redis, directory)))
+            }
+        };
         let shared = Arc::new(Shared::new(
             config,
             directory,
@@ -102,13 +135,16 @@ impl Relay {
             acceptor,
             stopper.listener(),
         ));
-        let mut addrs = Vec::new();
-        let mut tasks = Vec::new();
-        for listener in listeners {
-            let addr = listener
-                .local_addr()
-                .map_err(|e| StartError::NoListener(e.to_string()))?;
-            addrs.push(addr);
+        // The grid is joined before any listener accepts, so every join already knows
+        // where codes of other nodes lead.
+        let mut bridge = None;
+        if let Some((redis, directory)) = grid_parts {
+            let (node, node_tasks) = join_grid(&shared, &addrs, redis, directory, &stopper).await?;
+            bridge = Some(node.bridge().clone());
+            shared.join_grid(node);
+            tasks.extend(node_tasks);
+        }
+        for (listener, addr) in listeners.into_iter().zip(addrs.iter().copied()) {
             tasks.push(tokio::spawn(accept_loop(
                 shared.clone(),
                 listener,
@@ -149,6 +185,7 @@ impl Relay {
             history_task,
             certs,
             admin_addr,
+            bridge,
         })
     }
 
@@ -186,6 +223,7 @@ impl Relay {
             stopper,
             tasks,
             history_task,
+            bridge,
             ..
         } = self;
         let deadline = shared.config.timeouts.shutdown;
@@ -216,6 +254,9 @@ impl Relay {
         {
             tracing::warn!("not every connection closed before the shutdown deadline");
         }
+        if let Some(bridge) = bridge {
+            bridge.close();
+        }
         if tokio::time::timeout(deadline, shared.history.flush()).await.is_err() {
             tracing::warn!("history was not fully written before the shutdown deadline");
         }
@@ -223,6 +264,115 @@ impl Relay {
         shared.audit.checkpoint_logged().await;
         let store = shared.store.clone();
         store.close().await;
+    }
+}
+
+/// Makes this relay a node of the grid: its node certificate, its QUIC listener (which
+/// serves clients other nodes bridge here), its membership with heartbeats that also
+/// re-assert its codes, its share of the grid's live view and its ear for hints. Returns
+/// the node and its background tasks (each returns at the stop signal).
+async fn join_grid(
+    shared: &Arc<Shared>,
+    relay_addrs: &[SocketAddr],
+    redis: grid::kv::Redis,
+    directory: Arc<grid::directory::RedisDirectory>,
+    stopper: &Stopper,
+) -> Result<(Arc<grid::GridNode>, Vec<JoinHandle<()>>), StartError> {
+    let Some(cluster) = shared.config.cluster.clone() else {
+        unreachable!("only called for a grid node")
+    };
+    let identity = grid::pki::node_identity(&cluster)?;
+    let bridge = grid::bridge::Bridge::bind(
+        &identity,
+        cluster.quic_listen,
+        grid::bridge::BridgeSettings::from_cluster(&cluster),
+        bridged::Joins::new(shared),
+        stopper.tracker(),
+    )?;
+    // Port 0 (a trial on one machine) advertises the port bound.
+    let mut quic = cluster.advertised();
+    if quic.port() == 0 {
+        quic.set_port(bridge.local_addr()?.port());
+    }
+    let admin = shared.config.admin.listen.filter(|a| a.port() != 0 && shared.config.admin.enabled);
+    let info = grid::nodes::NodeInfo {
+        name: cluster.node.clone(),
+        quic,
+        relay: relay_addrs.to_vec(),
+        admin,
+    };
+    let nodes = Arc::new(grid::nodes::Nodes::join(redis.clone(), &cluster, info).await?);
+    tracing::info!(node = %cluster.node, %quic, "joined the grid");
+    let mut tasks = vec![grid::nodes::spawn_heartbeat(
+        nodes.clone(),
+        Some(directory),
+        stopper.listener(),
+    )];
+    tasks.push(tokio::spawn(publish_live(shared.clone(), stopper.listener())));
+    let on_hint: grid::hints::OnHint = {
+        let shared = Arc::downgrade(shared);
+        Arc::new(move |hint| {
+            let shared = shared.clone();
+            Box::pin(async move {
+                if let Some(shared) = shared.upgrade() {
+                    apply_hint(&shared, hint).await;
+                }
+            })
+        })
+    };
+    tasks.push(grid::hints::listen(&cluster, on_hint, stopper.listener()));
+    let node = Arc::new(grid::GridNode::new(cluster.node.clone(), redis, nodes, bridge));
+    Ok((node, tasks))
+}
+
+/// Writes this node's live sessions to the grid's live view every heartbeat, so consoles
+/// on other nodes list them.
+async fn publish_live(shared: Arc<Shared>, mut stop: Shutdown) {
+    let Some(cluster) = shared.config.cluster.clone() else { return };
+    let mut tick = tokio::time::interval(cluster.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.recv() => return,
+        }
+        let Some(grid) = shared.grid() else { continue };
+        crate::metrics::set_live_sessions(shared.sessions().len());
+        let rows = crate::admin::live_rows(&shared);
+        let json = match serde_json::to_string(&rows) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the live sessions");
+                continue;
+            }
+        };
+        if let Err(e) = grid::live::publish(grid.redis(), grid.name(), json, cluster.node_ttl).await {
+            tracing::debug!(error = %e, "cannot publish the live sessions");
+        }
+    }
+}
+
+/// What another node asked of this one: end a session it runs, or apply an account change
+/// (re-read from the shared database, so a hint never decides anything by itself).
+async fn apply_hint(shared: &Shared, hint: grid::hints::Hint) {
+    match hint {
+        grid::hints::Hint::EndSession { session_id } => {
+            if let Some(session) = shared.sessions().get(&session_id) {
+                tracing::info!(session = %session_id, "ending a session as another node's console asked");
+                session.finish(EndReason::AdminEnded).await;
+            }
+        }
+        grid::hints::Hint::AccountChanged { operator } => {
+            if shared.sessions().live_of(&operator).is_empty() {
+                return;
+            }
+            match shared.store.operator(&operator).await {
+                Ok(record) => {
+                    shared.sessions().enforce_account(&operator, record.as_ref()).await;
+                }
+                Err(e) => tracing::error!(error = %e, "account check failed"),
+            }
+        }
     }
 }
 

@@ -608,6 +608,12 @@ impl Session {
             dropped = counters.dropped_frames,
             "session ended"
         );
+        crate::metrics::session_ended(
+            end_reason_name(reason),
+            counters.bytes_to_client,
+            counters.bytes_to_operator,
+            counters.dropped_frames,
+        );
         self.shared
             .history
             .record(HistoryEvent::Ended {

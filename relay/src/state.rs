@@ -24,6 +24,14 @@ use crate::shutdown::{carrying_session, Shutdown};
 use crate::store::Store;
 use crate::throttle::Throttle;
 
+/// Where a joining client's code led.
+pub(crate) enum Joined {
+    /// A session on this node.
+    Here(Arc<Session>),
+    /// A session another node of the grid runs: the client is bridged there.
+    Elsewhere(SessionRef),
+}
+
 /// State shared by every task of one relay; reached through an `Arc`.
 pub struct Shared {
     pub config: Config,
@@ -45,6 +53,8 @@ pub struct Shared {
     pub(crate) acceptor: TlsAcceptor,
     directory: Arc<dyn Directory>,
     sessions: Registry,
+    /// This node's grid parts (Redis, bridge, membership); unset on a single node.
+    grid: std::sync::OnceLock<Arc<crate::grid::GridNode>>,
     /// What each session gets of the above.
     for_sessions: Arc<SessionShared>,
     stop: Shutdown,
@@ -90,6 +100,7 @@ impl Shared {
             acceptor,
             directory,
             sessions,
+            grid: Default::default(),
             for_sessions,
             stop,
             config,
@@ -135,6 +146,7 @@ impl Shared {
             operator_q,
         );
         carrying_session();
+        crate::metrics::code_issued();
         self.sessions.insert(session.clone());
         // Checked after the insert: shutdown signals before it ends what the registry
         // holds, so either it sees this session or this sees the signal.
@@ -144,13 +156,45 @@ impl Shared {
         Ok((code, session))
     }
 
-    /// Takes `code` for a joining client and finds its session on this node. The calling
-    /// connection carries the session from now on. A session that ended between the take
-    /// and the lookup is an expired code.
-    pub(crate) async fn join(&self, code: SessionCode, now: Instant) -> Result<Arc<Session>, JoinRefusal> {
+    /// Takes `code` for a joining client and finds its session: on this node, or in a grid
+    /// on the node that runs it. The calling connection carries the session from now on. A
+    /// session that ended between the take and the lookup is an expired code.
+    pub(crate) async fn join(&self, code: SessionCode, now: Instant) -> Result<Joined, JoinRefusal> {
         let found = self.directory.take(code, now).await?;
+        let elsewhere = match (&found.node, self.grid.get()) {
+            (Some(node), Some(grid)) => node != grid.name(),
+            _ => false,
+        };
+        if elsewhere {
+            carrying_session();
+            crate::metrics::joined(true);
+            return Ok(Joined::Elsewhere(found));
+        }
         let session = self.sessions.get(&found.session_id).ok_or(JoinRefusal::Expired)?;
         carrying_session();
-        Ok(session)
+        crate::metrics::joined(false);
+        Ok(Joined::Here(session))
+    }
+
+    /// Whether the relay was told to stop.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_shutdown()
+    }
+
+    /// The relay's stop signal, for tasks that must end when it stops.
+    pub(crate) fn stop_signal(&self) -> Shutdown {
+        self.stop.clone()
+    }
+
+    /// This node's part of a grid; `None` on a single node.
+    pub fn grid(&self) -> Option<&Arc<crate::grid::GridNode>> {
+        self.grid.get()
+    }
+
+    /// Makes this relay a node of a grid (once, at start, before any listener accepts).
+    pub(crate) fn join_grid(&self, node: Arc<crate::grid::GridNode>) {
+        if self.grid.set(node).is_err() {
+            tracing::error!("the relay joined a grid twice; the first stands");
+        }
     }
 }

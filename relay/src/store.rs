@@ -492,6 +492,12 @@ impl Store {
         self.backend
     }
 
+    /// One round trip to the database (`/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Closes every connection; pending writes finish first.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -9,7 +9,7 @@ use tsunagu_proto::PermissionSet;
 
 use super::history::HistoryQuery;
 use super::ops::{self, OpError};
-use super::sessions::live_rows;
+use super::sessions::grid_rows;
 use super::{op_status, Console, Ctx};
 use crate::audit;
 
@@ -140,7 +140,7 @@ pub(super) async fn api_delete_operator(
 }
 
 pub(super) async fn api_sessions(State(console): State<Console>) -> Response {
-    Json(live_rows(&console.shared)).into_response()
+    Json(grid_rows(&console.shared).await).into_response()
 }
 
 pub(super) async fn api_end_session(

@@ -25,6 +25,7 @@ mod api;
 mod audit_page;
 mod auth;
 mod export;
+mod health;
 mod history;
 mod operators;
 mod pages;
@@ -49,6 +50,7 @@ pub use export::zip_files;
 pub use history::{HistoryQuery, HISTORY_PAGE_ROWS};
 pub use server::{serve, ROUTES};
 pub use sessions::LiveRow;
+pub(crate) use sessions::live_rows;
 
 /// Largest request body accepted (forms, JSON); IP rule lists are the biggest input.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -96,6 +98,7 @@ impl Console {
             config: shared.config.clone(),
             sessions: Some(shared.sessions().clone()),
             verifier: shared.verifier.clone(),
+            grid: shared.grid().map(|g| g.redis().clone()),
         };
         let dummy_hash = Arc::new(crate::accounts::dummy_hash(&shared.config.accounts));
         Self {

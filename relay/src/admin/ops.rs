@@ -69,6 +69,9 @@ pub struct Ops {
     /// The argon2 pool password hashes go through: the relay's own when there is one
     /// (`Shared::verifier`), else one for this process.
     pub verifier: Verifier,
+    /// The grid's Redis, to tell the other nodes about account changes and sessions to
+    /// end; `None` on a single node.
+    pub grid: Option<crate::grid::kv::Redis>,
 }
 
 async fn hash(password: &str, config: &Config, verifier: &Verifier) -> Result<String, OpError> {
@@ -143,6 +146,23 @@ impl Ops {
         }
     }
 
+    /// Tells the grid's other nodes (when there are any) that `name`'s account changed, so
+    /// they apply it to their sessions within a second. A hint that cannot be sent is
+    /// logged: the nodes' account poll applies the change later.
+    async fn tell_grid(&self, hint: crate::grid::hints::Hint) {
+        let Some(redis) = &self.grid else { return };
+        if let Err(e) = crate::grid::hints::publish(redis, &hint).await {
+            tracing::warn!(error = %e, "could not tell the other nodes; they apply the change within database.account_poll");
+        }
+    }
+
+    async fn account_changed(&self, name: &str) {
+        self.tell_grid(crate::grid::hints::Hint::AccountChanged {
+            operator: name.to_string(),
+        })
+        .await;
+    }
+
     /// Creates an operator after the name and password policies.
     pub async fn create_operator(
         &self,
@@ -168,6 +188,7 @@ impl Ops {
     pub async fn set_permissions(&self, actor: &Actor, name: &str, permissions: PermissionSet) -> Result<(), OpError> {
         self.store.set_operator_permissions(name, permissions).await?;
         self.enforce(name).await;
+        self.account_changed(name).await;
         self.audit(
             actor,
             "operator_permissions",
@@ -195,6 +216,7 @@ impl Ops {
     pub async fn set_ip_rules(&self, actor: &Actor, name: &str, rules: &[IpRule]) -> Result<(), OpError> {
         self.store.set_operator_ip_rules(name, rules).await?;
         self.enforce(name).await;
+        self.account_changed(name).await;
         let lines: Vec<String> = rules.iter().map(IpRule::to_line).collect();
         self.audit(actor, "operator_ip_rules", name, lines.join("; ")).await;
         Ok(())
@@ -205,6 +227,7 @@ impl Ops {
     pub async fn suspend(&self, actor: &Actor, name: &str) -> Result<usize, OpError> {
         self.store.set_operator_suspended(name, true).await?;
         let ended = self.end_sessions(name).await;
+        self.account_changed(name).await;
         self.audit(actor, "operator_suspended", name, format!("sessions_ended={ended}"))
             .await;
         Ok(ended)
@@ -238,6 +261,7 @@ impl Ops {
     pub async fn delete(&self, actor: &Actor, name: &str) -> Result<(), OpError> {
         self.store.delete_operator(name).await?;
         let ended = self.end_sessions(name).await;
+        self.account_changed(name).await;
         self.audit(actor, "operator_deleted", name, format!("sessions_ended={ended}"))
             .await;
         Ok(())
@@ -270,11 +294,35 @@ impl Ops {
     pub async fn end_session(&self, actor: &Actor, id: &str) -> Result<(), OpError> {
         let session = self.sessions.as_ref().and_then(|s| s.get(id));
         let Some(session) = session else {
-            return Err(OpError::NotFound("no live session with this id".into()));
+            return self.end_session_elsewhere(actor, id).await;
         };
         session.finish(tsunagu_proto::pb::EndReason::AdminEnded).await;
         self.audit(actor, "session_ended", id, format!("operator={}", session.operator))
             .await;
+        Ok(())
+    }
+
+    /// Ends a session another node of the grid runs: the node that lists it is told.
+    async fn end_session_elsewhere(&self, actor: &Actor, id: &str) -> Result<(), OpError> {
+        let not_found = || OpError::NotFound("no live session with this id".into());
+        let Some(redis) = &self.grid else { return Err(not_found()) };
+        let node = crate::grid::live::node_of(redis, id).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot look up the grid's live sessions");
+            OpError::Internal
+        })?;
+        let Some(node) = node else { return Err(not_found()) };
+        crate::grid::hints::publish(
+            redis,
+            &crate::grid::hints::Hint::EndSession {
+                session_id: id.to_string(),
+            },
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot tell the session's node");
+            OpError::Internal
+        })?;
+        self.audit(actor, "session_ended", id, format!("node={node}")).await;
         Ok(())
     }
 

@@ -188,6 +188,9 @@ fn router(console: Console) -> Router {
         .route("/login/totp", get(auth::totp_page).post(auth::totp_submit))
         .route("/login/enrol", get(auth::enrol_page).post(auth::enrol_submit))
         .route("/lang", get(auth::set_lang))
+        .route("/healthz", get(super::health::healthz))
+        .route("/readyz", get(super::health::readyz))
+        .route("/metrics", get(super::health::metrics))
         .route(
             "/static/console.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], html::CSS) }),

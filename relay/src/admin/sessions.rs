@@ -10,22 +10,58 @@ use super::{Console, Ctx};
 use crate::state::Shared;
 
 /// A live session as the console and API show it.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LiveRow {
     pub id: String,
+    /// The grid node that runs it; `None` on a single node.
+    #[serde(default)]
+    pub node: Option<String>,
     pub operator: String,
     pub operator_ip: String,
     pub client_host: Option<String>,
     pub client_ip: Option<String>,
     pub since: i64,
-    pub state: &'static str,
+    pub state: String,
     pub granted: Option<String>,
     pub bytes_to_client: u64,
     pub bytes_to_operator: u64,
 }
 
-/// The relay's live sessions, newest first.
-pub(super) fn live_rows(shared: &Shared) -> Vec<LiveRow> {
+/// Every live session of the grid (this node's as they are now, the others' as their
+/// nodes last wrote them, at most one heartbeat ago), newest first; on a single node, its
+/// own. Another node's list that cannot be read is left out and logged: the console still
+/// shows what it can.
+pub(crate) async fn grid_rows(shared: &Shared) -> Vec<LiveRow> {
+    let mut rows = live_rows(shared);
+    let Some(grid) = shared.grid() else { return rows };
+    let others: Vec<String> = match grid.nodes().list().await {
+        Ok(nodes) => nodes.into_iter().map(|n| n.name).filter(|n| n != grid.name()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the grid's nodes; showing this node's sessions");
+            return rows;
+        }
+    };
+    match crate::grid::live::read(grid.redis(), &others).await {
+        Ok(docs) => {
+            for (node, doc) in docs {
+                match serde_json::from_str::<Vec<LiveRow>>(&doc) {
+                    Ok(theirs) => rows.extend(theirs.into_iter().map(|r| LiveRow {
+                        node: Some(node.clone()),
+                        ..r
+                    })),
+                    Err(e) => tracing::warn!(%node, error = %e, "ignored a node's live list that does not parse"),
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the other nodes' live sessions"),
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.since));
+    rows
+}
+
+/// This node's live sessions, newest first.
+pub(crate) fn live_rows(shared: &Shared) -> Vec<LiveRow> {
+    let node = shared.grid().map(|g| g.name().to_string());
     let mut rows: Vec<LiveRow> = shared
         .sessions()
         .live()
@@ -43,12 +79,13 @@ pub(super) fn live_rows(shared: &Shared) -> Vec<LiveRow> {
             };
             LiveRow {
                 id: s.id.clone(),
+                node: node.clone(),
                 operator: s.operator.clone(),
                 operator_ip: info.as_ref().map(|i| i.operator_ip.clone()).unwrap_or_default(),
                 client_host: info.as_ref().and_then(|i| i.client_host.clone()),
                 client_ip: info.as_ref().and_then(|i| i.client_ip.clone()),
                 since: info.as_ref().map(|i| i.issued_at).unwrap_or_default(),
-                state,
+                state: state.to_string(),
                 granted: (!view.granted.is_empty())
                     .then(|| view.granted.to_string())
                     .or_else(|| info.and_then(|i| i.granted)),
@@ -63,10 +100,12 @@ pub(super) fn live_rows(shared: &Shared) -> Vec<LiveRow> {
 
 pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx): Extension<Ctx>) -> Response {
     let lang = ctx.lang;
-    let rows: String = live_rows(&console.shared)
+    let grid = console.shared.grid().is_some();
+    let rows: String = grid_rows(&console.shared)
+        .await
         .iter()
         .map(|r| {
-            let state = match r.state {
+            let state = match r.state.as_str() {
                 "active" => t(lang, Text::StateActive),
                 "paused" => t(lang, Text::StatePaused),
                 "view_only" => t(lang, Text::StateViewOnly),
@@ -74,8 +113,12 @@ pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx)
                 "awaiting_consent" => t(lang, Text::AwaitingConsent),
                 _ => t(lang, Text::AwaitingClient),
             };
+            let node = match (&r.node, grid) {
+                (Some(n), true) => format!("<td class=\"node\">{}</td>", esc(n)),
+                _ => String::new(),
+            };
             format!(
-                "<tr><td>{}</td><td class=\"client-host\">{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{}</td><td class=\"bytes\">{} / {}</td><td><form method=\"post\" action=\"/sessions/{}/end\" class=\"inline\">{}<button class=\"end\">{}</button></form></td></tr>",
+                "<tr>{node}<td>{}</td><td class=\"client-host\">{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{}</td><td class=\"bytes\">{} / {}</td><td><form method=\"post\" action=\"/sessions/{}/end\" class=\"inline\">{}<button class=\"end\">{}</button></form></td></tr>",
                 esc(&r.operator),
                 esc(r.client_host.as_deref().unwrap_or("")),
                 esc(r.client_ip.as_deref().unwrap_or("")),
@@ -90,9 +133,11 @@ pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx)
             )
         })
         .collect();
-    let body = html::table(
-        "live",
-        &[
+    let mut headers = Vec::new();
+    if grid {
+        headers.push(t(lang, Text::Node));
+    }
+    headers.extend([
             t(lang, Text::Operator),
             t(lang, Text::ClientHost),
             t(lang, Text::ClientIp),
@@ -101,9 +146,8 @@ pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx)
             t(lang, Text::Granted),
             t(lang, Text::BytesEachWay),
             "",
-        ],
-        &rows,
-    );
+        ]);
+    let body = html::table("live", &headers, &rows);
     render(&ctx, t(lang, Text::Sessions), &body)
 }
 

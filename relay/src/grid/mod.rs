@@ -3,3 +3,47 @@
 //! who landed on one node to the session on another, and the cluster CA those links
 //! authenticate with. None of it is used by a single node, which keeps running on its
 //! in-memory directory.
+
+use std::sync::Arc;
+
+pub mod hints;
+pub mod live;
+
+/// This node's grid parts, as the relay's shared state holds them.
+pub struct GridNode {
+    name: String,
+    redis: kv::Redis,
+    nodes: Arc<nodes::Nodes>,
+    bridge: bridge::Bridge,
+}
+
+impl GridNode {
+    pub fn new(name: String, redis: kv::Redis, nodes: Arc<nodes::Nodes>, bridge: bridge::Bridge) -> Self {
+        Self {
+            name,
+            redis,
+            nodes,
+            bridge,
+        }
+    }
+
+    /// The grid's Redis.
+    pub fn redis(&self) -> &kv::Redis {
+        &self.redis
+    }
+
+    /// This node's name in the grid.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The grid's members, as Redis knows them.
+    pub fn nodes(&self) -> &nodes::Nodes {
+        &self.nodes
+    }
+
+    /// The QUIC links to other nodes.
+    pub fn bridge(&self) -> &bridge::Bridge {
+        &self.bridge
+    }
+}

@@ -24,7 +24,7 @@ use crate::history::HistoryEvent;
 use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::session::{Role, Session};
-use crate::state::Shared;
+use crate::state::{Joined, Shared};
 use crate::throttle::{Scope, Throttle};
 use crate::time::now_ms;
 
@@ -111,7 +111,7 @@ where
     };
     let mut machine = Greeting::new(ip, timeouts, clock::now());
     // The session a client's code led to, between `TakeCode` and `Join`.
-    let mut taken: Option<Arc<Session>> = None;
+    let mut taken: Option<Joined> = None;
     loop {
         while let Some(action) = machine.poll_action() {
             match action {
@@ -173,13 +173,26 @@ where
                     return;
                 }
                 Action::Join { host } => {
-                    let Some(session) = taken.take() else { return };
-                    run_client(shared, session, reader, writer, peer, port, host).await;
+                    match taken.take() {
+                        Some(Joined::Here(session)) => {
+                            run_client(shared, session, reader, writer, peer, port, host).await;
+                        }
+                        Some(Joined::Elsewhere(target)) => {
+                            let client = super::bridged::Client {
+                                addr: peer,
+                                relay_port: port,
+                                host,
+                            };
+                            super::bridged::bridge_client(shared, target, client, reader, writer).await;
+                        }
+                        None => {}
+                    }
                     return;
                 }
                 Action::Close(refusal) => {
                     if let Some(refusal) = refusal {
                         tracing::debug!(%peer, ?refusal, "connection refused");
+                        crate::metrics::refused(tsunagu_proto::types::error_code_name(refusal.code()));
                         let _ = writer.send(&refusal.frame()).await;
                     }
                     return;
@@ -290,8 +303,9 @@ async fn run_operator<R, W>(
     run_peer(shared, session, Role::Operator, reader, writer, operator_q).await;
 }
 
-/// A client took a code: attaches it to the session and runs its side.
-async fn run_client<R, W>(
+/// A client took a code: attaches it to the session and runs its side. In a grid the
+/// client may have landed on another node, which bridges its stream here.
+pub(crate) async fn run_client<R, W>(
     shared: Arc<Shared>,
     session: Arc<Session>,
     reader: FrameReader<R>,
