@@ -119,6 +119,18 @@ fn row_bytes(domain: &[u8], numbers: &[i64], texts: &[&str]) -> Vec<u8> {
     out
 }
 
+/// How many times an append reads the head again after another writer took its `seq`:
+/// enough for every node of a busy grid writing at once (each retry is one round trip and
+/// a pause of a few milliseconds).
+const APPEND_ATTEMPTS: usize = 64;
+
+/// A random pause of 1 to 16 ms after a collision.
+fn collision_pause() -> std::time::Duration {
+    let mut b = [0u8; 1];
+    let _ = getrandom::fill(&mut b);
+    std::time::Duration::from_millis(1 + u64::from(b[0] % 16))
+}
+
 impl Audit {
     /// A handle appending to `store`'s trail.
     pub fn new(store: Store) -> Self {
@@ -128,7 +140,10 @@ impl Audit {
         }
     }
 
-    /// Appends one entry and returns the stored row. Needs the store's keys.
+    /// Appends one entry and returns the stored row. Needs the store's keys. Writers in
+    /// several processes sharing one database (a grid) keep one chain: a row's `seq` is
+    /// unique, so of two writers that read the same head one inserts and the other retries
+    /// on the new head.
     pub async fn append(&self, entry: Entry) -> Result<AuditRow, StoreError> {
         let keys = self.store.keys().ok_or(StoreError::NoKeys)?.clone();
         let _guard = self.lock.lock().await;
@@ -138,9 +153,11 @@ impl Audit {
             cut(&entry.ip),
             cut(&entry.detail),
         );
-        // Another process appending at the same moment takes our seq; a few retries settle it.
+        // Another process (a grid's other nodes) appending at the same moment takes our seq;
+        // the loser reads the new head and tries again after a short random pause, so
+        // writers that collided do not collide again in lockstep.
         let mut last_err = None;
-        for _ in 0..8 {
+        for _ in 0..APPEND_ATTEMPTS {
             let head = self.store.audit_head().await?;
             let (seq, prev) = match head {
                 Some(h) => (h.seq + 1, h.hash),
@@ -161,7 +178,7 @@ impl Audit {
             row.hash = keyed_row_hash(&keys, &row);
             match self.store.audit_insert(&row).await {
                 Ok(true) => return Ok(row),
-                Ok(false) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                Ok(false) => tokio::time::sleep(collision_pause()).await,
                 Err(e) => last_err = Some(e),
             }
         }
@@ -529,6 +546,40 @@ mod tests {
                 .await
                 .unwrap();
         }
+    }
+
+    /// Three nodes of a grid, each with its own store handle on one PostgreSQL schema,
+    /// append at once: one chain, every entry in it, nothing reported.
+    #[tokio::test]
+    async fn nodes_writing_at_once_keep_one_valid_chain() {
+        let Some(pg) = crate::testing::TestPostgres::from_env("audit_nodes") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys(dir.path());
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let store = pg.open().await.with_keys(keys.clone()).await.unwrap();
+            nodes.push(Audit::new(store));
+        }
+        let per_node = 40;
+        let writers: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(n, audit)| {
+                let audit = audit.clone();
+                tokio::spawn(async move { append_rows(&audit, &format!("node{n}-op"), per_node).await })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let store = pg.open().await.with_keys(keys).await.unwrap();
+        let report = verify(&store).await.unwrap();
+        assert_eq!(report.rows, 3 * per_node as u64);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        store.close().await;
+        pg.drop_schema().await;
     }
 
     #[tokio::test]
