@@ -10,9 +10,17 @@ use tokio::sync::mpsc;
 use crate::audit::{self, Audit};
 use crate::store::{SessionRecord, Store};
 
-/// Pending history changes held at most; a full queue makes sessions wait a little rather
-/// than lose history.
-pub const HISTORY_QUEUE: usize = 4096;
+/// Pending history changes held at most, e.g. while the database is unreachable: at a
+/// few events per session, minutes of a busy node's sessions. Sessions never wait for
+/// room (forwarding must not stall on the database); an event that finds the queue full is
+/// lost and counted (`tsunagu_history_events_lost_total`, and a logged error).
+pub const HISTORY_QUEUE: usize = 16_384;
+
+/// The first pause before writing again to a database that could not be reached; it
+/// doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest pause between attempts, so a database that is back is used within this.
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One change to a session's history row; the store defines what it can write.
 pub use crate::store::SessionEvent as HistoryEvent;
@@ -49,9 +57,18 @@ pub struct HistorySink {
 }
 
 impl HistorySink {
+    /// Queues one event for the writer without waiting: a session's forwarding never
+    /// waits on the database. When the queue is full the event is lost, counted and logged.
     pub async fn record(&self, event: HistoryEvent) {
-        if self.tx.send(Message::Event(event)).await.is_err() {
-            tracing::error!("history writer has stopped; a history event was lost");
+        match self.tx.try_send(Message::Event(event)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("tsunagu_history_events_lost_total").increment(1);
+                tracing::error!(queued = HISTORY_QUEUE, "the history queue is full (is the database down?); a history event was lost");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("history writer has stopped; a history event was lost");
+            }
         }
     }
 
@@ -78,11 +95,38 @@ pub fn start_writer(store: Store, audit: Audit, live: LiveMap) -> (HistorySink, 
                     continue;
                 }
             };
-            if let Err(e) = store.apply(&event).await {
-                tracing::error!(error = %e, "could not write history");
+            // An unreachable database is waited out (the queue holds what comes meanwhile);
+            // a refused write is logged and skipped.
+            let mut pause = RETRY_FIRST;
+            loop {
+                match store.apply(&event).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_unavailable() => {
+                        tracing::warn!(error = %e, retry_in = ?pause, "the database is unreachable; history waits");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(RETRY_MAX);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not write history");
+                        break;
+                    }
+                }
             }
             if let Some(entry) = track(&live, &event) {
-                audit.record(entry).await;
+                let mut pause = RETRY_FIRST;
+                loop {
+                    match audit.append(entry.clone()).await {
+                        Ok(_) => break,
+                        Err(e) if e.is_unavailable() => {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(RETRY_MAX);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, action = entry.action, "could not write to the audit trail");
+                            break;
+                        }
+                    }
+                }
             }
         }
     });

@@ -281,6 +281,23 @@ fn install_drivers() {
     ONCE.call_once(sqlx::any::install_default_drivers);
 }
 
+impl StoreError {
+    /// The database could not be reached (down, restarting, the network between): the
+    /// same write may well succeed later. Anything else (a refused statement) would fail
+    /// again.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)) => true,
+            // SQLSTATE class 08 (connection exception), 57P01-57P03 (the server is shutting
+            // down, crashed or starting up).
+            StoreError::Db(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")),
+            _ => false,
+        }
+    }
+}
+
 impl Store {
     /// Opens the store the config names: PostgreSQL when `database.url` is set, else SQLite
     /// at `DATA/relay.db` (created if needed). Applies migrations.
