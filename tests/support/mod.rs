@@ -66,8 +66,9 @@ impl TestRelay {
         Self { relay, dir, addr }
     }
 
+    /// The CA endpoints pin: the relay's own, or the one its config names (a grid's).
     pub fn ca(&self) -> PathBuf {
-        self.dir.path().join("tls/ca.pem")
+        tsunagu_relay::tls::ca_path(&self.relay.shared().config)
     }
 
     pub fn dial_config(&self) -> DialConfig {
