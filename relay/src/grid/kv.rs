@@ -77,8 +77,8 @@ impl Redis {
     /// [`Redis::connect`] from its parts (tests, tools).
     pub async fn connect_to(url: &str, prefix: &str, timeout: Duration) -> Result<Self, GridError> {
         // The parse error would echo the URL: say only which setting is wrong.
-        let client =
-            redis::Client::open(url).map_err(|_| GridError::Config("cluster.redis_url is not a valid Redis URL".into()))?;
+        let client = redis::Client::open(url)
+            .map_err(|_| GridError::Config("cluster.redis_url is not a valid Redis URL".into()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -127,13 +127,15 @@ impl Redis {
     /// Runs one command under the timeout; `what` names it in the error.
     pub async fn run<T: FromRedisValue>(&self, what: &'static str, cmd: &Cmd) -> Result<T, GridError> {
         let mut conn = self.conn.clone();
-        self.bounded(what, async move { cmd.query_async(&mut conn).await }).await
+        self.bounded(what, async move { cmd.query_async(&mut conn).await })
+            .await
     }
 
     /// Runs a pipeline under the timeout (the whole pipeline, not each command).
     pub async fn run_pipe<T: FromRedisValue>(&self, what: &'static str, pipe: &Pipeline) -> Result<T, GridError> {
         let mut conn = self.conn.clone();
-        self.bounded(what, async move { pipe.query_async(&mut conn).await }).await
+        self.bounded(what, async move { pipe.query_async(&mut conn).await })
+            .await
     }
 
     /// Runs a prepared script under the timeout, loading it first if Redis does not know it
@@ -144,11 +146,16 @@ impl Redis {
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, GridError> {
         let mut conn = self.conn.clone();
-        self.bounded(what, async move { invocation.invoke_async(&mut conn).await }).await
+        self.bounded(what, async move { invocation.invoke_async(&mut conn).await })
+            .await
     }
 
     /// Runs a script without keys or arguments under the timeout.
-    pub async fn run_bare_script<T: FromRedisValue>(&self, what: &'static str, script: &Script) -> Result<T, GridError> {
+    pub async fn run_bare_script<T: FromRedisValue>(
+        &self,
+        what: &'static str,
+        script: &Script,
+    ) -> Result<T, GridError> {
         self.run_script(what, &script.prepare_invoke()).await
     }
 
@@ -305,7 +312,10 @@ pub(crate) mod test_redis {
             self.child = Some(child);
             // A loaded machine may take a while to start it: up to 10 s.
             for _ in 0..200 {
-                if Redis::connect_to(&self.url(), "t:", Duration::from_millis(500)).await.is_ok() {
+                if Redis::connect_to(&self.url(), "t:", Duration::from_millis(500))
+                    .await
+                    .is_ok()
+                {
                     return true;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -360,21 +370,35 @@ mod tests {
             .port();
         let url = format!("redis://:hunter2secret@127.0.0.1:{port}");
         let started = Instant::now();
-        let err = Redis::connect_to(&url, "t:", Duration::from_millis(500)).await.unwrap_err();
+        let err = Redis::connect_to(&url, "t:", Duration::from_millis(500))
+            .await
+            .unwrap_err();
         // Generous for a loaded machine: the bound is the timeout, not this.
-        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
         let text = err.to_string();
         assert!(matches!(err, GridError::Unavailable(_)), "{text}");
-        assert!(!text.contains("hunter2secret") && !text.contains(&port.to_string()), "{text}");
+        assert!(
+            !text.contains("hunter2secret") && !text.contains(&port.to_string()),
+            "{text}"
+        );
         assert!(text.contains("connecting at start"), "{text}");
 
         let bad = Redis::connect_to("redis://:pw@[nonsense", "t:", Duration::from_millis(500)).await;
-        assert!(matches!(bad, Err(GridError::Config(ref m)) if !m.contains("pw")), "{bad:?}");
+        assert!(
+            matches!(bad, Err(GridError::Config(ref m)) if !m.contains("pw")),
+            "{bad:?}"
+        );
     }
 
     #[tokio::test]
     async fn calls_fail_within_the_timeout_while_redis_is_down_and_work_again_when_it_is_back() {
-        let Some(mut server) = OwnServer::start().await else { return };
+        let Some(mut server) = OwnServer::start().await else {
+            return;
+        };
         let timeout = Duration::from_millis(500);
         let redis = Redis::connect_to(&server.url(), "t:", timeout).await.unwrap();
         redis.ping().await.unwrap();
@@ -384,7 +408,11 @@ mod tests {
             let started = Instant::now();
             let err = redis.ping().await.unwrap_err();
             assert!(matches!(err, GridError::Unavailable(_)), "{err}");
-            assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "took {:?}",
+                started.elapsed()
+            );
             // Many calls at once fail just as fast: nothing queues behind a dead connection.
             let started = Instant::now();
             let burst: Vec<_> = (0..50)
@@ -396,7 +424,11 @@ mod tests {
             for call in burst {
                 assert!(call.await.unwrap().is_err());
             }
-            assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "took {:?}",
+                started.elapsed()
+            );
         }
 
         assert!(server.restart().await);
@@ -405,10 +437,7 @@ mod tests {
         loop {
             match redis.ping().await {
                 Ok(_) => break,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
                 Err(e) => panic!("Redis is back but the handle still fails: {e}"),
             }
         }

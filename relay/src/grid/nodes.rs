@@ -103,7 +103,8 @@ impl Nodes {
             )));
         }
         let mut id = [0u8; 16];
-        getrandom::fill(&mut id).map_err(|e| GridError::Config(format!("no OS randomness for the instance id: {e}")))?;
+        getrandom::fill(&mut id)
+            .map_err(|e| GridError::Config(format!("no OS randomness for the instance id: {e}")))?;
         let nodes = Self {
             redis,
             info,
@@ -191,7 +192,10 @@ impl Nodes {
     pub async fn list(&self) -> Result<Vec<NodeInfo>, GridError> {
         let names: Vec<String> = self
             .redis
-            .run("listing nodes", redis::cmd("ZRANGE").arg(self.members_key()).arg(0).arg(-1))
+            .run(
+                "listing nodes",
+                redis::cmd("ZRANGE").arg(self.members_key()).arg(0).arg(-1),
+            )
             .await?;
         if names.is_empty() {
             return Ok(Vec::new());
@@ -272,22 +276,34 @@ mod tests {
             name: name.to_string(),
             quic: SocketAddr::from(([127, 0, 0, 1], port)),
             relay: vec![SocketAddr::from(([127, 0, 0, 1], port + 1))],
-            admin: (port % 2 == 0).then(|| SocketAddr::from(([127, 0, 0, 1], port + 2))),
+            admin: port
+                .is_multiple_of(2)
+                .then(|| SocketAddr::from(([127, 0, 0, 1], port + 2))),
         }
     }
 
     async fn join(t: &TestPrefix, name: &str, port: u16) -> Result<Nodes, GridError> {
-        Nodes::join(t.redis(Duration::from_secs(5)).await, &cluster(name, &t.prefix), info(name, port)).await
+        Nodes::join(
+            t.redis(Duration::from_secs(5)).await,
+            &cluster(name, &t.prefix),
+            info(name, port),
+        )
+        .await
     }
 
     #[tokio::test]
     async fn nodes_heartbeat_list_and_a_silent_node_disappears_after_node_ttl() {
-        let Some(t) = TestPrefix::new("nodes").await else { return };
+        let Some(t) = TestPrefix::new("nodes").await else {
+            return;
+        };
         let stopper = Stopper::new();
         let a = Arc::new(join(&t, "a", 7000).await.unwrap());
         let b = Arc::new(join(&t, "b", 7010).await.unwrap());
         let c = join(&t, "c", 7021).await.unwrap();
-        assert_eq!(a.list().await.unwrap(), vec![info("a", 7000), info("b", 7010), info("c", 7021)]);
+        assert_eq!(
+            a.list().await.unwrap(),
+            vec![info("a", 7000), info("b", 7010), info("c", 7021)]
+        );
         assert_eq!(c.get("b").await.unwrap(), Some(info("b", 7010)));
         assert_eq!(c.get("nobody").await.unwrap(), None);
 
@@ -310,7 +326,10 @@ mod tests {
         // A stopping node leaves at once.
         stopper.signal();
         for task in beating {
-            tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .unwrap()
+                .unwrap();
         }
         assert_eq!(c.list().await.unwrap(), Vec::new());
         // c comes back (restarted), under its name, once the old entry is gone.
@@ -320,7 +339,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_alive_under_another_process_is_refused() {
-        let Some(t) = TestPrefix::new("nodes-dup").await else { return };
+        let Some(t) = TestPrefix::new("nodes-dup").await else {
+            return;
+        };
         let first = join(&t, "a", 7000).await.unwrap();
         let err = join(&t, "a", 7100).await.unwrap_err();
         assert_eq!(err, GridError::NameTaken { node: "a".into() });
@@ -338,7 +359,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_heartbeat_task_brings_back_membership_and_codes_after_redis_loses_them() {
-        let Some(t) = TestPrefix::new("nodes-flush").await else { return };
+        let Some(t) = TestPrefix::new("nodes-flush").await else {
+            return;
+        };
         let stopper = Stopper::new();
         let redis = t.redis(Duration::from_secs(5)).await;
         let config = cluster("a", &t.prefix);
@@ -380,7 +403,10 @@ mod tests {
         }
 
         stopper.signal();
-        tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(nodes.get("a").await.unwrap(), None, "left the grid at the stop signal");
     }
 }
