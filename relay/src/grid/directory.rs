@@ -1,6 +1,5 @@
-//! The grid's code directory in Redis: [`RedisDirectory`] implements
-//! [`Directory`](crate::directory::Directory) for every node of a grid, so a code issued on
-//! one node can be joined on any other.
+//! The grid's code directory in Redis: [`RedisDirectory`] implements [`Directory`] for
+//! every node of a grid, so a code issued on one node can be joined on any other.
 //!
 //! # Keys (under the grid's `key_prefix`)
 //! * `code:<8 digits>`: `state|node|deadline|session id`. `state` is `live`, `used` or
