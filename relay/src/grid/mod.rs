@@ -3,11 +3,22 @@
 //! who landed on one node to the session on another, and the cluster CA those links
 //! authenticate with. None of it is used by a single node, which keeps running on its
 //! in-memory directory.
+//!
+//! * [`kv`]: the cheaply cloned Redis handle (prefix, per-call timeout, one error type).
+//! * [`directory`]: [`directory::RedisDirectory`], the grid's code directory in Redis, and
+//!   how it recovers when Redis restarts empty.
+//! * [`nodes`]: node membership (heartbeats with a TTL) and the heartbeat task.
+//! * [`bridge`] and [`pki`]: the QUIC links between nodes and the cluster CA.
+//! * [`hints`]: "end this session", "this account changed", over Redis pub/sub.
+//! * [`live`]: every node's live sessions, for the consoles of the others.
 
 use std::sync::Arc;
 
+pub mod directory;
 pub mod hints;
+pub mod kv;
 pub mod live;
+pub mod nodes;
 
 /// This node's grid parts, as the relay's shared state holds them.
 pub struct GridNode {
