@@ -88,6 +88,11 @@ pub trait Directory: Send + Sync {
 
     /// The code of the session `session_id` and where it stands, while remembered.
     fn lookup<'a>(&'a self, session_id: &'a str) -> DirFuture<'a, Option<Listing>>;
+
+    /// The session behind `code` got its client (here or through another node): a
+    /// directory that re-asserts live codes (the grid's, after Redis restarted) stops
+    /// doing so for this one.
+    fn joined(&self, _code: SessionCode) {}
 }
 
 struct Slot {

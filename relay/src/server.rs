@@ -122,6 +122,12 @@ impl Relay {
                     config.timeouts.code_ttl,
                     config.timeouts.code_ttl,
                 ));
+                // A grid whose Redis just (re)started refuses codes for two heartbeats (no
+                // code is issued twice); a node waits that out before it takes operators.
+                let settle = 2 * cluster.heartbeat + cluster.redis_timeout;
+                if let Err(e) = directory.wait_settled(settle).await {
+                    tracing::warn!(error = %e, "the grid's state has not settled; codes are refused until it has");
+                }
                 (directory.clone() as Arc<dyn Directory>, Some((redis, directory)))
             }
         };

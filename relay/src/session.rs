@@ -208,6 +208,7 @@ impl Session {
             (inner.policy.asked(), inner.operator_q.clone())
         };
         self.kick.notify_one();
+        self.shared.directory.joined(self.code);
         let consent_ms = self.shared.consent_timeout.as_millis() as u64;
         let _ = client_q.push_control(frame(Body::ConsentRequest(pb::ConsentRequest {
             session_id: self.id.clone(),

@@ -523,6 +523,10 @@ impl RedisDirectory {
 }
 
 impl Directory for RedisDirectory {
+    fn joined(&self, code: SessionCode) {
+        self.forget(code);
+    }
+
     /// Claims a code for `session` on this node (its `node` field is set to this node).
     fn issue(&self, session: SessionRef) -> DirFuture<'_, Result<SessionCode, IssueError>> {
         Box::pin(self.issue_now(session))
