@@ -442,3 +442,46 @@ async fn throughput_of_one_stream() {
         })
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_new_links_and_waits_for_streams_that_carry_a_session() {
+    let (_dir, files) = grid();
+    let quick = BridgeSettings {
+        timeout: Duration::from_secs(1),
+        ..settings()
+    };
+    let stopper = Stopper::new();
+    let handler = |mut s: IncomingStream| async move {
+        crate::shutdown::carrying_session();
+        let _ = tokio::io::copy(&mut s.recv, &mut s.send).await;
+        let _ = s.send.finish();
+        let _ = s.send.stopped().await;
+    };
+    let b = Bridge::bind(
+        &identity(&files, "b"),
+        "127.0.0.1:0".parse().unwrap(),
+        quick.clone(),
+        handler,
+        stopper.tracker(),
+    )
+    .unwrap();
+    let b_addr = b.local_addr().unwrap();
+    let a = echo_node(&identity(&files, "a"), quick.clone());
+    let (mut send, mut recv) = a.bridge.open("b", b_addr, &header(1)).await.unwrap();
+    send.write_all(b"before").await.unwrap();
+    let mut back = [0u8; 6];
+    recv.read_exact(&mut back).await.unwrap();
+
+    stopper.signal();
+    let drain = tokio::spawn(stopper.drain(NO_HANG));
+    // No new link once stopping.
+    let c = echo_node(&identity(&files, "c"), quick.clone());
+    let err = c.bridge.open("b", b_addr, &header(2)).await.unwrap_err();
+    assert!(matches!(err, BridgeError::Unreachable { .. }), "{err}");
+    assert!(!drain.is_finished(), "shutdown waits for the session's stream");
+    // The session's stream still flows, and its end lets shutdown finish.
+    assert_eq!(round_trip(send, recv, b"after").await, b"after");
+    assert!(drain.await.unwrap(), "every bridge task finished");
+    b.close();
+    assert!(b.wait_idle(NO_HANG).await);
+}
