@@ -858,12 +858,14 @@ mod tests {
         let cluster = c.cluster.as_ref().unwrap();
         assert_eq!(cluster.key_prefix, "tsunagu:");
         assert_eq!(cluster.heartbeat, Duration::from_secs(1));
+        assert_eq!(cluster.bridge_timeout, Duration::from_secs(2));
         assert!(format!("{cluster:?}").contains("<set>"), "the Redis URL is never shown");
         // 0.0.0.0 cannot be reached by other nodes.
         assert!(c.validate().unwrap_err().to_string().contains("cluster.quic_advertise"));
         for (extra, setting) in [
             ("heartbeat = \"3s\"\n", "cluster.node_ttl"),
             ("key_prefix = \"a b\"\n", "cluster.key_prefix"),
+            ("bridge_timeout = \"2m\"\n", "cluster.bridge_timeout"),
         ] {
             let err = node(extra).unwrap_err();
             assert!(err.contains(setting), "{extra}: {err}");
