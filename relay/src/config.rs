@@ -72,6 +72,11 @@ pub struct ClusterConfig {
     /// unavailable. Default 1 s.
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
     pub redis_timeout: Duration,
+    /// The longest opening a bridge to another node may take (QUIC handshake, the
+    /// session's header and the peer's acknowledgement), and the longest an incoming
+    /// bridge stream may take to send its header. Default 2 s.
+    #[serde(default = "default_bridge_timeout", with = "humantime_serde")]
+    pub bridge_timeout: Duration,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -88,6 +93,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("heartbeat", &self.heartbeat)
             .field("node_ttl", &self.node_ttl)
             .field("redis_timeout", &self.redis_timeout)
+            .field("bridge_timeout", &self.bridge_timeout)
             .finish()
     }
 }
@@ -106,6 +112,7 @@ impl ClusterConfig {
             heartbeat: default_heartbeat(),
             node_ttl: default_node_ttl(),
             redis_timeout: default_redis_timeout(),
+            bridge_timeout: default_bridge_timeout(),
         }
     }
 
@@ -152,6 +159,9 @@ impl ClusterConfig {
         if self.redis_timeout < Duration::from_millis(10) || self.redis_timeout > Duration::from_secs(30) {
             return invalid("cluster.redis_timeout", "10 ms to 30 s");
         }
+        if self.bridge_timeout < Duration::from_millis(10) || self.bridge_timeout > Duration::from_secs(60) {
+            return invalid("cluster.bridge_timeout", "10 ms to 60 s");
+        }
         Ok(())
     }
 }
@@ -174,6 +184,12 @@ fn default_node_ttl() -> Duration {
 
 fn default_redis_timeout() -> Duration {
     Duration::from_secs(1)
+}
+
+/// A QUIC handshake and one round trip take milliseconds between nodes of one site; 2 s
+/// leaves room for a loaded peer yet keeps a client's join short when a node is gone.
+fn default_bridge_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// Keys kept outside the database (see the `keys` module) and the audit checkpoints.
@@ -842,12 +858,14 @@ mod tests {
         let cluster = c.cluster.as_ref().unwrap();
         assert_eq!(cluster.key_prefix, "tsunagu:");
         assert_eq!(cluster.heartbeat, Duration::from_secs(1));
+        assert_eq!(cluster.bridge_timeout, Duration::from_secs(2));
         assert!(format!("{cluster:?}").contains("<set>"), "the Redis URL is never shown");
         // 0.0.0.0 cannot be reached by other nodes.
         assert!(c.validate().unwrap_err().to_string().contains("cluster.quic_advertise"));
         for (extra, setting) in [
             ("heartbeat = \"3s\"\n", "cluster.node_ttl"),
             ("key_prefix = \"a b\"\n", "cluster.key_prefix"),
+            ("bridge_timeout = \"2m\"\n", "cluster.bridge_timeout"),
         ] {
             let err = node(extra).unwrap_err();
             assert!(err.contains(setting), "{extra}: {err}");

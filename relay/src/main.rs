@@ -67,6 +67,19 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: i64,
     },
+    /// A grid of relay nodes (see docs/grid.md).
+    Grid {
+        #[command(subcommand)]
+        action: GridAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum GridAction {
+    /// Create what every node of a new grid shares in DIR: the endpoint CA (what
+    /// operators and clients pin), the cluster CA (links between nodes) and the key
+    /// files. Refuses to overwrite any of them.
+    Init { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -420,6 +433,22 @@ async fn run(cli: Cli) -> Result<(), String> {
                     report.problems.join("\n")
                 ))
             }
+        }
+        Command::Grid {
+            action: GridAction::Init { dir },
+        } => {
+            // Absolute, so the printed paths can go into any node's config as they are.
+            let dir = std::path::absolute(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let files = tsunagu_relay::grid::pki::init_grid(&dir).map_err(|e| e.to_string())?;
+            let mut line = serde_json::to_value(&files).map_err(|e| e.to_string())?;
+            line["event"] = "grid_initialized".into();
+            println!("{line}");
+            eprintln!(
+                "Copy these files to every node of the grid (keys stay owner-only) and point each node's \
+                 config at them, for example:\n\n{}",
+                files.config_example()
+            );
+            Ok(())
         }
         Command::History { common, format, limit } => {
             let config = load_config(&common)?;

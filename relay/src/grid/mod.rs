@@ -14,11 +14,13 @@
 
 use std::sync::Arc;
 
+pub mod bridge;
 pub mod directory;
 pub mod hints;
 pub mod kv;
 pub mod live;
 pub mod nodes;
+pub mod pki;
 
 /// This node's grid parts, as the relay's shared state holds them.
 pub struct GridNode {
