@@ -296,3 +296,67 @@ fn suspending_an_operator_through_one_node_ends_their_session_on_another_at_once
         "the session ended by the account poll (30 s), not the grid's hint: {took:?}"
     );
 }
+
+#[test]
+fn the_trial_script_starts_a_working_grid_and_stops_it() {
+    if !redis_up() {
+        return;
+    }
+    let Ok(pg_url) = std::env::var("TSUNAGU_TEST_POSTGRES") else {
+        eprintln!("TSUNAGU_TEST_POSTGRES is not set; skipping the grid trial test");
+        return;
+    };
+    use std::io::{BufRead, BufReader};
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/grid-trial.sh");
+    let mut trial = Command::new("bash")
+        .arg(&script)
+        .arg("2")
+        .env("TSUNAGU_RELAY", bin("tsunagu-relay"))
+        .env("TSUNAGU_POSTGRES_URL", &pg_url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(trial.stdout.take().unwrap()).lines();
+    let mut nodes = Vec::new();
+    loop {
+        let line = lines.next().expect("the trial prints its nodes, then ready").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == "ready" {
+            break;
+        }
+        assert_eq!(v["event"], "node", "{line}");
+        for field in ["name", "relay", "admin", "config", "ca"] {
+            assert!(v[field].is_string(), "{field} in {line}");
+        }
+        assert!(v["pid"].as_u64().is_some(), "{line}");
+        nodes.push(v);
+    }
+    assert_eq!(nodes.iter().map(|n| n["name"].as_str().unwrap()).collect::<Vec<_>>(), ["a", "b"]);
+    // It works as a grid: an operator added through a's config gets a code on a that a
+    // client joins on b.
+    let config_a = PathBuf::from(nodes[0]["config"].as_str().unwrap());
+    let out = cli_with_config(&config_a, &["operator", "add", "alice"], Some(OP_PASSWORD));
+    assert!(out.status.success(), "operator add: {}", String::from_utf8_lossy(&out.stderr));
+    let ca = PathBuf::from(nodes[0]["ca"].as_str().unwrap());
+    let mut op = App::operator(nodes[0]["relay"].as_str().unwrap(), &ca, None, "alice", OP_PASSWORD);
+    let code = op.code();
+    let mut client = App::client(nodes[1]["relay"].as_str().unwrap(), &ca, None, &code, &[]);
+    client.expect("consent_request");
+    op.expect("peer_joined");
+    client.send(json!({"cmd": "deny"}));
+    assert_eq!(op.expect("ended")["reason"], "consent_denied");
+
+    // SIGTERM stops every node and removes the trial's folder.
+    let folder = config_a.parent().unwrap().parent().unwrap().to_path_buf();
+    assert!(folder.exists());
+    let _ = Command::new("kill").arg("-TERM").arg(trial.id().to_string()).status();
+    let status = trial.wait().unwrap();
+    assert!(!status.success(), "the trial ends by the signal: {status:?}");
+    for n in &nodes {
+        let pid = n["pid"].as_u64().unwrap().to_string();
+        let alive = Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().unwrap().success();
+        assert!(!alive, "node {} (pid {pid}) still runs", n["name"]);
+    }
+    assert!(!folder.exists(), "{} was left behind", folder.display());
+}

@@ -71,11 +71,11 @@ pub fn listen(cluster: &ClusterConfig, on_hint: OnHint, mut stop: Shutdown) -> t
                 let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
                     .await
                     .map_err(|_| "timed out connecting".to_string())?
-                    .map_err(|e| e.kind().to_string())?;
+                    .map_err(|e| format!("{:?}", e.kind()))?;
                 tokio::time::timeout(timeout, pubsub.subscribe(&chan))
                     .await
                     .map_err(|_| "timed out subscribing".to_string())?
-                    .map_err(|e| e.kind().to_string())?;
+                    .map_err(|e| format!("{:?}", e.kind()))?;
                 Ok::<_, String>(pubsub.into_on_message())
             };
             let mut messages = tokio::select! {
