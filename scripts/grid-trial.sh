@@ -45,14 +45,14 @@ names=()
 
 stop() {
     trap - INT TERM EXIT
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 1 100); do
-        alive=0
-        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        (( alive )) || break
-        sleep 0.1
-    done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    local live=()
+    for pid in "${pids[@]}"; do [[ -n "$pid" ]] && live+=("$pid"); done
+    for pid in "${live[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # A node that has not stopped 15 s after SIGTERM is killed.
+    ( sleep 15; for pid in "${live[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done ) &
+    local watchdog=$!
+    for pid in "${live[@]}"; do wait "$pid" 2>/dev/null || true; done
+    kill "$watchdog" 2>/dev/null || true
     if command -v redis-cli >/dev/null; then
         redis-cli -u "$redis_url" --scan --pattern "${prefix}*" 2>/dev/null |
             xargs -r -n 500 redis-cli -u "$redis_url" del >/dev/null 2>&1 || true
