@@ -5,7 +5,7 @@
 //! in [`crate::shutdown`].
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -241,8 +241,8 @@ async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: Sh
             _ = tick.tick() => {
                 let now = Instant::now();
                 shared.directory().sweep(now).await;
-                lock(&shared.join_throttle).prune(now);
-                lock(&shared.login_throttle).prune(now);
+                shared.join_throttle.prune(now).await;
+                shared.login_throttle.prune(now).await;
             }
             _ = account_poll.tick() => enforce_account_changes(&shared).await,
             _ = cert_check.tick() => match certs.renew_if_due() {
@@ -289,10 +289,6 @@ async fn enforce_account_changes(shared: &Shared) {
             Err(e) => tracing::error!(error = %e, "account check failed"),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Accepts connections on one listener until the stop signal; every connection runs as a

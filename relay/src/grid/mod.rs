@@ -3,3 +3,5 @@
 //! who landed on one node to the session on another, and the cluster CA those links
 //! authenticate with. None of it is used by a single node, which keeps running on its
 //! in-memory directory.
+
+pub mod throttle;
