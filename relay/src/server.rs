@@ -41,6 +41,9 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("no listener could be started: {0}")]
     NoListener(String),
+    /// The grid's shared state cannot be set up (an unusable `cluster.redis_url`).
+    #[error("the grid's shared state: {0}")]
+    Grid(String),
 }
 
 /// A running relay. Dropping it does not stop it; call [`Relay::shutdown`].
@@ -92,7 +95,7 @@ impl Relay {
 
         let stopper = Stopper::new();
         let directory = Arc::new(MemoryDirectory::new(config.timeouts.code_ttl));
-        let shared = Arc::new(Shared::new(
+        let shared = Shared::new(
             config,
             directory,
             store,
@@ -101,7 +104,8 @@ impl Relay {
             live,
             acceptor,
             stopper.listener(),
-        ));
+        );
+        let shared = Arc::new(with_grid_throttles(shared)?);
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
         for listener in listeners {
@@ -224,6 +228,22 @@ impl Relay {
         let store = shared.store.clone();
         store.close().await;
     }
+}
+
+/// A grid node's guessing protection is the grid's, in Redis (`grid::throttle`); a single
+/// relay keeps its own in memory.
+fn with_grid_throttles(shared: Shared) -> Result<Shared, StartError> {
+    let Some(cluster) = shared.config.cluster.as_ref() else {
+        return Ok(shared);
+    };
+    let account_key = shared
+        .store
+        .keys()
+        .map(|k| k.throttle_account_key())
+        .ok_or_else(|| StartError::Grid("the store was opened without its keys".into()))?;
+    let throttles = crate::grid::throttle::for_grid(cluster, &shared.config, &account_key)
+        .map_err(|e| StartError::Grid(format!("cannot use cluster.redis_url: {e}")))?;
+    Ok(shared.with_throttles(throttles.codes, throttles.logins))
 }
 
 async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: Shutdown) {

@@ -10,6 +10,7 @@
 //!   nodes are therefore ordered by Redis, as a burst on one relay is by its mutex.
 //!   Settling is one script too.
 //! * **Time from Redis** (`TIME`, inside the scripts): nodes with skewed clocks agree.
+//!   (Scripts that read the time before they write need Redis 5 or later.)
 //! * **Keys expire.** A bucket is a hash (`t` tokens, `u` last update in µs, `l` locked
 //!   until) whose TTL is the moment it is full and unlocked again, when it is no different
 //!   from a key never written; a network's failure mark lives for `prefix_memory`, a
@@ -471,127 +472,43 @@ mod tests {
     use tokio::sync::Barrier;
 
     use super::*;
+    use crate::testing::TestRedis;
     use crate::throttle::cases::{self, Open, Rig};
-
-    /// The Redis every test machine runs (`.ci/run` starts one where it is missing).
-    const TEST_REDIS: &str = "redis://127.0.0.1:6379";
 
     /// The account-hash key of the test grids.
     const ACCOUNT_KEY: &[u8] = b"the test grid's shared secret";
 
-    /// Generous for a busy two-core machine running tests side by side: the timeout test
-    /// below uses its own, short one.
-    const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-    /// A connection to the test Redis, or `None` after saying why the test is skipped
-    /// (only when `TSUNAGU_REQUIRE_REDIS` is unset: CI sets it, and then it must be there).
-    async fn test_redis() -> Option<ConnectionManager> {
-        let connect = async {
-            let client = redis::Client::open(TEST_REDIS)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CALL_TIMEOUT))
-                .set_response_timeout(Some(CALL_TIMEOUT));
-            ConnectionManager::new_with_config(client, config).await
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, connect).await {
-            Ok(Ok(conn)) => Some(conn),
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {CALL_TIMEOUT:?}"),
-                };
-                assert!(
-                    std::env::var_os("TSUNAGU_REQUIRE_REDIS").is_none(),
-                    "TSUNAGU_REQUIRE_REDIS is set but Redis at {TEST_REDIS} is unreachable: {why}"
-                );
-                eprintln!("Redis at {TEST_REDIS} is unreachable ({why}); skipping this grid throttle test");
-                None
-            }
-        }
+    /// A connection to the test Redis, which answered a moment ago.
+    async fn connect(redis: &TestRedis) -> ConnectionManager {
+        let client = redis::Client::open(redis.url.as_str()).expect("a valid URL");
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TestRedis::TIMEOUT))
+            .set_response_timeout(Some(TestRedis::TIMEOUT));
+        ConnectionManager::new_with_config(client, config)
+            .await
+            .expect("the test Redis answered a moment ago")
     }
 
-    /// A key prefix of the test's own (`t:` and 16 random hex digits); every key under it
-    /// is deleted when this is dropped, whether the test passed or not.
-    struct TestKeys {
-        prefix: String,
-    }
-
-    impl TestKeys {
-        fn new() -> Self {
-            let mut raw = [0u8; 8];
-            getrandom::fill(&mut raw).expect("the OS random number generator is available");
-            Self {
-                prefix: format!("t:{}:", crate::hex::hex(&raw)),
-            }
-        }
-
-        /// Every key under the prefix, with its time to live in ms (-1: none).
-        fn with_ttl(&self) -> Vec<(String, i64)> {
-            let mut con = redis::Client::open(TEST_REDIS)
-                .and_then(|c| c.get_connection_with_timeout(CALL_TIMEOUT))
-                .expect("the test Redis answered a moment ago");
-            let mut keys = Vec::new();
-            let mut cursor = 0u64;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{}*", self.prefix))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(&mut con)
-                    .expect("SCAN on the test Redis");
-                keys.extend(batch);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-            keys.into_iter()
-                .map(|k| {
-                    let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut con).expect("PTTL");
-                    (k, ttl)
-                })
-                .collect()
-        }
-    }
-
-    impl Drop for TestKeys {
-        fn drop(&mut self) {
-            let keys: Vec<String> = self.with_ttl().into_iter().map(|(k, _)| k).collect();
-            if keys.is_empty() {
-                return;
-            }
-            let deleted = redis::Client::open(TEST_REDIS)
-                .and_then(|c| c.get_connection_with_timeout(CALL_TIMEOUT))
-                .and_then(|mut con| redis::cmd("DEL").arg(&keys).query::<i64>(&mut con));
-            if let Err(e) = deleted {
-                eprintln!("could not delete the test keys under {}: {e}", self.prefix);
-            }
-        }
-    }
-
-    fn node(conn: &ConnectionManager, keys: &TestKeys, config: ThrottleConfig) -> Arc<RedisThrottle> {
+    fn node(conn: &ConnectionManager, redis: &TestRedis, config: ThrottleConfig) -> Arc<RedisThrottle> {
         Arc::new(RedisThrottle::new(
             conn.clone(),
-            &keys.prefix,
+            &redis.prefix,
             "codes",
             config,
             ACCOUNT_KEY,
-            CALL_TIMEOUT,
+            TestRedis::TIMEOUT,
         ))
     }
 
     /// The rules of `throttle.rs`, on one Redis throttle with the clock moved by an offset.
     async fn open() -> Option<Open> {
-        let conn = test_redis().await?;
+        TestRedis::reach("throttle rules")?;
         Some(Box::new(move |config| {
-            let conn = conn.clone();
             Box::pin(async move {
-                let keys = TestKeys::new();
-                let throttle = node(&conn, &keys, config);
+                let redis = TestRedis::reach("throttle rules").expect("the test Redis answered a moment ago");
+                let throttle = node(&connect(&redis).await, &redis, config);
                 let clock = throttle.clone();
-                Rig::new(throttle, Box::new(move |offset| clock.set_clock_offset(offset))).cleaning_up_with(keys)
+                Rig::new(throttle, Box::new(move |offset| clock.set_clock_offset(offset))).cleaning_up_with(redis)
             })
         }))
     }
@@ -629,13 +546,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_600_from_one_address_over_three_nodes_gets_what_one_node_allows() {
-        let Some(conn) = test_redis().await else { return };
+        let Some(redis) = TestRedis::reach("grid throttle") else {
+            return;
+        };
+        let conn = connect(&redis).await;
         let config = ThrottleConfig::default();
         let attacker = |_| IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
         let on_one = burst(&[one_relay(config.clone())], 600, attacker).await.len();
 
-        let keys = TestKeys::new();
-        let grid: Vec<Arc<RedisThrottle>> = (0..3).map(|_| node(&conn, &keys, config.clone())).collect();
+        let grid: Vec<Arc<RedisThrottle>> = (0..3).map(|_| node(&conn, &redis, config.clone())).collect();
         let nodes: Vec<Arc<dyn Throttles>> = grid.iter().map(|n| n.clone() as Arc<dyn Throttles>).collect();
         let granted = burst(&nodes, 600, attacker).await;
         eprintln!(
@@ -660,7 +579,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_from_600_networks_over_three_nodes_spends_exactly_the_budget() {
-        let Some(conn) = test_redis().await else { return };
+        let Some(redis) = TestRedis::reach("grid throttle") else {
+            return;
+        };
+        let conn = connect(&redis).await;
         let config = ThrottleConfig::default();
         // Each attempt from a /24 of its own: only the budget limits them.
         let network = |i: usize| IpAddr::V4(Ipv4Addr::new(10, (i / 256) as u8, (i % 256) as u8, 1));
@@ -670,9 +592,8 @@ mod tests {
         };
         let on_one = split(&burst(&[one_relay(config.clone())], 600, network).await);
 
-        let keys = TestKeys::new();
         let nodes: Vec<Arc<dyn Throttles>> = (0..3)
-            .map(|_| node(&conn, &keys, config.clone()) as Arc<dyn Throttles>)
+            .map(|_| node(&conn, &redis, config.clone()) as Arc<dyn Throttles>)
             .collect();
         let on_three = split(&burst(&nodes, 600, network).await);
         eprintln!(
@@ -729,15 +650,17 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_spray_over_three_nodes_is_refused_as_on_one_and_an_honest_client_gets_through() {
-        let Some(conn) = test_redis().await else { return };
+        let Some(redis) = TestRedis::reach("grid throttle") else {
+            return;
+        };
+        let conn = connect(&redis).await;
         let config = ThrottleConfig::default();
         let started = Instant::now();
         let on_relay = spray(&[one_relay(config.clone())]).await;
-        let one_keys = TestKeys::new();
-        let on_one_node = spray(&[node(&conn, &one_keys, config.clone()) as Arc<dyn Throttles>]).await;
-        let keys = TestKeys::new();
+        let one_redis = TestRedis::reach("grid throttle").expect("the test Redis answered a moment ago");
+        let on_one_node = spray(&[node(&conn, &one_redis, config.clone()) as Arc<dyn Throttles>]).await;
         let grid: Vec<Arc<dyn Throttles>> = (0..3)
-            .map(|_| node(&conn, &keys, config.clone()) as Arc<dyn Throttles>)
+            .map(|_| node(&conn, &redis, config.clone()) as Arc<dyn Throttles>)
             .collect();
         let on_three = spray(&grid).await;
         let elapsed = started.elapsed();
@@ -793,7 +716,7 @@ mod tests {
 
         // Nothing grows without bound: every key the spray left expires, within
         // prefix_memory at the latest.
-        let left = keys.with_ttl();
+        let left = redis.keys_with_ttl();
         assert!(!left.is_empty(), "the spray left its counters in Redis");
         let limit = config.prefix_memory.as_millis() as i64;
         for (key, ttl) in &left {
@@ -804,10 +727,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_accounts_budget_is_one_for_the_whole_grid() {
-        let Some(conn) = test_redis().await else { return };
+        let Some(redis) = TestRedis::reach("grid throttle") else {
+            return;
+        };
+        let conn = connect(&redis).await;
         let config = ThrottleConfig::logins();
-        let keys = TestKeys::new();
-        let nodes: Vec<Arc<RedisThrottle>> = (0..3).map(|_| node(&conn, &keys, config.clone())).collect();
+        let nodes: Vec<Arc<RedisThrottle>> = (0..3).map(|_| node(&conn, &redis, config.clone())).collect();
         let now = Instant::now();
         // Strangers on 20 networks fail once each, spread over the nodes and spelling the
         // name as they like: alice's budget of 20 is spent, grid-wide.
