@@ -216,6 +216,16 @@ impl Keys {
         hex(hmac::sign(&self.audit, data).as_ref())
     }
 
+    /// The key that names operator accounts in the grid's shared throttle counters
+    /// (`grid::throttle`): derived from the audit key, which every node of a grid shares,
+    /// under a label of its own, so Redis never holds an account name and the audit key
+    /// itself keys nothing else.
+    pub fn throttle_account_key(&self) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(hmac::sign(&self.audit, b"tsunagu throttle account scope v1").as_ref());
+        key
+    }
+
     /// Ed25519 signature of `message`, as hex.
     pub fn sign(&self, message: &[u8]) -> String {
         hex(self.signing.sign(message).as_ref())

@@ -5,7 +5,7 @@
 //! in [`crate::shutdown`].
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -49,6 +49,9 @@ pub enum StartError {
     GridPki(#[from] grid::pki::PkiError),
     #[error("cannot start the grid's QUIC listener: {0}")]
     Bridge(#[from] grid::bridge::BridgeError),
+    /// The grid's guessing protection cannot be set up.
+    #[error("the grid's guessing protection: {0}")]
+    GridThrottle(String),
 }
 
 /// A running relay. Dropping it does not stop it; call [`Relay::shutdown`].
@@ -131,7 +134,7 @@ impl Relay {
                 (directory.clone() as Arc<dyn Directory>, Some((redis, directory)))
             }
         };
-        let shared = Arc::new(Shared::new(
+        let shared = Shared::new(
             config,
             directory,
             store,
@@ -140,7 +143,8 @@ impl Relay {
             live,
             acceptor,
             stopper.listener(),
-        ));
+        );
+        let shared = Arc::new(with_grid_throttles(shared)?);
         // The grid is joined before any listener accepts, so every join already knows
         // where codes of other nodes lead.
         let mut bridge = None;
@@ -382,6 +386,22 @@ async fn apply_hint(shared: &Shared, hint: grid::hints::Hint) {
     }
 }
 
+/// A grid node's guessing protection is the grid's, in Redis (`grid::throttle`); a single
+/// relay keeps its own in memory.
+fn with_grid_throttles(shared: Shared) -> Result<Shared, StartError> {
+    let Some(cluster) = shared.config.cluster.as_ref() else {
+        return Ok(shared);
+    };
+    let account_key = shared
+        .store
+        .keys()
+        .map(|k| k.throttle_account_key())
+        .ok_or_else(|| StartError::GridThrottle("the store was opened without its keys".into()))?;
+    let throttles = crate::grid::throttle::for_grid(cluster, &shared.config, &account_key)
+        .map_err(|e| StartError::GridThrottle(format!("cannot use cluster.redis_url: {e}")))?;
+    Ok(shared.with_throttles(throttles.codes, throttles.logins))
+}
+
 async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: Shutdown) {
     // Tombstones and throttle entries are swept every 30 s; certificates checked hourly.
     let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -397,8 +417,8 @@ async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: Sh
             _ = tick.tick() => {
                 let now = Instant::now();
                 shared.directory().sweep(now).await;
-                lock(&shared.join_throttle).prune(now);
-                lock(&shared.login_throttle).prune(now);
+                shared.join_throttle.prune(now).await;
+                shared.login_throttle.prune(now).await;
             }
             _ = account_poll.tick() => enforce_account_changes(&shared).await,
             _ = cert_check.tick() => match certs.renew_if_due() {
@@ -445,10 +465,6 @@ async fn enforce_account_changes(shared: &Shared) {
             Err(e) => tracing::error!(error = %e, "account check failed"),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Accepts connections on one listener until the stop signal; every connection runs as a

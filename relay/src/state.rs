@@ -22,7 +22,7 @@ use crate::registry::Registry;
 use crate::session::{new_session_id, Session, SessionShared};
 use crate::shutdown::{carrying_session, Shutdown};
 use crate::store::Store;
-use crate::throttle::Throttle;
+use crate::throttle::{Throttle, Throttles};
 
 /// Where a joining client's code led.
 pub(crate) enum Joined {
@@ -45,8 +45,10 @@ pub struct Shared {
     pub(crate) operator_totp: crate::totp::ReplayGuard,
     /// What the console shows about live sessions (fed by the history writer).
     pub(crate) live: LiveMap,
-    pub(crate) join_throttle: Mutex<Throttle>,
-    pub(crate) login_throttle: Mutex<Throttle>,
+    /// Guessing protection for session codes: this relay's in memory, or the grid's.
+    pub(crate) join_throttle: Arc<dyn Throttles>,
+    /// Guessing protection for operator logins, likewise.
+    pub(crate) login_throttle: Arc<dyn Throttles>,
     /// Connection caps of the endpoint listeners (the console has its own).
     pub(crate) connections: ConnLimiter,
     pub(crate) dummy_hash: String,
@@ -88,8 +90,8 @@ impl Shared {
                 config.limits.login_queue,
                 config.timeouts.login_wait,
             ),
-            join_throttle: Mutex::new(Throttle::new(config.throttle.clone(), now)),
-            login_throttle: Mutex::new(Throttle::new(config.login_throttle.clone(), now)),
+            join_throttle: Arc::new(Mutex::new(Throttle::new(config.throttle.clone(), now))),
+            login_throttle: Arc::new(Mutex::new(Throttle::new(config.login_throttle.clone(), now))),
             connections: ConnLimiter::new(ConnLimits::endpoints(&config.limits), "relay"),
             dummy_hash: crate::accounts::dummy_hash(&config.accounts),
             operator_totp: Default::default(),
@@ -105,6 +107,14 @@ impl Shared {
             stop,
             config,
         }
+    }
+
+    /// Replaces the in-memory throttles (one relay's) with others: a grid node's, in Redis
+    /// (`grid::throttle::for_grid`). Before the relay serves anything.
+    pub fn with_throttles(mut self, join: Arc<dyn Throttles>, login: Arc<dyn Throttles>) -> Self {
+        self.join_throttle = join;
+        self.login_throttle = login;
+        self
     }
 
     /// The sessions on this node: what the console lists and ends, what account changes

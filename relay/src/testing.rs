@@ -1,8 +1,10 @@
 //! What the relay's own tests and the workspace's end-to-end tests share: the PostgreSQL
-//! server CI provides, and the audit-trail rewrite an insider without the key could do.
-//! Built for `cargo test` and with the `test-support` feature only, never into the relay.
+//! and Redis servers CI provides, and the audit-trail rewrite an insider without the key
+//! could do. Built for `cargo test` and with the `test-support` feature only, never into
+//! the relay.
 
 use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use crate::audit::{row_hash, GENESIS, KEYED_PREFIX};
 use crate::config::Config;
@@ -50,6 +52,97 @@ impl TestPostgres {
         Store::drop_postgres_schema(&self.url, &self.schema)
             .await
             .expect("the test's own PostgreSQL schema can be dropped");
+    }
+}
+
+/// A key prefix of its own (`t:` and 16 random hex digits) on the Redis every test machine
+/// runs at 127.0.0.1:6379 (`.ci/run` starts it), so tests running at the same time do not
+/// see each other's keys. Every key under the prefix is deleted when this is dropped,
+/// whether the test passed or not.
+#[derive(Debug)]
+pub struct TestRedis {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl TestRedis {
+    /// The longest a test waits on its Redis: generous for a busy machine.
+    pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// The test Redis and a fresh prefix; `None` when Redis does not answer, after saying
+    /// that the Redis `what` test is skipped. With `TSUNAGU_REQUIRE_REDIS` set (CI), Redis
+    /// must answer.
+    pub fn reach(what: &str) -> Option<Self> {
+        let url = "redis://127.0.0.1:6379".to_string();
+        let reached = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(Self::TIMEOUT))
+            .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con));
+        if let Err(e) = reached {
+            assert!(
+                std::env::var_os("TSUNAGU_REQUIRE_REDIS").is_none(),
+                "TSUNAGU_REQUIRE_REDIS is set but Redis at {url} is unreachable: {e}"
+            );
+            eprintln!("Redis at {url} is unreachable ({e}); skipping the Redis {what} test");
+            return None;
+        }
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw).expect("the OS random number generator is available");
+        Some(Self {
+            prefix: format!("t:{}:", crate::hex::hex(&raw)),
+            url,
+        })
+    }
+
+    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url.as_str())?.get_connection_with_timeout(Self::TIMEOUT)
+    }
+
+    /// Every key under the prefix, with its time to live in ms (-1: none; -2: it expired
+    /// between the scan and the question).
+    pub fn keys_with_ttl(&self) -> Vec<(String, i64)> {
+        self.scan().expect("the test Redis answered a moment ago")
+    }
+
+    fn scan(&self) -> redis::RedisResult<Vec<(String, i64)>> {
+        let mut con = self.connection()?;
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut con)?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.into_iter()
+            .map(|k| {
+                let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut con)?;
+                Ok((k, ttl))
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        // Never a panic here: this may run while a failed test unwinds.
+        let deleted = self.scan().and_then(|keys| {
+            let keys: Vec<String> = keys.into_iter().map(|(k, _)| k).collect();
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            redis::cmd("DEL").arg(&keys).query::<i64>(&mut self.connection()?)
+        });
+        if let Err(e) = deleted {
+            eprintln!("could not delete the test keys under {}: {e}", self.prefix);
+        }
     }
 }
 

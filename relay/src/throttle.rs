@@ -20,10 +20,17 @@
 //! logins after a short slow-down). A stranger's spray therefore never locks out an honest
 //! user whose network never failed, and each attacking prefix buys at most one extra guess
 //! per `prefix_memory`: the README works out the arithmetic.
+//!
+//! [`Throttles`] is the seam the connections go through: one relay's [`Throttle`] behind
+//! its mutex (this module), or the grid's throttles in Redis (`grid::throttle`), which
+//! keep the same rules and arithmetic for all nodes together.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::ThrottleConfig;
@@ -40,13 +47,16 @@ pub struct Throttled {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "settle the ticket with succeeded(), failed() or refund()"]
 pub struct Ticket {
-    scope: Scope,
-    address: Address,
-    prefix: Prefix,
+    pub(crate) scope: Scope,
+    pub(crate) address: Address,
+    pub(crate) prefix: Prefix,
     /// The address bucket (and not the shared overflow bucket) holds the token.
-    tracked_address: bool,
+    pub(crate) tracked_address: bool,
     /// A token came from the scope budget; otherwise this is a clean-prefix pass.
-    from_budget: bool,
+    pub(crate) from_budget: bool,
+    /// The grid's name for the clean-prefix pass this ticket holds, so that settling it
+    /// frees that pass and no later one; 0 in memory, where the mutex orders everything.
+    pub(crate) pass_id: u64,
     /// How long the caller should wait before checking: the slow-down for an attempt that
     /// passed on a clean prefix while the scope budget is dry.
     pub delay: Duration,
@@ -61,30 +71,60 @@ pub struct Scope(u64);
 impl Scope {
     /// The one scope of session codes.
     pub const CODES: Scope = Scope(0);
+
+    /// The scope of an account whose name hashed (under a key) to `hash`: never the codes'.
+    pub(crate) fn of_account_hash(hash: u64) -> Scope {
+        Scope(hash | 1)
+    }
+
+    /// The number behind the scope, for naming it outside the process (Redis keys).
+    pub(crate) fn id(self) -> u64 {
+        self.0
+    }
 }
 
 /// Key of a source address: the IPv4 address, or the /64 an IPv6 address is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Address {
+pub(crate) enum Address {
     V4(u32),
     V6(u64),
 }
 
 /// Key of a network: IPv4 /24, IPv6 /48.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Prefix {
+pub(crate) enum Prefix {
     V4(u32),
     V6(u64),
 }
 
-fn address(ip: IpAddr) -> Address {
+impl Address {
+    /// A stable text name (`4:` and 8 hex digits, or `6:` and the /64 in 16).
+    pub(crate) fn key(self) -> String {
+        match self {
+            Address::V4(a) => format!("4:{a:08x}"),
+            Address::V6(a) => format!("6:{a:016x}"),
+        }
+    }
+}
+
+impl Prefix {
+    /// A stable text name (`4:` and the /24 in 6 hex digits, or `6:` and the /48 in 12).
+    pub(crate) fn key(self) -> String {
+        match self {
+            Prefix::V4(p) => format!("4:{p:06x}"),
+            Prefix::V6(p) => format!("6:{p:012x}"),
+        }
+    }
+}
+
+pub(crate) fn address(ip: IpAddr) -> Address {
     match canonical(ip) {
         IpAddr::V4(v4) => Address::V4(u32::from(v4)),
         IpAddr::V6(v6) => Address::V6((u128::from(v6) >> 64) as u64),
     }
 }
 
-fn prefix(ip: IpAddr) -> Prefix {
+pub(crate) fn prefix(ip: IpAddr) -> Prefix {
     match canonical(ip) {
         IpAddr::V4(v4) => Prefix::V4(u32::from(v4) >> 8),
         IpAddr::V6(v6) => Prefix::V6((u128::from(v6) >> 80) as u64),
@@ -109,10 +149,10 @@ struct Bucket {
 
 /// Size and pace of one kind of bucket.
 #[derive(Debug, Clone, Copy)]
-struct Shape {
-    burst: u32,
-    per_token: Duration,
-    cooldown: Duration,
+pub(crate) struct Shape {
+    pub(crate) burst: u32,
+    pub(crate) per_token: Duration,
+    pub(crate) cooldown: Duration,
 }
 
 impl Bucket {
@@ -189,6 +229,7 @@ pub struct Throttle {
 }
 
 impl Throttle {
+    /// An empty throttle (every bucket full) with these settings.
     pub fn new(config: ThrottleConfig, now: Instant) -> Self {
         let address_shape = Self::address_shape(&config);
         Self {
@@ -207,7 +248,7 @@ impl Throttle {
         Scope(self.hasher.hash_one(name.to_ascii_lowercase()) | 1)
     }
 
-    fn address_shape(c: &ThrottleConfig) -> Shape {
+    pub(crate) fn address_shape(c: &ThrottleConfig) -> Shape {
         Shape {
             burst: c.per_ip_burst,
             per_token: c.per_ip_refill,
@@ -215,7 +256,7 @@ impl Throttle {
         }
     }
 
-    fn prefix_shape(c: &ThrottleConfig) -> Shape {
+    pub(crate) fn prefix_shape(c: &ThrottleConfig) -> Shape {
         Shape {
             burst: c.per_prefix_burst,
             per_token: c.per_ip_refill,
@@ -223,7 +264,7 @@ impl Throttle {
         }
     }
 
-    fn budget_shape(c: &ThrottleConfig) -> Shape {
+    pub(crate) fn budget_shape(c: &ThrottleConfig) -> Shape {
         Shape {
             burst: c.global_failures,
             per_token: c.global_window / c.global_failures,
@@ -319,6 +360,7 @@ impl Throttle {
             prefix,
             tracked_address,
             from_budget,
+            pass_id: 0,
             delay: if from_budget {
                 Duration::ZERO
             } else {
@@ -409,6 +451,98 @@ impl Throttle {
     }
 }
 
+/// Why a reservation did not go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveError {
+    /// Too many failures from this source, network or scope: try again later.
+    Throttled(Throttled),
+    /// The throttle could not be asked (a grid's Redis is unreachable or too slow): the
+    /// attempt is refused, never let through unchecked.
+    Unavailable,
+}
+
+impl From<Throttled> for ReserveError {
+    fn from(t: Throttled) -> Self {
+        ReserveError::Throttled(t)
+    }
+}
+
+/// How a checked attempt came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It was right: everything it took is given back.
+    Succeeded,
+    /// It was wrong: the tokens stay spent, the network is marked, empty buckets lock.
+    Failed,
+    /// It could not be checked: nothing counts against the source.
+    Refund,
+}
+
+/// What an attempt is aimed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// A session code: one budget for the whole relay (or grid).
+    Codes,
+    /// One operator account's login, by name (case-insensitive): a budget per account.
+    Account(&'a str),
+}
+
+/// A future a [`Throttles`] returns; `Send` so connection tasks can await it.
+pub type ThrottleFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Guessing protection as the connections use it: reserve before checking, settle after.
+/// One relay keeps it in memory (`Mutex<Throttle>`); a grid keeps it in Redis so that the
+/// limits hold for all nodes together. `now` is passed in so the in-memory one runs on a
+/// fake clock in tests; the grid's takes its time from Redis, which all nodes share.
+pub trait Throttles: Send + Sync {
+    /// Reserves one attempt from `ip` at `target`, before anything is checked.
+    fn reserve<'a>(
+        &'a self,
+        target: Target<'a>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> ThrottleFuture<'a, Result<Ticket, ReserveError>>;
+
+    /// Settles a reserved attempt once it has been checked.
+    fn settle(&self, ticket: Ticket, outcome: Outcome, now: Instant) -> ThrottleFuture<'_, ()>;
+
+    /// Forgets what is no different from never seen (the grid's keys expire by themselves).
+    fn prune(&self, now: Instant) -> ThrottleFuture<'_, ()>;
+}
+
+/// One relay's throttle, in memory: every call is answered at once.
+impl Throttles for Mutex<Throttle> {
+    fn reserve<'a>(
+        &'a self,
+        target: Target<'a>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> ThrottleFuture<'a, Result<Ticket, ReserveError>> {
+        let mut t = self.lock().unwrap_or_else(|p| p.into_inner());
+        let scope = match target {
+            Target::Codes => Scope::CODES,
+            Target::Account(name) => t.account(name),
+        };
+        let reserved = t.reserve(scope, ip, now).map_err(ReserveError::from);
+        Box::pin(std::future::ready(reserved))
+    }
+
+    fn settle(&self, ticket: Ticket, outcome: Outcome, now: Instant) -> ThrottleFuture<'_, ()> {
+        let mut t = self.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Outcome::Succeeded => t.succeeded(ticket, now),
+            Outcome::Failed => t.failed(ticket, now),
+            Outcome::Refund => t.refund(ticket, now),
+        }
+        Box::pin(std::future::ready(()))
+    }
+
+    fn prune(&self, now: Instant) -> ThrottleFuture<'_, ()> {
+        self.lock().unwrap_or_else(|p| p.into_inner()).prune(now);
+        Box::pin(std::future::ready(()))
+    }
+}
+
 /// Expected successful guesses per day at `live_codes` live codes out of `space`, for an
 /// attacker who spends the whole global budget and, while it is dry, one clean-prefix pass
 /// from each of `attacker_prefixes` networks per `prefix_memory` (the worst case: every
@@ -419,6 +553,10 @@ pub fn expected_guesses_per_day(config: &ThrottleConfig, live_codes: u64, space:
     let passes = attacker_prefixes as f64 * (day / config.prefix_memory.as_secs_f64()).ceil();
     (budget + passes) * live_codes as f64 / space as f64
 }
+
+/// The rules every implementation of [`Throttles`] must keep, as test cases both run.
+#[cfg(test)]
+pub(crate) mod cases;
 
 #[cfg(test)]
 mod tests {
@@ -670,4 +808,26 @@ mod tests {
         let spray = expected_guesses_per_day(&c, 1000, 100_000_000, 1000);
         assert!(spray < 0.1, "{spray}");
     }
+}
+
+/// The shared cases on one relay's throttle, in memory on a fake clock.
+#[cfg(test)]
+mod memory_cases {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use super::cases::{Open, Rig};
+    use super::Throttle;
+
+    async fn open() -> Option<Open> {
+        Some(Box::new(|config| {
+            Box::pin(async move {
+                let throttle = Throttle::new(config, Instant::now());
+                // The time is passed in: nothing to move.
+                Rig::new(Arc::new(Mutex::new(throttle)), Box::new(|_| {}))
+            })
+        }))
+    }
+
+    super::cases::throttle_cases!(open);
 }

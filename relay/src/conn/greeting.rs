@@ -25,7 +25,7 @@ use super::refusal::Refusal;
 use crate::audit;
 use crate::directory::JoinRefusal;
 use crate::store::OperatorRecord;
-use crate::throttle::{Throttled, Ticket};
+use crate::throttle::{ReserveError, Throttled, Ticket};
 
 /// How long the relay waits for the peer at each step of the greeting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +96,7 @@ pub enum Action {
 /// A result the relay feeds back for an action that needed the outside world.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Reserved(Result<Ticket, Throttled>),
+    Reserved(Result<Ticket, ReserveError>),
     /// The login's outcome; with a refusal, whether the name matched an account (which
     /// decides what the audit trail may record).
     Authenticated(Result<OperatorRecord, (Refusal, bool)>),
@@ -264,7 +264,11 @@ impl Greeting {
                     self.deadline = Some(now + ticket.delay);
                     self.state = State::SlowDown(attempt, ticket);
                 }
-                Err(Throttled { retry_after }) => self.refuse(Refusal::Throttled { retry_after }),
+                Err(ReserveError::Throttled(Throttled { retry_after })) => {
+                    self.refuse(Refusal::Throttled { retry_after })
+                }
+                // Fail closed: an attempt the throttle could not count is never checked.
+                Err(ReserveError::Unavailable) => self.refuse(Refusal::Unavailable),
             },
             (State::Authenticating(login, ticket), Event::Authenticated(result)) => {
                 let settle = match &result {
@@ -593,9 +597,9 @@ mod tests {
         drain(&mut g);
         g.handle_event(
             t0,
-            Event::Reserved(Err(Throttled {
+            Event::Reserved(Err(ReserveError::Throttled(Throttled {
                 retry_after: Duration::from_secs(42),
-            })),
+            }))),
         );
         let actions = drain(&mut g);
         assert_eq!(actions.len(), 1, "no password check: {actions:?}");
@@ -606,6 +610,18 @@ mod tests {
                 "too many failed attempts; try again in 42 s".into()
             ))
         );
+    }
+
+    #[test]
+    fn an_attempt_the_throttle_cannot_count_is_refused_as_unavailable_and_never_checked() {
+        let t0 = Instant::now();
+        let mut g = greeted(t0);
+        g.handle_frame(t0, body(Body::Join(pb::Join::default())));
+        drain(&mut g);
+        g.handle_event(t0, Event::Reserved(Err(ReserveError::Unavailable)));
+        let actions = drain(&mut g);
+        assert_eq!(actions.len(), 1, "no code taken: {actions:?}");
+        assert_eq!(closed_with(&actions).map(|c| c.0), Some(ErrorCode::Unavailable));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! * [`nodes`]: node membership (heartbeats with a TTL) and the heartbeat task.
 //! * [`bridge`] and [`pki`]: the QUIC links between nodes and the cluster CA.
 //! * [`hints`]: "end this session", "this account changed", over Redis pub/sub.
+//! * [`throttle`]: guessing protection (codes, logins) counted grid-wide.
 //! * [`live`]: every node's live sessions, for the consoles of the others.
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub mod kv;
 pub mod live;
 pub mod nodes;
 pub mod pki;
+pub mod throttle;
 
 /// This node's grid parts, as the relay's shared state holds them.
 pub struct GridNode {

@@ -5,7 +5,7 @@
 //! tests drive it over `tokio::io::duplex` on tokio's paused clock.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,7 +25,7 @@ use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::session::{Role, Session};
 use crate::state::{Joined, Shared};
-use crate::throttle::{Scope, Throttle};
+use crate::throttle::{Outcome, ReserveError, Target, Throttles};
 use crate::time::now_ms;
 
 /// Everything one connection goes through, from TLS handshake to the end of its session;
@@ -121,13 +121,17 @@ where
                     }
                 }
                 Action::Reserve { account } => {
-                    let reserved = {
-                        let mut t = super::lock(throttle_of(&shared, account.is_some()));
-                        let scope = account.as_deref().map_or(Scope::CODES, |name| t.account(name));
-                        t.reserve(scope, ip, clock::now())
-                    };
-                    if reserved.is_err() {
-                        tracing::info!(%peer, login = account.is_some(), "attempt refused: throttled");
+                    let target = account.as_deref().map_or(Target::Codes, Target::Account);
+                    let throttle = throttle_of(&shared, account.is_some());
+                    let reserved = throttle.reserve(target, ip, clock::now()).await;
+                    match reserved {
+                        Ok(_) => {}
+                        Err(ReserveError::Throttled(_)) => {
+                            tracing::info!(%peer, login = account.is_some(), "attempt refused: throttled")
+                        }
+                        Err(ReserveError::Unavailable) => {
+                            tracing::warn!(%peer, login = account.is_some(), "attempt refused: throttle unavailable")
+                        }
                     }
                     machine.handle_event(clock::now(), Event::Reserved(reserved));
                 }
@@ -138,14 +142,14 @@ where
                     }
                     machine.handle_event(clock::now(), Event::Authenticated(result));
                 }
-                Action::Settle(kind, ticket, outcome) => {
-                    let mut t = super::lock(throttle_of(&shared, kind == AttemptKind::Login));
-                    let now = clock::now();
-                    match outcome {
-                        Settle::Succeeded => t.succeeded(ticket, now),
-                        Settle::Failed => t.failed(ticket, now),
-                        Settle::Refund => t.refund(ticket, now),
-                    }
+                Action::Settle(kind, ticket, settle) => {
+                    let outcome = match settle {
+                        Settle::Succeeded => Outcome::Succeeded,
+                        Settle::Failed => Outcome::Failed,
+                        Settle::Refund => Outcome::Refund,
+                    };
+                    let throttle = throttle_of(&shared, kind == AttemptKind::Login);
+                    throttle.settle(ticket, outcome, clock::now()).await;
                 }
                 Action::Audit(entry) => shared.audit.record(entry).await,
                 Action::Authenticated => permit.authenticated(),
@@ -228,11 +232,11 @@ where
 }
 
 /// The throttle an attempt goes through: logins or session codes.
-fn throttle_of(shared: &Shared, login: bool) -> &Mutex<Throttle> {
+fn throttle_of(shared: &Shared, login: bool) -> &dyn Throttles {
     if login {
-        &shared.login_throttle
+        &*shared.login_throttle
     } else {
-        &shared.join_throttle
+        &*shared.join_throttle
     }
 }
 

@@ -1,0 +1,183 @@
+//! Grid-wide guessing protection over real TLS: three relay nodes (in this process, each
+//! with its own data dir and listener) share their throttles through the real Redis, so a
+//! burst of wrong codes spread over them is checked as often as one node would allow; and
+//! a node whose Redis is down refuses logins and joins as `unavailable`, never unchecked.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::sync::Barrier;
+use tsunagu_proto::pb::{self, ErrorCode};
+use tsunagu_relay::config::ClusterConfig;
+use tsunagu_relay::testing::{TestPostgres, TestRedis};
+
+fn code_of(e: &pb::Error) -> ErrorCode {
+    ErrorCode::try_from(e.code).expect("the relay sends known error codes")
+}
+
+/// What the nodes of a test grid share besides Redis: the endpoint CA (made once, the way a
+/// relay makes its own) that every node's server certificate chains to.
+struct GridFiles {
+    dir: tempfile::TempDir,
+}
+
+impl GridFiles {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = tsunagu_relay::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        tsunagu_relay::tls::ServerCerts::load(&config).expect("a CA is made in the temp dir");
+        Self { dir }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.pem")
+    }
+
+    fn ca_key(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.key")
+    }
+
+    /// How endpoints reach `node`, pinning the grid's CA.
+    fn dial(&self, node: &TestRelay) -> tsunagu_endpoint::dial::DialConfig {
+        dial_config(&self.ca(), "127.0.0.1", vec![node.addr.port()])
+    }
+}
+
+/// Starts node `name` of the grid on `redis_url` under `prefix`, with the grid's CA and a
+/// PostgreSQL schema of its own (a grid needs PostgreSQL; what the nodes share there is
+/// not under test here, and each node adds the test's operator account at start).
+async fn grid_node(
+    name: &'static str,
+    files: &GridFiles,
+    pg: &TestPostgres,
+    redis_url: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> TestRelay {
+    let (ca, ca_key, pg, url, prefix) = (
+        files.ca(),
+        files.ca_key(),
+        pg.clone(),
+        redis_url.to_string(),
+        prefix.to_string(),
+    );
+    TestRelay::start(move |config| {
+        pg.configure(config);
+        config.tls.ca_file = Some(ca);
+        config.tls.ca_key_file = Some(ca_key);
+        let mut cluster = ClusterConfig::new(
+            name,
+            &url,
+            config.data_dir.join("cluster-ca.pem"),
+            config.data_dir.join("cluster-ca.key"),
+        );
+        cluster.key_prefix = prefix;
+        cluster.quic_listen = "127.0.0.1:0".parse().expect("a socket address");
+        cluster.redis_timeout = timeout;
+        config.cluster = Some(cluster);
+        // The attack under test comes from one address; the connection cap per address
+        // (tested on its own) would otherwise refuse most of it.
+        config.limits.max_connections_per_source = 1_000;
+        config.limits.max_unauthenticated_per_source = 1_000;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_burst_of_wrong_codes_over_three_nodes_is_checked_as_on_one() {
+    let Some(redis) = TestRedis::reach("grid throttle") else {
+        return;
+    };
+    let files = GridFiles::new();
+    let mut nodes = Vec::new();
+    let mut schemas = Vec::new();
+    for name in ["a", "b", "c"] {
+        let Some(pg) = TestPostgres::from_env(&format!("grid_throttle_{name}")) else {
+            return;
+        };
+        nodes.push(grid_node(name, &files, &pg, &redis.url, &redis.prefix, TestRedis::TIMEOUT).await);
+        schemas.push(pg);
+    }
+    let burst = nodes[0].relay.shared().config.throttle.per_ip_burst as usize;
+
+    // 60 connections from one address, 20 on each node, send a wrong code at once.
+    let n = 60;
+    let mut peers = Vec::new();
+    for i in 0..n {
+        let node = &nodes[i % 3];
+        peers.push(RawPeer::connect_from(&files.dial(node), "127.30.0.1", node.addr.port()).await);
+    }
+    let barrier = Arc::new(Barrier::new(n));
+    let tasks: Vec<_> = peers
+        .into_iter()
+        .map(|p| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                match p.join_on("12345678").await {
+                    Ok(_) => panic!("a code nobody issued was accepted"),
+                    Err(e) => code_of(&e),
+                }
+            })
+        })
+        .collect();
+    let (mut checked, mut throttled) = (0, 0);
+    for t in tasks {
+        match t.await.expect("a join task does not panic") {
+            ErrorCode::BadCode => checked += 1,
+            ErrorCode::Throttled => throttled += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    eprintln!("figure: {n} parallel wrong codes from one address over three nodes -> {checked} real checks");
+    assert_eq!(checked, burst, "the address's burst, for the three nodes together");
+    assert_eq!(throttled, n - burst);
+    assert!(
+        redis
+            .keys_with_ttl()
+            .iter()
+            .any(|(k, _)| k.contains(":throttle:codes:")),
+        "the counters are in the grid's Redis"
+    );
+    for node in nodes {
+        node.relay.shutdown().await;
+    }
+    for pg in schemas {
+        pg.drop_schema().await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_whose_redis_is_down_refuses_logins_and_joins_as_unavailable() {
+    // Nothing listens on this port: every call to "Redis" fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let url = format!("redis://{}", closed.local_addr().expect("bound"));
+    drop(closed);
+    let Some(pg) = TestPostgres::from_env("grid_throttle_down") else {
+        return;
+    };
+    let files = GridFiles::new();
+    let relay = grid_node("a", &files, &pg, &url, "t:down:", Duration::from_millis(300)).await;
+    let cfg = files.dial(&relay);
+
+    let e = RawPeer::login(&cfg, "alice", PASSWORD)
+        .await
+        .expect_err("no login is checked without the grid's throttle");
+    assert_eq!(code_of(&e), ErrorCode::Unavailable, "{e:?}");
+
+    let e = RawPeer::connect(&cfg)
+        .await
+        .join_on("12345678")
+        .await
+        .expect_err("no code is checked without the grid's throttle");
+    assert_eq!(code_of(&e), ErrorCode::Unavailable, "{e:?}");
+    relay.relay.shutdown().await;
+    pg.drop_schema().await;
+}
