@@ -20,7 +20,7 @@ use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::registry::Registry;
 use crate::session::{new_session_id, Session, SessionShared};
-use crate::shutdown::{carrying_session, Shutdown};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::throttle::Throttle;
 
@@ -102,14 +102,20 @@ impl Shared {
         &self.sessions
     }
 
+    /// The relay's stop signal: connections close sooner once it is given.
+    pub(crate) fn stop_signal(&self) -> Shutdown {
+        self.stop.clone()
+    }
+
     /// Where session codes are kept.
     pub fn directory(&self) -> &dyn Directory {
         &*self.directory
     }
 
     /// Opens a session for a logged-in operator: draws its code, builds it and registers
-    /// it on this node. The calling connection carries the session from now on. A session
-    /// opened while the relay stops ends at once with `relay_shutdown`.
+    /// it on this node (the calling connection has marked itself as carrying a session,
+    /// see [`crate::shutdown::SessionMark`]). A session opened while the relay stops ends
+    /// at once with `relay_shutdown`.
     pub(crate) async fn open_session(
         &self,
         operator: String,
@@ -134,7 +140,6 @@ impl Shared {
             policy,
             operator_q,
         );
-        carrying_session();
         self.sessions.insert(session.clone());
         // Checked after the insert: shutdown signals before it ends what the registry
         // holds, so either it sees this session or this sees the signal.
@@ -144,13 +149,10 @@ impl Shared {
         Ok((code, session))
     }
 
-    /// Takes `code` for a joining client and finds its session on this node. The calling
-    /// connection carries the session from now on. A session that ended between the take
-    /// and the lookup is an expired code.
+    /// Takes `code` for a joining client and finds its session on this node. A session that
+    /// ended between the take and the lookup is an expired code.
     pub(crate) async fn join(&self, code: SessionCode, now: Instant) -> Result<Arc<Session>, JoinRefusal> {
         let found = self.directory.take(code, now).await?;
-        let session = self.sessions.get(&found.session_id).ok_or(JoinRefusal::Expired)?;
-        carrying_session();
-        Ok(session)
+        self.sessions.get(&found.session_id).ok_or(JoinRefusal::Expired)
     }
 }
