@@ -83,6 +83,20 @@ impl TestRelay {
         tokio::time::pause();
     }
 
+    /// After the paused part of a test: runs the clock again, checks that the history
+    /// recorded `reason` as the end of the only session, and stops the relay.
+    async fn ends_as(self, reason: &str) {
+        tokio::time::resume();
+        assert_eq!(self.end_reason().await.as_deref(), Some(reason));
+        self.relay.shutdown().await;
+    }
+
+    /// After the paused part of a test: runs the clock again and stops the relay.
+    async fn stop(self) {
+        tokio::time::resume();
+        self.relay.shutdown().await;
+    }
+
     /// The end reason the history recorded for the only session.
     async fn end_reason(&self) -> Option<String> {
         let shared = self.relay.shared();
@@ -230,8 +244,7 @@ async fn a_connection_that_never_finishes_its_tls_handshake_is_closed_on_time() 
     assert_eq!(ours.read(&mut buf).await.unwrap(), 0, "closed without a byte");
     assert_took(start, handshake);
     assert!(served.await.unwrap(), "admitted under the connection caps");
-    tokio::time::resume();
-    relay.relay.shutdown().await;
+    relay.stop().await;
 }
 
 #[tokio::test]
@@ -260,8 +273,7 @@ async fn a_peer_that_says_nothing_is_cut_off_after_the_greeting_timeout() {
     assert!(silent.next().await.is_none());
     assert_took(start, greeting);
 
-    tokio::time::resume();
-    relay.relay.shutdown().await;
+    relay.stop().await;
 }
 
 #[tokio::test]
@@ -307,9 +319,7 @@ async fn silence_is_a_denial_after_the_consent_timeout() {
     assert_eq!(client_heard, EndReason::ConsentTimeout);
     assert_eq!(operator_heard, EndReason::ConsentTimeout);
     assert_took_about(start, consent, Duration::from_secs(1));
-    tokio::time::resume();
-    assert_eq!(relay.end_reason().await.as_deref(), Some("consent_timeout"));
-    relay.relay.shutdown().await;
+    relay.ends_as("consent_timeout").await;
 }
 
 #[tokio::test]
@@ -324,9 +334,7 @@ async fn idle_peers_are_cut_off_and_keepalives_keep_sessions() {
     assert_took_about(start, t.idle, Duration::from_secs(1));
     let pings = (t.idle.as_millis() / t.keepalive.as_millis()) as u32;
     assert!(op.pings + 1 >= pings, "{} pings in {:?}", op.pings, t.idle);
-    tokio::time::resume();
-    assert_eq!(relay.end_reason().await.as_deref(), Some("idle_timeout"));
-    relay.relay.shutdown().await;
+    relay.ends_as("idle_timeout").await;
 }
 
 #[tokio::test]
@@ -338,9 +346,7 @@ async fn a_vanished_client_ends_the_session_after_the_grace_window() {
     drop(client);
     assert_eq!(op.expect_ended().await, EndReason::ClientDisconnected);
     assert_took(start, DISCONNECT_GRACE);
-    tokio::time::resume();
-    assert_eq!(relay.end_reason().await.as_deref(), Some("client_disconnected"));
-    relay.relay.shutdown().await;
+    relay.ends_as("client_disconnected").await;
 }
 
 #[tokio::test]
@@ -354,9 +360,7 @@ async fn an_end_within_the_grace_window_is_what_both_sides_hear() {
     tokio::time::sleep(DISCONNECT_GRACE / 2).await;
     op.send(Body::End(pb::End {})).await;
     assert_eq!(op.expect_ended().await, EndReason::OperatorEnded);
-    tokio::time::resume();
-    assert_eq!(relay.end_reason().await.as_deref(), Some("operator_ended"));
-    relay.relay.shutdown().await;
+    relay.ends_as("operator_ended").await;
 }
 
 #[tokio::test]
@@ -380,7 +384,5 @@ async fn a_peer_that_only_sends_pings_stays_connected_until_it_falls_silent() {
     // Then the client falls silent: ended as idle, one idle timeout after its last ping.
     assert_eq!(op.expect_ended().await, EndReason::IdleTimeout);
     assert_took(silent_from, t.idle);
-    tokio::time::resume();
-    assert_eq!(relay.end_reason().await.as_deref(), Some("idle_timeout"));
-    relay.relay.shutdown().await;
+    relay.ends_as("idle_timeout").await;
 }

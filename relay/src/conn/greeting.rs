@@ -490,6 +490,12 @@ mod tests {
         }
     }
 
+    /// What the peer is told when `frame` arrives at `g`, which closes on it.
+    fn told_on(mut g: Greeting, now: Instant, frame: Frame) -> Option<(ErrorCode, String)> {
+        g.handle_frame(now, frame);
+        closed_with(&drain(&mut g))
+    }
+
     /// A machine past `Hello`.
     fn greeted(now: Instant) -> Greeting {
         let mut g = machine(now);
@@ -537,17 +543,13 @@ mod tests {
         assert!(message.contains("update the older side"), "{message}");
         assert!(g.is_done());
 
-        let mut g = machine(t0);
-        g.handle_frame(t0, body(Body::Join(pb::Join::default())));
         assert_eq!(
-            closed_with(&drain(&mut g)),
+            told_on(machine(t0), t0, body(Body::Join(pb::Join::default()))),
             Some((ErrorCode::Protocol, "the first message must be Hello".into()))
         );
 
-        let mut g = greeted(t0);
-        g.handle_frame(t0, body(Body::Ping(pb::Ping { nonce: 1 })));
         assert_eq!(
-            closed_with(&drain(&mut g)),
+            told_on(greeted(t0), t0, body(Body::Ping(pb::Ping { nonce: 1 }))),
             Some((ErrorCode::Protocol, "expected Login or Join".into()))
         );
     }
@@ -782,10 +784,8 @@ mod tests {
         );
 
         // Something else than RequestCode.
-        let mut g = logged_in(t0);
-        g.handle_frame(t0, body(Body::Join(pb::Join::default())));
         assert_eq!(
-            closed_with(&drain(&mut g)),
+            told_on(logged_in(t0), t0, body(Body::Join(pb::Join::default()))),
             Some((ErrorCode::Protocol, "expected RequestCode".into()))
         );
     }
