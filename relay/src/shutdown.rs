@@ -145,13 +145,10 @@ impl ConnectionTasks {
         F: FnOnce(SessionMark) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let done = self.done.clone();
         let mut stop = self.stop.clone();
         let (tx, mut carries) = watch::channel(false);
         let connection = start(SessionMark { tx });
-        tokio::spawn(async move {
-            // Dropped when the task ends, whichever way: that is what `drain` waits for.
-            let _done = done;
+        self.track(async move {
             let cut_off = async {
                 stop.recv().await;
                 // A session being ended finishes by itself; a connection without one (or
@@ -165,9 +162,7 @@ impl ConnectionTasks {
             }
         });
     }
-}
 
-impl ConnectionTasks {
     /// Runs the task `start` builds as a tracked task that is not cut off at the stop
     /// signal: it gets the signal and winds down by itself (a console connection answers
     /// the request in flight, then closes).
@@ -176,8 +171,13 @@ impl ConnectionTasks {
         F: FnOnce(Shutdown) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.track(start(self.stop.clone()));
+    }
+
+    /// Spawns `task` holding a clone of the tracking sender, dropped when the task ends,
+    /// whichever way: that is what `drain` waits for.
+    fn track(&self, task: impl Future<Output = ()> + Send + 'static) {
         let done = self.done.clone();
-        let task = start(self.stop.clone());
         tokio::spawn(async move {
             let _done = done;
             task.await;

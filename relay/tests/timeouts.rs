@@ -192,6 +192,14 @@ impl Peer {
         }
     }
 
+    /// A relay and its operator and client in an active session, on the paused clock.
+    async fn paused_pair() -> (TestRelay, Peer, Peer) {
+        let relay = TestRelay::start().await;
+        let (op, client) = Peer::paired(&relay).await;
+        relay.pause().await;
+        (relay, op, client)
+    }
+
     /// An operator and a client with consent to view and chat.
     async fn paired(relay: &TestRelay) -> (Peer, Peer) {
         let (mut op, code) = Peer::operator(relay).await;
@@ -324,10 +332,8 @@ async fn silence_is_a_denial_after_the_consent_timeout() {
 
 #[tokio::test]
 async fn idle_peers_are_cut_off_and_keepalives_keep_sessions() {
-    let relay = TestRelay::start().await;
+    let (relay, mut op, _client) = Peer::paused_pair().await;
     let t = relay.timeouts();
-    let (mut op, _client) = Peer::paired(&relay).await;
-    relay.pause().await;
     let start = Instant::now();
     // The operator answers pings; the client neither reads nor writes.
     assert_eq!(op.expect_ended().await, EndReason::IdleTimeout);
@@ -339,9 +345,7 @@ async fn idle_peers_are_cut_off_and_keepalives_keep_sessions() {
 
 #[tokio::test]
 async fn a_vanished_client_ends_the_session_after_the_grace_window() {
-    let relay = TestRelay::start().await;
-    let (mut op, client) = Peer::paired(&relay).await;
-    relay.pause().await;
+    let (relay, mut op, client) = Peer::paused_pair().await;
     let start = Instant::now();
     drop(client);
     assert_eq!(op.expect_ended().await, EndReason::ClientDisconnected);
@@ -351,9 +355,7 @@ async fn a_vanished_client_ends_the_session_after_the_grace_window() {
 
 #[tokio::test]
 async fn an_end_within_the_grace_window_is_what_both_sides_hear() {
-    let relay = TestRelay::start().await;
-    let (mut op, client) = Peer::paired(&relay).await;
-    relay.pause().await;
+    let (relay, mut op, client) = Peer::paused_pair().await;
     drop(client);
     // The relay notices the client's close first; the operator's End, read a little later
     // on its own connection, still decides the reason.
@@ -365,10 +367,8 @@ async fn an_end_within_the_grace_window_is_what_both_sides_hear() {
 
 #[tokio::test]
 async fn a_peer_that_only_sends_pings_stays_connected_until_it_falls_silent() {
-    let relay = TestRelay::start().await;
+    let (relay, mut op, mut client) = Peer::paused_pair().await;
     let t = relay.timeouts();
-    let (mut op, mut client) = Peer::paired(&relay).await;
-    relay.pause().await;
     // The client reads nothing and sends nothing but its own pings, two thirds of an idle
     // timeout apart, for four idle timeouts; the operator answers the relay's pings.
     let every = t.idle * 2 / 3;

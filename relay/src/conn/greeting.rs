@@ -458,6 +458,21 @@ mod tests {
         }))
     }
 
+    fn login(user: &str, password: &str) -> Frame {
+        body(Body::Login(pb::Login {
+            user: user.into(),
+            password: password.into(),
+            totp: String::new(),
+        }))
+    }
+
+    fn join(code: &str, host_name: &str) -> Frame {
+        body(Body::Join(pb::Join {
+            code: code.into(),
+            host_name: host_name.into(),
+        }))
+    }
+
     fn ticket(now: Instant) -> Ticket {
         Throttle::new(ThrottleConfig::default(), now)
             .reserve(Scope::CODES, "192.0.2.7".parse().unwrap(), now)
@@ -507,14 +522,7 @@ mod tests {
     /// A machine past `Login` and `LoginOk`, for operator `ana`.
     fn logged_in(now: Instant) -> Greeting {
         let mut g = greeted(now);
-        g.handle_frame(
-            now,
-            body(Body::Login(pb::Login {
-                user: "ana".into(),
-                password: "pw".into(),
-                totp: String::new(),
-            })),
-        );
+        g.handle_frame(now, login("ana", "pw"));
         assert!(matches!(drain(&mut g)[..], [Action::Reserve { account: Some(ref a) }] if a == "ana"));
         g.handle_event(now, Event::Reserved(Ok(ticket(now))));
         assert!(matches!(drain(&mut g)[..], [Action::Authenticate(_)]));
@@ -614,13 +622,7 @@ mod tests {
     fn a_slowed_attempt_is_checked_only_after_its_delay() {
         let t0 = Instant::now();
         let mut g = greeted(t0);
-        g.handle_frame(
-            t0,
-            body(Body::Join(pb::Join {
-                code: "12345678".into(),
-                host_name: "pc\u{1b}-01".into(),
-            })),
-        );
+        g.handle_frame(t0, join("12345678", "pc\u{1b}-01"));
         drain(&mut g);
         let mut slowed = ticket(t0);
         slowed.delay = Duration::from_millis(700);
@@ -674,13 +676,7 @@ mod tests {
             ),
         ] {
             let mut g = greeted(t0);
-            g.handle_frame(
-                t0,
-                body(Body::Join(pb::Join {
-                    code: code.into(),
-                    host_name: String::new(),
-                })),
-            );
+            g.handle_frame(t0, join(code, ""));
             drain(&mut g);
             g.handle_event(t0, Event::Reserved(Ok(ticket(t0))));
             if let Some(refusal) = taken {
@@ -711,14 +707,7 @@ mod tests {
             (Refusal::Busy, false, Settle::Refund),
         ] {
             let mut g = greeted(t0);
-            g.handle_frame(
-                t0,
-                body(Body::Login(pb::Login {
-                    user: "Secret-Typed-Here".into(),
-                    password: "x".into(),
-                    totp: String::new(),
-                })),
-            );
+            g.handle_frame(t0, login("Secret-Typed-Here", "x"));
             drain(&mut g);
             g.handle_event(t0, Event::Reserved(Ok(ticket(t0))));
             drain(&mut g);
