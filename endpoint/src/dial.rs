@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -20,8 +20,17 @@ use tsunagu_proto::transport::{hello, remote_error, FrameReader, FrameWriter, Tr
 /// Default time for one port attempt: TCP connect, TLS handshake and `Hello`.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub type Stream = TlsStream<TcpStream>;
+/// Any byte stream a connection to the relay runs over: TLS over TCP from [`dial`], or an
+/// in-memory pipe when tests play the relay.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> ByteStream for T {}
+
+/// The stream under a [`Connected`].
+pub type Stream = Box<dyn ByteStream>;
+/// Reads frames from the relay.
 pub type Reader = FrameReader<ReadHalf<Stream>>;
+/// Writes frames to the relay.
 pub type Writer = FrameWriter<WriteHalf<Stream>>;
 
 /// Where and how to reach the relay.
@@ -167,23 +176,57 @@ async fn attempt(cfg: &DialConfig, name: ServerName<'static>, port: u16) -> Resu
     tcp.set_nodelay(true).map_err(|e| fail(&e))?;
     let peer = tcp.peer_addr().map_err(|e| fail(&e))?;
     let local = tcp.local_addr().map_err(|e| fail(&e))?;
-    let tls = TlsConnector::from(cfg.tls.clone())
+    let tls: TlsStream<TcpStream> = TlsConnector::from(cfg.tls.clone())
         .connect(name, tcp)
         .await
         .map_err(|e| fail(&e))?;
-    let (r, w) = tokio::io::split(tls);
-    let mut reader = FrameReader::new(r, cfg.max_frame);
-    let mut writer = FrameWriter::new(w, cfg.max_frame);
-    writer.send(&hello(&cfg.agent)).await.map_err(|e| fail(&e))?;
-    let first = reader.read().await.map_err(|e| fail(&e))?;
-    match first.and_then(|raw| raw.frame.body) {
-        Some(Body::Hello(h)) if h.version == tsunagu_proto::PROTOCOL_VERSION => Ok(Connected {
+    let (reader, writer) = hello_exchange(Box::new(tls), cfg.max_frame, &cfg.agent).await?;
+    Ok(Connected {
+        reader,
+        writer,
+        port,
+        peer,
+        local,
+    })
+}
+
+/// The `Hello` exchange over a stream already connected to the relay (past TLS, when
+/// there is TLS), as [`dial`] does on each port: how tests that play the relay over an
+/// in-memory stream connect an app. A failure is reported as the relay being unreachable
+/// at `peer`.
+pub async fn greet(
+    stream: impl ByteStream,
+    max_frame: usize,
+    agent: &str,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Result<Connected, DialError> {
+    match hello_exchange(Box::new(stream), max_frame, agent).await {
+        Ok((reader, writer)) => Ok(Connected {
             reader,
             writer,
-            port,
+            port: peer.port(),
             peer,
             local,
         }),
+        Err(AttemptError::Refused(e)) => Err(DialError::Refused(e)),
+        Err(AttemptError::Failed(e)) => Err(DialError::Unreachable {
+            host: peer.ip().to_string(),
+            attempts: vec![(peer.port(), e)],
+        }),
+    }
+}
+
+/// Sends our `Hello` and checks the relay's.
+async fn hello_exchange(stream: Stream, max_frame: usize, agent: &str) -> Result<(Reader, Writer), AttemptError> {
+    let fail = |e: &dyn std::fmt::Display| AttemptError::Failed(e.to_string());
+    let (r, w) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(r, max_frame);
+    let mut writer = FrameWriter::new(w, max_frame);
+    writer.send(&hello(agent)).await.map_err(|e| fail(&e))?;
+    let first = reader.read().await.map_err(|e| fail(&e))?;
+    match first.and_then(|raw| raw.frame.body) {
+        Some(Body::Hello(h)) if h.version == tsunagu_proto::PROTOCOL_VERSION => Ok((reader, writer)),
         Some(Body::Hello(h)) => Err(AttemptError::Refused(TransportError::VersionMismatch {
             ours: tsunagu_proto::PROTOCOL_VERSION,
             theirs: h.version,

@@ -294,6 +294,19 @@ pub async fn run<A: App>(
         Ok(c) => c,
         Err(outcome) => return outcome,
     };
+    run_connected(app, conn, &settings, commands, events).await
+}
+
+/// Runs `app` to its end over a connection already past `Hello`, as [`run`] does once it
+/// has dialled (`settings` gives the link's timeouts). Tests that play the relay connect
+/// over an in-memory stream with [`dial::greet`] and drive an app through this.
+pub async fn run_connected<A: App>(
+    app: A,
+    conn: Connected,
+    settings: &LinkSettings,
+    commands: mpsc::Receiver<A::Command>,
+    events: Events<A::Event>,
+) -> Outcome {
     info!(relay = %conn.peer, port = conn.port, agent = settings.agent, "connected to the relay");
     let mut driver = Driver {
         core: Core {
@@ -470,4 +483,379 @@ impl<A: App> Driver<A> {
 /// Permission names as events list them.
 pub fn permission_names(set: PermissionSet) -> Vec<String> {
     set.iter().map(|p| permission_name(p).to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver loop over an in-memory stream, with the test playing the relay: the
+    //! `Hello` exchange, a join, frames and data dispatched to the app, pings, the end and a
+    //! vanished or silent relay.
+
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+    use tokio::task::JoinHandle;
+    use tsunagu_proto::pb::{EndReason, ErrorCode, Frame};
+    use tsunagu_proto::transport::{FrameReader, FrameWriter};
+
+    use super::*;
+    use crate::transfer::FileEvent;
+
+    const CODE: &str = "12345678";
+    const MAX_FRAME: usize = tsunagu_proto::limits::DEFAULT_MAX_FRAME;
+    /// The apps' default relay silence before the link counts as lost.
+    const IDLE: Duration = Duration::from_secs(45);
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Ev {
+        Error {
+            code: String,
+            message: String,
+        },
+        Ended {
+            reason: String,
+        },
+        Chat {
+            text: String,
+        },
+        File(FileEvent),
+        /// The consent request reached the app.
+        Asked {
+            operator: String,
+        },
+        /// A screen payload reached the app.
+        Screen {
+            seq: u64,
+            len: usize,
+        },
+    }
+    crate::app_event!(Ev);
+
+    enum Cmd {
+        Chat(String),
+        End,
+    }
+
+    /// A client-like app: joins with [`CODE`], reports what reaches it.
+    #[derive(Default)]
+    struct Joiner {
+        joined: bool,
+        ending: bool,
+    }
+
+    impl App for Joiner {
+        type Event = Ev;
+        type Command = Cmd;
+        type Wake = Infallible;
+
+        async fn start(&mut self, core: &mut Core<Ev>) -> Result<(), Lost> {
+            core.send(Body::Join(pb::Join {
+                code: CODE.into(),
+                host_name: "pc-01".into(),
+            }))
+            .await
+        }
+
+        async fn on_frame(&mut self, core: &mut Core<Ev>, body: Body) -> Handled {
+            if let Body::ConsentRequest(r) = body {
+                self.joined = true;
+                core.emit(Ev::Asked { operator: r.operator }).await;
+            }
+            Ok(Step::Continue)
+        }
+
+        async fn on_data(&mut self, core: &mut Core<Ev>, channel: Channel, seq: u64, payload: Bytes) -> Handled {
+            if channel == Channel::Screen {
+                core.emit(Ev::Screen {
+                    seq,
+                    len: payload.len(),
+                })
+                .await;
+            }
+            Ok(Step::Continue)
+        }
+
+        async fn on_command(&mut self, core: &mut Core<Ev>, command: Cmd) -> Handled {
+            match command {
+                Cmd::Chat(text) => core.send_chat(text).await?,
+                Cmd::End => {
+                    self.ending = true;
+                    core.send(Body::End(pb::End {})).await?;
+                }
+            }
+            Ok(Step::Continue)
+        }
+
+        async fn next_wake(&mut self) -> Infallible {
+            std::future::pending().await
+        }
+
+        async fn on_wake(&mut self, _core: &mut Core<Ev>, wake: Infallible) -> Handled {
+            match wake {}
+        }
+
+        async fn on_deadline(&mut self, _core: &mut Core<Ev>) -> Handled {
+            Ok(Step::Continue)
+        }
+
+        fn error_ends_run(&self) -> bool {
+            !self.joined
+        }
+
+        async fn on_ended(&mut self, _core: &mut Core<Ev>, _reason: pb::EndReason) -> bool {
+            self.joined
+        }
+
+        fn lost_ends_as(&self) -> Option<&'static str> {
+            self.ending.then_some("client_ended")
+        }
+    }
+
+    /// The relay's side of the in-memory stream.
+    struct Relay {
+        reader: FrameReader<ReadHalf<DuplexStream>>,
+        writer: FrameWriter<WriteHalf<DuplexStream>>,
+    }
+
+    impl Relay {
+        async fn send(&mut self, body: Body) {
+            self.writer.send(&Frame { body: Some(body) }).await.unwrap();
+        }
+
+        /// The next frame from the app; `None` once it closed the stream.
+        async fn next(&mut self) -> Option<Body> {
+            self.reader.read().await.unwrap()?.frame.body
+        }
+    }
+
+    /// An app session against the test's relay.
+    struct Run {
+        relay: Relay,
+        commands: mpsc::Sender<Cmd>,
+        events: mpsc::Receiver<Ev>,
+        outcome: JoinHandle<Outcome>,
+    }
+
+    impl Run {
+        /// Connects the app (the `Hello` exchange, checked here as the relay does), starts
+        /// the driver and takes the app's `Join`.
+        async fn start() -> Run {
+            let (relays, apps) = tokio::io::duplex(1 << 16);
+            let (r, w) = tokio::io::split(relays);
+            let mut relay = Relay {
+                reader: FrameReader::new(r, MAX_FRAME),
+                writer: FrameWriter::new(w, MAX_FRAME),
+            };
+            let (commands, command_rx) = mpsc::channel(8);
+            let (event_tx, events) = mpsc::channel(64);
+            let settings = LinkSettings {
+                host: "relay.test".into(),
+                ports: vec![7615],
+                ca: PathBuf::new(),
+                attempt_timeout: Duration::from_secs(5),
+                idle_timeout: IDLE,
+                write_timeout: Duration::from_secs(10),
+                max_frame: MAX_FRAME,
+                agent: "driver-test/1",
+            };
+            let outcome = tokio::spawn(async move {
+                let peer: SocketAddr = "192.0.2.10:7615".parse().unwrap();
+                let local: SocketAddr = "192.0.2.20:50000".parse().unwrap();
+                let conn = dial::greet(apps, MAX_FRAME, settings.agent, peer, local)
+                    .await
+                    .expect("the relay says Hello");
+                assert_eq!(conn.port, 7615);
+                run_connected(Joiner::default(), conn, &settings, command_rx, Events::new(event_tx)).await
+            });
+            match relay.next().await {
+                Some(Body::Hello(h)) => {
+                    assert_eq!(h.version, tsunagu_proto::PROTOCOL_VERSION);
+                    assert_eq!(h.agent, "driver-test/1");
+                }
+                other => panic!("expected Hello, got {other:?}"),
+            }
+            relay
+                .send(tsunagu_proto::transport::hello("relay-test").body.unwrap())
+                .await;
+            match relay.next().await {
+                Some(Body::Join(j)) => assert_eq!((j.code.as_str(), j.host_name.as_str()), (CODE, "pc-01")),
+                other => panic!("expected Join, got {other:?}"),
+            }
+            Run {
+                relay,
+                commands,
+                events,
+                outcome,
+            }
+        }
+
+        async fn event(&mut self) -> Ev {
+            next_event(&mut self.events).await
+        }
+
+        /// The relay asks for consent, as after a good code.
+        async fn joined(&mut self) {
+            self.relay
+                .send(Body::ConsentRequest(pb::ConsentRequest {
+                    session_id: "s1".into(),
+                    operator: "alice".into(),
+                    permissions: vec![],
+                    timeout_ms: 60_000,
+                }))
+                .await;
+            assert_eq!(
+                self.event().await,
+                Ev::Asked {
+                    operator: "alice".into()
+                }
+            );
+        }
+    }
+
+    async fn next_event(events: &mut mpsc::Receiver<Ev>) -> Ev {
+        events.recv().await.expect("an event")
+    }
+
+    fn data(channel: Channel, seq: u64, payload: Vec<u8>) -> Body {
+        Body::Data(pb::Data {
+            channel: channel as i32,
+            seq,
+            payload: payload.into(),
+            stream: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_session_runs_as_the_relay_drives_it() {
+        let mut run = Run::start().await;
+        run.joined().await;
+        // Data by channel: the screen goes to the app, chat is decoded by the driver.
+        run.relay.send(data(Channel::Screen, 3, vec![7; 1000])).await;
+        assert_eq!(run.event().await, Ev::Screen { seq: 3, len: 1000 });
+        let chat = pb::ChatMessage { text: "hello".into() }.encode_to_vec();
+        run.relay.send(data(Channel::Chat, 1, chat)).await;
+        assert_eq!(run.event().await, Ev::Chat { text: "hello".into() });
+        // A ping is answered with its nonce.
+        run.relay.send(Body::Ping(pb::Ping { nonce: 42 })).await;
+        assert!(matches!(run.relay.next().await, Some(Body::Pong(p)) if p.nonce == 42));
+        // A command goes out as a numbered data frame.
+        run.commands.send(Cmd::Chat("hi there".into())).await.unwrap();
+        match run.relay.next().await {
+            Some(Body::Data(d)) => {
+                assert_eq!((d.channel, d.seq), (Channel::Chat as i32, 1));
+                assert_eq!(pb::ChatMessage::decode(d.payload).unwrap().text, "hi there");
+            }
+            other => panic!("expected chat data, got {other:?}"),
+        }
+        // `Ended` ends the run with its reason, and the app closes its side.
+        run.relay
+            .send(Body::Ended(pb::Ended {
+                reason: EndReason::OperatorEnded as i32,
+            }))
+            .await;
+        assert_eq!(
+            run.event().await,
+            Ev::Ended {
+                reason: "operator_ended".into()
+            }
+        );
+        assert_eq!(
+            run.outcome.await.unwrap(),
+            Outcome::Ended {
+                reason: "operator_ended".into()
+            }
+        );
+        assert!(run.relay.next().await.is_none(), "the app closed the connection");
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_vanishes_is_a_lost_connection() {
+        let mut run = Run::start().await;
+        run.joined().await;
+        let Run {
+            relay,
+            mut events,
+            outcome,
+            ..
+        } = run;
+        drop(relay);
+        match next_event(&mut events).await {
+            Ev::Error { code, message } => {
+                assert_eq!(code, "connection_lost");
+                assert_eq!(message, "the relay closed the connection");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert_eq!(
+            next_event(&mut events).await,
+            Ev::Ended {
+                reason: "connection_lost".into()
+            }
+        );
+        assert_eq!(outcome.await.unwrap(), Outcome::Unreachable);
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_goes_away_while_the_app_ends_is_an_end() {
+        let mut run = Run::start().await;
+        run.joined().await;
+        run.commands.send(Cmd::End).await.unwrap();
+        assert!(matches!(run.relay.next().await, Some(Body::End(_))));
+        let Run {
+            relay,
+            commands,
+            mut events,
+            outcome,
+        } = run;
+        drop(relay);
+        assert_eq!(
+            next_event(&mut events).await,
+            Ev::Ended {
+                reason: "client_ended".into()
+            }
+        );
+        drop(commands);
+        assert_eq!(
+            outcome.await.unwrap(),
+            Outcome::Ended {
+                reason: "client_ended".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_code_refuses_the_run() {
+        let mut run = Run::start().await;
+        run.relay
+            .send(Body::Error(pb::Error {
+                code: ErrorCode::BadCode as i32,
+                message: "no such code".into(),
+            }))
+            .await;
+        assert_eq!(run.event().await, Ev::error("bad_code", "no such code"));
+        assert_eq!(
+            run.outcome.await.unwrap(),
+            Outcome::Refused {
+                code: "bad_code".into()
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_relay_is_lost_after_the_idle_timeout() {
+        let mut run = Run::start().await;
+        run.joined().await;
+        let start = tokio::time::Instant::now();
+        // The relay keeps the stream open and says nothing.
+        match run.event().await {
+            Ev::Error { code, message } => {
+                assert_eq!(code, "connection_lost");
+                assert_eq!(message, format!("no frame from the relay for {IDLE:?}"));
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert_eq!(start.elapsed(), IDLE);
+        assert_eq!(run.outcome.await.unwrap(), Outcome::Unreachable);
+    }
 }

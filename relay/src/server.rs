@@ -490,7 +490,7 @@ async fn accept_loop(
                     continue;
                 };
                 let shared = shared.clone();
-                connections.spawn(connection::handle_connection(shared, tcp, peer, port, permit));
+                connections.spawn(|mark| connection::handle_connection(shared, tcp, peer, port, permit, mark));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

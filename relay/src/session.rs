@@ -558,8 +558,8 @@ impl Session {
         true
     }
 
-    /// Ends the session for `reason` (once): tells both peers, closes their queues,
-    /// releases the code and writes the history.
+    /// Ends the session for `reason` (once): queues the history's record of it, then tells
+    /// both peers, closes their queues and releases the code.
     pub async fn finish(&self, reason: EndReason) {
         let (reason, counters, granted, phase_before_client, queues, open_files) = {
             let mut inner = self.lock();
@@ -588,6 +588,19 @@ impl Session {
         for record in open_files {
             self.record_file(record).await;
         }
+        // The history hears of the end before the peers do, so whoever saw `Ended` (an app
+        // that printed `ended`, the script driving it) and then flushes or reads the history
+        // finds the row ended. Queuing never waits (see `HistorySink::record`).
+        self.shared
+            .history
+            .record(HistoryEvent::Ended {
+                id: self.id.clone(),
+                reason: end_reason_name(reason),
+                counters,
+                granted: (!granted.is_empty()).then_some(granted),
+                at_ms: now_ms(),
+            })
+            .await;
         let ended = frame(Body::Ended(pb::Ended { reason: reason as i32 }));
         for q in [Some(&queues.0), queues.1.as_ref()].into_iter().flatten() {
             let _ = q.push_control(ended.clone());
@@ -615,16 +628,6 @@ impl Session {
             counters.bytes_to_operator,
             counters.dropped_frames,
         );
-        self.shared
-            .history
-            .record(HistoryEvent::Ended {
-                id: self.id.clone(),
-                reason: end_reason_name(reason),
-                counters,
-                granted: (!granted.is_empty()).then_some(granted),
-                at_ms: now_ms(),
-            })
-            .await;
     }
 
     /// A peer's connection went away without `End` (`reason`: which side). The policy

@@ -6,12 +6,11 @@
 //! is gone the receiver sees the channel close, which is the moment every tracked task has
 //! finished. At the stop signal, a connection that does not carry a session yet (TLS
 //! handshake, greeting, login, waiting for `RequestCode`) is closed at once: nothing is
-//! promised to it. A connection that carries a session keeps running until its session
-//! ends, which the relay brings about by ending every session with `relay_shutdown`.
+//! promised to it. A connection that carries a session (its shell says so through its
+//! [`SessionMark`]) keeps running until its session ends, which the relay brings about by
+//! ending every session with `relay_shutdown`.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -100,16 +99,34 @@ impl Stopper {
     }
 }
 
-tokio::task_local! {
-    /// Set in a connection task once it carries a session (see [`carrying_session`]).
-    static CARRIES_SESSION: Arc<AtomicBool>;
+/// A tracked connection's word to the shutdown: whether it carries a session right now.
+/// The connection shell marks it when its greeting hands over to a session (before the
+/// session is opened or its code taken) and releases it when that fails. At the stop signal
+/// a connection that is not marked is closed at once; a marked one runs until its session
+/// has ended and its peer has heard `Ended`. Dropping the mark releases it.
+#[derive(Debug)]
+pub struct SessionMark {
+    tx: watch::Sender<bool>,
 }
 
-/// Marks the current connection task as carrying a session: at the stop signal it is no
-/// longer closed at once but runs until its session ends, so its peer hears `Ended`.
-/// Outside a tracked connection task this does nothing.
-pub fn carrying_session() {
-    let _ = CARRIES_SESSION.try_with(|flag| flag.store(true, Ordering::SeqCst));
+impl SessionMark {
+    /// A mark nobody watches: for a connection served outside the listeners' tracking
+    /// (tests drive connections over in-memory streams).
+    pub fn untracked() -> Self {
+        Self {
+            tx: watch::channel(false).0,
+        }
+    }
+
+    /// The connection carries a session from now on.
+    pub fn carry(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// The connection carries no session (the code it tried was refused).
+    pub fn release(&self) {
+        self.tx.send_replace(false);
+    }
 }
 
 /// Spawns connection tasks that the relay's shutdown waits for. Cheap to clone.
@@ -120,22 +137,24 @@ pub struct ConnectionTasks {
 }
 
 impl ConnectionTasks {
-    /// Runs `connection` as a tracked task: closed at the stop signal unless it carries a
-    /// session by then, in which case it runs to its end.
-    pub fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
-        let done = self.done.clone();
+    /// Runs the connection `start` builds around its [`SessionMark`] as a tracked task:
+    /// closed at the stop signal whenever it does not carry a session, run to its end when it
+    /// does.
+    pub fn spawn<F, Fut>(&self, start: F)
+    where
+        F: FnOnce(SessionMark) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let mut stop = self.stop.clone();
-        tokio::spawn(async move {
-            // Dropped when the task ends, whichever way: that is what `drain` waits for.
-            let _done = done;
-            let carries = Arc::new(AtomicBool::new(false));
-            let connection = CARRIES_SESSION.scope(carries.clone(), connection);
+        let (tx, mut carries) = watch::channel(false);
+        let connection = start(SessionMark { tx });
+        self.track(async move {
             let cut_off = async {
                 stop.recv().await;
-                if carries.load(Ordering::SeqCst) {
-                    // Its session is being ended; the connection finishes by itself.
-                    std::future::pending::<()>().await;
-                }
+                // A session being ended finishes by itself; a connection without one (or
+                // whose code was refused meanwhile) is cut off. An error means the mark
+                // was dropped: nothing is carried.
+                let _ = carries.wait_for(|carrying| !*carrying).await;
             };
             tokio::select! {
                 _ = connection => {}
@@ -143,9 +162,7 @@ impl ConnectionTasks {
             }
         });
     }
-}
 
-impl ConnectionTasks {
     /// Runs the task `start` builds as a tracked task that is not cut off at the stop
     /// signal: it gets the signal and winds down by itself (a console connection answers
     /// the request in flight, then closes).
@@ -154,8 +171,13 @@ impl ConnectionTasks {
         F: FnOnce(Shutdown) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.track(start(self.stop.clone()));
+    }
+
+    /// Spawns `task` holding a clone of the tracking sender, dropped when the task ends,
+    /// whichever way: that is what `drain` waits for.
+    fn track(&self, task: impl Future<Output = ()> + Send + 'static) {
         let done = self.done.clone();
-        let task = start(self.stop.clone());
         tokio::spawn(async move {
             let _done = done;
             task.await;
@@ -176,14 +198,14 @@ mod tests {
         // A connection with a session: finishes only when released.
         let (marked_tx, marked_rx) = tokio::sync::oneshot::channel::<()>();
         let cut = cut_tx.clone();
-        tasks.spawn(async move {
-            carrying_session();
+        tasks.spawn(|mark| async move {
+            mark.carry();
             let _ = marked_tx.send(());
             let _ = release_rx.await;
             let _ = cut.send("session finished").await;
         });
         // A connection without one (waiting on its peer forever).
-        tasks.spawn(async move {
+        tasks.spawn(|_mark| async move {
             std::future::pending::<()>().await;
             let _ = cut_tx.send("never").await;
         });
@@ -201,11 +223,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_whose_code_was_refused_during_the_stop_is_cut_off() {
+        let stopper = Stopper::new();
+        let (marked_tx, marked_rx) = tokio::sync::oneshot::channel::<()>();
+        let (refused_tx, refused_rx) = tokio::sync::oneshot::channel::<()>();
+        let (after_tx, mut after_rx) = mpsc::channel::<&'static str>(1);
+        stopper.tracker().spawn(|mark| async move {
+            // Marked while its code is looked up; the stop comes meanwhile.
+            mark.carry();
+            let _ = marked_tx.send(());
+            let _ = refused_rx.await;
+            mark.release();
+            // Back in the greeting, waiting for its peer's next attempt.
+            std::future::pending::<()>().await;
+            let _ = after_tx.send("never").await;
+        });
+        marked_rx.await.unwrap();
+        stopper.signal();
+        let drain = tokio::spawn(stopper.drain(Duration::from_secs(60)));
+        tokio::task::yield_now().await;
+        assert!(!drain.is_finished(), "a marked connection is waited for");
+        refused_tx.send(()).unwrap();
+        assert!(drain.await.unwrap(), "released, it is closed at once");
+        assert_eq!(after_rx.recv().await, None);
+    }
+
+    #[tokio::test]
     async fn drain_gives_up_at_the_deadline() {
         let stopper = Stopper::new();
         let (marked_tx, marked_rx) = tokio::sync::oneshot::channel::<()>();
-        stopper.tracker().spawn(async move {
-            carrying_session();
+        stopper.tracker().spawn(|mark| async move {
+            mark.carry();
             let _ = marked_tx.send(());
             std::future::pending::<()>().await;
         });

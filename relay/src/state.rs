@@ -20,7 +20,7 @@ use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::registry::Registry;
 use crate::session::{new_session_id, Session, SessionShared};
-use crate::shutdown::{carrying_session, Shutdown};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::throttle::{Throttle, Throttles};
 
@@ -123,14 +123,20 @@ impl Shared {
         &self.sessions
     }
 
+    /// The relay's stop signal: connections close sooner once it is given.
+    pub(crate) fn stop_signal(&self) -> Shutdown {
+        self.stop.clone()
+    }
+
     /// Where session codes are kept.
     pub fn directory(&self) -> &dyn Directory {
         &*self.directory
     }
 
     /// Opens a session for a logged-in operator: draws its code, builds it and registers
-    /// it on this node. The calling connection carries the session from now on. A session
-    /// opened while the relay stops ends at once with `relay_shutdown`.
+    /// it on this node (the calling connection has marked itself as carrying a session,
+    /// see [`crate::shutdown::SessionMark`]). A session opened while the relay stops ends
+    /// at once with `relay_shutdown`.
     pub(crate) async fn open_session(
         &self,
         operator: String,
@@ -155,7 +161,6 @@ impl Shared {
             policy,
             operator_q,
         );
-        carrying_session();
         crate::metrics::code_issued();
         self.sessions.insert(session.clone());
         // Checked after the insert: shutdown signals before it ends what the registry
@@ -167,8 +172,7 @@ impl Shared {
     }
 
     /// Takes `code` for a joining client and finds its session: on this node, or in a grid
-    /// on the node that runs it. The calling connection carries the session from now on. A
-    /// session that ended between the take and the lookup is an expired code.
+    /// on the node that runs it. A session that ended between the take and the lookup is an expired code.
     pub(crate) async fn join(&self, code: SessionCode, now: Instant) -> Result<Joined, JoinRefusal> {
         let found = self.directory.take(code, now).await?;
         let elsewhere = match (&found.node, self.grid.get()) {
@@ -176,12 +180,10 @@ impl Shared {
             _ => false,
         };
         if elsewhere {
-            carrying_session();
             crate::metrics::joined(true);
             return Ok(Joined::Elsewhere(found));
         }
         let session = self.sessions.get(&found.session_id).ok_or(JoinRefusal::Expired)?;
-        carrying_session();
         crate::metrics::joined(false);
         Ok(Joined::Here(session))
     }
@@ -189,11 +191,6 @@ impl Shared {
     /// Whether the relay was told to stop.
     pub fn is_stopping(&self) -> bool {
         self.stop.is_shutdown()
-    }
-
-    /// The relay's stop signal, for tasks that must end when it stops.
-    pub(crate) fn stop_signal(&self) -> Shutdown {
-        self.stop.clone()
     }
 
     /// This node's part of a grid; `None` on a single node.

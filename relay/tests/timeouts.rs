@@ -5,9 +5,11 @@
 //! The peers speak the wire protocol over `tokio::io::duplex` (no TCP, no TLS), so nothing
 //! outside the runtime moves while the clock is paused. Steps that need the database (a
 //! login, the history) run on the real clock: the clock is paused only while the test
-//! waits for a timeout, because a paused runtime that waits for the database's own thread
-//! would jump to its next timer. What TLS and real sockets add is covered by the
-//! workspace's tests/relay_rules.rs.
+//! waits for a timeout, and only once the history has written what those steps recorded
+//! ([`TestRelay::pause`]). A paused runtime that waits for the database's own thread jumps
+//! to its next timer, which can be the database pool's own acquire timeout: the write in
+//! flight would fail and its row be missing. What TLS and real sockets add is covered by
+//! the workspace's tests/relay_rules.rs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +73,28 @@ impl TestRelay {
             writer: FrameWriter::new(w, tsunagu_proto::limits::DEFAULT_MAX_FRAME),
             pings: 0,
         }
+    }
+
+    /// Pauses tokio's clock once the history has written everything recorded so far (and
+    /// the audit entries it writes with them), so that no database work is in flight while
+    /// the clock jumps.
+    async fn pause(&self) {
+        self.relay.shared().history.flush().await;
+        tokio::time::pause();
+    }
+
+    /// After the paused part of a test: runs the clock again, checks that the history
+    /// recorded `reason` as the end of the only session, and stops the relay.
+    async fn ends_as(self, reason: &str) {
+        tokio::time::resume();
+        assert_eq!(self.end_reason().await.as_deref(), Some(reason));
+        self.relay.shutdown().await;
+    }
+
+    /// After the paused part of a test: runs the clock again and stops the relay.
+    async fn stop(self) {
+        tokio::time::resume();
+        self.relay.shutdown().await;
     }
 
     /// The end reason the history recorded for the only session.
@@ -168,6 +192,14 @@ impl Peer {
         }
     }
 
+    /// A relay and its operator and client in an active session, on the paused clock.
+    async fn paused_pair() -> (TestRelay, Peer, Peer) {
+        let relay = TestRelay::start().await;
+        let (op, client) = Peer::paired(&relay).await;
+        relay.pause().await;
+        (relay, op, client)
+    }
+
     /// An operator and a client with consent to view and chat.
     async fn paired(relay: &TestRelay) -> (Peer, Peer) {
         let (mut op, code) = Peer::operator(relay).await;
@@ -206,7 +238,7 @@ async fn a_connection_that_never_finishes_its_tls_handshake_is_closed_on_time() 
     use tokio::io::AsyncReadExt;
     let relay = TestRelay::start().await;
     let handshake = relay.timeouts().handshake;
-    tokio::time::pause();
+    relay.pause().await;
     let (mut ours, relays) = tokio::io::duplex(1 << 16);
     let served = tokio::spawn(serve_tls_stream(
         relay.shared(),
@@ -220,15 +252,14 @@ async fn a_connection_that_never_finishes_its_tls_handshake_is_closed_on_time() 
     assert_eq!(ours.read(&mut buf).await.unwrap(), 0, "closed without a byte");
     assert_took(start, handshake);
     assert!(served.await.unwrap(), "admitted under the connection caps");
-    tokio::time::resume();
-    relay.relay.shutdown().await;
+    relay.stop().await;
 }
 
 #[tokio::test]
 async fn a_peer_that_says_nothing_is_cut_off_after_the_greeting_timeout() {
     let relay = TestRelay::start().await;
     let greeting = relay.timeouts().greeting;
-    tokio::time::pause();
+    relay.pause().await;
 
     // Hello, then nothing: told it timed out, after exactly the greeting timeout.
     let mut peer = relay.connect("192.0.2.3");
@@ -250,8 +281,7 @@ async fn a_peer_that_says_nothing_is_cut_off_after_the_greeting_timeout() {
     assert!(silent.next().await.is_none());
     assert_took(start, greeting);
 
-    tokio::time::resume();
-    relay.relay.shutdown().await;
+    relay.stop().await;
 }
 
 #[tokio::test]
@@ -259,7 +289,7 @@ async fn an_unused_code_expires_on_time_and_the_operator_is_told() {
     let relay = TestRelay::start().await;
     let ttl = relay.timeouts().code_ttl;
     let (mut op, code) = Peer::operator(&relay).await;
-    tokio::time::pause();
+    relay.pause().await;
     let start = Instant::now();
     assert_eq!(op.expect_ended().await, EndReason::Expired);
     // The code's lifetime started at issue, a moment before the clock was paused.
@@ -290,61 +320,69 @@ async fn silence_is_a_denial_after_the_consent_timeout() {
     let (mut client, request) = Peer::join(&relay, &code).await;
     assert_eq!(request.timeout_ms, consent.as_millis() as u64);
     assert!(matches!(op.next().await, Some(Body::PeerJoined(_))));
-    tokio::time::pause();
+    relay.pause().await;
     let start = Instant::now();
     // Both answer pings meanwhile (the consent timeout is longer than the idle timeout).
     let (client_heard, operator_heard) = tokio::join!(client.expect_ended(), op.expect_ended());
     assert_eq!(client_heard, EndReason::ConsentTimeout);
     assert_eq!(operator_heard, EndReason::ConsentTimeout);
     assert_took_about(start, consent, Duration::from_secs(1));
-    tokio::time::resume();
-    assert_eq!(relay.end_reason().await.as_deref(), Some("consent_timeout"));
-    relay.relay.shutdown().await;
+    relay.ends_as("consent_timeout").await;
 }
 
 #[tokio::test]
 async fn idle_peers_are_cut_off_and_keepalives_keep_sessions() {
-    let relay = TestRelay::start().await;
+    let (relay, mut op, _client) = Peer::paused_pair().await;
     let t = relay.timeouts();
-    let (mut op, _client) = Peer::paired(&relay).await;
-    tokio::time::pause();
     let start = Instant::now();
     // The operator answers pings; the client neither reads nor writes.
     assert_eq!(op.expect_ended().await, EndReason::IdleTimeout);
     assert_took_about(start, t.idle, Duration::from_secs(1));
     let pings = (t.idle.as_millis() / t.keepalive.as_millis()) as u32;
     assert!(op.pings + 1 >= pings, "{} pings in {:?}", op.pings, t.idle);
-    tokio::time::resume();
-    assert_eq!(relay.end_reason().await.as_deref(), Some("idle_timeout"));
-    relay.relay.shutdown().await;
+    relay.ends_as("idle_timeout").await;
 }
 
 #[tokio::test]
 async fn a_vanished_client_ends_the_session_after_the_grace_window() {
-    let relay = TestRelay::start().await;
-    let (mut op, client) = Peer::paired(&relay).await;
-    tokio::time::pause();
+    let (relay, mut op, client) = Peer::paused_pair().await;
     let start = Instant::now();
     drop(client);
     assert_eq!(op.expect_ended().await, EndReason::ClientDisconnected);
     assert_took(start, DISCONNECT_GRACE);
-    tokio::time::resume();
-    assert_eq!(relay.end_reason().await.as_deref(), Some("client_disconnected"));
-    relay.relay.shutdown().await;
+    relay.ends_as("client_disconnected").await;
 }
 
 #[tokio::test]
 async fn an_end_within_the_grace_window_is_what_both_sides_hear() {
-    let relay = TestRelay::start().await;
-    let (mut op, client) = Peer::paired(&relay).await;
-    tokio::time::pause();
+    let (relay, mut op, client) = Peer::paused_pair().await;
     drop(client);
     // The relay notices the client's close first; the operator's End, read a little later
     // on its own connection, still decides the reason.
     tokio::time::sleep(DISCONNECT_GRACE / 2).await;
     op.send(Body::End(pb::End {})).await;
     assert_eq!(op.expect_ended().await, EndReason::OperatorEnded);
-    tokio::time::resume();
-    assert_eq!(relay.end_reason().await.as_deref(), Some("operator_ended"));
-    relay.relay.shutdown().await;
+    relay.ends_as("operator_ended").await;
+}
+
+#[tokio::test]
+async fn a_peer_that_only_sends_pings_stays_connected_until_it_falls_silent() {
+    let (relay, mut op, mut client) = Peer::paused_pair().await;
+    let t = relay.timeouts();
+    // The client reads nothing and sends nothing but its own pings, two thirds of an idle
+    // timeout apart, for four idle timeouts; the operator answers the relay's pings.
+    let every = t.idle * 2 / 3;
+    let pinging = async {
+        for _ in 0..6 {
+            tokio::time::sleep(every).await;
+            client.send(Body::Ping(pb::Ping { nonce: 7 })).await;
+        }
+        Instant::now()
+    };
+    let (silent_from, heard) = tokio::join!(pinging, tokio::time::timeout(every * 6, op.next()));
+    assert!(heard.is_err(), "the session went on: the operator heard {heard:?}");
+    // Then the client falls silent: ended as idle, one idle timeout after its last ping.
+    assert_eq!(op.expect_ended().await, EndReason::IdleTimeout);
+    assert_took(silent_from, t.idle);
+    relay.ends_as("idle_timeout").await;
 }

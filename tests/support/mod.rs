@@ -153,7 +153,8 @@ impl RawPeer {
             .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
             .await
             .unwrap();
-        let (r, w) = tokio::io::split(tls);
+        let stream: dial::Stream = Box::new(tls);
+        let (r, w) = tokio::io::split(stream);
         let mut peer = Self {
             reader: FrameReader::new(r, cfg.max_frame),
             writer: FrameWriter::new(w, cfg.max_frame),

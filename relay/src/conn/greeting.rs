@@ -462,6 +462,21 @@ mod tests {
         }))
     }
 
+    fn login(user: &str, password: &str) -> Frame {
+        body(Body::Login(pb::Login {
+            user: user.into(),
+            password: password.into(),
+            totp: String::new(),
+        }))
+    }
+
+    fn join(code: &str, host_name: &str) -> Frame {
+        body(Body::Join(pb::Join {
+            code: code.into(),
+            host_name: host_name.into(),
+        }))
+    }
+
     fn ticket(now: Instant) -> Ticket {
         Throttle::new(ThrottleConfig::default(), now)
             .reserve(Scope::CODES, "192.0.2.7".parse().unwrap(), now)
@@ -494,6 +509,12 @@ mod tests {
         }
     }
 
+    /// What the peer is told when `frame` arrives at `g`, which closes on it.
+    fn told_on(mut g: Greeting, now: Instant, frame: Frame) -> Option<(ErrorCode, String)> {
+        g.handle_frame(now, frame);
+        closed_with(&drain(&mut g))
+    }
+
     /// A machine past `Hello`.
     fn greeted(now: Instant) -> Greeting {
         let mut g = machine(now);
@@ -505,14 +526,7 @@ mod tests {
     /// A machine past `Login` and `LoginOk`, for operator `ana`.
     fn logged_in(now: Instant) -> Greeting {
         let mut g = greeted(now);
-        g.handle_frame(
-            now,
-            body(Body::Login(pb::Login {
-                user: "ana".into(),
-                password: "pw".into(),
-                totp: String::new(),
-            })),
-        );
+        g.handle_frame(now, login("ana", "pw"));
         assert!(matches!(drain(&mut g)[..], [Action::Reserve { account: Some(ref a) }] if a == "ana"));
         g.handle_event(now, Event::Reserved(Ok(ticket(now))));
         assert!(matches!(drain(&mut g)[..], [Action::Authenticate(_)]));
@@ -541,17 +555,13 @@ mod tests {
         assert!(message.contains("update the older side"), "{message}");
         assert!(g.is_done());
 
-        let mut g = machine(t0);
-        g.handle_frame(t0, body(Body::Join(pb::Join::default())));
         assert_eq!(
-            closed_with(&drain(&mut g)),
+            told_on(machine(t0), t0, body(Body::Join(pb::Join::default()))),
             Some((ErrorCode::Protocol, "the first message must be Hello".into()))
         );
 
-        let mut g = greeted(t0);
-        g.handle_frame(t0, body(Body::Ping(pb::Ping { nonce: 1 })));
         assert_eq!(
-            closed_with(&drain(&mut g)),
+            told_on(greeted(t0), t0, body(Body::Ping(pb::Ping { nonce: 1 }))),
             Some((ErrorCode::Protocol, "expected Login or Join".into()))
         );
     }
@@ -628,13 +638,7 @@ mod tests {
     fn a_slowed_attempt_is_checked_only_after_its_delay() {
         let t0 = Instant::now();
         let mut g = greeted(t0);
-        g.handle_frame(
-            t0,
-            body(Body::Join(pb::Join {
-                code: "12345678".into(),
-                host_name: "pc\u{1b}-01".into(),
-            })),
-        );
+        g.handle_frame(t0, join("12345678", "pc\u{1b}-01"));
         drain(&mut g);
         let mut slowed = ticket(t0);
         slowed.delay = Duration::from_millis(700);
@@ -688,13 +692,7 @@ mod tests {
             ),
         ] {
             let mut g = greeted(t0);
-            g.handle_frame(
-                t0,
-                body(Body::Join(pb::Join {
-                    code: code.into(),
-                    host_name: String::new(),
-                })),
-            );
+            g.handle_frame(t0, join(code, ""));
             drain(&mut g);
             g.handle_event(t0, Event::Reserved(Ok(ticket(t0))));
             if let Some(refusal) = taken {
@@ -725,14 +723,7 @@ mod tests {
             (Refusal::Busy, false, Settle::Refund),
         ] {
             let mut g = greeted(t0);
-            g.handle_frame(
-                t0,
-                body(Body::Login(pb::Login {
-                    user: "Secret-Typed-Here".into(),
-                    password: "x".into(),
-                    totp: String::new(),
-                })),
-            );
+            g.handle_frame(t0, login("Secret-Typed-Here", "x"));
             drain(&mut g);
             g.handle_event(t0, Event::Reserved(Ok(ticket(t0))));
             drain(&mut g);
@@ -798,10 +789,8 @@ mod tests {
         );
 
         // Something else than RequestCode.
-        let mut g = logged_in(t0);
-        g.handle_frame(t0, body(Body::Join(pb::Join::default())));
         assert_eq!(
-            closed_with(&drain(&mut g)),
+            told_on(logged_in(t0), t0, body(Body::Join(pb::Join::default()))),
             Some((ErrorCode::Protocol, "expected RequestCode".into()))
         );
     }

@@ -3,6 +3,8 @@
 //! `server` reads, writes, and carries the actions out.
 //!
 //! * [`greeting`]: `Hello`, `Login` (with TOTP), `RequestCode` or `Join`, up to the session.
+//! * [`liveness`]: in the session phase, when a quiet link is pinged and a silent peer is
+//!   given up on.
 //! * [`refusal`]: every reason a connection is refused, and the one mapping to what the
 //!   peer is told.
 //!
@@ -10,7 +12,9 @@
 //! are the sans-IO `policy`.
 
 pub mod greeting;
+pub mod liveness;
 pub mod refusal;
 
 pub use greeting::{Action, AttemptKind, Event, Greeting, Settle, Timeouts};
+pub use liveness::{Due, Liveness};
 pub use refusal::Refusal;

@@ -30,7 +30,7 @@ use rustls::server::WebPkiClientVerifier;
 
 use super::pki::{node_dns_name, node_of_certificate, NodeIdentity};
 use crate::config::ClusterConfig;
-use crate::shutdown::{ConnectionTasks, Shutdown};
+use crate::shutdown::{ConnectionTasks, SessionMark, Shutdown};
 
 /// ALPN of the links between nodes; a version bump changes it.
 pub const ALPN: &[u8] = b"tsunagu-grid/1";
@@ -150,6 +150,9 @@ pub struct IncomingStream {
     pub send: SendStream,
     /// Bytes from the peer (tokio `AsyncRead`).
     pub recv: RecvStream,
+    /// The stream's task mark: a handler that carries a session marks it, so shutdown lets
+    /// the stream run until its session has ended.
+    pub mark: SessionMark,
 }
 
 /// A boxed future, as handlers return.
@@ -157,7 +160,7 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// Runs each incoming bridge stream; any `Fn(IncomingStream) -> impl Future` is one. Runs
 /// as a tracked connection task (see the `shutdown` module): it is cut off at the stop
-/// signal unless it has called `shutdown::carrying_session`.
+/// signal unless it has marked the stream's [`IncomingStream::mark`] as carrying a session.
 pub trait BridgeHandler: Send + Sync + 'static {
     /// Serves one stream until it ends.
     fn handle(&self, stream: IncomingStream) -> BoxFuture;
@@ -552,7 +555,8 @@ async fn accept_loop(inner: Arc<Inner>, handler: Arc<dyn BridgeHandler>, tasks: 
         };
         let Some(incoming) = incoming else { return };
         let (inner, handler, conn_tasks) = (inner.clone(), handler.clone(), tasks.clone());
-        tasks.spawn(serve_connection(inner, incoming, handler, conn_tasks));
+        // A link itself never carries a session (its streams do): it stops at the signal.
+        tasks.spawn(move |_link| serve_connection(inner, incoming, handler, conn_tasks));
     }
 }
 
@@ -588,7 +592,7 @@ async fn serve_connection(
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let (inner, handler, peer) = (inner.clone(), handler.clone(), peer.clone());
-                tasks.spawn(serve_stream(inner, handler, peer, peer_addr, send, recv));
+                tasks.spawn(move |mark| serve_stream(inner, handler, peer, peer_addr, send, recv, mark));
             }
             Err(e) => {
                 tracing::info!(node = %inner.node, %peer, error = %e, "bridge link ended");
@@ -605,6 +609,7 @@ async fn serve_stream(
     peer_addr: SocketAddr,
     mut send: SendStream,
     mut recv: RecvStream,
+    mark: SessionMark,
 ) {
     let header = match tokio::time::timeout(inner.settings.timeout, read_header(&mut recv)).await {
         Ok(Ok(header)) => header,
@@ -633,6 +638,7 @@ async fn serve_stream(
             header,
             send,
             recv,
+            mark,
         })
         .await;
 }

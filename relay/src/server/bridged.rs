@@ -121,6 +121,7 @@ impl BridgeHandler for Joins {
                 header,
                 send,
                 recv,
+                mark,
                 ..
             } = stream;
             let BridgeHeader::Join {
@@ -140,7 +141,7 @@ impl BridgeHandler for Joins {
             };
             tracing::info!(session = %session_id, %from, peer = %client_addr, "bridged client joined");
             // Shutdown lets this stream finish like any connection that carries a session.
-            crate::shutdown::carrying_session();
+            mark.carry();
             let _counted = crate::metrics::BridgeStream::open("in");
             super::connection::run_client(shared, session, reader, writer, client_addr, relay_port, host).await;
         })

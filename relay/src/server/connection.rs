@@ -5,7 +5,7 @@
 //! tests drive it over `tokio::io::duplex` on tokio's paused clock.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,13 +17,14 @@ use tsunagu_proto::transport::{FrameReader, FrameWriter, TransportError};
 use tsunagu_proto::PermissionSet;
 
 use crate::clock;
-use crate::conn::{Action, AttemptKind, Event, Greeting, Refusal, Settle, Timeouts};
+use crate::conn::{Action, AttemptKind, Due, Event, Greeting, Liveness, Refusal, Settle, Timeouts};
 use crate::connlimit::ConnPermit;
 use crate::directory::IssueError;
 use crate::history::HistoryEvent;
 use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::session::{Role, Session};
+use crate::shutdown::{SessionMark, Shutdown};
 use crate::state::{Joined, Shared};
 use crate::throttle::{Outcome, ReserveError, Target, Throttles};
 use crate::time::now_ms;
@@ -36,13 +37,14 @@ pub(super) async fn handle_connection(
     peer: SocketAddr,
     port: u16,
     permit: ConnPermit,
+    mark: SessionMark,
 ) {
     let _ = tcp.set_nodelay(true);
-    serve_tls(shared, tcp, peer, port, permit).await;
+    serve_tls(shared, tcp, peer, port, permit, mark).await;
 }
 
 /// The TLS handshake, under `timeouts.handshake` by tokio's clock, then the connection.
-async fn serve_tls<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16, permit: ConnPermit)
+async fn serve_tls<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16, permit: ConnPermit, mark: SessionMark)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -58,7 +60,7 @@ where
             return;
         }
     };
-    serve_connection(shared, tls, peer, port, permit).await;
+    serve_connection(shared, tls, peer, port, permit, mark).await;
 }
 
 /// Serves one endpoint connection from its first byte, TLS handshake included, over any
@@ -72,7 +74,7 @@ where
     let Ok(permit) = shared.connections.try_admit(peer.ip(), clock::now()) else {
         return false;
     };
-    serve_tls(shared, io, peer, port, permit).await;
+    serve_tls(shared, io, peer, port, permit, SessionMark::untracked()).await;
     true
 }
 
@@ -87,16 +89,23 @@ where
     let Ok(permit) = shared.connections.try_admit(peer.ip(), clock::now()) else {
         return false;
     };
-    serve_connection(shared, io, peer, port, permit).await;
+    serve_connection(shared, io, peer, port, permit, SessionMark::untracked()).await;
     true
 }
 
 /// Runs one connection over `io` (TLS in the relay; any byte stream in tests): drives its
 /// greeting machine ([`Greeting`]), carrying out what it asks for, then runs its side of
 /// the session. Every wait on the peer is bounded by the machine's deadline, measured by
-/// tokio's clock (see [`crate::clock`]).
-async fn serve_connection<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16, mut permit: ConnPermit)
-where
+/// tokio's clock (see [`crate::clock`]). `mark` tells the relay's shutdown when the
+/// connection carries a session.
+async fn serve_connection<S>(
+    shared: Arc<Shared>,
+    io: S,
+    peer: SocketAddr,
+    port: u16,
+    mut permit: ConnPermit,
+    mark: SessionMark,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let t = &shared.config.timeouts;
@@ -112,7 +121,10 @@ where
     let mut machine = Greeting::new(ip, timeouts, clock::now());
     // The session a client's code led to, between `TakeCode` and `Join`.
     let mut taken: Option<Joined> = None;
-    loop {
+    // What the connection does once its greeting is over. The machine (and what it keeps)
+    // is gone by then: a session holds its connection for hours, and memory per idle
+    // session is a figure the relay is measured by.
+    let next = 'greeting: loop {
         while let Some(action) = machine.poll_action() {
             match action {
                 Action::Send(frame) => {
@@ -158,10 +170,14 @@ where
                     machine.handle_event(clock::now(), Event::AccountChecked(checked));
                 }
                 Action::TakeCode(code) => {
+                    // Marked before the take: a stop that comes meanwhile waits for the
+                    // client to hear why its session ended.
+                    mark.carry();
                     let result = shared.join(code, clock::now()).await.map(|s| {
                         taken = Some(s);
                     });
                     if let Err(r) = result {
+                        mark.release();
                         let code = Refusal::from(r).code();
                         tracing::info!(%peer, error = tsunagu_proto::types::error_code_name(code), "join refused");
                     }
@@ -173,26 +189,19 @@ where
                     asked,
                 } => {
                     tracing::info!(%peer, operator = %record.name, "operator logged in");
-                    run_operator(shared, reader, writer, peer, port, record, requested, asked).await;
-                    return;
+                    // Marked before the session opens, so a stop either finds the session
+                    // in the registry or is seen by `open_session`; both tell the operator.
+                    mark.carry();
+                    break 'greeting Next::Operator {
+                        record,
+                        requested,
+                        asked,
+                    };
                 }
-                Action::Join { host } => {
-                    match taken.take() {
-                        Some(Joined::Here(session)) => {
-                            run_client(shared, session, reader, writer, peer, port, host).await;
-                        }
-                        Some(Joined::Elsewhere(target)) => {
-                            let client = super::bridged::Client {
-                                addr: peer,
-                                relay_port: port,
-                                host,
-                            };
-                            super::bridged::bridge_client(shared, target, client, reader, writer).await;
-                        }
-                        None => {}
-                    }
-                    return;
-                }
+                Action::Join { host } => match taken.take() {
+                    Some(joined) => break 'greeting Next::Client(joined, host),
+                    None => return,
+                },
                 Action::Close(refusal) => {
                     if let Some(refusal) = refusal {
                         tracing::debug!(%peer, ?refusal, "connection refused");
@@ -228,7 +237,38 @@ where
             tracing::error!(%peer, "the greeting stalled; closing");
             return;
         }
+    };
+    drop(machine);
+    match next {
+        Next::Operator {
+            record,
+            requested,
+            asked,
+        } => run_operator(shared, reader, writer, peer, port, record, requested, asked).await,
+        Next::Client(Joined::Here(session), host) => {
+            run_client(shared, session, reader, writer, peer, port, host).await;
+        }
+        Next::Client(Joined::Elsewhere(target), host) => {
+            let client = super::bridged::Client {
+                addr: peer,
+                relay_port: port,
+                host,
+            };
+            super::bridged::bridge_client(shared, target, client, reader, writer).await;
+        }
     }
+}
+
+/// Where a connection goes after its greeting.
+enum Next {
+    /// A logged-in operator asked for a code.
+    Operator {
+        record: crate::store::OperatorRecord,
+        requested: PermissionSet,
+        asked: PermissionSet,
+    },
+    /// A client took a code; its host name.
+    Client(Joined, String),
 }
 
 /// The throttle an attempt goes through: logins or session codes.
@@ -414,7 +454,8 @@ async fn authenticate(
 }
 
 /// Runs one peer of a session: its writer task and its reader loop, until the session
-/// ends or the peer goes away.
+/// ends or the peer goes away. Keepalive and idleness are decided by the peer's
+/// [`Liveness`] machine, which the reader loop sleeps on and the writer tells of each flush.
 async fn run_peer<R, W>(
     shared: Arc<Shared>,
     session: Arc<Session>,
@@ -427,31 +468,53 @@ async fn run_peer<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let t = shared.config.timeouts.clone();
-    let writer_task = tokio::spawn(write_loop(queue.clone(), writer, t.keepalive, t.write));
+    let liveness = Arc::new(Mutex::new(Liveness::new(t.idle, t.keepalive, clock::now())));
+    let writer_task = tokio::spawn(write_loop(queue.clone(), writer, liveness.clone(), t.write));
     let mut ended = session.ended();
     let gone = match role {
         Role::Operator => EndReason::OperatorDisconnected,
         Role::Client => EndReason::ClientDisconnected,
     };
     loop {
+        let deadline = lock(&liveness).poll_timeout();
+        let due = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
         let read = tokio::select! {
             biased;
             _ = crate::shutdown::until_true(&mut ended) => break,
-            r = reader.read_timeout(t.idle) => r,
+            r = reader.read() => r,
+            _ = due => {
+                let due = lock(&liveness).handle_timeout(clock::now());
+                match due {
+                    Some(Due::SendPing) => {
+                        // A full control queue means the peer stopped reading; the writer's
+                        // timeout deals with that, so the ping is simply not added.
+                        let _ = queue.push_control(ping_frame());
+                        continue;
+                    }
+                    Some(Due::IdleOut) => {
+                        tracing::info!(session = %session.id, ?role, "peer idle too long");
+                        session.finish(EndReason::IdleTimeout).await;
+                        break;
+                    }
+                    // Woken for a deadline that frames have since moved.
+                    None => continue,
+                }
+            }
         };
         match read {
             Ok(Some(raw)) => {
+                lock(&liveness).on_received(clock::now());
                 if !session.on_frame(role, raw).await {
                     break;
                 }
             }
             Ok(None) => {
                 session.peer_gone(gone).await;
-                break;
-            }
-            Err(TransportError::Timeout(_)) => {
-                tracing::info!(session = %session.id, ?role, "peer idle too long");
-                session.finish(EndReason::IdleTimeout).await;
                 break;
             }
             Err(TransportError::Frame(e)) => {
@@ -471,31 +534,56 @@ async fn run_peer<R, W>(
     // The writer delivers what is queued (at least `Ended`) and closes TLS, under its own
     // write timeout.
     let _ = writer_task.await;
-    // Lingering close: a socket closed with unread data is reset, and a reset can destroy the
-    // `Ended` frame still on its way to a peer that was busy sending. Read and discard for a
-    // moment, until the peer closes its side too.
-    let linger = async { while let Ok(Some(_)) = reader.read().await {} };
-    let _ = tokio::time::timeout(LINGER, linger).await;
+    linger(&mut reader, shared.stop_signal()).await;
 }
 
 /// How long a closing connection keeps reading what its peer still sends.
 const LINGER: Duration = Duration::from_secs(2);
 
-async fn write_loop<W>(queue: OutQueue, mut writer: FrameWriter<W>, keepalive: Duration, write_timeout: Duration)
-where
+/// How long it does so once the relay is stopping. By then `Ended` and TLS's close are
+/// flushed to the socket; what is left to guard is the moment the peer needs to read them
+/// before a reset could destroy them, which on a peer that is reading at all is a round trip
+/// and its reaction time: a quarter second covers both on loopback and ordinary WAN links,
+/// while a peer that never hangs up no longer holds the relay's stop up for the full linger.
+const STOPPING_LINGER: Duration = Duration::from_millis(250);
+
+/// Lingering close: a socket closed with unread data is reset, and a reset can destroy the
+/// `Ended` frame still on its way to a peer that was busy sending. Read and discard until
+/// the peer closes its side too, for [`LINGER`], or [`STOPPING_LINGER`] once the relay is
+/// stopping.
+async fn linger<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>, mut stop: Shutdown) {
+    let drain = async { while let Ok(Some(_)) = reader.read().await {} };
+    tokio::pin!(drain);
+    tokio::select! {
+        _ = &mut drain => {}
+        _ = tokio::time::sleep(LINGER) => {}
+        _ = stop.recv() => {
+            let _ = tokio::time::timeout(STOPPING_LINGER, &mut drain).await;
+        }
+    }
+}
+
+/// The keepalive `Ping`.
+fn ping_frame() -> Bytes {
+    // A relay-built frame with a body is never empty and far below any limit.
+    encode(&Frame {
+        body: Some(Body::Ping(pb::Ping { nonce: 0 })),
+    })
+    .expect("ping is never empty")
+}
+
+/// Writes what the session queues for this peer, in batches, each under `write_timeout`,
+/// telling `liveness` of every flush; closes the stream when the queue is closed and empty.
+async fn write_loop<W>(
+    queue: OutQueue,
+    mut writer: FrameWriter<W>,
+    liveness: Arc<Mutex<Liveness>>,
+    write_timeout: Duration,
+) where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut batch: Vec<Bytes> = Vec::new();
-    let ping = encode(&Frame {
-        body: Some(Body::Ping(pb::Ping { nonce: 0 })),
-    })
-    .expect("ping is never empty");
-    loop {
-        match tokio::time::timeout(keepalive, queue.pop_batch(&mut batch)).await {
-            Err(_) => batch.push(ping.clone()),
-            Ok(false) => break,
-            Ok(true) => {}
-        }
+    while queue.pop_batch(&mut batch).await {
         let write_all = async {
             for frame in batch.drain(..) {
                 writer.write_raw(&frame).await?;
@@ -503,7 +591,7 @@ where
             writer.flush().await
         };
         match tokio::time::timeout(write_timeout, write_all).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => lock(&liveness).on_sent(clock::now()),
             Ok(Err(_)) | Err(_) => {
                 queue.close();
                 return;
@@ -511,4 +599,10 @@ where
         }
     }
     let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
+}
+
+/// The liveness machine is shared by a connection's reader and writer; a poisoned lock
+/// (a panic elsewhere) still holds a usable machine.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

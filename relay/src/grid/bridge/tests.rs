@@ -452,7 +452,7 @@ async fn shutdown_stops_new_links_and_waits_for_streams_that_carry_a_session() {
     };
     let stopper = Stopper::new();
     let handler = |mut s: IncomingStream| async move {
-        crate::shutdown::carrying_session();
+        s.mark.carry();
         let _ = tokio::io::copy(&mut s.recv, &mut s.send).await;
         let _ = s.send.finish();
         let _ = s.send.stopped().await;
