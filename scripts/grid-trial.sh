@@ -76,8 +76,9 @@ trap 'exit 143' TERM
 # The address a node announced for `service` on its stdout, once it is up.
 announced() {
     local out="$1" service="$2"
-    grep '"event":"listening"' "$out" | grep "\"service\":\"$service\"" | head -n1 |
-        sed -n 's/.*"addr":"\([^"]*\)".*/\1/p'
+    # Nothing yet is not an error: the node is still starting.
+    { grep '"event":"listening"' "$out" || true; } | { grep "\"service\":\"$service\"" || true; } |
+        head -n1 | sed -n 's/.*"addr":"\([^"]*\)".*/\1/p'
 }
 
 letters=(a b c d e f g h i j k l m n o p q r s t u v w x y z)

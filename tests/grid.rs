@@ -285,7 +285,7 @@ fn suspending_an_operator_through_one_node_ends_their_session_on_another_at_once
     op.expect("frame");
 
     let asked = Instant::now();
-    let out = grid.cli(1, &["operator", "suspend", "alice"], None);
+    let out = grid.cli(1, &["admin", "suspend", "alice"], None);
     assert!(out.status.success(), "suspend: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(op.expect("ended")["reason"], "admin_ended");
     let took = asked.elapsed();

@@ -83,8 +83,12 @@ async fn history_written_while_the_database_is_away_is_kept() {
     })
     .await;
 
-    // Sessions start, the database goes away, they go on and end, more start and end.
+    // Four sessions run; the database goes away; they go on and end meanwhile.
     let (mut op1, mut client1) = paired(&relay, &["view", "chat"]).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(paired(&relay, &["view"]).await);
+    }
     path.cut();
     let cut_at = Instant::now();
     for i in 0..20 {
@@ -95,14 +99,17 @@ async fn history_written_while_the_database_is_away_is_kept() {
     op1.send_body(Body::End(Default::default())).await;
     op1.expect_ended().await;
     client1.expect_ended().await;
-    let mut later = Vec::new();
-    for _ in 0..3 {
-        let (mut op, mut client) = paired(&relay, &["view"]).await;
+    for (op, client) in &mut others {
         client.send_body(Body::End(Default::default())).await;
         op.expect_ended().await;
-        later.push(client);
     }
     let forwarding_took = cut_at.elapsed();
+    // A login needs the accounts: it is refused with a clear error, not left hanging.
+    let refused = RawPeer::login(&relay.dial_config(), "alice", PASSWORD)
+        .await
+        .err()
+        .expect("no login without the database");
+    assert_eq!(refused.code, tsunagu_proto::pb::ErrorCode::Internal as i32, "{refused:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     path.restore();
 
@@ -204,6 +211,8 @@ async fn a_grid_node_keeps_its_sessions_while_redis_is_away_and_recovers_when_it
     })
     .await;
     let (mut op, mut client) = paired(&relay, &["view", "chat"]).await;
+    let cfg = relay.dial_config();
+    let mut second = RawPeer::login(&cfg, "alice", PASSWORD).await.expect("login");
 
     redis.kill();
     // The live session does not need Redis.
@@ -212,17 +221,21 @@ async fn a_grid_node_keeps_its_sessions_while_redis_is_away_and_recovers_when_it
         assert_eq!(chat_text(&client.expect_data(Channel::Chat).await), format!("no redis {i}"));
     }
     // A new code is refused at once with a clear error, not a hang.
-    let cfg = relay.dial_config();
     let asked = Instant::now();
-    let mut second = RawPeer::login(&cfg, "alice", PASSWORD).await.expect("login needs no Redis");
     let refused = second.request_code(&["view"]).await.expect_err("no code without Redis");
     let took = asked.elapsed();
     assert_eq!(refused.code, tsunagu_proto::pb::ErrorCode::Unavailable as i32, "{refused:?}");
     assert!(took < Duration::from_secs(10), "the refusal waited {took:?}");
-    // A join is refused alike.
+    // A join and a login are refused alike: guessing protection counts in Redis and
+    // fails closed.
     let joined = RawPeer::join(&cfg, "12345678").await;
     assert_eq!(
         joined.err().map(|e| e.code),
+        Some(tsunagu_proto::pb::ErrorCode::Unavailable as i32)
+    );
+    let login = RawPeer::login(&cfg, "alice", PASSWORD).await;
+    assert_eq!(
+        login.err().map(|e| e.code),
         Some(tsunagu_proto::pb::ErrorCode::Unavailable as i32)
     );
 
@@ -230,9 +243,12 @@ async fn a_grid_node_keeps_its_sessions_while_redis_is_away_and_recovers_when_it
     assert!(redis.launch(), "redis-server restarts");
     let back = Instant::now();
     let code = loop {
-        let mut op2 = RawPeer::login(&cfg, "alice", PASSWORD).await.unwrap();
-        match op2.request_code(&["view"]).await {
-            Ok(code) => break (op2, code),
+        let attempt = match RawPeer::login(&cfg, "alice", PASSWORD).await {
+            Ok(mut op2) => op2.request_code(&["view"]).await.map(|code| (op2, code)),
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(pair) => break pair,
             Err(e) if e.code == tsunagu_proto::pb::ErrorCode::Unavailable as i32 => {
                 assert!(back.elapsed() < Duration::from_secs(30), "no code 30 s after Redis came back");
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -128,8 +128,9 @@ enum AdminAction {
         #[command(flatten)]
         common: Common,
     },
-    /// Suspend an operator: login and code issue are refused (a running relay also ends
-    /// their live sessions when this is done from the console or API).
+    /// Suspend an operator: login and code issue are refused, and running relays end their
+    /// live sessions (the nodes of a grid at once, a single relay within
+    /// `database.account_poll`).
     Suspend {
         name: String,
         #[command(flatten)]
