@@ -183,7 +183,7 @@ end
 if from_budget == 0 and tonumber(redis.call('HGET', KEYS[5], 'id')) == pass_id then
   redis.call('DEL', KEYS[5])
 end
-return 1
+return {1}
 "#;
 
 /// A grid node's two throttles, in the grid's Redis.
