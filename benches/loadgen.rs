@@ -20,7 +20,8 @@
 //!   session over K sessions; throughput for 1 and 50 sessions of M MB, with the plain TCP
 //!   copy.
 //!
-//! Only loopback addresses are used; every loop is bounded in count and time.
+//! Only loopback addresses are used (besides the Redis and PostgreSQL the grid scenario is
+//! given); every loop is bounded in count and time.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1048,7 +1049,8 @@ async fn grid_loads(grid: &GridUnderTest, sessions: usize, mb: usize, idle: usiz
             line(serde_json::json!({
                 "measure": "idle_memory", "node": node, "holds": holds, "sessions": idle,
                 "rss_before_kib": before[i], "rss_after_kib": after[i],
-                "kib_per_session": (per * 10.0).round() / 10.0, "pairing_seconds": pair_time.as_secs_f64(),
+                "kib_per_session": (per * 10.0).round() / 10.0,
+                "pairing_seconds": (pair_time.as_secs_f64() * 1000.0).round() / 1000.0,
             }));
             eprintln!(
                 "grid idle: {idle} bridged sessions: node {node} RSS {} KiB -> {} KiB, {per:.1} KiB per session",
