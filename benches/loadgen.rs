@@ -12,8 +12,16 @@
 //!   to the admin console, C at once, with unknown names (or the name of a real admin),
 //!   against production argon2 settings; the relay's resident memory idle, at its peak and
 //!   10 s after, and the answers by status.
+//! * `grid --sessions N --mb M --idle K [--redis URL] [--postgres URL]`: two relay nodes `a`
+//!   and `b` of one grid (real processes on the given Redis and PostgreSQL, with a key
+//!   prefix and a schema of their own, removed at the end). With the operator on `a` and
+//!   the client on `b` (bridged), next to both on `a` (same node): join latency p50 and p99
+//!   over N sessions each, interleaved; each node's resident memory per idle bridged
+//!   session over K sessions; throughput for 1 and 50 sessions of M MB, with the plain TCP
+//!   copy.
 //!
-//! Only loopback addresses are used; every loop is bounded in count and time.
+//! Only loopback addresses are used (besides the Redis and PostgreSQL the grid scenario is
+//! given); every loop is bounded in count and time.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -87,6 +95,27 @@ enum Scenario {
         #[arg(long)]
         known: bool,
     },
+    /// Two relay nodes `a` and `b` of one grid (real processes on the given Redis and
+    /// PostgreSQL, with a key prefix and a schema of their own, removed at the end): join
+    /// latency, forwarding throughput and memory per idle session when the client lands on
+    /// the other node, next to the same-node figures of the same run.
+    Grid {
+        /// The Redis the grid shares.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// The PostgreSQL the grid shares.
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+        postgres: String,
+        /// Sessions timed for the join latency, on each placement.
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Megabytes per session for the throughput (1 and 50 sessions).
+        #[arg(long, default_value_t = 100)]
+        mb: usize,
+        /// Idle bridged sessions held for the memory figures.
+        #[arg(long, default_value_t = 1000)]
+        idle: usize,
+    },
 }
 
 /// The relay under test, as a child process.
@@ -102,7 +131,8 @@ struct RelayUnderTest {
 /// Every scenario's thousands of logins and joins come from one address, 127.0.0.1, and
 /// many at once: guessing protection (which takes its token before each check) would
 /// refuse them. The load relay lets them all through.
-const LOAD_THROTTLES: &str = "[throttle]\nper_ip_burst = 1000000\nper_prefix_burst = 1000000\nglobal_failures = 1000000\n\
+const LOAD_THROTTLES: &str =
+    "[throttle]\nper_ip_burst = 1000000\nper_prefix_burst = 1000000\nglobal_failures = 1000000\n\
      [login_throttle]\nper_ip_burst = 1000000\nper_prefix_burst = 1000000\nglobal_failures = 1000000\n";
 
 /// The console-login scenario's relay: production argon2 settings and every other limit
@@ -136,30 +166,49 @@ fn add_account(bin: &Path, data: &Path, config: &Path, kind: &str, name: &str) -
     Ok(())
 }
 
+/// The settings every load relay shares: cheap password hashing so thousands of logins do
+/// not dominate the run, room for every connection the scenarios open (all from one
+/// address, 127.0.0.1), idle and keepalive timeouts longer than a scenario, and
+/// [`LOAD_THROTTLES`].
+fn load_config() -> String {
+    format!(
+        "[accounts]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[limits]\nmax_connections = 100000\nmax_unauthenticated = 100000\nmax_connections_per_source = 100000\nmax_unauthenticated_per_source = 100000\nconcurrent_logins = 8\n[timeouts]\nidle = \"10m\"\nkeepalive = \"5m\"\n{LOAD_THROTTLES}"
+    )
+}
+
+/// How one relay under test is set up.
+struct Setup {
+    /// Its whole config file.
+    config: String,
+    /// Accounts created (with [`PASSWORD`]) before it starts, as `(kind, name)`: a grid
+    /// node shares the accounts of the node started first.
+    accounts: Vec<(&'static str, &'static str)>,
+    /// The CA endpoints pin; `None`: the one the relay creates in its data dir.
+    ca: Option<PathBuf>,
+}
+
 impl RelayUnderTest {
     fn start(bin: &Path) -> Result<Self> {
-        // Cheap password hashing so thousands of logins do not dominate the run, and room
-        // for every connection the scenarios open (all from one address, 127.0.0.1).
         Self::start_with(
             bin,
-            &format!(
-                "[accounts]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[limits]\nmax_connections = 100000\nmax_unauthenticated = 100000\nmax_connections_per_source = 100000\nmax_unauthenticated_per_source = 100000\nconcurrent_logins = 8\n[timeouts]\nidle = \"10m\"\nkeepalive = \"5m\"\n{LOAD_THROTTLES}"
-            ),
-            false,
+            Setup {
+                config: load_config(),
+                accounts: vec![("operator", "load")],
+                ca: None,
+            },
         )
     }
 
-    /// Starts the relay with `config_toml`; with `admin`, also creates [`LOAD_ADMIN`].
-    fn start_with(bin: &Path, config_toml: &str, admin: bool) -> Result<Self> {
+    /// Creates `setup`'s accounts, then starts the relay with its config.
+    fn start_with(bin: &Path, setup: Setup) -> Result<Self> {
         use std::io::{BufRead, BufReader};
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         let config = dir.path().join("relay.toml");
-        std::fs::write(&config, config_toml)?;
-        if admin {
-            add_account(bin, &data, &config, "admin", LOAD_ADMIN)?;
+        std::fs::write(&config, &setup.config)?;
+        for (kind, name) in &setup.accounts {
+            add_account(bin, &data, &config, kind, name)?;
         }
-        add_account(bin, &data, &config, "operator", "load")?;
         let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
@@ -171,7 +220,7 @@ impl RelayUnderTest {
             .stderr(Stdio::inherit())
             .spawn()?;
         // One line per listener: the relay port, then the console.
-        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut out = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no relay stdout"))?);
         let mut addrs = Vec::new();
         for _ in 0..2 {
             let mut line = String::new();
@@ -185,7 +234,7 @@ impl RelayUnderTest {
         Ok(Self {
             child,
             port: addr.port(),
-            ca: data.join("tls/ca.pem"),
+            ca: setup.ca.unwrap_or_else(|| data.join("tls/ca.pem")),
             admin: find("admin"),
             _dir: dir,
         })
@@ -331,9 +380,52 @@ async fn pair(mut op: Peer, mut client: Peer, perms: PermissionSet) -> Result<(D
 }
 
 async fn open_pair(cfg: &DialConfig, perms: PermissionSet) -> Result<(Duration, Peer, Peer)> {
-    let op = Peer::login(cfg).await?;
-    let client = Peer::connect(cfg).await?;
+    open_pair_across(cfg, cfg, perms).await
+}
+
+/// Pairs one session whose operator logs in through `op_cfg` and whose client joins
+/// through `client_cfg` (another node of a grid, or the same relay).
+async fn open_pair_across(
+    op_cfg: &DialConfig,
+    client_cfg: &DialConfig,
+    perms: PermissionSet,
+) -> Result<(Duration, Peer, Peer)> {
+    let op = Peer::login(op_cfg).await?;
+    let client = Peer::connect(client_cfg).await?;
     pair(op, client, perms).await
+}
+
+/// One session's join latency: the connections (TLS handshake, Hello, login) are opened
+/// before the clock starts; the operator ends the session after.
+async fn join_latency(op_cfg: &DialConfig, client_cfg: &DialConfig, perms: PermissionSet) -> Result<Duration> {
+    let (elapsed, mut op, _client) = open_pair_across(op_cfg, client_cfg, perms).await?;
+    op.writer.send(&frame(Body::End(pb::End {}))).await?;
+    Ok(elapsed)
+}
+
+/// Opens `sessions` paired sessions (operator through `op_cfg`, client through
+/// `client_cfg`) and holds them, paired in batches of 50 at once to keep the run short.
+async fn hold_sessions(
+    op_cfg: &DialConfig,
+    client_cfg: &DialConfig,
+    sessions: usize,
+    perms: PermissionSet,
+) -> Result<Vec<(Peer, Peer)>> {
+    let mut held = Vec::with_capacity(sessions);
+    for batch in (0..sessions).collect::<Vec<_>>().chunks(50) {
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|_| {
+                let (op_cfg, client_cfg) = (op_cfg.clone(), client_cfg.clone());
+                tokio::spawn(async move { open_pair_across(&op_cfg, &client_cfg, perms).await })
+            })
+            .collect();
+        for t in tasks {
+            let (_, op, client) = t.await??;
+            held.push((op, client));
+        }
+    }
+    Ok(held)
 }
 
 /// Moves `bytes` of file-channel frames from client to operator; returns bytes moved.
@@ -460,13 +552,14 @@ fn mbps(bytes_per_sec: f64) -> f64 {
     bytes_per_sec / 1e6
 }
 
-async fn throughput(relay: &RelayUnderTest, sessions: usize, mb: usize) -> Result<()> {
-    let cfg = relay.dial_config()?;
-    let bytes = mb * 1_000_000;
+/// Pairs `sessions` sessions (operator through `op_cfg`, client through `client_cfg`),
+/// then moves `bytes` from each client to its operator, all sessions at once; the rate in
+/// bytes per second over all of them.
+async fn relay_rate(op_cfg: &DialConfig, client_cfg: &DialConfig, sessions: usize, bytes: usize) -> Result<f64> {
     let perms = PermissionSet::parse_names(["files"]).map_err(|e| anyhow!(e))?;
     let mut pairs = Vec::new();
     for _ in 0..sessions {
-        let (_, op, client) = open_pair(&cfg, perms).await?;
+        let (_, op, client) = open_pair_across(op_cfg, client_cfg, perms).await?;
         pairs.push((op, client));
     }
     let start = Instant::now();
@@ -478,7 +571,13 @@ async fn throughput(relay: &RelayUnderTest, sessions: usize, mb: usize) -> Resul
     for t in tasks {
         total += t.await??;
     }
-    let relay_rate = total as f64 / start.elapsed().as_secs_f64();
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn throughput(relay: &RelayUnderTest, sessions: usize, mb: usize) -> Result<()> {
+    let cfg = relay.dial_config()?;
+    let bytes = mb * 1_000_000;
+    let relay_rate = relay_rate(&cfg, &cfg, sessions, bytes).await?;
     let base_rate = baseline(sessions, bytes).await?;
     let ratio = relay_rate / base_rate;
     println!(
@@ -516,12 +615,7 @@ async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) ->
         workers.push(tokio::spawn(async move {
             let mut out = Vec::with_capacity(n);
             for _ in 0..n {
-                // Connections (TLS handshake, Hello, login) are opened before the clock starts.
-                let op = Peer::login(&cfg).await?;
-                let client = Peer::connect(&cfg).await?;
-                let (elapsed, mut op, _client) = pair(op, client, perms).await?;
-                out.push(elapsed);
-                op.writer.send(&frame(Body::End(pb::End {}))).await?;
+                out.push(join_latency(&cfg, &cfg, perms).await?);
             }
             Ok::<_, anyhow::Error>(out)
         }));
@@ -557,22 +651,8 @@ async fn idle(relay: &RelayUnderTest, sessions: usize) -> Result<()> {
     op.writer.send(&frame(Body::End(pb::End {}))).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = relay.rss_kib()?;
-    let mut held = Vec::with_capacity(sessions);
     let started = Instant::now();
-    // Pair in batches of 50 at once to keep the run short.
-    for batch in (0..sessions).collect::<Vec<_>>().chunks(50) {
-        let tasks: Vec<_> = batch
-            .iter()
-            .map(|_| {
-                let cfg = cfg.clone();
-                tokio::spawn(async move { open_pair(&cfg, perms).await })
-            })
-            .collect();
-        for t in tasks {
-            let (_, op, client) = t.await??;
-            held.push((op, client));
-        }
-    }
+    let held = hold_sessions(&cfg, &cfg, sessions, perms).await?;
     let pair_time = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = relay.rss_kib()?;
@@ -744,6 +824,272 @@ async fn files(relay: &RelayUnderTest, mb: usize) -> Result<()> {
     Ok(())
 }
 
+/// Two relay nodes, `a` then `b`, of one grid: real processes sharing the Redis (under a
+/// key prefix of their own) and the PostgreSQL (in a schema of their own), with the
+/// shared files of `tsunagu-relay grid init`. Dropping it stops the nodes, then deletes
+/// the prefix's keys and drops the schema.
+struct GridUnderTest {
+    /// `a`, then `b`.
+    nodes: Vec<RelayUnderTest>,
+    _shared: tempfile::TempDir,
+    redis: String,
+    postgres: String,
+    prefix: String,
+    schema: String,
+}
+
+impl GridUnderTest {
+    /// The node names, in start order.
+    const NODES: [&'static str; 2] = ["a", "b"];
+
+    fn start(bin: &Path, redis: &str, postgres: &str) -> Result<Self> {
+        let shared = tempfile::tempdir()?;
+        let files = shared.path().join("grid");
+        let out = Command::new(bin)
+            .args(["grid", "init"])
+            .arg(&files)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        if !out.status.success() {
+            bail!("grid init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // The process id and the clock in ms: no two runs on one machine share them.
+        let tag = format!(
+            "{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis()
+        );
+        let mut grid = Self {
+            nodes: Vec::new(),
+            _shared: shared,
+            redis: redis.into(),
+            postgres: postgres.into(),
+            prefix: format!("load:{tag}:"),
+            schema: format!("load_grid_{tag}"),
+        };
+        // One after the other: the first node creates the schema, and the operator account
+        // added through it is every node's.
+        for (i, node) in Self::NODES.into_iter().enumerate() {
+            let setup = Setup {
+                config: format!("{}{}", grid.node_config(node, &files), load_config()),
+                accounts: if i == 0 { vec![("operator", "load")] } else { vec![] },
+                ca: Some(files.join("ca.pem")),
+            };
+            grid.nodes
+                .push(RelayUnderTest::start_with(bin, setup).with_context(|| format!("grid node {node}"))?);
+        }
+        Ok(grid)
+    }
+
+    /// What node `node` has of its own and shares with the other (docs/grid.md).
+    fn node_config(&self, node: &str, files: &Path) -> String {
+        // A JSON string is a TOML basic string.
+        let s = |v: &str| serde_json::Value::from(v).to_string();
+        let f = |name: &str| s(&files.join(name).to_string_lossy());
+        format!(
+            "[database]\nurl = {url}\nschema = {schema}\n\
+             [tls]\nca_file = {ca}\nca_key_file = {ca_key}\n\
+             [secrets]\nkey_file = {secrets}\naudit_key_file = {audit}\nsigning_key_file = {signing}\n\
+             [cluster]\nnode = {node}\nredis_url = {redis}\nkey_prefix = {prefix}\n\
+             quic_listen = \"127.0.0.1:0\"\nca_file = {cluster_ca}\nca_key_file = {cluster_key}\n",
+            url = s(&self.postgres),
+            schema = s(&self.schema),
+            ca = f("ca.pem"),
+            ca_key = f("ca.key"),
+            secrets = f("keys/secrets.key"),
+            audit = f("keys/audit.key"),
+            signing = f("keys/audit-signing.key"),
+            node = s(node),
+            redis = s(&self.redis),
+            prefix = s(&self.prefix),
+            cluster_ca = f("cluster-ca.pem"),
+            cluster_key = f("cluster-ca.key"),
+        )
+    }
+
+    /// Deletes every Redis key under the grid's prefix (with `redis-cli`).
+    fn delete_keys(&self) -> Result<()> {
+        let scan = Command::new("redis-cli")
+            .args(["-u", &self.redis, "--scan", "--pattern"])
+            .arg(format!("{}*", self.prefix))
+            .stderr(Stdio::null())
+            .output()
+            .context("cannot run redis-cli")?;
+        anyhow::ensure!(scan.status.success(), "redis-cli --scan failed");
+        let text = String::from_utf8_lossy(&scan.stdout);
+        let keys: Vec<&str> = text.lines().filter(|k| !k.is_empty()).collect();
+        // 500 keys per DEL: a short command line, few round trips.
+        for batch in keys.chunks(500) {
+            let del = Command::new("redis-cli")
+                .args(["-u", &self.redis, "del"])
+                .args(batch)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .context("cannot run redis-cli")?;
+            anyhow::ensure!(del.success(), "redis-cli del failed");
+        }
+        Ok(())
+    }
+
+    /// Drops the grid's PostgreSQL schema (with `psql`).
+    fn drop_schema(&self) -> Result<()> {
+        let drop = Command::new("psql")
+            .args(["-q", "-v", "ON_ERROR_STOP=1", &self.postgres, "-c"])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot run psql")?;
+        anyhow::ensure!(drop.success(), "psql failed");
+        Ok(())
+    }
+}
+
+impl Drop for GridUnderTest {
+    fn drop(&mut self) {
+        // The nodes first, so none writes a key or a row after the clean-up.
+        self.nodes.clear();
+        // The URLs are never printed: they may hold passwords.
+        if let Err(e) = self.delete_keys() {
+            eprintln!("grid: could not delete the Redis keys {}*: {e:#}", self.prefix);
+        }
+        if let Err(e) = self.drop_schema() {
+            eprintln!("grid: could not drop the PostgreSQL schema {}: {e:#}", self.schema);
+        }
+    }
+}
+
+/// p50, p99 and the largest of `latencies`, in µs, as JSON fields.
+fn latency_fields(latencies: &mut [Duration]) -> (u64, u64, u64) {
+    latencies.sort();
+    let us = |d: Duration| d.as_micros() as u64;
+    (
+        us(percentile(latencies, 0.50)),
+        us(percentile(latencies, 0.99)),
+        latencies.last().map_or(0, |d| us(*d)),
+    )
+}
+
+/// The grid's figures, in one run: join latency, idle memory, then throughput (after the
+/// idle figure, so the large forwarding buffers do not pad the nodes' "before").
+async fn grid_loads(grid: &GridUnderTest, sessions: usize, mb: usize, idle: usize) -> Result<()> {
+    anyhow::ensure!(sessions > 0, "--sessions must be at least 1");
+    let a = grid.nodes[0].dial_config()?;
+    let b = grid.nodes[1].dial_config()?;
+    let perms = PermissionSet::ALL;
+    let line = |fields: serde_json::Value| {
+        let mut v = serde_json::json!({"scenario": "grid"});
+        if let (Some(v), serde_json::Value::Object(f)) = (v.as_object_mut(), fields) {
+            v.extend(f);
+        }
+        println!("{v}");
+    };
+
+    // Warm-up: the first bridged session opens the QUIC connection between the nodes.
+    join_latency(&a, &b, perms).await?;
+    join_latency(&a, &a, perms).await?;
+
+    // 1. Join latency, the two placements interleaved (and which goes first alternating),
+    //    so whatever else loads the machine weighs on both alike.
+    let mut bridged = Vec::with_capacity(sessions);
+    let mut same = Vec::with_capacity(sessions);
+    for i in 0..sessions {
+        if i % 2 == 0 {
+            bridged.push(join_latency(&a, &b, perms).await?);
+            same.push(join_latency(&a, &a, perms).await?);
+        } else {
+            same.push(join_latency(&a, &a, perms).await?);
+            bridged.push(join_latency(&a, &b, perms).await?);
+        }
+    }
+    let (b50, b99, bmax) = latency_fields(&mut bridged);
+    let (s50, s99, smax) = latency_fields(&mut same);
+    for (placement, client_node, (p50, p99, max)) in
+        [("bridged", "b", (b50, b99, bmax)), ("same_node", "a", (s50, s99, smax))]
+    {
+        line(serde_json::json!({
+            "measure": "join_latency", "placement": placement, "operator_node": "a", "client_node": client_node,
+            "sessions": sessions, "p50_us": p50, "p99_us": p99, "max_us": max,
+        }));
+    }
+    let added = |x: u64, y: u64| x as i64 - y as i64;
+    line(serde_json::json!({
+        "measure": "join_latency_added_by_bridge", "sessions": sessions,
+        "p50_us": added(b50, s50), "p99_us": added(b99, s99),
+    }));
+    eprintln!(
+        "grid join latency ({sessions} each): bridged p50 {b50} µs p99 {b99} µs; same node p50 {s50} µs p99 {s99} µs; \
+         the bridge adds {} µs p99",
+        added(b99, s99)
+    );
+
+    // 2. Memory per idle bridged session, on each node: a runs the sessions and holds the
+    //    operators' connections, b holds the clients' connections and bridges them.
+    if idle > 0 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = [grid.nodes[0].rss_kib()?, grid.nodes[1].rss_kib()?];
+        let started = Instant::now();
+        let held = hold_sessions(&a, &b, idle, perms).await?;
+        let pair_time = started.elapsed();
+        // Let the nodes settle (lazy buffers, the history rows of the session starts).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = [grid.nodes[0].rss_kib()?, grid.nodes[1].rss_kib()?];
+        for (i, (node, holds)) in [
+            ("a", "the sessions and the operators' connections"),
+            ("b", "the clients' connections and their bridges"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let per = after[i].saturating_sub(before[i]) as f64 / idle as f64;
+            line(serde_json::json!({
+                "measure": "idle_memory", "node": node, "holds": holds, "sessions": idle,
+                "rss_before_kib": before[i], "rss_after_kib": after[i],
+                "kib_per_session": (per * 10.0).round() / 10.0,
+                "pairing_seconds": (pair_time.as_secs_f64() * 1000.0).round() / 1000.0,
+            }));
+            eprintln!(
+                "grid idle: {idle} bridged sessions: node {node} RSS {} KiB -> {} KiB, {per:.1} KiB per session",
+                before[i], after[i]
+            );
+        }
+        drop(held);
+        // Let both nodes end the sessions before the throughput runs.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    // 3. Forwarding throughput, client to operator, through the bridge and on one node,
+    //    next to the plain TCP copy of the throughput scenario.
+    let bytes = mb * 1_000_000;
+    for n in [1, 50] {
+        let through_bridge = relay_rate(&a, &b, n, bytes).await?;
+        let on_one_node = relay_rate(&a, &a, n, bytes).await?;
+        let copy = baseline(n, bytes).await?;
+        let round = |rate: f64| (mbps(rate) * 10.0).round() / 10.0;
+        for (placement, rate) in [("bridged", through_bridge), ("same_node", on_one_node)] {
+            line(serde_json::json!({
+                "measure": "throughput", "placement": placement, "sessions": n, "mb_per_session": mb,
+                "mb_s": round(rate), "ratio_to_tcp_copy": ((rate / copy) * 1000.0).round() / 1000.0,
+            }));
+        }
+        line(serde_json::json!({
+            "measure": "throughput", "placement": "tcp_copy_baseline", "sessions": n, "mb_per_session": mb,
+            "mb_s": round(copy),
+        }));
+        eprintln!(
+            "grid throughput: {n} session(s) x {mb} MB: bridged {:.0} MB/s, same node {:.0} MB/s, plain TCP copy {:.0} MB/s",
+            mbps(through_bridge),
+            mbps(on_one_node),
+            mbps(copy)
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let _ = rlimit_raise();
@@ -754,24 +1100,43 @@ fn main() -> Result<()> {
             .ok_or_else(|| anyhow!("no exe dir"))?
             .join("tsunagu-relay"),
     };
-    let relay = match cli.command {
-        Scenario::ConsoleLogin { known, .. } => RelayUnderTest::start_with(&bin, CONSOLE_CONFIG, known)?,
-        _ => RelayUnderTest::start(&bin)?,
-    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Each scenario starts its relay (or its grid) first and stops it when done.
     rt.block_on(async {
         match cli.command {
             Scenario::ConsoleLogin {
                 requests,
                 concurrency,
                 known,
-            } => console_login(&relay, requests, concurrency, known).await,
-            Scenario::Throughput { sessions, mb } => throughput(&relay, sessions, mb).await,
-            Scenario::Pairing { sessions, concurrency } => pairing(&relay, sessions, concurrency).await,
-            Scenario::Idle { sessions } => idle(&relay, sessions).await,
-            Scenario::Files { mb } => files(&relay, mb).await,
+            } => console_login(&console_relay(&bin, known)?, requests, concurrency, known).await,
+            Scenario::Throughput { sessions, mb } => throughput(&RelayUnderTest::start(&bin)?, sessions, mb).await,
+            Scenario::Pairing { sessions, concurrency } => {
+                pairing(&RelayUnderTest::start(&bin)?, sessions, concurrency).await
+            }
+            Scenario::Idle { sessions } => idle(&RelayUnderTest::start(&bin)?, sessions).await,
+            Scenario::Files { mb } => files(&RelayUnderTest::start(&bin)?, mb).await,
+            Scenario::Grid {
+                redis,
+                postgres,
+                sessions,
+                mb,
+                idle,
+            } => grid_loads(&GridUnderTest::start(&bin, &redis, &postgres)?, sessions, mb, idle).await,
         }
     })
+}
+
+/// The console-login scenario's relay, with [`LOAD_ADMIN`] when the names are `known`.
+fn console_relay(bin: &Path, known: bool) -> Result<RelayUnderTest> {
+    let admin = known.then_some(("admin", LOAD_ADMIN));
+    RelayUnderTest::start_with(
+        bin,
+        Setup {
+            config: CONSOLE_CONFIG.into(),
+            accounts: admin.into_iter().chain([("operator", "load")]).collect(),
+            ca: None,
+        },
+    )
 }
 
 /// One HTTPS `POST /login` to the console from `local`; returns the status.
