@@ -19,29 +19,26 @@ fn code_of(e: &pb::Error) -> ErrorCode {
     ErrorCode::try_from(e.code).expect("the relay sends known error codes")
 }
 
-/// What the nodes of a test grid share besides Redis: the endpoint CA (made once, the way a
-/// relay makes its own) that every node's server certificate chains to.
+/// What the nodes of a test grid share besides Redis, as `tsunagu-relay grid init` makes
+/// it: the endpoint CA every node's server certificate chains to, and the cluster CA.
 struct GridFiles {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    files: tsunagu_relay::grid::pki::GridFiles,
 }
 
 impl GridFiles {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = tsunagu_relay::Config {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        tsunagu_relay::tls::ServerCerts::load(&config).expect("a CA is made in the temp dir");
-        Self { dir }
+        let files = tsunagu_relay::grid::pki::init_grid(&dir.path().join("grid")).expect("grid files are made");
+        Self { _dir: dir, files }
     }
 
     fn ca(&self) -> PathBuf {
-        self.dir.path().join("tls/ca.pem")
+        self.files.ca.clone()
     }
 
     fn ca_key(&self) -> PathBuf {
-        self.dir.path().join("tls/ca.key")
+        self.files.ca_key.clone()
     }
 
     /// How endpoints reach `node`, pinning the grid's CA.
@@ -61,9 +58,11 @@ async fn grid_node(
     prefix: &str,
     timeout: Duration,
 ) -> TestRelay {
-    let (ca, ca_key, pg, url, prefix) = (
+    let (ca, ca_key, cluster_ca, cluster_ca_key, pg, url, prefix) = (
         files.ca(),
         files.ca_key(),
+        files.files.cluster_ca.clone(),
+        files.files.cluster_ca_key.clone(),
         pg.clone(),
         redis_url.to_string(),
         prefix.to_string(),
@@ -72,12 +71,7 @@ async fn grid_node(
         pg.configure(config);
         config.tls.ca_file = Some(ca);
         config.tls.ca_key_file = Some(ca_key);
-        let mut cluster = ClusterConfig::new(
-            name,
-            &url,
-            config.data_dir.join("cluster-ca.pem"),
-            config.data_dir.join("cluster-ca.key"),
-        );
+        let mut cluster = ClusterConfig::new(name, &url, cluster_ca, cluster_ca_key);
         cluster.key_prefix = prefix;
         cluster.quic_listen = "127.0.0.1:0".parse().expect("a socket address");
         cluster.redis_timeout = timeout;
@@ -155,29 +149,34 @@ async fn a_burst_of_wrong_codes_over_three_nodes_is_checked_as_on_one() {
 }
 
 #[tokio::test]
-async fn a_node_whose_redis_is_down_refuses_logins_and_joins_as_unavailable() {
-    // Nothing listens on this port: every call to "Redis" fails.
+async fn a_node_whose_redis_is_unreachable_at_start_says_so_and_does_not_serve() {
+    // Nothing listens on this port. (A node whose Redis goes away later refuses logins
+    // and joins as `unavailable`: tests/outages.rs.)
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let url = format!("redis://{}", closed.local_addr().expect("bound"));
+    let url = format!("redis://:secret-in-url@{}", closed.local_addr().expect("bound"));
     drop(closed);
     let Some(pg) = TestPostgres::from_env("grid_throttle_down") else {
         return;
     };
     let files = GridFiles::new();
-    let relay = grid_node("a", &files, &pg, &url, "t:down:", Duration::from_millis(300)).await;
-    let cfg = files.dial(&relay);
-
-    let e = RawPeer::login(&cfg, "alice", PASSWORD)
-        .await
-        .expect_err("no login is checked without the grid's throttle");
-    assert_eq!(code_of(&e), ErrorCode::Unavailable, "{e:?}");
-
-    let e = RawPeer::connect(&cfg)
-        .await
-        .join_on("12345678")
-        .await
-        .expect_err("no code is checked without the grid's throttle");
-    assert_eq!(code_of(&e), ErrorCode::Unavailable, "{e:?}");
-    relay.relay.shutdown().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = tsunagu_relay::Config {
+        data_dir: dir.path().to_path_buf(),
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Default::default()
+    };
+    pg.configure(&mut config);
+    config.tls.ca_file = Some(files.ca());
+    config.tls.ca_key_file = Some(files.ca_key());
+    let mut cluster = ClusterConfig::new("a", &url, files.files.cluster_ca.clone(), files.files.cluster_ca_key.clone());
+    cluster.quic_listen = "127.0.0.1:0".parse().unwrap();
+    cluster.redis_timeout = Duration::from_millis(300);
+    config.cluster = Some(cluster);
+    let err = match tsunagu_relay::Relay::start(config).await {
+        Ok(_) => panic!("a grid node started without its Redis"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("Redis is unavailable"), "{err}");
+    assert!(!err.contains("secret-in-url"), "the Redis password is never shown: {err}");
     pg.drop_schema().await;
 }
