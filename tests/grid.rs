@@ -54,7 +54,11 @@ impl Grid {
             .arg(shared.path().join("grid"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "grid init: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "grid init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let prefix = format!("t:{what}:{}:", std::process::id());
         let mut grid = Self {
             nodes: Vec::new(),
@@ -143,7 +147,12 @@ fn cli_with_config(config: &Path, args: &[&str], stdin: Option<&str>) -> std::pr
         .spawn()
         .unwrap();
     if let Some(s) = stdin {
-        child.stdin.take().unwrap().write_all(format!("{s}\n").as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{s}\n").as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
@@ -151,12 +160,18 @@ fn cli_with_config(config: &Path, args: &[&str], stdin: Option<&str>) -> std::pr
 
 fn add_alice(grid: &Grid, through: usize) {
     let out = grid.cli(through, &["operator", "add", "alice"], Some(OP_PASSWORD));
-    assert!(out.status.success(), "operator add: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "operator add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn a_session_whose_client_lands_on_another_node_works_as_on_one() {
-    let Some(grid) = Grid::start("grid_session", 3, "") else { return };
+    let Some(grid) = Grid::start("grid_session", 3, "") else {
+        return;
+    };
     // The account is added through node c's config and used on node a: one database.
     add_alice(&grid, 2);
     let mut op = grid.operator(0, "alice");
@@ -168,7 +183,10 @@ fn a_session_whose_client_lands_on_another_node_works_as_on_one() {
     let joined = op.expect("peer_joined");
     assert_eq!(joined["ip"], "127.0.0.1");
     client.send(json!({"cmd": "consent", "grant": ["view", "control", "files", "chat"]}));
-    assert_eq!(op.expect("consent")["granted"], json!(["view", "control", "files", "chat"]));
+    assert_eq!(
+        op.expect("consent")["granted"],
+        json!(["view", "control", "files", "chat"])
+    );
     client.expect("connected");
 
     // The screen crosses the bridge: a keyframe, then more.
@@ -227,7 +245,11 @@ fn a_session_whose_client_lands_on_another_node_works_as_on_one() {
     let mut row = serde_json::Value::Null;
     for _ in 0..50 {
         let out = grid.cli(2, &["history", "--format", "json"], None);
-        assert!(out.status.success(), "history: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "history: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         if let Some(line) = text.lines().next() {
             row = serde_json::from_str(line).unwrap();
@@ -244,12 +266,17 @@ fn a_session_whose_client_lands_on_another_node_works_as_on_one() {
     assert_eq!(row["operator_relay_port"], grid.nodes[0].port(), "{row}");
     assert_eq!(row["client_relay_port"], grid.nodes[1].port(), "{row}");
     let to_operator = row["bytes_to_operator"].as_i64().unwrap();
-    assert!(to_operator > content.len() as i64, "screen and file bytes are counted: {row}");
+    assert!(
+        to_operator > content.len() as i64,
+        "screen and file bytes are counted: {row}"
+    );
 }
 
 #[test]
 fn codes_are_single_use_and_refused_alike_on_every_node() {
-    let Some(grid) = Grid::start("grid_codes", 3, "") else { return };
+    let Some(grid) = Grid::start("grid_codes", 3, "") else {
+        return;
+    };
     add_alice(&grid, 0);
     let mut op = grid.operator(0, "alice");
     let code = op.code();
@@ -274,7 +301,9 @@ fn codes_are_single_use_and_refused_alike_on_every_node() {
 #[test]
 fn suspending_an_operator_through_one_node_ends_their_session_on_another_at_once() {
     // The account poll is left at its 30 s default: only the grid's hint can be this fast.
-    let Some(grid) = Grid::start("grid_suspend", 2, "") else { return };
+    let Some(grid) = Grid::start("grid_suspend", 2, "") else {
+        return;
+    };
     add_alice(&grid, 0);
     let mut op = grid.operator(0, "alice");
     let code = op.code();
@@ -286,7 +315,11 @@ fn suspending_an_operator_through_one_node_ends_their_session_on_another_at_once
 
     let asked = Instant::now();
     let out = grid.cli(1, &["admin", "suspend", "alice"], None);
-    assert!(out.status.success(), "suspend: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "suspend: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(op.expect("ended")["reason"], "admin_ended");
     let took = asked.elapsed();
     assert_eq!(client.expect("ended")["reason"], "admin_ended");
@@ -332,12 +365,19 @@ fn the_trial_script_starts_a_working_grid_and_stops_it() {
         assert!(v["pid"].as_u64().is_some(), "{line}");
         nodes.push(v);
     }
-    assert_eq!(nodes.iter().map(|n| n["name"].as_str().unwrap()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        nodes.iter().map(|n| n["name"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
     // It works as a grid: an operator added through a's config gets a code on a that a
     // client joins on b.
     let config_a = PathBuf::from(nodes[0]["config"].as_str().unwrap());
     let out = cli_with_config(&config_a, &["operator", "add", "alice"], Some(OP_PASSWORD));
-    assert!(out.status.success(), "operator add: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "operator add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ca = PathBuf::from(nodes[0]["ca"].as_str().unwrap());
     let mut op = App::operator(nodes[0]["relay"].as_str().unwrap(), &ca, None, "alice", OP_PASSWORD);
     let code = op.code();
@@ -355,7 +395,12 @@ fn the_trial_script_starts_a_working_grid_and_stops_it() {
     assert!(!status.success(), "the trial ends by the signal: {status:?}");
     for n in &nodes {
         let pid = n["pid"].as_u64().unwrap().to_string();
-        let alive = Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().unwrap().success();
+        let alive = Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
         assert!(!alive, "node {} (pid {pid}) still runs", n["name"]);
     }
     assert!(!folder.exists(), "{} was left behind", folder.display());

@@ -168,7 +168,12 @@ async fn a_node_whose_redis_is_unreachable_at_start_says_so_and_does_not_serve()
     pg.configure(&mut config);
     config.tls.ca_file = Some(files.ca());
     config.tls.ca_key_file = Some(files.ca_key());
-    let mut cluster = ClusterConfig::new("a", &url, files.files.cluster_ca.clone(), files.files.cluster_ca_key.clone());
+    let mut cluster = ClusterConfig::new(
+        "a",
+        &url,
+        files.files.cluster_ca.clone(),
+        files.files.cluster_ca_key.clone(),
+    );
     cluster.quic_listen = "127.0.0.1:0".parse().unwrap();
     cluster.redis_timeout = Duration::from_millis(300);
     config.cluster = Some(cluster);
@@ -177,6 +182,9 @@ async fn a_node_whose_redis_is_unreachable_at_start_says_so_and_does_not_serve()
         Err(e) => e.to_string(),
     };
     assert!(err.contains("Redis is unavailable"), "{err}");
-    assert!(!err.contains("secret-in-url"), "the Redis password is never shown: {err}");
+    assert!(
+        !err.contains("secret-in-url"),
+        "the Redis password is never shown: {err}"
+    );
     pg.drop_schema().await;
 }

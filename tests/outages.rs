@@ -33,14 +33,18 @@ impl Cuttable {
         let (c, g) = (cut.clone(), generation.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((inbound, _)) = listener.accept().await else { return };
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 if c.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let mut cut_now = g.subscribe();
                 tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(upstream).await else { return };
+                    let Ok(outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     let (mut a, mut b) = (inbound, outbound);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
@@ -66,14 +70,20 @@ impl Cuttable {
 fn through(url: &str, addr: SocketAddr) -> (String, SocketAddr) {
     let (scheme_user, rest) = url.rsplit_once('@').expect("a PostgreSQL URL with user@host");
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let host = if host.contains(':') { host.to_string() } else { format!("{host}:5432") };
+    let host = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:5432")
+    };
     let upstream = std::net::ToSocketAddrs::to_socket_addrs(&host).unwrap().next().unwrap();
     (format!("{scheme_user}@{addr}/{path}"), upstream)
 }
 
 #[tokio::test]
 async fn history_written_while_the_database_is_away_is_kept() {
-    let Some(pg) = TestPostgres::from_env("outage_db") else { return };
+    let Some(pg) = TestPostgres::from_env("outage_db") else {
+        return;
+    };
     let (_, upstream) = through(&pg.url, "127.0.0.1:1".parse().unwrap());
     let path = Cuttable::to(upstream).await;
     let (url, _) = through(&pg.url, path.addr);
@@ -109,7 +119,11 @@ async fn history_written_while_the_database_is_away_is_kept() {
         .await
         .err()
         .expect("no login without the database");
-    assert_eq!(refused.code, tsunagu_proto::pb::ErrorCode::Internal as i32, "{refused:?}");
+    assert_eq!(
+        refused.code,
+        tsunagu_proto::pb::ErrorCode::Internal as i32,
+        "{refused:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     path.restore();
 
@@ -122,7 +136,10 @@ async fn history_written_while_the_database_is_away_is_kept() {
     assert_eq!(rows.len(), 4, "{rows:?}");
     let mut reasons: Vec<_> = rows.iter().map(|r| r.end_reason.clone().unwrap_or_default()).collect();
     reasons.sort();
-    assert_eq!(reasons, ["client_ended", "client_ended", "client_ended", "operator_ended"]);
+    assert_eq!(
+        reasons,
+        ["client_ended", "client_ended", "client_ended", "operator_ended"]
+    );
     assert!(rows.iter().all(|r| r.consented_at.is_some()), "{rows:?}");
     eprintln!("4 sessions ran and ended in {forwarding_took:?} while the database was away; none lost");
     relay.relay.shutdown().await;
@@ -137,14 +154,27 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
         let mut this = Self { port, child: None };
         this.launch().then_some(this)
     }
 
     fn launch(&mut self) -> bool {
         let Ok(child) = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
         else {
@@ -180,7 +210,9 @@ impl Drop for OwnRedis {
 
 #[tokio::test]
 async fn a_grid_node_keeps_its_sessions_while_redis_is_away_and_recovers_when_it_is_back() {
-    let Some(pg) = TestPostgres::from_env("outage_redis") else { return };
+    let Some(pg) = TestPostgres::from_env("outage_redis") else {
+        return;
+    };
     let Some(mut redis) = OwnRedis::start() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -197,12 +229,8 @@ async fn a_grid_node_keeps_its_sessions_while_redis_is_away_and_recovers_when_it
         pg.configure(c);
         c.tls.ca_file = Some(g.join("ca.pem"));
         c.tls.ca_key_file = Some(g.join("ca.key"));
-        let mut cluster = tsunagu_relay::config::ClusterConfig::new(
-            "a",
-            &url,
-            g.join("cluster-ca.pem"),
-            g.join("cluster-ca.key"),
-        );
+        let mut cluster =
+            tsunagu_relay::config::ClusterConfig::new("a", &url, g.join("cluster-ca.pem"), g.join("cluster-ca.key"));
         cluster.quic_listen = "127.0.0.1:0".parse().unwrap();
         cluster.heartbeat = Duration::from_millis(200);
         cluster.node_ttl = Duration::from_secs(1);
@@ -218,13 +246,20 @@ async fn a_grid_node_keeps_its_sessions_while_redis_is_away_and_recovers_when_it
     // The live session does not need Redis.
     for i in 0..10 {
         op.chat(&format!("no redis {i}")).await;
-        assert_eq!(chat_text(&client.expect_data(Channel::Chat).await), format!("no redis {i}"));
+        assert_eq!(
+            chat_text(&client.expect_data(Channel::Chat).await),
+            format!("no redis {i}")
+        );
     }
     // A new code is refused at once with a clear error, not a hang.
     let asked = Instant::now();
     let refused = second.request_code(&["view"]).await.expect_err("no code without Redis");
     let took = asked.elapsed();
-    assert_eq!(refused.code, tsunagu_proto::pb::ErrorCode::Unavailable as i32, "{refused:?}");
+    assert_eq!(
+        refused.code,
+        tsunagu_proto::pb::ErrorCode::Unavailable as i32,
+        "{refused:?}"
+    );
     assert!(took < Duration::from_secs(10), "the refusal waited {took:?}");
     // A join and a login are refused alike: guessing protection counts in Redis and
     // fails closed.
@@ -250,7 +285,10 @@ async fn a_grid_node_keeps_its_sessions_while_redis_is_away_and_recovers_when_it
         match attempt {
             Ok(pair) => break pair,
             Err(e) if e.code == tsunagu_proto::pb::ErrorCode::Unavailable as i32 => {
-                assert!(back.elapsed() < Duration::from_secs(30), "no code 30 s after Redis came back");
+                assert!(
+                    back.elapsed() < Duration::from_secs(30),
+                    "no code 30 s after Redis came back"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => panic!("unexpected refusal: {e:?}"),

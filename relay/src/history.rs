@@ -64,7 +64,10 @@ impl HistorySink {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("tsunagu_history_events_lost_total").increment(1);
-                tracing::error!(queued = HISTORY_QUEUE, "the history queue is full (is the database down?); a history event was lost");
+                tracing::error!(
+                    queued = HISTORY_QUEUE,
+                    "the history queue is full (is the database down?); a history event was lost"
+                );
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::error!("history writer has stopped; a history event was lost");

@@ -304,7 +304,11 @@ async fn join_grid(
     if quic.port() == 0 {
         quic.set_port(bridge.local_addr()?.port());
     }
-    let admin = shared.config.admin.listen.filter(|a| a.port() != 0 && shared.config.admin.enabled);
+    let admin = shared
+        .config
+        .admin
+        .listen
+        .filter(|a| a.port() != 0 && shared.config.admin.enabled);
     let info = grid::nodes::NodeInfo {
         name: cluster.node.clone(),
         quic,
@@ -338,7 +342,9 @@ async fn join_grid(
 /// Writes this node's live sessions to the grid's live view every heartbeat, so consoles
 /// on other nodes list them.
 async fn publish_live(shared: Arc<Shared>, mut stop: Shutdown) {
-    let Some(cluster) = shared.config.cluster.clone() else { return };
+    let Some(cluster) = shared.config.cluster.clone() else {
+        return;
+    };
     let mut tick = tokio::time::interval(cluster.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

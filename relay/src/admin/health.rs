@@ -68,9 +68,5 @@ pub(super) async fn metrics(State(console): State<Console>) -> Response {
     let shared = &console.shared;
     crate::metrics::set_live_sessions(shared.sessions().len());
     let _ = checks(&console).await;
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }

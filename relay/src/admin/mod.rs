@@ -49,8 +49,8 @@ pub use auth::{source_prefix, LANG_COOKIE, MAX_SESSIONS, PENDING_LOGIN, SESSION_
 pub use export::zip_files;
 pub use history::{HistoryQuery, HISTORY_PAGE_ROWS};
 pub use server::{serve, ROUTES};
-pub use sessions::LiveRow;
 pub(crate) use sessions::live_rows;
+pub use sessions::LiveRow;
 
 /// Largest request body accepted (forms, JSON); IP rule lists are the biggest input.
 pub const MAX_BODY: usize = 64 * 1024;

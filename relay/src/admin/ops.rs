@@ -305,7 +305,9 @@ impl Ops {
     /// Ends a session another node of the grid runs: the node that lists it is told.
     async fn end_session_elsewhere(&self, actor: &Actor, id: &str) -> Result<(), OpError> {
         let not_found = || OpError::NotFound("no live session with this id".into());
-        let Some(redis) = &self.grid else { return Err(not_found()) };
+        let Some(redis) = &self.grid else {
+            return Err(not_found());
+        };
         let node = crate::grid::live::node_of(redis, id).await.map_err(|e| {
             tracing::warn!(error = %e, "cannot look up the grid's live sessions");
             OpError::Internal

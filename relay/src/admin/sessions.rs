@@ -138,15 +138,15 @@ pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx)
         headers.push(t(lang, Text::Node));
     }
     headers.extend([
-            t(lang, Text::Operator),
-            t(lang, Text::ClientHost),
-            t(lang, Text::ClientIp),
-            t(lang, Text::Since),
-            t(lang, Text::State),
-            t(lang, Text::Granted),
-            t(lang, Text::BytesEachWay),
-            "",
-        ]);
+        t(lang, Text::Operator),
+        t(lang, Text::ClientHost),
+        t(lang, Text::ClientIp),
+        t(lang, Text::Since),
+        t(lang, Text::State),
+        t(lang, Text::Granted),
+        t(lang, Text::BytesEachWay),
+        "",
+    ]);
     let body = html::table("live", &headers, &rows);
     render(&ctx, t(lang, Text::Sessions), &body)
 }

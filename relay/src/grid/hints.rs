@@ -67,7 +67,8 @@ pub fn listen(cluster: &ClusterConfig, on_hint: OnHint, mut stop: Shutdown) -> t
     tokio::spawn(async move {
         loop {
             let subscribed = async {
-                let client = redis::Client::open(url.as_str()).map_err(|_| "cluster.redis_url is not valid".to_string())?;
+                let client =
+                    redis::Client::open(url.as_str()).map_err(|_| "cluster.redis_url is not valid".to_string())?;
                 let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
                     .await
                     .map_err(|_| "timed out connecting".to_string())?

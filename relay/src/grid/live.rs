@@ -18,7 +18,11 @@ pub async fn publish(redis: &Redis, node: &str, rows_json: String, ttl: std::tim
     let _: () = redis
         .run(
             "publishing live sessions",
-            redis::cmd("SET").arg(key(redis, node)).arg(rows_json).arg("PX").arg(ttl_ms),
+            redis::cmd("SET")
+                .arg(key(redis, node))
+                .arg(rows_json)
+                .arg("PX")
+                .arg(ttl_ms),
         )
         .await?;
     Ok(())
@@ -52,7 +56,12 @@ pub async fn node_of(redis: &Redis, id: &str) -> Result<Option<String>, GridErro
         let (next, keys): (u64, Vec<String>) = redis
             .run(
                 "finding a live session",
-                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(100),
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(100),
             )
             .await?;
         for k in keys {
