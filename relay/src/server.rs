@@ -296,7 +296,7 @@ async fn join_grid(
         &identity,
         cluster.quic_listen,
         grid::bridge::BridgeSettings::from_cluster(&cluster),
-        bridged::Joins::new(shared),
+        connection::Joins::new(shared),
         stopper.tracker(),
     )?;
     // Port 0 (a trial on one machine) advertises the port bound.

@@ -446,7 +446,7 @@ impl RedisDirectory {
     /// Writes this node's live codes back into Redis where Redis lost them (`SET NX`, so a
     /// code Redis has is never overwritten), creating the state marker if it is missing.
     /// Codes Redis shows used or expired, or that are past their time, stop being
-    /// re-asserted. Called on every heartbeat (see [`super::nodes::spawn_heartbeat`]).
+    /// re-asserted. Called on every heartbeat (by the node membership's heartbeat task).
     pub async fn reassert(&self) -> Result<Reassertion, GridError> {
         let snapshot: Vec<(u32, Claim)> = self.claims().iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut report = Reassertion::default();

@@ -2,18 +2,18 @@
 //! landed, [`bridge_client`] opens a stream to the session's node over the grid's QUIC
 //! bridge and copies bytes both ways: the greeting is over, so nothing on the stream needs
 //! reading here, and the session's node applies every rule as it does for its own clients.
-//! On the session's node, [`Joins`] takes such a stream and runs the client's side of the
-//! session over it, exactly as for a client connected there.
+//! On the session's node, the connection module's `Joins` takes such a stream and runs the
+//! client's side of the session over it, exactly as for a client connected there.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tsunagu_proto::transport::{FrameReader, FrameWriter};
 
 use crate::conn::Refusal;
 use crate::directory::SessionRef;
-use crate::grid::bridge::{BoxFuture, BridgeHandler, BridgeHeader, IncomingStream};
+use crate::grid::bridge::BridgeHeader;
 use crate::state::Shared;
 
 /// Who the bridged client is, as the node it landed on saw it.
@@ -94,56 +94,5 @@ pub(super) async fn bridge_client<R, W>(
         r = upstream => if let Err(e) = r { tracing::debug!(error = %e, "bridge from client closed") },
         r = downstream => if let Err(e) = r { tracing::debug!(error = %e, "bridge to client closed") },
         _ = stop.recv() => {}
-    }
-}
-
-/// Serves the streams other nodes open for clients that landed there: runs each client's
-/// side of its session on this node.
-pub(crate) struct Joins {
-    shared: Weak<Shared>,
-}
-
-impl Joins {
-    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
-        Self {
-            shared: Arc::downgrade(shared),
-        }
-    }
-}
-
-impl BridgeHandler for Joins {
-    fn handle(&self, stream: IncomingStream) -> BoxFuture {
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let Some(shared) = shared.upgrade() else { return };
-            let IncomingStream {
-                peer: from,
-                header,
-                send,
-                recv,
-                mark,
-                ..
-            } = stream;
-            let BridgeHeader::Join {
-                session_id,
-                client_addr,
-                relay_port,
-                host,
-            } = header;
-            let max_frame = shared.config.limits.max_frame;
-            let reader = FrameReader::new(recv, max_frame);
-            let mut writer = FrameWriter::new(send, max_frame);
-            let Some(session) = shared.sessions().get(&session_id) else {
-                // It ended between the take on the other node and now.
-                let _ = writer.send(&Refusal::ExpiredCode.frame()).await;
-                let _ = writer.shutdown().await;
-                return;
-            };
-            tracing::info!(session = %session_id, %from, peer = %client_addr, "bridged client joined");
-            // Shutdown lets this stream finish like any connection that carries a session.
-            mark.carry();
-            let _counted = crate::metrics::BridgeStream::open("in");
-            super::connection::run_client(shared, session, reader, writer, client_addr, relay_port, host).await;
-        })
     }
 }

@@ -5,7 +5,7 @@
 //! tests drive it over `tokio::io::duplex` on tokio's paused clock.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use crate::clock;
 use crate::conn::{Action, AttemptKind, Due, Event, Greeting, Liveness, Refusal, Settle, Timeouts};
 use crate::connlimit::ConnPermit;
 use crate::directory::IssueError;
+use crate::grid::bridge::{BoxFuture, BridgeHandler, BridgeHeader, IncomingStream};
 use crate::history::HistoryEvent;
 use crate::policy::Policy;
 use crate::queue::OutQueue;
@@ -605,4 +606,55 @@ async fn write_loop<W>(
 /// (a panic elsewhere) still holds a usable machine.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves the streams other nodes open for clients that landed there: runs each client's
+/// side of its session on this node.
+pub(crate) struct Joins {
+    shared: Weak<Shared>,
+}
+
+impl Joins {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        Self {
+            shared: Arc::downgrade(shared),
+        }
+    }
+}
+
+impl BridgeHandler for Joins {
+    fn handle(&self, stream: IncomingStream) -> BoxFuture {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let Some(shared) = shared.upgrade() else { return };
+            let IncomingStream {
+                peer: from,
+                header,
+                send,
+                recv,
+                mark,
+                ..
+            } = stream;
+            let BridgeHeader::Join {
+                session_id,
+                client_addr,
+                relay_port,
+                host,
+            } = header;
+            let max_frame = shared.config.limits.max_frame;
+            let reader = FrameReader::new(recv, max_frame);
+            let mut writer = FrameWriter::new(send, max_frame);
+            let Some(session) = shared.sessions().get(&session_id) else {
+                // It ended between the take on the other node and now.
+                let _ = writer.send(&Refusal::ExpiredCode.frame()).await;
+                let _ = writer.shutdown().await;
+                return;
+            };
+            tracing::info!(session = %session_id, %from, peer = %client_addr, "bridged client joined");
+            // Shutdown lets this stream finish like any connection that carries a session.
+            mark.carry();
+            let _counted = crate::metrics::BridgeStream::open("in");
+            run_client(shared, session, reader, writer, client_addr, relay_port, host).await;
+        })
+    }
 }
