@@ -136,26 +136,7 @@ impl Drop for Grid {
 }
 
 fn cli_with_config(config: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new(bin("tsunagu-relay"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(s) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{s}\n").as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+    relay_cli_with(args, "--config", config, stdin)
 }
 
 fn add_alice(grid: &Grid, through: usize) {

@@ -546,12 +546,18 @@ impl Drop for RelayProcess {
     }
 }
 
+/// `tsunagu-relay ARGS --data-dir DIR`, `stdin` (one line) fed.
 pub fn relay_cli(data_dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    relay_cli_with(args, "--data-dir", data_dir, stdin)
+}
+
+/// `tsunagu-relay ARGS FLAG PATH` (`--data-dir` or `--config`), `stdin` (one line) fed.
+pub fn relay_cli_with(args: &[&str], flag: &str, path: &Path, stdin: Option<&str>) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new(bin("tsunagu-relay"))
         .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
+        .arg(flag)
+        .arg(path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
