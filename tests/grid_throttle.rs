@@ -1,7 +1,8 @@
 //! Grid-wide guessing protection over real TLS: three relay nodes (in this process, each
 //! with its own data dir and listener) share their throttles through the real Redis, so a
-//! burst of wrong codes spread over them is checked as often as one node would allow; and
-//! a node whose Redis is down refuses logins and joins as `unavailable`, never unchecked.
+//! burst of wrong codes spread over them is checked as often as one node would allow; a
+//! node whose Redis is unreachable at start says so; and the console of one node lists and
+//! ends a session another node runs, next to the health checks and metrics every node serves.
 
 mod support;
 
@@ -76,6 +77,7 @@ async fn grid_node(
         cluster.quic_listen = "127.0.0.1:0".parse().expect("a socket address");
         cluster.redis_timeout = timeout;
         config.cluster = Some(cluster);
+        config.admin.listen = Some("127.0.0.1:0".parse().expect("a socket address"));
         // The attack under test comes from one address; the connection cap per address
         // (tested on its own) would otherwise refuse most of it.
         config.limits.max_connections_per_source = 1_000;
@@ -187,4 +189,70 @@ async fn a_node_whose_redis_is_unreachable_at_start_says_so_and_does_not_serve()
         "the Redis password is never shown: {err}"
     );
     pg.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_console_on_one_node_lists_and_ends_a_session_another_node_runs() {
+    use support::admin::{add_admin, Http};
+    let Some(redis) = TestRedis::reach("grid console") else {
+        return;
+    };
+    let (Some(pg_a), Some(pg_b)) = (
+        TestPostgres::from_env("grid_console_a"),
+        TestPostgres::from_env("grid_console_b"),
+    ) else {
+        return;
+    };
+    let files = GridFiles::new();
+    let a = grid_node("a", &files, &pg_a, &redis.url, &redis.prefix, TestRedis::TIMEOUT).await;
+    let b = grid_node("b", &files, &pg_b, &redis.url, &redis.prefix, TestRedis::TIMEOUT).await;
+    let secret = add_admin(&b, support::admin::ADMIN, true).await.expect("a TOTP secret");
+
+    // Node b answers the health checks without a login, and counts what it did.
+    let mut anon = Http::new(&b);
+    assert_eq!(anon.get("/healthz").await.status, 200);
+    let ready = anon.get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+
+    // A session runs on node a.
+    let (mut op, mut client) = paired(&a, &["view"]).await;
+    let id = a.relay.shared().sessions().live()[0].id.clone();
+
+    // The console of node b lists it, with its node, within a heartbeat or two.
+    let (mut web, csrf) = Http::admin(&b, &secret).await;
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..50 {
+        let rows: serde_json::Value = serde_json::from_slice(&web.get("/api/v1/sessions").await.body).unwrap();
+        if let Some(row) = rows.as_array().and_then(|r| r.iter().find(|r| r["id"] == id.as_str())) {
+            listed = row.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed["node"], "a", "node b's console lists node a's session: {listed}");
+    assert_eq!(listed["operator"], "alice");
+    let page = web.get("/sessions").await.text();
+    assert!(page.contains(&format!("<td class=\"node\">a</td>")), "the page names the node");
+
+    // Ending it from node b's console ends it on node a.
+    let ended = web
+        .request("DELETE", &format!("/api/v1/sessions/{id}"), &[("x-csrf-token", &csrf)], b"")
+        .await;
+    assert!(ended.status < 300, "{} {}", ended.status, ended.text());
+    let heard = tokio::time::timeout(Duration::from_secs(5), op.expect_ended())
+        .await
+        .expect("the operator hears the end within 5 s");
+    assert_eq!(heard, pb::EndReason::AdminEnded);
+    assert_eq!(client.expect_ended().await, pb::EndReason::AdminEnded);
+    let unknown = web
+        .request("DELETE", "/api/v1/sessions/no-such-session", &[("x-csrf-token", &csrf)], b"")
+        .await;
+    assert_eq!(unknown.status, 404);
+
+    let metrics = anon.get("/metrics").await.text();
+    assert!(metrics.contains("tsunagu_backend_round_trip_seconds"), "{metrics}");
+    a.relay.shutdown().await;
+    b.relay.shutdown().await;
+    pg_a.drop_schema().await;
+    pg_b.drop_schema().await;
 }
