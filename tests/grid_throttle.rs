@@ -232,7 +232,7 @@ async fn a_console_on_one_node_lists_and_ends_a_session_another_node_runs() {
     assert_eq!(listed["node"], "a", "node b's console lists node a's session: {listed}");
     assert_eq!(listed["operator"], "alice");
     let page = web.get("/sessions").await.text();
-    assert!(page.contains(&format!("<td class=\"node\">a</td>")), "the page names the node");
+    assert!(page.contains("<td class=\"node\">a</td>"), "the page names the node");
 
     // Ending it from node b's console ends it on node a.
     let ended = web
