@@ -236,7 +236,12 @@ async fn a_console_on_one_node_lists_and_ends_a_session_another_node_runs() {
 
     // Ending it from node b's console ends it on node a.
     let ended = web
-        .request("DELETE", &format!("/api/v1/sessions/{id}"), &[("x-csrf-token", &csrf)], b"")
+        .request(
+            "DELETE",
+            &format!("/api/v1/sessions/{id}"),
+            &[("x-csrf-token", &csrf)],
+            b"",
+        )
         .await;
     assert!(ended.status < 300, "{} {}", ended.status, ended.text());
     let heard = tokio::time::timeout(Duration::from_secs(5), op.expect_ended())
@@ -245,7 +250,12 @@ async fn a_console_on_one_node_lists_and_ends_a_session_another_node_runs() {
     assert_eq!(heard, pb::EndReason::AdminEnded);
     assert_eq!(client.expect_ended().await, pb::EndReason::AdminEnded);
     let unknown = web
-        .request("DELETE", "/api/v1/sessions/no-such-session", &[("x-csrf-token", &csrf)], b"")
+        .request(
+            "DELETE",
+            "/api/v1/sessions/no-such-session",
+            &[("x-csrf-token", &csrf)],
+            b"",
+        )
         .await;
     assert_eq!(unknown.status, 404);
 
