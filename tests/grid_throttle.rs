@@ -233,6 +233,23 @@ async fn a_console_on_one_node_lists_and_ends_a_session_another_node_runs() {
     assert_eq!(listed["operator"], "alice");
     let page = web.get("/sessions").await.text();
     assert!(page.contains("<td class=\"node\">a</td>"), "the page names the node");
+    // The page as admins see it, in both languages, kept as test artefacts (with the
+    // console's style sheet beside it) for a look in a browser.
+    let pages = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("grid-console");
+    std::fs::create_dir_all(pages.join("static")).unwrap();
+    std::fs::write(
+        pages.join("static/console.css"),
+        web.get("/static/console.css").await.body,
+    )
+    .unwrap();
+    let relative = |html: String| html.replace("href=\"/static/", "href=\"static/");
+    std::fs::write(pages.join("sessions-en.html"), relative(page)).unwrap();
+    let ja = web
+        .request("GET", "/sessions", &[("Accept-Language", "ja")], b"")
+        .await
+        .text();
+    assert!(ja.contains("中継ノード"), "the Japanese page names the column");
+    std::fs::write(pages.join("sessions-ja.html"), relative(ja)).unwrap();
 
     // Ending it from node b's console ends it on node a.
     let ended = web
