@@ -340,6 +340,7 @@ async fn pair(mut op: Peer, mut client: Peer, perms: PermissionSet) -> Result<(D
     op.writer
         .send(&frame(Body::RequestCode(pb::RequestCode {
             permissions: perms.to_wire(),
+            ..Default::default()
         })))
         .await?;
     let code = match op.next().await? {
@@ -351,6 +352,7 @@ async fn pair(mut op: Peer, mut client: Peer, perms: PermissionSet) -> Result<(D
         .send(&frame(Body::Join(pb::Join {
             code,
             host_name: "load".into(),
+            ..Default::default()
         })))
         .await?;
     match client.next().await? {

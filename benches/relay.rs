@@ -100,6 +100,7 @@ async fn relayed(total: usize) -> Duration {
         &mut op,
         Body::RequestCode(pb::RequestCode {
             permissions: all.clone(),
+            ..Default::default()
         }),
     )
     .await
@@ -109,7 +110,7 @@ async fn relayed(total: usize) -> Duration {
     };
     let mut cl = tsunagu_endpoint::dial::dial(&cfg).await.unwrap();
     let host_name = "bench".into();
-    ask(&mut cl, Body::Join(pb::Join { code, host_name })).await;
+    ask(&mut cl, Body::Join(pb::Join { code, host_name, ..Default::default() })).await;
     let consent = pb::Consent {
         granted: all,
         denied: false,

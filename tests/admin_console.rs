@@ -361,6 +361,7 @@ async fn a_hostile_client_host_name_renders_as_text_everywhere() {
         .send_body(Body::Join(pb::Join {
             code,
             host_name: payload.into(),
+            ..Default::default()
         }))
         .await;
     client

@@ -85,6 +85,7 @@ async fn host_and_file_names_are_inert_for_the_operator_and_in_the_history() {
             code,
             // Reads as "pc-01jpg.exe" once the override flips the tail.
             host_name: "pc-01\u{202E}exe.gpj\u{200B}\u{1b}[2J".into(),
+            ..Default::default()
         }))
         .await;
     client

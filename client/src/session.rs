@@ -218,6 +218,7 @@ impl driver::App for Client {
         core.send(Body::Join(pb::Join {
             code: self.config.code.reveal(),
             host_name: self.config.host_name.clone(),
+            ..Default::default()
         }))
         .await
     }

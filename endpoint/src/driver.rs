@@ -182,7 +182,7 @@ impl<E: AppEvent> Core<E> {
             self.emit(E::error("bad_command", msg)).await;
             return Ok(());
         }
-        self.send_data(Channel::Chat, pb::ChatMessage { text }.encode_to_vec())
+        self.send_data(Channel::Chat, pb::ChatMessage { text, ..Default::default() }.encode_to_vec())
             .await
             .map(|_| ())
     }
@@ -553,6 +553,7 @@ mod tests {
             core.send(Body::Join(pb::Join {
                 code: CODE.into(),
                 host_name: "pc-01".into(),
+                ..Default::default()
             }))
             .await
         }
@@ -733,7 +734,7 @@ mod tests {
         // Data by channel: the screen goes to the app, chat is decoded by the driver.
         run.relay.send(data(Channel::Screen, 3, vec![7; 1000])).await;
         assert_eq!(run.event().await, Ev::Screen { seq: 3, len: 1000 });
-        let chat = pb::ChatMessage { text: "hello".into() }.encode_to_vec();
+        let chat = pb::ChatMessage { text: "hello".into(), ..Default::default() }.encode_to_vec();
         run.relay.send(data(Channel::Chat, 1, chat)).await;
         assert_eq!(run.event().await, Ev::Chat { text: "hello".into() });
         // A ping is answered with its nonce.

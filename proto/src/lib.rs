@@ -5,6 +5,7 @@
 //!   checked before any allocation.
 //! * [`types`]: validated domain types shared by relay, operator and client
 //!   (session codes, permission sets).
+//! * [`resume`]: what an endpoint signs to resume its place in a session.
 //! * [`names`]: names a peer chose (host, file and operator names) made inert before they are
 //!   shown or stored: no control, format or bidi characters.
 //! * `transport` (feature `tokio`): the framed async transport, over any async byte stream
@@ -16,6 +17,7 @@
 pub mod codec;
 pub mod limits;
 pub mod names;
+pub mod resume;
 pub mod types;
 
 #[cfg(feature = "tokio")]

@@ -236,6 +236,7 @@ pub fn error_code_name(code: crate::pb::ErrorCode) -> &'static str {
         E::Timeout => "timeout",
         E::Internal => "internal",
         E::Unavailable => "unavailable",
+        E::ResumeRefused => "resume_refused",
     }
 }
 
@@ -255,6 +256,7 @@ pub fn end_reason_name(reason: crate::pb::EndReason) -> &'static str {
         R::RelayShutdown => "relay_shutdown",
         R::ProtocolError => "protocol_error",
         R::AdminEnded => "admin_ended",
+        R::Moved => "moved",
     }
 }
 

@@ -724,5 +724,10 @@ fn body_name(body: &Body) -> &'static str {
         Body::FileAnswer(_) => "file_answer",
         Body::FileCredit(_) => "file_credit",
         Body::FileDone(_) => "file_done",
+        Body::ResumeToken(_) => "resume_token",
+        Body::Resume(_) => "resume",
+        Body::Resumed(_) => "resumed",
+        Body::PeerConnection(_) => "peer_connection",
+        Body::FileResume(_) => "file_resume",
     }
 }

@@ -168,7 +168,7 @@ impl Peer {
         }))
         .await;
         assert!(matches!(op.next().await, Some(Body::LoginOk(_))));
-        op.send(Body::RequestCode(pb::RequestCode { permissions: vec![] }))
+        op.send(Body::RequestCode(pb::RequestCode { permissions: vec![], ..Default::default() }))
             .await;
         let Some(Body::CodeIssued(issued)) = op.next().await else {
             panic!("no code")
@@ -184,6 +184,7 @@ impl Peer {
             .send(Body::Join(pb::Join {
                 code: code.into(),
                 host_name: "pc-01".into(),
+                ..Default::default()
             }))
             .await;
         match client.next().await {
@@ -303,6 +304,7 @@ async fn an_unused_code_expires_on_time_and_the_operator_is_told() {
     late.send(Body::Join(pb::Join {
         code,
         host_name: "pc".into(),
+        ..Default::default()
     }))
     .await;
     match late.next().await {

@@ -249,6 +249,7 @@ impl RawPeer {
         let perms = tsunagu_proto::PermissionSet::parse_names(perms.iter().copied()).unwrap();
         self.send_body(Body::RequestCode(pb::RequestCode {
             permissions: perms.to_wire(),
+            ..Default::default()
         }))
         .await;
         match self.next().await {
@@ -263,6 +264,7 @@ impl RawPeer {
         self.send_body(Body::Join(pb::Join {
             code: code.into(),
             host_name: "test-pc".into(),
+            ..Default::default()
         }))
         .await;
         match self.next().await {
@@ -301,7 +303,7 @@ impl RawPeer {
     }
 
     pub async fn chat(&mut self, text: &str) {
-        self.data(Channel::Chat, pb::ChatMessage { text: text.into() }.encode_to_vec())
+        self.data(Channel::Chat, pb::ChatMessage { text: text.into(), ..Default::default() }.encode_to_vec())
             .await;
     }
 

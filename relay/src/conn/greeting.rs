@@ -474,6 +474,7 @@ mod tests {
         body(Body::Join(pb::Join {
             code: code.into(),
             host_name: host_name.into(),
+            ..Default::default()
         }))
     }
 
@@ -747,7 +748,7 @@ mod tests {
         let control = PermissionSet::parse_names(["control"]).unwrap();
 
         let mut g = logged_in(t0);
-        g.handle_frame(t0, body(Body::RequestCode(pb::RequestCode { permissions: vec![] })));
+        g.handle_frame(t0, body(Body::RequestCode(pb::RequestCode { permissions: vec![], ..Default::default() })));
         assert!(matches!(drain(&mut g)[..], [Action::CheckAccount { ref operator }] if operator == "ana"));
         g.handle_event(t0, Event::AccountChecked(Ok(record("ana", view_chat))));
         let actions = drain(&mut g);
@@ -762,6 +763,7 @@ mod tests {
             t0,
             body(Body::RequestCode(pb::RequestCode {
                 permissions: control.to_wire(),
+                ..Default::default()
             })),
         );
         drain(&mut g);
@@ -777,7 +779,7 @@ mod tests {
 
         // The account changed since the login.
         let mut g = logged_in(t0);
-        g.handle_frame(t0, body(Body::RequestCode(pb::RequestCode { permissions: vec![] })));
+        g.handle_frame(t0, body(Body::RequestCode(pb::RequestCode { permissions: vec![], ..Default::default() })));
         drain(&mut g);
         g.handle_event(t0, Event::AccountChecked(Err(Refusal::SessionCap { max: 2 })));
         assert_eq!(
