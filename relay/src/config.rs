@@ -382,6 +382,12 @@ pub struct Timeouts {
     /// it is refused as busy. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub login_wait: Duration,
+    /// How long a session waits for an endpoint whose connection dropped to resume (with
+    /// its resume token, on this or any node of the grid) before it ends as
+    /// `operator_disconnected` / `client_disconnected`. `0s`: a drop ends the session at
+    /// once, as for endpoints that cannot resume. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub resume: Duration,
 }
 
 /// Sizes and counts a peer cannot push beyond.
@@ -543,6 +549,7 @@ impl Default for Timeouts {
             write: Duration::from_secs(30),
             shutdown: Duration::from_secs(5),
             login_wait: Duration::from_secs(5),
+            resume: Duration::from_secs(30),
         }
     }
 }

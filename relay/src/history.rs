@@ -205,6 +205,28 @@ fn track(live: &LiveMap, event: &HistoryEvent) -> Option<audit::Entry> {
                 detail: format!("granted={granted}"),
             })
         }
+        E::Resumed {
+            id,
+            role,
+            addr,
+            resumes,
+            ..
+        } => {
+            let actor = match *role {
+                "operator" => live
+                    .get(id)
+                    .map(|i| format!("operator:{}", i.operator))
+                    .unwrap_or_else(|| "operator".into()),
+                _ => "client".into(),
+            };
+            Some(audit::Entry {
+                actor,
+                action: "session_resumed",
+                target: id.clone(),
+                ip: addr.ip().to_string(),
+                detail: format!("role={role} resumes={resumes}"),
+            })
+        }
         E::Ended { id, reason, .. } => {
             let info = live.remove(id).map(|(_, v)| v);
             matches!(*reason, "consent_denied" | "consent_timeout").then(|| audit::Entry {
@@ -227,7 +249,7 @@ fn time(ms: Option<i64>) -> String {
 }
 
 /// The columns of the table and CSV views, in order.
-const COLUMNS: [&str; 17] = [
+const COLUMNS: [&str; 18] = [
     "session",
     "operator",
     "operator_ip",
@@ -245,9 +267,10 @@ const COLUMNS: [&str; 17] = [
     "bytes_to_operator",
     "end_reason",
     "requested",
+    "resumes",
 ];
 
-fn cells(r: &SessionRecord) -> [String; 17] {
+fn cells(r: &SessionRecord) -> [String; 18] {
     [
         r.id.clone(),
         r.operator.clone(),
@@ -268,6 +291,7 @@ fn cells(r: &SessionRecord) -> [String; 17] {
         r.bytes_to_operator.to_string(),
         r.end_reason.clone().unwrap_or_else(|| "live".into()),
         r.requested.clone(),
+        r.resumes.to_string(),
     ]
 }
 
@@ -317,7 +341,7 @@ pub fn render(records: &[SessionRecord], format: &str) -> Result<String, String>
             Ok(out)
         }
         "table" => {
-            let rows: Vec<[String; 17]> = records.iter().map(cells).collect();
+            let rows: Vec<[String; 18]> = records.iter().map(cells).collect();
             // The table leaves out the long session id and the requested set to stay readable.
             let shown: Vec<usize> = (1..16).collect();
             let mut widths: Vec<usize> = shown.iter().map(|&i| COLUMNS[i].len()).collect();

@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod registry;
+pub mod resume;
 pub mod server;
 pub mod session;
 pub mod shutdown;

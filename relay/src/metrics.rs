@@ -36,6 +36,11 @@ pub fn joined(bridged: bool) {
     metrics::counter!("tsunagu_joins_total", "session" => place).increment(1);
 }
 
+/// An endpoint took its side of a session back after its connection dropped.
+pub fn resumed() {
+    metrics::counter!("tsunagu_resumes_total").increment(1);
+}
+
 /// A connection or request was refused; `code` is the automation contract's error name.
 pub fn refused(code: &'static str) {
     metrics::counter!("tsunagu_refusals_total", "code" => code).increment(1);

@@ -258,6 +258,14 @@ pub struct Policy {
     /// A peer's connection went away: the reason it will be recorded with, and when, unless
     /// an explicit end comes first (see [`DISCONNECT_GRACE`]).
     closing: Option<(EndReason, Instant)>,
+    /// Peers whose connection dropped and who may resume: the reason the session ends
+    /// with, and when, unless they come back first (see [`Policy::peer_away`]).
+    away: [Option<(EndReason, Instant)>; 2],
+}
+
+/// The slot in [`Policy`]'s `away` of the peer a disconnect reason names.
+fn away_slot(reason: EndReason) -> usize {
+    usize::from(reason == EndReason::ClientDisconnected)
 }
 
 impl Policy {
@@ -281,6 +289,7 @@ impl Policy {
             consent_deadline: None,
             transfers: HashMap::new(),
             closing: None,
+            away: [None, None],
         }
     }
 
@@ -620,20 +629,26 @@ impl Policy {
             Phase::AwaitingConsent => self.consent_deadline,
             _ => None,
         };
-        let closing = self.closing.filter(|_| !self.is_ended()).map(|(_, at)| at);
-        match (phase, closing) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        if self.is_ended() {
+            return phase;
         }
+        let closing = self.closing.map(|(_, at)| at);
+        [phase, closing, self.away[0].map(|(_, at)| at), self.away[1].map(|(_, at)| at)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Applies the passage of time; returns the end reason if the session just ended.
     pub fn tick(&mut self, now: Instant) -> Option<EndReason> {
-        let reason = match (self.phase, self.closing) {
-            (Phase::Ended(_), _) => return None,
-            (_, Some((reason, at))) if now >= at => reason,
-            (Phase::AwaitingClient, _) if now >= self.code_deadline => EndReason::Expired,
-            (Phase::AwaitingConsent, _) if self.consent_deadline.is_some_and(|d| now >= d) => EndReason::ConsentTimeout,
+        // A peer that stayed away past its window.
+        let gone_for_good = self.away.iter().flatten().find(|(_, at)| now >= *at).map(|(r, _)| *r);
+        let reason = match (self.phase, self.closing, gone_for_good) {
+            (Phase::Ended(_), _, _) => return None,
+            (_, Some((reason, at)), _) if now >= at => reason,
+            (_, _, Some(reason)) => reason,
+            (Phase::AwaitingClient, _, _) if now >= self.code_deadline => EndReason::Expired,
+            (Phase::AwaitingConsent, _, _) if self.consent_deadline.is_some_and(|d| now >= d) => EndReason::ConsentTimeout,
             _ => return None,
         };
         self.phase = Phase::Ended(reason);
@@ -660,6 +675,44 @@ impl Policy {
         };
         self.phase = Phase::Ended(first);
         Some(first)
+    }
+
+    /// A peer that may resume lost its connection (`reason`: `operator_disconnected` or
+    /// `client_disconnected`): the session waits for it until `until`, then ends with
+    /// `reason`. Its other peer and the rules carry on meanwhile; frames for the away peer
+    /// are dropped (the endpoints re-send what matters after the resume).
+    pub fn peer_away(&mut self, reason: EndReason, until: Instant) {
+        if !self.is_ended() {
+            self.away[away_slot(reason)] = Some((reason, until));
+        }
+    }
+
+    /// The away peer named by `reason` (its disconnect reason) is back.
+    pub fn peer_back(&mut self, reason: EndReason) {
+        self.away[away_slot(reason)] = None;
+    }
+
+    /// Whether the peer named by `reason` (its disconnect reason) is away.
+    pub fn is_away(&self, reason: EndReason) -> bool {
+        self.away[away_slot(reason)].is_some()
+    }
+
+    /// The receiver of the transfer `id` moving `direction.opposite()` holds its first
+    /// `offset` bytes after a resume and asks the sender to go on from there; the request
+    /// travels `direction` (back to the sender). The relay counts the content again from
+    /// `offset`, which cannot be more than what it let through.
+    pub fn file_resume(&mut self, direction: Direction, id: u32, offset: u64) -> Verdict {
+        if let Err(r) = self.files_allowed() {
+            return Verdict::Drop(r);
+        }
+        match self.transfers.get_mut(&(direction.opposite(), id)) {
+            Some(t) if t.state == TransferState::Accepted && offset <= t.bytes => {
+                t.bytes = offset;
+                Verdict::Forward
+            }
+            Some(_) => Verdict::Drop(DropReason::TransferMisuse),
+            None => Verdict::Drop(DropReason::NoTransfer),
+        }
     }
 
     /// Whether a peer's connection went away and the session waits out its grace window.
@@ -1175,6 +1228,44 @@ mod tests {
             Some(EndReason::OperatorDisconnected)
         );
         assert_eq!(p.peer_gone(EndReason::ClientDisconnected, t0), None, "once");
+    }
+
+    #[test]
+    fn an_away_peer_ends_the_session_only_when_its_window_runs_out() {
+        let (mut p, t0) = active(&["view", "files"]);
+        let window = Duration::from_secs(30);
+        p.peer_away(EndReason::ClientDisconnected, t0 + window);
+        assert!(p.is_away(EndReason::ClientDisconnected));
+        assert!(!p.is_away(EndReason::OperatorDisconnected));
+        assert_eq!(p.deadline(), Some(t0 + window));
+        assert_eq!(p.tick(t0 + window - Duration::from_millis(1)), None);
+        p.peer_back(EndReason::ClientDisconnected);
+        assert_eq!(p.deadline(), None, "back in time: nothing is due");
+        assert_eq!(p.tick(t0 + window * 2), None);
+        assert_eq!(p.phase(), Phase::Active);
+
+        // Not back in time: the disconnect is the end reason.
+        p.peer_away(EndReason::OperatorDisconnected, t0 + window);
+        assert_eq!(p.tick(t0 + window), Some(EndReason::OperatorDisconnected));
+        assert_eq!(p.deadline(), None);
+    }
+
+    #[test]
+    fn a_file_resumes_only_from_what_the_relay_let_through() {
+        let (mut p, _) = active(&["files"]);
+        assert_eq!(p.file_offer(ToClient, 1, "a.bin", 100), Verdict::Forward);
+        assert_eq!(p.file_resume(ToOperator, 1, 0), Verdict::Drop(DropReason::TransferMisuse), "not accepted yet");
+        assert_eq!(p.file_answer(ToOperator, 1, true), (Verdict::Forward, None));
+        assert_eq!(p.check_data_in(ToClient, Some(Channel::File), 1, 60, 70), Verdict::Forward);
+        assert_eq!(p.file_resume(ToOperator, 1, 61), Verdict::Drop(DropReason::TransferMisuse));
+        assert_eq!(p.file_resume(ToOperator, 2, 0), Verdict::Drop(DropReason::NoTransfer));
+        assert_eq!(p.file_resume(ToOperator, 1, 40), Verdict::Forward);
+        // The sender goes on from byte 40: 60 more bytes fit the offered size, 61 do not.
+        assert_eq!(
+            p.check_data_in(ToClient, Some(Channel::File), 1, 61, 70),
+            Verdict::Drop(DropReason::TransferMisuse)
+        );
+        assert_eq!(p.check_data_in(ToClient, Some(Channel::File), 1, 60, 70), Verdict::Forward);
     }
 
     #[test]

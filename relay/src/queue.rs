@@ -264,6 +264,11 @@ impl OutQueue {
         self.inner.writable.notify_one();
     }
 
+    /// Whether `other` is a handle on this very queue.
+    pub fn same_queue(&self, other: &OutQueue) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     pub fn is_closed(&self) -> bool {
         self.lock().closed
     }

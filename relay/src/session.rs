@@ -24,6 +24,7 @@ use crate::directory::Directory;
 use crate::history::{HistoryEvent, HistorySink};
 use crate::policy::{Change, ClientModes, ConsentOutcome, Direction, FileOutcome, FileRecord, Phase, Policy, Verdict};
 use crate::queue::{OutQueue, Pass, QueueError};
+use crate::resume::{draw_token, ResumeRefusal, Seat};
 use crate::time::now_ms;
 
 /// Which side a frame came from.
@@ -33,12 +34,59 @@ pub enum Role {
     Client,
 }
 
+impl Role {
+    /// Index of this side in per-side arrays.
+    fn slot(self) -> usize {
+        match self {
+            Role::Operator => 0,
+            Role::Client => 1,
+        }
+    }
+
+    /// The end reason when this side's connection is gone for good.
+    pub fn gone(self) -> EndReason {
+        match self {
+            Role::Operator => EndReason::OperatorDisconnected,
+            Role::Client => EndReason::ClientDisconnected,
+        }
+    }
+
+    fn other(self) -> Role {
+        match self {
+            Role::Operator => Role::Client,
+            Role::Client => Role::Operator,
+        }
+    }
+}
+
+/// A connection's hold on one side of a session: which connection it is (each resume
+/// makes a new one), and a signal that changes when a newer connection takes the side.
+pub struct Hold {
+    pub role: Role,
+    generation: u32,
+    newer: watch::Receiver<u32>,
+}
+
+impl Hold {
+    /// Resolves when a newer connection has taken this side (a resume), so this one stops.
+    pub async fn replaced(&mut self) {
+        let mine = self.generation;
+        let _ = self.newer.wait_for(|g| *g != mine).await;
+    }
+}
+
 struct Inner {
     policy: Policy,
     /// Set once `finish` has run; the policy may have ended on its own before that.
     finished: bool,
     operator_q: OutQueue,
     client_q: Option<OutQueue>,
+    /// Each side's resume seat, if its endpoint can resume (by [`Role::slot`]).
+    seats: [Option<Seat>; 2],
+    /// Which connection holds each side now; bumped by every resume.
+    generation: [u32; 2],
+    /// Resumes so far, both sides together.
+    resumes: u32,
 }
 
 /// What [`Session::view`] returns.
@@ -97,6 +145,10 @@ pub struct SessionShared {
     pub directory: Arc<dyn Directory>,
     /// Takes an ended session out of this node's registry, by id.
     pub leave: Box<dyn Fn(&str) + Send + Sync>,
+    /// How long a side whose connection dropped may take to resume (`timeouts.resume`).
+    pub resume_window: Duration,
+    /// This relay node's name in a grid (empty on a single node), told to resumed endpoints.
+    pub node: String,
 }
 
 /// One session, shared by its two connection tasks and its timer.
@@ -109,6 +161,8 @@ pub struct Session {
     code: SessionCode,
     inner: Mutex<Inner>,
     ended_tx: watch::Sender<bool>,
+    /// Each side's current connection generation, for [`Hold::replaced`].
+    generation_tx: [watch::Sender<u32>; 2],
     /// Wakes the timer when the deadline moves.
     kick: Notify,
     shared: Arc<SessionShared>,
@@ -160,8 +214,12 @@ impl Session {
                 finished: false,
                 operator_q,
                 client_q: None,
+                seats: [None, None],
+                generation: [0, 0],
+                resumes: 0,
             }),
             ended_tx: watch::channel(false).0,
+            generation_tx: [watch::channel(0).0, watch::channel(0).0],
             kick: Notify::new(),
             shared,
         })
@@ -392,6 +450,9 @@ impl Session {
             }),
             Body::FileCredit(credit) => self.decide(direction, Some(Channel::File), Passage::Queued, |p| {
                 (p.file_credit(direction, credit.transfer_id), None)
+            }),
+            Body::FileResume(resume) => self.decide(direction, Some(Channel::File), Passage::Queued, |p| {
+                (p.file_resume(direction, resume.transfer_id, resume.offset), None)
             }),
             Body::FileDone(done) => {
                 let result = FileOutcome::from(pb::FileResult::try_from(done.result).unwrap_or(pb::FileResult::Failed));
@@ -630,23 +691,186 @@ impl Session {
         );
     }
 
-    /// A peer's connection went away without `End` (`reason`: which side). The policy
-    /// decides whether that ends the session now or after a grace window in which an
-    /// explicit end from the other side still counts (see `policy::DISCONNECT_GRACE`).
-    pub async fn peer_gone(&self, reason: EndReason) {
+    /// The connection behind `hold` went away without `End`. A side that can resume is
+    /// waited for (`timeouts.resume`) while the other side is told it is away; otherwise the
+    /// policy decides whether that ends the session now or after a grace window in which an
+    /// explicit end from the other side still counts (see `policy::DISCONNECT_GRACE`). A
+    /// connection a resume has replaced changes nothing.
+    pub async fn peer_gone(&self, hold: &Hold) {
         let now = crate::clock::now();
-        let decided = {
+        let role = hold.role;
+        let reason = role.gone();
+        let (decided, tell) = {
             let mut inner = self.lock();
-            if inner.finished {
+            if inner.finished || inner.generation[role.slot()] != hold.generation {
                 return;
             }
-            inner.policy.peer_gone(reason, now)
+            let window = self.shared.resume_window;
+            if inner.seats[role.slot()].is_some() && !window.is_zero() && !inner.policy.is_ended() {
+                inner.policy.peer_away(reason, now + window);
+                (None, Self::queue_of(&inner, role.other()))
+            } else {
+                (inner.policy.peer_gone(reason, now), None)
+            }
         };
+        if let Some(q) = tell {
+            tracing::info!(session = %self.id, ?role, "peer connection dropped; waiting for it to resume");
+            let _ = q.push_control(frame(Body::PeerConnection(pb::PeerConnection { away: true })));
+        }
         match decided {
             Some(reason) => self.finish(reason).await,
             // The timer wakes for the new deadline.
             None => self.kick.notify_one(),
         }
+    }
+
+    /// The queue of `role`'s connection, if it has one.
+    fn queue_of(inner: &Inner, role: Role) -> Option<OutQueue> {
+        match role {
+            Role::Operator => Some(inner.operator_q.clone()),
+            Role::Client => inner.client_q.clone(),
+        }
+    }
+
+    /// The first connection's hold on `role`'s side.
+    pub fn hold(&self, role: Role) -> Hold {
+        let inner = self.lock();
+        Hold {
+            role,
+            generation: inner.generation[role.slot()],
+            newer: self.generation_tx[role.slot()].subscribe(),
+        }
+    }
+
+    /// Gives `role`'s side a resume seat for the endpoint's `key` and queues its first
+    /// `ResumeToken` for it. Returns false (the side cannot resume; a drop ends the session
+    /// as before) for an empty or malformed key, when resuming is off, or if no token could
+    /// be drawn.
+    pub fn open_seat(&self, role: Role, key: &[u8]) -> bool {
+        if key.is_empty() || self.shared.resume_window.is_zero() {
+            return false;
+        }
+        let Some(mut seat) = Seat::new(key) else {
+            tracing::info!(session = %self.id, ?role, "resume key of the wrong length; this side cannot resume");
+            return false;
+        };
+        let token = match draw_token() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "could not draw a resume token");
+                return false;
+            }
+        };
+        seat.issue(&token);
+        let mut inner = self.lock();
+        let Some(q) = Self::queue_of(&inner, role).filter(|_| !inner.finished) else {
+            return false;
+        };
+        inner.seats[role.slot()] = Some(seat);
+        q.push_control(self.token_frame(&token)).is_ok()
+    }
+
+    fn token_frame(&self, token: &[u8]) -> Bytes {
+        frame(Body::ResumeToken(pb::ResumeToken {
+            session_id: self.id.clone(),
+            token: token.to_vec(),
+            window_ms: self.shared.resume_window.as_millis() as u64,
+        }))
+    }
+
+    /// Checks a resume of `role`'s side with `token` and `signature` (see
+    /// [`crate::resume::Seat::take`]); on success the token is spent and the caller goes
+    /// on with [`Session::reattach`].
+    pub fn take_seat(&self, role: Role, token: &[u8], signature: &[u8]) -> Result<(), ResumeRefusal> {
+        let mut inner = self.lock();
+        if inner.finished || inner.policy.is_ended() {
+            return Err(ResumeRefusal::UnknownSession);
+        }
+        let seat = inner.seats[role.slot()].as_mut().ok_or(ResumeRefusal::NotResumable)?;
+        seat.take(&self.id, role == Role::Operator, token, signature)
+    }
+
+    /// A resumed connection takes `role`'s side (after [`Session::take_seat`]): it gets the
+    /// session's state, a fresh resume token and `queue` as its outbound queue; a connection
+    /// that still held the side is closed; the other side hears that this one is back.
+    /// `None` if the session ended meanwhile.
+    pub async fn reattach(&self, role: Role, queue: OutQueue, addr: SocketAddr) -> Option<Hold> {
+        let token = draw_token().ok();
+        let (hold, resumes, old, other) = {
+            let mut inner = self.lock();
+            if inner.finished || inner.policy.is_ended() {
+                return None;
+            }
+            let slot = role.slot();
+            let old = match role {
+                Role::Operator => Some(std::mem::replace(&mut inner.operator_q, queue.clone())),
+                Role::Client => inner.client_q.replace(queue.clone()),
+            };
+            inner.generation[slot] = inner.generation[slot].wrapping_add(1);
+            inner.resumes = inner.resumes.saturating_add(1);
+            inner.policy.peer_back(role.gone());
+            let p = &inner.policy;
+            let _ = queue.push_control(frame(Body::Resumed(pb::Resumed {
+                session_id: self.id.clone(),
+                resumes: inner.resumes,
+                node: self.shared.node.clone(),
+                operator: self.operator.clone(),
+                consented: p.phase() == Phase::Active,
+            })));
+            match p.phase() {
+                Phase::Active => {
+                    let _ = queue.push_control(state_frame(p));
+                }
+                Phase::AwaitingConsent if role == Role::Client => {
+                    let left = p.deadline().map(|d| d.saturating_duration_since(crate::clock::now()));
+                    let _ = queue.push_control(frame(Body::ConsentRequest(pb::ConsentRequest {
+                        session_id: self.id.clone(),
+                        operator: self.operator.clone(),
+                        permissions: p.asked().to_wire(),
+                        timeout_ms: left.unwrap_or_default().as_millis() as u64,
+                    })));
+                }
+                _ => {}
+            }
+            if p.is_away(role.other().gone()) {
+                let _ = queue.push_control(frame(Body::PeerConnection(pb::PeerConnection { away: true })));
+            }
+            let seat = inner.seats[slot].as_mut();
+            if let (Some(seat), Some(token)) = (seat, token.as_ref()) {
+                seat.issue(token);
+                let _ = queue.push_control(self.token_frame(token));
+            }
+            let hold = Hold {
+                role,
+                generation: inner.generation[slot],
+                newer: self.generation_tx[slot].subscribe(),
+            };
+            let _ = self.generation_tx[slot].send(inner.generation[slot]);
+            (hold, inner.resumes, old, Self::queue_of(&inner, role.other()))
+        };
+        if let Some(old) = old.filter(|o| !o.same_queue(&queue)) {
+            old.close();
+        }
+        if let Some(q) = other {
+            let _ = q.push_control(frame(Body::PeerConnection(pb::PeerConnection { away: false })));
+        }
+        self.kick.notify_one();
+        tracing::info!(session = %self.id, ?role, resumes, "endpoint resumed");
+        crate::metrics::resumed();
+        self.shared
+            .history
+            .record(HistoryEvent::Resumed {
+                id: self.id.clone(),
+                role: match role {
+                    Role::Operator => "operator",
+                    Role::Client => "client",
+                },
+                addr,
+                resumes,
+                at_ms: now_ms(),
+            })
+            .await;
+        Some(hold)
     }
 
     /// Runs the session's clock: code expiry, consent timeout and a vanished peer's grace

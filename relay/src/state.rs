@@ -83,6 +83,8 @@ impl Shared {
             consent_timeout: config.timeouts.consent,
             directory: directory.clone(),
             leave: sessions.leave_hook(),
+            resume_window: config.timeouts.resume,
+            node: config.cluster.as_ref().map(|c| c.node.clone()).unwrap_or_default(),
         });
         Self {
             verifier: crate::verifier::Verifier::new(

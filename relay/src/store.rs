@@ -176,6 +176,15 @@ pub enum SessionEvent {
         granted: Option<PermissionSet>,
         at_ms: i64,
     },
+    /// An endpoint resumed its side (`role`: `operator` or `client`) from `addr`; `resumes`
+    /// counts the session's resumes so far.
+    Resumed {
+        id: String,
+        role: &'static str,
+        addr: SocketAddr,
+        resumes: u32,
+        at_ms: i64,
+    },
     /// A file transfer's outcome: `direction` is `to_client` or `to_operator`, `result` one of
     /// `completed`, `rejected`, `cancelled`, `failed`; `bytes` is what went through the relay.
     /// Only the metadata is recorded, never content.
@@ -212,6 +221,8 @@ pub struct SessionRecord {
     pub bytes_to_client: i64,
     pub bytes_to_operator: i64,
     pub end_reason: Option<String>,
+    /// Resumes after a dropped connection, both sides together.
+    pub resumes: i64,
 }
 
 /// One file event of a session, as read back.
@@ -1046,6 +1057,13 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
             }
+            E::Resumed { id, resumes, .. } => {
+                sqlx::query("UPDATE sessions SET resumes = $1 WHERE id = $2")
+                    .bind(i64::from(*resumes))
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+            }
             E::File {
                 id,
                 name,
@@ -1088,6 +1106,7 @@ impl Store {
             consented_at: r.get("consented_at"),
             ended_at: r.get("ended_at"),
             pauses: r.get("pauses"),
+            resumes: r.get("resumes"),
             bytes_to_client: r.get("bytes_to_client"),
             bytes_to_operator: r.get("bytes_to_operator"),
             end_reason: r.get("end_reason"),

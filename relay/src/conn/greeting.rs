@@ -3,8 +3,9 @@
 //! that took a code), or is refused.
 //!
 //! ```text
-//! Hello ─▶ Login ─▶ reserve ─▶ (slow-down) ─▶ authenticate ─▶ LoginOk ─▶ RequestCode ─▶ check account ─▶ issue
-//!      └─▶ Join  ─▶ reserve ─▶ (slow-down) ─▶ take code ─────────────────────────────────────────────▶ join
+//! Hello ─▶ Login  ─▶ reserve ─▶ (slow-down) ─▶ authenticate ─▶ LoginOk ─▶ RequestCode ─▶ check account ─▶ issue
+//!      ├─▶ Join   ─▶ reserve ─▶ (slow-down) ─▶ take code ─────────────────────────────────────────────▶ join
+//!      └─▶ Resume ─▶ reserve ─▶ (slow-down) ─▶ take seat (token + signature) ─────────────────────────▶ resume
 //! ```
 //!
 //! Frames and time go in ([`Greeting::handle_frame`], [`Greeting::handle_timeout`]); what
@@ -24,6 +25,7 @@ use tsunagu_proto::{PermissionSet, SessionCode, PROTOCOL_VERSION};
 use super::refusal::Refusal;
 use crate::audit;
 use crate::directory::JoinRefusal;
+use crate::resume::ResumeRefusal;
 use crate::store::OperatorRecord;
 use crate::throttle::{ReserveError, Throttled, Ticket};
 
@@ -79,16 +81,24 @@ pub enum Action {
     CheckAccount { operator: String },
     /// Take the session behind this code for the client. Answer with [`Event::CodeTaken`].
     TakeCode(SessionCode),
+    /// Find the session and check the resume's token and signature against its side's
+    /// seat (spending the token). Answer with [`Event::SeatTaken`].
+    TakeSeat(pb::Resume),
     /// Done: issue a code for a session asking for `requested` (`asked` once clipped to
     /// what the admin allows), record it, tell the operator and run its side.
     Issue {
         record: OperatorRecord,
         requested: PermissionSet,
         asked: PermissionSet,
+        /// The operator's resume key (empty: it cannot resume).
+        resume_key: Vec<u8>,
     },
     /// Done: attach the client, whose host name is `host` (already made inert and short),
     /// to the session it took, and run its side.
-    Join { host: String },
+    Join { host: String, resume_key: Vec<u8> },
+    /// Done: the resumed endpoint takes its side (`operator`: the operator's) of the session
+    /// whose seat it took back, and runs it.
+    Resume { operator: bool },
     /// Done: tell the peer why, when there is something to tell, and close.
     Close(Option<Refusal>),
 }
@@ -102,6 +112,8 @@ pub enum Event {
     Authenticated(Result<OperatorRecord, (Refusal, bool)>),
     AccountChecked(Result<OperatorRecord, Refusal>),
     CodeTaken(Result<(), JoinRefusal>),
+    /// `Err(None)`: the grid's shared state could not be reached.
+    SeatTaken(Result<(), Option<ResumeRefusal>>),
 }
 
 /// What the attempt being reserved is for.
@@ -109,6 +121,7 @@ pub enum Event {
 enum Attempt {
     Login(pb::Login),
     Join(pb::Join),
+    Resume(pb::Resume),
 }
 
 #[derive(Debug)]
@@ -121,7 +134,8 @@ enum State {
     SlowDown(Attempt, Ticket),
     Authenticating(pb::Login, Ticket),
     AwaitRequestCode(String),
-    CheckingAccount(String, PermissionSet),
+    CheckingAccount(String, PermissionSet, Vec<u8>),
+    TakingSeat(bool, Ticket),
     TakingCode(pb::Join, Ticket),
     /// An action that ends the greeting was handed out.
     Done,
@@ -206,6 +220,7 @@ impl Greeting {
             State::AwaitLoginOrJoin => match body {
                 Some(Body::Login(login)) => self.reserve(Attempt::Login(login)),
                 Some(Body::Join(join)) => self.reserve(Attempt::Join(join)),
+                Some(Body::Resume(resume)) => self.reserve(Attempt::Resume(resume)),
                 _ => self.refuse(Refusal::ExpectedLoginOrJoin),
             },
             State::AwaitRequestCode(operator) => match body {
@@ -216,7 +231,7 @@ impl Greeting {
                     self.actions.push_back(Action::CheckAccount {
                         operator: operator.clone(),
                     });
-                    self.state = State::CheckingAccount(operator, requested);
+                    self.state = State::CheckingAccount(operator, requested, rc.resume_key);
                     self.deadline = None;
                 }
                 _ => self.refuse(Refusal::ExpectedRequestCode),
@@ -292,7 +307,7 @@ impl Greeting {
                     }
                 }
             }
-            (State::CheckingAccount(operator, requested), Event::AccountChecked(checked)) => {
+            (State::CheckingAccount(operator, requested, resume_key), Event::AccountChecked(checked)) => {
                 let refused = |r: Refusal| Err(r);
                 let outcome = checked.and_then(|record| {
                     let asked = requested.intersect(record.permissions);
@@ -307,6 +322,7 @@ impl Greeting {
                         record,
                         requested,
                         asked,
+                        resume_key,
                     }),
                     Err(refusal) => {
                         let detail = refusal.told().1;
@@ -322,6 +338,7 @@ impl Greeting {
                     self.actions.push_back(Action::Authenticated);
                     self.finish(Action::Join {
                         host: clean_host_name(&join.host_name),
+                        resume_key: join.resume_key,
                     });
                 }
                 // Nothing was looked at: the attempt costs the client nothing.
@@ -331,6 +348,28 @@ impl Greeting {
                     self.refuse(Refusal::Unavailable);
                 }
                 Err(r) => self.join_failed(ticket, r.into()),
+            },
+            (State::TakingSeat(operator, ticket), Event::SeatTaken(taken)) => match taken {
+                Ok(()) => {
+                    self.actions
+                        .push_back(Action::Settle(AttemptKind::Code, ticket, Settle::Succeeded));
+                    self.actions.push_back(Action::Authenticated);
+                    self.finish(Action::Resume { operator });
+                }
+                Err(None) => {
+                    self.actions
+                        .push_back(Action::Settle(AttemptKind::Code, ticket, Settle::Refund));
+                    self.refuse(Refusal::Unavailable);
+                }
+                Err(Some(r)) => {
+                    // A session that is simply over costs the endpoint nothing; a wrong token
+                    // or signature counts as a guess.
+                    let settle = if r.is_wrong_secret() { Settle::Failed } else { Settle::Refund };
+                    self.actions.push_back(Action::Settle(AttemptKind::Code, ticket, settle));
+                    let actor = if operator { "operator" } else { "client" };
+                    self.audit(actor.into(), "session_resume_refused", String::new(), format!("reason={}", r.name()));
+                    self.refuse(Refusal::ResumeRefused(r));
+                }
             },
             // An event the machine did not ask for: a bug in the shell; ignore it.
             (state, _) => self.state = state,
@@ -342,7 +381,8 @@ impl Greeting {
         // burst of parallel attempts gets no more real checks than the budget holds.
         let account = match &attempt {
             Attempt::Login(login) => Some(login.user.clone()),
-            Attempt::Join(_) => None,
+            // Resumes share the codes' budget: a token is a secret like a code.
+            Attempt::Join(_) | Attempt::Resume(_) => None,
         };
         self.actions.push_back(Action::Reserve { account });
         self.state = State::Reserving(attempt);
@@ -363,6 +403,11 @@ impl Greeting {
                 }
                 Err(_) => self.join_failed(ticket, Refusal::MalformedCode),
             },
+            Attempt::Resume(resume) => {
+                let operator = resume.operator;
+                self.actions.push_back(Action::TakeSeat(resume));
+                self.state = State::TakingSeat(operator, ticket);
+            }
         }
     }
 
@@ -656,10 +701,80 @@ mod tests {
             [
                 Action::Settle(AttemptKind::Code, _, Settle::Succeeded),
                 Action::Authenticated,
-                Action::Join { ref host }
+                Action::Join { ref host, .. }
             ] if host == "pc-01"
         ));
         assert!(g.is_done());
+    }
+
+    fn resume(operator: bool) -> Frame {
+        body(Body::Resume(pb::Resume {
+            session_id: "0123abcd".into(),
+            operator,
+            token: vec![1; 32],
+            signature: vec![2; 64],
+        }))
+    }
+
+    /// A machine past `Hello` that reserved and is taking the seat of a `Resume`.
+    fn taking_seat(t0: Instant, operator: bool) -> Greeting {
+        let mut g = machine(t0);
+        g.handle_frame(t0, hello(PROTOCOL_VERSION));
+        g.handle_frame(t0, resume(operator));
+        let actions = drain(&mut g);
+        assert!(matches!(actions[..], [Action::Send(_), Action::Reserve { account: None }]));
+        g.handle_event(t0, Event::Reserved(Ok(ticket(t0))));
+        let actions = drain(&mut g);
+        assert!(
+            matches!(&actions[..], [Action::TakeSeat(r)] if r.session_id == "0123abcd" && r.operator == operator),
+            "{actions:?}"
+        );
+        g
+    }
+
+    #[test]
+    fn a_resume_takes_its_seat_after_the_throttle_and_hands_the_side_back() {
+        let t0 = Instant::now();
+        let mut g = taking_seat(t0, true);
+        g.handle_event(t0, Event::SeatTaken(Ok(())));
+        let actions = drain(&mut g);
+        assert!(matches!(
+            actions[..],
+            [
+                Action::Settle(AttemptKind::Code, _, Settle::Succeeded),
+                Action::Authenticated,
+                Action::Resume { operator: true }
+            ]
+        ));
+        assert!(g.is_done());
+    }
+
+    #[test]
+    fn a_refused_resume_is_audited_and_only_a_wrong_secret_costs_an_attempt() {
+        let t0 = Instant::now();
+        for (refusal, settle, code) in [
+            (ResumeRefusal::WrongToken, Settle::Failed, ErrorCode::ResumeRefused),
+            (ResumeRefusal::BadSignature, Settle::Failed, ErrorCode::ResumeRefused),
+            (ResumeRefusal::NotResumable, Settle::Refund, ErrorCode::ResumeRefused),
+            (ResumeRefusal::UnknownSession, Settle::Refund, ErrorCode::Expired),
+        ] {
+            let mut g = taking_seat(t0, false);
+            g.handle_event(t0, Event::SeatTaken(Err(Some(refusal))));
+            let actions = drain(&mut g);
+            assert!(
+                matches!(&actions[..], [Action::Settle(AttemptKind::Code, _, s), Action::Audit(e), Action::Close(Some(_))]
+                    if *s == settle && e.action == "session_resume_refused" && e.actor == "client"
+                        && e.detail == format!("reason={}", refusal.name()) && e.ip == "192.0.2.7"),
+                "{refusal:?}: {actions:?}"
+            );
+            assert_eq!(closed_with(&actions).map(|c| c.0), Some(code));
+        }
+        // The grid's state out of reach: nothing decided, nothing charged.
+        let mut g = taking_seat(t0, false);
+        g.handle_event(t0, Event::SeatTaken(Err(None)));
+        let actions = drain(&mut g);
+        assert!(matches!(actions[0], Action::Settle(AttemptKind::Code, _, Settle::Refund)));
+        assert_eq!(closed_with(&actions).map(|c| c.0), Some(ErrorCode::Unavailable));
     }
 
     #[test]

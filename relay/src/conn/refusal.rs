@@ -10,6 +10,7 @@ use tsunagu_proto::pb::{ErrorCode, Frame};
 use tsunagu_proto::transport::error_frame;
 
 use crate::directory::JoinRefusal;
+use crate::resume::ResumeRefusal;
 
 /// Why a connection (or one request on it) is refused. Grouped by who is at fault: the
 /// peer's program, the person (a wrong secret, a code), the admin's rules, or the relay.
@@ -49,6 +50,9 @@ pub enum Refusal {
     ExpiredCode,
     /// A code a client already used.
     UsedCode,
+    /// A resume that showed no current token and signature of that session's side, or
+    /// came for a session that is over.
+    ResumeRefused(ResumeRefusal),
 
     // The admin's rules.
     Suspended,
@@ -111,6 +115,18 @@ impl Refusal {
                 ErrorCode::Used,
                 "this code was already used; ask the operator for a new one".into(),
             ),
+            ResumeRefused(ResumeRefusal::UnknownSession) => (
+                ErrorCode::Expired,
+                "the session has ended and cannot be resumed".into(),
+            ),
+            ResumeRefused(ResumeRefusal::NotResumable) => (
+                ErrorCode::ResumeRefused,
+                "this side of the session cannot be resumed".into(),
+            ),
+            ResumeRefused(ResumeRefusal::WrongToken | ResumeRefusal::BadSignature) => (
+                ErrorCode::ResumeRefused,
+                "the resume token is not valid for this session".into(),
+            ),
             Suspended => (ErrorCode::Forbidden, "this operator account is suspended".into()),
             LoginAddressRefused => (
                 ErrorCode::Forbidden,
@@ -158,7 +174,11 @@ impl Refusal {
     /// A wrong secret: the attempt counts against the throttle. Anything else (a right
     /// password on a suspended account, a check that could not run) costs nothing.
     pub fn is_wrong_secret(&self) -> bool {
-        matches!(self, Refusal::WrongPassword | Refusal::WrongTotp)
+        match self {
+            Refusal::WrongPassword | Refusal::WrongTotp => true,
+            Refusal::ResumeRefused(r) => r.is_wrong_secret(),
+            _ => false,
+        }
     }
 }
 

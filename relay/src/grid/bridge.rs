@@ -90,6 +90,9 @@ pub enum BridgeHeader {
         relay_port: u16,
         /// The client's host name from its greeting.
         host: String,
+        /// The client's resume key from its `Join` (empty: it cannot resume).
+        #[serde(default)]
+        resume_key: Vec<u8>,
     },
 }
 

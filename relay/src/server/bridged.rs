@@ -24,6 +24,8 @@ pub(super) struct Client {
     pub relay_port: u16,
     /// Its host name, already made inert and short by the greeting.
     pub host: String,
+    /// Its resume key (empty: it cannot resume).
+    pub resume_key: Vec<u8>,
 }
 
 /// Bridges a client that took a code here to the node that runs its session, until either
@@ -62,6 +64,7 @@ pub(super) async fn bridge_client<R, W>(
         client_addr: client.addr,
         relay_port: client.relay_port,
         host: client.host,
+        resume_key: client.resume_key,
     };
     let (mut to_node, mut from_node) = match grid.bridge().open(&node, info.quic, &header).await {
         Ok(streams) => streams,

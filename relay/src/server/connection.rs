@@ -24,7 +24,8 @@ use crate::grid::bridge::{BoxFuture, BridgeHandler, BridgeHeader, IncomingStream
 use crate::history::HistoryEvent;
 use crate::policy::Policy;
 use crate::queue::OutQueue;
-use crate::session::{Role, Session};
+use crate::resume::ResumeRefusal;
+use crate::session::{Hold, Role, Session};
 use crate::shutdown::{SessionMark, Shutdown};
 use crate::state::{Joined, Shared};
 use crate::throttle::{Outcome, ReserveError, Target, Throttles};
@@ -122,6 +123,8 @@ async fn serve_connection<S>(
     let mut machine = Greeting::new(ip, timeouts, clock::now());
     // The session a client's code led to, between `TakeCode` and `Join`.
     let mut taken: Option<Joined> = None;
+    // The session whose seat a resume took, between `TakeSeat` and `Resume`.
+    let mut resumed: Option<Arc<Session>> = None;
     // What the connection does once its greeting is over. The machine (and what it keeps)
     // is gone by then: a session holds its connection for hours, and memory per idle
     // session is a figure the relay is measured by.
@@ -184,10 +187,35 @@ async fn serve_connection<S>(
                     }
                     machine.handle_event(clock::now(), Event::CodeTaken(result));
                 }
+                Action::TakeSeat(resume) => {
+                    // As for a join: a stop that comes meanwhile waits for the endpoint.
+                    mark.carry();
+                    let role = if resume.operator { Role::Operator } else { Role::Client };
+                    let result = match shared.sessions().get(&resume.session_id) {
+                        Some(session) => session
+                            .take_seat(role, &resume.token, &resume.signature)
+                            .map(|()| resumed = Some(session))
+                            .map_err(Some),
+                        None => Err(Some(ResumeRefusal::UnknownSession)),
+                    };
+                    if let Err(r) = &result {
+                        mark.release();
+                        tracing::info!(%peer, ?role, reason = r.map_or("unavailable", |r| r.name()), "resume refused");
+                    }
+                    machine.handle_event(clock::now(), Event::SeatTaken(result));
+                }
+                Action::Resume { operator } => match resumed.take() {
+                    Some(session) => {
+                        let role = if operator { Role::Operator } else { Role::Client };
+                        break 'greeting Next::Resume(session, role);
+                    }
+                    None => return,
+                },
                 Action::Issue {
                     record,
                     requested,
                     asked,
+                    resume_key,
                 } => {
                     tracing::info!(%peer, operator = %record.name, "operator logged in");
                     // Marked before the session opens, so a stop either finds the session
@@ -197,10 +225,11 @@ async fn serve_connection<S>(
                         record,
                         requested,
                         asked,
+                        resume_key,
                     };
                 }
-                Action::Join { host } => match taken.take() {
-                    Some(joined) => break 'greeting Next::Client(joined, host),
+                Action::Join { host, resume_key } => match taken.take() {
+                    Some(joined) => break 'greeting Next::Client(joined, host, resume_key),
                     None => return,
                 },
                 Action::Close(refusal) => {
@@ -245,19 +274,56 @@ async fn serve_connection<S>(
             record,
             requested,
             asked,
-        } => run_operator(shared, reader, writer, peer, port, record, requested, asked).await,
-        Next::Client(Joined::Here(session), host) => {
-            run_client(shared, session, reader, writer, peer, port, host).await;
+            resume_key,
+        } => {
+            let asking = Asking {
+                record,
+                requested,
+                asked,
+                resume_key,
+            };
+            run_operator(shared, reader, writer, peer, port, asking).await
         }
-        Next::Client(Joined::Elsewhere(target), host) => {
+        Next::Client(Joined::Here(session), host, resume_key) => {
+            let client = JoiningClient {
+                addr: peer,
+                relay_port: port,
+                host,
+                resume_key,
+            };
+            run_client(shared, session, reader, writer, client).await;
+        }
+        Next::Client(Joined::Elsewhere(target), host, resume_key) => {
             let client = super::bridged::Client {
                 addr: peer,
                 relay_port: port,
                 host,
+                resume_key,
             };
             super::bridged::bridge_client(shared, target, client, reader, writer).await;
         }
+        Next::Resume(session, role) => run_resumed(shared, session, role, reader, writer, peer).await,
     }
+}
+
+/// A logged-in operator's request for a code.
+struct Asking {
+    record: crate::store::OperatorRecord,
+    requested: PermissionSet,
+    asked: PermissionSet,
+    /// Its resume key (empty: it cannot resume).
+    resume_key: Vec<u8>,
+}
+
+/// A client that took a code, as the node it connected to saw it.
+pub(crate) struct JoiningClient {
+    pub addr: SocketAddr,
+    /// The relay port it reached.
+    pub relay_port: u16,
+    /// Its host name, already made inert and short.
+    pub host: String,
+    /// Its resume key (empty: it cannot resume).
+    pub resume_key: Vec<u8>,
 }
 
 /// Where a connection goes after its greeting.
@@ -267,9 +333,12 @@ enum Next {
         record: crate::store::OperatorRecord,
         requested: PermissionSet,
         asked: PermissionSet,
+        resume_key: Vec<u8>,
     },
-    /// A client took a code; its host name.
-    Client(Joined, String),
+    /// A client took a code; its host name and resume key.
+    Client(Joined, String, Vec<u8>),
+    /// An endpoint took its side of a session back.
+    Resume(Arc<Session>, Role),
 }
 
 /// The throttle an attempt goes through: logins or session codes.
@@ -283,20 +352,23 @@ fn throttle_of(shared: &Shared, login: bool) -> &dyn Throttles {
 
 /// An operator passed the greeting and asked for a code: issues it, records it, tells the
 /// operator and runs its side of the session.
-#[allow(clippy::too_many_arguments)]
 async fn run_operator<R, W>(
     shared: Arc<Shared>,
     reader: FrameReader<R>,
     mut writer: FrameWriter<W>,
     peer: SocketAddr,
     port: u16,
-    record: crate::store::OperatorRecord,
-    requested: PermissionSet,
-    asked: PermissionSet,
+    asking: Asking,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let Asking {
+        record,
+        requested,
+        asked,
+        resume_key,
+    } = asking;
     let operator = record.name;
     let limits = &shared.config.limits;
     let operator_q = OutQueue::new(
@@ -344,8 +416,11 @@ async fn run_operator<R, W>(
         session.finish(EndReason::OperatorDisconnected).await;
         return;
     }
+    // Queued behind `CodeIssued`: the operator's writer sends it first thing.
+    session.open_seat(Role::Operator, &resume_key);
     tokio::spawn(session.clone().run_timer());
-    run_peer(shared, session, Role::Operator, reader, writer, operator_q).await;
+    let hold = session.hold(Role::Operator);
+    run_peer(shared, session, hold, reader, writer, operator_q).await;
 }
 
 /// A client took a code: attaches it to the session and runs its side. In a grid the
@@ -355,9 +430,7 @@ pub(crate) async fn run_client<R, W>(
     session: Arc<Session>,
     reader: FrameReader<R>,
     mut writer: FrameWriter<W>,
-    peer: SocketAddr,
-    port: u16,
-    host: String,
+    client: JoiningClient,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -368,11 +441,45 @@ pub(crate) async fn run_client<R, W>(
         limits.data_queue_bytes,
         limits.control_queue_frames,
     );
-    if !session.attach_client(client_q.clone(), &host, peer, port).await {
+    if !session
+        .attach_client(client_q.clone(), &client.host, client.addr, client.relay_port)
+        .await
+    {
         let _ = writer.send(&Refusal::ExpiredCode.frame()).await;
         return;
     }
-    run_peer(shared, session, Role::Client, reader, writer, client_q).await;
+    // Queued behind the consent request.
+    session.open_seat(Role::Client, &client.resume_key);
+    let hold = session.hold(Role::Client);
+    run_peer(shared, session, hold, reader, writer, client_q).await;
+}
+
+/// An endpoint whose seat a resume took back: takes its side of the session over a new
+/// queue (the session tells it the state and gives it a new token) and runs it.
+async fn run_resumed<R, W>(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    role: Role,
+    reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+    peer: SocketAddr,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &shared.config.limits;
+    let queue = OutQueue::new(
+        limits.screen_queue_frames,
+        limits.data_queue_bytes,
+        limits.control_queue_frames,
+    );
+    let Some(hold) = session.reattach(role, queue.clone(), peer).await else {
+        let _ = writer
+            .send(&Refusal::ResumeRefused(ResumeRefusal::UnknownSession).frame())
+            .await;
+        return;
+    };
+    run_peer(shared, session, hold, reader, writer, queue).await;
 }
 
 /// Suspension, IP rules and the session cap, checked against the current account when a
@@ -460,7 +567,7 @@ async fn authenticate(
 async fn run_peer<R, W>(
     shared: Arc<Shared>,
     session: Arc<Session>,
-    role: Role,
+    mut hold: Hold,
     mut reader: FrameReader<R>,
     writer: FrameWriter<W>,
     queue: OutQueue,
@@ -472,10 +579,7 @@ async fn run_peer<R, W>(
     let liveness = Arc::new(Mutex::new(Liveness::new(t.idle, t.keepalive, clock::now())));
     let writer_task = tokio::spawn(write_loop(queue.clone(), writer, liveness.clone(), t.write));
     let mut ended = session.ended();
-    let gone = match role {
-        Role::Operator => EndReason::OperatorDisconnected,
-        Role::Client => EndReason::ClientDisconnected,
-    };
+    let role = hold.role;
     loop {
         let deadline = lock(&liveness).poll_timeout();
         let due = async {
@@ -487,6 +591,8 @@ async fn run_peer<R, W>(
         let read = tokio::select! {
             biased;
             _ = crate::shutdown::until_true(&mut ended) => break,
+            // A resume gave this side to a newer connection: this one just closes.
+            _ = hold.replaced() => break,
             r = reader.read() => r,
             _ = due => {
                 let due = lock(&liveness).handle_timeout(clock::now());
@@ -515,7 +621,7 @@ async fn run_peer<R, W>(
                 }
             }
             Ok(None) => {
-                session.peer_gone(gone).await;
+                session.peer_gone(&hold).await;
                 break;
             }
             Err(TransportError::Frame(e)) => {
@@ -526,7 +632,7 @@ async fn run_peer<R, W>(
             }
             Err(e) => {
                 tracing::debug!(session = %session.id, ?role, error = %e, "connection lost");
-                session.peer_gone(gone).await;
+                session.peer_gone(&hold).await;
                 break;
             }
         }
@@ -640,6 +746,7 @@ impl BridgeHandler for Joins {
                 client_addr,
                 relay_port,
                 host,
+                resume_key,
             } = header;
             let max_frame = shared.config.limits.max_frame;
             let reader = FrameReader::new(recv, max_frame);
@@ -654,7 +761,13 @@ impl BridgeHandler for Joins {
             // Shutdown lets this stream finish like any connection that carries a session.
             mark.carry();
             let _counted = crate::metrics::BridgeStream::open("in");
-            run_client(shared, session, reader, writer, client_addr, relay_port, host).await;
+            let client = JoiningClient {
+                addr: client_addr,
+                relay_port,
+                host,
+                resume_key,
+            };
+            run_client(shared, session, reader, writer, client).await;
         })
     }
 }
