@@ -110,7 +110,15 @@ async fn relayed(total: usize) -> Duration {
     };
     let mut cl = tsunagu_endpoint::dial::dial(&cfg).await.unwrap();
     let host_name = "bench".into();
-    ask(&mut cl, Body::Join(pb::Join { code, host_name, ..Default::default() })).await;
+    ask(
+        &mut cl,
+        Body::Join(pb::Join {
+            code,
+            host_name,
+            ..Default::default()
+        }),
+    )
+    .await;
     let consent = pb::Consent {
         granted: all,
         denied: false,

@@ -40,7 +40,7 @@ impl Resumable {
         let t = peer.expect("ResumeToken", body!(ResumeToken)).await;
         assert_eq!(t.token.len(), 32);
         self.session_id = t.session_id.clone();
-        self.token = t.token.clone();
+        self.token = t.token.to_vec();
         t
     }
 
@@ -50,8 +50,8 @@ impl Resumable {
         Body::Resume(pb::Resume {
             session_id: self.session_id.clone(),
             operator,
-            token: self.token.clone(),
-            signature: key.sign(&message).as_ref().to_vec(),
+            token: self.token.clone().into(),
+            signature: key.sign(&message).as_ref().to_vec().into(),
         })
     }
 
@@ -75,13 +75,14 @@ async fn resumable_pair(relay: &TestRelay, grant: &[&str]) -> (RawPeer, Resumabl
     let mut op = RawPeer::login(&cfg, "alice", PASSWORD).await.expect("alice logs in");
     op.send_body(Body::RequestCode(pb::RequestCode {
         permissions: vec![],
-        resume_key: op_key.public(),
+        resume_key: op_key.public().into(),
     }))
     .await;
     let code = op.expect("CodeIssued", body!(CodeIssued)).await;
     let token = op_key.take_token(&mut op).await;
     assert_eq!(token.session_id, code.session_id);
-    assert_eq!(token.window_ms, 30_000, "the default resume window");
+    let window = relay.relay.shared().config.timeouts.resume;
+    assert_eq!(token.window_ms, window.as_millis() as u64, "the relay's resume window");
 
     let mut client_key = Resumable::new();
     let mut client = RawPeer::connect(&cfg).await;
@@ -89,7 +90,7 @@ async fn resumable_pair(relay: &TestRelay, grant: &[&str]) -> (RawPeer, Resumabl
         .send_body(Body::Join(pb::Join {
             code: code.code.clone(),
             host_name: "test-pc".into(),
-            resume_key: client_key.public(),
+            resume_key: client_key.public().into(),
         }))
         .await;
     client.expect("ConsentRequest", body!(ConsentRequest)).await;
@@ -128,6 +129,11 @@ async fn audit_until(relay: &TestRelay, done: impl Fn(&[(String, String)]) -> bo
 #[tokio::test]
 async fn a_client_that_reconnects_takes_its_place_back_with_the_same_grants_and_switches() {
     let relay = TestRelay::start(|_| {}).await;
+    assert_eq!(
+        relay.relay.shared().config.timeouts.resume,
+        Duration::from_secs(30),
+        "the default window"
+    );
     let (mut op, _op_key, client, mut client_key) = resumable_pair(&relay, &["view", "control", "chat"]).await;
     let mut client = client;
     client.client_state(true, false, false, &[]).await;
@@ -234,7 +240,10 @@ async fn a_replayed_or_forged_resume_is_refused_and_audited_and_the_owner_still_
         rows.iter()
             .any(|(a, d)| a == "session_resume_refused" && d == &format!("reason={why}"))
     };
-    let audit = audit_until(&relay, |rows| refused(rows, "wrong_token") && refused(rows, "bad_signature")).await;
+    let audit = audit_until(&relay, |rows| {
+        refused(rows, "wrong_token") && refused(rows, "bad_signature")
+    })
+    .await;
     assert!(refused(&audit, "wrong_token"), "{audit:?}");
     assert!(refused(&audit, "bad_signature"), "{audit:?}");
 }
@@ -248,7 +257,10 @@ async fn an_endpoint_that_does_not_come_back_ends_the_session_after_the_window()
     assert!(op.expect("PeerConnection", body!(PeerConnection)).await.away);
     assert_eq!(op.expect_ended().await, pb::EndReason::ClientDisconnected);
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(900), "ended after {waited:?}, before the window");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "ended after {waited:?}, before the window"
+    );
     let (_c, first) = client_key.reconnect(&relay, false).await;
     assert!(
         matches!(&first, Body::Error(e) if e.code == ErrorCode::Expired as i32),
@@ -267,7 +279,7 @@ async fn an_operator_resumes_before_any_client_joins_and_hears_the_join() {
     let mut op = RawPeer::login(&cfg, "alice", PASSWORD).await.unwrap();
     op.send_body(Body::RequestCode(pb::RequestCode {
         permissions: vec![],
-        resume_key: op_key.public(),
+        resume_key: op_key.public().into(),
     }))
     .await;
     let code = op.expect("CodeIssued", body!(CodeIssued)).await;

@@ -182,9 +182,16 @@ impl<E: AppEvent> Core<E> {
             self.emit(E::error("bad_command", msg)).await;
             return Ok(());
         }
-        self.send_data(Channel::Chat, pb::ChatMessage { text, ..Default::default() }.encode_to_vec())
-            .await
-            .map(|_| ())
+        self.send_data(
+            Channel::Chat,
+            pb::ChatMessage {
+                text,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Sends an event to the embedder.
@@ -734,7 +741,11 @@ mod tests {
         // Data by channel: the screen goes to the app, chat is decoded by the driver.
         run.relay.send(data(Channel::Screen, 3, vec![7; 1000])).await;
         assert_eq!(run.event().await, Ev::Screen { seq: 3, len: 1000 });
-        let chat = pb::ChatMessage { text: "hello".into(), ..Default::default() }.encode_to_vec();
+        let chat = pb::ChatMessage {
+            text: "hello".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
         run.relay.send(data(Channel::Chat, 1, chat)).await;
         assert_eq!(run.event().await, Ev::Chat { text: "hello".into() });
         // A ping is answered with its nonce.

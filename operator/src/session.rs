@@ -120,7 +120,11 @@ impl driver::App for Operator {
                 self.phase = Phase::RequestingCode;
                 core.set_deadline(Some(Instant::now() + self.config.timeouts.step));
                 let permissions = self.config.permissions.to_wire();
-                core.send(Body::RequestCode(pb::RequestCode { permissions, ..Default::default() })).await?;
+                core.send(Body::RequestCode(pb::RequestCode {
+                    permissions,
+                    ..Default::default()
+                }))
+                .await?;
             }
             Body::CodeIssued(issued) if self.phase == Phase::RequestingCode => {
                 self.phase = Phase::WaitingForClient;

@@ -43,7 +43,10 @@ mod tests {
         assert_ne!(op, signed_message("ab", false, &t));
         assert_ne!(op, signed_message("abc", true, &t));
         // The separator keeps "a" + "b..." apart from "ab" + "...".
-        assert_ne!(signed_message("a", true, &[b'b'; 3]), signed_message("ab", true, &[b'b'; 2]));
+        assert_ne!(
+            signed_message("a", true, &[b'b'; 3]),
+            signed_message("ab", true, &[b'b'; 2])
+        );
         assert!(op.starts_with(CONTEXT));
     }
 }

@@ -401,6 +401,7 @@ mod tests {
             bytes_to_client: 10,
             bytes_to_operator: 20,
             end_reason: Some("client_ended".into()),
+            resumes: 1,
         }
     }
 

@@ -633,10 +633,15 @@ impl Policy {
             return phase;
         }
         let closing = self.closing.map(|(_, at)| at);
-        [phase, closing, self.away[0].map(|(_, at)| at), self.away[1].map(|(_, at)| at)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            phase,
+            closing,
+            self.away[0].map(|(_, at)| at),
+            self.away[1].map(|(_, at)| at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Applies the passage of time; returns the end reason if the session just ended.
@@ -648,7 +653,9 @@ impl Policy {
             (_, Some((reason, at)), _) if now >= at => reason,
             (_, _, Some(reason)) => reason,
             (Phase::AwaitingClient, _, _) if now >= self.code_deadline => EndReason::Expired,
-            (Phase::AwaitingConsent, _, _) if self.consent_deadline.is_some_and(|d| now >= d) => EndReason::ConsentTimeout,
+            (Phase::AwaitingConsent, _, _) if self.consent_deadline.is_some_and(|d| now >= d) => {
+                EndReason::ConsentTimeout
+            }
             _ => return None,
         };
         self.phase = Phase::Ended(reason);
@@ -1254,10 +1261,20 @@ mod tests {
     fn a_file_resumes_only_from_what_the_relay_let_through() {
         let (mut p, _) = active(&["files"]);
         assert_eq!(p.file_offer(ToClient, 1, "a.bin", 100), Verdict::Forward);
-        assert_eq!(p.file_resume(ToOperator, 1, 0), Verdict::Drop(DropReason::TransferMisuse), "not accepted yet");
+        assert_eq!(
+            p.file_resume(ToOperator, 1, 0),
+            Verdict::Drop(DropReason::TransferMisuse),
+            "not accepted yet"
+        );
         assert_eq!(p.file_answer(ToOperator, 1, true), (Verdict::Forward, None));
-        assert_eq!(p.check_data_in(ToClient, Some(Channel::File), 1, 60, 70), Verdict::Forward);
-        assert_eq!(p.file_resume(ToOperator, 1, 61), Verdict::Drop(DropReason::TransferMisuse));
+        assert_eq!(
+            p.check_data_in(ToClient, Some(Channel::File), 1, 60, 70),
+            Verdict::Forward
+        );
+        assert_eq!(
+            p.file_resume(ToOperator, 1, 61),
+            Verdict::Drop(DropReason::TransferMisuse)
+        );
         assert_eq!(p.file_resume(ToOperator, 2, 0), Verdict::Drop(DropReason::NoTransfer));
         assert_eq!(p.file_resume(ToOperator, 1, 40), Verdict::Forward);
         // The sender goes on from byte 40: 60 more bytes fit the offered size, 61 do not.
@@ -1265,7 +1282,10 @@ mod tests {
             p.check_data_in(ToClient, Some(Channel::File), 1, 61, 70),
             Verdict::Drop(DropReason::TransferMisuse)
         );
-        assert_eq!(p.check_data_in(ToClient, Some(Channel::File), 1, 60, 70), Verdict::Forward);
+        assert_eq!(
+            p.check_data_in(ToClient, Some(Channel::File), 1, 60, 70),
+            Verdict::Forward
+        );
     }
 
     #[test]

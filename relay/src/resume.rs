@@ -95,7 +95,13 @@ impl Seat {
 
     /// Checks a resume of this seat (`operator`: the operator's seat) in `session_id`; when
     /// it succeeds, the token is spent (issue the next with [`Seat::issue`]).
-    pub fn take(&mut self, session_id: &str, operator: bool, token: &[u8], signature: &[u8]) -> Result<(), ResumeRefusal> {
+    pub fn take(
+        &mut self,
+        session_id: &str,
+        operator: bool,
+        token: &[u8],
+        signature: &[u8],
+    ) -> Result<(), ResumeRefusal> {
         let expected = self.token_hash.ok_or(ResumeRefusal::WrongToken)?;
         if token.len() != TOKEN_LEN || hash(token) != expected {
             return Err(ResumeRefusal::WrongToken);
@@ -156,7 +162,10 @@ mod tests {
             seat.take("s1", false, &token, forged.as_ref()),
             Err(ResumeRefusal::BadSignature)
         );
-        assert_eq!(seat.take("s1", false, &token, &[0u8; 12]), Err(ResumeRefusal::BadSignature));
+        assert_eq!(
+            seat.take("s1", false, &token, &[0u8; 12]),
+            Err(ResumeRefusal::BadSignature)
+        );
         let sig = kp.sign(&signed_message("s1", false, &token));
         assert_eq!(seat.take("s1", false, &token, sig.as_ref()), Ok(()));
     }
@@ -172,7 +181,10 @@ mod tests {
         );
         let (mut seat, token) = seat_of(&kp);
         let other = kp.sign(&signed_message("s2", true, &token));
-        assert_eq!(seat.take("s1", true, &token, other.as_ref()), Err(ResumeRefusal::BadSignature));
+        assert_eq!(
+            seat.take("s1", true, &token, other.as_ref()),
+            Err(ResumeRefusal::BadSignature)
+        );
     }
 
     #[test]
@@ -180,7 +192,10 @@ mod tests {
         let kp = key_pair();
         let (mut seat, token) = seat_of(&kp);
         for guess in [vec![0u8; TOKEN_LEN], vec![1u8; 5], Vec::new()] {
-            assert_eq!(seat.take("s1", true, &guess, &[0u8; 64]), Err(ResumeRefusal::WrongToken));
+            assert_eq!(
+                seat.take("s1", true, &guess, &[0u8; 64]),
+                Err(ResumeRefusal::WrongToken)
+            );
         }
         let sig = kp.sign(&signed_message("s1", true, &token));
         assert_eq!(seat.take("s1", true, &token, sig.as_ref()), Ok(()));

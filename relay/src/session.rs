@@ -773,7 +773,7 @@ impl Session {
     fn token_frame(&self, token: &[u8]) -> Bytes {
         frame(Body::ResumeToken(pb::ResumeToken {
             session_id: self.id.clone(),
-            token: token.to_vec(),
+            token: Bytes::copy_from_slice(token),
             window_ms: self.shared.resume_window.as_millis() as u64,
         }))
     }

@@ -168,8 +168,11 @@ impl Peer {
         }))
         .await;
         assert!(matches!(op.next().await, Some(Body::LoginOk(_))));
-        op.send(Body::RequestCode(pb::RequestCode { permissions: vec![], ..Default::default() }))
-            .await;
+        op.send(Body::RequestCode(pb::RequestCode {
+            permissions: vec![],
+            ..Default::default()
+        }))
+        .await;
         let Some(Body::CodeIssued(issued)) = op.next().await else {
             panic!("no code")
         };

@@ -303,8 +303,15 @@ impl RawPeer {
     }
 
     pub async fn chat(&mut self, text: &str) {
-        self.data(Channel::Chat, pb::ChatMessage { text: text.into(), ..Default::default() }.encode_to_vec())
-            .await;
+        self.data(
+            Channel::Chat,
+            pb::ChatMessage {
+                text: text.into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+        .await;
     }
 
     pub async fn input_move(&mut self, x: i32, y: i32) {

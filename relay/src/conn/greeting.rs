@@ -231,7 +231,7 @@ impl Greeting {
                     self.actions.push_back(Action::CheckAccount {
                         operator: operator.clone(),
                     });
-                    self.state = State::CheckingAccount(operator, requested, rc.resume_key);
+                    self.state = State::CheckingAccount(operator, requested, rc.resume_key.to_vec());
                     self.deadline = None;
                 }
                 _ => self.refuse(Refusal::ExpectedRequestCode),
@@ -338,7 +338,7 @@ impl Greeting {
                     self.actions.push_back(Action::Authenticated);
                     self.finish(Action::Join {
                         host: clean_host_name(&join.host_name),
-                        resume_key: join.resume_key,
+                        resume_key: join.resume_key.to_vec(),
                     });
                 }
                 // Nothing was looked at: the attempt costs the client nothing.
@@ -364,10 +364,20 @@ impl Greeting {
                 Err(Some(r)) => {
                     // A session that is simply over costs the endpoint nothing; a wrong token
                     // or signature counts as a guess.
-                    let settle = if r.is_wrong_secret() { Settle::Failed } else { Settle::Refund };
-                    self.actions.push_back(Action::Settle(AttemptKind::Code, ticket, settle));
+                    let settle = if r.is_wrong_secret() {
+                        Settle::Failed
+                    } else {
+                        Settle::Refund
+                    };
+                    self.actions
+                        .push_back(Action::Settle(AttemptKind::Code, ticket, settle));
                     let actor = if operator { "operator" } else { "client" };
-                    self.audit(actor.into(), "session_resume_refused", String::new(), format!("reason={}", r.name()));
+                    self.audit(
+                        actor.into(),
+                        "session_resume_refused",
+                        String::new(),
+                        format!("reason={}", r.name()),
+                    );
                     self.refuse(Refusal::ResumeRefused(r));
                 }
             },
@@ -711,8 +721,8 @@ mod tests {
         body(Body::Resume(pb::Resume {
             session_id: "0123abcd".into(),
             operator,
-            token: vec![1; 32],
-            signature: vec![2; 64],
+            token: vec![1; 32].into(),
+            signature: vec![2; 64].into(),
         }))
     }
 
@@ -722,7 +732,10 @@ mod tests {
         g.handle_frame(t0, hello(PROTOCOL_VERSION));
         g.handle_frame(t0, resume(operator));
         let actions = drain(&mut g);
-        assert!(matches!(actions[..], [Action::Send(_), Action::Reserve { account: None }]));
+        assert!(matches!(
+            actions[..],
+            [Action::Send(_), Action::Reserve { account: None }]
+        ));
         g.handle_event(t0, Event::Reserved(Ok(ticket(t0))));
         let actions = drain(&mut g);
         assert!(
@@ -773,7 +786,10 @@ mod tests {
         let mut g = taking_seat(t0, false);
         g.handle_event(t0, Event::SeatTaken(Err(None)));
         let actions = drain(&mut g);
-        assert!(matches!(actions[0], Action::Settle(AttemptKind::Code, _, Settle::Refund)));
+        assert!(matches!(
+            actions[0],
+            Action::Settle(AttemptKind::Code, _, Settle::Refund)
+        ));
         assert_eq!(closed_with(&actions).map(|c| c.0), Some(ErrorCode::Unavailable));
     }
 
@@ -863,7 +879,13 @@ mod tests {
         let control = PermissionSet::parse_names(["control"]).unwrap();
 
         let mut g = logged_in(t0);
-        g.handle_frame(t0, body(Body::RequestCode(pb::RequestCode { permissions: vec![], ..Default::default() })));
+        g.handle_frame(
+            t0,
+            body(Body::RequestCode(pb::RequestCode {
+                permissions: vec![],
+                ..Default::default()
+            })),
+        );
         assert!(matches!(drain(&mut g)[..], [Action::CheckAccount { ref operator }] if operator == "ana"));
         g.handle_event(t0, Event::AccountChecked(Ok(record("ana", view_chat))));
         let actions = drain(&mut g);
@@ -894,7 +916,13 @@ mod tests {
 
         // The account changed since the login.
         let mut g = logged_in(t0);
-        g.handle_frame(t0, body(Body::RequestCode(pb::RequestCode { permissions: vec![], ..Default::default() })));
+        g.handle_frame(
+            t0,
+            body(Body::RequestCode(pb::RequestCode {
+                permissions: vec![],
+                ..Default::default()
+            })),
+        );
         drain(&mut g);
         g.handle_event(t0, Event::AccountChecked(Err(Refusal::SessionCap { max: 2 })));
         assert_eq!(

@@ -44,6 +44,7 @@ fn header(i: usize) -> BridgeHeader {
         client_addr: "192.0.2.7:50000".parse().unwrap(),
         relay_port: 7615,
         host: format!("pc-{i}"),
+        resume_key: vec![7; 32],
     }
 }
 
@@ -369,6 +370,7 @@ fn header_decoding_has_three_outcomes_and_checks_the_length_first() {
         client_addr: "192.0.2.1:1".parse().unwrap(),
         relay_port: 1,
         host: String::new(),
+        resume_key: Vec::new(),
     };
     assert!(matches!(encode_header(&huge), Err(BridgeError::Local(_))));
 }
