@@ -241,6 +241,37 @@ pub struct Change {
     pub emptied: bool,
 }
 
+/// A transfer still open, as another relay node needs it to carry the session on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenTransfer {
+    /// The way the content moves.
+    pub direction: Direction,
+    /// The sender's transfer id.
+    pub id: u32,
+    /// The name as recorded (already cut to [`MAX_RECORDED_NAME`]).
+    pub name: String,
+    pub size: u64,
+    /// Content bytes let through so far.
+    pub bytes: u64,
+    /// The receiver accepted it (otherwise it is only offered).
+    pub accepted: bool,
+}
+
+/// Everything a [`Policy`] decides by, to rebuild it on another relay node after the one
+/// that ran the session is gone (see [`Policy::restore`]). Deadlines are absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyState {
+    /// `AwaitingClient`, `AwaitingConsent` or `Active`.
+    pub phase: Phase,
+    pub asked: PermissionSet,
+    pub granted: PermissionSet,
+    pub modes: ClientModes,
+    pub counters: Counters,
+    pub code_deadline: Instant,
+    pub consent_deadline: Option<Instant>,
+    pub transfers: Vec<OpenTransfer>,
+}
+
 /// One session's rules and state.
 #[derive(Debug)]
 pub struct Policy {
@@ -295,6 +326,72 @@ impl Policy {
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// What this policy decides by, for [`Policy::restore`] elsewhere.
+    pub fn state(&self) -> PolicyState {
+        let mut transfers: Vec<OpenTransfer> = self
+            .transfers
+            .iter()
+            .map(|(&(direction, id), t)| OpenTransfer {
+                direction,
+                id,
+                name: t.name.clone(),
+                size: t.size,
+                bytes: t.bytes,
+                accepted: t.state == TransferState::Accepted,
+            })
+            .collect();
+        transfers.sort_by_key(|t| (t.direction == Direction::ToOperator, t.id));
+        PolicyState {
+            phase: self.phase,
+            asked: self.asked,
+            granted: self.granted,
+            modes: self.modes,
+            counters: self.counters,
+            code_deadline: self.code_deadline,
+            consent_deadline: self.consent_deadline,
+            transfers,
+        }
+    }
+
+    /// The policy a [`PolicyState`] describes, on a node taking the session over: both
+    /// sides count as away until they resume (see [`Policy::peer_away`]). `None` for a state
+    /// no live session has (ended, or more open transfers than one session may hold).
+    pub fn restore(state: PolicyState, consent_timeout: Duration) -> Option<Self> {
+        if matches!(state.phase, Phase::Ended(_)) || state.transfers.len() > MAX_OPEN_TRANSFERS {
+            return None;
+        }
+        let transfers = state
+            .transfers
+            .into_iter()
+            .map(|t| {
+                let transfer = Transfer {
+                    name: recorded_name(&t.name),
+                    size: t.size,
+                    bytes: t.bytes.min(t.size),
+                    state: if t.accepted {
+                        TransferState::Accepted
+                    } else {
+                        TransferState::Offered
+                    },
+                };
+                ((t.direction, t.id), transfer)
+            })
+            .collect();
+        Some(Self {
+            phase: state.phase,
+            asked: state.asked,
+            granted: state.granted.intersect(state.asked),
+            modes: state.modes,
+            counters: state.counters,
+            code_deadline: state.code_deadline,
+            consent_timeout,
+            consent_deadline: state.consent_deadline,
+            transfers,
+            closing: None,
+            away: [None, None],
+        })
     }
 
     pub fn asked(&self) -> PermissionSet {
@@ -1286,6 +1383,35 @@ mod tests {
             p.check_data_in(ToClient, Some(Channel::File), 1, 60, 70),
             Verdict::Forward
         );
+    }
+
+    #[test]
+    fn a_restored_policy_decides_as_the_original_did() {
+        let (mut p, t0) = active(&["view", "control", "files"]);
+        p.client_state(PAUSED, PermissionSet::EMPTY);
+        assert_eq!(p.file_offer(ToClient, 3, "report.pdf", 100), Verdict::Forward);
+        assert_eq!(p.file_answer(ToOperator, 3, true), (Verdict::Forward, None));
+        assert_eq!(p.check_data_in(ToClient, Some(Channel::File), 3, 40, 50), Verdict::Forward);
+        assert_eq!(p.file_offer(ToOperator, 1, "log.txt", 10), Verdict::Forward);
+        let state = p.state();
+        assert_eq!(state.transfers.len(), 2);
+        let mut q = Policy::restore(state.clone(), CONSENT).unwrap();
+        assert_eq!(q.state(), state);
+        assert_eq!(q.phase(), Phase::Active);
+        assert_eq!(q.check_data(ToClient, Some(Channel::Input), 10), Verdict::Drop(DropReason::Paused));
+        assert_eq!(q.check_data_in(ToClient, Some(Channel::File), 3, 60, 70), Verdict::Forward);
+        assert_eq!(
+            q.check_data_in(ToClient, Some(Channel::File), 3, 1, 10),
+            Verdict::Drop(DropReason::TransferMisuse),
+            "the offered size still caps the content"
+        );
+        assert_eq!(q.file_answer(ToClient, 1, true), (Verdict::Forward, None));
+        assert_eq!(q.deadline(), None);
+        assert!(q.tick(t0 + TTL * 2).is_none());
+
+        let mut ended = state.clone();
+        ended.phase = Phase::Ended(EndReason::OperatorEnded);
+        assert!(Policy::restore(ended, CONSENT).is_none());
     }
 
     #[test]
