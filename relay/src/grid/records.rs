@@ -15,10 +15,12 @@
 //!
 //! When a node dies (crash, kill -9) or freezes (SIGSTOP, a VM pause) for longer than its
 //! node TTL, its endpoints reconnect to another node of their relay list and show their
-//! resume token. That node reads the record, sees the owner's heartbeat key gone
-//! ([`SessionRecords::owner_alive`]), and takes the session over with a compare-and-set on
-//! the (owner, epoch) it read ([`SessionRecords::take_over`]): of many nodes that try at
-//! once, exactly one wins. A node that was only frozen wakes up still believing it owns its
+//! resume token. That node reads the record and takes the session over with a
+//! compare-and-set on the (owner, epoch) it read, if the owner's heartbeat key is gone
+//! ([`SessionRecords::take_over_if_owner_gone`] checks both in one atomic step;
+//! [`SessionRecords::owner_alive`] and [`SessionRecords::take_over`] are the two halves, for
+//! a caller that has proved the owner dead otherwise): of many nodes that try at once,
+//! exactly one wins. A node that was only frozen wakes up still believing it owns its
 //! sessions; its next write is refused as [`Saved::Stale`], and the [`SessionRecords::refresh`]
 //! that follows each of its heartbeats lists the sessions that are no longer its own, so it
 //! stops forwarding them.
@@ -511,8 +513,12 @@ pub enum Saved {
 /// What a takeover found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TakeOver {
-    /// This node owns the session now, at `epoch`; `snapshot` is the state to go on with.
-    Taken { epoch: Epoch, snapshot: SessionSnapshot },
+    /// This node owns the session now, at `epoch`; `snapshot` is the state to go on with
+    /// (boxed: it is by far the largest outcome).
+    Taken {
+        epoch: Epoch,
+        snapshot: Box<SessionSnapshot>,
+    },
     /// The record no longer shows the owner and epoch that were seen: someone else took it
     /// first (or its owner wrote a newer epoch). It is `owner`'s at `epoch` now.
     Moved { owner: String, epoch: Epoch },
@@ -574,9 +580,11 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {'ok'}
 "#;
 
-/// KEYS: record. ARGV: seen owner, seen epoch, node, ttl ms. Returns `{"taken", epoch,
+/// KEYS: record, and optionally the seen owner's node key. ARGV: seen owner, seen epoch,
+/// node, ttl ms. Returns `{"alive"}` (the node key was given and exists), `{"taken", epoch,
 /// snapshot}`, `{"moved", owner, epoch}` or `{"gone"}`.
 const TAKE_OVER_LUA: &str = r#"
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return {'alive'} end
 local r = redis.call('HMGET', KEYS[1], 'owner', 'epoch', 'ended', 'snapshot')
 if not r[1] or r[3] or not r[4] then return {'gone'} end
 if r[1] ~= ARGV[1] or r[2] ~= ARGV[2] then return {'moved', r[1], r[2]} end
@@ -678,6 +686,12 @@ impl SessionRecords {
         self.redis.key(&format!("record:{id}"))
     }
 
+    /// A node's heartbeat key, as [`super::nodes`] names it (the test
+    /// `owner_alive_follows_the_node_heartbeat_key` keeps the two in step).
+    fn node_key(&self, node: &str) -> String {
+        self.redis.key(&format!("node:{node}"))
+    }
+
     /// The first write of a new session: this node owns it at [`Epoch::FIRST`]. A record
     /// (or tombstone) with that id is [`RecordError::Exists`] and is left as it is.
     pub async fn create(&self, snapshot: &SessionSnapshot) -> Result<Epoch, RecordError> {
@@ -774,23 +788,46 @@ impl SessionRecords {
     /// then finds itself stale (its writes are refused, its refresh lists the session as
     /// moved), which is exactly what happens to a node frozen for longer than its TTL.
     pub async fn take_over(&self, id: &str, seen_owner: &str, seen_epoch: Epoch) -> Result<TakeOver, RecordError> {
+        let taken = self.take_over_script(id, seen_owner, seen_epoch, false).await?;
+        // Without the node key, the script never answers "alive".
+        taken.ok_or_else(|| malformed("taking over a session record"))
+    }
+
+    /// [`SessionRecords::take_over`], but only if the seen owner's node is gone, checked in
+    /// the same atomic step (no window between the check and the takeover): `None` when the
+    /// owner is alive (then its session is reached through it, over the bridge).
+    pub async fn take_over_if_owner_gone(
+        &self,
+        id: &str,
+        seen_owner: &str,
+        seen_epoch: Epoch,
+    ) -> Result<Option<TakeOver>, RecordError> {
+        self.take_over_script(id, seen_owner, seen_epoch, true).await
+    }
+
+    async fn take_over_script(
+        &self,
+        id: &str,
+        seen_owner: &str,
+        seen_epoch: Epoch,
+        unless_owner_alive: bool,
+    ) -> Result<Option<TakeOver>, RecordError> {
         let what = "taking over a session record";
-        let answer: Vec<String> = self
-            .redis
-            .run_script(
-                what,
-                self.take_over_script
-                    .key(self.record_key(id))
-                    .arg(seen_owner)
-                    .arg(seen_epoch.get())
-                    .arg(&self.node)
-                    .arg(millis(self.ttl)),
-            )
-            .await?;
-        match answer.as_slice() {
+        let mut invocation = self.take_over_script.key(self.record_key(id));
+        if unless_owner_alive {
+            invocation.key(self.node_key(seen_owner));
+        }
+        invocation
+            .arg(seen_owner)
+            .arg(seen_epoch.get())
+            .arg(&self.node)
+            .arg(millis(self.ttl));
+        let answer: Vec<String> = self.redis.run_script(what, &invocation).await?;
+        let outcome = match answer.as_slice() {
+            [alive] if alive == "alive" && unless_owner_alive => return Ok(None),
             [taken, epoch, snapshot] if taken == "taken" => Ok(TakeOver::Taken {
                 epoch: epoch_of(what, epoch)?,
-                snapshot: SessionSnapshot::from_json(snapshot)?,
+                snapshot: Box::new(SessionSnapshot::from_json(snapshot)?),
             }),
             [moved, owner, epoch] if moved == "moved" => Ok(TakeOver::Moved {
                 owner: owner.clone(),
@@ -798,7 +835,8 @@ impl SessionRecords {
             }),
             [gone] if gone == "gone" => Ok(TakeOver::Gone),
             _ => Err(malformed(what)),
-        }
+        };
+        outcome.map(Some)
     }
 
     /// The session ended on this node: its record becomes a tombstone (kept for the TTL, so
@@ -856,10 +894,7 @@ impl SessionRecords {
     pub async fn owner_alive(&self, node: &str) -> Result<bool, RecordError> {
         let exists: i64 = self
             .redis
-            .run(
-                "checking a node",
-                redis::cmd("EXISTS").arg(self.redis.key(&format!("node:{node}"))),
-            )
+            .run("checking a node", redis::cmd("EXISTS").arg(self.node_key(node)))
             .await?;
         Ok(exists == 1)
     }
@@ -949,7 +984,10 @@ mod tests {
         assert!(text.starts_with(r#"{"v":1,"#), "{text}");
         assert_eq!(SessionSnapshot::from_json(&text).unwrap(), snap);
         // Seats are hex of the key and of the token's hash; nothing else of them.
-        assert!(text.contains(&"01".repeat(32)) && text.contains(&"02".repeat(32)), "{text}");
+        assert!(
+            text.contains(&"01".repeat(32)) && text.contains(&"02".repeat(32)),
+            "{text}"
+        );
         assert!(text.contains(r#""token_hash":null"#), "{text}");
         assert!(!text.contains("code"), "no session code field: {text}");
 
@@ -993,7 +1031,10 @@ mod tests {
             SessionSnapshot::from_json(r#"{"id":"s1"}"#),
             Err(SnapshotError::Malformed(m)) if m.contains("no version")
         ));
-        assert!(matches!(SessionSnapshot::from_json("not json"), Err(SnapshotError::Malformed(_))));
+        assert!(matches!(
+            SessionSnapshot::from_json("not json"),
+            Err(SnapshotError::Malformed(_))
+        ));
 
         let bad_seat = text.replacen(&"01".repeat(32), &"zz".repeat(32), 1);
         assert!(matches!(
@@ -1050,7 +1091,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_created_record_loads_back_and_its_owner_saves_it() {
-        let Some(t) = TestPrefix::new("records").await else { return };
+        let Some(t) = TestPrefix::new("records").await else {
+            return;
+        };
         let a = records(&t, "a", TTL).await;
         let b = records(&t, "b", TTL).await;
         assert_eq!(a.load("s1").await.unwrap(), None);
@@ -1092,7 +1135,11 @@ mod tests {
             }
         );
         assert_eq!(a.save(&snapshot("nobody"), Epoch::FIRST).await.unwrap(), Saved::Gone);
-        assert_eq!(a.load("s1").await.unwrap().unwrap().snapshot, snap, "refused writes changed nothing");
+        assert_eq!(
+            a.load("s1").await.unwrap().unwrap().snapshot,
+            snap,
+            "refused writes changed nothing"
+        );
 
         // The record lives under the grid's prefix, as a hash scripts can compare.
         let redis = t.redis(Duration::from_secs(5)).await;
@@ -1116,7 +1163,9 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_takeover_the_old_owner_is_fenced_off() {
-        let Some(t) = TestPrefix::new("records-fence").await else { return };
+        let Some(t) = TestPrefix::new("records-fence").await else {
+            return;
+        };
         let a = records(&t, "a", TTL).await;
         let b = records(&t, "b", TTL).await;
         let snap = snapshot("s1");
@@ -1128,7 +1177,7 @@ mod tests {
             taken,
             TakeOver::Taken {
                 epoch: Epoch::new(2),
-                snapshot: snap.clone()
+                snapshot: Box::new(snap.clone())
             }
         );
 
@@ -1174,7 +1223,9 @@ mod tests {
 
     #[tokio::test]
     async fn of_many_nodes_racing_to_take_over_exactly_one_wins() {
-        let Some(t) = TestPrefix::new("records-race").await else { return };
+        let Some(t) = TestPrefix::new("records-race").await else {
+            return;
+        };
         let nodes = [
             Arc::new(records(&t, "b", TTL).await),
             Arc::new(records(&t, "c", TTL).await),
@@ -1197,7 +1248,11 @@ mod tests {
         let mut winners = Vec::new();
         let mut losers = HashSet::new();
         for task in tasks {
-            match tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap() {
+            match tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap()
+            {
                 (node, TakeOver::Taken { epoch, .. }) => winners.push((node, epoch)),
                 (_, TakeOver::Moved { owner, epoch }) => {
                     losers.insert((owner, epoch));
@@ -1216,7 +1271,9 @@ mod tests {
 
     #[tokio::test]
     async fn refresh_tells_a_node_which_sessions_are_no_longer_its_own() {
-        let Some(t) = TestPrefix::new("records-refresh").await else { return };
+        let Some(t) = TestPrefix::new("records-refresh").await else {
+            return;
+        };
         let short = Duration::from_secs(5);
         let a = records(&t, "a", short).await;
         let b = records(&t, "b", short).await;
@@ -1260,7 +1317,11 @@ mod tests {
         };
         assert!(pttl("kept").await > 4_500, "refreshed");
         assert!(pttl("taken").await < 4_000, "b's record is b's to refresh");
-        assert_eq!(a.load("taken-and-ended").await.unwrap(), None, "an ended session's record is gone");
+        assert_eq!(
+            a.load("taken-and-ended").await.unwrap(),
+            None,
+            "an ended session's record is gone"
+        );
         assert_eq!(a.load("ended-here").await.unwrap(), None);
 
         // The owner writes the lost record back at its epoch; nobody else can.
@@ -1269,9 +1330,15 @@ mod tests {
         let back = b.load("lost").await.unwrap().unwrap();
         assert_eq!((back.owner.as_str(), back.epoch), ("a", Epoch::FIRST));
         // An ended session is not brought back, nor created again.
-        assert_eq!(a.restore(&snapshot("ended-here"), Epoch::FIRST).await.unwrap(), Saved::Gone);
+        assert_eq!(
+            a.restore(&snapshot("ended-here"), Epoch::FIRST).await.unwrap(),
+            Saved::Gone
+        );
         assert_eq!(a.create(&snapshot("ended-here")).await, Err(RecordError::Exists));
-        assert_eq!(b.take_over("ended-here", "a", Epoch::FIRST).await.unwrap(), TakeOver::Gone);
+        assert_eq!(
+            b.take_over("ended-here", "a", Epoch::FIRST).await.unwrap(),
+            TakeOver::Gone
+        );
 
         // More sessions than one script carries.
         let many: Vec<(String, Epoch)> = (0..REFRESH_BATCH + 20)
@@ -1283,13 +1350,18 @@ mod tests {
         let found = a.refresh(&many).await.unwrap();
         assert!(found.moved.is_empty());
         assert_eq!(found.missing.len(), many.len() / 2);
-        assert!(found.missing.iter().all(|id| id[1..].parse::<usize>().unwrap() % 2 == 1));
+        assert!(found
+            .missing
+            .iter()
+            .all(|id| id[1..].parse::<usize>().unwrap() % 2 == 1));
         assert_eq!(a.refresh(&[]).await.unwrap(), Refreshed::default());
     }
 
     #[tokio::test]
     async fn an_orphaned_record_expires_after_its_ttl() {
-        let Some(t) = TestPrefix::new("records-ttl").await else { return };
+        let Some(t) = TestPrefix::new("records-ttl").await else {
+            return;
+        };
         let ttl = Duration::from_millis(400);
         let a = records(&t, "a", ttl).await;
         let b = records(&t, "b", ttl).await;
@@ -1314,7 +1386,9 @@ mod tests {
         use super::super::nodes::{NodeInfo, Nodes};
         use crate::config::ClusterConfig;
 
-        let Some(t) = TestPrefix::new("records-alive").await else { return };
+        let Some(t) = TestPrefix::new("records-alive").await else {
+            return;
+        };
         let mut cluster = ClusterConfig::new("a", URL, "ca.pem".into(), "ca.key".into());
         cluster.key_prefix = t.prefix.clone();
         cluster.heartbeat = Duration::from_millis(100);
@@ -1333,12 +1407,36 @@ mod tests {
             .unwrap();
         assert!(b.owner_alive("a").await.unwrap());
         assert!(!b.owner_alive("c").await.unwrap());
+        let a_records = records(&t, "a", TTL).await;
+        a_records.create(&snapshot("s1")).await.unwrap();
+        a_records.create(&snapshot("s2")).await.unwrap();
+        assert_eq!(
+            b.take_over_if_owner_gone("s1", "a", Epoch::FIRST).await.unwrap(),
+            None,
+            "a is alive: its session stays a's"
+        );
+        assert_eq!(b.load("s1").await.unwrap().unwrap().owner, "a");
+
         // Silent (frozen or dead) for longer than node_ttl: gone.
         tokio::time::sleep(cluster.node_ttl + Duration::from_millis(200)).await;
         assert!(!b.owner_alive("a").await.unwrap());
+        assert!(matches!(
+            b.take_over_if_owner_gone("s1", "a", Epoch::FIRST).await.unwrap(),
+            Some(TakeOver::Taken { epoch, .. }) if epoch == Epoch::new(2)
+        ));
         // Its heartbeat brings it back (a frozen node waking up)...
         a.heartbeat().await.unwrap();
         assert!(b.owner_alive("a").await.unwrap());
+        assert_eq!(b.take_over_if_owner_gone("s2", "a", Epoch::FIRST).await.unwrap(), None);
+        assert_eq!(
+            a_records
+                .refresh(&[("s1".into(), Epoch::FIRST), ("s2".into(), Epoch::FIRST)])
+                .await
+                .unwrap()
+                .moved,
+            vec!["s1".to_string()],
+            "the woken node learns which session moved while it slept"
+        );
         // ...and leaving removes it at once.
         a.leave().await.unwrap();
         assert!(!b.owner_alive("a").await.unwrap());
