@@ -12,6 +12,8 @@
 //! * [`hints`]: "end this session", "this account changed", over Redis pub/sub.
 //! * [`throttle`]: guessing protection (codes, logins) counted grid-wide.
 //! * [`live`]: every node's live sessions, for the consoles of the others.
+//! * [`records`]: each session's record (snapshot, owner node, epoch), so a session outlives
+//!   its node: another node takes it over with a higher epoch and the old one is fenced off.
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ pub mod kv;
 pub mod live;
 pub mod nodes;
 pub mod pki;
+pub mod records;
 pub mod throttle;
 
 /// This node's grid parts, as the relay's shared state holds them.
