@@ -41,6 +41,11 @@ pub fn resumed() {
     metrics::counter!("tsunagu_resumes_total").increment(1);
 }
 
+/// This node took a session over from a node that is gone.
+pub fn taken_over() {
+    metrics::counter!("tsunagu_sessions_taken_over_total").increment(1);
+}
+
 /// A connection or request was refused; `code` is the automation contract's error name.
 pub fn refused(code: &'static str) {
     metrics::counter!("tsunagu_refusals_total", "code" => code).increment(1);

@@ -315,11 +315,34 @@ async fn join_grid(
         relay: relay_addrs.to_vec(),
         admin,
     };
+    let joined_at = crate::clock::now();
     let nodes = Arc::new(grid::nodes::Nodes::join(redis.clone(), &cluster, info).await?);
     tracing::info!(node = %cluster.node, %quic, "joined the grid");
+    // A record outlives its node by the resume window (the endpoints' time to come back)
+    // plus the node TTL (the time before another node may take it).
+    let record_ttl = shared.config.timeouts.resume + cluster.node_ttl + cluster.heartbeat;
+    let records = Arc::new(grid::records::SessionRecords::new(
+        redis.clone(),
+        &cluster.node,
+        record_ttl,
+    ));
+    let fence = Arc::new(grid::fence::Fence::holding_until(joined_at, joined_at + cluster.node_ttl));
+    let on_beat: grid::nodes::OnBeat = {
+        let shared = Arc::downgrade(shared);
+        let (records, fence, ttl) = (records.clone(), fence.clone(), cluster.node_ttl);
+        Arc::new(move |began| {
+            let (shared, records, fence) = (shared.clone(), records.clone(), fence.clone());
+            Box::pin(async move {
+                if let Some(shared) = shared.upgrade() {
+                    hold_sessions(&shared, &records, &fence, began, ttl).await;
+                }
+            })
+        })
+    };
     let mut tasks = vec![grid::nodes::spawn_heartbeat(
         nodes.clone(),
         Some(directory),
+        Some(on_beat),
         stopper.listener(),
     )];
     tasks.push(tokio::spawn(publish_live(shared.clone(), stopper.listener())));
@@ -335,8 +358,50 @@ async fn join_grid(
         })
     };
     tasks.push(grid::hints::listen(&cluster, on_hint, stopper.listener()));
-    let node = Arc::new(grid::GridNode::new(cluster.node.clone(), redis, nodes, bridge));
+    let node = Arc::new(grid::GridNode::new(
+        cluster.node.clone(),
+        redis,
+        nodes,
+        bridge,
+        records,
+        fence,
+    ));
     Ok((node, tasks))
+}
+
+/// After a heartbeat that began at `began`: checks this node's sessions against their
+/// records, lets go of those another node took over (a node that was frozen or cut off
+/// finds them here), writes back records Redis lost, and only then renews the fence.
+async fn hold_sessions(
+    shared: &Shared,
+    records: &grid::records::SessionRecords,
+    fence: &grid::fence::Fence,
+    began: std::time::Instant,
+    ttl: Duration,
+) {
+    let live = shared.sessions().live();
+    let owned: Vec<(String, grid::records::Epoch)> = live
+        .iter()
+        .filter_map(|s| s.epoch().map(|e| (s.id.clone(), e)))
+        .collect();
+    let refreshed = match records.refresh(&owned).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check this node's session records; the fence is not renewed");
+            return;
+        }
+    };
+    for id in &refreshed.moved {
+        if let Some(session) = shared.sessions().get(id) {
+            session.let_go().await;
+        }
+    }
+    for id in &refreshed.missing {
+        if let Some(session) = shared.sessions().get(id) {
+            session.save().await;
+        }
+    }
+    fence.renew_after(began, ttl);
 }
 
 /// Writes this node's live sessions to the grid's live view every heartbeat, so consoles

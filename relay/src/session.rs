@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
@@ -24,6 +24,11 @@ use crate::directory::Directory;
 use crate::history::{HistoryEvent, HistorySink};
 use crate::policy::{Change, ClientModes, ConsentOutcome, Direction, FileOutcome, FileRecord, Phase, Policy, Verdict};
 use crate::queue::{OutQueue, Pass, QueueError};
+use crate::grid::fence::Fence;
+use crate::grid::records::{
+    ClientSnapshot, Epoch, RecordError, Saved, SessionRecords, SessionSnapshot, SnapshotPhase, TransferSnapshot, TransferStage,
+};
+use crate::policy::{OpenTransfer, PolicyState};
 use crate::resume::{draw_token, ResumeRefusal, Seat};
 use crate::time::now_ms;
 
@@ -87,6 +92,10 @@ struct Inner {
     generation: [u32; 2],
     /// Resumes so far, both sides together.
     resumes: u32,
+    /// The client, once one joined (what another node needs to carry the session on).
+    client: Option<ClientSnapshot>,
+    /// In a grid: the epoch this node owns the session's record at, once it was written.
+    epoch: Option<Epoch>,
 }
 
 /// What [`Session::view`] returns.
@@ -149,6 +158,17 @@ pub struct SessionShared {
     pub resume_window: Duration,
     /// This relay node's name in a grid (empty on a single node), told to resumed endpoints.
     pub node: String,
+    /// On a grid node: where session records are kept and the node's fence. Set once, when
+    /// the relay joins its grid.
+    pub grid: std::sync::OnceLock<SessionGrid>,
+}
+
+/// What a session on a grid node uses of the grid.
+pub struct SessionGrid {
+    /// Where the session's record is kept, so another node can take it over.
+    pub records: Arc<SessionRecords>,
+    /// Whether this node may still forward (see [`Fence`]).
+    pub fence: Arc<Fence>,
 }
 
 /// One session, shared by its two connection tasks and its timer.
@@ -158,8 +178,14 @@ pub struct Session {
     /// Where the operator's connection comes from, checked again when the admin changes
     /// the operator's IP rules.
     pub operator_addr: SocketAddr,
-    code: SessionCode,
+    /// The relay port the operator reached (for the history and a node taking over).
+    operator_relay_port: u16,
+    /// The session's code; `None` on a node that took the session over after its join.
+    code: Option<SessionCode>,
     inner: Mutex<Inner>,
+    /// Taken across building and writing the session's record, so records are written in
+    /// the order of the states they hold.
+    saving: tokio::sync::Mutex<()>,
     ended_tx: watch::Sender<bool>,
     /// Each side's current connection generation, for [`Hold::replaced`].
     generation_tx: [watch::Sender<u32>; 2],
@@ -200,6 +226,7 @@ impl Session {
         id: String,
         operator: String,
         operator_addr: SocketAddr,
+        operator_relay_port: u16,
         code: SessionCode,
         policy: Policy,
         operator_q: OutQueue,
@@ -208,7 +235,8 @@ impl Session {
             id,
             operator,
             operator_addr,
-            code,
+            operator_relay_port,
+            code: Some(code),
             inner: Mutex::new(Inner {
                 policy,
                 finished: false,
@@ -217,7 +245,10 @@ impl Session {
                 seats: [None, None],
                 generation: [0, 0],
                 resumes: 0,
+                client: None,
+                epoch: None,
             }),
+            saving: tokio::sync::Mutex::new(()),
             ended_tx: watch::channel(false).0,
             generation_tx: [watch::channel(0).0, watch::channel(0).0],
             kick: Notify::new(),
@@ -263,10 +294,17 @@ impl Session {
                 return false;
             }
             inner.client_q = Some(client_q.clone());
+            inner.client = Some(ClientSnapshot {
+                host: host.to_string(),
+                addr,
+                relay_port,
+            });
             (inner.policy.asked(), inner.operator_q.clone())
         };
         self.kick.notify_one();
-        self.shared.directory.joined(self.code);
+        if let Some(code) = self.code {
+            self.shared.directory.joined(code);
+        }
         let consent_ms = self.shared.consent_timeout.as_millis() as u64;
         let _ = client_q.push_control(frame(Body::ConsentRequest(pb::ConsentRequest {
             session_id: self.id.clone(),
@@ -409,7 +447,9 @@ impl Session {
             tracing::info!(session = %self.id, operator = %self.operator, allowed = %allowed, granted = %inner.policy.granted(), "the admin narrowed the session's permissions");
             carried
         };
-        self.after_change(carried).await;
+        if !self.after_change(carried).await {
+            self.save().await;
+        }
         true
     }
 
@@ -433,6 +473,11 @@ impl Session {
     /// reading (the session ended).
     pub async fn on_frame(&self, from: Role, raw: RawFrame) -> bool {
         let Some(body) = raw.frame.body else { return true };
+        // A transfer's life changes what another node would need to carry it on.
+        let transfer_changes = matches!(
+            body,
+            Body::FileOffer(_) | Body::FileAnswer(_) | Body::FileDone(_) | Body::FileResume(_)
+        );
         let direction = match from {
             Role::Operator => Direction::ToClient,
             Role::Client => Direction::ToOperator,
@@ -478,7 +523,11 @@ impl Session {
             }
             control => return self.on_control(from, control).await,
         };
-        if self.forward(decided, raw.wire).await == Err(QueueError::Closed) {
+        let forwarded = self.forward(decided, raw.wire).await;
+        if transfer_changes {
+            self.save().await;
+        }
+        if forwarded == Err(QueueError::Closed) {
             return !self.is_ended();
         }
         true
@@ -523,6 +572,9 @@ impl Session {
     /// transfer it finished.
     async fn forward(&self, decided: Decided, wire: Bytes) -> Result<(), QueueError> {
         let pushed = match decided.route {
+            // A node whose fence is down may have lost the session to another: it forwards
+            // nothing until it knows.
+            Some(_) if !self.may_forward() => Ok(()),
             Some(route) => self.send(route, wire, decided.screen).await,
             None => Ok(()),
         };
@@ -554,6 +606,7 @@ impl Session {
                             return false;
                         }
                         tracing::info!(session = %self.id, granted = %g, "consent granted");
+                        self.save().await;
                         self.shared
                             .history
                             .record(HistoryEvent::Consented {
@@ -586,8 +639,12 @@ impl Session {
                 if carried.changed && modes.paused != was_paused {
                     tracing::info!(session = %self.id, paused = modes.paused, "client changed control");
                 }
+                let changed = carried.changed;
                 if self.after_change(carried).await {
                     return false;
+                }
+                if changed {
+                    self.save().await;
                 }
             }
             Body::End(_) => {
@@ -669,9 +726,10 @@ impl Session {
         }
         let _ = self.ended_tx.send(true);
         self.kick.notify_one();
-        if phase_before_client {
-            self.shared.directory.expire(self.code, crate::clock::now()).await;
+        if let Some(code) = self.code.filter(|_| phase_before_client) {
+            self.shared.directory.expire(code, crate::clock::now()).await;
         }
+        self.forget_record().await;
         (self.shared.leave)(&self.id);
         tracing::info!(
             session = %self.id,
@@ -743,10 +801,10 @@ impl Session {
     }
 
     /// Gives `role`'s side a resume seat for the endpoint's `key` and queues its first
-    /// `ResumeToken` for it. Returns false (the side cannot resume; a drop ends the session
-    /// as before) for an empty or malformed key, when resuming is off, or if no token could
-    /// be drawn.
-    pub fn open_seat(&self, role: Role, key: &[u8]) -> bool {
+    /// `ResumeToken` for it, once the grid (on a grid node) keeps the seat. Returns false
+    /// (the side cannot resume; a drop ends the session as before) for an empty or
+    /// malformed key, when resuming is off, or if no token could be drawn.
+    pub async fn open_seat(&self, role: Role, key: &[u8]) -> bool {
         if key.is_empty() || self.shared.resume_window.is_zero() {
             return false;
         }
@@ -762,12 +820,18 @@ impl Session {
             }
         };
         seat.issue(&token);
-        let mut inner = self.lock();
-        let Some(q) = Self::queue_of(&inner, role).filter(|_| !inner.finished) else {
-            return false;
-        };
-        inner.seats[role.slot()] = Some(seat);
-        q.push_control(self.token_frame(&token)).is_ok()
+        {
+            let mut inner = self.lock();
+            if inner.finished {
+                return false;
+            }
+            inner.seats[role.slot()] = Some(seat);
+        }
+        // Kept before it is told: a token the endpoint holds always works on the node that
+        // takes the session over.
+        self.save().await;
+        let q = Self::queue_of(&self.lock(), role);
+        q.is_some_and(|q| q.push_control(self.token_frame(&token)).is_ok())
     }
 
     fn token_frame(&self, token: &[u8]) -> Bytes {
@@ -796,7 +860,7 @@ impl Session {
     /// `None` if the session ended meanwhile.
     pub async fn reattach(&self, role: Role, queue: OutQueue, addr: SocketAddr) -> Option<Hold> {
         let token = draw_token().ok();
-        let (hold, resumes, old, other) = {
+        let state = {
             let mut inner = self.lock();
             if inner.finished || inner.policy.is_ended() {
                 return None;
@@ -836,18 +900,27 @@ impl Session {
                 let _ = queue.push_control(frame(Body::PeerConnection(pb::PeerConnection { away: true })));
             }
             let seat = inner.seats[slot].as_mut();
-            if let (Some(seat), Some(token)) = (seat, token.as_ref()) {
-                seat.issue(token);
-                let _ = queue.push_control(self.token_frame(token));
-            }
+            let token = match (seat, token) {
+                (Some(seat), Some(token)) => {
+                    seat.issue(&token);
+                    Some(token)
+                }
+                _ => None,
+            };
             let hold = Hold {
                 role,
                 generation: inner.generation[slot],
                 newer: self.generation_tx[slot].subscribe(),
             };
             let _ = self.generation_tx[slot].send(inner.generation[slot]);
-            (hold, inner.resumes, old, Self::queue_of(&inner, role.other()))
+            (hold, inner.resumes, old, Self::queue_of(&inner, role.other()), token)
         };
+        let (hold, resumes, old, other, token) = state;
+        // Kept before it is told, as at the first token (see `open_seat`).
+        self.save().await;
+        if let Some(token) = token {
+            let _ = queue.push_control(self.token_frame(&token));
+        }
         if let Some(old) = old.filter(|o| !o.same_queue(&queue)) {
             old.close();
         }
@@ -871,6 +944,213 @@ impl Session {
             })
             .await;
         Some(hold)
+    }
+
+    /// The session as its record keeps it (see [`crate::grid::records`]).
+    fn snapshot_of(&self, inner: &Inner) -> SessionSnapshot {
+        let state = inner.policy.state();
+        let now = crate::clock::now();
+        let unix = |at: Instant| unix_ms_of(at, now);
+        let phase = match state.phase {
+            Phase::AwaitingClient => SnapshotPhase::AwaitingClient {
+                code_deadline_unix_ms: unix(state.code_deadline),
+            },
+            Phase::AwaitingConsent => SnapshotPhase::AwaitingConsent {
+                deadline_unix_ms: unix(state.consent_deadline.unwrap_or(now)),
+            },
+            _ => SnapshotPhase::Active,
+        };
+        SessionSnapshot {
+            id: self.id.clone(),
+            operator: self.operator.clone(),
+            operator_addr: self.operator_addr,
+            operator_relay_port: self.operator_relay_port,
+            client: inner.client.clone(),
+            phase,
+            asked: state.asked,
+            granted: state.granted,
+            allowed: state.asked,
+            modes: state.modes,
+            operator_seat: inner.seats[0].clone(),
+            client_seat: inner.seats[1].clone(),
+            resumes: inner.resumes,
+            transfers: state
+                .transfers
+                .into_iter()
+                .map(|t| TransferSnapshot {
+                    direction: t.direction,
+                    id: t.id,
+                    name: t.name,
+                    size: t.size,
+                    bytes: t.bytes,
+                    stage: if t.accepted {
+                        TransferStage::Accepted
+                    } else {
+                        TransferStage::Offered
+                    },
+                })
+                .collect(),
+            counters: state.counters,
+        }
+    }
+
+    /// On a grid node, writes the session's record (creating it the first time), so another
+    /// node can take the session over if this one dies. Only sessions an endpoint can
+    /// resume are kept. A record this node no longer owns means the session moved: it is
+    /// let go here. A Redis that cannot be reached is logged; the next change writes again.
+    pub async fn save(&self) {
+        let Some(grid) = self.shared.grid.get() else { return };
+        let _order = self.saving.lock().await;
+        let (snapshot, epoch) = {
+            let inner = self.lock();
+            if inner.finished || inner.seats.iter().all(Option::is_none) {
+                return;
+            }
+            (self.snapshot_of(&inner), inner.epoch)
+        };
+        let written = match epoch {
+            None => grid.records.create(&snapshot).await.map(|epoch| {
+                self.lock().epoch = Some(epoch);
+                Saved::Stored
+            }),
+            Some(epoch) => match grid.records.save(&snapshot, epoch).await {
+                // Redis lost the record (it restarted empty): this node still owns it.
+                Ok(Saved::Gone) => grid.records.restore(&snapshot, epoch).await,
+                other => other,
+            },
+        };
+        match written {
+            Ok(Saved::Stored) => {}
+            Ok(Saved::Stale { owner, epoch }) => {
+                tracing::warn!(session = %self.id, %owner, epoch = epoch.get(), "the session moved to another node; letting it go");
+                self.let_go().await;
+            }
+            Ok(Saved::Gone) => {
+                tracing::warn!(session = %self.id, "the session's record is gone; it cannot move to another node")
+            }
+            Err(RecordError::Exists) => {
+                tracing::error!(session = %self.id, "a record with this session's id exists already")
+            }
+            Err(e) => tracing::warn!(session = %self.id, error = %e, "could not save the session's record"),
+        }
+    }
+
+    /// The session ended here: its record becomes a tombstone (see
+    /// [`SessionRecords::remove`]), so no node takes it over.
+    async fn forget_record(&self) {
+        let Some(grid) = self.shared.grid.get() else { return };
+        let epoch = self.lock().epoch;
+        if let Some(epoch) = epoch {
+            if let Err(e) = grid.records.remove(&self.id, epoch).await {
+                tracing::warn!(session = %self.id, error = %e, "could not remove the session's record; it expires by itself");
+            }
+        }
+    }
+
+    /// Whether this node may forward the session's frames now: on a grid node, only while
+    /// its fence holds (see [`Fence`]).
+    fn may_forward(&self) -> bool {
+        self.shared
+            .grid
+            .get()
+            .is_none_or(|g| g.fence.holds(crate::clock::now()))
+    }
+
+    /// The epoch this node owns the session's record at, if it has one.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.lock().epoch
+    }
+
+    /// The session moved to another node (found stale here): closes its connections on
+    /// this node with `Ended(moved)`, so their endpoints resume where it runs now, and
+    /// forgets it here without a word to the history, which the new owner keeps writing.
+    pub async fn let_go(&self) {
+        let queues = {
+            let mut inner = self.lock();
+            if inner.finished {
+                return;
+            }
+            inner.finished = true;
+            inner.policy.end(EndReason::Moved);
+            (inner.operator_q.clone(), inner.client_q.clone())
+        };
+        let moved = frame(Body::Ended(pb::Ended {
+            reason: EndReason::Moved as i32,
+        }));
+        for q in [Some(&queues.0), queues.1.as_ref()].into_iter().flatten() {
+            let _ = q.push_control(moved.clone());
+            q.close();
+        }
+        let _ = self.ended_tx.send(true);
+        self.kick.notify_one();
+        (self.shared.leave)(&self.id);
+        tracing::info!(session = %self.id, "the session moved to another node; its connections here are closed");
+    }
+
+    /// A session another node ran, rebuilt on this one from its record (taken over at
+    /// `epoch`): both sides are away until they resume, within the resume window. `None` for
+    /// a record no live session could have.
+    pub(crate) fn restore(shared: Arc<SessionShared>, snapshot: SessionSnapshot, epoch: Epoch) -> Option<Arc<Self>> {
+        let now = crate::clock::now();
+        let at = |unix_ms: u64| instant_of_unix_ms(unix_ms, now);
+        let (phase, code_deadline, consent_deadline) = match snapshot.phase {
+            SnapshotPhase::AwaitingClient { code_deadline_unix_ms } => {
+                (Phase::AwaitingClient, at(code_deadline_unix_ms), None)
+            }
+            SnapshotPhase::AwaitingConsent { deadline_unix_ms } => (Phase::AwaitingConsent, now, Some(at(deadline_unix_ms))),
+            SnapshotPhase::Active => (Phase::Active, now, None),
+        };
+        let state = PolicyState {
+            phase,
+            asked: snapshot.asked,
+            granted: snapshot.granted,
+            modes: snapshot.modes,
+            counters: snapshot.counters,
+            code_deadline,
+            consent_deadline,
+            transfers: snapshot
+                .transfers
+                .into_iter()
+                .map(|t| OpenTransfer {
+                    direction: t.direction,
+                    id: t.id,
+                    name: t.name,
+                    size: t.size,
+                    bytes: t.bytes,
+                    accepted: t.stage == TransferStage::Accepted,
+                })
+                .collect(),
+        };
+        let mut policy = Policy::restore(state, shared.consent_timeout)?;
+        let until = now + shared.resume_window;
+        policy.peer_away(EndReason::OperatorDisconnected, until);
+        let client_q = snapshot.client.as_ref().map(|_| {
+            policy.peer_away(EndReason::ClientDisconnected, until);
+            closed_queue()
+        });
+        Some(Arc::new(Self {
+            id: snapshot.id,
+            operator: snapshot.operator,
+            operator_addr: snapshot.operator_addr,
+            operator_relay_port: snapshot.operator_relay_port,
+            code: None,
+            inner: Mutex::new(Inner {
+                policy,
+                finished: false,
+                operator_q: closed_queue(),
+                client_q,
+                seats: [snapshot.operator_seat, snapshot.client_seat],
+                generation: [0, 0],
+                resumes: snapshot.resumes,
+                client: snapshot.client,
+                epoch: Some(epoch),
+            }),
+            saving: tokio::sync::Mutex::new(()),
+            ended_tx: watch::channel(false).0,
+            generation_tx: [watch::channel(0).0, watch::channel(0).0],
+            kick: Notify::new(),
+            shared,
+        }))
     }
 
     /// Runs the session's clock: code expiry, consent timeout and a vanished peer's grace
@@ -913,6 +1193,34 @@ impl Session {
                 _ = crate::shutdown::until_true(&mut ended) => return,
             }
         }
+    }
+}
+
+/// The queue of a side nobody is connected to yet: closed, so what is sent to it is dropped.
+fn closed_queue() -> OutQueue {
+    let q = OutQueue::new(1, 1, 1);
+    q.close();
+    q
+}
+
+/// Wall-clock Unix milliseconds of `at` on this node's monotonic clock (`now` is the same
+/// moment on both clocks), for a record another machine reads.
+fn unix_ms_of(at: Instant, now: Instant) -> u64 {
+    let now_unix = now_ms().max(0) as u64;
+    if at >= now {
+        now_unix.saturating_add(at.duration_since(now).as_millis() as u64)
+    } else {
+        now_unix.saturating_sub(now.duration_since(at).as_millis() as u64)
+    }
+}
+
+/// The moment on this node's monotonic clock of wall-clock `unix_ms` (`now` is the present).
+fn instant_of_unix_ms(unix_ms: u64, now: Instant) -> Instant {
+    let now_unix = now_ms().max(0) as u64;
+    if unix_ms >= now_unix {
+        now + Duration::from_millis(unix_ms - now_unix)
+    } else {
+        now.checked_sub(Duration::from_millis(now_unix - unix_ms)).unwrap_or(now)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::history::{HistorySink, LiveMap};
 use crate::policy::Policy;
 use crate::queue::OutQueue;
 use crate::registry::Registry;
+use crate::resume::ResumeRefusal;
 use crate::session::{new_session_id, Session, SessionShared};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -85,6 +86,7 @@ impl Shared {
             leave: sessions.leave_hook(),
             resume_window: config.timeouts.resume,
             node: config.cluster.as_ref().map(|c| c.node.clone()).unwrap_or_default(),
+            grid: Default::default(),
         });
         Self {
             verifier: crate::verifier::Verifier::new(
@@ -143,6 +145,7 @@ impl Shared {
         &self,
         operator: String,
         operator_addr: SocketAddr,
+        operator_relay_port: u16,
         policy: Policy,
         operator_q: OutQueue,
     ) -> Result<(SessionCode, Arc<Session>), IssueError> {
@@ -159,6 +162,7 @@ impl Shared {
             id,
             operator,
             operator_addr,
+            operator_relay_port,
             code,
             policy,
             operator_q,
@@ -190,6 +194,81 @@ impl Shared {
         Ok(Joined::Here(session))
     }
 
+    /// Finds the session an endpoint resumes: on this node; or in a grid, through its
+    /// record: a session whose node is gone (its heartbeat key expired, or nothing listens
+    /// on its relay ports any more) is taken over here with a higher epoch and rebuilt from
+    /// the record; a session whose node is alive is reached through that node.
+    /// `Err(None)`: the grid's state could not be read.
+    pub(crate) async fn find_for_resume(&self, id: &str) -> Result<Resumable, Option<ResumeRefusal>> {
+        use crate::grid::records::TakeOver;
+        if let Some(session) = self.sessions.get(id) {
+            return Ok(Resumable::Here(session));
+        }
+        let Some(grid) = self.grid.get() else {
+            return Err(Some(ResumeRefusal::UnknownSession));
+        };
+        if id.is_empty() || id.len() > 64 {
+            return Err(Some(ResumeRefusal::UnknownSession));
+        }
+        let records = grid.records();
+        let unavailable = |e: crate::grid::records::RecordError| {
+            tracing::warn!(error = %e, "cannot read a session record for a resume");
+            None
+        };
+        let owned = records
+            .load(id)
+            .await
+            .map_err(unavailable)?
+            .ok_or(Some(ResumeRefusal::UnknownSession))?;
+        let taken = if owned.owner == grid.name() {
+            // Recorded as this node's but not running here: this node restarted.
+            Some(records.take_over(id, &owned.owner, owned.epoch).await.map_err(unavailable)?)
+        } else {
+            records
+                .take_over_if_owner_gone(id, &owned.owner, owned.epoch)
+                .await
+                .map_err(unavailable)?
+        };
+        let taken = match taken {
+            Some(t) => t,
+            None => {
+                // Its heartbeat key lives. A node whose process died (a crash, kill -9)
+                // keeps that key for up to `cluster.node_ttl`; nothing listening on any of
+                // its relay ports shows it is gone sooner.
+                let info = grid.nodes().get(&owned.owner).await.map_err(|e| {
+                    tracing::warn!(error = %e, "cannot look up a session's node");
+                    None
+                })?;
+                match info {
+                    Some(info) if !crate::grid::nodes::surely_dead(&info).await => {
+                        let seats = [owned.snapshot.operator_seat, owned.snapshot.client_seat];
+                        return Ok(Resumable::Elsewhere { node: info, seats });
+                    }
+                    _ => records.take_over(id, &owned.owner, owned.epoch).await.map_err(unavailable)?,
+                }
+            }
+        };
+        match taken {
+            TakeOver::Taken { epoch, snapshot } => {
+                let Some(session) = Session::restore(self.for_sessions.clone(), *snapshot, epoch) else {
+                    tracing::warn!(session = %id, "a session record no live session could have");
+                    return Err(Some(ResumeRefusal::UnknownSession));
+                };
+                tracing::info!(session = %id, from = %owned.owner, epoch = epoch.get(), "took the session over from a node that is gone");
+                crate::metrics::taken_over();
+                self.sessions.insert(session.clone());
+                tokio::spawn(session.clone().run_timer());
+                if self.stop.is_shutdown() {
+                    session.finish(EndReason::RelayShutdown).await;
+                }
+                Ok(Resumable::Here(session))
+            }
+            // Another node took it first: the endpoint tries again and is led there.
+            TakeOver::Moved { .. } => Err(None),
+            TakeOver::Gone => Err(Some(ResumeRefusal::UnknownSession)),
+        }
+    }
+
     /// Whether the relay was told to stop.
     pub fn is_stopping(&self) -> bool {
         self.stop.is_shutdown()
@@ -202,8 +281,25 @@ impl Shared {
 
     /// Makes this relay a node of a grid (once, at start, before any listener accepts).
     pub(crate) fn join_grid(&self, node: Arc<crate::grid::GridNode>) {
-        if self.grid.set(node).is_err() {
+        let for_sessions = crate::session::SessionGrid {
+            records: node.records().clone(),
+            fence: node.fence().clone(),
+        };
+        if self.grid.set(node).is_err() || self.for_sessions.grid.set(for_sessions).is_err() {
             tracing::error!("the relay joined a grid twice; the first stands");
         }
     }
+
+}
+
+/// Where the session of a resuming endpoint runs.
+pub(crate) enum Resumable {
+    /// On this node (perhaps just taken over).
+    Here(Arc<Session>),
+    /// On another node, alive, reached over the bridge; `seats` as its record keeps them
+    /// (the operator's, the client's), to check a resume before it is carried there.
+    Elsewhere {
+        node: crate::grid::nodes::NodeInfo,
+        seats: [Option<crate::resume::Seat>; 2],
+    },
 }

@@ -94,6 +94,18 @@ pub enum BridgeHeader {
         #[serde(default)]
         resume_key: Vec<u8>,
     },
+    /// An endpoint resumes its side of a session this peer runs (the node it reached
+    /// checked the token and signature against the session's record; this peer checks
+    /// them again and spends the token).
+    Resume {
+        session_id: String,
+        /// The operator's side (else the client's).
+        operator: bool,
+        token: Vec<u8>,
+        signature: Vec<u8>,
+        /// The endpoint's address as the bridging node saw it.
+        addr: SocketAddr,
+    },
 }
 
 /// Why a bridge could not be opened or used, grouped by whose fault it is.

@@ -12,6 +12,7 @@
 //! * [`hints`]: "end this session", "this account changed", over Redis pub/sub.
 //! * [`throttle`]: guessing protection (codes, logins) counted grid-wide.
 //! * [`live`]: every node's live sessions, for the consoles of the others.
+//! * [`fence`]: whether this node may still forward (its heartbeat key is surely alive).
 //! * [`records`]: each session's record (snapshot, owner node, epoch), so a session outlives
 //!   its node: another node takes it over with a higher epoch and the old one is fenced off.
 
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 pub mod bridge;
 pub mod directory;
+pub mod fence;
 pub mod hints;
 pub mod kv;
 pub mod live;
@@ -33,16 +35,37 @@ pub struct GridNode {
     redis: kv::Redis,
     nodes: Arc<nodes::Nodes>,
     bridge: bridge::Bridge,
+    records: Arc<records::SessionRecords>,
+    fence: Arc<fence::Fence>,
 }
 
 impl GridNode {
-    pub fn new(name: String, redis: kv::Redis, nodes: Arc<nodes::Nodes>, bridge: bridge::Bridge) -> Self {
+    pub fn new(
+        name: String,
+        redis: kv::Redis,
+        nodes: Arc<nodes::Nodes>,
+        bridge: bridge::Bridge,
+        records: Arc<records::SessionRecords>,
+        fence: Arc<fence::Fence>,
+    ) -> Self {
         Self {
             name,
             redis,
             nodes,
             bridge,
+            records,
+            fence,
         }
+    }
+
+    /// The grid's session records, as this node writes them.
+    pub fn records(&self) -> &Arc<records::SessionRecords> {
+        &self.records
+    }
+
+    /// Whether this node may still forward.
+    pub fn fence(&self) -> &Arc<fence::Fence> {
+        &self.fence
     }
 
     /// The grid's Redis.

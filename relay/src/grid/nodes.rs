@@ -214,13 +214,44 @@ fn decode(value: &str) -> Option<NodeInfo> {
     serde_json::from_str(json).ok()
 }
 
+/// Whether a node whose heartbeat key still lives is surely gone: every one of its relay
+/// ports refuses a TCP connection at once (its process died; its host answers for it).
+/// A node that is frozen or cut off still looks alive here (its ports accept, or do not
+/// answer), and is waited out by its heartbeat key instead.
+pub async fn surely_dead(info: &NodeInfo) -> bool {
+    /// Long enough for a refusal on a LAN, short enough for a resume to wait.
+    const PROBE: Duration = Duration::from_millis(300);
+    if info.relay.is_empty() {
+        return false;
+    }
+    for bound in &info.relay {
+        // A listener on every address is reached at the address other nodes know it by.
+        let addr = if bound.ip().is_unspecified() {
+            SocketAddr::new(info.quic.ip(), bound.port())
+        } else {
+            *bound
+        };
+        match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// What runs after each successful heartbeat, given the moment the beat began: a node's
+/// sessions are checked against their records and its fence renewed (see `server.rs`).
+pub type OnBeat =
+    Arc<dyn Fn(std::time::Instant) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
 /// Runs this node's heartbeat every `cluster.heartbeat` until `shutdown`: it renews the
-/// node's membership and, with `directory`, re-asserts the node's live codes. A failed
-/// beat is logged and the next one tries again (each is bounded by `redis_timeout`). At
-/// the stop signal the node leaves the grid.
+/// node's membership and, with `directory`, re-asserts the node's live codes, then runs
+/// `on_beat`. A failed beat is logged and the next one tries again (each is bounded by
+/// `redis_timeout`). At the stop signal the node leaves the grid.
 pub fn spawn_heartbeat(
     nodes: Arc<Nodes>,
     directory: Option<Arc<RedisDirectory>>,
+    on_beat: Option<OnBeat>,
     mut shutdown: Shutdown,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -233,8 +264,13 @@ pub fn spawn_heartbeat(
                 _ = shutdown.recv() => break,
                 _ = tick.tick() => {}
             }
+            let began = crate::clock::now();
             match nodes.heartbeat().await {
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some(on_beat) = &on_beat {
+                        on_beat(began).await;
+                    }
+                }
                 Err(e @ GridError::NameTaken { .. }) => {
                     tracing::error!(node = %nodes.info.name, error = %e, "this node's name was taken over")
                 }
@@ -309,8 +345,8 @@ mod tests {
 
         // a and b keep beating; c falls silent (as if it crashed).
         let beating = [
-            spawn_heartbeat(a.clone(), None, stopper.listener()),
-            spawn_heartbeat(b.clone(), None, stopper.listener()),
+            spawn_heartbeat(a.clone(), None, None, stopper.listener()),
+            spawn_heartbeat(b.clone(), None, None, stopper.listener()),
         ];
         let silent_since = Instant::now();
         tokio::time::sleep(NODE_TTL + Duration::from_millis(300)).await;
@@ -372,7 +408,7 @@ mod tests {
             Duration::from_secs(600),
         ));
         let nodes = Arc::new(Nodes::join(redis, &config, info("a", 7000)).await.unwrap());
-        let task = spawn_heartbeat(nodes.clone(), Some(dir.clone()), stopper.listener());
+        let task = spawn_heartbeat(nodes.clone(), Some(dir.clone()), None, stopper.listener());
         let session = SessionRef {
             session_id: "s1".into(),
             node: None,

@@ -14,6 +14,7 @@ use tsunagu_proto::transport::{FrameReader, FrameWriter};
 use crate::conn::Refusal;
 use crate::directory::SessionRef;
 use crate::grid::bridge::BridgeHeader;
+use crate::grid::nodes::NodeInfo;
 use crate::state::Shared;
 
 /// Who the bridged client is, as the node it landed on saw it.
@@ -66,21 +67,41 @@ pub(super) async fn bridge_client<R, W>(
         host: client.host,
         resume_key: client.resume_key,
     };
-    let (mut to_node, mut from_node) = match grid.bridge().open(&node, info.quic, &header).await {
+    bridge_to(shared, &info, header, reader, writer).await;
+}
+
+/// Carries an endpoint's stream to `node` under `header` (a join, or a resume of a session
+/// that node runs), copying bytes both ways until either side closes or this relay stops.
+/// A node that cannot be reached means the endpoint is told to try again shortly.
+pub(super) async fn bridge_to<R, W>(
+    shared: Arc<Shared>,
+    node: &NodeInfo,
+    header: BridgeHeader,
+    reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(grid) = shared.grid() else {
+        let _ = writer.send(&Refusal::ExpiredCode.frame()).await;
+        return;
+    };
+    let (mut to_node, mut from_node) = match grid.bridge().open(&node.name, node.quic, &header).await {
         Ok(streams) => streams,
         Err(e) => {
-            tracing::warn!(%node, error = %e, "cannot reach the session's node");
+            tracing::warn!(node = %node.name, error = %e, "cannot reach the session's node");
             let _ = writer.send(&Refusal::Unavailable.frame()).await;
             return;
         }
     };
-    tracing::info!(%node, session = %target.session_id, peer = %client.addr, "client bridged to its session's node");
+    tracing::info!(node = %node.name, "endpoint bridged to its session's node");
     let _counted = crate::metrics::BridgeStream::open("out");
     let (mut from_client, early) = reader.into_parts();
     let mut to_client = writer.into_inner();
     let mut stop = shared.stop_signal();
     let upstream = async {
-        // What the client sent right after its join, already read during the greeting.
+        // What the endpoint sent right after its greeting, already read then.
         if !early.is_empty() {
             to_node.write_all(&early).await?;
         }
@@ -91,11 +112,12 @@ pub(super) async fn bridge_client<R, W>(
         tokio::io::copy(&mut from_node, &mut to_client).await?;
         to_client.shutdown().await
     };
-    // Either direction ending ends the bridge: the session's node ends the session when its
-    // side of the stream closes, and the client sees its connection close.
+    // Either direction ending ends the bridge: the session's node handles its side of the
+    // stream closing as the endpoint's connection dropping, and the endpoint sees its
+    // connection close.
     tokio::select! {
-        r = upstream => if let Err(e) = r { tracing::debug!(error = %e, "bridge from client closed") },
-        r = downstream => if let Err(e) = r { tracing::debug!(error = %e, "bridge to client closed") },
+        r = upstream => if let Err(e) = r { tracing::debug!(error = %e, "bridge from endpoint closed") },
+        r = downstream => if let Err(e) = r { tracing::debug!(error = %e, "bridge to endpoint closed") },
         _ = stop.recv() => {}
     }
 }

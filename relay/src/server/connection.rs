@@ -27,7 +27,7 @@ use crate::queue::OutQueue;
 use crate::resume::ResumeRefusal;
 use crate::session::{Hold, Role, Session};
 use crate::shutdown::{SessionMark, Shutdown};
-use crate::state::{Joined, Shared};
+use crate::state::{Joined, Resumable, Shared};
 use crate::throttle::{Outcome, ReserveError, Target, Throttles};
 use crate::time::now_ms;
 
@@ -124,7 +124,7 @@ async fn serve_connection<S>(
     // The session a client's code led to, between `TakeCode` and `Join`.
     let mut taken: Option<Joined> = None;
     // The session whose seat a resume took, between `TakeSeat` and `Resume`.
-    let mut resumed: Option<Arc<Session>> = None;
+    let mut resumed: Option<Resuming> = None;
     // What the connection does once its greeting is over. The machine (and what it keeps)
     // is gone by then: a session holds its connection for hours, and memory per idle
     // session is a figure the relay is measured by.
@@ -191,12 +191,26 @@ async fn serve_connection<S>(
                     // As for a join: a stop that comes meanwhile waits for the endpoint.
                     mark.carry();
                     let role = if resume.operator { Role::Operator } else { Role::Client };
-                    let result = match shared.sessions().get(&resume.session_id) {
-                        Some(session) => session
+                    let result = match shared.find_for_resume(&resume.session_id).await {
+                        Ok(Resumable::Here(session)) => session
                             .take_seat(role, &resume.token, &resume.signature)
-                            .map(|()| resumed = Some(session))
+                            .map(|()| resumed = Some(Resuming::Here(session)))
                             .map_err(Some),
-                        None => Err(Some(ResumeRefusal::UnknownSession)),
+                        Ok(Resumable::Elsewhere { node, seats }) => {
+                            // Checked here against the record (the token is spent where the
+                            // session runs), so a forged resume costs its sender here too.
+                            let mut seat = seats[if resume.operator { 0 } else { 1 }].clone();
+                            let checked = match seat.as_mut() {
+                                Some(seat) => {
+                                    seat.take(&resume.session_id, resume.operator, &resume.token, &resume.signature)
+                                }
+                                None => Err(ResumeRefusal::NotResumable),
+                            };
+                            checked
+                                .map(|()| resumed = Some(Resuming::Elsewhere(node, resume.clone())))
+                                .map_err(Some)
+                        }
+                        Err(refused) => Err(refused),
                     };
                     if let Err(r) = &result {
                         mark.release();
@@ -205,10 +219,11 @@ async fn serve_connection<S>(
                     machine.handle_event(clock::now(), Event::SeatTaken(result));
                 }
                 Action::Resume { operator } => match resumed.take() {
-                    Some(session) => {
+                    Some(Resuming::Here(session)) => {
                         let role = if operator { Role::Operator } else { Role::Client };
                         break 'greeting Next::Resume(session, role);
                     }
+                    Some(Resuming::Elsewhere(node, resume)) => break 'greeting Next::ResumeElsewhere(node, resume),
                     None => return,
                 },
                 Action::Issue {
@@ -303,7 +318,25 @@ async fn serve_connection<S>(
             super::bridged::bridge_client(shared, target, client, reader, writer).await;
         }
         Next::Resume(session, role) => run_resumed(shared, session, role, reader, writer, peer).await,
+        Next::ResumeElsewhere(node, resume) => {
+            let header = BridgeHeader::Resume {
+                session_id: resume.session_id,
+                operator: resume.operator,
+                token: resume.token.to_vec(),
+                signature: resume.signature.to_vec(),
+                addr: peer,
+            };
+            super::bridged::bridge_to(shared, &node, header, reader, writer).await;
+        }
     }
+}
+
+/// A resume whose seat was taken, between `TakeSeat` and `Resume`.
+enum Resuming {
+    /// The session runs here.
+    Here(Arc<Session>),
+    /// It runs on another node; the resume is carried there.
+    Elsewhere(crate::grid::nodes::NodeInfo, pb::Resume),
 }
 
 /// A logged-in operator's request for a code.
@@ -339,6 +372,8 @@ enum Next {
     Client(Joined, String, Vec<u8>),
     /// An endpoint took its side of a session back.
     Resume(Arc<Session>, Role),
+    /// An endpoint resumes a session another node runs.
+    ResumeElsewhere(crate::grid::nodes::NodeInfo, pb::Resume),
 }
 
 /// The throttle an attempt goes through: logins or session codes.
@@ -379,7 +414,7 @@ async fn run_operator<R, W>(
     let t = &shared.config.timeouts;
     let policy = Policy::new(requested, record.permissions, clock::now(), t.code_ttl, t.consent);
     let issued = shared
-        .open_session(operator.clone(), peer, policy, operator_q.clone())
+        .open_session(operator.clone(), peer, port, policy, operator_q.clone())
         .await;
     let (code, session) = match issued {
         Ok(x) => x,
@@ -417,7 +452,7 @@ async fn run_operator<R, W>(
         return;
     }
     // Queued behind `CodeIssued`: the operator's writer sends it first thing.
-    session.open_seat(Role::Operator, &resume_key);
+    session.open_seat(Role::Operator, &resume_key).await;
     tokio::spawn(session.clone().run_timer());
     let hold = session.hold(Role::Operator);
     run_peer(shared, session, hold, reader, writer, operator_q).await;
@@ -449,7 +484,10 @@ pub(crate) async fn run_client<R, W>(
         return;
     }
     // Queued behind the consent request.
-    session.open_seat(Role::Client, &client.resume_key);
+    if !session.open_seat(Role::Client, &client.resume_key).await {
+        // The operator's seat may need the client's part of the record all the same.
+        session.save().await;
+    }
     let hold = session.hold(Role::Client);
     run_peer(shared, session, hold, reader, writer, client_q).await;
 }
@@ -741,16 +779,45 @@ impl BridgeHandler for Joins {
                 mark,
                 ..
             } = stream;
-            let BridgeHeader::Join {
-                session_id,
-                client_addr,
-                relay_port,
-                host,
-                resume_key,
-            } = header;
             let max_frame = shared.config.limits.max_frame;
             let reader = FrameReader::new(recv, max_frame);
             let mut writer = FrameWriter::new(send, max_frame);
+            let (session_id, client_addr, relay_port, host, resume_key) = match header {
+                BridgeHeader::Join {
+                    session_id,
+                    client_addr,
+                    relay_port,
+                    host,
+                    resume_key,
+                } => (session_id, client_addr, relay_port, host, resume_key),
+                BridgeHeader::Resume {
+                    session_id,
+                    operator,
+                    token,
+                    signature,
+                    addr,
+                } => {
+                    let role = if operator { Role::Operator } else { Role::Client };
+                    let taken = match shared.sessions().get(&session_id) {
+                        Some(session) => session.take_seat(role, &token, &signature).map(|()| session),
+                        None => Err(ResumeRefusal::UnknownSession),
+                    };
+                    match taken {
+                        Ok(session) => {
+                            tracing::info!(session = %session_id, %from, peer = %addr, ?role, "bridged endpoint resumed");
+                            mark.carry();
+                            let _counted = crate::metrics::BridgeStream::open("in");
+                            run_resumed(shared, session, role, reader, writer, addr).await;
+                        }
+                        Err(refusal) => {
+                            tracing::info!(session = %session_id, %from, reason = refusal.name(), "bridged resume refused");
+                            let _ = writer.send(&Refusal::ResumeRefused(refusal).frame()).await;
+                            let _ = writer.shutdown().await;
+                        }
+                    }
+                    return;
+                }
+            };
             let Some(session) = shared.sessions().get(&session_id) else {
                 // It ended between the take on the other node and now.
                 let _ = writer.send(&Refusal::ExpiredCode.frame()).await;
