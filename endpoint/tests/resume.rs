@@ -326,7 +326,7 @@ impl Run {
     }
 
     async fn command(&self, cmd: Cmd) {
-        self.commands.send(cmd).await.ok().expect("the app takes commands");
+        assert!(self.commands.send(cmd).await.is_ok(), "the app takes commands");
     }
 
     /// The relay drops the connection; the app says it is reconnecting.
