@@ -175,6 +175,10 @@ pub enum Event {
     /// `file_rejected`, `file_cancelled`, `file_failed`.
     #[serde(untagged)]
     File(tsunagu_endpoint::transfer::FileEvent),
+    /// The connection to the relay and the other side's: `reconnecting`, `reconnected`,
+    /// `peer_away`, `peer_back` (see `docs/automation.md`).
+    #[serde(untagged)]
+    Connection(tsunagu_endpoint::resume::ConnectionEvent),
 }
 
 tsunagu_endpoint::app_event!(Event);

@@ -88,10 +88,9 @@ impl Default for Timeouts {
 /// Everything [`crate::run`] needs.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Relay host name or address.
-    pub relay_host: String,
-    /// Relay ports, tried in order.
-    pub ports: Vec<u16>,
+    /// The relays (`--relay`, possibly a list), each with its ports in order: dialled in
+    /// order, and in turn to resume after a drop.
+    pub relays: Vec<tsunagu_endpoint::dial::RelayEntry>,
     /// PEM file with the relay's CA certificate (`DATA/tls/ca.pem`).
     pub ca: PathBuf,
     /// The session code the operator read out.
@@ -118,7 +117,7 @@ pub struct ClientConfig {
     pub max_frame: usize,
 }
 
-pub use tsunagu_endpoint::config::{relay_target, ConfigError};
+pub use tsunagu_endpoint::config::{relay_list, relay_target, ConfigError};
 
 /// This machine's host name, or `"unknown"`.
 pub fn local_host_name() -> String {
@@ -137,10 +136,8 @@ impl ClientConfig {
         ca: impl Into<PathBuf>,
         code: SessionCode,
     ) -> Result<Self, ConfigError> {
-        let (relay_host, ports) = relay_target(relay, ports)?;
         Ok(Self {
-            relay_host,
-            ports,
+            relays: relay_list(relay, ports)?,
             ca: ca.into(),
             code,
             host_name: local_host_name(),

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use tokio::sync::mpsc;
+use tsunagu_endpoint::banner::ConnectionBanner;
 use tsunagu_endpoint::gui::{self, FromSession};
 use tsunagu_endpoint::transfer::{FileCommand, FileEvent};
 use tsunagu_proto::SessionCode;
@@ -42,6 +43,8 @@ const MAIN_WINDOW: [f32; 2] = [560.0, 400.0];
 
 /// Size of the session bar, in points.
 const BAR_WINDOW: [f32; 2] = [720.0, 96.0];
+/// The session bar with the connection banner above it.
+const BAR_WINDOW_WITH_BANNER: [f32; 2] = [720.0, 136.0];
 
 /// Base text size in points (egui's default is 12.5: too small for this audience).
 const TEXT_SIZE: f32 = 18.0;
@@ -144,6 +147,8 @@ struct SessionView {
     chat_only: bool,
     last_chat: Option<String>,
     chat_draft: String,
+    /// Reconnecting / restored / the operator away.
+    connection: ConnectionBanner,
 }
 
 struct ClientApp {
@@ -161,6 +166,8 @@ struct ClientApp {
     /// Widget rectangles of this frame, for the report.
     widgets: BTreeMap<&'static str, egui::Rect>,
     last_report: String,
+    /// Whether the session bar is sized for a connection banner.
+    bar_banner: bool,
 }
 
 impl ClientApp {
@@ -174,6 +181,7 @@ impl ClientApp {
             code,
             code_focused: false,
             error: None,
+            bar_banner: false,
             commands: None,
             from_session: None,
             session: SessionView::default(),
@@ -311,6 +319,7 @@ impl ClientApp {
                 }
             }
             Event::Input(_) | Event::InputRefused { .. } => {}
+            Event::Connection(c) => self.session.connection.on_event(&c, Instant::now()),
         }
     }
 
@@ -490,6 +499,22 @@ impl ClientApp {
     }
 
     fn session_bar(&mut self, ui: &mut egui::Ui) {
+        let banner = self.session.connection.current(Instant::now());
+        if banner.is_some() != self.bar_banner {
+            // The bar grows by one row while a connection banner shows.
+            self.bar_banner = banner.is_some();
+            let size = if self.bar_banner {
+                BAR_WINDOW_WITH_BANNER
+            } else {
+                BAR_WINDOW
+            };
+            ui.ctx()
+                .send_viewport_cmd(egui::ViewportCommand::InnerSize(size.into()));
+        }
+        if let Some(text) = banner {
+            let r = gui::connection_banner(ui, self.lang, text);
+            self.widgets.insert("connection_banner", r.rect);
+        }
         ui.horizontal(|ui| {
             let who = ui.label(format!("{} {}", self.t(Text::ConnectedTo), self.session.operator));
             self.widgets.insert("operator", who.rect);

@@ -58,10 +58,11 @@ enum InputArg {
 #[derive(Debug, Parser)]
 #[command(name = "tsunagu-client", version)]
 struct Args {
-    /// The relay, HOST or HOST:PORT (IPv6 in brackets).
+    /// The relay, HOST or HOST:PORT (IPv6 in brackets), or a comma-separated list of them
+    /// (tried in order, and in turn to resume after a drop).
     #[arg(long)]
     relay: String,
-    /// Relay ports to try, in order (default: the port in --relay, else 7615,80,443).
+    /// Relay ports to try, in order, on every relay (default: its port in --relay, else 7615,80,443).
     #[arg(long, value_delimiter = ',')]
     ports: Option<Vec<u16>>,
     /// The relay's CA certificate (PEM), e.g. DATA/tls/ca.pem.

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
 use tsunagu_endpoint::driver::{self, permission_names as names, Events, Handled, LinkSettings, Lost, Step};
+use tsunagu_endpoint::resume::{Resync, Role};
 use tsunagu_proto::pb::{self, frame::Body, Channel, Permission};
 use tsunagu_proto::PermissionSet;
 
@@ -115,8 +116,7 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
         (None, None)
     };
     let link = LinkSettings {
-        host: config.relay_host.clone(),
-        ports: config.ports.clone(),
+        relays: config.relays.clone(),
         ca: config.ca.clone(),
         attempt_timeout: config.timeouts.attempt,
         idle_timeout: config.timeouts.idle,
@@ -134,6 +134,8 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
     let client = Client {
         phase: Phase::Joining,
         user_denied: false,
+        answer: None,
+        last_input_seq: 0,
         granted: PermissionSet::EMPTY,
         relay_chat_only: false,
         streaming: false,
@@ -174,6 +176,11 @@ struct Client {
     config: ClientConfig,
     phase: Phase,
     user_denied: bool,
+    /// The user's consent answer, sent again if the relay asks again after a resume.
+    answer: Option<pb::Consent>,
+    /// Sequence number of the last input event applied (input numbers go on across the
+    /// operator's resumes).
+    last_input_seq: u64,
     /// Permissions in force, from the last `SessionState`.
     granted: PermissionSet,
     relay_chat_only: bool,
@@ -209,6 +216,7 @@ enum Wake {
 }
 
 impl driver::App for Client {
+    const ROLE: Role = Role::Client;
     type Event = Event;
     type Command = Command;
     type Wake = Wake;
@@ -218,7 +226,7 @@ impl driver::App for Client {
         core.send(Body::Join(pb::Join {
             code: self.config.code.reveal(),
             host_name: self.config.host_name.clone(),
-            ..Default::default()
+            resume_key: core.resume_key(),
         }))
         .await
     }
@@ -239,6 +247,14 @@ impl driver::App for Client {
                 .await;
                 Ok(Step::Continue)
             }
+            // After a resume the relay asks again if our answer never reached it.
+            Body::ConsentRequest(_) if self.phase == Phase::Answered => {
+                if let Some(consent) = self.answer.clone() {
+                    debug!("consent asked again after a resume; the answer goes again");
+                    core.send(Body::Consent(consent)).await?;
+                }
+                Ok(Step::Continue)
+            }
             Body::SessionState(state) => self.on_session_state(core, state).await,
             other => {
                 debug!(frame = ?std::mem::discriminant(&other), phase = ?self.phase, "ignored an unexpected frame");
@@ -253,17 +269,25 @@ impl driver::App for Client {
                 Ok(fb) => self.flow.feedback(fb.ack_seq, fb.keyframe_request, Instant::now()),
                 Err(e) => warn!(error = %e, "undecodable screen feedback; ignored"),
             },
-            Channel::Input => match pb::InputEvent::decode(payload) {
-                Ok(pb::InputEvent { kind: Some(kind) }) => {
-                    if self.input_allowed() {
-                        self.apply_input(core, kind).await;
-                    } else {
-                        debug!(seq, "input not applied: control paused or not granted");
+            // Input numbers carry on across the operator's resumes: one not above the last
+            // applied is a repeat or out of order, and is never applied.
+            Channel::Input if seq <= self.last_input_seq => {
+                debug!(seq, last = self.last_input_seq, "input out of sequence; ignored");
+            }
+            Channel::Input => {
+                self.last_input_seq = seq;
+                match pb::InputEvent::decode(payload) {
+                    Ok(pb::InputEvent { kind: Some(kind) }) => {
+                        if self.input_allowed() {
+                            self.apply_input(core, kind).await;
+                        } else {
+                            debug!(seq, "input not applied: control paused or not granted");
+                        }
                     }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "undecodable input event; ignored"),
                 }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "undecodable input event; ignored"),
-            },
+            }
             _ => debug!(
                 channel = channel as i32,
                 "data on a channel the client does not handle; ignored"
@@ -341,6 +365,16 @@ impl driver::App for Client {
 
     async fn on_ended(&mut self, _core: &mut Core, _reason: pb::EndReason) -> bool {
         matches!(self.phase, Phase::Active | Phase::Ending) || self.user_denied
+    }
+
+    /// After a resume (ours or the operator's) the operator's picture has a gap: the stream
+    /// restarts with a keyframe and a fresh window (the acks in flight were lost).
+    async fn on_resync(&mut self, _core: &mut Core, why: Resync) -> Handled {
+        debug!(?why, streaming = self.streaming, "resync: keyframe next");
+        if self.streaming {
+            self.flow.restart();
+        }
+        Ok(Step::Continue)
     }
 
     fn lost_ends_as(&self) -> Option<&'static str> {
@@ -574,6 +608,7 @@ impl Client {
                 }
             }
         };
+        self.answer = Some(consent.clone());
         core.send(Body::Consent(consent)).await
     }
 

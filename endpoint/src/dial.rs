@@ -1,6 +1,8 @@
 //! The endpoint dialer shared by operator and client: TCP + TLS 1.3 to the relay, trying its
-//! ports in order (7615, then 80, then 443 by default), each attempt under a short timeout,
-//! then the `Hello` exchange.
+//! ports in order (7615, then 80, then 443 by default) and, for a name with several
+//! addresses, each address in turn, each attempt under a short timeout, then the `Hello`
+//! exchange. `--relay` may name several relays ([`parse_relay_list`]); the driver goes
+//! through them when it dials and when it reconnects.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,7 +12,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{lookup_host, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -110,6 +112,39 @@ pub fn resolve_target(spec: &str, ports: Option<Vec<u16>>) -> Result<(String, Ve
     Ok((host, ports))
 }
 
+/// One relay of the `--relay` list: a host and the ports to try on it, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayEntry {
+    /// Host name or address.
+    pub host: String,
+    /// Ports tried in this order.
+    pub ports: Vec<u16>,
+}
+
+impl RelayEntry {
+    /// The dial configuration for this relay, the rest as in `template`.
+    pub fn dial_config(&self, template: &DialConfig) -> DialConfig {
+        DialConfig {
+            host: self.host.clone(),
+            ports: self.ports.clone(),
+            ..template.clone()
+        }
+    }
+}
+
+/// Resolves `--relay HOST[:PORT],HOST[:PORT],...` and `--ports`: each entry as
+/// [`resolve_target`] resolves a single one (explicit ports win for every entry; else the
+/// entry's own port; else 7615, 80, 443), in the order given. Empty entries are an error.
+pub fn parse_relay_list(spec: &str, ports: Option<Vec<u16>>) -> Result<Vec<RelayEntry>, DialError> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Err(DialError::BadHost(spec.to_string()));
+    }
+    spec.split(',')
+        .map(|one| resolve_target(one, ports.clone()).map(|(host, ports)| RelayEntry { host, ports }))
+        .collect()
+}
+
 /// A TLS 1.3 client configuration that trusts only the CA in `ca_pem` and offers ALPN
 /// `tsunagu/1`.
 pub fn client_tls(ca_pem_path: &Path) -> Result<Arc<rustls::ClientConfig>, DialError> {
@@ -143,18 +178,39 @@ pub fn client_tls_from_pem(pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, Stri
     Ok(Arc::new(config))
 }
 
-/// Connects to the first port that completes TCP, TLS and `Hello` in time.
+/// Connects to the first port that completes TCP, TLS and `Hello` in time; for a host name
+/// with several addresses, each address of a port is tried in turn, each under
+/// `attempt_timeout`.
 pub async fn dial(cfg: &DialConfig) -> Result<Connected, DialError> {
     let server_name = ServerName::try_from(cfg.host.clone()).map_err(|_| DialError::BadHost(cfg.host.clone()))?;
     let mut attempts = Vec::new();
     for &port in &cfg.ports {
-        let attempt = tokio::time::timeout(cfg.attempt_timeout, attempt(cfg, server_name.clone(), port)).await;
-        match attempt {
-            Ok(Ok(connected)) => return Ok(connected),
-            // The relay answered and refused: another port would answer the same.
-            Ok(Err(AttemptError::Refused(e))) => return Err(DialError::Refused(e)),
-            Ok(Err(AttemptError::Failed(e))) => attempts.push((port, e)),
-            Err(_) => attempts.push((port, format!("no answer within {:?}", cfg.attempt_timeout))),
+        let addrs = match tokio::time::timeout(cfg.attempt_timeout, lookup_host((cfg.host.as_str(), port))).await {
+            Ok(Ok(addrs)) => addrs.collect::<Vec<SocketAddr>>(),
+            Ok(Err(e)) => {
+                attempts.push((port, e.to_string()));
+                continue;
+            }
+            Err(_) => {
+                attempts.push((port, format!("no address within {:?}", cfg.attempt_timeout)));
+                continue;
+            }
+        };
+        if addrs.is_empty() {
+            attempts.push((port, "the name has no address".into()));
+        }
+        for addr in addrs {
+            let attempt = tokio::time::timeout(cfg.attempt_timeout, attempt(cfg, server_name.clone(), addr)).await;
+            match attempt {
+                Ok(Ok(connected)) => return Ok(connected),
+                // The relay answered and refused: another port would answer the same.
+                Ok(Err(AttemptError::Refused(e))) => return Err(DialError::Refused(e)),
+                Ok(Err(AttemptError::Failed(e))) => attempts.push((port, failed_at(&cfg.host, addr, e))),
+                Err(_) => attempts.push((
+                    port,
+                    failed_at(&cfg.host, addr, format!("no answer within {:?}", cfg.attempt_timeout)),
+                )),
+            }
         }
     }
     Err(DialError::Unreachable {
@@ -163,16 +219,24 @@ pub async fn dial(cfg: &DialConfig) -> Result<Connected, DialError> {
     })
 }
 
+/// An attempt's failure, naming the address when the host is a name (an address names itself).
+fn failed_at(host: &str, addr: SocketAddr, error: String) -> String {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        error
+    } else {
+        format!("{} {error}", addr.ip())
+    }
+}
+
 enum AttemptError {
     Failed(String),
     Refused(TransportError),
 }
 
-async fn attempt(cfg: &DialConfig, name: ServerName<'static>, port: u16) -> Result<Connected, AttemptError> {
+async fn attempt(cfg: &DialConfig, name: ServerName<'static>, addr: SocketAddr) -> Result<Connected, AttemptError> {
     let fail = |e: &dyn std::fmt::Display| AttemptError::Failed(e.to_string());
-    let tcp = TcpStream::connect((cfg.host.as_str(), port))
-        .await
-        .map_err(|e| fail(&e))?;
+    let port = addr.port();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| fail(&e))?;
     tcp.set_nodelay(true).map_err(|e| fail(&e))?;
     let peer = tcp.peer_addr().map_err(|e| fail(&e))?;
     let local = tcp.local_addr().map_err(|e| fail(&e))?;
@@ -261,5 +325,73 @@ mod tests {
             ("::1".into(), vec![1, 2])
         );
         assert!(resolve_target("r.example", Some(vec![])).is_err());
+    }
+
+    #[test]
+    fn relay_lists() {
+        let entry = |host: &str, ports: &[u16]| RelayEntry {
+            host: host.into(),
+            ports: ports.to_vec(),
+        };
+        // One host keeps today's behaviour: its own port, else 7615, 80, 443.
+        assert_eq!(
+            parse_relay_list("r.example", None).unwrap(),
+            vec![entry("r.example", &[7615, 80, 443])]
+        );
+        assert_eq!(
+            parse_relay_list("a.example:9000, [::1]:443,b.example", None).unwrap(),
+            vec![
+                entry("a.example", &[9000]),
+                entry("::1", &[443]),
+                entry("b.example", &[7615, 80, 443])
+            ]
+        );
+        // --ports applies to every entry.
+        assert_eq!(
+            parse_relay_list("a:1,b", Some(vec![5, 6])).unwrap(),
+            vec![entry("a", &[5, 6]), entry("b", &[5, 6])]
+        );
+        assert!(parse_relay_list("", None).is_err());
+        assert!(parse_relay_list("a,,b", None).is_err());
+        assert!(parse_relay_list("a,b:x", None).is_err());
+        assert!(parse_relay_list("a", Some(vec![])).is_err());
+    }
+
+    /// A TLS configuration that trusts nothing (these dials never get as far as TLS).
+    fn no_roots() -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    #[tokio::test]
+    async fn every_address_of_a_name_is_tried() {
+        // `localhost` has 127.0.0.1 and often ::1; nothing listens on the port we take
+        // and give back, so each address is tried and named in the error.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let cfg = DialConfig {
+            host: "localhost".into(),
+            ports: vec![port],
+            tls: no_roots(),
+            attempt_timeout: Duration::from_secs(2),
+            max_frame: 1 << 20,
+            agent: "dial-test".into(),
+        };
+        let expected = tokio::net::lookup_host(("localhost", port)).await.unwrap().count();
+        match dial(&cfg).await {
+            Err(DialError::Unreachable { attempts, .. }) => {
+                assert_eq!(attempts.len(), expected, "{attempts:?}");
+                assert!(attempts.iter().all(|(p, _)| *p == port));
+            }
+            Err(other) => panic!("expected unreachable, got {other}"),
+            Ok(_) => panic!("nothing listens there"),
+        }
     }
 }

@@ -4,8 +4,18 @@
 //! The driver owns the [`Link`] to the relay and the select loop over incoming frames, app
 //! commands, the app's own wake-ups (capture ticks, pointer reports, timers), the phase
 //! deadline and the file pump. It answers pings, reports relay errors, hands file frames to
-//! the shared [`Transfers`] engine, decodes chat, ends the run on `Ended` or a lost
-//! connection, and sends events out. The app decides what each phase means.
+//! the shared [`Transfers`] engine, delivers chat once and in order ([`ReliableChat`]), ends
+//! the run on `Ended`, and sends events out. The app decides what each phase means.
+//!
+//! **Resume.** Each run draws a session key ([`SessionKey`]); the app sends its public half
+//! with `RequestCode` / `Join` ([`Core::resume_key`]) and the driver keeps the relay's latest
+//! `ResumeToken`. When the link drops (or the relay says the session `MOVED`) while a token
+//! is held and the app is not ending, the driver reconnects by itself: the relays of the list
+//! in turn with jittered backoff ([`ReconnectPlan`]) until the token's window is over, then
+//! `Resume`; on `Resumed` it goes on over the new link (sequence numbers carry on), re-sends
+//! unacknowledged chat, tells file senders where to go on from, and calls
+//! [`App::on_resync`]. Meanwhile commands and wake-ups wait (the wait is bounded by the
+//! window). A refusal ends the run as a lost connection, with the relay's error.
 //!
 //! Where things are written once for both apps:
 //! * a layer around data payloads (end-to-end encryption): [`crate::link::PayloadLayer`],
@@ -16,6 +26,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,9 +37,11 @@ use tsunagu_proto::pb::{self, frame::Body, Channel};
 use tsunagu_proto::types::{end_reason_name, error_code_name, permission_name};
 use tsunagu_proto::PermissionSet;
 
-use crate::dial::{self, Connected, DialConfig};
+use crate::chat::ReliableChat;
+use crate::dial::{self, Connected, DialConfig, DialError, RelayEntry};
 use crate::headless::{dial_failure, Outcome};
 use crate::link::{Incoming, Link, LinkError};
+use crate::resume::{jitter_seed, ConnectionEvent, HeldToken, ReconnectPlan, Resync, Role, SessionKey};
 use crate::transfer::{FileCommand, FileEvent, ProgressBars, TransferEvent, Transfers};
 
 /// A deadline far enough away to mean "never" in a `select!`.
@@ -44,11 +57,14 @@ pub trait AppEvent: Send + 'static {
     fn chat(text: String) -> Self;
     /// A file-transfer event.
     fn file(event: FileEvent) -> Self;
+    /// A reconnect or the other side's connection state.
+    fn connection(event: ConnectionEvent) -> Self;
 }
 
 /// Gives an app's event enum what the driver needs: an `error(code, message)` constructor and
 /// [`AppEvent`]. The enum must have the variants `Error { code, message }`, `Ended { reason }`,
-/// `Chat { text }` (all `String`s) and `File(FileEvent)`.
+/// `Chat { text }` (all `String`s), `File(FileEvent)` and
+/// `Connection(`[`ConnectionEvent`]`)`.
 #[macro_export]
 macro_rules! app_event {
     ($event:ty) => {
@@ -82,6 +98,10 @@ macro_rules! app_event {
 
             fn file(event: $crate::transfer::FileEvent) -> Self {
                 Self::File(event)
+            }
+
+            fn connection(event: $crate::resume::ConnectionEvent) -> Self {
+                Self::Connection(event)
             }
         }
     };
@@ -133,10 +153,9 @@ pub type Handled = Result<Step, Lost>;
 /// Where and how to reach the relay.
 #[derive(Debug, Clone)]
 pub struct LinkSettings {
-    /// Relay host name or address.
-    pub host: String,
-    /// Relay ports, tried in order.
-    pub ports: Vec<u16>,
+    /// The relays, tried in order when dialling and in turn when reconnecting (each with
+    /// its ports in order).
+    pub relays: Vec<RelayEntry>,
     /// PEM file with the relay's CA certificate.
     pub ca: PathBuf,
     /// One port attempt: TCP connect, TLS handshake, `Hello`.
@@ -160,6 +179,15 @@ pub struct Core<E> {
     bars: ProgressBars,
     /// When the current phase gives up; the app's [`App::on_deadline`] runs then.
     deadline: Option<Instant>,
+    /// Chat numbering, acknowledgements and re-sends.
+    chat: ReliableChat,
+    /// This session's resume key; `None` if none could be drawn (the session then ends on a
+    /// drop, as with endpoints that cannot resume).
+    key: Option<SessionKey>,
+    /// The relay's latest resume token, until it is presented.
+    token: Option<HeldToken>,
+    /// Losses of this session so far.
+    losses: u32,
 }
 
 impl<E: AppEvent> Core<E> {
@@ -174,24 +202,30 @@ impl<E: AppEvent> Core<E> {
         Ok(self.link.send_data(channel, payload).await?)
     }
 
-    /// Sends a chat message; one longer than the protocol allows is refused with a
-    /// `bad_command` error and nothing is sent.
+    /// Sends a chat message, numbered and kept until the other side acknowledges it (so it
+    /// arrives once even across a dropped connection); one longer than the protocol allows
+    /// is refused with a `bad_command` error, one past the unacknowledged backlog with
+    /// `chat_backlog`, and nothing is sent.
     pub async fn send_chat(&mut self, text: String) -> Result<(), Lost> {
         if text.len() > tsunagu_proto::limits::MAX_CHAT {
             let msg = format!("a chat message has at most {} bytes", tsunagu_proto::limits::MAX_CHAT);
             self.emit(E::error("bad_command", msg)).await;
             return Ok(());
         }
-        self.send_data(
-            Channel::Chat,
-            pb::ChatMessage {
-                text,
-                ..Default::default()
+        match self.chat.send(text) {
+            Ok(message) => self.send_data(Channel::Chat, message.encode_to_vec()).await.map(|_| ()),
+            Err(backlog) => {
+                self.emit(E::error("chat_backlog", backlog.to_string())).await;
+                Ok(())
             }
-            .encode_to_vec(),
-        )
-        .await
-        .map(|_| ())
+        }
+    }
+
+    /// The public half of this session's resume key, for `RequestCode.resume_key` /
+    /// `Join.resume_key` (empty when no key could be drawn: the relay then ends the session
+    /// if the connection drops).
+    pub fn resume_key(&self) -> Bytes {
+        self.key.as_ref().map(SessionKey::public_key).unwrap_or_default()
     }
 
     /// Sends an event to the embedder.
@@ -235,6 +269,8 @@ impl<E: AppEvent> Core<E> {
 /// a send that fails returns [`Lost`] (use `?`), and the driver ends the run as the app's
 /// [`App::lost_ends_as`] says.
 pub trait App: Send {
+    /// Which place in a session this app holds (what a resume signs for).
+    const ROLE: Role;
     /// The app's events.
     type Event: AppEvent;
     /// The app's commands.
@@ -285,28 +321,76 @@ pub trait App: Send {
     fn on_ended(&mut self, core: &mut Core<Self::Event>, reason: pb::EndReason) -> impl Future<Output = bool> + Send;
 
     /// When the connection breaks: `Some(reason)` if the run counts as ended with that reason
-    /// anyway (the app was ending, or its user's denial stands), `None` for a lost connection.
+    /// anyway (the app was ending, or its user's denial stands), `None` for a lost connection
+    /// (which is resumed when it can be).
     fn lost_ends_as(&self) -> Option<&'static str>;
+
+    /// The session survived a dropped connection, ours ([`Resync::Resumed`], after the driver
+    /// switched to the new link) or the other side's ([`Resync::PeerBack`]): bring what is
+    /// not reliable by itself back in step (the client sends a keyframe). Chat and files
+    /// are re-sent by the driver already. Default: nothing.
+    fn on_resync(&mut self, core: &mut Core<Self::Event>, why: Resync) -> impl Future<Output = Handled> + Send {
+        let _ = (core, why);
+        async { Ok(Step::Continue) }
+    }
 }
 
-/// Dials the relay and runs `app` to its end. `commands` may close at any time (that is not
-/// the end of the session); `events` receives everything the user should see.
+/// Dials a relay of the list again for a resume (TLS in [`run`]; an in-memory stream in
+/// tests). Each call is one attempt at relay `relay`, every port and address of it.
+pub trait Redial: Send {
+    /// How many relays the list has.
+    fn relays(&self) -> usize;
+    /// Relay `relay`'s host, as the `reconnected` event names it.
+    fn host(&self, relay: usize) -> String;
+    /// Connects to relay `relay`, past `Hello`.
+    fn dial(&mut self, relay: usize) -> Pin<Box<dyn Future<Output = Result<Connected, String>> + Send + '_>>;
+}
+
+/// [`Redial`] over TLS to the configured relay list.
+struct TlsRedial {
+    relays: Vec<RelayEntry>,
+    template: DialConfig,
+}
+
+impl Redial for TlsRedial {
+    fn relays(&self) -> usize {
+        self.relays.len()
+    }
+
+    fn host(&self, relay: usize) -> String {
+        self.relays.get(relay).map(|r| r.host.clone()).unwrap_or_default()
+    }
+
+    fn dial(&mut self, relay: usize) -> Pin<Box<dyn Future<Output = Result<Connected, String>> + Send + '_>> {
+        Box::pin(async move {
+            let entry = self.relays.get(relay).ok_or("no such relay")?;
+            dial::dial(&entry.dial_config(&self.template))
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Dials the relay and runs `app` to its end, resuming over the relay list when the
+/// connection drops. `commands` may close at any time (that is not the end of the session);
+/// `events` receives everything the user should see.
 pub async fn run<A: App>(
     app: A,
     settings: LinkSettings,
     commands: mpsc::Receiver<A::Command>,
     events: Events<A::Event>,
 ) -> Outcome {
-    let conn = match connect(&settings, &events).await {
+    let (conn, redial) = match connect(&settings, &events).await {
         Ok(c) => c,
         Err(outcome) => return outcome,
     };
-    run_connected(app, conn, &settings, commands, events).await
+    run_resumable(app, conn, &settings, Box::new(redial), commands, events).await
 }
 
 /// Runs `app` to its end over a connection already past `Hello`, as [`run`] does once it
-/// has dialled (`settings` gives the link's timeouts). Tests that play the relay connect
-/// over an in-memory stream with [`dial::greet`] and drive an app through this.
+/// has dialled (`settings` gives the link's timeouts), without reconnecting: a drop ends the
+/// run. Tests that play the relay connect over an in-memory stream with [`dial::greet`] and
+/// drive an app through this.
 pub async fn run_connected<A: App>(
     app: A,
     conn: Connected,
@@ -314,7 +398,38 @@ pub async fn run_connected<A: App>(
     commands: mpsc::Receiver<A::Command>,
     events: Events<A::Event>,
 ) -> Outcome {
+    drive(app, conn, settings, None, commands, events).await
+}
+
+/// As [`run_connected`], reconnecting through `redial` when the connection drops (tests
+/// hand in further in-memory streams).
+pub async fn run_resumable<A: App>(
+    app: A,
+    conn: Connected,
+    settings: &LinkSettings,
+    redial: Box<dyn Redial>,
+    commands: mpsc::Receiver<A::Command>,
+    events: Events<A::Event>,
+) -> Outcome {
+    drive(app, conn, settings, Some(redial), commands, events).await
+}
+
+async fn drive<A: App>(
+    app: A,
+    conn: Connected,
+    settings: &LinkSettings,
+    redial: Option<Box<dyn Redial>>,
+    commands: mpsc::Receiver<A::Command>,
+    events: Events<A::Event>,
+) -> Outcome {
     info!(relay = %conn.peer, port = conn.port, agent = settings.agent, "connected to the relay");
+    let key = match SessionKey::generate() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            warn!(error = %e, "no resume key: this session ends if the connection drops");
+            None
+        }
+    };
     let mut driver = Driver {
         core: Core {
             link: Link::new(conn, settings.idle_timeout, settings.write_timeout),
@@ -322,16 +437,24 @@ pub async fn run_connected<A: App>(
             transfers: Transfers::new(),
             bars: ProgressBars::new(),
             deadline: None,
+            chat: ReliableChat::new(),
+            key,
+            token: None,
+            losses: 0,
         },
         app,
+        redial,
+        idle_timeout: settings.idle_timeout,
+        answer_timeout: settings.attempt_timeout,
     };
     let outcome = driver.run(commands).await;
     driver.core.link.close().await;
     outcome
 }
 
-/// TLS set-up and the dial, with failures reported as `error` events.
-async fn connect<E: AppEvent>(settings: &LinkSettings, events: &Events<E>) -> Result<Connected, Outcome> {
+/// TLS set-up and the first dial, relay by relay in the list's order, with failures reported
+/// as `error` events. Returns the connection and the redialler for resumes.
+async fn connect<E: AppEvent>(settings: &LinkSettings, events: &Events<E>) -> Result<(Connected, TlsRedial), Outcome> {
     let tls = match dial::client_tls(&settings.ca) {
         Ok(t) => t,
         Err(e) => {
@@ -339,27 +462,71 @@ async fn connect<E: AppEvent>(settings: &LinkSettings, events: &Events<E>) -> Re
             return Err(Outcome::Usage { code: "bad_ca".into() });
         }
     };
-    let dial_config = DialConfig {
-        host: settings.host.clone(),
-        ports: settings.ports.clone(),
+    let template = DialConfig {
+        host: String::new(),
+        ports: Vec::new(),
         tls,
         attempt_timeout: settings.attempt_timeout,
         max_frame: settings.max_frame,
         agent: settings.agent.into(),
     };
-    match dial::dial(&dial_config).await {
-        Ok(conn) => Ok(conn),
-        Err(e) => {
-            let (code, message, outcome) = dial_failure(e);
-            events.emit(E::error(code, message)).await;
-            Err(outcome)
+    let mut failure = None;
+    for entry in &settings.relays {
+        match dial::dial(&entry.dial_config(&template)).await {
+            Ok(conn) => {
+                let redial = TlsRedial {
+                    relays: settings.relays.clone(),
+                    template,
+                };
+                return Ok((conn, redial));
+            }
+            // A bad name or an answer from a relay ends the dial; an unreachable relay
+            // passes to the next.
+            Err(DialError::Unreachable { host, attempts }) => {
+                failure = Some(match failure {
+                    Some(DialError::Unreachable {
+                        host: before,
+                        attempts: mut all,
+                    }) => {
+                        all.extend(attempts);
+                        DialError::Unreachable {
+                            host: format!("{before}, {host}"),
+                            attempts: all,
+                        }
+                    }
+                    _ => DialError::Unreachable { host, attempts },
+                });
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
         }
     }
+    let (code, message, outcome) = dial_failure(failure.unwrap_or(DialError::NoPorts));
+    events.emit(E::error(code, message)).await;
+    Err(outcome)
+}
+
+/// How one resume attempt went.
+enum ResumeFailure {
+    /// Nothing decided (unreachable, a relay that closed or did not answer): try again.
+    Retry(String),
+    /// The relay refused the resume (`code`, the relay's message): the session is gone.
+    Refused(&'static str, String),
+    /// The relay answered that the session ended, with this reason.
+    Ended(pb::EndReason),
 }
 
 struct Driver<A: App> {
     core: Core<A::Event>,
     app: A,
+    /// How to reach a relay again; `None`: a drop ends the run.
+    redial: Option<Box<dyn Redial>>,
+    /// Relay silence that counts as lost, for links after a resume.
+    idle_timeout: Duration,
+    /// How long a relay may take to answer `Resume`.
+    answer_timeout: Duration,
 }
 
 impl<A: App> Driver<A> {
@@ -367,8 +534,19 @@ impl<A: App> Driver<A> {
         if let Err(lost) = self.app.start(&mut self.core).await {
             return self.lost(lost).await;
         }
+        let mut lost_now: Option<Lost> = None;
         let mut commands_open = true;
         loop {
+            if let Some(lost) = lost_now.take() {
+                match self.resume(lost).await {
+                    Ok(Step::Continue) => continue,
+                    Ok(Step::Done(outcome)) => return outcome,
+                    Err(again) => {
+                        lost_now = Some(again);
+                        continue;
+                    }
+                }
+            }
             let phase_deadline = self.core.deadline.unwrap_or_else(|| Instant::now() + FAR_FUTURE);
             let handled = tokio::select! {
                 incoming = self.core.link.recv() => self.on_incoming(incoming).await,
@@ -391,9 +569,148 @@ impl<A: App> Driver<A> {
             match handled {
                 Ok(Step::Continue) => {}
                 Ok(Step::Done(outcome)) => return outcome,
-                Err(lost) => return self.lost(lost).await,
+                Err(lost) => lost_now = Some(lost),
             }
         }
+    }
+
+    /// The connection broke: resume when a token is held, a redialler is there and the app
+    /// is not ending; otherwise end as [`Self::lost`] does. `Err` is a loss again right after
+    /// a resume (the loop comes back here).
+    async fn resume(&mut self, Lost(detail): Lost) -> Handled {
+        let can_resume = self.app.lost_ends_as().is_none() && self.redial.is_some() && self.core.key.is_some();
+        let token = match self.core.token.take() {
+            Some(t) if can_resume => t,
+            _ => return Ok(Step::Done(self.lost(Lost(detail)).await)),
+        };
+        self.core.losses += 1;
+        warn!(error = %detail, window = ?token.window, "lost the connection to the relay; reconnecting");
+        self.core
+            .emit(A::Event::connection(ConnectionEvent::Reconnecting {
+                attempt: self.core.losses,
+                window_ms: token.window.as_millis() as u64,
+                reason: detail.clone(),
+            }))
+            .await;
+        // Chunks sent now would be lost with the link: senders wait for `FileResume`.
+        self.core.transfers.hold_sending();
+        let relays = self.redial.as_ref().map_or(1, |r| r.relays());
+        let mut plan = ReconnectPlan::new(Instant::now(), token.window, relays);
+        let mut last = detail;
+        while let Some(attempt) = plan.next(Instant::now(), jitter_seed()) {
+            tokio::time::sleep(attempt.delay).await;
+            let remaining = plan.remaining(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let tried = tokio::time::timeout(remaining, self.try_resume(attempt.relay, &token)).await;
+            match tried {
+                Ok(Ok((conn, resumed))) => return self.resumed(attempt.relay, conn, resumed).await,
+                Ok(Err(ResumeFailure::Retry(e))) => {
+                    debug!(attempt = attempt.number, relay = attempt.relay, error = %e, "resume attempt failed");
+                    last = e;
+                }
+                Ok(Err(ResumeFailure::Refused(code, message))) => {
+                    warn!(code, "the relay refused the resume");
+                    self.core.abort_files("the connection to the relay was lost").await;
+                    self.core.emit(A::Event::error(code, message)).await;
+                    self.core.emit(A::Event::ended("connection_lost")).await;
+                    return Ok(Step::Done(Outcome::Unreachable));
+                }
+                Ok(Err(ResumeFailure::Ended(reason))) => {
+                    let name = end_reason_name(reason);
+                    info!(reason = name, "the session ended while we were away");
+                    self.core.abort_files(&format!("the session ended ({name})")).await;
+                    let ran = self.app.on_ended(&mut self.core, reason).await;
+                    self.core.emit(A::Event::ended(name)).await;
+                    return Ok(Step::Done(if ran {
+                        Outcome::Ended { reason: name.into() }
+                    } else {
+                        Outcome::Refused { code: name.into() }
+                    }));
+                }
+                Err(_) => break,
+            }
+        }
+        let detail = format!("no relay took the session back within {:?} ({last})", token.window);
+        Ok(Step::Done(self.lost(Lost(detail)).await))
+    }
+
+    /// One resume attempt at relay `relay`: dial, `Resume`, and the relay's first answer.
+    async fn try_resume(&mut self, relay: usize, token: &HeldToken) -> Result<(Connected, pb::Resumed), ResumeFailure> {
+        let (Some(redial), Some(key)) = (self.redial.as_mut(), self.core.key.as_ref()) else {
+            return Err(ResumeFailure::Retry("cannot resume".into()));
+        };
+        let mut conn = redial.dial(relay).await.map_err(ResumeFailure::Retry)?;
+        let resume = key.resume_frame(token, A::ROLE);
+        let retry = |e: &dyn std::fmt::Display| ResumeFailure::Retry(e.to_string());
+        tokio::time::timeout(self.answer_timeout, conn.writer.send_body(Body::Resume(resume)))
+            .await
+            .map_err(|_| ResumeFailure::Retry("the relay did not take Resume in time".into()))?
+            .map_err(|e| retry(&e))?;
+        let answer_by = tokio::time::Instant::now() + self.answer_timeout;
+        loop {
+            let left = answer_by.saturating_duration_since(tokio::time::Instant::now());
+            let frame = conn.reader.read_timeout(left).await.map_err(|e| retry(&e))?;
+            match frame.and_then(|raw| raw.frame.body) {
+                Some(Body::Resumed(resumed)) => return Ok((conn, resumed)),
+                Some(Body::Ping(p)) => {
+                    conn.writer
+                        .send_body(Body::Pong(pb::Pong { nonce: p.nonce }))
+                        .await
+                        .map_err(|e| retry(&e))?;
+                }
+                Some(Body::Error(e)) => {
+                    let code = pb::ErrorCode::try_from(e.code).unwrap_or(pb::ErrorCode::Unspecified);
+                    return Err(match code {
+                        pb::ErrorCode::ResumeRefused | pb::ErrorCode::Expired => {
+                            ResumeFailure::Refused(error_code_name(code), e.message)
+                        }
+                        _ => ResumeFailure::Retry(format!("{}: {}", error_code_name(code), e.message)),
+                    });
+                }
+                Some(Body::Ended(ended)) => {
+                    let reason = pb::EndReason::try_from(ended.reason).unwrap_or(pb::EndReason::Unspecified);
+                    return Err(match reason {
+                        pb::EndReason::Moved => ResumeFailure::Retry("the session moved to another relay".into()),
+                        other => ResumeFailure::Ended(other),
+                    });
+                }
+                Some(_) => return Err(ResumeFailure::Retry("the relay did not answer Resume".into())),
+                None => return Err(ResumeFailure::Retry("the relay closed the connection".into())),
+            }
+        }
+    }
+
+    /// The relay took the session back: go on over `conn`, tell the user, and re-send what
+    /// the other side may have missed.
+    async fn resumed(&mut self, relay: usize, conn: Connected, resumed: pb::Resumed) -> Handled {
+        let host = self.redial.as_ref().map(|r| r.host(relay)).unwrap_or_default();
+        let relay_name = if host.contains(':') {
+            format!("[{host}]:{}", conn.port)
+        } else {
+            format!("{host}:{}", conn.port)
+        };
+        info!(session = %resumed.session_id, resumes = resumed.resumes, relay = %relay_name, node = %resumed.node, "session resumed");
+        self.core.link.reconnect(conn, self.idle_timeout);
+        self.core
+            .emit(A::Event::connection(ConnectionEvent::Reconnected {
+                session_id: resumed.session_id.clone(),
+                resumes: resumed.resumes,
+                relay: relay_name,
+            }))
+            .await;
+        self.resync(Resync::Resumed(resumed)).await
+    }
+
+    /// After our resume or the other side's return: unacknowledged chat again, file
+    /// receivers' offsets, then the app's own catching up.
+    async fn resync(&mut self, why: Resync) -> Handled {
+        for message in self.core.chat.resend() {
+            self.core.send_data(Channel::Chat, message.encode_to_vec()).await?;
+        }
+        self.core.transfers.resume_receiving(&mut self.core.link).await?;
+        self.app.on_resync(&mut self.core, why).await
     }
 
     /// The connection broke: tell the user and end as unreachable, unless the app says the
@@ -433,6 +750,25 @@ impl<A: App> Driver<A> {
                 }
                 Ok(Step::Continue)
             }
+            Body::ResumeToken(token) => {
+                debug!(session = %token.session_id, window_ms = token.window_ms, "resume token");
+                self.core.token = Some(token.into());
+                Ok(Step::Continue)
+            }
+            Body::PeerConnection(p) if p.away => {
+                info!("the other side's connection dropped");
+                self.core.transfers.hold_sending();
+                self.core.emit(A::Event::connection(ConnectionEvent::PeerAway)).await;
+                Ok(Step::Continue)
+            }
+            Body::PeerConnection(_) => {
+                info!("the other side is back");
+                self.core.emit(A::Event::connection(ConnectionEvent::PeerBack)).await;
+                self.resync(Resync::PeerBack).await
+            }
+            Body::Ended(ended) if ended.reason == pb::EndReason::Moved as i32 => {
+                Err(Lost("the session moved to another relay node".into()))
+            }
             Body::Ended(ended) => {
                 let reason = pb::EndReason::try_from(ended.reason).unwrap_or(pb::EndReason::Unspecified);
                 let name = end_reason_name(reason);
@@ -446,9 +782,11 @@ impl<A: App> Driver<A> {
                     Outcome::Refused { code: name.into() }
                 }))
             }
-            Body::FileOffer(_) | Body::FileAnswer(_) | Body::FileCredit(_) | Body::FileDone(_) => {
-                self.on_file_frame(&body).await
-            }
+            Body::FileOffer(_)
+            | Body::FileAnswer(_)
+            | Body::FileCredit(_)
+            | Body::FileDone(_)
+            | Body::FileResume(_) => self.on_file_frame(&body).await,
             Body::Data(data) => self.on_data(data).await,
             other => self.app.on_frame(&mut self.core, other).await,
         }
@@ -462,7 +800,18 @@ impl<A: App> Driver<A> {
             Channel::File => self.on_file_frame(&Body::Data(data)).await,
             Channel::Chat => {
                 match pb::ChatMessage::decode(data.payload) {
-                    Ok(m) => self.core.emit(A::Event::chat(m.text)).await,
+                    Ok(m) => {
+                        let wants_ack = ReliableChat::wants_ack(&m);
+                        if let Some(text) = self.core.chat.receive(m) {
+                            self.core.emit(A::Event::chat(text)).await;
+                        }
+                        // Acknowledged at once, repeats too (our earlier ack may have been
+                        // lost); chat is slow enough that this costs nothing.
+                        if wants_ack {
+                            let ack = self.core.chat.ack();
+                            self.core.send_data(Channel::Chat, ack.encode_to_vec()).await?;
+                        }
+                    }
                     Err(e) => warn!(error = %e, "undecodable chat message; ignored"),
                 }
                 Ok(Step::Continue)
@@ -527,6 +876,7 @@ mod tests {
             text: String,
         },
         File(FileEvent),
+        Connection(ConnectionEvent),
         /// The consent request reached the app.
         Asked {
             operator: String,
@@ -552,6 +902,7 @@ mod tests {
     }
 
     impl App for Joiner {
+        const ROLE: Role = Role::Client;
         type Event = Ev;
         type Command = Cmd;
         type Wake = Infallible;
@@ -560,7 +911,7 @@ mod tests {
             core.send(Body::Join(pb::Join {
                 code: CODE.into(),
                 host_name: "pc-01".into(),
-                ..Default::default()
+                resume_key: core.resume_key(),
             }))
             .await
         }
@@ -658,8 +1009,10 @@ mod tests {
             let (commands, command_rx) = mpsc::channel(8);
             let (event_tx, events) = mpsc::channel(64);
             let settings = LinkSettings {
-                host: "relay.test".into(),
-                ports: vec![7615],
+                relays: vec![RelayEntry {
+                    host: "relay.test".into(),
+                    ports: vec![7615],
+                }],
                 ca: PathBuf::new(),
                 attempt_timeout: Duration::from_secs(5),
                 idle_timeout: IDLE,

@@ -137,6 +137,29 @@ where
     (cmd_tx, from_session)
 }
 
+/// Draws the connection banner `text` (see [`crate::banner`]) across the window: amber while
+/// the session is held up, green once restored. Returns its response (windows report its
+/// place as `connection_banner`).
+pub fn connection_banner(
+    ui: &mut egui::Ui,
+    lang: crate::lang::Lang,
+    text: crate::banner::ConnectionText,
+) -> egui::Response {
+    let fill = if text.is_warning() {
+        egui::Color32::from_rgb(255, 170, 60)
+    } else {
+        egui::Color32::from_rgb(120, 200, 120)
+    };
+    egui::Frame::new()
+        .fill(fill)
+        .inner_margin(6.0)
+        .show(ui, |ui| {
+            ui.set_min_width(ui.available_width());
+            ui.colored_label(egui::Color32::BLACK, egui::RichText::new(lang.t(text)).strong());
+        })
+        .response
+}
+
 /// A rectangle in physical pixels, `[x, y, width, height]`, as window reports give them.
 pub type PixelRect = [i64; 4];
 

@@ -1,5 +1,9 @@
 //! What the operator and the client apps share on top of the wire protocol (`tsunagu_proto`).
 //!
+//! * [`banner`]: the connection banner both windows show (reconnecting, restored, the other
+//!   side away), in both languages, without drawing.
+//! * [`chat`]: chat delivered once and in order across dropped connections (numbering,
+//!   acknowledgements, re-sends), without I/O.
 //! * [`config`]: what both apps' configurations share (the relay target, its errors).
 //! * [`dial`]: the endpoint dialer: TCP + TLS 1.3 to the relay, trying its ports in order
 //!   (7615, then 80, then 443 by default), then the `Hello` exchange.
@@ -10,6 +14,8 @@
 //! * [`headless`]: the JSON-lines driver of both apps' `--headless` mode and their shared
 //!   start-up.
 //! * [`lang`]: the display language of both windows (each app keeps its own strings).
+//! * [`resume`]: the session's resume key and token, and the reconnect schedule (relay list,
+//!   jittered backoff, window), without I/O.
 //! * [`transfer`]: file transfer as both apps do it: offers with SHA-256, the receiver's choice
 //!   of folder, safe names, a credit window, verified saves.
 //! * [`gui`] (feature `gui`): what both windows set up alike: the CJK font, text sizes, the
@@ -17,6 +23,8 @@
 //!
 //! The relay never depends on this crate: it speaks the protocol through `tsunagu_proto` alone.
 
+pub mod banner;
+pub mod chat;
 pub mod config;
 pub mod dial;
 pub mod driver;
@@ -25,4 +33,5 @@ pub mod gui;
 pub mod headless;
 pub mod lang;
 pub mod link;
+pub mod resume;
 pub mod transfer;

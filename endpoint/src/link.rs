@@ -100,6 +100,17 @@ impl Link {
         }
     }
 
+    /// Goes on over `conn`, a new connection after a resume: the old one is dropped, the
+    /// per-channel sequence numbers and the payload layer carry on (so the other side sees
+    /// input numbered on from where it was, never again from 1).
+    pub fn reconnect(&mut self, conn: Connected, idle_timeout: Duration) {
+        self.reader_task.abort();
+        let (tx, incoming) = mpsc::channel(INCOMING_CAPACITY);
+        self.reader_task = tokio::spawn(read_loop(conn.reader, idle_timeout, tx));
+        self.incoming = incoming;
+        self.writer = conn.writer;
+    }
+
     /// Puts `layer` around every data payload from now on (see [`PayloadLayer`]).
     pub fn with_layer(mut self, layer: Box<dyn PayloadLayer>) -> Self {
         self.layer = layer;

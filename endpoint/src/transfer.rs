@@ -219,6 +219,9 @@ struct Outgoing {
     credit: u64,
     /// All content sent; waiting for the receiver's verdict.
     awaiting_verdict: bool,
+    /// The connection dropped on one side: nothing more is sent until the receiver says
+    /// where to go on from (`FileResume`).
+    resync: bool,
 }
 
 /// Which side of a transfer this app is.
@@ -383,6 +386,7 @@ impl Transfers {
                 sent: 0,
                 credit: 0,
                 awaiting_verdict: false,
+                resync: false,
             },
         );
         Ok(TransferEvent::Offered {
@@ -544,6 +548,11 @@ impl Transfers {
                     }
                 }
             }
+            Body::FileResume(r) => {
+                if let Some(e) = self.on_resume(link, r).await? {
+                    events.push(e);
+                }
+            }
             Body::FileCredit(c) => {
                 if let Some(t) = self.outgoing.get_mut(&c.transfer_id) {
                     t.credit = t.credit.saturating_add(c.bytes);
@@ -687,7 +696,7 @@ impl Transfers {
     pub fn wants_pump(&self) -> bool {
         self.outgoing
             .values()
-            .any(|t| t.source.is_some() && !t.awaiting_verdict && t.credit > 0)
+            .any(|t| t.source.is_some() && !t.awaiting_verdict && !t.resync && t.credit > 0)
     }
 
     /// Sends up to [`CHUNKS_PER_PUMP`] chunks of accepted outgoing transfers, within their
@@ -700,7 +709,7 @@ impl Transfers {
         for id in ids {
             while budget > 0 {
                 let Some(t) = self.outgoing.get_mut(&id) else { break };
-                if t.awaiting_verdict || t.credit == 0 {
+                if t.awaiting_verdict || t.resync || t.credit == 0 {
                     break;
                 }
                 let Some(src) = t.source.as_mut() else { break };
@@ -741,6 +750,83 @@ impl Transfers {
             }
         }
         Ok(events)
+    }
+
+    /// The connection dropped, ours or the other side's: chunks sent now might be lost (the
+    /// relay drops frames for an endpoint that is away), so every accepted outgoing transfer
+    /// waits for the receiver's `FileResume` before it sends more.
+    pub fn hold_sending(&mut self) {
+        for t in self.outgoing.values_mut() {
+            if t.source.is_some() {
+                t.resync = true;
+            }
+        }
+    }
+
+    /// Both sides are connected again: for every accepted incoming transfer, tell the sender
+    /// how many bytes are written (`FileResume`) and grant fresh credit (what was granted
+    /// before may have been spent on chunks that never arrived).
+    pub async fn resume_receiving(&mut self, link: &mut Link) -> Result<(), LinkError> {
+        let mut ids: Vec<u32> = self.incoming.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(t) = self.incoming.get_mut(&id) else { continue };
+            let Some(sink) = t.sink.as_mut() else { continue };
+            sink.since_credit = 0;
+            let offset = sink.written;
+            let size = t.size;
+            link.send(Body::FileResume(pb::FileResume {
+                transfer_id: id,
+                offset,
+            }))
+            .await?;
+            if offset < size {
+                link.send(Body::FileCredit(pb::FileCredit {
+                    transfer_id: id,
+                    bytes: INITIAL_CREDIT,
+                }))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The receiver holds the first `offset` bytes of our transfer: go on from there (with
+    /// the fresh credit that follows). Only a transfer held by [`Self::hold_sending`] moves;
+    /// a repeated `FileResume` once sending went on again is ignored, since chunks sent
+    /// meanwhile would otherwise arrive twice.
+    async fn on_resume(&mut self, link: &mut Link, r: &pb::FileResume) -> Result<Option<TransferEvent>, LinkError> {
+        use tokio::io::AsyncSeekExt;
+        let id = r.transfer_id;
+        let Some(t) = self.outgoing.get_mut(&id) else {
+            return Ok(None);
+        };
+        if !t.resync {
+            tracing::debug!(transfer = id, "FileResume while sending; ignored");
+            return Ok(None);
+        }
+        let Some(src) = t.source.as_mut() else { return Ok(None) };
+        let seek = if r.offset > t.size {
+            Err(io::Error::new(io::ErrorKind::InvalidInput, "offset past the end"))
+        } else {
+            src.seek(io::SeekFrom::Start(r.offset)).await.map(|_| ())
+        };
+        if let Err(e) = seek {
+            let reason = format!("cannot go on from byte {}: {e}", r.offset);
+            self.outgoing.remove(&id);
+            link.send(done(id, FileResult::Failed, &reason, false)).await?;
+            return Ok(Some(TransferEvent::Failed {
+                id,
+                side: Side::Send,
+                reason,
+            }));
+        }
+        tracing::debug!(transfer = id, offset = r.offset, "file transfer goes on");
+        t.sent = r.offset;
+        t.credit = 0;
+        t.resync = false;
+        t.awaiting_verdict = t.sent >= t.size;
+        Ok(None)
     }
 
     /// The session ended: incoming temp files are removed, every open transfer fails.

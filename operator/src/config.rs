@@ -42,10 +42,9 @@ impl Default for Timeouts {
 /// Everything [`crate::run`] needs.
 #[derive(Clone)]
 pub struct OperatorConfig {
-    /// Relay host name or address.
-    pub relay_host: String,
-    /// Relay ports, tried in order.
-    pub ports: Vec<u16>,
+    /// The relays (`--relay`, possibly a list), each with its ports in order: dialled in
+    /// order, and in turn to resume after a drop.
+    pub relays: Vec<tsunagu_endpoint::dial::RelayEntry>,
     /// PEM file with the relay's CA certificate (`DATA/tls/ca.pem`).
     pub ca: PathBuf,
     /// Operator account name.
@@ -67,8 +66,7 @@ pub struct OperatorConfig {
 impl fmt::Debug for OperatorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OperatorConfig")
-            .field("relay_host", &self.relay_host)
-            .field("ports", &self.ports)
+            .field("relays", &self.relays)
             .field("ca", &self.ca)
             .field("user", &self.user)
             .field("password", &"********")
@@ -80,7 +78,7 @@ impl fmt::Debug for OperatorConfig {
     }
 }
 
-pub use tsunagu_endpoint::config::{relay_target, ConfigError};
+pub use tsunagu_endpoint::config::{relay_list, relay_target, ConfigError};
 
 impl OperatorConfig {
     /// A configuration asking for all permissions, with the default timeouts.
@@ -91,10 +89,8 @@ impl OperatorConfig {
         user: impl Into<String>,
         password: impl Into<String>,
     ) -> Result<Self, ConfigError> {
-        let (relay_host, ports) = relay_target(relay, ports)?;
         Ok(Self {
-            relay_host,
-            ports,
+            relays: relay_list(relay, ports)?,
             ca: ca.into(),
             user: user.into(),
             password: password.into(),

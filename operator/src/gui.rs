@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use tokio::sync::mpsc;
+use tsunagu_endpoint::banner::ConnectionBanner;
 use tsunagu_endpoint::gui::{self, FromSession};
 use tsunagu_endpoint::transfer::{FileCommand, FileEvent};
 use tsunagu_proto::PermissionSet;
@@ -131,6 +132,8 @@ struct OperatorApp {
     paused: bool,
     view_only: bool,
     chat_only: bool,
+    /// Reconnecting / restored / the client away.
+    connection: ConnectionBanner,
     chat: ChatLog,
     chat_draft: String,
     send_path: String,
@@ -168,6 +171,7 @@ impl OperatorApp {
             paused: false,
             view_only: false,
             chat_only: false,
+            connection: ConnectionBanner::new(),
             chat: ChatLog::new(),
             chat_draft: String::new(),
             send_path: String::new(),
@@ -235,6 +239,7 @@ impl OperatorApp {
         self.paused = false;
         self.view_only = false;
         self.chat_only = false;
+        self.connection.clear();
         self.chat.clear();
         self.offers.clear();
         self.transfers.clear();
@@ -320,6 +325,7 @@ impl OperatorApp {
             Event::Error { code, message } => self.message = Some(self.error_text(&code, &message)),
             Event::Ended { .. } => {}
             Event::File(f) => self.on_file_event(f),
+            Event::Connection(c) => self.connection.on_event(&c, Instant::now()),
             _ => {}
         }
     }
@@ -421,6 +427,10 @@ impl OperatorApp {
     }
 
     fn waiting_screen(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
+        if let Some(text) = self.connection.current(Instant::now()) {
+            let r = gui::connection_banner(ui, self.lang, text);
+            self.widgets.insert("connection_banner", r.rect);
+        }
         ui.heading(self.t(Text::CodeForClient));
         ui.add_space(8.0);
         let shown = if self.code.len() == 8 {
@@ -491,6 +501,10 @@ impl OperatorApp {
                     ui.colored_label(egui::Color32::BLACK, self.t(b));
                 });
             self.widgets.insert("banner", r.response.rect);
+        }
+        if let Some(text) = self.connection.current(Instant::now()) {
+            let r = gui::connection_banner(ui, self.lang, text);
+            self.widgets.insert("connection_banner", r.rect);
         }
     }
 

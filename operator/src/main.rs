@@ -20,11 +20,12 @@ const PROGRAM: &str = "tsunagu-operator";
 #[derive(Debug, Parser)]
 #[command(name = "tsunagu-operator", version)]
 struct Args {
-    /// The relay, HOST or HOST:PORT (IPv6 in brackets). Required with --headless; the
+    /// The relay, HOST or HOST:PORT (IPv6 in brackets), or a comma-separated list of them
+    /// (tried in order, and in turn to resume after a drop). Required with --headless; the
     /// window lets the operator type it.
     #[arg(long, default_value = "")]
     relay: String,
-    /// Relay ports to try, in order (default: the port in --relay, else 7615,80,443).
+    /// Relay ports to try, in order, on every relay (default: its port in --relay, else 7615,80,443).
     #[arg(long, value_delimiter = ',')]
     ports: Option<Vec<u16>>,
     /// The relay's CA certificate (PEM), e.g. DATA/tls/ca.pem.

@@ -11,6 +11,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use tsunagu_endpoint::driver::{self, permission_names as names, Events, Handled, LinkSettings, Lost, Step};
+use tsunagu_endpoint::resume::{Resync, Role};
 use tsunagu_proto::pb::{self, frame::Body, Channel};
 use tsunagu_proto::PermissionSet;
 
@@ -57,8 +58,7 @@ pub async fn run(config: OperatorConfig, commands: mpsc::Receiver<Command>, even
         }
     };
     let settings = LinkSettings {
-        host: config.relay_host.clone(),
-        ports: config.ports.clone(),
+        relays: config.relays.clone(),
         ca: config.ca.clone(),
         attempt_timeout: config.timeouts.attempt,
         idle_timeout: config.timeouts.idle,
@@ -91,6 +91,7 @@ struct Operator {
 }
 
 impl driver::App for Operator {
+    const ROLE: Role = Role::Operator;
     type Event = Event;
     type Command = Command;
     /// The operator has no wake-ups of its own.
@@ -120,9 +121,10 @@ impl driver::App for Operator {
                 self.phase = Phase::RequestingCode;
                 core.set_deadline(Some(Instant::now() + self.config.timeouts.step));
                 let permissions = self.config.permissions.to_wire();
+                let resume_key = core.resume_key();
                 core.send(Body::RequestCode(pb::RequestCode {
                     permissions,
-                    ..Default::default()
+                    resume_key,
                 }))
                 .await?;
             }
@@ -225,6 +227,23 @@ impl driver::App for Operator {
 
     fn lost_ends_as(&self) -> Option<&'static str> {
         (self.phase == Phase::Ending).then_some("operator_ended")
+    }
+
+    /// After our own resume the picture may be mid-gap: wait for the keyframe the client
+    /// sends (and ask for one, in case the client's went out before we were back).
+    async fn on_resync(&mut self, core: &mut Core, why: Resync) -> Handled {
+        if matches!(why, Resync::Resumed(_))
+            && self.phase == Phase::Active
+            && self.granted.contains(pb::Permission::View)
+        {
+            self.decoder.request_now();
+            let fb = pb::ScreenFeedback {
+                ack_seq: 0,
+                keyframe_request: true,
+            };
+            core.send_data(Channel::ScreenFeedback, fb.encode_to_vec()).await?;
+        }
+        Ok(Step::Continue)
     }
 
     async fn on_command(&mut self, core: &mut Core, cmd: Command) -> Handled {
