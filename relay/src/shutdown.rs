@@ -147,7 +147,11 @@ impl ConnectionTasks {
     {
         let mut stop = self.stop.clone();
         let (tx, mut carries) = watch::channel(false);
-        let connection = start(SessionMark { tx });
+        // Boxed: an async block keeps what it captures and what it awaits in separate
+        // slots, so a connection future moved through this wrapper and `track` unboxed
+        // would be stored three times over in every task: about 12 KiB more per
+        // connection, for as long as its session lasts.
+        let connection = Box::pin(start(SessionMark { tx }));
         self.track(async move {
             let cut_off = async {
                 stop.recv().await;
