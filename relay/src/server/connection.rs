@@ -95,11 +95,11 @@ where
     true
 }
 
-/// Runs one connection over `io` (TLS in the relay; any byte stream in tests): drives its
-/// greeting machine ([`Greeting`]), carrying out what it asks for, then runs its side of
-/// the session. Every wait on the peer is bounded by the machine's deadline, measured by
-/// tokio's clock (see [`crate::clock`]). `mark` tells the relay's shutdown when the
-/// connection carries a session.
+/// Runs one connection over `io` (TLS in the relay; any byte stream in tests): its greeting
+/// (see [`greet`]), then its side of the session. `mark` tells the relay's shutdown when
+/// the connection carries a session. The greeting and the session phase each run in an
+/// allocation of their own, freed when that phase is over: a connection holds only the
+/// phase it is in, and memory per idle session is a figure the relay is measured by.
 async fn serve_connection<S>(
     shared: Arc<Shared>,
     io: S,
@@ -110,11 +110,77 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let t = &shared.config.timeouts;
     let (r, w) = tokio::io::split(io);
     let max_frame = shared.config.limits.max_frame;
     let mut reader = FrameReader::new(r, max_frame);
     let mut writer = FrameWriter::new(w, max_frame);
+    let greeted = Box::pin(greet(&shared, &mut reader, &mut writer, peer, &mut permit, &mark)).await;
+    let Some(next) = greeted else { return };
+    match next {
+        Next::Operator {
+            record,
+            requested,
+            asked,
+            resume_key,
+        } => {
+            let asking = Asking {
+                record,
+                requested,
+                asked,
+                resume_key,
+            };
+            Box::pin(run_operator(shared, reader, writer, peer, port, asking)).await
+        }
+        Next::Client(Joined::Here(session), host, resume_key) => {
+            let client = JoiningClient {
+                addr: peer,
+                relay_port: port,
+                host,
+                resume_key,
+            };
+            Box::pin(run_client(shared, session, reader, writer, client)).await;
+        }
+        Next::Client(Joined::Elsewhere(target), host, resume_key) => {
+            let client = super::bridged::Client {
+                addr: peer,
+                relay_port: port,
+                host,
+                resume_key,
+            };
+            Box::pin(super::bridged::bridge_client(shared, target, client, reader, writer)).await;
+        }
+        Next::Resume(session, role) => Box::pin(run_resumed(shared, session, role, reader, writer, peer)).await,
+        Next::ResumeElsewhere(node, resume) => {
+            let header = BridgeHeader::Resume {
+                session_id: resume.session_id,
+                operator: resume.operator,
+                token: resume.token.to_vec(),
+                signature: resume.signature.to_vec(),
+                addr: peer,
+            };
+            Box::pin(super::bridged::bridge_to(shared, &node, header, reader, writer)).await;
+        }
+    }
+}
+
+
+/// Drives the connection's greeting machine ([`Greeting`]), carrying out what it asks for,
+/// until it says where the connection goes next (`None`: it was refused or went away).
+/// Every wait on the peer is bounded by the machine's deadline, measured by tokio's clock
+/// (see [`crate::clock`]).
+async fn greet<R, W>(
+    shared: &Arc<Shared>,
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    peer: SocketAddr,
+    permit: &mut ConnPermit,
+    mark: &SessionMark,
+) -> Option<Next>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let t = &shared.config.timeouts;
     let ip = peer.ip();
     let timeouts = Timeouts {
         greeting: t.greeting,
@@ -125,15 +191,13 @@ async fn serve_connection<S>(
     let mut taken: Option<Joined> = None;
     // The session whose seat a resume took, between `TakeSeat` and `Resume`.
     let mut resumed: Option<Resuming> = None;
-    // What the connection does once its greeting is over. The machine (and what it keeps)
-    // is gone by then: a session holds its connection for hours, and memory per idle
-    // session is a figure the relay is measured by.
+    // What the connection does once its greeting is over.
     let next = 'greeting: loop {
         while let Some(action) = machine.poll_action() {
             match action {
                 Action::Send(frame) => {
                     if writer.send(&frame).await.is_err() {
-                        return;
+                        return None;
                     }
                 }
                 Action::Reserve { account } => {
@@ -224,7 +288,7 @@ async fn serve_connection<S>(
                         break 'greeting Next::Resume(session, role);
                     }
                     Some(Resuming::Elsewhere(node, resume)) => break 'greeting Next::ResumeElsewhere(node, resume),
-                    None => return,
+                    None => return None,
                 },
                 Action::Issue {
                     record,
@@ -245,7 +309,7 @@ async fn serve_connection<S>(
                 }
                 Action::Join { host, resume_key } => match taken.take() {
                     Some(joined) => break 'greeting Next::Client(joined, host, resume_key),
-                    None => return,
+                    None => return None,
                 },
                 Action::Close(refusal) => {
                     if let Some(refusal) = refusal {
@@ -253,7 +317,7 @@ async fn serve_connection<S>(
                         crate::metrics::refused(tsunagu_proto::types::error_code_name(refusal.code()));
                         let _ = writer.send(&refusal.frame()).await;
                     }
-                    return;
+                    return None;
                 }
             }
         }
@@ -280,55 +344,10 @@ async fn serve_connection<S>(
             // Waiting for neither the peer, nor time, nor an answer: cannot happen, as every
             // action that asks for an answer was answered above.
             tracing::error!(%peer, "the greeting stalled; closing");
-            return;
+            return None;
         }
     };
-    drop(machine);
-    match next {
-        Next::Operator {
-            record,
-            requested,
-            asked,
-            resume_key,
-        } => {
-            let asking = Asking {
-                record,
-                requested,
-                asked,
-                resume_key,
-            };
-            run_operator(shared, reader, writer, peer, port, asking).await
-        }
-        Next::Client(Joined::Here(session), host, resume_key) => {
-            let client = JoiningClient {
-                addr: peer,
-                relay_port: port,
-                host,
-                resume_key,
-            };
-            run_client(shared, session, reader, writer, client).await;
-        }
-        Next::Client(Joined::Elsewhere(target), host, resume_key) => {
-            let client = super::bridged::Client {
-                addr: peer,
-                relay_port: port,
-                host,
-                resume_key,
-            };
-            super::bridged::bridge_client(shared, target, client, reader, writer).await;
-        }
-        Next::Resume(session, role) => run_resumed(shared, session, role, reader, writer, peer).await,
-        Next::ResumeElsewhere(node, resume) => {
-            let header = BridgeHeader::Resume {
-                session_id: resume.session_id,
-                operator: resume.operator,
-                token: resume.token.to_vec(),
-                signature: resume.signature.to_vec(),
-                addr: peer,
-            };
-            super::bridged::bridge_to(shared, &node, header, reader, writer).await;
-        }
-    }
+    Some(next)
 }
 
 /// A resume whose seat was taken, between `TakeSeat` and `Resume`.
