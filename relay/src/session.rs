@@ -729,7 +729,9 @@ impl Session {
         if let Some(code) = self.code.filter(|_| phase_before_client) {
             self.shared.directory.expire(code, crate::clock::now()).await;
         }
-        self.forget_record().await;
+        if self.shared.grid.get().is_some() {
+            Box::pin(self.forget_record()).await;
+        }
         (self.shared.leave)(&self.id);
         tracing::info!(
             session = %self.id,
@@ -999,6 +1001,14 @@ impl Session {
     /// resume are kept. A record this node no longer owns means the session moved: it is
     /// let go here. A Redis that cannot be reached is logged; the next change writes again.
     pub async fn save(&self) {
+        if self.shared.grid.get().is_some() {
+            // Boxed: Redis calls weigh a few KiB of future state, which every connection's
+            // reader (it saves on some frames) would otherwise carry for its whole life.
+            Box::pin(self.save_record()).await;
+        }
+    }
+
+    async fn save_record(&self) {
         let Some(grid) = self.shared.grid.get() else { return };
         let _order = self.saving.lock().await;
         let (snapshot, epoch) = {

@@ -51,7 +51,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handshake = shared.config.timeouts.handshake;
-    let tls = match tokio::time::timeout(handshake, shared.acceptor.accept(io)).await {
+    // Boxed, like each later phase (see `serve_connection`): the handshake's state is
+    // freed once it is over instead of weighing on the connection's task for its life.
+    let tls = match tokio::time::timeout(handshake, Box::pin(shared.acceptor.accept(io))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -62,7 +64,8 @@ where
             return;
         }
     };
-    serve_connection(shared, tls, peer, port, permit, mark).await;
+    let (r, w) = tokio::io::split(tls);
+    serve_connection(shared, r, w, peer, port, permit, mark).await;
 }
 
 /// Serves one endpoint connection from its first byte, TLS handshake included, over any
@@ -91,26 +94,28 @@ where
     let Ok(permit) = shared.connections.try_admit(peer.ip(), clock::now()) else {
         return false;
     };
-    serve_connection(shared, io, peer, port, permit, SessionMark::untracked()).await;
+    let (r, w) = tokio::io::split(io);
+    serve_connection(shared, r, w, peer, port, permit, SessionMark::untracked()).await;
     true
 }
 
-/// Runs one connection over `io` (TLS in the relay; any byte stream in tests): its greeting
+/// Runs one connection over its two halves (TLS in the relay; any byte stream in tests): its greeting
 /// (see [`greet`]), then its side of the session. `mark` tells the relay's shutdown when
 /// the connection carries a session. The greeting and the session phase each run in an
 /// allocation of their own, freed when that phase is over: a connection holds only the
 /// phase it is in, and memory per idle session is a figure the relay is measured by.
-async fn serve_connection<S>(
+async fn serve_connection<R, W>(
     shared: Arc<Shared>,
-    io: S,
+    r: R,
+    w: W,
     peer: SocketAddr,
     port: u16,
     mut permit: ConnPermit,
     mark: SessionMark,
 ) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (r, w) = tokio::io::split(io);
     let max_frame = shared.config.limits.max_frame;
     let mut reader = FrameReader::new(r, max_frame);
     let mut writer = FrameWriter::new(w, max_frame);
