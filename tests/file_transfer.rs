@@ -451,7 +451,8 @@ fn transfer_patiently(sender: &mut App, receiver: &mut App, path: &Path, dir: &P
 
 #[test]
 fn cancelled_and_interrupted_transfers_leave_nothing() {
-    let relay = RelayProcess::start("", 1);
+    // A vanished client is waited for (it may resume) this long before the session ends.
+    let relay = RelayProcess::start("[timeouts]\nresume = \"2s\"\n", 1);
     assert!(relay.add_operator("alice", PASSWORD).status.success());
     let (mut op, mut client) = paired_apps(&relay);
     let work = tempfile::tempdir().unwrap();
@@ -484,10 +485,12 @@ fn cancelled_and_interrupted_transfers_leave_nothing() {
     client.send(json!({"cmd": "reject_file", "id": offer["id"]}));
     op.expect("file_rejected");
 
-    // The client vanishes while receiving: the operator is told, the session ends.
+    // The client vanishes while receiving: the operator is told at once that it is away,
+    // and the session ends when it has not come back within the resume window.
     let (_, offer) = offer_file(&mut op, &mut client, &big);
     accept_started(&mut client, &offer, &inbox);
     client.child.kill().unwrap();
+    op.expect("peer_away");
     let ended = op.expect("ended");
     assert_eq!(ended["reason"], "client_disconnected");
     assert!(op.seen.iter().any(|v| v["event"] == "file_failed"), "{:?}", op.seen);

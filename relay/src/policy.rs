@@ -1391,15 +1391,24 @@ mod tests {
         p.client_state(PAUSED, PermissionSet::EMPTY);
         assert_eq!(p.file_offer(ToClient, 3, "report.pdf", 100), Verdict::Forward);
         assert_eq!(p.file_answer(ToOperator, 3, true), (Verdict::Forward, None));
-        assert_eq!(p.check_data_in(ToClient, Some(Channel::File), 3, 40, 50), Verdict::Forward);
+        assert_eq!(
+            p.check_data_in(ToClient, Some(Channel::File), 3, 40, 50),
+            Verdict::Forward
+        );
         assert_eq!(p.file_offer(ToOperator, 1, "log.txt", 10), Verdict::Forward);
         let state = p.state();
         assert_eq!(state.transfers.len(), 2);
         let mut q = Policy::restore(state.clone(), CONSENT).unwrap();
         assert_eq!(q.state(), state);
         assert_eq!(q.phase(), Phase::Active);
-        assert_eq!(q.check_data(ToClient, Some(Channel::Input), 10), Verdict::Drop(DropReason::Paused));
-        assert_eq!(q.check_data_in(ToClient, Some(Channel::File), 3, 60, 70), Verdict::Forward);
+        assert_eq!(
+            q.check_data(ToClient, Some(Channel::Input), 10),
+            Verdict::Drop(DropReason::Paused)
+        );
+        assert_eq!(
+            q.check_data_in(ToClient, Some(Channel::File), 3, 60, 70),
+            Verdict::Forward
+        );
         assert_eq!(
             q.check_data_in(ToClient, Some(Channel::File), 3, 1, 10),
             Verdict::Drop(DropReason::TransferMisuse),

@@ -326,7 +326,10 @@ async fn join_grid(
         &cluster.node,
         record_ttl,
     ));
-    let fence = Arc::new(grid::fence::Fence::holding_until(joined_at, joined_at + cluster.node_ttl));
+    let fence = Arc::new(grid::fence::Fence::holding_until(
+        joined_at,
+        joined_at + cluster.node_ttl,
+    ));
     let on_beat: grid::nodes::OnBeat = {
         let shared = Arc::downgrade(shared);
         let (records, fence, ttl) = (records.clone(), fence.clone(), cluster.node_ttl);

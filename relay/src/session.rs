@@ -21,14 +21,15 @@ use tsunagu_proto::types::end_reason_name;
 use tsunagu_proto::{PermissionSet, RawFrame, SessionCode};
 
 use crate::directory::Directory;
-use crate::history::{HistoryEvent, HistorySink};
-use crate::policy::{Change, ClientModes, ConsentOutcome, Direction, FileOutcome, FileRecord, Phase, Policy, Verdict};
-use crate::queue::{OutQueue, Pass, QueueError};
 use crate::grid::fence::Fence;
 use crate::grid::records::{
-    ClientSnapshot, Epoch, RecordError, Saved, SessionRecords, SessionSnapshot, SnapshotPhase, TransferSnapshot, TransferStage,
+    ClientSnapshot, Epoch, RecordError, Saved, SessionRecords, SessionSnapshot, SnapshotPhase, TransferSnapshot,
+    TransferStage,
 };
+use crate::history::{HistoryEvent, HistorySink};
+use crate::policy::{Change, ClientModes, ConsentOutcome, Direction, FileOutcome, FileRecord, Phase, Policy, Verdict};
 use crate::policy::{OpenTransfer, PolicyState};
+use crate::queue::{OutQueue, Pass, QueueError};
 use crate::resume::{draw_token, ResumeRefusal, Seat};
 use crate::time::now_ms;
 
@@ -1107,7 +1108,9 @@ impl Session {
             SnapshotPhase::AwaitingClient { code_deadline_unix_ms } => {
                 (Phase::AwaitingClient, at(code_deadline_unix_ms), None)
             }
-            SnapshotPhase::AwaitingConsent { deadline_unix_ms } => (Phase::AwaitingConsent, now, Some(at(deadline_unix_ms))),
+            SnapshotPhase::AwaitingConsent { deadline_unix_ms } => {
+                (Phase::AwaitingConsent, now, Some(at(deadline_unix_ms)))
+            }
             SnapshotPhase::Active => (Phase::Active, now, None),
         };
         let state = PolicyState {
@@ -1230,7 +1233,8 @@ fn instant_of_unix_ms(unix_ms: u64, now: Instant) -> Instant {
     if unix_ms >= now_unix {
         now + Duration::from_millis(unix_ms - now_unix)
     } else {
-        now.checked_sub(Duration::from_millis(now_unix - unix_ms)).unwrap_or(now)
+        now.checked_sub(Duration::from_millis(now_unix - unix_ms))
+            .unwrap_or(now)
     }
 }
 

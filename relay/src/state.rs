@@ -222,7 +222,12 @@ impl Shared {
             .ok_or(Some(ResumeRefusal::UnknownSession))?;
         let taken = if owned.owner == grid.name() {
             // Recorded as this node's but not running here: this node restarted.
-            Some(records.take_over(id, &owned.owner, owned.epoch).await.map_err(unavailable)?)
+            Some(
+                records
+                    .take_over(id, &owned.owner, owned.epoch)
+                    .await
+                    .map_err(unavailable)?,
+            )
         } else {
             records
                 .take_over_if_owner_gone(id, &owned.owner, owned.epoch)
@@ -244,7 +249,10 @@ impl Shared {
                         let seats = [owned.snapshot.operator_seat, owned.snapshot.client_seat];
                         return Ok(Resumable::Elsewhere { node: info, seats });
                     }
-                    _ => records.take_over(id, &owned.owner, owned.epoch).await.map_err(unavailable)?,
+                    _ => records
+                        .take_over(id, &owned.owner, owned.epoch)
+                        .await
+                        .map_err(unavailable)?,
                 }
             }
         };
@@ -289,7 +297,6 @@ impl Shared {
             tracing::error!("the relay joined a grid twice; the first stands");
         }
     }
-
 }
 
 /// Where the session of a resuming endpoint runs.

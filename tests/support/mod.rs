@@ -771,4 +771,6 @@ impl Drop for App {
     }
 }
 pub mod admin;
+pub mod grid;
+pub mod proxy;
 pub mod xvfb;

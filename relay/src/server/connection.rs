@@ -168,7 +168,6 @@ async fn serve_connection<R, W>(
     }
 }
 
-
 /// Drives the connection's greeting machine ([`Greeting`]), carrying out what it asks for,
 /// until it says where the connection goes next (`None`: it was refused or went away).
 /// Every wait on the peer is bounded by the machine's deadline, measured by tokio's clock

@@ -1,0 +1,225 @@
+//! Sessions outlive their relay node: real `tsunagu-relay` processes in a grid (real Redis
+//! and PostgreSQL), the real operator and client apps given every node's address. The node
+//! that runs a live session is killed with `kill -9`; both apps reconnect to another node,
+//! which takes the session over from its record, and the session goes on: no new code, no
+//! new consent, chat once, a fresh keyframe, one history row with the resumes counted.
+
+#[macro_use]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::grid::*;
+use support::*;
+use tsunagu_proto::pb::frame::Body;
+
+/// A grid whose nodes notice a silent node within a couple of seconds.
+const QUICK: &str = "heartbeat = \"500ms\"\nnode_ttl = \"2s\"\n";
+
+/// `--relay` listing every node, `first` first (the app dials them in this order).
+fn relay_list(grid: &Grid, first: usize) -> String {
+    let mut specs: Vec<String> = grid.nodes.iter().map(RelayProcess::spec).collect();
+    specs.rotate_left(first);
+    specs.join(",")
+}
+
+#[test]
+fn a_session_survives_kill_9_of_its_node_and_goes_on_elsewhere() {
+    let Some(mut grid) = Grid::start("grid_resume_kill", 3, QUICK) else {
+        return;
+    };
+    add_alice(&grid, 0);
+    let relays = relay_list(&grid, 0);
+    let mut op = App::operator(&relays, &grid.ca(), None, "alice", OP_PASSWORD);
+    let code = op.code();
+    let mut client = App::client(&relays, &grid.ca(), None, &code, &["--fps", "10"]);
+    client.expect("consent_request");
+    client.send(json!({"cmd": "consent", "grant": ["view", "control", "chat"]}));
+    op.expect("consent");
+    client.expect("connected");
+    op.expect("frame");
+    op.send(json!({"cmd": "chat", "text": "before the crash"}));
+    assert_eq!(client.expect("chat")["text"], "before the crash");
+
+    // Node a, which runs the session and carries both connections, dies at once.
+    let killed = Instant::now();
+    grid.nodes[0].child.kill().expect("kill -9 node a");
+    let _ = grid.nodes[0].child.wait();
+    op.expect("reconnecting");
+    client.expect("reconnecting");
+    let op_back = op.expect("reconnected");
+    let client_back = client.expect("reconnected");
+    let resumed_in = killed.elapsed();
+    assert_ne!(op_back["relay"], grid.nodes[0].spec(), "resumed on a live node");
+    assert_ne!(client_back["relay"], grid.nodes[0].spec());
+    let keyframe = op.expect_where("frame", |f| f["keyframe"] == true);
+    let first_frame_in = killed.elapsed();
+    assert_eq!(keyframe["width"], 640);
+    println!("kill -9 to both resumed: {resumed_in:?}; to the first keyframe after: {first_frame_in:?}");
+
+    // The same session, same grants: chat both ways, once each; no new consent asked.
+    op.send(json!({"cmd": "chat", "text": "after the crash"}));
+    assert_eq!(client.expect("chat")["text"], "after the crash");
+    client.send(json!({"cmd": "chat", "text": "still here"}));
+    assert_eq!(op.expect("chat")["text"], "still here");
+    let chats = client.seen.iter().filter(|e| e["event"] == "chat").count();
+    assert_eq!(chats, 2, "each chat message arrives once: {:?}", client.seen);
+    assert_eq!(
+        client.seen.iter().filter(|e| e["event"] == "consent_request").count(),
+        1,
+        "no second consent request"
+    );
+
+    op.send(json!({"cmd": "end"}));
+    assert_eq!(client.expect("ended")["reason"], "operator_ended");
+    op.wait();
+    client.wait();
+
+    // One history row, in the shared database, through a surviving node.
+    let deadline = Instant::now() + WAIT;
+    let row = loop {
+        let out = grid.cli(1, &["history", "--format", "json"], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), 1, "one row for the session: {text}");
+        if rows[0]["end_reason"] == "operator_ended" || Instant::now() > deadline {
+            break rows[0].clone();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(row["end_reason"], "operator_ended");
+    assert_eq!(row["resumes"], 2, "both sides resumed once: {row}");
+}
+
+/// An endpoint's side of a session as the raw tests hold it: its resume key and latest token.
+struct Side {
+    key: ring::signature::Ed25519KeyPair,
+    session_id: String,
+    token: Vec<u8>,
+    operator: bool,
+}
+
+impl Side {
+    fn new(operator: bool) -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        Self {
+            key: ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap(),
+            session_id: String::new(),
+            token: Vec::new(),
+            operator,
+        }
+    }
+
+    fn public(&self) -> bytes::Bytes {
+        use ring::signature::KeyPair;
+        self.key.public_key().as_ref().to_vec().into()
+    }
+
+    async fn take_token(&mut self, peer: &mut RawPeer) {
+        let t = peer.expect("ResumeToken", body!(ResumeToken)).await;
+        self.session_id = t.session_id;
+        self.token = t.token.to_vec();
+    }
+
+    /// Resumes through `cfg`, trying again while the grid answers "unavailable" (the owner
+    /// is not known to be gone yet); returns the new connection once `Resumed` arrived.
+    async fn resume(&mut self, cfg: &tsunagu_endpoint::dial::DialConfig) -> RawPeer {
+        use tsunagu_proto::pb;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut peer = RawPeer::connect(cfg).await;
+            let message = tsunagu_proto::resume::signed_message(&self.session_id, self.operator, &self.token);
+            peer.send_body(Body::Resume(pb::Resume {
+                session_id: self.session_id.clone(),
+                operator: self.operator,
+                token: self.token.clone().into(),
+                signature: self.key.sign(&message).as_ref().to_vec().into(),
+            }))
+            .await;
+            match peer.next().await {
+                Some(Body::Resumed(_)) => {
+                    self.take_token(&mut peer).await;
+                    return peer;
+                }
+                Some(Body::Error(e)) if e.code == pb::ErrorCode::Unavailable as i32 && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => panic!("resume refused: {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_forwards_nothing_once_its_sessions_moved() {
+    use tsunagu_proto::pb::{self, Channel};
+    let Some(grid) = tokio::task::block_in_place(|| Grid::start("grid_resume_freeze", 2, QUICK)) else {
+        return;
+    };
+    tokio::task::block_in_place(|| add_alice(&grid, 0));
+    let at = |i: usize| dial_config(&grid.ca(), "127.0.0.1", vec![grid.nodes[i].port()]);
+
+    // A session on node a, both sides able to resume.
+    let mut op_side = Side::new(true);
+    let mut op = RawPeer::login(&at(0), "alice", OP_PASSWORD).await.expect("login");
+    op.send_body(Body::RequestCode(pb::RequestCode {
+        permissions: vec![],
+        resume_key: op_side.public(),
+    }))
+    .await;
+    let code = op.expect("CodeIssued", body!(CodeIssued)).await;
+    op_side.take_token(&mut op).await;
+    let mut client_side = Side::new(false);
+    let mut client = RawPeer::connect(&at(0)).await;
+    client
+        .send_body(Body::Join(pb::Join {
+            code: code.code,
+            host_name: "frozen-pc".into(),
+            resume_key: client_side.public(),
+        }))
+        .await;
+    client.expect("ConsentRequest", body!(ConsentRequest)).await;
+    client_side.take_token(&mut client).await;
+    client.consent(&["view", "chat"]).await;
+    op.expect_state().await;
+    client.expect_state().await;
+
+    // Node a freezes for longer than its node TTL; both endpoints resume on node b.
+    let a = grid.nodes[0].child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &a])
+        .status()
+        .unwrap()
+        .success());
+    let mut new_op = op_side.resume(&at(1)).await;
+    let mut new_client = client_side.resume(&at(1)).await;
+    new_op.chat("on node b").await;
+    assert_eq!(chat_text(&new_client.expect_data(Channel::Chat).await), "on node b");
+
+    // Node a wakes up. What its old operator connection says is forwarded to nobody: the
+    // old client connection hears that the session moved, and never the chat.
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &a])
+        .status()
+        .unwrap()
+        .success());
+    op.chat("from the stale node").await;
+    let mut seen = Vec::new();
+    let moved = loop {
+        match client.next_within(WAIT).await {
+            Some(Body::Ended(e)) => break e.reason,
+            Some(Body::Data(d)) if d.channel == Channel::Chat as i32 => {
+                panic!("the stale node forwarded {:?}", chat_text(&d))
+            }
+            Some(other) => seen.push(format!("{other:?}")),
+            None => panic!("the stale connection closed without a reason; saw {seen:?}"),
+        }
+    };
+    assert_eq!(moved, pb::EndReason::Moved as i32);
+    // The session goes on on node b, untouched.
+    new_client.chat("still on b").await;
+    assert_eq!(chat_text(&new_op.expect_data(Channel::Chat).await), "still on b");
+}
