@@ -428,12 +428,7 @@ async fn run_operator<R, W>(
         resume_key,
     } = asking;
     let operator = record.name;
-    let limits = &shared.config.limits;
-    let operator_q = OutQueue::new(
-        limits.screen_queue_frames,
-        limits.data_queue_bytes,
-        limits.control_queue_frames,
-    );
+    let operator_q = peer_queue(&shared);
     let t = &shared.config.timeouts;
     let policy = Policy::new(requested, record.permissions, clock::now(), t.code_ttl, t.consent);
     let issued = shared
@@ -493,12 +488,7 @@ pub(crate) async fn run_client<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = &shared.config.limits;
-    let client_q = OutQueue::new(
-        limits.screen_queue_frames,
-        limits.data_queue_bytes,
-        limits.control_queue_frames,
-    );
+    let client_q = peer_queue(&shared);
     if !session
         .attach_client(client_q.clone(), &client.host, client.addr, client.relay_port)
         .await
@@ -528,12 +518,7 @@ async fn run_resumed<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = &shared.config.limits;
-    let queue = OutQueue::new(
-        limits.screen_queue_frames,
-        limits.data_queue_bytes,
-        limits.control_queue_frames,
-    );
+    let queue = peer_queue(&shared);
     let Some(hold) = session.reattach(role, queue.clone(), peer).await else {
         let _ = writer
             .send(&Refusal::ResumeRefused(ResumeRefusal::UnknownSession).frame())
@@ -541,6 +526,16 @@ async fn run_resumed<R, W>(
         return;
     };
     run_peer(shared, session, hold, reader, writer, queue).await;
+}
+
+/// A new outbound queue for one peer, as large as the relay's limits allow.
+fn peer_queue(shared: &Shared) -> OutQueue {
+    let limits = &shared.config.limits;
+    OutQueue::new(
+        limits.screen_queue_frames,
+        limits.data_queue_bytes,
+        limits.control_queue_frames,
+    )
 }
 
 /// Suspension, IP rules and the session cap, checked against the current account when a
