@@ -222,6 +222,7 @@ pub fn new_session_id() -> String {
 
 impl Session {
     /// A session `id` (see [`new_session_id`]) whose code the directory issued already.
+    #[allow(clippy::too_many_arguments)] // each is one fact of the new session, given once by `Shared::open_session`
     pub(crate) fn new(
         shared: Arc<SessionShared>,
         id: String,

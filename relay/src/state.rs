@@ -246,8 +246,11 @@ impl Shared {
                 })?;
                 match info {
                     Some(info) if !crate::grid::nodes::surely_dead(&info).await => {
-                        let seats = [owned.snapshot.operator_seat, owned.snapshot.client_seat];
-                        return Ok(Resumable::Elsewhere { node: info, seats });
+                        let seats = Box::new([owned.snapshot.operator_seat, owned.snapshot.client_seat]);
+                        return Ok(Resumable::Elsewhere {
+                            node: Box::new(info),
+                            seats,
+                        });
                     }
                     _ => records
                         .take_over(id, &owned.owner, owned.epoch)
@@ -306,7 +309,7 @@ pub(crate) enum Resumable {
     /// On another node, alive, reached over the bridge; `seats` as its record keeps them
     /// (the operator's, the client's), to check a resume before it is carried there.
     Elsewhere {
-        node: crate::grid::nodes::NodeInfo,
-        seats: [Option<crate::resume::Seat>; 2],
+        node: Box<crate::grid::nodes::NodeInfo>,
+        seats: Box<[Option<crate::resume::Seat>; 2]>,
     },
 }

@@ -206,7 +206,7 @@ where
                 }
                 Action::Reserve { account } => {
                     let target = account.as_deref().map_or(Target::Codes, Target::Account);
-                    let throttle = throttle_of(&shared, account.is_some());
+                    let throttle = throttle_of(shared, account.is_some());
                     let reserved = throttle.reserve(target, ip, clock::now()).await;
                     match reserved {
                         Ok(_) => {}
@@ -220,7 +220,7 @@ where
                     machine.handle_event(clock::now(), Event::Reserved(reserved));
                 }
                 Action::Authenticate(login) => {
-                    let result = authenticate(&shared, &login, ip).await;
+                    let result = authenticate(shared, &login, ip).await;
                     if result.is_err() {
                         tracing::info!(%peer, "operator login refused");
                     }
@@ -232,13 +232,13 @@ where
                         Settle::Failed => Outcome::Failed,
                         Settle::Refund => Outcome::Refund,
                     };
-                    let throttle = throttle_of(&shared, kind == AttemptKind::Login);
+                    let throttle = throttle_of(shared, kind == AttemptKind::Login);
                     throttle.settle(ticket, outcome, clock::now()).await;
                 }
                 Action::Audit(entry) => shared.audit.record(entry).await,
                 Action::Authenticated => permit.authenticated(),
                 Action::CheckAccount { operator } => {
-                    let checked = check_code_issue(&shared, &operator, ip).await;
+                    let checked = check_code_issue(shared, &operator, ip).await;
                     machine.handle_event(clock::now(), Event::AccountChecked(checked));
                 }
                 Action::TakeCode(code) => {
@@ -267,7 +267,7 @@ where
                         Ok(Resumable::Elsewhere { node, seats }) => {
                             // Checked here against the record (the token is spent where the
                             // session runs), so a forged resume costs its sender here too.
-                            let mut seat = seats[if resume.operator { 0 } else { 1 }].clone();
+                            let mut seat = seats[usize::from(!resume.operator)].clone();
                             let checked = match seat.as_mut() {
                                 Some(seat) => {
                                     seat.take(&resume.session_id, resume.operator, &resume.token, &resume.signature)
@@ -275,7 +275,7 @@ where
                                 None => Err(ResumeRefusal::NotResumable),
                             };
                             checked
-                                .map(|()| resumed = Some(Resuming::Elsewhere(node, resume.clone())))
+                                .map(|()| resumed = Some(Resuming::Elsewhere(*node, resume.clone())))
                                 .map_err(Some)
                         }
                         Err(refused) => Err(refused),
