@@ -2,7 +2,7 @@
 //! resume key, the single-use token the relay hands out, and the schedule of reconnect
 //! attempts (which relay of the list, after how long, until when).
 //!
-//! The driver ([`crate::driver`]) does the dialling and the waiting; everything it decides
+//! The session driver does the dialling and the waiting; everything it decides
 //! comes from here, with time and randomness passed in so tests can fix both.
 
 use std::time::{Duration, Instant};
@@ -227,7 +227,7 @@ pub enum ConnectionEvent {
     PeerBack,
 }
 
-/// Why the session is being brought back in step ([`crate::driver::App::on_resync`]).
+/// Why the session is being brought back in step (the driver's `App::on_resync`).
 #[derive(Debug, Clone)]
 pub enum Resync {
     /// Our connection was resumed; the relay's answer.
