@@ -223,3 +223,63 @@ async fn a_frozen_node_forwards_nothing_once_its_sessions_moved() {
     new_client.chat("still on b").await;
     assert_eq!(chat_text(&new_op.expect_data(Channel::Chat).await), "still on b");
 }
+
+#[test]
+fn a_drained_node_sends_its_sessions_elsewhere_without_a_gap_and_stops() {
+    let Some(grid) = Grid::start("grid_resume_drain", 3, QUICK) else {
+        return;
+    };
+    add_alice(&grid, 0);
+    let relays = relay_list(&grid, 0);
+    let mut op = App::operator(&relays, &grid.ca(), None, "alice", OP_PASSWORD);
+    let code = op.code();
+    let mut client = App::client(&relays, &grid.ca(), None, &code, &["--fps", "10"]);
+    client.expect("consent_request");
+    client.send(json!({"cmd": "consent", "grant": ["view", "control", "chat"]}));
+    op.expect("consent");
+    client.expect("connected");
+    for _ in 0..5 {
+        op.expect("frame");
+    }
+
+    // The admin drains node a, as before an upgrade; the operator's frames are timed as
+    // they arrive meanwhile.
+    let data = grid.nodes[0].data_dir();
+    let drain = std::thread::spawn(move || relay_cli(&data, &["drain"], None));
+    let mut arrivals = Vec::new();
+    let mut resumed = false;
+    let mut after = 0;
+    let deadline = Instant::now() + WAIT;
+    while after < 20 {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(&grid.nodes[0].log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!("the operator did not resume within {WAIT:?}; node a's log ends with {tail:#?}");
+        }
+        let event = op.next_event();
+        match event["event"].as_str() {
+            Some("frame") => {
+                arrivals.push(Instant::now());
+                after += usize::from(resumed);
+            }
+            Some("reconnected") => resumed = true,
+            _ => {}
+        }
+    }
+    let widest = arrivals.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    println!("drain: widest gap between frames at the operator: {widest:?}");
+    assert!(
+        widest <= Duration::from_secs(1),
+        "a frame gap of {widest:?} across the drain"
+    );
+    let out = drain.join().unwrap();
+    assert!(out.status.success(), "drain: {}", String::from_utf8_lossy(&out.stderr));
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["event"], "drained");
+    client.expect("reconnected");
+
+    op.send(json!({"cmd": "chat", "text": "after the drain"}));
+    assert_eq!(client.expect("chat")["text"], "after the drain");
+    op.send(json!({"cmd": "end"}));
+    assert_eq!(client.expect("ended")["reason"], "operator_ended");
+}

@@ -388,6 +388,13 @@ pub struct Timeouts {
     /// once, as for endpoints that cannot resume. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub resume: Duration,
+    /// A grid node being stopped (SIGTERM, `tsunagu-relay drain`) first drains: it closes
+    /// its relay ports, sends the endpoints of every session that can move to another node
+    /// (`Ended(moved)`; they resume there) and waits this long for their connections to
+    /// leave; sessions that cannot move end as on a single node. `0s`: no drain. Default
+    /// 10 s. A single relay ignores it.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
 }
 
 /// Sizes and counts a peer cannot push beyond.
@@ -550,6 +557,7 @@ impl Default for Timeouts {
             shutdown: Duration::from_secs(5),
             login_wait: Duration::from_secs(5),
             resume: Duration::from_secs(30),
+            drain: Duration::from_secs(10),
         }
     }
 }

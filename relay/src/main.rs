@@ -67,6 +67,13 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: i64,
     },
+    /// Drain the relay running on this data dir: it closes its relay ports, sends its
+    /// sessions to the other nodes of its grid (their apps resume there) and stops. Waits
+    /// until it has stopped.
+    Drain {
+        #[command(flatten)]
+        common: Common,
+    },
     /// A grid of relay nodes (see docs/grid.md).
     Grid {
         #[command(subcommand)]
@@ -374,10 +381,23 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             drop(out);
             tracing::info!(ca = %tsunagu_relay::tls::ca_path(&config).display(), "relay ready");
+            let pid_file = config.data_dir.join(PID_FILE);
+            if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+                tracing::warn!(error = %e, "could not write the pid file; `tsunagu-relay drain` cannot find this relay");
+            }
+            let mut relay = relay;
             wait_for_signal().await;
+            if relay.drain().await > 0 {
+                tracing::info!("sessions moved to other nodes");
+            }
             tracing::info!("shutting down");
             relay.shutdown().await;
+            let _ = std::fs::remove_file(&pid_file);
             Ok(())
+        }
+        Command::Drain { common } => {
+            let config = load_config(&common)?;
+            drain_running(&config).await
         }
         Command::Operator { action } => match action {
             OperatorAction::Add {
@@ -463,6 +483,67 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
     }
+}
+
+/// Where `serve` keeps its process id, in the data dir, for `tsunagu-relay drain`.
+const PID_FILE: &str = "relay.pid";
+
+/// Asks the relay serving `config`'s data dir to drain and stop (SIGTERM: a grid node
+/// drains before it stops), and waits until it has. One JSON line when it is gone.
+async fn drain_running(config: &Config) -> Result<(), String> {
+    let path = config.data_dir.join(PID_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "no relay is running on {} ({}: {e})",
+            config.data_dir.display(),
+            path.display()
+        )
+    })?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{} does not hold a process id", path.display()))?;
+    // A stale file may name a process that is not a relay any more: never signal that.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains("tsunagu-relay") {
+        let _ = std::fs::remove_file(&path);
+        return Err(format!(
+            "no relay is running on {} (stale pid file removed)",
+            config.data_dir.display()
+        ));
+    }
+    // SAFETY: kill(2) with a pid read above and a valid signal number has no memory effects.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(format!(
+            "could not signal relay process {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let limit = config.timeouts.drain + config.timeouts.shutdown + std::time::Duration::from_secs(10);
+    let until = std::time::Instant::now() + limit;
+    while process_alive(pid) {
+        if std::time::Instant::now() > until {
+            return Err(format!("relay process {pid} has not stopped within {limit:?}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    println!("{}", serde_json::json!({"event": "drained", "pid": pid}));
+    Ok(())
+}
+
+/// Whether process `pid` still runs (a process that exited but was not yet reaped by its
+/// parent, a zombie, does not).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
 }
 
 async fn wait_for_signal() {

@@ -56,6 +56,8 @@ pub enum StartError {
 
 /// A running relay. Dropping it does not stop it; call [`Relay::shutdown`].
 pub struct Relay {
+    /// The accept loops of the relay ports (closed first when the node drains).
+    accepting: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
     /// The stop signal, and the connection tasks shutdown waits for.
@@ -154,8 +156,9 @@ impl Relay {
             shared.join_grid(node);
             tasks.extend(node_tasks);
         }
+        let mut accepting = Vec::new();
         for (listener, addr) in listeners.into_iter().zip(addrs.iter().copied()) {
-            tasks.push(tokio::spawn(accept_loop(
+            accepting.push(tokio::spawn(accept_loop(
                 shared.clone(),
                 listener,
                 addr.port(),
@@ -191,6 +194,7 @@ impl Relay {
             shared,
             addrs,
             stopper,
+            accepting,
             tasks,
             history_task,
             certs,
@@ -227,15 +231,52 @@ impl Relay {
     /// connection tasks to deliver `Ended` and close TLS, all within the configured shutdown
     /// timeout; then writes the history, within it again. Connections that carry no session
     /// are closed at once.
+    /// Drains a grid node before it stops: closes its relay ports (waiting until they are
+    /// closed), sends the endpoints of every session that can move to another node
+    /// `Ended(moved)` (they resume there, where the session is taken over at once because
+    /// this node's ports refuse), and waits up to `timeouts.drain` for their connections to
+    /// leave. Returns how many sessions were sent away. Sessions that cannot move stay
+    /// until [`Relay::shutdown`]. Nothing to do on a single relay or with a zero drain time.
+    pub async fn drain(&mut self) -> usize {
+        let limit = self.shared.config.timeouts.drain;
+        if self.shared.grid().is_none() || limit.is_zero() {
+            return 0;
+        }
+        let until = tokio::time::Instant::now() + limit;
+        tracing::info!("draining: closing the relay ports and moving sessions to other nodes");
+        self.shared.start_draining();
+        for t in self.accepting.drain(..) {
+            let _ = t.await;
+        }
+        let movable: Vec<_> = self
+            .shared
+            .sessions()
+            .live()
+            .into_iter()
+            .filter(|s| s.epoch().is_some())
+            .collect();
+        for session in &movable {
+            session.let_go().await;
+        }
+        let staying = self.shared.sessions().len();
+        while self.shared.open_connections() > staying * 2 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(moved = movable.len(), staying, "drained");
+        movable.len()
+    }
+
     pub async fn shutdown(self) {
         let Self {
             shared,
             stopper,
-            tasks,
+            accepting,
+            mut tasks,
             history_task,
             bridge,
             ..
         } = self;
+        tasks.extend(accepting);
         let deadline = shared.config.timeouts.shutdown;
         // Stopping, ending sessions and closing connections share one deadline; writing
         // the history gets its own.
@@ -550,10 +591,14 @@ async fn accept_loop(
     connections: ConnectionTasks,
     mut stop: Shutdown,
 ) {
+    let mut draining = shared.draining();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.recv() => return,
+            // The port closes: a node draining takes no one new, and the nodes its endpoints
+            // resume on see it refuse (see `grid::nodes::surely_dead`).
+            _ = crate::shutdown::until_true(&mut draining) => return,
         };
         match accepted {
             Ok((tcp, peer)) => {

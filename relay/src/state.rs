@@ -61,6 +61,8 @@ pub struct Shared {
     /// What each session gets of the above.
     for_sessions: Arc<SessionShared>,
     stop: Shutdown,
+    /// Set when the node drains: its relay ports close and its sessions move away.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -109,6 +111,7 @@ impl Shared {
             grid: Default::default(),
             for_sessions,
             stop,
+            draining: tokio::sync::watch::channel(false).0,
             config,
         }
     }
@@ -278,6 +281,26 @@ impl Shared {
             TakeOver::Moved { .. } => Err(None),
             TakeOver::Gone => Err(Some(ResumeRefusal::UnknownSession)),
         }
+    }
+
+    /// Starts draining: the relay ports close (see [`Shared::draining`]).
+    pub(crate) fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Resolves its `wait_for(|d| *d)` when the node starts draining.
+    pub(crate) fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Endpoint connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.counts().0
     }
 
     /// Whether the relay was told to stop.

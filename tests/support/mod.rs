@@ -536,6 +536,7 @@ impl RelayProcess {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
             .status();
         for _ in 0..100 {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -35,6 +35,8 @@ async fn checks(console: &Console) -> Vec<String> {
     let mut failures = Vec::new();
     if shared.is_stopping() {
         failures.push("stopping: the node no longer accepts connections".to_string());
+    } else if shared.is_draining() {
+        failures.push("draining: the node sends its sessions to other nodes".to_string());
     }
     let started = Instant::now();
     match tokio::time::timeout(DATABASE_CHECK, shared.store.ping()).await {
