@@ -157,8 +157,17 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
     op.expect("paused");
     let paused = op.expect_where("gui", |v| v["banner"] == true);
     let banner = rect(&paused, "banner");
-    let shot = Shot::take(&x, "operator-paused");
+    // The window reports its layout while it builds the frame: the frame is on screen a
+    // moment later (longer on a loaded machine), so the screen is read until it shows.
     let (bx, by) = (banner[0] + 3, banner[1] + 3);
+    let mut shot = Shot::take(&x, "operator-paused");
+    for _ in 0..20 {
+        if close(shot.pixel(bx, by), [255, 200, 60]) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        shot = Shot::take(&x, "operator-paused");
+    }
     assert!(
         close(shot.pixel(bx, by), [255, 200, 60]),
         "banner colour at ({bx},{by}): {:?}",
