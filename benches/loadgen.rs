@@ -38,6 +38,9 @@ use tsunagu_proto::pb::{self, frame::Body, Channel, Frame};
 use tsunagu_proto::transport::TransportError;
 use tsunagu_proto::PermissionSet;
 
+#[path = "loadgen_failover.rs"]
+mod failover;
+
 const PASSWORD: &str = "Load-test-pass-1";
 /// Payload of one file-channel frame: 64 KiB, a typical transfer chunk.
 const CHUNK: usize = 64 * 1024;
@@ -99,6 +102,20 @@ enum Scenario {
     /// PostgreSQL, with a key prefix and a schema of their own, removed at the end): join
     /// latency, forwarding throughput and memory per idle session when the client lands on
     /// the other node, next to the same-node figures of the same run.
+    /// Live sessions outlive their node: three grid nodes, node a killed with `kill -9`
+    /// under `--sessions` live sessions (half with the client bridged in through node b);
+    /// how many resumed, how long it took, new consents, chat duplicated or reordered.
+    Failover {
+        /// The Redis the grid shares.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// The PostgreSQL the grid shares.
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+        postgres: String,
+        /// Live sessions on node a when it is killed.
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+    },
     Grid {
         /// The Redis the grid shares.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
@@ -268,6 +285,15 @@ impl RelayUnderTest {
             .nth(1)
             .ok_or_else(|| anyhow!("bad {field}"))?
             .parse()?)
+    }
+}
+
+impl RelayUnderTest {
+    /// Kills the relay at once (`kill -9`): no session is told anything.
+    fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 }
 
@@ -845,6 +871,11 @@ impl GridUnderTest {
     const NODES: [&'static str; 2] = ["a", "b"];
 
     fn start(bin: &Path, redis: &str, postgres: &str) -> Result<Self> {
+        Self::start_nodes(bin, redis, postgres, &Self::NODES, "")
+    }
+
+    /// Starts the nodes `names` with `cluster` appended to each one's `[cluster]` section.
+    fn start_nodes(bin: &Path, redis: &str, postgres: &str, names: &[&str], cluster: &str) -> Result<Self> {
         let shared = tempfile::tempdir()?;
         let files = shared.path().join("grid");
         let out = Command::new(bin)
@@ -874,9 +905,9 @@ impl GridUnderTest {
         };
         // One after the other: the first node creates the schema, and the operator account
         // added through it is every node's.
-        for (i, node) in Self::NODES.into_iter().enumerate() {
+        for (i, node) in names.iter().copied().enumerate() {
             let setup = Setup {
-                config: format!("{}{}", grid.node_config(node, &files), load_config()),
+                config: format!("{}{cluster}{}", grid.node_config(node, &files), load_config()),
                 accounts: if i == 0 { vec![("operator", "load")] } else { vec![] },
                 ca: Some(files.join("ca.pem")),
             };
@@ -1117,6 +1148,17 @@ fn main() -> Result<()> {
             }
             Scenario::Idle { sessions } => idle(&RelayUnderTest::start(&bin)?, sessions).await,
             Scenario::Files { mb } => files(&RelayUnderTest::start(&bin)?, mb).await,
+            Scenario::Failover {
+                redis,
+                postgres,
+                sessions,
+            } => {
+                // Nodes that notice a silent peer within two seconds, as a grid for fast
+                // failover would be set up.
+                let quick = "heartbeat = \"500ms\"\nnode_ttl = \"2s\"\n";
+                let mut grid = GridUnderTest::start_nodes(&bin, &redis, &postgres, &["a", "b", "c"], quick)?;
+                failover::failover(&mut grid, sessions).await
+            }
             Scenario::Grid {
                 redis,
                 postgres,
