@@ -63,6 +63,8 @@ pub struct Shared {
     stop: Shutdown,
     /// Set when the node drains: its relay ports close and its sessions move away.
     draining: tokio::sync::watch::Sender<bool>,
+    /// Sessions this node is taking over right now (see [`Shared::find_for_resume`]).
+    taking_over: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Shared {
             for_sessions,
             stop,
             draining: tokio::sync::watch::channel(false).0,
+            taking_over: Default::default(),
             config,
         }
     }
@@ -212,6 +215,16 @@ impl Shared {
         };
         if id.is_empty() || id.len() > 64 {
             return Err(Some(ResumeRefusal::UnknownSession));
+        }
+        // One takeover of a session at a time on this node: the other side of the same
+        // session resuming here meanwhile would otherwise find the record already this
+        // node's but the session not yet registered, and take it over a second time. It
+        // tries again shortly (`unavailable`) and then finds the session here.
+        let Some(_claim) = Claim::take(&self.taking_over, id) else {
+            return Err(None);
+        };
+        if let Some(session) = self.sessions.get(id) {
+            return Ok(Resumable::Here(session));
         }
         let records = grid.records();
         let unavailable = |e: crate::grid::records::RecordError| {
@@ -322,6 +335,29 @@ impl Shared {
         if self.grid.set(node).is_err() || self.for_sessions.grid.set(for_sessions).is_err() {
             tracing::error!("the relay joined a grid twice; the first stands");
         }
+    }
+}
+
+/// A session id this node is taking over, released when dropped.
+struct Claim<'a> {
+    set: &'a Mutex<std::collections::HashSet<String>>,
+    id: String,
+}
+
+impl<'a> Claim<'a> {
+    /// Claims `id`, unless a takeover of it is under way already.
+    fn take(set: &'a Mutex<std::collections::HashSet<String>>, id: &str) -> Option<Self> {
+        let mut ids = set.lock().unwrap_or_else(|p| p.into_inner());
+        ids.insert(id.to_string()).then(|| Self {
+            set,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
     }
 }
 
