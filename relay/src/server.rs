@@ -487,6 +487,11 @@ async fn apply_hint(shared: &Shared, hint: grid::hints::Hint) {
                 session.finish(EndReason::AdminEnded).await;
             }
         }
+        grid::hints::Hint::NodeGone { node } => {
+            if let Some(grid) = shared.grid() {
+                grid.bridge().forget(&node).await;
+            }
+        }
         grid::hints::Hint::AccountChanged { operator } => {
             if shared.sessions().live_of(&operator).is_empty() {
                 return;

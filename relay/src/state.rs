@@ -65,6 +65,8 @@ pub struct Shared {
     draining: tokio::sync::watch::Sender<bool>,
     /// Sessions this node is taking over right now (see [`Shared::find_for_resume`]).
     taking_over: Mutex<std::collections::HashSet<String>>,
+    /// Nodes this node told the grid are gone, and when.
+    told_gone: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl Shared {
@@ -115,6 +117,7 @@ impl Shared {
             stop,
             draining: tokio::sync::watch::channel(false).0,
             taking_over: Default::default(),
+            told_gone: Default::default(),
             config,
         }
     }
@@ -284,6 +287,18 @@ impl Shared {
                 tracing::info!(session = %id, from = %owned.owner, epoch = epoch.get(), "took the session over from a node that is gone");
                 crate::metrics::taken_over();
                 self.sessions.insert(session.clone());
+                if owned.owner != grid.name() && self.first_to_tell_gone(&owned.owner) {
+                    // Every node closes its links to the dead node, so endpoints bridged to
+                    // it through them resume at once instead of at the link's idle timeout.
+                    let (grid, node) = (grid.clone(), owned.owner.clone());
+                    tokio::spawn(async move {
+                        grid.bridge().forget(&node).await;
+                        let hint = crate::grid::hints::Hint::NodeGone { node };
+                        if let Err(e) = crate::grid::hints::publish(grid.redis(), &hint).await {
+                            tracing::warn!(error = %e, "could not tell the grid a node is gone");
+                        }
+                    });
+                }
                 tokio::spawn(session.clone().run_timer());
                 if self.stop.is_shutdown() {
                     session.finish(EndReason::RelayShutdown).await;
@@ -314,6 +329,25 @@ impl Shared {
     /// Endpoint connections open now.
     pub fn open_connections(&self) -> usize {
         self.connections.counts().0
+    }
+
+    /// Whether this node is taking session `id` over right now.
+    pub(crate) fn is_taking_over(&self, id: &str) -> bool {
+        self.taking_over.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+    }
+
+    /// Whether this node should tell the grid that `node` is gone: once, not for each of
+    /// the dead node's sessions it takes over (again after a minute: a node of that name
+    /// may have come back and died again).
+    fn first_to_tell_gone(&self, node: &str) -> bool {
+        let now = crate::clock::now();
+        let mut told = self.told_gone.lock().unwrap_or_else(|p| p.into_inner());
+        told.retain(|_, at| now.duration_since(*at) < std::time::Duration::from_secs(60));
+        if told.contains_key(node) {
+            return false;
+        }
+        told.insert(node.to_string(), now);
+        true
     }
 
     /// Whether the relay was told to stop.

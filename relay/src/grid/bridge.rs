@@ -74,6 +74,8 @@ mod code {
     pub const BAD_HEADER: VarInt = VarInt::from_u32(1);
     /// The peer's certificate names no node.
     pub const NO_NODE_NAME: VarInt = VarInt::from_u32(2);
+    /// The peer node is gone (its sessions were taken over elsewhere).
+    pub const NODE_GONE: VarInt = VarInt::from_u32(3);
 }
 
 /// What a bridge stream is for, sent first on every stream.
@@ -403,6 +405,22 @@ impl Bridge {
         // closes it once the last of them lets go.
         *current = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Node `node` is gone (it died; its sessions are being taken over): closes the link to
+    /// it now, so every stream bridged to it ends at once and the endpoints behind them
+    /// resume, instead of waiting for the link's idle timeout.
+    pub async fn forget(&self, node: &str) {
+        let slot = {
+            let peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers.get(node).cloned()
+        };
+        if let Some(slot) = slot {
+            if let Some(conn) = slot.lock().await.take() {
+                tracing::info!(node = %self.inner.node, peer = %node, "closing the link to a node that is gone");
+                conn.close(code::NODE_GONE, b"node gone");
+            }
+        }
     }
 
     /// Closes every link at once (streams still open fail on both sides) and stops

@@ -35,6 +35,8 @@ pub enum Hint {
     EndSession { session_id: String },
     /// Re-read this operator's account and apply it to their live sessions.
     AccountChanged { operator: String },
+    /// This node is gone (a node took one of its sessions over): close the links to it.
+    NodeGone { node: String },
 }
 
 /// What a listener does with each hint.

@@ -818,6 +818,12 @@ impl BridgeHandler for Joins {
                     let role = if operator { Role::Operator } else { Role::Client };
                     let taken = match shared.sessions().get(&session_id) {
                         Some(session) => session.take_seat(role, &token, &signature).map(|()| session),
+                        // Being taken over here right now: the endpoint tries again shortly.
+                        None if shared.is_taking_over(&session_id) => {
+                            let _ = writer.send(&Refusal::Unavailable.frame()).await;
+                            let _ = writer.shutdown().await;
+                            return;
+                        }
                         None => Err(ResumeRefusal::UnknownSession),
                     };
                     match taken {
