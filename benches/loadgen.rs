@@ -98,31 +98,23 @@ enum Scenario {
         #[arg(long)]
         known: bool,
     },
-    /// Two relay nodes `a` and `b` of one grid (real processes on the given Redis and
-    /// PostgreSQL, with a key prefix and a schema of their own, removed at the end): join
-    /// latency, forwarding throughput and memory per idle session when the client lands on
-    /// the other node, next to the same-node figures of the same run.
     /// Live sessions outlive their node: three grid nodes, node a killed with `kill -9`
     /// under `--sessions` live sessions (half with the client bridged in through node b);
     /// how many resumed, how long it took, new consents, chat duplicated or reordered.
     Failover {
-        /// The Redis the grid shares.
-        #[arg(long, default_value = "redis://127.0.0.1:6379")]
-        redis: String,
-        /// The PostgreSQL the grid shares.
-        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
-        postgres: String,
+        #[command(flatten)]
+        shared: GridStores,
         /// Live sessions on node a when it is killed.
         #[arg(long, default_value_t = 1000)]
         sessions: usize,
     },
+    /// Two relay nodes `a` and `b` of one grid (real processes on the given Redis and
+    /// PostgreSQL, with a key prefix and a schema of their own, removed at the end): join
+    /// latency, forwarding throughput and memory per idle session when the client lands on
+    /// the other node, next to the same-node figures of the same run.
     Grid {
-        /// The Redis the grid shares.
-        #[arg(long, default_value = "redis://127.0.0.1:6379")]
-        redis: String,
-        /// The PostgreSQL the grid shares.
-        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
-        postgres: String,
+        #[command(flatten)]
+        shared: GridStores,
         /// Sessions timed for the join latency, on each placement.
         #[arg(long, default_value_t = 1000)]
         sessions: usize,
@@ -133,6 +125,17 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         idle: usize,
     },
+}
+
+/// The Redis and the PostgreSQL a grid scenario's nodes share.
+#[derive(clap::Args)]
+struct GridStores {
+    /// The Redis the grid shares.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// The PostgreSQL the grid shares.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres: String,
 }
 
 /// The relay under test, as a child process.
@@ -1149,8 +1152,7 @@ fn main() -> Result<()> {
             Scenario::Idle { sessions } => idle(&RelayUnderTest::start(&bin)?, sessions).await,
             Scenario::Files { mb } => files(&RelayUnderTest::start(&bin)?, mb).await,
             Scenario::Failover {
-                redis,
-                postgres,
+                shared: GridStores { redis, postgres },
                 sessions,
             } => {
                 // Nodes that notice a silent peer within two seconds, as a grid for fast
@@ -1160,8 +1162,7 @@ fn main() -> Result<()> {
                 failover::failover(&mut grid, sessions).await
             }
             Scenario::Grid {
-                redis,
-                postgres,
+                shared: GridStores { redis, postgres },
                 sessions,
                 mb,
                 idle,

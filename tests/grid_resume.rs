@@ -24,13 +24,10 @@ fn relay_list(grid: &Grid, first: usize) -> String {
     specs.join(",")
 }
 
-#[test]
-fn a_session_survives_kill_9_of_its_node_and_goes_on_elsewhere() {
-    let Some(mut grid) = Grid::start("grid_resume_kill", 3, QUICK) else {
-        return;
-    };
-    add_alice(&grid, 0);
-    let relays = relay_list(&grid, 0);
+/// Both apps given every node, node a first: a session with consent, running on node a.
+fn session_on_node_a(grid: &Grid) -> (App, App) {
+    add_alice(grid, 0);
+    let relays = relay_list(grid, 0);
     let mut op = App::operator(&relays, &grid.ca(), None, "alice", OP_PASSWORD);
     let code = op.code();
     let mut client = App::client(&relays, &grid.ca(), None, &code, &["--fps", "10"]);
@@ -38,6 +35,15 @@ fn a_session_survives_kill_9_of_its_node_and_goes_on_elsewhere() {
     client.send(json!({"cmd": "consent", "grant": ["view", "control", "chat"]}));
     op.expect("consent");
     client.expect("connected");
+    (op, client)
+}
+
+#[test]
+fn a_session_survives_kill_9_of_its_node_and_goes_on_elsewhere() {
+    let Some(mut grid) = Grid::start("grid_resume_kill", 3, QUICK) else {
+        return;
+    };
+    let (mut op, mut client) = session_on_node_a(&grid);
     op.expect("frame");
     op.send(json!({"cmd": "chat", "text": "before the crash"}));
     assert_eq!(client.expect("chat")["text"], "before the crash");
@@ -229,15 +235,7 @@ fn a_drained_node_sends_its_sessions_elsewhere_without_a_gap_and_stops() {
     let Some(grid) = Grid::start("grid_resume_drain", 3, QUICK) else {
         return;
     };
-    add_alice(&grid, 0);
-    let relays = relay_list(&grid, 0);
-    let mut op = App::operator(&relays, &grid.ca(), None, "alice", OP_PASSWORD);
-    let code = op.code();
-    let mut client = App::client(&relays, &grid.ca(), None, &code, &["--fps", "10"]);
-    client.expect("consent_request");
-    client.send(json!({"cmd": "consent", "grant": ["view", "control", "chat"]}));
-    op.expect("consent");
-    client.expect("connected");
+    let (mut op, mut client) = session_on_node_a(&grid);
     for _ in 0..5 {
         op.expect("frame");
     }
