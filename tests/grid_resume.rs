@@ -162,7 +162,10 @@ impl Side {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_node_forwards_nothing_once_its_sessions_moved() {
     use tsunagu_proto::pb::{self, Channel};
-    let Some(grid) = tokio::task::block_in_place(|| Grid::start("grid_resume_freeze", 2, QUICK)) else {
+    // The raw peers here answer the relay's keepalive only while a test step reads them; on
+    // a loaded machine the steps between two reads can outlast the default idle timeout.
+    let config = format!("{QUICK}[timeouts]\nidle = \"10m\"\nkeepalive = \"1m\"\n");
+    let Some(grid) = tokio::task::block_in_place(|| Grid::start("grid_resume_freeze", 2, &config)) else {
         return;
     };
     tokio::task::block_in_place(|| add_alice(&grid, 0));
