@@ -4,7 +4,9 @@
 //!
 //! * `throughput --sessions N --mb M`: each of N paired sessions moves M MB of file-channel
 //!   frames from client to operator through the relay (TLS on both legs); the same traffic
-//!   through a plain in-process TCP copy is measured in the same run as the baseline.
+//!   through a plain TCP copy (`splice` in a process of its own, see `loadgen_baseline.rs`)
+//!   is measured in the same run as the baseline. Every throughput figure (here, `files`
+//!   and `grid`) comes with the CPU-seconds per GB of the relay and of the load generator.
 //! * `pairing --sessions N`: code issue to consent granted, over connections that are
 //!   already open and logged in (TLS handshakes excluded); p50 and p99.
 //! * `idle --sessions N`: the relay's resident memory per idle paired session.
@@ -38,8 +40,12 @@ use tsunagu_proto::pb::{self, frame::Body, Channel, Frame};
 use tsunagu_proto::transport::TransportError;
 use tsunagu_proto::PermissionSet;
 
+#[path = "loadgen_baseline.rs"]
+mod baseline;
 #[path = "loadgen_failover.rs"]
 mod failover;
+
+use baseline::{baseline, Baseline, CpuMeter, CpuPerGb};
 
 const PASSWORD: &str = "Load-test-pass-1";
 /// Payload of one file-channel frame: 64 KiB, a typical transfer chunk.
@@ -124,6 +130,15 @@ enum Scenario {
         /// Idle bridged sessions held for the memory figures.
         #[arg(long, default_value_t = 1000)]
         idle: usize,
+    },
+    /// The plain TCP copy's middle hop, run by the load generator itself in a process of
+    /// its own (see `loadgen_baseline.rs`).
+    #[command(hide = true)]
+    CopyBaseline {
+        #[arg(long)]
+        sink: std::net::SocketAddr,
+        #[arg(long)]
+        sessions: usize,
     },
 }
 
@@ -528,71 +543,28 @@ async fn read_up_to(s: &mut (impl tokio::io::AsyncRead + Unpin), bytes: usize) -
     Ok(total)
 }
 
-/// The baseline: the same bytes through a plain in-process TCP copy (no TLS, no framing).
-async fn baseline(sessions: usize, bytes: usize) -> Result<f64> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let front = listener.local_addr()?;
-    let sink = TcpListener::bind("127.0.0.1:0").await?;
-    let back = sink.local_addr()?;
-    // The "relay": accept, dial the sink, copy.
-    let proxy = tokio::spawn(async move {
-        for _ in 0..sessions {
-            let (mut a, _) = listener.accept().await?;
-            let mut b = TcpStream::connect(back).await?;
-            tokio::spawn(async move { tokio::io::copy(&mut a, &mut b).await });
-        }
-        Ok::<_, std::io::Error>(())
-    });
-    let receiver = tokio::spawn(async move {
-        let mut tasks = Vec::new();
-        for _ in 0..sessions {
-            let (mut s, _) = sink.accept().await?;
-            tasks.push(tokio::spawn(async move { read_up_to(&mut s, bytes).await }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await.map_err(std::io::Error::other)??;
-        }
-        Ok::<_, std::io::Error>(total)
-    });
-    let mut senders = Vec::new();
-    let mut conns = Vec::new();
-    for _ in 0..sessions {
-        conns.push(TcpStream::connect(front).await?);
-    }
-    let start = Instant::now();
-    for mut c in conns {
-        senders.push(tokio::spawn(async move {
-            let chunk = vec![0x5au8; CHUNK];
-            for _ in 0..bytes.div_ceil(CHUNK) {
-                c.write_all(&chunk).await?;
-            }
-            c.shutdown().await
-        }));
-    }
-    for s in senders {
-        s.await??;
-    }
-    let total = receiver.await??;
-    let secs = start.elapsed().as_secs_f64();
-    proxy.await??;
-    Ok(total as f64 / secs)
-}
-
 fn mbps(bytes_per_sec: f64) -> f64 {
     bytes_per_sec / 1e6
 }
 
 /// Pairs `sessions` sessions (operator through `op_cfg`, client through `client_cfg`),
 /// then moves `bytes` from each client to its operator, all sessions at once; the rate in
-/// bytes per second over all of them.
-async fn relay_rate(op_cfg: &DialConfig, client_cfg: &DialConfig, sessions: usize, bytes: usize) -> Result<f64> {
+/// bytes per second over all of them, and the CPU the relays `relay_pids` and this process
+/// used per GB while the bytes moved (pairing left out).
+async fn relay_rate(
+    op_cfg: &DialConfig,
+    client_cfg: &DialConfig,
+    sessions: usize,
+    bytes: usize,
+    relay_pids: &[u32],
+) -> Result<(f64, CpuPerGb)> {
     let perms = PermissionSet::parse_names(["files"]).map_err(|e| anyhow!(e))?;
     let mut pairs = Vec::new();
     for _ in 0..sessions {
         let (_, op, client) = open_pair_across(op_cfg, client_cfg, perms).await?;
         pairs.push((op, client));
     }
+    let cpu = CpuMeter::start(relay_pids)?;
     let start = Instant::now();
     let tasks: Vec<_> = pairs
         .into_iter()
@@ -602,29 +574,55 @@ async fn relay_rate(op_cfg: &DialConfig, client_cfg: &DialConfig, sessions: usiz
     for t in tasks {
         total += t.await??;
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    Ok((rate, cpu.per_gb(total)?))
+}
+
+/// A JSON object with `extra`'s fields added to `base`'s.
+fn with_fields(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(b), serde_json::Value::Object(e)) = (base.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    base
+}
+
+/// The plain TCP copy's JSON fields: its rate, how it was made and the CPU per GB of the
+/// copier process and of the load generator's senders and receivers.
+fn baseline_fields(base: &Baseline) -> serde_json::Value {
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    serde_json::json!({
+        "baseline_tcp_copy_mb_s": (mbps(base.rate) * 10.0).round() / 10.0,
+        "baseline_method": Baseline::METHOD,
+        "baseline_copier_cpu_s_per_gb": round(base.copier_cpu_s_per_gb),
+        "baseline_loadgen_cpu_s_per_gb": round(base.loadgen_cpu_s_per_gb),
+    })
 }
 
 async fn throughput(relay: &RelayUnderTest, sessions: usize, mb: usize) -> Result<()> {
     let cfg = relay.dial_config()?;
     let bytes = mb * 1_000_000;
-    let relay_rate = relay_rate(&cfg, &cfg, sessions, bytes).await?;
-    let base_rate = baseline(sessions, bytes).await?;
-    let ratio = relay_rate / base_rate;
+    let (relay_rate, cpu) = relay_rate(&cfg, &cfg, sessions, bytes, &[relay.child.id()]).await?;
+    let base = baseline(sessions, bytes).await?;
+    let ratio = relay_rate / base.rate;
+    let line = serde_json::json!({
+        "scenario": "throughput", "sessions": sessions, "mb_per_session": mb,
+        "relay_mb_s": (mbps(relay_rate) * 10.0).round() / 10.0,
+        "ratio": (ratio * 1000.0).round() / 1000.0,
+    });
     println!(
         "{}",
-        serde_json::json!({
-            "scenario": "throughput", "sessions": sessions, "mb_per_session": mb,
-            "relay_mb_s": (mbps(relay_rate) * 10.0).round() / 10.0,
-            "baseline_tcp_copy_mb_s": (mbps(base_rate) * 10.0).round() / 10.0,
-            "ratio": (ratio * 1000.0).round() / 1000.0,
-        })
+        with_fields(with_fields(line, cpu.fields()), baseline_fields(&base))
     );
     eprintln!(
-        "throughput: {sessions} session(s) x {mb} MB: relay (TLS both legs) {:.0} MB/s, plain TCP copy {:.0} MB/s, ratio {:.2}",
+        "throughput: {sessions} session(s) x {mb} MB: relay (TLS both legs) {:.0} MB/s, plain TCP copy ({}) {:.0} MB/s, \
+         ratio {:.2}; CPU-s per GB: relay {:.2}, load generator {:.2}, copier {:.2}",
         mbps(relay_rate),
-        mbps(base_rate),
-        ratio
+        Baseline::METHOD,
+        mbps(base.rate),
+        ratio,
+        cpu.relay,
+        cpu.loadgen,
+        base.copier_cpu_s_per_gb
     );
     Ok(())
 }
@@ -805,6 +803,8 @@ async fn files(relay: &RelayUnderTest, mb: usize) -> Result<()> {
     };
     let mut op_link = link(op)?;
     let mut cl_link = link(client)?;
+    // The CPU figures cover the whole transfer, the sender's hashing pass included.
+    let cpu = CpuMeter::start(&[relay.child.id()])?;
     let start = Instant::now();
     let mut sender = Transfers::new();
     sender.send_file(&mut op_link, &source).await?;
@@ -832,25 +832,27 @@ async fn files(relay: &RelayUnderTest, mb: usize) -> Result<()> {
         unreachable!()
     };
     anyhow::ensure!(std::fs::metadata(&path)?.len() as usize == bytes, "saved size differs");
+    let cpu = cpu.per_gb(bytes)?;
     let moving = total - hashed;
     let rate = bytes as f64 / moving.as_secs_f64();
     let base = tls_copy(bytes).await?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "scenario": "files", "mb": mb,
-            "transfer_mb_s": (mbps(rate) * 10.0).round() / 10.0,
-            "hash_seconds": (hashed.as_secs_f64() * 1000.0).round() / 1000.0,
-            "baseline_tls_copy_mb_s": (mbps(base) * 10.0).round() / 10.0,
-            "ratio": ((rate / base) * 1000.0).round() / 1000.0,
-        })
-    );
+    let line = serde_json::json!({
+        "scenario": "files", "mb": mb,
+        "transfer_mb_s": (mbps(rate) * 10.0).round() / 10.0,
+        "hash_seconds": (hashed.as_secs_f64() * 1000.0).round() / 1000.0,
+        "baseline_tls_copy_mb_s": (mbps(base) * 10.0).round() / 10.0,
+        "ratio": ((rate / base) * 1000.0).round() / 1000.0,
+    });
+    println!("{}", with_fields(line, cpu.fields()));
     eprintln!(
-        "files: {mb} MiB through the relay {:.0} MB/s (after {:.2} s hashing), plain TLS copy {:.0} MB/s, ratio {:.2}",
+        "files: {mb} MiB through the relay {:.0} MB/s (after {:.2} s hashing), plain TLS copy {:.0} MB/s, ratio {:.2}; \
+         CPU-s per GB: relay {:.2}, load generator {:.2}",
         mbps(rate),
         hashed.as_secs_f64(),
         mbps(base),
-        rate / base
+        rate / base,
+        cpu.relay,
+        cpu.loadgen
     );
     Ok(())
 }
@@ -1102,25 +1104,39 @@ async fn grid_loads(grid: &GridUnderTest, sessions: usize, mb: usize, idle: usiz
     //    next to the plain TCP copy of the throughput scenario.
     let bytes = mb * 1_000_000;
     for n in [1, 50] {
-        let through_bridge = relay_rate(&a, &b, n, bytes).await?;
-        let on_one_node = relay_rate(&a, &a, n, bytes).await?;
+        // Both nodes' CPU counts for both placements: node b forwards only when bridged.
+        let pids = [grid.nodes[0].child.id(), grid.nodes[1].child.id()];
+        let (through_bridge, bridge_cpu) = relay_rate(&a, &b, n, bytes, &pids).await?;
+        let (on_one_node, one_node_cpu) = relay_rate(&a, &a, n, bytes, &pids).await?;
         let copy = baseline(n, bytes).await?;
         let round = |rate: f64| (mbps(rate) * 10.0).round() / 10.0;
-        for (placement, rate) in [("bridged", through_bridge), ("same_node", on_one_node)] {
-            line(serde_json::json!({
-                "measure": "throughput", "placement": placement, "sessions": n, "mb_per_session": mb,
-                "mb_s": round(rate), "ratio_to_tcp_copy": ((rate / copy) * 1000.0).round() / 1000.0,
-            }));
+        for (placement, rate, cpu) in [
+            ("bridged", through_bridge, bridge_cpu),
+            ("same_node", on_one_node, one_node_cpu),
+        ] {
+            line(with_fields(
+                serde_json::json!({
+                    "measure": "throughput", "placement": placement, "sessions": n, "mb_per_session": mb,
+                    "mb_s": round(rate), "ratio_to_tcp_copy": ((rate / copy.rate) * 1000.0).round() / 1000.0,
+                }),
+                cpu.fields(),
+            ));
         }
-        line(serde_json::json!({
-            "measure": "throughput", "placement": "tcp_copy_baseline", "sessions": n, "mb_per_session": mb,
-            "mb_s": round(copy),
-        }));
+        line(with_fields(
+            serde_json::json!({
+                "measure": "throughput", "placement": "tcp_copy_baseline", "sessions": n, "mb_per_session": mb,
+                "mb_s": round(copy.rate),
+            }),
+            baseline_fields(&copy),
+        ));
         eprintln!(
-            "grid throughput: {n} session(s) x {mb} MB: bridged {:.0} MB/s, same node {:.0} MB/s, plain TCP copy {:.0} MB/s",
+            "grid throughput: {n} session(s) x {mb} MB: bridged {:.0} MB/s ({:.2} relay CPU-s/GB), same node {:.0} MB/s \
+             ({:.2}), plain TCP copy {:.0} MB/s",
             mbps(through_bridge),
+            bridge_cpu.relay,
             mbps(on_one_node),
-            mbps(copy)
+            one_node_cpu.relay,
+            mbps(copy.rate)
         );
     }
     Ok(())
@@ -1129,6 +1145,9 @@ async fn grid_loads(grid: &GridUnderTest, sessions: usize, mb: usize, idle: usiz
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let _ = rlimit_raise();
+    if let Scenario::CopyBaseline { sink, sessions } = cli.command {
+        return baseline::run_copier(sink, sessions);
+    }
     let bin = match cli.relay_bin {
         Some(b) => b,
         None => std::env::current_exe()?
@@ -1167,6 +1186,7 @@ fn main() -> Result<()> {
                 mb,
                 idle,
             } => grid_loads(&GridUnderTest::start(&bin, &redis, &postgres)?, sessions, mb, idle).await,
+            Scenario::CopyBaseline { .. } => unreachable!("run before the runtime starts"),
         }
     })
 }
