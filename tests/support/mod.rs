@@ -428,9 +428,11 @@ pub fn build_binaries(release: bool) {
     assert!(status.success(), "building the binaries failed");
 }
 
-/// Path of a workspace binary, building all of them once if needed.
+/// Path of a workspace binary, building all of them once if needed: in the profile these
+/// tests were built in (`cargo test --release` runs the optimised binaries, built afresh),
+/// since that is the directory the path points into.
 pub fn bin(name: &str) -> PathBuf {
-    BUILD.call_once(|| build_binaries(false));
+    BUILD.call_once(|| build_binaries(!cfg!(debug_assertions)));
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).unwrap();
