@@ -176,6 +176,39 @@ fn suspending_an_operator_through_one_node_ends_their_session_on_another_at_once
 }
 
 #[test]
+fn a_session_cap_set_through_one_node_holds_for_the_next_code_on_another() {
+    // The account poll is left at its 30 s default: only the grid's hint reaches node a
+    // before its next code.
+    let Some(grid) = Grid::start("grid_cap", 2, "") else {
+        return;
+    };
+    add_alice(&grid, 0);
+    // A code issued on node a under no cap: node a has read alice's account for code issue.
+    let mut first = grid.operator(0, "alice");
+    first.code();
+
+    let out = grid.cli(1, &["admin", "set-max-sessions", "alice", "1"], None);
+    assert!(
+        out.status.success(),
+        "set-max-sessions: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut second = grid.operator(0, "alice");
+    let refused = second.expect("error");
+    assert_eq!(
+        refused["message"], "the admin allows this operator at most 1 session(s) at once",
+        "{refused}"
+    );
+
+    let out = grid.cli(1, &["admin", "set-max-sessions", "alice", "0"], None);
+    assert!(out.status.success());
+    let mut third = grid.operator(0, "alice");
+    third.code();
+    first.send(json!({"cmd": "end"}));
+    third.send(json!({"cmd": "end"}));
+}
+
+#[test]
 fn the_trial_script_starts_a_working_grid_and_stops_it() {
     if !redis_up() {
         return;

@@ -1,8 +1,10 @@
 //! Changes take effect in live sessions at once, proven over real TLS sockets with raw
 //! protocol peers: an admin taking a permission away (console API, the shared operations, or
 //! another process writing the database) clips running sessions, pending consents and codes
-//! not yet joined; IP rules that exclude the operator's address end its session; and input
-//! already queued for the client when it pauses never arrives after the relay's answer.
+//! not yet joined; IP rules that exclude the operator's address end its session; every
+//! change code issue depends on (session cap, permissions, suspension, IP rules, name) holds
+//! from the very next code; and input already queued for the client when it pauses never
+//! arrives after the relay's answer.
 
 mod support;
 
@@ -225,6 +227,101 @@ async fn account_changes_written_by_another_process_reach_live_sessions() {
         .unwrap();
     assert_eq!(op.expect_ended().await, EndReason::AdminEnded);
     assert_eq!(client.expect_ended().await, EndReason::AdminEnded);
+    relay.relay.shutdown().await;
+}
+
+/// The messages of the refusals a code request can meet.
+fn refused(e: &pb::Error) -> (pb::ErrorCode, &str) {
+    (e.code(), e.message.as_str())
+}
+
+#[tokio::test]
+async fn an_admin_change_to_an_operators_limits_holds_from_the_very_next_code() {
+    // The account poll stays at its 30 s default: only the change itself can reach the
+    // code issue this fast.
+    let relay = TestRelay::start(|_| {}).await;
+    let cfg = relay.dial_config();
+    let ops = ops(&relay);
+    // Connections that logged in before every change below, one per code request: none of
+    // them reads the account again at login after a change.
+    let mut waiting = Vec::new();
+    for _ in 0..9 {
+        waiting.push(RawPeer::login(&cfg, "alice", PASSWORD).await.expect("alice logs in"));
+    }
+    let mut next = move || waiting.pop().expect("one logged-in connection per request");
+
+    // A first code under no cap: the relay has now read alice's account for code issue.
+    let mut first = next();
+    first.request_code(&["view"]).await.expect("no cap yet");
+
+    ops.set_max_sessions(&admin(), "alice", 1).await.unwrap();
+    let e = next()
+        .request_code(&["view"])
+        .await
+        .expect_err("one live code: at the new cap");
+    assert_eq!(
+        refused(&e),
+        (
+            pb::ErrorCode::Forbidden,
+            "the admin allows this operator at most 1 session(s) at once"
+        )
+    );
+    ops.set_max_sessions(&admin(), "alice", 0).await.unwrap();
+    let mut second = next();
+    second.request_code(&["view"]).await.expect("the cap is lifted");
+
+    ops.set_permissions(&admin(), "alice", perms(&["view", "chat"]))
+        .await
+        .unwrap();
+    let e = next()
+        .request_code(&["control"])
+        .await
+        .expect_err("control was taken away");
+    assert_eq!(
+        refused(&e),
+        (
+            pb::ErrorCode::Forbidden,
+            "the admin allows none of the permissions asked for"
+        )
+    );
+
+    // Suspension ends alice's two live codes and refuses the next; lifting it lets the
+    // next one through.
+    ops.suspend(&admin(), "alice").await.unwrap();
+    assert_eq!(first.expect_ended().await, EndReason::AdminEnded);
+    assert_eq!(second.expect_ended().await, EndReason::AdminEnded);
+    let e = next().request_code(&["view"]).await.expect_err("suspended");
+    assert_eq!(
+        refused(&e),
+        (pb::ErrorCode::Forbidden, "this operator account is suspended")
+    );
+    ops.resume(&admin(), "alice").await.unwrap();
+    let mut third = next();
+    third.request_code(&["view"]).await.expect("suspension lifted");
+
+    ops.set_ip_rules(&admin(), "alice", &[IpRule::parse("allow 10.0.0.0/8").unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(third.expect_ended().await, EndReason::AdminEnded);
+    let e = next()
+        .request_code(&["view"])
+        .await
+        .expect_err("127.0.0.1 is no longer allowed");
+    assert_eq!(
+        refused(&e),
+        (pb::ErrorCode::Forbidden, "this operator may not work from this address")
+    );
+    ops.set_ip_rules(&admin(), "alice", &[]).await.unwrap();
+
+    ops.rename(&admin(), "alice", "carol").await.unwrap();
+    let e = next()
+        .request_code(&["view"])
+        .await
+        .expect_err("no account is called alice now");
+    assert_eq!(
+        refused(&e),
+        (pb::ErrorCode::Forbidden, "this operator account no longer exists")
+    );
     relay.relay.shutdown().await;
 }
 

@@ -15,7 +15,8 @@
 //! * [`registry`]: the sessions this node runs, by id.
 //! * [`throttle`]: guessing protection for codes and logins.
 //! * [`connlimit`]: connection caps per source and per pool, on every listener.
-//! * [`accounts`], [`store`], [`history`]: operator accounts and the connection history.
+//! * [`accounts`], [`store`], [`history`]: operator accounts and the connection history;
+//!   [`operator_cache`]: the accounts code issue checks, kept in memory until they change.
 //! * [`totp`], [`audit`]: second factors; the hash-chained audit trail.
 //! * [`verifier`]: the one bounded pool every argon2 computation goes through.
 //! * [`keys`]: keys kept outside the database (TOTP secrets at rest, the audit chain and
@@ -40,6 +41,7 @@ pub mod hex;
 pub mod history;
 pub mod keys;
 pub mod metrics;
+pub mod operator_cache;
 pub mod policy;
 pub mod queue;
 pub mod registry;

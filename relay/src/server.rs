@@ -477,8 +477,9 @@ async fn publish_live(shared: Arc<Shared>, mut stop: Shutdown) {
     }
 }
 
-/// What another node asked of this one: end a session it runs, or apply an account change
-/// (re-read from the shared database, so a hint never decides anything by itself).
+/// What another node asked of this one: end a session it runs, apply an account change
+/// (re-read from the shared database, so a hint never decides anything by itself), or
+/// forget the copy of an account kept for code issue.
 async fn apply_hint(shared: &Shared, hint: grid::hints::Hint) {
     match hint {
         grid::hints::Hint::EndSession { session_id } => {
@@ -492,7 +493,9 @@ async fn apply_hint(shared: &Shared, hint: grid::hints::Hint) {
                 grid.bridge().forget(&node).await;
             }
         }
+        grid::hints::Hint::ForgetOperator { operator } => shared.store.forget_operator(&operator),
         grid::hints::Hint::AccountChanged { operator } => {
+            shared.store.forget_operator(&operator);
             if shared.sessions().live_of(&operator).is_empty() {
                 return;
             }
@@ -575,8 +578,10 @@ pub async fn purge_history(shared: &Shared) {
 /// Applies to live sessions what another process (the CLI, or another relay node sharing
 /// the database) changed in their operators' accounts: suspension, deletion, permissions and
 /// IP rules; the console and API apply their own changes at once. Runs every
-/// `database.account_poll`.
+/// `database.account_poll`, and first forgets every account kept for code issue, so codes
+/// follow such changes within the same bound.
 async fn enforce_account_changes(shared: &Shared) {
+    shared.store.forget_operators();
     for name in shared.sessions().operators() {
         match shared.store.operator(&name).await {
             Ok(record) => {

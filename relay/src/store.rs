@@ -15,6 +15,7 @@ use tsunagu_proto::PermissionSet;
 
 use crate::config::Config;
 use crate::keys::{KeyError, KeyFiles, Keys, MayCreate, SEALED_PREFIX};
+use crate::operator_cache::{Lookup, OperatorCache};
 use crate::policy::Counters;
 
 /// What went wrong with the database.
@@ -50,7 +51,7 @@ pub enum StoreError {
 }
 
 /// The table of an account whose columns [`Store`] sets one at a time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AccountTable {
     Operators,
     Admins,
@@ -285,6 +286,9 @@ pub struct Store {
     /// The keys kept outside the database: TOTP secrets are sealed and opened with them,
     /// the audit chain is keyed with them. `None` only for raw opens (tests, tools).
     keys: Option<Arc<Keys>>,
+    /// Operators' accounts as code issue reads them ([`Store::operator_for_code`]); every
+    /// write to an operator here forgets that operator's copy.
+    operators: OperatorCache,
 }
 
 fn install_drivers() {
@@ -465,6 +469,7 @@ impl Store {
             pool,
             backend: Backend::Sqlite,
             keys: None,
+            operators: OperatorCache::default(),
         })
     }
 
@@ -502,6 +507,7 @@ impl Store {
             pool,
             backend: Backend::Postgres,
             keys: None,
+            operators: OperatorCache::default(),
         })
     }
 
@@ -549,6 +555,7 @@ impl Store {
                 .bind(now_ms)
                 .execute(&self.pool)
                 .await;
+        self.operators.forget(name);
         match result {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(StoreError::OperatorExists(name.to_string()))
@@ -577,7 +584,13 @@ impl Store {
             .bind(value)
             .bind(name.to_string())
             .execute(&self.pool)
-            .await?;
+            .await;
+        // Forgotten after the write, whatever its outcome (a timed-out write may still
+        // have landed), so no read from before it is kept.
+        if table == AccountTable::Operators {
+            self.operators.forget(name);
+        }
+        let done = done?;
         if done.rows_affected() == 0 {
             return Err(missing(name.to_string()));
         }
@@ -628,6 +641,13 @@ impl Store {
 
     /// Renames an operator; history rows keep the name they were written with.
     pub async fn rename_operator(&self, name: &str, new_name: &str) -> Result<(), StoreError> {
+        let renamed = self.rename_operator_rows(name, new_name).await;
+        self.operators.forget(name);
+        self.operators.forget(new_name);
+        renamed
+    }
+
+    async fn rename_operator_rows(&self, name: &str, new_name: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("UPDATE operators SET name = $1 WHERE name = $2")
             .bind(new_name)
@@ -666,6 +686,12 @@ impl Store {
 
     /// Deletes an operator and its rules; its history stays.
     pub async fn delete_operator(&self, name: &str) -> Result<(), StoreError> {
+        let deleted = self.delete_operator_rows(name).await;
+        self.operators.forget(name);
+        deleted
+    }
+
+    async fn delete_operator_rows(&self, name: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM operators WHERE name = $1")
             .bind(name)
@@ -684,6 +710,12 @@ impl Store {
 
     /// Replaces an operator's IP rules with `rules`, in order.
     pub async fn set_operator_ip_rules(&self, name: &str, rules: &[IpRule]) -> Result<(), StoreError> {
+        let set = self.set_operator_ip_rules_rows(name, rules).await;
+        self.operators.forget(name);
+        set
+    }
+
+    async fn set_operator_ip_rules_rows(&self, name: &str, rules: &[IpRule]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         // The first statement writes: on SQLite a transaction that reads first and writes
         // later fails with SQLITE_BUSY_SNAPSHOT when another connection (the history
@@ -759,6 +791,32 @@ impl Store {
         record.totp_secret = self.open_secret("operators", &record.name, record.totp_secret.take())?;
         record.ip_rules = self.ip_rules(name).await?;
         Ok(Some(record))
+    }
+
+    /// The operator's account as code issue checks it: the copy this relay kept, else read
+    /// (as [`Store::operator`]) and kept until a change to it is written or hinted (see
+    /// [`crate::operator_cache`]). Logins read afresh with [`Store::operator`].
+    pub async fn operator_for_code(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        let seen = match self.operators.lookup(name) {
+            Lookup::Hit(record) => return Ok(Some(OperatorRecord::clone(&record))),
+            Lookup::Miss(seen) => seen,
+        };
+        let record = self.operator(name).await?;
+        if let Some(record) = &record {
+            self.operators.keep(seen, record.clone());
+        }
+        Ok(record)
+    }
+
+    /// Forgets the kept copy of `name`'s account: another process (a grid node, the
+    /// command line) changed it.
+    pub fn forget_operator(&self, name: &str) {
+        self.operators.forget(name);
+    }
+
+    /// Forgets every kept account (the account poll: changes no hint announced).
+    pub fn forget_operators(&self) {
+        self.operators.forget_all();
     }
 
     /// Every operator with its rules, by name.

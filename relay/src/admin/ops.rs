@@ -163,6 +163,15 @@ impl Ops {
         .await;
     }
 
+    /// Tells the grid's other nodes that `name`'s account changed in a way only code issue
+    /// checks (this relay's store forgot its own copy when it wrote the change).
+    async fn code_issue_changed(&self, name: &str) {
+        self.tell_grid(crate::grid::hints::Hint::ForgetOperator {
+            operator: name.to_string(),
+        })
+        .await;
+    }
+
     /// Creates an operator after the name and password policies.
     pub async fn create_operator(
         &self,
@@ -199,13 +208,15 @@ impl Ops {
         Ok(())
     }
 
-    /// Sets the live-session cap (0 = none), up to 10,000.
+    /// Sets the live-session cap (0 = none), up to 10,000; it holds from the next code, on
+    /// every node of a grid.
     pub async fn set_max_sessions(&self, actor: &Actor, name: &str, max: u32) -> Result<(), OpError> {
         // A cap this high is no cap; refusing it catches typos.
         if max > 10_000 {
             return Err(OpError::Invalid("the session limit is 0 (none) to 10000".into()));
         }
         self.store.set_operator_max_sessions(name, max).await?;
+        self.code_issue_changed(name).await;
         self.audit(actor, "operator_max_sessions", name, format!("max_sessions={max}"))
             .await;
         Ok(())
@@ -236,6 +247,7 @@ impl Ops {
     /// Lifts a suspension.
     pub async fn resume(&self, actor: &Actor, name: &str) -> Result<(), OpError> {
         self.store.set_operator_suspended(name, false).await?;
+        self.code_issue_changed(name).await;
         self.audit(actor, "operator_resumed", name, String::new()).await;
         Ok(())
     }
@@ -252,6 +264,7 @@ impl Ops {
     pub async fn rename(&self, actor: &Actor, name: &str, new_name: &str) -> Result<(), OpError> {
         accounts::validate_name(new_name)?;
         self.store.rename_operator(name, new_name).await?;
+        self.code_issue_changed(name).await;
         self.audit(actor, "operator_renamed", name, format!("new_name={new_name}"))
             .await;
         Ok(())

@@ -76,8 +76,9 @@ pub enum Action {
     /// The peer proved who it is (a login, or a code taken): its connection leaves the
     /// unauthenticated pool.
     Authenticated,
-    /// Read the operator's account again (it may have changed since the login) and check it
-    /// may run one more session from this address. Answer with [`Event::AccountChecked`].
+    /// Look the operator's account up again (it may have changed since the login: the
+    /// relay's copy is forgotten at every change, see `operator_cache`) and check it may run
+    /// one more session from this address. Answer with [`Event::AccountChecked`].
     CheckAccount { operator: String },
     /// Take the session behind this code for the client. Answer with [`Event::CodeTaken`].
     TakeCode(SessionCode),

@@ -1,6 +1,7 @@
 //! Hints between the nodes of a grid, over Redis pub/sub: "end this session" (an admin
-//! ended it on another node's console) and "this operator's account changed" (suspended,
-//! deleted, permissions or IP rules changed). A hint only says what to look at: the node
+//! ended it on another node's console), "this operator's account changed" (suspended,
+//! deleted, permissions or IP rules changed) and "forget your copy of this operator's
+//! account" (session cap, suspension lifted, renamed). A hint only says what to look at: the node
 //! that receives one re-reads the account from the shared database, or ends its own
 //! session, so a lost or forged-by-a-bug hint changes nothing that is not true. Hints are
 //! fast (well under a second); the relay's periodic account poll (`database.account_poll`)
@@ -35,6 +36,9 @@ pub enum Hint {
     EndSession { session_id: String },
     /// Re-read this operator's account and apply it to their live sessions.
     AccountChanged { operator: String },
+    /// This operator's account changed in a way live sessions need not hear of (session
+    /// cap, suspension lifted, name): forget the copy kept for code issue.
+    ForgetOperator { operator: String },
     /// This node is gone (a node took one of its sessions over): close the links to it.
     NodeGone { node: String },
 }

@@ -547,7 +547,7 @@ async fn check_code_issue(
 ) -> Result<crate::store::OperatorRecord, Refusal> {
     let record = shared
         .store
-        .operator(operator)
+        .operator_for_code(operator)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "account lookup failed");
