@@ -65,6 +65,7 @@ pub async fn run(config: OperatorConfig, commands: mpsc::Receiver<Command>, even
         write_timeout: config.timeouts.write,
         max_frame: config.max_frame,
         agent: AGENT,
+        standby: config.standby.clone(),
     };
     let operator = Operator {
         phase: Phase::LoggingIn,
