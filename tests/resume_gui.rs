@@ -85,3 +85,46 @@ fn the_operator_window_tells_of_dropped_connections_in_english() {
 fn the_operator_window_tells_of_dropped_connections_in_japanese() {
     the_operator_window_tells_of_dropped_connections("ja");
 }
+
+/// The operator window on the standby relay: the primary's port is closed, so the window
+/// connects to the standby, and the banner says so once the health checks have moved it.
+fn the_operator_window_shows_the_standby_relay(lang: &str) {
+    let x = Xvfb::start(1280, 800);
+    let standby = RelayProcess::start("", 1);
+    assert!(standby.add_operator("alice", OP_PASSWORD).status.success());
+    // A port nothing listens on: the primary is down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut cmd = x.command(bin("tsunagu-operator"));
+    cmd.args([
+        "--relay",
+        &closed.to_string(),
+        "--standby-relay",
+        &standby.spec(),
+        "--health-every",
+        "0.2",
+        "--user",
+        "alice",
+        "--connect",
+        "--events",
+        "--lang",
+        lang,
+    ])
+    .arg("--ca")
+    .arg(standby.ca())
+    .env("TSUNAGU_PASSWORD", OP_PASSWORD);
+    let mut op = App::spawn("operator window", cmd);
+    op.code();
+    op.seen_or_expect("relay_switched", |e| e["site"] == "secondary");
+    op.seen_or_expect("gui", |v| v["screen"] == "waiting" && banner_shown(v));
+    shot(&x, &format!("operator-standby-{lang}"));
+}
+
+#[test]
+fn the_operator_window_shows_the_standby_relay_in_english() {
+    the_operator_window_shows_the_standby_relay("en");
+}
+
+#[test]
+fn the_operator_window_shows_the_standby_relay_in_japanese() {
+    the_operator_window_shows_the_standby_relay("ja");
+}

@@ -43,12 +43,7 @@ fn end(mut op: App, mut client: App) {
 
 /// The app's `relay_switched` event to `site`, seen already or still to come.
 fn switched(app: &mut App, site: &str) -> serde_json::Value {
-    let seen = app
-        .seen
-        .iter()
-        .find(|e| e["event"] == "relay_switched" && e["site"] == site)
-        .cloned();
-    seen.unwrap_or_else(|| app.expect_where("relay_switched", |e| e["site"] == site))
+    app.seen_or_expect("relay_switched", |e| e["site"] == site)
 }
 
 fn history_rows(relay: &RelayProcess) -> usize {

@@ -742,6 +742,13 @@ impl App {
         self.expect_where(event, |_| true)
     }
 
+    /// The first event named `event` matching `pred`, among those seen already or still to
+    /// come.
+    pub fn seen_or_expect(&mut self, event: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let seen = self.seen.iter().find(|e| e["event"] == event && pred(e)).cloned();
+        seen.unwrap_or_else(|| self.expect_where(event, pred))
+    }
+
     pub fn expect_where(&mut self, event: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
