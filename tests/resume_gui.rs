@@ -93,7 +93,10 @@ fn the_operator_window_shows_the_standby_relay(lang: &str) {
     let standby = RelayProcess::start("", 1);
     assert!(standby.add_operator("alice", OP_PASSWORD).status.success());
     // A port nothing listens on: the primary is down.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut cmd = x.command(bin("tsunagu-operator"));
     cmd.args([
         "--relay",
