@@ -284,3 +284,74 @@ fn a_drained_node_sends_its_sessions_elsewhere_without_a_gap_and_stops() {
     op.send(json!({"cmd": "end"}));
     assert_eq!(client.expect("ended")["reason"], "operator_ended");
 }
+
+#[test]
+fn a_rolling_restart_of_every_node_loses_no_session() {
+    let Some(mut grid) = Grid::start("grid_resume_rolling", 3, QUICK) else {
+        return;
+    };
+    let (mut op, mut client) = session_on_node_a(&grid);
+    for _ in 0..5 {
+        op.expect("frame");
+    }
+    // The admin upgrades the grid node by node: drain one, start it again on the same
+    // ports, then the next. The operator's frames are timed all along.
+    let mut arrivals = Vec::new();
+    for node in 0..grid.nodes.len() {
+        let data = grid.nodes[node].data_dir();
+        let drain = std::thread::spawn(move || relay_cli(&data, &["drain"], None));
+        // Frames keep coming while the node drains (the session moves if it was there).
+        while !drain.is_finished() {
+            if op.next_event()["event"] == "frame" {
+                arrivals.push(Instant::now());
+            }
+        }
+        let out = drain.join().unwrap();
+        assert!(
+            out.status.success(),
+            "drain of node {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        grid.nodes[node].restart_after_kill();
+        // The restarted node has joined the grid again before the next one goes.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if op.next_event()["event"] == "frame" {
+                arrivals.push(Instant::now());
+            }
+        }
+    }
+    let widest = arrivals.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    let moves = op.seen.iter().filter(|e| e["event"] == "reconnected").count();
+    println!("rolling restart: {moves} moves of the operator, widest gap between frames {widest:?}");
+    assert!(moves >= 1, "the session was on node a, which was drained");
+    assert!(
+        widest <= Duration::from_secs(1),
+        "a frame gap of {widest:?} across the rolling restart"
+    );
+    for app in [&op, &client] {
+        assert!(
+            !app.seen.iter().any(|e| e["event"] == "ended" || e["event"] == "error"),
+            "{}: {:?}",
+            app.name,
+            app.seen.iter().filter(|e| e["event"] != "frame").collect::<Vec<_>>()
+        );
+    }
+    op.send(json!({"cmd": "chat", "text": "after the upgrade"}));
+    assert_eq!(client.expect("chat")["text"], "after the upgrade");
+    client.send(json!({"cmd": "chat", "text": "still here"}));
+    assert_eq!(op.expect("chat")["text"], "still here");
+    op.send(json!({"cmd": "end"}));
+    assert_eq!(client.expect("ended")["reason"], "operator_ended");
+    op.wait();
+    client.wait();
+    // One history row for the session, with its resumes counted.
+    let out = grid.cli(0, &["history", "--format", "json"], None);
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0]["resumes"].as_u64().unwrap() >= 2, "{rows:?}");
+    assert_eq!(rows[0]["end_reason"], "operator_ended");
+}
