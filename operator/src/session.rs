@@ -381,6 +381,7 @@ impl Operator {
                     width: picture.width,
                     height: picture.height,
                     keyframe: frame.keyframe,
+                    bytes: frame.h264.len(),
                     latency_us: now_us.saturating_sub(frame.captured_at_us as i64),
                 });
             }

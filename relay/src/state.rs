@@ -287,7 +287,12 @@ impl Shared {
         };
         match taken {
             TakeOver::Taken { epoch, snapshot } => {
-                let Some(session) = Session::restore(self.for_sessions.clone(), *snapshot, epoch) else {
+                // A session still waiting for its client keeps its code: it leads here now.
+                let code = match snapshot.phase {
+                    crate::grid::records::SnapshotPhase::AwaitingClient { .. } => self.directory.repoint(id).await,
+                    _ => None,
+                };
+                let Some(session) = Session::restore(self.for_sessions.clone(), *snapshot, epoch, code) else {
                     tracing::warn!(session = %id, "a session record no live session could have");
                     return Err(Some(ResumeRefusal::UnknownSession));
                 };
