@@ -21,6 +21,18 @@ fn shot(x: &Xvfb, name: &str) {
     x.screenshot(&dir.join(format!("{name}.png")));
 }
 
+/// The operator window on `x`, logged in as alice and asking for a code at once, with
+/// `relays` (`--relay ...` and any standby options), in `lang`, reporting its layout.
+fn operator_window(x: &Xvfb, relays: &[&str], ca: &std::path::Path, lang: &str) -> App {
+    let mut cmd = x.command(bin("tsunagu-operator"));
+    cmd.args(relays)
+        .args(["--user", "alice", "--connect", "--events", "--lang", lang])
+        .arg("--ca")
+        .arg(ca)
+        .env("TSUNAGU_PASSWORD", OP_PASSWORD);
+    App::spawn("operator window", cmd)
+}
+
 fn banner_shown(report: &Value) -> bool {
     report["widgets"]["connection_banner"].is_array()
 }
@@ -33,21 +45,7 @@ fn the_operator_window_tells_of_dropped_connections(lang: &str) {
     let proxy = rt.block_on(CutProxy::start(relay.spec().parse().unwrap()));
     let spec = proxy.addr.to_string();
 
-    let mut cmd = x.command(bin("tsunagu-operator"));
-    cmd.args([
-        "--relay",
-        &spec,
-        "--user",
-        "alice",
-        "--connect",
-        "--events",
-        "--lang",
-        lang,
-    ])
-    .arg("--ca")
-    .arg(relay.ca())
-    .env("TSUNAGU_PASSWORD", OP_PASSWORD);
-    let mut op = App::spawn("operator window", cmd);
+    let mut op = operator_window(&x, &["--relay", &spec], &relay.ca(), lang);
     let code = op.code();
     let mut client = App::client(&spec, &relay.ca(), None, &code, &["--size", "1280x720", "--fps", "10"]);
     client.expect("consent_request");
@@ -97,25 +95,15 @@ fn the_operator_window_shows_the_standby_relay(lang: &str) {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut cmd = x.command(bin("tsunagu-operator"));
-    cmd.args([
+    let relays = [
         "--relay",
         &closed.to_string(),
         "--standby-relay",
         &standby.spec(),
         "--health-every",
         "0.2",
-        "--user",
-        "alice",
-        "--connect",
-        "--events",
-        "--lang",
-        lang,
-    ])
-    .arg("--ca")
-    .arg(standby.ca())
-    .env("TSUNAGU_PASSWORD", OP_PASSWORD);
-    let mut op = App::spawn("operator window", cmd);
+    ];
+    let mut op = operator_window(&x, &relays, &standby.ca(), lang);
     op.code();
     op.seen_or_expect("relay_switched", |e| e["site"] == "secondary");
     op.seen_or_expect("gui", |v| v["screen"] == "waiting" && banner_shown(v));

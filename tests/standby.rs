@@ -41,6 +41,19 @@ fn end(mut op: App, mut client: App) {
     client.wait();
 }
 
+/// Both apps said they connected to `relay` of `site`.
+fn connected_to(apps: &[&App], site: &str, relay: &str) {
+    for app in apps {
+        let said = app
+            .seen
+            .iter()
+            .find(|e| e["event"] == "relay_site")
+            .expect("relay_site shown");
+        assert_eq!(said["site"], site, "{}: {said}", app.name);
+        assert_eq!(said["relay"], relay, "{}: {said}", app.name);
+    }
+}
+
 /// The app's `relay_switched` event to `site`, seen already or still to come.
 fn switched(app: &mut App, site: &str) -> serde_json::Value {
     app.seen_or_expect("relay_switched", |e| e["site"] == site)
@@ -85,15 +98,7 @@ fn the_apps_move_to_the_standby_relay_and_back_as_the_primary_closes_and_reopens
 
     // The primary answers: both apps use it.
     let (mut op, mut client) = paired(&primary_spec, &ca, &dr);
-    for app in [&op, &client] {
-        let site = app
-            .seen
-            .iter()
-            .find(|e| e["event"] == "relay_site")
-            .expect("relay_site shown");
-        assert_eq!(site["site"], "primary", "{site}");
-        assert_eq!(site["relay"], primary_spec.as_str());
-    }
+    connected_to(&[&op, &client], "primary", &primary_spec);
     // While the primary answers, the health checks move nothing.
     let quiet = op.drain_for(Duration::from_secs(1));
     assert!(
@@ -108,15 +113,7 @@ fn the_apps_move_to_the_standby_relay_and_back_as_the_primary_closes_and_reopens
     let _ = primary.child.kill();
     let _ = primary.child.wait();
     (op, client) = paired(&primary_spec, &ca, &dr);
-    for app in [&op, &client] {
-        let site = app
-            .seen
-            .iter()
-            .find(|e| e["event"] == "relay_site")
-            .expect("relay_site shown");
-        assert_eq!(site["site"], "secondary", "{site}");
-        assert_eq!(site["relay"], standby_spec.as_str());
-    }
+    connected_to(&[&op, &client], "secondary", &standby_spec);
     let moved = switched(&mut op, "secondary");
     assert_eq!(moved["relay"], standby_spec.as_str());
     assert!(

@@ -432,7 +432,8 @@ impl RedisDirectory {
         }
     }
 
-    async fn lookup_now(&self, session_id: &str) -> Result<Option<Listing>, GridError> {
+    /// The code last issued to `session_id`, while Redis remembers it.
+    async fn code_of(&self, session_id: &str) -> Result<Option<SessionCode>, GridError> {
         let digits: Option<String> = self
             .redis
             .run(
@@ -440,7 +441,11 @@ impl RedisDirectory {
                 redis::cmd("GET").arg(self.session_key(session_id)),
             )
             .await?;
-        let Some(code) = digits.and_then(|d| SessionCode::parse(&d).ok()) else {
+        Ok(digits.and_then(|d| SessionCode::parse(&d).ok()))
+    }
+
+    async fn lookup_now(&self, session_id: &str) -> Result<Option<Listing>, GridError> {
+        let Some(code) = self.code_of(session_id).await? else {
             return Ok(None);
         };
         let answer: Vec<String> = self
@@ -462,14 +467,7 @@ impl RedisDirectory {
     /// Makes the live code of `session_id` (a session this node took over before its client
     /// joined) lead to this node, and re-asserts it from here from now on.
     async fn repoint_now(&self, session_id: &str) -> Result<Option<SessionCode>, GridError> {
-        let digits: Option<String> = self
-            .redis
-            .run(
-                "looking up a session",
-                redis::cmd("GET").arg(self.session_key(session_id)),
-            )
-            .await?;
-        let Some(code) = digits.and_then(|d| SessionCode::parse(&d).ok()) else {
+        let Some(code) = self.code_of(session_id).await? else {
             return Ok(None);
         };
         let answer: Vec<String> = self
