@@ -440,9 +440,10 @@ pub struct Limits {
     /// Resumes this node takes per second, all endpoints together, after a burst of
     /// `resume_burst`: a reconnect storm (a node lost, its endpoints all coming here) is let
     /// in at this pace and the rest are told to try again shortly (`busy`), which the
-    /// endpoints do with jittered backoff. Default 500.
+    /// endpoints do with jittered backoff. Default 1,000.
     pub resumes_per_second: u32,
-    /// Resumes taken at once before `resumes_per_second` applies. Default 1,000.
+    /// Resumes taken at once before `resumes_per_second` applies. Default 2,000 (both sides
+    /// of a thousand sessions coming back at once).
     pub resume_burst: u32,
 }
 
@@ -582,8 +583,8 @@ impl Default for Limits {
             control_queue_frames: 256,
             concurrent_logins: 4,
             login_queue: 64,
-            resumes_per_second: 500,
-            resume_burst: 1_000,
+            resumes_per_second: 1_000,
+            resume_burst: 2_000,
         }
     }
 }
