@@ -113,6 +113,10 @@ enum Scenario {
         /// Live sessions on node a when it is killed.
         #[arg(long, default_value_t = 1000)]
         sessions: usize,
+        /// What happens to the grid: node a killed (`kill`), node a drained (`drain`), or
+        /// every node drained and started again in turn (`rolling`).
+        #[arg(long, value_enum, default_value = "kill")]
+        event: failover::GridEvent,
     },
     /// Two relay nodes `a` and `b` of one grid (real processes on the given Redis and
     /// PostgreSQL, with a key prefix and a schema of their own, removed at the end): join
@@ -236,7 +240,6 @@ impl RelayUnderTest {
 
     /// Creates `setup`'s accounts, then starts the relay with its config.
     fn start_with(bin: &Path, setup: Setup) -> Result<Self> {
-        use std::io::{BufRead, BufReader};
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         let config = dir.path().join("relay.toml");
@@ -244,33 +247,12 @@ impl RelayUnderTest {
         for (kind, name) in &setup.accounts {
             add_account(bin, &data, &config, kind, name)?;
         }
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--config")
-            .arg(&config)
-            .env("TSUNAGU_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        // One line per listener: the relay port, then the console.
-        let mut out = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no relay stdout"))?);
-        let mut addrs = Vec::new();
-        for _ in 0..2 {
-            let mut line = String::new();
-            out.read_line(&mut line)?;
-            let v: serde_json::Value = serde_json::from_str(&line).context("relay did not announce its listener")?;
-            let addr: std::net::SocketAddr = v["addr"].as_str().ok_or_else(|| anyhow!("no addr"))?.parse()?;
-            addrs.push((v["service"].as_str().unwrap_or_default().to_string(), addr));
-        }
-        let find = |service: &str| addrs.iter().find(|(s, _)| s == service).map(|(_, a)| *a);
-        let addr = find("relay").ok_or_else(|| anyhow!("no relay listener"))?;
+        let (child, addr, admin) = serve(bin, &data, &config)?;
         Ok(Self {
             child,
             port: addr.port(),
             ca: setup.ca.unwrap_or_else(|| data.join("tls/ca.pem")),
-            admin: find("admin"),
+            admin,
             _dir: dir,
         })
     }
@@ -307,12 +289,72 @@ impl RelayUnderTest {
 }
 
 impl RelayUnderTest {
+    /// Drains the relay (SIGTERM: a grid node asks its endpoints to move, then exits) and
+    /// waits for it to exit.
+    fn drain(&mut self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("cannot run kill")?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the relay again on its data dir and config (on a new port).
+    fn restart(&mut self, bin: &Path) -> Result<()> {
+        let (child, addr, admin) = serve(
+            bin,
+            &self._dir.path().join("data"),
+            &self._dir.path().join("relay.toml"),
+        )?;
+        self.child = child;
+        self.port = addr.port();
+        self.admin = admin;
+        Ok(())
+    }
+
     /// Kills the relay at once (`kill -9`): no session is told anything.
     fn kill(&mut self) -> Result<()> {
         self.child.kill()?;
         self.child.wait()?;
         Ok(())
     }
+}
+
+/// Starts `tsunagu-relay serve` on `data` and `config`; returns the process, its relay
+/// address and its console address.
+fn serve(
+    bin: &Path,
+    data: &Path,
+    config: &Path,
+) -> Result<(Child, std::net::SocketAddr, Option<std::net::SocketAddr>)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--config")
+        .arg(config)
+        .env("TSUNAGU_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    // One line per listener: the relay port, then the console.
+    let mut out = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no relay stdout"))?);
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let v: serde_json::Value = serde_json::from_str(&line).context("relay did not announce its listener")?;
+        let addr: std::net::SocketAddr = v["addr"].as_str().ok_or_else(|| anyhow!("no addr"))?.parse()?;
+        addrs.push((v["service"].as_str().unwrap_or_default().to_string(), addr));
+    }
+    // Read to the end: a relay that writes to a closed pipe would fail its next line.
+    std::thread::spawn(move || for _ in out.lines().map_while(|l| l.ok()) {});
+    let find = |service: &str| addrs.iter().find(|(s, _)| s == service).map(|(_, a)| *a);
+    let addr = find("relay").ok_or_else(|| anyhow!("no relay listener"))?;
+    Ok((child, addr, find("admin")))
 }
 
 impl Drop for RelayUnderTest {
@@ -1173,12 +1215,16 @@ fn main() -> Result<()> {
             Scenario::Failover {
                 shared: GridStores { redis, postgres },
                 sessions,
+                event,
             } => {
                 // Nodes that notice a silent peer within two seconds, as a grid for fast
                 // failover would be set up.
                 let quick = "heartbeat = \"500ms\"\nnode_ttl = \"2s\"\n";
                 let mut grid = GridUnderTest::start_nodes(&bin, &redis, &postgres, &["a", "b", "c"], quick)?;
-                failover::failover(&mut grid, sessions).await
+                match event {
+                    failover::GridEvent::Kill => failover::failover(&mut grid, sessions).await,
+                    _ => failover::moves(&mut grid, &bin, sessions, event).await,
+                }
             }
             Scenario::Grid {
                 shared: GridStores { redis, postgres },

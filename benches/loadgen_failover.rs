@@ -4,7 +4,15 @@
 //! another node with its token, and the figures say how many sessions came back, how
 //! long it took, whether a consent was asked again, and whether chat crossed the move
 //! once and in order.
+//!
+//! With `--event drain` node a is drained instead (SIGTERM: it asks its endpoints to move
+//! and exits); with `--event rolling` nodes a, b and c are drained and started again one
+//! after the other, as an upgrade of the whole grid would. In both, every client streams
+//! small screen frames ten times a second and the figure is the widest gap between two
+//! frames at its operator, across the moves.
 
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -14,6 +22,17 @@ use tsunagu_proto::pb::{self, frame::Body};
 use tsunagu_proto::PermissionSet;
 
 use super::{frame, latency_fields, GridUnderTest, Peer, WAIT};
+
+/// What happens to the grid under the live sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GridEvent {
+    /// Node a is killed with `kill -9`.
+    Kill,
+    /// Node a is drained (SIGTERM) and exits.
+    Drain,
+    /// Nodes a, b, c are drained and started again, one after the other.
+    Rolling,
+}
 
 /// One side of a session as the scenario holds it: its resume key and latest token.
 struct Side {
@@ -274,6 +293,262 @@ pub async fn failover(grid: &mut GridUnderTest, sessions: usize) -> Result<()> {
             "kill_to_first_frame_p50_us": f50, "kill_to_first_frame_p99_us": f99, "kill_to_first_frame_max_us": fmax,
             "same_node_first_frame_p50_us": s50, "same_node_first_frame_p99_us": s99,
             "split_first_frame_p50_us": b50, "split_first_frame_p99_us": b99,
+        })
+    );
+    if let Some(e) = first_error {
+        eprintln!("failover: first failure: {e}");
+    }
+    Ok(())
+}
+
+/// A connection whose frames a task of its own reads, so a session can wait on both of its
+/// connections and its frame clock at once without cutting a frame in half.
+struct Conn {
+    writer: tsunagu_endpoint::dial::Writer,
+    rx: tokio::sync::mpsc::Receiver<Option<Body>>,
+    reading: tokio::task::JoinHandle<()>,
+}
+
+impl Conn {
+    fn new(peer: Peer) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut reader = peer.reader;
+        let reading = tokio::spawn(async move {
+            loop {
+                let body = match reader.read_timeout(WAIT).await {
+                    Ok(Some(raw)) => raw.frame.body,
+                    _ => {
+                        let _ = tx.send(None).await;
+                        return;
+                    }
+                };
+                if let Some(body) = body {
+                    if tx.send(Some(body)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            writer: peer.writer,
+            rx,
+            reading,
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reading.abort();
+    }
+}
+
+/// The nodes endpoints may resume on now (`None`: draining or stopped).
+type UpNodes = Arc<Mutex<Vec<Option<DialConfig>>>>;
+
+/// What one streaming session showed across the moves.
+struct Streamed {
+    widest_gap: Duration,
+    frames: u64,
+    resumes: u32,
+    consent_again: bool,
+}
+
+/// How a frame from the relay bears on one side of a streaming session.
+enum Seen {
+    Nothing,
+    Screen,
+    /// The connection is gone or the node asked the endpoint to move.
+    Lost,
+}
+
+async fn on_body(body: Option<Body>, conn: &mut Conn, side: &mut Side) -> Result<Seen> {
+    Ok(match body {
+        None => Seen::Lost,
+        Some(Body::Ping(p)) => {
+            conn.writer
+                .send(&frame(Body::Pong(pb::Pong { nonce: p.nonce })))
+                .await?;
+            Seen::Nothing
+        }
+        Some(Body::ResumeToken(t)) => {
+            side.keep(t);
+            Seen::Nothing
+        }
+        Some(Body::Ended(e)) if e.reason == pb::EndReason::Moved as i32 => Seen::Lost,
+        Some(Body::Ended(e)) => bail!("the session ended: reason {}", e.reason),
+        Some(Body::Data(d)) if d.channel == pb::Channel::Screen as i32 => Seen::Screen,
+        Some(Body::Error(e)) => bail!("relay error: {}", e.message),
+        Some(_) => Seen::Nothing,
+    })
+}
+
+/// Resumes `side` on whichever node is up, trying them in turn until [`WAIT`] is over.
+async fn resume_anywhere(side: &mut Side, up: &UpNodes, turn: &mut usize) -> Result<(Conn, bool)> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let nodes: Vec<DialConfig> = up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if !nodes.is_empty() {
+            *turn += 1;
+            match side.resume(&nodes[*turn % nodes.len()]).await {
+                Ok((peer, consent)) => return Ok((Conn::new(peer), consent)),
+                Err(e) if Instant::now() >= deadline => return Err(e.context("no node took the session back")),
+                Err(_) => {}
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no node took the session back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Streams screen frames from the client to the operator until `stop`, resuming either side
+/// wherever a node is up whenever its connection goes.
+async fn stream(
+    live: Live,
+    index: usize,
+    up: UpNodes,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Streamed> {
+    let Live {
+        op,
+        client,
+        mut op_side,
+        mut client_side,
+    } = live;
+    let (mut op, mut client) = (Conn::new(op), Conn::new(client));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut turn = index;
+    let mut out = Streamed {
+        widest_gap: Duration::ZERO,
+        frames: 0,
+        resumes: 0,
+        consent_again: false,
+    };
+    let mut last_frame: Option<Instant> = None;
+    let mut seq = 0u64;
+    loop {
+        let (mut op_lost, mut client_lost) = (false, false);
+        tokio::select! {
+            _ = tick.tick() => {
+                seq += 1;
+                let data = Body::Data(pb::Data {
+                    channel: pb::Channel::Screen as i32,
+                    seq,
+                    payload: vec![0u8; 1024].into(),
+                    stream: 0,
+                });
+                client_lost = client.writer.send(&frame(data)).await.is_err();
+            }
+            body = op.rx.recv() => match on_body(body.flatten(), &mut op, &mut op_side).await? {
+                Seen::Screen => {
+                    let now = Instant::now();
+                    if let Some(before) = last_frame {
+                        out.widest_gap = out.widest_gap.max(now - before);
+                    }
+                    last_frame = Some(now);
+                    out.frames += 1;
+                }
+                Seen::Lost => op_lost = true,
+                Seen::Nothing => {}
+            },
+            body = client.rx.recv() => client_lost = matches!(on_body(body.flatten(), &mut client, &mut client_side).await?, Seen::Lost),
+            _ = stop.changed() => return Ok(out),
+        }
+        if op_lost {
+            let (conn, consent) = resume_anywhere(&mut op_side, &up, &mut turn)
+                .await
+                .context("the operator's resume")?;
+            op = conn;
+            out.resumes += 1;
+            out.consent_again |= consent;
+        }
+        if client_lost {
+            let (conn, consent) = resume_anywhere(&mut client_side, &up, &mut turn)
+                .await
+                .context("the client's resume")?;
+            client = conn;
+            out.resumes += 1;
+            out.consent_again |= consent;
+        }
+    }
+}
+
+/// The drain and rolling-restart variants (see the module documentation); prints one JSON
+/// line.
+pub async fn moves(grid: &mut GridUnderTest, bin: &Path, sessions: usize, event: GridEvent) -> Result<()> {
+    let cfg: Vec<DialConfig> = grid.nodes.iter().map(|n| n.dial_config()).collect::<Result<_>>()?;
+    let mut live = Vec::with_capacity(sessions);
+    for i in 0..sessions {
+        let client_cfg = if i % 2 == 0 { &cfg[0] } else { &cfg[1] };
+        live.push(open(&cfg[0], client_cfg).await?);
+    }
+    let up: UpNodes = Arc::new(Mutex::new(cfg.into_iter().map(Some).collect()));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let tasks: Vec<_> = live
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| tokio::spawn(stream(l, i, up.clone(), stop.clone())))
+        .collect();
+    // The frames flow for a while before anything moves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let steps: &[usize] = match event {
+        GridEvent::Drain => &[0],
+        GridEvent::Rolling => &[0, 1, 2],
+        GridEvent::Kill => bail!("kill -9 is the failover scenario's own"),
+    };
+    let mut drained = Vec::new();
+    for &node in steps {
+        up.lock().unwrap_or_else(|e| e.into_inner())[node] = None;
+        let t = Instant::now();
+        grid.nodes[node].drain()?;
+        drained.push(t.elapsed());
+        if event == GridEvent::Rolling {
+            grid.nodes[node].restart(bin)?;
+            up.lock().unwrap_or_else(|e| e.into_inner())[node] = Some(grid.nodes[node].dial_config()?);
+            // The restarted node is known to the grid before the next one goes.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    let moved_in = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    let (mut gaps, mut failed, mut consents, mut resumes, mut first_error) = (Vec::new(), 0, 0, 0u64, None);
+    for t in tasks {
+        match t.await? {
+            Ok(s) if s.frames > 0 => {
+                gaps.push(s.widest_gap);
+                consents += usize::from(s.consent_again);
+                resumes += u64::from(s.resumes);
+            }
+            Ok(_) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| "no frame reached the operator".to_string());
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(format!("{e:#}"));
+            }
+        }
+    }
+    let (g50, g99, gmax) = latency_fields(&mut gaps);
+    let mut drain_times = drained;
+    let (_, _, drain_max) = latency_fields(&mut drain_times);
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "failover", "event": match event { GridEvent::Drain => "drain", _ => "rolling_restart" },
+            "sessions": sessions, "nodes_drained": steps.len(),
+            "kept": gaps.len(), "kept_percent": (gaps.len() * 1000 / sessions.max(1)) as f64 / 10.0,
+            "failed": failed, "new_consents": consents, "resumes": resumes,
+            "widest_frame_gap_p50_us": g50, "widest_frame_gap_p99_us": g99, "widest_frame_gap_max_us": gmax,
+            "slowest_drain_us": drain_max, "all_moves_s": moved_in.as_secs_f64(),
         })
     );
     if let Some(e) = first_error {

@@ -243,3 +243,51 @@ fn a_wrong_code_is_explained_in_the_window() {
     let shot = screenshot(&xvfb, "7-wrong-code.png");
     assert_drawn(&shot, &report, origin, &["error"], "error message");
 }
+
+/// The client window on the standby relay: the primary's port is closed, the window
+/// connects to the standby, and the session bar says the standby is in use.
+fn the_client_window_shows_the_standby_relay(lang: &str) {
+    let xvfb = Xvfb::start(1280, 800);
+    let standby = RelayProcess::start("", 1);
+    assert!(standby.add_operator("alice", OP_PASSWORD).status.success());
+    let mut op = standby.operator("alice", OP_PASSWORD);
+    let code = op.code();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cmd = xvfb.command(bin("tsunagu-client"));
+    cmd.args(["--relay", &closed.to_string(), "--standby-relay", &standby.spec()])
+        .args(["--health-every", "0.2", "--lang", lang])
+        .args(["--host-name", "gui-desk", "--screen", "synthetic", "--input", "log"])
+        .arg("--ca")
+        .arg(standby.ca())
+        .arg(&code)
+        .env("TSUNAGU_GUI_REPORT", "1");
+    let mut gui = App::spawn("gui", cmd);
+    let report = expect_screen(&mut gui, "code", &["connect"]);
+    let origin = window_origin(&xvfb);
+    click(&xvfb, rect_of(&report, origin, "connect"));
+    gui.expect("consent_request");
+    let report = expect_screen(&mut gui, "consent", &["allow"]);
+    click(&xvfb, rect_of(&report, origin, "allow"));
+    gui.expect("connected");
+    op.expect("frame");
+    gui.seen_or_expect("relay_switched", |e| e["site"] == "secondary");
+    let report = gui.seen_or_expect("gui", |v| {
+        v["screen"] == "session" && v["widgets"]["connection_banner"].is_array()
+    });
+    let origin = window_origin(&xvfb);
+    let shot = screenshot(&xvfb, &format!("7-standby-{lang}.png"));
+    assert_drawn(&shot, &report, origin, &["connection_banner", "end"], "standby banner");
+}
+
+#[test]
+fn the_client_window_shows_the_standby_relay_in_english() {
+    the_client_window_shows_the_standby_relay("en");
+}
+
+#[test]
+fn the_client_window_shows_the_standby_relay_in_japanese() {
+    the_client_window_shows_the_standby_relay("ja");
+}

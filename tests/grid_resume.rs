@@ -47,9 +47,25 @@ fn a_session_survives_kill_9_of_its_node_and_goes_on_elsewhere() {
     op.expect("frame");
     op.send(json!({"cmd": "chat", "text": "before the crash"}));
     assert_eq!(client.expect("chat")["text"], "before the crash");
+    // The picture flows for a while; what reached the operator up to a second before the
+    // crash (two heartbeats) is in the session's record and so in its history.
+    let flowing = Instant::now();
+    let mut frames_before = Vec::new();
+    while flowing.elapsed() < Duration::from_millis(2500) {
+        let e = op.next_event();
+        if e["event"] == "frame" {
+            frames_before.push((Instant::now(), e["bytes"].as_u64().unwrap()));
+        }
+    }
 
     // Node a, which runs the session and carries both connections, dies at once.
     let killed = Instant::now();
+    let recorded_before: u64 = frames_before
+        .iter()
+        .filter(|(at, _)| killed.duration_since(*at) > Duration::from_secs(1))
+        .map(|(_, bytes)| bytes)
+        .sum();
+    let seen_at_kill = op.seen.len();
     grid.nodes[0].child.kill().expect("kill -9 node a");
     let _ = grid.nodes[0].child.wait();
     op.expect("reconnecting");
@@ -97,6 +113,19 @@ fn a_session_survives_kill_9_of_its_node_and_goes_on_elsewhere() {
     };
     assert_eq!(row["end_reason"], "operator_ended");
     assert_eq!(row["resumes"], 2, "both sides resumed once: {row}");
+    // Frames after the resume went through the new node, which counts them too.
+    let after: u64 = op.seen[seen_at_kill..]
+        .iter()
+        .filter(|e| e["event"] == "frame")
+        .map(|e| e["bytes"].as_u64().unwrap())
+        .sum();
+    let to_operator = row["bytes_to_operator"].as_u64().unwrap();
+    println!("history: {to_operator} bytes to the operator; {recorded_before} reached it a second before the crash, {after} after the resume");
+    assert!(
+        recorded_before > 0 && to_operator >= recorded_before + after,
+        "the history counts {to_operator} bytes to the operator; {recorded_before} had reached it a second \
+         before the crash and {after} after the resume"
+    );
 }
 
 /// An endpoint's side of a session as the raw tests hold it: its resume key and latest token.
@@ -281,6 +310,105 @@ fn a_drained_node_sends_its_sessions_elsewhere_without_a_gap_and_stops() {
 
     op.send(json!({"cmd": "chat", "text": "after the drain"}));
     assert_eq!(client.expect("chat")["text"], "after the drain");
+    op.send(json!({"cmd": "end"}));
+    assert_eq!(client.expect("ended")["reason"], "operator_ended");
+}
+
+#[test]
+fn a_rolling_restart_of_every_node_loses_no_session() {
+    let Some(mut grid) = Grid::start("grid_resume_rolling", 3, QUICK) else {
+        return;
+    };
+    let (mut op, mut client) = session_on_node_a(&grid);
+    for _ in 0..5 {
+        op.expect("frame");
+    }
+    // The admin upgrades the grid node by node: drain one, start it again on the same
+    // ports, then the next. The operator's frames are timed all along.
+    let mut arrivals = Vec::new();
+    for node in 0..grid.nodes.len() {
+        let data = grid.nodes[node].data_dir();
+        let drain = std::thread::spawn(move || relay_cli(&data, &["drain"], None));
+        // Frames keep coming while the node drains (the session moves if it was there).
+        while !drain.is_finished() {
+            if op.next_event()["event"] == "frame" {
+                arrivals.push(Instant::now());
+            }
+        }
+        let out = drain.join().unwrap();
+        assert!(
+            out.status.success(),
+            "drain of node {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        grid.nodes[node].restart_after_kill();
+        // The restarted node has joined the grid again before the next one goes.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if op.next_event()["event"] == "frame" {
+                arrivals.push(Instant::now());
+            }
+        }
+    }
+    let widest = arrivals.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    let moves = op.seen.iter().filter(|e| e["event"] == "reconnected").count();
+    println!("rolling restart: {moves} moves of the operator, widest gap between frames {widest:?}");
+    assert!(moves >= 1, "the session was on node a, which was drained");
+    assert!(
+        widest <= Duration::from_secs(1),
+        "a frame gap of {widest:?} across the rolling restart"
+    );
+    for app in [&op, &client] {
+        assert!(
+            !app.seen.iter().any(|e| e["event"] == "ended" || e["event"] == "error"),
+            "{}: {:?}",
+            app.name,
+            app.seen.iter().filter(|e| e["event"] != "frame").collect::<Vec<_>>()
+        );
+    }
+    op.send(json!({"cmd": "chat", "text": "after the upgrade"}));
+    assert_eq!(client.expect("chat")["text"], "after the upgrade");
+    client.send(json!({"cmd": "chat", "text": "still here"}));
+    assert_eq!(op.expect("chat")["text"], "still here");
+    op.send(json!({"cmd": "end"}));
+    assert_eq!(client.expect("ended")["reason"], "operator_ended");
+    op.wait();
+    client.wait();
+    // One history row for the session, with its resumes counted.
+    let out = grid.cli(0, &["history", "--format", "json"], None);
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0]["resumes"].as_u64().unwrap() >= 2, "{rows:?}");
+    assert_eq!(rows[0]["end_reason"], "operator_ended");
+}
+
+#[test]
+fn a_code_still_leads_to_its_session_after_the_node_that_issued_it_died() {
+    let Some(mut grid) = Grid::start("grid_resume_code", 3, QUICK) else {
+        return;
+    };
+    add_alice(&grid, 0);
+    let relays = relay_list(&grid, 0);
+    let mut op = App::operator(&relays, &grid.ca(), None, "alice", OP_PASSWORD);
+    let code = op.code();
+    // The operator waits for its client on node a, which dies before the client comes.
+    std::thread::sleep(Duration::from_millis(300));
+    grid.nodes[0].child.kill().unwrap();
+    grid.nodes[0].child.wait().unwrap();
+    let back = op.expect("reconnected");
+    assert_ne!(back["relay"], grid.nodes[0].spec().as_str(), "{back}");
+    // The client types the code it was given; the node that took the session over has it.
+    let mut client = App::client(&relays, &grid.ca(), None, &code, &["--fps", "10"]);
+    client.expect("consent_request");
+    client.send(json!({"cmd": "consent", "grant": ["view", "chat"]}));
+    op.expect("consent");
+    client.expect("connected");
+    op.expect("frame");
+    op.send(json!({"cmd": "chat", "text": "found you"}));
+    assert_eq!(client.expect("chat")["text"], "found you");
     op.send(json!({"cmd": "end"}));
     assert_eq!(client.expect("ended")["reason"], "operator_ended");
 }

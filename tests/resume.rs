@@ -332,3 +332,59 @@ async fn a_burst_of_forged_resumes_from_one_address_gets_no_more_checks_than_the
     assert!(checked <= burst, "{checked} checks for a burst of {burst}");
     assert_eq!(checked + throttled, attempts);
 }
+
+#[tokio::test]
+async fn a_reconnect_storm_from_many_addresses_is_let_in_at_the_nodes_pace() {
+    let (rate, burst) = (2u32, 5u32);
+    let relay = TestRelay::start(|c| {
+        c.limits.max_connections_per_source = 1000;
+        c.limits.max_unauthenticated_per_source = 1000;
+        c.limits.resumes_per_second = rate;
+        c.limits.resume_burst = burst;
+    })
+    .await;
+    let (_op, op_key, _client, _client_key) = resumable_pair(&relay, &["view"]).await;
+    let thief = Resumable::new();
+    // Many addresses, two resumes each: no address reaches its own guessing budget, so only
+    // the node's pace can hold the storm back.
+    let attempts = 120;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..attempts {
+        let resume = op_key.resume_with(true, &thief.key);
+        let cfg = relay.dial_config();
+        let source = format!("127.0.{}.{}", 1 + i / 100, 2 + (i / 2) % 100);
+        tasks.push(tokio::spawn(async move {
+            let port = cfg.ports[0];
+            let mut p = RawPeer::connect_from(&cfg, &source, port).await;
+            p.send_body(resume).await;
+            match p.next().await {
+                Some(Body::Error(e)) => e.code,
+                other => panic!("expected an answer, got {other:?}"),
+            }
+        }));
+    }
+    let (mut checked, mut busy) = (0, 0);
+    for t in tasks {
+        match ErrorCode::try_from(t.await.unwrap()).unwrap() {
+            ErrorCode::ResumeRefused => checked += 1,
+            ErrorCode::Busy => busy += 1,
+            other => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = burst as usize + (elapsed * f64::from(rate)).ceil() as usize;
+    println!("{attempts} resumes at once from 60 addresses: {checked} looked at, {busy} told to retry (allowed {allowed} in {elapsed:.2} s)");
+    assert!(
+        checked <= allowed,
+        "{checked} resumes looked at; the pace allows {allowed}"
+    );
+    assert!(checked >= 1);
+    assert_eq!(checked + busy, attempts);
+    // Once the pace allows again, a resume is looked at.
+    tokio::time::sleep(std::time::Duration::from_millis(1000 / u64::from(rate) + 100)).await;
+    let cfg = relay.dial_config();
+    let mut p = RawPeer::connect_from(&cfg, "127.0.9.9", cfg.ports[0]).await;
+    p.send_body(op_key.resume_with(true, &thief.key)).await;
+    assert!(matches!(p.next().await, Some(Body::Error(e)) if e.code == ErrorCode::ResumeRefused as i32));
+}

@@ -21,6 +21,18 @@ fn shot(x: &Xvfb, name: &str) {
     x.screenshot(&dir.join(format!("{name}.png")));
 }
 
+/// The operator window on `x`, logged in as alice and asking for a code at once, with
+/// `relays` (`--relay ...` and any standby options), in `lang`, reporting its layout.
+fn operator_window(x: &Xvfb, relays: &[&str], ca: &std::path::Path, lang: &str) -> App {
+    let mut cmd = x.command(bin("tsunagu-operator"));
+    cmd.args(relays)
+        .args(["--user", "alice", "--connect", "--events", "--lang", lang])
+        .arg("--ca")
+        .arg(ca)
+        .env("TSUNAGU_PASSWORD", OP_PASSWORD);
+    App::spawn("operator window", cmd)
+}
+
 fn banner_shown(report: &Value) -> bool {
     report["widgets"]["connection_banner"].is_array()
 }
@@ -33,21 +45,7 @@ fn the_operator_window_tells_of_dropped_connections(lang: &str) {
     let proxy = rt.block_on(CutProxy::start(relay.spec().parse().unwrap()));
     let spec = proxy.addr.to_string();
 
-    let mut cmd = x.command(bin("tsunagu-operator"));
-    cmd.args([
-        "--relay",
-        &spec,
-        "--user",
-        "alice",
-        "--connect",
-        "--events",
-        "--lang",
-        lang,
-    ])
-    .arg("--ca")
-    .arg(relay.ca())
-    .env("TSUNAGU_PASSWORD", OP_PASSWORD);
-    let mut op = App::spawn("operator window", cmd);
+    let mut op = operator_window(&x, &["--relay", &spec], &relay.ca(), lang);
     let code = op.code();
     let mut client = App::client(&spec, &relay.ca(), None, &code, &["--size", "1280x720", "--fps", "10"]);
     client.expect("consent_request");
@@ -84,4 +82,40 @@ fn the_operator_window_tells_of_dropped_connections_in_english() {
 #[test]
 fn the_operator_window_tells_of_dropped_connections_in_japanese() {
     the_operator_window_tells_of_dropped_connections("ja");
+}
+
+/// The operator window on the standby relay: the primary's port is closed, so the window
+/// connects to the standby, and the banner says so once the health checks have moved it.
+fn the_operator_window_shows_the_standby_relay(lang: &str) {
+    let x = Xvfb::start(1280, 800);
+    let standby = RelayProcess::start("", 1);
+    assert!(standby.add_operator("alice", OP_PASSWORD).status.success());
+    // A port nothing listens on: the primary is down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let relays = [
+        "--relay",
+        &closed.to_string(),
+        "--standby-relay",
+        &standby.spec(),
+        "--health-every",
+        "0.2",
+    ];
+    let mut op = operator_window(&x, &relays, &standby.ca(), lang);
+    op.code();
+    op.seen_or_expect("relay_switched", |e| e["site"] == "secondary");
+    op.seen_or_expect("gui", |v| v["screen"] == "waiting" && banner_shown(v));
+    shot(&x, &format!("operator-standby-{lang}"));
+}
+
+#[test]
+fn the_operator_window_shows_the_standby_relay_in_english() {
+    the_operator_window_shows_the_standby_relay("en");
+}
+
+#[test]
+fn the_operator_window_shows_the_standby_relay_in_japanese() {
+    the_operator_window_shows_the_standby_relay("ja");
 }

@@ -115,6 +115,8 @@ pub struct ClientConfig {
     pub timeouts: Timeouts,
     /// Largest frame accepted or sent.
     pub max_frame: usize,
+    /// The standby relay site (`--standby-relay`), shared by the app's sessions.
+    pub standby: Option<std::sync::Arc<tsunagu_endpoint::standby::Standby>>,
 }
 
 pub use tsunagu_endpoint::config::{relay_list, relay_target, ConfigError};
@@ -153,6 +155,7 @@ impl ClientConfig {
             takeover_resume: DEFAULT_RESUME_AFTER,
             timeouts: Timeouts::default(),
             max_frame: tsunagu_proto::limits::DEFAULT_MAX_FRAME,
+            standby: None,
         })
     }
 }

@@ -10,6 +10,7 @@ use tsunagu_client::capture::{MonitorChoice, X11Backend};
 use tsunagu_client::config::{local_host_name, parse_size, ClientConfig, Timeouts};
 use tsunagu_client::i18n::Lang;
 use tsunagu_client::{Command, Event, InputSink, ScreenSource};
+use tsunagu_endpoint::config::StandbyArgs;
 use tsunagu_endpoint::headless;
 use tsunagu_proto::SessionCode;
 
@@ -111,6 +112,8 @@ struct Args {
     /// The 8-digit session code (spaces and dashes are ignored); required with --headless,
     /// pre-filled in the window otherwise.
     code: Option<String>,
+    #[command(flatten)]
+    standby: StandbyArgs,
 }
 
 fn main() -> ExitCode {
@@ -174,7 +177,12 @@ fn build_config(args: Args) -> Result<ClientConfig, (&'static str, String)> {
 
 /// Validates the arguments into a configuration for `code`.
 fn build_config_with(args: Args, code: SessionCode) -> Result<ClientConfig, (&'static str, String)> {
-    let mut config = ClientConfig::new(&args.relay, args.ports, args.ca, code).map_err(|e| ("usage", e.to_string()))?;
+    let mut config =
+        ClientConfig::new(&args.relay, args.ports.clone(), args.ca, code).map_err(|e| ("usage", e.to_string()))?;
+    config.standby = args
+        .standby
+        .standby(&config.relays, args.ports)
+        .map_err(|e| ("usage", e.to_string()))?;
     let desktop = matches!(args.screen, ScreenArg::X11);
     config.screen = match args.screen {
         ScreenArg::Synthetic => ScreenSource::Synthetic {

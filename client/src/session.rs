@@ -123,6 +123,7 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
         write_timeout: config.timeouts.write,
         max_frame: config.max_frame,
         agent: AGENT,
+        standby: config.standby.clone(),
     };
     let (watcher, pointer_reports) = match pointer {
         Some((w, r)) => (Some(w), Some(r)),

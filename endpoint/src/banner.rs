@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::lang::{Lang, Texts};
 use crate::resume::ConnectionEvent;
+use crate::standby::Site;
 
 /// How long "Connection restored" stays up: long enough to read, short enough not to
 /// linger over the session.
@@ -20,6 +21,10 @@ pub enum ConnectionText {
     Restored,
     /// The other side's connection dropped.
     PeerAway,
+    /// The app uses the standby (secondary) relay, as the primary does not answer.
+    OnStandby,
+    /// The primary relay answers again; new sessions go to it.
+    BackOnPrimary,
 }
 
 impl Texts for ConnectionText {
@@ -32,6 +37,10 @@ impl Texts for ConnectionText {
             (T::Restored, Lang::Ja) => "接続が復旧しました",
             (T::PeerAway, Lang::En) => "The other side's connection dropped — waiting for it",
             (T::PeerAway, Lang::Ja) => "相手の接続が切れました — 再接続を待っています",
+            (T::OnStandby, Lang::En) => "Using the standby relay — the primary relay is not answering",
+            (T::OnStandby, Lang::Ja) => "予備の中継サーバーを使っています — 主の中継サーバーが応答しません",
+            (T::BackOnPrimary, Lang::En) => "The primary relay answers again — new sessions use it",
+            (T::BackOnPrimary, Lang::Ja) => "主の中継サーバーが復旧しました — 新しいセッションはそちらを使います",
         }
     }
 }
@@ -39,7 +48,7 @@ impl Texts for ConnectionText {
 impl ConnectionText {
     /// Whether this is a warning (the session is held up) rather than good news.
     pub fn is_warning(self) -> bool {
-        self != ConnectionText::Restored
+        !matches!(self, ConnectionText::Restored | ConnectionText::BackOnPrimary)
     }
 }
 
@@ -49,6 +58,9 @@ pub struct ConnectionBanner {
     reconnecting: bool,
     peer_away: bool,
     restored_until: Option<Instant>,
+    /// The standby relay is in use (kept across sessions: it is the app's, not the session's).
+    on_standby: bool,
+    back_on_primary_until: Option<Instant>,
 }
 
 impl ConnectionBanner {
@@ -70,12 +82,21 @@ impl ConnectionBanner {
             }
             ConnectionEvent::PeerAway => self.peer_away = true,
             ConnectionEvent::PeerBack => self.peer_away = false,
+            ConnectionEvent::RelaySite { site, .. } => self.on_standby = *site == Site::Secondary,
+            ConnectionEvent::RelaySwitched { site, .. } => {
+                self.on_standby = *site == Site::Secondary;
+                self.back_on_primary_until = (*site == Site::Primary).then(|| now + RESTORED_SHOWN);
+            }
         }
     }
 
-    /// The session is over (or a new one starts): no banner.
+    /// The session is over (or a new one starts): no banner about it. Which relay site is in
+    /// use stays, as it outlives sessions.
     pub fn clear(&mut self) {
-        *self = Self::default();
+        *self = Self {
+            on_standby: self.on_standby,
+            ..Self::default()
+        };
     }
 
     /// What to show at `now`: our own reconnect first, then the other side's absence, then
@@ -87,6 +108,10 @@ impl ConnectionBanner {
             Some(ConnectionText::PeerAway)
         } else if self.restored_until.is_some_and(|until| now < until) {
             Some(ConnectionText::Restored)
+        } else if self.back_on_primary_until.is_some_and(|until| now < until) {
+            Some(ConnectionText::BackOnPrimary)
+        } else if self.on_standby {
+            Some(ConnectionText::OnStandby)
         } else {
             None
         }
@@ -131,11 +156,38 @@ mod tests {
     }
 
     #[test]
+    fn the_banner_shows_the_standby_site_across_sessions() {
+        let t0 = Instant::now();
+        let mut b = ConnectionBanner::new();
+        let switched = |site| ConnectionEvent::RelaySwitched {
+            site,
+            relay: "r:7615".into(),
+            reason: "checks".into(),
+        };
+        b.on_event(&switched(Site::Secondary), t0);
+        assert_eq!(b.current(t0), Some(ConnectionText::OnStandby));
+        b.clear();
+        assert_eq!(
+            b.current(t0),
+            Some(ConnectionText::OnStandby),
+            "the site outlives the session"
+        );
+        b.on_event(&reconnecting(), t0);
+        assert_eq!(b.current(t0), Some(ConnectionText::Reconnecting));
+        b.clear();
+        b.on_event(&switched(Site::Primary), t0);
+        assert_eq!(b.current(t0), Some(ConnectionText::BackOnPrimary));
+        assert_eq!(b.current(t0 + RESTORED_SHOWN), None);
+    }
+
+    #[test]
     fn both_languages_have_every_banner() {
         for t in [
             ConnectionText::Reconnecting,
             ConnectionText::Restored,
             ConnectionText::PeerAway,
+            ConnectionText::OnStandby,
+            ConnectionText::BackOnPrimary,
         ] {
             let (en, ja) = (Lang::En.t(t), Lang::Ja.t(t));
             assert!(!en.is_empty() && !ja.is_empty() && en != ja);

@@ -27,6 +27,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,6 +43,7 @@ use crate::dial::{self, Connected, DialConfig, DialError, RelayEntry};
 use crate::headless::{dial_failure, Outcome};
 use crate::link::{Incoming, Link, LinkError};
 use crate::resume::{jitter_seed, ConnectionEvent, HeldToken, ReconnectPlan, Resync, Role, SessionKey};
+use crate::standby::{Site, Standby};
 use crate::transfer::{FileCommand, FileEvent, ProgressBars, TransferEvent, Transfers};
 
 /// A deadline far enough away to mean "never" in a `select!`.
@@ -110,6 +112,12 @@ macro_rules! app_event {
 /// Sends events to the embedder; a dropped receiver just means nobody listens any more.
 pub struct Events<E>(mpsc::Sender<E>);
 
+impl<E> Clone for Events<E> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
 impl<E: Send> Events<E> {
     /// Events go to `tx`.
     pub fn new(tx: mpsc::Sender<E>) -> Self {
@@ -168,6 +176,9 @@ pub struct LinkSettings {
     pub max_frame: usize,
     /// Sent in `Hello` (`tsunagu-operator/0.1.0`).
     pub agent: &'static str,
+    /// A standby relay site and the health checks of the primary (`relays`), shared by
+    /// every session of the app; `None`: `relays` alone.
+    pub standby: Option<Arc<Standby>>,
 }
 
 /// What an app's handlers get from the driver: sending, events, the file engine and the phase
@@ -384,7 +395,57 @@ pub async fn run<A: App>(
         Ok(c) => c,
         Err(outcome) => return outcome,
     };
+    // The primary's health is checked while the run lasts; the site in use outlives it.
+    let _watch = settings.standby.clone().map(|standby| {
+        let events = events.clone();
+        let primary = standby
+            .relays_of(Site::Primary)
+            .first()
+            .map(relay_name)
+            .unwrap_or_default();
+        let secondary = standby
+            .relays_of(Site::Secondary)
+            .first()
+            .map(relay_name)
+            .unwrap_or_default();
+        AbortOnDrop(tokio::spawn(standby.watch(redial.template.clone(), move |change| {
+            let relay = match change.site {
+                Site::Primary => primary.clone(),
+                Site::Secondary => secondary.clone(),
+            };
+            let events = events.clone();
+            // Never lost behind a full event queue, never holding up the checks.
+            tokio::spawn(async move {
+                events
+                    .emit(A::Event::connection(ConnectionEvent::RelaySwitched {
+                        site: change.site,
+                        relay,
+                        reason: change.reason,
+                    }))
+                    .await;
+            });
+        })))
+    });
     run_resumable(app, conn, &settings, Box::new(redial), commands, events).await
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `HOST:PORT` of a relay entry's first port (IPv6 in brackets).
+fn relay_name(entry: &RelayEntry) -> String {
+    let port = entry.ports.first().copied().unwrap_or_default();
+    if entry.host.contains(':') {
+        format!("[{}]:{port}", entry.host)
+    } else {
+        format!("{}:{port}", entry.host)
+    }
 }
 
 /// Runs `app` to its end over a connection already past `Hello`, as [`run`] does once it
@@ -470,14 +531,28 @@ async fn connect<E: AppEvent>(settings: &LinkSettings, events: &Events<E>) -> Re
         max_frame: settings.max_frame,
         agent: settings.agent.into(),
     };
+    let order: Vec<(Site, RelayEntry)> = match &settings.standby {
+        Some(standby) => standby.dial_order(),
+        None => settings.relays.iter().map(|r| (Site::Primary, r.clone())).collect(),
+    };
     let mut failure = None;
-    for entry in &settings.relays {
+    for (site, entry) in &order {
         match dial::dial(&entry.dial_config(&template)).await {
             Ok(conn) => {
-                let redial = TlsRedial {
-                    relays: settings.relays.clone(),
-                    template,
+                // A session resumes on its own site only: the other may be another grid.
+                let relays = match &settings.standby {
+                    Some(standby) => {
+                        events
+                            .emit(E::connection(ConnectionEvent::RelaySite {
+                                site: *site,
+                                relay: relay_name(entry),
+                            }))
+                            .await;
+                        standby.relays_of(*site).to_vec()
+                    }
+                    None => settings.relays.clone(),
                 };
+                let redial = TlsRedial { relays, template };
                 return Ok((conn, redial));
             }
             // A bad name or an answer from a relay ends the dial; an unreachable relay
@@ -1019,6 +1094,7 @@ mod tests {
                 write_timeout: Duration::from_secs(10),
                 max_frame: MAX_FRAME,
                 agent: "driver-test/1",
+                standby: None,
             };
             let outcome = tokio::spawn(async move {
                 let peer: SocketAddr = "192.0.2.10:7615".parse().unwrap();

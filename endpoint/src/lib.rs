@@ -34,4 +34,5 @@ pub mod headless;
 pub mod lang;
 pub mod link;
 pub mod resume;
+pub mod standby;
 pub mod transfer;

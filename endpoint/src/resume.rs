@@ -225,6 +225,24 @@ pub enum ConnectionEvent {
     PeerAway,
     /// The other side is back.
     PeerBack,
+    /// Where the app connected, when it has a standby relay: the site and the relay that
+    /// answered (`HOST:PORT`).
+    RelaySite {
+        /// The site the connection is on.
+        site: crate::standby::Site,
+        /// The relay that answered, `HOST:PORT`.
+        relay: String,
+    },
+    /// The health checks moved the app to the other site: new connections go there first.
+    /// A live session stays where it is.
+    RelaySwitched {
+        /// The site in use from now on.
+        site: crate::standby::Site,
+        /// Its first relay, `HOST:PORT`.
+        relay: String,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// Why the session is being brought back in step (the driver's `App::on_resync`).

@@ -270,6 +270,7 @@ impl Run {
                 write_timeout: Duration::from_secs(10),
                 max_frame: MAX_FRAME,
                 agent: "resume-test/1",
+                standby: None,
             };
             let peer: SocketAddr = "192.0.2.10:443".parse().unwrap();
             let local: SocketAddr = "192.0.2.20:50000".parse().unwrap();

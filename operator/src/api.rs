@@ -129,6 +129,8 @@ pub enum Event {
         height: usize,
         /// Whether it was a keyframe.
         keyframe: bool,
+        /// Bytes of the encoded picture (H.264) this frame carried.
+        bytes: usize,
         /// Now minus the client's capture time, in microseconds (meaningful when both clocks
         /// agree, e.g. on one machine).
         latency_us: i64,

@@ -61,6 +61,8 @@ pub struct OperatorConfig {
     pub totp: String,
     /// Where a viewer takes decoded pictures from (the GUI); `None` headless.
     pub picture: Option<crate::picture::PictureSink>,
+    /// The standby relay site (`--standby-relay`), shared by the app's sessions.
+    pub standby: Option<std::sync::Arc<tsunagu_endpoint::standby::Standby>>,
 }
 
 impl fmt::Debug for OperatorConfig {
@@ -74,6 +76,7 @@ impl fmt::Debug for OperatorConfig {
             .field("timeouts", &self.timeouts)
             .field("max_frame", &self.max_frame)
             .field("totp", &if self.totp.is_empty() { "" } else { "******" })
+            .field("standby", &self.standby)
             .finish()
     }
 }
@@ -99,6 +102,7 @@ impl OperatorConfig {
             max_frame: tsunagu_proto::limits::DEFAULT_MAX_FRAME,
             totp: String::new(),
             picture: None,
+            standby: None,
         })
     }
 }

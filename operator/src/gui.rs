@@ -49,6 +49,8 @@ pub struct GuiOptions {
     pub events: bool,
     /// Folder offered files are saved into unless the operator picks another.
     pub save_dir: PathBuf,
+    /// The standby relay options (`--standby-relay`).
+    pub standby: Option<tsunagu_endpoint::config::StandbyArgs>,
 }
 
 /// Runs the window until the operator closes it (which ends a running session).
@@ -144,6 +146,8 @@ struct OperatorApp {
     widgets: BTreeMap<&'static str, egui::Rect>,
     picture_rect: Option<egui::Rect>,
     last_report: String,
+    /// The standby site for the relay typed, kept across sessions.
+    standby: Option<(String, std::sync::Arc<tsunagu_endpoint::standby::Standby>)>,
 }
 
 impl OperatorApp {
@@ -181,6 +185,7 @@ impl OperatorApp {
             widgets: BTreeMap::new(),
             picture_rect: None,
             last_report: String::new(),
+            standby: None,
         }
     }
 
@@ -212,6 +217,21 @@ impl OperatorApp {
         };
         if let Some(p) = self.options.permissions {
             config.permissions = p;
+        }
+        // One standby per relay typed: which site is in use outlives each session.
+        if let Some(args) = &self.options.standby {
+            let kept = self.standby.as_ref().filter(|(relay, _)| *relay == self.relay);
+            config.standby = match kept {
+                Some((_, s)) => Some(s.clone()),
+                None => match args.standby(&config.relays, self.options.ports.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.message = Some(e.to_string());
+                        return;
+                    }
+                },
+            };
+            self.standby = config.standby.clone().map(|s| (self.relay.clone(), s));
         }
         config.totp = std::mem::take(&mut self.totp);
         let repaint = ctx.clone();

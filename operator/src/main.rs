@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use tsunagu_endpoint::config::StandbyArgs;
 use tsunagu_endpoint::headless;
 use tsunagu_operator::config::{OperatorConfig, Timeouts, PASSWORD_ENV};
 use tsunagu_operator::gui::GuiOptions;
@@ -56,6 +57,8 @@ struct Args {
     /// Window only: the folder offered files are saved into by default.
     #[arg(long)]
     save_dir: Option<PathBuf>,
+    #[command(flatten)]
+    standby: StandbyArgs,
 }
 
 fn main() -> ExitCode {
@@ -116,6 +119,7 @@ fn run_window(args: Args) -> ExitCode {
         connect: args.connect,
         events: args.events,
         save_dir,
+        standby: Some(args.standby),
     };
     match tsunagu_operator::gui::run(options) {
         Ok(()) => ExitCode::SUCCESS,
@@ -145,7 +149,11 @@ fn build_config(args: Args) -> Result<OperatorConfig, (&'static str, String)> {
             "--permissions needs at least one of view, control, files, chat".into(),
         ));
     }
-    let mut config = OperatorConfig::new(&args.relay, args.ports, args.ca, args.user, password)
+    let mut config = OperatorConfig::new(&args.relay, args.ports.clone(), args.ca, args.user, password)
+        .map_err(|e| ("usage", e.to_string()))?;
+    config.standby = args
+        .standby
+        .standby(&config.relays, args.ports)
         .map_err(|e| ("usage", e.to_string()))?;
     config.permissions = permissions;
     config.timeouts = Timeouts {

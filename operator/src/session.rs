@@ -65,6 +65,7 @@ pub async fn run(config: OperatorConfig, commands: mpsc::Receiver<Command>, even
         write_timeout: config.timeouts.write,
         max_frame: config.max_frame,
         agent: AGENT,
+        standby: config.standby.clone(),
     };
     let operator = Operator {
         phase: Phase::LoggingIn,
@@ -380,6 +381,7 @@ impl Operator {
                     width: picture.width,
                     height: picture.height,
                     keyframe: frame.keyframe,
+                    bytes: frame.h264.len(),
                     latency_us: now_us.saturating_sub(frame.captured_at_us as i64),
                 });
             }

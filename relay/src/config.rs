@@ -437,6 +437,14 @@ pub struct Limits {
     /// are refused as busy at once, before any memory is taken. Default 64 (at 4 workers
     /// and about 50 ms per check, the last one waits under a second).
     pub login_queue: usize,
+    /// Resumes this node takes per second, all endpoints together, after a burst of
+    /// `resume_burst`: a reconnect storm (a node lost, its endpoints all coming here) is let
+    /// in at this pace and the rest are told to try again shortly (`busy`), which the
+    /// endpoints do with jittered backoff. Default 1,000.
+    pub resumes_per_second: u32,
+    /// Resumes taken at once before `resumes_per_second` applies. Default 2,000 (both sides
+    /// of a thousand sessions coming back at once).
+    pub resume_burst: u32,
 }
 
 /// Guessing protection for session codes (`[throttle]`) and operator logins
@@ -575,6 +583,8 @@ impl Default for Limits {
             control_queue_frames: 256,
             concurrent_logins: 4,
             login_queue: 64,
+            resumes_per_second: 1_000,
+            resume_burst: 2_000,
         }
     }
 }
@@ -761,6 +771,12 @@ impl Config {
         // checks) reasonable.
         if l.login_queue > 100_000 {
             return invalid("limits.login_queue", "must be at most 100000");
+        }
+        if l.resumes_per_second == 0 || l.resume_burst == 0 {
+            return invalid(
+                "limits",
+                "resumes_per_second and resume_burst must be at least 1, or no session could resume",
+            );
         }
         if l.data_queue_bytes == 0 {
             return invalid(

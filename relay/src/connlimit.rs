@@ -334,9 +334,60 @@ impl Drop for ConnPermit {
     }
 }
 
+/// A token bucket for one node-wide pace (resumes per second): `burst` at once, then `rate`
+/// per second. Taken before the work it guards; a refusal costs nothing.
+#[derive(Debug)]
+pub struct RateGate {
+    rate: f64,
+    burst: f64,
+    /// Tokens left and when they were counted.
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl RateGate {
+    /// Full at `now`.
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        Self {
+            rate,
+            burst,
+            state: std::sync::Mutex::new((burst, now)),
+        }
+    }
+
+    /// Takes one token if there is one at `now`.
+    pub fn try_take(&self, now: Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, at) = *state;
+        let refilled = (tokens + now.saturating_duration_since(at).as_secs_f64() * self.rate).min(self.burst);
+        let at = at.max(now);
+        if refilled >= 1.0 {
+            *state = (refilled - 1.0, at);
+            true
+        } else {
+            *state = (refilled, at);
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_gate_takes_a_burst_then_its_pace() {
+        let t0 = Instant::now();
+        let gate = RateGate::new(10.0, 3.0, t0);
+        assert_eq!((0..5).filter(|_| gate.try_take(t0)).count(), 3, "the burst");
+        assert!(
+            !gate.try_take(t0 + Duration::from_millis(50)),
+            "half a token is not one"
+        );
+        assert!(gate.try_take(t0 + Duration::from_millis(100)));
+        // Idle for long: never more than the burst.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| gate.try_take(later)).count(), 3);
+    }
 
     fn limits() -> ConnLimits {
         ConnLimits {

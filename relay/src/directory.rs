@@ -93,6 +93,13 @@ pub trait Directory: Send + Sync {
     /// directory that re-asserts live codes (the grid's, after Redis restarted) stops
     /// doing so for this one.
     fn joined(&self, _code: SessionCode) {}
+
+    /// This node took over `session_id` before its client joined: its live code leads here
+    /// from now on. Returns the code, or `None` when it is no longer live (or the directory
+    /// is one node's, which never takes a session over).
+    fn repoint<'a>(&'a self, _session_id: &'a str) -> DirFuture<'a, Option<SessionCode>> {
+        Box::pin(std::future::ready(None))
+    }
 }
 
 struct Slot {

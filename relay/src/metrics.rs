@@ -41,6 +41,11 @@ pub fn resumed() {
     metrics::counter!("tsunagu_resumes_total").increment(1);
 }
 
+/// A resume was put off because the node's resume admission rate was spent.
+pub fn resume_busy() {
+    metrics::counter!("tsunagu_resumes_put_off_total").increment(1);
+}
+
 /// This node took a session over from a node that is gone.
 pub fn taken_over() {
     metrics::counter!("tsunagu_sessions_taken_over_total").increment(1);

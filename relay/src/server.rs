@@ -474,6 +474,13 @@ async fn publish_live(shared: Arc<Shared>, mut stop: Shutdown) {
         if let Err(e) = grid::live::publish(grid.redis(), grid.name(), json, cluster.node_ttl).await {
             tracing::debug!(error = %e, "cannot publish the live sessions");
         }
+        // Bytes forwarded since a session's record was written: kept in the record, so a
+        // node that takes the session over counts them in the history.
+        for session in shared.sessions().live() {
+            if session.counters_unsaved() {
+                session.save().await;
+            }
+        }
     }
 }
 

@@ -97,6 +97,8 @@ struct Inner {
     client: Option<ClientSnapshot>,
     /// In a grid: the epoch this node owns the session's record at, once it was written.
     epoch: Option<Epoch>,
+    /// The counters as the record last written holds them.
+    saved_counters: crate::policy::Counters,
 }
 
 /// What [`Session::view`] returns.
@@ -249,6 +251,7 @@ impl Session {
                 resumes: 0,
                 client: None,
                 epoch: None,
+                saved_counters: Default::default(),
             }),
             saving: tokio::sync::Mutex::new(()),
             ended_tx: watch::channel(false).0,
@@ -1010,6 +1013,14 @@ impl Session {
         }
     }
 
+    /// Whether the session's counters moved since its record was last written (the grid's
+    /// live-view task writes such records every heartbeat, so a takeover loses at most a
+    /// heartbeat's worth of bytes from the history).
+    pub fn counters_unsaved(&self) -> bool {
+        let inner = self.lock();
+        inner.epoch.is_some() && !inner.finished && inner.policy.counters() != inner.saved_counters
+    }
+
     async fn save_record(&self) {
         let Some(grid) = self.shared.grid.get() else { return };
         let _order = self.saving.lock().await;
@@ -1032,7 +1043,7 @@ impl Session {
             },
         };
         match written {
-            Ok(Saved::Stored) => {}
+            Ok(Saved::Stored) => self.lock().saved_counters = snapshot.counters,
             Ok(Saved::Stale { owner, epoch }) => {
                 tracing::warn!(session = %self.id, %owner, epoch = epoch.get(), "the session moved to another node; letting it go");
                 self.let_go().await;
@@ -1102,9 +1113,15 @@ impl Session {
     /// A session another node ran, rebuilt on this one from its record (taken over at
     /// `epoch`): both sides are away until they resume, within the resume window. `None` for
     /// a record no live session could have.
-    pub(crate) fn restore(shared: Arc<SessionShared>, snapshot: SessionSnapshot, epoch: Epoch) -> Option<Arc<Self>> {
+    pub(crate) fn restore(
+        shared: Arc<SessionShared>,
+        snapshot: SessionSnapshot,
+        epoch: Epoch,
+        code: Option<SessionCode>,
+    ) -> Option<Arc<Self>> {
         let now = crate::clock::now();
         let at = |unix_ms: u64| instant_of_unix_ms(unix_ms, now);
+        let counters = snapshot.counters;
         let (phase, code_deadline, consent_deadline) = match snapshot.phase {
             SnapshotPhase::AwaitingClient { code_deadline_unix_ms } => {
                 (Phase::AwaitingClient, at(code_deadline_unix_ms), None)
@@ -1147,7 +1164,7 @@ impl Session {
             operator: snapshot.operator,
             operator_addr: snapshot.operator_addr,
             operator_relay_port: snapshot.operator_relay_port,
-            code: None,
+            code,
             inner: Mutex::new(Inner {
                 policy,
                 finished: false,
@@ -1158,6 +1175,7 @@ impl Session {
                 resumes: snapshot.resumes,
                 client: snapshot.client,
                 epoch: Some(epoch),
+                saved_counters: counters,
             }),
             saving: tokio::sync::Mutex::new(()),
             ended_tx: watch::channel(false).0,

@@ -52,6 +52,8 @@ pub struct Shared {
     pub(crate) login_throttle: Arc<dyn Throttles>,
     /// Connection caps of the endpoint listeners (the console has its own).
     pub(crate) connections: ConnLimiter,
+    /// The pace this node takes resumes at (`limits.resumes_per_second`).
+    pub(crate) resume_admission: crate::connlimit::RateGate,
     pub(crate) dummy_hash: String,
     pub(crate) acceptor: TlsAcceptor,
     directory: Arc<dyn Directory>,
@@ -103,6 +105,11 @@ impl Shared {
             join_throttle: Arc::new(Mutex::new(Throttle::new(config.throttle.clone(), now))),
             login_throttle: Arc::new(Mutex::new(Throttle::new(config.login_throttle.clone(), now))),
             connections: ConnLimiter::new(ConnLimits::endpoints(&config.limits), "relay"),
+            resume_admission: crate::connlimit::RateGate::new(
+                f64::from(config.limits.resumes_per_second),
+                f64::from(config.limits.resume_burst),
+                now,
+            ),
             dummy_hash: crate::accounts::dummy_hash(&config.accounts),
             operator_totp: Default::default(),
             history,
@@ -280,7 +287,12 @@ impl Shared {
         };
         match taken {
             TakeOver::Taken { epoch, snapshot } => {
-                let Some(session) = Session::restore(self.for_sessions.clone(), *snapshot, epoch) else {
+                // A session still waiting for its client keeps its code: it leads here now.
+                let code = match snapshot.phase {
+                    crate::grid::records::SnapshotPhase::AwaitingClient { .. } => self.directory.repoint(id).await,
+                    _ => None,
+                };
+                let Some(session) = Session::restore(self.for_sessions.clone(), *snapshot, epoch, code) else {
                     tracing::warn!(session = %id, "a session record no live session could have");
                     return Err(Some(ResumeRefusal::UnknownSession));
                 };

@@ -455,12 +455,30 @@ impl RelayProcess {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str, listens: usize) -> Self {
+        Self::start_on(dir, config, &vec!["127.0.0.1:0".to_string(); listens])
+    }
+
+    /// Kills the relay with SIGKILL and starts it again with the same data dir, config and
+    /// listening ports, as an admin bringing a crashed node back would.
+    pub fn restart_after_kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let config = std::fs::read_to_string(dir.path().join("relay.toml")).unwrap_or_default();
+        let listens: Vec<String> = self.addrs.iter().map(|a| a.to_string()).collect();
+        let _ = std::fs::rename(&self.log, dir.path().join("relay.before-restart.log"));
+        *self = Self::start_on(dir, &config, &listens);
+    }
+
+    /// The relay listening on `listens` (`127.0.0.1:0` for a port the OS picks).
+    pub fn start_on(dir: tempfile::TempDir, config: &str, listens: &[String]) -> Self {
         let log = dir.path().join("relay.log");
         let mut cmd = Command::new(bin("tsunagu-relay"));
         cmd.arg("serve").arg("--data-dir").arg(dir.path().join("data"));
-        for _ in 0..listens {
-            cmd.args(["--listen", "127.0.0.1:0"]);
+        for listen in listens {
+            cmd.args(["--listen", listen]);
         }
+        let listens = listens.len();
         // Tests run side by side: the admin console takes a port the OS picks.
         cmd.args(["--admin-listen", "127.0.0.1:0"]);
         if !config.is_empty() {
@@ -664,10 +682,23 @@ impl App {
     }
 
     pub fn operator(relay: &str, ca: &Path, ports: Option<&str>, user: &str, password: &str) -> Self {
+        Self::operator_with(relay, ca, ports, user, password, &[])
+    }
+
+    /// As [`App::operator`], with `extra` arguments.
+    pub fn operator_with(
+        relay: &str,
+        ca: &Path,
+        ports: Option<&str>,
+        user: &str,
+        password: &str,
+        extra: &[&str],
+    ) -> Self {
         let mut cmd = Command::new(bin("tsunagu-operator"));
         cmd.args(["--relay", relay, "--user", user, "--headless"])
             .arg("--ca")
-            .arg(ca);
+            .arg(ca)
+            .args(extra);
         if let Some(p) = ports {
             cmd.args(["--ports", p]);
         }
@@ -711,6 +742,13 @@ impl App {
     /// The next event named `event`, skipping others (which stay in `seen`).
     pub fn expect(&mut self, event: &str) -> serde_json::Value {
         self.expect_where(event, |_| true)
+    }
+
+    /// The first event named `event` matching `pred`, among those seen already or still to
+    /// come.
+    pub fn seen_or_expect(&mut self, event: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let seen = self.seen.iter().find(|e| e["event"] == event && pred(e)).cloned();
+        seen.unwrap_or_else(|| self.expect_where(event, pred))
     }
 
     pub fn expect_where(&mut self, event: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {

@@ -115,6 +115,9 @@ pub enum Event {
     CodeTaken(Result<(), JoinRefusal>),
     /// `Err(None)`: the grid's shared state could not be reached.
     SeatTaken(Result<(), Option<ResumeRefusal>>),
+    /// The node takes no more resumes this instant (its admission rate is spent): the
+    /// endpoint is told to try again shortly, and nothing was looked at.
+    ResumeBusy,
 }
 
 /// What the attempt being reserved is for.
@@ -350,6 +353,11 @@ impl Greeting {
                 }
                 Err(r) => self.join_failed(ticket, r.into()),
             },
+            (State::TakingSeat(_, ticket), Event::ResumeBusy) => {
+                self.actions
+                    .push_back(Action::Settle(AttemptKind::Code, ticket, Settle::Refund));
+                self.refuse(Refusal::Busy);
+            }
             (State::TakingSeat(operator, ticket), Event::SeatTaken(taken)) => match taken {
                 Ok(()) => {
                     self.actions
@@ -689,6 +697,15 @@ mod tests {
         let actions = drain(&mut g);
         assert_eq!(actions.len(), 1, "no code taken: {actions:?}");
         assert_eq!(closed_with(&actions).map(|c| c.0), Some(ErrorCode::Unavailable));
+        // A node past its resume admission rate: try again, nothing charged.
+        let mut g = taking_seat(t0, false);
+        g.handle_event(t0, Event::ResumeBusy);
+        let actions = drain(&mut g);
+        assert!(matches!(
+            actions[0],
+            Action::Settle(AttemptKind::Code, _, Settle::Refund)
+        ));
+        assert_eq!(closed_with(&actions).map(|c| c.0), Some(ErrorCode::Busy));
     }
 
     #[test]

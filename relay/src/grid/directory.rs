@@ -147,6 +147,20 @@ if state == 'live' and now_ms() >= tonumber(deadline) then state = 'expired' end
 return {state, sid}
 "#;
 
+/// KEYS: code key. ARGV: this node, session id. A live code of that session is made to lead
+/// to this node (its time left unchanged). Returns `ok` and the deadline, or the state it
+/// is in instead (`used`, `expired`, or `gone` when another session holds the number).
+const REPOINT_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return {'gone'} end
+local state, node, deadline, sid = parse(v)
+if not state or sid ~= ARGV[2] then return {'gone'} end
+if state ~= 'live' then return {state} end
+if now_ms() >= tonumber(deadline) then return {'expired'} end
+redis.call('SET', KEYS[1], 'live|' .. ARGV[1] .. '|' .. deadline .. '|' .. sid, 'KEEPTTL')
+return {'ok', deadline}
+"#;
+
 /// KEYS: epoch, then per code its code key and its session key. ARGV: node, tombstone ms,
 /// then per code its deadline, session id and digits. Returns the epoch's birth, then per
 /// code one of `kept` (Redis has it), `restored` (written back), `gone` (past its tombstone
@@ -221,6 +235,7 @@ pub struct RedisDirectory {
     take_script: Script,
     expire_script: Script,
     state_script: Script,
+    repoint_script: Script,
     reassert_script: Script,
     settle_script: Script,
 }
@@ -242,6 +257,7 @@ impl RedisDirectory {
             take_script: script(TAKE_LUA),
             expire_script: script(EXPIRE_LUA),
             state_script: script(STATE_LUA),
+            repoint_script: script(REPOINT_LUA),
             reassert_script: script(REASSERT_LUA),
             settle_script: script(SETTLE_LUA),
         }
@@ -416,7 +432,8 @@ impl RedisDirectory {
         }
     }
 
-    async fn lookup_now(&self, session_id: &str) -> Result<Option<Listing>, GridError> {
+    /// The code last issued to `session_id`, while Redis remembers it.
+    async fn code_of(&self, session_id: &str) -> Result<Option<SessionCode>, GridError> {
         let digits: Option<String> = self
             .redis
             .run(
@@ -424,7 +441,11 @@ impl RedisDirectory {
                 redis::cmd("GET").arg(self.session_key(session_id)),
             )
             .await?;
-        let Some(code) = digits.and_then(|d| SessionCode::parse(&d).ok()) else {
+        Ok(digits.and_then(|d| SessionCode::parse(&d).ok()))
+    }
+
+    async fn lookup_now(&self, session_id: &str) -> Result<Option<Listing>, GridError> {
+        let Some(code) = self.code_of(session_id).await? else {
             return Ok(None);
         };
         let answer: Vec<String> = self
@@ -441,6 +462,39 @@ impl RedisDirectory {
             _ => return Ok(None),
         };
         Ok(Some(Listing { code, state }))
+    }
+
+    /// Makes the live code of `session_id` (a session this node took over before its client
+    /// joined) lead to this node, and re-asserts it from here from now on.
+    async fn repoint_now(&self, session_id: &str) -> Result<Option<SessionCode>, GridError> {
+        let Some(code) = self.code_of(session_id).await? else {
+            return Ok(None);
+        };
+        let answer: Vec<String> = self
+            .redis
+            .run_script(
+                "re-pointing a code",
+                self.repoint_script
+                    .key(self.code_key(code))
+                    .arg(&self.node)
+                    .arg(session_id),
+            )
+            .await?;
+        match answer.as_slice() {
+            [ok, deadline] if ok == "ok" => {
+                let deadline_ms = deadline.parse().unwrap_or_default();
+                self.claims().insert(
+                    code.as_u32(),
+                    Claim {
+                        code,
+                        session_id: session_id.to_string(),
+                        deadline_ms,
+                    },
+                );
+                Ok(Some(code))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Writes this node's live codes back into Redis where Redis lost them (`SET NX`, so a
@@ -550,6 +604,15 @@ impl Directory for RedisDirectory {
         Box::pin(async move {
             self.lookup_now(session_id).await.unwrap_or_else(|e| {
                 tracing::debug!(error = %e, "session lookup failed: Redis unavailable");
+                None
+            })
+        })
+    }
+
+    fn repoint<'a>(&'a self, session_id: &'a str) -> DirFuture<'a, Option<SessionCode>> {
+        Box::pin(async move {
+            self.repoint_now(session_id).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "a taken-over session's code could not be re-pointed: Redis unavailable");
                 None
             })
         })

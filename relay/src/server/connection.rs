@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -256,6 +256,14 @@ where
                     machine.handle_event(clock::now(), Event::CodeTaken(result));
                 }
                 Action::TakeSeat(resume) => {
+                    // The node's admission rate is taken before any lookup, so a reconnect
+                    // storm is let in at the pace the node can take; the rest retry.
+                    if !shared.resume_admission.try_take(Instant::now()) {
+                        tracing::debug!(%peer, "resume put off: the node's resume admission rate is spent");
+                        crate::metrics::resume_busy();
+                        machine.handle_event(clock::now(), Event::ResumeBusy);
+                        continue;
+                    }
                     // As for a join: a stop that comes meanwhile waits for the endpoint.
                     mark.carry();
                     let role = if resume.operator { Role::Operator } else { Role::Client };
