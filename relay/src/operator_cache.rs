@@ -20,22 +20,38 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::store::OperatorRecord;
-
 /// Accounts kept at most. When full, every copy is dropped and the cache fills again from
 /// the next codes: far more operators than one relay serves at once, and a bound on memory
 /// whatever the number of accounts.
 pub const MAX_CACHED_OPERATORS: usize = 10_000;
 
-/// A cheaply cloned handle; clones share one cache.
-#[derive(Clone, Default)]
-pub struct OperatorCache {
-    inner: Arc<Mutex<Inner>>,
+/// A cheaply cloned handle; clones share one cache. `R` is the account as the store reads
+/// it (the store's `OperatorRecord`).
+pub struct OperatorCache<R> {
+    inner: Arc<Mutex<Inner<R>>>,
 }
 
-#[derive(Default)]
-struct Inner {
-    records: HashMap<String, Arc<OperatorRecord>>,
+impl<R> Clone for OperatorCache<R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<R> Default for OperatorCache<R> {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                records: HashMap::new(),
+                generation: 0,
+            })),
+        }
+    }
+}
+
+struct Inner<R> {
+    records: HashMap<String, Arc<R>>,
     /// Moved on by every forget.
     generation: u64,
 }
@@ -46,13 +62,13 @@ pub struct Generation(u64);
 
 /// What a lookup found.
 #[derive(Debug)]
-pub enum Lookup {
-    Hit(Arc<OperatorRecord>),
+pub enum Lookup<R> {
+    Hit(Arc<R>),
     /// Not kept: read the database, then [`OperatorCache::keep`] what it said.
     Miss(Generation),
 }
 
-impl std::fmt::Debug for OperatorCache {
+impl<R> std::fmt::Debug for OperatorCache<R> {
     /// Counts only: the records hold password hashes and TOTP secrets.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let inner = self.lock();
@@ -63,14 +79,14 @@ impl std::fmt::Debug for OperatorCache {
     }
 }
 
-impl OperatorCache {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+impl<R> OperatorCache<R> {
+    fn lock(&self) -> MutexGuard<'_, Inner<R>> {
         // Nothing panics while the lock is held, and every critical section leaves the map
         // whole: a poisoned lock still guards a consistent cache.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn lookup(&self, name: &str) -> Lookup {
+    pub fn lookup(&self, name: &str) -> Lookup<R> {
         let inner = self.lock();
         match inner.records.get(name) {
             Some(record) => Lookup::Hit(record.clone()),
@@ -78,9 +94,9 @@ impl OperatorCache {
         }
     }
 
-    /// Keeps `record`, read from the database after a lookup that saw `seen`, unless
-    /// something was forgotten since (the read may predate that change).
-    pub fn keep(&self, seen: Generation, record: OperatorRecord) {
+    /// Keeps `record` of account `name`, read from the database after a lookup that saw
+    /// `seen`, unless something was forgotten since (the read may predate that change).
+    pub fn keep(&self, seen: Generation, name: String, record: R) {
         let mut inner = self.lock();
         if inner.generation != seen.0 {
             return;
@@ -88,7 +104,7 @@ impl OperatorCache {
         if inner.records.len() >= MAX_CACHED_OPERATORS {
             inner.records.clear();
         }
-        inner.records.insert(record.name.clone(), Arc::new(record));
+        inner.records.insert(name, Arc::new(record));
     }
 
     /// Forgets `name`'s copy; call once a change to that account is written.
@@ -118,23 +134,31 @@ impl OperatorCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tsunagu_proto::PermissionSet;
 
-    fn record(name: &str, max_sessions: u32) -> OperatorRecord {
-        OperatorRecord {
+    /// An account as a test keeps it: its name, its session cap and its secrets.
+    #[derive(Debug)]
+    struct Account {
+        name: String,
+        max_sessions: u32,
+        #[allow(dead_code)] // only there to show it is never printed
+        secrets: (String, String),
+    }
+
+    type Cache = OperatorCache<Account>;
+
+    fn record(name: &str, max_sessions: u32) -> Account {
+        Account {
             name: name.into(),
-            password_hash: "$argon2id$secret".into(),
-            permissions: PermissionSet::ALL,
-            suspended: false,
             max_sessions,
-            totp_secret: Some("JBSWY3DPEHPK3PXP".into()),
-            totp_required: false,
-            ip_rules: Vec::new(),
-            created_at: 0,
+            secrets: ("$argon2id$secret".into(), "JBSWY3DPEHPK3PXP".into()),
         }
     }
 
-    fn miss(cache: &OperatorCache, name: &str) -> Generation {
+    fn keep(cache: &Cache, seen: Generation, record: Account) {
+        cache.keep(seen, record.name.clone(), record);
+    }
+
+    fn miss(cache: &Cache, name: &str) -> Generation {
         match cache.lookup(name) {
             Lookup::Miss(g) => g,
             Lookup::Hit(r) => panic!("{} should not be kept", r.name),
@@ -143,9 +167,9 @@ mod tests {
 
     #[test]
     fn a_kept_account_is_found_until_it_is_forgotten() {
-        let cache = OperatorCache::default();
+        let cache = Cache::default();
         let seen = miss(&cache, "alice");
-        cache.keep(seen, record("alice", 2));
+        keep(&cache, seen, record("alice", 2));
         let Lookup::Hit(r) = cache.lookup("alice") else {
             panic!("alice is kept")
         };
@@ -157,26 +181,26 @@ mod tests {
 
     #[test]
     fn a_read_that_began_before_a_change_is_not_kept() {
-        let cache = OperatorCache::default();
+        let cache = Cache::default();
         let seen = miss(&cache, "alice");
         // An admin changes alice (any operator) while the read is on its way.
         cache.forget("bob");
-        cache.keep(seen, record("alice", 0));
+        keep(&cache, seen, record("alice", 0));
         let seen = miss(&cache, "alice");
         cache.forget_all();
-        cache.keep(seen, record("alice", 0));
+        keep(&cache, seen, record("alice", 0));
         let seen = miss(&cache, "alice");
-        cache.keep(seen, record("alice", 1));
+        keep(&cache, seen, record("alice", 1));
         assert!(matches!(cache.lookup("alice"), Lookup::Hit(r) if r.max_sessions == 1));
     }
 
     #[test]
     fn forget_all_empties_and_the_cache_stays_bounded() {
-        let cache = OperatorCache::default();
+        let cache = Cache::default();
         for i in 0..MAX_CACHED_OPERATORS + 5 {
             let name = format!("op{i}");
             let seen = miss(&cache, &name);
-            cache.keep(seen, record(&name, 0));
+            keep(&cache, seen, record(&name, 0));
             assert!(cache.len() <= MAX_CACHED_OPERATORS);
         }
         assert!(matches!(
@@ -189,9 +213,9 @@ mod tests {
 
     #[test]
     fn debug_shows_no_secret() {
-        let cache = OperatorCache::default();
+        let cache = Cache::default();
         let seen = miss(&cache, "alice");
-        cache.keep(seen, record("alice", 0));
+        keep(&cache, seen, record("alice", 0));
         let shown = format!("{cache:?}");
         assert!(!shown.contains("argon2") && !shown.contains("JBSW"), "{shown}");
         assert!(shown.contains("operators: 1"), "{shown}");

@@ -288,7 +288,7 @@ pub struct Store {
     keys: Option<Arc<Keys>>,
     /// Operators' accounts as code issue reads them ([`Store::operator_for_code`]); every
     /// write to an operator here forgets that operator's copy.
-    operators: OperatorCache,
+    operators: OperatorCache<OperatorRecord>,
 }
 
 fn install_drivers() {
@@ -803,7 +803,7 @@ impl Store {
         };
         let record = self.operator(name).await?;
         if let Some(record) = &record {
-            self.operators.keep(seen, record.clone());
+            self.operators.keep(seen, record.name.clone(), record.clone());
         }
         Ok(record)
     }
