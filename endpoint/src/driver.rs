@@ -784,7 +784,7 @@ impl<A: App> Driver<A> {
         for message in self.core.chat.resend() {
             self.core.send_data(Channel::Chat, message.encode_to_vec()).await?;
         }
-        self.core.transfers.resume_receiving(&mut self.core.link).await?;
+        self.core.transfers.resync(&mut self.core.link).await?;
         self.app.on_resync(&mut self.core, why).await
     }
 

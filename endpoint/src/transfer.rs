@@ -7,7 +7,7 @@
 //! never leaves the folder and never overwrites an existing file. A rejected, cancelled,
 //! failed or interrupted transfer leaves nothing under a final name.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -319,6 +319,22 @@ pub struct Transfers {
     next_id: u32,
     outgoing: HashMap<u32, Outgoing>,
     incoming: HashMap<u32, Incoming>,
+    /// The last frames this side sent that end a transfer (`FileDone`, a rejecting
+    /// `FileAnswer`), sent again after a drop: one lost in the instant of the drop would
+    /// leave the other side waiting. The other side ignores those it has already had.
+    ended: VecDeque<Body>,
+}
+
+/// Endings kept for [`Transfers::resync`]: far more than transfers open at once.
+const ENDINGS_KEPT: usize = 4 * MAX_OPEN;
+
+/// Sends `body`, a frame that ends a transfer, and keeps it to send again after a drop.
+async fn send_ending(ended: &mut VecDeque<Body>, link: &mut Link, body: Body) -> Result<(), LinkError> {
+    if ended.len() >= ENDINGS_KEPT {
+        ended.pop_front();
+    }
+    ended.push_back(body.clone());
+    link.send(body).await
 }
 
 fn done(transfer_id: u32, result: FileResult, reason: &str, from_receiver: bool) -> Body {
@@ -431,11 +447,11 @@ impl Transfers {
             _ => return Err(TransferError::NoSuchOffer(id)),
         }
         self.incoming.remove(&id);
-        link.send(Body::FileAnswer(pb::FileAnswer {
+        let no = Body::FileAnswer(pb::FileAnswer {
             transfer_id: id,
             accept: false,
-        }))
-        .await?;
+        });
+        send_ending(&mut self.ended, link, no).await?;
         Ok(TransferEvent::Rejected {
             id,
             side: Side::Receive,
@@ -457,16 +473,24 @@ impl Transfers {
         match side {
             Side::Send => {
                 self.outgoing.remove(&id).ok_or(TransferError::NoSuchTransfer(id))?;
-                link.send(done(id, FileResult::Cancelled, "cancelled by the sender", false))
-                    .await?;
+                send_ending(
+                    &mut self.ended,
+                    link,
+                    done(id, FileResult::Cancelled, "cancelled by the sender", false),
+                )
+                .await?;
             }
             Side::Receive => {
                 let t = self.incoming.remove(&id).ok_or(TransferError::NoSuchTransfer(id))?;
                 if let Some(sink) = t.sink {
                     sink.discard().await;
                 }
-                link.send(done(id, FileResult::Cancelled, "cancelled by the receiver", true))
-                    .await?;
+                send_ending(
+                    &mut self.ended,
+                    link,
+                    done(id, FileResult::Cancelled, "cancelled by the receiver", true),
+                )
+                .await?;
             }
         }
         Ok(TransferEvent::Cancelled { id, side })
@@ -480,8 +504,13 @@ impl Transfers {
             Body::FileOffer(o) => {
                 let id = o.transfer_id;
                 let sha: Option<[u8; 32]> = o.sha256.as_ref().try_into().ok();
+                let rejected = self
+                    .ended
+                    .iter()
+                    .any(|b| matches!(b, Body::FileAnswer(a) if a.transfer_id == id && !a.accept));
                 match sha {
-                    _ if self.incoming.contains_key(&id) => {}
+                    // Offered again after a drop: already shown, or already answered.
+                    _ if self.incoming.contains_key(&id) || rejected => {}
                     Some(_) if self.incoming.len() >= MAX_OPEN => {
                         link.send(Body::FileAnswer(pb::FileAnswer {
                             transfer_id: id,
@@ -530,8 +559,12 @@ impl Transfers {
                             Err(e) => {
                                 let reason = format!("cannot read the file any more: {e}");
                                 self.outgoing.remove(&a.transfer_id);
-                                link.send(done(a.transfer_id, FileResult::Failed, &reason, false))
-                                    .await?;
+                                send_ending(
+                                    &mut self.ended,
+                                    link,
+                                    done(a.transfer_id, FileResult::Failed, &reason, false),
+                                )
+                                .await?;
                                 events.push(TransferEvent::Failed {
                                     id: a.transfer_id,
                                     side: Side::Send,
@@ -624,14 +657,14 @@ impl Transfers {
         if beyond_offer(sink.written, chunk.len(), t.size) {
             let reason = "the sender sent more than it offered".to_string();
             self.abort_incoming(id).await;
-            link.send(done(id, FileResult::Failed, &reason, true)).await?;
+            send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, true)).await?;
             return Ok(Some(fail(reason)));
         }
         if let Err(e) = sink.file.write_all(chunk).await {
             // A full disk or a vanished folder: nothing is left behind, both sides are told.
             let reason = format!("cannot write the file: {e}");
             self.abort_incoming(id).await;
-            link.send(done(id, FileResult::Failed, &reason, true)).await?;
+            send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, true)).await?;
             return Ok(Some(fail(reason)));
         }
         sink.hasher.update(chunk);
@@ -646,12 +679,12 @@ impl Transfers {
             if digest != t.sha256 {
                 sink.discard().await;
                 let reason = "the received content does not match the offered SHA-256".to_string();
-                link.send(done(id, FileResult::Failed, &reason, true)).await?;
+                send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, true)).await?;
                 return Ok(Some(fail(reason)));
             }
             return match sink.publish(&t.name).await {
                 Ok(path) => {
-                    link.send(done(id, FileResult::Completed, "", true)).await?;
+                    send_ending(&mut self.ended, link, done(id, FileResult::Completed, "", true)).await?;
                     Ok(Some(TransferEvent::Saved {
                         id,
                         path,
@@ -661,7 +694,7 @@ impl Transfers {
                 }
                 Err(e) => {
                     let reason = format!("cannot save the file: {e}");
-                    link.send(done(id, FileResult::Failed, &reason, true)).await?;
+                    send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, true)).await?;
                     Ok(Some(fail(reason)))
                 }
             };
@@ -718,7 +751,7 @@ impl Transfers {
                     Ok(0) | Err(_) if t.sent < t.size => {
                         let reason = "the file changed or became unreadable while sending".to_string();
                         self.outgoing.remove(&id);
-                        link.send(done(id, FileResult::Failed, &reason, false)).await?;
+                        send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, false)).await?;
                         events.push(TransferEvent::Failed {
                             id,
                             side: Side::Send,
@@ -763,6 +796,33 @@ impl Transfers {
         }
     }
 
+    /// Both sides are connected again: send again what the other side may have lost in the
+    /// drop (the endings of transfers, offers not yet answered), then say where each
+    /// incoming transfer goes on from ([`Self::resume_receiving`]). The other side ignores
+    /// an ending or an offer it has already had.
+    pub async fn resync(&mut self, link: &mut Link) -> Result<(), LinkError> {
+        for body in self.ended.iter().cloned().collect::<Vec<_>>() {
+            link.send(body).await?;
+        }
+        let mut offers: Vec<(&u32, &Outgoing)> = self.outgoing.iter().filter(|(_, t)| t.source.is_none()).collect();
+        offers.sort_unstable_by_key(|(id, _)| **id);
+        let offers: Vec<Body> = offers
+            .into_iter()
+            .map(|(id, t)| {
+                Body::FileOffer(pb::FileOffer {
+                    transfer_id: *id,
+                    name: t.name.clone(),
+                    size: t.size,
+                    sha256: t.sha256.to_vec().into(),
+                })
+            })
+            .collect();
+        for offer in offers {
+            link.send(offer).await?;
+        }
+        self.resume_receiving(link).await
+    }
+
     /// Both sides are connected again: for every accepted incoming transfer, tell the sender
     /// how many bytes are written (`FileResume`) and grant fresh credit (what was granted
     /// before may have been spent on chunks that never arrived).
@@ -801,11 +861,34 @@ impl Transfers {
         let Some(t) = self.outgoing.get_mut(&id) else {
             return Ok(None);
         };
+        // The receiver accepted, but its answer was lost in a drop: it says where to start.
+        let mut accepted = None;
+        if t.source.is_none() {
+            match tokio::fs::File::open(&t.path).await {
+                Ok(f) => {
+                    t.source = Some(f);
+                    t.resync = true;
+                    accepted = Some(TransferEvent::Accepted { id });
+                }
+                Err(e) => {
+                    let reason = format!("cannot read the file any more: {e}");
+                    self.outgoing.remove(&id);
+                    send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, false)).await?;
+                    return Ok(Some(TransferEvent::Failed {
+                        id,
+                        side: Side::Send,
+                        reason,
+                    }));
+                }
+            }
+        }
         if !t.resync {
             tracing::debug!(transfer = id, "FileResume while sending; ignored");
             return Ok(None);
         }
-        let Some(src) = t.source.as_mut() else { return Ok(None) };
+        let Some(src) = t.source.as_mut() else {
+            return Ok(accepted);
+        };
         let seek = if r.offset > t.size {
             Err(io::Error::new(io::ErrorKind::InvalidInput, "offset past the end"))
         } else {
@@ -814,7 +897,7 @@ impl Transfers {
         if let Err(e) = seek {
             let reason = format!("cannot go on from byte {}: {e}", r.offset);
             self.outgoing.remove(&id);
-            link.send(done(id, FileResult::Failed, &reason, false)).await?;
+            send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, false)).await?;
             return Ok(Some(TransferEvent::Failed {
                 id,
                 side: Side::Send,
@@ -826,7 +909,7 @@ impl Transfers {
         t.credit = 0;
         t.resync = false;
         t.awaiting_verdict = t.sent >= t.size;
-        Ok(None)
+        Ok(accepted)
     }
 
     /// The session ended: incoming temp files are removed, every open transfer fails.

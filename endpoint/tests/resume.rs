@@ -710,3 +710,81 @@ async fn the_window_running_out_ends_as_a_lost_connection() {
     );
     assert_eq!(run.outcome.await.unwrap(), Outcome::Unreachable);
 }
+
+#[tokio::test]
+async fn file_messages_lost_in_a_drop_are_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.pdf");
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &content).unwrap();
+    let mut run = Run::start(b"t1").await;
+    run.command(Cmd::File(FileCommand::SendFile { path: path.clone() }))
+        .await;
+    let offer = match run.relay.next().await {
+        Some(Body::FileOffer(o)) => o,
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    assert!(matches!(run.event().await, Ev::File(FileEvent::FileOffered { .. })));
+    // The offer is lost with the link: after the resume it comes again, the same.
+    run.drop_link(1).await;
+    run.resume(b"t1", 1, b"t2").await;
+    match run.relay.next_not_ack().await {
+        Some(Body::FileOffer(again)) => assert_eq!(again, offer),
+        other => panic!("expected the offer again, got {other:?}"),
+    }
+    // The receiver accepted, but its answer was lost too: after its own resync it says where
+    // it starts (nothing written yet), which is taken as the acceptance.
+    run.relay
+        .send(Body::FileResume(pb::FileResume {
+            transfer_id: offer.transfer_id,
+            offset: 0,
+        }))
+        .await;
+    run.relay
+        .send(Body::FileCredit(pb::FileCredit {
+            transfer_id: offer.transfer_id,
+            bytes: content.len() as u64,
+        }))
+        .await;
+    assert!(matches!(run.event().await, Ev::File(FileEvent::FileAccepted { .. })));
+    let mut received = Vec::new();
+    while received.len() < content.len() {
+        match run.relay.next_not_ack().await {
+            Some(Body::Data(d)) if d.channel == Channel::File as i32 => received.extend_from_slice(&d.payload),
+            other => panic!("expected file data, got {other:?}"),
+        }
+    }
+    assert_eq!(received, content, "the whole file, once");
+
+    // A second file is cancelled by its sender; that word is lost in a drop and said again.
+    run.command(Cmd::File(FileCommand::SendFile { path })).await;
+    let second = loop {
+        match run.relay.next_not_ack().await {
+            Some(Body::FileOffer(o)) => break o.transfer_id,
+            Some(_) => {}
+            None => panic!("the app closed the link"),
+        }
+    };
+    assert!(matches!(run.event().await, Ev::File(FileEvent::FileOffered { id, .. }) if id == second));
+    run.command(Cmd::File(FileCommand::CancelFile { id: second, side: None }))
+        .await;
+    let cancelled = loop {
+        match run.relay.next_not_ack().await {
+            Some(Body::FileDone(d)) if d.transfer_id == second => break d,
+            Some(_) => {}
+            None => panic!("the app closed the link"),
+        }
+    };
+    assert!(matches!(run.event().await, Ev::File(FileEvent::FileCancelled { id, .. }) if id == second));
+    run.drop_link(2).await;
+    run.resume(b"t2", 2, b"t3").await;
+    let again = loop {
+        match run.relay.next_not_ack().await {
+            Some(Body::FileDone(d)) if d.transfer_id == second => break d,
+            Some(Body::FileOffer(o)) => panic!("the cancelled transfer was offered again: {o:?}"),
+            Some(_) => {}
+            None => panic!("the app closed the link"),
+        }
+    };
+    assert_eq!(again, cancelled);
+}
