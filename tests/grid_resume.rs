@@ -55,11 +55,12 @@ fn a_session_survives_kill_9_of_its_node_and_goes_on_elsewhere() {
     op.expect("frame");
     op.send(json!({"cmd": "chat", "text": "before the crash"}));
     assert_eq!(client.expect("chat")["text"], "before the crash");
-    // The picture flows for a while; what reached the operator up to a second before the
-    // crash (two heartbeats) is in the session's record and so in its history.
+    // The picture flows for a while; what reached the operator three seconds before the
+    // crash (counters are written every two seconds, at a heartbeat) is in the session's
+    // record and so in its history.
     let flowing = Instant::now();
     let mut frames_before = Vec::new();
-    while flowing.elapsed() < Duration::from_millis(2500) {
+    while flowing.elapsed() < Duration::from_millis(4000) {
         let e = op.next_event();
         if e["event"] == "frame" {
             frames_before.push((Instant::now(), e["bytes"].as_u64().unwrap()));
@@ -70,7 +71,7 @@ fn a_session_survives_kill_9_of_its_node_and_goes_on_elsewhere() {
     let killed = Instant::now();
     let recorded_before: u64 = frames_before
         .iter()
-        .filter(|(at, _)| killed.duration_since(*at) > Duration::from_secs(1))
+        .filter(|(at, _)| killed.duration_since(*at) > Duration::from_secs(3))
         .map(|(_, bytes)| bytes)
         .sum();
     let seen_at_kill = op.seen.len();
@@ -132,11 +133,11 @@ fn a_session_survives_kill_9_of_its_node_and_goes_on_elsewhere() {
         .map(|e| e["bytes"].as_u64().unwrap())
         .sum();
     let to_operator = row["bytes_to_operator"].as_u64().unwrap();
-    println!("history: {to_operator} bytes to the operator; {recorded_before} reached it a second before the crash, {after} after the resume");
+    println!("history: {to_operator} bytes to the operator; {recorded_before} reached it three seconds before the crash, {after} after the resume");
     assert!(
         recorded_before > 0 && to_operator >= recorded_before + after,
-        "the history counts {to_operator} bytes to the operator; {recorded_before} had reached it a second \
-         before the crash and {after} after the resume"
+        "the history counts {to_operator} bytes to the operator; {recorded_before} had reached it three \
+         seconds before the crash and {after} after the resume"
     );
 }
 

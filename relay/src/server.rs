@@ -477,7 +477,7 @@ async fn publish_live(shared: Arc<Shared>, mut stop: Shutdown) {
         // Bytes forwarded since a session's record was written: kept in the record, so a
         // node that takes the session over counts them in the history.
         for session in shared.sessions().live() {
-            if session.counters_unsaved() {
+            if session.counters_unsaved(crate::clock::now()) {
                 session.save().await;
             }
         }

@@ -99,6 +99,8 @@ struct Inner {
     epoch: Option<Epoch>,
     /// The counters as the record last written holds them.
     saved_counters: crate::policy::Counters,
+    /// When the record was last written.
+    saved_at: Instant,
 }
 
 /// What [`Session::view`] returns.
@@ -175,6 +177,9 @@ pub struct SessionGrid {
 }
 
 /// One session, shared by its two connection tasks and its timer.
+/// Counters that moved are written to the session's record at most this often.
+pub const COUNTERS_SAVED_EVERY: Duration = Duration::from_secs(2);
+
 pub struct Session {
     pub id: String,
     pub operator: String,
@@ -252,6 +257,7 @@ impl Session {
                 client: None,
                 epoch: None,
                 saved_counters: Default::default(),
+                saved_at: crate::clock::now(),
             }),
             saving: tokio::sync::Mutex::new(()),
             ended_tx: watch::channel(false).0,
@@ -1013,12 +1019,16 @@ impl Session {
         }
     }
 
-    /// Whether the session's counters moved since its record was last written (the grid's
-    /// live-view task writes such records every heartbeat, so a takeover loses at most a
-    /// heartbeat's worth of bytes from the history).
-    pub fn counters_unsaved(&self) -> bool {
+    /// Whether the session's counters moved since its record was last written, at least
+    /// [`COUNTERS_SAVED_EVERY`] before `now` (the grid's live-view task writes such records,
+    /// so a takeover loses at most that long's bytes from the history, and a burst of
+    /// resumes is not slowed by a record write per session and heartbeat).
+    pub fn counters_unsaved(&self, now: Instant) -> bool {
         let inner = self.lock();
-        inner.epoch.is_some() && !inner.finished && inner.policy.counters() != inner.saved_counters
+        inner.epoch.is_some()
+            && !inner.finished
+            && inner.policy.counters() != inner.saved_counters
+            && now.saturating_duration_since(inner.saved_at) >= COUNTERS_SAVED_EVERY
     }
 
     async fn save_record(&self) {
@@ -1043,7 +1053,11 @@ impl Session {
             },
         };
         match written {
-            Ok(Saved::Stored) => self.lock().saved_counters = snapshot.counters,
+            Ok(Saved::Stored) => {
+                let mut inner = self.lock();
+                inner.saved_counters = snapshot.counters;
+                inner.saved_at = crate::clock::now();
+            }
             Ok(Saved::Stale { owner, epoch }) => {
                 tracing::warn!(session = %self.id, %owner, epoch = epoch.get(), "the session moved to another node; letting it go");
                 self.let_go().await;
@@ -1176,6 +1190,7 @@ impl Session {
                 client: snapshot.client,
                 epoch: Some(epoch),
                 saved_counters: counters,
+                saved_at: now,
             }),
             saving: tokio::sync::Mutex::new(()),
             ended_tx: watch::channel(false).0,
