@@ -425,3 +425,58 @@ fn a_code_still_leads_to_its_session_after_the_node_that_issued_it_died() {
     op.send(json!({"cmd": "end"}));
     assert_eq!(client.expect("ended")["reason"], "operator_ended");
 }
+
+#[test]
+fn a_file_and_chat_in_flight_when_the_node_dies_arrive_whole_and_once() {
+    let Some(mut grid) = Grid::start("grid_resume_file", 3, QUICK) else {
+        return;
+    };
+    add_alice(&grid, 0);
+    let relays = relay_list(&grid, 0);
+    let mut op = App::operator(&relays, &grid.ca(), None, "alice", OP_PASSWORD);
+    let code = op.code();
+    let mut client = App::client(&relays, &grid.ca(), None, &code, &["--fps", "10"]);
+    client.expect("consent_request");
+    client.send(json!({"cmd": "consent", "grant": ["view", "files", "chat"]}));
+    op.expect("consent");
+    client.expect("connected");
+
+    // A large file goes from the operator to the client.
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("disk-image.bin");
+    let content: Vec<u8> = (0..256u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &content).unwrap();
+    let saves = tempfile::tempdir().unwrap();
+    op.send(json!({"cmd": "send_file", "path": path}));
+    let offer = client.expect("file_offer");
+    client.send(json!({"cmd": "accept_file", "id": offer["id"], "dir": saves.path()}));
+    client.expect_where("file_progress", |e| e["side"] == "receive");
+
+    // Chat goes out and node a dies while the file is on its way.
+    op.send(json!({"cmd": "chat", "text": "first"}));
+    op.send(json!({"cmd": "chat", "text": "second"}));
+    grid.nodes[0].child.kill().expect("kill -9 node a");
+    let _ = grid.nodes[0].child.wait();
+    let in_flight = !client.seen.iter().any(|e| e["event"] == "file_saved");
+    op.seen_or_expect("reconnected", |_| true);
+    client.seen_or_expect("reconnected", |_| true);
+
+    // The file arrives whole and verified; the chat once each, in order.
+    let saved = client.seen_or_expect("file_saved", |_| true);
+    assert_eq!(saved["sha256"], offer["sha256"]);
+    assert_eq!(saved["size"], content.len() as u64);
+    let written = std::fs::read(saved["path"].as_str().unwrap()).unwrap();
+    assert!(written == content, "the saved file is the one sent");
+    op.seen_or_expect("file_sent", |_| true);
+    client.drain_for(Duration::from_millis(500));
+    let chats: Vec<&str> = client
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "chat")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(chats, ["first", "second"], "each chat message once, in order");
+    println!("kill -9 with a 256 MiB file in flight (still in flight at the kill: {in_flight}): saved and verified");
+}

@@ -73,6 +73,9 @@ struct Transfer {
     size: u64,
     bytes: u64,
     state: TransferState,
+    /// Carried over from a session record (a takeover): `bytes` is what the record last
+    /// held, so the receiver's next `FileResume` may name more, up to the size.
+    restored: bool,
 }
 
 /// A finished (or refused) transfer, for the history.
@@ -375,6 +378,7 @@ impl Policy {
                     } else {
                         TransferState::Offered
                     },
+                    restored: true,
                 };
                 ((t.direction, t.id), transfer)
             })
@@ -627,6 +631,7 @@ impl Policy {
                 size,
                 bytes: 0,
                 state: TransferState::Offered,
+                restored: false,
             },
         );
         Verdict::Forward
@@ -810,8 +815,9 @@ impl Policy {
             return Verdict::Drop(r);
         }
         match self.transfers.get_mut(&(direction.opposite(), id)) {
-            Some(t) if t.state == TransferState::Accepted && offset <= t.bytes => {
+            Some(t) if t.state == TransferState::Accepted && (offset <= t.bytes || t.restored && offset <= t.size) => {
                 t.bytes = offset;
+                t.restored = false;
                 Verdict::Forward
             }
             Some(_) => Verdict::Drop(DropReason::TransferMisuse),
@@ -1421,6 +1427,20 @@ mod tests {
         let mut ended = state.clone();
         ended.phase = Phase::Ended(EndReason::OperatorEnded);
         assert!(Policy::restore(ended, CONSENT).is_none());
+
+        // The record held 40 of the 100 bytes; the receiver had written 90 when the node
+        // died: its first FileResume after the takeover may name them, once.
+        let mut r = Policy::restore(state, CONSENT).unwrap();
+        assert_eq!(r.file_resume(ToOperator, 3, 90), Verdict::Forward);
+        assert_eq!(
+            r.file_resume(ToOperator, 3, 95),
+            Verdict::Drop(DropReason::TransferMisuse),
+            "past the takeover, no more than was forwarded"
+        );
+        assert_eq!(
+            r.file_resume(ToOperator, 3, 101),
+            Verdict::Drop(DropReason::TransferMisuse)
+        );
     }
 
     #[test]
