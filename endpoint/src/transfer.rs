@@ -872,13 +872,7 @@ impl Transfers {
                 }
                 Err(e) => {
                     let reason = format!("cannot read the file any more: {e}");
-                    self.outgoing.remove(&id);
-                    send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, false)).await?;
-                    return Ok(Some(TransferEvent::Failed {
-                        id,
-                        side: Side::Send,
-                        reason,
-                    }));
+                    return self.sending_failed(link, id, reason).await.map(Some);
                 }
             }
         }
@@ -896,13 +890,7 @@ impl Transfers {
         };
         if let Err(e) = seek {
             let reason = format!("cannot go on from byte {}: {e}", r.offset);
-            self.outgoing.remove(&id);
-            send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, false)).await?;
-            return Ok(Some(TransferEvent::Failed {
-                id,
-                side: Side::Send,
-                reason,
-            }));
+            return self.sending_failed(link, id, reason).await.map(Some);
         }
         tracing::debug!(transfer = id, offset = r.offset, "file transfer goes on");
         t.sent = r.offset;
@@ -910,6 +898,17 @@ impl Transfers {
         t.resync = false;
         t.awaiting_verdict = t.sent >= t.size;
         Ok(accepted)
+    }
+
+    /// Our transfer `id` cannot go on: it is dropped, the receiver is told why.
+    async fn sending_failed(&mut self, link: &mut Link, id: u32, reason: String) -> Result<TransferEvent, LinkError> {
+        self.outgoing.remove(&id);
+        send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, false)).await?;
+        Ok(TransferEvent::Failed {
+            id,
+            side: Side::Send,
+            reason,
+        })
     }
 
     /// The session ended: incoming temp files are removed, every open transfer fails.
