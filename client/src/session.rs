@@ -116,6 +116,7 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
         (None, None)
     };
     let link = LinkSettings {
+        identity: None,
         relays: config.relays.clone(),
         ca: config.ca.clone(),
         attempt_timeout: config.timeouts.attempt,

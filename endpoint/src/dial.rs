@@ -60,6 +60,8 @@ pub enum DialError {
     Refused(TransportError),
     #[error("no relay port to try")]
     NoPorts,
+    #[error("cannot use the client certificate: {0}")]
+    BadCertificate(String),
 }
 
 /// A connection to the relay after the `Hello` exchange.
@@ -156,8 +158,75 @@ pub fn client_tls(ca_pem_path: &Path) -> Result<Arc<rustls::ClientConfig>, DialE
     client_tls_from_pem(&pem).map_err(bad)
 }
 
-/// As [`client_tls`], from PEM bytes.
-pub fn client_tls_from_pem(pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+/// A client certificate and its key, presented to the relay in the TLS handshake (an
+/// operator whose account requires one). Its `Debug` shows no key material.
+pub struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("certificates", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientIdentity {
+    /// Reads a `.p12` file (as `tsunagu-relay cert issue` writes it) with its import
+    /// password. The error says what is wrong in words a user can act on.
+    pub fn from_p12_file(path: &Path, password: &str) -> Result<Self, String> {
+        let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::from_p12(&data, password).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// As [`ClientIdentity::from_p12_file`], from the file's bytes.
+    pub fn from_p12(data: &[u8], password: &str) -> Result<Self, String> {
+        let store = p12_keystore::KeyStore::from_pkcs12(data, password, p12_keystore::Pkcs12ImportPolicy::Strict)
+            .map_err(|e| match e {
+                p12_keystore::error::Error::MacError(_) => "wrong import password".to_string(),
+                other => format!("not a usable PKCS#12 file: {other}"),
+            })?;
+        let (_, chain) = store
+            .private_key_chain()
+            .ok_or_else(|| "the file holds no private key".to_string())?;
+        let certs: Vec<CertificateDer<'static>> = chain
+            .certs()
+            .iter()
+            .map(|c| CertificateDer::from(c.as_der().to_vec()))
+            .collect();
+        if certs.is_empty() {
+            return Err("the file holds no certificate for its key".into());
+        }
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(chain.key().as_der().to_vec().into());
+        Ok(Self { chain: certs, key })
+    }
+}
+
+/// As [`client_tls`], presenting `identity` when the relay asks for a client certificate.
+pub fn client_tls_with(ca_pem_path: &Path, identity: Option<&ClientIdentity>) -> Result<Arc<rustls::ClientConfig>, DialError> {
+    let bad = |reason: String| DialError::BadCa {
+        path: ca_pem_path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(ca_pem_path).map_err(|e| bad(e.to_string()))?;
+    let Some(identity) = identity else {
+        return client_tls_from_pem(&pem).map_err(bad);
+    };
+    let roots = roots_from_pem(&pem).map_err(bad)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| DialError::BadCertificate(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| DialError::BadCertificate(e.to_string()))?;
+    config.alpn_protocols = vec![tsunagu_proto::ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn roots_from_pem(pem: &[u8]) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     let mut found = 0;
     for cert in CertificateDer::pem_slice_iter(pem) {
@@ -168,6 +237,12 @@ pub fn client_tls_from_pem(pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, Stri
     if found == 0 {
         return Err("no certificate in the file".into());
     }
+    Ok(roots)
+}
+
+/// As [`client_tls`], from PEM bytes.
+pub fn client_tls_from_pem(pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+    let roots = roots_from_pem(pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

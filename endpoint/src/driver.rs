@@ -176,6 +176,8 @@ pub struct LinkSettings {
     pub max_frame: usize,
     /// Sent in `Hello` (`tsunagu-operator/0.1.0`).
     pub agent: &'static str,
+    /// The client certificate presented to the relay (`--cert`), if any.
+    pub identity: Option<Arc<dial::ClientIdentity>>,
     /// A standby relay site and the health checks of the primary (`relays`), shared by
     /// every session of the app; `None`: `relays` alone.
     pub standby: Option<Arc<Standby>>,
@@ -516,7 +518,7 @@ async fn drive<A: App>(
 /// TLS set-up and the first dial, relay by relay in the list's order, with failures reported
 /// as `error` events. Returns the connection and the redialler for resumes.
 async fn connect<E: AppEvent>(settings: &LinkSettings, events: &Events<E>) -> Result<(Connected, TlsRedial), Outcome> {
-    let tls = match dial::client_tls(&settings.ca) {
+    let tls = match dial::client_tls_with(&settings.ca, settings.identity.as_deref()) {
         Ok(t) => t,
         Err(e) => {
             events.emit(E::error("bad_ca", e.to_string())).await;
@@ -1084,6 +1086,7 @@ mod tests {
             let (commands, command_rx) = mpsc::channel(8);
             let (event_tx, events) = mpsc::channel(64);
             let settings = LinkSettings {
+                identity: None,
                 relays: vec![RelayEntry {
                     host: "relay.test".into(),
                     ports: vec![7615],

@@ -260,6 +260,7 @@ impl Run {
         let (dial_tx, dials) = mpsc::channel(4);
         let outcome = tokio::spawn(async move {
             let settings = LinkSettings {
+                identity: None,
                 relays: vec![RelayEntry {
                     host: "relay0.test".into(),
                     ports: vec![443],

@@ -10,6 +10,9 @@ use tsunagu_proto::PermissionSet;
 /// Environment variable holding the operator's password (never a flag: flags show in `ps`).
 pub const PASSWORD_ENV: &str = "TSUNAGU_PASSWORD";
 
+/// Environment variable holding the import password of the `--cert` file.
+pub const CERT_PASSWORD_ENV: &str = "TSUNAGU_CERT_PASSWORD";
+
 /// Every wait on the relay, with its limit.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -63,6 +66,8 @@ pub struct OperatorConfig {
     pub picture: Option<crate::picture::PictureSink>,
     /// The standby relay site (`--standby-relay`), shared by the app's sessions.
     pub standby: Option<std::sync::Arc<tsunagu_endpoint::standby::Standby>>,
+    /// The client certificate presented at login (`--cert`), when the account needs one.
+    pub identity: Option<std::sync::Arc<tsunagu_endpoint::dial::ClientIdentity>>,
 }
 
 impl fmt::Debug for OperatorConfig {
@@ -77,6 +82,7 @@ impl fmt::Debug for OperatorConfig {
             .field("max_frame", &self.max_frame)
             .field("totp", &if self.totp.is_empty() { "" } else { "******" })
             .field("standby", &self.standby)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -103,6 +109,7 @@ impl OperatorConfig {
             totp: String::new(),
             picture: None,
             standby: None,
+            identity: None,
         })
     }
 }

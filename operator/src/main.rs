@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use tsunagu_endpoint::config::StandbyArgs;
 use tsunagu_endpoint::headless;
-use tsunagu_operator::config::{OperatorConfig, Timeouts, PASSWORD_ENV};
+use tsunagu_operator::config::{OperatorConfig, Timeouts, CERT_PASSWORD_ENV, PASSWORD_ENV};
 use tsunagu_operator::gui::GuiOptions;
 use tsunagu_operator::i18n::Lang;
 use tsunagu_operator::{Command, Event};
@@ -57,8 +57,24 @@ struct Args {
     /// Window only: the folder offered files are saved into by default.
     #[arg(long)]
     save_dir: Option<PathBuf>,
+    /// A client certificate (.p12, from `tsunagu-relay cert issue`) presented at login, for
+    /// accounts the admin requires one of; its import password comes from the
+    /// TSUNAGU_CERT_PASSWORD environment variable.
+    #[arg(long)]
+    cert: Option<PathBuf>,
     #[command(flatten)]
     standby: StandbyArgs,
+}
+
+/// Reads the `--cert` file with the password from `TSUNAGU_CERT_PASSWORD`.
+fn load_identity(
+    path: Option<&std::path::Path>,
+) -> Result<Option<std::sync::Arc<tsunagu_endpoint::dial::ClientIdentity>>, String> {
+    let Some(path) = path else { return Ok(None) };
+    let password = std::env::var(CERT_PASSWORD_ENV)
+        .map_err(|_| format!("set the import password of {} in {CERT_PASSWORD_ENV}", path.display()))?;
+    tsunagu_endpoint::dial::ClientIdentity::from_p12_file(path, &password)
+        .map(|id| Some(std::sync::Arc::new(id)))
 }
 
 fn main() -> ExitCode {
@@ -108,7 +124,15 @@ fn run_window(args: Args) -> ExitCode {
             home
         }
     });
+    let identity = match load_identity(args.cert.as_deref()) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("{PROGRAM}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let options = GuiOptions {
+        identity,
         relay: args.relay,
         ports: args.ports,
         ca: args.ca,
@@ -149,8 +173,10 @@ fn build_config(args: Args) -> Result<OperatorConfig, (&'static str, String)> {
             "--permissions needs at least one of view, control, files, chat".into(),
         ));
     }
+    let identity = load_identity(args.cert.as_deref()).map_err(|e| ("bad_certificate", e))?;
     let mut config = OperatorConfig::new(&args.relay, args.ports.clone(), args.ca, args.user, password)
         .map_err(|e| ("usage", e.to_string()))?;
+    config.identity = identity;
     config.standby = args
         .standby
         .standby(&config.relays, args.ports)

@@ -58,6 +58,7 @@ pub async fn run(config: OperatorConfig, commands: mpsc::Receiver<Command>, even
         }
     };
     let settings = LinkSettings {
+        identity: config.identity.clone(),
         relays: config.relays.clone(),
         ca: config.ca.clone(),
         attempt_timeout: config.timeouts.attempt,

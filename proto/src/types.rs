@@ -237,6 +237,7 @@ pub fn error_code_name(code: crate::pb::ErrorCode) -> &'static str {
         E::Internal => "internal",
         E::Unavailable => "unavailable",
         E::ResumeRefused => "resume_refused",
+        E::Certificate => "certificate",
     }
 }
 
@@ -257,6 +258,7 @@ pub fn end_reason_name(reason: crate::pb::EndReason) -> &'static str {
         R::ProtocolError => "protocol_error",
         R::AdminEnded => "admin_ended",
         R::Moved => "moved",
+        R::CertificateRevoked => "certificate_revoked",
     }
 }
 

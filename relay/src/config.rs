@@ -28,6 +28,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub admin: AdminConfig,
     pub secrets: SecretsConfig,
+    /// The certificate service (client certificates for operators and admins).
+    pub certs: CertsConfig,
     /// Set on every node of a grid (see docs/grid.md); unset runs one node on its own.
     pub cluster: Option<ClusterConfig>,
 }
@@ -216,6 +218,45 @@ impl Default for SecretsConfig {
             audit_key_file: None,
             signing_key_file: None,
             checkpoint_interval: DAY,
+        }
+    }
+}
+
+/// The certificate service: the client CA, the certificates it issues to operators and
+/// admins, and how fast every node learns of a revocation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CertsConfig {
+    /// Live (neither expired nor revoked) certificates one account may hold. Default 4: a
+    /// desktop, a laptop and two spares, as device-bound logins usually allow. 1 to 100.
+    pub max_per_account: u32,
+    /// Lifetime of an issued client certificate. Default 365 days; at least 1 minute.
+    #[serde(with = "humantime_serde")]
+    pub client_lifetime: Duration,
+    /// How often every node re-reads the revoked serials and the CA from the database, so a
+    /// revocation made anywhere (console, API, CLI, another node) is refused everywhere
+    /// within about this. Default 1 s; 100 ms to 1 minute.
+    #[serde(with = "humantime_serde")]
+    pub revocation_poll: Duration,
+    /// A node whose list of revoked certificates is older than this (the database cannot be
+    /// read) refuses certificate logins instead of trusting stale data. Default 30 s; at
+    /// least twice `revocation_poll`.
+    #[serde(with = "humantime_serde")]
+    pub revocation_max_age: Duration,
+    /// The key file that seals the client CA's private key in the database. Default
+    /// `DATA/keys/client-ca.key`, created with the CA. Only nodes that issue certificates
+    /// need it; the others check certificates with the CA's certificate alone.
+    pub ca_key_file: Option<PathBuf>,
+}
+
+impl Default for CertsConfig {
+    fn default() -> Self {
+        Self {
+            max_per_account: 4,
+            client_lifetime: 365 * DAY,
+            revocation_poll: Duration::from_secs(1),
+            revocation_max_age: Duration::from_secs(30),
+            ca_key_file: None,
         }
     }
 }
@@ -531,6 +572,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             admin: AdminConfig::default(),
             secrets: SecretsConfig::default(),
+            certs: CertsConfig::default(),
             cluster: None,
         }
     }
@@ -808,7 +850,45 @@ impl Config {
             );
         }
         self.validate_secrets()?;
+        self.validate_certs()?;
         Ok(())
+    }
+
+    /// Checks `[certs]`.
+    fn validate_certs(&self) -> Result<(), ConfigError> {
+        let c = &self.certs;
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_string(),
+            })
+        };
+        if !(1..=100).contains(&c.max_per_account) {
+            return invalid("certs.max_per_account", "must be between 1 and 100");
+        }
+        if c.client_lifetime < Duration::from_secs(60) || c.client_lifetime > 10 * 365 * DAY {
+            return invalid("certs.client_lifetime", "must be between one minute and ten years");
+        }
+        if c.revocation_poll < Duration::from_millis(100) || c.revocation_poll > Duration::from_secs(60) {
+            return invalid("certs.revocation_poll", "must be between 100 ms and one minute");
+        }
+        if c.revocation_max_age < 2 * c.revocation_poll {
+            return invalid("certs.revocation_max_age", "must be at least twice certs.revocation_poll");
+        }
+        Ok(())
+    }
+
+    /// The key file that seals the client CA's private key.
+    pub fn client_ca_key_path(&self) -> PathBuf {
+        self.certs
+            .ca_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys").join("client-ca.key"))
+    }
+
+    /// Where every node writes the client CA's latest CRL (PEM), for other TLS servers.
+    pub fn client_crl_path(&self) -> PathBuf {
+        self.tls_dir().join("client-crl.pem")
     }
 
     /// Checks `[secrets]`: three distinct key files, a checkpoint at least every minute

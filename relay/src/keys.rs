@@ -75,6 +75,8 @@ pub enum KeyError {
     BadSealedValue { table: String, account: String },
     #[error("the OS random number generator failed")]
     Random,
+    #[error("the {what} stored in the database does not decrypt with {path}: it is not the key file it was sealed with")]
+    WrongKey { path: String, what: String },
 }
 
 /// Where the key files and the audit checkpoints live.
@@ -385,6 +387,80 @@ pub fn tighten(path: &Path, is_dir: bool) -> std::io::Result<()> {
     let _ = (path, is_dir);
     Ok(())
 }
+
+/// A key file of its own that seals one kind of value kept in the database, for values
+/// that not every holder of `secrets.key` may read: the client CA's private key is sealed
+/// with `DATA/keys/client-ca.key`, which only the nodes that issue certificates hold.
+/// ChaCha20-Poly1305 as for TOTP secrets, with `label` as associated data.
+pub struct SealingKey {
+    path: PathBuf,
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealingKey").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SealingKey {
+    /// Loads the key file at `path` (a tsunagu key file for `purpose`), creating it (0600,
+    /// in a 0700 directory) when `may_create` and it does not exist.
+    pub fn load(path: &Path, purpose: &'static str, may_create: bool) -> Result<Self, KeyError> {
+        let bytes = load_or_create(path, purpose, may_create)?;
+        let unbound = UnboundKey::new(&aead::CHACHA20_POLY1305, &bytes).map_err(|_| KeyError::Malformed {
+            path: path.display().to_string(),
+            purpose,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            key: LessSafeKey::new(unbound),
+        })
+    }
+
+    /// Whether the key file exists (without reading it).
+    pub fn exists(path: &Path) -> bool {
+        path.exists()
+    }
+
+    /// `v1:` + hex(nonce ‖ ciphertext ‖ tag) of `data`, bound to `label`.
+    pub fn seal(&self, label: &str, data: &[u8]) -> Result<String, KeyError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|_| KeyError::Random)?;
+        let mut sealed = data.to_vec();
+        self.key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(label.as_bytes()), &mut sealed)
+            .map_err(|_| KeyError::Random)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(format!("{SEALED_PREFIX}{}", hex(&out)))
+    }
+
+    /// Opens what [`SealingKey::seal`] produced for the same label.
+    pub fn open(&self, label: &str, stored: &str) -> Result<Vec<u8>, KeyError> {
+        let wrong = || KeyError::WrongKey {
+            path: self.path.display().to_string(),
+            what: label.to_string(),
+        };
+        let body = stored.strip_prefix(SEALED_PREFIX).ok_or_else(wrong)?;
+        let mut bytes = unhex(body).ok_or_else(wrong)?;
+        if bytes.len() < NONCE_LEN + aead::CHACHA20_POLY1305.tag_len() {
+            return Err(wrong());
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&bytes[..NONCE_LEN]);
+        let plain = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(label.as_bytes()),
+                &mut bytes[NONCE_LEN..],
+            )
+            .map_err(|_| wrong())?;
+        Ok(plain.to_vec())
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

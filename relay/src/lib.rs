@@ -18,6 +18,7 @@
 //! * [`accounts`], [`store`], [`history`]: operator accounts and the connection history;
 //!   [`operator_cache`]: the accounts code issue checks, kept in memory until they change.
 //! * [`totp`], [`audit`]: second factors; the hash-chained audit trail.
+//! * [`certs`]: the certificate service (the client CA, client certificates, revocation).
 //! * [`verifier`]: the one bounded pool every argon2 computation goes through.
 //! * [`keys`]: keys kept outside the database (TOTP secrets at rest, the audit chain and
 //!   its signed checkpoints) and the owner-only modes of the data dir.
@@ -31,6 +32,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod audit;
+pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod conn;

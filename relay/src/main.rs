@@ -79,6 +79,48 @@ enum Command {
         #[command(subcommand)]
         action: GridAction,
     },
+    /// Client certificates for operators and admins (see docs/certificates.md).
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertAction {
+    /// Issue a client certificate for an operator (or, with --admin, an admin) as a .p12
+    /// file; prints one JSON line with its serial and the import password (shown once).
+    Issue {
+        name: String,
+        /// Where to write the .p12 file (must not exist yet).
+        #[arg(long)]
+        out: PathBuf,
+        /// A label for the device the certificate is for.
+        #[arg(long, default_value = "device")]
+        device: String,
+        /// The account is an admin's (console logins), not an operator's.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List certificates: of one account, or of every account.
+    List {
+        name: Option<String>,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Revoke a certificate by serial: every relay node refuses it within seconds and the
+    /// sessions that logged in with it end.
+    Revoke {
+        serial: String,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Subcommand)]
@@ -169,6 +211,17 @@ enum AdminAction {
         name: String,
         #[arg(value_parser = ["on", "off"])]
         on: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Require (or not) a client certificate at the login of an operator (or, with
+    /// --admin, of an admin at the console), besides the password.
+    RequireCert {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        on: String,
+        #[arg(long)]
+        admin: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -278,6 +331,11 @@ async fn admin_command(action: AdminAction) -> Result<(), String> {
         AdminAction::SetMaxSessions { common, name, .. } => (common, "operator_updated", name.clone()),
         AdminAction::SetIpRules { common, name, .. } => (common, "operator_updated", name.clone()),
         AdminAction::RequireTotp { common, name, .. } => (common, "operator_updated", name.clone()),
+        AdminAction::RequireCert { common, name, admin, .. } => (
+            common,
+            if *admin { "admin_updated" } else { "operator_updated" },
+            name.clone(),
+        ),
         AdminAction::SetPassword { common, name } => (common, "operator_updated", name.clone()),
         AdminAction::Rename { common, name, .. } => (common, "operator_renamed", name.clone()),
         AdminAction::Delete { common, name } => (common, "operator_deleted", name.clone()),
@@ -303,6 +361,9 @@ async fn admin_command(action: AdminAction) -> Result<(), String> {
             Err(e) => Err(e),
         },
         AdminAction::RequireTotp { name, on, .. } => ops.require_operator_totp(&actor, name, on == "on").await,
+        AdminAction::RequireCert { name, on, admin, .. } => {
+            ops.require_cert(&actor, cert_role(*admin), name, on == "on").await
+        }
         AdminAction::SetPassword { name, .. } => {
             let password = read_password()?;
             ops.set_password(&actor, name, &password).await
@@ -316,6 +377,125 @@ async fn admin_command(action: AdminAction) -> Result<(), String> {
         println!("{}", serde_json::json!({"event": event, "name": name}));
     }
     Ok(())
+}
+
+fn cert_role(admin: bool) -> tsunagu_relay::store::CertRole {
+    if admin {
+        tsunagu_relay::store::CertRole::Admin
+    } else {
+        tsunagu_relay::store::CertRole::Operator
+    }
+}
+
+async fn cert_command(action: CertAction) -> Result<(), String> {
+    let common = match &action {
+        CertAction::Issue { common, .. } | CertAction::List { common, .. } | CertAction::Revoke { common, .. } => common,
+    };
+    let ops = cli_ops(common).await?;
+    let result = cert_action(&ops, action).await;
+    ops.store.close().await;
+    result
+}
+
+async fn cert_action(ops: &tsunagu_relay::admin::ops::Ops, action: CertAction) -> Result<(), String> {
+    let actor = cli_actor();
+    match action {
+        CertAction::Issue {
+            name,
+            out,
+            device,
+            admin,
+            ..
+        } => {
+            // Checked before anything is issued, so a bad path wastes no certificate.
+            if out.exists() {
+                return Err(format!("{} exists already; choose another file", out.display()));
+            }
+            let issued = ops
+                .issue_cert(&actor, cert_role(admin), &name, &device)
+                .await
+                .map_err(|e| e.to_string())?;
+            let write = || -> std::io::Result<()> {
+                let mut f = tsunagu_relay::keys::private_file_options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&out)?;
+                f.write_all(&issued.file.p12)?;
+                f.sync_all()
+            };
+            if let Err(e) = write() {
+                // The certificate is recorded but its file is lost: revoke it at once.
+                let _ = ops.revoke_cert(&actor, &issued.row.serial).await;
+                return Err(format!("cannot write {}: {e} (the certificate was revoked)", out.display()));
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "cert_issued",
+                    "name": issued.row.account,
+                    "role": issued.row.role,
+                    "device": issued.row.device,
+                    "serial": issued.row.serial,
+                    "fingerprint": issued.row.fingerprint,
+                    "not_after_ms": issued.row.not_after,
+                    "file": out.display().to_string(),
+                    "password": issued.file.password,
+                })
+            );
+            Ok(())
+        }
+        CertAction::List {
+            name, admin, format, ..
+        } => {
+            let role = cert_role(admin);
+            let rows = ops
+                .list_certs(name.as_deref().map(|n| (role, n)))
+                .await
+                .map_err(|e| e.to_string())?;
+            if format == "json" {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(row).map_err(|e| e.to_string())?);
+                }
+                return Ok(());
+            }
+            let now = tsunagu_relay::time::now_ms();
+            println!(
+                "{:<34} {:<8} {:<20} {:<20} {:<10} {}",
+                "SERIAL", "ROLE", "ACCOUNT", "DEVICE", "STATE", "EXPIRES (UTC)"
+            );
+            for row in &rows {
+                let state = match row.revoked_at {
+                    Some(_) => "revoked",
+                    None if row.not_after <= now => "expired",
+                    None => "valid",
+                };
+                println!(
+                    "{:<34} {:<8} {:<20} {:<20} {:<10} {}",
+                    row.serial,
+                    row.role.name(),
+                    row.account,
+                    row.device,
+                    state,
+                    tsunagu_relay::time::format_utc(row.not_after)
+                );
+            }
+            Ok(())
+        }
+        CertAction::Revoke { serial, .. } => {
+            let row = ops.revoke_cert(&actor, &serial).await.map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "cert_revoked",
+                    "serial": row.serial,
+                    "name": row.account,
+                    "role": row.role,
+                    "revoked_at_ms": row.revoked_at,
+                })
+            );
+            Ok(())
+        }
+    }
 }
 
 fn load_config(common: &Common) -> Result<Config, String> {
@@ -455,6 +635,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 ))
             }
         }
+        Command::Cert { action } => cert_command(action).await,
         Command::Grid {
             action: GridAction::Init { dir },
         } => {

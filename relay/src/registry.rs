@@ -110,6 +110,24 @@ impl Registry {
         sessions.len()
     }
 
+    /// Ends every live session whose operator logged in with one of `serials` (revoked
+    /// client certificates); returns how many.
+    pub async fn end_sessions_with_certs(&self, serials: &[String]) -> usize {
+        let sessions: Vec<Arc<Session>> = self
+            .sessions
+            .iter()
+            .filter(|e| {
+                !e.value().is_ended() && e.value().operator_cert().is_some_and(|c| serials.iter().any(|s| s == c))
+            })
+            .map(|e| e.value().clone())
+            .collect();
+        for s in &sessions {
+            tracing::info!(session = %s.id, operator = %s.operator, "the operator's client certificate was revoked; ending the session");
+            s.finish(EndReason::CertificateRevoked).await;
+        }
+        sessions.len()
+    }
+
     /// Brings the live sessions of `operator` (codes issued, consents pending, sessions
     /// running) in line with the account as stored now, `None` meaning deleted: every
     /// session ends if the account is gone or suspended; a session whose operator

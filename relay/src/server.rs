@@ -83,8 +83,14 @@ impl Relay {
             source,
         })?;
         let certs = ServerCerts::load(&config)?;
-        let acceptor = TlsAcceptor::from(certs.server_config()?);
+        let client_certs = crate::certs::CertState::new();
+        let acceptor = TlsAcceptor::from(certs.server_config(client_certs.verifier())?);
         let store = Store::connect(&config).await?;
+        // Read before any listener accepts, so the first handshakes already know the client
+        // CA and the revoked certificates.
+        if let Err(e) = crate::certs::refresh_once(&client_certs, &store, &config).await {
+            tracing::warn!(error = %e, "could not read the client CA and revoked certificates; certificate logins are refused until they are read");
+        }
         let audit = Audit::new(store.clone());
         audit.check_key().await?;
         audit.mark_keyed().await?;
@@ -144,6 +150,7 @@ impl Relay {
             history,
             live,
             acceptor,
+            client_certs,
             stopper.listener(),
         );
         let shared = Arc::new(with_grid_throttles(shared)?);
@@ -185,6 +192,7 @@ impl Relay {
                 Err(e) => tracing::warn!(%addr, error = %e, "could not start the admin console"),
             }
         }
+        tasks.push(tokio::spawn(watch_certificates(shared.clone(), stopper.listener())));
         tasks.push(tokio::spawn(housekeeping(
             shared.clone(),
             certs.clone(),
@@ -559,6 +567,55 @@ async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: Sh
             _ = stop.recv() => return,
         }
     }
+}
+
+/// Re-reads the client CA and the revoked certificates every `certs.revocation_poll`: a
+/// certificate revoked anywhere is refused by this node's listeners from then on, the live
+/// sessions that logged in with it end (console sessions at their next request), and the CRL in the data dir is
+/// kept current.
+async fn watch_certificates(shared: Arc<Shared>, mut stop: Shutdown) {
+    let mut poll = tokio::time::interval(shared.config.certs.revocation_poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let crl_path = shared.config.client_crl_path();
+    let mut crl_written = false;
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = stop.recv() => return,
+        }
+        let refreshed = match crate::certs::refresh_once(&shared.client_certs, &shared.store, &shared.config).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-read the revoked certificates");
+                continue;
+            }
+        };
+        if !refreshed.newly_revoked.is_empty() {
+            // Console sessions that logged in with one end at their next request.
+            let ended = shared.sessions().end_sessions_with_certs(&refreshed.newly_revoked).await;
+            if ended > 0 {
+                tracing::info!(sessions = ended, "ended the sessions revoked certificates had logged in");
+            }
+        }
+        if refreshed.crl_changed || !crl_written {
+            if let Some(pem) = shared.client_certs.crl_pem() {
+                match write_crl(&crl_path, &pem) {
+                    Ok(()) => crl_written = true,
+                    Err(e) => tracing::warn!(path = %crl_path.display(), error = %e, "could not write the CRL"),
+                }
+            }
+        }
+    }
+}
+
+/// Writes the CRL through a temporary file, so a reader never sees half of it.
+fn write_crl(path: &std::path::Path, pem: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("pem.tmp");
+    std::fs::write(&tmp, pem)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The retention job: ended sessions older than `database.retention` go, with their files.

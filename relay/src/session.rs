@@ -199,6 +199,9 @@ pub struct Session {
     generation_tx: [watch::Sender<u32>; 2],
     /// Wakes the timer when the deadline moves.
     kick: Notify,
+    /// Serial of the client certificate the operator logged in with, if any: the session
+    /// ends when it is revoked.
+    operator_cert: std::sync::OnceLock<String>,
     shared: Arc<SessionShared>,
 }
 
@@ -230,6 +233,16 @@ pub fn new_session_id() -> String {
 impl Session {
     /// A session `id` (see [`new_session_id`]) whose code the directory issued already.
     #[allow(clippy::too_many_arguments)] // each is one fact of the new session, given once by `Shared::open_session`
+    /// Remembers the client certificate the operator logged in with (once).
+    pub fn set_operator_cert(&self, serial: String) {
+        let _ = self.operator_cert.set(serial);
+    }
+
+    /// The serial of the client certificate the operator logged in with, if any.
+    pub fn operator_cert(&self) -> Option<&str> {
+        self.operator_cert.get().map(String::as_str)
+    }
+
     pub(crate) fn new(
         shared: Arc<SessionShared>,
         id: String,
@@ -263,6 +276,7 @@ impl Session {
             ended_tx: watch::channel(false).0,
             generation_tx: [watch::channel(0).0, watch::channel(0).0],
             kick: Notify::new(),
+            operator_cert: std::sync::OnceLock::new(),
             shared,
         })
     }

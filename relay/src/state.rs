@@ -56,6 +56,8 @@ pub struct Shared {
     pub(crate) resume_admission: crate::connlimit::RateGate,
     pub(crate) dummy_hash: String,
     pub(crate) acceptor: TlsAcceptor,
+    /// The client CA and the revoked certificates, as this node last read them.
+    pub client_certs: Arc<crate::certs::CertState>,
     directory: Arc<dyn Directory>,
     sessions: Registry,
     /// This node's grid parts (Redis, bridge, membership); unset on a single node.
@@ -83,6 +85,7 @@ impl Shared {
         history: HistorySink,
         live: LiveMap,
         acceptor: TlsAcceptor,
+        client_certs: Arc<crate::certs::CertState>,
         stop: Shutdown,
     ) -> Self {
         let now = Instant::now();
@@ -117,6 +120,7 @@ impl Shared {
             audit,
             live,
             acceptor,
+            client_certs,
             directory,
             sessions,
             grid: Default::default(),

@@ -13,6 +13,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 use tsunagu_proto::PermissionSet;
 
+mod certs;
+pub use certs::{CaRow, CertRole, CertRow, IssueOutcome, Revoked};
+
 use crate::config::Config;
 use crate::keys::{KeyError, KeyFiles, Keys, MayCreate, SEALED_PREFIX};
 use crate::operator_cache::{Lookup, OperatorCache};
@@ -134,6 +137,8 @@ pub struct OperatorRecord {
     pub totp_secret: Option<String>,
     /// Login needs a TOTP code too.
     pub totp_required: bool,
+    /// Login needs a client certificate of this operator's too.
+    pub cert_required: bool,
     pub ip_rules: Vec<IpRule>,
     pub created_at: i64,
 }
@@ -145,6 +150,8 @@ pub struct AdminRecord {
     pub password_hash: String,
     /// Base32 TOTP secret once enrolment is confirmed. A secret: never log it.
     pub totp_secret: Option<String>,
+    /// Login needs a client certificate of this admin's too.
+    pub cert_required: bool,
 }
 
 /// One change to a session's history row, as the store writes it.
@@ -667,6 +674,16 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        // Certificates stay the operator's under the new name (they are checked by serial).
+        for table in ["client_certs", "client_cert_accounts"] {
+            sqlx::query(&format!(
+                "UPDATE {table} SET account = $1 WHERE role = 'operator' AND account = $2"
+            ))
+            .bind(new_name)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
         // A sealed secret is bound to the account name: seal it again for the new one.
         let row = sqlx::query("SELECT totp_secret FROM operators WHERE name = $1")
             .bind(new_name)
@@ -704,6 +721,16 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        // A deleted account's certificates are revoked, so a new account of the same name
+        // does not inherit them.
+        sqlx::query(
+            "UPDATE client_certs SET revoked_at = $1, revoked_by = 'account deleted' \
+             WHERE role = 'operator' AND account = $2 AND revoked_at IS NULL",
+        )
+        .bind(crate::time::now_ms())
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -770,13 +797,14 @@ impl Store {
             max_sessions: r.get::<i64, _>("max_sessions").clamp(0, u32::MAX as i64) as u32,
             totp_secret: r.get("totp_secret"),
             totp_required: r.get::<i64, _>("totp_required") != 0,
+            cert_required: r.get::<i64, _>("cert_required") != 0,
             ip_rules: Vec::new(),
             created_at: r.get("created_at"),
         }
     }
 
     const OPERATOR_COLUMNS: &'static str =
-        "name, password_hash, permissions, suspended, max_sessions, totp_secret, totp_required, created_at";
+        "name, password_hash, permissions, suspended, max_sessions, totp_secret, totp_required, cert_required, created_at";
 
     pub async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
         let row = sqlx::query(&format!(
@@ -869,7 +897,7 @@ impl Store {
 
     /// One admin by name.
     pub async fn admin(&self, name: &str) -> Result<Option<AdminRecord>, StoreError> {
-        let row = sqlx::query("SELECT name, password_hash, totp_secret FROM admins WHERE name = $1")
+        let row = sqlx::query("SELECT name, password_hash, totp_secret, cert_required FROM admins WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -878,6 +906,7 @@ impl Store {
             name: r.get("name"),
             password_hash: r.get("password_hash"),
             totp_secret: self.open_secret("admins", name, r.get("totp_secret"))?,
+            cert_required: r.get::<i64, _>("cert_required") != 0,
         }))
     }
 

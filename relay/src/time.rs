@@ -5,3 +5,10 @@
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` (UTC); `-` when out of range.
+pub fn format_utc(at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}

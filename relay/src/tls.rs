@@ -326,15 +326,20 @@ impl ServerCerts {
     }
 
     /// The rustls server configuration: TLS 1.3 only, ALPN `tsunagu/1`.
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    /// `clients` checks the client certificates endpoints present (see [`crate::certs`]).
+    pub fn server_config(
+        self: &Arc<Self>,
+        clients: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Rustls(e.to_string()))?
-            .with_no_client_auth()
+            .with_client_cert_verifier(clients)
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![tsunagu_proto::ALPN.to_vec()];
-        // Session tickets would hold per-connection state; endpoints reconnect rarely.
+        // Session tickets would hold per-connection state; endpoints reconnect rarely. Off
+        // also so that a resumed TLS session never skips the client certificate check.
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
         Ok(Arc::new(config))

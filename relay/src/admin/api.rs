@@ -28,6 +28,7 @@ fn operator_json(o: &crate::store::OperatorRecord) -> serde_json::Value {
         "ip_rules": o.ip_rules.iter().map(|r| r.to_line()).collect::<Vec<_>>(),
         "totp_enrolled": o.totp_secret.is_some(),
         "totp_required": o.totp_required,
+        "cert_required": o.cert_required,
         "created_at": o.created_at,
     })
 }
@@ -84,6 +85,7 @@ pub(super) struct OperatorPatch {
     ip_rules: Option<Vec<String>>,
     suspended: Option<bool>,
     totp_required: Option<bool>,
+    cert_required: Option<bool>,
     password: Option<String>,
 }
 
@@ -112,6 +114,9 @@ pub(super) async fn api_update_operator(
         }
         if let Some(req) = p.totp_required {
             ops.require_operator_totp(&actor, &name, req).await?;
+        }
+        if let Some(req) = p.cert_required {
+            ops.require_cert(&actor, crate::store::CertRole::Operator, &name, req).await?;
         }
         match p.suspended {
             Some(true) => {
@@ -198,5 +203,88 @@ mod tests {
                 "{method} {templ} missing from openapi.json"
             );
         }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct CertQuery {
+    account: Option<String>,
+    role: Option<String>,
+}
+
+fn cert_role(role: Option<&str>) -> Result<crate::store::CertRole, OpError> {
+    match role {
+        None => Ok(crate::store::CertRole::Operator),
+        Some(r) => crate::store::CertRole::parse(r)
+            .ok_or_else(|| OpError::Invalid("role is \"operator\" or \"admin\"".into())),
+    }
+}
+
+/// `GET /api/v1/certificates[?account=NAME&role=operator|admin]`.
+pub(super) async fn api_certificates(State(console): State<Console>, Query(q): Query<CertQuery>) -> Response {
+    let role = match cert_role(q.role.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return api_error(e),
+    };
+    match console.ops.list_certs(q.account.as_deref().map(|a| (role, a))).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => api_error(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct NewCertificate {
+    account: String,
+    role: Option<String>,
+    device: String,
+}
+
+/// `POST /api/v1/certificates`: issues one; the answer holds the `.p12` (base64) and its
+/// import password, which are never shown again.
+pub(super) async fn api_issue_certificate(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Json(body): Json<NewCertificate>,
+) -> Response {
+    use base64::Engine as _;
+    let role = match cert_role(body.role.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return api_error(e),
+    };
+    match console
+        .ops
+        .issue_cert(&ctx.actor(), role, &body.account, &body.device)
+        .await
+    {
+        Ok(issued) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({
+                "certificate": issued.row,
+                "password": issued.file.password,
+                "p12_base64": base64::engine::general_purpose::STANDARD.encode(&issued.file.p12),
+            })),
+        )
+            .into_response(),
+        Err(e) => api_error(e),
+    }
+}
+
+/// `DELETE /api/v1/certificates/{serial}`: revokes it.
+pub(super) async fn api_revoke_certificate(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Path(serial): Path<String>,
+) -> Response {
+    match console.ops.revoke_cert(&ctx.actor(), &serial).await {
+        Ok(row) => Json(row).into_response(),
+        Err(e) => api_error(e),
+    }
+}
+
+/// `GET /crl.pem`: the client CA's latest CRL (public, like any CRL).
+pub(super) async fn crl(State(console): State<Console>) -> Response {
+    match console.shared.client_certs.crl_pem() {
+        Some(pem) => ([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
+        None => (StatusCode::NOT_FOUND, "no certificate has been issued yet").into_response(),
     }
 }

@@ -49,6 +49,9 @@ pub(super) struct AdminSession {
     csrf: String,
     created: Instant,
     last_used: Instant,
+    /// Serial of the client certificate the login counted: the session ends when it is
+    /// revoked.
+    cert: Option<String>,
 }
 
 fn random_token() -> String {
@@ -123,7 +126,8 @@ impl Console {
         } else {
             PENDING_LOGIN
         };
-        if now.duration_since(s.last_used) > limit || now.duration_since(s.created) > cfg.session_max {
+        let revoked = s.cert.as_deref().is_some_and(|c| self.shared.client_certs.is_revoked(c));
+        if now.duration_since(s.last_used) > limit || now.duration_since(s.created) > cfg.session_max || revoked {
             self.sessions.remove(&token);
             return None;
         }
@@ -133,7 +137,7 @@ impl Console {
         Some((token, s))
     }
 
-    fn new_session(&self, admin: &str, stage: Stage) -> (String, AdminSession) {
+    fn new_session(&self, admin: &str, stage: Stage, cert: Option<String>) -> (String, AdminSession) {
         if self.sessions.len() >= MAX_SESSIONS {
             // Drop expired ones first; if still full, the oldest.
             let idle = self.shared.config.admin.session_idle;
@@ -156,6 +160,7 @@ impl Console {
             csrf: random_token(),
             created: now,
             last_used: now,
+            cert,
         };
         let token = random_token();
         self.sessions.insert(token.clone(), s.clone());
@@ -484,6 +489,7 @@ impl Console {
 pub(super) async fn login(
     State(console): State<Console>,
     Extension(Peer(peer)): Extension<Peer>,
+    Extension(ConnCert(cert)): Extension<ConnCert>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -516,6 +522,36 @@ pub(super) async fn login(
             );
         }
     };
+    // An admin who must present a client certificate is refused without one of theirs,
+    // whatever the password, with the same answer either way.
+    let mut serial = None;
+    if let Some(r) = &record {
+        let shared = &console.shared;
+        match shared
+            .client_certs
+            .check_login(
+                &shared.store,
+                shared.config.certs.revocation_max_age,
+                crate::store::CertRole::Admin,
+                &r.name,
+                cert.as_ref(),
+                r.cert_required,
+            )
+            .await
+        {
+            Ok(s) => serial = s,
+            Err(why) => {
+                let locked = console.step_failed(&account, ip, attempt, "certificate").await;
+                tracing::info!(reason = %why, "console login refused: client certificate");
+                let msg = if locked {
+                    t(lang, Text::Locked)
+                } else {
+                    t(lang, Text::CertificateNeeded)
+                };
+                return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(msg)));
+            }
+        }
+    }
     let Some(record) = record.filter(|_| ok) else {
         let locked = console.step_failed(&account, ip, attempt, "password").await;
         let msg = if locked {
@@ -534,7 +570,7 @@ pub(super) async fn login(
             Err(_) => return (StatusCode::INTERNAL_SERVER_ERROR, "no randomness").into_response(),
         },
     };
-    let (token, _) = console.new_session(&record.name, stage);
+    let (token, _) = console.new_session(&record.name, stage, serial);
     let mut res = see_other(next);
     res.headers_mut().insert(header::SET_COOKIE, session_cookie(&token));
     res
@@ -630,14 +666,15 @@ impl Console {
 
     /// Ends the pending session and starts the full one under a fresh token (no fixation).
     async fn complete_login(&self, old_token: &str, admin: &str, ip: &str, how: &str, to: &str) -> (String, Response) {
-        self.sessions.remove(old_token);
+        // The certificate the first step counted stays with the session.
+        let cert = self.sessions.remove(old_token).and_then(|(_, s)| s.cert);
         // Both factors proved: the failures from this prefix are forgotten (not those from
         // elsewhere, or the owner would hand a stranger fresh guesses).
         let prefix = ip.parse().map(source_prefix).unwrap_or_else(|_| ip.to_string());
         if let Err(e) = self.shared.store.clear_admin_failures(admin, &prefix).await {
             tracing::error!(error = %e, "could not clear admin login failures");
         }
-        let (token, s) = self.new_session(admin, Stage::Done);
+        let (token, s) = self.new_session(admin, Stage::Done, cert);
         self.audit(
             format!("admin:{admin}"),
             "admin_login",

@@ -90,6 +90,7 @@ pub enum Text {
     RecoveryHelp,
     Continue,
     LoginFailed,
+    CertificateNeeded,
     Locked,
     Busy,
     Operators,
@@ -187,6 +188,10 @@ pub fn t(lang: Lang, key: Text) -> &'static str {
         Text::LoginFailed => (
             "Wrong name, password or code.",
             "名前、パスワード、またはコードが違います。",
+        ),
+        Text::CertificateNeeded => (
+            "This account logs in only with its client certificate: open the console in a browser that holds it.",
+            "このアカウントはクライアント証明書がある場合のみログインできます。証明書を入れたブラウザーでコンソールを開いてください。",
         ),
         Text::Locked => (
             "Too many failed attempts from your network: this account is locked here for a while.",

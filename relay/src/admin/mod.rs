@@ -18,6 +18,7 @@
 //! module holds only what they share: [`Console`], the request context, and the one
 //! mapping from a refused operation to an HTTP status.
 
+pub mod certs;
 pub mod html;
 pub mod ops;
 
@@ -71,6 +72,10 @@ pub struct Console {
 /// The peer address of the HTTP connection.
 #[derive(Debug, Clone, Copy)]
 struct Peer(SocketAddr);
+
+/// The client certificate the HTTP connection's TLS handshake verified, if any.
+#[derive(Debug, Clone)]
+struct ConnCert(Option<crate::certs::PeerCert>);
 
 /// The logged-in admin, put in the request by the guard.
 #[derive(Debug, Clone)]

@@ -112,6 +112,11 @@ pub fn parse_ip_rules(text: &str) -> Result<Vec<IpRule>, OpError> {
 }
 
 impl Ops {
+    /// Writes one audit row for `actor`'s `action` on `target`.
+    pub(super) async fn audit_entry(&self, actor: &Actor, action: &'static str, target: &str, detail: String) {
+        self.audit(actor, action, target, detail).await
+    }
+
     async fn audit(&self, actor: &Actor, action: &'static str, target: &str, detail: String) {
         self.audit
             .record(Entry {

@@ -53,6 +53,10 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/api/v1/operators/alice", false),
     ("PATCH", "/api/v1/operators/alice", false),
     ("DELETE", "/api/v1/operators/alice", false),
+    ("GET", "/crl.pem", true),
+    ("GET", "/api/v1/certificates", false),
+    ("POST", "/api/v1/certificates", false),
+    ("DELETE", "/api/v1/certificates/abc", false),
     ("GET", "/api/v1/sessions", false),
     ("DELETE", "/api/v1/sessions/abc", false),
     ("GET", "/api/v1/history", false),
@@ -69,7 +73,10 @@ pub async fn serve(
     stop: Shutdown,
     connections: ConnectionTasks,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let mut tls = (*certs.server_config().map_err(std::io::Error::other)?).clone();
+    let mut tls = (*certs
+        .server_config(shared.client_certs.verifier())
+        .map_err(std::io::Error::other)?)
+    .clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind(addr).await?;
@@ -125,8 +132,10 @@ async fn accept_loop(
                 },
                 _ = stop.recv() => return,
             };
+            let cert = ConnCert(crate::certs::PeerCert::of(tls.get_ref().1.peer_certificates()));
             let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(Peer(peer));
+                req.extensions_mut().insert(cert.clone());
                 let app = app.clone();
                 async move { tower::ServiceExt::oneshot(app, req.map(Body::new)).await }
             });
@@ -178,6 +187,14 @@ fn router(console: Console) -> Router {
                 .patch(api::api_update_operator)
                 .delete(api::api_delete_operator),
         )
+        .route(
+            "/api/v1/certificates",
+            get(api::api_certificates).post(api::api_issue_certificate),
+        )
+        .route(
+            "/api/v1/certificates/{serial}",
+            axum::routing::delete(api::api_revoke_certificate),
+        )
         .route("/api/v1/sessions", get(api::api_sessions))
         .route("/api/v1/sessions/{id}", axum::routing::delete(api::api_end_session))
         .route("/api/v1/history", get(api::api_history))
@@ -191,6 +208,7 @@ fn router(console: Console) -> Router {
         .route("/healthz", get(super::health::healthz))
         .route("/readyz", get(super::health::readyz))
         .route("/metrics", get(super::health::metrics))
+        .route("/crl.pem", get(api::crl))
         .route(
             "/static/console.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], html::CSS) }),

@@ -62,6 +62,9 @@ pub enum Refusal {
     WorkAddressRefused,
     /// TOTP is required but the account has no secret enrolled.
     TotpNotEnrolled,
+    /// A client certificate is required and none of the account's valid ones was
+    /// presented, or revocation cannot be checked now.
+    Certificate(crate::certs::CertRefusal),
     /// The account was deleted after the login.
     AccountGone,
     /// The operator already runs as many sessions as the admin allows.
@@ -140,6 +143,7 @@ impl Refusal {
                 ErrorCode::Forbidden,
                 "the admin requires a TOTP code but none is enrolled for this operator".into(),
             ),
+            Certificate(why) => (ErrorCode::Certificate, why.to_string()),
             AccountGone => (ErrorCode::Forbidden, "this operator account no longer exists".into()),
             SessionCap { max } => (
                 ErrorCode::Forbidden,
@@ -176,6 +180,10 @@ impl Refusal {
     pub fn is_wrong_secret(&self) -> bool {
         match self {
             Refusal::WrongPassword | Refusal::WrongTotp => true,
+            // Someone without the device's certificate may be guessing the password.
+            Refusal::Certificate(crate::certs::CertRefusal::Missing | crate::certs::CertRefusal::NotThisAccounts) => {
+                true
+            }
             Refusal::ResumeRefused(r) => r.is_wrong_secret(),
             _ => false,
         }

@@ -64,8 +64,9 @@ where
             return;
         }
     };
+    let cert = crate::certs::PeerCert::of(tls.get_ref().1.peer_certificates());
     let (r, w) = tokio::io::split(tls);
-    serve_connection(shared, r, w, peer, port, permit, mark).await;
+    serve_connection(shared, r, w, peer, port, permit, mark, cert).await;
 }
 
 /// Serves one endpoint connection from its first byte, TLS handshake included, over any
@@ -95,7 +96,7 @@ where
         return false;
     };
     let (r, w) = tokio::io::split(io);
-    serve_connection(shared, r, w, peer, port, permit, SessionMark::untracked()).await;
+    serve_connection(shared, r, w, peer, port, permit, SessionMark::untracked(), None).await;
     true
 }
 
@@ -112,6 +113,7 @@ async fn serve_connection<R, W>(
     port: u16,
     mut permit: ConnPermit,
     mark: SessionMark,
+    cert: Option<crate::certs::PeerCert>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -119,7 +121,7 @@ async fn serve_connection<R, W>(
     let max_frame = shared.config.limits.max_frame;
     let mut reader = FrameReader::new(r, max_frame);
     let mut writer = FrameWriter::new(w, max_frame);
-    let greeted = Box::pin(greet(&shared, &mut reader, &mut writer, peer, &mut permit, &mark)).await;
+    let greeted = Box::pin(greet(&shared, &mut reader, &mut writer, peer, &mut permit, &mark, cert.as_ref())).await;
     let Some(next) = greeted else { return };
     match next {
         Next::Operator {
@@ -127,12 +129,14 @@ async fn serve_connection<R, W>(
             requested,
             asked,
             resume_key,
+            cert,
         } => {
             let asking = Asking {
                 record,
                 requested,
                 asked,
                 resume_key,
+                cert,
             };
             Box::pin(run_operator(shared, reader, writer, peer, port, asking)).await
         }
@@ -179,6 +183,7 @@ async fn greet<R, W>(
     peer: SocketAddr,
     permit: &mut ConnPermit,
     mark: &SessionMark,
+    cert: Option<&crate::certs::PeerCert>,
 ) -> Option<Next>
 where
     R: AsyncRead + Unpin,
@@ -195,6 +200,8 @@ where
     let mut taken: Option<Joined> = None;
     // The session whose seat a resume took, between `TakeSeat` and `Resume`.
     let mut resumed: Option<Resuming> = None;
+    // The client certificate the operator's login counted (its sessions end if revoked).
+    let mut login_cert: Option<String> = None;
     // What the connection does once its greeting is over.
     let next = 'greeting: loop {
         while let Some(action) = machine.poll_action() {
@@ -220,7 +227,10 @@ where
                     machine.handle_event(clock::now(), Event::Reserved(reserved));
                 }
                 Action::Authenticate(login) => {
-                    let result = authenticate(shared, &login, ip).await;
+                    let result = authenticate(shared, &login, ip, cert).await.map(|(record, serial)| {
+                        login_cert = serial;
+                        record
+                    });
                     if result.is_err() {
                         tracing::info!(%peer, "operator login refused");
                     }
@@ -317,6 +327,7 @@ where
                         requested,
                         asked,
                         resume_key,
+                        cert: login_cert.take(),
                     };
                 }
                 Action::Join { host, resume_key } => match taken.take() {
@@ -377,6 +388,8 @@ struct Asking {
     asked: PermissionSet,
     /// Its resume key (empty: it cannot resume).
     resume_key: Vec<u8>,
+    /// The client certificate its login counted.
+    cert: Option<String>,
 }
 
 /// A client that took a code, as the node it connected to saw it.
@@ -398,6 +411,7 @@ enum Next {
         requested: PermissionSet,
         asked: PermissionSet,
         resume_key: Vec<u8>,
+        cert: Option<String>,
     },
     /// A client took a code; its host name and resume key.
     Client(Joined, String, Vec<u8>),
@@ -434,6 +448,7 @@ async fn run_operator<R, W>(
         requested,
         asked,
         resume_key,
+        cert,
     } = asking;
     let operator = record.name;
     let operator_q = peer_queue(&shared);
@@ -465,6 +480,14 @@ async fn run_operator<R, W>(
             at_ms: now_ms(),
         })
         .await;
+    if let Some(serial) = cert {
+        // Revoked between the login and now: the watcher has already passed this serial by.
+        let revoked = shared.client_certs.is_revoked(&serial);
+        session.set_operator_cert(serial);
+        if revoked {
+            session.finish(EndReason::CertificateRevoked).await;
+        }
+    }
     tracing::info!(session = %session.id, %operator, %peer, "session code issued");
     let issued = Frame {
         body: Some(Body::CodeIssued(pb::CodeIssued {
@@ -578,11 +601,17 @@ async fn check_code_issue(
 
 /// Checks an operator's password (through the bounded verifier pool) and second factor,
 /// then suspension and IP rules. A refusal comes with whether the name matched an account.
+///
+/// An account that must present a client certificate is refused without one of its valid
+/// certificates whatever the password, and the answer is the same whether the password was
+/// right or not (the password is still checked, so the answer takes as long). Returns the
+/// record and the serial of the certificate the login counted, if any.
 async fn authenticate(
     shared: &Shared,
     login: &pb::Login,
     ip: IpAddr,
-) -> Result<crate::store::OperatorRecord, (Refusal, bool)> {
+    cert: Option<&crate::certs::PeerCert>,
+) -> Result<(crate::store::OperatorRecord, Option<String>), (Refusal, bool)> {
     if login.user.len() > tsunagu_proto::limits::MAX_USER_NAME
         || login.password.len() > tsunagu_proto::limits::MAX_PASSWORD
     {
@@ -602,6 +631,21 @@ async fn authenticate(
         .verify(login.password.clone(), hash)
         .await
         .map_err(|_| (Refusal::Busy, known))?;
+    let mut serial = None;
+    if let Some(r) = &record {
+        serial = shared
+            .client_certs
+            .check_login(
+                &shared.store,
+                shared.config.certs.revocation_max_age,
+                crate::store::CertRole::Operator,
+                &r.name,
+                cert,
+                r.cert_required,
+            )
+            .await
+            .map_err(|why| (Refusal::Certificate(why), true))?;
+    }
     let Some(r) = record.filter(|_| ok) else {
         return Err((Refusal::WrongPassword, known));
     };
@@ -622,7 +666,7 @@ async fn authenticate(
             return Err((Refusal::WrongTotp, true));
         }
     }
-    Ok(r)
+    Ok((r, serial))
 }
 
 /// Runs one peer of a session: its writer task and its reader loop, until the session

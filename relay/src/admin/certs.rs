@@ -1,0 +1,186 @@
+//! The certificate operations behind the console, the REST API and `tsunagu-relay cert`:
+//! issue (up to `certs.max_per_account` live ones per account), list, revoke, and whether
+//! an account must present one. Each is audited; no key or import password is ever
+//! stored or logged.
+
+use crate::certs::ca::{ClientCa, NewCert};
+use crate::store::{CertRole, CertRow, IssueOutcome, Revoked};
+
+use super::ops::{Actor, OpError, Ops};
+
+/// Longest device label, in characters.
+pub const MAX_DEVICE_LABEL: usize = 64;
+
+/// A certificate just issued: its record and the `.p12` with its import password (shown
+/// once).
+#[derive(Debug)]
+pub struct IssuedCert {
+    pub row: CertRow,
+    pub file: NewCert,
+}
+
+/// Checks a device label: 1 to 64 printable characters (letters of any script, digits,
+/// spaces and punctuation), no control characters.
+pub fn validate_device(label: &str) -> Result<(), OpError> {
+    let n = label.chars().count();
+    if n == 0 || n > MAX_DEVICE_LABEL || label.chars().any(char::is_control) || label.trim() != label {
+        return Err(OpError::Invalid(format!(
+            "a device label is 1 to {MAX_DEVICE_LABEL} characters without control characters or surrounding spaces"
+        )));
+    }
+    Ok(())
+}
+
+fn ca_error(e: crate::certs::ca::CaError) -> OpError {
+    match e {
+        crate::certs::ca::CaError::NoCaKey(_) => OpError::Conflict(e.to_string()),
+        other => {
+            tracing::error!(error = %other, "certificate service error");
+            OpError::Internal
+        }
+    }
+}
+
+impl Ops {
+    async fn account_exists(&self, role: CertRole, name: &str) -> Result<(), OpError> {
+        let exists = match role {
+            CertRole::Operator => self.store.operator(name).await?.is_some(),
+            CertRole::Admin => self.store.admin(name).await?.is_some(),
+        };
+        if exists {
+            Ok(())
+        } else {
+            Err(OpError::NotFound(format!("no {} named {name:?}", role.name())))
+        }
+    }
+
+    /// Issues a client certificate for an account's device. Refused when the account
+    /// already holds `certs.max_per_account` live certificates, also when many requests
+    /// come at once (the store counts and records in one serialised transaction).
+    pub async fn issue_cert(
+        &self,
+        actor: &Actor,
+        role: CertRole,
+        name: &str,
+        device: &str,
+    ) -> Result<IssuedCert, OpError> {
+        validate_device(device)?;
+        self.account_exists(role, name).await?;
+        let ca = ClientCa::load(&self.store, &self.config, true)
+            .await
+            .map_err(ca_error)?
+            .ok_or(OpError::Internal)?;
+        let file = ca
+            .issue(role, name, device, self.config.certs.client_lifetime)
+            .map_err(ca_error)?;
+        let now = crate::time::now_ms();
+        let row = CertRow {
+            serial: file.serial.clone(),
+            role,
+            account: name.to_string(),
+            device: device.to_string(),
+            fingerprint: file.fingerprint.clone(),
+            not_before: file.not_before_ms,
+            not_after: file.not_after_ms,
+            issued_at: now,
+            issued_by: actor.name.clone(),
+            revoked_at: None,
+            revoked_by: None,
+        };
+        let max = self.config.certs.max_per_account;
+        match self.store.issue_client_cert(&row, max, now).await? {
+            IssueOutcome::Issued => {}
+            IssueOutcome::Full { live } => {
+                return Err(OpError::Conflict(format!(
+                    "{name} already holds {live} valid certificates, the most allowed ({max}); revoke one first"
+                )))
+            }
+        }
+        self.audit_cert(actor, "cert_issued", &row).await;
+        Ok(IssuedCert { row, file })
+    }
+
+    /// The certificates of one account, or of every account.
+    pub async fn list_certs(&self, account: Option<(CertRole, &str)>) -> Result<Vec<CertRow>, OpError> {
+        if let Some((role, name)) = account {
+            self.account_exists(role, name).await?;
+        }
+        Ok(self.store.client_certs(account).await?)
+    }
+
+    /// Revokes a certificate by serial: every node refuses it within
+    /// `certs.revocation_poll` and ends the sessions that logged in with it; the CRL is
+    /// signed again (here when this process holds the CA key, else by a node that does).
+    pub async fn revoke_cert(&self, actor: &Actor, serial: &str) -> Result<CertRow, OpError> {
+        let serial = serial.trim().trim_start_matches("0x").to_ascii_lowercase().replace(':', "");
+        if serial.is_empty() || serial.len() > 40 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(OpError::Invalid("a serial is 1 to 40 hexadecimal digits".into()));
+        }
+        let serial = serial.trim_start_matches("00").to_string();
+        let row = match self
+            .store
+            .revoke_client_cert(&serial, &actor.name, crate::time::now_ms())
+            .await?
+        {
+            Revoked::Now(row) => row,
+            Revoked::Already(row) => return Ok(row),
+            Revoked::NotFound => return Err(OpError::NotFound(format!("no certificate with serial {serial}"))),
+        };
+        // The live sessions on this relay end now; the other nodes (and this one's console
+        // sessions) follow within the revocation poll.
+        if let Some(sessions) = &self.sessions {
+            sessions.end_sessions_with_certs(std::slice::from_ref(&row.serial)).await;
+        }
+        if self.config.client_ca_key_path().exists() {
+            match self.store.revoked_client_certs().await {
+                Ok(revoked) => {
+                    let number = self.store.client_ca().await?.map(|c| c.crl_number + 1).unwrap_or(1);
+                    if let Err(e) = crate::certs::sign_crl(&self.store, &self.config, &revoked, number).await {
+                        tracing::warn!(error = %e, "could not sign the CRL now; a node holding the CA key signs it");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read the revoked certificates for the CRL"),
+            }
+        }
+        self.audit_cert(actor, "cert_revoked", &row).await;
+        Ok(row)
+    }
+
+    /// Requires (or not) a client certificate at the account's login. An operator's live
+    /// sessions are not ended: the requirement holds from their next login.
+    pub async fn require_cert(&self, actor: &Actor, role: CertRole, name: &str, required: bool) -> Result<(), OpError> {
+        self.store.set_cert_required(role, name, required).await?;
+        let action = match role {
+            CertRole::Operator => "operator_cert_required",
+            CertRole::Admin => "admin_cert_required",
+        };
+        self.audit_entry(actor, action, name, format!("required={required}")).await;
+        Ok(())
+    }
+
+    async fn audit_cert(&self, actor: &Actor, action: &'static str, row: &CertRow) {
+        let detail = format!(
+            "role={} serial={} device={:?} not_after={}",
+            row.role.name(),
+            row.serial,
+            row.device,
+            row.not_after
+        );
+        self.audit_entry(actor, action, &row.account, detail).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_labels() {
+        assert!(validate_device("laptop").is_ok());
+        assert!(validate_device("山田のノートPC").is_ok());
+        assert!(validate_device("").is_err());
+        assert!(validate_device(" padded").is_err());
+        assert!(validate_device("line\nbreak").is_err());
+        assert!(validate_device(&"x".repeat(65)).is_err());
+    }
+}
