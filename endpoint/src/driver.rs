@@ -521,8 +521,9 @@ async fn connect<E: AppEvent>(settings: &LinkSettings, events: &Events<E>) -> Re
     let tls = match dial::client_tls_with(&settings.ca, settings.identity.as_deref()) {
         Ok(t) => t,
         Err(e) => {
-            events.emit(E::error("bad_ca", e.to_string())).await;
-            return Err(Outcome::Usage { code: "bad_ca".into() });
+            let (code, message, outcome) = crate::headless::dial_failure(e);
+            events.emit(E::error(code, message)).await;
+            return Err(outcome);
         }
     };
     let template = DialConfig {

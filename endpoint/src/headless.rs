@@ -54,6 +54,13 @@ pub fn dial_failure(e: crate::dial::DialError) -> (&'static str, String, Outcome
     match e {
         DialError::Unreachable { .. } => ("unreachable", e.to_string(), Outcome::Unreachable),
         DialError::BadCa { .. } => ("bad_ca", e.to_string(), Outcome::Usage { code: "bad_ca".into() }),
+        DialError::BadCertificate(_) => (
+            "bad_certificate",
+            e.to_string(),
+            Outcome::Usage {
+                code: "bad_certificate".into(),
+            },
+        ),
         DialError::BadHost(_) | DialError::NoPorts => (
             "bad_relay",
             e.to_string(),

@@ -1001,6 +1001,7 @@ impl Session {
             operator_seat: inner.seats[0].clone(),
             client_seat: inner.seats[1].clone(),
             resumes: inner.resumes,
+            operator_cert: self.operator_cert.get().cloned(),
             transfers: state
                 .transfers
                 .into_iter()
@@ -1210,6 +1211,7 @@ impl Session {
             ended_tx: watch::channel(false).0,
             generation_tx: [watch::channel(0).0, watch::channel(0).0],
             kick: Notify::new(),
+            operator_cert: snapshot.operator_cert.map(std::sync::OnceLock::from).unwrap_or_default(),
             shared,
         }))
     }

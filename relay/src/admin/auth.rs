@@ -18,7 +18,7 @@ use sha2::Digest;
 
 use super::html::{esc, page, t, Lang, Text};
 use super::pages::{html_response, see_other};
-use super::{Console, Ctx, Peer, MAX_BODY};
+use super::{ConnCert, Console, Ctx, Peer, MAX_BODY};
 use crate::state::Shared;
 use crate::time::now_ms;
 

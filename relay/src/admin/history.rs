@@ -87,6 +87,7 @@ const END_REASONS: &[&str] = &[
     "relay_shutdown",
     "protocol_error",
     "admin_ended",
+    "certificate_revoked",
 ];
 
 pub(super) async fn history_page(

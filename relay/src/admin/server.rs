@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::pages::see_other;
 use super::{api, audit_page, auth, export, history, html, operators, sessions};
-use super::{Console, Peer, MAX_BODY};
+use super::{ConnCert, Console, Peer, MAX_BODY};
 use crate::shutdown::{ConnectionTasks, Shutdown};
 use crate::state::Shared;
 use crate::tls::ServerCerts;

@@ -557,6 +557,7 @@ mod tests {
             max_sessions: 0,
             totp_secret: None,
             totp_required: false,
+            cert_required: false,
             ip_rules: Vec::new(),
             created_at: 0,
         }

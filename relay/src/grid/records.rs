@@ -184,6 +184,9 @@ pub struct SessionSnapshot {
     pub transfers: Vec<TransferSnapshot>,
     /// The counters the history gets.
     pub counters: Counters,
+    /// Serial of the client certificate the operator logged in with (the session ends on
+    /// every node when it is revoked).
+    pub operator_cert: Option<String>,
 }
 
 /// Why a stored snapshot cannot be used.
@@ -267,6 +270,9 @@ struct CountersJson {
 struct SnapshotJson {
     v: u8,
     id: String,
+    /// Absent in records written before certificates existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operator_cert: Option<String>,
     operator: String,
     operator_addr: SocketAddr,
     operator_relay_port: u16,
@@ -335,6 +341,7 @@ impl SessionSnapshot {
         let json = SnapshotJson {
             v: SNAPSHOT_VERSION,
             id: self.id.clone(),
+            operator_cert: self.operator_cert.clone(),
             operator: self.operator.clone(),
             operator_addr: self.operator_addr,
             operator_relay_port: self.operator_relay_port,
@@ -438,6 +445,9 @@ impl SessionSnapshot {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             id: json.id,
+            operator_cert: json
+                .operator_cert
+                .filter(|s| s.len() <= 40 && s.bytes().all(|b| b.is_ascii_hexdigit())),
             operator: json.operator,
             operator_addr: json.operator_addr,
             operator_relay_port: json.operator_relay_port,
@@ -968,6 +978,7 @@ mod tests {
                     stage: TransferStage::Offered,
                 },
             ],
+            operator_cert: None,
             counters: Counters {
                 bytes_to_client: 12_345,
                 bytes_to_operator: 9_876_543_210,
