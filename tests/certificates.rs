@@ -134,7 +134,10 @@ fn certificates_are_issued_imported_required_and_revoked() {
         .output()
         .unwrap();
     let subject = String::from_utf8_lossy(&subject.stdout).to_string();
-    assert!(subject.contains("CN = alice") && subject.contains("OU = operator"), "{subject}");
+    assert!(
+        subject.contains("CN = alice") && subject.contains("OU = operator"),
+        "{subject}"
+    );
 
     // NSS (what Chromium and Firefox use on Linux) imports it too.
     if which("pk12util") {
@@ -161,7 +164,10 @@ fn certificates_are_issued_imported_required_and_revoked() {
         let list = Command::new("certutil").args(["-L", "-d", &db]).output().unwrap();
         assert!(String::from_utf8_lossy(&list.stdout).contains("CN=alice"));
     } else {
-        assert!(std::env::var_os("CI").is_none(), "CI must have pk12util (libnss3-tools)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have pk12util (libnss3-tools)"
+        );
     }
 
     // At most 4 live certificates, also when six issues come at once: three more fit.
@@ -192,7 +198,9 @@ fn certificates_are_issued_imported_required_and_revoked() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(rows.len(), 4);
-    assert!(rows.iter().all(|r| r["account"] == "alice" && r["revoked_at"].is_null()));
+    assert!(rows
+        .iter()
+        .all(|r| r["account"] == "alice" && r["revoked_at"].is_null()));
 
     // Require a certificate: the right password alone is refused, the certificate lets in.
     let o = cli(&["admin", "require-cert", "alice", "on"]);
@@ -212,7 +220,10 @@ fn certificates_are_issued_imported_required_and_revoked() {
     let ended = with.expect("ended");
     let took = revoked_at.elapsed();
     assert_eq!(ended["reason"], "certificate_revoked", "{ended}");
-    assert!(took <= REVOCATION_BOUND, "the session ended {took:?} after the revocation");
+    assert!(
+        took <= REVOCATION_BOUND,
+        "the session ended {took:?} after the revocation"
+    );
     assert!(refused_as_revoked(&relay.spec(), &relay.ca(), &laptop_pem));
     let crl = data.join("tls/client-crl.pem");
     let listed = time_until(REVOCATION_BOUND, || {
@@ -236,7 +247,9 @@ fn certificates_are_issued_imported_required_and_revoked() {
 
 #[test]
 fn a_revocation_reaches_every_node_of_a_grid_within_five_seconds() {
-    let Some(grid) = Grid::start("certs", 2, "") else { return };
+    let Some(grid) = Grid::start("certs", 2, "") else {
+        return;
+    };
     // Both nodes issue and sign with the same client CA key, kept beside the grid's keys.
     let ca_key = grid.files().join("keys/client-ca.key");
     let extra = format!("[certs]\nca_key_file = \"{}\"\n", ca_key.display());
@@ -265,7 +278,10 @@ fn a_revocation_reaches_every_node_of_a_grid_within_five_seconds() {
     op.expect("code");
     let addrs: Vec<String> = grid.nodes.iter().map(|n| n.spec()).collect();
     for addr in &addrs {
-        assert!(!refused_as_revoked(addr, &grid.ca(), &pem), "{addr} takes the certificate");
+        assert!(
+            !refused_as_revoked(addr, &grid.ca(), &pem),
+            "{addr} takes the certificate"
+        );
     }
 
     // Revoked through node a's config: node b refuses it and ends its session too.
@@ -281,7 +297,10 @@ fn a_revocation_reaches_every_node_of_a_grid_within_five_seconds() {
     let ended = op.expect("ended");
     assert_eq!(ended["reason"], "certificate_revoked", "{ended}");
     assert!(start.elapsed() <= REVOCATION_BOUND + Duration::from_secs(2));
-    println!("revocation refused by node a after {:?}, node b after {:?}", took[0], took[1]);
+    println!(
+        "revocation refused by node a after {:?}, node b after {:?}",
+        took[0], took[1]
+    );
 }
 
 fn which(program: &str) -> bool {

@@ -205,7 +205,10 @@ impl ClientIdentity {
 }
 
 /// As [`client_tls`], presenting `identity` when the relay asks for a client certificate.
-pub fn client_tls_with(ca_pem_path: &Path, identity: Option<&ClientIdentity>) -> Result<Arc<rustls::ClientConfig>, DialError> {
+pub fn client_tls_with(
+    ca_pem_path: &Path,
+    identity: Option<&ClientIdentity>,
+) -> Result<Arc<rustls::ClientConfig>, DialError> {
     let bad = |reason: String| DialError::BadCa {
         path: ca_pem_path.display().to_string(),
         reason,

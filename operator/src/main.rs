@@ -73,8 +73,7 @@ fn load_identity(
     let Some(path) = path else { return Ok(None) };
     let password = std::env::var(CERT_PASSWORD_ENV)
         .map_err(|_| format!("set the import password of {} in {CERT_PASSWORD_ENV}", path.display()))?;
-    tsunagu_endpoint::dial::ClientIdentity::from_p12_file(path, &password)
-        .map(|id| Some(std::sync::Arc::new(id)))
+    tsunagu_endpoint::dial::ClientIdentity::from_p12_file(path, &password).map(|id| Some(std::sync::Arc::new(id)))
 }
 
 fn main() -> ExitCode {

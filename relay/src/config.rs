@@ -873,7 +873,10 @@ impl Config {
             return invalid("certs.revocation_poll", "must be between 100 ms and one minute");
         }
         if c.revocation_max_age < 2 * c.revocation_poll {
-            return invalid("certs.revocation_max_age", "must be at least twice certs.revocation_poll");
+            return invalid(
+                "certs.revocation_max_age",
+                "must be at least twice certs.revocation_poll",
+            );
         }
         Ok(())
     }

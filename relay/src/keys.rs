@@ -75,7 +75,9 @@ pub enum KeyError {
     BadSealedValue { table: String, account: String },
     #[error("the OS random number generator failed")]
     Random,
-    #[error("the {what} stored in the database does not decrypt with {path}: it is not the key file it was sealed with")]
+    #[error(
+        "the {what} stored in the database does not decrypt with {path}: it is not the key file it was sealed with"
+    )]
     WrongKey { path: String, what: String },
 }
 
@@ -399,7 +401,9 @@ pub struct SealingKey {
 
 impl std::fmt::Debug for SealingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealingKey").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SealingKey")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -429,7 +433,11 @@ impl SealingKey {
         getrandom::fill(&mut nonce).map_err(|_| KeyError::Random)?;
         let mut sealed = data.to_vec();
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(label.as_bytes()), &mut sealed)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(label.as_bytes()),
+                &mut sealed,
+            )
             .map_err(|_| KeyError::Random)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
@@ -460,7 +468,6 @@ impl SealingKey {
         Ok(plain.to_vec())
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -331,7 +331,9 @@ async fn admin_command(action: AdminAction) -> Result<(), String> {
         AdminAction::SetMaxSessions { common, name, .. } => (common, "operator_updated", name.clone()),
         AdminAction::SetIpRules { common, name, .. } => (common, "operator_updated", name.clone()),
         AdminAction::RequireTotp { common, name, .. } => (common, "operator_updated", name.clone()),
-        AdminAction::RequireCert { common, name, admin, .. } => (
+        AdminAction::RequireCert {
+            common, name, admin, ..
+        } => (
             common,
             if *admin { "admin_updated" } else { "operator_updated" },
             name.clone(),
@@ -389,7 +391,9 @@ fn cert_role(admin: bool) -> tsunagu_relay::store::CertRole {
 
 async fn cert_command(action: CertAction) -> Result<(), String> {
     let common = match &action {
-        CertAction::Issue { common, .. } | CertAction::List { common, .. } | CertAction::Revoke { common, .. } => common,
+        CertAction::Issue { common, .. } | CertAction::List { common, .. } | CertAction::Revoke { common, .. } => {
+            common
+        }
     };
     let ops = cli_ops(common).await?;
     let result = cert_action(&ops, action).await;
@@ -426,7 +430,10 @@ async fn cert_action(ops: &tsunagu_relay::admin::ops::Ops, action: CertAction) -
             if let Err(e) = write() {
                 // The certificate is recorded but its file is lost: revoke it at once.
                 let _ = ops.revoke_cert(&actor, &issued.row.serial).await;
-                return Err(format!("cannot write {}: {e} (the certificate was revoked)", out.display()));
+                return Err(format!(
+                    "cannot write {}: {e} (the certificate was revoked)",
+                    out.display()
+                ));
             }
             println!(
                 "{}",
@@ -460,8 +467,8 @@ async fn cert_action(ops: &tsunagu_relay::admin::ops::Ops, action: CertAction) -
             }
             let now = tsunagu_relay::time::now_ms();
             println!(
-                "{:<34} {:<8} {:<20} {:<20} {:<10} {}",
-                "SERIAL", "ROLE", "ACCOUNT", "DEVICE", "STATE", "EXPIRES (UTC)"
+                "{:<34} {:<8} {:<20} {:<20} {:<10} EXPIRES (UTC)",
+                "SERIAL", "ROLE", "ACCOUNT", "DEVICE", "STATE"
             );
             for row in &rows {
                 let state = match row.revoked_at {

@@ -117,7 +117,10 @@ impl Registry {
             .sessions
             .iter()
             .filter(|e| {
-                !e.value().is_ended() && e.value().operator_cert().is_some_and(|c| serials.iter().any(|s| s == c))
+                !e.value().is_ended()
+                    && e.value()
+                        .operator_cert()
+                        .is_some_and(|c| serials.iter().any(|s| s == c))
             })
             .map(|e| e.value().clone())
             .collect();

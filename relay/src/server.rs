@@ -592,9 +592,15 @@ async fn watch_certificates(shared: Arc<Shared>, mut stop: Shutdown) {
         };
         if !refreshed.newly_revoked.is_empty() {
             // Console sessions that logged in with one end at their next request.
-            let ended = shared.sessions().end_sessions_with_certs(&refreshed.newly_revoked).await;
+            let ended = shared
+                .sessions()
+                .end_sessions_with_certs(&refreshed.newly_revoked)
+                .await;
             if ended > 0 {
-                tracing::info!(sessions = ended, "ended the sessions revoked certificates had logged in");
+                tracing::info!(
+                    sessions = ended,
+                    "ended the sessions revoked certificates had logged in"
+                );
             }
         }
         if refreshed.crl_changed || !crl_written {

@@ -231,8 +231,6 @@ pub fn new_session_id() -> String {
 }
 
 impl Session {
-    /// A session `id` (see [`new_session_id`]) whose code the directory issued already.
-    #[allow(clippy::too_many_arguments)] // each is one fact of the new session, given once by `Shared::open_session`
     /// Remembers the client certificate the operator logged in with (once).
     pub fn set_operator_cert(&self, serial: String) {
         let _ = self.operator_cert.set(serial);
@@ -243,6 +241,8 @@ impl Session {
         self.operator_cert.get().map(String::as_str)
     }
 
+    /// A session `id` (see [`new_session_id`]) whose code the directory issued already.
+    #[allow(clippy::too_many_arguments)] // each is one fact of the new session, given once by `Shared::open_session`
     pub(crate) fn new(
         shared: Arc<SessionShared>,
         id: String,
@@ -1211,7 +1211,10 @@ impl Session {
             ended_tx: watch::channel(false).0,
             generation_tx: [watch::channel(0).0, watch::channel(0).0],
             kick: Notify::new(),
-            operator_cert: snapshot.operator_cert.map(std::sync::OnceLock::from).unwrap_or_default(),
+            operator_cert: snapshot
+                .operator_cert
+                .map(std::sync::OnceLock::from)
+                .unwrap_or_default(),
             shared,
         }))
     }

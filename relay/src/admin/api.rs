@@ -116,7 +116,8 @@ pub(super) async fn api_update_operator(
             ops.require_operator_totp(&actor, &name, req).await?;
         }
         if let Some(req) = p.cert_required {
-            ops.require_cert(&actor, crate::store::CertRole::Operator, &name, req).await?;
+            ops.require_cert(&actor, crate::store::CertRole::Operator, &name, req)
+                .await?;
         }
         match p.suspended {
             Some(true) => {
@@ -215,8 +216,9 @@ pub(super) struct CertQuery {
 fn cert_role(role: Option<&str>) -> Result<crate::store::CertRole, OpError> {
     match role {
         None => Ok(crate::store::CertRole::Operator),
-        Some(r) => crate::store::CertRole::parse(r)
-            .ok_or_else(|| OpError::Invalid("role is \"operator\" or \"admin\"".into())),
+        Some(r) => {
+            crate::store::CertRole::parse(r).ok_or_else(|| OpError::Invalid("role is \"operator\" or \"admin\"".into()))
+        }
     }
 }
 

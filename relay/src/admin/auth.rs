@@ -126,7 +126,10 @@ impl Console {
         } else {
             PENDING_LOGIN
         };
-        let revoked = s.cert.as_deref().is_some_and(|c| self.shared.client_certs.is_revoked(c));
+        let revoked = s
+            .cert
+            .as_deref()
+            .is_some_and(|c| self.shared.client_certs.is_revoked(c));
         if now.duration_since(s.last_used) > limit || now.duration_since(s.created) > cfg.session_max || revoked {
             self.sessions.remove(&token);
             return None;

@@ -112,7 +112,11 @@ impl Ops {
     /// `certs.revocation_poll` and ends the sessions that logged in with it; the CRL is
     /// signed again (here when this process holds the CA key, else by a node that does).
     pub async fn revoke_cert(&self, actor: &Actor, serial: &str) -> Result<CertRow, OpError> {
-        let serial = serial.trim().trim_start_matches("0x").to_ascii_lowercase().replace(':', "");
+        let serial = serial
+            .trim()
+            .trim_start_matches("0x")
+            .to_ascii_lowercase()
+            .replace(':', "");
         if serial.is_empty() || serial.len() > 40 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(OpError::Invalid("a serial is 1 to 40 hexadecimal digits".into()));
         }
@@ -129,7 +133,9 @@ impl Ops {
         // The live sessions on this relay end now; the other nodes (and this one's console
         // sessions) follow within the revocation poll.
         if let Some(sessions) = &self.sessions {
-            sessions.end_sessions_with_certs(std::slice::from_ref(&row.serial)).await;
+            sessions
+                .end_sessions_with_certs(std::slice::from_ref(&row.serial))
+                .await;
         }
         if self.config.client_ca_key_path().exists() {
             match self.store.revoked_client_certs().await {
@@ -154,7 +160,8 @@ impl Ops {
             CertRole::Operator => "operator_cert_required",
             CertRole::Admin => "admin_cert_required",
         };
-        self.audit_entry(actor, action, name, format!("required={required}")).await;
+        self.audit_entry(actor, action, name, format!("required={required}"))
+            .await;
         Ok(())
     }
 

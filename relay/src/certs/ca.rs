@@ -114,7 +114,7 @@ fn serial_hex(raw: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -143,7 +143,9 @@ pub struct NewCert {
 
 impl std::fmt::Debug for NewCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewCert").field("serial", &self.serial).finish_non_exhaustive()
+        f.debug_struct("NewCert")
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
     }
 }
 
@@ -175,7 +177,10 @@ impl ClientCa {
                 let key = SealingKey::load(&key_path, KEY_PURPOSE, true)?;
                 let (cert_pem, key_pem) = new_ca()?;
                 let sealed = key.seal(KEY_LABEL, key_pem.as_bytes())?;
-                if store.insert_client_ca(&cert_pem, &sealed, crate::time::now_ms()).await? {
+                if store
+                    .insert_client_ca(&cert_pem, &sealed, crate::time::now_ms())
+                    .await?
+                {
                     tracing::info!(key = %key_path.display(), "created the client CA");
                 }
                 // Ours, or the one another process stored first.
@@ -225,7 +230,9 @@ impl ClientCa {
     }
 
     fn issuer(&self) -> Result<&Issuer<'static, KeyPair>, CaError> {
-        self.issuer.as_ref().ok_or_else(|| CaError::NoCaKey(self.key_path.clone()))
+        self.issuer
+            .as_ref()
+            .ok_or_else(|| CaError::NoCaKey(self.key_path.clone()))
     }
 
     /// Makes a client certificate for `account` (subject CN = account, OU = role) valid
@@ -237,7 +244,9 @@ impl ClientCa {
         let key = KeyPair::generate().map_err(generate)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
         params.distinguished_name.push(DnType::CommonName, account);
-        params.distinguished_name.push(DnType::OrganizationalUnitName, role.name());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, role.name());
         params.distinguished_name.push(DnType::OrganizationName, "tsunagu");
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -263,7 +263,8 @@ impl ClientCertVerifier for ClientVerifier {
             return Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
         };
         inner.verify_client_cert(end_entity, intermediates, now)?;
-        let serial = ca::serial_of(end_entity).ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let serial =
+            ca::serial_of(end_entity).ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if self.state.is_revoked(&serial) {
             tracing::info!(%serial, "refused a revoked client certificate");
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
@@ -364,7 +365,10 @@ mod tests {
         let state = CertState::default();
         let t0 = Instant::now();
         let max = Duration::from_secs(30);
-        assert!(matches!(state.check_fresh(t0, max), Err(CertRefusal::Stale { .. })), "never read");
+        assert!(
+            matches!(state.check_fresh(t0, max), Err(CertRefusal::Stale { .. })),
+            "never read"
+        );
         let done = state.update(None, ["aa".to_string()].into(), None, t0);
         assert_eq!(done.newly_revoked, vec!["aa".to_string()]);
         assert!(state.check_fresh(t0 + Duration::from_secs(30), max).is_ok());

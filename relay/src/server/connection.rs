@@ -105,6 +105,8 @@ where
 /// the connection carries a session. The greeting and the session phase each run in an
 /// allocation of their own, freed when that phase is over: a connection holds only the
 /// phase it is in, and memory per idle session is a figure the relay is measured by.
+/// `cert` is the client certificate its TLS handshake verified, if any.
+#[allow(clippy::too_many_arguments)] // each is one fact of the accepted connection, given once by its listener
 async fn serve_connection<R, W>(
     shared: Arc<Shared>,
     r: R,
@@ -121,7 +123,16 @@ async fn serve_connection<R, W>(
     let max_frame = shared.config.limits.max_frame;
     let mut reader = FrameReader::new(r, max_frame);
     let mut writer = FrameWriter::new(w, max_frame);
-    let greeted = Box::pin(greet(&shared, &mut reader, &mut writer, peer, &mut permit, &mark, cert.as_ref())).await;
+    let greeted = Box::pin(greet(
+        &shared,
+        &mut reader,
+        &mut writer,
+        peer,
+        &mut permit,
+        &mark,
+        cert.as_ref(),
+    ))
+    .await;
     let Some(next) = greeted else { return };
     match next {
         Next::Operator {

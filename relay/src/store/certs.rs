@@ -81,7 +81,9 @@ impl CertRow {
 pub enum IssueOutcome {
     Issued,
     /// The account already holds `live` live certificates, the cap; nothing was written.
-    Full { live: u32 },
+    Full {
+        live: u32,
+    },
 }
 
 /// What a revocation came to.
@@ -265,19 +267,23 @@ impl Store {
 
     /// Every revoked serial with its revocation time (for the CRL and every node's check).
     pub async fn revoked_client_certs(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT serial, revoked_at FROM client_certs WHERE revoked_at IS NOT NULL ORDER BY serial")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT serial, revoked_at FROM client_certs WHERE revoked_at IS NOT NULL ORDER BY serial")
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.iter().map(|r| (r.get("serial"), r.get("revoked_at"))).collect())
     }
 
     /// Requires (or not) a client certificate at the account's login.
     pub async fn set_cert_required(&self, role: CertRole, name: &str, required: bool) -> Result<(), StoreError> {
-        let done = sqlx::query(&format!("UPDATE {} SET cert_required = $1 WHERE name = $2", role.table()))
-            .bind(i64::from(required))
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(&format!(
+            "UPDATE {} SET cert_required = $1 WHERE name = $2",
+            role.table()
+        ))
+        .bind(i64::from(required))
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(match role {
                 CertRole::Operator => StoreError::NoSuchOperator(name.to_string()),
