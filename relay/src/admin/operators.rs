@@ -125,6 +125,12 @@ pub(super) async fn operator_page(
     };
     let rules: Vec<String> = o.ip_rules.iter().map(|r| r.to_line()).collect();
     let live = console.shared.sessions().live_of(&o.name).len();
+    let certs = console
+        .ops
+        .list_certs(Some((crate::store::CertRole::Operator, &o.name)))
+        .await
+        .unwrap_or_default();
+    let certs = cert_section(&ctx, &base, &o, &certs);
     let body = format!(
         "<p>{}: <strong id=\"status\">{}</strong> · {}: {live} · TOTP: {} ({})</p>\
          <p>{}{}</p>\
@@ -133,7 +139,7 @@ pub(super) async fn operator_page(
          <form method=\"post\" action=\"{base}/ip-rules\">{csrf}<p><label>{}<br><textarea name=\"rules\" id=\"ip-rules\">{}</textarea></label><br><button id=\"save-ip-rules\">{}</button></p></form>\
          <form method=\"post\" action=\"{base}/password\">{csrf}<p><label>{} <input type=\"password\" name=\"password\" maxlength=\"64\"></label> <button id=\"set-password\">{}</button></p></form>\
          <form method=\"post\" action=\"{base}/rename\">{csrf}<p><label>{} <input name=\"new_name\" maxlength=\"64\"></label> <button id=\"rename\">{}</button></p></form>\
-         <p>{}{}{}</p><p>{}</p>",
+         <p>{}{}{}</p><p>{}</p>{certs}",
         t(lang, Text::Status),
         t(lang, if o.suspended { Text::Suspended } else { Text::Active }),
         t(lang, Text::Sessions),
@@ -202,6 +208,25 @@ pub(super) async fn operator_action(
         "totp-reset" => ops.reset_operator_totp(&actor, &name).await.map(|_| None),
         "totp-require" => ops.require_operator_totp(&actor, &name, true).await.map(|_| None),
         "totp-optional" => ops.require_operator_totp(&actor, &name, false).await.map(|_| None),
+        "cert-require" => ops
+            .require_cert(&actor, crate::store::CertRole::Operator, &name, true)
+            .await
+            .map(|_| None),
+        "cert-optional" => ops
+            .require_cert(&actor, crate::store::CertRole::Operator, &name, false)
+            .await
+            .map(|_| None),
+        "cert-revoke" => ops.revoke_cert(&actor, field(&fields, "serial")).await.map(|_| None),
+        "cert-issue" => {
+            let device = field(&fields, "device").trim().to_string();
+            match ops
+                .issue_cert(&actor, crate::store::CertRole::Operator, &name, &device)
+                .await
+            {
+                Ok(issued) => return issued_page(&ctx, &back, &issued),
+                Err(e) => Err(e),
+            }
+        }
         "totp-enrol" => match ops.enrol_operator_totp(&actor, &name).await {
             Ok(secret) => {
                 let qr = crate::totp::qr_svg(&crate::totp::otpauth_url(&secret, &name)).unwrap_or_default();
@@ -222,4 +247,94 @@ pub(super) async fn operator_action(
         Ok(to) => see_other(&to.unwrap_or(back)),
         Err(e) => op_error(&ctx, &e),
     }
+}
+
+/// The operator page's certificate section: whether login needs one, the certificates with
+/// their state (revoke buttons on live ones) and the form that issues one.
+fn cert_section(ctx: &Ctx, base: &str, o: &crate::store::OperatorRecord, certs: &[crate::store::CertRow]) -> String {
+    let lang = ctx.lang;
+    let csrf = csrf_field(ctx);
+    let now = crate::time::now_ms();
+    let rows: String = certs
+        .iter()
+        .map(|c| {
+            let (state, live) = match c.revoked_at {
+                Some(_) => (Text::CertRevoked, false),
+                None if c.not_after <= now => (Text::CertExpired, false),
+                None => (Text::CertValid, true),
+            };
+            let revoke = if live {
+                format!(
+                    "<form method=\"post\" action=\"{base}/cert-revoke\" class=\"inline\">{csrf}<input type=\"hidden\" name=\"serial\" value=\"{s}\"><button id=\"revoke-{s}\">{}</button></form>",
+                    t(lang, Text::RevokeCert),
+                    s = esc(&c.serial),
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "<tr class=\"cert\"><td>{}</td><td><code>{}</code></td><td class=\"cert-state\">{}</td><td>{}</td><td>{revoke}</td></tr>",
+                esc(&c.device),
+                esc(&c.serial),
+                t(lang, state),
+                esc(&crate::time::format_utc(c.not_after)),
+            )
+        })
+        .collect();
+    let table = if certs.is_empty() {
+        format!("<p>{}</p>", t(lang, Text::NoCertificates))
+    } else {
+        format!(
+            "<table id=\"certificates\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr>{rows}</table>",
+            t(lang, Text::Device),
+            t(lang, Text::Serial),
+            t(lang, Text::Status),
+            t(lang, Text::Expires),
+        )
+    };
+    let toggle = if o.cert_required {
+        ("cert-optional", Text::OptionalCert)
+    } else {
+        ("cert-require", Text::RequireCert)
+    };
+    format!(
+        "<h2>{}</h2><p>{}: <strong id=\"cert-required\">{}</strong> \
+         <form method=\"post\" action=\"{base}/{}\" class=\"inline\">{csrf}<button id=\"{}\">{}</button></form></p>{table}\
+         <form method=\"post\" action=\"{base}/cert-issue\">{csrf}<p><label>{} <input name=\"device\" id=\"device\" maxlength=\"64\" required></label> <button id=\"cert-issue\">{}</button></p></form>",
+        t(lang, Text::Certificates),
+        t(lang, Text::CertificateLogin),
+        t(lang, if o.cert_required { Text::Required } else { Text::Optional }),
+        toggle.0,
+        toggle.0,
+        t(lang, toggle.1),
+        t(lang, Text::Device),
+        t(lang, Text::IssueCert),
+    )
+}
+
+/// The page shown once after a certificate is issued: the import password and the file as
+/// a download link (nothing of either is kept on the relay).
+fn issued_page(ctx: &Ctx, back: &str, issued: &super::certs::IssuedCert) -> Response {
+    use base64::Engine as _;
+    let lang = ctx.lang;
+    let file = format!(
+        "{}-{}.p12",
+        issued.row.account,
+        issued.row.serial.get(..8).unwrap_or("cert")
+    );
+    let body = format!(
+        "<p>{}</p><p>{}: <code class=\"secret\" id=\"import-password\">{}</code></p>\
+         <p><a id=\"download-p12\" download=\"{}\" href=\"data:application/x-pkcs12;base64,{}\">{}</a></p>\
+         <p>{}: <code id=\"serial\">{}</code></p><p><a href=\"{back}\">{}</a></p>",
+        t(lang, Text::CertIssuedHelp),
+        t(lang, Text::ImportPassword),
+        esc(&issued.file.password),
+        esc(&file),
+        base64::engine::general_purpose::STANDARD.encode(&issued.file.p12),
+        t(lang, Text::DownloadP12),
+        t(lang, Text::Serial),
+        esc(&issued.row.serial),
+        t(lang, Text::Continue),
+    );
+    render(ctx, t(lang, Text::IssueCert), &body)
 }
