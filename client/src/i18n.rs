@@ -69,8 +69,6 @@ impl Texts for Text {
             (Lang::En, ConnectedTo) => "Connected:",
             (Lang::Ja, PauseControl) => "操作を一時停止",
             (Lang::En, PauseControl) => "Pause control",
-            (Lang::Ja, Paused) => "一時停止中",
-            (Lang::En, Paused) => "Paused",
             (Lang::Ja, ViewOnly) => "見るだけ",
             (Lang::En, ViewOnly) => "View only",
             (Lang::Ja, ChatOnly) => "チャットのみ",
@@ -95,6 +93,10 @@ impl Texts for Text {
             (Lang::En, ChatPlaceholder) => "Message",
             (Lang::Ja, Send) => "送信",
             (Lang::En, Send) => "Send",
+            (Lang::Ja, FromOperator) => "担当者:",
+            (Lang::En, FromOperator) => "Support:",
+            (Lang::Ja, PausedByMouse) => "一時停止中（マウス操作中）",
+            (Lang::En, PausedByMouse) => "Paused: you are using the mouse",
         }
     }
 }
@@ -148,8 +150,6 @@ pub enum Text {
     ConnectedTo,
     /// Session bar: pause toggle.
     PauseControl,
-    /// Session bar: shown while paused.
-    Paused,
     /// Session bar: view-only toggle.
     ViewOnly,
     /// Session bar: chat-only toggle.
@@ -174,6 +174,10 @@ pub enum Text {
     ChatPlaceholder,
     /// Chat send button.
     Send,
+    /// Before the operator's last chat line.
+    FromOperator,
+    /// Session bar: the pause button while the user's own mouse has paused control.
+    PausedByMouse,
 }
 
 /// The label for a permission name (`view`, `control`, `files`, `chat`).

@@ -38,18 +38,36 @@ impl Texts for Text {
             (Lang::En, ExpiresIn) => "Expires in",
             (Lang::Ja, WaitingForClient) => "お客様の接続を待っています",
             (Lang::En, WaitingForClient) => "Waiting for the client to join",
-            (Lang::Ja, Joined) => "が接続しました。許可を待っています",
-            (Lang::En, Joined) => "joined; waiting for consent",
             (Lang::Ja, Granted) => "許可",
             (Lang::En, Granted) => "Granted",
             (Lang::Ja, Denied) => "お客様が許可しませんでした",
             (Lang::En, Denied) => "The client did not grant access",
-            (Lang::Ja, PausedBanner) => "お客様がマウスを操作中のため、リモート操作は一時停止しています",
-            (Lang::En, PausedBanner) => "The client is using the mouse: remote control is paused",
-            (Lang::Ja, ViewOnlyBanner) => "表示のみ：お客様が操作を許可していません",
-            (Lang::En, ViewOnlyBanner) => "View only: the client has not allowed control",
-            (Lang::Ja, ChatOnlyBanner) => "チャットのみ：画面は共有されていません",
-            (Lang::En, ChatOnlyBanner) => "Chat only: the screen is not shared",
+            (Lang::Ja, PausedBanner) => "お客様がリモート操作を一時停止しています",
+            (Lang::En, PausedBanner) => "The client has paused remote control",
+            (Lang::Ja, PausedByButtonBanner) => {
+                "お客様が「一時停止」を押しました：再開されるまでリモート操作はできません"
+            }
+            (Lang::En, PausedByButtonBanner) => {
+                "The client pressed Pause: remote control is paused until they resume it"
+            }
+            (Lang::Ja, PausedByMouseBanner) => {
+                "お客様がマウスを操作中です：手を離すと数秒でリモート操作に戻ります"
+            }
+            (Lang::En, PausedByMouseBanner) => {
+                "The client is using the mouse: control returns a few seconds after they stop"
+            }
+            (Lang::Ja, ViewOnlyBanner) => "表示のみ：お客様が「見るだけ」に切り替えました",
+            (Lang::En, ViewOnlyBanner) => "View only: the client switched to view only",
+            (Lang::Ja, NoControlBanner) => "表示のみ：お客様は操作を許可していません",
+            (Lang::En, NoControlBanner) => "View only: the client did not allow control",
+            (Lang::Ja, ChatOnlyBanner) => "チャットのみ：お客様が画面の共有を止めました",
+            (Lang::En, ChatOnlyBanner) => "Chat only: the client has stopped sharing the screen",
+            (Lang::Ja, ChatOnlyScreen) => "チャットのみ：画面は共有されていません",
+            (Lang::En, ChatOnlyScreen) => "Chat only: the screen is not shared",
+            (Lang::Ja, ClientJoined) => "お客様が接続しました",
+            (Lang::En, ClientJoined) => "The client has joined",
+            (Lang::Ja, WaitingForConsent) => "お客様の許可を待っています…",
+            (Lang::En, WaitingForConsent) => "Waiting for the client to allow access…",
             (Lang::Ja, NoPicture) => "画面を待っています…",
             (Lang::En, NoPicture) => "Waiting for the screen…",
             (Lang::Ja, Chat) => "チャット",
@@ -118,12 +136,17 @@ pub enum Text {
     Copy,
     ExpiresIn,
     WaitingForClient,
-    Joined,
     Granted,
     Denied,
     PausedBanner,
+    PausedByButtonBanner,
+    PausedByMouseBanner,
     ViewOnlyBanner,
+    NoControlBanner,
     ChatOnlyBanner,
+    ChatOnlyScreen,
+    ClientJoined,
+    WaitingForConsent,
     NoPicture,
     Chat,
     Send,
