@@ -31,6 +31,11 @@ const AGENT: &str = concat!("tsunagu-client/", env!("CARGO_PKG_VERSION"));
 /// bytes; an access unit that does not fit with it is dropped (and a keyframe follows).
 const FRAME_OVERHEAD: usize = 1024;
 
+/// What to do when the desktop cannot be opened: the real desktop is the default, so this is
+/// what someone who started the client outside it, or for a test, needs to know.
+const NO_DISPLAY_HINT: &str = "run the client inside the desktop to share (DISPLAY must name a reachable X display), \
+     or pass --screen synthetic --input log for a test picture";
+
 /// A deadline far enough away to mean "never" in a `select!`.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 
@@ -84,7 +89,7 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
             // Opening xcap or the X connection may block briefly: keep it off the runtime.
             match tokio::task::spawn_blocking(move || capture::open_x11(backend, monitor)).await {
                 Ok(Ok(c)) => c,
-                Ok(Err(e)) => return no_screen(&events, e.to_string()).await,
+                Ok(Err(e)) => return no_screen(&events, format!("{e}; {NO_DISPLAY_HINT}")).await,
                 Err(e) => return no_screen(&events, e.to_string()).await,
             }
         }
@@ -106,7 +111,7 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
     let (injector, pointer) = if config.input == InputSink::System {
         let injector = match SystemInjector::open(worker.origin(), worker.dimensions()) {
             Ok(i) => i,
-            Err(e) => return no_input(&events, e.to_string()).await,
+            Err(e) => return no_input(&events, format!("{e}; {NO_DISPLAY_HINT}")).await,
         };
         match PointerWatcher::start(None) {
             Ok(p) => (Some(injector), Some(p)),
