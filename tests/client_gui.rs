@@ -345,7 +345,10 @@ fn allowing_with_a_click_starts_no_pause(lang: &str) {
     let shot = screenshot(&xvfb, &format!("8-consent-ticks-{lang}.png"));
     for perm in ["perm_view", "perm_control", "perm_chat"] {
         let share = blue_share(&shot, rect_of(&report, origin, perm));
-        assert!(share > 0.04, "{perm} is ticked but its box is not solid blue ({share:.3})");
+        assert!(
+            share > 0.04,
+            "{perm} is ticked but its box is not solid blue ({share:.3})"
+        );
     }
     let files = rect_of(&report, origin, "perm_files");
     assert!(
@@ -353,7 +356,10 @@ fn allowing_with_a_click_starts_no_pause(lang: &str) {
         "files is unticked but looks ticked ({:.3})",
         blue_share(&shot, files)
     );
-    assert!(ink(&shot, (files.0, files.1, files.3, files.3)) > 0.05, "the empty box has a visible border");
+    assert!(
+        ink(&shot, (files.0, files.1, files.3, files.3)) > 0.05,
+        "the empty box has a visible border"
+    );
 
     // Allow with a click, the hand drifting on a little after it as hands do.
     let allow = rect_of(&report, origin, "allow");
@@ -372,7 +378,9 @@ fn allowing_with_a_click_starts_no_pause(lang: &str) {
         "the click on Allow paused control: {client_events:?}"
     );
     assert!(
-        !op.drain_for(Duration::from_millis(200)).iter().any(|e| e["event"] == "paused"),
+        !op.drain_for(Duration::from_millis(200))
+            .iter()
+            .any(|e| e["event"] == "paused"),
         "the operator was told of a pause after Allow"
     );
 

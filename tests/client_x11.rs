@@ -218,7 +218,11 @@ fn without_flags_the_client_shares_the_real_desktop_and_takes_input() {
     let got = wait_for_colour(&mut s.op, 960, 540, (255, 128, 0));
     assert!(close(got, (255, 128, 0)), "the desktop's own colour, got {got:?}");
     s.op.send(json!({"cmd": "mouse_move", "x": 700, "y": 400}));
-    assert_eq!(wait_for_pointer(&s.desk, (700, 400)), (700, 400), "input reaches the desktop");
+    assert_eq!(
+        wait_for_pointer(&s.desk, (700, 400)),
+        (700, 400),
+        "input reaches the desktop"
+    );
     assert!(
         !s.client.seen.iter().any(|v| v["event"] == "input"),
         "input is applied, not logged"

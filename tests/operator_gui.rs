@@ -175,7 +175,10 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
     let chat_only = op.expect_where("gui", |v| {
         v["banner_kind"] == "chat_only" && v["picture"] == json!([0, 0]) && v["widgets"]["no_picture"].is_array()
     });
-    assert!(chat_only["widgets"]["screen"].is_null(), "no picture in chat only: {chat_only}");
+    assert!(
+        chat_only["widgets"]["screen"].is_null(),
+        "no picture in chat only: {chat_only}"
+    );
     let mut shot = Shot::take(&x, "operator-chat-only-ja");
     let bars = |shot: &Shot| {
         tsunagu_client::synthetic::BAR_COLOURS
@@ -197,7 +200,9 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
     // One bar may match the window's own background by chance; the picture had eight.
     assert!(bars(&shot) <= 1, "the last picture stays on screen in chat only");
     client.send(json!({"cmd": "chat_only", "on": false}));
-    op.expect_where("gui", |v| v["banner_kind"].is_null() && v["picture"] == json!([1280, 720]));
+    op.expect_where("gui", |v| {
+        v["banner_kind"].is_null() && v["picture"] == json!([1280, 720])
+    });
 
     // The client's user takes the mouse: the window shows the banner, naming the mouse.
     client.send(json!({"cmd": "local_mouse", "x": 1, "y": 1}));
@@ -236,7 +241,6 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
     client.send(json!({"cmd": "pause", "on": false}));
     op.expect_where("pause_cause", |v| v["cause"] == "local_input");
     op.expect_where("gui", |v| v["banner_kind"] == "paused_by_mouse");
-
 
     // End from the window.
     let end = center(rect(&paused, "end"));

@@ -705,7 +705,10 @@ fn tick_box(ui: &mut egui::Ui, on: &mut bool, text: &str) -> egui::Response {
     }
     let checked = *on;
     response.widget_info(|| egui::WidgetInfo::selected(egui::WidgetType::Checkbox, true, checked, text));
-    let boxed = egui::Rect::from_min_size(egui::pos2(rect.min.x, rect.center().y - side / 2.0), egui::vec2(side, side));
+    let boxed = egui::Rect::from_min_size(
+        egui::pos2(rect.min.x, rect.center().y - side / 2.0),
+        egui::vec2(side, side),
+    );
     let painter = ui.painter();
     if checked {
         painter.rect_filled(boxed, 4.0, TICKED);

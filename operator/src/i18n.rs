@@ -50,9 +50,7 @@ impl Texts for Text {
             (Lang::En, PausedByButtonBanner) => {
                 "The client pressed Pause: remote control is paused until they resume it"
             }
-            (Lang::Ja, PausedByMouseBanner) => {
-                "お客様がマウスを操作中です：手を離すと数秒でリモート操作に戻ります"
-            }
+            (Lang::Ja, PausedByMouseBanner) => "お客様がマウスを操作中です：手を離すと数秒でリモート操作に戻ります",
             (Lang::En, PausedByMouseBanner) => {
                 "The client is using the mouse: control returns a few seconds after they stop"
             }
