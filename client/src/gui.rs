@@ -704,7 +704,7 @@ fn tick_box(ui: &mut egui::Ui, on: &mut bool, text: &str) -> egui::Response {
         response.mark_changed();
     }
     let checked = *on;
-    response.widget_info(|| egui::WidgetInfo::selected(egui::WidgetType::Checkbox, true, checked, text));
+    response.widget_info(|| egui::WidgetInfo::selected(egui::Role::CheckBox, true, checked, text));
     let boxed = egui::Rect::from_min_size(
         egui::pos2(rect.min.x, rect.center().y - side / 2.0),
         egui::vec2(side, side),
