@@ -291,3 +291,122 @@ fn the_client_window_shows_the_standby_relay_in_english() {
 fn the_client_window_shows_the_standby_relay_in_japanese() {
     the_client_window_shows_the_standby_relay("ja");
 }
+
+/// Share of pixels in `rect` close to the ticked boxes' blue.
+fn blue_share(shot: &image::RgbImage, rect: (i64, i64, i64, i64)) -> f64 {
+    let (mut blue, mut all) = (0usize, 0usize);
+    for y in rect.1.max(0)..(rect.1 + rect.3).min(shot.height() as i64) {
+        for x in rect.0.max(0)..(rect.0 + rect.2).min(shot.width() as i64) {
+            let [r, g, b] = shot.get_pixel(x as u32, y as u32).0;
+            all += 1;
+            if (r as i32 - 30).abs() < 40 && (g as i32 - 110).abs() < 40 && (b as i32 - 200).abs() < 40 {
+                blue += 1;
+            }
+        }
+    }
+    blue as f64 / all.max(1) as f64
+}
+
+/// On the real desktop with real input (as a customer runs it): the tick boxes read ticked
+/// or not at a glance; the click on Allow (and the hand drifting after it) starts no
+/// takeover pause; the user's own mouse afterwards does, and the operator is told it is the
+/// mouse; the Pause button is told as the button.
+fn allowing_with_a_click_starts_no_pause(lang: &str) {
+    let xvfb = Xvfb::start(1280, 800);
+    let relay = RelayProcess::start("", 1);
+    assert!(relay.add_operator("alice", OP_PASSWORD).status.success());
+    let mut op = relay.operator("alice", OP_PASSWORD);
+    let code = op.code();
+    let args = [
+        "--lang",
+        lang,
+        "--host-name",
+        "gui-desk",
+        "--screen",
+        "x11",
+        "--input",
+        "system",
+        &code,
+    ];
+    let mut cmd = xvfb.app("tsunagu-client", &relay, &args);
+    cmd.env("TSUNAGU_GUI_REPORT", "1");
+    let mut gui = App::spawn("gui", cmd);
+    let report = expect_screen(&mut gui, "code", &["connect"]);
+    let origin = window_origin(&xvfb);
+    click(&xvfb, rect_of(&report, origin, "connect"));
+    gui.expect("consent_request");
+    let report = expect_screen(&mut gui, "consent", &["allow", "perm_view", "perm_files"]);
+
+    // Untick files: its box turns white with a dark border, the others stay solid blue.
+    click(&xvfb, rect_of(&report, origin, "perm_files"));
+    let report = gui.expect_where("gui", |v| v["screen"] == "consent" && v["ticked"]["files"] == false);
+    // Away from the boxes, so no hover ring is drawn.
+    xvfb.xdotool(&["mousemove", "5", "5"]);
+    let shot = screenshot(&xvfb, &format!("8-consent-ticks-{lang}.png"));
+    for perm in ["perm_view", "perm_control", "perm_chat"] {
+        let share = blue_share(&shot, rect_of(&report, origin, perm));
+        assert!(
+            share > 0.04,
+            "{perm} is ticked but its box is not solid blue ({share:.3})"
+        );
+    }
+    let files = rect_of(&report, origin, "perm_files");
+    assert!(
+        blue_share(&shot, files) < 0.005,
+        "files is unticked but looks ticked ({:.3})",
+        blue_share(&shot, files)
+    );
+    assert!(
+        ink(&shot, (files.0, files.1, files.3, files.3)) > 0.05,
+        "the empty box has a visible border"
+    );
+
+    // Allow with a click, the hand drifting on a little after it as hands do.
+    let allow = rect_of(&report, origin, "allow");
+    let (ax, ay) = (allow.0 + allow.2 / 2, allow.1 + allow.3 / 2);
+    click(&xvfb, allow);
+    for (dx, dy) in [(4, 2), (9, 5), (15, 9)] {
+        xvfb.xdotool(&["mousemove", &(ax + dx).to_string(), &(ay + dy).to_string()]);
+    }
+    assert_eq!(op.expect("consent")["granted"], json!(["view", "control", "chat"]));
+    gui.expect("connected");
+    op.expect("frame");
+    let quiet = Duration::from_millis(tsunagu_client::takeover::CONSENT_CLICK_SETTLE.as_millis() as u64 + 1500);
+    let client_events = gui.drain_for(quiet);
+    assert!(
+        !client_events.iter().any(|e| e["event"] == "paused"),
+        "the click on Allow paused control: {client_events:?}"
+    );
+    assert!(
+        !op.drain_for(Duration::from_millis(200))
+            .iter()
+            .any(|e| e["event"] == "paused"),
+        "the operator was told of a pause after Allow"
+    );
+
+    // Later, the user takes the mouse: that pauses, and the operator hears it is the mouse.
+    xvfb.xdotool(&["mousemove", "600", "500"]);
+    xvfb.xdotool(&["mousemove", "640", "520"]);
+    gui.expect("paused");
+    op.expect("paused");
+    op.expect_where("pause_cause", |v| v["cause"] == "local_input");
+    let report = gui.seen_or_expect("gui", |v| v["screen"] == "session" && v["widgets"]["pause"].is_array());
+    let origin = window_origin(&xvfb);
+    screenshot(&xvfb, &format!("9-paused-by-mouse-{lang}.png"));
+
+    // The Pause button: the operator hears it is the button, even though pressing it moved
+    // the mouse too.
+    click(&xvfb, rect_of(&report, origin, "pause"));
+    op.expect_where("pause_cause", |v| v["cause"] == "button");
+    screenshot(&xvfb, &format!("10-paused-by-button-{lang}.png"));
+}
+
+#[test]
+fn allowing_with_a_click_starts_no_pause_in_english() {
+    allowing_with_a_click_starts_no_pause("en");
+}
+
+#[test]
+fn allowing_with_a_click_starts_no_pause_in_japanese() {
+    allowing_with_a_click_starts_no_pause("ja");
+}

@@ -24,6 +24,11 @@ struct Setup {
 }
 
 fn session(extra: &[&str]) -> Setup {
+    session_with(&["--screen", "x11", "--input", "system"], extra)
+}
+
+/// [`session`] with `mode` (the screen and input flags, or none for the defaults).
+fn session_with(mode: &[&str], extra: &[&str]) -> Setup {
     let xvfb = Xvfb::start(1920, 1080);
     let desk = Desk::open(&xvfb);
     let relay = RelayProcess::start("", 1);
@@ -35,17 +40,9 @@ fn session(extra: &[&str]) -> Setup {
     );
     let mut op = relay.operator("alice", OP_PASSWORD);
     let code = op.code();
-    let args = [
-        "--headless",
-        "--screen",
-        "x11",
-        "--input",
-        "system",
-        "--host-name",
-        "desk",
-    ];
+    let args = ["--headless", "--host-name", "desk"];
     let mut cmd = xvfb.app("tsunagu-client", &relay, &args);
-    cmd.args(extra).arg(&code);
+    cmd.args(mode).args(extra).arg(&code);
     let mut client = App::spawn("client", cmd);
     client.expect("consent_request");
     client.send(json!({"cmd": "consent", "grant": ["view", "control", "chat"]}));
@@ -204,4 +201,54 @@ fn moving_the_real_mouse_pauses_the_operator_until_it_rests() {
     s.client.send(json!({"cmd": "end"}));
     assert_eq!(s.op.expect("ended")["reason"], "client_ended");
     assert_eq!(s.client.wait(), 0);
+}
+
+/// A customer types no flags: with a display, the client shares the real desktop and applies
+/// the operator's input to it.
+#[test]
+fn without_flags_the_client_shares_the_real_desktop_and_takes_input() {
+    let mut s = session_with(&[], &[]);
+    s.desk.fill(0xff8000, 0, 0, 1920, 1080);
+    let first = s.op.expect("frame");
+    assert_eq!(
+        (first["width"].as_u64(), first["height"].as_u64()),
+        (Some(1920), Some(1080)),
+        "the real 1080p desktop, not the 640x360 test picture"
+    );
+    let got = wait_for_colour(&mut s.op, 960, 540, (255, 128, 0));
+    assert!(close(got, (255, 128, 0)), "the desktop's own colour, got {got:?}");
+    s.op.send(json!({"cmd": "mouse_move", "x": 700, "y": 400}));
+    assert_eq!(
+        wait_for_pointer(&s.desk, (700, 400)),
+        (700, 400),
+        "input reaches the desktop"
+    );
+    assert!(
+        !s.client.seen.iter().any(|v| v["event"] == "input"),
+        "input is applied, not logged"
+    );
+    s.op.send(json!({"cmd": "end"}));
+    assert_eq!(s.client.expect("ended")["reason"], "operator_ended");
+}
+
+/// Without a display and without flags, the client says what is missing instead of quietly
+/// sharing a test picture.
+#[test]
+fn without_a_display_the_client_explains_instead_of_faking_a_screen() {
+    let relay = RelayProcess::start("", 1);
+    let mut cmd = std::process::Command::new(bin("tsunagu-client"));
+    cmd.args(["--relay", &relay.spec(), "--headless", "12345678"])
+        .arg("--ca")
+        .arg(relay.ca())
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY");
+    let mut client = App::spawn("client", cmd);
+    let err = client.expect("error");
+    assert_eq!(err["code"], "no_screen", "{err}");
+    let message = err["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("DISPLAY") && message.contains("--screen synthetic"),
+        "the message says what to do: {message}"
+    );
+    assert_eq!(client.wait(), 2);
 }

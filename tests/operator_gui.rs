@@ -22,6 +22,9 @@ struct Shot {
 impl Shot {
     /// Takes a screenshot, keeping a PNG copy as a test artefact.
     fn take(x: &Xvfb, name: &str) -> Self {
+        // The window reports its layout while it builds a frame; give it a few frames to
+        // paint what it reported before the picture is kept.
+        std::thread::sleep(std::time::Duration::from_millis(400));
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
         std::fs::create_dir_all(&dir).unwrap();
         x.screenshot(&dir.join(format!("{name}.png")));
@@ -104,6 +107,14 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
         &["--size", "1280x720", "--fps", "10", "--takeover-resume-ms", "60000"],
     );
     client.expect("consent_request");
+    // The client has joined: the code and its countdown give way to who joined.
+    op.expect("peer_joined");
+    let joined = op.expect_where("gui", |v| v["screen"] == "waiting" && v["widgets"]["joined"].is_array());
+    assert!(
+        joined["widgets"]["countdown"].is_null() && joined["widgets"]["code"].is_null(),
+        "no code or countdown once the client has joined: {joined}"
+    );
+    Shot::take(&x, "operator-joined");
     client.send(json!({"cmd": "consent", "grant": ["view", "control", "chat"]}));
     client.expect("connected");
     op.expect("consent");
@@ -152,10 +163,52 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
         v["kind"] == "mouse_button" && v["button"] == "left" && v["down"] == false
     });
 
-    // The client's user takes the mouse: the window shows the banner.
+    // View only by the client's switch.
+    client.send(json!({"cmd": "view_only", "on": true}));
+    op.expect_where("gui", |v| v["banner_kind"] == "view_only");
+    Shot::take(&x, "operator-view-only-ja");
+    client.send(json!({"cmd": "view_only", "on": false}));
+    op.expect_where("gui", |v| v["banner_kind"].is_null() && v["screen"] == "session");
+
+    // Chat only: the picture goes blank, the banner says why.
+    client.send(json!({"cmd": "chat_only", "on": true}));
+    let chat_only = op.expect_where("gui", |v| {
+        v["banner_kind"] == "chat_only" && v["picture"] == json!([0, 0]) && v["widgets"]["no_picture"].is_array()
+    });
+    assert!(
+        chat_only["widgets"]["screen"].is_null(),
+        "no picture in chat only: {chat_only}"
+    );
+    let mut shot = Shot::take(&x, "operator-chat-only-ja");
+    let bars = |shot: &Shot| {
+        tsunagu_client::synthetic::BAR_COLOURS
+            .iter()
+            .enumerate()
+            .filter(|(i, bar)| {
+                let px = screen[0] + screen[2] * (2 * *i as i64 + 1) / 16;
+                close(shot.pixel(px, screen[1] + screen[3] / 3), bar.map(i64::from))
+            })
+            .count()
+    };
+    for _ in 0..20 {
+        if bars(&shot) <= 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        shot = Shot::take(&x, "operator-chat-only-ja");
+    }
+    // One bar may match the window's own background by chance; the picture had eight.
+    assert!(bars(&shot) <= 1, "the last picture stays on screen in chat only");
+    client.send(json!({"cmd": "chat_only", "on": false}));
+    op.expect_where("gui", |v| {
+        v["banner_kind"].is_null() && v["picture"] == json!([1280, 720])
+    });
+
+    // The client's user takes the mouse: the window shows the banner, naming the mouse.
     client.send(json!({"cmd": "local_mouse", "x": 1, "y": 1}));
     op.expect("paused");
-    let paused = op.expect_where("gui", |v| v["banner"] == true);
+    assert_eq!(op.seen_or_expect("pause_cause", |_| true)["cause"], "local_input");
+    let paused = op.expect_where("gui", |v| v["banner_kind"] == "paused_by_mouse");
     let banner = rect(&paused, "banner");
     // The window reports its layout while it builds the frame: the frame is on screen a
     // moment later (longer on a loaded machine), so the screen is read until it shows.
@@ -173,6 +226,21 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
         "banner colour at ({bx},{by}): {:?}",
         shot.pixel(bx, by)
     );
+
+    // The client presses Pause: the banner says so, not that they are using the mouse.
+    client.send(json!({"cmd": "pause", "on": true}));
+    op.expect_where("pause_cause", |v| v["cause"] == "button");
+    op.expect_where("gui", |v| v["banner_kind"] == "paused_by_button");
+    Shot::take(&x, "operator-paused-by-button-ja");
+    let lang = center(rect(&paused, "lang"));
+    x.xdotool(&["mousemove", &lang.0.to_string(), &lang.1.to_string(), "click", "1"]);
+    op.expect_where("gui", |v| v["lang"] == "en" && v["banner_kind"] == "paused_by_button");
+    Shot::take(&x, "operator-paused-by-button-en");
+    // Released, the button no longer holds control: the mouse still does (a long resume
+    // delay in this test), and the banner says so again.
+    client.send(json!({"cmd": "pause", "on": false}));
+    op.expect_where("pause_cause", |v| v["cause"] == "local_input");
+    op.expect_where("gui", |v| v["banner_kind"] == "paused_by_mouse");
 
     // End from the window.
     let end = center(rect(&paused, "end"));

@@ -14,6 +14,11 @@ pub enum Command {
         /// Permission names to grant.
         #[serde(default)]
         grant: Vec<String>,
+        /// The answer was a click in the client's own window: the pointer movement of that
+        /// click is not a takeover ([`crate::takeover::CONSENT_CLICK_SETTLE`]). Not part of
+        /// the JSON contract (a script clicks nothing).
+        #[serde(skip)]
+        clicked: bool,
     },
     /// Deny the consent request.
     Deny,
@@ -205,8 +210,10 @@ mod tests {
         assert_eq!(
             c,
             Command::Consent {
-                grant: vec!["view".into(), "control".into()]
-            }
+                grant: vec!["view".into(), "control".into()],
+                clicked: false,
+            },
+            "a script's answer is no click in the window"
         );
         let c: Command = serde_json::from_str(r#"{"cmd":"view_only"}"#).unwrap();
         assert_eq!(c, Command::ViewOnly { on: true });

@@ -130,8 +130,11 @@ pub fn local_host_name() -> String {
 }
 
 impl ClientConfig {
-    /// A configuration with the defaults: synthetic 640x360 screen, input logged, 15 fps,
-    /// 3 frames in flight, 3 s takeover resume, this machine's host name.
+    /// A configuration with the defaults a customer needs: the real X11 desktop on
+    /// `$DISPLAY` (primary monitor, shared memory with xcap as fallback), input injected
+    /// into it with takeover detection, 30 fps, 3 frames in flight, 3 s takeover resume,
+    /// this machine's host name. The synthetic screen and logged input (for tests) are set
+    /// explicitly.
     pub fn new(
         relay: &str,
         ports: Option<Vec<u16>>,
@@ -143,13 +146,13 @@ impl ClientConfig {
             ca: ca.into(),
             code,
             host_name: local_host_name(),
-            screen: ScreenSource::Synthetic {
-                width: DEFAULT_SIZE.0,
-                height: DEFAULT_SIZE.1,
+            screen: ScreenSource::X11 {
+                backend: X11Backend::Auto,
+                monitor: MonitorChoice::Primary,
             },
-            input: InputSink::Log,
-            fps: DEFAULT_FPS,
-            bitrate_bps: crate::encode::DEFAULT_BITRATE_BPS,
+            input: InputSink::System,
+            fps: DEFAULT_DESKTOP_FPS,
+            bitrate_bps: crate::encode::DESKTOP_BITRATE_BPS,
             max_unacked: DEFAULT_MAX_UNACKED,
             ack_stall: DEFAULT_ACK_STALL,
             takeover_resume: DEFAULT_RESUME_AFTER,
@@ -184,6 +187,15 @@ mod tests {
             ("127.0.0.1".into(), vec![9000])
         );
         assert!(relay_target("", None).is_err());
+    }
+
+    #[test]
+    fn the_real_desktop_is_the_default() {
+        let code = SessionCode::parse("12345678").unwrap();
+        let config = ClientConfig::new("127.0.0.1:7615", None, "ca.pem", code).unwrap();
+        assert!(matches!(config.screen, ScreenSource::X11 { .. }), "{:?}", config.screen);
+        assert_eq!(config.input, InputSink::System);
+        assert_eq!(config.fps, DEFAULT_DESKTOP_FPS);
     }
 
     #[test]

@@ -436,7 +436,7 @@ impl ClientApp {
             let text = permission_text(name)
                 .map(|t| self.t(t).to_string())
                 .unwrap_or_else(|| name.clone());
-            let r = ui.checkbox(on, text);
+            let r = tick_box(ui, on, &text);
             self.widgets.insert(permission_widget(name), r.rect);
         }
         ui.add_space(12.0);
@@ -479,7 +479,7 @@ impl ClientApp {
                 self.send(if grant.is_empty() {
                     Command::Deny
                 } else {
-                    Command::Consent { grant }
+                    Command::Consent { grant, clicked: true }
                 });
                 self.screen = Screen::Connecting;
             }
@@ -521,7 +521,7 @@ impl ClientApp {
             ui.separator();
             let mut manual = self.session.manual_pause;
             let pause_label = if self.session.paused && !manual {
-                self.t(Text::Paused)
+                self.t(Text::PausedByMouse)
             } else {
                 self.t(Text::PauseControl)
             };
@@ -557,7 +557,9 @@ impl ClientApp {
         });
         ui.horizontal(|ui| {
             if let Some(text) = &self.session.last_chat {
-                ui.label(format!("💬 {text}"));
+                // Words, not an emoji: the bundled fonts have no glyph for a speech balloon.
+                let r = ui.label(format!("{} {text}", self.t(Text::FromOperator)));
+                self.widgets.insert("last_chat", r.rect);
             }
             let hint = self.t(Text::ChatPlaceholder);
             let field = ui.add(
@@ -643,6 +645,14 @@ impl ClientApp {
             "window": window,
             "widgets": widgets,
             "file_offer": self.file_offer.is_some(),
+            "ticked": match &self.screen {
+                Screen::Consent { permissions, .. } => permissions
+                    .iter()
+                    .map(|(n, on)| (n.clone(), serde_json::Value::Bool(*on)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+                _ => serde_json::Value::Null,
+            },
             "digits": self.code.len(),
             "error": self.error,
         })
@@ -669,6 +679,63 @@ impl eframe::App for ClientApp {
             ctx.request_repaint_after(Duration::from_millis(500));
         }
     }
+}
+
+/// Fill of a ticked box: the same blue as Allow.
+const TICKED: egui::Color32 = egui::Color32::from_rgb(30, 110, 200);
+/// Border of an unticked box: dark enough to read on white at a glance.
+const UNTICKED_BORDER: egui::Color32 = egui::Color32::from_rgb(60, 60, 60);
+
+/// A permission's tick box, drawn so ticked and unticked read apart at a glance (egui's own
+/// is a faint grey square): ticked is a filled blue box with a thick white tick, unticked an
+/// empty white box with a dark border. Click, Space or Enter toggle it.
+fn tick_box(ui: &mut egui::Ui, on: &mut bool, text: &str) -> egui::Response {
+    let side = TEXT_SIZE * 1.4;
+    let gap = 10.0;
+    let galley = ui.painter().layout_no_wrap(
+        text.to_string(),
+        egui::FontId::proportional(TEXT_SIZE),
+        ui.visuals().text_color(),
+    );
+    let desired = egui::vec2(side + gap + galley.size().x, side.max(galley.size().y) + 4.0);
+    let (rect, mut response) = ui.allocate_exact_size(desired, egui::Sense::click());
+    if response.clicked() {
+        *on = !*on;
+        response.mark_changed();
+    }
+    let checked = *on;
+    response.widget_info(|| egui::WidgetInfo::selected(egui::Role::CheckBox, true, checked, text));
+    let boxed = egui::Rect::from_min_size(
+        egui::pos2(rect.min.x, rect.center().y - side / 2.0),
+        egui::vec2(side, side),
+    );
+    let painter = ui.painter();
+    if checked {
+        painter.rect_filled(boxed, 4.0, TICKED);
+        let at = |x: f32, y: f32| boxed.min + egui::vec2(x * side, y * side);
+        let stroke = egui::Stroke::new(side * 0.13, egui::Color32::WHITE);
+        painter.line_segment([at(0.22, 0.52), at(0.42, 0.72)], stroke);
+        painter.line_segment([at(0.42, 0.72), at(0.80, 0.28)], stroke);
+    } else {
+        painter.rect_filled(boxed, 4.0, egui::Color32::WHITE);
+        painter.rect_stroke(
+            boxed,
+            4.0,
+            egui::Stroke::new(2.0, UNTICKED_BORDER),
+            egui::StrokeKind::Inside,
+        );
+    }
+    if response.has_focus() || response.hovered() {
+        painter.rect_stroke(
+            boxed.expand(3.0),
+            6.0,
+            egui::Stroke::new(2.0, TICKED.gamma_multiply(0.5)),
+            egui::StrokeKind::Outside,
+        );
+    }
+    let text_pos = egui::pos2(boxed.max.x + gap, rect.center().y - galley.size().y / 2.0);
+    painter.galley(text_pos, galley, ui.visuals().text_color());
+    response
 }
 
 /// The widget name reported for a permission's checkbox.

@@ -69,8 +69,6 @@ impl Texts for Text {
             (Lang::En, ConnectedTo) => "Connected:",
             (Lang::Ja, PauseControl) => "操作を一時停止",
             (Lang::En, PauseControl) => "Pause control",
-            (Lang::Ja, Paused) => "一時停止中",
-            (Lang::En, Paused) => "Paused",
             (Lang::Ja, ViewOnly) => "見るだけ",
             (Lang::En, ViewOnly) => "View only",
             (Lang::Ja, ChatOnly) => "チャットのみ",
@@ -95,6 +93,44 @@ impl Texts for Text {
             (Lang::En, ChatPlaceholder) => "Message",
             (Lang::Ja, Send) => "送信",
             (Lang::En, Send) => "Send",
+            (Lang::Ja, FromOperator) => "担当者:",
+            (Lang::En, FromOperator) => "Support:",
+            (Lang::Ja, PausedByMouse) => "一時停止中（マウス）",
+            (Lang::En, PausedByMouse) => "Paused: your mouse",
+            (Lang::Ja, SendFile) => "ファイルを送る…",
+            (Lang::En, SendFile) => "Send a file…",
+            (Lang::Ja, SendFileTitle) => "担当者に送るファイルを選ぶ",
+            (Lang::En, SendFileTitle) => "Choose a file to send to the support person",
+            (Lang::Ja, Choose) => "選ぶ…",
+            (Lang::En, Choose) => "Choose…",
+            (Lang::Ja, ChooseFolderTitle) => "保存先フォルダーを選ぶ",
+            (Lang::En, ChooseFolderTitle) => "Choose where to save",
+            (Lang::Ja, Saving) => "保存しています…",
+            (Lang::En, Saving) => "Saving…",
+            (Lang::Ja, SavedIn) => "保存しました:",
+            (Lang::En, SavedIn) => "Saved:",
+            (Lang::Ja, Sent) => "送りました",
+            (Lang::En, Sent) => "Sent",
+            (Lang::Ja, WaitingForAnswer) => "相手の返事を待っています",
+            (Lang::En, WaitingForAnswer) => "Waiting for the other side",
+            (Lang::Ja, Receiving) => "受信",
+            (Lang::En, Receiving) => "Receiving",
+            (Lang::Ja, Sending) => "送信",
+            (Lang::En, Sending) => "Sending",
+            (Lang::Ja, Declined) => "相手が断りました",
+            (Lang::En, Declined) => "Declined",
+            (Lang::Ja, Cancelled) => "中止しました",
+            (Lang::En, Cancelled) => "Cancelled",
+            (Lang::Ja, Failed) => "失敗しました",
+            (Lang::En, Failed) => "Failed",
+            (Lang::Ja, FolderError) => "保存先フォルダーを作れません",
+            (Lang::En, FolderError) => "Cannot create the folder",
+            (Lang::Ja, FileError) => "ファイルを扱えません",
+            (Lang::En, FileError) => "Cannot use the file",
+            (Lang::Ja, NotGranted) => "このセッションではファイルの送受信は許可されていません",
+            (Lang::En, NotGranted) => "File transfer is not allowed in this session",
+            (Lang::Ja, Problem) => "問題が起きました",
+            (Lang::En, Problem) => "Something went wrong",
         }
     }
 }
@@ -148,8 +184,6 @@ pub enum Text {
     ConnectedTo,
     /// Session bar: pause toggle.
     PauseControl,
-    /// Session bar: shown while paused.
-    Paused,
     /// Session bar: view-only toggle.
     ViewOnly,
     /// Session bar: chat-only toggle.
@@ -174,6 +208,44 @@ pub enum Text {
     ChatPlaceholder,
     /// Chat send button.
     Send,
+    /// Before the operator's last chat line.
+    FromOperator,
+    /// Session bar: the pause button while the user's own mouse has paused control.
+    PausedByMouse,
+    /// Session bar: opens the open-file dialog.
+    SendFile,
+    /// The open-file dialog's title.
+    SendFileTitle,
+    /// File offer: opens the folder dialog.
+    Choose,
+    /// The folder dialog's title.
+    ChooseFolderTitle,
+    /// File offer: accepted, waiting for the data.
+    Saving,
+    /// Before the path a received file was saved at.
+    SavedIn,
+    /// A sent file arrived.
+    Sent,
+    /// An offer of ours awaiting the operator's answer.
+    WaitingForAnswer,
+    /// A transfer row: incoming.
+    Receiving,
+    /// A transfer row: outgoing.
+    Sending,
+    /// The other side rejected our offer.
+    Declined,
+    /// A transfer was cancelled.
+    Cancelled,
+    /// A transfer failed (followed by the reason).
+    Failed,
+    /// The save folder could not be created (followed by the detail).
+    FolderError,
+    /// A file could not be read or written (followed by the detail).
+    FileError,
+    /// File transfer is not granted.
+    NotGranted,
+    /// Any other error during the session (followed by the detail).
+    Problem,
 }
 
 /// The label for a permission name (`view`, `control`, `files`, `chat`).

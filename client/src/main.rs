@@ -75,11 +75,12 @@ struct Args {
     /// Window language (default: from the locale).
     #[arg(long, value_enum)]
     lang: Option<LangArg>,
-    /// Where the screen picture comes from.
-    #[arg(long, value_enum, default_value = "synthetic")]
+    /// Where the screen picture comes from (default: the real desktop on $DISPLAY; the
+    /// synthetic test picture only when asked for).
+    #[arg(long, value_enum, default_value = "x11")]
     screen: ScreenArg,
-    /// Where operator input goes.
-    #[arg(long, value_enum, default_value = "log")]
+    /// Where operator input goes (default: into the real desktop; only logged when asked for).
+    #[arg(long, value_enum, default_value = "system")]
     input: InputArg,
     /// X11 capture path.
     #[arg(long, value_enum, default_value = "auto")]

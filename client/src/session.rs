@@ -22,7 +22,7 @@ use crate::flow::ScreenFlow;
 use crate::inject::SystemInjector;
 use crate::pointer::{PointerReport, PointerWatcher};
 use crate::stream::{EncoderSettings, ScreenWorker, Shot, ShotRequest};
-use crate::takeover::{Takeover, Transition};
+use crate::takeover::{Takeover, Transition, CONSENT_CLICK_SETTLE};
 
 /// Sent in `Hello`.
 const AGENT: &str = concat!("tsunagu-client/", env!("CARGO_PKG_VERSION"));
@@ -30,6 +30,11 @@ const AGENT: &str = concat!("tsunagu-client/", env!("CARGO_PKG_VERSION"));
 /// Room kept in a frame for the `Data` header and the `ScreenFrame` fields around the H.264
 /// bytes; an access unit that does not fit with it is dropped (and a keyframe follows).
 const FRAME_OVERHEAD: usize = 1024;
+
+/// What to do when the desktop cannot be opened: the real desktop is the default, so this is
+/// what someone who started the client outside it, or for a test, needs to know.
+const NO_DISPLAY_HINT: &str = "run the client inside the desktop to share (DISPLAY must name a reachable X display), \
+     or pass --screen synthetic --input log for a test picture";
 
 /// A deadline far enough away to mean "never" in a `select!`.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
@@ -84,7 +89,7 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
             // Opening xcap or the X connection may block briefly: keep it off the runtime.
             match tokio::task::spawn_blocking(move || capture::open_x11(backend, monitor)).await {
                 Ok(Ok(c)) => c,
-                Ok(Err(e)) => return no_screen(&events, e.to_string()).await,
+                Ok(Err(e)) => return no_screen(&events, format!("{e}; {NO_DISPLAY_HINT}")).await,
                 Err(e) => return no_screen(&events, e.to_string()).await,
             }
         }
@@ -106,7 +111,7 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
     let (injector, pointer) = if config.input == InputSink::System {
         let injector = match SystemInjector::open(worker.origin(), worker.dimensions()) {
             Ok(i) => i,
-            Err(e) => return no_input(&events, e.to_string()).await,
+            Err(e) => return no_input(&events, format!("{e}; {NO_DISPLAY_HINT}")).await,
         };
         match PointerWatcher::start(None) {
             Ok(p) => (Some(injector), Some(p)),
@@ -142,6 +147,7 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
         relay_chat_only: false,
         streaming: false,
         modes: Modes::default(),
+        cause_shown: pb::PauseCause::Unspecified,
         takeover: Takeover::new(config.takeover_resume),
         flow: ScreenFlow::new(config.max_unacked, config.ack_stall),
         worker,
@@ -189,6 +195,8 @@ struct Client {
     /// Whether screen frames are flowing now.
     streaming: bool,
     modes: Modes,
+    /// The pause cause the operator was last sent a frame for (a change sends a keyframe).
+    cause_shown: pb::PauseCause,
     takeover: Takeover,
     flow: ScreenFlow,
     /// The capture/encode thread.
@@ -443,6 +451,18 @@ impl Client {
         self.modes.manual_pause || self.takeover.is_paused()
     }
 
+    /// Why control is paused, for the operator's banner: the Pause button wins over the
+    /// mouse (it lasts until the user presses it again).
+    fn pause_cause(&self) -> pb::PauseCause {
+        if self.modes.manual_pause {
+            pb::PauseCause::Button
+        } else if self.takeover.is_paused() {
+            pb::PauseCause::LocalInput
+        } else {
+            pb::PauseCause::Unspecified
+        }
+    }
+
     fn input_allowed(&self) -> bool {
         self.phase == Phase::Active
             && self.granted.contains(Permission::Control)
@@ -504,9 +524,15 @@ impl Client {
 
     async fn command(&mut self, core: &mut Core, cmd: Command) -> Handled {
         let result = match cmd {
-            Command::Consent { grant } => match PermissionSet::parse_names(grant.iter().map(String::as_str)) {
+            Command::Consent { grant, clicked } => match PermissionSet::parse_names(grant.iter().map(String::as_str)) {
                 Ok(set) if set.is_empty() => self.answer_consent(core, None).await,
-                Ok(set) => self.answer_consent(core, Some(set)).await,
+                Ok(set) => {
+                    if clicked {
+                        // The pointer movement of the click that gave it is not a takeover.
+                        self.takeover.settle_until(Instant::now() + CONSENT_CLICK_SETTLE);
+                    }
+                    self.answer_consent(core, Some(set)).await
+                }
                 Err(e) => {
                     core.emit(Event::error("bad_command", e)).await;
                     Ok(())
@@ -618,6 +644,12 @@ impl Client {
     /// start or stop the stream.
     async fn mode_changed(&mut self, core: &mut Core, paused_before: bool) -> Result<(), Lost> {
         let paused_now = self.paused();
+        if self.pause_cause() != self.cause_shown {
+            // The operator learns the cause from the next frame: one goes out at once
+            // (a keyframe, since an unchanged screen would send nothing).
+            self.cause_shown = self.pause_cause();
+            self.flow.request_keyframe();
+        }
         if self.phase == Phase::Active {
             self.send_client_state(core).await?;
         }
@@ -725,6 +757,7 @@ impl Client {
             keyframe: encoded.keyframe,
             h264: encoded.h264.into(),
             captured_at_us,
+            pause_cause: self.pause_cause() as i32,
         };
         let seq = core.send_data(Channel::Screen, frame.encode_to_vec()).await?;
         self.flow.sent(seq, encoded.keyframe, now);

@@ -18,6 +18,12 @@ pub const DEFAULT_RESUME_AFTER: Duration = Duration::from_secs(3);
 /// within a few milliseconds).
 pub const INJECTION_ECHO_WINDOW: Duration = Duration::from_millis(250);
 
+/// After the user answers the consent screen, pointer movement is still the hand that
+/// clicked Allow: it lifts off and drifts for a moment after the click. Observed movement
+/// within this time is that click, not someone taking the mouse back; a person's
+/// follow-through lasts well under it, and an operator waits no longer than this for control.
+pub const CONSENT_CLICK_SETTLE: Duration = Duration::from_millis(1500);
+
 /// Injected positions remembered for echo matching: an operator dragging at 60 events/s
 /// produces 15 within the echo window; 64 leaves room for bursts.
 pub const RECENT_INJECTIONS: usize = 64;
@@ -40,6 +46,9 @@ pub struct Takeover {
     /// Recent injected pointer positions and when each was injected (newest last, at most
     /// [`RECENT_INJECTIONS`]): the watcher may see any of them, not just the last.
     recent_injected: VecDeque<((i32, i32), Instant)>,
+    /// Observed movement before this instant is not local movement (see
+    /// [`Takeover::settle_until`]).
+    settle_until: Option<Instant>,
 }
 
 impl Takeover {
@@ -49,6 +58,7 @@ impl Takeover {
             resume_after,
             paused_since_motion: None,
             recent_injected: VecDeque::new(),
+            settle_until: None,
         }
     }
 
@@ -73,10 +83,20 @@ impl Takeover {
         self.recent_injected.push_back((pos, now));
     }
 
+    /// Pointer movement observed before `until` does not count as local movement: the user's
+    /// own click on the client's window (the consent screen's Allow) and its follow-through.
+    /// Explicit [`local_motion`](Self::local_motion) still counts.
+    pub fn settle_until(&mut self, until: Instant) {
+        self.settle_until = Some(until);
+    }
+
     /// The pointer was observed at `pos` at `now`, cause unknown: it is the echo of our own
     /// injection if it matches a position injected within [`INJECTION_ECHO_WINDOW`] before,
-    /// otherwise local movement.
+    /// the user's click on our own window while settling, otherwise local movement.
     pub fn pointer_moved(&mut self, pos: (i32, i32), now: Instant) -> Option<Transition> {
+        if self.settle_until.is_some_and(|until| now < until) {
+            return None;
+        }
         while let Some(&(_, at)) = self.recent_injected.front() {
             if now.saturating_duration_since(at) > INJECTION_ECHO_WINDOW {
                 self.recent_injected.pop_front();
@@ -173,6 +193,29 @@ mod tests {
         assert_eq!(m.pointer_moved((3, 3), t0 + 20 * MS), None, "an intermediate position");
         assert_eq!(m.pointer_moved((9, 9), t0 + 20 * MS), None);
         assert!(!m.is_paused());
+    }
+
+    #[test]
+    fn the_click_on_allow_is_not_local_motion_but_later_movement_is() {
+        let t0 = Instant::now();
+        let mut m = Takeover::new(3000 * MS);
+        m.settle_until(t0 + CONSENT_CLICK_SETTLE);
+        assert_eq!(m.pointer_moved((5, 5), t0 + 10 * MS), None, "the hand leaving Allow");
+        assert_eq!(m.pointer_moved((9, 7), t0 + CONSENT_CLICK_SETTLE - MS), None);
+        assert!(!m.is_paused());
+        assert_eq!(
+            m.pointer_moved((40, 40), t0 + CONSENT_CLICK_SETTLE),
+            Some(Transition::Paused),
+            "after the settle time the mouse is the user's again"
+        );
+    }
+
+    #[test]
+    fn settling_does_not_hide_an_explicit_local_motion() {
+        let t0 = Instant::now();
+        let mut m = Takeover::new(3000 * MS);
+        m.settle_until(t0 + CONSENT_CLICK_SETTLE);
+        assert_eq!(m.local_motion(t0 + MS), Some(Transition::Paused));
     }
 
     #[test]

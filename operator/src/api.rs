@@ -154,6 +154,14 @@ pub enum Event {
     Paused,
     /// The client resumed remote control.
     Resumed,
+    /// Why the client has paused control, as its screen frames say, whenever that changes:
+    /// `button` (the client pressed Pause), `local_input` (the client is using its own
+    /// mouse) or `none` (not paused). Comes with the first frame after the change, so it may
+    /// follow `paused` by a moment.
+    PauseCause {
+        /// `button`, `local_input` or `none`.
+        cause: String,
+    },
     /// The session state as the relay announced it (after consent and every change).
     State {
         /// Permissions in force.

@@ -134,6 +134,8 @@ struct OperatorApp {
     peer: Option<(String, String)>,
     granted: PermissionSet,
     paused: bool,
+    /// Why, as the client's frames say (`pause_cause` events).
+    pause_cause: String,
     view_only: bool,
     chat_only: bool,
     /// Reconnecting / restored / the client away.
@@ -175,6 +177,7 @@ impl OperatorApp {
             peer: None,
             granted: PermissionSet::EMPTY,
             paused: false,
+            pause_cause: String::new(),
             view_only: false,
             chat_only: false,
             connection: ConnectionBanner::new(),
@@ -260,6 +263,7 @@ impl OperatorApp {
         self.peer = None;
         self.granted = PermissionSet::EMPTY;
         self.paused = false;
+        self.pause_cause.clear();
         self.view_only = false;
         self.chat_only = false;
         self.connection.clear();
@@ -294,7 +298,13 @@ impl OperatorApp {
             }
             tracing::info!(?outcome, "session finished");
         }
-        if let Some(p) = self.picture.take() {
+        if self.chat_only {
+            // Chat only: the client stopped sharing; no picture stays on screen, and one
+            // still in the pipe is not shown.
+            self.picture.take();
+            self.texture = None;
+            self.picture_size = (0, 0);
+        } else if let Some(p) = self.picture.take() {
             let image = egui::ColorImage::from_rgb([p.width, p.height], &p.rgb);
             self.picture_size = (p.width, p.height);
             match &mut self.texture {
@@ -344,6 +354,7 @@ impl OperatorApp {
             }
             Event::Paused => self.paused = true,
             Event::Resumed => self.paused = false,
+            Event::PauseCause { cause } => self.pause_cause = cause,
             Event::Chat { text } => self.chat.push(Author::Peer, text),
             Event::Error { code, message } => self.message = Some(self.error_text(&code, &message)),
             Event::Ended { .. } => {}
@@ -454,6 +465,30 @@ impl OperatorApp {
             let r = gui::connection_banner(ui, self.lang, text);
             self.widgets.insert("connection_banner", r.rect);
         }
+        if let Some((host, ip)) = self.peer.clone() {
+            // The code is used up: no code and no countdown, but who joined.
+            let r = ui.label(
+                egui::RichText::new(self.t(Text::ClientJoined))
+                    .size(TEXT_SIZE * 2.5)
+                    .strong()
+                    .color(egui::Color32::from_rgb(40, 150, 70)),
+            );
+            self.widgets.insert("joined", r.rect);
+            ui.add_space(8.0);
+            let r = ui.label(egui::RichText::new(format!("{host} ({ip})")).size(TEXT_SIZE * 1.4));
+            self.widgets.insert("peer", r.rect);
+            ui.label(self.t(Text::WaitingForConsent));
+            if let Some(m) = &self.message {
+                ui.colored_label(egui::Color32::from_rgb(200, 40, 40), m);
+            }
+            ui.add_space(8.0);
+            let r = ui.button(self.t(Text::End));
+            self.widgets.insert("end", r.rect);
+            if r.clicked() {
+                self.send(Command::End);
+            }
+            return;
+        }
         ui.heading(self.t(Text::CodeForClient));
         ui.add_space(8.0);
         let shown = if self.code.len() == 8 {
@@ -477,10 +512,7 @@ impl OperatorApp {
             ctx.request_repaint_after(Duration::from_millis(500));
         }
         ui.add_space(8.0);
-        match &self.peer {
-            None => ui.label(self.t(Text::WaitingForClient)),
-            Some((host, ip)) => ui.label(format!("{host} ({ip}) {}", self.t(Text::Joined))),
-        };
+        ui.label(self.t(Text::WaitingForClient));
         if let Some(m) = &self.message {
             ui.colored_label(egui::Color32::from_rgb(200, 40, 40), m);
         }
@@ -507,16 +539,7 @@ impl OperatorApp {
                 self.lang_switch(ui);
             });
         });
-        let banner = if self.chat_only {
-            Some(Text::ChatOnlyBanner)
-        } else if self.paused {
-            Some(Text::PausedBanner)
-        } else if self.view_only || !self.granted.contains(tsunagu_proto::pb::Permission::Control) {
-            Some(Text::ViewOnlyBanner)
-        } else {
-            None
-        };
-        if let Some(b) = banner {
+        if let Some(b) = self.banner() {
             let r = egui::Frame::new()
                 .fill(egui::Color32::from_rgb(255, 200, 60))
                 .inner_margin(6.0)
@@ -528,6 +551,27 @@ impl OperatorApp {
         if let Some(text) = self.connection.current(Instant::now()) {
             let r = gui::connection_banner(ui, self.lang, text);
             self.widgets.insert("connection_banner", r.rect);
+        }
+    }
+
+    /// The banner that says why the operator cannot control the client now, naming the
+    /// cause: chat only, paused by the client's button or by the client's mouse, view only
+    /// by the client's switch or because control was never granted.
+    fn banner(&self) -> Option<Text> {
+        if self.chat_only {
+            Some(Text::ChatOnlyBanner)
+        } else if self.paused {
+            Some(match self.pause_cause.as_str() {
+                "button" => Text::PausedByButtonBanner,
+                "local_input" => Text::PausedByMouseBanner,
+                _ => Text::PausedBanner,
+            })
+        } else if self.view_only {
+            Some(Text::ViewOnlyBanner)
+        } else if !self.granted.contains(tsunagu_proto::pb::Permission::Control) {
+            Some(Text::NoControlBanner)
+        } else {
+            None
         }
     }
 
@@ -647,7 +691,13 @@ impl OperatorApp {
     /// The remote screen, scaled to the space with its aspect ratio, taking input.
     fn remote_screen(&mut self, ui: &mut egui::Ui) {
         let Some(texture) = &self.texture else {
-            ui.centered_and_justified(|ui| ui.label(self.lang.t(Text::NoPicture)));
+            let text = if self.chat_only {
+                Text::ChatOnlyScreen
+            } else {
+                Text::NoPicture
+            };
+            let r = ui.centered_and_justified(|ui| ui.label(self.lang.t(text)));
+            self.widgets.insert("no_picture", r.response.rect);
             self.picture_rect = None;
             return;
         };
@@ -778,6 +828,7 @@ impl OperatorApp {
             "window": window,
             "widgets": widgets,
             "banner": self.widgets.contains_key("banner"),
+            "banner_kind": self.banner().filter(|_| self.screen == Screen::Session).map(banner_kind),
             "picture": [self.picture_size.0, self.picture_size.1],
         })
         .to_string();
@@ -845,6 +896,19 @@ fn special_key_name(key: egui::Key) -> Option<&'static str> {
         K::F12 => "F12",
         _ => return None,
     })
+}
+
+/// The report's name for a banner.
+fn banner_kind(text: Text) -> &'static str {
+    match text {
+        Text::ChatOnlyBanner => "chat_only",
+        Text::PausedByButtonBanner => "paused_by_button",
+        Text::PausedByMouseBanner => "paused_by_mouse",
+        Text::PausedBanner => "paused",
+        Text::ViewOnlyBanner => "view_only",
+        Text::NoControlBanner => "no_control",
+        _ => "other",
+    }
 }
 
 fn human_size(bytes: u64) -> String {

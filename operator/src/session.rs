@@ -72,6 +72,7 @@ pub async fn run(config: OperatorConfig, commands: mpsc::Receiver<Command>, even
         phase: Phase::LoggingIn,
         session_id: String::new(),
         paused: false,
+        pause_cause: pb::PauseCause::Unspecified,
         decoder,
         last_decoded_seq: 0,
         granted: PermissionSet::EMPTY,
@@ -86,6 +87,8 @@ struct Operator {
     session_id: String,
     /// Whether the client has paused control, from the last `SessionState`.
     paused: bool,
+    /// Why, as the client's last screen frame said.
+    pause_cause: pb::PauseCause,
     decoder: ScreenDecoder,
     last_decoded_seq: u64,
     /// Permissions in force, from the last `SessionState`.
@@ -368,6 +371,14 @@ impl Operator {
         };
         match (result, frame) {
             (FrameResult::Decoded(picture), Some(frame)) => {
+                let cause = frame.pause_cause();
+                if cause != self.pause_cause {
+                    self.pause_cause = cause;
+                    core.emit(Event::PauseCause {
+                        cause: pause_cause_name(cause).into(),
+                    })
+                    .await;
+                }
                 self.last_decoded_seq = seq;
                 if let Some(sink) = &self.config.picture {
                     let (rgb, width, height) = self.decoder.rgb();
@@ -421,6 +432,15 @@ impl Operator {
                 Ok(Step::Continue)
             }
         }
+    }
+}
+
+/// The contract's name for a pause cause (the `pause_cause` event).
+pub fn pause_cause_name(cause: pb::PauseCause) -> &'static str {
+    match cause {
+        pb::PauseCause::Button => "button",
+        pb::PauseCause::LocalInput => "local_input",
+        pb::PauseCause::Unspecified => "none",
     }
 }
 
