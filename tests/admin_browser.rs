@@ -241,6 +241,12 @@ fn base64_decode(s: &str) -> Vec<u8> {
 }
 
 async fn start_driver() -> Option<Driver> {
+    start_driver_in(None).await
+}
+
+/// As [`start_driver`], with `HOME` set to `home` for chromedriver and the browsers it
+/// starts (Chromium on Linux keeps its client certificates in `$HOME/.pki/nssdb`).
+async fn start_driver_in(home: Option<&Path>) -> Option<Driver> {
     if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -255,7 +261,11 @@ async fn start_driver() -> Option<Driver> {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new(CHROMEDRIVER)
+    let mut cmd = Command::new(CHROMEDRIVER);
+    if let Some(home) = home {
+        cmd.env("HOME", home);
+    }
+    let child = cmd
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -415,4 +425,221 @@ async fn an_admin_uses_the_console_in_chromium() {
         "screenshots saved in {}",
         shots.display()
     );
+}
+
+/// Chromium's managed policy that picks the client CA's certificate for `origin` without
+/// asking (headless Chromium cannot show the certificate chooser): what an organisation
+/// deploys to its admins' browsers. Removed on drop.
+struct AutoSelectPolicy(PathBuf);
+
+impl AutoSelectPolicy {
+    fn install(origin: &str) -> Option<Self> {
+        let dir = Path::new("/etc/chromium/policies/managed");
+        let path = dir.join(format!("tsunagu-test-{}.json", std::process::id()));
+        let rule = json!({"pattern": origin, "filter": {"ISSUER": {"CN": "tsunagu client CA"}}}).to_string();
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, json!({"AutoSelectCertificateForUrls": [rule]}).to_string()));
+        match written {
+            Ok(()) => Some(Self(path)),
+            Err(e) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI must be able to write Chromium's managed policy ({e})"
+                );
+                eprintln!(
+                    "cannot write {}: {e}; skipping the certificate browser test",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for AutoSelectPolicy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A WebDriver session of headless Chromium on `driver` (its `HOME` decides which client
+/// certificates it holds).
+async fn browser_on(driver: &Driver, profile: &Path, shots: &Path) -> Browser {
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "acceptInsecureCerts": true,
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1280,1500", "--lang=en-US",
+                     format!("--user-data-dir={}", profile.display())]
+        }
+    }}});
+    let created = http(driver.port, "POST", "/session", Some(&caps)).await;
+    let session = created["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
+        .to_string();
+    Browser {
+        port: driver.port,
+        session,
+        shots: shots.to_path_buf(),
+        step: 0,
+    }
+}
+
+/// Logs in with the password; returns the URL the console sent the browser to.
+async fn password_step(b: &Browser, base: &str) -> String {
+    b.goto(&format!("{base}/login")).await;
+    b.type_into("#name", ADMIN).await;
+    b.type_into("#password", ADMIN_PASSWORD).await;
+    b.click("#submit").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.url().await
+}
+
+#[tokio::test]
+async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
+    let Some(_) = Path::new(CHROMIUM).exists().then_some(()) else {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide chromium");
+        return;
+    };
+    let (relay, secret) = console_relay(|c| c.certs.revocation_poll = Duration::from_millis(200)).await;
+    let data = relay.dir.path().to_path_buf();
+    let base = format!("https://127.0.0.1:{}", relay.relay.admin_addr().unwrap().port());
+    let Some(_policy) = AutoSelectPolicy::install(&base) else {
+        return;
+    };
+
+    // The admin's certificate, imported into the NSS database of one browser's HOME.
+    let work = tempfile::tempdir().unwrap();
+    let p12 = work.path().join("root.p12");
+    let out = support::relay_cli(
+        &data,
+        &[
+            "cert",
+            "issue",
+            ADMIN,
+            "--admin",
+            "--device",
+            "admin pc",
+            "--out",
+            p12.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let with_home = work.path().join("with");
+    let nssdb = with_home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb).unwrap();
+    let db = format!("sql:{}", nssdb.display());
+    assert!(Command::new("certutil")
+        .args(["-N", "-d", &db, "--empty-password"])
+        .status()
+        .unwrap()
+        .success());
+    let imported = Command::new("pk12util")
+        .arg("-i")
+        .arg(&p12)
+        .args(["-d", &db, "-W", issued["password"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let out = support::relay_cli(&data, &["admin", "require-cert", ADMIN, "on", "--admin"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The running relay reads the new client CA within its poll.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("admin-browser-cert");
+    std::fs::create_dir_all(&shots).unwrap();
+    let without_home = work.path().join("without");
+    std::fs::create_dir_all(without_home.join(".pki/nssdb")).unwrap();
+
+    // Password alone (a browser without the certificate): refused at the password step.
+    let driver = start_driver_in(Some(&without_home)).await.expect("chromedriver");
+    let profile = tempfile::tempdir().unwrap();
+    let mut plain = browser_on(&driver, profile.path(), &shots).await;
+    let url = password_step(&plain, &base).await;
+    assert!(
+        url.ends_with("/login"),
+        "without the certificate the password is not enough: {url}"
+    );
+    let error = plain.wait_text("#error", |t| !t.is_empty()).await;
+    assert!(error.contains("client certificate"), "{error}");
+    plain.screenshot("password-alone-refused").await;
+    drop(driver);
+
+    // Password + certificate + TOTP: logged in.
+    let driver = start_driver_in(Some(&with_home)).await.expect("chromedriver");
+    let profile = tempfile::tempdir().unwrap();
+    let mut b = browser_on(&driver, profile.path(), &shots).await;
+    let url = password_step(&b, &base).await;
+    assert!(
+        url.ends_with("/login/totp"),
+        "with the certificate the password step passes: {url}"
+    );
+    let code = tsunagu_relay::totp::code_at(&secret, tsunagu_relay::totp::now_secs()).unwrap();
+    b.type_into("#code", &code).await;
+    b.click("#verify").await;
+    b.wait_url("/operators").await;
+    b.screenshot("logged-in-with-certificate").await;
+
+    // The operator page issues, lists and revokes an operator's certificates (en, then ja).
+    b.goto(&format!("{base}/operators/alice")).await;
+    assert!(b.text("#cert-required").await.contains("optional"));
+    b.type_into("#device", "alice's laptop").await;
+    b.click("#cert-issue").await;
+    let password = b.wait_text("#import-password", |t| t.len() == 23).await;
+    assert_eq!(password.matches('-').count(), 3, "{password}");
+    b.screenshot("certificate-issued-en").await;
+    b.goto(&format!("{base}/lang?l=ja")).await;
+    b.goto(&format!("{base}/operators/alice")).await;
+    let state = b.text(".cert-state").await;
+    assert_eq!(state, "有効", "the new certificate is listed as valid, in Japanese");
+    b.click("#cert-require").await;
+    assert_eq!(b.wait_text("#cert-required", |t| !t.is_empty()).await, "必須");
+    b.screenshot("operator-certificates-ja").await;
+    b.goto(&format!("{base}/lang?l=en")).await;
+
+    // Revoked: the console no longer lets this browser in.
+    let out = support::relay_cli(&data, &["cert", "revoke", issued["serial"].as_str().unwrap()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.goto(&format!("{base}/operators")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = b.url().await;
+    let page = b
+        .cmd("GET", "/source", None)
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    b.screenshot("after-revocation").await;
+    assert!(
+        !page.contains("id=\"new-name\""),
+        "after the revocation the console shows no admin page ({url})"
+    );
+    // Nor does logging in again with the revoked certificate get past the password: either
+    // the handshake refuses it (an error page) or the password step does.
+    b.goto(&format!("{base}/login")).await;
+    let page = b
+        .cmd("GET", "/source", None)
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if page.contains("id=\"password\"") {
+        let url = password_step(&b, &base).await;
+        assert!(
+            !url.ends_with("/login/totp"),
+            "a revoked certificate does not log in: {url}"
+        );
+    }
+    b.screenshot("login-after-revocation").await;
 }

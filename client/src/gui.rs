@@ -41,10 +41,11 @@ use crate::i18n::{permission_text, Lang, Text};
 /// older eyes read comfortably.
 const MAIN_WINDOW: [f32; 2] = [560.0, 400.0];
 
-/// Size of the session bar, in points.
-const BAR_WINDOW: [f32; 2] = [720.0, 96.0];
+/// Size of the session bar, in points: wide enough for every button in Japanese with the
+/// longest pause label ("一時停止中（マウス）").
+const BAR_WINDOW: [f32; 2] = [780.0, 96.0];
 /// The session bar with the connection banner above it.
-const BAR_WINDOW_WITH_BANNER: [f32; 2] = [720.0, 136.0];
+const BAR_WINDOW_WITH_BANNER: [f32; 2] = [780.0, 136.0];
 
 /// Base text size in points (egui's default is 12.5: too small for this audience).
 const TEXT_SIZE: f32 = 18.0;
