@@ -303,6 +303,88 @@ fn a_revocation_reaches_every_node_of_a_grid_within_five_seconds() {
     );
 }
 
+#[test]
+fn the_operator_app_renews_its_certificate_at_two_thirds_of_its_lifetime() {
+    // A one-minute lifetime: the app renews at about 44 s (two thirds of 66 s of validity).
+    let relay = RelayProcess::start("[certs]\nclient_lifetime = \"60s\"\n", 1);
+    let data = relay.data_dir();
+    let config = relay.dir.path().join("relay.toml");
+    // The command line reads the same config (the lifetime) and data dir as the relay.
+    let cli = |args: &[&str]| {
+        Command::new(bin("tsunagu-relay"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    assert!(relay.add_operator("alice", OP_PASSWORD).status.success());
+    let work = tempfile::tempdir().unwrap();
+    let laptop = issue_with(cli, "alice", "laptop", &work.path().join("laptop.p12"));
+    assert!(cli(&["admin", "require-cert", "alice", "on"]).status.success());
+    // The relay asks for certificates from its next read of the new client CA (1 s).
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Before it is due, a start renews nothing.
+    let mut early = operator_with_cert(&relay.spec(), &relay.ca(), "alice", Some(&laptop));
+    early.expect("code");
+    assert!(
+        !early.seen.iter().any(|e| e["event"] == "cert_renewed"),
+        "{:?}",
+        early.seen
+    );
+    drop(early);
+
+    std::thread::sleep(Duration::from_secs(47));
+    let mut op = operator_with_cert(&relay.spec(), &relay.ca(), "alice", Some(&laptop));
+    let renewed = op.expect("cert_renewed");
+    op.expect("code");
+    let new_serial = renewed["serial"].as_str().unwrap().to_string();
+    assert_ne!(new_serial, laptop.serial);
+
+    // The file now holds the new certificate under the same password, for the same device.
+    let renewed_file = Issued {
+        serial: new_serial.clone(),
+        password: laptop.password.clone(),
+        file: laptop.file.clone(),
+    };
+    let pem = pem_of(&renewed_file, work.path());
+    let serial = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    let serial = String::from_utf8_lossy(&serial.stdout).to_lowercase();
+    assert!(serial.contains(&new_serial), "{serial} vs {new_serial}");
+    let listed = cli(&["cert", "list", "alice", "--format", "json"]);
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let old = rows
+        .iter()
+        .find(|r| r["serial"] == laptop.serial.as_str())
+        .expect("the old one is listed");
+    let new = rows
+        .iter()
+        .find(|r| r["serial"] == new_serial.as_str())
+        .expect("the new one is listed");
+    assert_eq!(old["replaced_by"], new_serial.as_str());
+    assert!(
+        old["revoked_at"].is_null(),
+        "the old certificate stays valid until it expires"
+    );
+    assert_eq!(new["device"], "laptop");
+    assert!(new["not_after"].as_i64() > old["not_after"].as_i64());
+
+    // The renewed file logs in.
+    let mut again = operator_with_cert(&relay.spec(), &relay.ca(), "alice", Some(&renewed_file));
+    again.expect("code");
+}
+
 fn which(program: &str) -> bool {
     Command::new("sh")
         .arg("-c")

@@ -204,6 +204,75 @@ impl ClientIdentity {
     }
 }
 
+impl ClientIdentity {
+    /// The certificate's validity period (`None` if it does not parse).
+    pub fn validity(&self) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+        let (_, cert) = x509_parser::parse_x509_certificate(self.chain.first()?).ok()?;
+        let at = |t: i64| std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+        Some((
+            at(cert.validity().not_before.timestamp()),
+            at(cert.validity().not_after.timestamp()),
+        ))
+    }
+
+    /// A PKCS#10 signing request (DER) for this identity's key, for its renewal.
+    pub fn signing_request(&self) -> Result<Vec<u8>, String> {
+        let key = rcgen::KeyPair::try_from(self.key.secret_der()).map_err(|e| format!("the certificate's key: {e}"))?;
+        let request = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .map_err(|e| format!("cannot make a signing request: {e}"))?;
+        Ok(request.der().to_vec())
+    }
+
+    /// The same key with a new chain (leaf first), e.g. a renewed certificate; refused when
+    /// the leaf is not for this key.
+    pub fn with_chain(&self, chain: Vec<Vec<u8>>) -> Result<Self, String> {
+        let leaf = chain.first().ok_or("no certificate")?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| format!("the new certificate: {e}"))?;
+        let key = rcgen::KeyPair::try_from(self.key.secret_der()).map_err(|e| format!("the certificate's key: {e}"))?;
+        if cert.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+            return Err("the new certificate is not for this key".into());
+        }
+        Ok(Self {
+            chain: chain.into_iter().map(CertificateDer::from).collect(),
+            key: self.key.clone_key(),
+        })
+    }
+
+    /// This identity as a `.p12` under `password`, encrypted as the relay writes them
+    /// (PBES2: PBKDF2-HMAC-SHA-256, AES-256-CBC; HMAC-SHA-256 MAC).
+    pub fn to_p12(&self, password: &str) -> Result<Vec<u8>, String> {
+        use p12_keystore::{Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKeyChain};
+        let key = p12_keystore::PrivateKey::from_der(self.key.secret_der()).map_err(|e| e.to_string())?;
+        let certs = self
+            .chain
+            .iter()
+            .map(|c| Certificate::from_der(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let local_key_id = ring::digest::digest(&ring::digest::SHA256, &self.chain[0])
+            .as_ref()
+            .to_vec();
+        let mut store = KeyStore::new();
+        store.add_entry(
+            "tsunagu client certificate",
+            KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(local_key_id, key, certs)),
+        );
+        store
+            .writer(password)
+            .encryption_algorithm(EncryptionAlgorithm::PbeWithHmacSha256AndAes256)
+            .encryption_iterations(P12_ITERATIONS)
+            .mac_algorithm(MacAlgorithm::HmacSha256)
+            .mac_iterations(P12_ITERATIONS)
+            .write()
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// PBKDF2 rounds of a renewed `.p12`: as the relay writes them (its import password is 100
+/// random bits, so stretching adds nothing that matters).
+const P12_ITERATIONS: u32 = 10_000;
+
 /// As [`client_tls`], presenting `identity` when the relay asks for a client certificate.
 pub fn client_tls_with(
     ca_pem_path: &Path,

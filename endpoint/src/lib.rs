@@ -33,6 +33,7 @@ pub mod gui;
 pub mod headless;
 pub mod lang;
 pub mod link;
+pub mod renew;
 pub mod resume;
 pub mod standby;
 pub mod transfer;

@@ -184,6 +184,17 @@ pub enum Event {
         /// `connection_lost`).
         reason: String,
     },
+    /// The client certificate (`--cert`) was renewed at about two thirds of its lifetime
+    /// and written over its file (same password); the old one stays valid until it expires.
+    CertRenewed {
+        /// The new certificate's serial (hex).
+        serial: String,
+        /// When it expires, Unix milliseconds.
+        not_after_ms: i64,
+    },
+    /// The certificate was due for renewal but the relay could not renew it now; the session
+    /// goes on with the current one, and the next start tries again.
+    CertRenewalFailed { message: String },
     /// Something went wrong; `code` is machine-readable.
     Error {
         /// `auth_failed`, `forbidden`, `throttled`, `unreachable`, `bad_ca`, `bad_command`,

@@ -68,6 +68,8 @@ pub struct OperatorConfig {
     pub standby: Option<std::sync::Arc<tsunagu_endpoint::standby::Standby>>,
     /// The client certificate presented at login (`--cert`), when the account needs one.
     pub identity: Option<std::sync::Arc<tsunagu_endpoint::dial::ClientIdentity>>,
+    /// Its file and import password, so it can renew itself in place.
+    pub cert_file: Option<tsunagu_endpoint::renew::CertFile>,
 }
 
 impl fmt::Debug for OperatorConfig {
@@ -83,6 +85,7 @@ impl fmt::Debug for OperatorConfig {
             .field("totp", &if self.totp.is_empty() { "" } else { "******" })
             .field("standby", &self.standby)
             .field("identity", &self.identity)
+            .field("cert_file", &self.cert_file)
             .finish()
     }
 }
@@ -110,6 +113,7 @@ impl OperatorConfig {
             picture: None,
             standby: None,
             identity: None,
+            cert_file: None,
         })
     }
 }

@@ -51,8 +51,8 @@ pub struct GuiOptions {
     pub save_dir: PathBuf,
     /// The standby relay options (`--standby-relay`).
     pub standby: Option<tsunagu_endpoint::config::StandbyArgs>,
-    /// The client certificate presented at login (`--cert`).
-    pub identity: Option<std::sync::Arc<tsunagu_endpoint::dial::ClientIdentity>>,
+    /// The client certificate presented at login (`--cert`), renewed in place when due.
+    pub cert_file: Option<tsunagu_endpoint::renew::CertFile>,
 }
 
 /// Runs the window until the operator closes it (which ends a running session).
@@ -223,7 +223,8 @@ impl OperatorApp {
         if let Some(p) = self.options.permissions {
             config.permissions = p;
         }
-        config.identity = self.options.identity.clone();
+        config.identity = self.options.cert_file.as_ref().map(|f| f.identity.clone());
+        config.cert_file = self.options.cert_file.clone();
         // One standby per relay typed: which site is in use outlives each session.
         if let Some(args) = &self.options.standby {
             let kept = self.standby.as_ref().filter(|(relay, _)| *relay == self.relay);

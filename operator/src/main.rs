@@ -67,13 +67,11 @@ struct Args {
 }
 
 /// Reads the `--cert` file with the password from `TSUNAGU_CERT_PASSWORD`.
-fn load_identity(
-    path: Option<&std::path::Path>,
-) -> Result<Option<std::sync::Arc<tsunagu_endpoint::dial::ClientIdentity>>, String> {
+fn load_identity(path: Option<&std::path::Path>) -> Result<Option<tsunagu_endpoint::renew::CertFile>, String> {
     let Some(path) = path else { return Ok(None) };
     let password = std::env::var(CERT_PASSWORD_ENV)
         .map_err(|_| format!("set the import password of {} in {CERT_PASSWORD_ENV}", path.display()))?;
-    tsunagu_endpoint::dial::ClientIdentity::from_p12_file(path, &password).map(|id| Some(std::sync::Arc::new(id)))
+    tsunagu_endpoint::renew::CertFile::open(path, &password).map(Some)
 }
 
 fn main() -> ExitCode {
@@ -131,7 +129,7 @@ fn run_window(args: Args) -> ExitCode {
         }
     };
     let options = GuiOptions {
-        identity,
+        cert_file: identity,
         relay: args.relay,
         ports: args.ports,
         ca: args.ca,
@@ -175,7 +173,8 @@ fn build_config(args: Args) -> Result<OperatorConfig, (&'static str, String)> {
     let identity = load_identity(args.cert.as_deref()).map_err(|e| ("bad_certificate", e))?;
     let mut config = OperatorConfig::new(&args.relay, args.ports.clone(), args.ca, args.user, password)
         .map_err(|e| ("usage", e.to_string()))?;
-    config.identity = identity;
+    config.identity = identity.as_ref().map(|f| f.identity.clone());
+    config.cert_file = identity;
     config.standby = args
         .standby
         .standby(&config.relays, args.ports)

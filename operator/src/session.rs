@@ -57,6 +57,8 @@ pub async fn run(config: OperatorConfig, commands: mpsc::Receiver<Command>, even
             };
         }
     };
+    let mut config = config;
+    renew_if_due(&mut config, &events).await;
     let settings = LinkSettings {
         identity: config.identity.clone(),
         relays: config.relays.clone(),
@@ -79,6 +81,58 @@ pub async fn run(config: OperatorConfig, commands: mpsc::Receiver<Command>, even
         config,
     };
     driver::run(operator, settings, commands, events).await
+}
+
+/// Renews the `--cert` certificate when about two thirds of its lifetime have passed
+/// (see [`tsunagu_endpoint::renew`]), over a connection of its own to the first relay, before
+/// the session dials. A failure is reported and the session goes on with the current one.
+async fn renew_if_due(config: &mut OperatorConfig, events: &Events<Event>) {
+    let Some(file) = config.cert_file.clone() else { return };
+    if !tsunagu_endpoint::renew::is_due(
+        &file.identity,
+        std::time::SystemTime::now(),
+        tsunagu_endpoint::renew::random_jitter(),
+    ) {
+        return;
+    }
+    let Some(relay) = config.relays.first() else { return };
+    let tls = match tsunagu_endpoint::dial::client_tls_with(&config.ca, Some(&file.identity)) {
+        Ok(t) => t,
+        Err(e) => {
+            events.emit(Event::CertRenewalFailed { message: e.to_string() }).await;
+            return;
+        }
+    };
+    let dial = tsunagu_endpoint::dial::DialConfig {
+        host: relay.host.clone(),
+        ports: relay.ports.clone(),
+        tls,
+        attempt_timeout: config.timeouts.attempt,
+        max_frame: config.max_frame,
+        agent: AGENT.to_string(),
+    };
+    let login = pb::Login {
+        user: config.user.clone(),
+        password: config.password.clone(),
+        totp: config.totp.clone(),
+    };
+    match tsunagu_endpoint::renew::renew(&dial, login, &file).await {
+        Ok((identity, renewed)) => {
+            tracing::info!(serial = %renewed.serial, "renewed the client certificate");
+            config.identity = Some(identity.clone());
+            config.cert_file = Some(tsunagu_endpoint::renew::CertFile { identity, ..file });
+            events
+                .emit(Event::CertRenewed {
+                    serial: renewed.serial,
+                    not_after_ms: renewed.not_after_unix_ms,
+                })
+                .await;
+        }
+        Err(message) => {
+            tracing::warn!(%message, "could not renew the client certificate");
+            events.emit(Event::CertRenewalFailed { message }).await;
+        }
+    }
 }
 
 struct Operator {

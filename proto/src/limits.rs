@@ -20,5 +20,9 @@ pub const MAX_HOST_NAME: usize = 255;
 /// up to 4 bytes each).
 pub const MAX_PASSWORD: usize = 256;
 
+/// Largest certificate signing request a relay signs, in bytes: a P-256 or Ed25519 request
+/// is a few hundred bytes, an RSA-4096 one under 2 KiB; 8 KiB leaves room and no more.
+pub const MAX_CSR: usize = 8 * 1024;
+
 /// Longest chat message in bytes an endpoint will send.
 pub const MAX_CHAT: usize = 4096;

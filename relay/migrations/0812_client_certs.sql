@@ -28,7 +28,10 @@ CREATE TABLE client_certs (
     issued_at       BIGINT NOT NULL,
     issued_by       TEXT NOT NULL,
     revoked_at      BIGINT,
-    revoked_by      TEXT
+    revoked_by      TEXT,
+    -- The certificate that renewed this one (it stays valid until it expires, but no
+    -- longer counts against the account's cap, and is not renewed twice).
+    replaced_by     TEXT
 );
 CREATE INDEX client_certs_account ON client_certs (role, account);
 

@@ -1328,5 +1328,7 @@ fn body_name(body: &Body) -> &'static str {
         Body::Resumed(_) => "resumed",
         Body::PeerConnection(_) => "peer_connection",
         Body::FileResume(_) => "file_resume",
+        Body::RenewCertificate(_) => "renew_certificate",
+        Body::CertificateRenewed(_) => "certificate_renewed",
     }
 }

@@ -34,6 +34,7 @@ pub fn validate_device(label: &str) -> Result<(), OpError> {
 fn ca_error(e: crate::certs::ca::CaError) -> OpError {
     match e {
         crate::certs::ca::CaError::NoCaKey(_) => OpError::Conflict(e.to_string()),
+        crate::certs::ca::CaError::BadRequest(_) => OpError::Invalid(e.to_string()),
         other => {
             tracing::error!(error = %other, "certificate service error");
             OpError::Internal
@@ -86,6 +87,7 @@ impl Ops {
             issued_by: actor.name.clone(),
             revoked_at: None,
             revoked_by: None,
+            replaced_by: None,
         };
         let max = self.config.certs.max_per_account;
         match self.store.issue_client_cert(&row, max, now).await? {
@@ -98,6 +100,60 @@ impl Ops {
         }
         self.audit_cert(actor, "cert_issued", &row).await;
         Ok(IssuedCert { row, file })
+    }
+
+    /// Renews the live certificate `old` of an operator who logged in with it: signs the
+    /// request `csr` (same account and device, a new serial and lifetime) and records the new
+    /// certificate as `old`'s renewal. The old one stays valid until it expires; a
+    /// certificate is renewed once. Returns the new record and certificate (DER) and the
+    /// CA's certificate (DER).
+    pub async fn renew_cert(
+        &self,
+        actor: &Actor,
+        old: &str,
+        csr: &[u8],
+    ) -> Result<(CertRow, Vec<u8>, Vec<u8>), OpError> {
+        let gone = || OpError::Conflict("this certificate was already renewed, or is revoked or expired".into());
+        let now = crate::time::now_ms();
+        let current = self
+            .store
+            .client_cert(old)
+            .await?
+            .filter(|c| c.is_live(now) && c.replaced_by.is_none())
+            .ok_or_else(gone)?;
+        let ca = ClientCa::load(&self.store, &self.config, false)
+            .await
+            .map_err(ca_error)?
+            .ok_or(OpError::Internal)?;
+        let signed = ca
+            .sign_request(csr, current.role, &current.account, self.config.certs.client_lifetime)
+            .map_err(ca_error)?;
+        let row = CertRow {
+            serial: signed.serial.clone(),
+            role: current.role,
+            account: current.account.clone(),
+            device: current.device.clone(),
+            fingerprint: signed.fingerprint.clone(),
+            not_before: signed.not_before_ms,
+            not_after: signed.not_after_ms,
+            issued_at: now,
+            issued_by: actor.name.clone(),
+            revoked_at: None,
+            revoked_by: None,
+            replaced_by: None,
+        };
+        if !self.store.renew_client_cert(old, &row).await? {
+            return Err(gone());
+        }
+        let detail = format!(
+            "role={} serial={} renews={old} device={:?} not_after={}",
+            row.role.name(),
+            row.serial,
+            row.device,
+            row.not_after
+        );
+        self.audit_entry(actor, "cert_renewed", &row.account, detail).await;
+        Ok((row, signed.der, ca.cert_der().to_vec()))
     }
 
     /// The certificates of one account, or of every account.

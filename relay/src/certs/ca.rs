@@ -54,6 +54,8 @@ pub enum CaError {
     Generate(String),
     #[error("the stored client CA is malformed: {0}")]
     Malformed(String),
+    #[error("the certificate request is not valid: {0}")]
+    BadRequest(String),
 }
 
 fn generate(e: impl std::fmt::Display) -> CaError {
@@ -240,23 +242,8 @@ impl ClientCa {
     /// CA certificate into a `.p12` under a fresh import password.
     pub fn issue(&self, role: CertRole, account: &str, device: &str, lifetime: Duration) -> Result<NewCert, CaError> {
         let issuer = self.issuer()?;
-        let serial = new_serial()?;
         let key = KeyPair::generate().map_err(generate)?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
-        params.distinguished_name.push(DnType::CommonName, account);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, role.name());
-        params.distinguished_name.push(DnType::OrganizationName, "tsunagu");
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        let now = SystemTime::now();
-        let not_before = now - Duration::from_secs(3600);
-        let not_after = now + lifetime;
-        params.not_before = offset(not_before);
-        params.not_after = offset(not_after);
+        let (params, serial, not_before, not_after) = leaf_params(role, account, lifetime)?;
         let cert = params.signed_by(&key, issuer).map_err(generate)?;
         let password = new_password()?;
         let p12 = pack_p12(
@@ -269,9 +256,34 @@ impl ClientCa {
             serial: serial_hex(&serial),
             fingerprint: fingerprint(cert.der()),
             not_before_ms: unix_ms(not_before),
-            not_after_ms: unix_ms(now + lifetime),
+            not_after_ms: unix_ms(not_after),
             p12,
             password,
+        })
+    }
+
+    /// Signs a renewal: a certificate like [`ClientCa::issue`]'s for the public key of the
+    /// PKCS#10 request `csr` (its signature checked; nothing else of it is taken).
+    pub fn sign_request(
+        &self,
+        csr: &[u8],
+        role: CertRole,
+        account: &str,
+        lifetime: Duration,
+    ) -> Result<RenewedCert, CaError> {
+        let issuer = self.issuer()?;
+        let der = rustls::pki_types::CertificateSigningRequestDer::from(csr.to_vec());
+        let mut request =
+            rcgen::CertificateSigningRequestParams::from_der(&der).map_err(|e| CaError::BadRequest(e.to_string()))?;
+        let (params, serial, not_before, not_after) = leaf_params(role, account, lifetime)?;
+        request.params = params;
+        let cert = request.signed_by(issuer).map_err(generate)?;
+        Ok(RenewedCert {
+            serial: serial_hex(&serial),
+            fingerprint: fingerprint(cert.der()),
+            not_before_ms: unix_ms(not_before),
+            not_after_ms: unix_ms(not_after),
+            der: cert.der().to_vec(),
         })
     }
 
@@ -302,6 +314,50 @@ impl ClientCa {
         let crl = params.signed_by(issuer).map_err(generate)?;
         Ok((crl.pem().map_err(generate)?, unix_ms(now + CRL_LIFETIME)))
     }
+}
+
+/// A renewed certificate, before it is recorded.
+#[derive(Debug)]
+pub struct RenewedCert {
+    pub serial: String,
+    pub fingerprint: String,
+    pub not_before_ms: i64,
+    pub not_after_ms: i64,
+    pub der: Vec<u8>,
+}
+
+/// How far back a certificate's validity starts, for clocks that run behind: an hour, or a
+/// tenth of a short lifetime (so that two thirds of the validity, when the app renews, stays
+/// close to two thirds of the lifetime).
+fn backdate(lifetime: Duration) -> Duration {
+    Duration::from_secs(3600).min(lifetime / 10)
+}
+
+/// What every client certificate says: subject CN = account, OU = role, O = tsunagu; a
+/// fresh serial; client authentication only; valid from a little before now (clock skew,
+/// see [`backdate`]) for `lifetime`.
+fn leaf_params(
+    role: CertRole,
+    account: &str,
+    lifetime: Duration,
+) -> Result<(CertificateParams, [u8; SERIAL_LEN], SystemTime, SystemTime), CaError> {
+    let serial = new_serial()?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
+    params.distinguished_name.push(DnType::CommonName, account);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, role.name());
+    params.distinguished_name.push(DnType::OrganizationName, "tsunagu");
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let now = SystemTime::now();
+    let not_before = now - backdate(lifetime);
+    let not_after = now + lifetime;
+    params.not_before = offset(not_before);
+    params.not_after = offset(not_after);
+    Ok((params, serial, not_before, not_after))
 }
 
 /// A new self-signed CA: its certificate and private key, PEM.

@@ -100,6 +100,9 @@ pub enum Action {
     /// Done: the resumed endpoint takes its side (`operator`: the operator's) of the session
     /// whose seat it took back, and runs it.
     Resume { operator: bool },
+    /// Done: renew the client certificate `operator` logged in with, for the key of the
+    /// PKCS#10 request `csr`; answer `CertificateRenewed` or an error, and close.
+    RenewCertificate { operator: String, csr: Vec<u8> },
     /// Done: tell the peer why, when there is something to tell, and close.
     Close(Option<Refusal>),
 }
@@ -237,6 +240,12 @@ impl Greeting {
                     });
                     self.state = State::CheckingAccount(operator, requested, rc.resume_key.to_vec());
                     self.deadline = None;
+                }
+                Some(Body::RenewCertificate(r)) if r.csr.len() <= tsunagu_proto::limits::MAX_CSR => {
+                    self.finish(Action::RenewCertificate {
+                        operator: operator.clone(),
+                        csr: r.csr.to_vec(),
+                    });
                 }
                 _ => self.refuse(Refusal::ExpectedRequestCode),
             },
@@ -889,6 +898,33 @@ mod tests {
             assert_eq!(entry.actor.contains("Secret-Typed-Here"), known);
             assert_eq!(closed_with(&actions), Some(refusal.told()));
         }
+    }
+
+    #[test]
+    fn a_logged_in_operator_may_ask_for_a_certificate_renewal_of_bounded_size() {
+        let t0 = Instant::now();
+        let mut g = logged_in(t0);
+        g.handle_frame(
+            t0,
+            body(Body::RenewCertificate(pb::RenewCertificate {
+                csr: vec![7u8; 300].into(),
+            })),
+        );
+        assert!(matches!(
+            drain(&mut g)[..],
+            [Action::RenewCertificate { ref operator, ref csr }] if operator == "ana" && csr.len() == 300
+        ));
+
+        // A request larger than any real one is refused unread.
+        let mut g = logged_in(t0);
+        g.handle_frame(
+            t0,
+            body(Body::RenewCertificate(pb::RenewCertificate {
+                csr: vec![7u8; tsunagu_proto::limits::MAX_CSR + 1].into(),
+            })),
+        );
+        let actions = drain(&mut g);
+        assert_eq!(closed_with(&actions), Some(Refusal::ExpectedRequestCode.told()));
     }
 
     #[test]

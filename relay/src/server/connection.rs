@@ -12,8 +12,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tsunagu_proto::codec::encode;
+use tsunagu_proto::pb::ErrorCode;
 use tsunagu_proto::pb::{self, frame::Body, EndReason, Frame};
-use tsunagu_proto::transport::{FrameReader, FrameWriter, TransportError};
+use tsunagu_proto::transport::{error_frame, FrameReader, FrameWriter, TransportError};
 use tsunagu_proto::PermissionSet;
 
 use crate::clock;
@@ -340,6 +341,11 @@ where
                         resume_key,
                         cert: login_cert.take(),
                     };
+                }
+                Action::RenewCertificate { operator, csr } => {
+                    let answer = renew_certificate(shared, &operator, login_cert.as_deref(), &csr, ip).await;
+                    let _ = writer.send(&answer).await;
+                    return None;
                 }
                 Action::Join { host, resume_key } => match taken.take() {
                     Some(joined) => break 'greeting Next::Client(joined, host, resume_key),
@@ -678,6 +684,56 @@ async fn authenticate(
         }
     }
     Ok((r, serial))
+}
+
+/// Renews the client certificate an operator's login presented (`serial`): the answer to
+/// send, `CertificateRenewed` or an error the operator's app shows.
+async fn renew_certificate(
+    shared: &Arc<Shared>,
+    operator: &str,
+    serial: Option<&str>,
+    csr: &[u8],
+    ip: IpAddr,
+) -> Frame {
+    let Some(serial) = serial else {
+        return error_frame(
+            ErrorCode::Certificate,
+            "log in with the client certificate to renew it".to_string(),
+        );
+    };
+    let ops = crate::admin::ops::Ops {
+        store: shared.store.clone(),
+        audit: shared.audit.clone(),
+        config: shared.config.clone(),
+        sessions: Some(shared.sessions().clone()),
+        verifier: shared.verifier.clone(),
+        grid: shared.grid().map(|g| g.redis().clone()),
+    };
+    let actor = crate::admin::ops::Actor {
+        name: format!("operator:{operator}"),
+        ip: ip.to_string(),
+    };
+    match ops.renew_cert(&actor, serial, csr).await {
+        Ok((row, der, ca)) => {
+            tracing::info!(%operator, old = %serial, new = %row.serial, "renewed a client certificate");
+            Frame {
+                body: Some(Body::CertificateRenewed(pb::CertificateRenewed {
+                    certificate: der.into(),
+                    ca: ca.into(),
+                    serial: row.serial,
+                    not_after_unix_ms: row.not_after,
+                })),
+            }
+        }
+        Err(e) => {
+            tracing::info!(%operator, error = %e, "client certificate renewal refused");
+            let code = match e {
+                crate::admin::ops::OpError::Internal | crate::admin::ops::OpError::Busy => ErrorCode::Internal,
+                _ => ErrorCode::Certificate,
+            };
+            error_frame(code, e.to_string())
+        }
+    }
 }
 
 /// Runs one peer of a session: its writer task and its reader loop, until the session

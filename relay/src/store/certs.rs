@@ -67,6 +67,8 @@ pub struct CertRow {
     pub issued_by: String,
     pub revoked_at: Option<i64>,
     pub revoked_by: Option<String>,
+    /// The certificate that renewed this one.
+    pub replaced_by: Option<String>,
 }
 
 impl CertRow {
@@ -98,6 +100,9 @@ pub enum Revoked {
 
 const CERT_COLUMNS: &str =
     "serial, role, account, device, fingerprint, not_before, not_after, issued_at, issued_by, revoked_at, revoked_by";
+/// What a listing reads: the columns written at issue, and the renewal.
+const CERT_LISTED: &str = "serial, role, account, device, fingerprint, not_before, not_after, issued_at, issued_by, \
+     revoked_at, revoked_by, replaced_by";
 
 fn cert_from_row(r: &sqlx::any::AnyRow) -> CertRow {
     CertRow {
@@ -112,6 +117,7 @@ fn cert_from_row(r: &sqlx::any::AnyRow) -> CertRow {
         issued_by: r.get("issued_by"),
         revoked_at: r.get("revoked_at"),
         revoked_by: r.get("revoked_by"),
+        replaced_by: r.get("replaced_by"),
     }
 }
 
@@ -177,7 +183,7 @@ impl Store {
         .await?;
         let live: i64 = sqlx::query(
             "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM client_certs \
-             WHERE role = $1 AND account = $2 AND revoked_at IS NULL AND not_after > $3",
+             WHERE role = $1 AND account = $2 AND revoked_at IS NULL AND replaced_by IS NULL AND not_after > $3",
         )
         .bind(row.role.name())
         .bind(&row.account)
@@ -214,9 +220,42 @@ impl Store {
         Ok(IssueOutcome::Issued)
     }
 
+    /// Records `row` as the renewal of certificate `old` (live, never renewed before), in one
+    /// transaction; `false` when `old` was renewed or revoked meanwhile (nothing written).
+    pub async fn renew_client_cert(&self, old: &str, row: &CertRow) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let marked = sqlx::query(
+            "UPDATE client_certs SET replaced_by = $1 WHERE serial = $2 AND replaced_by IS NULL AND revoked_at IS NULL",
+        )
+        .bind(&row.serial)
+        .bind(old)
+        .execute(&mut *tx)
+        .await?;
+        if marked.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(&format!(
+            "INSERT INTO client_certs ({CERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL)"
+        ))
+        .bind(&row.serial)
+        .bind(row.role.name())
+        .bind(&row.account)
+        .bind(&row.device)
+        .bind(&row.fingerprint)
+        .bind(row.not_before)
+        .bind(row.not_after)
+        .bind(row.issued_at)
+        .bind(&row.issued_by)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// One certificate by serial.
     pub async fn client_cert(&self, serial: &str) -> Result<Option<CertRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {CERT_COLUMNS} FROM client_certs WHERE serial = $1"))
+        let row = sqlx::query(&format!("SELECT {CERT_LISTED} FROM client_certs WHERE serial = $1"))
             .bind(serial)
             .fetch_optional(&self.pool)
             .await?;
@@ -228,7 +267,7 @@ impl Store {
         let rows = match account {
             Some((role, name)) => {
                 sqlx::query(&format!(
-                    "SELECT {CERT_COLUMNS} FROM client_certs WHERE role = $1 AND account = $2 \
+                    "SELECT {CERT_LISTED} FROM client_certs WHERE role = $1 AND account = $2 \
                      ORDER BY issued_at DESC, serial"
                 ))
                 .bind(role.name())
@@ -238,7 +277,7 @@ impl Store {
             }
             None => {
                 sqlx::query(&format!(
-                    "SELECT {CERT_COLUMNS} FROM client_certs ORDER BY role, account, issued_at DESC, serial"
+                    "SELECT {CERT_LISTED} FROM client_certs ORDER BY role, account, issued_at DESC, serial"
                 ))
                 .fetch_all(&self.pool)
                 .await?
