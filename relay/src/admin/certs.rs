@@ -31,6 +31,34 @@ pub fn validate_device(label: &str) -> Result<(), OpError> {
     Ok(())
 }
 
+/// What the CA signed, as the record of a new certificate needs it.
+struct Signed<'a> {
+    serial: &'a str,
+    fingerprint: &'a str,
+    not_before: i64,
+    not_after: i64,
+}
+
+impl Signed<'_> {
+    /// The record of this new certificate of `account`'s `device`, issued by `actor` at `now`.
+    fn record(&self, role: CertRole, account: &str, device: &str, actor: &Actor, now: i64) -> CertRow {
+        CertRow {
+            serial: self.serial.to_string(),
+            role,
+            account: account.to_string(),
+            device: device.to_string(),
+            fingerprint: self.fingerprint.to_string(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+            issued_at: now,
+            issued_by: actor.name.clone(),
+            revoked_at: None,
+            revoked_by: None,
+            replaced_by: None,
+        }
+    }
+}
+
 fn ca_error(e: crate::certs::ca::CaError) -> OpError {
     match e {
         crate::certs::ca::CaError::NoCaKey(_) => OpError::Conflict(e.to_string()),
@@ -75,20 +103,13 @@ impl Ops {
             .issue(role, name, device, self.config.certs.client_lifetime)
             .map_err(ca_error)?;
         let now = crate::time::now_ms();
-        let row = CertRow {
-            serial: file.serial.clone(),
-            role,
-            account: name.to_string(),
-            device: device.to_string(),
-            fingerprint: file.fingerprint.clone(),
+        let signed = Signed {
+            serial: &file.serial,
+            fingerprint: &file.fingerprint,
             not_before: file.not_before_ms,
             not_after: file.not_after_ms,
-            issued_at: now,
-            issued_by: actor.name.clone(),
-            revoked_at: None,
-            revoked_by: None,
-            replaced_by: None,
         };
+        let row = signed.record(role, name, device, actor, now);
         let max = self.config.certs.max_per_account;
         match self.store.issue_client_cert(&row, max, now).await? {
             IssueOutcome::Issued => {}
@@ -128,20 +149,13 @@ impl Ops {
         let signed = ca
             .sign_request(csr, current.role, &current.account, self.config.certs.client_lifetime)
             .map_err(ca_error)?;
-        let row = CertRow {
-            serial: signed.serial.clone(),
-            role: current.role,
-            account: current.account.clone(),
-            device: current.device.clone(),
-            fingerprint: signed.fingerprint.clone(),
+        let row = Signed {
+            serial: &signed.serial,
+            fingerprint: &signed.fingerprint,
             not_before: signed.not_before_ms,
             not_after: signed.not_after_ms,
-            issued_at: now,
-            issued_by: actor.name.clone(),
-            revoked_at: None,
-            revoked_by: None,
-            replaced_by: None,
-        };
+        }
+        .record(current.role, &current.account, &current.device, actor, now);
         if !self.store.renew_client_cert(old, &row).await? {
             return Err(gone());
         }

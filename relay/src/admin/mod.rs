@@ -97,14 +97,7 @@ impl Ctx {
 
 impl Console {
     fn new(shared: Arc<Shared>) -> Self {
-        let ops = Ops {
-            store: shared.store.clone(),
-            audit: shared.audit.clone(),
-            config: shared.config.clone(),
-            sessions: Some(shared.sessions().clone()),
-            verifier: shared.verifier.clone(),
-            grid: shared.grid().map(|g| g.redis().clone()),
-        };
+        let ops = Ops::of_relay(&shared);
         let dummy_hash = Arc::new(crate::accounts::dummy_hash(&shared.config.accounts));
         Self {
             shared,

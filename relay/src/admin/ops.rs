@@ -74,6 +74,21 @@ pub struct Ops {
     pub grid: Option<crate::grid::kv::Redis>,
 }
 
+impl Ops {
+    /// The operations on a running relay: its store, audit trail, live sessions, argon2
+    /// pool and, on a grid node, the grid's Redis.
+    pub fn of_relay(shared: &crate::state::Shared) -> Self {
+        Self {
+            store: shared.store.clone(),
+            audit: shared.audit.clone(),
+            config: shared.config.clone(),
+            sessions: Some(shared.sessions().clone()),
+            verifier: shared.verifier.clone(),
+            grid: shared.grid().map(|g| g.redis().clone()),
+        }
+    }
+}
+
 async fn hash(password: &str, config: &Config, verifier: &Verifier) -> Result<String, OpError> {
     accounts::check_password(password)?;
     match verifier.hash(password.to_string(), config.accounts.clone()).await {

@@ -701,14 +701,7 @@ async fn renew_certificate(
             "log in with the client certificate to renew it".to_string(),
         );
     };
-    let ops = crate::admin::ops::Ops {
-        store: shared.store.clone(),
-        audit: shared.audit.clone(),
-        config: shared.config.clone(),
-        sessions: Some(shared.sessions().clone()),
-        verifier: shared.verifier.clone(),
-        grid: shared.grid().map(|g| g.redis().clone()),
-    };
+    let ops = crate::admin::ops::Ops::of_relay(shared);
     let actor = crate::admin::ops::Actor {
         name: format!("operator:{operator}"),
         ip: ip.to_string(),

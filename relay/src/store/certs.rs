@@ -121,6 +121,25 @@ fn cert_from_row(r: &sqlx::any::AnyRow) -> CertRow {
     }
 }
 
+/// Writes a new certificate's row (neither revoked nor renewed) within `tx`.
+async fn insert_cert(tx: &mut sqlx::Transaction<'_, sqlx::Any>, row: &CertRow) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO client_certs ({CERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL)"
+    ))
+    .bind(&row.serial)
+    .bind(row.role.name())
+    .bind(&row.account)
+    .bind(&row.device)
+    .bind(&row.fingerprint)
+    .bind(row.not_before)
+    .bind(row.not_after)
+    .bind(row.issued_at)
+    .bind(&row.issued_by)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// The client CA, once one was created.
     pub async fn client_ca(&self) -> Result<Option<CaRow>, StoreError> {
@@ -197,20 +216,7 @@ impl Store {
                 live: live.clamp(0, u32::MAX as i64) as u32,
             });
         }
-        sqlx::query(&format!(
-            "INSERT INTO client_certs ({CERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL)"
-        ))
-        .bind(&row.serial)
-        .bind(row.role.name())
-        .bind(&row.account)
-        .bind(&row.device)
-        .bind(&row.fingerprint)
-        .bind(row.not_before)
-        .bind(row.not_after)
-        .bind(row.issued_at)
-        .bind(&row.issued_by)
-        .execute(&mut *tx)
-        .await?;
+        insert_cert(&mut tx, row).await?;
         sqlx::query("UPDATE client_cert_accounts SET issued = issued + 1 WHERE role = $1 AND account = $2")
             .bind(row.role.name())
             .bind(&row.account)
@@ -235,20 +241,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query(&format!(
-            "INSERT INTO client_certs ({CERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL)"
-        ))
-        .bind(&row.serial)
-        .bind(row.role.name())
-        .bind(&row.account)
-        .bind(&row.device)
-        .bind(&row.fingerprint)
-        .bind(row.not_before)
-        .bind(row.not_after)
-        .bind(row.issued_at)
-        .bind(&row.issued_by)
-        .execute(&mut *tx)
-        .await?;
+        insert_cert(&mut tx, row).await?;
         tx.commit().await?;
         Ok(true)
     }
