@@ -172,19 +172,7 @@ impl Keys {
     /// Encrypts a TOTP secret for the row of `account` in `table`: `v1:` + hex(nonce ‖
     /// ciphertext ‖ tag).
     pub fn seal(&self, table: &str, account: &str, secret: &str) -> Result<String, KeyError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|_| KeyError::Random)?;
-        let mut data = secret.as_bytes().to_vec();
-        self.secrets
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(associated_data(table, account)),
-                &mut data,
-            )
-            .map_err(|_| KeyError::Random)?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&data);
-        Ok(format!("{SEALED_PREFIX}{}", hex(&out)))
+        seal_with(&self.secrets, &associated_data(table, account), secret.as_bytes())
     }
 
     /// Decrypts what [`Keys::seal`] produced for the same table and account.
@@ -193,26 +181,18 @@ impl Keys {
             table: table.to_string(),
             account: account.to_string(),
         };
-        let body = stored.strip_prefix(SEALED_PREFIX).ok_or_else(bad)?;
-        let mut bytes = unhex(body).ok_or_else(bad)?;
-        if bytes.len() < NONCE_LEN + aead::CHACHA20_POLY1305.tag_len() {
-            return Err(bad());
-        }
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&bytes[..NONCE_LEN]);
-        let plain = self
-            .secrets
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(associated_data(table, account)),
-                &mut bytes[NONCE_LEN..],
-            )
-            .map_err(|_| KeyError::WrongSecretsKey {
-                path: self.files.secrets.display().to_string(),
-                table: table.to_string(),
-                account: account.to_string(),
-            })?;
-        String::from_utf8(plain.to_vec()).map_err(|_| bad())
+        let plain = match open_with(&self.secrets, &associated_data(table, account), stored) {
+            Opened::Plain(plain) => plain,
+            Opened::Malformed => return Err(bad()),
+            Opened::WrongKey => {
+                return Err(KeyError::WrongSecretsKey {
+                    path: self.files.secrets.display().to_string(),
+                    table: table.to_string(),
+                    account: account.to_string(),
+                })
+            }
+        };
+        String::from_utf8(plain).map_err(|_| bad())
     }
 
     /// HMAC-SHA-256 of `data` under the audit key, as hex.
@@ -247,6 +227,48 @@ impl Keys {
     /// copy of the file can be matched to its relay).
     pub fn signing_public_hex(&self) -> String {
         hex(self.signing.public_key().as_ref())
+    }
+}
+
+/// `v1:` + hex(nonce ‖ ciphertext ‖ tag) of `data` under `key`, bound to `aad`, with a
+/// random nonce.
+fn seal_with(key: &LessSafeKey, aad: &[u8], data: &[u8]) -> Result<String, KeyError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|_| KeyError::Random)?;
+    let mut sealed = data.to_vec();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut sealed)
+        .map_err(|_| KeyError::Random)?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&sealed);
+    Ok(format!("{SEALED_PREFIX}{}", hex(&out)))
+}
+
+/// What opening a stored value came to.
+enum Opened {
+    Plain(Vec<u8>),
+    /// Not a sealed value at all.
+    Malformed,
+    /// Sealed, but not under this key (or for another `aad`).
+    WrongKey,
+}
+
+/// Opens what [`seal_with`] produced under the same key and `aad`.
+fn open_with(key: &LessSafeKey, aad: &[u8], stored: &str) -> Opened {
+    let Some(mut bytes) = stored.strip_prefix(SEALED_PREFIX).and_then(unhex) else {
+        return Opened::Malformed;
+    };
+    if bytes.len() < NONCE_LEN + aead::CHACHA20_POLY1305.tag_len() {
+        return Opened::Malformed;
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&bytes[..NONCE_LEN]);
+    match key.open_in_place(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut bytes[NONCE_LEN..],
+    ) {
+        Ok(plain) => Opened::Plain(plain.to_vec()),
+        Err(_) => Opened::WrongKey,
     }
 }
 
@@ -429,43 +451,18 @@ impl SealingKey {
 
     /// `v1:` + hex(nonce ‖ ciphertext ‖ tag) of `data`, bound to `label`.
     pub fn seal(&self, label: &str, data: &[u8]) -> Result<String, KeyError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|_| KeyError::Random)?;
-        let mut sealed = data.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(label.as_bytes()),
-                &mut sealed,
-            )
-            .map_err(|_| KeyError::Random)?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&sealed);
-        Ok(format!("{SEALED_PREFIX}{}", hex(&out)))
+        seal_with(&self.key, label.as_bytes(), data)
     }
 
     /// Opens what [`SealingKey::seal`] produced for the same label.
     pub fn open(&self, label: &str, stored: &str) -> Result<Vec<u8>, KeyError> {
-        let wrong = || KeyError::WrongKey {
-            path: self.path.display().to_string(),
-            what: label.to_string(),
-        };
-        let body = stored.strip_prefix(SEALED_PREFIX).ok_or_else(wrong)?;
-        let mut bytes = unhex(body).ok_or_else(wrong)?;
-        if bytes.len() < NONCE_LEN + aead::CHACHA20_POLY1305.tag_len() {
-            return Err(wrong());
+        match open_with(&self.key, label.as_bytes(), stored) {
+            Opened::Plain(plain) => Ok(plain),
+            Opened::Malformed | Opened::WrongKey => Err(KeyError::WrongKey {
+                path: self.path.display().to_string(),
+                what: label.to_string(),
+            }),
         }
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&bytes[..NONCE_LEN]);
-        let plain = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(label.as_bytes()),
-                &mut bytes[NONCE_LEN..],
-            )
-            .map_err(|_| wrong())?;
-        Ok(plain.to_vec())
     }
 }
 
