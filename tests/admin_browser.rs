@@ -302,29 +302,8 @@ async fn an_admin_uses_the_console_in_chromium() {
     let downloads = tempfile::tempdir().unwrap();
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("admin-browser");
     std::fs::create_dir_all(&shots).unwrap();
-    let caps = json!({"capabilities": {"alwaysMatch": {
-        "browserName": "chrome",
-        "acceptInsecureCerts": true,
-        "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", "--window-size=1280,900", "--lang=en-US",
-                     format!("--user-data-dir={}", profile.path().display())],
-            "prefs": {"download.default_directory": downloads.path().display().to_string(), "download.prompt_for_download": false}
-        }
-    }}});
-    let created = http(driver.port, "POST", "/session", Some(&caps)).await;
-    let session = created["value"]["sessionId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
-        .to_string();
-    let mut b = Browser {
-        port: driver.port,
-        session,
-        shots: shots.clone(),
-        step: 0,
-    };
+    let prefs = json!({"download.default_directory": downloads.path().display().to_string(), "download.prompt_for_download": false});
+    let mut b = browser_on(&driver, profile.path(), &shots, 900, prefs).await;
     let base = format!("https://127.0.0.1:{}", relay.relay.admin_addr().unwrap().port());
 
     // Log in: password, then the TOTP code.
@@ -462,9 +441,9 @@ impl Drop for AutoSelectPolicy {
     }
 }
 
-/// A WebDriver session of headless Chromium on `driver` (its `HOME` decides which client
-/// certificates it holds).
-async fn browser_on(driver: &Driver, profile: &Path, shots: &Path) -> Browser {
+/// A WebDriver session of headless Chromium on `driver`, `height` pixels high, with Chrome
+/// `prefs` (its `HOME` decides which client certificates it holds).
+async fn browser_on(driver: &Driver, profile: &Path, shots: &Path, height: u32, prefs: Value) -> Browser {
     let caps = json!({"capabilities": {"alwaysMatch": {
         "browserName": "chrome",
         "acceptInsecureCerts": true,
@@ -472,8 +451,9 @@ async fn browser_on(driver: &Driver, profile: &Path, shots: &Path) -> Browser {
             "binary": CHROMIUM,
             "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", "--window-size=1280,1500", "--lang=en-US",
-                     format!("--user-data-dir={}", profile.display())]
+                     "--disable-dev-shm-usage", &format!("--window-size=1280,{height}"), "--lang=en-US",
+                     &format!("--user-data-dir={}", profile.display())],
+            "prefs": prefs
         }
     }}});
     let created = http(driver.port, "POST", "/session", Some(&caps)).await;
@@ -564,7 +544,7 @@ async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
     // Password alone (a browser without the certificate): refused at the password step.
     let driver = start_driver_in(Some(&without_home)).await.expect("chromedriver");
     let profile = tempfile::tempdir().unwrap();
-    let mut plain = browser_on(&driver, profile.path(), &shots).await;
+    let mut plain = browser_on(&driver, profile.path(), &shots, 1500, json!({})).await;
     let url = password_step(&plain, &base).await;
     assert!(
         url.ends_with("/login"),
@@ -578,7 +558,7 @@ async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
     // Password + certificate + TOTP: logged in.
     let driver = start_driver_in(Some(&with_home)).await.expect("chromedriver");
     let profile = tempfile::tempdir().unwrap();
-    let mut b = browser_on(&driver, profile.path(), &shots).await;
+    let mut b = browser_on(&driver, profile.path(), &shots, 1500, json!({})).await;
     let url = password_step(&b, &base).await;
     assert!(
         url.ends_with("/login/totp"),
