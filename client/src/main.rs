@@ -66,9 +66,10 @@ struct Args {
     /// Relay ports to try, in order, on every relay (default: its port in --relay, else 7615,80,443).
     #[arg(long, value_delimiter = ',')]
     ports: Option<Vec<u16>>,
-    /// The relay's CA certificate (PEM), e.g. DATA/tls/ca.pem.
+    /// The relay's CA certificate (PEM), e.g. DATA/tls/ca.pem, trusted besides the system's
+    /// trust store. Not needed for a relay whose certificate comes from a public CA (ACME).
     #[arg(long)]
-    ca: PathBuf,
+    ca: Option<PathBuf>,
     /// Speak JSON lines on stdin/stdout instead of showing a window.
     #[arg(long)]
     headless: bool,
@@ -178,8 +179,8 @@ fn build_config(args: Args) -> Result<ClientConfig, (&'static str, String)> {
 
 /// Validates the arguments into a configuration for `code`.
 fn build_config_with(args: Args, code: SessionCode) -> Result<ClientConfig, (&'static str, String)> {
-    let mut config =
-        ClientConfig::new(&args.relay, args.ports.clone(), args.ca, code).map_err(|e| ("usage", e.to_string()))?;
+    let mut config = ClientConfig::new(&args.relay, args.ports.clone(), args.ca.unwrap_or_default(), code)
+        .map_err(|e| ("usage", e.to_string()))?;
     config.standby = args
         .standby
         .standby(&config.relays, args.ports)

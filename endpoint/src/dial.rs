@@ -273,7 +273,10 @@ impl ClientIdentity {
 /// random bits, so stretching adds nothing that matters).
 const P12_ITERATIONS: u32 = 10_000;
 
-/// As [`client_tls`], presenting `identity` when the relay asks for a client certificate.
+/// The apps' TLS configuration: trusts the system's trust store (`SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` are honoured) plus the CA in `ca_pem_path` when one is given (an empty
+/// path is none: a relay with a publicly trusted certificate needs no `--ca`), and
+/// presents `identity` when the relay asks for a client certificate.
 pub fn client_tls_with(
     ca_pem_path: &Path,
     identity: Option<&ClientIdentity>,
@@ -282,18 +285,27 @@ pub fn client_tls_with(
         path: ca_pem_path.display().to_string(),
         reason,
     };
-    let pem = std::fs::read(ca_pem_path).map_err(|e| bad(e.to_string()))?;
-    let Some(identity) = identity else {
-        return client_tls_from_pem(&pem).map_err(bad);
-    };
-    let roots = roots_from_pem(&pem).map_err(bad)?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (system, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if !ca_pem_path.as_os_str().is_empty() {
+        let pem = std::fs::read(ca_pem_path).map_err(|e| bad(e.to_string()))?;
+        roots.roots.extend(roots_from_pem(&pem).map_err(bad)?.roots);
+    } else if system == 0 {
+        return Err(bad(
+            "no --ca was given and the system's trust store holds no certificate".into(),
+        ));
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| DialError::BadCertificate(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|e| DialError::BadCertificate(e.to_string()))?;
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(|e| DialError::BadCertificate(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![tsunagu_proto::ALPN.to_vec()];
     Ok(Arc::new(config))
 }

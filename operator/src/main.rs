@@ -29,9 +29,10 @@ struct Args {
     /// Relay ports to try, in order, on every relay (default: its port in --relay, else 7615,80,443).
     #[arg(long, value_delimiter = ',')]
     ports: Option<Vec<u16>>,
-    /// The relay's CA certificate (PEM), e.g. DATA/tls/ca.pem.
+    /// The relay's CA certificate (PEM), e.g. DATA/tls/ca.pem, trusted besides the system's
+    /// trust store. Not needed for a relay whose certificate comes from a public CA (ACME).
     #[arg(long)]
-    ca: PathBuf,
+    ca: Option<PathBuf>,
     /// Operator account name. The password comes from the TSUNAGU_PASSWORD environment variable
     /// (the window asks for it when unset).
     #[arg(long, default_value = "")]
@@ -132,7 +133,7 @@ fn run_window(args: Args) -> ExitCode {
         cert_file: identity,
         relay: args.relay,
         ports: args.ports,
-        ca: args.ca,
+        ca: args.ca.unwrap_or_default(),
         user: args.user,
         password: std::env::var(PASSWORD_ENV).unwrap_or_default(),
         permissions,
@@ -171,8 +172,14 @@ fn build_config(args: Args) -> Result<OperatorConfig, (&'static str, String)> {
         ));
     }
     let identity = load_identity(args.cert.as_deref()).map_err(|e| ("bad_certificate", e))?;
-    let mut config = OperatorConfig::new(&args.relay, args.ports.clone(), args.ca, args.user, password)
-        .map_err(|e| ("usage", e.to_string()))?;
+    let mut config = OperatorConfig::new(
+        &args.relay,
+        args.ports.clone(),
+        args.ca.unwrap_or_default(),
+        args.user,
+        password,
+    )
+    .map_err(|e| ("usage", e.to_string()))?;
     config.identity = identity.as_ref().map(|f| f.identity.clone());
     config.cert_file = identity;
     config.standby = args

@@ -386,6 +386,43 @@ pub struct TlsConfig {
     /// Default 30 days.
     #[serde(with = "humantime_serde")]
     pub renew_before: Duration,
+    /// A publicly trusted server certificate from an ACME CA instead of the self-generated
+    /// one (see docs/certificates.md). Unset by default.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `[tls.acme]`: where to order the relay's certificate and for which names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The ACME directory URL (`https://acme-v02.api.letsencrypt.org/directory`).
+    pub directory: String,
+    /// Contacts for the account (`mailto:ops@example.com`). Default none.
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// The DNS names the certificate is for; the CA connects to each on the port it
+    /// validates TLS-ALPN-01 on (443 in production), which must reach a relay listener.
+    pub names: Vec<String>,
+    /// A CA certificate (PEM) to trust for the directory's own HTTPS besides the system's
+    /// (a test CA such as pebble's). Default none.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The certificate is renewed when it has less than this left. Default 30 days.
+    #[serde(default = "AcmeConfig::default_renew_before", with = "humantime_serde")]
+    pub renew_before: Duration,
+    /// How often the relay checks whether the certificate is due. Default 1 hour.
+    #[serde(default = "AcmeConfig::default_check_every", with = "humantime_serde")]
+    pub check_every: Duration,
+}
+
+impl AcmeConfig {
+    fn default_renew_before() -> Duration {
+        30 * DAY
+    }
+
+    fn default_check_every() -> Duration {
+        Duration::from_secs(3600)
+    }
 }
 
 /// Every wait on a peer, with its default.
@@ -590,6 +627,7 @@ impl Default for TlsConfig {
             names: Vec::new(),
             server_cert_lifetime: 90 * DAY,
             renew_before: 30 * DAY,
+            acme: None,
         }
     }
 }
@@ -698,6 +736,20 @@ impl Config {
         }
         if self.tls.ca_file.is_some() != self.tls.ca_key_file.is_some() {
             return invalid("tls.ca_file", "ca_file and ca_key_file go together");
+        }
+        if let Some(acme) = &self.tls.acme {
+            if self.tls.cert_file.is_some() {
+                return invalid("tls.acme", "a supplied cert_file and ACME exclude each other");
+            }
+            if !acme.directory.starts_with("https://") {
+                return invalid("tls.acme.directory", "must be an https:// URL");
+            }
+            if acme.names.is_empty() {
+                return invalid("tls.acme.names", "at least one DNS name is needed");
+            }
+            if acme.check_every < Duration::from_secs(1) || acme.check_every > DAY {
+                return invalid("tls.acme.check_every", "must be between 1 s and one day");
+            }
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;

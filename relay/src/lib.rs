@@ -1,7 +1,8 @@
 //! The tsunagu relay: every byte between an operator and a client passes through it.
 //!
 //! * [`config`]: settings with defaults, loaded from TOML and validated before binding.
-//! * [`tls`]: the self-generated CA and server certificate, renewal.
+//! * [`tls`]: the self-generated CA and server certificate, renewal; [`acme`]: a publicly
+//!   trusted one from an ACME CA instead.
 //! * [`server`]: the running [`Relay`] (start, housekeeping, shutdown), its listeners, and
 //!   the async shell of each connection (TLS, greeting driver, reader, writer).
 //! * [`conn`]: a connection's greeting (login, code, join) as a sans-IO machine, and the
@@ -30,6 +31,7 @@
 //!   `tsunagu-relay admin`.
 
 pub mod accounts;
+pub mod acme;
 pub mod admin;
 pub mod audit;
 pub mod certs;

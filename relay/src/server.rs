@@ -193,6 +193,13 @@ impl Relay {
             }
         }
         tasks.push(tokio::spawn(watch_certificates(shared.clone(), stopper.listener())));
+        if let Some(every) = certs.acme_check_every() {
+            tasks.push(tokio::spawn(keep_acme_certificate(
+                certs.clone(),
+                every,
+                stopper.listener(),
+            )));
+        }
         tasks.push(tokio::spawn(housekeeping(
             shared.clone(),
             certs.clone(),
@@ -611,6 +618,31 @@ async fn watch_certificates(shared: Arc<Shared>, mut stop: Shutdown) {
                 }
             }
         }
+    }
+}
+
+/// With `[tls.acme]`: obtains the server certificate from the ACME CA once the listeners
+/// are up, then checks every `check_every` whether it is due for renewal. A failure is
+/// retried sooner (every 10 s at most, as the CA allows), and the certificate in use stays.
+async fn keep_acme_certificate(certs: Arc<ServerCerts>, every: Duration, mut stop: Shutdown) {
+    let retry = every.min(Duration::from_secs(10));
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.recv() => return,
+        }
+        wait = match certs.renew_acme_if_due().await {
+            Ok(true) => {
+                tracing::info!("the ACME certificate is in use");
+                every
+            }
+            Ok(false) => every,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not obtain the certificate from the ACME CA; trying again");
+                retry
+            }
+        };
     }
 }
 

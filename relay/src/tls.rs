@@ -81,6 +81,11 @@ enum Source {
 pub struct ServerCerts {
     current: RwLock<Arc<CertifiedKey>>,
     source: Source,
+    /// `[tls.acme]` and the data dir's `tls/` folder, when the certificate comes from an
+    /// ACME CA (the generated one serves until the first is obtained).
+    acme: Option<(crate::config::AcmeConfig, PathBuf)>,
+    /// TLS-ALPN-01 challenge certificates being validated now.
+    challenges: crate::acme::Challenges,
 }
 
 impl std::fmt::Debug for ServerCerts {
@@ -90,7 +95,14 @@ impl std::fmt::Debug for ServerCerts {
 }
 
 impl ResolvesServerCert for ServerCerts {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == crate::acme::ACME_TLS_ALPN));
+        if acme {
+            // An ACME CA validating TLS-ALPN-01: only its challenge certificate answers.
+            return hello.server_name().and_then(|name| self.challenges.get(name));
+        }
         Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
@@ -272,6 +284,8 @@ impl ServerCerts {
             return Ok(Arc::new(Self {
                 current: RwLock::new(certified_key(certs, key)?),
                 source: Source::Supplied,
+                acme: None,
+                challenges: Default::default(),
             }));
         }
         let dir = config.tls_dir();
@@ -284,9 +298,22 @@ impl ServerCerts {
             lifetime: config.tls.server_cert_lifetime,
             renew_before: config.tls.renew_before,
         };
+        let acme = config.tls.acme.clone().map(|a| (a, dir.clone()));
+        // A certificate the ACME CA issued before serves from the start, while it is valid.
+        let obtained = acme.as_ref().and_then(|(_, tls)| {
+            let (cert, key) = crate::acme::files(tls);
+            let valid = remaining(&cert).is_ok_and(|left| left > Duration::ZERO);
+            valid.then(|| load_chain(&cert, &key).and_then(|(c, k)| certified_key(c, k)).ok())?
+        });
+        let current = match obtained {
+            Some(c) => c,
+            None => Self::load_generated(&source, true)?,
+        };
         let this = Self {
-            current: RwLock::new(Self::load_generated(&source, true)?),
+            current: RwLock::new(current),
             source,
+            acme,
+            challenges: Default::default(),
         };
         Ok(Arc::new(this))
     }
@@ -312,8 +339,12 @@ impl ServerCerts {
         certified_key(certs, key)
     }
 
-    /// Renews the generated server certificate if it is due; returns whether it did.
+    /// Renews the generated server certificate if it is due; returns whether it did. With
+    /// ACME the certificate is the ACME CA's ([`ServerCerts::renew_acme_if_due`]).
     pub fn renew_if_due(&self) -> Result<bool, TlsError> {
+        if self.acme.is_some() {
+            return Ok(false);
+        }
         let Source::Generated { dir, renew_before, .. } = &self.source else {
             return Ok(false);
         };
@@ -325,7 +356,33 @@ impl ServerCerts {
         Ok(true)
     }
 
-    /// The rustls server configuration: TLS 1.3 only, ALPN `tsunagu/1`.
+    /// How often the ACME certificate is checked for renewal; `None` without ACME.
+    pub fn acme_check_every(&self) -> Option<Duration> {
+        self.acme.as_ref().map(|(a, _)| a.check_every)
+    }
+
+    /// With `[tls.acme]`: orders a certificate when there is none from the ACME CA yet or the
+    /// one there has less than `renew_before` left, and swaps it in (connections already
+    /// open keep theirs). Returns whether it did.
+    pub async fn renew_acme_if_due(&self) -> Result<bool, crate::acme::AcmeError> {
+        let Some((acme, tls)) = &self.acme else {
+            return Ok(false);
+        };
+        let (cert, _) = crate::acme::files(tls);
+        let due = remaining(&cert).map_or(true, |left| left < acme.renew_before);
+        if !due {
+            return Ok(false);
+        }
+        let (cert, key) = crate::acme::obtain(acme, tls, &self.challenges).await?;
+        let fresh = load_chain(&cert, &key)
+            .and_then(|(c, k)| certified_key(c, k))
+            .map_err(|e| crate::acme::AcmeError::Refused(e.to_string()))?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(true)
+    }
+
+    /// The rustls server configuration: TLS 1.3 only, ALPN `tsunagu/1` (and `acme-tls/1`
+    /// with ACME, for the CA's validation connections).
     /// `clients` checks the client certificates endpoints present (see [`crate::certs`]).
     pub fn server_config(
         self: &Arc<Self>,
@@ -338,6 +395,9 @@ impl ServerCerts {
             .with_client_cert_verifier(clients)
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![tsunagu_proto::ALPN.to_vec()];
+        if self.acme.is_some() {
+            config.alpn_protocols.push(crate::acme::ACME_TLS_ALPN.to_vec());
+        }
         // Session tickets would hold per-connection state; endpoints reconnect rarely. Off
         // also so that a resumed TLS session never skips the client certificate check.
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});

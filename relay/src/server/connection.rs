@@ -65,6 +65,11 @@ where
             return;
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+        // An ACME CA's TLS-ALPN-01 validation: the handshake was all it needed.
+        tracing::debug!(%peer, "answered an ACME validation handshake");
+        return;
+    }
     let cert = crate::certs::PeerCert::of(tls.get_ref().1.peer_certificates());
     let (r, w) = tokio::io::split(tls);
     serve_connection(shared, r, w, peer, port, permit, mark, cert).await;
