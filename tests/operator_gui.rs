@@ -249,3 +249,70 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
     op.expect_where("gui", |v| v["screen"] == "ended");
     assert_eq!(client.wait(), 0);
 }
+
+/// An operator who must present a client certificate starts the window with `--cert` and
+/// no `TSUNAGU_CERT_PASSWORD`: the login screen asks for the certificate's password (in
+/// Japanese and English), and with it typed the session starts.
+#[test]
+fn the_window_asks_for_the_certificate_password() {
+    let x = Xvfb::start(1600, 1000);
+    let relay = RelayProcess::start("", 1);
+    assert!(relay.add_operator("alice", OP_PASSWORD).status.success());
+    let work = tempfile::tempdir().unwrap();
+    let p12 = work.path().join("alice.p12");
+    let out = relay_cli(
+        &relay.data_dir(),
+        &[
+            "cert",
+            "issue",
+            "alice",
+            "--device",
+            "desk",
+            "--out",
+            p12.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let password = issued["password"].as_str().unwrap().to_string();
+    assert!(
+        relay_cli(&relay.data_dir(), &["admin", "require-cert", "alice", "on"], None)
+            .status
+            .success()
+    );
+    // The relay asks for certificates from its next read of the new client CA (1 s).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+
+    for lang in ["ja", "en"] {
+        let args = [
+            "--user",
+            "alice",
+            "--events",
+            "--lang",
+            lang,
+            "--cert",
+            p12.to_str().unwrap(),
+        ];
+        let mut cmd = x.app("tsunagu-operator", &relay, &args);
+        cmd.env("TSUNAGU_PASSWORD", OP_PASSWORD)
+            .env_remove("TSUNAGU_CERT_PASSWORD");
+        let mut op = App::spawn("operator window", cmd);
+        // The first frames lay the form out narrow; wait for the settled layout.
+        let login = op.expect_where("gui", |v| {
+            v["screen"] == "login" && v["widgets"]["cert_password"][2].as_i64().unwrap_or(0) > 100
+        });
+        // Xvfb runs without a window manager: give the window the keyboard focus as one would.
+        let id = x.xdotool(&["search", "--sync", "--onlyvisible", "--class", "tsunagu-operator"]);
+        let id = id.lines().next().unwrap_or_default().to_string();
+        x.xdotool(&["windowfocus", "--sync", &id]);
+        let (fx, fy) = center(rect(&login, "cert_password"));
+        x.xdotool(&["mousemove", &fx.to_string(), &fy.to_string(), "click", "1"]);
+        x.xdotool(&["type", "--delay", "20", &password]);
+        Shot::take(&x, &format!("operator-cert-password-{lang}"));
+        let (bx, by) = center(rect(&login, "new_session"));
+        x.xdotool(&["mousemove", &bx.to_string(), &by.to_string(), "click", "1"]);
+        op.expect("code");
+        drop(op);
+    }
+}

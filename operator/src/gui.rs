@@ -52,7 +52,9 @@ pub struct GuiOptions {
     /// The standby relay options (`--standby-relay`).
     pub standby: Option<tsunagu_endpoint::config::StandbyArgs>,
     /// The client certificate presented at login (`--cert`), renewed in place when due.
-    pub cert_file: Option<tsunagu_endpoint::renew::CertFile>,
+    pub cert: Option<PathBuf>,
+    /// Its import password from `TSUNAGU_CERT_PASSWORD`, if set (else the window asks).
+    pub cert_password: String,
 }
 
 /// Runs the window until the operator closes it (which ends a running session).
@@ -122,6 +124,10 @@ struct OperatorApp {
     relay: String,
     user: String,
     password: String,
+    /// The import password of `--cert`, typed or from the environment.
+    cert_password: String,
+    /// The `--cert` file once opened (renewals replace it).
+    cert_file: Option<tsunagu_endpoint::renew::CertFile>,
     totp: String,
     message: Option<String>,
     commands: Option<mpsc::Sender<Command>>,
@@ -160,6 +166,8 @@ impl OperatorApp {
             relay: options.relay.clone(),
             user: options.user.clone(),
             password: options.password.clone(),
+            cert_password: options.cert_password.clone(),
+            cert_file: None,
             save_dir: options.save_dir.display().to_string(),
             options,
             lang,
@@ -223,8 +231,20 @@ impl OperatorApp {
         if let Some(p) = self.options.permissions {
             config.permissions = p;
         }
-        config.identity = self.options.cert_file.as_ref().map(|f| f.identity.clone());
-        config.cert_file = self.options.cert_file.clone();
+        if let Some(path) = self.options.cert.clone() {
+            // Opened at the first start (and again after a wrong password was corrected).
+            if self.cert_file.is_none() {
+                match tsunagu_endpoint::renew::CertFile::open(&path, &self.cert_password) {
+                    Ok(file) => self.cert_file = Some(file),
+                    Err(e) => {
+                        self.message = Some(e);
+                        return;
+                    }
+                }
+            }
+            config.identity = self.cert_file.as_ref().map(|f| f.identity.clone());
+            config.cert_file = self.cert_file.clone();
+        }
         // One standby per relay typed: which site is in use outlives each session.
         if let Some(args) = &self.options.standby {
             let kept = self.standby.as_ref().filter(|(relay, _)| *relay == self.relay);
@@ -447,9 +467,25 @@ impl OperatorApp {
                 let r = ui.add(egui::TextEdit::singleline(&mut self.totp).char_limit(8));
                 self.widgets.insert("totp", r.rect);
                 ui.end_row();
+                if let Some(path) = &self.options.cert {
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    ui.label(format!("{} ({name})", self.t(Text::CertPassword)));
+                    let r = ui.add(egui::TextEdit::singleline(&mut self.cert_password).password(true));
+                    if r.changed() {
+                        self.cert_file = None;
+                    }
+                    self.widgets.insert("cert_password", r.rect);
+                    ui.end_row();
+                }
             });
         ui.add_space(12.0);
-        let ready = !self.relay.trim().is_empty() && !self.user.trim().is_empty() && !self.password.is_empty();
+        let ready = !self.relay.trim().is_empty()
+            && !self.user.trim().is_empty()
+            && !self.password.is_empty()
+            && (self.options.cert.is_none() || !self.cert_password.is_empty());
         let r = ui.add_enabled(ready, egui::Button::new(self.t(Text::NewSession)));
         self.widgets.insert("new_session", r.rect);
         if r.clicked() {

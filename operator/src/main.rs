@@ -122,15 +122,9 @@ fn run_window(args: Args) -> ExitCode {
             home
         }
     });
-    let identity = match load_identity(args.cert.as_deref()) {
-        Ok(id) => id,
-        Err(e) => {
-            eprintln!("{PROGRAM}: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let options = GuiOptions {
-        cert_file: identity,
+        cert: args.cert.clone(),
+        cert_password: std::env::var(CERT_PASSWORD_ENV).unwrap_or_default(),
         relay: args.relay,
         ports: args.ports,
         ca: args.ca.unwrap_or_default(),
