@@ -35,16 +35,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn installed(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 /// A CA and a certificate it signed for 127.0.0.1: pebble's own HTTPS (the relay trusts the
 /// CA for the directory through `tls.acme.ca_file`).
 fn pebble_https(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {

@@ -140,7 +140,7 @@ fn certificates_are_issued_imported_required_and_revoked() {
     );
 
     // NSS (what Chromium and Firefox use on Linux) imports it too.
-    if which("pk12util") {
+    if installed("pk12util") {
         let nss = work.path().join("nss");
         std::fs::create_dir(&nss).unwrap();
         let db = format!("sql:{}", nss.display());
@@ -383,14 +383,4 @@ fn the_operator_app_renews_its_certificate_at_two_thirds_of_its_lifetime() {
     // The renewed file logs in.
     let mut again = operator_with_cert(&relay.spec(), &relay.ca(), "alice", Some(&renewed_file));
     again.expect("code");
-}
-
-fn which(program: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }

@@ -815,3 +815,14 @@ pub mod admin;
 pub mod grid;
 pub mod proxy;
 pub mod xvfb;
+
+/// Whether `program` is on the PATH (tests of optional tools skip without them, except in CI).
+pub fn installed(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
