@@ -126,8 +126,6 @@ struct OperatorApp {
     password: String,
     /// The import password of `--cert`, typed or from the environment.
     cert_password: String,
-    /// The `--cert` file once opened (renewals replace it).
-    cert_file: Option<tsunagu_endpoint::renew::CertFile>,
     totp: String,
     message: Option<String>,
     commands: Option<mpsc::Sender<Command>>,
@@ -167,7 +165,6 @@ impl OperatorApp {
             user: options.user.clone(),
             password: options.password.clone(),
             cert_password: options.cert_password.clone(),
-            cert_file: None,
             save_dir: options.save_dir.display().to_string(),
             options,
             lang,
@@ -232,18 +229,17 @@ impl OperatorApp {
             config.permissions = p;
         }
         if let Some(path) = self.options.cert.clone() {
-            // Opened at the first start (and again after a wrong password was corrected).
-            if self.cert_file.is_none() {
-                match tsunagu_endpoint::renew::CertFile::open(&path, &self.cert_password) {
-                    Ok(file) => self.cert_file = Some(file),
-                    Err(e) => {
-                        self.message = Some(e);
-                        return;
-                    }
+            // Read at every start, so a session after a renewal presents the renewed file.
+            match tsunagu_endpoint::renew::CertFile::open(&path, &self.cert_password) {
+                Ok(file) => {
+                    config.identity = Some(file.identity.clone());
+                    config.cert_file = Some(file);
+                }
+                Err(e) => {
+                    self.message = Some(e);
+                    return;
                 }
             }
-            config.identity = self.cert_file.as_ref().map(|f| f.identity.clone());
-            config.cert_file = self.cert_file.clone();
         }
         // One standby per relay typed: which site is in use outlives each session.
         if let Some(args) = &self.options.standby {
@@ -474,9 +470,6 @@ impl OperatorApp {
                         .unwrap_or_default();
                     ui.label(format!("{} ({name})", self.t(Text::CertPassword)));
                     let r = ui.add(egui::TextEdit::singleline(&mut self.cert_password).password(true));
-                    if r.changed() {
-                        self.cert_file = None;
-                    }
                     self.widgets.insert("cert_password", r.rect);
                     ui.end_row();
                 }
