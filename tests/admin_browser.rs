@@ -553,6 +553,13 @@ async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
     let error = plain.wait_text("#error", |t| !t.is_empty()).await;
     assert!(error.contains("client certificate"), "{error}");
     plain.screenshot("password-alone-refused").await;
+    // The same refusal in Japanese.
+    plain.goto(&format!("{base}/lang?l=ja")).await;
+    let url = password_step(&plain, &base).await;
+    assert!(url.ends_with("/login"), "{url}");
+    let error = plain.wait_text("#error", |t| t.contains("証明書")).await;
+    assert!(error.contains("クライアント証明書"), "{error}");
+    plain.screenshot("password-alone-refused-ja").await;
     drop(driver);
 
     // Password + certificate + TOTP: logged in.
@@ -573,6 +580,7 @@ async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
     // The operator page issues, lists and revokes an operator's certificates (en, then ja).
     b.goto(&format!("{base}/operators/alice")).await;
     assert!(b.text("#cert-required").await.contains("optional"));
+    b.screenshot("operator-certificates-en").await;
     b.type_into("#device", "alice's laptop").await;
     b.click("#cert-issue").await;
     let password = b.wait_text("#import-password", |t| t.len() == 23).await;

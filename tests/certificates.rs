@@ -383,4 +383,22 @@ fn the_operator_app_renews_its_certificate_at_two_thirds_of_its_lifetime() {
     // The renewed file logs in.
     let mut again = operator_with_cert(&relay.spec(), &relay.ca(), "alice", Some(&renewed_file));
     again.expect("code");
+
+    // Revoking the device's original certificate revokes its renewal too: the session that
+    // logged in with the renewed one ends, and the renewed file no longer gets in.
+    let o = cli(&["cert", "revoke", &laptop.serial]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(again.expect("ended")["reason"], "certificate_revoked");
+    let listed = cli(&["cert", "list", "alice", "--format", "json"]);
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        rows.iter().all(|r| !r["revoked_at"].is_null()),
+        "the whole renewal line is revoked: {rows:?}"
+    );
+    let mut after = operator_with_cert(&relay.spec(), &relay.ca(), "alice", Some(&renewed_file));
+    let err = after.expect("error");
+    assert!(err["message"].as_str().unwrap().contains("CertificateRevoked"), "{err}");
 }

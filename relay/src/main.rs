@@ -535,6 +535,16 @@ async fn open_store(config: &Config) -> Result<Store, String> {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // Commands print their results on stdout; what went wrong underneath (a database
+        // error behind "could not save the change") goes to stderr as text.
+        let filter = tracing_subscriber::EnvFilter::try_from_env("TSUNAGU_LOG").unwrap_or_else(|_| "warn".into());
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
     match cli.command {
         Command::Serve {
             common,

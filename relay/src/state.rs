@@ -74,6 +74,28 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Checks the client certificate a login of `role` account `name` presented (see
+    /// [`crate::certs::CertState::check_login`]) against this relay's store and its
+    /// revocation list.
+    pub(crate) async fn check_login_cert(
+        &self,
+        role: crate::store::CertRole,
+        name: &str,
+        presented: Option<&crate::certs::PeerCert>,
+        required: bool,
+    ) -> Result<Option<String>, crate::certs::CertRefusal> {
+        self.client_certs
+            .check_login(
+                &self.store,
+                self.config.certs.revocation_max_age,
+                role,
+                name,
+                presented,
+                required,
+            )
+            .await
+    }
+
     /// The relay's state around `directory` (in memory on a single node) with an empty
     /// registry; `stop` is the relay's stop signal (no session opens once it is given).
     #[allow(clippy::too_many_arguments)] // each is one of the relay's parts, built by `Relay::start`

@@ -531,15 +531,7 @@ pub(super) async fn login(
     if let Some(r) = &record {
         let shared = &console.shared;
         match shared
-            .client_certs
-            .check_login(
-                &shared.store,
-                shared.config.certs.revocation_max_age,
-                crate::store::CertRole::Admin,
-                &r.name,
-                cert.as_ref(),
-                r.cert_required,
-            )
+            .check_login_cert(crate::store::CertRole::Admin, &r.name, cert.as_ref(), r.cert_required)
             .await
         {
             Ok(s) => serial = s,

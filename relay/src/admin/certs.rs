@@ -119,7 +119,7 @@ impl Ops {
                 )))
             }
         }
-        self.audit_cert(actor, "cert_issued", &row).await;
+        self.audit_cert(actor, "cert_issued", &row, "").await;
         Ok(IssuedCert { row, file })
     }
 
@@ -142,6 +142,13 @@ impl Ops {
             .await?
             .filter(|c| c.is_live(now) && c.replaced_by.is_none())
             .ok_or_else(gone)?;
+        // Renewal is for a certificate past half its validity (the app asks at about two
+        // thirds): a stolen one cannot be renewed over and over to outrun its expiry.
+        if now < current.not_before + (current.not_after - current.not_before) / 2 {
+            return Err(OpError::Conflict(
+                "this certificate is not due for renewal yet (past half its validity)".into(),
+            ));
+        }
         let ca = ClientCa::load(&self.store, &self.config, false)
             .await
             .map_err(ca_error)?
@@ -159,14 +166,8 @@ impl Ops {
         if !self.store.renew_client_cert(old, &row).await? {
             return Err(gone());
         }
-        let detail = format!(
-            "role={} serial={} renews={old} device={:?} not_after={}",
-            row.role.name(),
-            row.serial,
-            row.device,
-            row.not_after
-        );
-        self.audit_entry(actor, "cert_renewed", &row.account, detail).await;
+        self.audit_cert(actor, "cert_renewed", &row, &format!(" renews={old}"))
+            .await;
         Ok((row, signed.der, ca.cert_der().to_vec()))
     }
 
@@ -191,21 +192,19 @@ impl Ops {
             return Err(OpError::Invalid("a serial is 1 to 40 hexadecimal digits".into()));
         }
         let serial = serial.trim_start_matches("00").to_string();
-        let row = match self
+        let (row, line) = match self
             .store
             .revoke_client_cert(&serial, &actor.name, crate::time::now_ms())
             .await?
         {
-            Revoked::Now(row) => row,
+            Revoked::Now(row, line) => (row, line),
             Revoked::Already(row) => return Ok(row),
             Revoked::NotFound => return Err(OpError::NotFound(format!("no certificate with serial {serial}"))),
         };
         // The live sessions on this relay end now; the other nodes (and this one's console
         // sessions) follow within the revocation poll.
         if let Some(sessions) = &self.sessions {
-            sessions
-                .end_sessions_with_certs(std::slice::from_ref(&row.serial))
-                .await;
+            sessions.end_sessions_with_certs(&line).await;
         }
         if self.config.client_ca_key_path().exists() {
             match self.store.revoked_client_certs().await {
@@ -218,7 +217,13 @@ impl Ops {
                 Err(e) => tracing::warn!(error = %e, "could not read the revoked certificates for the CRL"),
             }
         }
-        self.audit_cert(actor, "cert_revoked", &row).await;
+        let others: Vec<&String> = line.iter().filter(|s| **s != row.serial).collect();
+        let also = if others.is_empty() {
+            String::new()
+        } else {
+            format!(" with_renewal_line={others:?}")
+        };
+        self.audit_cert(actor, "cert_revoked", &row, &also).await;
         Ok(row)
     }
 
@@ -235,9 +240,10 @@ impl Ops {
         Ok(())
     }
 
-    async fn audit_cert(&self, actor: &Actor, action: &'static str, row: &CertRow) {
+    /// One audit row for a certificate, `extra` appended to its detail.
+    async fn audit_cert(&self, actor: &Actor, action: &'static str, row: &CertRow, extra: &str) {
         let detail = format!(
-            "role={} serial={} device={:?} not_after={}",
+            "role={} serial={} device={:?} not_after={}{extra}",
             row.role.name(),
             row.serial,
             row.device,

@@ -656,15 +656,7 @@ async fn authenticate(
     let mut serial = None;
     if let Some(r) = &record {
         serial = shared
-            .client_certs
-            .check_login(
-                &shared.store,
-                shared.config.certs.revocation_max_age,
-                crate::store::CertRole::Operator,
-                &r.name,
-                cert,
-                r.cert_required,
-            )
+            .check_login_cert(crate::store::CertRole::Operator, &r.name, cert, r.cert_required)
             .await
             .map_err(|why| (Refusal::Certificate(why), true))?;
     }

@@ -91,12 +91,16 @@ pub enum IssueOutcome {
 /// What a revocation came to.
 #[derive(Debug, Clone)]
 pub enum Revoked {
-    /// Revoked now.
-    Now(CertRow),
+    /// Revoked now, with the serials of its renewal line (the certificates it renewed and
+    /// those that renewed it) revoked with it.
+    Now(CertRow, Vec<String>),
     /// It had been revoked before.
     Already(CertRow),
     NotFound,
 }
+
+/// Most certificates one revocation follows along a renewal line.
+const MAX_RENEWAL_LINE: usize = 64;
 
 const CERT_COLUMNS: &str =
     "serial, role, account, device, fingerprint, not_before, not_after, issued_at, issued_by, revoked_at, revoked_by";
@@ -279,21 +283,75 @@ impl Store {
         Ok(rows.iter().map(cert_from_row).collect())
     }
 
-    /// Revokes a certificate (once: a second revocation keeps the first time and admin).
+    /// Revokes a certificate (once: a second revocation keeps the first time and admin), and
+    /// with it every certificate of its renewal line: a device's certificate revoked after it
+    /// renewed itself (or before an older one expired) leaves no valid one behind.
     pub async fn revoke_client_cert(&self, serial: &str, by: &str, now_ms: i64) -> Result<Revoked, StoreError> {
-        let done = sqlx::query(
+        let Some(row) = self.client_cert(serial).await? else {
+            return Ok(Revoked::NotFound);
+        };
+        let mut tx = self.pool.begin().await?;
+        // A write first, so SQLite takes the write lock before this transaction reads (a
+        // read first could not be followed by a write once another process had committed).
+        let first = sqlx::query(
             "UPDATE client_certs SET revoked_at = $1, revoked_by = $2 WHERE serial = $3 AND revoked_at IS NULL",
         )
         .bind(now_ms)
         .bind(by)
         .bind(serial)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        let row = self.client_cert(serial).await?;
-        Ok(match (row, done.rows_affected()) {
-            (None, _) => Revoked::NotFound,
-            (Some(r), 1) => Revoked::Now(r),
-            (Some(r), _) => Revoked::Already(r),
+        let mut revoked_now = Vec::new();
+        if first.rows_affected() == 1 {
+            revoked_now.push(serial.to_string());
+        }
+        let mut line = vec![serial.to_string()];
+        // Renewals follow `replaced_by` forward; the certificates this one renewed point at
+        // it. A line is short (one renewal per two thirds of a lifetime); the bound only
+        // guards against a malformed cycle.
+        let mut next = row.replaced_by.clone();
+        while let Some(s) = next.filter(|s| !line.contains(s) && line.len() < MAX_RENEWAL_LINE) {
+            next = sqlx::query("SELECT replaced_by FROM client_certs WHERE serial = $1")
+                .bind(&s)
+                .fetch_optional(&mut *tx)
+                .await?
+                .and_then(|r| r.get::<Option<String>, _>("replaced_by"));
+            line.push(s);
+        }
+        let mut back = serial.to_string();
+        while line.len() < MAX_RENEWAL_LINE {
+            let older: Option<String> = sqlx::query("SELECT serial FROM client_certs WHERE replaced_by = $1")
+                .bind(&back)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.get("serial"));
+            match older.filter(|s| !line.contains(s)) {
+                Some(s) => {
+                    line.push(s.clone());
+                    back = s;
+                }
+                None => break,
+            }
+        }
+        for s in line.iter().skip(1) {
+            let done = sqlx::query(
+                "UPDATE client_certs SET revoked_at = $1, revoked_by = $2 WHERE serial = $3 AND revoked_at IS NULL",
+            )
+            .bind(now_ms)
+            .bind(by)
+            .bind(s)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                revoked_now.push(s.clone());
+            }
+        }
+        tx.commit().await?;
+        let row = self.client_cert(serial).await?.unwrap_or(row);
+        Ok(if revoked_now.is_empty() {
+            Revoked::Already(row)
+        } else {
+            Revoked::Now(row, revoked_now)
         })
     }
 
