@@ -495,7 +495,7 @@ async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
     // The admin's certificate, imported into the NSS database of one browser's HOME.
     let work = tempfile::tempdir().unwrap();
     let p12 = work.path().join("root.p12");
-    let out = support::relay_cli(
+    let out = support::relay_cli_async(
         &data,
         &[
             "cert",
@@ -508,7 +508,8 @@ async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
             p12.to_str().unwrap(),
         ],
         None,
-    );
+    )
+    .await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
     let with_home = work.path().join("with");
@@ -531,7 +532,7 @@ async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
         "{}",
         String::from_utf8_lossy(&imported.stderr)
     );
-    let out = support::relay_cli(&data, &["admin", "require-cert", ADMIN, "on", "--admin"], None);
+    let out = support::relay_cli_async(&data, &["admin", "require-cert", ADMIN, "on", "--admin"], None).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The running relay reads the new client CA within its poll.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -597,7 +598,7 @@ async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
     b.goto(&format!("{base}/lang?l=en")).await;
 
     // Revoked: the console no longer lets this browser in.
-    let out = support::relay_cli(&data, &["cert", "revoke", issued["serial"].as_str().unwrap()], None);
+    let out = support::relay_cli_async(&data, &["cert", "revoke", issued["serial"].as_str().unwrap()], None).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     b.goto(&format!("{base}/operators")).await;

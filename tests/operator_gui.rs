@@ -316,3 +316,47 @@ fn the_window_asks_for_the_certificate_password() {
         drop(op);
     }
 }
+
+/// After one successful login the window remembers the relay, its CA and the account in
+/// `~/.config/tsunagu/operator.toml` (never the password), so the next start needs no flag.
+#[test]
+fn the_window_remembers_the_relay_and_account_after_a_login() {
+    let x = Xvfb::start(1280, 800);
+    let relay = RelayProcess::start("", 1);
+    assert!(relay.add_operator("alice", OP_PASSWORD).status.success());
+    let config = tempfile::tempdir().unwrap();
+
+    let mut cmd = x.app(
+        "tsunagu-operator",
+        &relay,
+        &["--user", "alice", "--connect", "--events"],
+    );
+    cmd.env("TSUNAGU_PASSWORD", OP_PASSWORD)
+        .env("XDG_CONFIG_HOME", config.path());
+    let mut first = App::spawn("operator window", cmd);
+    first.code();
+    let file = config.path().join("tsunagu/operator.toml");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let saved = std::fs::read_to_string(&file).expect("operator.toml written after the login");
+    let saved: toml::Value = toml::from_str(&saved).unwrap();
+    assert_eq!(saved["relay"].as_str(), Some(relay.spec().as_str()));
+    assert_eq!(saved["user"].as_str(), Some("alice"));
+    assert_eq!(saved["ca"].as_str(), Some(relay.ca().to_str().unwrap()));
+    assert!(
+        !std::fs::read_to_string(&file).unwrap().contains(OP_PASSWORD),
+        "the password is never written"
+    );
+    drop(first);
+
+    // The next start: no --relay, --ca or --user.
+    let mut cmd = x.command(bin("tsunagu-operator"));
+    cmd.args(["--connect", "--events"])
+        .env("TSUNAGU_PASSWORD", OP_PASSWORD)
+        .env("XDG_CONFIG_HOME", config.path());
+    let mut second = App::spawn("operator window", cmd);
+    let code = second.code();
+    assert_eq!(code.len(), 8, "logged in with the remembered settings");
+}

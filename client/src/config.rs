@@ -1,6 +1,5 @@
 //! The client's configuration, validated before anything is dialled.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tsunagu_endpoint::dial::DEFAULT_ATTEMPT_TIMEOUT;
@@ -91,8 +90,9 @@ pub struct ClientConfig {
     /// The relays (`--relay`, possibly a list), each with its ports in order: dialled in
     /// order, and in turn to resume after a drop.
     pub relays: Vec<tsunagu_endpoint::dial::RelayEntry>,
-    /// PEM file with the relay's CA certificate (`DATA/tls/ca.pem`).
-    pub ca: PathBuf,
+    /// The relay's CA certificate (`--ca DATA/tls/ca.pem`, or inside a downloaded program),
+    /// trusted besides the system's store.
+    pub ca: tsunagu_endpoint::dial::ExtraCa,
     /// The session code the operator read out.
     pub code: SessionCode,
     /// Host name shown to the operator.
@@ -121,6 +121,16 @@ pub struct ClientConfig {
 
 pub use tsunagu_endpoint::config::{relay_list, relay_target, ConfigError};
 
+/// The relay's address and CA this program carries when it was downloaded from a relay's
+/// page (`/join`): `Ok(None)` for a plain program; an error when the appended settings are
+/// damaged (the customer is told to download it again rather than dial somewhere
+/// half-read).
+pub fn bundled() -> Result<Option<tsunagu_proto::bundle::JoinConfig>, tsunagu_proto::bundle::BundleError> {
+    let exe = std::env::current_exe()?;
+    let mut file = std::fs::File::open(exe)?;
+    tsunagu_proto::bundle::read(&mut file)
+}
+
 /// This machine's host name, or `"unknown"`.
 pub fn local_host_name() -> String {
     hostname::get()
@@ -138,7 +148,7 @@ impl ClientConfig {
     pub fn new(
         relay: &str,
         ports: Option<Vec<u16>>,
-        ca: impl Into<PathBuf>,
+        ca: impl Into<tsunagu_endpoint::dial::ExtraCa>,
         code: SessionCode,
     ) -> Result<Self, ConfigError> {
         Ok(Self {

@@ -11,6 +11,7 @@ use tsunagu_client::config::{local_host_name, parse_size, ClientConfig, Timeouts
 use tsunagu_client::i18n::Lang;
 use tsunagu_client::{Command, Event, InputSink, ScreenSource};
 use tsunagu_endpoint::config::StandbyArgs;
+use tsunagu_endpoint::dial::ExtraCa;
 use tsunagu_endpoint::headless;
 use tsunagu_proto::SessionCode;
 
@@ -60,9 +61,10 @@ enum InputArg {
 #[command(name = "tsunagu-client", version)]
 struct Args {
     /// The relay, HOST or HOST:PORT (IPv6 in brackets), or a comma-separated list of them
-    /// (tried in order, and in turn to resume after a drop).
+    /// (tried in order, and in turn to resume after a drop). Default: the relay a program
+    /// downloaded from a relay's page (`/join`) carries.
     #[arg(long)]
-    relay: String,
+    relay: Option<String>,
     /// Relay ports to try, in order, on every relay (default: its port in --relay, else 7615,80,443).
     #[arg(long, value_delimiter = ',')]
     ports: Option<Vec<u16>>,
@@ -116,11 +118,21 @@ struct Args {
     code: Option<String>,
     #[command(flatten)]
     standby: StandbyArgs,
+    /// The CA a downloaded program carries (not a flag).
+    #[arg(skip)]
+    bundled_ca: Option<std::sync::Arc<str>>,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     headless::init_logging();
+    if let Err(message) = apply_bundle(&mut args) {
+        if args.headless {
+            return headless::usage_error(PROGRAM, &Event::error("bad_bundle", message.clone()), &message);
+        }
+        eprintln!("{PROGRAM}: {message}");
+        return ExitCode::from(2);
+    }
     if !args.headless {
         return run_gui(args);
     }
@@ -134,6 +146,24 @@ fn main() -> ExitCode {
         |message| Event::error("bad_command", message),
         Command::End,
     )
+}
+
+/// Fills in what the command line leaves out from the settings a downloaded program
+/// carries (flags win); an error when they are damaged.
+fn apply_bundle(args: &mut Args) -> Result<(), String> {
+    let Some(bundle) = tsunagu_client::config::bundled().map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    if args.relay.is_none() {
+        args.relay = Some(bundle.relay);
+        if args.ports.is_none() && !bundle.ports.is_empty() {
+            args.ports = Some(bundle.ports);
+        }
+        if args.ca.is_none() {
+            args.bundled_ca = bundle.ca_pem.map(Into::into);
+        }
+    }
+    Ok(())
 }
 
 /// Shows the window; the code is typed there.
@@ -179,8 +209,16 @@ fn build_config(args: Args) -> Result<ClientConfig, (&'static str, String)> {
 
 /// Validates the arguments into a configuration for `code`.
 fn build_config_with(args: Args, code: SessionCode) -> Result<ClientConfig, (&'static str, String)> {
-    let mut config = ClientConfig::new(&args.relay, args.ports.clone(), args.ca.unwrap_or_default(), code)
-        .map_err(|e| ("usage", e.to_string()))?;
+    let relay = args.relay.as_deref().ok_or((
+        "usage",
+        "no relay: pass --relay, or run the program downloaded from your support desk's page".to_string(),
+    ))?;
+    let ca = match (args.ca, args.bundled_ca) {
+        (Some(path), _) => ExtraCa::from(path),
+        (None, Some(pem)) => ExtraCa::Bundled(pem),
+        (None, None) => ExtraCa::None,
+    };
+    let mut config = ClientConfig::new(relay, args.ports.clone(), ca, code).map_err(|e| ("usage", e.to_string()))?;
     config.standby = args
         .standby
         .standby(&config.relays, args.ports)

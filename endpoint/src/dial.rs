@@ -5,7 +5,7 @@
 //! through them when it dials and when it reconnects.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -273,22 +273,72 @@ impl ClientIdentity {
 /// random bits, so stretching adds nothing that matters).
 const P12_ITERATIONS: u32 = 10_000;
 
+/// The CA the apps trust besides the system's trust store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ExtraCa {
+    /// None: a relay with a publicly trusted certificate needs none.
+    #[default]
+    None,
+    /// A PEM file (`--ca`).
+    File(PathBuf),
+    /// PEM text that came with the program (the join bundle a relay's download page hands
+    /// out, see [`tsunagu_proto::bundle`]).
+    Bundled(Arc<str>),
+}
+
+impl ExtraCa {
+    /// What is shown in messages about it.
+    fn origin(&self) -> String {
+        match self {
+            ExtraCa::None => "the system's trust store".into(),
+            ExtraCa::File(p) => p.display().to_string(),
+            ExtraCa::Bundled(_) => "the relay's certificate inside the downloaded program".into(),
+        }
+    }
+}
+
+impl From<PathBuf> for ExtraCa {
+    /// A `--ca` path; empty is none.
+    fn from(path: PathBuf) -> Self {
+        if path.as_os_str().is_empty() {
+            ExtraCa::None
+        } else {
+            ExtraCa::File(path)
+        }
+    }
+}
+
+impl From<&Path> for ExtraCa {
+    fn from(path: &Path) -> Self {
+        path.to_path_buf().into()
+    }
+}
+
+impl From<&str> for ExtraCa {
+    fn from(path: &str) -> Self {
+        PathBuf::from(path).into()
+    }
+}
+
 /// The apps' TLS configuration: trusts the system's trust store (`SSL_CERT_FILE` and
-/// `SSL_CERT_DIR` are honoured) plus the CA in `ca_pem_path` when one is given (an empty
-/// path is none: a relay with a publicly trusted certificate needs no `--ca`), and
-/// presents `identity` when the relay asks for a client certificate.
+/// `SSL_CERT_DIR` are honoured) plus `ca` (a relay with a publicly trusted certificate
+/// needs none), and presents `identity` when the relay asks for a client certificate.
 pub fn client_tls_with(
-    ca_pem_path: &Path,
+    ca: &ExtraCa,
     identity: Option<&ClientIdentity>,
 ) -> Result<Arc<rustls::ClientConfig>, DialError> {
     let bad = |reason: String| DialError::BadCa {
-        path: ca_pem_path.display().to_string(),
+        path: ca.origin(),
         reason,
     };
     let mut roots = rustls::RootCertStore::empty();
     let (system, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if !ca_pem_path.as_os_str().is_empty() {
-        let pem = std::fs::read(ca_pem_path).map_err(|e| bad(e.to_string()))?;
+    let extra = match ca {
+        ExtraCa::None => None,
+        ExtraCa::File(path) => Some(std::fs::read(path).map_err(|e| bad(e.to_string()))?),
+        ExtraCa::Bundled(pem) => Some(pem.as_bytes().to_vec()),
+    };
+    if let Some(pem) = extra {
         roots.roots.extend(roots_from_pem(&pem).map_err(bad)?.roots);
     } else if system == 0 {
         return Err(bad(

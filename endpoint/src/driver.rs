@@ -25,7 +25,6 @@
 //!   to send on it, as [`Core::send_chat`] does for chat.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -164,8 +163,8 @@ pub struct LinkSettings {
     /// The relays, tried in order when dialling and in turn when reconnecting (each with
     /// its ports in order).
     pub relays: Vec<RelayEntry>,
-    /// PEM file with the relay's CA certificate.
-    pub ca: PathBuf,
+    /// The relay's CA, trusted besides the system's store.
+    pub ca: crate::dial::ExtraCa,
     /// One port attempt: TCP connect, TLS handshake, `Hello`.
     pub attempt_timeout: Duration,
     /// Relay silence that counts as a lost connection.
@@ -1092,7 +1091,7 @@ mod tests {
                     host: "relay.test".into(),
                     ports: vec![7615],
                 }],
-                ca: PathBuf::new(),
+                ca: crate::dial::ExtraCa::None,
                 attempt_timeout: Duration::from_secs(5),
                 idle_timeout: IDLE,
                 write_timeout: Duration::from_secs(10),

@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -265,7 +264,7 @@ impl Run {
                     host: "relay0.test".into(),
                     ports: vec![443],
                 }],
-                ca: PathBuf::new(),
+                ca: tsunagu_endpoint::dial::ExtraCa::None,
                 attempt_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(45),
                 write_timeout: Duration::from_secs(10),

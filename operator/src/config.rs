@@ -48,8 +48,9 @@ pub struct OperatorConfig {
     /// The relays (`--relay`, possibly a list), each with its ports in order: dialled in
     /// order, and in turn to resume after a drop.
     pub relays: Vec<tsunagu_endpoint::dial::RelayEntry>,
-    /// PEM file with the relay's CA certificate (`DATA/tls/ca.pem`).
-    pub ca: PathBuf,
+    /// The relay's CA certificate (`--ca DATA/tls/ca.pem`), trusted besides the system's
+    /// store.
+    pub ca: tsunagu_endpoint::dial::ExtraCa,
     /// Operator account name.
     pub user: String,
     /// Operator password (not shown by `Debug`).
@@ -97,7 +98,7 @@ impl OperatorConfig {
     pub fn new(
         relay: &str,
         ports: Option<Vec<u16>>,
-        ca: impl Into<PathBuf>,
+        ca: impl Into<tsunagu_endpoint::dial::ExtraCa>,
         user: impl Into<String>,
         password: impl Into<String>,
     ) -> Result<Self, ConfigError> {
@@ -118,6 +119,79 @@ impl OperatorConfig {
     }
 }
 
+/// What the operator window remembers after a successful login, so the next start needs no
+/// flags: `$XDG_CONFIG_HOME/tsunagu/operator.toml` (by default
+/// `~/.config/tsunagu/operator.toml`). Never a password. Flags override it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Remembered {
+    /// The relay as typed (`--relay`).
+    pub relay: String,
+    /// `--ports`, when given.
+    pub ports: Option<Vec<u16>>,
+    /// The relay's CA file (`--ca`), as an absolute path.
+    pub ca: Option<PathBuf>,
+    /// The operator account.
+    pub user: String,
+    /// The client certificate file (`--cert`), as an absolute path.
+    pub cert: Option<PathBuf>,
+}
+
+impl Remembered {
+    /// Where the file is, or `None` when neither `XDG_CONFIG_HOME` nor `HOME` is set.
+    pub fn path() -> Option<PathBuf> {
+        let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".config"),
+        };
+        Some(base.join("tsunagu").join("operator.toml"))
+    }
+
+    /// The remembered settings; `Ok(None)` when there are none yet, an error naming the file
+    /// when it cannot be read or is not valid.
+    pub fn load() -> Result<Option<Self>, String> {
+        let Some(path) = Self::path() else { return Ok(None) };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        toml::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("{} is not valid: {}", path.display(), e.message()))
+    }
+
+    /// Writes the file (owner-only, replaced in one step so a crash leaves the old one);
+    /// returns where.
+    pub fn save(&self) -> Result<PathBuf, String> {
+        use std::io::Write;
+        let path = Self::path().ok_or("neither XDG_CONFIG_HOME nor HOME is set")?;
+        let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let dir = path.parent().expect("the path has a folder");
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let text = toml::to_string(self).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let temp = dir.join(".operator.toml.new");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temp).map_err(fail)?;
+        file.write_all(
+            format!("# Written by tsunagu-operator after a successful login; flags override it.\n{text}").as_bytes(),
+        )
+        .map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        std::fs::rename(&temp, &path).map_err(fail)?;
+        Ok(path)
+    }
+}
+
+/// `path` made absolute (relative to the current folder), so a remembered file still
+/// points at it when the window is started from elsewhere.
+pub fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +202,31 @@ mod tests {
             relay_target("127.0.0.1:9000", None).unwrap(),
             ("127.0.0.1".into(), vec![9000])
         );
+    }
+
+    #[test]
+    fn remembered_settings_round_trip_and_a_bad_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each test process has its own environment; this is the only test that sets it.
+        std::env::set_var("XDG_CONFIG_HOME", dir.path());
+        assert_eq!(Remembered::load().unwrap(), None);
+        let r = Remembered {
+            relay: "relay.example.com".into(),
+            ports: Some(vec![443]),
+            ca: Some("/srv/ca.pem".into()),
+            user: "alice".into(),
+            cert: None,
+        };
+        let path = r.save().unwrap();
+        assert_eq!(path, dir.path().join("tsunagu/operator.toml"));
+        assert_eq!(Remembered::load().unwrap(), Some(r));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::write(&path, "relay = [").unwrap();
+        assert!(Remembered::load().unwrap_err().contains("operator.toml is not valid"));
     }
 
     #[test]

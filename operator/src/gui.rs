@@ -55,6 +55,9 @@ pub struct GuiOptions {
     pub cert: Option<PathBuf>,
     /// Its import password from `TSUNAGU_CERT_PASSWORD`, if set (else the window asks).
     pub cert_password: String,
+    /// What `~/.config/tsunagu/operator.toml` held at start; rewritten after a login that
+    /// used other settings.
+    pub remembered: Option<crate::config::Remembered>,
 }
 
 /// Runs the window until the operator closes it (which ends a running session).
@@ -345,9 +348,32 @@ impl OperatorApp {
         }
     }
 
+    /// After a successful login: writes the settings it used to `operator.toml`, so the
+    /// next start needs no flags. Said in the window only when it fails.
+    fn remember(&mut self) {
+        let now = crate::config::Remembered {
+            relay: self.relay.trim().to_string(),
+            ports: self.options.ports.clone(),
+            ca: (!self.options.ca.as_os_str().is_empty()).then(|| crate::config::absolute(&self.options.ca)),
+            user: self.user.trim().to_string(),
+            cert: self.options.cert.as_deref().map(crate::config::absolute),
+        };
+        if self.options.remembered.as_ref() == Some(&now) {
+            return;
+        }
+        match now.save() {
+            Ok(path) => {
+                tracing::info!(path = %path.display(), "remembered the relay and account");
+                self.options.remembered = Some(now);
+            }
+            Err(e) => self.message = Some(format!("{}: {e}", self.t(Text::RememberFailed))),
+        }
+    }
+
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Code { code, expires_in_s, .. } => {
+                self.remember();
                 self.code = code;
                 self.expires_at = Some(Instant::now() + Duration::from_secs(expires_in_s));
                 self.screen = Screen::Waiting;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use tsunagu_endpoint::config::StandbyArgs;
 use tsunagu_endpoint::headless;
-use tsunagu_operator::config::{OperatorConfig, Timeouts, CERT_PASSWORD_ENV, PASSWORD_ENV};
+use tsunagu_operator::config::{OperatorConfig, Remembered, Timeouts, CERT_PASSWORD_ENV, PASSWORD_ENV};
 use tsunagu_operator::gui::GuiOptions;
 use tsunagu_operator::i18n::Lang;
 use tsunagu_operator::{Command, Event};
@@ -97,8 +97,33 @@ fn main() -> ExitCode {
     )
 }
 
-/// Shows the window.
-fn run_window(args: Args) -> ExitCode {
+/// Shows the window, with what the last successful login remembered filling in the flags
+/// left out.
+fn run_window(mut args: Args) -> ExitCode {
+    let remembered = match Remembered::load() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{PROGRAM}: {e}; starting without it");
+            None
+        }
+    };
+    if let Some(r) = &remembered {
+        if args.relay.is_empty() {
+            args.relay = r.relay.clone();
+            if args.ports.is_none() {
+                args.ports = r.ports.clone();
+            }
+        }
+        if args.ca.is_none() {
+            args.ca = r.ca.clone();
+        }
+        if args.user.is_empty() {
+            args.user = r.user.clone();
+        }
+        if args.cert.is_none() {
+            args.cert = r.cert.clone();
+        }
+    }
     let permissions = match PermissionSet::parse_names(args.permissions.iter().map(String::as_str)) {
         Ok(p) if !p.is_empty() => Some(p),
         Ok(_) => None,
@@ -130,6 +155,7 @@ fn run_window(args: Args) -> ExitCode {
         ca: args.ca.unwrap_or_default(),
         user: args.user,
         password: std::env::var(PASSWORD_ENV).unwrap_or_default(),
+        remembered,
         permissions,
         lang,
         connect: args.connect,

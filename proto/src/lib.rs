@@ -14,6 +14,7 @@
 //! This crate is the wire format only. What the operator and client apps share on top of it
 //! (the dialer, the link, file transfer, the headless driver) lives in `tsunagu-endpoint`.
 
+pub mod bundle;
 pub mod codec;
 pub mod limits;
 pub mod names;

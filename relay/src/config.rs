@@ -30,6 +30,8 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// The certificate service (client certificates for operators and admins).
     pub certs: CertsConfig,
+    /// The public download page on the relay ports (`/join`).
+    pub join: JoinPageConfig,
     /// Set on every node of a grid (see docs/grid.md); unset runs one node on its own.
     pub cluster: Option<ClusterConfig>,
 }
@@ -257,6 +259,51 @@ impl Default for CertsConfig {
             revocation_poll: Duration::from_secs(1),
             revocation_max_age: Duration::from_secs(30),
             ca_key_file: None,
+        }
+    }
+}
+
+/// `[join]`: the download page a customer opens at `https://RELAY/join` to get the client
+/// program with this relay's address and trust anchor inside.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JoinPageConfig {
+    /// Serve the page at all. Default on.
+    pub enabled: bool,
+    /// The client program handed out. Default: `tsunagu-client` beside the relay's own
+    /// program (where a release puts both); the page says the download is unavailable when
+    /// there is none.
+    pub client_file: Option<PathBuf>,
+    /// The address the downloaded client dials, as `--relay` takes it
+    /// (`support.example.com` or `support.example.com:443,backup.example.com`). Default:
+    /// the host (and port) the customer's browser used to reach the page.
+    pub relay: Option<String>,
+    /// Ports the downloaded client tries on every relay. Default: the port in `relay`, else
+    /// the client's own (7615, 80, 443).
+    pub ports: Vec<u16>,
+    /// A CA certificate (PEM) the downloaded client trusts besides the system's. Default:
+    /// the relay's own CA (`DATA/tls/ca.pem`) when its certificate is self-generated; none
+    /// with `[tls.acme]` or `tls.cert_file` (a publicly trusted certificate).
+    pub ca_file: Option<PathBuf>,
+    /// Downloads served at once; more are told to try again. Default 16: the program is
+    /// streamed from disk, so each holds one read buffer (256 KiB). 1 to 1000.
+    pub max_downloads: usize,
+    /// The longest one browser connection may last, download included. Default 10 min:
+    /// a 30 MB program at 0.5 Mbit/s.
+    #[serde(with = "humantime_serde")]
+    pub connection_timeout: Duration,
+}
+
+impl Default for JoinPageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            client_file: None,
+            relay: None,
+            ports: Vec::new(),
+            ca_file: None,
+            max_downloads: 16,
+            connection_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -610,6 +657,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             secrets: SecretsConfig::default(),
             certs: CertsConfig::default(),
+            join: JoinPageConfig::default(),
             cluster: None,
         }
     }
@@ -903,6 +951,38 @@ impl Config {
         }
         self.validate_secrets()?;
         self.validate_certs()?;
+        self.validate_join()?;
+        Ok(())
+    }
+
+    /// Checks `[join]`.
+    fn validate_join(&self) -> Result<(), ConfigError> {
+        let j = &self.join;
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_string(),
+            })
+        };
+        if !(1..=1000).contains(&j.max_downloads) {
+            return invalid("join.max_downloads", "must be between 1 and 1000");
+        }
+        if j.connection_timeout < Duration::from_secs(10) || j.connection_timeout > Duration::from_secs(24 * 3600) {
+            return invalid("join.connection_timeout", "must be between 10 s and one day");
+        }
+        if j.ports.contains(&0) {
+            return invalid("join.ports", "a port must be between 1 and 65535");
+        }
+        if let Some(relay) = &j.relay {
+            let probe = tsunagu_proto::bundle::JoinConfig {
+                relay: relay.clone(),
+                ports: j.ports.clone(),
+                ca_pem: None,
+            };
+            if let Err(reason) = probe.validate() {
+                return invalid("join.relay", reason);
+            }
+        }
         Ok(())
     }
 

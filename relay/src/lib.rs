@@ -43,6 +43,7 @@ pub mod directory;
 pub mod grid;
 pub mod hex;
 pub mod history;
+pub mod join;
 pub mod keys;
 pub mod metrics;
 pub mod operator_cache;

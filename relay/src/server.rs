@@ -84,7 +84,12 @@ impl Relay {
         })?;
         let certs = ServerCerts::load(&config)?;
         let client_certs = crate::certs::CertState::new();
-        let acceptor = TlsAcceptor::from(certs.server_config(client_certs.verifier())?);
+        let mut tls = (*certs.server_config(client_certs.verifier())?).clone();
+        if config.join.enabled {
+            // Browsers pick it; endpoints offer only their own protocol.
+            tls.alpn_protocols.push(crate::join::HTTP_ALPN.to_vec());
+        }
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
         let store = Store::connect(&config).await?;
         // Read before any listener accepts, so the first handshakes already know the client
         // CA and the revoked certificates.

@@ -58,6 +58,8 @@ pub struct Shared {
     pub(crate) acceptor: TlsAcceptor,
     /// The client CA and the revoked certificates, as this node last read them.
     pub client_certs: Arc<crate::certs::CertState>,
+    /// The download page's budget of downloads at once.
+    pub(crate) join: crate::join::JoinPage,
     directory: Arc<dyn Directory>,
     sessions: Registry,
     /// This node's grid parts (Redis, bridge, membership); unset on a single node.
@@ -136,6 +138,7 @@ impl Shared {
                 now,
             ),
             dummy_hash: crate::accounts::dummy_hash(&config.accounts),
+            join: crate::join::JoinPage::new(&config),
             operator_totp: Default::default(),
             history,
             store,

@@ -576,6 +576,21 @@ impl Drop for RelayProcess {
     }
 }
 
+/// [`relay_cli`] from async code that runs a relay in the same process: the command waits
+/// on a blocking thread, so the relay's tasks (which may hold the SQLite write lock the
+/// command needs) keep running meanwhile, as they would in a relay process of their own.
+pub async fn relay_cli_async(data_dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let data_dir = data_dir.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let stdin = stdin.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        relay_cli(&data_dir, &args, stdin.as_deref())
+    })
+    .await
+    .expect("the command's thread does not panic")
+}
+
 /// `tsunagu-relay ARGS --data-dir DIR`, `stdin` (one line) fed.
 pub fn relay_cli(data_dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
     relay_cli_with(args, "--data-dir", data_dir, stdin)

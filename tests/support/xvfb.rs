@@ -70,10 +70,17 @@ impl Xvfb {
         panic!("no free X display number found");
     }
 
-    /// A command with `DISPLAY` set to this server.
+    /// A command with `DISPLAY` set to this server, and a configuration folder of its own
+    /// (`XDG_CONFIG_HOME`), so what one app remembers never leaks into another test.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let config = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("xdg-config")
+            .join(format!("{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&config);
         let mut cmd = Command::new(program);
-        cmd.env("DISPLAY", &self.display);
+        cmd.env("DISPLAY", &self.display).env("XDG_CONFIG_HOME", config);
         cmd
     }
 

@@ -70,6 +70,12 @@ where
         tracing::debug!(%peer, "answered an ACME validation handshake");
         return;
     }
+    if tls.get_ref().1.alpn_protocol() == Some(crate::join::HTTP_ALPN) {
+        // A browser: the download page, under this connection's slot.
+        let _permit = permit;
+        crate::join::serve(shared, tls, peer).await;
+        return;
+    }
     let cert = crate::certs::PeerCert::of(tls.get_ref().1.peer_certificates());
     let (r, w) = tokio::io::split(tls);
     serve_connection(shared, r, w, peer, port, permit, mark, cert).await;
