@@ -327,7 +327,7 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.type_into("#new-name", "bob").await;
     b.type_into("#new-password", "Bob-passw0rd!").await;
     b.click("#create").await;
-    b.wait_url("/operators/bob").await;
+    b.wait_url("/operators/bob?done=create").await;
     assert!(shared.store.operator("bob").await.unwrap().is_some());
 
     // Limit its permissions to view and chat.
@@ -351,9 +351,13 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.wait_text("#status", |t| t == "active").await;
     b.screenshot("bob-limited").await;
 
-    // Suspend it.
+    // Suspend it: the console asks first, then says it is done.
     b.click("#suspend").await;
+    b.wait_text("#question", |t| t.contains("Suspend this operator?")).await;
+    b.screenshot("bob-suspend-asked").await;
+    b.click("#confirm").await;
     b.wait_text("#status", |t| t == "suspended").await;
+    b.wait_text("#notice", |t| t.contains("suspended")).await;
     assert!(shared.store.operator("bob").await.unwrap().unwrap().suspended);
     b.screenshot("bob-suspended").await;
 
@@ -395,6 +399,43 @@ async fn an_admin_uses_the_console_in_chromium() {
     b.click("#lang").await;
     b.wait_text("h1", |t| t.contains("オペレーター")).await;
     b.screenshot("operators-ja").await;
+
+    // Every page in Japanese, as the browser shows it: no raw field name, permission, end
+    // reason, audit action or English sentence of the console left.
+    const RAW: &[&str] = &[
+        "operator_ip",
+        "client_ip",
+        "client_host",
+        "bytes_to",
+        "end_reason",
+        "live",
+        "view",
+        "control",
+        "operator_created",
+        "operator_permissions",
+        "operator_suspended",
+        "admin_login",
+        "chain intact",
+        "The audit",
+        "Suspend",
+        "Saved",
+    ];
+    for path in [
+        "/operators",
+        "/operators/bob?done=permissions",
+        "/sessions",
+        "/history",
+        "/history/s-bob-1",
+        "/audit",
+    ] {
+        b.goto(&format!("{base}{path}")).await;
+        let shown = b.text("main").await;
+        for raw in RAW {
+            assert!(!shown.contains(raw), "{path} shows {raw:?} on a Japanese page: {shown}");
+        }
+        b.screenshot(&format!("ja{}", path.split('?').next().unwrap().replace('/', "-")))
+            .await;
+    }
 
     http(driver.port, "DELETE", &format!("/session/{}", b.session), None).await;
     drop(driver);

@@ -236,10 +236,37 @@ async fn suspension_ends_live_sessions_within_a_second_and_blocks_login_and_code
         .nth(1)
         .and_then(|r| r.split('<').next())
         .unwrap_or("");
-    let to_operator: u64 = bytes.split(" / ").nth(1).and_then(|b| b.parse().ok()).unwrap_or(0);
-    assert!(to_operator > 5000, "bytes shown: {bytes:?}");
+    // 5,000 bytes of screen and their framing, in units a person reads.
+    let to_operator = bytes.split(" / ").nth(1).unwrap_or("");
+    assert!(
+        to_operator.starts_with("5.") && to_operator.ends_with(" KB"),
+        "bytes shown: {bytes:?}"
+    );
+    assert!(
+        live.contains("http-equiv=\"refresh\""),
+        "the live page refreshes itself"
+    );
 
+    // Suspending asks first, saying that the live session will end; nothing happens yet.
     let r = web.post_form("/operators/alice/suspend", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, 200);
+    let page = r.text();
+    assert!(page.contains("Suspend this operator?"), "{page}");
+    assert!(page.contains("<strong id=\"ending\">1</strong>"), "{page}");
+    assert!(
+        !relay
+            .relay
+            .shared()
+            .store
+            .operator("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .suspended
+    );
+    let r = web
+        .post_form("/operators/alice/suspend", &[("csrf", &csrf), ("confirm", "yes")])
+        .await;
     assert_eq!(r.status, 303);
     let ended = tokio::time::timeout(Duration::from_secs(1), op.expect_ended())
         .await
@@ -257,7 +284,9 @@ async fn suspension_ends_live_sessions_within_a_second_and_blocks_login_and_code
         .expect("suspended login refused");
     assert_eq!(e.code(), ErrorCode::Forbidden);
     assert!(e.message.contains("suspended"));
-    assert!(web.get("/operators/alice").await.text().contains("suspended"));
+    let page = web.get("/operators/alice?done=suspend").await.text();
+    assert!(page.contains("suspended"));
+    assert!(page.contains("id=\"notice\""), "a notice after the change: {page}");
 
     web.post_form("/operators/alice/resume", &[("csrf", &csrf)]).await;
     // A permission the admin removes is refused at the next code issue, even on a
@@ -658,7 +687,8 @@ async fn the_relay_runs_on_postgresql() {
     );
     let (op, client) = support::paired(&relay, &["view"]).await;
     let (mut web, csrf) = Http::admin(&relay, &secret).await;
-    web.post_form("/operators/alice/suspend", &[("csrf", &csrf)]).await;
+    web.post_form("/operators/alice/suspend", &[("csrf", &csrf), ("confirm", "yes")])
+        .await;
     let mut op = op;
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(1), op.expect_ended())
@@ -756,12 +786,12 @@ async fn rename_password_delete_and_ending_one_session_from_the_console() {
             ],
         )
         .await;
-    assert_eq!(r.header("location"), Some("/operators/erin"));
+    assert_eq!(r.header("location"), Some("/operators/erin?done=create"));
     assert!(RawPeer::login(&cfg, "erin", "Erin-passw0rd").await.is_ok());
     let r = web
         .post_form("/operators/erin/rename", &[("csrf", &csrf), ("new_name", "erin2")])
         .await;
-    assert_eq!(r.header("location"), Some("/operators/erin2"));
+    assert_eq!(r.header("location"), Some("/operators/erin2?done=rename"));
     web.post_form(
         "/operators/erin2/password",
         &[("csrf", &csrf), ("password", "Erin-new-passw0rd")],
@@ -790,7 +820,11 @@ async fn rename_password_delete_and_ending_one_session_from_the_console() {
 
     // Deleting an operator keeps their history.
     let before = relay.history().await.len();
-    web.post_form("/operators/alice/delete", &[("csrf", &csrf)]).await;
+    let asked = web.post_form("/operators/alice/delete", &[("csrf", &csrf)]).await;
+    assert!(asked.text().contains("Delete this operator?"));
+    assert!(relay.relay.shared().store.operator("alice").await.unwrap().is_some());
+    web.post_form("/operators/alice/delete", &[("csrf", &csrf), ("confirm", "yes")])
+        .await;
     assert!(relay.relay.shared().store.operator("alice").await.unwrap().is_none());
     assert_eq!(relay.history().await.len(), before);
     assert!(RawPeer::login(&cfg, "alice", PASSWORD).await.is_err());
@@ -1048,7 +1082,8 @@ async fn unknown_names_look_like_known_ones_and_stay_out_of_the_audit_trail() {
             let r = w
                 .post_form("/login", &[("name", name), ("password", "Wrong-passw0rd")])
                 .await;
-            seen.push((r.status, r.text()));
+            // The lock says until when: the clock, not the name, sets that time.
+            seen.push((r.status, mask_times(&r.text())));
         }
         assert_eq!(
             shared.verifier.computations() - before,
@@ -1078,4 +1113,83 @@ async fn unknown_names_look_like_known_ones_and_stay_out_of_the_audit_trail() {
         "{trail:?}"
     );
     relay.relay.shutdown().await;
+}
+
+/// An admin locked out of the console (too many wrong passwords from their network) is told
+/// until when; `tsunagu-relay admin unlock` lifts it at once, and `admin set-password NAME
+/// --admin` sets a forgotten password, both audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_unlocks_an_admin_and_sets_an_admins_password() {
+    let (relay, secret) = console_relay(|c| c.admin.lockout_after = 2).await;
+    let data = relay.dir.path().to_path_buf();
+    let mut web = Http::new(&relay);
+    for _ in 0..3 {
+        web.post_form("/login", &[("name", ADMIN), ("password", "Wrong-password-1")])
+            .await;
+    }
+    let r = web
+        .post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)])
+        .await;
+    assert_eq!(r.status, 429, "locked: {}", r.text());
+    assert!(r.text().contains("until"), "the lock says until when: {}", r.text());
+
+    let out = support::relay_cli_async(&data, &["admin", "unlock", ADMIN], None).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"admin_unlocked\""));
+    web.login(ADMIN, ADMIN_PASSWORD, &secret).await;
+
+    let out = support::relay_cli_async(&data, &["admin", "unlock", "nobody"], None).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no admin named"));
+
+    let new_password = "Another-admin-2027";
+    let out = support::relay_cli_async(&data, &["admin", "set-password", ADMIN, "--admin"], Some(new_password)).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut fresh = Http::new(&relay);
+    let old = fresh
+        .post_form("/login", &[("name", ADMIN), ("password", ADMIN_PASSWORD)])
+        .await;
+    assert_eq!(old.status, 401, "the old password no longer works");
+    // The new one passes the password step (the TOTP code of this half-minute is spent).
+    let new = fresh
+        .post_form("/login", &[("name", ADMIN), ("password", new_password)])
+        .await;
+    assert_eq!(new.header("location"), Some("/login/totp"), "{}", new.text());
+    let actions: Vec<String> = relay
+        .relay
+        .shared()
+        .store
+        .audit_recent(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    assert!(actions.iter().any(|a| a == "admin_unlocked"), "{actions:?}");
+    assert!(actions.iter().any(|a| a == "admin_password"), "{actions:?}");
+    relay.relay.shutdown().await;
+}
+
+/// `text` with every `YYYY-MM-DD HH:MM:SS` replaced by a placeholder.
+fn mask_times(text: &str) -> String {
+    let b = text.as_bytes();
+    let shape = b"dddd-dd-dd dd:dd:dd";
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        let fits = b.len() - i >= shape.len()
+            && shape
+                .iter()
+                .zip(&b[i..])
+                .all(|(s, c)| if *s == b'd' { c.is_ascii_digit() } else { s == c });
+        if fits {
+            out.push_str("<time>");
+            i += shape.len();
+        } else {
+            let c = text[i..].chars().next().expect("i is on a char boundary");
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
 }

@@ -376,9 +376,104 @@ pub fn render(records: &[SessionRecord], format: &str) -> Result<String, String>
     }
 }
 
+/// [`render`] with each session's file transfers (`files[i]` belongs to `records[i]`), as
+/// `tsunagu-relay history` prints them: JSON gets a `files` array per session; CSV a last
+/// column `files` (`name (size B, direction, result)`, separated by `; `); the table an
+/// indented line per file under its session.
+pub fn render_with_files(
+    records: &[SessionRecord],
+    files: &[Vec<crate::store::FileRecord>],
+    format: &str,
+) -> Result<String, String> {
+    let plain = render(records, format)?;
+    let none = Vec::new();
+    let files_of = |i: usize| files.get(i).unwrap_or(&none);
+    let one_line = |f: &crate::store::FileRecord| {
+        let name: String = f.name.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        format!("{name} ({} B, {}, {})", f.size, f.direction, f.result)
+    };
+    match format {
+        "json" => {
+            let mut out = String::new();
+            for (i, line) in plain.lines().enumerate() {
+                let mut v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+                let list: Vec<serde_json::Value> = files_of(i)
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "name": f.name, "size": f.size, "direction": f.direction,
+                            "bytes": f.bytes, "result": f.result, "at": time(Some(f.at)),
+                        })
+                    })
+                    .collect();
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("files".into(), list.into());
+                }
+                out.push_str(&v.to_string());
+                out.push('\n');
+            }
+            Ok(out)
+        }
+        "csv" => {
+            // Built from the cells again: a quoted cell may hold a line break.
+            let mut out = COLUMNS.join(",");
+            out.push_str(",files\n");
+            for (i, r) in records.iter().enumerate() {
+                let mut row: Vec<String> = cells(r).iter().map(|c| csv_field(c)).collect();
+                let list: Vec<String> = files_of(i).iter().map(one_line).collect();
+                row.push(csv_field(&list.join("; ")));
+                out.push_str(&row.join(","));
+                out.push('\n');
+            }
+            Ok(out)
+        }
+        _ => {
+            let mut out = String::new();
+            for (i, line) in plain.lines().enumerate() {
+                out.push_str(line);
+                out.push('\n');
+                if i > 0 {
+                    for f in files_of(i - 1) {
+                        out.push_str(&format!("    file: {}\n", one_line(f)));
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cli_history_shows_each_sessions_files_in_every_format() {
+        let file = crate::store::FileRecord {
+            session_id: "s1".into(),
+            name: "report\u{1b}.pdf".into(),
+            size: 1200,
+            direction: "to_client".into(),
+            bytes: 1200,
+            result: "completed".into(),
+            at: 1_700_000_000_000,
+        };
+        let records = [record()];
+        let files = [vec![file]];
+        let json = render_with_files(&records, &files, "json").unwrap();
+        let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+        assert_eq!(v["files"][0]["name"], "report\u{1b}.pdf");
+        assert_eq!(v["files"][0]["result"], "completed");
+        let csv = render_with_files(&records, &files, "csv").unwrap();
+        assert!(csv.lines().next().unwrap().ends_with(",files"));
+        assert!(csv.contains("report?.pdf (1200 B, to_client, completed)"), "{csv}");
+        let table = render_with_files(&records, &files, "table").unwrap();
+        assert!(
+            table.contains("    file: report?.pdf (1200 B, to_client, completed)"),
+            "{table}"
+        );
+        assert!(render_with_files(&records, &files, "xml").is_err());
+    }
 
     fn record() -> SessionRecord {
         SessionRecord {

@@ -225,8 +225,17 @@ enum AdminAction {
         #[command(flatten)]
         common: Common,
     },
-    /// Set an operator's password (first line of standard input).
+    /// Set an operator's password (or, with --admin, a console admin's) from the first
+    /// line of standard input.
     SetPassword {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Lift a console admin's lockout (from every network) and forget their failed logins.
+    Unlock {
         name: String,
         #[command(flatten)]
         common: Common,
@@ -338,7 +347,12 @@ async fn admin_command(action: AdminAction) -> Result<(), String> {
             if *admin { "admin_updated" } else { "operator_updated" },
             name.clone(),
         ),
-        AdminAction::SetPassword { common, name } => (common, "operator_updated", name.clone()),
+        AdminAction::SetPassword { common, name, admin } => (
+            common,
+            if *admin { "admin_updated" } else { "operator_updated" },
+            name.clone(),
+        ),
+        AdminAction::Unlock { common, name } => (common, "admin_unlocked", name.clone()),
         AdminAction::Rename { common, name, .. } => (common, "operator_renamed", name.clone()),
         AdminAction::Delete { common, name } => (common, "operator_deleted", name.clone()),
     };
@@ -366,10 +380,15 @@ async fn admin_command(action: AdminAction) -> Result<(), String> {
         AdminAction::RequireCert { name, on, admin, .. } => {
             ops.require_cert(&actor, cert_role(*admin), name, on == "on").await
         }
-        AdminAction::SetPassword { name, .. } => {
+        AdminAction::SetPassword { name, admin, .. } => {
             let password = read_password()?;
-            ops.set_password(&actor, name, &password).await
+            if *admin {
+                ops.set_admin_password(&actor, name, &password).await
+            } else {
+                ops.set_password(&actor, name, &password).await
+            }
         }
+        AdminAction::Unlock { name, .. } => ops.unlock_admin(&actor, name).await.map(|_| ()),
         AdminAction::Rename { name, new_name, .. } => ops.rename(&actor, name, new_name).await,
         AdminAction::Delete { name, .. } => ops.delete(&actor, name).await,
     };
@@ -673,8 +692,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             let config = load_config(&common)?;
             let store = open_store(&config).await?;
             let records = store.sessions(limit).await.map_err(|e| e.to_string())?;
+            let mut files = Vec::with_capacity(records.len());
+            for r in &records {
+                files.push(store.session_files(&r.id).await.map_err(|e| e.to_string())?);
+            }
             store.close().await;
-            let text = history::render(&records, &format)?;
+            let text = history::render_with_files(&records, &files, &format)?;
             std::io::stdout()
                 .lock()
                 .write_all(text.as_bytes())

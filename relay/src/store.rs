@@ -1038,6 +1038,16 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets every failure and lock of `account`, from every prefix (an admin unlocking
+    /// it); returns how many prefixes were counted.
+    pub async fn unlock_admin(&self, account: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM admin_login_failures WHERE account = $1")
+            .bind(account)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Failures against `account` from every prefix that moved after `since_ms`, counting at
     /// most `per_prefix` from each (attempts refused while locked were never checked).
     pub async fn admin_recent_failures(

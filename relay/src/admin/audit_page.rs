@@ -13,12 +13,16 @@ pub(super) async fn audit_page(State(console): State<Console>, Extension(ctx): E
     let lang = ctx.lang;
     let report = audit::verify(&console.shared.store).await;
     let status = match &report {
-        Ok(r) if r.problems.is_empty() => format!("<p class=\"ok\" id=\"chain\">chain intact: {} rows</p>", r.rows),
+        Ok(r) if r.problems.is_empty() => format!(
+            "<p class=\"ok\" id=\"chain\">{} {}</p>",
+            t(lang, Text::ChainIntact),
+            r.rows
+        ),
         Ok(r) => format!(
             "<p class=\"error\" id=\"chain\">{}</p>",
             r.problems.iter().map(|p| esc(p)).collect::<Vec<_>>().join("<br>")
         ),
-        Err(_) => "<p class=\"error\" id=\"chain\">could not read the audit trail</p>".into(),
+        Err(_) => format!("<p class=\"error\" id=\"chain\">{}</p>", t(lang, Text::AuditUnreadable)),
     };
     let rows: String = console
         .shared
@@ -33,10 +37,10 @@ pub(super) async fn audit_page(State(console): State<Console>, Extension(ctx): E
                 a.seq,
                 html::time(Some(a.at)),
                 esc(&a.actor),
-                esc(&a.action),
+                esc(&super::words::audit_action(lang, &a.action)),
                 esc(&a.target),
                 esc(&a.ip),
-                esc(&a.detail)
+                esc(&super::words::detail(lang, &a.detail))
             )
         })
         .collect();

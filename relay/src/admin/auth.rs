@@ -343,8 +343,8 @@ struct Account {
 
 /// Why a login step was refused before its check.
 enum Refused {
-    /// This (account, prefix) is locked: answered 429.
-    Locked,
+    /// This (account, prefix) is locked until then (Unix milliseconds): answered 429.
+    Locked(i64),
     /// The counters could not be updated: refused rather than checked unbounded.
     Store,
 }
@@ -402,9 +402,16 @@ impl Console {
                 Refused::Store
             })?;
         if attempt.failures > cfg.lockout_after {
-            return Err(Refused::Locked);
+            return Err(Refused::Locked(attempt.locked_until));
         }
         Ok(attempt)
+    }
+
+    /// What a login step that has just locked the account is told: locked until a lockout
+    /// period from now.
+    fn locked_now(&self, lang: Lang) -> String {
+        let lockout = self.shared.config.admin.lockout.as_millis() as i64;
+        super::html::locked_until(lang, now_ms() + lockout)
     }
 
     /// Gives back a step's attempt: it succeeded, or it was never checked.
@@ -470,8 +477,16 @@ impl Console {
 
     async fn step_refused(&self, account: &Account, ip: IpAddr, why: Refused, lang: Lang) -> Response {
         let (status, reason, msg) = match why {
-            Refused::Locked => (StatusCode::TOO_MANY_REQUESTS, "locked", Text::Locked),
-            Refused::Store => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Text::Busy),
+            Refused::Locked(until) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "locked",
+                super::html::locked_until(lang, until),
+            ),
+            Refused::Store => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                t(lang, Text::Busy).to_string(),
+            ),
         };
         self.audit(
             account.actor.clone(),
@@ -481,7 +496,7 @@ impl Console {
             format!("reason={reason}"),
         )
         .await;
-        html_response(status, login_form(lang, Some(t(lang, msg))))
+        html_response(status, login_form(lang, Some(&msg)))
     }
 }
 
@@ -539,22 +554,22 @@ pub(super) async fn login(
                 let locked = console.step_failed(&account, ip, attempt, "certificate").await;
                 tracing::info!(reason = %why, "console login refused: client certificate");
                 let msg = if locked {
-                    t(lang, Text::Locked)
+                    console.locked_now(lang)
                 } else {
-                    t(lang, Text::CertificateNeeded)
+                    t(lang, Text::CertificateNeeded).to_string()
                 };
-                return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(msg)));
+                return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(&msg)));
             }
         }
     }
     let Some(record) = record.filter(|_| ok) else {
         let locked = console.step_failed(&account, ip, attempt, "password").await;
         let msg = if locked {
-            t(lang, Text::Locked)
+            console.locked_now(lang)
         } else {
-            t(lang, Text::LoginFailed)
+            t(lang, Text::LoginFailed).to_string()
         };
-        return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(msg)));
+        return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(&msg)));
     };
     // The password is right: this step is no failure. The second step takes its own.
     console.refund_step(&account, ip).await;
@@ -655,7 +670,7 @@ impl Console {
         self.sessions.remove(token);
         Some(html_response(
             StatusCode::TOO_MANY_REQUESTS,
-            login_form(lang, Some(t(lang, Text::Locked))),
+            login_form(lang, Some(&self.locked_now(lang))),
         ))
     }
 

@@ -8,6 +8,7 @@ use axum::Extension;
 use super::html::{self, esc, t, url, Text};
 use super::ops::OpError;
 use super::pages::{op_error, render};
+use super::words;
 use super::{Console, Ctx};
 use crate::store::HistoryFilter;
 
@@ -115,18 +116,19 @@ pub(super) async fn history_page(
                 esc(r.client_host.as_deref().unwrap_or("")),
                 esc(r.client_ip.as_deref().unwrap_or("")),
                 html::time(r.ended_at),
-                esc(r.end_reason.as_deref().unwrap_or("live")),
-                esc(r.granted.as_deref().unwrap_or("")),
-                r.bytes_to_client,
-                r.bytes_to_operator,
+                esc(&words::end_reason(lang, r.end_reason.as_deref().unwrap_or("live"))),
+                esc(&words::permissions(lang, r.granted.as_deref().unwrap_or(""))),
+                html::bytes(r.bytes_to_client.max(0) as u64),
+                html::bytes(r.bytes_to_operator.max(0) as u64),
             )
         })
         .collect();
     let reasons: String = std::iter::once(String::from("<option value=\"\">—</option>"))
         .chain(END_REASONS.iter().map(|r| {
             format!(
-                "<option value=\"{r}\"{}>{r}</option>",
-                if q.end_reason == *r { " selected" } else { "" }
+                "<option value=\"{r}\"{}>{}</option>",
+                if q.end_reason == *r { " selected" } else { "" },
+                esc(&words::end_reason(lang, r))
             )
         }))
         .collect();
@@ -201,20 +203,35 @@ pub(super) async fn session_page(
                 r.client_relay_port.unwrap_or(0)
             ),
         ),
-        ("requested", r.requested.clone()),
-        ("granted", r.granted.clone().unwrap_or_default()),
+        ("requested", words::permissions(lang, &r.requested)),
+        (
+            "granted",
+            r.granted
+                .as_deref()
+                .map(|g| words::permissions(lang, g))
+                .unwrap_or_default(),
+        ),
         ("issued", html::time(Some(r.issued_at))),
         ("joined", html::time(r.joined_at)),
         ("consented", html::time(r.consented_at)),
         ("ended", html::time(r.ended_at)),
-        ("end_reason", r.end_reason.clone().unwrap_or_else(|| "live".into())),
+        (
+            "end_reason",
+            words::end_reason(lang, r.end_reason.as_deref().unwrap_or("live")),
+        ),
         ("pauses", r.pauses.to_string()),
-        ("bytes_to_client", r.bytes_to_client.to_string()),
-        ("bytes_to_operator", r.bytes_to_operator.to_string()),
+        ("bytes_to_client", html::bytes(r.bytes_to_client.max(0) as u64)),
+        ("bytes_to_operator", html::bytes(r.bytes_to_operator.max(0) as u64)),
     ];
     let table: String = pairs
         .iter()
-        .map(|(k, v)| format!("<tr><th>{k}</th><td id=\"d-{k}\">{}</td></tr>", esc(v)))
+        .map(|(k, v)| {
+            format!(
+                "<tr><th>{}</th><td id=\"d-{k}\">{}</td></tr>",
+                words::session_field(lang, k),
+                esc(v)
+            )
+        })
         .collect();
     let file_rows: String = files
         .iter()
@@ -222,10 +239,10 @@ pub(super) async fn session_page(
             format!(
                 "<tr><td class=\"file-name\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&f.name),
-                f.size,
-                esc(&f.direction),
-                f.bytes,
-                esc(&f.result),
+                html::bytes(f.size.max(0) as u64),
+                esc(&words::file_word(lang, &f.direction)),
+                html::bytes(f.bytes.max(0) as u64),
+                esc(&words::file_word(lang, &f.result)),
                 html::time(Some(f.at))
             )
         })

@@ -67,6 +67,64 @@ pub fn url(s: &str) -> String {
         .collect()
 }
 
+/// A byte count as people read it: `933 B`, `1.2 KB`, `34.5 MB`, `1.07 GB` (powers of 1000,
+/// as the unit names say).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    let digits = if value < 10.0 {
+        2
+    } else if value < 100.0 {
+        1
+    } else {
+        0
+    };
+    format!("{value:.digits$} {}", UNITS[unit])
+}
+
+/// Why a console login is refused while its account is locked from this network, and
+/// until when (UTC).
+pub fn locked_until(lang: Lang, until_ms: i64) -> String {
+    let at = time(Some(until_ms));
+    match lang {
+        Lang::En => format!(
+            "Too many failed attempts from your network: this account is locked here until {at} UTC. An admin can lift it with tsunagu-relay admin unlock."
+        ),
+        Lang::Ja => format!(
+            "お使いのネットワークからの失敗が多すぎるため、このアカウントはここから {at} (UTC) までロックされています。管理者は tsunagu-relay admin unlock で解除できます。"
+        ),
+    }
+}
+
+/// The notice shown after a change, for the `done` key a change redirects with; `None` for
+/// a key no change uses (nothing a link can make the page say).
+pub fn notice(lang: Lang, done: Option<&str>) -> String {
+    let key = match done {
+        Some(
+            "permissions" | "limits" | "ip-rules" | "totp-reset" | "totp-require" | "totp-optional" | "cert-require"
+            | "cert-optional",
+        ) => Text::NoticeSaved,
+        Some("suspend") => Text::NoticeSuspended,
+        Some("resume") => Text::NoticeResumed,
+        Some("delete") => Text::NoticeDeleted,
+        Some("create") => Text::NoticeCreated,
+        Some("rename") => Text::NoticeRenamed,
+        Some("password") => Text::NoticePassword,
+        Some("cert-revoke") => Text::NoticeCertRevoked,
+        Some("end") => Text::NoticeSessionEnded,
+        _ => return String::new(),
+    };
+    format!("<p class=\"notice\" id=\"notice\" role=\"status\">{}</p>", t(lang, key))
+}
+
 /// A table with this id: one header row of `heads`, then `rows` (already `<tr>` HTML).
 pub fn table(id: &str, heads: &[&str], rows: &str) -> String {
     let heads: String = heads.iter().map(|h| format!("<th>{h}</th>")).collect();
@@ -91,7 +149,6 @@ pub enum Text {
     Continue,
     LoginFailed,
     CertificateNeeded,
-    Locked,
     Busy,
     Operators,
     Sessions,
@@ -175,12 +232,52 @@ pub enum Text {
     CertIssuedHelp,
     ImportPassword,
     DownloadP12,
+    ChainIntact,
+    AuditUnreadable,
+    ConfirmSuspend,
+    ConfirmDelete,
+    SessionsWillEnd,
+    NoSessionWillEnd,
+    Cancel,
+    NoticeSaved,
+    NoticeSuspended,
+    NoticeResumed,
+    NoticeDeleted,
+    NoticeCreated,
+    NoticeRenamed,
+    NoticePassword,
+    NoticeCertRevoked,
+    NoticeSessionEnded,
+    RefreshesItself,
 }
 
 /// The wording of one text in the console.
 pub fn t(lang: Lang, key: Text) -> &'static str {
     let (en, ja) = match key {
         Text::Title => ("tsunagu admin", "tsunagu 管理"),
+        Text::ChainIntact => ("The audit chain is intact. Rows:", "監査ログのチェーンは正常です。行数:"),
+        Text::AuditUnreadable => ("The audit trail could not be read.", "監査ログを読み取れませんでした。"),
+        Text::ConfirmSuspend => (
+            "Suspend this operator? They can no longer log in or issue codes until resumed.",
+            "このオペレーターを停止しますか？再開するまでログインもコードの発行もできなくなります。",
+        ),
+        Text::ConfirmDelete => (
+            "Delete this operator? The account and its certificates go; its history stays. This cannot be undone.",
+            "このオペレーターを削除しますか？アカウントと証明書は削除され、履歴は残ります。元に戻せません。",
+        ),
+        Text::SessionsWillEnd => ("Live sessions that will end now:", "今すぐ終了するセッション数:"),
+        Text::NoSessionWillEnd => ("No live session will end.", "終了するセッションはありません。"),
+        Text::Cancel => ("Cancel", "キャンセル"),
+        Text::NoticeSaved => ("Saved.", "保存しました。"),
+        Text::NoticeSuspended => ("The operator is suspended.", "オペレーターを停止しました。"),
+        Text::NoticeResumed => ("The operator is active again.", "オペレーターを再開しました。"),
+        Text::NoticeDeleted => ("The operator was deleted.", "オペレーターを削除しました。"),
+        Text::NoticeCreated => ("The operator was created.", "オペレーターを作成しました。"),
+        Text::NoticeRenamed => ("The operator was renamed.", "オペレーターの名前を変更しました。"),
+        Text::NoticePassword => ("The password was changed.", "パスワードを変更しました。"),
+        Text::NoticeCertRevoked => ("The certificate was revoked.", "証明書を失効させました。"),
+        Text::NoticeSessionEnded => ("The session was ended.", "セッションを終了しました。"),
+        Text::RefreshesItself => ("This list refreshes itself every 5 seconds.", "この一覧は 5 秒ごとに自動で更新されます。"),
         Text::Login => ("Log in", "ログイン"),
         Text::Logout => ("Log out", "ログアウト"),
         Text::Name => ("Name", "名前"),
@@ -208,10 +305,6 @@ pub fn t(lang: Lang, key: Text) -> &'static str {
         Text::CertificateNeeded => (
             "This account logs in only with its client certificate: open the console in a browser that holds it.",
             "このアカウントはクライアント証明書がある場合のみログインできます。証明書を入れたブラウザーでコンソールを開いてください。",
-        ),
-        Text::Locked => (
-            "Too many failed attempts from your network: this account is locked here for a while.",
-            "お使いのネットワークからの失敗が多すぎるため、このアカウントはここからしばらくロックされています。",
         ),
         Text::Busy => (
             "The relay is busy; try again in a moment.",
@@ -367,7 +460,31 @@ pub const CSS: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222
 header a{color:#cde}nav{display:inline;margin-left:1em}nav a{margin-right:.8em}.who{margin:0 .5em;opacity:.8}main{padding:1em}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}\
 form.inline{display:inline}.error{color:#a00;font-weight:bold}.ok{color:#070}fieldset{margin:.5em 0}.lang{float:right}\
-textarea{width:30em;height:6em}code.secret{font-size:1.2em}";
+textarea{width:30em;height:6em}code.secret{font-size:1.2em}\
+.notice{background:#e8f5e9;border:1px solid #66bb6a;padding:.5em 1em}.confirm{background:#fff8e1;border:1px solid #ffb300;padding:.5em 1em}\
+button.danger{background:#c62828;color:#fff;border:1px solid #8e0000;padding:.3em 1em}.bytes{text-align:right}";
+
+#[cfg(test)]
+mod units_tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_read_as_people_read_them() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(1_234), "1.23 KB");
+        assert_eq!(bytes(34_500_000), "34.5 MB");
+        assert_eq!(bytes(1_070_000_000), "1.07 GB");
+        assert_eq!(bytes(u64::MAX), "18446744 TB");
+    }
+
+    #[test]
+    fn only_known_changes_make_a_notice() {
+        assert!(notice(Lang::Ja, Some("suspend")).contains("停止しました"));
+        assert_eq!(notice(Lang::En, Some("<script>")), "");
+        assert_eq!(notice(Lang::En, None), "");
+    }
+}
 
 #[cfg(test)]
 mod tests {

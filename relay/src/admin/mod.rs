@@ -32,6 +32,7 @@ mod operators;
 mod pages;
 mod server;
 mod sessions;
+mod words;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

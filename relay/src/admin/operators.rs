@@ -2,7 +2,7 @@
 //! changes made from it (permissions, limits, IP rules, suspension, password, name, TOTP,
 //! deletion), all through [`Ops`](super::ops::Ops).
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::response::Response;
 use axum::Extension;
 use tsunagu_proto::PermissionSet;
@@ -12,7 +12,7 @@ use super::ops::{self, OpError};
 use super::pages::{csrf_field, op_error, render, see_other};
 use super::{Console, Ctx};
 
-fn permission_boxes(prefix: &str, set: PermissionSet) -> String {
+fn permission_boxes(lang: html::Lang, prefix: &str, set: PermissionSet) -> String {
     ["view", "control", "files", "chat"]
         .iter()
         .map(|p| {
@@ -20,14 +20,25 @@ fn permission_boxes(prefix: &str, set: PermissionSet) -> String {
                 .map(|one| set.intersect(one) == one)
                 .unwrap_or(false);
             format!(
-                "<label><input type=\"checkbox\" name=\"perm\" value=\"{p}\" id=\"{prefix}-{p}\"{}> {p}</label> ",
-                if on { " checked" } else { "" }
+                "<label><input type=\"checkbox\" name=\"perm\" value=\"{p}\" id=\"{prefix}-{p}\"{}> {}</label> ",
+                if on { " checked" } else { "" },
+                super::words::permission(lang, p).unwrap_or(p)
             )
         })
         .collect()
 }
 
-pub(super) async fn operators_page(State(console): State<Console>, Extension(ctx): Extension<Ctx>) -> Response {
+/// `?done=ACTION`: the change just made, for its notice.
+#[derive(serde::Deserialize, Default)]
+pub(super) struct Done {
+    pub(super) done: Option<String>,
+}
+
+pub(super) async fn operators_page(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Query(done): Query<Done>,
+) -> Response {
     let lang = ctx.lang;
     let ops = match console.shared.store.operators().await {
         Ok(o) => o,
@@ -40,7 +51,7 @@ pub(super) async fn operators_page(State(console): State<Console>, Extension(ctx
                 "<tr><td><a href=\"/operators/{}\">{}</a></td><td>{}</td><td class=\"status\">{}</td><td>{}</td><td>{}</td></tr>",
                 url(&o.name),
                 esc(&o.name),
-                esc(&o.permissions.to_string()),
+                esc(&super::words::permissions(lang, &o.permissions.to_string())),
                 t(lang, if o.suspended { Text::Suspended } else { Text::Active }),
                 o.max_sessions,
                 t(lang, if o.totp_secret.is_some() { Text::Enrolled } else { Text::NotEnrolled }),
@@ -48,10 +59,11 @@ pub(super) async fn operators_page(State(console): State<Console>, Extension(ctx
         })
         .collect();
     let body = format!(
-        "{}<h2>{}</h2><form method=\"post\" action=\"/operators\" id=\"create-operator\">{}\
+        "{}{}<h2>{}</h2><form method=\"post\" action=\"/operators\" id=\"create-operator\">{}\
          <p><label>{} <input name=\"name\" id=\"new-name\" maxlength=\"64\" required></label></p>\
          <p><label>{} <input type=\"password\" name=\"password\" id=\"new-password\" maxlength=\"64\" required></label></p>\
          <fieldset><legend>{}</legend>{}</fieldset><p><button id=\"create\">{}</button></p></form>",
+        html::notice(lang, done.done.as_deref()),
         html::table(
             "operators",
             &[
@@ -68,7 +80,7 @@ pub(super) async fn operators_page(State(console): State<Console>, Extension(ctx
         t(lang, Text::Name),
         t(lang, Text::Password),
         t(lang, Text::Permissions),
-        permission_boxes("new", PermissionSet::ALL),
+        permission_boxes(lang, "new", PermissionSet::ALL),
         t(lang, Text::Create),
     );
     render(&ctx, t(lang, Text::Operators), &body)
@@ -102,7 +114,7 @@ pub(super) async fn create_operator(
         Err(e) => Err(e),
     };
     match result {
-        Ok(()) => see_other(&format!("/operators/{}", url(&name))),
+        Ok(()) => see_other(&format!("/operators/{}?done=create", url(&name))),
         Err(e) => op_error(&ctx, &e),
     }
 }
@@ -111,6 +123,7 @@ pub(super) async fn operator_page(
     State(console): State<Console>,
     Extension(ctx): Extension<Ctx>,
     Path(name): Path<String>,
+    Query(done): Query<Done>,
 ) -> Response {
     let lang = ctx.lang;
     let o = match console.shared.store.operator(&name).await {
@@ -132,7 +145,7 @@ pub(super) async fn operator_page(
         .unwrap_or_default();
     let certs = cert_section(&ctx, &base, &o, &certs);
     let body = format!(
-        "<p>{}: <strong id=\"status\">{}</strong> · {}: {live} · TOTP: {} ({})</p>\
+        "{}<p>{}: <strong id=\"status\">{}</strong> · {}: {live} · TOTP: {} ({})</p>\
          <p>{}{}</p>\
          <form method=\"post\" action=\"{base}/permissions\" id=\"permissions\">{csrf}<fieldset><legend>{}</legend>{}</fieldset><button id=\"save-permissions\">{}</button></form>\
          <form method=\"post\" action=\"{base}/limits\">{csrf}<p><label>{} <input name=\"max_sessions\" id=\"max-sessions\" value=\"{}\" size=\"5\"></label> <button id=\"save-limits\">{}</button></p></form>\
@@ -140,6 +153,7 @@ pub(super) async fn operator_page(
          <form method=\"post\" action=\"{base}/password\">{csrf}<p><label>{} <input type=\"password\" name=\"password\" maxlength=\"64\"></label> <button id=\"set-password\">{}</button></p></form>\
          <form method=\"post\" action=\"{base}/rename\">{csrf}<p><label>{} <input name=\"new_name\" maxlength=\"64\"></label> <button id=\"rename\">{}</button></p></form>\
          <p>{}{}{}</p><p>{}</p>{certs}",
+        html::notice(lang, done.done.as_deref()),
         t(lang, Text::Status),
         t(lang, if o.suspended { Text::Suspended } else { Text::Active }),
         t(lang, Text::Sessions),
@@ -148,7 +162,7 @@ pub(super) async fn operator_page(
         if o.suspended { button("resume", Text::Resume) } else { button("suspend", Text::Suspend) },
         button("delete", Text::Delete),
         t(lang, Text::Permissions),
-        permission_boxes("perm", o.permissions),
+        permission_boxes(lang, "perm", o.permissions),
         t(lang, Text::Save),
         t(lang, Text::MaxSessions),
         o.max_sessions,
@@ -177,6 +191,14 @@ pub(super) async fn operator_action(
     let actor = ctx.actor();
     let ops = &console.ops;
     let back = format!("/operators/{}", url(&name));
+    // Suspending and deleting end live sessions: asked first, saying how many.
+    if matches!(action.as_str(), "suspend" | "delete") && field(&fields, "confirm") != "yes" {
+        return match console.shared.store.operator(&name).await {
+            Ok(Some(_)) => confirm_page(&ctx, &name, &action, console.shared.sessions().live_of(&name).len()),
+            Ok(None) => op_error(&ctx, &OpError::NotFound(format!("no operator named {name:?}"))),
+            Err(_) => op_error(&ctx, &OpError::Internal),
+        };
+    }
     let result: Result<Option<String>, OpError> = match action.as_str() {
         "permissions" => match form_perms(&fields) {
             Ok(p) => ops.set_permissions(&actor, &name, p).await.map(|_| None),
@@ -202,9 +224,12 @@ pub(super) async fn operator_action(
             let new_name = field(&fields, "new_name").trim().to_string();
             ops.rename(&actor, &name, &new_name)
                 .await
-                .map(|_| Some(format!("/operators/{}", url(&new_name))))
+                .map(|_| Some(format!("/operators/{}?done=rename", url(&new_name))))
         }
-        "delete" => ops.delete(&actor, &name).await.map(|_| Some("/operators".to_string())),
+        "delete" => ops
+            .delete(&actor, &name)
+            .await
+            .map(|_| Some("/operators?done=delete".to_string())),
         "totp-reset" => ops.reset_operator_totp(&actor, &name).await.map(|_| None),
         "totp-require" => ops.require_operator_totp(&actor, &name, true).await.map(|_| None),
         "totp-optional" => ops.require_operator_totp(&actor, &name, false).await.map(|_| None),
@@ -244,9 +269,38 @@ pub(super) async fn operator_action(
         _ => Err(OpError::NotFound("no such action".into())),
     };
     match result {
-        Ok(to) => see_other(&to.unwrap_or(back)),
+        Ok(to) => see_other(&to.unwrap_or_else(|| format!("{back}?done={}", url(&action)))),
         Err(e) => op_error(&ctx, &e),
     }
+}
+
+/// Asks before suspending or deleting `name`, saying how many live sessions end with it;
+/// the same form posted with `confirm=yes` acts.
+fn confirm_page(ctx: &Ctx, name: &str, action: &str, live: usize) -> Response {
+    let lang = ctx.lang;
+    let (question, label) = match action {
+        "delete" => (Text::ConfirmDelete, Text::Delete),
+        _ => (Text::ConfirmSuspend, Text::Suspend),
+    };
+    let sessions = if live == 0 {
+        t(lang, Text::NoSessionWillEnd).to_string()
+    } else {
+        format!(
+            "{} <strong id=\"ending\">{live}</strong>",
+            t(lang, Text::SessionsWillEnd)
+        )
+    };
+    let back = format!("/operators/{}", url(name));
+    let body = format!(
+        "<div class=\"confirm\"><p id=\"question\">{}</p><p>{sessions}</p>\
+         <form method=\"post\" action=\"{back}/{action}\" class=\"inline\">{}<input type=\"hidden\" name=\"confirm\" value=\"yes\">\
+         <button class=\"danger\" id=\"confirm\">{}</button></form> <a href=\"{back}\" id=\"cancel\">{}</a></div>",
+        t(lang, question),
+        csrf_field(ctx),
+        t(lang, label),
+        t(lang, Text::Cancel),
+    );
+    render(ctx, &format!("{}: {}", t(lang, Text::Operator), name), &body)
 }
 
 /// The operator page's certificate section: whether login needs one, the certificates with

@@ -370,6 +370,33 @@ impl Ops {
         Ok(())
     }
 
+    /// Lifts every console lockout of an admin (all source networks) and forgets their failed
+    /// attempts; returns how many networks were locked or counting.
+    pub async fn unlock_admin(&self, actor: &Actor, name: &str) -> Result<u64, OpError> {
+        self.admin_exists(name).await?;
+        let cleared = self.store.unlock_admin(name).await?;
+        self.audit(actor, "admin_unlocked", name, format!("networks={cleared}"))
+            .await;
+        Ok(cleared)
+    }
+
+    /// Sets an admin's console password after the password policy (an admin who forgot
+    /// theirs); their TOTP stays as it is.
+    pub async fn set_admin_password(&self, actor: &Actor, name: &str, password: &str) -> Result<(), OpError> {
+        self.admin_exists(name).await?;
+        let hash = hash(password, &self.config, &self.verifier).await?;
+        self.store.set_admin_password(name, &hash).await?;
+        self.audit(actor, "admin_password", name, String::new()).await;
+        Ok(())
+    }
+
+    async fn admin_exists(&self, name: &str) -> Result<(), OpError> {
+        match self.store.admin(name).await? {
+            Some(_) => Ok(()),
+            None => Err(OpError::NotFound(format!("no admin named {name:?}"))),
+        }
+    }
+
     /// Clears an admin's TOTP so they enrol again at next login.
     pub async fn reset_admin_totp(&self, actor: &Actor, name: &str) -> Result<(), OpError> {
         self.store.set_admin_totp(name, None).await?;

@@ -26,6 +26,17 @@ pub(super) fn render(ctx: &Ctx, title: &str, body: &str) -> Response {
     )
 }
 
+/// [`render`] for a page that reloads itself every `seconds` (a meta refresh, which the
+/// console's CSP allows where a script would not run).
+pub(super) fn render_refreshing(ctx: &Ctx, title: &str, body: &str, seconds: u32) -> Response {
+    let html = page(ctx.lang, title, Some((&ctx.admin, &ctx.csrf)), body).replacen(
+        "<head>",
+        &format!("<head><meta http-equiv=\"refresh\" content=\"{seconds}\">"),
+        1,
+    );
+    html_response(StatusCode::OK, html)
+}
+
 /// A refused operation, shown as a page with a way back.
 pub(super) fn op_error(ctx: &Ctx, e: &OpError) -> Response {
     let status = op_status(e);

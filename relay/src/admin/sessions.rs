@@ -1,11 +1,11 @@
 //! The live sessions page, and the live rows it shares with the API.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::Extension;
 
 use super::html::{self, esc, t, url, Text};
-use super::pages::{csrf_field, op_error, render, see_other};
+use super::pages::{csrf_field, op_error, see_other};
 use super::{Console, Ctx};
 use crate::state::Shared;
 
@@ -98,7 +98,14 @@ pub(crate) fn live_rows(shared: &Shared) -> Vec<LiveRow> {
     rows
 }
 
-pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx): Extension<Ctx>) -> Response {
+/// How often the live sessions page reloads itself (a meta refresh: no script under the CSP).
+const LIVE_REFRESH_S: u32 = 5;
+
+pub(super) async fn sessions_page(
+    State(console): State<Console>,
+    Extension(ctx): Extension<Ctx>,
+    Query(done): Query<super::operators::Done>,
+) -> Response {
     let lang = ctx.lang;
     let grid = console.shared.grid().is_some();
     let rows: String = grid_rows(&console.shared)
@@ -124,9 +131,9 @@ pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx)
                 esc(r.client_ip.as_deref().unwrap_or("")),
                 html::time(Some(r.since)),
                 state,
-                esc(r.granted.as_deref().unwrap_or("")),
-                r.bytes_to_client,
-                r.bytes_to_operator,
+                esc(&super::words::permissions(lang, r.granted.as_deref().unwrap_or(""))),
+                html::bytes(r.bytes_to_client),
+                html::bytes(r.bytes_to_operator),
                 url(&r.id),
                 csrf_field(&ctx),
                 t(lang, Text::End),
@@ -147,8 +154,13 @@ pub(super) async fn sessions_page(State(console): State<Console>, Extension(ctx)
         t(lang, Text::BytesEachWay),
         "",
     ]);
-    let body = html::table("live", &headers, &rows);
-    render(&ctx, t(lang, Text::Sessions), &body)
+    let body = format!(
+        "{}<p class=\"small\">{}</p>{}",
+        html::notice(lang, done.done.as_deref()),
+        t(lang, Text::RefreshesItself),
+        html::table("live", &headers, &rows)
+    );
+    super::pages::render_refreshing(&ctx, t(lang, Text::Sessions), &body, LIVE_REFRESH_S)
 }
 
 pub(super) async fn end_session(
@@ -157,7 +169,7 @@ pub(super) async fn end_session(
     Path(id): Path<String>,
 ) -> Response {
     match console.ops.end_session(&ctx.actor(), &id).await {
-        Ok(()) => see_other("/sessions"),
+        Ok(()) => see_other("/sessions?done=end"),
         Err(e) => op_error(&ctx, &e),
     }
 }
