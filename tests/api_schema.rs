@@ -41,7 +41,7 @@ async fn schemathesis_finds_nothing_wrong_with_the_api_or_its_document() {
     })
     .await;
     let shared = relay.relay.shared();
-    let ops = tsunagu_relay::admin::ops::Ops::of_relay(&shared);
+    let ops = tsunagu_relay::admin::ops::Ops::of_relay(shared);
     let actor = tsunagu_relay::admin::ops::Actor {
         name: "test".into(),
         ip: String::new(),
