@@ -674,3 +674,67 @@ async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
     }
     b.screenshot("login-after-revocation").await;
 }
+
+/// An admin creates a read-only API token on the console's API tokens page in Chromium,
+/// sees it once, and revokes it there; the page in English and Japanese.
+#[tokio::test]
+async fn an_admin_creates_and_revokes_an_api_token_in_chromium() {
+    let Some(driver) = start_driver().await else { return };
+    let (relay, secret) = console_relay(|_| {}).await;
+    let shared = relay.relay.shared().clone();
+    let profile = tempfile::tempdir().unwrap();
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("admin-browser-tokens");
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut b = browser_on(&driver, profile.path(), &shots, 800, json!({})).await;
+    let base = format!("https://127.0.0.1:{}", relay.relay.admin_addr().unwrap().port());
+
+    assert!(password_step(&b, &base).await.ends_with("/login/totp"));
+    let code = tsunagu_relay::totp::code_at(&secret, tsunagu_relay::totp::now_secs()).unwrap();
+    b.type_into("#code", &code).await;
+    b.click("#verify").await;
+    b.wait_url("/operators").await;
+
+    b.goto(&format!("{base}/tokens")).await;
+    b.wait_text("#no-tokens", |t| t.contains("No API tokens yet.")).await;
+    b.type_into("#token-name", "helpdesk-read").await;
+    b.type_into("#token-expires", "30").await;
+    b.screenshot("tokens-new-en").await;
+    b.click("#create-token-button").await;
+    let token = b.wait_text("#new-token", |t| t.starts_with("tsu_")).await;
+    b.screenshot("token-created-en").await;
+    let id = token[4..20].to_string();
+    let row = shared.store.api_token(&id).await.unwrap().unwrap().0;
+    assert_eq!(
+        row.scope,
+        tsunagu_relay::store::TokenScope::Read,
+        "read only by default"
+    );
+    assert!(row.expires_at.is_some());
+
+    b.click("#continue").await;
+    b.wait_text(".token-state", |t| t == "valid").await;
+    assert!(!b.text("#tokens").await.contains(&token[21..]), "shown once only");
+    b.screenshot("tokens-en").await;
+
+    b.click("#lang").await;
+    b.wait_text("h1", |t| t.contains("オペレーター")).await;
+    b.goto(&format!("{base}/tokens")).await;
+    b.wait_text("h1", |t| t.contains("APIトークン")).await;
+    b.screenshot("tokens-ja").await;
+    b.click(&format!("#revoke-{id}")).await;
+    b.wait_text(".token-state", |t| t == "失効").await;
+    b.screenshot("token-revoked-ja").await;
+    assert!(shared
+        .store
+        .api_token(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+        .revoked_at
+        .is_some());
+
+    http(driver.port, "DELETE", &format!("/session/{}", b.session), None).await;
+    drop(driver);
+    relay.relay.shutdown().await;
+}

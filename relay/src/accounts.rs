@@ -38,8 +38,8 @@ pub fn validate_name(name: &str) -> Result<(), PolicyError> {
     }
 }
 
-/// The password policy: 8 to 64 characters, at least 3 of upper case, lower case, digits
-/// and symbols.
+/// The password policy: 8 to 64 characters without control characters, at least 3 of
+/// upper case `A-Z`, lower case `a-z`, digits `0-9` and anything else.
 pub fn check_password(password: &str) -> Result<(), PolicyError> {
     let len = password.chars().count();
     if len < PASSWORD_MIN {
@@ -51,11 +51,13 @@ pub fn check_password(password: &str) -> Result<(), PolicyError> {
     if password.chars().any(char::is_control) {
         return Err(PolicyError::ControlCharacters);
     }
+    // ASCII classes, exactly as the API's OpenAPI document states them: any other
+    // character (a letter with an accent, kana, a symbol) counts as a symbol.
     let classes = [
-        password.chars().any(char::is_uppercase),
-        password.chars().any(char::is_lowercase),
+        password.chars().any(|c| c.is_ascii_uppercase()),
+        password.chars().any(|c| c.is_ascii_lowercase()),
         password.chars().any(|c| c.is_ascii_digit()),
-        password.chars().any(|c| !c.is_alphanumeric()),
+        password.chars().any(|c| !c.is_ascii_alphanumeric()),
     ];
     let used = classes.iter().filter(|b| **b).count();
     if used < 3 {

@@ -84,6 +84,40 @@ enum Command {
         #[command(subcommand)]
         action: CertAction,
     },
+    /// API tokens for scripts calling the REST API (see docs/api.md).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token; prints one JSON line with the token, which is shown only now.
+    Create {
+        name: String,
+        /// `read`: GET only; `write`: every method (but never managing tokens).
+        #[arg(long, value_parser = ["read", "write"])]
+        scope: String,
+        /// Days until the token stops working (1 to 3650); without it, until revoked.
+        #[arg(long)]
+        expires: Option<u32>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List tokens (never their secrets), newest first.
+    List {
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Revoke a token by id: every relay node refuses it from its next request.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Subcommand)]
@@ -524,6 +558,92 @@ async fn cert_action(ops: &tsunagu_relay::admin::ops::Ops, action: CertAction) -
     }
 }
 
+async fn token_command(action: TokenAction) -> Result<(), String> {
+    let common = match &action {
+        TokenAction::Create { common, .. } | TokenAction::List { common, .. } | TokenAction::Revoke { common, .. } => {
+            common
+        }
+    };
+    let ops = cli_ops(common).await?;
+    let result = token_action(&ops, action).await;
+    ops.store.close().await;
+    result
+}
+
+async fn token_action(ops: &tsunagu_relay::admin::ops::Ops, action: TokenAction) -> Result<(), String> {
+    use tsunagu_relay::store::TokenScope;
+    let actor = cli_actor();
+    match action {
+        TokenAction::Create {
+            name, scope, expires, ..
+        } => {
+            let scope = TokenScope::parse(&scope).ok_or("--scope is read or write")?;
+            let created = ops
+                .create_token(&actor, &name, scope, expires)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "token_created",
+                    "id": created.row.id,
+                    "name": created.row.name,
+                    "scope": created.row.scope,
+                    "expires_at_ms": created.row.expires_at,
+                    "token": created.token,
+                })
+            );
+            Ok(())
+        }
+        TokenAction::List { format, .. } => {
+            let rows = ops.list_tokens().await.map_err(|e| e.to_string())?;
+            if format == "json" {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(row).map_err(|e| e.to_string())?);
+                }
+                return Ok(());
+            }
+            let now = tsunagu_relay::time::now_ms();
+            println!(
+                "{:<16} {:<24} {:<6} {:<8} {:<20} EXPIRES (UTC)",
+                "ID", "NAME", "SCOPE", "STATE", "CREATED BY"
+            );
+            for row in &rows {
+                let state = match row.revoked_at {
+                    Some(_) => "revoked",
+                    None if !row.is_live(now) => "expired",
+                    None => "valid",
+                };
+                println!(
+                    "{:<16} {:<24} {:<6} {:<8} {:<20} {}",
+                    row.id,
+                    row.name,
+                    row.scope.name(),
+                    state,
+                    row.created_by,
+                    row.expires_at
+                        .map(tsunagu_relay::time::format_utc)
+                        .unwrap_or_else(|| "never".into())
+                );
+            }
+            Ok(())
+        }
+        TokenAction::Revoke { id, .. } => {
+            let row = ops.revoke_token(&actor, &id).await.map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "token_revoked",
+                    "id": row.id,
+                    "name": row.name,
+                    "revoked_at_ms": row.revoked_at,
+                })
+            );
+            Ok(())
+        }
+    }
+}
+
 fn load_config(common: &Common) -> Result<Config, String> {
     let mut config = match &common.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
@@ -672,6 +792,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Command::Cert { action } => cert_command(action).await,
+        Command::Token { action } => token_command(action).await,
         Command::Grid {
             action: GridAction::Init { dir },
         } => {

@@ -14,7 +14,9 @@ use sqlx::{AnyPool, Executor, Row};
 use tsunagu_proto::PermissionSet;
 
 mod certs;
+mod tokens;
 pub use certs::{CaRow, CertRole, CertRow, IssueOutcome, Revoked};
+pub use tokens::{TokenAdded, TokenRow, TokenScope, LAST_USED_GRAIN_MS, MAX_TOKENS};
 
 use crate::config::Config;
 use crate::keys::{KeyError, KeyFiles, Keys, MayCreate, SEALED_PREFIX};

@@ -182,6 +182,9 @@ fn peer_ip(req: &Request) -> String {
 /// any change without the session's CSRF token (403).
 pub(super) async fn guard(State(console): State<Console>, req: Request, next: Next) -> Response {
     let api = req.uri().path().starts_with("/api/");
+    if api && req.headers().contains_key(header::AUTHORIZATION) {
+        return token_guard(console, req, next).await;
+    }
     let Some((_, s)) = console
         .session(req.headers())
         .filter(|(_, s)| matches!(s.stage, Stage::Done))
@@ -201,6 +204,7 @@ pub(super) async fn guard(State(console): State<Console>, req: Request, next: Ne
         csrf: s.csrf.clone(),
         lang: lang_of(req.headers()),
         ip: peer_ip(&req),
+        token: None,
     };
     let req = match check_csrf(req, &s.csrf).await {
         Ok(req) => req,
@@ -209,6 +213,144 @@ pub(super) async fn guard(State(console): State<Console>, req: Request, next: Ne
     let mut req = req;
     req.extensions_mut().insert(ctx);
     next.run(req).await
+}
+
+/// The failure counters' account for wrong API tokens: one budget per source prefix for
+/// every token, beside each admin's own (a token names no account before it is checked).
+pub(super) const TOKEN_ACCOUNT: &str = "api-token";
+
+/// A JSON error answer of the API.
+fn api_refusal(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// `/api/v1` with `Authorization: Bearer tsu_...`: the attempt is taken from the source
+/// prefix's failed-login budget before the token is checked (so a burst of wrong tokens
+/// gets at most `admin.lockout_after` checks, then 429 until `admin.lockout` ends), and
+/// given back when the token is good. A wrong, revoked or expired token is answered 401
+/// and audited (its public id at most, never the secret). A read-only token may only
+/// `GET`; no token may list, create or revoke tokens (403): a leaked token cannot mint
+/// more.
+async fn token_guard(console: Console, req: Request, next: Next) -> Response {
+    let Some(ip) = req.extensions().get::<Peer>().map(|p| p.0.ip()) else {
+        return api_refusal(StatusCode::INTERNAL_SERVER_ERROR, "no peer address");
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    let audit_target = super::tokens::presented_id(&presented)
+        .map(str::to_string)
+        .unwrap_or_else(|| "malformed token".into());
+    let cfg = &console.shared.config.admin;
+    let prefix = source_prefix(ip);
+    let attempt = console
+        .shared
+        .store
+        .reserve_admin_attempt(
+            TOKEN_ACCOUNT,
+            &prefix,
+            now_ms(),
+            cfg.lockout_after,
+            cfg.lockout.as_millis() as i64,
+        )
+        .await;
+    let attempt = match attempt {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "could not count an API token attempt");
+            return api_refusal(StatusCode::SERVICE_UNAVAILABLE, "the relay is busy; try again shortly");
+        }
+    };
+    if attempt.failures > cfg.lockout_after {
+        console
+            .audit(
+                "unknown".into(),
+                "api_token_refused",
+                &audit_target,
+                &ip.to_string(),
+                "reason=locked".into(),
+            )
+            .await;
+        return api_refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins from your network; try again later",
+        );
+    }
+    let checked = console.ops.authenticate_token(&presented).await;
+    let row = match checked {
+        Ok(Ok(row)) => {
+            console.refund_token_attempt(ip).await;
+            row
+        }
+        Ok(Err(why)) => {
+            let locked = attempt.failures >= cfg.lockout_after;
+            let detail = if locked {
+                format!("reason={}; tokens locked from {prefix}", why.reason())
+            } else {
+                format!("reason={}", why.reason())
+            };
+            console
+                .audit(
+                    "unknown".into(),
+                    "api_token_refused",
+                    &audit_target,
+                    &ip.to_string(),
+                    detail,
+                )
+                .await;
+            let message = match why {
+                super::tokens::TokenRefusal::Malformed => {
+                    "the Authorization header is not \"Bearer tsu_...\" with a token from the console"
+                }
+                super::tokens::TokenRefusal::Unknown => "unknown API token",
+                super::tokens::TokenRefusal::Revoked => "this API token was revoked",
+                super::tokens::TokenRefusal::Expired => "this API token has expired",
+            };
+            return api_refusal(StatusCode::UNAUTHORIZED, message);
+        }
+        Err(_) => {
+            // Nothing was checked: the attempt goes back.
+            console.refund_token_attempt(ip).await;
+            return api_refusal(StatusCode::SERVICE_UNAVAILABLE, "the relay is busy; try again shortly");
+        }
+    };
+    if req.uri().path().starts_with("/api/v1/tokens") {
+        return api_refusal(
+            StatusCode::FORBIDDEN,
+            "API tokens cannot list, create or revoke tokens; use a console session",
+        );
+    }
+    if row.scope == crate::store::TokenScope::Read && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return api_refusal(StatusCode::FORBIDDEN, "this API token is read-only");
+    }
+    let ctx = Ctx {
+        admin: format!("token {}", row.id),
+        csrf: String::new(),
+        lang: lang_of(req.headers()),
+        ip: ip.to_string(),
+        token: Some(row.id),
+    };
+    let mut req = req;
+    req.extensions_mut().insert(ctx);
+    next.run(req).await
+}
+
+impl Console {
+    async fn refund_token_attempt(&self, ip: IpAddr) {
+        let after = self.shared.config.admin.lockout_after;
+        if let Err(e) = self
+            .shared
+            .store
+            .refund_admin_attempt(TOKEN_ACCOUNT, &source_prefix(ip), after)
+            .await
+        {
+            tracing::error!(error = %e, "could not refund an API token attempt");
+        }
+    }
 }
 
 /// Non-GET requests must carry the token in `x-csrf-token` or a form field `csrf`.

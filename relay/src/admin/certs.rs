@@ -20,12 +20,17 @@ pub struct IssuedCert {
 }
 
 /// Checks a device label: 1 to 64 printable characters (letters of any script, digits,
-/// spaces and punctuation), no control characters.
+/// spaces and punctuation), no control characters, none beyond U+FFFF (the certificate
+/// holds the label as a BMPString, which has no room for emoji and the like).
 pub fn validate_device(label: &str) -> Result<(), OpError> {
     let n = label.chars().count();
-    if n == 0 || n > MAX_DEVICE_LABEL || label.chars().any(char::is_control) || label.trim() != label {
+    if n == 0
+        || n > MAX_DEVICE_LABEL
+        || label.chars().any(|c| c.is_control() || u32::from(c) > 0xFFFF)
+        || label.trim() != label
+    {
         return Err(OpError::Invalid(format!(
-            "a device label is 1 to {MAX_DEVICE_LABEL} characters without control characters or surrounding spaces"
+            "a device label is 1 to {MAX_DEVICE_LABEL} characters without control characters, emoji (nothing beyond U+FFFF) or surrounding spaces"
         )));
     }
     Ok(())
@@ -265,5 +270,7 @@ mod tests {
         assert!(validate_device(" padded").is_err());
         assert!(validate_device("line\nbreak").is_err());
         assert!(validate_device(&"x".repeat(65)).is_err());
+        assert!(validate_device("phone \u{1F3FB}").is_err(), "beyond the BMP");
+        assert!(validate_device("☺ phone").is_ok());
     }
 }

@@ -75,7 +75,7 @@ impl HistoryQuery {
 }
 
 /// End reasons offered in the history filter.
-const END_REASONS: &[&str] = &[
+pub(super) const END_REASONS: &[&str] = &[
     "live",
     "operator_ended",
     "client_ended",

@@ -249,6 +249,20 @@ pub enum Text {
     NoticeCertRevoked,
     NoticeSessionEnded,
     RefreshesItself,
+    ApiTokens,
+    TokensHelp,
+    TokenScope,
+    ScopeRead,
+    ScopeWrite,
+    CreatedBy,
+    Created,
+    LastUsed,
+    Never,
+    NewToken,
+    ExpiresInDays,
+    CreateToken,
+    TokenCreatedHelp,
+    NoTokens,
 }
 
 /// The wording of one text in the console.
@@ -404,6 +418,29 @@ pub fn t(lang: Lang, key: Text) -> &'static str {
         ),
         Text::ImportPassword => ("Import password", "インポート用パスワード"),
         Text::DownloadP12 => ("Download the .p12 file", ".p12ファイルをダウンロード"),
+        Text::ApiTokens => ("API tokens", "APIトークン"),
+        Text::TokensHelp => (
+            "Scripts call the REST API under /api/v1 with a token in the header Authorization: Bearer tsu_…. A read-only token may only read; no token can create or revoke tokens.",
+            "スクリプトは /api/v1 の REST API を、ヘッダー Authorization: Bearer tsu_… にトークンを付けて呼び出します。読み取り専用のトークンは読み取りのみ可能で、どのトークンもトークンの作成や失効はできません。",
+        ),
+        Text::TokenScope => ("Scope", "権限"),
+        Text::ScopeRead => ("read only", "読み取りのみ"),
+        Text::ScopeWrite => ("read and write", "読み書き"),
+        Text::CreatedBy => ("Created by", "作成者"),
+        Text::Created => ("Created (UTC)", "作成日時 (UTC)"),
+        Text::LastUsed => ("Last used (UTC)", "最終使用 (UTC)"),
+        Text::Never => ("never", "無期限"),
+        Text::NewToken => ("New token", "新しいトークン"),
+        Text::ExpiresInDays => (
+            "Expires after (days; empty: never)",
+            "有効期間（日数、空欄なら無期限）",
+        ),
+        Text::CreateToken => ("Create the token", "トークンを作成"),
+        Text::TokenCreatedHelp => (
+            "Copy this token now and keep it where your script reads secrets: it is shown only once. Whoever holds it can use the API within its scope until it is revoked.",
+            "このトークンを今すぐコピーし、スクリプトが秘密情報を読む場所に保管してください。表示されるのは今回だけです。持っている人は誰でも、失効させるまでその権限の範囲で API を使えます。",
+        ),
+        Text::NoTokens => ("No API tokens yet.", "APIトークンはまだありません。"),
     };
     match lang {
         Lang::En => en,
@@ -422,13 +459,14 @@ pub fn time(ms: Option<i64>) -> String {
 pub fn page(lang: Lang, title: &str, logged_in: Option<(&str, &str)>, body: &str) -> String {
     let nav = match logged_in {
         Some((admin, csrf)) => format!(
-            "<nav><a href=\"/operators\">{}</a> <a href=\"/sessions\">{}</a> <a href=\"/history\">{}</a> <a href=\"/audit\">{}</a> \
+            "<nav><a href=\"/operators\">{}</a> <a href=\"/sessions\">{}</a> <a href=\"/history\">{}</a> <a href=\"/audit\">{}</a> <a href=\"/tokens\">{}</a> \
              <span class=\"who\">{}</span> <form method=\"post\" action=\"/logout\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button id=\"logout\">{}</button></form></nav>",
             t(lang, Text::Operators),
             t(lang, Text::Sessions),
             t(lang, Text::History),
             t(lang, Text::Audit),
+            t(lang, Text::ApiTokens),
             esc(admin),
             esc(csrf),
             t(lang, Text::Logout),

@@ -8,6 +8,9 @@
 //! * Sessions live in memory behind a `__Host-` cookie (Secure, HttpOnly,
 //!   SameSite=Strict); every change needs the session's CSRF token (form field `csrf` or
 //!   header `x-csrf-token`). Every response carries CSP, HSTS, nosniff and no-store.
+//! * Scripts use `/api/v1` with an API token instead (`Authorization: Bearer tsu_...`, see
+//!   [`tokens`]): no cookie, no CSRF token; a read-only token may only `GET`; no token may
+//!   manage tokens; a wrong token counts against the source's failed-login budget.
 //! * [`ROUTES`] lists every route with whether it is public; a test walks all of them.
 //!
 //! The rooms: `server` (listener, TLS, security headers, router), `auth` (console
@@ -21,6 +24,7 @@
 pub mod certs;
 pub mod html;
 pub mod ops;
+pub mod tokens;
 
 mod api;
 mod audit_page;
@@ -33,6 +37,7 @@ mod pages;
 mod server;
 mod sessions;
 mod words;
+mod tokens_page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,12 +90,20 @@ struct Ctx {
     csrf: String,
     lang: Lang,
     ip: String,
+    /// The API token the request came with (`/api/v1` only); `None`: a console session.
+    token: Option<String>,
 }
 
 impl Ctx {
+    /// Who the audit trail names: `admin:NAME` for a console session, `token:ID` for an
+    /// API token.
     fn actor(&self) -> Actor {
+        let name = match &self.token {
+            Some(id) => format!("token:{id}"),
+            None => format!("admin:{}", self.admin),
+        };
         Actor {
-            name: format!("admin:{}", self.admin),
+            name,
             ip: self.ip.clone(),
         }
     }

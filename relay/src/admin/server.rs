@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::pages::see_other;
-use super::{api, audit_page, auth, export, history, html, operators, sessions};
+use super::{api, audit_page, auth, export, history, html, operators, sessions, tokens_page};
 use super::{ConnCert, Console, Peer, MAX_BODY};
 use crate::shutdown::{ConnectionTasks, Shutdown};
 use crate::state::Shared;
@@ -61,6 +61,12 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("DELETE", "/api/v1/sessions/abc", false),
     ("GET", "/api/v1/history", false),
     ("GET", "/api/v1/audit/verify", false),
+    ("GET", "/tokens", false),
+    ("POST", "/tokens", false),
+    ("POST", "/tokens/0123456789abcdef/revoke", false),
+    ("GET", "/api/v1/tokens", false),
+    ("POST", "/api/v1/tokens", false),
+    ("DELETE", "/api/v1/tokens/0123456789abcdef", false),
 ];
 
 /// Starts the console on `addr`; returns the bound address and the accept task. At the
@@ -199,6 +205,10 @@ fn router(console: Console) -> Router {
         .route("/api/v1/sessions/{id}", axum::routing::delete(api::api_end_session))
         .route("/api/v1/history", get(api::api_history))
         .route("/api/v1/audit/verify", get(api::api_audit_verify))
+        .route("/api/v1/tokens", get(api::api_tokens).post(api::api_create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(api::api_revoke_token))
+        .route("/tokens", get(tokens_page::tokens_page).post(tokens_page::create_token))
+        .route("/tokens/{id}/revoke", post(tokens_page::revoke_token))
         .route_layer(middleware::from_fn_with_state(console.clone(), auth::guard));
     Router::new()
         .route("/login", get(auth::login_page).post(auth::login))
@@ -219,9 +229,44 @@ fn router(console: Console) -> Router {
         )
         .merge(protected)
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .layer(middleware::from_fn(api_errors_as_json))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(security_headers))
         .with_state(console)
+}
+
+/// Longest error text kept when an answer under `/api/` is turned into JSON.
+const MAX_ERROR_TEXT: usize = 4 * 1024;
+
+/// Under `/api/`, every refusal is a JSON object with an `error` text, also those the
+/// router and extractors make (404 for an unknown path, 405 for an unknown method, with
+/// its `Allow` header, a query or path that does not parse).
+async fn api_errors_as_json(req: Request, next: Next) -> Response {
+    let api = req.uri().path().starts_with("/api/");
+    let res = next.run(req).await;
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !api || res.status().as_u16() < 400 || is_json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = parts
+            .status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_ascii_lowercase();
+    }
+    let body = serde_json::json!({ "error": message }).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(body))
 }
 
 async fn security_headers(req: Request, next: Next) -> Response {

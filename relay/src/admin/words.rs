@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(session_field(Lang::Ja, "bytes_to_client"), "クライアントへの送信量");
         assert_eq!(
             detail(Lang::Ja, "operator=bob&client_ip=10.0.0.7&from="),
-            "オペレーター=bob&クライアントのアドレス=10.0.0.7&from="
+            "オペレーター=bob&クライアントのアドレス=10.0.0.7&開始日="
         );
         assert_eq!(detail(Lang::En, "client_ip=1"), "client_ip=1");
         assert_eq!(detail(Lang::Ja, "permissions=view,chat"), "権限=画面表示、チャット");
