@@ -10,8 +10,17 @@
 //!    refuse one), Allow and Deny, and a countdown. Deny has the keyboard focus, so Enter or
 //!    Escape denies; when the countdown ends the window denies.
 //! 3. **Session bar**: a small always-on-top strip: who is connected, Pause control, View
-//!    only, Chat only, End, and the operator's last chat line with a reply field. A file
-//!    offer (`file_offer`, [`Event::File`]) opens a save dialog: a folder, Save or Reject.
+//!    only, Chat only, End, the operator's last chat line with a reply field, and Send a
+//!    file (the system's open-file dialog). The bar grows to fit what it shows below:
+//!    - a file offer (`file_offer`, [`Event::File`]) as a panel with the file's name and
+//!      size, the folder it goes to (typed, or Choose… for the system's folder dialog), Save
+//!      and Reject. Save creates the folder when missing (a fresh account has no
+//!      `~/Downloads`); if that or the save fails, the panel stays with the error so the user
+//!      can pick another folder and press Save again;
+//!    - one row per transfer with its progress and how it ended: the path a file was saved
+//!      at, sent, declined, failed and why;
+//!    - the problems of the session (a file that cannot be read, file transfer not allowed),
+//!      in the window's language, while the session goes on.
 //!
 //! Japanese and English ([`crate::i18n`]) follow the locale and switch with one button;
 //! a system CJK font is loaded because egui ships none ([`gui::load_cjk_font`]).
@@ -29,8 +38,10 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use tokio::sync::mpsc;
 use tsunagu_endpoint::banner::ConnectionBanner;
+use tsunagu_endpoint::dialog::{Answer, DialogError, NativeDialog, Pick};
+use tsunagu_endpoint::files_view::{FileView, Problem, Row, RowStatus};
 use tsunagu_endpoint::gui::{self, FromSession};
-use tsunagu_endpoint::transfer::{FileCommand, FileEvent};
+use tsunagu_endpoint::transfer::{human_size, FileCommand};
 use tsunagu_proto::SessionCode;
 
 use crate::api::{Command, Event, Outcome};
@@ -42,10 +53,11 @@ use crate::i18n::{permission_text, Lang, Text};
 const MAIN_WINDOW: [f32; 2] = [560.0, 400.0];
 
 /// Size of the session bar, in points: wide enough for every button in Japanese with the
-/// longest pause label ("一時停止中（マウス）").
+/// longest pause label ("一時停止中（マウス）"). It grows downwards to fit a connection
+/// banner, a file offer, transfers and problems, and shrinks back when they go.
 const BAR_WINDOW: [f32; 2] = [780.0, 96.0];
-/// The session bar with the connection banner above it.
-const BAR_WINDOW_WITH_BANNER: [f32; 2] = [780.0, 136.0];
+/// The central panel's margin below the last widget, in points (egui's default frame).
+const BAR_MARGIN: f32 = 8.0;
 
 /// Base text size in points (egui's default is 12.5: too small for this audience).
 const TEXT_SIZE: f32 = 18.0;
@@ -128,13 +140,13 @@ impl Screen {
     }
 }
 
-/// A file offer waiting for the user's answer.
-#[derive(Debug, Clone)]
-struct FileOfferDialog {
-    id: u32,
-    name: String,
-    size: u64,
-    dir: String,
+/// What the native dialog was opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DialogFor {
+    /// The file to send to the operator.
+    Send,
+    /// The folder offer `id` is saved in.
+    Folder(u32),
 }
 
 /// The session state the bar shows.
@@ -163,12 +175,19 @@ struct ClientApp {
     commands: Option<mpsc::Sender<Command>>,
     from_session: Option<std_mpsc::Receiver<FromSession<Event>>>,
     session: SessionView,
-    file_offer: Option<FileOfferDialog>,
+    /// File offers, transfers and the session's problems.
+    files: FileView,
+    /// The system's open-file or folder dialog, while one is open.
+    dialog: NativeDialog<DialogFor>,
+    /// A typed path to send: shown only when no dialog could open (with why).
+    typed_send: Option<String>,
+    /// Why no dialog could open, shown beside the typed path.
+    dialog_note: Option<String>,
     /// Widget rectangles of this frame, for the report.
     widgets: BTreeMap<&'static str, egui::Rect>,
     last_report: String,
-    /// Whether the session bar is sized for a connection banner.
-    bar_banner: bool,
+    /// The session bar's height now, in points (it fits its content).
+    bar_height: f32,
 }
 
 impl ClientApp {
@@ -182,11 +201,14 @@ impl ClientApp {
             code,
             code_focused: false,
             error: None,
-            bar_banner: false,
+            bar_height: BAR_WINDOW[1],
             commands: None,
             from_session: None,
             session: SessionView::default(),
-            file_offer: None,
+            files: FileView::new(default_download_dir()),
+            dialog: NativeDialog::new(),
+            typed_send: None,
+            dialog_note: None,
             widgets: BTreeMap::new(),
             last_report: String::new(),
         }
@@ -229,6 +251,9 @@ impl ClientApp {
         self.from_session = Some(from_session);
         self.error = None;
         self.session = SessionView::default();
+        self.files.clear();
+        self.typed_send = None;
+        self.dialog_note = None;
         self.screen = Screen::Connecting;
     }
 
@@ -264,6 +289,7 @@ impl ClientApp {
             Event::Connected { granted } => {
                 self.session.granted = granted;
                 self.screen = Screen::Session;
+                self.bar_height = BAR_WINDOW[1];
                 ctx.send_viewport_cmd(egui::ViewportCommand::InnerSize(BAR_WINDOW.into()));
                 ctx.send_viewport_cmd(egui::ViewportCommand::WindowLevel(egui::WindowLevel::AlwaysOnTop));
             }
@@ -280,16 +306,15 @@ impl ClientApp {
             Event::Paused => self.session.paused = true,
             Event::Resumed => self.session.paused = false,
             Event::Chat { text } => self.session.last_chat = Some(text),
-            Event::File(FileEvent::FileOffer { id, name, size, .. }) => {
-                self.file_offer = Some(FileOfferDialog {
-                    id,
-                    // Already sanitised by the transfer engine; inert whatever fed the event.
-                    name: tsunagu_proto::names::make_inert(&name),
-                    size,
-                    dir: default_download_dir().display().to_string(),
-                });
+            Event::File(f) => self.files.on_event(&f),
+            // During the session: shown in the window while the session goes on. A lost
+            // connection has its own banner.
+            Event::Error { code, .. }
+                if matches!(self.screen, Screen::Session)
+                    && matches!(code.as_str(), "unreachable" | "connection_lost") => {}
+            Event::Error { code, message } if matches!(self.screen, Screen::Session) => {
+                self.files.on_error(&code, &message)
             }
-            Event::File(_) => {}
             Event::Error { code, message } => {
                 let text = match code.as_str() {
                     "bad_code" => Some(Text::BadCode),
@@ -327,7 +352,7 @@ impl ClientApp {
     fn on_finished(&mut self, outcome: Outcome, ctx: &egui::Context) {
         self.commands = None;
         self.from_session = None;
-        self.file_offer = None;
+        self.typed_send = None;
         if !matches!(self.screen, Screen::Finished { .. }) {
             // The session never ran: back to the code, with the error the events gave.
             if self.error.is_none() {
@@ -500,18 +525,18 @@ impl ClientApp {
     }
 
     fn session_bar(&mut self, ui: &mut egui::Ui) {
-        let banner = self.session.connection.current(Instant::now());
-        if banner.is_some() != self.bar_banner {
-            // The bar grows by one row while a connection banner shows.
-            self.bar_banner = banner.is_some();
-            let size = if self.bar_banner {
-                BAR_WINDOW_WITH_BANNER
-            } else {
-                BAR_WINDOW
-            };
+        // The bar fits its content: taller while an offer, transfers or problems show.
+        let content = ui.vertical(|ui| self.session_content(ui)).response.rect;
+        let wanted = (content.max.y + BAR_MARGIN).max(BAR_WINDOW[1]).ceil();
+        if (wanted - self.bar_height).abs() >= 1.0 {
+            self.bar_height = wanted;
             ui.ctx()
-                .send_viewport_cmd(egui::ViewportCommand::InnerSize(size.into()));
+                .send_viewport_cmd(egui::ViewportCommand::InnerSize(egui::vec2(BAR_WINDOW[0], wanted)));
         }
+    }
+
+    fn session_content(&mut self, ui: &mut egui::Ui) {
+        let banner = self.session.connection.current(Instant::now());
         if let Some(text) = banner {
             let r = gui::connection_banner(ui, self.lang, text);
             self.widgets.insert("connection_banner", r.rect);
@@ -575,7 +600,265 @@ impl ClientApp {
                 let text = std::mem::take(&mut self.session.chat_draft);
                 self.send(Command::Chat { text });
             }
+            ui.separator();
+            let files_ok = self.files_allowed();
+            let r = ui.add_enabled(files_ok, egui::Button::new(self.t(Text::SendFile)));
+            self.widgets.insert("send_file", r.rect);
+            if r.clicked() {
+                self.open_dialog(ui.ctx(), DialogFor::Send);
+            }
         });
+        self.dialog_rows(ui);
+        self.offer_panel(ui);
+        self.transfer_rows(ui);
+        self.problem_rows(ui);
+    }
+
+    /// Whether the session lets files move now.
+    fn files_allowed(&self) -> bool {
+        self.session.granted.iter().any(|p| p == "files") && !self.session.chat_only
+    }
+
+    /// Opens the system's dialog for `purpose`; when none can open, says why and offers a
+    /// typed path instead.
+    fn open_dialog(&mut self, ctx: &egui::Context, purpose: DialogFor) {
+        let (kind, title, start) = match purpose {
+            DialogFor::Send => (
+                Pick::File,
+                Text::SendFileTitle,
+                std::env::var_os("HOME").map(PathBuf::from),
+            ),
+            DialogFor::Folder(id) => (
+                Pick::Folder,
+                Text::ChooseFolderTitle,
+                self.files
+                    .offers()
+                    .find(|o| o.id == id)
+                    .map(|o| PathBuf::from(o.dir.trim())),
+            ),
+        };
+        match self.dialog.open(ctx, purpose, kind, self.t(title), start.as_deref()) {
+            Ok(()) => self.dialog_note = None,
+            Err(DialogError::AlreadyOpen) => {}
+            Err(e @ DialogError::Unavailable(_)) => self.dialog_unavailable(purpose, e.to_string()),
+        }
+    }
+
+    /// No dialog: a typed path to send (a folder is typed in the offer's own field).
+    fn dialog_unavailable(&mut self, purpose: DialogFor, why: String) {
+        tracing::warn!(%why, "no file dialog");
+        self.dialog_note = Some(why);
+        if purpose == DialogFor::Send {
+            self.typed_send.get_or_insert_with(String::new);
+        }
+    }
+
+    /// Takes the dialog's answer once it has closed.
+    fn poll_dialog(&mut self) {
+        let Some((purpose, answer)) = self.dialog.poll() else {
+            return;
+        };
+        match (purpose, answer) {
+            (DialogFor::Send, Answer::Chosen(path)) => {
+                self.typed_send = None;
+                self.send(Command::File(FileCommand::SendFile { path }));
+            }
+            (DialogFor::Folder(id), Answer::Chosen(dir)) => self.files.set_dir(id, &dir),
+            (_, Answer::Cancelled) => {}
+            (purpose, Answer::Failed) => self.dialog_unavailable(purpose, "the file dialog closed unexpectedly".into()),
+        }
+    }
+
+    /// While the dialog is open, a line saying so (a dialog that never appears can be left
+    /// for a typed path); the typed path to send when no dialog could open.
+    fn dialog_rows(&mut self, ui: &mut egui::Ui) {
+        if self.dialog.purpose().is_some() {
+            ui.horizontal(|ui| {
+                let r = ui.label(self.t(Text::DialogOpen));
+                self.widgets.insert("dialog_open", r.rect);
+                if ui.small_button(self.t(Text::TypePathInstead)).clicked() {
+                    let purpose = self.dialog.purpose().copied();
+                    self.dialog.forget();
+                    if purpose == Some(DialogFor::Send) {
+                        self.typed_send.get_or_insert_with(String::new);
+                    }
+                }
+            });
+        }
+        let Some(mut path) = self.typed_send.take() else {
+            return;
+        };
+        if let Some(why) = &self.dialog_note {
+            let r = ui.colored_label(ERROR_RED, format!("{} ({why})", self.t(Text::DialogUnavailable)));
+            self.widgets.insert("dialog_note", r.rect);
+        }
+        let mut keep = true;
+        ui.horizontal(|ui| {
+            ui.label(self.t(Text::FileToSend));
+            let field = ui.add(egui::TextEdit::singleline(&mut path).desired_width(360.0));
+            self.widgets.insert("send_path", field.rect);
+            let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            let go = ui.add_enabled(
+                self.files_allowed() && !path.trim().is_empty(),
+                egui::Button::new(self.t(Text::Send)),
+            );
+            self.widgets.insert("send_path_go", go.rect);
+            if (go.clicked() || enter) && !path.trim().is_empty() && self.files_allowed() {
+                self.send(Command::File(FileCommand::SendFile {
+                    path: PathBuf::from(path.trim()),
+                }));
+                keep = false;
+            }
+            if ui.small_button(self.t(Text::Close)).clicked() {
+                keep = false;
+            }
+        });
+        if keep {
+            self.typed_send = Some(path);
+        } else {
+            self.dialog_note = None;
+        }
+    }
+
+    /// The oldest file offer: name and size, the folder (typed or chosen), Save and Reject,
+    /// and why the last Save failed.
+    fn offer_panel(&mut self, ui: &mut egui::Ui) {
+        let Some(offer) = self.files.offer().cloned() else {
+            return;
+        };
+        let waiting = self.files.offers().count();
+        let mut answer = None;
+        let panel = egui::Frame::group(ui.style())
+            .fill(egui::Color32::from_rgb(255, 248, 220))
+            .inner_margin(10.0)
+            .show(ui, |ui| {
+                ui.set_width(BAR_WINDOW[0] - 4.0 * BAR_MARGIN);
+                let r = ui.label(egui::RichText::new(self.t(Text::FileOfferTitle)).strong());
+                self.widgets.insert("offer_title", r.rect);
+                let r = ui.label(format!("{}  ({})", offer.name, human_size(offer.size)));
+                self.widgets.insert("offer_name", r.rect);
+                ui.horizontal(|ui| {
+                    ui.label(self.t(Text::SaveIn));
+                    if let Some(dir) = self.files.dir_mut(offer.id) {
+                        let r = ui.add(egui::TextEdit::singleline(dir).desired_width(400.0));
+                        self.widgets.insert("offer_folder", r.rect);
+                    }
+                    let r = ui.button(self.t(Text::Choose));
+                    self.widgets.insert("offer_choose", r.rect);
+                    if r.clicked() {
+                        answer = Some(OfferAnswer::Choose);
+                    }
+                });
+                if let Some(error) = &offer.error {
+                    let r = ui.colored_label(ERROR_RED, format!("{}: {error}", self.t(Text::FolderError)));
+                    self.widgets.insert("offer_error", r.rect);
+                }
+                ui.horizontal(|ui| {
+                    let save = ui.add(
+                        egui::Button::new(egui::RichText::new(self.t(Text::Save)).color(egui::Color32::WHITE))
+                            .fill(egui::Color32::from_rgb(30, 110, 200))
+                            .min_size(egui::vec2(140.0, 40.0)),
+                    );
+                    let reject = ui.add(egui::Button::new(self.t(Text::Reject)).min_size(egui::vec2(140.0, 40.0)));
+                    self.widgets.insert("offer_save", save.rect);
+                    self.widgets.insert("offer_reject", reject.rect);
+                    if save.clicked() {
+                        answer = Some(OfferAnswer::Save);
+                    } else if reject.clicked() {
+                        answer = Some(OfferAnswer::Reject);
+                    }
+                    if waiting > 1 {
+                        ui.label(format!("{} {}", waiting - 1, self.t(Text::MoreOffers)));
+                    }
+                });
+            });
+        self.widgets.insert("offer_panel", panel.response.rect);
+        match answer {
+            Some(OfferAnswer::Save) => {
+                if let Some(cmd) = self.files.save(offer.id) {
+                    self.send(Command::File(cmd));
+                }
+            }
+            Some(OfferAnswer::Reject) => {
+                if let Some(cmd) = self.files.reject(offer.id) {
+                    self.send(Command::File(cmd));
+                }
+            }
+            Some(OfferAnswer::Choose) => self.open_dialog(ui.ctx(), DialogFor::Folder(offer.id)),
+            None => {}
+        }
+    }
+
+    /// One line per transfer: direction and name, progress, and how it ended.
+    fn transfer_rows(&mut self, ui: &mut egui::Ui) {
+        let rows: Vec<Row> = self.files.rows().cloned().collect();
+        for row in rows {
+            let line = ui.horizontal(|ui| {
+                let way = if row.sending { Text::Sending } else { Text::Receiving };
+                ui.label(format!("{}: {}", self.t(way), row.name));
+                ui.add(
+                    egui::ProgressBar::new(row.fraction())
+                        .desired_width(160.0)
+                        .text(format!("{} / {}", human_size(row.bytes), human_size(row.size))),
+                );
+                let status = match &row.status {
+                    RowStatus::Waiting => self.t(Text::WaitingForAnswer),
+                    RowStatus::Running if row.sending => "",
+                    RowStatus::Running => self.t(Text::Saving),
+                    RowStatus::Saved(_) => self.t(Text::SavedIn),
+                    RowStatus::Sent => self.t(Text::Sent),
+                    RowStatus::Declined => self.t(Text::Declined),
+                    RowStatus::Cancelled => self.t(Text::Cancelled),
+                    RowStatus::Failed(_) => self.t(Text::Failed),
+                };
+                if matches!(row.status, RowStatus::Failed(_) | RowStatus::Declined) {
+                    ui.colored_label(ERROR_RED, status);
+                } else {
+                    ui.label(status);
+                }
+            });
+            self.widgets.insert("transfer", line.response.rect);
+            // The saved path or the reason on a line of its own, wrapped to the bar's width.
+            match &row.status {
+                RowStatus::Saved(path) => {
+                    let r = ui.add(egui::Label::new(path.display().to_string()).wrap());
+                    self.widgets.insert("saved_path", r.rect);
+                }
+                RowStatus::Failed(reason) => {
+                    ui.add(egui::Label::new(egui::RichText::new(reason).color(ERROR_RED)).wrap());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The session's problems, newest last, each with a button that clears it.
+    fn problem_rows(&mut self, ui: &mut egui::Ui) {
+        let problems: Vec<Problem> = self.files.problems().cloned().collect();
+        let mut dismiss = None;
+        for (i, p) in problems.iter().enumerate() {
+            ui.horizontal(|ui| {
+                if ui.small_button("×").clicked() {
+                    dismiss = Some(i);
+                }
+                let text = egui::RichText::new(self.problem_text(p)).color(ERROR_RED);
+                let r = ui.add(egui::Label::new(text).wrap());
+                self.widgets.insert("problem", r.rect);
+            });
+        }
+        if let Some(i) = dismiss {
+            self.files.dismiss_problem(i);
+        }
+    }
+
+    /// A problem in the window's language, with the system's detail where it helps.
+    fn problem_text(&self, p: &Problem) -> String {
+        match p.code.as_str() {
+            "not_granted" => self.t(Text::NotGranted).to_string(),
+            "file_error" => format!("{}: {}", self.t(Text::FileError), p.detail),
+            "file_failed" => format!("{}: {}", self.t(Text::Failed), p.detail),
+            _ => format!("{}: {}", self.t(Text::Problem), p.detail),
+        }
     }
 
     fn finished_screen(&mut self, ui: &mut egui::Ui, text: Text) {
@@ -594,45 +877,6 @@ impl ClientApp {
         }
     }
 
-    fn file_offer_dialog(&mut self, ctx: &egui::Context) {
-        let Some(mut offer) = self.file_offer.clone() else {
-            return;
-        };
-        let mut answer: Option<bool> = None;
-        egui::Window::new(self.t(Text::FileOfferTitle))
-            .collapsible(false)
-            .resizable(false)
-            .show(ctx, |ui| {
-                ui.label(format!("{} ({} B)", offer.name, offer.size));
-                ui.horizontal(|ui| {
-                    ui.label(self.t(Text::SaveIn));
-                    ui.text_edit_singleline(&mut offer.dir);
-                });
-                ui.horizontal(|ui| {
-                    if ui.button(self.t(Text::Save)).clicked() {
-                        answer = Some(true);
-                    }
-                    if ui.button(self.t(Text::Reject)).clicked() {
-                        answer = Some(false);
-                    }
-                });
-            });
-        match answer {
-            Some(true) => {
-                self.send(Command::File(FileCommand::AcceptFile {
-                    id: offer.id,
-                    dir: PathBuf::from(offer.dir),
-                }));
-                self.file_offer = None;
-            }
-            Some(false) => {
-                self.send(Command::File(FileCommand::RejectFile { id: offer.id }));
-                self.file_offer = None;
-            }
-            None => self.file_offer = Some(offer),
-        }
-    }
-
     /// Writes the report line if anything changed since the last one.
     fn report(&mut self, ctx: &egui::Context) {
         if !self.options.report {
@@ -645,7 +889,27 @@ impl ClientApp {
             "lang": self.lang.code(),
             "window": window,
             "widgets": widgets,
-            "file_offer": self.file_offer.is_some(),
+            "file_offer": self.files.offer().is_some(),
+            "offer": self.files.offer().map(|o| serde_json::json!({
+                "id": o.id,
+                "name": o.name,
+                "dir": o.dir,
+                "error": o.error,
+            })),
+            "transfers": self.files.rows().map(|r| serde_json::json!({
+                "id": r.id,
+                "sending": r.sending,
+                "bytes": r.bytes,
+                "size": r.size,
+                "status": r.status.name(),
+                "path": match &r.status {
+                    RowStatus::Saved(p) => Some(p.display().to_string()),
+                    _ => None,
+                },
+            })).collect::<Vec<_>>(),
+            "problems": self.files.problems().map(|p| self.problem_text(p)).collect::<Vec<_>>(),
+            "dialog_open": self.dialog.purpose().is_some(),
+            "typed_send": self.typed_send.is_some(),
             "ticked": match &self.screen {
                 Screen::Consent { permissions, .. } => permissions
                     .iter()
@@ -666,6 +930,7 @@ impl eframe::App for ClientApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         self.drain(&ctx);
+        self.poll_dialog();
         self.widgets.clear();
         egui::CentralPanel::default().show(ui, |ui| match self.screen.clone() {
             Screen::Code | Screen::Connecting => self.code_screen(ui),
@@ -673,7 +938,6 @@ impl eframe::App for ClientApp {
             Screen::Session => self.session_bar(ui),
             Screen::Finished { text } => self.finished_screen(ui, text),
         });
-        self.file_offer_dialog(&ctx);
         self.report(&ctx);
         if self.from_session.is_some() {
             // Events also wake the window; this only bounds a missed wake-up.
@@ -681,6 +945,16 @@ impl eframe::App for ClientApp {
         }
     }
 }
+
+/// What the user did in the offer panel.
+enum OfferAnswer {
+    Save,
+    Reject,
+    Choose,
+}
+
+/// Errors and failures: a red that reads on white and on the offer panel's cream.
+const ERROR_RED: egui::Color32 = egui::Color32::from_rgb(200, 40, 40);
 
 /// Fill of a ticked box: the same blue as Allow.
 const TICKED: egui::Color32 = egui::Color32::from_rgb(30, 110, 200);

@@ -131,6 +131,16 @@ impl Texts for Text {
             (Lang::En, NotGranted) => "File transfer is not allowed in this session",
             (Lang::Ja, Problem) => "問題が起きました",
             (Lang::En, Problem) => "Something went wrong",
+            (Lang::Ja, DialogOpen) => "ファイルを選ぶ画面を開いています…",
+            (Lang::En, DialogOpen) => "The file chooser is open…",
+            (Lang::Ja, TypePathInstead) => "パスを入力する",
+            (Lang::En, TypePathInstead) => "Type a path instead",
+            (Lang::Ja, DialogUnavailable) => "ファイルを選ぶ画面を開けません。パスを入力してください",
+            (Lang::En, DialogUnavailable) => "The file chooser cannot open here; please type the path",
+            (Lang::Ja, FileToSend) => "送るファイル:",
+            (Lang::En, FileToSend) => "File to send:",
+            (Lang::Ja, MoreOffers) => "件のファイルが待っています",
+            (Lang::En, MoreOffers) => "more files waiting",
         }
     }
 }
@@ -246,6 +256,16 @@ pub enum Text {
     NotGranted,
     /// Any other error during the session (followed by the detail).
     Problem,
+    /// While the system's file dialog is open.
+    DialogOpen,
+    /// Leaves the dialog for a typed path.
+    TypePathInstead,
+    /// No file dialog could open (followed by why).
+    DialogUnavailable,
+    /// Label of the typed path to send.
+    FileToSend,
+    /// After the number of further offers waiting.
+    MoreOffers,
 }
 
 /// The label for a permission name (`view`, `control`, `files`, `chat`).

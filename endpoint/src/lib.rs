@@ -18,8 +18,12 @@
 //!   jittered backoff, window), without I/O.
 //! * [`transfer`]: file transfer as both apps do it: offers with SHA-256, the receiver's choice
 //!   of folder, safe names, a credit window, verified saves.
+//! * [`files_view`]: what a window shows of file transfers (offers, progress rows, the saved
+//!   path, problems), fed with the session's file events, without drawing.
 //! * [`gui`] (feature `gui`): what both windows set up alike: the CJK font, text sizes, the
 //!   session runtime, the event bridge from the session to the window.
+//! * [`dialog`] (feature `gui`): the native open-file and choose-folder dialogs of both
+//!   windows, run beside the window.
 //!
 //! The relay never depends on this crate: it speaks the protocol through `tsunagu_proto` alone.
 
@@ -27,7 +31,10 @@ pub mod banner;
 pub mod chat;
 pub mod config;
 pub mod dial;
+#[cfg(feature = "gui")]
+pub mod dialog;
 pub mod driver;
+pub mod files_view;
 #[cfg(feature = "gui")]
 pub mod gui;
 pub mod headless;

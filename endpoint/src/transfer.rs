@@ -90,6 +90,36 @@ fn candidate(dir: &Path, name: &str, n: u32) -> PathBuf {
     dir.join(format!("{stem} ({n}){ext}"))
 }
 
+/// Makes sure `dir` is a folder a received file can be saved into, creating it and its
+/// parents when missing (a fresh account has no `~/Downloads`). The windows call this when
+/// the user presses Save; the headless contract leaves a missing folder an error.
+pub fn prepare_folder(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no folder given"));
+    }
+    std::fs::create_dir_all(dir)?;
+    if !std::fs::metadata(dir)?.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a folder"));
+    }
+    Ok(())
+}
+
+/// A size for people: `999 B`, `1.5 MB` (powers of 1000, as file managers show them).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 /// Lower-case hex of a digest.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -1207,6 +1237,27 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"event":"file_progress","id":1,"side":"send","bytes":5,"size":10}"#
         );
+    }
+
+    #[test]
+    fn a_missing_save_folder_is_created_and_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("home/Downloads");
+        prepare_folder(&fresh).unwrap();
+        assert!(fresh.is_dir());
+        prepare_folder(&fresh).unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(prepare_folder(&file).is_err(), "a file is no folder");
+        assert!(prepare_folder(&file.join("below")).is_err(), "nothing below a file");
+        assert!(prepare_folder(Path::new("")).is_err());
+    }
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(human_size(999), "999 B");
+        assert_eq!(human_size(1_500_000), "1.5 MB");
+        assert_eq!(human_size(200_000_000), "200.0 MB");
     }
 
     #[test]

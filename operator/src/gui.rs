@@ -2,6 +2,13 @@
 //! joined and what they granted, then watch and control the client's screen, chat, and move
 //! files, with a banner whenever the client has paused control or limited the session.
 //!
+//! Files: Send file… opens the system's open-file dialog, and files dropped onto the window
+//! are sent too; the save folder is typed or chosen in the system's folder dialog and is
+//! created on Accept when missing. Each transfer shows its progress and how it ended (the
+//! saved path, sent, rejected, failed and why), and the problems of the session (a file that
+//! cannot be read, a folder that cannot be made) show in the side panel while the session
+//! goes on. A typed path to send appears only when no dialog can open.
+//!
 //! The window drives the same [`crate::run`] as the headless mode, on a tokio runtime of its
 //! own; decoded pictures come through a [`PictureSink`]. With `events` set, every event is
 //! also printed as a JSON line on stdout, and a `gui` line reports the screen and where its
@@ -15,8 +22,10 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use tokio::sync::mpsc;
 use tsunagu_endpoint::banner::ConnectionBanner;
+use tsunagu_endpoint::dialog::{Answer, DialogError, NativeDialog, Pick};
+use tsunagu_endpoint::files_view::{FileView, Problem, Row, RowStatus};
 use tsunagu_endpoint::gui::{self, FromSession};
-use tsunagu_endpoint::transfer::{FileCommand, FileEvent};
+use tsunagu_endpoint::transfer::{human_size, FileCommand};
 use tsunagu_proto::PermissionSet;
 
 use crate::api::{Button, Command, Event};
@@ -108,16 +117,17 @@ impl Screen {
     }
 }
 
-/// One file transfer as the window lists it.
-#[derive(Debug, Clone)]
-struct TransferRow {
-    name: String,
-    size: u64,
-    bytes: u64,
-    sending: bool,
-    status: Option<Text>,
-    detail: String,
+/// What the native dialog was opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DialogFor {
+    /// The file to send to the client.
+    Send,
+    /// The folder offered files are saved into.
+    SaveFolder,
 }
+
+/// Errors and failures in the side panel.
+const ERROR_RED: egui::Color32 = egui::Color32::from_rgb(200, 40, 40);
 
 struct OperatorApp {
     options: GuiOptions,
@@ -149,10 +159,16 @@ struct OperatorApp {
     connection: ConnectionBanner,
     chat: ChatLog,
     chat_draft: String,
-    send_path: String,
+    /// The folder offered files are saved into (typed or chosen).
     save_dir: String,
-    offers: BTreeMap<u32, (String, u64)>,
-    transfers: BTreeMap<(u32, bool), TransferRow>,
+    /// File offers, transfers and the session's problems.
+    files: FileView,
+    /// The system's open-file or folder dialog, while one is open.
+    dialog: NativeDialog<DialogFor>,
+    /// A typed path to send: shown only when no dialog could open (with why).
+    typed_send: Option<String>,
+    /// Why no dialog could open.
+    dialog_note: Option<String>,
     last_pointer: Option<(i32, i32)>,
     widgets: BTreeMap<&'static str, egui::Rect>,
     picture_rect: Option<egui::Rect>,
@@ -169,6 +185,7 @@ impl OperatorApp {
             password: options.password.clone(),
             cert_password: options.cert_password.clone(),
             save_dir: options.save_dir.display().to_string(),
+            files: FileView::new(options.save_dir.clone()),
             options,
             lang,
             runtime,
@@ -191,9 +208,9 @@ impl OperatorApp {
             connection: ConnectionBanner::new(),
             chat: ChatLog::new(),
             chat_draft: String::new(),
-            send_path: String::new(),
-            offers: BTreeMap::new(),
-            transfers: BTreeMap::new(),
+            dialog: NativeDialog::new(),
+            typed_send: None,
+            dialog_note: None,
             last_pointer: None,
             widgets: BTreeMap::new(),
             picture_rect: None,
@@ -288,8 +305,9 @@ impl OperatorApp {
         self.chat_only = false;
         self.connection.clear();
         self.chat.clear();
-        self.offers.clear();
-        self.transfers.clear();
+        self.files.clear();
+        self.typed_send = None;
+        self.dialog_note = None;
         self.texture = None;
         self.picture_size = (0, 0);
     }
@@ -399,61 +417,16 @@ impl OperatorApp {
             Event::Resumed => self.paused = false,
             Event::PauseCause { cause } => self.pause_cause = cause,
             Event::Chat { text } => self.chat.push(Author::Peer, text),
+            // During the session: shown in the window while the session goes on. A lost
+            // connection has its own banner.
+            Event::Error { code, .. }
+                if self.screen == Screen::Session && matches!(code.as_str(), "unreachable" | "connection_lost") => {}
+            Event::Error { code, message } if self.screen == Screen::Session => self.files.on_error(&code, &message),
             Event::Error { code, message } => self.message = Some(self.error_text(&code, &message)),
             Event::Ended { .. } => {}
-            Event::File(f) => self.on_file_event(f),
+            Event::File(f) => self.files.on_event(&f),
             Event::Connection(c) => self.connection.on_event(&c, Instant::now()),
             _ => {}
-        }
-    }
-
-    fn on_file_event(&mut self, f: FileEvent) {
-        let row = |name: &str, size: u64, sending: bool| TransferRow {
-            name: name.into(),
-            size,
-            bytes: 0,
-            sending,
-            status: None,
-            detail: String::new(),
-        };
-        match f {
-            FileEvent::FileOffer { id, name, size, .. } => {
-                // Already sanitised by the transfer engine; inert whatever fed the event.
-                self.offers.insert(id, (tsunagu_proto::names::make_inert(&name), size));
-            }
-            FileEvent::FileOffered { id, name, size, .. } => {
-                self.transfers.insert((id, true), row(&name, size, true));
-            }
-            FileEvent::FileProgress { id, side, bytes, .. } => {
-                if let Some(r) = self.transfers.get_mut(&(id, side == "send")) {
-                    r.bytes = bytes;
-                }
-            }
-            FileEvent::FileSaved { id, path, size, .. } => {
-                if let Some(r) = self.transfers.get_mut(&(id, false)) {
-                    r.bytes = size;
-                    r.status = Some(Text::Saved);
-                    r.detail = path.display().to_string();
-                }
-            }
-            FileEvent::FileSent { id, size, .. } => {
-                if let Some(r) = self.transfers.get_mut(&(id, true)) {
-                    r.bytes = size;
-                    r.status = Some(Text::Sent);
-                }
-            }
-            FileEvent::FileRejected { id, side } => self.finish_row(id, &side, Text::Rejected, String::new()),
-            FileEvent::FileCancelled { id, side } => self.finish_row(id, &side, Text::Cancelled, String::new()),
-            FileEvent::FileFailed { id, side, reason } => self.finish_row(id, &side, Text::Failed, reason),
-            FileEvent::FileAccepted { .. } => {}
-        }
-    }
-
-    fn finish_row(&mut self, id: u32, side: &str, status: Text, detail: String) {
-        self.offers.remove(&id);
-        if let Some(r) = self.transfers.get_mut(&(id, side == "send")) {
-            r.status = Some(status);
-            r.detail = detail;
         }
     }
 
@@ -664,82 +637,266 @@ impl OperatorApp {
         }
         ui.separator();
         ui.heading(self.t(Text::Files));
-        let files_ok = self.granted.contains(tsunagu_proto::pb::Permission::Files) && !self.chat_only;
-        ui.label(self.t(Text::FilePath));
+        self.files_section(ui);
+    }
+
+    /// Whether the session lets files move now.
+    fn files_allowed(&self) -> bool {
+        self.granted.contains(tsunagu_proto::pb::Permission::Files) && !self.chat_only
+    }
+
+    /// Send file…, the save folder, offers, transfers and problems.
+    fn files_section(&mut self, ui: &mut egui::Ui) {
+        let files_ok = self.files_allowed();
         ui.horizontal(|ui| {
-            ui.add(egui::TextEdit::singleline(&mut self.send_path).desired_width(200.0));
-            let b = ui.add_enabled(
-                files_ok && !self.send_path.trim().is_empty(),
-                egui::Button::new(self.lang.t(Text::SendFile)),
-            );
+            let b = ui.add_enabled(files_ok, egui::Button::new(self.t(Text::SendFile)));
+            self.widgets.insert("send_file", b.rect);
             if b.clicked() {
-                let path = PathBuf::from(self.send_path.trim());
-                self.send(Command::File(FileCommand::SendFile { path }));
+                self.open_dialog(ui.ctx(), DialogFor::Send);
             }
+            ui.label(egui::RichText::new(self.t(Text::OrDropFiles)).small());
         });
-        ui.label(self.t(Text::SaveFolder));
-        ui.text_edit_singleline(&mut self.save_dir);
-        let offers: Vec<(u32, (String, u64))> = self.offers.iter().map(|(k, v)| (*k, v.clone())).collect();
-        for (id, (name, size)) in offers {
+        if self.dialog.purpose().is_some() {
             ui.horizontal(|ui| {
-                ui.label(format!(
-                    "{} {} {name} ({})",
-                    self.lang.t(Text::Client),
-                    self.lang.t(Text::Offers),
-                    human_size(size)
-                ));
-                if ui.button(self.lang.t(Text::Accept)).clicked() {
-                    self.send(Command::File(FileCommand::AcceptFile {
-                        id,
-                        dir: PathBuf::from(self.save_dir.trim()),
-                    }));
-                    self.offers.remove(&id);
-                    self.transfers.insert(
-                        (id, false),
-                        TransferRow {
-                            name: name.clone(),
-                            size,
-                            bytes: 0,
-                            sending: false,
-                            status: None,
-                            detail: String::new(),
-                        },
-                    );
-                }
-                if ui.button(self.lang.t(Text::Reject)).clicked() {
-                    self.send(Command::File(FileCommand::RejectFile { id }));
-                    self.offers.remove(&id);
+                let r = ui.label(self.t(Text::DialogOpen));
+                self.widgets.insert("dialog_open", r.rect);
+                if ui.small_button(self.t(Text::TypePathInstead)).clicked() {
+                    let purpose = self.dialog.purpose().copied();
+                    self.dialog.forget();
+                    if purpose == Some(DialogFor::Send) {
+                        self.typed_send.get_or_insert_with(String::new);
+                    }
                 }
             });
         }
-        let rows: Vec<((u32, bool), TransferRow)> = self.transfers.iter().map(|(k, v)| (*k, v.clone())).collect();
-        for ((id, sending), row) in rows {
-            ui.label(format!("{} {}", if row.sending { "↑" } else { "↓" }, row.name));
-            let fraction = if row.size == 0 {
-                1.0
-            } else {
-                row.bytes as f32 / row.size as f32
+        self.typed_send_row(ui);
+        ui.label(self.t(Text::SaveFolder));
+        ui.horizontal(|ui| {
+            let r = ui.add(egui::TextEdit::singleline(&mut self.save_dir).desired_width(220.0));
+            self.widgets.insert("save_dir", r.rect);
+            let r = ui.button(self.t(Text::Choose));
+            self.widgets.insert("choose_folder", r.rect);
+            if r.clicked() {
+                self.open_dialog(ui.ctx(), DialogFor::SaveFolder);
+            }
+        });
+        self.offer_rows(ui);
+        self.transfer_rows(ui);
+        self.problem_rows(ui);
+    }
+
+    /// Opens the system's dialog for `purpose`; when none can open, says why and offers a
+    /// typed path instead.
+    fn open_dialog(&mut self, ctx: &egui::Context, purpose: DialogFor) {
+        let (kind, title, start) = match purpose {
+            DialogFor::Send => (
+                Pick::File,
+                Text::SendFileTitle,
+                std::env::var_os("HOME").map(PathBuf::from),
+            ),
+            DialogFor::SaveFolder => (
+                Pick::Folder,
+                Text::ChooseFolderTitle,
+                Some(PathBuf::from(self.save_dir.trim())),
+            ),
+        };
+        match self.dialog.open(ctx, purpose, kind, self.t(title), start.as_deref()) {
+            Ok(()) => self.dialog_note = None,
+            Err(DialogError::AlreadyOpen) => {}
+            Err(e @ DialogError::Unavailable(_)) => self.dialog_unavailable(purpose, e.to_string()),
+        }
+    }
+
+    /// No dialog: a typed path to send (the folder has its own field).
+    fn dialog_unavailable(&mut self, purpose: DialogFor, why: String) {
+        tracing::warn!(%why, "no file dialog");
+        self.dialog_note = Some(why);
+        if purpose == DialogFor::Send {
+            self.typed_send.get_or_insert_with(String::new);
+        }
+    }
+
+    /// Takes the dialog's answer once it has closed.
+    fn poll_dialog(&mut self) {
+        let Some((purpose, answer)) = self.dialog.poll() else {
+            return;
+        };
+        match (purpose, answer) {
+            (DialogFor::Send, Answer::Chosen(path)) => {
+                self.typed_send = None;
+                self.send(Command::File(FileCommand::SendFile { path }));
+            }
+            (DialogFor::SaveFolder, Answer::Chosen(dir)) => self.save_dir = dir.display().to_string(),
+            (_, Answer::Cancelled) => {}
+            (purpose, Answer::Failed) => self.dialog_unavailable(purpose, "the file dialog closed unexpectedly".into()),
+        }
+    }
+
+    /// The typed path to send, when no dialog could open.
+    fn typed_send_row(&mut self, ui: &mut egui::Ui) {
+        let Some(mut path) = self.typed_send.take() else {
+            return;
+        };
+        if let Some(why) = &self.dialog_note {
+            let r = ui.colored_label(ERROR_RED, format!("{} ({why})", self.t(Text::DialogUnavailable)));
+            self.widgets.insert("dialog_note", r.rect);
+        }
+        ui.label(self.t(Text::FilePath));
+        let mut keep = true;
+        ui.horizontal(|ui| {
+            let field = ui.add(egui::TextEdit::singleline(&mut path).desired_width(200.0));
+            self.widgets.insert("send_path", field.rect);
+            let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            let ok = self.files_allowed() && !path.trim().is_empty();
+            let go = ui.add_enabled(ok, egui::Button::new(self.t(Text::Send)));
+            self.widgets.insert("send_path_go", go.rect);
+            if (go.clicked() || enter) && ok {
+                self.send(Command::File(FileCommand::SendFile {
+                    path: PathBuf::from(path.trim()),
+                }));
+                keep = false;
+            }
+            if ui.small_button(self.t(Text::Cancel)).clicked() {
+                keep = false;
+            }
+        });
+        if keep {
+            self.typed_send = Some(path);
+        } else {
+            self.dialog_note = None;
+        }
+    }
+
+    /// Each offer of the client's: name and size, Accept (into the save folder, created
+    /// when missing) and Reject, and why the last Accept failed.
+    fn offer_rows(&mut self, ui: &mut egui::Ui) {
+        let offers: Vec<_> = self.files.offers().cloned().collect();
+        for offer in offers {
+            let mut answer = None;
+            let r = egui::Frame::group(ui.style()).show(ui, |ui| {
+                ui.label(format!(
+                    "{} {} {} ({})",
+                    self.t(Text::Client),
+                    self.t(Text::Offers),
+                    offer.name,
+                    human_size(offer.size)
+                ));
+                if let Some(error) = &offer.error {
+                    let r = ui.colored_label(ERROR_RED, format!("{}: {error}", self.t(Text::FolderError)));
+                    self.widgets.insert("offer_error", r.rect);
+                }
+                ui.horizontal(|ui| {
+                    let a = ui.button(self.t(Text::Accept));
+                    self.widgets.insert("accept", a.rect);
+                    if a.clicked() {
+                        answer = Some(true);
+                    }
+                    let r = ui.button(self.t(Text::Reject));
+                    self.widgets.insert("reject", r.rect);
+                    if r.clicked() {
+                        answer = Some(false);
+                    }
+                });
+            });
+            self.widgets.insert("offer", r.response.rect);
+            let cmd = match answer {
+                Some(true) => {
+                    self.files.set_dir(offer.id, std::path::Path::new(self.save_dir.trim()));
+                    self.files.save(offer.id)
+                }
+                Some(false) => self.files.reject(offer.id),
+                None => None,
             };
+            if let Some(cmd) = cmd {
+                self.send(Command::File(cmd));
+            }
+        }
+    }
+
+    /// One entry per transfer: direction and name, progress, and how it ended.
+    fn transfer_rows(&mut self, ui: &mut egui::Ui) {
+        let rows: Vec<Row> = self.files.rows().cloned().collect();
+        for row in rows {
+            let r = ui.label(format!("{} {}", if row.sending { "↑" } else { "↓" }, row.name));
+            self.widgets.insert("transfer", r.rect);
             ui.horizontal(|ui| {
-                ui.add(egui::ProgressBar::new(fraction).desired_width(180.0).text(format!(
-                    "{} / {}",
-                    human_size(row.bytes),
-                    human_size(row.size)
-                )));
-                match row.status {
-                    Some(s) => {
-                        ui.label(self.lang.t(s));
-                    }
-                    None => {
-                        if ui.small_button(self.lang.t(Text::Cancel)).clicked() {
-                            let side = Some(if sending { "send" } else { "receive" }.to_string());
-                            self.send(Command::File(FileCommand::CancelFile { id, side }));
-                        }
-                    }
+                ui.add(
+                    egui::ProgressBar::new(row.fraction())
+                        .desired_width(180.0)
+                        .text(format!("{} / {}", human_size(row.bytes), human_size(row.size))),
+                );
+                let status = match &row.status {
+                    RowStatus::Waiting => Some(self.t(Text::WaitingForAnswer)),
+                    RowStatus::Running => None,
+                    RowStatus::Saved(_) => Some(self.t(Text::Saved)),
+                    RowStatus::Sent => Some(self.t(Text::Sent)),
+                    RowStatus::Declined => Some(self.t(Text::Rejected)),
+                    RowStatus::Cancelled => Some(self.t(Text::Cancelled)),
+                    RowStatus::Failed(_) => Some(self.t(Text::Failed)),
+                };
+                if !row.status.finished() && ui.small_button(self.t(Text::Cancel)).clicked() {
+                    let side = Some(if row.sending { "send" } else { "receive" }.to_string());
+                    self.send(Command::File(FileCommand::CancelFile { id: row.id, side }));
+                }
+                if let Some(status) = status {
+                    let r = if matches!(row.status, RowStatus::Failed(_) | RowStatus::Declined) {
+                        ui.colored_label(ERROR_RED, status)
+                    } else {
+                        ui.label(status)
+                    };
+                    self.widgets.insert("transfer_status", r.rect);
                 }
             });
-            if !row.detail.is_empty() {
-                ui.small(row.detail.clone());
+            match &row.status {
+                RowStatus::Saved(path) => {
+                    let r = ui.small(path.display().to_string());
+                    self.widgets.insert("saved_path", r.rect);
+                }
+                RowStatus::Failed(reason) => {
+                    ui.small(reason.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The session's problems, newest last, each with a button that clears it.
+    fn problem_rows(&mut self, ui: &mut egui::Ui) {
+        let problems: Vec<Problem> = self.files.problems().cloned().collect();
+        let mut dismiss = None;
+        for (i, p) in problems.iter().enumerate() {
+            ui.horizontal_wrapped(|ui| {
+                let r = ui.colored_label(ERROR_RED, self.problem_text(p));
+                self.widgets.insert("problem", r.rect);
+                if ui.small_button("×").clicked() {
+                    dismiss = Some(i);
+                }
+            });
+        }
+        if let Some(i) = dismiss {
+            self.files.dismiss_problem(i);
+        }
+    }
+
+    /// A problem in the window's language, with the system's detail where it helps.
+    fn problem_text(&self, p: &Problem) -> String {
+        match p.code.as_str() {
+            "not_granted" => self.t(Text::NotGranted).to_string(),
+            "no_path" => self.t(Text::DropNoPath).to_string(),
+            "file_error" => format!("{}: {}", self.t(Text::FileError), p.detail),
+            "file_failed" => format!("{}: {}", self.t(Text::Failed), p.detail),
+            _ => format!("{}: {}", self.t(Text::Problem), p.detail),
+        }
+    }
+
+    /// Files dropped onto the window are sent to the client; while files hover over it, a
+    /// note says they will be.
+    fn dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect());
+        for cmd in sends_for_drop(&dropped, self.files_allowed()) {
+            match cmd {
+                Ok(cmd) => self.send(Command::File(cmd)),
+                Err(code) => self.files.add_problem(code, ""),
             }
         }
     }
@@ -854,7 +1011,23 @@ impl OperatorApp {
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| self.side_panel(ui));
             });
-        egui::CentralPanel::default().show(ui, |ui| self.remote_screen(ui));
+        egui::CentralPanel::default().show(ui, |ui| {
+            let hovering = ui.ctx().input(|i| !i.raw.hovered_files.is_empty());
+            if hovering {
+                let text = if self.files_allowed() {
+                    Text::DropToSend
+                } else {
+                    Text::NotGranted
+                };
+                let r = egui::Frame::new()
+                    .fill(egui::Color32::from_rgb(30, 110, 200))
+                    .inner_margin(8.0)
+                    .show(ui, |ui| ui.colored_label(egui::Color32::WHITE, self.t(text)));
+                self.widgets.insert("drop_note", r.response.rect);
+            }
+            self.remote_screen(ui)
+        });
+        self.dropped_files(ui.ctx());
     }
 
     fn ended_screen(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
@@ -886,6 +1059,25 @@ impl OperatorApp {
             "banner": self.widgets.contains_key("banner"),
             "banner_kind": self.banner().filter(|_| self.screen == Screen::Session).map(banner_kind),
             "picture": [self.picture_size.0, self.picture_size.1],
+            "offers": self.files.offers().map(|o| serde_json::json!({
+                "id": o.id,
+                "name": o.name,
+                "error": o.error,
+            })).collect::<Vec<_>>(),
+            "transfers": self.files.rows().map(|r| serde_json::json!({
+                "id": r.id,
+                "sending": r.sending,
+                "bytes": r.bytes,
+                "size": r.size,
+                "status": r.status.name(),
+                "path": match &r.status {
+                    RowStatus::Saved(p) => Some(p.display().to_string()),
+                    _ => None,
+                },
+            })).collect::<Vec<_>>(),
+            "problems": self.files.problems().map(|p| self.problem_text(p)).collect::<Vec<_>>(),
+            "save_dir": self.save_dir,
+            "dialog_open": self.dialog.purpose().is_some(),
         })
         .to_string();
         gui::report_if_changed(&mut self.last_report, line);
@@ -896,6 +1088,7 @@ impl eframe::App for OperatorApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         self.drain(&ctx);
+        self.poll_dialog();
         self.widgets.clear();
         if ctx.input(|i| i.viewport().close_requested()) && self.commands.is_some() {
             // Closing the window ends the session on the relay first.
@@ -967,19 +1160,22 @@ fn banner_kind(text: Text) -> &'static str {
     }
 }
 
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+/// The send commands for the paths of files dropped onto the window: one per file;
+/// `not_granted` for each when the session does not let files move now, `no_path` for a
+/// drop that carries no file path.
+fn sends_for_drop(dropped: &[PathBuf], allowed: bool) -> Vec<Result<FileCommand, &'static str>> {
+    dropped
+        .iter()
+        .map(|path| {
+            if path.as_os_str().is_empty() {
+                Err("no_path")
+            } else if !allowed {
+                Err("not_granted")
+            } else {
+                Ok(FileCommand::SendFile { path: path.clone() })
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -987,10 +1183,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_read_naturally() {
-        assert_eq!(human_size(999), "999 B");
-        assert_eq!(human_size(1_500_000), "1.5 MB");
-        assert_eq!(human_size(200_000_000), "200.0 MB");
+    fn dropped_files_become_sends() {
+        let dropped = [PathBuf::from("/home/op/a.txt"), PathBuf::new()];
+        assert_eq!(
+            sends_for_drop(&dropped, true),
+            vec![
+                Ok(FileCommand::SendFile {
+                    path: PathBuf::from("/home/op/a.txt")
+                }),
+                Err("no_path")
+            ]
+        );
+        assert_eq!(sends_for_drop(&dropped[..1], false), vec![Err("not_granted")]);
     }
 
     #[test]

@@ -78,8 +78,8 @@ impl Texts for Text {
             (Lang::En, Send) => "Send",
             (Lang::Ja, Files) => "ファイル",
             (Lang::En, Files) => "Files",
-            (Lang::Ja, SendFile) => "ファイルを送る",
-            (Lang::En, SendFile) => "Send file",
+            (Lang::Ja, SendFile) => "ファイルを送る…",
+            (Lang::En, SendFile) => "Send file…",
             (Lang::Ja, FilePath) => "送るファイルのパス",
             (Lang::En, FilePath) => "Path of the file to send",
             (Lang::Ja, SaveFolder) => "保存先フォルダー",
@@ -120,6 +120,34 @@ impl Texts for Text {
             (Lang::En, Forbidden) => "This account is not allowed to do that",
             (Lang::Ja, Permissions) => "権限",
             (Lang::En, Permissions) => "Permissions",
+            (Lang::Ja, OrDropFiles) => "（画面にドロップしても送れます）",
+            (Lang::En, OrDropFiles) => "(or drop files onto the screen)",
+            (Lang::Ja, SendFileTitle) => "お客様に送るファイルを選ぶ",
+            (Lang::En, SendFileTitle) => "Choose a file to send to the client",
+            (Lang::Ja, Choose) => "選ぶ…",
+            (Lang::En, Choose) => "Choose…",
+            (Lang::Ja, ChooseFolderTitle) => "保存先フォルダーを選ぶ",
+            (Lang::En, ChooseFolderTitle) => "Choose where to save",
+            (Lang::Ja, DialogOpen) => "ファイル選択画面を開いています…",
+            (Lang::En, DialogOpen) => "The file chooser is open…",
+            (Lang::Ja, TypePathInstead) => "パスを入力する",
+            (Lang::En, TypePathInstead) => "Type a path instead",
+            (Lang::Ja, DialogUnavailable) => "ファイル選択画面を開けません。パスを入力してください",
+            (Lang::En, DialogUnavailable) => "The file chooser cannot open here; type the path",
+            (Lang::Ja, WaitingForAnswer) => "お客様の返事を待っています",
+            (Lang::En, WaitingForAnswer) => "Waiting for the client",
+            (Lang::Ja, FolderError) => "保存先フォルダーを作れません",
+            (Lang::En, FolderError) => "Cannot create the folder",
+            (Lang::Ja, FileError) => "ファイルを扱えません",
+            (Lang::En, FileError) => "Cannot use the file",
+            (Lang::Ja, NotGranted) => "お客様はファイルの送受信を許可していません",
+            (Lang::En, NotGranted) => "The client has not allowed file transfer",
+            (Lang::Ja, Problem) => "問題が起きました",
+            (Lang::En, Problem) => "Something went wrong",
+            (Lang::Ja, DropToSend) => "ドロップするとお客様に送ります",
+            (Lang::En, DropToSend) => "Drop to send to the client",
+            (Lang::Ja, DropNoPath) => "ドロップされたものはファイルではありません",
+            (Lang::En, DropNoPath) => "What was dropped is not a file",
         }
     }
 }
@@ -176,6 +204,34 @@ pub enum Text {
     Throttled,
     Forbidden,
     Permissions,
+    /// Beside Send file…: files can be dropped too.
+    OrDropFiles,
+    /// The open-file dialog's title.
+    SendFileTitle,
+    /// Opens the folder dialog.
+    Choose,
+    /// The folder dialog's title.
+    ChooseFolderTitle,
+    /// While the system's file dialog is open.
+    DialogOpen,
+    /// Leaves the dialog for a typed path.
+    TypePathInstead,
+    /// No file dialog could open (followed by why).
+    DialogUnavailable,
+    /// Our offer awaits the client's answer.
+    WaitingForAnswer,
+    /// The save folder could not be made (followed by the detail).
+    FolderError,
+    /// A file could not be read or written (followed by the detail).
+    FileError,
+    /// File transfer is not granted.
+    NotGranted,
+    /// Any other error during the session (followed by the detail).
+    Problem,
+    /// While files hover over the window.
+    DropToSend,
+    /// A drop without a file path.
+    DropNoPath,
 }
 
 #[cfg(test)]
