@@ -337,7 +337,7 @@ fn a_file_offered_to_the_client_window_is_saved_into_folders_that_did_not_exist(
 }
 
 /// A file chosen in the client window's open-file dialog reaches the operator; the window
-/// shows it waiting for the operator, then sent.
+/// shows it waiting for the operator, then sent; an offer the other way fits beside it.
 fn a_file_sent_from_the_client_window_reaches_the_operator(lang: &str) {
     let xvfb = Xvfb::start(1280, 900);
     let home = tempfile::tempdir().unwrap();
@@ -384,6 +384,25 @@ fn a_file_sent_from_the_client_window_reaches_the_operator(lang: &str) {
     assert_eq!(report["transfers"][0]["bytes"], content.len());
     let shot = screenshot(&xvfb, &format!("7-sent-{lang}.png"));
     assert_drawn(&shot, &report, origin, &["transfer"], "sent transfer");
+
+    // An offer the other way while the sent row shows: the panel fits above it, in this
+    // language too; Reject answers it.
+    let back = inbox.path().join("reply.txt");
+    std::fs::write(&back, b"thanks").unwrap();
+    s.op.send(serde_json::json!({"cmd": "send_file", "path": back}));
+    let panel = [
+        "offer_panel",
+        "offer_folder",
+        "offer_choose",
+        "offer_save",
+        "offer_reject",
+        "transfer",
+    ];
+    let report = report_where(&mut s.gui, |v| v["offer"]["name"] == "reply.txt" && fits(v, &panel));
+    let shot = screenshot(&xvfb, &format!("8-offer-panel-{lang}.png"));
+    assert_drawn(&shot, &report, origin, &panel, "offer panel");
+    click(&xvfb, rect_of(&report, origin, "offer_reject"));
+    s.op.expect_where("file_rejected", |e| e["side"] == "send");
 }
 
 #[test]
