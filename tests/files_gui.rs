@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::gui::{assert_drawn, click, rect_of};
 use support::xvfb::Xvfb;
 use support::*;
 
@@ -65,17 +66,6 @@ fn window_origin(xvfb: &Xvfb, id: &str) -> (i64, i64) {
     (get("X="), get("Y="))
 }
 
-/// A widget's rectangle on the X screen.
-fn rect_of(report: &Value, origin: (i64, i64), widget: &str) -> (i64, i64, i64, i64) {
-    let v: Vec<i64> = report["widgets"][widget]
-        .as_array()
-        .unwrap_or_else(|| panic!("no widget {widget} in {report}"))
-        .iter()
-        .map(|n| n.as_i64().unwrap())
-        .collect();
-    (origin.0 + v[0], origin.1 + v[1], v[2], v[3])
-}
-
 /// Whether the report shows every widget in `widgets` wholly inside its window (the window
 /// resizes a frame or two after its content changes, so tests wait for this).
 fn fits(report: &Value, widgets: &[&str]) -> bool {
@@ -89,55 +79,11 @@ fn fits(report: &Value, widgets: &[&str]) -> bool {
     })
 }
 
-fn click(xvfb: &Xvfb, rect: (i64, i64, i64, i64)) {
-    let (x, y) = (rect.0 + rect.2 / 2, rect.1 + rect.3 / 2);
-    xvfb.xdotool(&["mousemove", &x.to_string(), &y.to_string()]);
-    // egui reacts to a press and release on the same widget, a frame apart at most.
-    std::thread::sleep(Duration::from_millis(150));
-    xvfb.xdotool(&["click", "1"]);
-}
-
-/// Share of pixels in `rect` that differ clearly from the rectangle's most common colour:
-/// text and borders ("ink"). A blank or cut-off rectangle has none.
-fn ink(shot: &image::RgbImage, rect: (i64, i64, i64, i64)) -> f64 {
-    let mut counts = std::collections::HashMap::new();
-    let mut pixels = Vec::new();
-    for y in rect.1.max(0)..(rect.1 + rect.3).min(shot.height() as i64) {
-        for x in rect.0.max(0)..(rect.0 + rect.2).min(shot.width() as i64) {
-            let p = shot.get_pixel(x as u32, y as u32).0;
-            *counts.entry(p).or_insert(0u32) += 1;
-            pixels.push(p);
-        }
-    }
-    let Some((&bg, _)) = counts.iter().max_by_key(|(_, n)| **n) else {
-        return 0.0;
-    };
-    let far = pixels
-        .iter()
-        .filter(|p| {
-            p.iter()
-                .zip(bg.iter())
-                .map(|(a, b)| (*a as i32 - *b as i32).abs())
-                .sum::<i32>()
-                > 120
-        })
-        .count();
-    far as f64 / pixels.len().max(1) as f64
-}
-
 fn screenshot(xvfb: &Xvfb, name: &str) -> image::RgbImage {
     // Give the window a few frames to paint what it reported.
     std::thread::sleep(Duration::from_millis(500));
     let path = xvfb.screenshot(&shots_dir().join(name));
     image::open(&path).expect("a PNG").to_rgb8()
-}
-
-fn assert_drawn(shot: &image::RgbImage, report: &Value, origin: (i64, i64), widgets: &[&str], what: &str) {
-    for w in widgets {
-        let r = rect_of(report, origin, w);
-        let share = ink(shot, r);
-        assert!(share > 0.01, "{what}: widget {w} at {r:?} looks blank ({share:.4} ink)");
-    }
 }
 
 /// Visible windows of X class `class` other than `main`: the app's GTK dialogs.

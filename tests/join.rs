@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::gui::{click, rect_of};
 use support::xvfb::{Desk, Xvfb};
 use support::*;
 
@@ -199,19 +200,6 @@ fn client_window(xvfb: &Xvfb) -> (String, (i64, i64)) {
     }
 }
 
-fn click(xvfb: &Xvfb, report: &Value, origin: (i64, i64), widget: &str) {
-    let r: Vec<i64> = report["widgets"][widget]
-        .as_array()
-        .unwrap_or_else(|| panic!("no widget {widget} in {report}"))
-        .iter()
-        .map(|n| n.as_i64().unwrap())
-        .collect();
-    let (x, y) = (origin.0 + r[0] + r[2] / 2, origin.1 + r[1] + r[3] / 2);
-    xvfb.xdotool(&["mousemove", &x.to_string(), &y.to_string()]);
-    std::thread::sleep(Duration::from_millis(150));
-    xvfb.xdotool(&["click", "1"]);
-}
-
 /// The decoded colour at (`x`, `y`) on the operator's side.
 fn sample(op: &mut App, x: u32, y: u32) -> (i64, i64, i64) {
     op.send(serde_json::json!({"cmd": "sample", "x": x, "y": y}));
@@ -256,16 +244,16 @@ fn a_customer_runs_the_downloaded_client_types_the_code_and_shares_the_desktop()
     let report = expect_screen(&mut gui, "code", &["code_field", "connect"]);
     let (id, origin) = client_window(&xvfb);
     xvfb.xdotool(&["windowfocus", "--sync", &id]);
-    click(&xvfb, &report, origin, "code_field");
+    click(&xvfb, rect_of(&report, origin, "code_field"));
     xvfb.xdotool(&["type", "--delay", "60", &code]);
     let report = gui.expect_where("gui", |v| v["screen"] == "code" && v["digits"] == 8);
     xvfb.screenshot(&shots_dir().join("2-code-typed.png"));
-    click(&xvfb, &report, origin, "connect");
+    click(&xvfb, rect_of(&report, origin, "connect"));
 
     gui.expect("consent_request");
     let report = expect_screen(&mut gui, "consent", &["allow"]);
     xvfb.screenshot(&shots_dir().join("3-consent.png"));
-    click(&xvfb, &report, origin, "allow");
+    click(&xvfb, rect_of(&report, origin, "allow"));
     op.expect("consent");
     gui.expect("connected");
 

@@ -828,6 +828,7 @@ impl Drop for App {
 }
 pub mod admin;
 pub mod grid;
+pub mod gui;
 pub mod proxy;
 pub mod xvfb;
 

@@ -36,8 +36,8 @@ mod operators;
 mod pages;
 mod server;
 mod sessions;
-mod words;
 mod tokens_page;
+mod words;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
