@@ -20,7 +20,6 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::Semaphore;
 use tsunagu_proto::bundle::JoinConfig;
 
 use crate::admin::html::{esc, Lang};
@@ -36,21 +35,6 @@ pub const CLIENT_FILE_NAME: &str = "tsunagu-client";
 /// Read size when streaming the client program: large enough that a download is a few
 /// hundred reads, small enough that sixteen downloads hold a few MiB.
 const CHUNK: usize = 256 * 1024;
-
-/// The download page's state: where the client program is and how many may download it at
-/// once.
-#[derive(Debug)]
-pub struct JoinPage {
-    downloads: Arc<Semaphore>,
-}
-
-impl JoinPage {
-    pub fn new(config: &Config) -> Self {
-        Self {
-            downloads: Arc::new(Semaphore::new(config.join.max_downloads)),
-        }
-    }
-}
 
 /// Where the client program to hand out is: `join.client_file`, else `tsunagu-client`
 /// beside the relay's own program. `None` when there is none.
@@ -248,7 +232,7 @@ async fn download(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Resp
         Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
     };
     // The slot is taken before the file is opened, and held until the body is sent.
-    let Ok(permit) = shared.join.downloads.clone().try_acquire_owned() else {
+    let Ok(permit) = shared.join_downloads.clone().try_acquire_owned() else {
         return unavailable("too many downloads at once; try again in a minute");
     };
     let file = match tokio::fs::File::open(&path).await {

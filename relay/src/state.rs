@@ -58,8 +58,8 @@ pub struct Shared {
     pub(crate) acceptor: TlsAcceptor,
     /// The client CA and the revoked certificates, as this node last read them.
     pub client_certs: Arc<crate::certs::CertState>,
-    /// The download page's budget of downloads at once.
-    pub(crate) join: crate::join::JoinPage,
+    /// The download page's budget of downloads at once (`join.max_downloads`).
+    pub(crate) join_downloads: Arc<tokio::sync::Semaphore>,
     directory: Arc<dyn Directory>,
     sessions: Registry,
     /// This node's grid parts (Redis, bridge, membership); unset on a single node.
@@ -138,7 +138,7 @@ impl Shared {
                 now,
             ),
             dummy_hash: crate::accounts::dummy_hash(&config.accounts),
-            join: crate::join::JoinPage::new(&config),
+            join_downloads: Arc::new(tokio::sync::Semaphore::new(config.join.max_downloads)),
             operator_totp: Default::default(),
             history,
             store,
