@@ -299,7 +299,7 @@ async fn the_tokens_page_shows_a_new_token_once_in_english_and_japanese() {
 async fn the_cli_creates_lists_and_revokes_tokens() {
     let (relay, _secret) = console_relay(|_| {}).await;
     let data = relay.relay.shared().config.data_dir.clone();
-    let out = support::relay_cli(
+    let out = support::relay_cli_async(
         &data,
         &[
             "token",
@@ -311,7 +311,8 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
             "90",
         ],
         None,
-    );
+    )
+    .await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
@@ -326,12 +327,12 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
     let r = with_token(&relay, &token, "GET", "/api/v1/history", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    let list = support::relay_cli(&data, &["token", "list", "--format", "json"], None);
+    let list = support::relay_cli_async(&data, &["token", "list", "--format", "json"], None).await;
     let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(listed["id"], id.as_str());
     assert_eq!(listed["created_by"], "cli");
     assert!(!String::from_utf8_lossy(&list.stdout).contains(&token[21..]));
-    let table = support::relay_cli(&data, &["token", "list"], None);
+    let table = support::relay_cli_async(&data, &["token", "list"], None).await;
     assert!(String::from_utf8_lossy(&table.stdout).contains("nightly-export"));
 
     for bad in [
@@ -340,12 +341,12 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
         &["token", "create", "x", "--scope", "read", "--expires", "0"],
         &["token", "revoke", "not-an-id"],
     ] {
-        let out = support::relay_cli(&data, bad, None);
+        let out = support::relay_cli_async(&data, bad, None).await;
         assert!(!out.status.success(), "{bad:?} is refused");
         assert!(!out.stderr.is_empty(), "{bad:?} says why");
     }
 
-    let out = support::relay_cli(&data, &["token", "revoke", &id], None);
+    let out = support::relay_cli_async(&data, &["token", "revoke", &id], None).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let revoked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(revoked["event"], "token_revoked");

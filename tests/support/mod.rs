@@ -593,6 +593,12 @@ pub async fn relay_cli_async(data_dir: &Path, args: &[&str], stdin: Option<&str>
 
 /// `tsunagu-relay ARGS --data-dir DIR`, `stdin` (one line) fed.
 pub fn relay_cli(data_dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    // Waiting here on an async test's runtime thread would stall its in-process relay,
+    // which may hold the SQLite write lock the command needs.
+    assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "in async tests, use relay_cli_async: a blocking wait stalls the in-process relay"
+    );
     relay_cli_with(args, "--data-dir", data_dir, stdin)
 }
 
