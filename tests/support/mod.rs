@@ -538,11 +538,17 @@ impl RelayProcess {
 
     /// `tsunagu-relay operator add NAME` with the password on stdin.
     pub fn add_operator(&self, name: &str, password: &str) -> std::process::Output {
-        relay_cli(&self.data_dir(), &["operator", "add", name], Some(password))
+        // A relay of its own process: a blocking wait stalls nothing it needs.
+        relay_cli_with(
+            &["operator", "add", name],
+            "--data-dir",
+            &self.data_dir(),
+            Some(password),
+        )
     }
 
     pub fn history(&self, format: &str) -> String {
-        let out = relay_cli(&self.data_dir(), &["history", "--format", format], None);
+        let out = relay_cli_with(&["history", "--format", format], "--data-dir", &self.data_dir(), None);
         assert!(
             out.status.success(),
             "history: {}",
@@ -585,7 +591,7 @@ pub async fn relay_cli_async(data_dir: &Path, args: &[&str], stdin: Option<&str>
     let stdin = stdin.map(str::to_string);
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        relay_cli(&data_dir, &args, stdin.as_deref())
+        relay_cli_with(&args, "--data-dir", &data_dir, stdin.as_deref())
     })
     .await
     .expect("the command's thread does not panic")
