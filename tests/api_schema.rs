@@ -54,7 +54,9 @@ async fn schemathesis_finds_nothing_wrong_with_the_api_or_its_document() {
     let addr = relay.relay.admin_addr().unwrap();
     let report = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(st);
-    cmd.arg("run")
+    // Its cache of examples goes into the temporary folder, not the checkout.
+    cmd.current_dir(report.path())
+        .arg("run")
         .arg(format!("https://127.0.0.1:{}/api/v1/openapi.json", addr.port()))
         .args(["--url", &format!("https://127.0.0.1:{}/api/v1", addr.port())])
         .args(["--checks", "all"])
