@@ -147,7 +147,8 @@ pub fn read<F: Read + Seek>(file: &mut F) -> Result<Option<JoinConfig>, BundleEr
     if magic != MAGIC {
         return Ok(None);
     }
-    let size = u32::from_le_bytes(size.try_into().expect("split at 4")) as usize;
+    // `split_at(4)` left exactly four bytes: the conversion cannot fail.
+    let size = u32::from_le_bytes(size.try_into().expect("four bytes")) as usize;
     // The limit before the allocation: a hostile length allocates nothing.
     if size > MAX_PAYLOAD || (size + TRAILER_FIXED) as u64 > len {
         return Err(BundleError::Damaged("the trailer's length is out of range"));

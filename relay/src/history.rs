@@ -311,22 +311,27 @@ pub(crate) fn csv_field(s: &str) -> String {
 }
 
 /// Renders the history in one of the formats of `tsunagu-relay history --format`.
+/// One session as a JSON object, its times written as UTC text.
+fn record_json(r: &SessionRecord) -> Result<serde_json::Value, String> {
+    let mut v = serde_json::to_value(r).map_err(|e| e.to_string())?;
+    if let Some(obj) = v.as_object_mut() {
+        for key in ["issued_at", "joined_at", "consented_at", "ended_at"] {
+            let ms = obj.get(key).and_then(|x| x.as_i64());
+            obj.insert(
+                key.to_string(),
+                ms.map(|m| time(Some(m)).into()).unwrap_or(serde_json::Value::Null),
+            );
+        }
+    }
+    Ok(v)
+}
+
 pub fn render(records: &[SessionRecord], format: &str) -> Result<String, String> {
     match format {
         "json" => {
             let mut out = String::new();
             for r in records {
-                let mut v = serde_json::to_value(r).map_err(|e| e.to_string())?;
-                if let Some(obj) = v.as_object_mut() {
-                    for key in ["issued_at", "joined_at", "consented_at", "ended_at"] {
-                        let ms = obj.get(key).and_then(|x| x.as_i64());
-                        obj.insert(
-                            key.to_string(),
-                            ms.map(|m| time(Some(m)).into()).unwrap_or(serde_json::Value::Null),
-                        );
-                    }
-                }
-                out.push_str(&v.to_string());
+                out.push_str(&record_json(r)?.to_string());
                 out.push('\n');
             }
             Ok(out)
@@ -385,7 +390,6 @@ pub fn render_with_files(
     files: &[Vec<crate::store::FileRecord>],
     format: &str,
 ) -> Result<String, String> {
-    let plain = render(records, format)?;
     let none = Vec::new();
     let files_of = |i: usize| files.get(i).unwrap_or(&none);
     let one_line = |f: &crate::store::FileRecord| {
@@ -395,8 +399,8 @@ pub fn render_with_files(
     match format {
         "json" => {
             let mut out = String::new();
-            for (i, line) in plain.lines().enumerate() {
-                let mut v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+            for (i, r) in records.iter().enumerate() {
+                let mut v = record_json(r)?;
                 let list: Vec<serde_json::Value> = files_of(i)
                     .iter()
                     .map(|f| {
@@ -428,7 +432,9 @@ pub fn render_with_files(
             Ok(out)
         }
         _ => {
+            let plain = render(records, format)?;
             let mut out = String::new();
+            // One header line, then one line per session (control characters made inert).
             for (i, line) in plain.lines().enumerate() {
                 out.push_str(line);
                 out.push('\n');

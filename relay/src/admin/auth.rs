@@ -265,16 +265,11 @@ async fn token_guard(console: Console, req: Request, next: Next) -> Response {
             return api_refusal(StatusCode::SERVICE_UNAVAILABLE, "the relay is busy; try again shortly");
         }
     };
+    let ip_text = ip.to_string();
+    let audit_refused =
+        |detail: String| console.audit("unknown".into(), "api_token_refused", &audit_target, &ip_text, detail);
     if attempt.failures > cfg.lockout_after {
-        console
-            .audit(
-                "unknown".into(),
-                "api_token_refused",
-                &audit_target,
-                &ip.to_string(),
-                "reason=locked".into(),
-            )
-            .await;
+        audit_refused("reason=locked".into()).await;
         return api_refusal(
             StatusCode::TOO_MANY_REQUESTS,
             "too many failed logins from your network; try again later",
@@ -293,15 +288,7 @@ async fn token_guard(console: Console, req: Request, next: Next) -> Response {
             } else {
                 format!("reason={}", why.reason())
             };
-            console
-                .audit(
-                    "unknown".into(),
-                    "api_token_refused",
-                    &audit_target,
-                    &ip.to_string(),
-                    detail,
-                )
-                .await;
+            audit_refused(detail).await;
             let message = match why {
                 super::tokens::TokenRefusal::Malformed => {
                     "the Authorization header is not \"Bearer tsu_...\" with a token from the console"

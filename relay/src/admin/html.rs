@@ -457,6 +457,11 @@ pub fn time(ms: Option<i64>) -> String {
 
 /// Wraps a page body in the frame: navigation (when logged in), language switch.
 pub fn page(lang: Lang, title: &str, logged_in: Option<(&str, &str)>, body: &str) -> String {
+    page_with_head(lang, title, logged_in, body, "")
+}
+
+/// [`page`] with `head` (trusted markup, such as a meta refresh) added to its `<head>`.
+pub fn page_with_head(lang: Lang, title: &str, logged_in: Option<(&str, &str)>, body: &str, head: &str) -> String {
     let nav = match logged_in {
         Some((admin, csrf)) => format!(
             "<nav><a href=\"/operators\">{}</a> <a href=\"/sessions\">{}</a> <a href=\"/history\">{}</a> <a href=\"/audit\">{}</a> <a href=\"/tokens\">{}</a> \
@@ -478,7 +483,7 @@ pub fn page(lang: Lang, title: &str, logged_in: Option<(&str, &str)>, body: &str
         Lang::Ja => "en",
     };
     format!(
-        "<!DOCTYPE html><html lang=\"{}\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+        "<!DOCTYPE html><html lang=\"{}\"><head>{head}<meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
          <title>{} — {}</title><link rel=\"stylesheet\" href=\"/static/console.css\"></head><body>\
          <header><strong>{}</strong> {} <a class=\"lang\" id=\"lang\" href=\"/lang?l={}\">{}</a></header><main><h1>{}</h1>{}</main></body></html>",
         lang.code(),

@@ -4,7 +4,7 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::html::{esc, page, t, Text};
+use super::html::{esc, page, page_with_head, t, Text};
 use super::ops::OpError;
 use super::{op_status, Ctx};
 
@@ -29,12 +29,11 @@ pub(super) fn render(ctx: &Ctx, title: &str, body: &str) -> Response {
 /// [`render`] for a page that reloads itself every `seconds` (a meta refresh, which the
 /// console's CSP allows where a script would not run).
 pub(super) fn render_refreshing(ctx: &Ctx, title: &str, body: &str, seconds: u32) -> Response {
-    let html = page(ctx.lang, title, Some((&ctx.admin, &ctx.csrf)), body).replacen(
-        "<head>",
-        &format!("<head><meta http-equiv=\"refresh\" content=\"{seconds}\">"),
-        1,
-    );
-    html_response(StatusCode::OK, html)
+    let refresh = format!("<meta http-equiv=\"refresh\" content=\"{seconds}\">");
+    html_response(
+        StatusCode::OK,
+        page_with_head(ctx.lang, title, Some((&ctx.admin, &ctx.csrf)), body, &refresh),
+    )
 }
 
 /// A refused operation, shown as a page with a way back.
