@@ -421,20 +421,22 @@ async fn an_admin_uses_the_console_in_chromium() {
         "Saved",
     ];
     for path in [
+        "/dashboard",
         "/operators",
         "/operators/bob?done=permissions",
         "/sessions",
         "/history",
         "/history/s-bob-1",
         "/audit",
+        "/audit?actor=admin%3Aroot&from=&to=",
     ] {
         b.goto(&format!("{base}{path}")).await;
         let shown = b.text("main").await;
         for raw in RAW {
             assert!(!shown.contains(raw), "{path} shows {raw:?} on a Japanese page: {shown}");
         }
-        b.screenshot(&format!("ja{}", path.split('?').next().unwrap().replace('/', "-")))
-            .await;
+        let name = path.replace(['/', '?', '&', '=', '%'], "-");
+        b.screenshot(&format!("ja{}", name.trim_end_matches('-'))).await;
     }
 
     http(driver.port, "DELETE", &format!("/session/{}", b.session), None).await;
@@ -734,6 +736,149 @@ async fn an_admin_creates_and_revokes_an_api_token_in_chromium() {
         .revoked_at
         .is_some());
 
+    http(driver.port, "DELETE", &format!("/session/{}", b.session), None).await;
+    drop(driver);
+    relay.relay.shutdown().await;
+}
+
+impl Browser {
+    /// An element's DOM property (`value` of an input).
+    async fn property(&self, css: &str, name: &str) -> Value {
+        let el = self.find(css).await;
+        self.cmd("GET", &format!("/element/{el}/property/{name}"), None).await
+    }
+
+    /// How many elements match `css`.
+    async fn count(&self, css: &str) -> usize {
+        self.cmd("POST", "/elements", Some(json!({"using": "css selector", "value": css})))
+            .await
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0)
+    }
+}
+
+/// A session `lasted_ms` long (from the client joining), with these bytes.
+async fn record_joined(relay: &support::TestRelay, id: &str, operator: &str, at_ms: i64, lasted_ms: i64, bytes: u64) {
+    use tsunagu_relay::history::HistoryEvent as E;
+    record_issued(relay, id, operator, "127.0.0.1:4000", at_ms).await;
+    let history = &relay.relay.shared().history;
+    history
+        .record(E::Joined {
+            id: id.into(),
+            client_host: format!("pc-{id}"),
+            client_addr: "127.0.0.1:5000".parse().unwrap(),
+            relay_port: 443,
+            at_ms: at_ms + 1000,
+        })
+        .await;
+    history
+        .record(E::Ended {
+            id: id.into(),
+            reason: "client_ended",
+            counters: tsunagu_relay::policy::Counters {
+                bytes_to_client: bytes,
+                bytes_to_operator: bytes / 3,
+                pauses: 0,
+                dropped_frames: 0,
+            },
+            granted: None,
+            at_ms: at_ms + 1000 + lasted_ms,
+        })
+        .await;
+}
+
+/// The dashboard's charts, the history a page at a time and a refused form keeping what
+/// was typed, in English and Japanese, with times in Tokyo's zone.
+#[tokio::test]
+async fn an_admin_reads_the_dashboard_pages_the_history_and_fixes_a_refused_form_in_chromium() {
+    let Some(driver) = start_driver().await else { return };
+    let (relay, secret) = console_relay(|c| c.admin.time_zone = "Asia/Tokyo".into()).await;
+    let now = tsunagu_relay::history::now_ms();
+    let names = ["alice", "bob", "山田", "carol", "dave"];
+    // 90 sessions over the last four weeks: more on weekdays, of every length.
+    for i in 0..90i64 {
+        let day = (i * 7) % 28;
+        let lasted = [20_000, 240_000, 600_000, 1_500_000, 2_700_000, 5_000_000, 9_000_000][(i % 7) as usize];
+        let name = names[(i % 11 % 5) as usize];
+        record_joined(&relay, &format!("s{i:03}"), name, now - day * 86_400_000 - i * 60_000, lasted, 150_000 * (i as u64 + 1)).await;
+    }
+    relay.relay.shared().history.flush().await;
+
+    let profile = tempfile::tempdir().unwrap();
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("admin-browser-dashboard");
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut b = browser_on(&driver, profile.path(), &shots, 1500, json!({})).await;
+    let base = format!("https://127.0.0.1:{}", relay.relay.admin_addr().unwrap().port());
+    assert!(password_step(&b, &base).await.ends_with("/login/totp"));
+    let code = tsunagu_relay::totp::code_at(&secret, tsunagu_relay::totp::now_secs()).unwrap();
+    b.type_into("#code", &code).await;
+    b.click("#verify").await;
+    b.wait_url("/operators").await;
+
+    for lang in ["en", "ja"] {
+        b.goto(&format!("{base}/lang?l={lang}")).await;
+        b.click("#nav-dashboard").await;
+        b.wait_url("/dashboard").await;
+        b.wait_text("h1", |t| t == if lang == "en" { "Dashboard" } else { "ダッシュボード" })
+            .await;
+        assert_eq!(b.count("figure.chart svg").await, 4, "four charts");
+        assert_eq!(b.count("#sessions-per-day-svg rect.bar").await, 30);
+        assert_eq!(b.count("#sessions-per-operator-svg rect.bar").await, 5);
+        let zone = b.text("#dashboard-zone").await;
+        assert!(zone.contains("Asia/Tokyo") && zone.contains("JST"), "{zone}");
+        b.screenshot(&format!("dashboard-{lang}")).await;
+        // The numbers behind a chart, as a table.
+        b.click("#sessions-per-operator-data summary").await;
+        let table = b
+            .wait_text("#sessions-per-operator-table", |t| t.contains("山田"))
+            .await;
+        let total: i64 = table
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().last()?.parse::<i64>().ok())
+            .sum();
+        assert_eq!(total, 90, "{table}");
+        b.click("#session-durations-data summary").await;
+        let durations = b.text("#session-durations-table").await;
+        let words = if lang == "en" { ["< 1 min", "≥ 2 h"] } else { ["1分未満", "2時間以上"] };
+        assert!(durations.contains(words[0]) && durations.contains(words[1]), "{durations}");
+        b.screenshot(&format!("dashboard-tables-{lang}")).await;
+        if lang == "ja" {
+            let shown = b.text("main").await;
+            for english in ["Sessions", "Day", "Operator", "Bytes", "min", "table"] {
+                assert!(!shown.contains(english), "{english:?} on the Japanese dashboard: {shown}");
+            }
+        }
+
+        // The history: 50 a page, Older keeps going, times in JST.
+        b.goto(&format!("{base}/history")).await;
+        assert_eq!(b.count("#history tr").await, 51, "a header and 50 rows");
+        assert!(b.text("#history").await.contains(" JST"));
+        b.click("#older").await;
+        let deadline = tokio::time::Instant::now() + support::WAIT;
+        while !b.url().await.contains("before=") {
+            assert!(tokio::time::Instant::now() < deadline, "the Older link loads");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        b.wait_text("#history", |t| !t.is_empty()).await;
+        assert_eq!(b.count("#history tr").await, 41, "the other 40");
+        assert_eq!(b.count("#older").await, 0);
+        assert_eq!(b.count("#newer").await + b.count("#newer-below").await, 2, "above and below the table");
+        b.screenshot(&format!("history-older-{lang}")).await;
+
+        // A refused change: the reason beside the form, the typed value still there.
+        b.goto(&format!("{base}/operators/alice")).await;
+        b.type_into("#max-sessions", "lots").await;
+        b.click("#save-limits").await;
+        b.wait_text("#error", |t| !t.is_empty()).await;
+        assert_eq!(b.property("#max-sessions", "value").await, "lots");
+        b.screenshot(&format!("refused-limits-{lang}")).await;
+
+        b.goto(&format!("{base}/audit?actor=admin%3Aroot&from=&to=")).await;
+        assert!(b.text("#audit").await.contains(" JST"));
+        b.screenshot(&format!("audit-filtered-{lang}")).await;
+    }
     http(driver.port, "DELETE", &format!("/session/{}", b.session), None).await;
     drop(driver);
     relay.relay.shutdown().await;

@@ -1193,3 +1193,448 @@ fn mask_times(text: &str) -> String {
     }
     out
 }
+
+/// The `(label, value)` rows of the table with this id (`<tr><td>label</td><td ...>value`).
+fn table_rows(page: &str, id: &str) -> Vec<(String, String)> {
+    let Some(start) = page.find(&format!("id=\"{id}\"")) else {
+        return Vec::new();
+    };
+    let table = &page[start..start + page[start..].find("</table>").unwrap_or(0)];
+    table
+        .split("<tr><td>")
+        .skip(1)
+        .map(|row| {
+            let cells: Vec<String> = row
+                .split("</td>")
+                .take(2)
+                .map(|c| c.rsplit('>').next().unwrap_or("").to_string())
+                .collect();
+            let label = row.split("</td>").next().unwrap_or("").to_string();
+            (label, cells.get(1).cloned().unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Every `href="/history/ID"` of a page, in order.
+fn history_ids(page: &str) -> Vec<String> {
+    page.split("<td><a href=\"/history/")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+/// The target of the link with this id, HTML entities undone.
+fn link(page: &str, id: &str) -> Option<String> {
+    let at = page.find(&format!("id=\"{id}\""))?;
+    let href = page[at..].split("href=\"").nth(1)?.split('"').next()?;
+    Some(href.replace("&amp;", "&"))
+}
+
+/// Records a session that a client joined `joined_after_ms` after issue and that ended
+/// `lasted_ms` later (both `None`: a code nobody used), with these byte counts.
+async fn record_session(
+    relay: &TestRelay,
+    id: &str,
+    operator: &str,
+    at_ms: i64,
+    lasted_ms: Option<i64>,
+    bytes: (u64, u64),
+) {
+    use tsunagu_relay::history::HistoryEvent as E;
+    record_issued(relay, id, operator, "10.9.9.9:4000", at_ms).await;
+    let history = &relay.relay.shared().history;
+    if let Some(lasted) = lasted_ms {
+        history
+            .record(E::Joined {
+                id: id.into(),
+                client_host: format!("pc-{id}"),
+                client_addr: "10.0.0.7:5000".parse().unwrap(),
+                relay_port: 443,
+                at_ms: at_ms + 1000,
+            })
+            .await;
+        history
+            .record(E::Ended {
+                id: id.into(),
+                reason: "client_ended",
+                counters: tsunagu_relay::policy::Counters {
+                    bytes_to_client: bytes.0,
+                    bytes_to_operator: bytes.1,
+                    pauses: 0,
+                    dropped_frames: 0,
+                },
+                granted: None,
+                at_ms: at_ms + 1000 + lasted,
+            })
+            .await;
+    }
+}
+
+/// `admin.time_zone = "Asia/Tokyo"`: every time the console shows is in JST and says so;
+/// the dates typed in the filters are Tokyo days; the API stays in UTC.
+#[tokio::test]
+async fn the_console_shows_times_in_its_configured_zone_with_its_name() {
+    let (relay, secret) = console_relay(|c| {
+        c.admin.time_zone = "Asia/Tokyo".into();
+        c.admin.lockout_after = 1;
+        c.database.retention = Duration::from_secs(100 * 365 * 86_400);
+    })
+    .await;
+    // 2023-11-14 22:13:20 UTC is 2023-11-15 07:13:20 in Tokyo.
+    let at = 1_700_000_000_000i64;
+    record_session(&relay, "s-tokyo", "alice", at, Some(60_000), (10, 20)).await;
+    relay.relay.shared().history.flush().await;
+    let (mut web, csrf) = Http::admin(&relay, &secret).await;
+
+    let list = web.get("/history").await.text();
+    assert!(list.contains("2023-11-15 07:13:20 JST"), "{list}");
+    assert!(list.contains("Asia/Tokyo"), "the filter says whose days the dates are");
+    let detail = web.get("/history/s-tokyo").await.text();
+    assert!(detail.contains("2023-11-15 07:13:21 JST"), "joined, in JST: {detail}");
+    // The typed day is a Tokyo day: the session is on the 15th there, the 14th in UTC.
+    let on_15th = web.get("/history?from=2023-11-15&to=2023-11-15").await.text();
+    assert!(history_ids(&on_15th).contains(&"s-tokyo".to_string()), "{on_15th}");
+    let on_14th = web.get("/history?from=2023-11-14&to=2023-11-14").await.text();
+    assert!(history_ids(&on_14th).is_empty(), "{on_14th}");
+    // The API is read by programs: UTC days, times as numbers.
+    let api: serde_json::Value = serde_json::from_slice(
+        &web.get("/api/v1/history?from=2023-11-14&to=2023-11-14").await.body,
+    )
+    .unwrap();
+    assert_eq!(api[0]["id"], "s-tokyo");
+    assert_eq!(api[0]["issued_at"], at);
+
+    let audit = web.get("/audit").await.text();
+    assert!(audit.contains(" JST</td>"), "{audit}");
+
+    // Live sessions, certificates and tokens.
+    let (op, client) = support::paired(&relay, &["view"]).await;
+    let live = web.get("/sessions").await.text();
+    assert!(table_has_zone(&live, "live"), "{live}");
+    let issued = web
+        .post_form("/operators/alice/cert-issue", &[("csrf", &csrf), ("device", "laptop")])
+        .await;
+    assert_eq!(issued.status, 200, "{}", issued.text());
+    let operator = web.get("/operators/alice").await.text();
+    assert!(table_has_zone(&operator, "certificates"), "{operator}");
+    let token = web
+        .post_form(
+            "/tokens",
+            &[("csrf", &csrf), ("name", "nightly"), ("scope", "read"), ("expires_days", "3")],
+        )
+        .await;
+    assert_eq!(token.status, 200, "{}", token.text());
+    let tokens = web.get("/tokens").await.text();
+    assert!(table_has_zone(&tokens, "tokens"), "{tokens}");
+
+    // The lockout's "until" (a name with no account, so the admin is not locked).
+    let mut stranger = Http::new(&relay);
+    let locked = stranger
+        .post_form("/login", &[("name", "ghost"), ("password", "Wrong-passw0rd")])
+        .await
+        .text();
+    assert!(locked.contains("locked here until 20") && locked.contains(" JST."), "{locked}");
+    drop((op, client));
+    relay.relay.shutdown().await;
+}
+
+/// Whether the table with this id shows a time with the zone's abbreviation.
+fn table_has_zone(page: &str, id: &str) -> bool {
+    let Some(start) = page.find(&format!("id=\"{id}\"")) else {
+        return false;
+    };
+    let table = &page[start..start + page[start..].find("</table>").unwrap_or(0)];
+    mask_times(table).contains("<time> JST")
+}
+
+/// An unknown zone stops the relay at start, naming the setting.
+#[test]
+fn an_unknown_time_zone_is_refused_at_start_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ntime_zone = \"Asia/Tokio\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let out = support::relay_cli_with(&["serve"], "--config", &config, None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin.time_zone") && err.contains("Asia/Tokio"), "{err}");
+}
+
+/// Every refused form comes back with the reason beside it and what was typed still in it
+/// (escaped), never a password.
+#[tokio::test]
+async fn refused_forms_keep_what_the_admin_typed() {
+    let (relay, secret) = console_relay(|_| {}).await;
+    let (mut web, csrf) = Http::admin(&relay, &secret).await;
+    let hostile = "eve\"><i>x";
+    let escaped = "eve&quot;&gt;&lt;i&gt;x";
+
+    let r = web
+        .request(
+            "POST",
+            "/operators",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            format!(
+                "csrf={}&name={}&password=short1&perm=view&perm=chat",
+                enc(&csrf),
+                enc(hostile)
+            )
+            .as_bytes(),
+        )
+        .await;
+    let page = r.text();
+    assert_eq!(r.status, 400, "{page}");
+    assert!(page.contains("id=\"error\""), "{page}");
+    assert!(page.contains(&format!("id=\"new-name\" maxlength=\"64\" required value=\"{escaped}\"")), "{page}");
+    assert!(!page.contains("<i>x") && !page.contains("short1"), "escaped, no password: {page}");
+    assert!(page.contains("id=\"new-view\" checked") && page.contains("id=\"new-chat\" checked"));
+    assert!(!page.contains("id=\"new-control\" checked"), "unticked boxes stay unticked");
+    assert!(relay.relay.shared().store.operator(hostile).await.unwrap().is_none());
+
+    for (action, fields, shown) in [
+        ("limits", vec![("max_sessions", "lots <3")], "value=\"lots &lt;3\""),
+        (
+            "ip-rules",
+            vec![("rules", "allow 10.0.0.0/8\nallow nowhere")],
+            "allow 10.0.0.0/8\nallow nowhere</textarea>",
+        ),
+        ("rename", vec![("new_name", "a b")], "id=\"new-op-name\" maxlength=\"64\" value=\"a b\""),
+        ("cert-issue", vec![("device", "phone \u{1F3FB}")], "value=\"phone \u{1F3FB}\""),
+        ("permissions", vec![("perm", "view"), ("perm", "teleport")], "id=\"perm-view\" checked"),
+    ] {
+        let mut form = vec![("csrf", csrf.as_str())];
+        form.extend(fields.iter().copied());
+        let r = web.post_form(&format!("/operators/alice/{action}"), &form).await;
+        let page = r.text();
+        assert_eq!(r.status, 400, "{action}: {page}");
+        assert!(page.contains("class=\"error\" id=\"error\""), "{action}: {page}");
+        assert!(page.contains(shown), "{action} keeps {shown:?}: {page}");
+        let error_at = page.find("id=\"error\"").unwrap();
+        let form_at = page.find(&format!("action=\"/operators/alice/{action}\"")).unwrap();
+        assert!(error_at < form_at && form_at - error_at < 400, "{action}: the error is beside its form");
+    }
+    let r = web
+        .post_form("/operators/alice/password", &[("csrf", &csrf), ("password", "weak-one")])
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("id=\"error\"") && !r.text().contains("weak-one"));
+    let alice = relay.relay.shared().store.operator("alice").await.unwrap().unwrap();
+    assert_eq!((alice.max_sessions, alice.ip_rules.len()), (0, 0), "nothing was saved");
+
+    let r = web
+        .post_form(
+            "/tokens",
+            &[("csrf", &csrf), ("name", "bad name!"), ("scope", "write"), ("expires_days", "5")],
+        )
+        .await;
+    let page = r.text();
+    assert_eq!(r.status, 400, "{page}");
+    assert!(page.contains("id=\"error\"") && page.contains("value=\"bad name!\""), "{page}");
+    assert!(page.contains("id=\"scope-write\" checked") && page.contains("value=\"5\""), "{page}");
+
+    // Filters: a bad day is refused with the filter as typed.
+    let r = web.get("/history?operator=bob&from=yesterday&to=").await;
+    let page = r.text();
+    assert_eq!(r.status, 400);
+    assert!(page.contains("id=\"f-operator\" value=\"bob\"") && page.contains("value=\"yesterday\""));
+    assert!(page.contains("“yesterday” is not a date like 2026-01-31"), "{page}");
+    let r = web.get("/audit?actor=admin%3Aroot&from=&to=31%2F12%2F2026").await;
+    let page = r.text();
+    assert_eq!(r.status, 400);
+    assert!(page.contains("value=\"admin:root\"") && page.contains("value=\"31/12/2026\""), "{page}");
+    relay.relay.shutdown().await;
+}
+
+/// 130 sessions and over 100 audit entries: the pages show each exactly once going older,
+/// the same pages coming back newer, the filters stay in the links, and a bad page key is
+/// a 400 page.
+#[tokio::test]
+async fn history_and_audit_pages_show_every_row_once() {
+    let (relay, secret) = console_relay(|c| c.database.retention = Duration::from_secs(100 * 365 * 86_400)).await;
+    let t0 = 1_700_000_000_000i64;
+    for i in 0..130i64 {
+        // Two sessions share each time: the key's id breaks the tie.
+        let operator = if i % 13 == 0 { "bob" } else { "alice" };
+        record_issued(&relay, &format!("s{i:03}"), operator, "10.9.9.9:4000", t0 + (i / 2) * 1000).await;
+    }
+    relay.relay.shared().history.flush().await;
+    let (mut web, csrf) = Http::admin(&relay, &secret).await;
+
+    let alice: Vec<String> = (0..130).filter(|i| i % 13 != 0).map(|i| format!("s{i:03}")).collect();
+    let mut pages = Vec::new();
+    let mut next = Some("/history?operator=alice&client_ip=&from=&to=&end_reason=".to_string());
+    while let Some(path) = next {
+        let page = web.get(&path).await.text();
+        assert!(path.contains("operator=alice"), "the links keep the filter: {path}");
+        pages.push((path, history_ids(&page)));
+        next = link(&page, "older");
+        assert!(pages.len() < 10, "paging ends");
+    }
+    let seen: Vec<String> = pages.iter().flat_map(|(_, ids)| ids.clone()).collect();
+    assert_eq!(pages[0].1.len(), 50);
+    assert_eq!(seen.len(), alice.len(), "{seen:?}");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(sorted, alice, "every one of alice's sessions exactly once, no one else's");
+    assert_eq!(seen[0], "s129", "newest first");
+    // Back up with Newer: the same pages, in reverse.
+    let last = web.get(&pages.last().unwrap().0).await.text();
+    assert!(link(&last, "older").is_none());
+    let mut back = link(&last, "newer");
+    for (_, ids) in pages.iter().rev().skip(1) {
+        let page = web.get(back.as_deref().expect("a Newer link")).await.text();
+        assert_eq!(&history_ids(&page), ids);
+        back = link(&page, "newer");
+    }
+    assert!(back.is_none(), "the first page has no Newer link");
+
+    for bad in [
+        "/history?before=xyz",
+        "/history?before=1.a&after=2.b",
+        "/history?after=99999999999999999999999.x",
+        "/audit?before=-3",
+        "/audit?after=1e3",
+    ] {
+        let r = web.get(bad).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.text().contains("This page link is not valid"), "{bad}: {}", r.text());
+    }
+
+    // The audit trail: 60 changes, made by four browser tabs at once.
+    let mut tabs = tokio::task::JoinSet::new();
+    for tab in 0..4 {
+        let mut w = web.same_session();
+        let csrf = csrf.clone();
+        tabs.spawn(async move {
+            for i in 0..15 {
+                let n = (tab * 15 + i + 1).to_string();
+                let r = w
+                    .post_form("/operators/alice/limits", &[("csrf", &csrf), ("max_sessions", &n)])
+                    .await;
+                assert_eq!(r.status, 303);
+            }
+        });
+    }
+    while let Some(done) = tabs.join_next().await {
+        done.unwrap();
+    }
+    let store = &relay.relay.shared().store;
+    let expected: Vec<i64> = store
+        .audit_recent(1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.actor == format!("admin:{ADMIN}"))
+        .map(|a| a.seq)
+        .collect();
+    assert!(expected.len() > 60, "{}", expected.len());
+    let mut seqs = Vec::new();
+    let mut next = Some(format!("/audit?actor={}&from=&to=", enc(&format!("admin:{ADMIN}"))));
+    while let Some(path) = next {
+        let page = web.get(&path).await.text();
+        seqs.extend(
+            page.split("<td class=\"seq\">")
+                .skip(1)
+                .map(|s| s.split('<').next().unwrap().parse::<i64>().unwrap()),
+        );
+        next = link(&page, "older");
+    }
+    assert_eq!(seqs, expected, "every entry of the actor once, newest first");
+    relay.relay.shutdown().await;
+}
+
+/// The dashboard's four charts from aggregates, with their numbers as tables, in English
+/// and Japanese, as inline SVG under the console's CSP; twenty admins loading it at once
+/// all get it.
+#[tokio::test]
+async fn the_dashboard_charts_the_last_thirty_days() {
+    let (relay, secret) = console_relay(|_| {}).await;
+    let now = tsunagu_relay::history::now_ms();
+    let day = 86_400_000;
+    let mb = (1_000_000, 500_000);
+    for (id, op, at, lasted) in [
+        ("d1", "alice", now - 3 * day, Some(30_000)),
+        ("d2", "alice", now - 3 * day, Some(10 * 60_000)),
+        ("d3", "alice", now - 3 * day, Some(3 * 3_600_000)),
+        ("d4", "bob", now - 60_000, None),
+        ("d5", "bob", now - 60_000, Some(45 * 60_000)),
+        ("old", "carol", now - 40 * day, Some(60_000)),
+    ] {
+        record_session(&relay, id, op, at, lasted, mb).await;
+    }
+    relay.relay.shared().history.flush().await;
+    let (mut web, _) = Http::admin(&relay, &secret).await;
+    let r = web.get("/dashboard").await;
+    assert_eq!(r.status, 200);
+    let csp = r.header("content-security-policy").unwrap_or_default().to_string();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let page = r.text();
+    assert!(!page.contains("style=") && !page.contains("<script"), "nothing the CSP refuses");
+    assert_eq!(page.matches("<svg").count(), 4);
+    for title in [
+        "Sessions per day",
+        "Sessions per operator (top 10)",
+        "How long sessions lasted",
+        "Bytes moved per day",
+    ] {
+        assert!(page.contains(&format!("<h2>{title}</h2>")), "{title}");
+    }
+    let per_day = table_rows(&page, "sessions-per-day-table");
+    assert_eq!(per_day.len(), 30);
+    let mut counts: Vec<&str> = per_day.iter().map(|(_, n)| n.as_str()).filter(|n| *n != "0").collect();
+    counts.sort();
+    assert_eq!(counts, ["2", "3"], "three sessions three days ago, two today; none from 40 days ago");
+    assert_eq!(
+        table_rows(&page, "sessions-per-operator-table"),
+        [("alice".to_string(), "3".to_string()), ("bob".to_string(), "2".to_string())]
+    );
+    let durations = table_rows(&page, "session-durations-table");
+    let shown: Vec<(&str, &str)> = durations.iter().map(|(l, n)| (l.as_str(), n.as_str())).collect();
+    assert_eq!(
+        shown,
+        [
+            ("&lt; 1 min", "1"),
+            ("1–5 min", "0"),
+            ("5–15 min", "1"),
+            ("15–30 min", "0"),
+            ("30–60 min", "1"),
+            ("1–2 h", "0"),
+            ("≥ 2 h", "1")
+        ],
+        "the code nobody used is left out"
+    );
+    let mut moved: Vec<String> = table_rows(&page, "bytes-per-day-table")
+        .into_iter()
+        .map(|(_, b)| b)
+        .filter(|b| b != "0 B")
+        .collect();
+    moved.sort();
+    assert_eq!(moved, ["1.50 MB", "4.50 MB"], "1.5 MB per joined session, the unused code none");
+    assert!(page.contains("Day (UTC)") && page.contains(">Sessions</text>"), "axis labels");
+
+    let cookie = format!("{}; __Host-tsunagu_lang=ja", web.cookie.clone().unwrap());
+    let ja = web.request("GET", "/dashboard", &[("Cookie", &cookie)], b"").await.text();
+    for word in ["1日あたりのセッション数", "オペレーター別のセッション数", "セッションの長さ", "1分未満", "2時間以上"] {
+        assert!(ja.contains(word), "{word}");
+    }
+    assert!(!ja.contains("Sessions per day") && !ja.contains("&lt; 1 min"));
+
+    let mut loads = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let mut w = web.same_session();
+        loads.spawn(async move { w.get("/dashboard").await.status });
+    }
+    while let Some(status) = loads.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    relay.relay.shutdown().await;
+}

@@ -392,6 +392,22 @@ pub struct AdminConfig {
     /// Console connections one source (an IPv4 address, an IPv6 /64) holds at once.
     /// Default 32: a few admins' browsers behind one NAT address.
     pub max_connections_per_source: usize,
+    /// The time zone (an IANA name such as `Asia/Tokyo`) in which the console shows every
+    /// time, each with the zone's abbreviation, and reads the dates an admin types in its
+    /// filters. Default `UTC`. The CLI and the REST API keep UTC (RFC 3339): they are read
+    /// by programs.
+    pub time_zone: String,
+}
+
+impl AdminConfig {
+    /// The console's time zone, from `time_zone`; an unknown name is refused with a reason
+    /// an operator of the relay can act on.
+    pub fn zone(&self) -> Result<jiff::tz::TimeZone, String> {
+        let name = self.time_zone.trim();
+        jiff::tz::TimeZone::get(name).map_err(|_| {
+            format!("{name:?} is not a time zone this relay knows: use an IANA name such as \"Asia/Tokyo\", \"Europe/Berlin\" or \"UTC\"")
+        })
+    }
 }
 
 impl Default for AdminConfig {
@@ -406,6 +422,7 @@ impl Default for AdminConfig {
             request_timeout: Duration::from_secs(30),
             max_connections: 256,
             max_connections_per_source: 32,
+            time_zone: "UTC".into(),
         }
     }
 }
@@ -851,6 +868,12 @@ impl Config {
         if self.admin.lockout_after == 0 {
             return invalid("admin.lockout_after", "must be at least 1");
         }
+        if let Err(reason) = self.admin.zone() {
+            return Err(ConfigError::Invalid {
+                setting: "admin.time_zone",
+                reason,
+            });
+        }
         for (name, d) in [
             ("admin.session_idle", self.admin.session_idle),
             ("admin.session_max", self.admin.session_max),
@@ -1081,6 +1104,23 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_console_time_zone_is_an_iana_name() {
+        let zone = |name: &str| -> Result<Config, String> {
+            let c: Config = toml::from_str(&format!("[admin]\ntime_zone = \"{name}\"")).map_err(|e| e.to_string())?;
+            c.validate().map_err(|e| e.to_string())?;
+            Ok(c)
+        };
+        assert_eq!(Config::default().admin.time_zone, "UTC");
+        let tokyo = zone("Asia/Tokyo").unwrap();
+        assert_eq!(tokyo.admin.zone().unwrap().iana_name(), Some("Asia/Tokyo"));
+        let err = zone("Mars/Olympus_Mons").unwrap_err();
+        assert!(
+            err.contains("admin.time_zone") && err.contains("Mars/Olympus_Mons"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,8 +14,10 @@ use sqlx::{AnyPool, Executor, Row};
 use tsunagu_proto::PermissionSet;
 
 mod certs;
+mod console;
 mod tokens;
 pub use certs::{CaRow, CertRole, CertRow, IssueOutcome, Revoked};
+pub use console::{AuditFilter, DayTotals, PageFrom, AUDIT_MAX_PAGE, MAX_BUCKETS};
 pub use tokens::{TokenAdded, TokenRow, TokenScope, LAST_USED_GRAIN_MS, MAX_TOKENS};
 
 use crate::config::Config;
@@ -259,6 +261,9 @@ pub struct HistoryFilter {
     /// `live` matches sessions that have not ended.
     pub end_reason: Option<String>,
     pub limit: Option<i64>,
+    /// Keyset paging by `(issued_at, id)`: the console's history pages.
+    #[serde(skip)]
+    pub page: Option<PageFrom<(i64, String)>>,
 }
 
 /// Most rows one history query returns.
@@ -1221,8 +1226,9 @@ impl Store {
         .await
     }
 
-    /// Sessions matching `filter`, newest first, at most `filter.limit` (capped at
-    /// [`HISTORY_MAX_ROWS`]).
+    /// Sessions matching `filter`, newest first (ties by id, descending), at most
+    /// `filter.limit` (capped at [`HISTORY_MAX_ROWS`]); with `filter.page`, those older or
+    /// newer than its key.
     pub async fn history(&self, filter: &HistoryFilter) -> Result<Vec<SessionRecord>, StoreError> {
         let mut sql = String::from("SELECT * FROM sessions WHERE 1 = 1");
         let mut n = 0;
@@ -1256,7 +1262,26 @@ impl Store {
             sql.push_str(&format!(" AND issued_at < ${}", next()));
             binds.push(Bind::Int(to));
         }
-        sql.push_str(&format!(" ORDER BY issued_at DESC, id LIMIT ${}", next()));
+        // Row values compare as a keyset and walk the (issued_at, id) index on both engines.
+        let newer = match &filter.page {
+            Some(PageFrom::Older((at, id))) => {
+                sql.push_str(&format!(" AND (issued_at, id) < (${}, ${})", next(), next()));
+                binds.extend([Bind::Int(*at), Bind::Text(id.clone())]);
+                sql.push_str(" ORDER BY issued_at DESC, id DESC");
+                false
+            }
+            Some(PageFrom::Newer((at, id))) => {
+                sql.push_str(&format!(" AND (issued_at, id) > (${}, ${})", next(), next()));
+                binds.extend([Bind::Int(*at), Bind::Text(id.clone())]);
+                sql.push_str(" ORDER BY issued_at ASC, id ASC");
+                true
+            }
+            None => {
+                sql.push_str(" ORDER BY issued_at DESC, id DESC");
+                false
+            }
+        };
+        sql.push_str(&format!(" LIMIT ${}", next()));
         binds.push(Bind::Int(filter.limit.unwrap_or(1000).clamp(1, HISTORY_MAX_ROWS)));
         let mut q = sqlx::query(&sql);
         for b in binds {
@@ -1266,7 +1291,11 @@ impl Store {
             };
         }
         let rows = q.fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(Self::session_from_row).collect())
+        let mut rows: Vec<SessionRecord> = rows.into_iter().map(Self::session_from_row).collect();
+        if newer {
+            rows.reverse();
+        }
+        Ok(rows)
     }
 
     /// One session by id.

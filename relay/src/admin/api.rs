@@ -346,8 +346,10 @@ pub(super) async fn api_history(State(console): State<Console>, Query(q): Query<
             from: day("from", q.from)?,
             to: day("to", q.to)?,
             end_reason,
+            ..Default::default()
         };
-        let f = q.filter(crate::store::HISTORY_MAX_ROWS)?;
+        // Machine-read: days in UTC, whatever zone the console shows.
+        let f = q.filter(&jiff::tz::TimeZone::UTC, crate::store::HISTORY_MAX_ROWS)?;
         Ok::<_, OpError>(console.shared.store.history(&f).await?)
     };
     match result.await {

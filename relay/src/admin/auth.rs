@@ -205,6 +205,7 @@ pub(super) async fn guard(State(console): State<Console>, req: Request, next: Ne
         lang: lang_of(req.headers()),
         ip: peer_ip(&req),
         token: None,
+        zone: console.zone.clone(),
     };
     let req = match check_csrf(req, &s.csrf).await {
         Ok(req) => req,
@@ -320,6 +321,7 @@ async fn token_guard(console: Console, req: Request, next: Next) -> Response {
         lang: lang_of(req.headers()),
         ip: ip.to_string(),
         token: Some(row.id),
+        zone: console.zone.clone(),
     };
     let mut req = req;
     req.extensions_mut().insert(ctx);
@@ -540,7 +542,7 @@ impl Console {
     /// period from now.
     fn locked_now(&self, lang: Lang) -> String {
         let lockout = self.shared.config.admin.lockout.as_millis() as i64;
-        super::html::locked_until(lang, now_ms() + lockout)
+        super::html::locked_until(lang, &self.zone, now_ms() + lockout)
     }
 
     /// Gives back a step's attempt: it succeeded, or it was never checked.
@@ -609,7 +611,7 @@ impl Console {
             Refused::Locked(until) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "locked",
-                super::html::locked_until(lang, until),
+                super::html::locked_until(lang, &self.zone, until),
             ),
             Refused::Store => (
                 StatusCode::SERVICE_UNAVAILABLE,

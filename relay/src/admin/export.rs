@@ -8,8 +8,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
-use super::history::{day_start_ms, HistoryQuery, DAY_MS};
-use super::html::{self, url};
+use super::history::{day_bounds, HistoryQuery};
+use super::html::url;
 use super::ops::OpError;
 use super::pages::op_error;
 use super::{Console, Ctx};
@@ -34,7 +34,7 @@ pub(super) async fn history_csv(
     Extension(ctx): Extension<Ctx>,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    let records = match q.filter(crate::store::HISTORY_MAX_ROWS) {
+    let records = match q.filter(&ctx.zone, crate::store::HISTORY_MAX_ROWS) {
         Ok(f) => console.shared.store.history(&f).await.map_err(OpError::from),
         Err(e) => Err(e),
     };
@@ -66,7 +66,7 @@ async fn files_csv(console: &Console, records: &[SessionRecord]) -> Result<Strin
                 f.direction,
                 f.bytes.to_string(),
                 f.result,
-                html::time(Some(f.at)),
+                crate::time::format_utc(f.at),
             ];
             out.push_str(
                 &cells
@@ -87,13 +87,14 @@ pub(super) async fn history_zip(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let date = q.get("date").cloned().unwrap_or_default();
-    let start = match day_start_ms(&date) {
+    // The day the admin typed, in the console's time zone.
+    let (start, end) = match day_bounds(&ctx.zone, &date) {
         Ok(s) => s,
         Err(e) => return op_error(&ctx, &e),
     };
     let filter = HistoryFilter {
         from_ms: Some(start),
-        to_ms: Some(start + DAY_MS),
+        to_ms: Some(end),
         limit: Some(crate::store::HISTORY_MAX_ROWS),
         ..Default::default()
     };
@@ -103,7 +104,7 @@ pub(super) async fn history_zip(
         let files = files_csv(&console, &records).await?;
         // Signed heads of the audit trail, so a copy outside the relay can later show rows
         // cut from its end.
-        let checkpoints = console.shared.audit.day_checkpoints(start, start + DAY_MS).await;
+        let checkpoints = console.shared.audit.day_checkpoints(start, end).await;
         zip_files(&[
             ("sessions.csv", sessions.as_bytes()),
             ("files.csv", files.as_bytes()),

@@ -2,6 +2,8 @@
 //! Japanese wording. Every value that came from a user, an operator or a client passes
 //! through [`esc`]; nothing else builds markup from data.
 
+use jiff::tz::TimeZone;
+
 /// The console's languages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
@@ -91,15 +93,15 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// Why a console login is refused while its account is locked from this network, and
-/// until when (UTC).
-pub fn locked_until(lang: Lang, until_ms: i64) -> String {
-    let at = time(Some(until_ms));
+/// until when (in the console's time zone, named).
+pub fn locked_until(lang: Lang, zone: &TimeZone, until_ms: i64) -> String {
+    let at = time(zone, Some(until_ms));
     match lang {
         Lang::En => format!(
-            "Too many failed attempts from your network: this account is locked here until {at} UTC. An admin can lift it with tsunagu-relay admin unlock."
+            "Too many failed attempts from your network: this account is locked here until {at}. An admin can lift it with tsunagu-relay admin unlock."
         ),
         Lang::Ja => format!(
-            "お使いのネットワークからの失敗が多すぎるため、このアカウントはここから {at} (UTC) までロックされています。管理者は tsunagu-relay admin unlock で解除できます。"
+            "お使いのネットワークからの失敗が多すぎるため、このアカウントはここから {at} までロックされています。管理者は tsunagu-relay admin unlock で解除できます。"
         ),
     }
 }
@@ -263,6 +265,24 @@ pub enum Text {
     CreateToken,
     TokenCreatedHelp,
     NoTokens,
+    DatesInZone,
+    Newer,
+    Older,
+    BadDate,
+    BadPageLink,
+    Dashboard,
+    ChartSessionsPerDay,
+    ChartPerOperator,
+    ChartDurations,
+    ChartBytesPerDay,
+    AxisDay,
+    AxisSessions,
+    AxisBytes,
+    AxisDuration,
+    DurationsHelp,
+    NoSessionsInPeriod,
+    Day,
+    Sessions30,
 }
 
 /// The wording of one text in the console.
@@ -405,7 +425,7 @@ pub fn t(lang: Lang, key: Text) -> &'static str {
         Text::OptionalCert => ("Make the certificate optional", "証明書を任意にする"),
         Text::Device => ("Device", "端末"),
         Text::Serial => ("Serial", "シリアル番号"),
-        Text::Expires => ("Expires (UTC)", "有効期限 (UTC)"),
+        Text::Expires => ("Expires", "有効期限"),
         Text::CertValid => ("valid", "有効"),
         Text::CertRevoked => ("revoked", "失効"),
         Text::CertExpired => ("expired", "期限切れ"),
@@ -427,8 +447,8 @@ pub fn t(lang: Lang, key: Text) -> &'static str {
         Text::ScopeRead => ("read only", "読み取りのみ"),
         Text::ScopeWrite => ("read and write", "読み書き"),
         Text::CreatedBy => ("Created by", "作成者"),
-        Text::Created => ("Created (UTC)", "作成日時 (UTC)"),
-        Text::LastUsed => ("Last used (UTC)", "最終使用 (UTC)"),
+        Text::Created => ("Created", "作成日時"),
+        Text::LastUsed => ("Last used", "最終使用"),
         Text::Never => ("never", "無期限"),
         Text::NewToken => ("New token", "新しいトークン"),
         Text::ExpiresInDays => (
@@ -441,6 +461,33 @@ pub fn t(lang: Lang, key: Text) -> &'static str {
             "このトークンを今すぐコピーし、スクリプトが秘密情報を読む場所に保管してください。表示されるのは今回だけです。持っている人は誰でも、失効させるまでその権限の範囲で API を使えます。",
         ),
         Text::NoTokens => ("No API tokens yet.", "APIトークンはまだありません。"),
+        Text::DatesInZone => ("Dates are days in", "日付のタイムゾーン:"),
+        Text::Newer => ("← Newer", "← 新しいページ"),
+        Text::Older => ("Older →", "古いページ →"),
+        Text::BadDate => (
+            "is not a date like 2026-01-31",
+            "は 2026-01-31 のような日付ではありません",
+        ),
+        Text::BadPageLink => (
+            "This page link is not valid: open the list again from its first page.",
+            "このページのリンクは正しくありません。一覧を最初のページから開き直してください。",
+        ),
+        Text::Dashboard => ("Dashboard", "ダッシュボード"),
+        Text::ChartSessionsPerDay => ("Sessions per day", "1日あたりのセッション数"),
+        Text::ChartPerOperator => ("Sessions per operator (top 10)", "オペレーター別のセッション数（上位10人）"),
+        Text::ChartDurations => ("How long sessions lasted", "セッションの長さ"),
+        Text::ChartBytesPerDay => ("Bytes moved per day", "1日あたりの転送量"),
+        Text::AxisDay => ("Day", "日付"),
+        Text::AxisSessions => ("Sessions", "セッション数"),
+        Text::AxisBytes => ("Bytes (both ways)", "転送量（双方向の合計）"),
+        Text::AxisDuration => ("Duration", "長さ"),
+        Text::DurationsHelp => (
+            "From the client joining to the end of the session; codes no client used are left out.",
+            "お客様が参加してからセッション終了までの時間です。使われなかったコードは含みません。",
+        ),
+        Text::NoSessionsInPeriod => ("No sessions in these 30 days.", "この30日間のセッションはありません。"),
+        Text::Day => ("Day", "日付"),
+        Text::Sessions30 => ("The last 30 days, by day in", "過去30日間。日付のタイムゾーン:"),
     };
     match lang {
         Lang::En => en,
@@ -448,11 +495,36 @@ pub fn t(lang: Lang, key: Text) -> &'static str {
     }
 }
 
-/// A Unix-ms time as `YYYY-MM-DD HH:MM:SS` UTC.
-pub fn time(ms: Option<i64>) -> String {
-    ms.and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_default()
+/// A Unix-ms time in the console's time zone with the zone's abbreviation, as
+/// `2026-12-07 12:34:56 JST`; empty for `None`, `-` out of range.
+pub fn time(zone: &TimeZone, ms: Option<i64>) -> String {
+    let Some(ms) = ms else { return String::new() };
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(at) => at.to_zoned(zone.clone()).strftime("%Y-%m-%d %H:%M:%S %Z").to_string(),
+        Err(_) => "-".into(),
+    }
+}
+
+/// A zone's name for people: its IANA name (`Asia/Tokyo`), or `UTC`.
+pub fn zone_name(zone: &TimeZone) -> &str {
+    zone.iana_name().unwrap_or("UTC")
+}
+
+/// A note beside a date field: whose days the dates are.
+pub fn dates_in_zone(lang: Lang, zone: &TimeZone) -> String {
+    format!(
+        "<span class=\"hint\" id=\"zone\">{} {}</span>",
+        t(lang, Text::DatesInZone),
+        esc(zone_name(zone))
+    )
+}
+
+/// A refusal shown beside the form it came from.
+pub fn form_error(message: &str) -> String {
+    format!(
+        "<p class=\"error\" id=\"error\" role=\"alert\">{}</p>",
+        esc(message)
+    )
 }
 
 /// Wraps a page body in the frame: navigation (when logged in), language switch.
@@ -464,9 +536,10 @@ pub fn page(lang: Lang, title: &str, logged_in: Option<(&str, &str)>, body: &str
 pub fn page_with_head(lang: Lang, title: &str, logged_in: Option<(&str, &str)>, body: &str, head: &str) -> String {
     let nav = match logged_in {
         Some((admin, csrf)) => format!(
-            "<nav><a href=\"/operators\">{}</a> <a href=\"/sessions\">{}</a> <a href=\"/history\">{}</a> <a href=\"/audit\">{}</a> <a href=\"/tokens\">{}</a> \
+            "<nav><a href=\"/dashboard\" id=\"nav-dashboard\">{}</a> <a href=\"/operators\">{}</a> <a href=\"/sessions\">{}</a> <a href=\"/history\">{}</a> <a href=\"/audit\">{}</a> <a href=\"/tokens\">{}</a> \
              <span class=\"who\">{}</span> <form method=\"post\" action=\"/logout\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button id=\"logout\">{}</button></form></nav>",
+            t(lang, Text::Dashboard),
             t(lang, Text::Operators),
             t(lang, Text::Sessions),
             t(lang, Text::History),
@@ -505,7 +578,14 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 form.inline{display:inline}.error{color:#a00;font-weight:bold}.ok{color:#070}fieldset{margin:.5em 0}.lang{float:right}\
 textarea{width:30em;height:6em}code.secret{font-size:1.2em}\
 .notice{background:#e8f5e9;border:1px solid #66bb6a;padding:.5em 1em}.confirm{background:#fff8e1;border:1px solid #ffb300;padding:.5em 1em}\
-button.danger{background:#c62828;color:#fff;border:1px solid #8e0000;padding:.3em 1em}.bytes{text-align:right}";
+button.danger{background:#c62828;color:#fff;border:1px solid #8e0000;padding:.3em 1em}.bytes{text-align:right}\
+.hint{color:#555;font-size:.9em;margin-left:.5em}.pager{margin:.5em 0}.pager a{margin-right:1.5em}\
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:1em 2em}\
+figure.chart{margin:0;border:1px solid #ddd;padding:.5em 1em}figure.chart h2{font-size:1.1em;margin:.2em 0 .5em}\
+figure.chart svg{display:block;max-width:100%;height:auto}\
+svg .bar{fill:#3f7fbf}svg .bar2{fill:#e08a2c}svg .axis{stroke:#444;stroke-width:1}svg .grid{stroke:#ddd;stroke-width:1}\
+svg text{font-family:system-ui,'Noto Sans CJK JP',sans-serif;font-size:12px;fill:#222}svg text.title{font-size:13px;font-weight:bold}\
+details.data{margin:.3em 0}details.data table{font-size:.9em}.chart-data td.n{text-align:right}";
 
 #[cfg(test)]
 mod units_tests {

@@ -16,7 +16,7 @@
 //! The rooms: `server` (listener, TLS, security headers, router), `auth` (console
 //! sessions, cookies, CSRF, login, TOTP, enrolment, logout, login throttling), `pages`
 //! (what every page shares), one module per page family (`operators`, `sessions`,
-//! `history`, `export`, `audit_page`), `api` (REST API and OpenAPI), `ops` (the operations
+//! `history`, `export`, `audit_page`, `dashboard` with its SVG `charts`), `api` (REST API and OpenAPI), `ops` (the operations
 //! behind pages, API and CLI) and `html` (escaping, the page frame, the wording). This
 //! module holds only what they share: [`Console`], the request context, and the one
 //! mapping from a refused operation to an HTTP status.
@@ -29,6 +29,8 @@ pub mod tokens;
 mod api;
 mod audit_page;
 mod auth;
+mod charts;
+mod dashboard;
 mod export;
 mod health;
 mod history;
@@ -73,6 +75,8 @@ pub struct Console {
     /// Key of the hash that stands for a typed name matching no account (in the failure
     /// counters and the audit trail); random per process, never stored.
     name_key: Arc<[u8; 32]>,
+    /// `admin.time_zone`: every time a page shows, and the days an admin types.
+    zone: jiff::tz::TimeZone,
 }
 
 /// The peer address of the HTTP connection.
@@ -92,6 +96,8 @@ struct Ctx {
     ip: String,
     /// The API token the request came with (`/api/v1` only); `None`: a console session.
     token: Option<String>,
+    /// The console's time zone (`admin.time_zone`).
+    zone: jiff::tz::TimeZone,
 }
 
 impl Ctx {
@@ -113,6 +119,9 @@ impl Console {
     fn new(shared: Arc<Shared>) -> Self {
         let ops = Ops::of_relay(&shared);
         let dummy_hash = Arc::new(crate::accounts::dummy_hash(&shared.config.accounts));
+        // The relay validated the config before it got here, zone included; UTC stands in
+        // only for a config built in code without validation.
+        let zone = shared.config.admin.zone().unwrap_or(jiff::tz::TimeZone::UTC);
         Self {
             shared,
             ops,
@@ -120,6 +129,7 @@ impl Console {
             dummy_hash,
             totp_used: Default::default(),
             name_key: Arc::new(random_key()),
+            zone,
         }
     }
 

@@ -3,14 +3,15 @@
 //! deletion), all through [`Ops`](super::ops::Ops).
 
 use axum::extract::{Form, Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use tsunagu_proto::PermissionSet;
 
 use super::html::{self, esc, t, url, Text};
 use super::ops::{self, OpError};
-use super::pages::{csrf_field, op_error, render, see_other};
-use super::{Console, Ctx};
+use super::pages::{csrf_field, op_error, render, render_status, see_other};
+use super::{op_status, Console, Ctx};
 
 fn permission_boxes(lang: html::Lang, prefix: &str, set: PermissionSet) -> String {
     ["view", "control", "files", "chat"]
@@ -34,15 +35,66 @@ pub(super) struct Done {
     pub(super) done: Option<String>,
 }
 
+/// A refused form, shown again beside the form it came from: which form (the action it
+/// posts to), why, and the fields as the admin sent them (passwords are never sent back).
+pub(super) struct Refused {
+    status: StatusCode,
+    action: String,
+    message: String,
+    fields: Vec<(String, String)>,
+}
+
+impl Refused {
+    fn new(action: &str, e: &OpError, fields: Vec<(String, String)>) -> Self {
+        Self {
+            status: op_status(e),
+            action: action.to_string(),
+            message: e.to_string(),
+            fields: fields.into_iter().filter(|(k, _)| k != "password" && k != "csrf").collect(),
+        }
+    }
+
+    /// The error, when it came from the form posting to `action`.
+    fn error_for(&self, action: &str) -> String {
+        if self.action == action {
+            html::form_error(&self.message)
+        } else {
+            String::new()
+        }
+    }
+
+    /// What the admin typed into `name` of the form posting to `action`, if that form was
+    /// refused.
+    fn typed(&self, action: &str, name: &str) -> Option<&str> {
+        (self.action == action).then(|| field(&self.fields, name))
+    }
+
+    /// The permissions ticked in the form posting to `action`, if that form was refused.
+    fn ticked(&self, action: &str) -> Option<PermissionSet> {
+        (self.action == action).then(|| {
+            let names = self.fields.iter().filter(|(k, _)| k == "perm").map(|(_, v)| v.as_str());
+            // Only the four known names can be ticked; anything else is dropped here.
+            PermissionSet::parse_names(names.filter(|n| ["view", "control", "files", "chat"].contains(n)))
+                .unwrap_or(PermissionSet::EMPTY)
+        })
+    }
+}
+
 pub(super) async fn operators_page(
     State(console): State<Console>,
     Extension(ctx): Extension<Ctx>,
     Query(done): Query<Done>,
 ) -> Response {
+    operators_view(&console, &ctx, done.done.as_deref(), None).await
+}
+
+/// The operator list and the creation form; `refused`: the creation just refused, shown
+/// beside the form with what was typed.
+async fn operators_view(console: &Console, ctx: &Ctx, done: Option<&str>, refused: Option<Refused>) -> Response {
     let lang = ctx.lang;
     let ops = match console.shared.store.operators().await {
         Ok(o) => o,
-        Err(_) => return op_error(&ctx, &OpError::Internal),
+        Err(_) => return op_error(ctx, &OpError::Internal),
     };
     let rows: String = ops
         .iter()
@@ -58,12 +110,20 @@ pub(super) async fn operators_page(
             )
         })
         .collect();
+    let (error, name, perms) = match &refused {
+        Some(r) => (
+            r.error_for("create"),
+            r.typed("create", "name").unwrap_or(""),
+            r.ticked("create").unwrap_or(PermissionSet::ALL),
+        ),
+        None => (String::new(), "", PermissionSet::ALL),
+    };
     let body = format!(
-        "{}{}<h2>{}</h2><form method=\"post\" action=\"/operators\" id=\"create-operator\">{}\
-         <p><label>{} <input name=\"name\" id=\"new-name\" maxlength=\"64\" required></label></p>\
+        "{}{}<h2>{}</h2>{error}<form method=\"post\" action=\"/operators\" id=\"create-operator\">{}\
+         <p><label>{} <input name=\"name\" id=\"new-name\" maxlength=\"64\" required value=\"{}\"></label></p>\
          <p><label>{} <input type=\"password\" name=\"password\" id=\"new-password\" maxlength=\"64\" required></label></p>\
          <fieldset><legend>{}</legend>{}</fieldset><p><button id=\"create\">{}</button></p></form>",
-        html::notice(lang, done.done.as_deref()),
+        html::notice(lang, done),
         html::table(
             "operators",
             &[
@@ -76,14 +136,16 @@ pub(super) async fn operators_page(
             &rows
         ),
         t(lang, Text::NewOperator),
-        csrf_field(&ctx),
+        csrf_field(ctx),
         t(lang, Text::Name),
+        esc(name),
         t(lang, Text::Password),
         t(lang, Text::Permissions),
-        permission_boxes(lang, "new", PermissionSet::ALL),
+        permission_boxes(lang, "new", perms),
         t(lang, Text::Create),
     );
-    render(&ctx, t(lang, Text::Operators), &body)
+    let status = refused.as_ref().map(|r| r.status).unwrap_or(StatusCode::OK);
+    render_status(ctx, status, t(lang, Text::Operators), &body)
 }
 
 fn form_perms(fields: &[(String, String)]) -> Result<PermissionSet, OpError> {
@@ -115,7 +177,7 @@ pub(super) async fn create_operator(
     };
     match result {
         Ok(()) => see_other(&format!("/operators/{}?done=create", url(&name))),
-        Err(e) => op_error(&ctx, &e),
+        Err(e) => operators_view(&console, &ctx, None, Some(Refused::new("create", &e, fields))).await,
     }
 }
 
@@ -125,35 +187,67 @@ pub(super) async fn operator_page(
     Path(name): Path<String>,
     Query(done): Query<Done>,
 ) -> Response {
+    match console.shared.store.operator(&name).await {
+        Ok(Some(o)) => operator_view(&console, &ctx, o, done.done.as_deref(), None).await,
+        Ok(None) => op_error(&ctx, &OpError::NotFound(format!("no operator named {name:?}"))),
+        Err(_) => op_error(&ctx, &OpError::Internal),
+    }
+}
+
+/// One operator's page; `refused`: the change just refused, shown beside its form with
+/// what was typed.
+async fn operator_view(
+    console: &Console,
+    ctx: &Ctx,
+    o: crate::store::OperatorRecord,
+    done: Option<&str>,
+    refused: Option<Refused>,
+) -> Response {
     let lang = ctx.lang;
-    let o = match console.shared.store.operator(&name).await {
-        Ok(Some(o)) => o,
-        Ok(None) => return op_error(&ctx, &OpError::NotFound(format!("no operator named {name:?}"))),
-        Err(_) => return op_error(&ctx, &OpError::Internal),
+    let nothing = Refused {
+        status: StatusCode::OK,
+        action: String::new(),
+        message: String::new(),
+        fields: Vec::new(),
     };
+    let r = refused.as_ref().unwrap_or(&nothing);
     let base = format!("/operators/{}", url(&o.name));
-    let csrf = csrf_field(&ctx);
+    let csrf = csrf_field(ctx);
     let button = |action: &str, label: Text| {
         format!("<form method=\"post\" action=\"{base}/{action}\" class=\"inline\">{csrf}<button id=\"{action}\">{}</button></form> ", t(lang, label))
     };
-    let rules: Vec<String> = o.ip_rules.iter().map(|r| r.to_line()).collect();
+    let rules = match r.typed("ip-rules", "rules") {
+        Some(typed) => typed.to_string(),
+        None => o.ip_rules.iter().map(|r| r.to_line()).collect::<Vec<_>>().join("\n"),
+    };
+    let max_sessions = match r.typed("limits", "max_sessions") {
+        Some(typed) => typed.to_string(),
+        None => o.max_sessions.to_string(),
+    };
+    // An action with no form of its own (suspend, TOTP, revoke, ...) says why at the top.
+    let with_form = ["permissions", "limits", "ip-rules", "password", "rename", "cert-issue"];
+    let top_error = if refused.is_some() && !with_form.contains(&r.action.as_str()) {
+        html::form_error(&r.message)
+    } else {
+        String::new()
+    };
     let live = console.shared.sessions().live_of(&o.name).len();
     let certs = console
         .ops
         .list_certs(Some((crate::store::CertRole::Operator, &o.name)))
         .await
         .unwrap_or_default();
-    let certs = cert_section(&ctx, &base, &o, &certs);
+    let certs = cert_section(ctx, &base, &o, &certs, r);
     let body = format!(
-        "{}<p>{}: <strong id=\"status\">{}</strong> · {}: {live} · TOTP: {} ({})</p>\
+        "{}{top_error}<p>{}: <strong id=\"status\">{}</strong> · {}: {live} · TOTP: {} ({})</p>\
          <p>{}{}</p>\
-         <form method=\"post\" action=\"{base}/permissions\" id=\"permissions\">{csrf}<fieldset><legend>{}</legend>{}</fieldset><button id=\"save-permissions\">{}</button></form>\
-         <form method=\"post\" action=\"{base}/limits\">{csrf}<p><label>{} <input name=\"max_sessions\" id=\"max-sessions\" value=\"{}\" size=\"5\"></label> <button id=\"save-limits\">{}</button></p></form>\
-         <form method=\"post\" action=\"{base}/ip-rules\">{csrf}<p><label>{}<br><textarea name=\"rules\" id=\"ip-rules\">{}</textarea></label><br><button id=\"save-ip-rules\">{}</button></p></form>\
-         <form method=\"post\" action=\"{base}/password\">{csrf}<p><label>{} <input type=\"password\" name=\"password\" maxlength=\"64\"></label> <button id=\"set-password\">{}</button></p></form>\
-         <form method=\"post\" action=\"{base}/rename\">{csrf}<p><label>{} <input name=\"new_name\" maxlength=\"64\"></label> <button id=\"rename\">{}</button></p></form>\
-         <p>{}{}{}</p><p>{}</p>{certs}",
-        html::notice(lang, done.done.as_deref()),
+         {}<form method=\"post\" action=\"{base}/permissions\" id=\"permissions\">{csrf}<fieldset><legend>{}</legend>{}</fieldset><button id=\"save-permissions\">{}</button></form>\
+         {}<form method=\"post\" action=\"{base}/limits\">{csrf}<p><label>{} <input name=\"max_sessions\" id=\"max-sessions\" value=\"{}\" size=\"5\"></label> <button id=\"save-limits\">{}</button></p></form>\
+         {}<form method=\"post\" action=\"{base}/ip-rules\">{csrf}<p><label>{}<br><textarea name=\"rules\" id=\"ip-rules\">{}</textarea></label><br><button id=\"save-ip-rules\">{}</button></p></form>\
+         {}<form method=\"post\" action=\"{base}/password\">{csrf}<p><label>{} <input type=\"password\" name=\"password\" id=\"op-password\" maxlength=\"64\"></label> <button id=\"set-password\">{}</button></p></form>\
+         {}<form method=\"post\" action=\"{base}/rename\">{csrf}<p><label>{} <input name=\"new_name\" id=\"new-op-name\" maxlength=\"64\" value=\"{}\"></label> <button id=\"rename\">{}</button></p></form>\
+         <p>{}{}{}</p>{certs}",
+        html::notice(lang, done),
         t(lang, Text::Status),
         t(lang, if o.suspended { Text::Suspended } else { Text::Active }),
         t(lang, Text::Sessions),
@@ -161,25 +255,35 @@ pub(super) async fn operator_page(
         t(lang, if o.totp_required { Text::Required } else { Text::Optional }),
         if o.suspended { button("resume", Text::Resume) } else { button("suspend", Text::Suspend) },
         button("delete", Text::Delete),
+        r.error_for("permissions"),
         t(lang, Text::Permissions),
-        permission_boxes(lang, "perm", o.permissions),
+        permission_boxes(lang, "perm", r.ticked("permissions").unwrap_or(o.permissions)),
         t(lang, Text::Save),
+        r.error_for("limits"),
         t(lang, Text::MaxSessions),
-        o.max_sessions,
+        esc(&max_sessions),
         t(lang, Text::Save),
+        r.error_for("ip-rules"),
         t(lang, Text::IpRules),
-        esc(&rules.join("\n")),
+        esc(&rules),
         t(lang, Text::Save),
+        r.error_for("password"),
         t(lang, Text::NewPassword),
         t(lang, Text::SetPassword),
+        r.error_for("rename"),
         t(lang, Text::Rename),
+        esc(r.typed("rename", "new_name").unwrap_or("")),
         t(lang, Text::Rename),
         button("totp-enrol", Text::EnrolTotp),
         button("totp-reset", Text::ResetTotp),
         if o.totp_required { button("totp-optional", Text::OptionalTotp) } else { button("totp-require", Text::RequireTotp) },
-        "",
     );
-    render(&ctx, &format!("{}: {}", t(lang, Text::Operator), o.name), &body)
+    render_status(
+        ctx,
+        r.status,
+        &format!("{}: {}", t(lang, Text::Operator), o.name),
+        &body,
+    )
 }
 
 pub(super) async fn operator_action(
@@ -270,7 +374,11 @@ pub(super) async fn operator_action(
     };
     match result {
         Ok(to) => see_other(&to.unwrap_or_else(|| format!("{back}?done={}", url(&action)))),
-        Err(e) => op_error(&ctx, &e),
+        // The operator's page again, the refusal beside the form, what was typed still in it.
+        Err(e) => match console.shared.store.operator(&name).await {
+            Ok(Some(o)) => operator_view(&console, &ctx, o, None, Some(Refused::new(&action, &e, fields))).await,
+            _ => op_error(&ctx, &e),
+        },
     }
 }
 
@@ -305,7 +413,13 @@ fn confirm_page(ctx: &Ctx, name: &str, action: &str, live: usize) -> Response {
 
 /// The operator page's certificate section: whether login needs one, the certificates with
 /// their state (revoke buttons on live ones) and the form that issues one.
-fn cert_section(ctx: &Ctx, base: &str, o: &crate::store::OperatorRecord, certs: &[crate::store::CertRow]) -> String {
+fn cert_section(
+    ctx: &Ctx,
+    base: &str,
+    o: &crate::store::OperatorRecord,
+    certs: &[crate::store::CertRow],
+    refused: &Refused,
+) -> String {
     let lang = ctx.lang;
     let csrf = csrf_field(ctx);
     let now = crate::time::now_ms();
@@ -331,7 +445,7 @@ fn cert_section(ctx: &Ctx, base: &str, o: &crate::store::OperatorRecord, certs: 
                 esc(&c.device),
                 esc(&c.serial),
                 t(lang, state),
-                esc(&crate::time::format_utc(c.not_after)),
+                html::time(&ctx.zone, Some(c.not_after)),
             )
         })
         .collect();
@@ -354,14 +468,16 @@ fn cert_section(ctx: &Ctx, base: &str, o: &crate::store::OperatorRecord, certs: 
     format!(
         "<h2>{}</h2><p>{}: <strong id=\"cert-required\">{}</strong> \
          <form method=\"post\" action=\"{base}/{}\" class=\"inline\">{csrf}<button id=\"{}\">{}</button></form></p>{table}\
-         <form method=\"post\" action=\"{base}/cert-issue\">{csrf}<p><label>{} <input name=\"device\" id=\"device\" maxlength=\"64\" required></label> <button id=\"cert-issue\">{}</button></p></form>",
+         {}<form method=\"post\" action=\"{base}/cert-issue\">{csrf}<p><label>{} <input name=\"device\" id=\"device\" maxlength=\"64\" required value=\"{}\"></label> <button id=\"cert-issue\">{}</button></p></form>",
         t(lang, Text::Certificates),
         t(lang, Text::CertificateLogin),
         t(lang, if o.cert_required { Text::Required } else { Text::Optional }),
         toggle.0,
         toggle.0,
         t(lang, toggle.1),
+        refused.error_for("cert-issue"),
         t(lang, Text::Device),
+        esc(refused.typed("cert-issue", "device").unwrap_or("")),
         t(lang, Text::IssueCert),
     )
 }

@@ -26,6 +26,11 @@ pub(super) fn render(ctx: &Ctx, title: &str, body: &str) -> Response {
     )
 }
 
+/// [`render`] with another status: a form shown again with its refusal.
+pub(super) fn render_status(ctx: &Ctx, status: StatusCode, title: &str, body: &str) -> Response {
+    html_response(status, page(ctx.lang, title, Some((&ctx.admin, &ctx.csrf)), body))
+}
+
 /// [`render`] for a page that reloads itself every `seconds` (a meta refresh, which the
 /// console's CSP allows where a script would not run).
 pub(super) fn render_refreshing(ctx: &Ctx, title: &str, body: &str, seconds: u32) -> Response {

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::pages::see_other;
-use super::{api, audit_page, auth, export, history, html, operators, sessions, tokens_page};
+use super::{api, audit_page, auth, dashboard, export, history, html, operators, sessions, tokens_page};
 use super::{ConnCert, Console, Peer, MAX_BODY};
 use crate::shutdown::{ConnectionTasks, Shutdown};
 use crate::state::Shared;
@@ -48,6 +48,7 @@ pub const ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/history/day.zip?date=2026-01-01", false),
     ("GET", "/history/abc", false),
     ("GET", "/audit", false),
+    ("GET", "/dashboard", false),
     ("GET", "/api/v1/operators", false),
     ("POST", "/api/v1/operators", false),
     ("GET", "/api/v1/operators/alice", false),
@@ -183,6 +184,7 @@ fn router(console: Console) -> Router {
         .route("/history/day.zip", get(export::history_zip))
         .route("/history/{id}", get(history::session_page))
         .route("/audit", get(audit_page::audit_page))
+        .route("/dashboard", get(dashboard::dashboard_page))
         .route(
             "/api/v1/operators",
             get(api::api_operators).post(api::api_create_operator),

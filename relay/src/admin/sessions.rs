@@ -129,7 +129,7 @@ pub(super) async fn sessions_page(
                 esc(&r.operator),
                 esc(r.client_host.as_deref().unwrap_or("")),
                 esc(r.client_ip.as_deref().unwrap_or("")),
-                html::time(Some(r.since)),
+                html::time(&ctx.zone, Some(r.since)),
                 state,
                 esc(&super::words::permissions(lang, r.granted.as_deref().unwrap_or(""))),
                 html::bytes(r.bytes_to_client),

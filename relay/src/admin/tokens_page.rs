@@ -3,23 +3,39 @@
 //! once.
 
 use axum::extract::{Form, Path, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 
 use super::html::{self, esc, t, Text};
 use super::ops::OpError;
-use super::pages::{csrf_field, op_error, render, see_other};
+use super::pages::{csrf_field, op_error, render, render_status, see_other};
 use super::tokens::{CreatedToken, MAX_EXPIRY_DAYS};
-use super::{Console, Ctx};
+use super::{op_status, Console, Ctx};
 use crate::store::TokenScope;
 
 pub(super) async fn tokens_page(State(console): State<Console>, Extension(ctx): Extension<Ctx>) -> Response {
+    tokens_view(&console, &ctx, None).await
+}
+
+/// A refused token creation: the status, why, and the fields as the admin sent them.
+struct Refused {
+    status: StatusCode,
+    message: String,
+    fields: Vec<(String, String)>,
+}
+
+/// The tokens and the creation form; `refused`: the creation just refused, shown beside
+/// the form with what was typed.
+async fn tokens_view(console: &Console, ctx: &Ctx, refused: Option<Refused>) -> Response {
     let lang = ctx.lang;
     let tokens = match console.ops.list_tokens().await {
         Ok(rows) => rows,
-        Err(e) => return op_error(&ctx, &e),
+        Err(e) => return op_error(ctx, &e),
     };
-    let csrf = csrf_field(&ctx);
+    let csrf = csrf_field(ctx);
+    let typed = |name: &str| refused.as_ref().map(|r| field(&r.fields, name)).unwrap_or("");
+    let write = typed("scope") == "write";
     let now = crate::time::now_ms();
     let rows: String = tokens
         .iter()
@@ -39,7 +55,7 @@ pub(super) async fn tokens_page(State(console): State<Console>, Extension(ctx): 
                 String::new()
             };
             let expires = match tok.expires_at {
-                Some(e) => esc(&crate::time::format_utc(e)),
+                Some(e) => html::time(&ctx.zone, Some(e)),
                 None => t(lang, Text::Never).to_string(),
             };
             format!(
@@ -50,8 +66,8 @@ pub(super) async fn tokens_page(State(console): State<Console>, Extension(ctx): 
                 t(lang, scope_text(tok.scope)),
                 t(lang, state),
                 esc(&tok.created_by),
-                html::time(Some(tok.created_at)),
-                html::time(tok.last_used_at),
+                html::time(&ctx.zone, Some(tok.created_at)),
+                html::time(&ctx.zone, tok.last_used_at),
             )
         })
         .collect();
@@ -74,23 +90,32 @@ pub(super) async fn tokens_page(State(console): State<Console>, Extension(ctx): 
             &rows,
         )
     };
+    let error = refused
+        .as_ref()
+        .map(|r| html::form_error(&r.message))
+        .unwrap_or_default();
     let body = format!(
-        "<p>{}</p>{table}<h2>{}</h2><form method=\"post\" action=\"/tokens\" id=\"create-token\">{csrf}\
-         <p><label>{} <input name=\"name\" id=\"token-name\" maxlength=\"64\" pattern=\"[A-Za-z0-9._@\\-]{{1,64}}\" required></label></p>\
-         <fieldset><legend>{}</legend><label><input type=\"radio\" name=\"scope\" value=\"read\" id=\"scope-read\" checked> {}</label> \
-         <label><input type=\"radio\" name=\"scope\" value=\"write\" id=\"scope-write\"> {}</label></fieldset>\
-         <p><label>{} <input type=\"number\" name=\"expires_days\" id=\"token-expires\" min=\"1\" max=\"{MAX_EXPIRY_DAYS}\"></label></p>\
+        "<p>{}</p>{table}<h2>{}</h2>{error}<form method=\"post\" action=\"/tokens\" id=\"create-token\">{csrf}\
+         <p><label>{} <input name=\"name\" id=\"token-name\" maxlength=\"64\" pattern=\"[A-Za-z0-9._@\\-]{{1,64}}\" required value=\"{}\"></label></p>\
+         <fieldset><legend>{}</legend><label><input type=\"radio\" name=\"scope\" value=\"read\" id=\"scope-read\"{}> {}</label> \
+         <label><input type=\"radio\" name=\"scope\" value=\"write\" id=\"scope-write\"{}> {}</label></fieldset>\
+         <p><label>{} <input type=\"number\" name=\"expires_days\" id=\"token-expires\" min=\"1\" max=\"{MAX_EXPIRY_DAYS}\" value=\"{}\"></label></p>\
          <p><button id=\"create-token-button\">{}</button></p></form>",
         t(lang, Text::TokensHelp),
         t(lang, Text::NewToken),
         t(lang, Text::Name),
+        esc(typed("name")),
         t(lang, Text::TokenScope),
+        if write { "" } else { " checked" },
         t(lang, Text::ScopeRead),
+        if write { " checked" } else { "" },
         t(lang, Text::ScopeWrite),
         t(lang, Text::ExpiresInDays),
+        esc(typed("expires_days")),
         t(lang, Text::CreateToken),
     );
-    render(&ctx, t(lang, Text::ApiTokens), &body)
+    let status = refused.as_ref().map(|r| r.status).unwrap_or(StatusCode::OK);
+    render_status(ctx, status, t(lang, Text::ApiTokens), &body)
 }
 
 fn scope_text(scope: TokenScope) -> Text {
@@ -128,9 +153,17 @@ pub(super) async fn create_token(
             .create_token(&ctx.actor(), field(&fields, "name").trim(), scope, days)
             .await
     };
-    match result.await {
+    let outcome = result.await;
+    match outcome {
         Ok(created) => created_page(&ctx, &created),
-        Err(e) => op_error(&ctx, &e),
+        Err(e) => {
+            let refused = Refused {
+                status: op_status(&e),
+                message: e.to_string(),
+                fields: fields.into_iter().filter(|(k, _)| k != "csrf").collect(),
+            };
+            tokens_view(&console, &ctx, Some(refused)).await
+        }
     }
 }
 

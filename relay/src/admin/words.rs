@@ -81,6 +81,8 @@ pub fn audit_action(lang: Lang, key: &str) -> String {
         match key {
             "admin_created" => Some(("admin created", "管理者の作成")),
             "admin_login" => Some(("admin logged in", "管理者のログイン")),
+            "operator_login" => Some(("operator logged in", "オペレーターのログイン")),
+            "consent_denied" => Some(("consent denied", "同意の拒否")),
             "admin_logout" => Some(("admin logged out", "管理者のログアウト")),
             "admin_login_failed" => Some(("admin login failed", "管理者のログイン失敗")),
             "admin_password" => Some(("admin password set", "管理者のパスワード設定")),
@@ -155,44 +157,88 @@ pub fn session_field(lang: Lang, key: &str) -> &'static str {
     }
 }
 
-/// An audit entry's detail (`permissions=view,chat`, `operator=bob&client_ip=10.0.0.7`)
-/// with its field names and permissions in words on a Japanese page; other values stay as
-/// recorded.
+/// The Japanese word for a field name in an audit entry's detail; `None` for a name
+/// without one.
+fn detail_key_ja(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "permissions" => "権限",
+        "sessions_ended" => "終了したセッション",
+        "max_sessions" => "セッション上限",
+        "required" => "必須",
+        "new_name" => "新しい名前",
+        "networks" => "ネットワーク数",
+        "reason" => "理由",
+        "second_factor" => "2段階目",
+        "from" => "開始日",
+        "to" => "終了日",
+        "date" => "日付",
+        "name" => "名前",
+        "scope" => "権限",
+        "expires" => "有効期限",
+        "error" => "エラー",
+        "role" => "種類",
+        "serial" => "シリアル番号",
+        "device" => "端末",
+        "not_after" => "有効期限",
+        "renews" => "更新元",
+        "with_renewal_line" => "同じ更新系列",
+        "node" => "中継ノード",
+        "sessions" => "セッション数",
+        "resumes" => "再開回数",
+        other => match session_field(Lang::Ja, other) {
+            "" => return None,
+            word => word,
+        },
+    })
+}
+
+/// An audit entry's detail (`permissions=view,chat`, `operator=bob&client_ip=10.0.0.7`,
+/// `role=operator serial=… device="…"`) with its field names and permissions in words on a
+/// Japanese page; other values, and everything inside quotes, stay as recorded.
 pub fn detail(lang: Lang, text: &str) -> String {
     if lang == Lang::En {
         return text.to_string();
     }
-    text.split('&')
-        .map(|pair| match pair.split_once('=') {
+    let word = |pair: &str| -> String {
+        match pair.split_once('=') {
             Some((key @ ("permissions" | "requested" | "granted"), value)) => {
-                let word = match key {
-                    "permissions" => "権限",
-                    other => session_field(lang, other),
-                };
-                format!("{word}={}", permissions(lang, value))
+                let name = detail_key_ja(key).unwrap_or(key);
+                format!("{name}={}", permissions(lang, value))
             }
-            Some((key, value)) => {
-                let word = match key {
-                    "sessions_ended" => "終了したセッション",
-                    "max_sessions" => "セッション上限",
-                    "required" => "必須",
-                    "new_name" => "新しい名前",
-                    "networks" => "ネットワーク数",
-                    "reason" => "理由",
-                    "second_factor" => "2段階目",
-                    "from" => "開始日",
-                    "to" => "終了日",
-                    other => match session_field(lang, other) {
-                        "" => other,
-                        word => word,
-                    },
-                };
-                format!("{word}={value}")
-            }
+            Some((key, value)) => format!("{}={value}", detail_key_ja(key).unwrap_or(key)),
             None => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+        }
+    };
+    // Pairs are split at `&` and spaces outside double quotes (a quoted value may hold
+    // either); the separators stay as they were.
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut pair = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in text.chars() {
+        if quoted {
+            pair.push(c);
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => escaped = false,
+            }
+            continue;
+        }
+        match c {
+            '&' | ' ' => {
+                out.push_str(&word(&pair));
+                pair.clear();
+                out.push(c);
+            }
+            '"' => {
+                quoted = true;
+                pair.push(c);
+            }
+            c => pair.push(c),
+        }
+    }
+    out.push_str(&word(&pair));
+    out
 }
 
 /// A file's direction (`to_client`, `to_operator`) or result (`done`, `failed`, ...).
@@ -231,5 +277,15 @@ mod tests {
         );
         assert_eq!(detail(Lang::En, "client_ip=1"), "client_ip=1");
         assert_eq!(detail(Lang::Ja, "permissions=view,chat"), "権限=画面表示、チャット");
+        assert_eq!(
+            detail(Lang::Ja, "operator=&client_ip=&from=2026-01-01&to=2026-01-31&end_reason="),
+            "オペレーター=&クライアントのアドレス=&開始日=2026-01-01&終了日=2026-01-31&終了理由="
+        );
+        assert_eq!(detail(Lang::Ja, "date=2026-01-02"), "日付=2026-01-02");
+        assert_eq!(
+            detail(Lang::Ja, "role=operator serial=0a device=\"a b=c \\\" d\" not_after=5"),
+            "種類=operator シリアル番号=0a 端末=\"a b=c \\\" d\" 有効期限=5"
+        );
+        assert_eq!(audit_action(Lang::Ja, "operator_login"), "オペレーターのログイン");
     }
 }
