@@ -750,11 +750,15 @@ impl Browser {
 
     /// How many elements match `css`.
     async fn count(&self, css: &str) -> usize {
-        self.cmd("POST", "/elements", Some(json!({"using": "css selector", "value": css})))
-            .await
-            .as_array()
-            .map(Vec::len)
-            .unwrap_or(0)
+        self.cmd(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        )
+        .await
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0)
     }
 }
 
@@ -796,12 +800,20 @@ async fn an_admin_reads_the_dashboard_pages_the_history_and_fixes_a_refused_form
     let (relay, secret) = console_relay(|c| c.admin.time_zone = "Asia/Tokyo".into()).await;
     let now = tsunagu_relay::history::now_ms();
     let names = ["alice", "bob", "山田", "carol", "dave"];
-    // 90 sessions over the last four weeks: more on weekdays, of every length.
+    // 90 sessions spread over the last four weeks, of every length.
     for i in 0..90i64 {
-        let day = (i * 7) % 28;
+        let day = (i * 11) % 27;
         let lasted = [20_000, 240_000, 600_000, 1_500_000, 2_700_000, 5_000_000, 9_000_000][(i % 7) as usize];
         let name = names[(i % 11 % 5) as usize];
-        record_joined(&relay, &format!("s{i:03}"), name, now - day * 86_400_000 - i * 60_000, lasted, 150_000 * (i as u64 + 1)).await;
+        record_joined(
+            &relay,
+            &format!("s{i:03}"),
+            name,
+            now - day * 86_400_000 - i * 60_000,
+            lasted,
+            150_000 * (i as u64 + 1),
+        )
+        .await;
     }
     relay.relay.shared().history.flush().await;
 
@@ -820,8 +832,14 @@ async fn an_admin_reads_the_dashboard_pages_the_history_and_fixes_a_refused_form
         b.goto(&format!("{base}/lang?l={lang}")).await;
         b.click("#nav-dashboard").await;
         b.wait_url("/dashboard").await;
-        b.wait_text("h1", |t| t == if lang == "en" { "Dashboard" } else { "ダッシュボード" })
-            .await;
+        b.wait_text("h1", |t| {
+            t == if lang == "en" {
+                "Dashboard"
+            } else {
+                "ダッシュボード"
+            }
+        })
+        .await;
         assert_eq!(b.count("figure.chart svg").await, 4, "four charts");
         assert_eq!(b.count("#sessions-per-day-svg rect.bar").await, 30);
         assert_eq!(b.count("#sessions-per-operator-svg rect.bar").await, 5);
@@ -841,13 +859,23 @@ async fn an_admin_reads_the_dashboard_pages_the_history_and_fixes_a_refused_form
         assert_eq!(total, 90, "{table}");
         b.click("#session-durations-data summary").await;
         let durations = b.text("#session-durations-table").await;
-        let words = if lang == "en" { ["< 1 min", "≥ 2 h"] } else { ["1分未満", "2時間以上"] };
-        assert!(durations.contains(words[0]) && durations.contains(words[1]), "{durations}");
+        let words = if lang == "en" {
+            ["< 1 min", "≥ 2 h"]
+        } else {
+            ["1分未満", "2時間以上"]
+        };
+        assert!(
+            durations.contains(words[0]) && durations.contains(words[1]),
+            "{durations}"
+        );
         b.screenshot(&format!("dashboard-tables-{lang}")).await;
         if lang == "ja" {
             let shown = b.text("main").await;
             for english in ["Sessions", "Day", "Operator", "Bytes", "min", "table"] {
-                assert!(!shown.contains(english), "{english:?} on the Japanese dashboard: {shown}");
+                assert!(
+                    !shown.contains(english),
+                    "{english:?} on the Japanese dashboard: {shown}"
+                );
             }
         }
 
@@ -864,14 +892,24 @@ async fn an_admin_reads_the_dashboard_pages_the_history_and_fixes_a_refused_form
         b.wait_text("#history", |t| !t.is_empty()).await;
         assert_eq!(b.count("#history tr").await, 41, "the other 40");
         assert_eq!(b.count("#older").await, 0);
-        assert_eq!(b.count("#newer").await + b.count("#newer-below").await, 2, "above and below the table");
+        assert_eq!(
+            b.count("#newer").await + b.count("#newer-below").await,
+            2,
+            "above and below the table"
+        );
         b.screenshot(&format!("history-older-{lang}")).await;
 
         // A refused change: the reason beside the form, the typed value still there.
         b.goto(&format!("{base}/operators/alice")).await;
         b.type_into("#max-sessions", "lots").await;
         b.click("#save-limits").await;
-        b.wait_text("#error", |t| !t.is_empty()).await;
+        let error = b.wait_text("#error", |t| !t.is_empty()).await;
+        let expected = if lang == "en" {
+            "whole number"
+        } else {
+            "0〜10000 の整数"
+        };
+        assert!(error.contains(expected), "{error}");
         assert_eq!(b.property("#max-sessions", "value").await, "lots");
         b.screenshot(&format!("refused-limits-{lang}")).await;
 

@@ -1217,7 +1217,7 @@ fn table_rows(page: &str, id: &str) -> Vec<(String, String)> {
 
 /// Every `href="/history/ID"` of a page, in order.
 fn history_ids(page: &str) -> Vec<String> {
-    page.split("<td><a href=\"/history/")
+    page.split("<td class=\"t\"><a href=\"/history/")
         .skip(1)
         .map(|s| s.split('"').next().unwrap().to_string())
         .collect()
@@ -1297,10 +1297,8 @@ async fn the_console_shows_times_in_its_configured_zone_with_its_name() {
     let on_14th = web.get("/history?from=2023-11-14&to=2023-11-14").await.text();
     assert!(history_ids(&on_14th).is_empty(), "{on_14th}");
     // The API is read by programs: UTC days, times as numbers.
-    let api: serde_json::Value = serde_json::from_slice(
-        &web.get("/api/v1/history?from=2023-11-14&to=2023-11-14").await.body,
-    )
-    .unwrap();
+    let api: serde_json::Value =
+        serde_json::from_slice(&web.get("/api/v1/history?from=2023-11-14&to=2023-11-14").await.body).unwrap();
     assert_eq!(api[0]["id"], "s-tokyo");
     assert_eq!(api[0]["issued_at"], at);
 
@@ -1320,7 +1318,12 @@ async fn the_console_shows_times_in_its_configured_zone_with_its_name() {
     let token = web
         .post_form(
             "/tokens",
-            &[("csrf", &csrf), ("name", "nightly"), ("scope", "read"), ("expires_days", "3")],
+            &[
+                ("csrf", &csrf),
+                ("name", "nightly"),
+                ("scope", "read"),
+                ("expires_days", "3"),
+            ],
         )
         .await;
     assert_eq!(token.status, 200, "{}", token.text());
@@ -1333,7 +1336,10 @@ async fn the_console_shows_times_in_its_configured_zone_with_its_name() {
         .post_form("/login", &[("name", "ghost"), ("password", "Wrong-passw0rd")])
         .await
         .text();
-    assert!(locked.contains("locked here until 20") && locked.contains(" JST."), "{locked}");
+    assert!(
+        locked.contains("locked here until 20") && locked.contains(" JST."),
+        "{locked}"
+    );
     drop((op, client));
     relay.relay.shutdown().await;
 }
@@ -1391,10 +1397,21 @@ async fn refused_forms_keep_what_the_admin_typed() {
     let page = r.text();
     assert_eq!(r.status, 400, "{page}");
     assert!(page.contains("id=\"error\""), "{page}");
-    assert!(page.contains(&format!("id=\"new-name\" maxlength=\"64\" required value=\"{escaped}\"")), "{page}");
-    assert!(!page.contains("<i>x") && !page.contains("short1"), "escaped, no password: {page}");
+    assert!(
+        page.contains(&format!(
+            "id=\"new-name\" maxlength=\"64\" required value=\"{escaped}\""
+        )),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<i>x") && !page.contains("short1"),
+        "escaped, no password: {page}"
+    );
     assert!(page.contains("id=\"new-view\" checked") && page.contains("id=\"new-chat\" checked"));
-    assert!(!page.contains("id=\"new-control\" checked"), "unticked boxes stay unticked");
+    assert!(
+        !page.contains("id=\"new-control\" checked"),
+        "unticked boxes stay unticked"
+    );
     assert!(relay.relay.shared().store.operator(hostile).await.unwrap().is_none());
 
     for (action, fields, shown) in [
@@ -1404,9 +1421,21 @@ async fn refused_forms_keep_what_the_admin_typed() {
             vec![("rules", "allow 10.0.0.0/8\nallow nowhere")],
             "allow 10.0.0.0/8\nallow nowhere</textarea>",
         ),
-        ("rename", vec![("new_name", "a b")], "id=\"new-op-name\" maxlength=\"64\" value=\"a b\""),
-        ("cert-issue", vec![("device", "phone \u{1F3FB}")], "value=\"phone \u{1F3FB}\""),
-        ("permissions", vec![("perm", "view"), ("perm", "teleport")], "id=\"perm-view\" checked"),
+        (
+            "rename",
+            vec![("new_name", "a b")],
+            "id=\"new-op-name\" maxlength=\"64\" value=\"a b\"",
+        ),
+        (
+            "cert-issue",
+            vec![("device", "phone \u{1F3FB}")],
+            "value=\"phone \u{1F3FB}\"",
+        ),
+        (
+            "permissions",
+            vec![("perm", "view"), ("perm", "teleport")],
+            "id=\"perm-view\" checked",
+        ),
     ] {
         let mut form = vec![("csrf", csrf.as_str())];
         form.extend(fields.iter().copied());
@@ -1417,10 +1446,16 @@ async fn refused_forms_keep_what_the_admin_typed() {
         assert!(page.contains(shown), "{action} keeps {shown:?}: {page}");
         let error_at = page.find("id=\"error\"").unwrap();
         let form_at = page.find(&format!("action=\"/operators/alice/{action}\"")).unwrap();
-        assert!(error_at < form_at && form_at - error_at < 400, "{action}: the error is beside its form");
+        assert!(
+            error_at < form_at && form_at - error_at < 400,
+            "{action}: the error is beside its form"
+        );
     }
     let r = web
-        .post_form("/operators/alice/password", &[("csrf", &csrf), ("password", "weak-one")])
+        .post_form(
+            "/operators/alice/password",
+            &[("csrf", &csrf), ("password", "weak-one")],
+        )
         .await;
     assert_eq!(r.status, 400);
     assert!(r.text().contains("id=\"error\"") && !r.text().contains("weak-one"));
@@ -1430,13 +1465,24 @@ async fn refused_forms_keep_what_the_admin_typed() {
     let r = web
         .post_form(
             "/tokens",
-            &[("csrf", &csrf), ("name", "bad name!"), ("scope", "write"), ("expires_days", "5")],
+            &[
+                ("csrf", &csrf),
+                ("name", "bad name!"),
+                ("scope", "write"),
+                ("expires_days", "5"),
+            ],
         )
         .await;
     let page = r.text();
     assert_eq!(r.status, 400, "{page}");
-    assert!(page.contains("id=\"error\"") && page.contains("value=\"bad name!\""), "{page}");
-    assert!(page.contains("id=\"scope-write\" checked") && page.contains("value=\"5\""), "{page}");
+    assert!(
+        page.contains("id=\"error\"") && page.contains("value=\"bad name!\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"scope-write\" checked") && page.contains("value=\"5\""),
+        "{page}"
+    );
 
     // Filters: a bad day is refused with the filter as typed.
     let r = web.get("/history?operator=bob&from=yesterday&to=").await;
@@ -1447,7 +1493,10 @@ async fn refused_forms_keep_what_the_admin_typed() {
     let r = web.get("/audit?actor=admin%3Aroot&from=&to=31%2F12%2F2026").await;
     let page = r.text();
     assert_eq!(r.status, 400);
-    assert!(page.contains("value=\"admin:root\"") && page.contains("value=\"31/12/2026\""), "{page}");
+    assert!(
+        page.contains("value=\"admin:root\"") && page.contains("value=\"31/12/2026\""),
+        "{page}"
+    );
     relay.relay.shutdown().await;
 }
 
@@ -1461,7 +1510,14 @@ async fn history_and_audit_pages_show_every_row_once() {
     for i in 0..130i64 {
         // Two sessions share each time: the key's id breaks the tie.
         let operator = if i % 13 == 0 { "bob" } else { "alice" };
-        record_issued(&relay, &format!("s{i:03}"), operator, "10.9.9.9:4000", t0 + (i / 2) * 1000).await;
+        record_issued(
+            &relay,
+            &format!("s{i:03}"),
+            operator,
+            "10.9.9.9:4000",
+            t0 + (i / 2) * 1000,
+        )
+        .await;
     }
     relay.relay.shared().history.flush().await;
     let (mut web, csrf) = Http::admin(&relay, &secret).await;
@@ -1481,7 +1537,10 @@ async fn history_and_audit_pages_show_every_row_once() {
     assert_eq!(seen.len(), alice.len(), "{seen:?}");
     let mut sorted = seen.clone();
     sorted.sort();
-    assert_eq!(sorted, alice, "every one of alice's sessions exactly once, no one else's");
+    assert_eq!(
+        sorted, alice,
+        "every one of alice's sessions exactly once, no one else's"
+    );
     assert_eq!(seen[0], "s129", "newest first");
     // Back up with Newer: the same pages, in reverse.
     let last = web.get(&pages.last().unwrap().0).await.text();
@@ -1578,7 +1637,10 @@ async fn the_dashboard_charts_the_last_thirty_days() {
         "{csp}"
     );
     let page = r.text();
-    assert!(!page.contains("style=") && !page.contains("<script"), "nothing the CSP refuses");
+    assert!(
+        !page.contains("style=") && !page.contains("<script"),
+        "nothing the CSP refuses"
+    );
     assert_eq!(page.matches("<svg").count(), 4);
     for title in [
         "Sessions per day",
@@ -1592,10 +1654,17 @@ async fn the_dashboard_charts_the_last_thirty_days() {
     assert_eq!(per_day.len(), 30);
     let mut counts: Vec<&str> = per_day.iter().map(|(_, n)| n.as_str()).filter(|n| *n != "0").collect();
     counts.sort();
-    assert_eq!(counts, ["2", "3"], "three sessions three days ago, two today; none from 40 days ago");
+    assert_eq!(
+        counts,
+        ["2", "3"],
+        "three sessions three days ago, two today; none from 40 days ago"
+    );
     assert_eq!(
         table_rows(&page, "sessions-per-operator-table"),
-        [("alice".to_string(), "3".to_string()), ("bob".to_string(), "2".to_string())]
+        [
+            ("alice".to_string(), "3".to_string()),
+            ("bob".to_string(), "2".to_string())
+        ]
     );
     let durations = table_rows(&page, "session-durations-table");
     let shown: Vec<(&str, &str)> = durations.iter().map(|(l, n)| (l.as_str(), n.as_str())).collect();
@@ -1618,12 +1687,28 @@ async fn the_dashboard_charts_the_last_thirty_days() {
         .filter(|b| b != "0 B")
         .collect();
     moved.sort();
-    assert_eq!(moved, ["1.50 MB", "4.50 MB"], "1.5 MB per joined session, the unused code none");
-    assert!(page.contains("Day (UTC)") && page.contains(">Sessions</text>"), "axis labels");
+    assert_eq!(
+        moved,
+        ["1.50 MB", "4.50 MB"],
+        "1.5 MB per joined session, the unused code none"
+    );
+    assert!(
+        page.contains("Day (UTC)") && page.contains(">Sessions</text>"),
+        "axis labels"
+    );
 
     let cookie = format!("{}; __Host-tsunagu_lang=ja", web.cookie.clone().unwrap());
-    let ja = web.request("GET", "/dashboard", &[("Cookie", &cookie)], b"").await.text();
-    for word in ["1日あたりのセッション数", "オペレーター別のセッション数", "セッションの長さ", "1分未満", "2時間以上"] {
+    let ja = web
+        .request("GET", "/dashboard", &[("Cookie", &cookie)], b"")
+        .await
+        .text();
+    for word in [
+        "1日あたりのセッション数",
+        "オペレーター別のセッション数",
+        "セッションの長さ",
+        "1分未満",
+        "2時間以上",
+    ] {
         assert!(ja.contains(word), "{word}");
     }
     assert!(!ja.contains("Sessions per day") && !ja.contains("&lt; 1 min"));

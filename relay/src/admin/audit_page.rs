@@ -127,7 +127,7 @@ pub(super) async fn audit_page(
         .iter()
         .map(|a| {
             format!(
-                "<tr><td class=\"seq\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td class=\"seq\">{}</td><td class=\"t\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 a.seq,
                 html::time(&ctx.zone, Some(a.at)),
                 esc(&a.actor),

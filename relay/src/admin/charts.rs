@@ -91,7 +91,7 @@ fn scale(value: i64, len: i64, top: i64) -> i64 {
 
 /// Whether the bar at `i` of `n` gets its label drawn.
 fn labelled(i: usize, n: usize, every: usize) -> bool {
-    (n - 1 - i) % every.max(1) == 0
+    (n - 1 - i).is_multiple_of(every.max(1))
 }
 
 /// A name cut to fit beside a bar.
@@ -219,7 +219,13 @@ pub fn rows(c: &Chart) -> String {
 pub fn table(id: &str, summary: &str, heads: [&str; 2], bars: &[Bar]) -> String {
     let rows: String = bars
         .iter()
-        .map(|b| format!("<tr><td>{}</td><td class=\"n\">{}</td></tr>", esc(&b.label), esc(&b.shown)))
+        .map(|b| {
+            format!(
+                "<tr><td>{}</td><td class=\"n\">{}</td></tr>",
+                esc(&b.label),
+                esc(&b.shown)
+            )
+        })
         .collect();
     format!(
         "<details class=\"data\" id=\"{id}-data\"><summary>{}</summary><table class=\"chart-data\" id=\"{id}-table\"><tr><th>{}</th><th>{}</th></tr>{rows}</table></details>",

@@ -29,8 +29,24 @@ const DURATION_EDGES: [i64; 6] = [60_000, 300_000, 900_000, 1_800_000, 3_600_000
 /// The duration buckets' names, in the order of [`DURATION_EDGES`] plus the open end.
 fn duration_labels(lang: Lang) -> [&'static str; 7] {
     match lang {
-        Lang::En => ["< 1 min", "1–5 min", "5–15 min", "15–30 min", "30–60 min", "1–2 h", "≥ 2 h"],
-        Lang::Ja => ["1分未満", "1〜5分", "5〜15分", "15〜30分", "30〜60分", "1〜2時間", "2時間以上"],
+        Lang::En => [
+            "< 1 min",
+            "1–5 min",
+            "5–15 min",
+            "15–30 min",
+            "30–60 min",
+            "1–2 h",
+            "≥ 2 h",
+        ],
+        Lang::Ja => [
+            "1分未満",
+            "1〜5分",
+            "5〜15分",
+            "15〜30分",
+            "30〜60分",
+            "1〜2時間",
+            "2時間以上",
+        ],
     }
 }
 
@@ -144,22 +160,23 @@ pub(super) async fn dashboard_page(State(console): State<Console>, Extension(ctx
         ),
         Lang::Ja => (
             format!("30日間で {all_sessions} セッション"),
-            format!(
-                "お客様が参加し終了した {} セッション",
-                durations.iter().sum::<i64>()
-            ),
+            format!("お客様が参加し終了した {} セッション", durations.iter().sum::<i64>()),
         ),
     };
     let moved = match lang {
         Lang::En => format!("{} moved in 30 days", bytes(all_bytes)),
         Lang::Ja => format!("30日間の転送量 {}", bytes(all_bytes)),
     };
-    let zone_note = format!(
-        "{} {} ({})",
-        t(lang, Text::Sessions30),
-        html::zone_name(zone),
-        jiff::Timestamp::now().to_zoned(zone.clone()).strftime("%Z")
-    );
+    let abbreviation = jiff::Timestamp::now().to_zoned(zone.clone()).strftime("%Z").to_string();
+    let zone_note = if abbreviation == html::zone_name(zone) {
+        format!("{} {abbreviation}", t(lang, Text::Sessions30))
+    } else {
+        format!(
+            "{} {} ({abbreviation})",
+            t(lang, Text::Sessions30),
+            html::zone_name(zone)
+        )
+    };
     let day_axis = format!("{} ({})", t(lang, Text::AxisDay), html::zone_name(zone));
 
     let f1 = figure(

@@ -53,7 +53,12 @@ pub(super) fn day_bounds(zone: &TimeZone, date: &str) -> Result<(i64, i64), OpEr
 
 /// A date filter field (`from` or `to`) that does not read as a day, in the page's words.
 pub(super) fn bad_date(lang: Lang, label: Text, value: &str) -> String {
-    format!("{}: \u{201c}{}\u{201d} {}", t(lang, label), value.trim(), t(lang, Text::BadDate))
+    format!(
+        "{}: \u{201c}{}\u{201d} {}",
+        t(lang, label),
+        value.trim(),
+        t(lang, Text::BadDate)
+    )
 }
 
 /// The optional `from` / `to` days of a filter as a `[from, to)` range of Unix ms (the "to"
@@ -303,7 +308,7 @@ pub(super) async fn history_page(
         .iter()
         .map(|r| {
             format!(
-                "<tr><td><a href=\"/history/{}\">{}</a></td><td class=\"operator\">{}</td><td class=\"client-host\">{}</td><td class=\"client-ip\">{}</td><td>{}</td><td class=\"end-reason\">{}</td><td>{}</td><td>{} / {}</td></tr>",
+                "<tr><td class=\"t\"><a href=\"/history/{}\">{}</a></td><td class=\"operator\">{}</td><td class=\"client-host\">{}</td><td class=\"client-ip\">{}</td><td class=\"t\">{}</td><td class=\"end-reason\">{}</td><td>{}</td><td class=\"t\">{} / {}</td></tr>",
                 url(&r.id),
                 html::time(&ctx.zone, Some(r.issued_at)),
                 esc(&r.operator),
@@ -413,7 +418,7 @@ pub(super) async fn session_page(
         .iter()
         .map(|f| {
             format!(
-                "<tr><td class=\"file-name\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td class=\"file-name\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"t\">{}</td></tr>",
                 esc(&f.name),
                 html::bytes(f.size.max(0) as u64),
                 esc(&words::file_word(lang, &f.direction)),
@@ -458,7 +463,10 @@ mod tests {
         );
         let tokyo = TimeZone::get("Asia/Tokyo").unwrap();
         // 2023-11-14 00:00 JST is 2023-11-13 15:00 UTC.
-        assert_eq!(day_bounds(&tokyo, "2023-11-14").unwrap().0, 1_699_920_000_000 - 9 * 3_600_000);
+        assert_eq!(
+            day_bounds(&tokyo, "2023-11-14").unwrap().0,
+            1_699_920_000_000 - 9 * 3_600_000
+        );
         // A day when the clocks go forward has 23 hours.
         let berlin = TimeZone::get("Europe/Berlin").unwrap();
         let (start, next) = day_bounds(&berlin, "2026-03-29").unwrap();

@@ -521,8 +521,16 @@ pub fn dates_in_zone(lang: Lang, zone: &TimeZone) -> String {
 
 /// A refusal shown beside the form it came from.
 pub fn form_error(message: &str) -> String {
+    form_error_with(message, None)
+}
+
+/// [`form_error`] with the relay's own reason as a detail after it.
+pub fn form_error_with(message: &str, detail: Option<&str>) -> String {
+    let detail = detail
+        .map(|d| format!(" <span class=\"hint\" id=\"error-detail\">({})</span>", esc(d)))
+        .unwrap_or_default();
     format!(
-        "<p class=\"error\" id=\"error\" role=\"alert\">{}</p>",
+        "<p class=\"error\" id=\"error\" role=\"alert\">{}{detail}</p>",
         esc(message)
     )
 }
@@ -579,7 +587,7 @@ form.inline{display:inline}.error{color:#a00;font-weight:bold}.ok{color:#070}fie
 textarea{width:30em;height:6em}code.secret{font-size:1.2em}\
 .notice{background:#e8f5e9;border:1px solid #66bb6a;padding:.5em 1em}.confirm{background:#fff8e1;border:1px solid #ffb300;padding:.5em 1em}\
 button.danger{background:#c62828;color:#fff;border:1px solid #8e0000;padding:.3em 1em}.bytes{text-align:right}\
-.hint{color:#555;font-size:.9em;margin-left:.5em}.pager{margin:.5em 0}.pager a{margin-right:1.5em}\
+td.t{white-space:nowrap}.hint{color:#555;font-size:.9em;margin-left:.5em}.pager{margin:.5em 0}.pager a{margin-right:1.5em}\
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:1em 2em}\
 figure.chart{margin:0;border:1px solid #ddd;padding:.5em 1em}figure.chart h2{font-size:1.1em;margin:.2em 0 .5em}\
 figure.chart svg{display:block;max-width:100%;height:auto}\

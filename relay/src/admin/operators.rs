@@ -40,24 +40,29 @@ pub(super) struct Done {
 pub(super) struct Refused {
     status: StatusCode,
     action: String,
-    message: String,
+    /// The refusal as shown (markup).
+    error: String,
     fields: Vec<(String, String)>,
 }
 
 impl Refused {
-    fn new(action: &str, e: &OpError, fields: Vec<(String, String)>) -> Self {
+    fn new(lang: html::Lang, action: &str, e: &OpError, fields: Vec<(String, String)>) -> Self {
+        let (message, detail) = super::words::refusal(lang, action, e);
         Self {
             status: op_status(e),
             action: action.to_string(),
-            message: e.to_string(),
-            fields: fields.into_iter().filter(|(k, _)| k != "password" && k != "csrf").collect(),
+            error: html::form_error_with(&message, detail.as_deref()),
+            fields: fields
+                .into_iter()
+                .filter(|(k, _)| k != "password" && k != "csrf")
+                .collect(),
         }
     }
 
     /// The error, when it came from the form posting to `action`.
     fn error_for(&self, action: &str) -> String {
         if self.action == action {
-            html::form_error(&self.message)
+            self.error.clone()
         } else {
             String::new()
         }
@@ -177,7 +182,7 @@ pub(super) async fn create_operator(
     };
     match result {
         Ok(()) => see_other(&format!("/operators/{}?done=create", url(&name))),
-        Err(e) => operators_view(&console, &ctx, None, Some(Refused::new("create", &e, fields))).await,
+        Err(e) => operators_view(&console, &ctx, None, Some(Refused::new(ctx.lang, "create", &e, fields))).await,
     }
 }
 
@@ -207,7 +212,7 @@ async fn operator_view(
     let nothing = Refused {
         status: StatusCode::OK,
         action: String::new(),
-        message: String::new(),
+        error: String::new(),
         fields: Vec::new(),
     };
     let r = refused.as_ref().unwrap_or(&nothing);
@@ -227,7 +232,7 @@ async fn operator_view(
     // An action with no form of its own (suspend, TOTP, revoke, ...) says why at the top.
     let with_form = ["permissions", "limits", "ip-rules", "password", "rename", "cert-issue"];
     let top_error = if refused.is_some() && !with_form.contains(&r.action.as_str()) {
-        html::form_error(&r.message)
+        r.error.clone()
     } else {
         String::new()
     };
@@ -376,7 +381,16 @@ pub(super) async fn operator_action(
         Ok(to) => see_other(&to.unwrap_or_else(|| format!("{back}?done={}", url(&action)))),
         // The operator's page again, the refusal beside the form, what was typed still in it.
         Err(e) => match console.shared.store.operator(&name).await {
-            Ok(Some(o)) => operator_view(&console, &ctx, o, None, Some(Refused::new(&action, &e, fields))).await,
+            Ok(Some(o)) => {
+                operator_view(
+                    &console,
+                    &ctx,
+                    o,
+                    None,
+                    Some(Refused::new(ctx.lang, &action, &e, fields)),
+                )
+                .await
+            }
             _ => op_error(&ctx, &e),
         },
     }
@@ -441,7 +455,7 @@ fn cert_section(
                 String::new()
             };
             format!(
-                "<tr class=\"cert\"><td>{}</td><td><code>{}</code></td><td class=\"cert-state\">{}</td><td>{}</td><td>{revoke}</td></tr>",
+                "<tr class=\"cert\"><td>{}</td><td><code>{}</code></td><td class=\"cert-state\">{}</td><td class=\"t\">{}</td><td>{revoke}</td></tr>",
                 esc(&c.device),
                 esc(&c.serial),
                 t(lang, state),

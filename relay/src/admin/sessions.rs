@@ -125,7 +125,7 @@ pub(super) async fn sessions_page(
                 _ => String::new(),
             };
             format!(
-                "<tr>{node}<td>{}</td><td class=\"client-host\">{}</td><td>{}</td><td>{}</td><td class=\"state\">{}</td><td>{}</td><td class=\"bytes\">{} / {}</td><td><form method=\"post\" action=\"/sessions/{}/end\" class=\"inline\">{}<button class=\"end\">{}</button></form></td></tr>",
+                "<tr>{node}<td>{}</td><td class=\"client-host\">{}</td><td>{}</td><td class=\"t\">{}</td><td class=\"state\">{}</td><td>{}</td><td class=\"bytes\">{} / {}</td><td><form method=\"post\" action=\"/sessions/{}/end\" class=\"inline\">{}<button class=\"end\">{}</button></form></td></tr>",
                 esc(&r.operator),
                 esc(r.client_host.as_deref().unwrap_or("")),
                 esc(r.client_ip.as_deref().unwrap_or("")),

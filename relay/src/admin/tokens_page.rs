@@ -21,7 +21,8 @@ pub(super) async fn tokens_page(State(console): State<Console>, Extension(ctx): 
 /// A refused token creation: the status, why, and the fields as the admin sent them.
 struct Refused {
     status: StatusCode,
-    message: String,
+    /// The refusal as shown (markup).
+    error: String,
     fields: Vec<(String, String)>,
 }
 
@@ -60,7 +61,7 @@ async fn tokens_view(console: &Console, ctx: &Ctx, refused: Option<Refused>) -> 
             };
             format!(
                 "<tr class=\"token\"><td>{}</td><td><code>{}</code></td><td class=\"token-scope\">{}</td><td class=\"token-state\">{}</td>\
-                 <td>{}</td><td>{}</td><td>{}</td><td>{expires}</td><td>{revoke}</td></tr>",
+                 <td>{}</td><td class=\"t\">{}</td><td class=\"t\">{}</td><td class=\"t\">{expires}</td><td>{revoke}</td></tr>",
                 esc(&tok.name),
                 esc(&tok.id),
                 t(lang, scope_text(tok.scope)),
@@ -90,10 +91,7 @@ async fn tokens_view(console: &Console, ctx: &Ctx, refused: Option<Refused>) -> 
             &rows,
         )
     };
-    let error = refused
-        .as_ref()
-        .map(|r| html::form_error(&r.message))
-        .unwrap_or_default();
+    let error = refused.as_ref().map(|r| r.error.clone()).unwrap_or_default();
     let body = format!(
         "<p>{}</p>{table}<h2>{}</h2>{error}<form method=\"post\" action=\"/tokens\" id=\"create-token\">{csrf}\
          <p><label>{} <input name=\"name\" id=\"token-name\" maxlength=\"64\" pattern=\"[A-Za-z0-9._@\\-]{{1,64}}\" required value=\"{}\"></label></p>\
@@ -157,9 +155,10 @@ pub(super) async fn create_token(
     match outcome {
         Ok(created) => created_page(&ctx, &created),
         Err(e) => {
+            let (message, detail) = super::words::refusal(ctx.lang, "token", &e);
             let refused = Refused {
                 status: op_status(&e),
-                message: e.to_string(),
+                error: html::form_error_with(&message, detail.as_deref()),
                 fields: fields.into_iter().filter(|(k, _)| k != "csrf").collect(),
             };
             tokens_view(&console, &ctx, Some(refused)).await

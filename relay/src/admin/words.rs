@@ -241,6 +241,36 @@ pub fn detail(lang: Lang, text: &str) -> String {
     out
 }
 
+/// Why a console form was refused, in the page's words: on an English page the reason as
+/// the relay states it; on a Japanese page what the form expects, in Japanese, with the
+/// relay's own reason (English, as the API and CLI give it) as the detail. `action` names
+/// the form (`create`, `limits`, `token`, ...).
+pub fn refusal(lang: Lang, action: &str, e: &super::ops::OpError) -> (String, Option<String>) {
+    use super::ops::OpError;
+    if lang == Lang::En {
+        return (e.to_string(), None);
+    }
+    let lead = match e {
+        OpError::Internal => return ("変更を保存できませんでした。しばらくしてからもう一度お試しください。".into(), None),
+        OpError::Busy => return ("リレーが混み合っています。しばらくしてから再度お試しください。".into(), None),
+        OpError::NotFound(_) => "対象が見つかりません。",
+        OpError::Conflict(_) => "この変更はできません。",
+        OpError::Invalid(_) => match action {
+            "create" => "オペレーターを作成できませんでした。名前は英数字と . _ - @ の1〜64文字、パスワードは8〜64文字で、英大文字・英小文字・数字・記号のうち3種類以上を使ってください。",
+            "password" => "パスワードは8〜64文字で、英大文字・英小文字・数字・記号のうち3種類以上を使ってください。",
+            "limits" => "同時セッション上限は 0〜10000 の整数で入力してください（0 = 無制限）。",
+            "ip-rules" => "IPルールを確認してください。1行に1つ、allow CIDR または deny CIDR の形で書きます。",
+            "rename" => "名前は英数字と . _ - @ の1〜64文字です。",
+            "cert-issue" => "端末名は1〜64文字です。前後の空白、改行、特殊な文字は使えません。",
+            "cert-revoke" => "シリアル番号は1〜40桁の16進数です。",
+            "permissions" => "権限は 画面表示・操作・ファイル・チャット から選んでください。",
+            "token" => "トークンを作成できませんでした。名前は英数字と . _ - @ の1〜64文字、有効期間は日数（空欄なら無期限）です。",
+            _ => "入力内容を確認してください。",
+        },
+    };
+    (lead.to_string(), Some(e.to_string()))
+}
+
 /// A file's direction (`to_client`, `to_operator`) or result (`done`, `failed`, ...).
 pub fn file_word(lang: Lang, key: &str) -> String {
     pick(
@@ -278,7 +308,10 @@ mod tests {
         assert_eq!(detail(Lang::En, "client_ip=1"), "client_ip=1");
         assert_eq!(detail(Lang::Ja, "permissions=view,chat"), "権限=画面表示、チャット");
         assert_eq!(
-            detail(Lang::Ja, "operator=&client_ip=&from=2026-01-01&to=2026-01-31&end_reason="),
+            detail(
+                Lang::Ja,
+                "operator=&client_ip=&from=2026-01-01&to=2026-01-31&end_reason="
+            ),
             "オペレーター=&クライアントのアドレス=&開始日=2026-01-01&終了日=2026-01-31&終了理由="
         );
         assert_eq!(detail(Lang::Ja, "date=2026-01-02"), "日付=2026-01-02");
@@ -287,5 +320,12 @@ mod tests {
             "種類=operator シリアル番号=0a 端末=\"a b=c \\\" d\" 有効期限=5"
         );
         assert_eq!(audit_action(Lang::Ja, "operator_login"), "オペレーターのログイン");
+        let weak = super::super::ops::OpError::Invalid("the password is too short".into());
+        assert_eq!(
+            refusal(Lang::En, "password", &weak),
+            ("the password is too short".into(), None)
+        );
+        let (lead, detail) = refusal(Lang::Ja, "password", &weak);
+        assert!(lead.starts_with("パスワードは") && detail.as_deref() == Some("the password is too short"));
     }
 }

@@ -330,7 +330,11 @@ mod tests {
             let row = AuditRow {
                 seq,
                 at: 1_700_000_000_000 + seq,
-                actor: if seq % 2 == 0 { "admin:root".into() } else { "admin:other".into() },
+                actor: if seq % 2 == 0 {
+                    "admin:root".into()
+                } else {
+                    "admin:other".into()
+                },
                 action: "operator_created".into(),
                 target: format!("op{seq}"),
                 ip: "10.0.0.1".into(),
