@@ -192,6 +192,29 @@ fn detail_key_ja(key: &str) -> Option<&'static str> {
     })
 }
 
+/// The Japanese word for a value in an audit entry's detail (`scope=read`,
+/// `reason=password`, `required=true`); `None` to show it as recorded.
+fn detail_value_ja(key: &str, value: &str) -> Option<&'static str> {
+    Some(match (key, value) {
+        ("scope", "read") => "読み取りのみ",
+        ("scope", "write") => "読み書き",
+        ("role", "operator") => "オペレーター",
+        ("role", "admin") => "管理者",
+        ("role", "client") => "クライアント",
+        ("required", "true") => "はい",
+        ("required", "false") => "いいえ",
+        ("reason" | "second_factor", "password") => "パスワード",
+        ("reason" | "second_factor", "totp") => "TOTPコード",
+        ("reason" | "second_factor", "totp_enrolment") => "TOTPの登録",
+        ("reason" | "second_factor", "recovery_code") => "リカバリーコード",
+        ("reason", "certificate") => "証明書",
+        ("reason", "locked") => "ロック中",
+        ("reason", "unavailable") => "利用不可",
+        ("expires", "never") => "無期限",
+        _ => return None,
+    })
+}
+
 /// An audit entry's detail (`permissions=view,chat`, `operator=bob&client_ip=10.0.0.7`,
 /// `role=operator serial=… device="…"`) with its field names and permissions in words on a
 /// Japanese page; other values, and everything inside quotes, stay as recorded.
@@ -205,7 +228,15 @@ pub fn detail(lang: Lang, text: &str) -> String {
                 let name = detail_key_ja(key).unwrap_or(key);
                 format!("{name}={}", permissions(lang, value))
             }
-            Some((key, value)) => format!("{}={value}", detail_key_ja(key).unwrap_or(key)),
+            Some((key, value)) => {
+                // `reason=locked;` and the like: the word without its punctuation.
+                let bare = value.trim_end_matches([';', ',']);
+                let shown = match detail_value_ja(key, bare) {
+                    Some(word) => format!("{word}{}", &value[bare.len()..]),
+                    None => value.to_string(),
+                };
+                format!("{}={shown}", detail_key_ja(key).unwrap_or(key))
+            }
             None => pair.to_string(),
         }
     };
@@ -317,9 +348,18 @@ mod tests {
         assert_eq!(detail(Lang::Ja, "date=2026-01-02"), "日付=2026-01-02");
         assert_eq!(
             detail(Lang::Ja, "role=operator serial=0a device=\"a b=c \\\" d\" not_after=5"),
-            "種類=operator シリアル番号=0a 端末=\"a b=c \\\" d\" 有効期限=5"
+            "種類=オペレーター シリアル番号=0a 端末=\"a b=c \\\" d\" 有効期限=5"
         );
         assert_eq!(audit_action(Lang::Ja, "operator_login"), "オペレーターのログイン");
+        assert_eq!(
+            detail(Lang::Ja, "reason=locked; tokens locked from 10.0.0.0/24"),
+            "理由=ロック中; tokens locked from 10.0.0.0/24"
+        );
+        assert_eq!(
+            detail(Lang::Ja, "name=nightly scope=read expires=never"),
+            "名前=nightly 権限=読み取りのみ 有効期限=無期限"
+        );
+        assert_eq!(detail(Lang::Ja, "second_factor=totp"), "2段階目=TOTPコード");
         let weak = super::super::ops::OpError::Invalid("the password is too short".into());
         assert_eq!(
             refusal(Lang::En, "password", &weak),
