@@ -797,7 +797,11 @@ async fn record_joined(relay: &support::TestRelay, id: &str, operator: &str, at_
 #[tokio::test]
 async fn an_admin_reads_the_dashboard_pages_the_history_and_fixes_a_refused_form_in_chromium() {
     let Some(driver) = start_driver().await else { return };
-    let (relay, secret) = console_relay(|c| c.admin.time_zone = "Asia/Tokyo".into()).await;
+    let (relay, secret) = console_relay(|c| {
+        c.admin.time_zone = "Asia/Tokyo".into();
+        c.admin.lockout_after = 1;
+    })
+    .await;
     let now = tsunagu_relay::history::now_ms();
     let names = ["alice", "bob", "山田", "carol", "dave"];
     // 90 sessions spread over the last four weeks, of every length.
@@ -819,105 +823,164 @@ async fn an_admin_reads_the_dashboard_pages_the_history_and_fixes_a_refused_form
 
     let profile = tempfile::tempdir().unwrap();
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("admin-browser-dashboard");
+    // This run's screenshots only.
+    let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
     let mut b = browser_on(&driver, profile.path(), &shots, 1500, json!({})).await;
     let base = format!("https://127.0.0.1:{}", relay.relay.admin_addr().unwrap().port());
+    // Someone failing with a name that is no account: locked until a time in JST.
+    for lang in ["en", "ja"] {
+        b.goto(&format!("{base}/lang?l={lang}")).await;
+        b.goto(&format!("{base}/login")).await;
+        b.type_into("#name", "ghost").await;
+        b.type_into("#password", "Wrong-passw0rd").await;
+        b.click("#submit").await;
+        let error = b.wait_text("#error", |t| t.contains("JST")).await;
+        let word = if lang == "en" {
+            "locked here until 20"
+        } else {
+            "までロックされています"
+        };
+        assert!(error.contains(word), "{error}");
+        b.screenshot(&format!("locked-{lang}")).await;
+    }
     assert!(password_step(&b, &base).await.ends_with("/login/totp"));
     let code = tsunagu_relay::totp::code_at(&secret, tsunagu_relay::totp::now_secs()).unwrap();
     b.type_into("#code", &code).await;
     b.click("#verify").await;
     b.wait_url("/operators").await;
+    // A live session for the live sessions page.
+    let (op, client) = Box::pin(support::paired(&relay, &["view"])).await;
 
     for lang in ["en", "ja"] {
-        b.goto(&format!("{base}/lang?l={lang}")).await;
-        b.click("#nav-dashboard").await;
-        b.wait_url("/dashboard").await;
-        b.wait_text("h1", |t| {
-            t == if lang == "en" {
-                "Dashboard"
-            } else {
-                "ダッシュボード"
-            }
-        })
-        .await;
-        assert_eq!(b.count("figure.chart svg").await, 4, "four charts");
-        assert_eq!(b.count("#sessions-per-day-svg rect.bar").await, 30);
-        assert_eq!(b.count("#sessions-per-operator-svg rect.bar").await, 5);
-        let zone = b.text("#dashboard-zone").await;
-        assert!(zone.contains("Asia/Tokyo") && zone.contains("JST"), "{zone}");
-        b.screenshot(&format!("dashboard-{lang}")).await;
-        // The numbers behind a chart, as a table.
-        b.click("#sessions-per-operator-data summary").await;
-        let table = b
-            .wait_text("#sessions-per-operator-table", |t| t.contains("山田"))
-            .await;
-        let total: i64 = table
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().last()?.parse::<i64>().ok())
-            .sum();
-        assert_eq!(total, 90, "{table}");
-        b.click("#session-durations-data summary").await;
-        let durations = b.text("#session-durations-table").await;
-        let words = if lang == "en" {
-            ["< 1 min", "≥ 2 h"]
-        } else {
-            ["1分未満", "2時間以上"]
-        };
-        assert!(
-            durations.contains(words[0]) && durations.contains(words[1]),
-            "{durations}"
-        );
-        b.screenshot(&format!("dashboard-tables-{lang}")).await;
-        if lang == "ja" {
-            let shown = b.text("main").await;
-            for english in ["Sessions", "Day", "Operator", "Bytes", "min", "table"] {
-                assert!(
-                    !shown.contains(english),
-                    "{english:?} on the Japanese dashboard: {shown}"
-                );
-            }
-        }
-
-        // The history: 50 a page, Older keeps going, times in JST.
-        b.goto(&format!("{base}/history")).await;
-        assert_eq!(b.count("#history tr").await, 51, "a header and 50 rows");
-        assert!(b.text("#history").await.contains(" JST"));
-        b.click("#older").await;
-        let deadline = tokio::time::Instant::now() + support::WAIT;
-        while !b.url().await.contains("before=") {
-            assert!(tokio::time::Instant::now() < deadline, "the Older link loads");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        b.wait_text("#history", |t| !t.is_empty()).await;
-        assert_eq!(b.count("#history tr").await, 41, "the other 40");
-        assert_eq!(b.count("#older").await, 0);
-        assert_eq!(
-            b.count("#newer").await + b.count("#newer-below").await,
-            2,
-            "above and below the table"
-        );
-        b.screenshot(&format!("history-older-{lang}")).await;
-
-        // A refused change: the reason beside the form, the typed value still there.
-        b.goto(&format!("{base}/operators/alice")).await;
-        b.type_into("#max-sessions", "lots").await;
-        b.click("#save-limits").await;
-        let error = b.wait_text("#error", |t| !t.is_empty()).await;
-        let expected = if lang == "en" {
-            "whole number"
-        } else {
-            "0〜10000 の整数"
-        };
-        assert!(error.contains(expected), "{error}");
-        assert_eq!(b.property("#max-sessions", "value").await, "lots");
-        b.screenshot(&format!("refused-limits-{lang}")).await;
-
-        b.goto(&format!("{base}/audit?actor=admin%3Aroot&from=&to=")).await;
-        assert!(b.text("#audit").await.contains(" JST"));
-        b.screenshot(&format!("audit-filtered-{lang}")).await;
+        Box::pin(walk_in(&mut b, &base, lang)).await;
     }
+    drop((op, client));
     http(driver.port, "DELETE", &format!("/session/{}", b.session), None).await;
     drop(driver);
     relay.relay.shutdown().await;
+}
+
+/// One language's walk of the dashboard, the history's pages, refused forms, live sessions
+/// and the filtered audit trail, with a screenshot of each (boxed by the caller: the test's
+/// future would not fit the test thread's stack).
+async fn walk_in(b: &mut Browser, base: &str, lang: &str) {
+    Box::pin(dashboard_in(b, base, lang)).await;
+    Box::pin(history_in(b, base, lang)).await;
+    Box::pin(refusals_in(b, base, lang)).await;
+    Box::pin(live_and_audit_in(b, base, lang)).await;
+}
+
+/// The dashboard's charts and two of their tables.
+async fn dashboard_in(b: &mut Browser, base: &str, lang: &str) {
+    b.goto(&format!("{base}/lang?l={lang}")).await;
+    b.click("#nav-dashboard").await;
+    b.wait_url("/dashboard").await;
+    b.wait_text("h1", |t| {
+        t == if lang == "en" {
+            "Dashboard"
+        } else {
+            "ダッシュボード"
+        }
+    })
+    .await;
+    assert_eq!(b.count("figure.chart svg").await, 4, "four charts");
+    assert_eq!(b.count("#sessions-per-day-svg rect.bar").await, 30);
+    assert_eq!(b.count("#sessions-per-operator-svg rect.bar").await, 5);
+    let zone = b.text("#dashboard-zone").await;
+    assert!(zone.contains("Asia/Tokyo") && zone.contains("JST"), "{zone}");
+    b.screenshot(&format!("dashboard-{lang}")).await;
+    // The numbers behind a chart, as a table.
+    b.click("#sessions-per-operator-data summary").await;
+    let table = b
+        .wait_text("#sessions-per-operator-table", |t| t.contains("山田"))
+        .await;
+    let total: i64 = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().last()?.parse::<i64>().ok())
+        .sum();
+    assert_eq!(total, 91, "the 90 recorded and the live one: {table}");
+    b.click("#session-durations-data summary").await;
+    let durations = b.text("#session-durations-table").await;
+    let words = if lang == "en" {
+        ["< 1 min", "≥ 2 h"]
+    } else {
+        ["1分未満", "2時間以上"]
+    };
+    assert!(
+        durations.contains(words[0]) && durations.contains(words[1]),
+        "{durations}"
+    );
+    b.screenshot(&format!("dashboard-tables-{lang}")).await;
+    if lang == "ja" {
+        let shown = b.text("main").await;
+        for english in ["Sessions", "Day", "Operator", "Bytes", "min", "table"] {
+            assert!(
+                !shown.contains(english),
+                "{english:?} on the Japanese dashboard: {shown}"
+            );
+        }
+    }
+}
+
+/// The history's first and second pages.
+async fn history_in(b: &mut Browser, base: &str, lang: &str) {
+    // The history: 50 a page, Older keeps going, times in JST.
+    b.goto(&format!("{base}/history")).await;
+    assert_eq!(b.count("#history tr").await, 51, "a header and 50 rows");
+    assert!(b.text("#history").await.contains(" JST"));
+    b.click("#older").await;
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while !b.url().await.contains("before=") {
+        assert!(tokio::time::Instant::now() < deadline, "the Older link loads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.wait_text("#history", |t| !t.is_empty()).await;
+    assert_eq!(b.count("#history tr").await, 42, "the other 41");
+    assert_eq!(b.count("#older").await, 0);
+    assert_eq!(
+        b.count("#newer").await + b.count("#newer-below").await,
+        2,
+        "above and below the table"
+    );
+    b.screenshot(&format!("history-older-{lang}")).await;
+}
+
+/// A refused limit on an operator's page.
+async fn refusals_in(b: &mut Browser, base: &str, lang: &str) {
+    // A refused change: the reason beside the form, the typed value still there.
+    b.goto(&format!("{base}/operators/alice")).await;
+    b.type_into("#max-sessions", "lots").await;
+    b.click("#save-limits").await;
+    let error = b.wait_text("#error", |t| !t.is_empty()).await;
+    let expected = if lang == "en" {
+        "whole number"
+    } else {
+        "0〜10000 の整数"
+    };
+    assert!(error.contains(expected), "{error}");
+    assert_eq!(b.property("#max-sessions", "value").await, "lots");
+    b.screenshot(&format!("refused-limits-{lang}")).await;
+}
+
+/// A refused new operator, the live sessions and the filtered audit trail.
+async fn live_and_audit_in(b: &mut Browser, base: &str, lang: &str) {
+    // A refused new operator: the name stays, the password does not.
+    b.goto(&format!("{base}/operators")).await;
+    b.type_into("#new-name", "bad name!").await;
+    b.type_into("#new-password", "Good-passw0rd").await;
+    b.click("#create").await;
+    b.wait_text("#error", |t| !t.is_empty()).await;
+    assert_eq!(b.property("#new-name", "value").await, "bad name!");
+    assert_eq!(b.property("#new-password", "value").await, "");
+    b.screenshot(&format!("refused-create-{lang}")).await;
+
+    b.goto(&format!("{base}/sessions")).await;
+    assert!(b.text("#live").await.contains(" JST"));
+    b.screenshot(&format!("live-{lang}")).await;
+
+    b.goto(&format!("{base}/audit?actor=admin%3Aroot&from=&to=")).await;
+    assert!(b.text("#audit").await.contains(" JST"));
+    b.screenshot(&format!("audit-filtered-{lang}")).await;
 }

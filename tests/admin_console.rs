@@ -1082,8 +1082,11 @@ async fn unknown_names_look_like_known_ones_and_stay_out_of_the_audit_trail() {
             let r = w
                 .post_form("/login", &[("name", name), ("password", "Wrong-passw0rd")])
                 .await;
-            // The lock says until when: the clock, not the name, sets that time.
-            seen.push((r.status, mask_times(&r.text())));
+            // The lock says until when: the clock, not the name, sets that time. The form
+            // shows the name as typed, whichever it was.
+            let body = r.text().replace(&format!("value=\"{name}\""), "value=\"TYPED\"");
+            assert!(body.contains("value=\"TYPED\""), "the typed name is kept: {body}");
+            seen.push((r.status, mask_times(&body)));
         }
         assert_eq!(
             shared.verifier.computations() - before,
@@ -1094,7 +1097,7 @@ async fn unknown_names_look_like_known_ones_and_stay_out_of_the_audit_trail() {
     }
     assert_eq!(
         answers[0], answers[1],
-        "same statuses and bodies for known and unknown names"
+        "same statuses and bodies (but for the name typed) for known and unknown names"
     );
     assert_eq!(
         answers[0].iter().map(|(s, _)| *s).collect::<Vec<_>>(),
@@ -1483,6 +1486,16 @@ async fn refused_forms_keep_what_the_admin_typed() {
         page.contains("id=\"scope-write\" checked") && page.contains("value=\"5\""),
         "{page}"
     );
+
+    // A failed login keeps the name, never the password.
+    let r = Http::new(&relay)
+        .post_form("/login", &[("name", "root\"x"), ("password", "Not-the-passw0rd")])
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r
+        .text()
+        .contains("id=\"name\" autocomplete=\"username\" maxlength=\"64\" required value=\"root&quot;x\""));
+    assert!(!r.text().contains("Not-the-passw0rd"));
 
     // Filters: a bad day is refused with the filter as typed.
     let r = web.get("/history?operator=bob&from=yesterday&to=").await;

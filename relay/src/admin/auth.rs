@@ -375,7 +375,9 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 
 // ---------------------------------------------------------------- login
 
-fn login_form(lang: Lang, error: Option<&str>) -> String {
+/// The login form; after a refusal, with its reason and the name as typed (never the
+/// password).
+fn login_form(lang: Lang, error: Option<&str>, name: &str) -> String {
     let err = error
         .map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", esc(e)))
         .unwrap_or_default();
@@ -384,10 +386,11 @@ fn login_form(lang: Lang, error: Option<&str>) -> String {
         t(lang, Text::Login),
         None,
         &format!(
-            "{err}<form method=\"post\" action=\"/login\"><p><label>{} <input name=\"name\" id=\"name\" autocomplete=\"username\" maxlength=\"64\" required></label></p>\
+            "{err}<form method=\"post\" action=\"/login\"><p><label>{} <input name=\"name\" id=\"name\" autocomplete=\"username\" maxlength=\"64\" required value=\"{}\"></label></p>\
              <p><label>{} <input type=\"password\" name=\"password\" id=\"password\" autocomplete=\"current-password\" maxlength=\"128\" required></label></p>\
              <p><button id=\"submit\">{}</button></p></form>",
             t(lang, Text::Name),
+            esc(name),
             t(lang, Text::Password),
             t(lang, Text::Login)
         ),
@@ -395,7 +398,7 @@ fn login_form(lang: Lang, error: Option<&str>) -> String {
 }
 
 pub(super) async fn login_page(headers: HeaderMap) -> Response {
-    html_response(StatusCode::OK, login_form(lang_of(&headers), None))
+    html_response(StatusCode::OK, login_form(lang_of(&headers), None, ""))
 }
 
 pub(super) async fn set_lang(Query(q): Query<HashMap<String, String>>) -> Response {
@@ -601,12 +604,13 @@ impl Console {
             Ok(a) => Ok(a),
             Err(why) => {
                 self.sessions.remove(token);
-                Err(self.step_refused(account, ip, why, lang).await)
+                Err(self.step_refused(account, ip, why, lang, "").await)
             }
         }
     }
 
-    async fn step_refused(&self, account: &Account, ip: IpAddr, why: Refused, lang: Lang) -> Response {
+    /// `typed`: the name the login form shows again.
+    async fn step_refused(&self, account: &Account, ip: IpAddr, why: Refused, lang: Lang, typed: &str) -> Response {
         let (status, reason, msg) = match why {
             Refused::Locked(until) => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -627,7 +631,7 @@ impl Console {
             format!("reason={reason}"),
         )
         .await;
-        html_response(status, login_form(lang, Some(&msg)))
+        html_response(status, login_form(lang, Some(&msg), typed))
     }
 }
 
@@ -647,14 +651,14 @@ pub(super) async fn login(
     if form.name.len() > tsunagu_proto::limits::MAX_USER_NAME || form.password.len() > 256 {
         return html_response(
             StatusCode::UNAUTHORIZED,
-            login_form(lang, Some(t(lang, Text::LoginFailed))),
+            login_form(lang, Some(t(lang, Text::LoginFailed)), &form.name),
         );
     }
     let record = console.shared.store.admin(&form.name).await.ok().flatten();
     let account = console.account(&form.name, record.is_some());
     let attempt = match console.begin_step(&account, ip).await {
         Ok(a) => a,
-        Err(why) => return console.step_refused(&account, ip, why, lang).await,
+        Err(why) => return console.step_refused(&account, ip, why, lang, &form.name).await,
     };
     let hash = record
         .as_ref()
@@ -667,7 +671,7 @@ pub(super) async fn login(
             console.refund_step(&account, ip).await;
             return html_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                login_form(lang, Some(t(lang, Text::Busy))),
+                login_form(lang, Some(t(lang, Text::Busy)), &form.name),
             );
         }
     };
@@ -689,7 +693,7 @@ pub(super) async fn login(
                 } else {
                     t(lang, Text::CertificateNeeded).to_string()
                 };
-                return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(&msg)));
+                return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(&msg), &form.name));
             }
         }
     }
@@ -700,7 +704,7 @@ pub(super) async fn login(
         } else {
             t(lang, Text::LoginFailed).to_string()
         };
-        return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(&msg)));
+        return html_response(StatusCode::UNAUTHORIZED, login_form(lang, Some(&msg), &form.name));
     };
     // The password is right: this step is no failure. The second step takes its own.
     console.refund_step(&account, ip).await;
@@ -801,7 +805,7 @@ impl Console {
         self.sessions.remove(token);
         Some(html_response(
             StatusCode::TOO_MANY_REQUESTS,
-            login_form(lang, Some(&self.locked_now(lang))),
+            login_form(lang, Some(&self.locked_now(lang)), ""),
         ))
     }
 
