@@ -1226,10 +1226,9 @@ impl Store {
         .await
     }
 
-    /// Sessions matching `filter`, newest first (ties by id, descending), at most
-    /// `filter.limit` (capped at [`HISTORY_MAX_ROWS`]); with `filter.page`, those older or
-    /// newer than its key.
-    pub async fn history(&self, filter: &HistoryFilter) -> Result<Vec<SessionRecord>, StoreError> {
+    /// The statement [`Store::history`] runs for `filter`, its parameters, and whether its
+    /// rows come oldest first (a Newer page).
+    fn history_query(filter: &HistoryFilter) -> (String, Vec<Bind>, bool) {
         let mut sql = String::from("SELECT * FROM sessions WHERE 1 = 1");
         let mut n = 0;
         let mut next = || {
@@ -1283,6 +1282,14 @@ impl Store {
         };
         sql.push_str(&format!(" LIMIT ${}", next()));
         binds.push(Bind::Int(filter.limit.unwrap_or(1000).clamp(1, HISTORY_MAX_ROWS)));
+        (sql, binds, newer)
+    }
+
+    /// Sessions matching `filter`, newest first (ties by id, descending), at most
+    /// `filter.limit` (capped at [`HISTORY_MAX_ROWS`]); with `filter.page`, those older or
+    /// newer than its key.
+    pub async fn history(&self, filter: &HistoryFilter) -> Result<Vec<SessionRecord>, StoreError> {
+        let (sql, binds, newer) = Self::history_query(filter);
         let mut q = sqlx::query(&sql);
         for b in binds {
             q = match b {
