@@ -1304,6 +1304,19 @@ async fn the_console_shows_times_in_its_configured_zone_with_its_name() {
         serde_json::from_slice(&web.get("/api/v1/history?from=2023-11-14&to=2023-11-14").await.body).unwrap();
     assert_eq!(api[0]["id"], "s-tokyo");
     assert_eq!(api[0]["issued_at"], at);
+    // The one-day zip is a Tokyo day too; the CSV inside keeps UTC for programs.
+    let day_zip = |body: Vec<u8>| {
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(body)).unwrap();
+        let mut csv = String::new();
+        std::io::Read::read_to_string(&mut zip.by_name("sessions.csv").unwrap(), &mut csv).unwrap();
+        csv
+    };
+    let on_15th = day_zip(web.get("/history/day.zip?date=2023-11-15").await.body);
+    assert!(
+        on_15th.contains("s-tokyo") && on_15th.contains("2023-11-14T22:13:20.000Z"),
+        "{on_15th}"
+    );
+    assert!(!day_zip(web.get("/history/day.zip?date=2023-11-14").await.body).contains("s-tokyo"));
 
     let audit = web.get("/audit").await.text();
     assert!(audit.contains(" JST</td>"), "{audit}");
