@@ -13,7 +13,7 @@ use super::pages::{csrf_field, op_error, render, see_other};
 use super::{Console, Ctx};
 
 fn permission_boxes(lang: html::Lang, prefix: &str, set: PermissionSet) -> String {
-    ["view", "control", "files", "chat"]
+    ["view", "control", "files", "chat", "clipboard"]
         .iter()
         .map(|p| {
             let on = PermissionSet::parse_names([*p])
