@@ -224,6 +224,50 @@ async fn grants_are_clipped_to_what_the_admin_allows() {
     relay.relay.shutdown().await;
 }
 
+/// Clipboard text crosses only with the `clipboard` permission, both ways; a client
+/// that did not grant it never sees the operator's text, and the operator never sees the
+/// client's.
+#[tokio::test]
+async fn clipboard_text_needs_the_clipboard_permission() {
+    let relay = TestRelay::start(|_| {}).await;
+    let (mut op, mut client) = paired(&relay, &["view", "chat"]).await;
+    op.data(Channel::Clipboard, b"secret for the clipboard".to_vec()).await;
+    client.data(Channel::Clipboard, b"the client's clipboard".to_vec()).await;
+    // The next data on each side is the chat sent behind it: the clipboard was dropped.
+    op.chat("after-clipboard").await;
+    let next = client.expect("data", |b| match b {
+        Body::Data(d) => Some(d.clone()),
+        _ => None,
+    });
+    let next = next.await;
+    assert_eq!(
+        (next.channel, chat_text(&next)),
+        (Channel::Chat as i32, "after-clipboard".to_string())
+    );
+    client.chat("after-clipboard-too").await;
+    let next = op
+        .expect("data", |b| match b {
+            Body::Data(d) if d.channel != Channel::Screen as i32 => Some(d.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (next.channel, chat_text(&next)),
+        (Channel::Chat as i32, "after-clipboard-too".to_string())
+    );
+    op.send_body(Body::End(pb::End {})).await;
+    client.expect_ended().await;
+
+    let (mut op, mut client) = paired(&relay, &["view", "clipboard"]).await;
+    op.data(Channel::Clipboard, b"to the client".to_vec()).await;
+    assert_eq!(&client.expect_data(Channel::Clipboard).await.payload[..], b"to the client");
+    client.data(Channel::Clipboard, b"to the operator".to_vec()).await;
+    assert_eq!(&op.expect_data(Channel::Clipboard).await.payload[..], b"to the operator");
+    op.send_body(Body::End(pb::End {})).await;
+    client.expect_ended().await;
+    relay.relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn view_only_and_pause_stop_input_at_once() {
     let relay = TestRelay::start(|_| {}).await;

@@ -52,7 +52,11 @@ fn a_headless_session_from_code_to_history() {
     );
     let req = client.expect("consent_request");
     assert_eq!(req["operator"], "alice");
-    assert_eq!(req["permissions"], json!(["view", "control", "files", "chat"]));
+    assert_eq!(
+        req["permissions"],
+        json!(["view", "control", "files", "chat", "clipboard"]),
+        "everything the admin allows is asked for by default"
+    );
     let joined = op.expect("peer_joined");
     assert_eq!(joined["host"], "help-desk-pc");
     assert_eq!(joined["ip"], "127.0.0.1");

@@ -156,6 +156,16 @@ pub enum Event {
         /// Chat-only mode.
         chat_only: bool,
     },
+    /// The operator's text is on this machine's clipboard now.
+    ClipboardReceived {
+        /// Its characters.
+        chars: usize,
+    },
+    /// The operator asked for this machine's clipboard text and it went out.
+    ClipboardShared {
+        /// Its characters.
+        chars: usize,
+    },
     /// A chat message from the operator.
     Chat {
         /// Message text.

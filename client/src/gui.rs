@@ -159,6 +159,8 @@ struct SessionView {
     view_only: bool,
     chat_only: bool,
     last_chat: Option<String>,
+    /// The last clipboard text that moved: which way and how many characters.
+    clipboard_note: Option<(Text, usize)>,
     chat_draft: String,
     /// Reconnecting / restored / the operator away.
     connection: ConnectionBanner,
@@ -306,6 +308,10 @@ impl ClientApp {
             Event::Paused => self.session.paused = true,
             Event::Resumed => self.session.paused = false,
             Event::Chat { text } => self.session.last_chat = Some(text),
+            Event::ClipboardReceived { chars } => {
+                self.session.clipboard_note = Some((Text::ClipboardReceivedNote, chars))
+            }
+            Event::ClipboardShared { chars } => self.session.clipboard_note = Some((Text::ClipboardSharedNote, chars)),
             Event::File(f) => self.files.on_event(&f),
             // During the session: shown in the window while the session goes on. A lost
             // connection has its own banner.
@@ -586,6 +592,10 @@ impl ClientApp {
                 // Words, not an emoji: the bundled fonts have no glyph for a speech balloon.
                 let r = ui.label(format!("{} {text}", self.t(Text::FromOperator)));
                 self.widgets.insert("last_chat", r.rect);
+            }
+            if let Some((note, chars)) = self.session.clipboard_note {
+                let r = ui.label(format!("{}: {chars}", self.t(note)));
+                self.widgets.insert("clipboard_note", r.rect);
             }
             let hint = self.t(Text::ChatPlaceholder);
             let field = ui.add(
@@ -1020,6 +1030,7 @@ fn permission_widget(name: &str) -> &'static str {
         "control" => "perm_control",
         "files" => "perm_files",
         "chat" => "perm_chat",
+        "clipboard" => "perm_clipboard",
         _ => "perm_other",
     }
 }

@@ -59,6 +59,8 @@ impl Texts for Text {
             (Lang::En, PermFiles) => "Send and receive files",
             (Lang::Ja, PermChat) => "チャットする",
             (Lang::En, PermChat) => "Chat with you",
+            (Lang::Ja, PermClipboard) => "クリップボードの文字をやり取りする",
+            (Lang::En, PermClipboard) => "Copy text to and from your clipboard",
             (Lang::Ja, Allow) => "許可する",
             (Lang::En, Allow) => "Allow",
             (Lang::Ja, Deny) => "拒否する",
@@ -95,6 +97,10 @@ impl Texts for Text {
             (Lang::En, Send) => "Send",
             (Lang::Ja, FromOperator) => "担当者:",
             (Lang::En, FromOperator) => "Support:",
+            (Lang::Ja, ClipboardReceivedNote) => "担当者がクリップボードに文字を入れました（文字数）",
+            (Lang::En, ClipboardReceivedNote) => "Support put text on your clipboard (characters)",
+            (Lang::Ja, ClipboardSharedNote) => "クリップボードの文字を担当者に送りました（文字数）",
+            (Lang::En, ClipboardSharedNote) => "Your clipboard text went to support (characters)",
             (Lang::Ja, PausedByMouse) => "一時停止中（マウス）",
             (Lang::En, PausedByMouse) => "Paused: your mouse",
             (Lang::Ja, SendFile) => "ファイルを送る…",
@@ -184,6 +190,8 @@ pub enum Text {
     PermFiles,
     /// Permission `chat`.
     PermChat,
+    /// Permission `clipboard`.
+    PermClipboard,
     /// Allow button.
     Allow,
     /// Deny button.
@@ -220,6 +228,10 @@ pub enum Text {
     Send,
     /// Before the operator's last chat line.
     FromOperator,
+    /// The operator's text is on the clipboard (followed by the count).
+    ClipboardReceivedNote,
+    /// Our clipboard text went to the operator (followed by the count).
+    ClipboardSharedNote,
     /// Session bar: the pause button while the user's own mouse has paused control.
     PausedByMouse,
     /// Session bar: opens the open-file dialog.
@@ -275,6 +287,7 @@ pub fn permission_text(name: &str) -> Option<Text> {
         "control" => Some(Text::PermControl),
         "files" => Some(Text::PermFiles),
         "chat" => Some(Text::PermChat),
+        "clipboard" => Some(Text::PermClipboard),
         _ => None,
     }
 }

@@ -298,6 +298,9 @@ impl driver::App for Client {
                     Err(e) => warn!(error = %e, "undecodable input event; ignored"),
                 }
             }
+            Channel::Clipboard if self.granted.contains(Permission::Clipboard) => {
+                self.on_clipboard(core, payload).await?
+            }
             _ => debug!(
                 channel = channel as i32,
                 "data on a channel the client does not handle; ignored"
@@ -398,6 +401,50 @@ impl driver::App for Client {
 }
 
 impl Client {
+    /// Clipboard text from the operator: onto this machine's clipboard; or the operator's
+    /// request for ours: the text goes back, or why there is none.
+    async fn on_clipboard(&mut self, core: &mut Core, payload: Bytes) -> Result<(), Lost> {
+        use tsunagu_endpoint::clipboard;
+        let message = match pb::ClipboardText::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "undecodable clipboard text; ignored");
+                return Ok(());
+            }
+        };
+        if message.request {
+            let answer = match clipboard::read_text().await {
+                Ok(text) => {
+                    let chars = clipboard::chars(&text);
+                    info!(chars, "clipboard text sent to the operator");
+                    core.emit(Event::ClipboardShared { chars }).await;
+                    pb::ClipboardText {
+                        text,
+                        ..Default::default()
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "the operator asked for the clipboard; none to give");
+                    pb::ClipboardText {
+                        error: e.code().into(),
+                        ..Default::default()
+                    }
+                }
+            };
+            core.send_data(Channel::Clipboard, answer.encode_to_vec()).await?;
+            return Ok(());
+        }
+        let chars = clipboard::chars(&message.text);
+        match clipboard::write_text(message.text).await {
+            Ok(()) => {
+                info!(chars, "the operator's text is on the clipboard");
+                core.emit(Event::ClipboardReceived { chars }).await;
+            }
+            Err(e) => core.emit(Event::error(format!("clipboard_{}", e.code()), e.to_string())).await,
+        }
+        Ok(())
+    }
+
     async fn on_session_state(&mut self, core: &mut Core, state: pb::SessionState) -> Handled {
         if !matches!(self.phase, Phase::Answered | Phase::Active | Phase::AwaitingConsent) {
             debug!(phase = ?self.phase, "SessionState outside the session; ignored");

@@ -4,6 +4,8 @@
 //!   side away), in both languages, without drawing.
 //! * [`chat`]: chat delivered once and in order across dropped connections (numbering,
 //!   acknowledgements, re-sends), without I/O.
+//! * [`clipboard`]: the system clipboard's text, read and written for the clipboard channel,
+//!   within its size limit.
 //! * [`config`]: what both apps' configurations share (the relay target, its errors).
 //! * [`dial`]: the endpoint dialer: TCP + TLS 1.3 to the relay, trying its ports in order
 //!   (7615, then 80, then 443 by default), then the `Hello` exchange.
@@ -29,6 +31,7 @@
 
 pub mod banner;
 pub mod chat;
+pub mod clipboard;
 pub mod config;
 pub mod dial;
 #[cfg(feature = "gui")]

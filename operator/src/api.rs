@@ -62,6 +62,15 @@ pub enum Command {
         /// Message text (at most `tsunagu_proto::limits::MAX_CHAT` bytes).
         text: String,
     },
+    /// Put text on the client's clipboard (needs the `clipboard` permission); without
+    /// `text`, the text on this machine's clipboard.
+    ClipboardSend {
+        /// The text (at most `tsunagu_proto::limits::MAX_CLIPBOARD` bytes).
+        #[serde(default)]
+        text: Option<String>,
+    },
+    /// Ask for the text on the client's clipboard (a `clipboard` event answers).
+    ClipboardGet,
     /// Ask the client for a keyframe.
     RequestKeyframe,
     /// Report the colour of the last decoded picture at (`x`, `y`) as a `pixel` event.
@@ -172,6 +181,19 @@ pub enum Event {
         view_only: bool,
         /// Chat-only mode.
         chat_only: bool,
+    },
+    /// Our clipboard text reached the relay for the client's clipboard.
+    ClipboardSent {
+        /// Characters sent.
+        chars: usize,
+    },
+    /// The text on the client's clipboard (answer to `clipboard_get`); the window also puts
+    /// it on this machine's clipboard.
+    Clipboard {
+        /// The text.
+        text: String,
+        /// Its characters.
+        chars: usize,
     },
     /// A chat message from the client.
     Chat {

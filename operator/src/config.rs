@@ -71,6 +71,9 @@ pub struct OperatorConfig {
     pub identity: Option<std::sync::Arc<tsunagu_endpoint::dial::ClientIdentity>>,
     /// Its file and import password, so it can renew itself in place.
     pub cert_file: Option<tsunagu_endpoint::renew::CertFile>,
+    /// Whether the client's clipboard text goes onto this machine's clipboard when it
+    /// arrives (the window), besides the `clipboard` event (headless: the event alone).
+    pub system_clipboard: bool,
 }
 
 impl fmt::Debug for OperatorConfig {
@@ -115,6 +118,7 @@ impl OperatorConfig {
             standby: None,
             identity: None,
             cert_file: None,
+            system_clipboard: false,
         })
     }
 }
@@ -135,6 +139,8 @@ pub struct Remembered {
     pub user: String,
     /// The client certificate file (`--cert`), as an absolute path.
     pub cert: Option<PathBuf>,
+    /// How the window shows the client's screen (`[view]`).
+    pub view: Option<crate::viewer::ViewSettings>,
 }
 
 impl Remembered {
@@ -216,6 +222,11 @@ mod tests {
             ca: Some("/srv/ca.pem".into()),
             user: "alice".into(),
             cert: None,
+            view: Some(crate::viewer::ViewSettings {
+                mode: crate::viewer::Mode::Actual,
+                zoom: 100,
+                panel: false,
+            }),
         };
         let path = r.save().unwrap();
         assert_eq!(path, dir.path().join("tsunagu/operator.toml"));

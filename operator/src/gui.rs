@@ -9,6 +9,13 @@
 //! cannot be read, a folder that cannot be made) show in the side panel while the session
 //! goes on. A typed path to send appears only when no dialog can open.
 //!
+//! The picture: fit to the window, actual size or a zoom step with scroll bars, the side
+//! panel hidden, full screen (see [`crate::viewer`]); the mode and the panel are remembered in
+//! `operator.toml`. Over the picture, keys with Ctrl or Alt go to the client as combinations
+//! (Ctrl+C, Ctrl+V reach the client's programs); a button sends Ctrl+Alt+Del. With the
+//! client's `clipboard` permission, the side panel sends this machine's clipboard text to
+//! the client's clipboard and brings the client's text back onto this one.
+//!
 //! The window drives the same [`crate::run`] as the headless mode, on a tokio runtime of its
 //! own; decoded pictures come through a [`PictureSink`]. With `events` set, every event is
 //! also printed as a JSON line on stdout, and a `gui` line reports the screen and where its
@@ -33,6 +40,7 @@ use crate::chat::{Author, ChatLog};
 use crate::config::OperatorConfig;
 use crate::i18n::{Lang, Text};
 use crate::picture::PictureSink;
+use crate::viewer::{self, Mode, Viewer};
 
 /// Base text size in points; support work is read from a little distance.
 const TEXT_SIZE: f32 = 16.0;
@@ -78,6 +86,9 @@ pub fn run(options: GuiOptions) -> Result<(), String> {
             .with_title(lang.t(Text::Title))
             .with_app_id("tsunagu-operator")
             .with_inner_size([1280.0, 800.0]),
+        // Ctrl+C, Ctrl+X and Ctrl+V over the picture are the client's keys: they arrive as
+        // keys with modifiers, not as this window's copy and paste.
+        clipboard_shortcuts: false,
         ..Default::default()
     };
     eframe::run_native(
@@ -170,6 +181,15 @@ struct OperatorApp {
     /// Why no dialog could open.
     dialog_note: Option<String>,
     last_pointer: Option<(i32, i32)>,
+    /// How the picture is shown (fit, actual size, zoom; panel; full screen).
+    viewer: Viewer,
+    /// Points per client pixel the picture was last drawn at.
+    last_scale: f32,
+    /// Where the whole picture's top-left corner was last drawn (outside the visible space
+    /// when scrolled).
+    picture_origin: Option<egui::Pos2>,
+    /// The last clipboard text that moved (which way, characters) or why it could not.
+    clipboard_note: Option<Result<(Text, usize), String>>,
     widgets: BTreeMap<&'static str, egui::Rect>,
     picture_rect: Option<egui::Rect>,
     last_report: String,
@@ -186,6 +206,7 @@ impl OperatorApp {
             cert_password: options.cert_password.clone(),
             save_dir: options.save_dir.display().to_string(),
             files: FileView::new(options.save_dir.clone()),
+            viewer: Viewer::new(options.remembered.as_ref().and_then(|r| r.view).unwrap_or_default()),
             options,
             lang,
             runtime,
@@ -212,6 +233,9 @@ impl OperatorApp {
             typed_send: None,
             dialog_note: None,
             last_pointer: None,
+            last_scale: 1.0,
+            picture_origin: None,
+            clipboard_note: None,
             widgets: BTreeMap::new(),
             picture_rect: None,
             last_report: String::new(),
@@ -280,6 +304,7 @@ impl OperatorApp {
         let repaint = ctx.clone();
         self.picture = PictureSink::new(move || repaint.request_repaint());
         config.picture = Some(self.picture.clone());
+        config.system_clipboard = true;
         let (cmd_tx, from_session) = gui::start_session(
             &self.runtime,
             ctx,
@@ -310,6 +335,7 @@ impl OperatorApp {
         self.dialog_note = None;
         self.texture = None;
         self.picture_size = (0, 0);
+        self.clipboard_note = None;
     }
 
     fn drain(&mut self, ctx: &egui::Context) {
@@ -375,6 +401,7 @@ impl OperatorApp {
             ca: (!self.options.ca.as_os_str().is_empty()).then(|| crate::config::absolute(&self.options.ca)),
             user: self.user.trim().to_string(),
             cert: self.options.cert.as_deref().map(crate::config::absolute),
+            view: Some(self.viewer.settings()),
         };
         if self.options.remembered.as_ref() == Some(&now) {
             return;
@@ -417,6 +444,11 @@ impl OperatorApp {
             Event::Resumed => self.paused = false,
             Event::PauseCause { cause } => self.pause_cause = cause,
             Event::Chat { text } => self.chat.push(Author::Peer, text),
+            Event::ClipboardSent { chars } => self.clipboard_note = Some(Ok((Text::ClipboardSent, chars))),
+            Event::Clipboard { chars, .. } => self.clipboard_note = Some(Ok((Text::ClipboardReceived, chars))),
+            Event::Error { code, message } if self.screen == Screen::Session && code.starts_with("clipboard_") => {
+                self.clipboard_note = Some(Err(self.clipboard_error(&code, &message)))
+            }
             // During the session: shown in the window while the session goes on. A lost
             // connection has its own banner.
             Event::Error { code, .. }
@@ -568,6 +600,7 @@ impl OperatorApp {
                 self.lang_switch(ui);
             });
         });
+        self.view_bar(ui);
         if let Some(b) = self.banner() {
             let r = egui::Frame::new()
                 .fill(egui::Color32::from_rgb(255, 200, 60))
@@ -635,9 +668,52 @@ impl OperatorApp {
             self.send(Command::Chat { text: text.clone() });
             self.chat.push(Author::Me, text);
         }
+        self.clipboard_section(ui);
         ui.separator();
         ui.heading(self.t(Text::Files));
         self.files_section(ui);
+    }
+
+    /// Send my clipboard / Get the client's clipboard, and how the last one went.
+    fn clipboard_section(&mut self, ui: &mut egui::Ui) {
+        ui.separator();
+        ui.heading(self.t(Text::Clipboard));
+        let allowed = self.granted.contains(tsunagu_proto::pb::Permission::Clipboard) && !self.chat_only;
+        ui.horizontal_wrapped(|ui| {
+            let r = ui.add_enabled(allowed, egui::Button::new(self.t(Text::ClipboardSend)));
+            self.widgets.insert("clipboard_send", r.rect);
+            if r.clicked() {
+                self.send(Command::ClipboardSend { text: None });
+            }
+            let r = ui.add_enabled(allowed, egui::Button::new(self.t(Text::ClipboardGet)));
+            self.widgets.insert("clipboard_get", r.rect);
+            if r.clicked() {
+                self.send(Command::ClipboardGet);
+            }
+        });
+        let note = match &self.clipboard_note {
+            _ if !allowed => Some((self.t(Text::ClipboardNotGranted).to_string(), false)),
+            Some(Ok((text, chars))) => Some((format!("{}: {chars}", self.t(*text)), false)),
+            Some(Err(e)) => Some((e.clone(), true)),
+            None => None,
+        };
+        if let Some((text, error)) = note {
+            let r = if error {
+                ui.colored_label(ERROR_RED, text)
+            } else {
+                ui.label(text)
+            };
+            self.widgets.insert("clipboard_note", r.rect);
+        }
+    }
+
+    /// A clipboard error in the window's language, with the detail where it helps.
+    fn clipboard_error(&self, code: &str, message: &str) -> String {
+        match code {
+            "clipboard_empty" => self.t(Text::ClipboardEmpty).to_string(),
+            "clipboard_too_large" => self.t(Text::ClipboardTooLarge).to_string(),
+            _ => format!("{}: {message}", self.t(Text::ClipboardUnavailable)),
+        }
     }
 
     /// Whether the session lets files move now.
@@ -901,7 +977,80 @@ impl OperatorApp {
         }
     }
 
-    /// The remote screen, scaled to the space with its aspect ratio, taking input.
+    /// The picture's sizing, the side panel, full screen and Ctrl+Alt+Del, under the top bar.
+    fn view_bar(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        if let Some(fullscreen) = ctx.input(|i| i.viewport().fullscreen) {
+            self.viewer.fullscreen = fullscreen;
+        }
+        let before = self.viewer.settings();
+        let current = self.last_scale * ctx.pixels_per_point() * 100.0;
+        ui.horizontal(|ui| {
+            let r = ui.selectable_label(self.viewer.mode == Mode::Fit, self.t(Text::Fit));
+            self.widgets.insert("view_fit", r.rect);
+            if r.clicked() {
+                self.viewer.mode = Mode::Fit;
+            }
+            let r = ui.selectable_label(self.viewer.mode == Mode::Actual, self.t(Text::ActualSize));
+            self.widgets.insert("view_actual", r.rect);
+            if r.clicked() {
+                self.viewer.mode = Mode::Actual;
+            }
+            let r = ui.button("−").on_hover_text(self.t(Text::ZoomOut));
+            self.widgets.insert("zoom_out", r.rect);
+            if r.clicked() {
+                self.viewer.zoom_out(current);
+            }
+            let r = ui.label(format!("{:.0}%", current));
+            self.widgets.insert("zoom_level", r.rect);
+            let r = ui.button("+").on_hover_text(self.t(Text::ZoomIn));
+            self.widgets.insert("zoom_in", r.rect);
+            if r.clicked() {
+                self.viewer.zoom_in(current);
+            }
+            ui.separator();
+            let panel = if self.viewer.panel {
+                Text::HidePanel
+            } else {
+                Text::ShowPanel
+            };
+            let r = ui.button(self.t(panel));
+            self.widgets.insert("panel_toggle", r.rect);
+            if r.clicked() {
+                self.viewer.panel = !self.viewer.panel;
+            }
+            let full = if self.viewer.fullscreen {
+                Text::ExitFullScreen
+            } else {
+                Text::FullScreen
+            };
+            let r = ui.button(self.t(full));
+            self.widgets.insert("fullscreen", r.rect);
+            if r.clicked() {
+                self.viewer.fullscreen = !self.viewer.fullscreen;
+                ctx.send_viewport_cmd(egui::ViewportCommand::Fullscreen(self.viewer.fullscreen));
+            }
+            ui.separator();
+            let r = ui.add_enabled(self.control(), egui::Button::new(self.t(Text::SendCtrlAltDel)));
+            self.widgets.insert("ctrl_alt_del", r.rect);
+            if r.clicked() {
+                for c in viewer::ctrl_alt_del() {
+                    self.send(c);
+                }
+            }
+        });
+        if self.viewer.settings() != before {
+            self.remember();
+        }
+    }
+
+    /// Whether the operator controls the client now.
+    fn control(&self) -> bool {
+        self.granted.contains(tsunagu_proto::pb::Permission::Control) && !self.paused && !self.view_only && !self.chat_only
+    }
+
+    /// The remote screen as the viewer says (fit, actual size, zoom with scroll bars),
+    /// taking input.
     fn remote_screen(&mut self, ui: &mut egui::Ui) {
         let Some(texture) = &self.texture else {
             let text = if self.chat_only {
@@ -912,61 +1061,79 @@ impl OperatorApp {
             let r = ui.centered_and_justified(|ui| ui.label(self.lang.t(text)));
             self.widgets.insert("no_picture", r.response.rect);
             self.picture_rect = None;
+            self.picture_origin = None;
             return;
         };
+        let texture = texture.id();
         let (pw, ph) = (self.picture_size.0 as f32, self.picture_size.1 as f32);
         let avail = ui.available_rect_before_wrap();
-        let scale = (avail.width() / pw).min(avail.height() / ph).max(0.01);
+        let scale = self.viewer.scale((pw, ph), avail.size(), ui.ctx().pixels_per_point());
+        self.last_scale = scale;
         let size = egui::vec2(pw * scale, ph * scale);
-        let rect = egui::Rect::from_center_size(avail.center(), size);
-        let response = ui.allocate_rect(rect, egui::Sense::click_and_drag());
-        ui.painter().image(
-            texture.id(),
-            rect,
-            egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
-            egui::Color32::WHITE,
-        );
+        let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
+        let (rect, visible, response) = if self.viewer.scrolls() {
+            let out = egui::ScrollArea::both()
+                .id_salt("picture")
+                .auto_shrink([false, false])
+                // The wheel over the picture is the client's; the bars scroll the view.
+                .scroll_source(egui::scroll_area::ScrollSource::SCROLL_BAR)
+                .show(ui, |ui| {
+                    let (rect, response) = ui.allocate_exact_size(size, egui::Sense::click_and_drag());
+                    ui.painter().image(texture, rect, uv, egui::Color32::WHITE);
+                    (rect, response)
+                });
+            (out.inner.0, out.inner_rect.intersect(out.inner.0), out.inner.1)
+        } else {
+            let rect = egui::Rect::from_center_size(avail.center(), size);
+            let response = ui.allocate_rect(rect, egui::Sense::click_and_drag());
+            ui.painter().image(texture, rect, uv, egui::Color32::WHITE);
+            (rect, rect, response)
+        };
         self.picture_rect = Some(rect);
+        self.picture_origin = Some(rect.min);
         self.widgets.insert("screen", rect);
-        let control = self.granted.contains(tsunagu_proto::pb::Permission::Control)
-            && !self.paused
-            && !self.view_only
-            && !self.chat_only;
-        if control && response.hovered() {
+        self.widgets.insert("viewport", visible);
+        if self.control() && response.hovered() {
+            // Keys over the picture are the client's, not the chat field's.
             response.request_focus();
-            self.forward_input(ui, rect, scale);
+            self.forward_input(ui, rect.min, visible, scale);
         }
     }
 
-    /// Maps the window's input over the picture to the client's screen coordinates.
-    fn forward_input(&mut self, ui: &egui::Ui, rect: egui::Rect, scale: f32) {
+    /// Maps the window's input over the visible picture to the client's pixels.
+    fn forward_input(&mut self, ui: &egui::Ui, origin: egui::Pos2, visible: egui::Rect, scale: f32) {
+        let size = self.picture_size;
         let to_remote = |p: egui::Pos2| {
-            (
-                ((p.x - rect.min.x) / scale).floor() as i32,
-                ((p.y - rect.min.y) / scale).floor() as i32,
-            )
+            if visible.contains(p) {
+                viewer::to_remote(p, origin, scale, size)
+            } else {
+                None
+            }
         };
         let events = ui.input(|i| i.events.clone());
         let mut commands = Vec::new();
+        // Text the system reports with a key sent as a combination (Alt+F) is not typed.
+        let mut skip_text = false;
         for e in events {
             match e {
-                egui::Event::PointerMoved(p) if rect.contains(p) => {
-                    let xy = to_remote(p);
-                    if self.last_pointer != Some(xy) {
-                        self.last_pointer = Some(xy);
-                        commands.push(Command::MouseMove { x: xy.0, y: xy.1 });
+                egui::Event::PointerMoved(p) => {
+                    if let Some(xy) = to_remote(p) {
+                        if self.last_pointer != Some(xy) {
+                            self.last_pointer = Some(xy);
+                            commands.push(Command::MouseMove { x: xy.0, y: xy.1 });
+                        }
                     }
                 }
                 egui::Event::PointerButton {
                     pos, button, pressed, ..
-                } if rect.contains(pos) => {
+                } => {
+                    let Some((x, y)) = to_remote(pos) else { continue };
                     let button = match button {
                         egui::PointerButton::Primary => Button::Left,
                         egui::PointerButton::Secondary => Button::Right,
                         egui::PointerButton::Middle => Button::Middle,
                         _ => continue,
                     };
-                    let (x, y) = to_remote(pos);
                     commands.push(Command::MouseMove { x, y });
                     commands.push(Command::MouseButton {
                         button,
@@ -985,14 +1152,20 @@ impl OperatorApp {
                         commands.push(Command::Wheel { dx, dy });
                     }
                 }
-                egui::Event::Text(text) => commands.push(Command::Text { text }),
-                egui::Event::Key { key, pressed, .. } => {
-                    if let Some(name) = special_key_name(key) {
-                        commands.push(Command::Key {
-                            key: name.to_string(),
-                            down: Some(pressed),
-                        });
+                egui::Event::Text(text) => {
+                    if !std::mem::take(&mut skip_text) {
+                        commands.push(Command::Text { text });
                     }
+                }
+                egui::Event::Key {
+                    key,
+                    pressed,
+                    modifiers,
+                    ..
+                } => {
+                    let (sent, combination) = viewer::key_input(key, pressed, modifiers);
+                    skip_text = combination && pressed;
+                    commands.extend(sent);
                 }
                 _ => {}
             }
@@ -1004,13 +1177,15 @@ impl OperatorApp {
 
     fn session_screen(&mut self, ui: &mut egui::Ui) {
         egui::Panel::top("session-top").show(ui, |ui| self.top_bar(ui));
-        egui::Panel::right("session-side")
-            .resizable(true)
-            .default_size(360.0)
-            .min_size(280.0)
-            .show(ui, |ui| {
-                egui::ScrollArea::vertical().show(ui, |ui| self.side_panel(ui));
-            });
+        if self.viewer.panel {
+            egui::Panel::right("session-side")
+                .resizable(true)
+                .default_size(360.0)
+                .min_size(280.0)
+                .show(ui, |ui| {
+                    egui::ScrollArea::vertical().show(ui, |ui| self.side_panel(ui));
+                });
+        }
         egui::CentralPanel::default().show(ui, |ui| {
             let hovering = ui.ctx().input(|i| !i.raw.hovered_files.is_empty());
             if hovering {
@@ -1059,6 +1234,18 @@ impl OperatorApp {
             "banner": self.widgets.contains_key("banner"),
             "banner_kind": self.banner().filter(|_| self.screen == Screen::Session).map(banner_kind),
             "picture": [self.picture_size.0, self.picture_size.1],
+            "view": {
+                "mode": self.viewer.mode,
+                "zoom": self.viewer.zoom(),
+                "scale": self.last_scale,
+                "origin": self.picture_origin.map(|p| [p.x, p.y]),
+                "panel": self.viewer.panel,
+                "fullscreen": self.viewer.fullscreen,
+            },
+            "clipboard_note": self.clipboard_note.as_ref().map(|n| match n {
+                Ok((_, chars)) => serde_json::json!({"chars": chars}),
+                Err(e) => serde_json::json!({"error": e}),
+            }),
             "offers": self.files.offers().map(|o| serde_json::json!({
                 "id": o.id,
                 "name": o.name,
@@ -1113,40 +1300,6 @@ impl eframe::App for OperatorApp {
     }
 }
 
-/// The input contract's name for keys that do not produce text.
-fn special_key_name(key: egui::Key) -> Option<&'static str> {
-    use egui::Key as K;
-    Some(match key {
-        K::Enter => "Enter",
-        K::Tab => "Tab",
-        K::Escape => "Escape",
-        K::Backspace => "Backspace",
-        K::Delete => "Delete",
-        K::Insert => "Insert",
-        K::ArrowLeft => "ArrowLeft",
-        K::ArrowRight => "ArrowRight",
-        K::ArrowUp => "ArrowUp",
-        K::ArrowDown => "ArrowDown",
-        K::Home => "Home",
-        K::End => "End",
-        K::PageUp => "PageUp",
-        K::PageDown => "PageDown",
-        K::F1 => "F1",
-        K::F2 => "F2",
-        K::F3 => "F3",
-        K::F4 => "F4",
-        K::F5 => "F5",
-        K::F6 => "F6",
-        K::F7 => "F7",
-        K::F8 => "F8",
-        K::F9 => "F9",
-        K::F10 => "F10",
-        K::F11 => "F11",
-        K::F12 => "F12",
-        _ => return None,
-    })
-}
-
 /// The report's name for a banner.
 fn banner_kind(text: Text) -> &'static str {
     match text {
@@ -1195,12 +1348,5 @@ mod tests {
             ]
         );
         assert_eq!(sends_for_drop(&dropped[..1], false), vec![Err("not_granted")]);
-    }
-
-    #[test]
-    fn special_keys_use_the_contract_names() {
-        assert_eq!(special_key_name(egui::Key::Enter), Some("Enter"));
-        assert_eq!(special_key_name(egui::Key::ArrowLeft), Some("ArrowLeft"));
-        assert_eq!(special_key_name(egui::Key::A), None, "letters arrive as text");
     }
 }

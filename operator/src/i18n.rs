@@ -144,6 +144,42 @@ impl Texts for Text {
             (Lang::En, NotGranted) => "The client has not allowed file transfer",
             (Lang::Ja, Problem) => "問題が起きました",
             (Lang::En, Problem) => "Something went wrong",
+            (Lang::Ja, Fit) => "全体表示",
+            (Lang::En, Fit) => "Fit",
+            (Lang::Ja, ActualSize) => "実寸",
+            (Lang::En, ActualSize) => "Actual size",
+            (Lang::Ja, ZoomIn) => "拡大",
+            (Lang::En, ZoomIn) => "Zoom in",
+            (Lang::Ja, ZoomOut) => "縮小",
+            (Lang::En, ZoomOut) => "Zoom out",
+            (Lang::Ja, HidePanel) => "パネルを隠す",
+            (Lang::En, HidePanel) => "Hide panel",
+            (Lang::Ja, ShowPanel) => "パネルを表示",
+            (Lang::En, ShowPanel) => "Show panel",
+            (Lang::Ja, FullScreen) => "全画面",
+            (Lang::En, FullScreen) => "Full screen",
+            (Lang::Ja, ExitFullScreen) => "全画面を終了",
+            (Lang::En, ExitFullScreen) => "Exit full screen",
+            (Lang::Ja, SendCtrlAltDel) => "Ctrl+Alt+Del を送る",
+            (Lang::En, SendCtrlAltDel) => "Send Ctrl+Alt+Del",
+            (Lang::Ja, Clipboard) => "クリップボード",
+            (Lang::En, Clipboard) => "Clipboard",
+            (Lang::Ja, ClipboardSend) => "自分のクリップボードを送る",
+            (Lang::En, ClipboardSend) => "Send my clipboard",
+            (Lang::Ja, ClipboardGet) => "お客様のクリップボードを取得",
+            (Lang::En, ClipboardGet) => "Get the client's clipboard",
+            (Lang::Ja, ClipboardSent) => "お客様のクリップボードに送りました（文字数）",
+            (Lang::En, ClipboardSent) => "Sent to the client's clipboard (characters)",
+            (Lang::Ja, ClipboardReceived) => "お客様のクリップボードを自分のクリップボードに入れました（文字数）",
+            (Lang::En, ClipboardReceived) => "The client's clipboard is now on yours (characters)",
+            (Lang::Ja, ClipboardNotGranted) => "お客様はクリップボードのやり取りを許可していません",
+            (Lang::En, ClipboardNotGranted) => "The client has not allowed clipboard text",
+            (Lang::Ja, ClipboardEmpty) => "クリップボードに文字がありません",
+            (Lang::En, ClipboardEmpty) => "There is no text on the clipboard",
+            (Lang::Ja, ClipboardTooLarge) => "クリップボードの文字が多すぎます",
+            (Lang::En, ClipboardTooLarge) => "The clipboard text is too long",
+            (Lang::Ja, ClipboardUnavailable) => "クリップボードを使えません",
+            (Lang::En, ClipboardUnavailable) => "The clipboard cannot be used",
             (Lang::Ja, DropToSend) => "ドロップするとお客様に送ります",
             (Lang::En, DropToSend) => "Drop to send to the client",
             (Lang::Ja, DropNoPath) => "ドロップされたものはファイルではありません",
@@ -228,6 +264,42 @@ pub enum Text {
     NotGranted,
     /// Any other error during the session (followed by the detail).
     Problem,
+    /// Viewer: fit the picture to the window.
+    Fit,
+    /// Viewer: one client pixel per screen pixel.
+    ActualSize,
+    /// Viewer: one zoom step up.
+    ZoomIn,
+    /// Viewer: one zoom step down.
+    ZoomOut,
+    /// Hides the side panel.
+    HidePanel,
+    /// Shows the side panel.
+    ShowPanel,
+    /// Full screen on.
+    FullScreen,
+    /// Full screen off.
+    ExitFullScreen,
+    /// Sends Ctrl+Alt+Del to the client.
+    SendCtrlAltDel,
+    /// The clipboard section's heading.
+    Clipboard,
+    /// Sends the operator's clipboard text.
+    ClipboardSend,
+    /// Asks for the client's clipboard text.
+    ClipboardGet,
+    /// Our clipboard text reached the client (followed by the count).
+    ClipboardSent,
+    /// The client's clipboard text is on ours (followed by the count).
+    ClipboardReceived,
+    /// Clipboard text is not granted.
+    ClipboardNotGranted,
+    /// No text on a clipboard.
+    ClipboardEmpty,
+    /// Clipboard text over the limit.
+    ClipboardTooLarge,
+    /// No clipboard to read or write (followed by the detail).
+    ClipboardUnavailable,
     /// While files hover over the window.
     DropToSend,
     /// A drop without a file path.

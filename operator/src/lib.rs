@@ -8,7 +8,8 @@
 //!
 //! Modules: [`decode`] (openh264 decoding, gap detection, acks), [`config`], [`api`]
 //! (commands, events, outcome), [`picture`] (the newest picture for a viewer), [`gui`] (the
-//! window), [`chat`] (the window's bounded chat log), [`i18n`] (its Japanese and English text).
+//! window), [`viewer`] (how the window sizes the picture and which keys it sends), [`chat`]
+//! (the window's bounded chat log), [`i18n`] (its Japanese and English text).
 
 pub mod api;
 pub mod chat;
@@ -17,6 +18,7 @@ pub mod decode;
 pub mod gui;
 pub mod i18n;
 pub mod picture;
+pub mod viewer;
 mod session;
 
 pub use api::{Button, Command, Event, Outcome};

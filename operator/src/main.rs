@@ -40,8 +40,9 @@ struct Args {
     /// Speak JSON lines on stdin/stdout instead of showing a window.
     #[arg(long)]
     headless: bool,
-    /// Permissions to ask the client for (view, control, files, chat, or all).
-    #[arg(long, value_delimiter = ',', default_value = "view,control,files,chat")]
+    /// Permissions to ask the client for (view, control, files, chat, clipboard, or all:
+    /// everything the admin allows this operator).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
     permissions: Vec<String>,
     /// Milliseconds for each port attempt (connect, TLS, Hello).
     #[arg(long, default_value_t = 5000)]
@@ -188,7 +189,7 @@ fn build_config(args: Args) -> Result<OperatorConfig, (&'static str, String)> {
     if permissions.is_empty() {
         return Err((
             "usage",
-            "--permissions needs at least one of view, control, files, chat".into(),
+            "--permissions needs at least one of view, control, files, chat, clipboard".into(),
         ));
     }
     let identity = load_identity(args.cert.as_deref()).map_err(|e| ("bad_certificate", e))?;

@@ -223,6 +223,7 @@ impl driver::App for Operator {
     async fn on_data(&mut self, core: &mut Core, channel: Channel, seq: u64, payload: Bytes) -> Handled {
         match channel {
             Channel::Screen => self.on_screen(core, seq, payload).await?,
+            Channel::Clipboard => self.on_clipboard(core, payload).await,
             _ => debug!(
                 channel = channel as i32,
                 "data on a channel the operator does not handle; ignored"
@@ -336,6 +337,16 @@ impl driver::App for Operator {
             }
             Command::Text { text } => send_input(core, vec![Kind::Text(pb::TextInput { text })]).await?,
             Command::Chat { text } => core.send_chat(text).await?,
+            Command::ClipboardSend { text } => self.clipboard_send(core, text).await?,
+            Command::ClipboardGet => {
+                if self.clipboard_granted(core).await {
+                    let ask = pb::ClipboardText {
+                        request: true,
+                        ..Default::default()
+                    };
+                    core.send_data(Channel::Clipboard, ask.encode_to_vec()).await?;
+                }
+            }
             Command::RequestKeyframe => {
                 self.decoder.request_now();
                 let fb = pb::ScreenFeedback {
@@ -376,6 +387,75 @@ impl driver::App for Operator {
 }
 
 impl Operator {
+    /// Whether clipboard text may move now; says why not as an error event.
+    async fn clipboard_granted(&self, core: &mut Core) -> bool {
+        let granted = self.phase == Phase::Active && self.granted.contains(pb::Permission::Clipboard);
+        if !granted {
+            core.emit(Event::error("not_granted", "the client has not allowed clipboard text"))
+                .await;
+        }
+        granted
+    }
+
+    /// Sends `text`, or this machine's clipboard text, to the client's clipboard.
+    async fn clipboard_send(&mut self, core: &mut Core, text: Option<String>) -> Result<(), Lost> {
+        if !self.clipboard_granted(core).await {
+            return Ok(());
+        }
+        let text = match text {
+            Some(t) => tsunagu_endpoint::clipboard::check(&t).map(|()| t),
+            None => tsunagu_endpoint::clipboard::read_text().await,
+        };
+        match text {
+            Ok(text) => {
+                let chars = tsunagu_endpoint::clipboard::chars(&text);
+                let message = pb::ClipboardText {
+                    text,
+                    ..Default::default()
+                };
+                core.send_data(Channel::Clipboard, message.encode_to_vec()).await?;
+                info!(session = %self.session_id, chars, "clipboard text sent");
+                core.emit(Event::ClipboardSent { chars }).await;
+            }
+            Err(e) => core.emit(Event::error(format!("clipboard_{}", e.code()), e.to_string())).await,
+        }
+        Ok(())
+    }
+
+    /// The client's clipboard text (or why there is none), answering `clipboard_get`.
+    async fn on_clipboard(&mut self, core: &mut Core, payload: Bytes) {
+        use tsunagu_endpoint::clipboard::{self, ClipboardError};
+        let message = match pb::ClipboardText::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "undecodable clipboard text; ignored");
+                return;
+            }
+        };
+        let text = if message.error.is_empty() {
+            clipboard::check(&message.text).map(|()| message.text)
+        } else {
+            Err(ClipboardError::from_code(&message.error))
+        };
+        let text = match text {
+            Ok(t) => t,
+            Err(e) => {
+                let message = format!("the client's clipboard: {e}");
+                core.emit(Event::error(format!("clipboard_{}", e.code()), message)).await;
+                return;
+            }
+        };
+        let chars = clipboard::chars(&text);
+        if self.config.system_clipboard {
+            if let Err(e) = clipboard::write_text(text.clone()).await {
+                core.emit(Event::error(format!("clipboard_{}", e.code()), e.to_string())).await;
+                return;
+            }
+        }
+        info!(session = %self.session_id, chars, "the client's clipboard text arrived");
+        core.emit(Event::Clipboard { text, chars }).await;
+    }
+
     async fn on_session_state(&mut self, core: &mut Core, state: pb::SessionState) {
         let granted = PermissionSet::from_wire(&state.granted);
         self.granted = granted;

@@ -26,3 +26,7 @@ pub const MAX_CSR: usize = 8 * 1024;
 
 /// Longest chat message in bytes an endpoint will send.
 pub const MAX_CHAT: usize = 4096;
+
+/// Longest clipboard text in bytes an endpoint will send or put on its clipboard: a page of
+/// a log or a long command line fits; a frame stays far below [`DEFAULT_MAX_FRAME`].
+pub const MAX_CLIPBOARD: usize = 256 * 1024;

@@ -81,18 +81,19 @@ impl fmt::Debug for SessionCode {
     }
 }
 
-/// A set of session permissions (view, control, files, chat) as a bit set.
+/// A set of session permissions (view, control, files, chat, clipboard) as a bit set.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct PermissionSet(u8);
 
 impl PermissionSet {
     pub const EMPTY: Self = Self(0);
-    pub const ALL: Self = Self(0b1111);
-    pub const ORDER: [Permission; 4] = [
+    pub const ALL: Self = Self(0b1_1111);
+    pub const ORDER: [Permission; 5] = [
         Permission::View,
         Permission::Control,
         Permission::Files,
         Permission::Chat,
+        Permission::Clipboard,
     ];
 
     fn bit(p: Permission) -> u8 {
@@ -102,6 +103,7 @@ impl PermissionSet {
             Permission::Control => 2,
             Permission::Files => 4,
             Permission::Chat => 8,
+            Permission::Clipboard => 16,
         }
     }
 
@@ -157,12 +159,13 @@ impl PermissionSet {
         Self::ORDER.into_iter().filter(|p| self.contains(*p))
     }
 
-    /// Lower-case names: `view`, `control`, `files`, `chat`.
+    /// Lower-case names: `view`, `control`, `files`, `chat`, `clipboard`.
     pub fn names(&self) -> Vec<&'static str> {
         self.iter().map(permission_name).collect()
     }
 
-    /// Parses names (`view`, `control`, `files`, `chat`, or `all`); unknown names are errors.
+    /// Parses names (`view`, `control`, `files`, `chat`, `clipboard`, or `all`); unknown names
+    /// are errors.
     pub fn parse_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut set = Self::EMPTY;
         for n in names {
@@ -176,7 +179,7 @@ impl PermissionSet {
             }
             set.insert(
                 permission_from_name(n)
-                    .ok_or_else(|| format!("unknown permission {n:?} (expected view, control, files, chat or all)"))?,
+                    .ok_or_else(|| format!("unknown permission {n:?} (expected view, control, files, chat, clipboard or all)"))?,
             );
         }
         Ok(set)
@@ -206,6 +209,7 @@ pub fn permission_name(p: Permission) -> &'static str {
         Permission::Control => "control",
         Permission::Files => "files",
         Permission::Chat => "chat",
+        Permission::Clipboard => "clipboard",
     }
 }
 
@@ -215,6 +219,7 @@ pub fn permission_from_name(name: &str) -> Option<Permission> {
         "control" => Some(Permission::Control),
         "files" => Some(Permission::Files),
         "chat" => Some(Permission::Chat),
+        "clipboard" => Some(Permission::Clipboard),
         _ => None,
     }
 }

@@ -193,7 +193,7 @@ pub struct Counters {
 
 /// Every (way, channel) pair that can carry traffic, in a fixed order: the bit positions of
 /// [`Flows`].
-const FLOW_PAIRS: [(Direction, Channel); 7] = [
+const FLOW_PAIRS: [(Direction, Channel); 9] = [
     (Direction::ToClient, Channel::Input),
     (Direction::ToClient, Channel::ScreenFeedback),
     (Direction::ToOperator, Channel::Screen),
@@ -201,12 +201,14 @@ const FLOW_PAIRS: [(Direction, Channel); 7] = [
     (Direction::ToOperator, Channel::Chat),
     (Direction::ToClient, Channel::File),
     (Direction::ToOperator, Channel::File),
+    (Direction::ToClient, Channel::Clipboard),
+    (Direction::ToOperator, Channel::Clipboard),
 ];
 
 /// Which traffic a session lets through at one moment, channel by channel and way by way.
 /// Comparing two snapshots tells which frames already queued a change has made stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Flows(u8);
+pub struct Flows(u16);
 
 impl Flows {
     /// Whether frames on `channel` may travel `direction`.
@@ -487,7 +489,7 @@ impl Policy {
 
     /// The traffic the session lets through now.
     pub fn flows(&self) -> Flows {
-        let mut bits = 0u8;
+        let mut bits = 0u16;
         for (i, (direction, channel)) in FLOW_PAIRS.iter().enumerate() {
             if self.decide(*direction, Some(*channel)) == Verdict::Forward {
                 bits |= 1 << i;
@@ -594,6 +596,7 @@ impl Policy {
                 v => v,
             },
             (Some(Channel::File), _) => need(Permission::Files),
+            (Some(Channel::Clipboard), _) => need(Permission::Clipboard),
             // Feedback and input never travel towards the operator, nor screen to the client.
             (Some(Channel::Screen | Channel::ScreenFeedback | Channel::Input), _) => Verdict::Drop(WrongDirection),
         }
@@ -955,6 +958,34 @@ mod tests {
             Verdict::Drop(DropReason::ChatOnly)
         );
         assert_eq!(p.check_data(ToOperator, Some(Channel::Chat), 5), Verdict::Forward);
+    }
+
+    #[test]
+    fn clipboard_text_needs_its_own_permission_both_ways() {
+        let (mut p, _) = active(&["view", "control", "chat"]);
+        for way in [ToClient, ToOperator] {
+            assert_eq!(
+                p.check_data(way, Some(Channel::Clipboard), 5),
+                Verdict::Drop(DropReason::NotGranted)
+            );
+        }
+        let (mut p, _) = active(&["view", "clipboard"]);
+        for way in [ToClient, ToOperator] {
+            assert_eq!(p.check_data(way, Some(Channel::Clipboard), 5), Verdict::Forward);
+        }
+        // Paused or view only, the clipboard is not input: it still moves.
+        p.client_state(PAUSED, PermissionSet::EMPTY);
+        assert_eq!(p.check_data(ToClient, Some(Channel::Clipboard), 5), Verdict::Forward);
+        p.client_state(CHAT_ONLY, PermissionSet::EMPTY);
+        assert_eq!(
+            p.check_data(ToClient, Some(Channel::Clipboard), 5),
+            Verdict::Drop(DropReason::ChatOnly)
+        );
+        p.client_state(ClientModes::default(), perms(&["clipboard"]));
+        assert_eq!(
+            p.check_data(ToOperator, Some(Channel::Clipboard), 5),
+            Verdict::Drop(DropReason::NotGranted)
+        );
     }
 
     #[test]

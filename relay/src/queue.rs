@@ -23,7 +23,7 @@ enum Kind {
 }
 
 /// Channels a frame can belong to; the length of [`State::withdrawals`].
-const CHANNELS: usize = 6;
+const CHANNELS: usize = 7;
 
 /// The slot of `channel` in [`State::withdrawals`]; an exhaustive match, so a new channel
 /// cannot be forgotten.
@@ -35,6 +35,7 @@ fn slot(channel: Channel) -> usize {
         Channel::Chat => 3,
         Channel::File => 4,
         Channel::ScreenFeedback => 5,
+        Channel::Clipboard => 6,
     }
 }
 

@@ -387,7 +387,7 @@ pub async fn assert_input_dropped(op: &mut RawPeer, client: &mut RawPeer, marker
 /// An operator and a client paired with consent to `grant`.
 pub async fn paired(relay: &TestRelay, grant: &[&str]) -> (RawPeer, RawPeer) {
     let cfg = relay.dial_config();
-    let (mut op, code) = RawPeer::operator(&cfg, &["view", "control", "files", "chat"]).await;
+    let (mut op, code) = RawPeer::operator(&cfg, &["view", "control", "files", "chat", "clipboard"]).await;
     let (mut client, _req) = RawPeer::join(&cfg, &code).await.expect("join");
     op.expect("PeerJoined", |b| matches!(b, Body::PeerJoined(_)).then_some(()))
         .await;

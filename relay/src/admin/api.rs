@@ -94,10 +94,10 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D
 fn api_permissions(names: &[String]) -> Result<PermissionSet, OpError> {
     if let Some(bad) = names
         .iter()
-        .find(|n| !matches!(n.as_str(), "view" | "control" | "files" | "chat" | "all"))
+        .find(|n| !matches!(n.as_str(), "view" | "control" | "files" | "chat" | "clipboard" | "all"))
     {
         return Err(OpError::Invalid(format!(
-            "unknown permission {bad:?} (expected view, control, files, chat or all)"
+            "unknown permission {bad:?} (expected view, control, files, chat, clipboard or all)"
         )));
     }
     ops::parse_permissions(names.iter().map(String::as_str))

@@ -14,7 +14,7 @@ use super::pages::{csrf_field, op_error, render, render_status, see_other};
 use super::{op_status, Console, Ctx};
 
 fn permission_boxes(lang: html::Lang, prefix: &str, set: PermissionSet) -> String {
-    ["view", "control", "files", "chat"]
+    ["view", "control", "files", "chat", "clipboard"]
         .iter()
         .map(|p| {
             let on = PermissionSet::parse_names([*p])

@@ -12,7 +12,7 @@ fn pick(lang: Lang, words: Option<(&'static str, &'static str)>) -> Option<&'sta
     })
 }
 
-/// One permission (`view`, `control`, `files`, `chat`).
+/// One permission (`view`, `control`, `files`, `chat`, `clipboard`).
 pub fn permission(lang: Lang, key: &str) -> Option<&'static str> {
     pick(
         lang,
@@ -21,6 +21,7 @@ pub fn permission(lang: Lang, key: &str) -> Option<&'static str> {
             "control" => Some(("control", "操作")),
             "files" => Some(("files", "ファイル")),
             "chat" => Some(("chat", "チャット")),
+            "clipboard" => Some(("clipboard", "クリップボード")),
             _ => None,
         },
     )
