@@ -135,7 +135,10 @@ fn typing_a_code_and_pressing_connect_starts_a_session() {
     click(&xvfb, rect_of(&report, origin, "perm_files"));
     std::thread::sleep(Duration::from_millis(300));
     click(&xvfb, rect_of(&report, origin, "allow"));
-    assert_eq!(op.expect("consent")["granted"], json!(["view", "control", "chat", "clipboard"]));
+    assert_eq!(
+        op.expect("consent")["granted"],
+        json!(["view", "control", "chat", "clipboard"])
+    );
     gui.expect("connected");
 
     // The session bar: who, Pause control, View only, Chat only, End.
@@ -313,7 +316,10 @@ fn allowing_with_a_click_starts_no_pause(lang: &str) {
     for (dx, dy) in [(4, 2), (9, 5), (15, 9)] {
         xvfb.xdotool(&["mousemove", &(ax + dx).to_string(), &(ay + dy).to_string()]);
     }
-    assert_eq!(op.expect("consent")["granted"], json!(["view", "control", "chat", "clipboard"]));
+    assert_eq!(
+        op.expect("consent")["granted"],
+        json!(["view", "control", "chat", "clipboard"])
+    );
     gui.expect("connected");
     op.expect("frame");
     let quiet = Duration::from_millis(tsunagu_client::takeover::CONSENT_CLICK_SETTLE.as_millis() as u64 + 1500);

@@ -232,7 +232,9 @@ async fn clipboard_text_needs_the_clipboard_permission() {
     let relay = TestRelay::start(|_| {}).await;
     let (mut op, mut client) = paired(&relay, &["view", "chat"]).await;
     op.data(Channel::Clipboard, b"secret for the clipboard".to_vec()).await;
-    client.data(Channel::Clipboard, b"the client's clipboard".to_vec()).await;
+    client
+        .data(Channel::Clipboard, b"the client's clipboard".to_vec())
+        .await;
     // The next data on each side is the chat sent behind it: the clipboard was dropped.
     op.chat("after-clipboard").await;
     let next = client.expect("data", |b| match b {
@@ -260,9 +262,15 @@ async fn clipboard_text_needs_the_clipboard_permission() {
 
     let (mut op, mut client) = paired(&relay, &["view", "clipboard"]).await;
     op.data(Channel::Clipboard, b"to the client".to_vec()).await;
-    assert_eq!(&client.expect_data(Channel::Clipboard).await.payload[..], b"to the client");
+    assert_eq!(
+        &client.expect_data(Channel::Clipboard).await.payload[..],
+        b"to the client"
+    );
     client.data(Channel::Clipboard, b"to the operator".to_vec()).await;
-    assert_eq!(&op.expect_data(Channel::Clipboard).await.payload[..], b"to the operator");
+    assert_eq!(
+        &op.expect_data(Channel::Clipboard).await.payload[..],
+        b"to the operator"
+    );
     op.send_body(Body::End(pb::End {})).await;
     client.expect_ended().await;
     relay.relay.shutdown().await;

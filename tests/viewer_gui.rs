@@ -37,7 +37,9 @@ fn widget(report: &Value, name: &str) -> (i64, i64, i64, i64) {
 /// The picture's origin on the X screen and its scale, as the window drew them.
 fn placement(report: &Value) -> (f64, f64, f64) {
     let view = &report["view"];
-    let origin = view["origin"].as_array().unwrap_or_else(|| panic!("no picture origin in {report}"));
+    let origin = view["origin"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no picture origin in {report}"));
     let window = &report["window"];
     (
         window[0].as_f64().unwrap_or(0.0) + origin[0].as_f64().unwrap(),
@@ -113,7 +115,13 @@ fn operator_window(x: &Xvfb, relay: &RelayProcess, config: &Path, lang: &str) ->
 /// `size` (`WxH`) granting `grant`, and the window's first report of the session with a
 /// picture. Few frames a second: the static test picture needs no more, and each 1080p
 /// frame costs the unoptimised test build's window a lot of the machine's two cores.
-fn session(op: &mut App, relay: &RelayProcess, size: &str, grant: &[&str], client_display: Option<&Xvfb>) -> (App, Value) {
+fn session(
+    op: &mut App,
+    relay: &RelayProcess,
+    size: &str,
+    grant: &[&str],
+    client_display: Option<&Xvfb>,
+) -> (App, Value) {
     let code = op.code();
     let args = [
         "--headless",
@@ -168,15 +176,22 @@ fn the_viewer_fits_zooms_scrolls_keeps_the_pointer_exact_and_remembers() {
 
     // Hide the panel: the picture gets the room.
     click(&x, widget(&fit, "panel_toggle"));
-    let wide = op.expect_where("gui", |v| v["view"]["panel"] == false && v["widgets"]["screen"].is_array());
+    let wide = op.expect_where("gui", |v| {
+        v["view"]["panel"] == false && v["widgets"]["screen"].is_array()
+    });
     let wider = widget(&wide, "screen");
-    assert!(wider.2 > screen.2 + 100, "no panel, a larger picture: {screen:?} → {wider:?}");
+    assert!(
+        wider.2 > screen.2 + 100,
+        "no panel, a larger picture: {screen:?} → {wider:?}"
+    );
     assert!(wide["widgets"]["send_file"].is_null(), "the panel is gone: {wide}");
     shot(&x, "2-no-panel-en");
 
     // Actual size: one client pixel per screen pixel, the rest behind scroll bars.
     click(&x, widget(&wide, "view_actual"));
-    let actual = op.expect_where("gui", |v| v["view"]["mode"] == "actual" && v["view"]["origin"].is_array());
+    let actual = op.expect_where("gui", |v| {
+        v["view"]["mode"] == "actual" && v["view"]["origin"].is_array()
+    });
     let actual = settled(&mut op, actual);
     assert_eq!(actual["view"]["scale"].as_f64(), Some(1.0));
     let pic = widget(&actual, "screen");
@@ -193,12 +208,19 @@ fn the_viewer_fits_zooms_scrolls_keeps_the_pointer_exact_and_remembers() {
     std::thread::sleep(Duration::from_millis(150));
     x.xdotool(&["mousedown", "1"]);
     for step in 1..=6 {
-        x.xdotool(&["mousemove", &(visible.0 + 40 + step * 60).to_string(), &bar_y.to_string()]);
+        x.xdotool(&[
+            "mousemove",
+            &(visible.0 + 40 + step * 60).to_string(),
+            &bar_y.to_string(),
+        ]);
         std::thread::sleep(Duration::from_millis(50));
     }
     x.xdotool(&["mouseup", "1"]);
     let moving = op.expect_where("gui", |v| {
-        v["view"]["mode"] == "actual" && v["view"]["origin"][0].as_f64().is_some_and(|ox| ox < (pic.0 - 100) as f64)
+        v["view"]["mode"] == "actual"
+            && v["view"]["origin"][0]
+                .as_f64()
+                .is_some_and(|ox| ox < (pic.0 - 100) as f64)
     });
     let scrolled = settled(&mut op, moving);
     shot(&x, "4-actual-scrolled-en");
@@ -225,12 +247,22 @@ fn the_viewer_fits_zooms_scrolls_keeps_the_pointer_exact_and_remembers() {
     // would on a click.
     let id = x.xdotool(&["search", "--sync", "--onlyvisible", "--class", "tsunagu-operator"]);
     x.xdotool(&["windowfocus", "--sync", id.lines().next().unwrap_or_default()]);
-    x.xdotool(&["mousemove", &(visible.0 + 300).to_string(), &(visible.1 + 200).to_string()]);
+    x.xdotool(&[
+        "mousemove",
+        &(visible.0 + 300).to_string(),
+        &(visible.1 + 200).to_string(),
+    ]);
     std::thread::sleep(Duration::from_millis(200));
     x.xdotool(&["key", "ctrl+c"]);
-    expect_keys(&mut client, &[("Control", true), ("c", true), ("c", false), ("Control", false)]);
+    expect_keys(
+        &mut client,
+        &[("Control", true), ("c", true), ("c", false), ("Control", false)],
+    );
     x.xdotool(&["key", "ctrl+v"]);
-    expect_keys(&mut client, &[("Control", true), ("v", true), ("v", false), ("Control", false)]);
+    expect_keys(
+        &mut client,
+        &[("Control", true), ("v", true), ("v", false), ("Control", false)],
+    );
     click(&x, widget(&zoomed, "ctrl_alt_del"));
     expect_keys(
         &mut client,
@@ -250,7 +282,12 @@ fn the_viewer_fits_zooms_scrolls_keeps_the_pointer_exact_and_remembers() {
     let saved = loop {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         let value: toml::Value = toml::from_str(&text).unwrap_or(toml::Value::Table(Default::default()));
-        if value.get("view").and_then(|v| v.get("zoom")).and_then(|z| z.as_integer()) == Some(110) {
+        if value
+            .get("view")
+            .and_then(|v| v.get("zoom"))
+            .and_then(|z| z.as_integer())
+            == Some(110)
+        {
             break value;
         }
         assert!(Instant::now() < deadline, "the view was not remembered: {text}");
@@ -264,7 +301,8 @@ fn the_viewer_fits_zooms_scrolls_keeps_the_pointer_exact_and_remembers() {
     // The next start shows the next session the same way, in Japanese too; this time under
     // a window manager, which is what grants full screen.
     let mut wm = x.command("openbox");
-    wm.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    wm.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let _wm = Reaped(wm.spawn().expect("openbox starts (apt-get install openbox)"));
     let mut op = operator_window(&x, &relay, config.path(), "ja");
     let (_client, again) = session(&mut op, &relay, "1920x1080", &["view", "control"], None);
@@ -279,7 +317,9 @@ fn the_viewer_fits_zooms_scrolls_keeps_the_pointer_exact_and_remembers() {
     });
     shot(&x, "7-fullscreen-ja");
     click(&x, widget(&full, "fullscreen"));
-    let back = op.expect_where("gui", |v| v["view"]["fullscreen"] == false && v["window"] != json!([0, 0, 1280, 800]));
+    let back = op.expect_where("gui", |v| {
+        v["view"]["fullscreen"] == false && v["window"] != json!([0, 0, 1280, 800])
+    });
     // Back to fit for the next start; the panel too.
     click(&x, widget(&back, "view_fit"));
     op.expect_where("gui", |v| v["view"]["mode"] == "fit");
@@ -329,7 +369,13 @@ fn clipboard_text_moves_both_ways_between_the_two_desktops_when_allowed() {
     assert!(relay.add_operator("alice", OP_PASSWORD).status.success());
     let config = tempfile::tempdir().unwrap();
     let mut op = operator_window(&x, &relay, config.path(), "en");
-    let (mut client, report) = session(&mut op, &relay, "800x600", &["view", "control", "clipboard"], Some(&desk));
+    let (mut client, report) = session(
+        &mut op,
+        &relay,
+        "800x600",
+        &["view", "control", "clipboard"],
+        Some(&desk),
+    );
 
     // The technician copies a line on their desktop and sends it.
     let text = "請求書 #42 — invoice ready\nsecond line";
@@ -363,7 +409,9 @@ fn clipboard_text_moves_both_ways_between_the_two_desktops_when_allowed() {
     let note = if report["widgets"]["clipboard_note"].is_array() {
         report.clone()
     } else {
-        op.expect_where("gui", |v| v["screen"] == "session" && v["widgets"]["clipboard_note"].is_array())
+        op.expect_where("gui", |v| {
+            v["screen"] == "session" && v["widgets"]["clipboard_note"].is_array()
+        })
     };
     set_clipboard(&x, "must not cross");
     click(&x, widget(&note, "clipboard_send"));

@@ -440,7 +440,10 @@ impl Client {
                 info!(chars, "the operator's text is on the clipboard");
                 core.emit(Event::ClipboardReceived { chars }).await;
             }
-            Err(e) => core.emit(Event::error(format!("clipboard_{}", e.code()), e.to_string())).await,
+            Err(e) => {
+                core.emit(Event::error(format!("clipboard_{}", e.code()), e.to_string()))
+                    .await
+            }
         }
         Ok(())
     }

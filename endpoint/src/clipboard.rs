@@ -54,7 +54,9 @@ fn with_handle<T>(f: impl FnOnce(&mut arboard::Clipboard) -> Result<T, arboard::
     if guard.is_none() {
         *guard = Some(arboard::Clipboard::new().map_err(|e| ClipboardError::Unavailable(e.to_string()))?);
     }
-    let handle = guard.as_mut().ok_or_else(|| ClipboardError::Unavailable("no handle".into()))?;
+    let handle = guard
+        .as_mut()
+        .ok_or_else(|| ClipboardError::Unavailable("no handle".into()))?;
     match f(handle) {
         Ok(v) => Ok(v),
         Err(arboard::Error::ContentNotAvailable) => Err(ClipboardError::Empty),

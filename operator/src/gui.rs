@@ -1046,7 +1046,10 @@ impl OperatorApp {
 
     /// Whether the operator controls the client now.
     fn control(&self) -> bool {
-        self.granted.contains(tsunagu_proto::pb::Permission::Control) && !self.paused && !self.view_only && !self.chat_only
+        self.granted.contains(tsunagu_proto::pb::Permission::Control)
+            && !self.paused
+            && !self.view_only
+            && !self.chat_only
     }
 
     /// The remote screen as the viewer says (fit, actual size, zoom with scroll bars),
@@ -1152,11 +1155,8 @@ impl OperatorApp {
                         commands.push(Command::Wheel { dx, dy });
                     }
                 }
-                egui::Event::Text(text) => {
-                    if !std::mem::take(&mut skip_text) {
-                        commands.push(Command::Text { text });
-                    }
-                }
+                egui::Event::Text(_) if skip_text => skip_text = false,
+                egui::Event::Text(text) => commands.push(Command::Text { text }),
                 egui::Event::Key {
                     key,
                     pressed,

@@ -18,8 +18,8 @@ pub mod decode;
 pub mod gui;
 pub mod i18n;
 pub mod picture;
-pub mod viewer;
 mod session;
+pub mod viewer;
 
 pub use api::{Button, Command, Event, Outcome};
 pub use config::{OperatorConfig, Timeouts};

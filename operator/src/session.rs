@@ -417,7 +417,10 @@ impl Operator {
                 info!(session = %self.session_id, chars, "clipboard text sent");
                 core.emit(Event::ClipboardSent { chars }).await;
             }
-            Err(e) => core.emit(Event::error(format!("clipboard_{}", e.code()), e.to_string())).await,
+            Err(e) => {
+                core.emit(Event::error(format!("clipboard_{}", e.code()), e.to_string()))
+                    .await
+            }
         }
         Ok(())
     }
@@ -441,14 +444,16 @@ impl Operator {
             Ok(t) => t,
             Err(e) => {
                 let message = format!("the client's clipboard: {e}");
-                core.emit(Event::error(format!("clipboard_{}", e.code()), message)).await;
+                core.emit(Event::error(format!("clipboard_{}", e.code()), message))
+                    .await;
                 return;
             }
         };
         let chars = clipboard::chars(&text);
         if self.config.system_clipboard {
             if let Err(e) = clipboard::write_text(text.clone()).await {
-                core.emit(Event::error(format!("clipboard_{}", e.code()), e.to_string())).await;
+                core.emit(Event::error(format!("clipboard_{}", e.code()), e.to_string()))
+                    .await;
                 return;
             }
         }

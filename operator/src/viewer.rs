@@ -303,7 +303,10 @@ mod tests {
         // On a display with two pixels per point, a client pixel is half a point.
         assert_eq!(v.scale((1920.0, 1080.0), egui::vec2(800.0, 600.0), 2.0), 0.5);
         let origin = egui::pos2(10.0, 20.0);
-        assert_eq!(to_remote(egui::pos2(10.0, 20.0), origin, 1.0, (1920, 1080)), Some((0, 0)));
+        assert_eq!(
+            to_remote(egui::pos2(10.0, 20.0), origin, 1.0, (1920, 1080)),
+            Some((0, 0))
+        );
         assert_eq!(to_remote(egui::pos2(9.9, 20.0), origin, 1.0, (1920, 1080)), None);
         assert_eq!(to_remote(egui::pos2(1930.0, 20.0), origin, 1.0, (1920, 1080)), None);
     }
@@ -374,9 +377,15 @@ mod tests {
     fn plain_keys_go_down_and_up_and_letters_come_as_text() {
         let none = egui::Modifiers::NONE;
         assert_eq!(keys(&key_input(egui::Key::Enter, true, none).0), k(&[("Enter", true)]));
-        assert_eq!(keys(&key_input(egui::Key::Enter, false, none).0), k(&[("Enter", false)]));
+        assert_eq!(
+            keys(&key_input(egui::Key::Enter, false, none).0),
+            k(&[("Enter", false)])
+        );
         assert_eq!(key_input(egui::Key::A, true, none), (Vec::new(), false));
-        assert_eq!(key_input(egui::Key::A, true, egui::Modifiers::SHIFT), (Vec::new(), false));
+        assert_eq!(
+            key_input(egui::Key::A, true, egui::Modifiers::SHIFT),
+            (Vec::new(), false)
+        );
     }
 
     #[test]

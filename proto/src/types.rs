@@ -177,10 +177,9 @@ impl PermissionSet {
                 set = Self::ALL;
                 continue;
             }
-            set.insert(
-                permission_from_name(n)
-                    .ok_or_else(|| format!("unknown permission {n:?} (expected view, control, files, chat, clipboard or all)"))?,
-            );
+            set.insert(permission_from_name(n).ok_or_else(|| {
+                format!("unknown permission {n:?} (expected view, control, files, chat, clipboard or all)")
+            })?);
         }
         Ok(set)
     }
