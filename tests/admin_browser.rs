@@ -333,6 +333,7 @@ async fn an_admin_uses_the_console_in_chromium() {
     // Limit its permissions to view and chat.
     b.click("#perm-control").await;
     b.click("#perm-files").await;
+    b.click("#perm-clipboard").await;
     b.click("#save-permissions").await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while shared
