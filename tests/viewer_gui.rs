@@ -420,3 +420,71 @@ fn clipboard_text_moves_both_ways_between_the_two_desktops_when_allowed() {
     assert!(report["widgets"]["clipboard_send"].is_array());
     shot(&x, "9-clipboard-not-allowed-ja");
 }
+
+/// A file dragged from another program (a GTK window standing in for the file manager)
+/// and dropped onto the picture is offered to the client, as Send file… would.
+#[test]
+fn a_file_dropped_onto_the_picture_is_offered_to_the_client() {
+    let x = Xvfb::start(1600, 1000);
+    let relay = RelayProcess::start("", 1);
+    assert!(relay.add_operator("alice", OP_PASSWORD).status.success());
+    let config = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.txt");
+    std::fs::write(&file, "quarterly numbers\n".repeat(100)).unwrap();
+    let mut op = operator_window(&x, &relay, config.path(), "en");
+    let (mut client, report) = session(&mut op, &relay, "800x600", &["view", "control", "files"], None);
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/drag_source.py");
+    let mut source = x.command("/usr/bin/python3");
+    source
+        .arg(&script)
+        .arg(&file)
+        .args(["1350", "100"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut source = Reaped(
+        source
+            .spawn()
+            .expect("the drag source starts (python3-gi, gir1.2-gtk-3.0)"),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(source.0.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let id = x.xdotool(&["search", "--sync", "--onlyvisible", "--name", "drag-source"]);
+    let geometry = x.xdotool(&["getwindowgeometry", "--shell", id.lines().next().unwrap()]);
+    let value = |key: &str| -> i64 {
+        geometry
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {geometry}"))
+    };
+    let (sx, sy) = (value("X") + value("WIDTH") / 2, value("Y") + value("HEIGHT") / 2);
+
+    // Press on the source, move across in steps (XDND needs motion), release on the picture.
+    let screen = widget(&report, "screen");
+    let (tx, ty) = (screen.0 + screen.2 / 2, screen.1 + screen.3 / 2);
+    x.xdotool(&["mousemove", &sx.to_string(), &sy.to_string()]);
+    std::thread::sleep(Duration::from_millis(200));
+    x.xdotool(&["mousedown", "1"]);
+    for step in 1..=12 {
+        let px = sx + (tx - sx) * step / 12;
+        let py = sy + (ty - sy) * step / 12;
+        x.xdotool(&["mousemove", &px.to_string(), &py.to_string()]);
+        std::thread::sleep(Duration::from_millis(80));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    shot(&x, "10-dragging-en");
+    x.xdotool(&["mouseup", "1"]);
+
+    let offer = client.expect("file_offer");
+    assert_eq!(offer["name"], "report.txt");
+    assert_eq!(offer["size"], 1800);
+    op.expect_where("gui", |v| {
+        v["transfers"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|r| r["sending"] == true))
+    });
+    shot(&x, "11-dropped-en");
+}

@@ -986,26 +986,22 @@ impl OperatorApp {
         let before = self.viewer.settings();
         let current = self.last_scale * ctx.pixels_per_point() * 100.0;
         ui.horizontal(|ui| {
-            let r = ui.selectable_label(self.viewer.mode == Mode::Fit, self.t(Text::Fit));
-            self.widgets.insert("view_fit", r.rect);
-            if r.clicked() {
+            let fit = egui::Button::selectable(self.viewer.mode == Mode::Fit, self.t(Text::Fit));
+            if self.bar_button(ui, "view_fit", fit).clicked() {
                 self.viewer.mode = Mode::Fit;
             }
-            let r = ui.selectable_label(self.viewer.mode == Mode::Actual, self.t(Text::ActualSize));
-            self.widgets.insert("view_actual", r.rect);
-            if r.clicked() {
+            let actual = egui::Button::selectable(self.viewer.mode == Mode::Actual, self.t(Text::ActualSize));
+            if self.bar_button(ui, "view_actual", actual).clicked() {
                 self.viewer.mode = Mode::Actual;
             }
-            let r = ui.button("−").on_hover_text(self.t(Text::ZoomOut));
-            self.widgets.insert("zoom_out", r.rect);
-            if r.clicked() {
+            let out = self.bar_button(ui, "zoom_out", egui::Button::new("−"));
+            if out.on_hover_text(self.t(Text::ZoomOut)).clicked() {
                 self.viewer.zoom_out(current);
             }
-            let r = ui.label(format!("{:.0}%", current));
+            let r = ui.label(format!("{current:.0}%"));
             self.widgets.insert("zoom_level", r.rect);
-            let r = ui.button("+").on_hover_text(self.t(Text::ZoomIn));
-            self.widgets.insert("zoom_in", r.rect);
-            if r.clicked() {
+            let r = self.bar_button(ui, "zoom_in", egui::Button::new("+"));
+            if r.on_hover_text(self.t(Text::ZoomIn)).clicked() {
                 self.viewer.zoom_in(current);
             }
             ui.separator();
@@ -1014,9 +1010,10 @@ impl OperatorApp {
             } else {
                 Text::ShowPanel
             };
-            let r = ui.button(self.t(panel));
-            self.widgets.insert("panel_toggle", r.rect);
-            if r.clicked() {
+            if self
+                .bar_button(ui, "panel_toggle", egui::Button::new(self.t(panel)))
+                .clicked()
+            {
                 self.viewer.panel = !self.viewer.panel;
             }
             let full = if self.viewer.fullscreen {
@@ -1024,9 +1021,10 @@ impl OperatorApp {
             } else {
                 Text::FullScreen
             };
-            let r = ui.button(self.t(full));
-            self.widgets.insert("fullscreen", r.rect);
-            if r.clicked() {
+            if self
+                .bar_button(ui, "fullscreen", egui::Button::new(self.t(full)))
+                .clicked()
+            {
                 self.viewer.fullscreen = !self.viewer.fullscreen;
                 ctx.send_viewport_cmd(egui::ViewportCommand::Fullscreen(self.viewer.fullscreen));
             }
@@ -1042,6 +1040,13 @@ impl OperatorApp {
         if self.viewer.settings() != before {
             self.remember();
         }
+    }
+
+    /// A button of a bar, reported as widget `name`.
+    fn bar_button(&mut self, ui: &mut egui::Ui, name: &'static str, button: egui::Button) -> egui::Response {
+        let r = ui.add(button);
+        self.widgets.insert(name, r.rect);
+        r
     }
 
     /// Whether the operator controls the client now.
