@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::admin::{console_relay, record_issued, ADMIN, ADMIN_PASSWORD};
+use support::admin::{console_relay, record_issued, record_session, ADMIN, ADMIN_PASSWORD};
 use support::WAIT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -763,36 +763,6 @@ impl Browser {
     }
 }
 
-/// A session `lasted_ms` long (from the client joining), with these bytes.
-async fn record_joined(relay: &support::TestRelay, id: &str, operator: &str, at_ms: i64, lasted_ms: i64, bytes: u64) {
-    use tsunagu_relay::history::HistoryEvent as E;
-    record_issued(relay, id, operator, "127.0.0.1:4000", at_ms).await;
-    let history = &relay.relay.shared().history;
-    history
-        .record(E::Joined {
-            id: id.into(),
-            client_host: format!("pc-{id}"),
-            client_addr: "127.0.0.1:5000".parse().unwrap(),
-            relay_port: 443,
-            at_ms: at_ms + 1000,
-        })
-        .await;
-    history
-        .record(E::Ended {
-            id: id.into(),
-            reason: "client_ended",
-            counters: tsunagu_relay::policy::Counters {
-                bytes_to_client: bytes,
-                bytes_to_operator: bytes / 3,
-                pauses: 0,
-                dropped_frames: 0,
-            },
-            granted: None,
-            at_ms: at_ms + 1000 + lasted_ms,
-        })
-        .await;
-}
-
 /// The dashboard's charts, the history a page at a time and a refused form keeping what
 /// was typed, in English and Japanese, with times in Tokyo's zone.
 #[tokio::test]
@@ -810,13 +780,14 @@ async fn an_admin_reads_the_dashboard_pages_the_history_and_fixes_a_refused_form
         let day = (i * 11) % 27;
         let lasted = [20_000, 240_000, 600_000, 1_500_000, 2_700_000, 5_000_000, 9_000_000][(i % 7) as usize];
         let name = names[(i % 11 % 5) as usize];
-        record_joined(
+        let bytes = 150_000 * (i as u64 + 1);
+        record_session(
             &relay,
             &format!("s{i:03}"),
             name,
             now - day * 86_400_000 - i * 60_000,
-            lasted,
-            150_000 * (i as u64 + 1),
+            Some(lasted),
+            (bytes, bytes / 3),
         )
         .await;
     }

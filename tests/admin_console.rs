@@ -11,7 +11,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::admin::{add_admin, console_relay, enc, record_issued, shown_secret, Http, ADMIN, ADMIN_PASSWORD};
+use support::admin::{
+    add_admin, console_relay, enc, record_issued, record_session, shown_secret, Http, ADMIN, ADMIN_PASSWORD,
+};
 use support::{RawPeer, TestRelay, PASSWORD, WAIT};
 use tsunagu_proto::pb::{self, frame::Body, EndReason, ErrorCode};
 use tsunagu_relay::testing::TestPostgres;
@@ -1231,46 +1233,6 @@ fn link(page: &str, id: &str) -> Option<String> {
     let at = page.find(&format!("id=\"{id}\""))?;
     let href = page[at..].split("href=\"").nth(1)?.split('"').next()?;
     Some(href.replace("&amp;", "&"))
-}
-
-/// Records a session that a client joined `joined_after_ms` after issue and that ended
-/// `lasted_ms` later (both `None`: a code nobody used), with these byte counts.
-async fn record_session(
-    relay: &TestRelay,
-    id: &str,
-    operator: &str,
-    at_ms: i64,
-    lasted_ms: Option<i64>,
-    bytes: (u64, u64),
-) {
-    use tsunagu_relay::history::HistoryEvent as E;
-    record_issued(relay, id, operator, "10.9.9.9:4000", at_ms).await;
-    let history = &relay.relay.shared().history;
-    if let Some(lasted) = lasted_ms {
-        history
-            .record(E::Joined {
-                id: id.into(),
-                client_host: format!("pc-{id}"),
-                client_addr: "10.0.0.7:5000".parse().unwrap(),
-                relay_port: 443,
-                at_ms: at_ms + 1000,
-            })
-            .await;
-        history
-            .record(E::Ended {
-                id: id.into(),
-                reason: "client_ended",
-                counters: tsunagu_relay::policy::Counters {
-                    bytes_to_client: bytes.0,
-                    bytes_to_operator: bytes.1,
-                    pauses: 0,
-                    dropped_frames: 0,
-                },
-                granted: None,
-                at_ms: at_ms + 1000 + lasted,
-            })
-            .await;
-    }
 }
 
 /// `admin.time_zone = "Asia/Tokyo"`: every time the console shows is in JST and says so;

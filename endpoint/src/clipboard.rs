@@ -49,8 +49,19 @@ impl ClipboardError {
 /// The one handle of the process; `None` until first used or after it failed.
 static HANDLE: Mutex<Option<arboard::Clipboard>> = Mutex::new(None);
 
+/// Runs `f` on the handle, or says the clipboard is busy when another call still holds it
+/// (a call past its deadline may still wait on a clipboard owner that never answers): so
+/// requests arriving one after another can never pile up blocked threads.
 fn with_handle<T>(f: impl FnOnce(&mut arboard::Clipboard) -> Result<T, arboard::Error>) -> Result<T, ClipboardError> {
-    let mut guard = HANDLE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut guard = match HANDLE.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            return Err(ClipboardError::Unavailable(
+                "the clipboard is busy with an earlier request".into(),
+            ))
+        }
+    };
     if guard.is_none() {
         *guard = Some(arboard::Clipboard::new().map_err(|e| ClipboardError::Unavailable(e.to_string()))?);
     }
@@ -109,6 +120,17 @@ pub fn chars(text: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_while_another_holds_the_clipboard_is_refused_at_once() {
+        let held = HANDLE.lock().unwrap();
+        let got = with_handle(|c| c.get_text());
+        assert!(
+            matches!(&got, Err(ClipboardError::Unavailable(why)) if why.contains("busy")),
+            "{got:?}"
+        );
+        drop(held);
+    }
 
     #[test]
     fn text_is_checked_against_the_limit() {

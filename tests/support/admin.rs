@@ -278,6 +278,47 @@ pub async fn record_issued(relay: &TestRelay, id: &str, operator: &str, operator
         .await;
 }
 
+/// Records a session of operator `operator` issued at `at_ms` that a client joined a second
+/// later and that ended `lasted_ms` after that (`None`: a code nobody used), with these byte
+/// counts (to the client, to the operator).
+pub async fn record_session(
+    relay: &TestRelay,
+    id: &str,
+    operator: &str,
+    at_ms: i64,
+    lasted_ms: Option<i64>,
+    bytes: (u64, u64),
+) {
+    use tsunagu_relay::history::HistoryEvent as E;
+    record_issued(relay, id, operator, "10.9.9.9:4000", at_ms).await;
+    let history = &relay.relay.shared().history;
+    if let Some(lasted) = lasted_ms {
+        history
+            .record(E::Joined {
+                id: id.into(),
+                client_host: format!("pc-{id}"),
+                client_addr: "10.0.0.7:5000".parse().unwrap(),
+                relay_port: 443,
+                at_ms: at_ms + 1000,
+            })
+            .await;
+        history
+            .record(E::Ended {
+                id: id.into(),
+                reason: "client_ended",
+                counters: tsunagu_relay::policy::Counters {
+                    bytes_to_client: bytes.0,
+                    bytes_to_operator: bytes.1,
+                    pauses: 0,
+                    dropped_frames: 0,
+                },
+                granted: None,
+                at_ms: at_ms + 1000 + lasted,
+            })
+            .await;
+    }
+}
+
 /// The TOTP secret an enrolment page shows (in `id="secret"`).
 pub fn shown_secret(page: &str) -> String {
     let after = page.split("id=\"secret\">").nth(1).expect("the page shows a secret");
