@@ -1601,7 +1601,8 @@ async fn history_and_audit_pages_show_every_row_once() {
 /// all get it.
 #[tokio::test]
 async fn the_dashboard_charts_the_last_thirty_days() {
-    let (relay, secret) = console_relay(|_| {}).await;
+    // Days in UTC whatever the test host's own zone (the default).
+    let (relay, secret) = console_relay(|c| c.admin.time_zone = "UTC".into()).await;
     let now = tsunagu_relay::history::now_ms();
     let day = 86_400_000;
     let mb = (1_000_000, 500_000);

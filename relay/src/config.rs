@@ -394,7 +394,8 @@ pub struct AdminConfig {
     pub max_connections_per_source: usize,
     /// The time zone (an IANA name such as `Asia/Tokyo`) in which the console shows every
     /// time, each with the zone's abbreviation, and reads the dates an admin types in its
-    /// filters. Default `UTC`. The CLI and the REST API keep UTC (RFC 3339): they are read
+    /// filters. Default empty: the relay host's own zone (`TZ`, else `/etc/localtime`; UTC
+    /// when the host has none). The CLI and the REST API keep UTC (RFC 3339): they are read
     /// by programs.
     pub time_zone: String,
 }
@@ -404,6 +405,9 @@ impl AdminConfig {
     /// an operator of the relay can act on.
     pub fn zone(&self) -> Result<jiff::tz::TimeZone, String> {
         let name = self.time_zone.trim();
+        if name.is_empty() {
+            return Ok(jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC));
+        }
         jiff::tz::TimeZone::get(name).map_err(|_| {
             format!("{name:?} is not a time zone this relay knows: use an IANA name such as \"Asia/Tokyo\", \"Europe/Berlin\" or \"UTC\"")
         })
@@ -422,7 +426,7 @@ impl Default for AdminConfig {
             request_timeout: Duration::from_secs(30),
             max_connections: 256,
             max_connections_per_source: 32,
-            time_zone: "UTC".into(),
+            time_zone: String::new(),
         }
     }
 }
@@ -1113,7 +1117,10 @@ mod tests {
             c.validate().map_err(|e| e.to_string())?;
             Ok(c)
         };
-        assert_eq!(Config::default().admin.time_zone, "UTC");
+        // Unset: the host's own zone, as the system reports it.
+        assert_eq!(Config::default().admin.time_zone, "");
+        let host = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
+        assert_eq!(Config::default().admin.zone().unwrap(), host);
         let tokyo = zone("Asia/Tokyo").unwrap();
         assert_eq!(tokyo.admin.zone().unwrap().iana_name(), Some("Asia/Tokyo"));
         let err = zone("Mars/Olympus_Mons").unwrap_err();
