@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use tokio::sync::mpsc;
 use tsunagu_endpoint::banner::ConnectionBanner;
-use tsunagu_endpoint::dialog::{Answer, DialogError, NativeDialog, Pick};
+use tsunagu_endpoint::dialog::{Pick, Picker};
 use tsunagu_endpoint::files_view::{FileView, Problem, Row, RowStatus};
 use tsunagu_endpoint::gui::{self, FromSession};
 use tsunagu_endpoint::transfer::{human_size, FileCommand};
@@ -179,12 +179,8 @@ struct ClientApp {
     session: SessionView,
     /// File offers, transfers and the session's problems.
     files: FileView,
-    /// The system's open-file or folder dialog, while one is open.
-    dialog: NativeDialog<DialogFor>,
-    /// A typed path to send: shown only when no dialog could open (with why).
-    typed_send: Option<String>,
-    /// Why no dialog could open, shown beside the typed path.
-    dialog_note: Option<String>,
+    /// The system's open-file or folder dialog, and the path to send typed when none opened.
+    dialog: Picker<DialogFor>,
     /// Widget rectangles of this frame, for the report.
     widgets: BTreeMap<&'static str, egui::Rect>,
     last_report: String,
@@ -208,9 +204,7 @@ impl ClientApp {
             from_session: None,
             session: SessionView::default(),
             files: FileView::new(default_download_dir()),
-            dialog: NativeDialog::new(),
-            typed_send: None,
-            dialog_note: None,
+            dialog: Picker::new(DialogFor::Send),
             widgets: BTreeMap::new(),
             last_report: String::new(),
         }
@@ -254,8 +248,7 @@ impl ClientApp {
         self.error = None;
         self.session = SessionView::default();
         self.files.clear();
-        self.typed_send = None;
-        self.dialog_note = None;
+        self.dialog.clear();
         self.screen = Screen::Connecting;
     }
 
@@ -358,7 +351,7 @@ impl ClientApp {
     fn on_finished(&mut self, outcome: Outcome, ctx: &egui::Context) {
         self.commands = None;
         self.from_session = None;
-        self.typed_send = None;
+        self.dialog.typed_send = None;
         if !matches!(self.screen, Screen::Finished { .. }) {
             // The session never ran: back to the code, with the error the events gave.
             if self.error.is_none() {
@@ -647,58 +640,37 @@ impl ClientApp {
                     .map(|o| PathBuf::from(o.dir.trim())),
             ),
         };
-        match self.dialog.open(ctx, purpose, kind, self.t(title), start.as_deref()) {
-            Ok(()) => self.dialog_note = None,
-            Err(DialogError::AlreadyOpen) => {}
-            Err(e @ DialogError::Unavailable(_)) => self.dialog_unavailable(purpose, e.to_string()),
-        }
-    }
-
-    /// No dialog: a typed path to send (a folder is typed in the offer's own field).
-    fn dialog_unavailable(&mut self, purpose: DialogFor, why: String) {
-        tracing::warn!(%why, "no file dialog");
-        self.dialog_note = Some(why);
-        if purpose == DialogFor::Send {
-            self.typed_send.get_or_insert_with(String::new);
-        }
+        let title = self.t(title);
+        self.dialog.open(ctx, purpose, kind, title, start.as_deref());
     }
 
     /// Takes the dialog's answer once it has closed.
     fn poll_dialog(&mut self) {
-        let Some((purpose, answer)) = self.dialog.poll() else {
+        let Some(chosen) = self.dialog.poll() else {
             return;
         };
-        match (purpose, answer) {
-            (DialogFor::Send, Answer::Chosen(path)) => {
-                self.typed_send = None;
-                self.send(Command::File(FileCommand::SendFile { path }));
-            }
-            (DialogFor::Folder(id), Answer::Chosen(dir)) => self.files.set_dir(id, &dir),
-            (_, Answer::Cancelled) => {}
-            (purpose, Answer::Failed) => self.dialog_unavailable(purpose, "the file dialog closed unexpectedly".into()),
+        match chosen {
+            (DialogFor::Send, path) => self.send(Command::File(FileCommand::SendFile { path })),
+            (DialogFor::Folder(id), dir) => self.files.set_dir(id, &dir),
         }
     }
 
     /// While the dialog is open, a line saying so (a dialog that never appears can be left
     /// for a typed path); the typed path to send when no dialog could open.
     fn dialog_rows(&mut self, ui: &mut egui::Ui) {
-        if self.dialog.purpose().is_some() {
+        if self.dialog.dialog.purpose().is_some() {
             ui.horizontal(|ui| {
                 let r = ui.label(self.t(Text::DialogOpen));
                 self.widgets.insert("dialog_open", r.rect);
                 if ui.small_button(self.t(Text::TypePathInstead)).clicked() {
-                    let purpose = self.dialog.purpose().copied();
-                    self.dialog.forget();
-                    if purpose == Some(DialogFor::Send) {
-                        self.typed_send.get_or_insert_with(String::new);
-                    }
+                    self.dialog.type_instead();
                 }
             });
         }
-        let Some(mut path) = self.typed_send.take() else {
+        let Some(mut path) = self.dialog.typed_send.take() else {
             return;
         };
-        if let Some(why) = &self.dialog_note {
+        if let Some(why) = &self.dialog.note {
             let r = ui.colored_label(ERROR_RED, format!("{} ({why})", self.t(Text::DialogUnavailable)));
             self.widgets.insert("dialog_note", r.rect);
         }
@@ -724,9 +696,9 @@ impl ClientApp {
             }
         });
         if keep {
-            self.typed_send = Some(path);
+            self.dialog.typed_send = Some(path);
         } else {
-            self.dialog_note = None;
+            self.dialog.note = None;
         }
     }
 
@@ -918,8 +890,8 @@ impl ClientApp {
                 },
             })).collect::<Vec<_>>(),
             "problems": self.files.problems().map(|p| self.problem_text(p)).collect::<Vec<_>>(),
-            "dialog_open": self.dialog.purpose().is_some(),
-            "typed_send": self.typed_send.is_some(),
+            "dialog_open": self.dialog.dialog.purpose().is_some(),
+            "typed_send": self.dialog.typed_send.is_some(),
             "ticked": match &self.screen {
                 Screen::Consent { permissions, .. } => permissions
                     .iter()

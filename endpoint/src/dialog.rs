@@ -136,6 +136,85 @@ impl<P: Clone> NativeDialog<P> {
     }
 }
 
+/// What a window keeps of its file dialog: the dialog while one is open, why none could
+/// open, and the path to send typed instead. `sends` is the purpose that picks the file to
+/// send: the one a typed path stands in for (a folder has its own field in both windows).
+pub struct Picker<P> {
+    pub dialog: NativeDialog<P>,
+    /// Why no dialog could open (shown above the typed path).
+    pub note: Option<String>,
+    /// The path to send, typed: present only when no dialog could open or the user left it.
+    pub typed_send: Option<String>,
+    sends: P,
+}
+
+impl<P: Clone + PartialEq> Picker<P> {
+    /// No dialog open; `sends` picks the file to send.
+    pub fn new(sends: P) -> Self {
+        Self {
+            dialog: NativeDialog::new(),
+            note: None,
+            typed_send: None,
+            sends,
+        }
+    }
+
+    /// Opens the system's dialog (see [`NativeDialog::open`]); when none can open, says why
+    /// and offers a typed path instead. A dialog already open stays the one.
+    pub fn open(&mut self, ctx: &egui::Context, purpose: P, kind: Pick, title: &str, start: Option<&Path>) {
+        match self.dialog.open(ctx, purpose.clone(), kind, title, start) {
+            Ok(()) => self.note = None,
+            Err(DialogError::AlreadyOpen) => {}
+            Err(e @ DialogError::Unavailable(_)) => self.unavailable(&purpose, e.to_string()),
+        }
+    }
+
+    /// No dialog for `purpose`: says why, and offers a typed path when it was the file to send.
+    pub fn unavailable(&mut self, purpose: &P, why: String) {
+        tracing::warn!(%why, "no file dialog");
+        self.note = Some(why);
+        if *purpose == self.sends {
+            self.typed_send.get_or_insert_with(String::new);
+        }
+    }
+
+    /// Leaves the open dialog (one that never appeared) for a typed path.
+    pub fn type_instead(&mut self) {
+        if let Some(purpose) = self.dialog.purpose().cloned() {
+            self.dialog.forget();
+            if purpose == self.sends {
+                self.typed_send.get_or_insert_with(String::new);
+            }
+        }
+    }
+
+    /// What was chosen in a dialog that has closed (a chosen file to send ends the typed
+    /// path); `None` while it is open, when cancelled, or when it failed (said as if none
+    /// could open).
+    pub fn poll(&mut self) -> Option<(P, PathBuf)> {
+        let (purpose, answer) = self.dialog.poll()?;
+        match answer {
+            Answer::Chosen(path) => {
+                if purpose == self.sends {
+                    self.typed_send = None;
+                }
+                Some((purpose, path))
+            }
+            Answer::Cancelled => None,
+            Answer::Failed => {
+                self.unavailable(&purpose, "the file dialog closed unexpectedly".into());
+                None
+            }
+        }
+    }
+
+    /// A new session: no typed path, no note.
+    pub fn clear(&mut self) {
+        self.typed_send = None;
+        self.note = None;
+    }
+}
+
 /// `dir` or its nearest existing ancestor.
 fn nearest_existing(dir: &Path) -> Option<PathBuf> {
     dir.ancestors().find(|p| p.is_dir()).map(Path::to_path_buf)
@@ -144,6 +223,27 @@ fn nearest_existing(dir: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_dialogs_a_typed_path_stands_in_for_the_file_to_send_only() {
+        #[derive(Debug, Clone, PartialEq)]
+        enum For {
+            Send,
+            Folder,
+        }
+        // The one test in this crate's process that sets it; nothing here reads it unset.
+        std::env::set_var(NO_DIALOG_ENV, "1");
+        let ctx = egui::Context::default();
+        let mut picker = Picker::new(For::Send);
+        picker.open(&ctx, For::Folder, Pick::Folder, "folder", None);
+        assert!(picker.note.as_deref().is_some_and(|n| n.contains(NO_DIALOG_ENV)));
+        assert_eq!(picker.typed_send, None, "a folder has its own field");
+        picker.open(&ctx, For::Send, Pick::File, "file", None);
+        assert_eq!(picker.typed_send.as_deref(), Some(""));
+        assert!(picker.dialog.purpose().is_none() && picker.poll().is_none());
+        picker.clear();
+        assert_eq!((picker.note, picker.typed_send), (None, None));
+    }
 
     #[test]
     fn a_missing_folder_starts_at_its_nearest_parent() {

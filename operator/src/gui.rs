@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use tokio::sync::mpsc;
 use tsunagu_endpoint::banner::ConnectionBanner;
-use tsunagu_endpoint::dialog::{Answer, DialogError, NativeDialog, Pick};
+use tsunagu_endpoint::dialog::{Pick, Picker};
 use tsunagu_endpoint::files_view::{FileView, Problem, Row, RowStatus};
 use tsunagu_endpoint::gui::{self, FromSession};
 use tsunagu_endpoint::transfer::{human_size, FileCommand};
@@ -174,12 +174,8 @@ struct OperatorApp {
     save_dir: String,
     /// File offers, transfers and the session's problems.
     files: FileView,
-    /// The system's open-file or folder dialog, while one is open.
-    dialog: NativeDialog<DialogFor>,
-    /// A typed path to send: shown only when no dialog could open (with why).
-    typed_send: Option<String>,
-    /// Why no dialog could open.
-    dialog_note: Option<String>,
+    /// The system's open-file or folder dialog, and the path to send typed when none opened.
+    dialog: Picker<DialogFor>,
     last_pointer: Option<(i32, i32)>,
     /// How the picture is shown (fit, actual size, zoom; panel; full screen).
     viewer: Viewer,
@@ -229,9 +225,7 @@ impl OperatorApp {
             connection: ConnectionBanner::new(),
             chat: ChatLog::new(),
             chat_draft: String::new(),
-            dialog: NativeDialog::new(),
-            typed_send: None,
-            dialog_note: None,
+            dialog: Picker::new(DialogFor::Send),
             last_pointer: None,
             last_scale: 1.0,
             picture_origin: None,
@@ -331,8 +325,7 @@ impl OperatorApp {
         self.connection.clear();
         self.chat.clear();
         self.files.clear();
-        self.typed_send = None;
-        self.dialog_note = None;
+        self.dialog.clear();
         self.texture = None;
         self.picture_size = (0, 0);
         self.clipboard_note = None;
@@ -732,16 +725,12 @@ impl OperatorApp {
             }
             ui.label(egui::RichText::new(self.t(Text::OrDropFiles)).small());
         });
-        if self.dialog.purpose().is_some() {
+        if self.dialog.dialog.purpose().is_some() {
             ui.horizontal(|ui| {
                 let r = ui.label(self.t(Text::DialogOpen));
                 self.widgets.insert("dialog_open", r.rect);
                 if ui.small_button(self.t(Text::TypePathInstead)).clicked() {
-                    let purpose = self.dialog.purpose().copied();
-                    self.dialog.forget();
-                    if purpose == Some(DialogFor::Send) {
-                        self.typed_send.get_or_insert_with(String::new);
-                    }
+                    self.dialog.type_instead();
                 }
             });
         }
@@ -776,44 +765,27 @@ impl OperatorApp {
                 Some(PathBuf::from(self.save_dir.trim())),
             ),
         };
-        match self.dialog.open(ctx, purpose, kind, self.t(title), start.as_deref()) {
-            Ok(()) => self.dialog_note = None,
-            Err(DialogError::AlreadyOpen) => {}
-            Err(e @ DialogError::Unavailable(_)) => self.dialog_unavailable(purpose, e.to_string()),
-        }
-    }
-
-    /// No dialog: a typed path to send (the folder has its own field).
-    fn dialog_unavailable(&mut self, purpose: DialogFor, why: String) {
-        tracing::warn!(%why, "no file dialog");
-        self.dialog_note = Some(why);
-        if purpose == DialogFor::Send {
-            self.typed_send.get_or_insert_with(String::new);
-        }
+        let title = self.t(title);
+        self.dialog.open(ctx, purpose, kind, title, start.as_deref());
     }
 
     /// Takes the dialog's answer once it has closed.
     fn poll_dialog(&mut self) {
-        let Some((purpose, answer)) = self.dialog.poll() else {
+        let Some(chosen) = self.dialog.poll() else {
             return;
         };
-        match (purpose, answer) {
-            (DialogFor::Send, Answer::Chosen(path)) => {
-                self.typed_send = None;
-                self.send(Command::File(FileCommand::SendFile { path }));
-            }
-            (DialogFor::SaveFolder, Answer::Chosen(dir)) => self.save_dir = dir.display().to_string(),
-            (_, Answer::Cancelled) => {}
-            (purpose, Answer::Failed) => self.dialog_unavailable(purpose, "the file dialog closed unexpectedly".into()),
+        match chosen {
+            (DialogFor::Send, path) => self.send(Command::File(FileCommand::SendFile { path })),
+            (DialogFor::SaveFolder, dir) => self.save_dir = dir.display().to_string(),
         }
     }
 
     /// The typed path to send, when no dialog could open.
     fn typed_send_row(&mut self, ui: &mut egui::Ui) {
-        let Some(mut path) = self.typed_send.take() else {
+        let Some(mut path) = self.dialog.typed_send.take() else {
             return;
         };
-        if let Some(why) = &self.dialog_note {
+        if let Some(why) = &self.dialog.note {
             let r = ui.colored_label(ERROR_RED, format!("{} ({why})", self.t(Text::DialogUnavailable)));
             self.widgets.insert("dialog_note", r.rect);
         }
@@ -837,9 +809,9 @@ impl OperatorApp {
             }
         });
         if keep {
-            self.typed_send = Some(path);
+            self.dialog.typed_send = Some(path);
         } else {
-            self.dialog_note = None;
+            self.dialog.note = None;
         }
     }
 
@@ -1269,7 +1241,7 @@ impl OperatorApp {
             })).collect::<Vec<_>>(),
             "problems": self.files.problems().map(|p| self.problem_text(p)).collect::<Vec<_>>(),
             "save_dir": self.save_dir,
-            "dialog_open": self.dialog.purpose().is_some(),
+            "dialog_open": self.dialog.dialog.purpose().is_some(),
         })
         .to_string();
         gui::report_if_changed(&mut self.last_report, line);
