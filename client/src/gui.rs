@@ -586,10 +586,6 @@ impl ClientApp {
                 let r = ui.label(format!("{} {text}", self.t(Text::FromOperator)));
                 self.widgets.insert("last_chat", r.rect);
             }
-            if let Some((note, chars)) = self.session.clipboard_note {
-                let r = ui.label(format!("{}: {chars}", self.t(note)));
-                self.widgets.insert("clipboard_note", r.rect);
-            }
             let hint = self.t(Text::ChatPlaceholder);
             let field = ui.add(
                 egui::TextEdit::singleline(&mut self.session.chat_draft)
@@ -611,6 +607,11 @@ impl ClientApp {
                 self.open_dialog(ui.ctx(), DialogFor::Send);
             }
         });
+        // A line of its own: beside the chat field it pushed the file button out of the bar.
+        if let Some((note, chars)) = self.session.clipboard_note {
+            let r = ui.label(format!("{}: {chars}", self.t(note)));
+            self.widgets.insert("clipboard_note", r.rect);
+        }
         self.dialog_rows(ui);
         self.offer_panel(ui);
         self.transfer_rows(ui);
