@@ -208,11 +208,14 @@ pub async fn baseline(sessions: usize, bytes: usize) -> Result<Baseline> {
     let copier_end = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         out.read_line(&mut line)?;
-        let v: serde_json::Value = serde_json::from_str(&line).context("the copier did not report")?;
-        v["cpu_s"].as_f64().ok_or_else(|| anyhow!("no copier CPU"))
+        Ok::<_, anyhow::Error>(line)
     })
     .await??;
-    let _ = child.0.wait();
+    let status = child.0.wait();
+    let copier_end = serde_json::from_str::<serde_json::Value>(&copier_end)
+        .ok()
+        .and_then(|v| v["cpu_s"].as_f64())
+        .ok_or_else(|| anyhow!("the copier did not report its CPU time (it said {copier_end:?}; exit: {status:?})"))?;
     let gb = (total as f64 / GB).max(f64::MIN_POSITIVE);
     Ok(Baseline {
         rate: total as f64 / secs,

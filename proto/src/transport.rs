@@ -2,18 +2,23 @@
 //! `AsyncRead`/`AsyncWrite` (in practice one half of a TLS stream).
 
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::codec::{self, FrameCodec, FrameError, RawFrame};
 use crate::pb::{self, frame::Body, Frame};
 
-/// Smallest read attempted; small so that idle connections hold little memory.
+/// A quiet connection's read, into the stack: no buffer is held while the peer says
+/// nothing, and a control frame fits.
 const MIN_READ: usize = 2 * 1024;
-/// Largest read attempted once a connection streams steadily.
-const MAX_READ: usize = 128 * 1024;
+/// Largest read attempted once a connection streams steadily. With what is left of a
+/// frame it stays below glibc's mapping threshold (128 KiB), so a buffer taken again and
+/// again comes from the heap and not from a fresh mapping the kernel must zero.
+const MAX_READ: usize = 96 * 1024;
 /// A read buffer larger than this is released whenever it drains, so a burst does not pin
 /// memory on a connection that goes idle afterwards.
 const KEEP_BUFFER: usize = 16 * 1024;
@@ -58,13 +63,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn read(&mut self) -> Result<Option<RawFrame>, TransportError> {
         loop {
             if let Some(raw) = self.codec.decode(&mut self.buf)? {
-                if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
+                if self.buf.is_empty() && (self.buf.capacity() > KEEP_BUFFER || self.read_size == MIN_READ) {
                     self.buf = BytesMut::new();
                     self.read_size = MIN_READ;
                 }
                 return Ok(Some(raw));
             }
             let wanted = self.codec.wanted(&self.buf)?;
+            if self.buf.is_empty() && self.read_size == MIN_READ {
+                let n = std::future::poll_fn(|cx| self.poll_quiet(cx)).await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                if n == MIN_READ {
+                    self.read_size *= 2;
+                }
+                continue;
+            }
             self.buf.reserve(wanted.max(self.read_size));
             let spare = self.buf.capacity() - self.buf.len();
             let n = self.io.read_buf(&mut self.buf).await?;
@@ -79,6 +94,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.read_size = (self.read_size * 2).min(MAX_READ);
             }
         }
+    }
+
+    /// Reads into a buffer on the stack and keeps what came: while it waits, the connection
+    /// holds no read buffer.
+    fn poll_quiet(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut stack = [0u8; MIN_READ];
+        let mut rb = ReadBuf::new(&mut stack);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        self.buf.extend_from_slice(rb.filled());
+        Poll::Ready(Ok(rb.filled().len()))
     }
 
     /// Like [`read`](Self::read) but gives up after `limit`.

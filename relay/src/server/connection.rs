@@ -18,7 +18,7 @@ use tsunagu_proto::transport::{error_frame, FrameReader, FrameWriter, TransportE
 use tsunagu_proto::PermissionSet;
 
 use crate::clock;
-use crate::conn::{Action, AttemptKind, Due, Event, Greeting, Liveness, Refusal, Settle, Timeouts};
+use crate::conn::{tls_stream, Action, AttemptKind, Due, Event, Greeting, Liveness, Refusal, Settle, Timeouts};
 use crate::connlimit::ConnPermit;
 use crate::directory::IssueError;
 use crate::grid::bridge::{BoxFuture, BridgeHandler, BridgeHeader, IncomingStream};
@@ -43,18 +43,29 @@ pub(super) async fn handle_connection(
     mark: SessionMark,
 ) {
     let _ = tcp.set_nodelay(true);
-    serve_tls(shared, tcp, peer, port, permit, mark).await;
+    // The two halves of a socket need no lock between them.
+    let (r, w) = tcp.into_split();
+    serve_tls(shared, r, w, peer, port, permit, mark).await;
 }
 
 /// The TLS handshake, under `timeouts.handshake` by tokio's clock, then the connection.
-async fn serve_tls<S>(shared: Arc<Shared>, io: S, peer: SocketAddr, port: u16, permit: ConnPermit, mark: SessionMark)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+async fn serve_tls<R, W>(
+    shared: Arc<Shared>,
+    r: R,
+    w: W,
+    peer: SocketAddr,
+    port: u16,
+    permit: ConnPermit,
+    mark: SessionMark,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
     let handshake = shared.config.timeouts.handshake;
+    let config = shared.acceptor.config().clone();
     // Boxed, like each later phase (see `serve_connection`): the handshake's state is
     // freed once it is over instead of weighing on the connection's task for its life.
-    let tls = match tokio::time::timeout(handshake, Box::pin(shared.acceptor.accept(io))).await {
+    let tls = match tokio::time::timeout(handshake, Box::pin(tls_stream::accept(config, r, w))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -65,20 +76,19 @@ where
             return;
         }
     };
-    if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+    if tls.alpn.as_deref() == Some(crate::acme::ACME_TLS_ALPN) {
         // An ACME CA's TLS-ALPN-01 validation: the handshake was all it needed.
         tracing::debug!(%peer, "answered an ACME validation handshake");
         return;
     }
-    if tls.get_ref().1.alpn_protocol() == Some(crate::join::HTTP_ALPN) {
+    if tls.alpn.as_deref() == Some(crate::join::HTTP_ALPN) {
         // A browser: the download page, under this connection's slot.
         let _permit = permit;
-        crate::join::serve(shared, tls, peer).await;
+        crate::join::serve(shared, tokio::io::join(tls.reader, tls.writer), peer).await;
         return;
     }
-    let cert = crate::certs::PeerCert::of(tls.get_ref().1.peer_certificates());
-    let (r, w) = tokio::io::split(tls);
-    serve_connection(shared, r, w, peer, port, permit, mark, cert).await;
+    let cert = crate::certs::PeerCert::of(tls.peer_certificates.as_deref());
+    serve_connection(shared, tls.reader, tls.writer, peer, port, permit, mark, cert).await;
 }
 
 /// Serves one endpoint connection from its first byte, TLS handshake included, over any
@@ -92,7 +102,8 @@ where
     let Ok(permit) = shared.connections.try_admit(peer.ip(), clock::now()) else {
         return false;
     };
-    serve_tls(shared, io, peer, port, permit, SessionMark::untracked()).await;
+    let (r, w) = tokio::io::split(io);
+    serve_tls(shared, r, w, peer, port, permit, SessionMark::untracked()).await;
     true
 }
 

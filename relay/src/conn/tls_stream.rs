@@ -1,0 +1,740 @@
+//! TLS for endpoint connections over rustls' unbuffered API, with the relay's own buffers.
+//!
+//! A relay moves every byte through TLS twice (opened from one peer, sealed to the other),
+//! so what the TLS layer costs per byte and per idle connection is what the relay costs.
+//! The buffered `rustls::ServerConnection` reads the socket a few KiB at a time into a
+//! deframing buffer it keeps for the connection's life, and queues each outgoing record in
+//! an allocation of its own. Here instead:
+//!
+//! * the reader takes as much ciphertext as the socket has in one `read` (up to
+//!   [`MAX_READ`]) and lets rustls open the records in that buffer. A quiet connection
+//!   reads into the stack first and holds no read buffer while it waits;
+//! * the writer seals records straight into one outgoing buffer, written with one `write`
+//!   per flush (a batch of frames is one system call), and given up after small batches.
+//!
+//! Buffers stay below the allocator's mapping threshold (`crate::MMAP_THRESHOLD`), so a
+//! buffer given up and taken again comes from the heap, not from a fresh mapping.
+//!
+//! The two halves share the rustls state under a lock that is held only while records are
+//! sealed or opened, never across I/O. TLS messages the reading side must answer after the
+//! handshake (a TLS 1.3 key update) are left for the writing side, which sends them ahead
+//! of its next record or at its next flush.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use rustls::pki_types::CertificateDer;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// A quiet connection's read, into the stack: a ping or a control frame fits.
+const QUIET_READ: usize = 4 * 1024;
+/// The largest socket read, reached by doubling while reads keep filling the buffer.
+const MAX_READ: usize = 96 * 1024;
+/// Sealed bytes the writer holds at most before it writes them to the socket.
+const HIGH_WATER: usize = 96 * 1024;
+/// A flush of at most this many bytes gives the outgoing buffer up afterwards (a
+/// connection that sends little keeps nothing between its messages); a larger one keeps it
+/// for the next batch.
+const SMALL_BATCH: usize = 4 * 1024;
+/// Room for one record's header, content type and authentication tag.
+const RECORD_OVERHEAD: usize = 64;
+/// rustls' largest record payload.
+const MAX_FRAGMENT: usize = 16 * 1024;
+
+struct State {
+    conn: UnbufferedServerConnection,
+    /// TLS messages produced while reading (after the handshake) that the writer sends
+    /// before its next record.
+    to_send: Vec<u8>,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    // A panic under the lock leaves rustls' state as it was between two calls.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn tls_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+}
+
+fn closed_in_handshake() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the peer closed the connection during the TLS handshake",
+    )
+}
+
+/// A finished handshake: the connection's two halves, the protocol the peer chose and its
+/// certificate chain.
+pub(crate) struct Accepted<R, W> {
+    pub reader: TlsReader<R>,
+    pub writer: TlsWriter<W>,
+    pub alpn: Option<Vec<u8>>,
+    pub peer_certificates: Option<Vec<CertificateDer<'static>>>,
+}
+
+/// What the handshake does after one step of rustls.
+enum Step {
+    Again,
+    Read,
+    Done,
+}
+
+/// Runs the server side of a TLS handshake over `r` and `w`; the two halves of the
+/// connection once it is done.
+pub(crate) async fn accept<R, W>(config: Arc<ServerConfig>, r: R, mut w: W) -> io::Result<Accepted<R, W>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    let shared: Shared = Arc::new(Mutex::new(State {
+        conn,
+        to_send: Vec::new(),
+    }));
+    let mut reader = TlsReader::new(r, shared.clone());
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        let step = {
+            let mut guard = lock(&shared);
+            let status = guard.conn.process_tls_records(&mut reader.incoming[..]);
+            let discard = status.discard;
+            let step = match status.state.map_err(tls_error)? {
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode_into(&mut out, MAX_FRAGMENT, |buf| e.encode(buf))?;
+                    Step::Again
+                }
+                // Written below, before anything else happens on the connection.
+                ConnectionState::TransmitTlsData(t) => {
+                    t.done();
+                    Step::Again
+                }
+                ConnectionState::BlockedHandshake => Step::Read,
+                ConnectionState::ReadTraffic(mut t) => {
+                    // Application data sent with the handshake's last flight.
+                    while let Some(record) = t.next_record() {
+                        reader.plain.extend_from_slice(record.map_err(tls_error)?.payload);
+                    }
+                    Step::Again
+                }
+                ConnectionState::WriteTraffic(_) => Step::Done,
+                ConnectionState::PeerClosed | ConnectionState::Closed => return Err(closed_in_handshake()),
+                other => return Err(tls_error(format!("unexpected state {other:?} in the handshake"))),
+            };
+            reader.incoming.advance(discard);
+            step
+        };
+        if !out.is_empty() {
+            w.write_all(&out).await?;
+            w.flush().await?;
+            out = Vec::new();
+        }
+        match step {
+            Step::Again => {}
+            Step::Read => {
+                if std::future::poll_fn(|cx| reader.poll_fill(cx)).await? == 0 {
+                    return Err(closed_in_handshake());
+                }
+            }
+            Step::Done => break,
+        }
+    }
+    let (alpn, peer_certificates) = {
+        let guard = lock(&shared);
+        (
+            guard.conn.alpn_protocol().map(<[u8]>::to_vec),
+            guard.conn.peer_certificates().map(<[CertificateDer<'static>]>::to_vec),
+        )
+    };
+    reader.release_if_drained();
+    let writer = TlsWriter {
+        io: w,
+        shared,
+        out: Vec::new(),
+        written: 0,
+        closed: false,
+    };
+    Ok(Accepted {
+        reader,
+        writer,
+        alpn,
+        peer_certificates,
+    })
+}
+
+/// The two ways sealing or encoding fails that [`encode_into`] tells apart.
+enum SizeError {
+    Needs(usize),
+    Other(String),
+}
+
+impl From<EncodeError> for SizeError {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::InsufficientSize(s) => SizeError::Needs(s.required_size),
+            other => SizeError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<EncryptError> for SizeError {
+    fn from(e: EncryptError) -> Self {
+        match e {
+            EncryptError::InsufficientSize(s) => SizeError::Needs(s.required_size),
+            other => SizeError::Other(other.to_string()),
+        }
+    }
+}
+
+/// Encodes or seals (`f`) onto the end of `out`, with `room` bytes to start with and once
+/// more with as many as rustls says it needs.
+fn encode_into<E: Into<SizeError>>(
+    out: &mut Vec<u8>,
+    mut room: usize,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, E>,
+) -> io::Result<()> {
+    let start = out.len();
+    for _ in 0..2 {
+        if out.capacity() < start + room {
+            out.reserve_exact(start + room - out.len());
+        }
+        out.resize(start + room, 0);
+        match f(&mut out[start..]).map_err(Into::into) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(SizeError::Needs(n)) if n > room => room = n,
+            Err(SizeError::Needs(n)) => {
+                out.truncate(start);
+                return Err(tls_error(format!("rustls asked for {n} bytes and was given {room}")));
+            }
+            Err(SizeError::Other(e)) => {
+                out.truncate(start);
+                return Err(tls_error(e));
+            }
+        }
+    }
+    out.truncate(start);
+    Err(tls_error("no room to seal a record"))
+}
+
+/// The reading half: decrypted application data.
+pub(crate) struct TlsReader<R> {
+    io: R,
+    shared: Shared,
+    /// Ciphertext read from the socket and not yet opened.
+    incoming: BytesMut,
+    /// Opened data the caller has not taken yet (rustls hands out whole records; the
+    /// caller's buffer may be smaller).
+    plain: BytesMut,
+    /// The next read's size: [`QUIET_READ`] into the stack, or more into `incoming`.
+    read_size: usize,
+    /// The peer closed its side (close_notify, or the socket ended).
+    eof: bool,
+}
+
+impl<R: AsyncRead + Unpin> TlsReader<R> {
+    fn new(io: R, shared: Shared) -> Self {
+        Self {
+            io,
+            shared,
+            incoming: BytesMut::new(),
+            plain: BytesMut::new(),
+            read_size: QUIET_READ,
+            eof: false,
+        }
+    }
+
+    /// Reads what the socket has into `incoming`; how many bytes came (0: the socket ended).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.incoming.is_empty() && self.read_size == QUIET_READ {
+            // Quiet: no buffer is held while the socket has nothing.
+            let mut stack = [0u8; QUIET_READ];
+            let mut rb = ReadBuf::new(&mut stack);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            self.incoming.extend_from_slice(rb.filled());
+            if n == QUIET_READ {
+                self.read_size = QUIET_READ * 2;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        // Room for `read_size` in all; `reserve` moves what is left to the front first
+        // when that makes the room.
+        let wanted = self.read_size.saturating_sub(self.incoming.len()).max(QUIET_READ);
+        if self.incoming.capacity() - self.incoming.len() < wanted {
+            self.incoming.reserve(wanted);
+        }
+        let spare = self.incoming.capacity() - self.incoming.len();
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.incoming))?;
+        if n >= spare {
+            // The socket had at least as much as there was room for: read more at once.
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if n < spare / 4 {
+            self.read_size = (self.read_size / 2).max(QUIET_READ);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Opens the records `incoming` holds: into `out` while it has room and nothing is
+    /// waiting before it, the rest into `plain`.
+    fn open_records(&mut self, mut out: Option<&mut ReadBuf<'_>>) -> io::Result<()> {
+        let mut guard = lock(&self.shared);
+        let state = &mut *guard;
+        loop {
+            let status = state.conn.process_tls_records(&mut self.incoming[..]);
+            let discard = status.discard;
+            let wait = match status.state.map_err(tls_error)? {
+                ConnectionState::ReadTraffic(mut t) => {
+                    while let Some(record) = t.next_record() {
+                        let payload = record.map_err(tls_error)?.payload;
+                        let direct = match out.as_deref_mut() {
+                            Some(o) if self.plain.is_empty() => {
+                                let n = payload.len().min(o.remaining());
+                                o.put_slice(&payload[..n]);
+                                n
+                            }
+                            _ => 0,
+                        };
+                        self.plain.extend_from_slice(&payload[direct..]);
+                    }
+                    false
+                }
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode_into(&mut state.to_send, MAX_FRAGMENT, |buf| e.encode(buf))?;
+                    false
+                }
+                // The writer sends `to_send` before its next record.
+                ConnectionState::TransmitTlsData(t) => {
+                    t.done();
+                    false
+                }
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    self.eof = true;
+                    true
+                }
+                // Nothing more to open: wait for the socket.
+                ConnectionState::WriteTraffic(_) | ConnectionState::BlockedHandshake => true,
+                other => return Err(tls_error(format!("unexpected state {other:?}"))),
+            };
+            self.incoming.advance(discard);
+            if wait {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Gives up the buffers a quiet connection does not need.
+    fn release_if_drained(&mut self) {
+        let quiet = self.read_size == QUIET_READ;
+        if self.incoming.is_empty() && quiet {
+            self.incoming = BytesMut::new();
+        }
+        if self.plain.is_empty() && (quiet || self.plain.capacity() > MAX_READ) {
+            self.plain = BytesMut::new();
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for TlsReader<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.plain.is_empty() {
+                let n = this.plain.len().min(out.remaining());
+                out.put_slice(&this.plain[..n]);
+                this.plain.advance(n);
+                this.release_if_drained();
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            if !this.incoming.is_empty() {
+                let before = out.filled().len();
+                this.open_records(Some(out))?;
+                if out.filled().len() > before {
+                    this.release_if_drained();
+                    return Poll::Ready(Ok(()));
+                }
+                if !this.plain.is_empty() || this.eof {
+                    continue;
+                }
+            }
+            this.release_if_drained();
+            if ready!(this.poll_fill(cx))? == 0 {
+                if !this.incoming.is_empty() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection in the middle of a TLS record",
+                    )));
+                }
+                // The socket ended without close_notify: the end of the stream all the
+                // same (the frame layer notices a frame cut short).
+                this.eof = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// The writing half: seals what it is given into records and writes them in batches.
+pub(crate) struct TlsWriter<W> {
+    io: W,
+    shared: Shared,
+    /// Sealed records; `out[written..]` is still to be written to the socket.
+    out: Vec<u8>,
+    written: usize,
+    closed: bool,
+}
+
+impl<W: AsyncWrite + Unpin> TlsWriter<W> {
+    /// Writes what is sealed to the socket.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        if self.written <= SMALL_BATCH {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Seals `data` into `out` after any TLS messages the reading side left; `close`
+    /// seals a close_notify alert instead.
+    fn seal(&mut self, data: &[u8], close: bool) -> io::Result<()> {
+        let mut guard = lock(&self.shared);
+        let state = &mut *guard;
+        if !state.to_send.is_empty() {
+            self.out.append(&mut state.to_send);
+            state.to_send = Vec::new();
+        }
+        loop {
+            let status = state.conn.process_tls_records(&mut []);
+            match status.state.map_err(tls_error)? {
+                ConnectionState::WriteTraffic(mut t) => {
+                    if close {
+                        return encode_into(&mut self.out, RECORD_OVERHEAD, |buf| t.queue_close_notify(buf));
+                    }
+                    if data.is_empty() {
+                        return Ok(());
+                    }
+                    let room = data.len() + data.len().div_ceil(MAX_FRAGMENT) * RECORD_OVERHEAD;
+                    return encode_into(&mut self.out, room, |buf| t.encrypt(data, buf));
+                }
+                // A key update rustls decided to send goes ahead of the data.
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode_into(&mut self.out, MAX_FRAGMENT, |buf| e.encode(buf))?;
+                }
+                ConnectionState::TransmitTlsData(t) => t.done(),
+                // The peer's close_notify is the reader's to see; sending may go on.
+                ConnectionState::PeerClosed => {}
+                ConnectionState::Closed if close => return Ok(()),
+                ConnectionState::Closed => return Err(io::ErrorKind::BrokenPipe.into()),
+                other => return Err(tls_error(format!("cannot send in state {other:?}"))),
+            }
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for TlsWriter<W> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if this.out.len() >= HIGH_WATER {
+            ready!(this.poll_drain(cx))?;
+        }
+        // Taken in parts, so the buffer never grows past the high-water mark by more than
+        // a record.
+        let take = data.len().min((HIGH_WATER - this.out.len()).max(MAX_FRAGMENT));
+        if this.out.capacity() < HIGH_WATER && this.out.len() + take > SMALL_BATCH {
+            // Streaming: one buffer for whole batches instead of growing by steps.
+            let full = HIGH_WATER + MAX_FRAGMENT + 8 * RECORD_OVERHEAD;
+            this.out.reserve_exact(full - this.out.len());
+        }
+        this.seal(&data[..take], false)?;
+        Poll::Ready(Ok(take))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closed && !lock(&this.shared).to_send.is_empty() {
+            // What the reading side left to answer goes out with a flush too.
+            this.seal(&[], false)?;
+        }
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closed {
+            this.seal(&[], true)?;
+            this.closed = true;
+        }
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, DuplexStream, ReadHalf, WriteHalf};
+    use tokio_rustls::client::TlsStream;
+
+    type Server = Accepted<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// A server config for `localhost` with a fresh self-signed certificate, speaking
+    /// "tsunagu", and a client config that trusts it.
+    fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let mut server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key_der)
+            .unwrap();
+        server.alpn_protocols = vec![b"tsunagu".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"tsunagu".to_vec()];
+        (Arc::new(server), Arc::new(client))
+    }
+
+    async fn pair() -> (Server, TlsStream<DuplexStream>) {
+        let (server_cfg, client_cfg) = configs();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (r, w) = tokio::io::split(a);
+        let connector = tokio_rustls::TlsConnector::from(client_cfg);
+        let name = ServerName::try_from("localhost").unwrap();
+        let (server, client) = tokio::join!(accept(server_cfg, r, w), connector.connect(name, b));
+        (server.unwrap(), client.unwrap())
+    }
+
+    /// Deterministic bytes that differ from position to position.
+    fn pattern(len: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Reads exactly `len` bytes in pieces of at most `piece`.
+    async fn read_all(r: &mut (impl AsyncRead + Unpin), len: usize, piece: usize) -> Vec<u8> {
+        let mut got = Vec::with_capacity(len);
+        let mut buf = vec![0u8; piece];
+        while got.len() < len {
+            let n = r.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended after {} of {len} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn bytes_cross_both_ways_intact_in_any_piece_sizes() {
+        let (server, client) = pair().await;
+        assert_eq!(server.alpn.as_deref(), Some(&b"tsunagu"[..]));
+        assert!(server.peer_certificates.is_none());
+        let (mut sr, mut sw) = (server.reader, server.writer);
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let up = pattern(3_000_000, 1);
+        let down = pattern(2_500_000, 2);
+        let (up2, down2) = (up.clone(), down.clone());
+        let client_writes = tokio::spawn(async move {
+            // Writes of every size from 1 byte to 70 KiB, across record boundaries.
+            let mut at = 0;
+            let mut step = 1;
+            while at < up2.len() {
+                let end = (at + step).min(up2.len());
+                cw.write_all(&up2[at..end]).await.unwrap();
+                at = end;
+                step = (step * 7 + 13) % (70 * 1024) + 1;
+            }
+            cw.flush().await.unwrap();
+            cw
+        });
+        let server_writes = tokio::spawn(async move {
+            for chunk in down2.chunks(64 * 1024 + 5) {
+                sw.write_all(chunk).await.unwrap();
+                sw.flush().await.unwrap();
+            }
+            sw
+        });
+        // The server reads in pieces smaller than a record, the client in larger ones.
+        let got_up = read_all(&mut sr, up.len(), 1000).await;
+        let got_down = read_all(&mut cr, down.len(), 200 * 1024).await;
+        assert!(got_up == up, "the client's bytes arrived changed");
+        assert!(got_down == down, "the server's bytes arrived changed");
+        client_writes.await.unwrap();
+        server_writes.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_key_update_from_the_client_is_answered_and_both_ways_go_on() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"before").await.unwrap();
+        client.flush().await.unwrap();
+        assert_eq!(read_all(&mut server.reader, 6, 64).await, b"before");
+        // rustls' client asks the server to update its keys too.
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(b"after the update").await.unwrap();
+        client.flush().await.unwrap();
+        assert_eq!(read_all(&mut server.reader, 16, 64).await, b"after the update");
+        server.writer.write_all(b"answer").await.unwrap();
+        server.writer.flush().await.unwrap();
+        assert_eq!(read_all(&mut client, 6, 64).await, b"answer");
+        // Several updates in a row, with data in between.
+        for i in 0..5u8 {
+            client.get_mut().1.refresh_traffic_keys().unwrap();
+            client.write_all(&[i; 100]).await.unwrap();
+            client.flush().await.unwrap();
+            assert_eq!(read_all(&mut server.reader, 100, 64).await, vec![i; 100]);
+            server.writer.write_all(&[i; 50]).await.unwrap();
+            server.writer.flush().await.unwrap();
+            assert_eq!(read_all(&mut client, 50, 64).await, vec![i; 50]);
+        }
+    }
+
+    #[tokio::test]
+    async fn close_notify_ends_the_stream_each_way() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"last words").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut server.reader, 10, 64).await, b"last words");
+        let mut rest = [0u8; 16];
+        assert_eq!(server.reader.read(&mut rest).await.unwrap(), 0, "close_notify is the end");
+        // The server may still send after the client closed its side, then closes too.
+        server.writer.write_all(b"bye").await.unwrap();
+        server.writer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+        assert!(server.writer.write_all(b"more").await.is_err(), "nothing is sent after close_notify");
+    }
+
+    #[tokio::test]
+    async fn garbage_after_the_handshake_is_an_error_not_a_panic() {
+        let (mut server, client) = pair().await;
+        let (mut raw, _) = client.into_inner();
+        // An application-data record header followed by bytes that are not a sealed record.
+        let mut bogus = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        bogus.extend(pattern(0x40, 9));
+        raw.write_all(&bogus).await.unwrap();
+        let mut buf = [0u8; 64];
+        let e = server.reader.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        // A header announcing a record larger than TLS allows.
+        let (mut server, client) = pair().await;
+        let (mut raw, _) = client.into_inner();
+        raw.write_all(&[0x17, 0x03, 0x03, 0xff, 0xff]).await.unwrap();
+        raw.write_all(&pattern(1000, 3)).await.unwrap();
+        let e = server.reader.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_record_cut_short_by_the_socket_is_an_error() {
+        let (mut server, client) = pair().await;
+        let (mut raw, _) = client.into_inner();
+        raw.write_all(&[0x17, 0x03, 0x03, 0x01, 0x00, 1, 2, 3]).await.unwrap();
+        drop(raw);
+        let mut buf = [0u8; 64];
+        let e = server.reader.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_handshake_the_client_gives_up_on_is_refused() {
+        let (server_cfg, _) = configs();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (r, w) = tokio::io::split(a);
+        // A client that trusts another certificate rejects this one and hangs up.
+        let (_, other_client) = configs();
+        let connector = tokio_rustls::TlsConnector::from(other_client);
+        let name = ServerName::try_from("localhost").unwrap();
+        let (server, client) = tokio::join!(accept(server_cfg.clone(), r, w), connector.connect(name, b));
+        assert!(client.is_err());
+        assert!(server.is_err());
+        // A peer that sends half a ClientHello and closes.
+        let (a, mut b) = tokio::io::duplex(1024);
+        let (r, w) = tokio::io::split(a);
+        b.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+        drop(b);
+        let e = accept(server_cfg, r, w).await.err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_gives_its_buffers_up() {
+        let (mut server, client) = pair().await;
+        let held = |s: &Server| (s.reader.incoming.capacity(), s.reader.plain.capacity(), s.writer.out.capacity());
+        assert_eq!(held(&server), (0, 0, 0), "nothing held right after the handshake");
+        // A burst in both directions grows the buffers...
+        let big = pattern(2_000_000, 4);
+        let send = big.clone();
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let writer = tokio::spawn(async move {
+            cw.write_all(&send).await.unwrap();
+            cw.flush().await.unwrap();
+            cw
+        });
+        assert!(read_all(&mut server.reader, big.len(), 128 * 1024).await == big);
+        let mut cw = writer.await.unwrap();
+        let (got, sent) = tokio::join!(read_all(&mut cr, big.len(), 128 * 1024), async {
+            server.writer.write_all(&big).await.unwrap();
+            server.writer.flush().await.unwrap();
+        });
+        let () = sent;
+        assert!(got == big);
+        // ...and a few small messages later the connection holds nothing while it waits.
+        for i in 0..8u8 {
+            cw.write_all(&[i; 40]).await.unwrap();
+            cw.flush().await.unwrap();
+            assert_eq!(read_all(&mut server.reader, 40, 64 * 1024).await, vec![i; 40]);
+            server.writer.write_all(&[i; 30]).await.unwrap();
+            server.writer.flush().await.unwrap();
+            assert_eq!(read_all(&mut cr, 30, 64).await, vec![i; 30]);
+        }
+        assert_eq!(held(&server), (0, 0, 0), "a quiet connection holds no buffers");
+    }
+}
