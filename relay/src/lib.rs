@@ -45,6 +45,7 @@ pub mod hex;
 pub mod history;
 pub mod join;
 pub mod keys;
+pub mod level;
 pub mod metrics;
 pub mod operator_cache;
 pub mod policy;

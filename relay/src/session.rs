@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tsunagu_proto::codec::encode;
 use tsunagu_proto::pb::{self, frame::Body, Channel, EndReason, Frame};
 use tsunagu_proto::types::end_reason_name;
@@ -27,6 +27,7 @@ use crate::grid::records::{
     TransferStage,
 };
 use crate::history::{HistoryEvent, HistorySink};
+use crate::level::Level;
 use crate::policy::{Change, ClientModes, ConsentOutcome, Direction, FileOutcome, FileRecord, Phase, Policy, Verdict};
 use crate::policy::{OpenTransfer, PolicyState};
 use crate::queue::{OutQueue, Pass, QueueError};
@@ -70,14 +71,14 @@ impl Role {
 pub struct Hold {
     pub role: Role,
     generation: u32,
-    newer: watch::Receiver<u32>,
+    newer: Level,
 }
 
 impl Hold {
     /// Resolves when a newer connection has taken this side (a resume), so this one stops.
     pub async fn replaced(&mut self) {
         let mine = self.generation;
-        let _ = self.newer.wait_for(|g| *g != mine).await;
+        self.newer.wait_until(|g| g != mine).await;
     }
 }
 
@@ -194,9 +195,9 @@ pub struct Session {
     /// Taken across building and writing the session's record, so records are written in
     /// the order of the states they hold.
     saving: tokio::sync::Mutex<()>,
-    ended_tx: watch::Sender<bool>,
+    ended_tx: Level,
     /// Each side's current connection generation, for [`Hold::replaced`].
-    generation_tx: [watch::Sender<u32>; 2],
+    generation_tx: [Level; 2],
     /// Wakes the timer when the deadline moves.
     kick: Notify,
     /// Serial of the client certificate the operator logged in with, if any: the session
@@ -273,8 +274,8 @@ impl Session {
                 saved_at: crate::clock::now(),
             }),
             saving: tokio::sync::Mutex::new(()),
-            ended_tx: watch::channel(false).0,
-            generation_tx: [watch::channel(0).0, watch::channel(0).0],
+            ended_tx: Level::new(0),
+            generation_tx: [Level::new(0), Level::new(0)],
             kick: Notify::new(),
             operator_cert: std::sync::OnceLock::new(),
             shared,
@@ -286,12 +287,12 @@ impl Session {
     }
 
     /// Resolves when the session has ended.
-    pub fn ended(&self) -> watch::Receiver<bool> {
-        self.ended_tx.subscribe()
+    pub async fn ended(&self) {
+        self.ended_tx.wait_until(|ended| ended != 0).await
     }
 
     pub fn is_ended(&self) -> bool {
-        *self.ended_tx.borrow()
+        self.ended_tx.get() != 0
     }
 
     pub fn asked(&self) -> PermissionSet {
@@ -749,7 +750,7 @@ impl Session {
             let _ = q.push_control(ended.clone());
             q.close();
         }
-        let _ = self.ended_tx.send(true);
+        self.ended_tx.set(1);
         self.kick.notify_one();
         if let Some(code) = self.code.filter(|_| phase_before_client) {
             self.shared.directory.expire(code, crate::clock::now()).await;
@@ -823,7 +824,7 @@ impl Session {
         Hold {
             role,
             generation: inner.generation[role.slot()],
-            newer: self.generation_tx[role.slot()].subscribe(),
+            newer: self.generation_tx[role.slot()].clone(),
         }
     }
 
@@ -937,9 +938,9 @@ impl Session {
             let hold = Hold {
                 role,
                 generation: inner.generation[slot],
-                newer: self.generation_tx[slot].subscribe(),
+                newer: self.generation_tx[slot].clone(),
             };
-            let _ = self.generation_tx[slot].send(inner.generation[slot]);
+            self.generation_tx[slot].set(inner.generation[slot]);
             (hold, inner.resumes, old, Self::queue_of(&inner, role.other()), token)
         };
         let (hold, resumes, old, other, token) = state;
@@ -1133,7 +1134,7 @@ impl Session {
             let _ = q.push_control(moved.clone());
             q.close();
         }
-        let _ = self.ended_tx.send(true);
+        self.ended_tx.set(1);
         self.kick.notify_one();
         (self.shared.leave)(&self.id);
         tracing::info!(session = %self.id, "the session moved to another node; its connections here are closed");
@@ -1208,8 +1209,8 @@ impl Session {
                 saved_at: now,
             }),
             saving: tokio::sync::Mutex::new(()),
-            ended_tx: watch::channel(false).0,
-            generation_tx: [watch::channel(0).0, watch::channel(0).0],
+            ended_tx: Level::new(0),
+            generation_tx: [Level::new(0), Level::new(0)],
             kick: Notify::new(),
             operator_cert: snapshot
                 .operator_cert
@@ -1222,7 +1223,6 @@ impl Session {
     /// Runs the session's clock: code expiry, consent timeout and a vanished peer's grace
     /// window, by tokio's clock (see [`crate::clock`]). Returns when the session ends.
     pub async fn run_timer(self: Arc<Self>) {
-        let mut ended = self.ended();
         loop {
             let (deadline, decided) = {
                 let inner = self.lock();
@@ -1256,7 +1256,7 @@ impl Session {
                     }
                 }
                 _ = self.kick.notified() => {}
-                _ = crate::shutdown::until_true(&mut ended) => return,
+                _ = self.ended() => return,
             }
         }
     }

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::level::Level;
+
 /// Resolves once the watched flag is true (or its sender is gone).
 pub async fn until_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
@@ -106,26 +108,31 @@ impl Stopper {
 /// has ended and its peer has heard `Ended`. Dropping the mark releases it.
 #[derive(Debug)]
 pub struct SessionMark {
-    tx: watch::Sender<bool>,
+    /// 1 while the connection carries a session.
+    carries: Level,
 }
 
 impl SessionMark {
     /// A mark nobody watches: for a connection served outside the listeners' tracking
     /// (tests drive connections over in-memory streams).
     pub fn untracked() -> Self {
-        Self {
-            tx: watch::channel(false).0,
-        }
+        Self { carries: Level::new(0) }
     }
 
     /// The connection carries a session from now on.
     pub fn carry(&self) {
-        self.tx.send_replace(true);
+        self.carries.set(1);
     }
 
     /// The connection carries no session (the code it tried was refused).
     pub fn release(&self) {
-        self.tx.send_replace(false);
+        self.carries.set(0);
+    }
+}
+
+impl Drop for SessionMark {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -146,19 +153,21 @@ impl ConnectionTasks {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let mut stop = self.stop.clone();
-        let (tx, mut carries) = watch::channel(false);
+        let carries = Level::new(0);
         // Boxed: an async block keeps what it captures and what it awaits in separate
         // slots, so a connection future moved through this wrapper and `track` unboxed
         // would be stored three times over in every task: about 12 KiB more per
         // connection, for as long as its session lasts.
-        let connection = Box::pin(start(SessionMark { tx }));
+        let connection = Box::pin(start(SessionMark {
+            carries: carries.clone(),
+        }));
         self.track(async move {
             let cut_off = async {
                 stop.recv().await;
                 // A session being ended finishes by itself; a connection without one (or
-                // whose code was refused meanwhile) is cut off. An error means the mark
-                // was dropped: nothing is carried.
-                let _ = carries.wait_for(|carrying| !*carrying).await;
+                // whose code was refused meanwhile) is cut off. A dropped mark carries
+                // nothing.
+                carries.wait_until(|carrying| carrying == 0).await;
             };
             tokio::select! {
                 _ = connection => {}

@@ -275,7 +275,11 @@ impl<R: AsyncRead + Unpin> TlsReader<R> {
             self.incoming.reserve(wanted);
         }
         let spare = self.incoming.capacity() - self.incoming.len();
-        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.incoming))?;
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.incoming
+        ))?;
         if n >= spare {
             // The socket had at least as much as there was room for: read more at once.
             self.read_size = (self.read_size * 2).min(MAX_READ);
@@ -642,14 +646,21 @@ mod tests {
         client.shutdown().await.unwrap();
         assert_eq!(read_all(&mut server.reader, 10, 64).await, b"last words");
         let mut rest = [0u8; 16];
-        assert_eq!(server.reader.read(&mut rest).await.unwrap(), 0, "close_notify is the end");
+        assert_eq!(
+            server.reader.read(&mut rest).await.unwrap(),
+            0,
+            "close_notify is the end"
+        );
         // The server may still send after the client closed its side, then closes too.
         server.writer.write_all(b"bye").await.unwrap();
         server.writer.shutdown().await.unwrap();
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"bye");
-        assert!(server.writer.write_all(b"more").await.is_err(), "nothing is sent after close_notify");
+        assert!(
+            server.writer.write_all(b"more").await.is_err(),
+            "nothing is sent after close_notify"
+        );
     }
 
     #[tokio::test]
@@ -707,7 +718,13 @@ mod tests {
     #[tokio::test]
     async fn a_quiet_connection_gives_its_buffers_up() {
         let (mut server, client) = pair().await;
-        let held = |s: &Server| (s.reader.incoming.capacity(), s.reader.plain.capacity(), s.writer.out.capacity());
+        let held = |s: &Server| {
+            (
+                s.reader.incoming.capacity(),
+                s.reader.plain.capacity(),
+                s.writer.out.capacity(),
+            )
+        };
         assert_eq!(held(&server), (0, 0, 0), "nothing held right after the handshake");
         // A burst in both directions grows the buffers...
         let big = pattern(2_000_000, 4);
