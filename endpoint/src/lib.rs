@@ -36,6 +36,7 @@ pub mod config;
 pub mod dial;
 #[cfg(feature = "gui")]
 pub mod dialog;
+pub mod disk;
 pub mod driver;
 pub mod files_view;
 #[cfg(feature = "gui")]

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
+use crate::disk::{ReadAhead, WriteBehind};
 use crate::link::{Link, LinkError};
 use tsunagu_proto::pb::{self, frame::Body, FileResult};
 
@@ -155,8 +156,9 @@ struct Sink {
     dir: PathBuf,
     /// The private temporary file; `None` once published or discarded.
     temp: Option<PathBuf>,
-    file: tokio::fs::File,
-    hasher: Sha256,
+    /// Writes and hashes the chunks on a thread of its own.
+    file: WriteBehind,
+    /// Handed to `file` so far.
     written: u64,
     /// Written since the last credit grant.
     since_credit: u64,
@@ -175,12 +177,11 @@ impl Sink {
         opts.write(true).create_new(true);
         #[cfg(unix)]
         opts.mode(0o600);
-        let file = opts.open(&temp).await?;
+        let file = opts.open(&temp).await?.into_std().await;
         Ok(Self {
             dir: dir.to_path_buf(),
             temp: Some(temp),
-            file,
-            hasher: Sha256::new(),
+            file: WriteBehind::start(file),
             written: 0,
             since_credit: 0,
         })
@@ -190,10 +191,14 @@ impl Sink {
         self.temp.as_deref().expect("a live sink has its temp file")
     }
 
-    /// Publishes the verified temp file under the first free name; never overwrites.
+    /// Waits for every chunk to be written and synced; the SHA-256 of the whole file.
+    async fn finish(&mut self) -> io::Result<[u8; 32]> {
+        self.file.finish().await
+    }
+
+    /// Publishes the verified (finished) temp file under the first free name; never
+    /// overwrites.
     async fn publish(mut self, name: &str) -> io::Result<PathBuf> {
-        self.file.flush().await?;
-        self.file.sync_all().await?;
         let temp = self.temp().to_path_buf();
         let dir = self.dir.clone();
         for n in 0..10_000 {
@@ -243,8 +248,8 @@ struct Outgoing {
     name: String,
     size: u64,
     sha256: [u8; 32],
-    /// Open once the receiver accepted.
-    source: Option<tokio::fs::File>,
+    /// Read ahead once the receiver accepted.
+    source: Option<ReadAhead>,
     sent: u64,
     credit: u64,
     /// All content sent; waiting for the receiver's verdict.
@@ -578,7 +583,7 @@ impl Transfers {
             Body::FileAnswer(a) => {
                 if let Some(t) = self.outgoing.get_mut(&a.transfer_id) {
                     if a.accept && t.source.is_none() {
-                        match tokio::fs::File::open(&t.path).await {
+                        match ReadAhead::open(&t.path, 0, CHUNK).await {
                             Ok(f) => {
                                 t.source = Some(f);
                                 events.push(TransferEvent::Accepted { id: a.transfer_id });
@@ -665,7 +670,7 @@ impl Transfers {
                 }
             }
             Body::Data(data) if data.channel == pb::Channel::File as i32 => {
-                if let Some(e) = self.on_chunk(link, data.stream, &data.payload).await? {
+                if let Some(e) = self.on_chunk(link, data.stream, data.payload.clone()).await? {
                     events.push(e);
                 }
             }
@@ -674,7 +679,7 @@ impl Transfers {
         Ok(events)
     }
 
-    async fn on_chunk(&mut self, link: &mut Link, id: u32, chunk: &[u8]) -> Result<Option<TransferEvent>, LinkError> {
+    async fn on_chunk(&mut self, link: &mut Link, id: u32, chunk: Bytes) -> Result<Option<TransferEvent>, LinkError> {
         let Some(t) = self.incoming.get_mut(&id) else {
             return Ok(None);
         };
@@ -690,22 +695,30 @@ impl Transfers {
             send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, true)).await?;
             return Ok(Some(fail(reason)));
         }
-        if let Err(e) = sink.file.write_all(chunk).await {
+        let len = chunk.len() as u64;
+        if let Err(e) = sink.file.write(chunk).await {
             // A full disk or a vanished folder: nothing is left behind, both sides are told.
             let reason = format!("cannot write the file: {e}");
             self.abort_incoming(id).await;
             send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, true)).await?;
             return Ok(Some(fail(reason)));
         }
-        sink.hasher.update(chunk);
         let before = sink.written;
-        sink.written += chunk.len() as u64;
-        sink.since_credit += chunk.len() as u64;
+        sink.written += len;
+        sink.since_credit += len;
         let written = sink.written;
         if written == t.size {
             let t = self.incoming.remove(&id).expect("present above");
-            let sink = t.sink.expect("accepted above");
-            let digest: [u8; 32] = sink.hasher.clone().finalize().into();
+            let mut sink = t.sink.expect("accepted above");
+            let digest = match sink.finish().await {
+                Ok(digest) => digest,
+                Err(e) => {
+                    let reason = format!("cannot write the file: {e}");
+                    sink.discard().await;
+                    send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, true)).await?;
+                    return Ok(Some(fail(reason)));
+                }
+            };
             if digest != t.sha256 {
                 sink.discard().await;
                 let reason = "the received content does not match the offered SHA-256".to_string();
@@ -768,7 +781,6 @@ impl Transfers {
         let mut events = Vec::new();
         let ids: Vec<u32> = self.outgoing.keys().copied().collect();
         let mut budget = CHUNKS_PER_PUMP;
-        let mut buf = vec![0u8; CHUNK];
         for id in ids {
             while budget > 0 {
                 let Some(t) = self.outgoing.get_mut(&id) else { break };
@@ -777,8 +789,17 @@ impl Transfers {
                 }
                 let Some(src) = t.source.as_mut() else { break };
                 let want = (t.credit.min(CHUNK as u64).min(t.size - t.sent)) as usize;
-                let n = match src.read(&mut buf[..want]).await {
-                    Ok(0) | Err(_) if t.sent < t.size => {
+                let piece = match src.next(want).await {
+                    Some(Ok(piece)) => Ok(piece),
+                    Some(Err(e)) => Err(e),
+                    None => Ok(Bytes::new()),
+                };
+                let piece = match piece {
+                    Ok(p) if p.is_empty() && t.sent < t.size => Err(io::ErrorKind::UnexpectedEof.into()),
+                    other => other,
+                };
+                let piece: Bytes = match piece {
+                    Err(_) if t.sent < t.size => {
                         let reason = "the file changed or became unreadable while sending".to_string();
                         self.outgoing.remove(&id);
                         send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, false)).await?;
@@ -789,9 +810,10 @@ impl Transfers {
                         });
                         break;
                     }
-                    Ok(n) => n,
-                    Err(_) => 0,
+                    Ok(piece) => piece,
+                    Err(_) => Bytes::new(),
                 };
+                let n = piece.len();
                 let before = t.sent;
                 t.sent += n as u64;
                 t.credit -= n as u64;
@@ -799,7 +821,7 @@ impl Transfers {
                 if sent >= size {
                     t.awaiting_verdict = true;
                 }
-                link.send_file_chunk(id, Bytes::copy_from_slice(&buf[..n])).await?;
+                link.send_file_chunk(id, piece).await?;
                 budget -= 1;
                 let step = progress_step(size);
                 if before / step != sent / step {
@@ -886,42 +908,34 @@ impl Transfers {
     /// a repeated `FileResume` once sending went on again is ignored, since chunks sent
     /// meanwhile would otherwise arrive twice.
     async fn on_resume(&mut self, link: &mut Link, r: &pb::FileResume) -> Result<Option<TransferEvent>, LinkError> {
-        use tokio::io::AsyncSeekExt;
         let id = r.transfer_id;
         let Some(t) = self.outgoing.get_mut(&id) else {
             return Ok(None);
         };
-        // The receiver accepted, but its answer was lost in a drop: it says where to start.
-        let mut accepted = None;
-        if t.source.is_none() {
-            match tokio::fs::File::open(&t.path).await {
-                Ok(f) => {
-                    t.source = Some(f);
-                    t.resync = true;
-                    accepted = Some(TransferEvent::Accepted { id });
-                }
-                Err(e) => {
-                    let reason = format!("cannot read the file any more: {e}");
-                    return self.sending_failed(link, id, reason).await.map(Some);
-                }
-            }
-        }
-        if !t.resync {
+        // Without a source, the receiver accepted but its answer was lost in a drop: it
+        // says where to start.
+        let was_open = t.source.is_some();
+        if was_open && !t.resync {
             tracing::debug!(transfer = id, "FileResume while sending; ignored");
             return Ok(None);
         }
-        let Some(src) = t.source.as_mut() else {
-            return Ok(accepted);
-        };
-        let seek = if r.offset > t.size {
+        let opened = if r.offset > t.size {
             Err(io::Error::new(io::ErrorKind::InvalidInput, "offset past the end"))
         } else {
-            src.seek(io::SeekFrom::Start(r.offset)).await.map(|_| ())
+            ReadAhead::open(&t.path, r.offset, CHUNK).await
         };
-        if let Err(e) = seek {
-            let reason = format!("cannot go on from byte {}: {e}", r.offset);
-            return self.sending_failed(link, id, reason).await.map(Some);
+        match opened {
+            Ok(source) => t.source = Some(source),
+            Err(e) => {
+                let reason = if was_open || e.kind() == io::ErrorKind::InvalidInput {
+                    format!("cannot go on from byte {}: {e}", r.offset)
+                } else {
+                    format!("cannot read the file any more: {e}")
+                };
+                return self.sending_failed(link, id, reason).await.map(Some);
+            }
         }
+        let accepted = (!was_open).then_some(TransferEvent::Accepted { id });
         tracing::debug!(transfer = id, offset = r.offset, "file transfer goes on");
         t.sent = r.offset;
         t.credit = 0;
@@ -1273,7 +1287,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.txt"), b"existing").unwrap();
         let mut sink = Sink::create(dir.path()).await.unwrap();
-        sink.file.write_all(b"new").await.unwrap();
+        sink.file.write(Bytes::from_static(b"new")).await.unwrap();
+        sink.finish().await.unwrap();
         let path = sink.publish("a.txt").await.unwrap();
         assert_eq!(path, dir.path().join("a (1).txt"));
         assert_eq!(std::fs::read(dir.path().join("a.txt")).unwrap(), b"existing");

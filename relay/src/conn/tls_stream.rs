@@ -15,15 +15,18 @@
 //! Buffers stay below the allocator's mapping threshold (`crate::MMAP_THRESHOLD`), so a
 //! buffer given up and taken again comes from the heap, not from a fresh mapping.
 //!
-//! The two halves share the rustls state under a lock that is held only while records are
-//! sealed or opened, never across I/O. TLS messages the reading side must answer after the
-//! handshake (a TLS 1.3 key update) are left for the writing side, which sends them ahead
-//! of its next record or at its next flush.
+//! The two halves share the rustls state, the received ciphertext and the opened data
+//! under one lock: rustls must always be handed the same received bytes (it keeps
+//! positions into them between calls), whichever half calls it. The lock is held while
+//! records are sealed or opened and for the reader's non-blocking socket read, never
+//! across an await. TLS messages the reading side must answer after the handshake (a TLS
+//! 1.3 key update) are left for the writing side, which sends them ahead of its next
+//! record or at its next flush.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, BytesMut};
 use rustls::pki_types::CertificateDer;
@@ -49,9 +52,18 @@ const MAX_FRAGMENT: usize = 16 * 1024;
 
 struct State {
     conn: UnbufferedServerConnection,
+    /// Ciphertext read from the socket and not yet opened.
+    incoming: BytesMut,
+    /// Opened data the reader has not taken yet (rustls hands out whole records; the
+    /// reader's buffer may be smaller).
+    plain: BytesMut,
+    /// The peer closed its side (close_notify).
+    closed: bool,
     /// TLS messages produced while reading (after the handshake) that the writer sends
     /// before its next record.
     to_send: Vec<u8>,
+    /// The reader, waiting for the socket, to be woken when the writer opened records.
+    reader: Option<Waker>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -72,6 +84,80 @@ fn closed_in_handshake() -> io::Error {
     )
 }
 
+impl State {
+    /// Opens the records `incoming` holds: into `out` while it has room and nothing is
+    /// waiting before it, the rest into `plain`. Stops when rustls needs more bytes.
+    fn open_records(&mut self, mut out: Option<&mut ReadBuf<'_>>) -> io::Result<()> {
+        loop {
+            let status = self.conn.process_tls_records(&mut self.incoming[..]);
+            let discard = status.discard;
+            let opened = match status.state {
+                Ok(opened) => opened,
+                Err(e) => {
+                    // The alert saying why goes out with the writer's next flush.
+                    self.incoming.advance(discard);
+                    pending_alerts(&mut self.conn, &mut self.incoming, &mut self.to_send);
+                    return Err(tls_error(e));
+                }
+            };
+            let wait = match opened {
+                ConnectionState::ReadTraffic(mut t) => {
+                    while let Some(record) = t.next_record() {
+                        let payload = record.map_err(tls_error)?.payload;
+                        let direct = match out.as_deref_mut() {
+                            Some(o) if self.plain.is_empty() => {
+                                let n = payload.len().min(o.remaining());
+                                o.put_slice(&payload[..n]);
+                                n
+                            }
+                            _ => 0,
+                        };
+                        self.plain.extend_from_slice(&payload[direct..]);
+                    }
+                    false
+                }
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode_into(&mut self.to_send, MAX_FRAGMENT, |buf| e.encode(buf))?;
+                    false
+                }
+                // The writer sends `to_send` before its next record.
+                ConnectionState::TransmitTlsData(t) => {
+                    t.done();
+                    false
+                }
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    self.closed = true;
+                    true
+                }
+                // Nothing more to open: wait for the socket.
+                ConnectionState::WriteTraffic(_) | ConnectionState::BlockedHandshake => true,
+                other => return Err(tls_error(format!("unexpected state {other:?}"))),
+            };
+            self.incoming.advance(discard);
+            if wait {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Encodes what rustls queued to send after an error (its alert) onto `out`. rustls is
+/// called only while it has something queued, so it never looks at the received bytes
+/// again (that would raise the same error a second time).
+fn pending_alerts(conn: &mut UnbufferedServerConnection, incoming: &mut BytesMut, out: &mut Vec<u8>) {
+    while conn.wants_write() {
+        let status = conn.process_tls_records(&mut incoming[..]);
+        match status.state {
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                if encode_into(out, MAX_FRAGMENT, |buf| e.encode(buf)).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
 /// A finished handshake: the connection's two halves, the protocol the peer chose and its
 /// certificate chain.
 pub(crate) struct Accepted<R, W> {
@@ -86,6 +172,8 @@ enum Step {
     Again,
     Read,
     Done,
+    Closed,
+    Failed(io::Error),
 }
 
 /// Runs the server side of a TLS handshake over `r` and `w`; the two halves of the
@@ -98,40 +186,63 @@ where
     let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
     let shared: Shared = Arc::new(Mutex::new(State {
         conn,
+        incoming: BytesMut::new(),
+        plain: BytesMut::new(),
+        closed: false,
         to_send: Vec::new(),
+        reader: None,
     }));
     let mut reader = TlsReader::new(r, shared.clone());
     let mut out: Vec<u8> = Vec::new();
     loop {
         let step = {
             let mut guard = lock(&shared);
-            let status = guard.conn.process_tls_records(&mut reader.incoming[..]);
+            let state = &mut *guard;
+            let status = state.conn.process_tls_records(&mut state.incoming[..]);
             let discard = status.discard;
-            let step = match status.state.map_err(tls_error)? {
-                ConnectionState::EncodeTlsData(mut e) => {
+            let step = match status.state {
+                Err(e) => Step::Failed(tls_error(e)),
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
                     encode_into(&mut out, MAX_FRAGMENT, |buf| e.encode(buf))?;
                     Step::Again
                 }
                 // Written below, before anything else happens on the connection.
-                ConnectionState::TransmitTlsData(t) => {
+                Ok(ConnectionState::TransmitTlsData(t)) => {
                     t.done();
                     Step::Again
                 }
-                ConnectionState::BlockedHandshake => Step::Read,
-                ConnectionState::ReadTraffic(mut t) => {
+                Ok(ConnectionState::BlockedHandshake) => Step::Read,
+                Ok(ConnectionState::ReadTraffic(mut t)) => {
                     // Application data sent with the handshake's last flight.
                     while let Some(record) = t.next_record() {
-                        reader.plain.extend_from_slice(record.map_err(tls_error)?.payload);
+                        state.plain.extend_from_slice(record.map_err(tls_error)?.payload);
                     }
                     Step::Again
                 }
-                ConnectionState::WriteTraffic(_) => Step::Done,
-                ConnectionState::PeerClosed | ConnectionState::Closed => return Err(closed_in_handshake()),
-                other => return Err(tls_error(format!("unexpected state {other:?} in the handshake"))),
+                // TLS 1.3 lets the server send once its own Finished is out, before the
+                // client's certificate and Finished have come: the handshake is over only
+                // when rustls says so (below).
+                Ok(ConnectionState::WriteTraffic(_)) => Step::Done,
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Step::Closed,
+                Ok(other) => Step::Failed(tls_error(format!("unexpected state {other:?} in the handshake"))),
             };
-            reader.incoming.advance(discard);
-            step
+            state.incoming.advance(discard);
+            match step {
+                Step::Done if state.conn.is_handshaking() => Step::Read,
+                Step::Failed(e) => {
+                    // Refused (a certificate that is not accepted, a protocol error): the
+                    // alert that says why goes to the peer before the connection closes.
+                    pending_alerts(&mut state.conn, &mut state.incoming, &mut out);
+                    Step::Failed(e)
+                }
+                other => other,
+            }
         };
+        if let Step::Failed(e) = step {
+            let _ = w.write_all(&out).await;
+            let _ = w.flush().await;
+            return Err(e);
+        }
         if !out.is_empty() {
             w.write_all(&out).await?;
             w.flush().await?;
@@ -145,6 +256,7 @@ where
                 }
             }
             Step::Done => break,
+            Step::Closed | Step::Failed(_) => return Err(closed_in_handshake()),
         }
     }
     let (alpn, peer_certificates) = {
@@ -154,7 +266,7 @@ where
             guard.conn.peer_certificates().map(<[CertificateDer<'static>]>::to_vec),
         )
     };
-    reader.release_if_drained();
+    reader.release_if_drained(&mut lock(&shared));
     let writer = TlsWriter {
         io: w,
         shared,
@@ -231,14 +343,9 @@ fn encode_into<E: Into<SizeError>>(
 pub(crate) struct TlsReader<R> {
     io: R,
     shared: Shared,
-    /// Ciphertext read from the socket and not yet opened.
-    incoming: BytesMut,
-    /// Opened data the caller has not taken yet (rustls hands out whole records; the
-    /// caller's buffer may be smaller).
-    plain: BytesMut,
     /// The next read's size: [`QUIET_READ`] into the stack, or more into `incoming`.
     read_size: usize,
-    /// The peer closed its side (close_notify, or the socket ended).
+    /// The socket ended.
     eof: bool,
 }
 
@@ -247,8 +354,6 @@ impl<R: AsyncRead + Unpin> TlsReader<R> {
         Self {
             io,
             shared,
-            incoming: BytesMut::new(),
-            plain: BytesMut::new(),
             read_size: QUIET_READ,
             eof: false,
         }
@@ -256,30 +361,41 @@ impl<R: AsyncRead + Unpin> TlsReader<R> {
 
     /// Reads what the socket has into `incoming`; how many bytes came (0: the socket ended).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.incoming.is_empty() && self.read_size == QUIET_READ {
+        let quiet = self.read_size == QUIET_READ && lock(&self.shared).incoming.is_empty();
+        if quiet {
             // Quiet: no buffer is held while the socket has nothing.
             let mut stack = [0u8; QUIET_READ];
             let mut rb = ReadBuf::new(&mut stack);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            let polled = Pin::new(&mut self.io).poll_read(cx, &mut rb);
+            let mut state = lock(&self.shared);
+            if polled.is_pending() {
+                state.reader = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let () = ready!(polled)?;
             let n = rb.filled().len();
-            self.incoming.extend_from_slice(rb.filled());
+            state.incoming.extend_from_slice(rb.filled());
             if n == QUIET_READ {
                 self.read_size = QUIET_READ * 2;
             }
             return Poll::Ready(Ok(n));
         }
+        let mut state = lock(&self.shared);
         // Room for `read_size` in all; `reserve` moves what is left to the front first
         // when that makes the room.
-        let wanted = self.read_size.saturating_sub(self.incoming.len()).max(QUIET_READ);
-        if self.incoming.capacity() - self.incoming.len() < wanted {
-            self.incoming.reserve(wanted);
+        let wanted = self.read_size.saturating_sub(state.incoming.len()).max(QUIET_READ);
+        if state.incoming.capacity() - state.incoming.len() < wanted {
+            state.incoming.reserve(wanted);
         }
-        let spare = self.incoming.capacity() - self.incoming.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.incoming
-        ))?;
+        let spare = state.incoming.capacity() - state.incoming.len();
+        // Held across the read: it does not wait (the socket says it would block), and the
+        // writer must not hand rustls the buffer while it grows.
+        let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut state.incoming);
+        if polled.is_pending() {
+            state.reader = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let n = ready!(polled)?;
         if n >= spare {
             // The socket had at least as much as there was room for: read more at once.
             self.read_size = (self.read_size * 2).min(MAX_READ);
@@ -289,62 +405,14 @@ impl<R: AsyncRead + Unpin> TlsReader<R> {
         Poll::Ready(Ok(n))
     }
 
-    /// Opens the records `incoming` holds: into `out` while it has room and nothing is
-    /// waiting before it, the rest into `plain`.
-    fn open_records(&mut self, mut out: Option<&mut ReadBuf<'_>>) -> io::Result<()> {
-        let mut guard = lock(&self.shared);
-        let state = &mut *guard;
-        loop {
-            let status = state.conn.process_tls_records(&mut self.incoming[..]);
-            let discard = status.discard;
-            let wait = match status.state.map_err(tls_error)? {
-                ConnectionState::ReadTraffic(mut t) => {
-                    while let Some(record) = t.next_record() {
-                        let payload = record.map_err(tls_error)?.payload;
-                        let direct = match out.as_deref_mut() {
-                            Some(o) if self.plain.is_empty() => {
-                                let n = payload.len().min(o.remaining());
-                                o.put_slice(&payload[..n]);
-                                n
-                            }
-                            _ => 0,
-                        };
-                        self.plain.extend_from_slice(&payload[direct..]);
-                    }
-                    false
-                }
-                ConnectionState::EncodeTlsData(mut e) => {
-                    encode_into(&mut state.to_send, MAX_FRAGMENT, |buf| e.encode(buf))?;
-                    false
-                }
-                // The writer sends `to_send` before its next record.
-                ConnectionState::TransmitTlsData(t) => {
-                    t.done();
-                    false
-                }
-                ConnectionState::PeerClosed | ConnectionState::Closed => {
-                    self.eof = true;
-                    true
-                }
-                // Nothing more to open: wait for the socket.
-                ConnectionState::WriteTraffic(_) | ConnectionState::BlockedHandshake => true,
-                other => return Err(tls_error(format!("unexpected state {other:?}"))),
-            };
-            self.incoming.advance(discard);
-            if wait {
-                return Ok(());
-            }
-        }
-    }
-
     /// Gives up the buffers a quiet connection does not need.
-    fn release_if_drained(&mut self) {
+    fn release_if_drained(&self, state: &mut State) {
         let quiet = self.read_size == QUIET_READ;
-        if self.incoming.is_empty() && quiet {
-            self.incoming = BytesMut::new();
+        if state.incoming.is_empty() && quiet {
+            state.incoming = BytesMut::new();
         }
-        if self.plain.is_empty() && (quiet || self.plain.capacity() > MAX_READ) {
-            self.plain = BytesMut::new();
+        if state.plain.is_empty() && (quiet || state.plain.capacity() > MAX_READ) {
+            state.plain = BytesMut::new();
         }
     }
 }
@@ -353,30 +421,34 @@ impl<R: AsyncRead + Unpin> AsyncRead for TlsReader<R> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if !this.plain.is_empty() {
-                let n = this.plain.len().min(out.remaining());
-                out.put_slice(&this.plain[..n]);
-                this.plain.advance(n);
-                this.release_if_drained();
-                return Poll::Ready(Ok(()));
-            }
-            if this.eof {
-                return Poll::Ready(Ok(()));
-            }
-            if !this.incoming.is_empty() {
-                let before = out.filled().len();
-                this.open_records(Some(out))?;
-                if out.filled().len() > before {
-                    this.release_if_drained();
+            {
+                let mut guard = lock(&this.shared);
+                let state = &mut *guard;
+                if !state.plain.is_empty() {
+                    let n = state.plain.len().min(out.remaining());
+                    out.put_slice(&state.plain[..n]);
+                    state.plain.advance(n);
+                    this.release_if_drained(state);
                     return Poll::Ready(Ok(()));
                 }
-                if !this.plain.is_empty() || this.eof {
-                    continue;
+                if state.closed || this.eof {
+                    return Poll::Ready(Ok(()));
                 }
+                if !state.incoming.is_empty() {
+                    let before = out.filled().len();
+                    state.open_records(Some(out))?;
+                    if out.filled().len() > before {
+                        this.release_if_drained(state);
+                        return Poll::Ready(Ok(()));
+                    }
+                    if !state.plain.is_empty() || state.closed {
+                        continue;
+                    }
+                }
+                this.release_if_drained(state);
             }
-            this.release_if_drained();
             if ready!(this.poll_fill(cx))? == 0 {
-                if !this.incoming.is_empty() {
+                if !lock(&this.shared).incoming.is_empty() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the peer closed the connection in the middle of a TLS record",
@@ -430,28 +502,52 @@ impl<W: AsyncWrite + Unpin> TlsWriter<W> {
             state.to_send = Vec::new();
         }
         loop {
-            let status = state.conn.process_tls_records(&mut []);
-            match status.state.map_err(tls_error)? {
+            let status = state.conn.process_tls_records(&mut state.incoming[..]);
+            let discard = status.discard;
+            let sealed = match status.state.map_err(tls_error)? {
                 ConnectionState::WriteTraffic(mut t) => {
                     if close {
-                        return encode_into(&mut self.out, RECORD_OVERHEAD, |buf| t.queue_close_notify(buf));
+                        encode_into(&mut self.out, RECORD_OVERHEAD, |buf| t.queue_close_notify(buf))?;
+                    } else if !data.is_empty() {
+                        let room = data.len() + data.len().div_ceil(MAX_FRAGMENT) * RECORD_OVERHEAD;
+                        encode_into(&mut self.out, room, |buf| t.encrypt(data, buf))?;
                     }
-                    if data.is_empty() {
-                        return Ok(());
+                    true
+                }
+                // Records the reader has read but not opened yet: opened here for it.
+                ConnectionState::ReadTraffic(mut t) => {
+                    while let Some(record) = t.next_record() {
+                        state.plain.extend_from_slice(record.map_err(tls_error)?.payload);
                     }
-                    let room = data.len() + data.len().div_ceil(MAX_FRAGMENT) * RECORD_OVERHEAD;
-                    return encode_into(&mut self.out, room, |buf| t.encrypt(data, buf));
+                    if let Some(reader) = state.reader.take() {
+                        reader.wake();
+                    }
+                    false
                 }
                 // A key update rustls decided to send goes ahead of the data.
                 ConnectionState::EncodeTlsData(mut e) => {
                     encode_into(&mut self.out, MAX_FRAGMENT, |buf| e.encode(buf))?;
+                    false
                 }
-                ConnectionState::TransmitTlsData(t) => t.done(),
+                ConnectionState::TransmitTlsData(t) => {
+                    t.done();
+                    false
+                }
                 // The peer's close_notify is the reader's to see; sending may go on.
-                ConnectionState::PeerClosed => {}
-                ConnectionState::Closed if close => return Ok(()),
+                ConnectionState::PeerClosed => {
+                    state.closed = true;
+                    if let Some(reader) = state.reader.take() {
+                        reader.wake();
+                    }
+                    false
+                }
+                ConnectionState::Closed if close => true,
                 ConnectionState::Closed => return Err(io::ErrorKind::BrokenPipe.into()),
                 other => return Err(tls_error(format!("cannot send in state {other:?}"))),
+            };
+            state.incoming.advance(discard);
+            if sealed {
+                return Ok(());
             }
         }
     }
@@ -491,8 +587,11 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for TlsWriter<W> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.closed {
-            this.seal(&[], true)?;
             this.closed = true;
+            if let Err(e) = this.seal(&[], true) {
+                // No close_notify after a failure; what was sealed still goes out.
+                tracing::debug!(error = %e, "no close_notify");
+            }
         }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
@@ -715,13 +814,96 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
     }
 
+    /// A CA and a client certificate it signed, and a client config presenting it.
+    fn client_with_cert(server_roots: &rustls::RootCertStore) -> (rcgen::Certificate, Arc<rustls::ClientConfig>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["laptop".into()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(server_roots.clone())
+            .with_client_auth_cert(vec![leaf.der().clone()], key_der)
+            .unwrap();
+        (ca, Arc::new(client))
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_is_known_when_the_handshake_ends_and_a_refused_one_is_told() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let server_cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut server_roots = rustls::RootCertStore::empty();
+        server_roots.add(server_cert.der().clone()).unwrap();
+        let (ca, client_cfg) = client_with_cert(&server_roots);
+        let (_, stranger_cfg) = client_with_cert(&server_roots);
+        let mut client_roots = rustls::RootCertStore::empty();
+        client_roots.add(ca.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider())
+            .build()
+            .unwrap();
+        let server_cfg = Arc::new(
+            ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(
+                    vec![server_cert.der().clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .unwrap(),
+        );
+        let name = ServerName::try_from("localhost").unwrap();
+        // Known: the chain is there as soon as `accept` returns, with the data sent right
+        // after the handshake.
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (r, w) = tokio::io::split(a);
+        let connector = tokio_rustls::TlsConnector::from(client_cfg);
+        let client = async {
+            let mut c = connector.connect(name.clone(), b).await.unwrap();
+            c.write_all(b"hello").await.unwrap();
+            c.flush().await.unwrap();
+            c
+        };
+        let (server, _client) = tokio::join!(accept(server_cfg.clone(), r, w), client);
+        let mut server = server.unwrap();
+        assert_eq!(server.peer_certificates.as_ref().map(Vec::len), Some(1));
+        assert_eq!(read_all(&mut server.reader, 5, 64).await, b"hello");
+        // Refused: the client hears why (an alert), not a bare end of the stream.
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (r, w) = tokio::io::split(a);
+        let connector = tokio_rustls::TlsConnector::from(stranger_cfg);
+        let client = async {
+            let mut c = connector.connect(name, b).await?;
+            c.write_all(b"hello").await?;
+            c.flush().await?;
+            let mut buf = [0u8; 16];
+            c.read(&mut buf).await
+        };
+        let (server, client) = tokio::join!(accept(server_cfg, r, w), client);
+        assert!(server.is_err());
+        let e = client.unwrap_err().to_string();
+        assert!(e.contains("alert"), "the client was told: {e}");
+    }
+
     #[tokio::test]
     async fn a_quiet_connection_gives_its_buffers_up() {
         let (mut server, client) = pair().await;
         let held = |s: &Server| {
+            let state = lock(&s.reader.shared);
             (
-                s.reader.incoming.capacity(),
-                s.reader.plain.capacity(),
+                state.incoming.capacity(),
+                state.plain.capacity(),
                 s.writer.out.capacity(),
             )
         };
