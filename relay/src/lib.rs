@@ -81,6 +81,47 @@ pub fn raise_fd_limit() -> u64 {
 /// are unchanged) keeps them mapped and unmapped per use.
 pub const MMAP_THRESHOLD: usize = 128 * 1024;
 
+/// Decides when the relay gives freed memory back to the system: after sessions have
+/// ended in numbers (a wave of them closing, or the last one). Fed the live session count
+/// now and then; sans-IO, so the rule is tested without an allocator.
+#[derive(Debug, Default)]
+pub struct GiveBack {
+    /// The most sessions seen since memory was last given back.
+    peak: usize,
+}
+
+impl GiveBack {
+    /// Whether to give memory back now, with `live` sessions.
+    pub fn observe(&mut self, live: usize) -> bool {
+        self.peak = self.peak.max(live);
+        let ended = self.peak - live;
+        // A wave: at least 64 sessions, and an eighth of the peak, have ended since.
+        let due = (live == 0 && self.peak > 0) || (ended >= 64 && ended >= self.peak / 8);
+        if due {
+            self.peak = live;
+        }
+        due
+    }
+}
+
+/// Gives the whole pages of freed memory in the allocator's heaps back to the system
+/// (glibc's `malloc_trim`, which also reaches the middle of heaps, not only their tops).
+/// Memory a wave of ended sessions freed is spread through the heaps between what live
+/// sessions still hold; without this the relay's resident size stays at its peak. Takes a
+/// few milliseconds on a large heap: run it on a blocking thread. Elsewhere nothing is done.
+pub fn trim_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes a plain integer and is safe to call at any time, from
+        // any thread; it only changes how the allocator holds its free memory.
+        unsafe { libc::malloc_trim(0) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// Free memory at the top of an allocator heap beyond this is given back to the system.
 /// glibc's default (128 KiB, and static once `M_MMAP_THRESHOLD` is set) made a streaming
 /// connection's buffers — freed and taken again for every ~100 KiB forwarded — go back to
@@ -109,5 +150,35 @@ pub fn return_freed_memory() -> bool {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_goes_back_after_a_wave_of_ended_sessions_or_the_last_one() {
+        let mut g = GiveBack::default();
+        assert!(!g.observe(0), "nothing to give back before any session");
+        assert!(!g.observe(1000));
+        assert!(!g.observe(980), "20 ended: no wave");
+        assert!(g.observe(870), "130 of 1000 ended");
+        assert!(!g.observe(870), "nothing new since");
+        assert!(!g.observe(2000));
+        assert!(!g.observe(1800), "200 of 2000 is less than an eighth");
+        assert!(g.observe(1700), "300 of 2000");
+        assert!(!g.observe(1690));
+        assert!(g.observe(0), "the last session ended");
+        assert!(!g.observe(0));
+        assert!(!g.observe(10));
+        assert!(g.observe(0), "a few sessions, all ended");
+    }
+
+    #[test]
+    fn trimming_is_safe_to_call() {
+        let held: Vec<Vec<u8>> = (0..1000).map(|_| vec![1u8; 4096]).collect();
+        drop(held);
+        trim_free_memory();
     }
 }

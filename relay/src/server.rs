@@ -560,9 +560,17 @@ async fn housekeeping(shared: Arc<Shared>, certs: Arc<ServerCerts>, mut stop: Sh
     let mut account_poll = tokio::time::interval(shared.config.database.account_poll);
     // The first tick is immediate: a checkpoint at start, then one per interval.
     let mut checkpoint = tokio::time::interval(shared.config.secrets.checkpoint_interval);
+    // Memory freed by sessions that ended goes back to the system within seconds.
+    let mut memory = tokio::time::interval(Duration::from_secs(5));
+    let mut give_back = crate::GiveBack::default();
     loop {
         tokio::select! {
             _ = checkpoint.tick() => shared.audit.checkpoint_logged().await,
+            _ = memory.tick() => {
+                if give_back.observe(shared.sessions().len()) {
+                    let _ = tokio::task::spawn_blocking(crate::trim_free_memory).await;
+                }
+            }
             _ = purge.tick() => purge_history(&shared).await,
             _ = tick.tick() => {
                 let now = Instant::now();
