@@ -210,9 +210,7 @@ where
                 resume_key,
                 cert,
             };
-            Box::pin(run_operator(shared, reader, writer, peer, port, asking))
-                .await?
-                .phase()
+            Box::pin(run_operator(shared, reader, writer, peer, port, asking)).await?
         }
         Next::Client(Joined::Here(session), host, resume_key) => {
             let client = JoiningClient {
@@ -221,9 +219,7 @@ where
                 host,
                 resume_key,
             };
-            Box::pin(run_client(shared, session, reader, writer, client))
-                .await?
-                .phase()
+            Box::pin(run_client(shared, session, reader, writer, client)).await?
         }
         Next::Client(Joined::Elsewhere(target), host, resume_key) => {
             let client = super::bridged::Client {
@@ -234,9 +230,7 @@ where
             };
             Box::pin(super::bridged::bridge_client(shared, target, client, reader, writer))
         }
-        Next::Resume(session, role) => Box::pin(run_resumed(shared, session, role, reader, writer, peer))
-            .await?
-            .phase(),
+        Next::Resume(session, role) => Box::pin(run_resumed(shared, session, role, reader, writer, peer)).await?,
         Next::ResumeElsewhere(node, resume) => {
             let header = BridgeHeader::Resume {
                 session_id: resume.session_id,
@@ -514,33 +508,21 @@ fn throttle_of(shared: &Shared, login: bool) -> &dyn Throttles {
     }
 }
 
-/// A peer ready to run its side of a session ([`run_peer`]).
-struct PeerRun<R, W> {
+/// A peer's side of a session ([`run_peer`]) as the phase its connection runs next, in an
+/// allocation of its own.
+fn peer_phase<R, W>(
     shared: Arc<Shared>,
     session: Arc<Session>,
     hold: Hold,
     reader: FrameReader<R>,
     writer: FrameWriter<W>,
     queue: OutQueue,
-}
-
-impl<R, W> PeerRun<R, W>
+) -> Phase
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    /// The session phase, in an allocation of its own.
-    fn phase(self) -> Phase {
-        let PeerRun {
-            shared,
-            session,
-            hold,
-            reader,
-            writer,
-            queue,
-        } = self;
-        Box::pin(run_peer(shared, session, hold, reader, writer, queue))
-    }
+    Box::pin(run_peer(shared, session, hold, reader, writer, queue))
 }
 
 /// An operator passed the greeting and asked for a code: issues it, records it, tells the
@@ -552,7 +534,7 @@ async fn run_operator<R, W>(
     peer: SocketAddr,
     port: u16,
     asking: Asking,
-) -> Option<PeerRun<R, W>>
+) -> Option<Phase>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -618,14 +600,7 @@ where
     session.open_seat(Role::Operator, &resume_key).await;
     tokio::spawn(session.clone().run_timer());
     let hold = session.hold(Role::Operator);
-    Some(PeerRun {
-        shared,
-        session,
-        hold,
-        reader,
-        writer,
-        queue: operator_q,
-    })
+    Some(peer_phase(shared, session, hold, reader, writer, operator_q))
 }
 
 /// A client took a code: attaches it to the session and gets its side ready. In a grid
@@ -636,7 +611,7 @@ async fn run_client<R, W>(
     reader: FrameReader<R>,
     mut writer: FrameWriter<W>,
     client: JoiningClient,
-) -> Option<PeerRun<R, W>>
+) -> Option<Phase>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -655,14 +630,7 @@ where
         session.save().await;
     }
     let hold = session.hold(Role::Client);
-    Some(PeerRun {
-        shared,
-        session,
-        hold,
-        reader,
-        writer,
-        queue: client_q,
-    })
+    Some(peer_phase(shared, session, hold, reader, writer, client_q))
 }
 
 /// An endpoint whose seat a resume took back: takes its side of the session over a new
@@ -674,7 +642,7 @@ async fn run_resumed<R, W>(
     reader: FrameReader<R>,
     mut writer: FrameWriter<W>,
     peer: SocketAddr,
-) -> Option<PeerRun<R, W>>
+) -> Option<Phase>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -686,14 +654,7 @@ where
             .await;
         return None;
     };
-    Some(PeerRun {
-        shared,
-        session,
-        hold,
-        reader,
-        writer,
-        queue,
-    })
+    Some(peer_phase(shared, session, hold, reader, writer, queue))
 }
 
 /// A new outbound queue for one peer, as large as the relay's limits allow.
@@ -1057,8 +1018,8 @@ impl BridgeHandler for Joins {
                             tracing::info!(session = %session_id, %from, peer = %addr, ?role, "bridged endpoint resumed");
                             mark.carry();
                             let _counted = crate::metrics::BridgeStream::open("in");
-                            if let Some(run) = run_resumed(shared, session, role, reader, writer, addr).await {
-                                run.phase().await;
+                            if let Some(phase) = run_resumed(shared, session, role, reader, writer, addr).await {
+                                phase.await;
                             }
                         }
                         Err(refusal) => {
@@ -1086,8 +1047,8 @@ impl BridgeHandler for Joins {
                 host,
                 resume_key,
             };
-            if let Some(run) = run_client(shared, session, reader, writer, client).await {
-                run.phase().await;
+            if let Some(phase) = run_client(shared, session, reader, writer, client).await {
+                phase.await;
             }
         })
     }
