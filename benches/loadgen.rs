@@ -678,15 +678,28 @@ async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) ->
     let cfg = Arc::new(relay.dial_config()?);
     let perms = PermissionSet::ALL;
     let mut latencies = Vec::with_capacity(sessions);
-    let per_worker = sessions.div_ceil(concurrency.max(1));
+    let workers_n = concurrency.max(1);
+    let rounds = sessions.div_ceil(workers_n);
+    // Each round, every worker opens its connections (TLS handshakes and the operator's
+    // login with its password hash, not timed), then all pair at once: what is timed is
+    // `concurrency` pairings running together, not other workers' logins.
+    let barrier = Arc::new(tokio::sync::Barrier::new(workers_n));
     let mut workers = Vec::new();
-    for w in 0..concurrency.max(1) {
-        let cfg = cfg.clone();
-        let n = per_worker.min(sessions.saturating_sub(w * per_worker));
+    for _ in 0..workers_n {
+        let (cfg, barrier) = (cfg.clone(), barrier.clone());
         workers.push(tokio::spawn(async move {
-            let mut out = Vec::with_capacity(n);
-            for _ in 0..n {
-                out.push(join_latency(&cfg, &cfg, perms).await?);
+            let mut out = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
+                let opened =
+                    async { Ok::<_, anyhow::Error>((Peer::login(&cfg).await?, Peer::connect(&cfg).await?)) }.await;
+                // A worker that failed still keeps the rounds in step, so none waits forever.
+                tokio::time::timeout(WAIT, barrier.wait())
+                    .await
+                    .map_err(|_| anyhow!("another worker did not reach the round"))?;
+                let (op, client) = opened?;
+                let (elapsed, mut op, _client) = pair(op, client, perms).await?;
+                op.writer.send(&frame(Body::End(pb::End {}))).await?;
+                out.push(elapsed);
             }
             Ok::<_, anyhow::Error>(out)
         }));
