@@ -790,16 +790,9 @@ impl Transfers {
                 let Some(src) = t.source.as_mut() else { break };
                 let want = (t.credit.min(CHUNK as u64).min(t.size - t.sent)) as usize;
                 let piece = match src.next(want).await {
-                    Some(Ok(piece)) => Ok(piece),
-                    Some(Err(e)) => Err(e),
-                    None => Ok(Bytes::new()),
-                };
-                let piece = match piece {
-                    Ok(p) if p.is_empty() && t.sent < t.size => Err(io::ErrorKind::UnexpectedEof.into()),
-                    other => other,
-                };
-                let piece: Bytes = match piece {
-                    Err(_) if t.sent < t.size => {
+                    Some(Ok(piece)) if !piece.is_empty() => piece,
+                    // The end of the file or a read error before the offered size.
+                    _ if t.sent < t.size => {
                         let reason = "the file changed or became unreadable while sending".to_string();
                         self.outgoing.remove(&id);
                         send_ending(&mut self.ended, link, done(id, FileResult::Failed, &reason, false)).await?;
@@ -810,8 +803,7 @@ impl Transfers {
                         });
                         break;
                     }
-                    Ok(piece) => piece,
-                    Err(_) => Bytes::new(),
+                    _ => Bytes::new(),
                 };
                 let n = piece.len();
                 let before = t.sent;

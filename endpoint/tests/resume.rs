@@ -326,6 +326,34 @@ impl Run {
         }
     }
 
+    /// Asks the app to send `path` and takes its offer as the relay sees it, with the
+    /// app's "offered" event.
+    async fn offer_file(&mut self, path: std::path::PathBuf) -> pb::FileOffer {
+        self.command(Cmd::File(FileCommand::SendFile { path })).await;
+        let offer = match self.relay.next().await {
+            Some(Body::FileOffer(o)) => o,
+            other => panic!("expected an offer, got {other:?}"),
+        };
+        assert!(matches!(self.event().await, Ev::File(FileEvent::FileOffered { .. })));
+        offer
+    }
+
+    /// The receiver accepts transfer `id` and grants `credit` bytes.
+    async fn accept_with_credit(&mut self, id: u32, credit: u64) {
+        self.relay
+            .send(Body::FileAnswer(pb::FileAnswer {
+                transfer_id: id,
+                accept: true,
+            }))
+            .await;
+        self.relay
+            .send(Body::FileCredit(pb::FileCredit {
+                transfer_id: id,
+                bytes: credit,
+            }))
+            .await;
+    }
+
     async fn command(&self, cmd: Cmd) {
         assert!(self.commands.send(cmd).await.is_ok(), "the app takes commands");
     }
@@ -598,26 +626,10 @@ async fn a_file_being_sent_goes_on_from_the_receivers_offset() {
     let content: Vec<u8> = (0..400_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(&path, &content).unwrap();
     let mut run = Run::start(b"t1").await;
-    run.command(Cmd::File(FileCommand::SendFile { path })).await;
-    let id = match run.relay.next().await {
-        Some(Body::FileOffer(o)) => o.transfer_id,
-        other => panic!("expected an offer, got {other:?}"),
-    };
-    assert!(matches!(run.event().await, Ev::File(FileEvent::FileOffered { .. })));
-    run.relay
-        .send(Body::FileAnswer(pb::FileAnswer {
-            transfer_id: id,
-            accept: true,
-        }))
-        .await;
+    let id = run.offer_file(path).await.transfer_id;
     // Credit for two chunks only, so the sender stops after them.
     let two_chunks = 2 * tsunagu_endpoint::transfer::CHUNK as u64;
-    run.relay
-        .send(Body::FileCredit(pb::FileCredit {
-            transfer_id: id,
-            bytes: two_chunks,
-        }))
-        .await;
+    run.accept_with_credit(id, two_chunks).await;
     assert!(matches!(run.event().await, Ev::File(FileEvent::FileAccepted { .. })));
     let mut received = Vec::new();
     while (received.len() as u64) < two_chunks {
@@ -660,6 +672,40 @@ async fn a_file_being_sent_goes_on_from_the_receivers_offset() {
     match run.event().await {
         Ev::File(FileEvent::FileSent { size, .. }) => assert_eq!(size, content.len() as u64),
         other => panic!("expected the file sent, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_file_cut_short_after_its_offer_fails_with_a_reason_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.txt");
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &content).unwrap();
+    let mut run = Run::start(b"t1").await;
+    let id = run.offer_file(path.clone()).await.transfer_id;
+    // Another program shortens the file between the offer and the answer.
+    std::fs::write(&path, &content[..100_000]).unwrap();
+    run.accept_with_credit(id, content.len() as u64).await;
+    let mut received = 0usize;
+    let done = loop {
+        match run.relay.next().await {
+            Some(Body::Data(d)) if d.channel == Channel::File as i32 => received += d.payload.len(),
+            Some(Body::FileDone(done)) => break done,
+            other => panic!("expected file data or its end, got {other:?}"),
+        }
+    };
+    assert_eq!(received, 100_000, "what the file still had was sent");
+    assert_eq!(done.result, pb::FileResult::Failed as i32);
+    assert!(done.reason.contains("changed"), "{}", done.reason);
+    loop {
+        match run.event().await {
+            Ev::File(FileEvent::FileFailed { reason, .. }) => {
+                assert!(reason.contains("changed"), "{reason}");
+                break;
+            }
+            Ev::File(FileEvent::FileAccepted { .. } | FileEvent::FileProgress { .. }) => {}
+            other => panic!("expected the transfer to fail, got {other:?}"),
+        }
     }
 }
 
@@ -718,13 +764,7 @@ async fn file_messages_lost_in_a_drop_are_sent_again() {
     let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &content).unwrap();
     let mut run = Run::start(b"t1").await;
-    run.command(Cmd::File(FileCommand::SendFile { path: path.clone() }))
-        .await;
-    let offer = match run.relay.next().await {
-        Some(Body::FileOffer(o)) => o,
-        other => panic!("expected an offer, got {other:?}"),
-    };
-    assert!(matches!(run.event().await, Ev::File(FileEvent::FileOffered { .. })));
+    let offer = run.offer_file(path.clone()).await;
     // The offer is lost with the link: after the resume it comes again, the same.
     run.drop_link(1).await;
     run.resume(b"t1", 1, b"t2").await;

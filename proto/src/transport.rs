@@ -201,3 +201,61 @@ pub fn remote_error(e: &pb::Error) -> TransportError {
         message: e.message.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn ping(nonce: u64) -> Bytes {
+        codec::encode(&Frame {
+            body: Some(Body::Ping(pb::Ping { nonce })),
+        })
+        .unwrap()
+    }
+
+    fn data(len: usize) -> Bytes {
+        codec::encode(&Frame {
+            body: Some(Body::Data(pb::Data {
+                channel: pb::Channel::File as i32,
+                seq: 1,
+                payload: vec![7u8; len].into(),
+                stream: 1,
+            })),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn frames_come_whole_and_a_quiet_reader_holds_no_buffer() {
+        let (mut tx, rx) = tokio::io::duplex(256 * 1024);
+        let mut reader = FrameReader::new(rx, 1 << 20);
+        // Small frames: read through the stack, nothing kept between them.
+        for nonce in 0..3 {
+            tx.write_all(&ping(nonce)).await.unwrap();
+            let raw = reader.read().await.unwrap().unwrap();
+            assert!(matches!(raw.frame.body, Some(Body::Ping(p)) if p.nonce == nonce));
+            assert_eq!(reader.buf.capacity(), 0, "a quiet reader holds no buffer");
+        }
+        // A burst of large frames, written in pieces, each arriving whole and in order.
+        let big: Vec<Bytes> = (0..20).map(|i| data(64 * 1024 + i * 1000)).collect();
+        let all: Vec<u8> = big.iter().flat_map(|b| b.iter().copied()).collect();
+        let writer = tokio::spawn(async move {
+            for piece in all.chunks(10_000) {
+                tx.write_all(piece).await.unwrap();
+            }
+            tx
+        });
+        for (i, wire) in big.iter().enumerate() {
+            let raw = reader.read().await.unwrap().unwrap();
+            assert_eq!(&raw.wire, wire, "frame {i}");
+        }
+        let mut tx = writer.await.unwrap();
+        // Quiet again: after a few small frames the reader lets its buffer go.
+        tx.write_all(&ping(9)).await.unwrap();
+        reader.read().await.unwrap().unwrap();
+        assert_eq!(reader.buf.capacity(), 0, "the buffer is given up once quiet");
+        drop(tx);
+        assert!(reader.read().await.unwrap().is_none(), "a clean end between frames");
+    }
+}

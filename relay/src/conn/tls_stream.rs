@@ -30,8 +30,8 @@ use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, BytesMut};
 use rustls::pki_types::CertificateDer;
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, ReadTraffic};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -102,18 +102,7 @@ impl State {
             };
             let wait = match opened {
                 ConnectionState::ReadTraffic(mut t) => {
-                    while let Some(record) = t.next_record() {
-                        let payload = record.map_err(tls_error)?.payload;
-                        let direct = match out.as_deref_mut() {
-                            Some(o) if self.plain.is_empty() => {
-                                let n = payload.len().min(o.remaining());
-                                o.put_slice(&payload[..n]);
-                                n
-                            }
-                            _ => 0,
-                        };
-                        self.plain.extend_from_slice(&payload[direct..]);
-                    }
+                    take_records(&mut t, out.as_deref_mut(), &mut self.plain)?;
                     false
                 }
                 ConnectionState::EncodeTlsData(mut e) => {
@@ -139,6 +128,28 @@ impl State {
             }
         }
     }
+}
+
+/// Takes the records rustls opened: into `out` while it has room and nothing waits before
+/// it in `plain`, the rest into `plain`.
+fn take_records(
+    t: &mut ReadTraffic<'_, '_, ServerConnectionData>,
+    mut out: Option<&mut ReadBuf<'_>>,
+    plain: &mut BytesMut,
+) -> io::Result<()> {
+    while let Some(record) = t.next_record() {
+        let payload = record.map_err(tls_error)?.payload;
+        let direct = match out.as_deref_mut() {
+            Some(o) if plain.is_empty() => {
+                let n = payload.len().min(o.remaining());
+                o.put_slice(&payload[..n]);
+                n
+            }
+            _ => 0,
+        };
+        plain.extend_from_slice(&payload[direct..]);
+    }
+    Ok(())
 }
 
 /// Encodes what rustls queued to send after an error (its alert) onto `out`. rustls is
@@ -214,9 +225,7 @@ where
                 Ok(ConnectionState::BlockedHandshake) => Step::Read,
                 Ok(ConnectionState::ReadTraffic(mut t)) => {
                     // Application data sent with the handshake's last flight.
-                    while let Some(record) = t.next_record() {
-                        state.plain.extend_from_slice(record.map_err(tls_error)?.payload);
-                    }
+                    take_records(&mut t, None, &mut state.plain)?;
                     Step::Again
                 }
                 // TLS 1.3 lets the server send once its own Finished is out, before the
@@ -516,9 +525,7 @@ impl<W: AsyncWrite + Unpin> TlsWriter<W> {
                 }
                 // Records the reader has read but not opened yet: opened here for it.
                 ConnectionState::ReadTraffic(mut t) => {
-                    while let Some(record) = t.next_record() {
-                        state.plain.extend_from_slice(record.map_err(tls_error)?.payload);
-                    }
+                    take_records(&mut t, None, &mut state.plain)?;
                     if let Some(reader) = state.reader.take() {
                         reader.wake();
                     }
