@@ -1,6 +1,7 @@
 //! The connection history: events the sessions emit, a single writer task that applies
 //! them to the store in order, and the table/CSV/JSON views `tsunagu-relay history` prints.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -11,10 +12,18 @@ use crate::audit::{self, Audit};
 use crate::store::{SessionRecord, Store};
 
 /// Pending history changes held at most, e.g. while the database is unreachable: at a
-/// few events per session, minutes of a busy node's sessions. Sessions never wait for
-/// room (forwarding must not stall on the database); an event that finds the queue full is
-/// lost and counted (`tsunagu_history_events_lost_total`, and a logged error).
+/// few events per session, minutes of a busy node's sessions.
 pub const HISTORY_QUEUE: usize = 16_384;
+
+/// How many queued changes the writer applies in one transaction.
+const BATCH: usize = 512;
+
+/// How long an event waits for room in a full queue while the database is being written
+/// (a wave of sessions ending at once): the session that records it waits, nothing is
+/// lost. While the database is unreachable a full queue loses the event at once instead
+/// (counted in `tsunagu_history_events_lost_total` and logged), so sessions never stall
+/// behind a database that is down.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The first pause before writing again to a database that could not be reached; it
 /// doubles up to [`RETRY_MAX`].
@@ -54,25 +63,40 @@ pub type LiveMap = Arc<DashMap<String, LiveInfo>>;
 #[derive(Clone, Debug)]
 pub struct HistorySink {
     tx: mpsc::Sender<Message>,
+    /// Set by the writer while the database cannot be reached.
+    unreachable: Arc<AtomicBool>,
 }
 
 impl HistorySink {
-    /// Queues one event for the writer without waiting: a session's forwarding never
-    /// waits on the database. When the queue is full the event is lost, counted and logged.
+    /// Queues one event for the writer. A session never waits on the database itself:
+    /// only when the queue is full and the writer is working through it does the event
+    /// wait for room (up to [`ROOM_WAIT`]); when the database is unreachable and the queue
+    /// full, the event is lost, counted and logged.
     pub async fn record(&self, event: HistoryEvent) {
-        match self.tx.try_send(Message::Event(event)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("tsunagu_history_events_lost_total").increment(1);
-                tracing::error!(
-                    queued = HISTORY_QUEUE,
-                    "the history queue is full (is the database down?); a history event was lost"
-                );
-            }
+        let event = match self.tx.try_send(Message::Event(event)) {
+            Ok(()) => return,
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::error!("history writer has stopped; a history event was lost");
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
+        if !self.unreachable.load(Ordering::Relaxed) {
+            metrics::counter!("tsunagu_history_waits_total").increment(1);
+            match self.tx.send_timeout(event, ROOM_WAIT).await {
+                Ok(()) => return,
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                    tracing::error!("history writer has stopped; a history event was lost");
+                    return;
+                }
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {}
             }
         }
+        metrics::counter!("tsunagu_history_events_lost_total").increment(1);
+        tracing::error!(
+            queued = HISTORY_QUEUE,
+            "the history queue is full (is the database down?); a history event was lost"
+        );
     }
 
     /// Waits until every event recorded so far is in the database.
@@ -86,54 +110,94 @@ impl HistorySink {
 
 /// Starts the writer; it ends when every sink is dropped, after writing what is queued.
 /// Besides the history rows it keeps `live` current and audits code issue, join and the
-/// client's consent decisions.
+/// client's consent decisions. What queued up while it wrote is written together, up to
+/// [`BATCH`] changes in one transaction.
 pub fn start_writer(store: Store, audit: Audit, live: LiveMap) -> (HistorySink, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Message>(HISTORY_QUEUE);
+    let unreachable = Arc::new(AtomicBool::new(false));
+    let flag = unreachable.clone();
     let task = tokio::spawn(async move {
-        while let Some(message) = rx.recv().await {
-            let event = match message {
-                Message::Event(event) => event,
-                Message::Barrier(done) => {
-                    let _ = done.send(());
-                    continue;
-                }
-            };
-            // An unreachable database is waited out (the queue holds what comes meanwhile);
-            // a refused write is logged and skipped.
-            let mut pause = RETRY_FIRST;
-            loop {
-                match store.apply(&event).await {
-                    Ok(()) => break,
-                    Err(e) if e.is_unavailable() => {
-                        tracing::warn!(error = %e, retry_in = ?pause, "the database is unreachable; history waits");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(RETRY_MAX);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not write history");
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut barriers = Vec::new();
+        while let Some(first) = rx.recv().await {
+            // Take what else is queued, up to a batch; a barrier ends the batch (it is
+            // answered once what came before it is written).
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                match message {
+                    Message::Event(event) => batch.push(event),
+                    Message::Barrier(done) => {
+                        barriers.push(done);
                         break;
                     }
                 }
-            }
-            if let Some(entry) = track(&live, &event) {
-                let mut pause = RETRY_FIRST;
-                loop {
-                    match audit.append(entry.clone()).await {
-                        Ok(_) => break,
-                        Err(e) if e.is_unavailable() => {
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(RETRY_MAX);
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, action = entry.action, "could not write to the audit trail");
-                            break;
-                        }
-                    }
+                if batch.len() < BATCH {
+                    next = rx.try_recv().ok();
                 }
+            }
+            write(&store, &flag, &batch).await;
+            for event in batch.drain(..) {
+                if let Some(entry) = track(&live, &event) {
+                    append_audit(&audit, entry).await;
+                }
+            }
+            for done in barriers.drain(..) {
+                let _ = done.send(());
             }
         }
     });
-    (HistorySink { tx }, task)
+    (HistorySink { tx, unreachable }, task)
+}
+
+/// Writes `events` in one transaction. An unreachable database is waited out (the queue
+/// holds what comes meanwhile, `unreachable` tells the sinks); when the database refuses
+/// the batch, each change is written alone so one bad change costs only itself.
+async fn write(store: &Store, unreachable: &AtomicBool, events: &[HistoryEvent]) {
+    if events.is_empty() {
+        return;
+    }
+    let mut pause = RETRY_FIRST;
+    loop {
+        match store.apply_all(events).await {
+            Ok(()) => break,
+            Err(e) if e.is_unavailable() => {
+                unreachable.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?pause, "the database is unreachable; history waits");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            Err(e) if events.len() > 1 => {
+                tracing::warn!(error = %e, events = events.len(), "a history batch was refused; writing its changes one at a time");
+                for event in events {
+                    Box::pin(write(store, unreachable, std::slice::from_ref(event))).await;
+                }
+                break;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not write history");
+                break;
+            }
+        }
+    }
+    unreachable.store(false, Ordering::Relaxed);
+}
+
+/// Appends one audit entry, waiting out an unreachable database.
+async fn append_audit(audit: &Audit, entry: audit::Entry) {
+    let mut pause = RETRY_FIRST;
+    loop {
+        match audit.append(entry.clone()).await {
+            Ok(_) => break,
+            Err(e) if e.is_unavailable() => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, action = entry.action, "could not write to the audit trail");
+                break;
+            }
+        }
+    }
 }
 
 /// Updates the live map from one event and says what to audit.
@@ -452,6 +516,88 @@ pub fn render_with_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wave of sessions ending at once (more than the queue holds, recorded from many
+    /// tasks at once) on SQLite: every end reaches the history, none is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wave_of_sessions_ending_at_once_loses_no_history() {
+        use crate::store::SessionEvent as E;
+        const SESSIONS: usize = HISTORY_QUEUE + 3_616;
+        let dir = tempfile::tempdir().unwrap();
+        let all = crate::keys::MayCreate {
+            secrets: true,
+            audit: true,
+            signing: true,
+        };
+        let keys = Arc::new(crate::keys::Keys::load(&crate::keys::KeyFiles::in_data_dir(dir.path()), all).unwrap());
+        let store = Store::open(&dir.path().join("h.db")).await.unwrap().with_keys(keys).await.unwrap();
+        let issued: Vec<E> = (0..SESSIONS)
+            .map(|i| E::Issued {
+                id: format!("s{i}"),
+                operator: "alice".into(),
+                operator_addr: "192.0.2.1:5000".parse().unwrap(),
+                relay_port: 7615,
+                requested: tsunagu_proto::PermissionSet::ALL,
+                at_ms: 1_700_000_000_000 + i as i64,
+            })
+            .collect();
+        store.apply_all(&issued).await.unwrap();
+        let (sink, writer) = start_writer(store.clone(), Audit::new(store.clone()), LiveMap::default());
+        let mut ends = Vec::new();
+        for task in 0..64 {
+            let sink = sink.clone();
+            ends.push(tokio::spawn(async move {
+                for i in (task..SESSIONS).step_by(64) {
+                    sink.record(E::Ended {
+                        id: format!("s{i}"),
+                        reason: "client_ended",
+                        counters: Default::default(),
+                        granted: None,
+                        at_ms: 1_700_000_100_000,
+                    })
+                    .await;
+                }
+            }));
+        }
+        for end in ends {
+            end.await.unwrap();
+        }
+        sink.flush().await;
+        let filter = crate::store::HistoryFilter {
+            limit: Some(SESSIONS as i64 * 2),
+            ..Default::default()
+        };
+        let rows = store.history(&filter).await.unwrap();
+        assert_eq!(rows.len(), SESSIONS);
+        let open: Vec<&str> = rows.iter().filter(|r| r.ended_at.is_none()).map(|r| r.id.as_str()).collect();
+        assert!(open.is_empty(), "{} sessions have no end in the history, e.g. {:?}", open.len(), &open[..open.len().min(5)]);
+        drop(sink);
+        writer.await.unwrap();
+    }
+
+    /// A change the database refuses costs only itself: the rest of its batch is written.
+    #[tokio::test]
+    async fn a_refused_change_does_not_take_its_batch_with_it() {
+        use crate::store::SessionEvent as E;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("h.db")).await.unwrap();
+        let issued = |id: &str| E::Issued {
+            id: id.into(),
+            operator: "alice".into(),
+            operator_addr: "192.0.2.1:5000".parse().unwrap(),
+            relay_port: 7615,
+            requested: tsunagu_proto::PermissionSet::ALL,
+            at_ms: 1_700_000_000_000,
+        };
+        // The second `a` breaks the primary key: the batch is refused as a whole.
+        let batch = [issued("a"), issued("a"), issued("b")];
+        assert!(store.apply_all(&batch).await.is_err());
+        write(&store, &AtomicBool::new(false), &batch).await;
+        let filter = crate::store::HistoryFilter::default();
+        let mut ids: Vec<String> = store.history(&filter).await.unwrap().into_iter().map(|r| r.id).collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b"]);
+    }
 
     #[test]
     fn the_cli_history_shows_each_sessions_files_in_every_format() {

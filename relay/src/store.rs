@@ -1089,6 +1089,23 @@ impl Store {
 
     /// Applies one history change.
     pub async fn apply(&self, event: &SessionEvent) -> Result<(), StoreError> {
+        self.apply_all(std::slice::from_ref(event)).await
+    }
+
+    /// Applies history changes in order in one transaction: all of them or none (the
+    /// history writer hands over what queued up meanwhile, so a wave of sessions ending at
+    /// once costs one commit, not one per session).
+    pub async fn apply_all(&self, events: &[SessionEvent]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for event in events {
+            Self::apply_in(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies one history change on `conn` (a transaction's connection).
+    async fn apply_in(conn: &mut sqlx::AnyConnection, event: &SessionEvent) -> Result<(), StoreError> {
         use SessionEvent as E;
         match event {
             E::Issued {
@@ -1110,7 +1127,7 @@ impl Store {
                 .bind(*relay_port as i64)
                 .bind(requested.to_string())
                 .bind(at_ms)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?;
             }
             E::Joined {
@@ -1129,7 +1146,7 @@ impl Store {
                 .bind(*relay_port as i64)
                 .bind(at_ms)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?;
             }
             E::Consented { id, granted, at_ms } => {
@@ -1137,7 +1154,7 @@ impl Store {
                     .bind(granted.to_string())
                     .bind(at_ms)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *conn)
                     .await?;
             }
             E::Ended {
@@ -1158,14 +1175,14 @@ impl Store {
                 .bind(counters.bytes_to_operator as i64)
                 .bind(granted.map(|g| g.to_string()))
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?;
             }
             E::Resumed { id, resumes, .. } => {
                 sqlx::query("UPDATE sessions SET resumes = $1 WHERE id = $2")
                     .bind(i64::from(*resumes))
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *conn)
                     .await?;
             }
             E::File {
@@ -1185,7 +1202,7 @@ impl Store {
                     .bind(i64::try_from(*bytes).unwrap_or(i64::MAX))
                     .bind(*result)
                     .bind(at_ms)
-                    .execute(&self.pool)
+                    .execute(&mut *conn)
                     .await?;
             }
         }
