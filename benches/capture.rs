@@ -17,104 +17,23 @@
 //!
 //! Set `CAPTURE_BENCH_SECONDS` to change the time per measurement (default 4).
 
+#[path = "scene.rs"]
+mod scene;
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
 mod support;
 
 use std::time::{Duration, Instant};
 
+use scene::{Canvas, Painter, Scene};
 use serde_json::json;
-use support::xvfb::{Desk, Xvfb};
+use support::xvfb::Xvfb;
 use tsunagu_client::capture::{open_x11, Capturer, MonitorChoice, Picture, X11Backend};
 use tsunagu_client::encode::DESKTOP_BITRATE_BPS;
 use tsunagu_client::stream::{shoot, EncoderSettings, Shot, ShotRequest};
 
 /// The stream's default frame-rate cap on a real desktop.
-const CAP_FPS: f64 = 30.0;
-
-/// What changes on the screen between shots.
-#[derive(Clone, Copy, Debug)]
-enum Scene {
-    Idle,
-    Typing,
-    Scrolling,
-}
-
-impl Scene {
-    fn name(self) -> &'static str {
-        match self {
-            Scene::Idle => "idle",
-            Scene::Typing => "typing",
-            Scene::Scrolling => "scrolling",
-        }
-    }
-}
-
-/// Draws the scenes on the test desktop.
-struct Painter {
-    step: u32,
-}
-
-/// The terminal and page rectangles.
-const TERM: (i16, i16, u16, u16) = (100, 100, 1200, 700);
-const PAGE: (i16, i16, u16, u16) = (400, 150, 1200, 800);
-/// One text line of the page, in pixels.
-const LINE: u16 = 24;
-/// One terminal character cell.
-const CELL: (u16, u16) = (9, 18);
-
-impl Painter {
-    /// A desktop: background, a "terminal" and a "page" of text-like lines.
-    fn setup(desk: &Desk) -> Self {
-        desk.fill(0x3a6ea5, 0, 0, 1920, 1080);
-        desk.fill(0xe0e0e0, 0, 1040, 1920, 40);
-        desk.fill(0xffffff, PAGE.0, PAGE.1, PAGE.2, PAGE.3);
-        let mut p = Self { step: 0 };
-        for line in 0..(PAGE.3 / LINE) {
-            p.page_line(desk, PAGE.1 + (line * LINE) as i16, line as u32);
-        }
-        desk.fill(0x101010, TERM.0, TERM.1, TERM.2, TERM.3);
-        p
-    }
-
-    /// One line of "words": grey bars of varying width on white.
-    fn page_line(&mut self, desk: &Desk, y: i16, seed: u32) {
-        desk.fill(0xffffff, PAGE.0, y, PAGE.2, LINE);
-        let mut x = PAGE.0 + 20;
-        let mut s = seed.wrapping_mul(2654435761);
-        while x < PAGE.0 + PAGE.2 as i16 - 120 {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            let w = 20 + (s % 90) as u16;
-            desk.fill(if s.is_multiple_of(7) { 0x1a0dab } else { 0x303030 }, x, y + 6, w, 12);
-            x += w as i16 + 8;
-        }
-    }
-
-    fn step(&mut self, desk: &Desk, scene: Scene) {
-        self.step += 1;
-        match scene {
-            Scene::Idle => {}
-            Scene::Typing => {
-                let cols = TERM.2 / CELL.0 - 2;
-                let rows = TERM.3 / CELL.1 - 2;
-                let n = self.step as u16;
-                let (col, row) = (n % cols, (n / cols) % rows);
-                let x = TERM.0 + ((col + 1) * CELL.0) as i16;
-                let y = TERM.1 + ((row + 1) * CELL.1) as i16;
-                // A "glyph": two strokes in the cell, varying with the character.
-                desk.fill(0xd0d0d0, x + 1, y + 3, 2, 12);
-                desk.fill(0xd0d0d0, x + 1 + (n % 5) as i16, y + 3 + (n % 9) as i16, 5, 2);
-            }
-            Scene::Scrolling => {
-                desk.copy(PAGE.0, PAGE.1 + LINE as i16, PAGE.0, PAGE.1, PAGE.2, PAGE.3 - LINE);
-                let y = PAGE.1 + (PAGE.3 - LINE) as i16;
-                self.page_line(desk, y, 1000 + self.step);
-            }
-        }
-    }
-}
+const CAP_FPS: f64 = tsunagu_client::config::DEFAULT_DESKTOP_FPS as f64;
 
 fn seconds() -> Duration {
     let s: f64 = std::env::var("CAPTURE_BENCH_SECONDS")
@@ -124,7 +43,7 @@ fn seconds() -> Duration {
     Duration::from_secs_f64(s)
 }
 
-fn throughput(desk: &Desk, backend: X11Backend, scene: Scene) {
+fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene) {
     let mut capturer: Box<dyn Capturer> = open_x11(backend, MonitorChoice::Primary).expect("capturer opens");
     let mut painter = Painter::setup(desk);
     let settings = EncoderSettings {
@@ -135,7 +54,7 @@ fn throughput(desk: &Desk, backend: X11Backend, scene: Scene) {
     // One shot of the stream's loop, and the time it took.
     let mut timed_shot = |capturer: &mut dyn Capturer| {
         let t = Instant::now();
-        let plain = ShotRequest { force_keyframe: false };
+        let plain = ShotRequest::default();
         let shot = shoot(capturer, &mut encoder, settings, &mut previous, &mut picture, plain);
         (shot, t.elapsed())
     };
@@ -154,7 +73,6 @@ fn throughput(desk: &Desk, backend: X11Backend, scene: Scene) {
     let wall = Instant::now();
     while wall.elapsed() < limit && shots < 2000 {
         painter.step(desk, scene);
-        desk.sync();
         let (shot, took) = timed_shot(capturer.as_mut());
         work += took;
         shots += 1;
@@ -203,7 +121,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i]
 }
 
-fn latency(xvfb: &Xvfb, desk: &Desk) {
+fn latency(xvfb: &Xvfb, desk: &Canvas) {
     use support::{App, RelayProcess};
     let relay = RelayProcess::start("", 1);
     let out = relay.add_operator("bench", "Bench-mark-2026");
@@ -226,7 +144,6 @@ fn latency(xvfb: &Xvfb, desk: &Desk) {
     let start = Instant::now();
     while start.elapsed() < limit {
         painter.step(desk, Scene::Scrolling);
-        desk.sync();
         for v in op.drain_for(Duration::from_millis(16)) {
             if v["event"] == "frame" {
                 if let Some(us) = v["latency_us"].as_u64() {
@@ -262,7 +179,7 @@ fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let xvfb = Xvfb::start(1920, 1080);
-    let desk = Desk::open(&xvfb);
+    let desk = Canvas::open(&xvfb.display).expect("the bench's X server takes a window");
     // The capturers read $DISPLAY; this process only ever talks to its own Xvfb.
     std::env::set_var("DISPLAY", &xvfb.display);
     if wants("throughput") {

@@ -22,7 +22,10 @@
 //!   session over K sessions; throughput for 1 and 50 sessions of M MB, with the plain TCP
 //!   copy.
 //!
-//! Only loopback addresses are used (besides the Redis and PostgreSQL the grid scenario is
+//! * `screen [--seconds S] [--case NAME]`: a scrolling 1080p desktop from the client app to
+//!   the operator app (see `loadgen_screen.rs`), on loopback and over an emulated slow link.
+//!
+//! Only loopback addresses are used (and the emulated link of `screen`) (besides the Redis and PostgreSQL the grid scenario is
 //! given); every loop is bounded in count and time.
 
 use std::path::{Path, PathBuf};
@@ -44,6 +47,12 @@ use tsunagu_proto::PermissionSet;
 mod baseline;
 #[path = "loadgen_failover.rs"]
 mod failover;
+#[path = "link.rs"]
+mod link;
+#[path = "scene.rs"]
+mod scene;
+#[path = "loadgen_screen.rs"]
+mod screen;
 
 use baseline::{baseline, Baseline, CpuMeter, CpuPerGb};
 
@@ -134,6 +143,19 @@ enum Scenario {
         /// Idle bridged sessions held for the memory figures.
         #[arg(long, default_value_t = 1000)]
         idle: usize,
+    },
+    /// A scrolling 1080p desktop from the client app (on Xvfb) to the operator app through
+    /// the relay: capture-to-display latency p50/p95, frames/s and kbit/s, on loopback and
+    /// with the client behind an emulated 5 Mbit/s, 40 ms link (and the same with 1% loss).
+    /// The link cases need root.
+    Screen {
+        /// Seconds each case runs.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Run only this case: `loopback`, `loopback_60fps`, `5mbit_40ms`,
+        /// `5mbit_40ms_1pct_loss` or `500kbit_40ms`.
+        #[arg(long)]
+        case: Option<String>,
     },
     /// The plain TCP copy's middle hop, run by the load generator itself in a process of
     /// its own (see `loadgen_baseline.rs`).
@@ -247,7 +269,7 @@ impl RelayUnderTest {
         for (kind, name) in &setup.accounts {
             add_account(bin, &data, &config, kind, name)?;
         }
-        let (child, addr, admin) = serve(bin, &data, &config)?;
+        let (child, addr, admin) = serve(bin, &data, &config, "127.0.0.1:0")?;
         Ok(Self {
             child,
             port: addr.port(),
@@ -307,6 +329,7 @@ impl RelayUnderTest {
             bin,
             &self._dir.path().join("data"),
             &self._dir.path().join("relay.toml"),
+            "127.0.0.1:0",
         )?;
         self.child = child;
         self.port = addr.port();
@@ -322,16 +345,17 @@ impl RelayUnderTest {
     }
 }
 
-/// Starts `tsunagu-relay serve` on `data` and `config`; returns the process, its relay
+/// Starts `tsunagu-relay serve` on `data` and `config`, listening on `listen`; returns the process, its relay
 /// address and its console address.
 fn serve(
     bin: &Path,
     data: &Path,
     config: &Path,
+    listen: &str,
 ) -> Result<(Child, std::net::SocketAddr, Option<std::net::SocketAddr>)> {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen, "--admin-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)
         .arg("--config")
@@ -1221,6 +1245,9 @@ fn main() -> Result<()> {
             .ok_or_else(|| anyhow!("no exe dir"))?
             .join("tsunagu-relay"),
     };
+    if let Scenario::Screen { seconds, case } = &cli.command {
+        return screen::screen(&bin, *seconds, case.as_deref());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // Each scenario starts its relay (or its grid) first and stops it when done.
     rt.block_on(async {
@@ -1256,7 +1283,9 @@ fn main() -> Result<()> {
                 mb,
                 idle,
             } => grid_loads(&GridUnderTest::start(&bin, &redis, &postgres)?, sessions, mb, idle).await,
-            Scenario::CopyBaseline { .. } => unreachable!("run before the runtime starts"),
+            Scenario::CopyBaseline { .. } | Scenario::Screen { .. } => {
+                unreachable!("run before the runtime starts")
+            }
         }
     })
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::gui::{assert_drawn, click, rect_of};
+use support::gui::{assert_drawn, click, click_until, rect_of};
 use support::xvfb::Xvfb;
 use support::*;
 
@@ -529,8 +529,8 @@ fn the_operator_window_reports_a_missing_file_during_the_session() {
     retype(&xvfb, &s.window, rect_of(&report, origin, "send_path"), &missing);
     // The field and the button stay where they are while the path is typed.
     std::thread::sleep(Duration::from_millis(300));
-    click(&xvfb, rect_of(&report, origin, "send_path_go"));
-    let err = s.op.expect("error");
+    let go = rect_of(&report, origin, "send_path_go");
+    let err = click_until(&xvfb, go, &mut s.op, "error", |_| true);
     assert_eq!(err["code"], "file_error");
     let report = report_where(&mut s.op, |v| v["screen"] == "session" && shows(v, &["problem"]));
     let problem = report["problems"][0].as_str().unwrap();

@@ -79,8 +79,10 @@ fn rect(report: &Value, widget: &str) -> [i64; 4] {
     ]
 }
 
-fn center(r: [i64; 4]) -> (i64, i64) {
-    (r[0] + r[2] / 2, r[1] + r[3] / 2)
+/// Clicks the middle of `widget` as a user would: the pointer comes to rest on it first.
+fn click_widget(x: &Xvfb, report: &Value, widget: &str) {
+    let r = rect(report, widget);
+    support::gui::click(x, (r[0], r[1], r[2], r[3]));
 }
 
 #[test]
@@ -232,8 +234,7 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
     op.expect_where("pause_cause", |v| v["cause"] == "button");
     op.expect_where("gui", |v| v["banner_kind"] == "paused_by_button");
     Shot::take(&x, "operator-paused-by-button-ja");
-    let lang = center(rect(&paused, "lang"));
-    x.xdotool(&["mousemove", &lang.0.to_string(), &lang.1.to_string(), "click", "1"]);
+    click_widget(&x, &paused, "lang");
     op.expect_where("gui", |v| v["lang"] == "en" && v["banner_kind"] == "paused_by_button");
     Shot::take(&x, "operator-paused-by-button-en");
     // Released, the button no longer holds control: the mouse still does (a long resume
@@ -243,8 +244,7 @@ fn the_operator_window_shows_and_controls_the_client_screen() {
     op.expect_where("gui", |v| v["banner_kind"] == "paused_by_mouse");
 
     // End from the window.
-    let end = center(rect(&paused, "end"));
-    x.xdotool(&["mousemove", &end.0.to_string(), &end.1.to_string(), "click", "1"]);
+    click_widget(&x, &paused, "end");
     assert_eq!(client.expect("ended")["reason"], "operator_ended");
     op.expect_where("gui", |v| v["screen"] == "ended");
     assert_eq!(client.wait(), 0);
@@ -306,12 +306,10 @@ fn the_window_asks_for_the_certificate_password() {
         let id = x.xdotool(&["search", "--sync", "--onlyvisible", "--class", "tsunagu-operator"]);
         let id = id.lines().next().unwrap_or_default().to_string();
         x.xdotool(&["windowfocus", "--sync", &id]);
-        let (fx, fy) = center(rect(&login, "cert_password"));
-        x.xdotool(&["mousemove", &fx.to_string(), &fy.to_string(), "click", "1"]);
+        click_widget(&x, &login, "cert_password");
         x.xdotool(&["type", "--delay", "20", &password]);
         Shot::take(&x, &format!("operator-cert-password-{lang}"));
-        let (bx, by) = center(rect(&login, "new_session"));
-        x.xdotool(&["mousemove", &bx.to_string(), &by.to_string(), "click", "1"]);
+        click_widget(&x, &login, "new_session");
         op.expect("code");
         drop(op);
     }

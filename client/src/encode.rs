@@ -55,6 +55,8 @@ pub struct ScreenEncoder {
     i420: Vec<u8>,
     width: usize,
     height: usize,
+    /// The bit rate and frame rate aimed at now.
+    rate: (u32, f32),
 }
 
 impl ScreenEncoder {
@@ -86,7 +88,36 @@ impl ScreenEncoder {
             i420: Vec::new(),
             width,
             height,
+            rate: (bitrate_bps, fps),
         })
+    }
+
+    /// Aims the running encoder at another bit rate and frame rate, without a keyframe
+    /// (the stream follows what its link carries). At most the rates it was made with.
+    pub fn set_rate(&mut self, bitrate_bps: u32, fps: f32) -> Result<(), EncodeError> {
+        if (bitrate_bps, fps) == self.rate {
+            return Ok(());
+        }
+        let mut bitrate = openh264_sys2::SBitrateInfo {
+            iLayer: openh264_sys2::SPATIAL_LAYER_ALL,
+            iBitrate: i32::try_from(bitrate_bps).unwrap_or(i32::MAX),
+        };
+        let mut frame_rate = fps;
+        // SAFETY: both options are documented as safe to change between frames (WebRTC does
+        // so for every bandwidth estimate); each takes a pointer to a value of the type
+        // passed (`SBitrateInfo`, `float`) that lives across the call, and neither changes
+        // the frame size or anything else the wrapper relies on.
+        let rc = unsafe {
+            let api = self.encoder.raw_api();
+            let a = api.set_option(openh264_sys2::ENCODER_OPTION_BITRATE, (&raw mut bitrate).cast());
+            let b = api.set_option(openh264_sys2::ENCODER_OPTION_FRAME_RATE, (&raw mut frame_rate).cast());
+            a | b
+        };
+        if rc != 0 {
+            return Err(EncodeError::Codec(format!("cannot change the bit rate (error {rc})")));
+        }
+        self.rate = (bitrate_bps, fps);
+        Ok(())
     }
 
     /// The frame size this encoder takes.

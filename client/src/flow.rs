@@ -5,7 +5,16 @@
 //! reports what it sent and the operator's [`ScreenFeedback`](tsunagu_proto::pb::ScreenFeedback),
 //! and the machine keeps the counts. Acks are cumulative: the operator acks the last frame it
 //! consumed, and frames the relay dropped are covered by any later ack.
+//!
+//! [`RateControl`] follows what gets acknowledged. Frames queue somewhere on the way when a
+//! frame's round trip (sent to acknowledged) grows past the shortest seen lately, or when
+//! the window is full at a capture tick (the path takes frames slower than they are made).
+//! Then the bit rate drops below what the acks show gets through; while neither happens, it
+//! climbs back towards the cap. Frame rate and frame size share the cut (a quarter of the
+//! bit rate: half the frames, each half the size), so a slow link gets fewer and smaller
+//! frames rather than a growing queue.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Default number of frames that may be sent but not yet acknowledged. Three frames at 15 fps
@@ -30,6 +39,10 @@ pub struct ScreenFlow {
     /// When the window last made progress (a send from empty, or an ack).
     last_progress: Option<Instant>,
     keyframe_due: bool,
+    /// Bit rate and frame rate from the acks; `None`: fixed settings.
+    rate: Option<RateControl>,
+    /// No frame before this (the frame rate the rate control aims at).
+    next_frame_at: Option<Instant>,
 }
 
 impl ScreenFlow {
@@ -42,7 +55,26 @@ impl ScreenFlow {
             acked: 0,
             last_progress: None,
             keyframe_due: true,
+            rate: None,
+            next_frame_at: None,
         }
+    }
+
+    /// Lets `rate` set the bit rate and pace the frames at its frame rate (to within half a
+    /// frame of the cap, so the session's capture ticks do not round it down).
+    pub fn with_rate(mut self, rate: RateControl) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// What the encoder should aim at, when the rate follows the acks.
+    pub fn target(&self) -> Option<RateTarget> {
+        self.rate.as_ref().map(RateControl::target)
+    }
+
+    /// The rate control, when there is one.
+    pub fn rate(&self) -> Option<&RateControl> {
+        self.rate.as_ref()
     }
 
     /// Frames sent and not yet acknowledged.
@@ -50,22 +82,38 @@ impl ScreenFlow {
         self.sent - self.acked
     }
 
-    /// Whether a frame may be captured and sent now. Resets a window that has been full for
-    /// longer than the stall limit (and asks for a keyframe).
+    /// Whether a frame may be captured and sent now (the caller captures at once when it
+    /// may). Resets a window that has been full for longer than the stall limit (and asks
+    /// for a keyframe).
     pub fn may_send(&mut self, now: Instant) -> bool {
-        if self.unacked() < self.max_unacked {
-            return true;
+        if self.next_frame_at.is_some_and(|t| now < t) {
+            return false;
         }
         let stalled = self
             .last_progress
             .is_none_or(|t| now.saturating_duration_since(t) >= self.ack_stall);
-        if stalled {
+        if self.unacked() >= self.max_unacked && !stalled {
+            if let Some(rate) = &mut self.rate {
+                rate.window_full(now);
+            }
+            return false;
+        }
+        if self.unacked() >= self.max_unacked {
             self.acked = self.sent;
+            if let Some(rate) = &mut self.rate {
+                rate.forget();
+            }
             self.keyframe_due = true;
             self.last_progress = Some(now);
-            return true;
         }
-        false
+        // The caller captures now: the next frame is paced from here, half a frame early at
+        // most so the capture ticks of the cap do not round the rate down.
+        if let Some(rate) = &self.rate {
+            let interval = Duration::from_secs(1) / rate.target().fps.max(1);
+            let slack = Duration::from_secs(1) / (rate.max_fps * 2);
+            self.next_frame_at = Some(now + interval.saturating_sub(slack));
+        }
+        true
     }
 
     /// Whether the next frame must be a keyframe.
@@ -83,12 +131,19 @@ impl ScreenFlow {
     /// relay may have dropped them. Also asks for a keyframe.
     pub fn restart(&mut self) {
         self.acked = self.sent;
+        self.next_frame_at = None;
+        if let Some(rate) = &mut self.rate {
+            rate.forget();
+        }
         self.keyframe_due = true;
         self.last_progress = None;
     }
 
-    /// Records that frame `seq` went out (`keyframe`: it was one).
-    pub fn sent(&mut self, seq: u64, keyframe: bool, now: Instant) {
+    /// Records that frame `seq` of `bytes` went out (`keyframe`: it was one).
+    pub fn sent(&mut self, seq: u64, bytes: usize, keyframe: bool, now: Instant) {
+        if let Some(rate) = &mut self.rate {
+            rate.sent(seq, bytes, keyframe, now);
+        }
         if self.unacked() == 0 {
             self.last_progress = Some(now);
         }
@@ -104,9 +159,231 @@ impl ScreenFlow {
         if ack_seq > self.acked && ack_seq <= self.sent {
             self.acked = ack_seq;
             self.last_progress = Some(now);
+            if let Some(rate) = &mut self.rate {
+                rate.acked(ack_seq, now);
+            }
         }
         if keyframe_request {
             self.keyframe_due = true;
+        }
+    }
+}
+
+/// Frames may queue this much longer than the shortest round trip seen before the bit
+/// rate is lowered: well under what a user notices, above the jitter of a busy machine.
+pub const QUEUE_HIGH: Duration = Duration::from_millis(60);
+
+/// Below this much queueing the bit rate climbs again.
+pub const QUEUE_LOW: Duration = Duration::from_millis(25);
+
+/// The lowest bit rate aimed at: a readable, slowly updating desktop.
+pub const MIN_BITRATE_BPS: u32 = 250_000;
+
+/// The lowest frame rate aimed at.
+pub const MIN_FPS: u32 = 5;
+
+/// How long the shortest round trip is trusted: a route that got slower for good is learnt
+/// within this.
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+
+/// The span over which the delivery rate is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Each step up multiplies the bit rate by this (every [`STEP_UP_EVERY`]).
+const STEP_UP: f64 = 1.08;
+const STEP_UP_EVERY: Duration = Duration::from_millis(200);
+/// The step up close to the bit rate at which frames last queued.
+const STEP_UP_NEAR: f64 = 1.02;
+
+/// A step down aims this far below what the acks show gets through.
+const STEP_DOWN: f64 = 0.85;
+/// The most one step down takes off.
+const STEP_DOWN_MOST: f64 = 0.7;
+
+/// What the encoder should aim at now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateTarget {
+    /// Bits per second.
+    pub bitrate_bps: u32,
+    /// Frames per second (at most the cap).
+    pub fps: u32,
+}
+
+/// Bit rate and frame rate control from the acknowledgements (see the module's words).
+#[derive(Debug)]
+pub struct RateControl {
+    max_bps: u32,
+    max_fps: u32,
+    bitrate: f64,
+    /// Frames sent and not yet acknowledged: `(seq, bytes, sent at, keyframe)`.
+    in_flight: VecDeque<(u64, usize, Instant, bool)>,
+    /// The shortest round trip lately, and when it was seen.
+    min_rtt: Option<(Duration, Instant)>,
+    /// Smoothed round trip.
+    srtt: Option<Duration>,
+    /// Bytes acknowledged so far, and `(when, bytes acknowledged by then)` over the last
+    /// [`RATE_WINDOW`].
+    delivered: u64,
+    deliveries: VecDeque<(Instant, u64)>,
+    last_change: Option<Instant>,
+    /// The queueing seen at the last step down, while the queue has not emptied since: a
+    /// queue that shrinks from there is draining and is left to drain.
+    queue_at_step_down: Option<Duration>,
+    /// The last capture tick that found the window full.
+    window_full_at: Option<Instant>,
+    /// The bit rate at which frames last began to queue: near it, steps up are small.
+    trouble_at_bps: Option<f64>,
+}
+
+impl RateControl {
+    /// Starts at the cap: most sessions run over links that carry it.
+    pub fn new(max_bps: u32, max_fps: u32) -> Self {
+        Self {
+            max_bps: max_bps.max(MIN_BITRATE_BPS),
+            max_fps: max_fps.max(1),
+            bitrate: f64::from(max_bps.max(MIN_BITRATE_BPS)),
+            in_flight: VecDeque::new(),
+            min_rtt: None,
+            srtt: None,
+            delivered: 0,
+            deliveries: VecDeque::new(),
+            last_change: None,
+            queue_at_step_down: None,
+            window_full_at: None,
+            trouble_at_bps: None,
+        }
+    }
+
+    /// What the encoder should aim at.
+    pub fn target(&self) -> RateTarget {
+        // Fewer frames and smaller ones in equal measure: a slower link costs some
+        // smoothness and some sharpness, and each frame crosses it sooner.
+        let share = self.bitrate / f64::from(self.max_bps);
+        let fps = (f64::from(self.max_fps) * share.sqrt()).round() as u32;
+        RateTarget {
+            bitrate_bps: self.bitrate as u32,
+            fps: fps.clamp(MIN_FPS.min(self.max_fps), self.max_fps),
+        }
+    }
+
+    /// Frame `seq` of `bytes` went out.
+    pub fn sent(&mut self, seq: u64, bytes: usize, keyframe: bool, now: Instant) {
+        // Bounded by the flow window; the cap guards against a window that never closes.
+        if self.in_flight.len() >= 64 {
+            self.in_flight.pop_front();
+        }
+        self.in_flight.push_back((seq, bytes, now, keyframe));
+    }
+
+    /// Frames in flight are forgotten (the window was reset).
+    pub fn forget(&mut self) {
+        self.in_flight.clear();
+        self.window_full_at = None;
+    }
+
+    /// A capture tick found the window full: a frame was skipped.
+    pub fn window_full(&mut self, now: Instant) {
+        self.window_full_at = Some(now);
+    }
+
+    /// Bytes per second acknowledged over the last [`RATE_WINDOW`], if measurable.
+    pub fn delivery_rate(&self) -> Option<f64> {
+        let (first, last) = (self.deliveries.front()?, self.deliveries.back()?);
+        let span = last.0.saturating_duration_since(first.0);
+        (span >= Duration::from_millis(100)).then(|| (last.1 - first.1) as f64 / span.as_secs_f64())
+    }
+
+    /// The smoothed round trip minus the shortest: how long frames queue on the way.
+    pub fn queueing(&self) -> Option<Duration> {
+        Some(self.srtt?.saturating_sub(self.min_rtt?.0))
+    }
+
+    /// Frames up to `ack_seq` were acknowledged at `now`.
+    pub fn acked(&mut self, ack_seq: u64, now: Instant) {
+        let mut newest = None;
+        while let Some(&(seq, bytes, at, keyframe)) = self.in_flight.front() {
+            if seq > ack_seq {
+                break;
+            }
+            self.in_flight.pop_front();
+            self.delivered += bytes as u64;
+            newest = Some((at, keyframe));
+        }
+        let Some((sent_at, keyframe)) = newest else {
+            return;
+        };
+        self.deliveries.push_back((now, self.delivered));
+        while self
+            .deliveries
+            .front()
+            .is_some_and(|d| now.saturating_duration_since(d.0) > RATE_WINDOW)
+        {
+            self.deliveries.pop_front();
+        }
+        // A keyframe's round trip is mostly its own size: it says nothing of queueing.
+        if keyframe {
+            return;
+        }
+        let rtt = now.saturating_duration_since(sent_at);
+        if self
+            .min_rtt
+            .is_none_or(|(m, at)| rtt <= m || now.saturating_duration_since(at) > MIN_RTT_WINDOW)
+        {
+            self.min_rtt = Some((rtt, now));
+        }
+        self.srtt = Some(match self.srtt {
+            None => rtt,
+            Some(s) => (s * 7 + rtt) / 8,
+        });
+        self.adjust(now);
+    }
+
+    fn adjust(&mut self, now: Instant) {
+        let (Some(queueing), Some(srtt)) = (self.queueing(), self.srtt) else {
+            return;
+        };
+        let round = srtt.max(Duration::from_millis(100));
+        let since = self.last_change.map(|t| now.saturating_duration_since(t));
+        // Within the last round trip a tick found the window full.
+        let blocked = self
+            .window_full_at
+            .is_some_and(|t| now.saturating_duration_since(t) < round);
+        let queued = queueing > QUEUE_HIGH && self.queue_at_step_down.is_none_or(|q| queueing >= q);
+        if blocked || queued {
+            // Once per round trip at most: the acks must first show the last step's effect.
+            if since.is_some_and(|s| s < round) {
+                return;
+            }
+            if queued {
+                self.queue_at_step_down = Some(queueing);
+            }
+            // Down to under what got through, but by at most [`STEP_DOWN_MOST`] at once: an
+            // encoder making less than its target (a desktop that compresses well) shows a
+            // low delivery rate that says nothing of the link.
+            let through = self.delivery_rate().map_or(self.bitrate, |b| b * 8.0);
+            self.trouble_at_bps = Some(self.bitrate);
+            let down = (self.bitrate.min(through) * STEP_DOWN).max(self.bitrate * STEP_DOWN_MOST);
+            self.bitrate = down.max(f64::from(MIN_BITRATE_BPS));
+            self.last_change = Some(now);
+            tracing::debug!(
+                bitrate = self.bitrate as u64,
+                fps = self.target().fps,
+                queueing_ms = queueing.as_millis() as u64,
+                window_full = blocked,
+                delivered_bps = through as u64,
+                "screen rate down"
+            );
+        } else if queueing < QUEUE_LOW && self.bitrate < f64::from(self.max_bps) {
+            self.queue_at_step_down = None;
+            if since.is_some_and(|s| s < STEP_UP_EVERY) {
+                return;
+            }
+            // Close to where frames last queued, the link is probed gently.
+            let near_trouble = self.trouble_at_bps.is_some_and(|t| self.bitrate > t * 0.85);
+            let step = if near_trouble { STEP_UP_NEAR } else { STEP_UP };
+            self.bitrate = (self.bitrate * step).min(f64::from(self.max_bps));
+            self.last_change = Some(now);
+            tracing::trace!(bitrate = self.bitrate as u64, fps = self.target().fps, "screen rate up");
         }
     }
 }
@@ -124,7 +401,7 @@ mod tests {
         assert!(f.keyframe_due(), "the first frame is a keyframe");
         for seq in 1..=3 {
             assert!(f.may_send(t0));
-            f.sent(seq, seq == 1, t0);
+            f.sent(seq, 0, seq == 1, t0);
         }
         assert!(!f.keyframe_due());
         assert!(!f.may_send(t0 + 10 * MS), "three in flight: skip");
@@ -138,7 +415,7 @@ mod tests {
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS);
         for seq in 1..=3 {
-            f.sent(seq, false, t0);
+            f.sent(seq, 0, false, t0);
         }
         f.feedback(3, false, t0);
         assert_eq!(f.unacked(), 0);
@@ -148,7 +425,7 @@ mod tests {
     fn acks_beyond_what_was_sent_are_ignored() {
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS);
-        f.sent(1, true, t0);
+        f.sent(1, 0, true, t0);
         f.feedback(1000, false, t0);
         assert_eq!(f.unacked(), 1);
     }
@@ -157,12 +434,12 @@ mod tests {
     fn keyframe_request_is_remembered_until_a_keyframe_goes_out() {
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS);
-        f.sent(1, true, t0);
+        f.sent(1, 0, true, t0);
         f.feedback(1, true, t0);
         assert!(f.keyframe_due());
-        f.sent(2, false, t0);
+        f.sent(2, 0, false, t0);
         assert!(f.keyframe_due());
-        f.sent(3, true, t0);
+        f.sent(3, 0, true, t0);
         assert!(!f.keyframe_due());
     }
 
@@ -170,11 +447,145 @@ mod tests {
     fn a_stalled_window_resets_with_a_keyframe() {
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(2, 2000 * MS);
-        f.sent(1, true, t0);
-        f.sent(2, false, t0);
+        f.sent(1, 0, true, t0);
+        f.sent(2, 0, false, t0);
         assert!(!f.may_send(t0 + 1999 * MS));
         assert!(f.may_send(t0 + 2000 * MS));
         assert!(f.keyframe_due());
         assert_eq!(f.unacked(), 0);
+    }
+
+    /// A link of `rate` bytes/s with `base` round trip: a frame's ack comes back after the
+    /// frames ahead of it and itself have crossed the bottleneck.
+    struct Bottleneck {
+        rate: f64,
+        base: Duration,
+        free_at: Instant,
+    }
+
+    impl Bottleneck {
+        fn ack_at(&mut self, bytes: usize, sent: Instant) -> Instant {
+            let start = self.free_at.max(sent);
+            self.free_at = start + Duration::from_secs_f64(bytes as f64 / self.rate);
+            self.free_at + self.base
+        }
+    }
+
+    /// What a simulated run ended with.
+    struct Run {
+        target: RateTarget,
+        /// Mean bit rate aimed at over the run's second half.
+        mean_bps: f64,
+        /// The 95th percentile of the frames' round trips over the run's second half.
+        p95_rtt: Duration,
+    }
+
+    /// The session's loop against a bottleneck: a capture tick at the frame-rate cap, a
+    /// frame whenever the flow allows, sized by the target bit rate at the target frame rate;
+    /// acks as the link delivers them.
+    fn run(f: &mut ScreenFlow, cap_fps: u32, link: &mut Bottleneck, t0: Instant, seconds: u32) -> Run {
+        let tick = Duration::from_secs(1) / cap_fps;
+        let mut now = t0;
+        let mut pending: VecDeque<(u64, Instant, Instant)> = VecDeque::new();
+        let end = t0 + Duration::from_secs(seconds.into());
+        let half = t0 + Duration::from_secs(seconds.into()) / 2;
+        let (mut sum_bps, mut ticks, mut rtts) = (0.0, 0u32, Vec::new());
+        while now < end {
+            while let Some(&(seq, sent, at)) = pending.front() {
+                if at > now {
+                    break;
+                }
+                pending.pop_front();
+                f.feedback(seq, false, at);
+                if sent >= half {
+                    rtts.push(at - sent);
+                }
+            }
+            if f.may_send(now) {
+                let target = f.target().unwrap();
+                let bytes = (target.bitrate_bps / 8 / target.fps) as usize;
+                let seq = f.sent + 1;
+                f.sent(seq, bytes, false, now);
+                pending.push_back((seq, now, link.ack_at(bytes, now)));
+            }
+            if now >= half {
+                sum_bps += f64::from(f.target().unwrap().bitrate_bps);
+                ticks += 1;
+            }
+            now += tick;
+        }
+        rtts.sort_unstable();
+        Run {
+            target: f.target().unwrap(),
+            mean_bps: sum_bps / f64::from(ticks.max(1)),
+            p95_rtt: rtts.get(rtts.len() * 95 / 100).copied().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn a_slow_link_brings_the_rate_under_what_it_carries_and_keeps_the_queue_short() {
+        let t0 = Instant::now();
+        // 4 Mbit/s wanted, 2.5 Mbit/s carried, 40 ms round trip.
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut link = Bottleneck {
+            rate: 2_500_000.0 / 8.0,
+            base: 40 * MS,
+            free_at: t0,
+        };
+        let run = run(&mut f, 30, &mut link, t0, 30);
+        assert!(
+            run.mean_bps < 2_600_000.0 && run.mean_bps > 1_500_000.0,
+            "aims at {} bit/s on average",
+            run.mean_bps
+        );
+        assert!(run.target.fps < 30, "fewer frames on a slow link: {:?}", run.target);
+        // A frame of the cap's size alone takes 53 ms to cross; the window's three frames
+        // queued would be 160 ms on top of the 40.
+        assert!(run.p95_rtt < 130 * MS, "p95 round trip {:?}", run.p95_rtt);
+    }
+
+    #[test]
+    fn a_fast_link_keeps_the_cap_and_a_link_that_recovers_is_used_again() {
+        let t0 = Instant::now();
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 60));
+        let mut fast = Bottleneck {
+            rate: 100e6 / 8.0,
+            base: MS,
+            free_at: t0,
+        };
+        let run1 = run(&mut f, 60, &mut fast, t0, 5);
+        assert_eq!(
+            run1.target,
+            RateTarget {
+                bitrate_bps: 4_000_000,
+                fps: 60
+            }
+        );
+        let mut slow = Bottleneck {
+            rate: 1_000_000.0 / 8.0,
+            base: MS,
+            free_at: t0 + Duration::from_secs(5),
+        };
+        let run2 = run(&mut f, 60, &mut slow, t0 + Duration::from_secs(5), 15);
+        assert!(
+            run2.mean_bps < 1_100_000.0,
+            "aims at {} bit/s on average",
+            run2.mean_bps
+        );
+        let t1 = t0 + Duration::from_secs(20);
+        fast.free_at = t1;
+        let run3 = run(&mut f, 60, &mut fast, t1, 30);
+        assert_eq!(run3.target.bitrate_bps, 4_000_000, "back to the cap: {:?}", run3.target);
+    }
+
+    #[test]
+    fn keyframes_and_unknown_acks_do_not_move_the_rate() {
+        let t0 = Instant::now();
+        let mut rc = RateControl::new(4_000_000, 30);
+        rc.sent(1, 300_000, true, t0);
+        rc.acked(1, t0 + 600 * MS);
+        rc.acked(99, t0 + 700 * MS);
+        assert_eq!(rc.target().bitrate_bps, 4_000_000);
+        assert_eq!(rc.queueing(), None);
     }
 }

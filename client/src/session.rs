@@ -18,7 +18,7 @@ use tsunagu_proto::PermissionSet;
 use crate::api::{Command, Event, InputLog, Outcome};
 use crate::capture::{self, Capturer, SyntheticCapturer};
 use crate::config::{ClientConfig, InputSink, ScreenSource};
-use crate::flow::ScreenFlow;
+use crate::flow::{RateControl, ScreenFlow};
 use crate::inject::SystemInjector;
 use crate::pointer::{PointerReport, PointerWatcher};
 use crate::stream::{EncoderSettings, ScreenWorker, Shot, ShotRequest};
@@ -149,7 +149,9 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
         modes: Modes::default(),
         cause_shown: pb::PauseCause::Unspecified,
         takeover: Takeover::new(config.takeover_resume),
-        flow: ScreenFlow::new(config.max_unacked, config.ack_stall),
+        // The bit rate and frame rate follow what the operator acknowledges, up to the caps.
+        flow: ScreenFlow::new(config.max_unacked, config.ack_stall)
+            .with_rate(RateControl::new(config.bitrate_bps, config.fps)),
         worker,
         shot_pending: false,
         injector,
@@ -751,6 +753,7 @@ impl Client {
         }
         if self.worker.request(ShotRequest {
             force_keyframe: self.flow.keyframe_due(),
+            rate: self.flow.target(),
         }) {
             self.shot_pending = true;
         }
@@ -801,6 +804,7 @@ impl Client {
             self.flow.request_keyframe();
             return Ok(Step::Continue);
         }
+        let bytes = encoded.h264.len();
         let frame = pb::ScreenFrame {
             width: width as u32,
             height: height as u32,
@@ -810,7 +814,7 @@ impl Client {
             pause_cause: self.pause_cause() as i32,
         };
         let seq = core.send_data(Channel::Screen, frame.encode_to_vec()).await?;
-        self.flow.sent(seq, encoded.keyframe, now);
+        self.flow.sent(seq, bytes, encoded.keyframe, now);
         Ok(Step::Continue)
     }
 }

@@ -14,13 +14,16 @@ use tokio::sync::mpsc;
 
 use crate::capture::Capturer;
 use crate::encode::{EncodedFrame, ScreenEncoder};
+use crate::flow::RateTarget;
 use crate::picture::Picture;
 
 /// What the session asks the worker.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ShotRequest {
     /// The frame must be a keyframe (and is sent even if the screen did not change).
     pub force_keyframe: bool,
+    /// The bit rate and frame rate to aim at from now on; `None`: as before.
+    pub rate: Option<RateTarget>,
 }
 
 /// The worker's answer.
@@ -117,6 +120,11 @@ pub fn shoot(
     let Some(enc) = encoder.as_mut() else {
         return Shot::Failed("no encoder".into());
     };
+    if let Some(rate) = request.rate {
+        if let Err(e) = enc.set_rate(rate.bitrate_bps, rate.fps as f32) {
+            return Shot::Failed(e.to_string());
+        }
+    }
     // After a new encoder, everything is converted; otherwise only the rows that changed.
     let result = enc.encode_picture_rows(
         picture,
@@ -231,7 +239,7 @@ mod tests {
             bitrate_bps: 1_000_000,
         };
         let (mut enc, mut prev, mut pic) = (None, Picture::default(), Picture::default());
-        let plain = ShotRequest { force_keyframe: false };
+        let plain = ShotRequest::default();
         let first = shoot(&mut cap, &mut enc, settings, &mut prev, &mut pic, plain);
         assert!(
             matches!(first, Shot::Frame { ref encoded, .. } if encoded.keyframe),
@@ -247,7 +255,10 @@ mod tests {
             settings,
             &mut prev,
             &mut pic,
-            ShotRequest { force_keyframe: true },
+            ShotRequest {
+                force_keyframe: true,
+                ..ShotRequest::default()
+            },
         );
         assert!(matches!(forced, Shot::Frame { ref encoded, .. } if encoded.keyframe));
     }
@@ -291,7 +302,7 @@ mod tests {
                 settings,
                 &mut prev,
                 &mut pic,
-                ShotRequest { force_keyframe: false },
+                ShotRequest::default(),
             );
             assert!(matches!(shot, Shot::Frame { .. }));
         }

@@ -530,7 +530,12 @@ mod tests {
             signing: true,
         };
         let keys = Arc::new(crate::keys::Keys::load(&crate::keys::KeyFiles::in_data_dir(dir.path()), all).unwrap());
-        let store = Store::open(&dir.path().join("h.db")).await.unwrap().with_keys(keys).await.unwrap();
+        let store = Store::open(&dir.path().join("h.db"))
+            .await
+            .unwrap()
+            .with_keys(keys)
+            .await
+            .unwrap();
         let issued: Vec<E> = (0..SESSIONS)
             .map(|i| E::Issued {
                 id: format!("s{i}"),
@@ -569,8 +574,17 @@ mod tests {
         };
         let rows = store.history(&filter).await.unwrap();
         assert_eq!(rows.len(), SESSIONS);
-        let open: Vec<&str> = rows.iter().filter(|r| r.ended_at.is_none()).map(|r| r.id.as_str()).collect();
-        assert!(open.is_empty(), "{} sessions have no end in the history, e.g. {:?}", open.len(), &open[..open.len().min(5)]);
+        let open: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.ended_at.is_none())
+            .map(|r| r.id.as_str())
+            .collect();
+        assert!(
+            open.is_empty(),
+            "{} sessions have no end in the history, e.g. {:?}",
+            open.len(),
+            &open[..open.len().min(5)]
+        );
         drop(sink);
         writer.await.unwrap();
     }
@@ -594,7 +608,13 @@ mod tests {
         assert!(store.apply_all(&batch).await.is_err());
         write(&store, &AtomicBool::new(false), &batch).await;
         let filter = crate::store::HistoryFilter::default();
-        let mut ids: Vec<String> = store.history(&filter).await.unwrap().into_iter().map(|r| r.id).collect();
+        let mut ids: Vec<String> = store
+            .history(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         ids.sort();
         assert_eq!(ids, ["a", "b"]);
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::xvfb::Xvfb;
+use super::App;
 
 /// A widget's rectangle on the X screen.
 pub fn rect_of(report: &Value, origin: (i64, i64), widget: &str) -> (i64, i64, i64, i64) {
@@ -27,6 +28,25 @@ pub fn click(xvfb: &Xvfb, rect: (i64, i64, i64, i64)) {
     // egui reacts to a press and release on the same widget, a frame apart at most.
     std::thread::sleep(Duration::from_millis(150));
     xvfb.xdotool(&["click", "1"]);
+}
+
+/// Clicks `rect` until `app` reports `event` (matching `pred`): a click the window missed
+/// (it arrived while the window was busy laying out) is clicked again, as a user would, up
+/// to three times; then waits as [`App::expect_where`] does.
+pub fn click_until(
+    xvfb: &Xvfb,
+    rect: (i64, i64, i64, i64),
+    app: &mut App,
+    event: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..3 {
+        click(xvfb, rect);
+        if let Some(v) = app.expect_within(event, Duration::from_secs(3), &pred) {
+            return v;
+        }
+    }
+    app.expect_where(event, pred)
 }
 
 /// Share of pixels in `rect` that differ clearly from the rectangle's most common colour:

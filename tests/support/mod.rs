@@ -794,6 +794,27 @@ impl App {
         }
     }
 
+    /// The first event named `event` matching `pred` that arrives within `limit`, if any
+    /// (others stay in `seen`).
+    pub fn expect_within(
+        &mut self,
+        event: &str,
+        limit: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = std::time::Instant::now() + limit;
+        while let Ok(v) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            self.seen.push(v.clone());
+            if v["event"] == event && pred(&v) {
+                return Some(v);
+            }
+        }
+        None
+    }
+
     /// The next event of any kind (within [`WAIT`]).
     pub fn next_event(&mut self) -> serde_json::Value {
         match self.events.recv_timeout(WAIT) {
