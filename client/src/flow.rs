@@ -176,7 +176,8 @@ pub const QUEUE_HIGH: Duration = Duration::from_millis(60);
 /// Below this much queueing the bit rate climbs again.
 pub const QUEUE_LOW: Duration = Duration::from_millis(25);
 
-/// The lowest bit rate aimed at: a readable, slowly updating desktop.
+/// The lowest bit rate aimed at (unless the cap is lower): a readable, slowly updating
+/// desktop.
 pub const MIN_BITRATE_BPS: u32 = 250_000;
 
 /// The lowest frame rate aimed at.
@@ -213,6 +214,8 @@ pub struct RateTarget {
 #[derive(Debug)]
 pub struct RateControl {
     max_bps: u32,
+    /// [`MIN_BITRATE_BPS`], or the cap when that is lower.
+    min_bps: u32,
     max_fps: u32,
     bitrate: f64,
     /// Frames sent and not yet acknowledged: `(seq, bytes, sent at, keyframe)`.
@@ -239,9 +242,10 @@ impl RateControl {
     /// Starts at the cap: most sessions run over links that carry it.
     pub fn new(max_bps: u32, max_fps: u32) -> Self {
         Self {
-            max_bps: max_bps.max(MIN_BITRATE_BPS),
+            max_bps: max_bps.max(1),
+            min_bps: max_bps.clamp(1, MIN_BITRATE_BPS),
             max_fps: max_fps.max(1),
-            bitrate: f64::from(max_bps.max(MIN_BITRATE_BPS)),
+            bitrate: f64::from(max_bps.max(1)),
             in_flight: VecDeque::new(),
             min_rtt: None,
             srtt: None,
@@ -363,7 +367,7 @@ impl RateControl {
             let through = self.delivery_rate().map_or(self.bitrate, |b| b * 8.0);
             self.trouble_at_bps = Some(self.bitrate);
             let down = (self.bitrate.min(through) * STEP_DOWN).max(self.bitrate * STEP_DOWN_MOST);
-            self.bitrate = down.max(f64::from(MIN_BITRATE_BPS));
+            self.bitrate = down.max(f64::from(self.min_bps));
             self.last_change = Some(now);
             tracing::debug!(
                 bitrate = self.bitrate as u64,
@@ -576,6 +580,19 @@ mod tests {
         fast.free_at = t1;
         let run3 = run(&mut f, 60, &mut fast, t1, 30);
         assert_eq!(run3.target.bitrate_bps, 4_000_000, "back to the cap: {:?}", run3.target);
+    }
+
+    #[test]
+    fn a_cap_below_the_floor_is_kept() {
+        let t0 = Instant::now();
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(100_000, 15));
+        let mut link = Bottleneck {
+            rate: 10_000.0,
+            base: 40 * MS,
+            free_at: t0,
+        };
+        let run = run(&mut f, 15, &mut link, t0, 10);
+        assert!(run.target.bitrate_bps <= 100_000, "{:?}", run.target);
     }
 
     #[test]
