@@ -8,7 +8,9 @@
 //!
 //! [`RateControl`] follows what gets acknowledged. Frames queue somewhere on the way when a
 //! frame's round trip (sent to acknowledged) grows past the shortest seen lately, or when
-//! the window is full at a capture tick (the path takes frames slower than they are made).
+//! capture ticks keep finding the window full again right after acks opened it (the path
+//! takes frames slower than they are made; a retransmission stall, where no ack comes for
+//! a while, is not that).
 //! Then the bit rate drops below what the acks show gets through; while neither happens, it
 //! climbs back towards the cap. Frame rate and frame size share the cut (a quarter of the
 //! bit rate: half the frames, each half the size), so a slow link gets fewer and smaller
@@ -187,6 +189,14 @@ pub const MIN_FPS: u32 = 5;
 /// within this.
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 
+/// Ticks finding the window full again after an ack, this many within [`FULL_SPAN`], mean
+/// the path is slower than the frames.
+const FULL_MARKS: usize = 3;
+const FULL_SPAN: Duration = Duration::from_millis(500);
+
+/// The span whose shortest round trip tells the queue that every frame went through.
+const RECENT: Duration = Duration::from_millis(300);
+
 /// The span over which the delivery rate is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
@@ -224,6 +234,8 @@ pub struct RateControl {
     min_rtt: Option<(Duration, Instant)>,
     /// Smoothed round trip.
     srtt: Option<Duration>,
+    /// Round trips of the last [`RECENT`]: their shortest is what every frame went through.
+    recent: VecDeque<(Instant, Duration)>,
     /// Bytes acknowledged so far, and `(when, bytes acknowledged by then)` over the last
     /// [`RATE_WINDOW`].
     delivered: u64,
@@ -232,8 +244,13 @@ pub struct RateControl {
     /// The queueing seen at the last step down, while the queue has not emptied since: a
     /// queue that shrinks from there is draining and is left to drain.
     queue_at_step_down: Option<Duration>,
-    /// The last capture tick that found the window full.
-    window_full_at: Option<Instant>,
+    /// Capture ticks that found the window full again after an ack had opened it, over the
+    /// last [`FULL_SPAN`]: acks keep coming and the window keeps filling, so the path takes
+    /// frames slower than they are made. (A retransmission stall fills the window once and
+    /// no ack comes until it is over: one mark.)
+    full_marks: VecDeque<Instant>,
+    /// An ack came since the last tick that found the window full.
+    acked_since_full: bool,
     /// The bit rate at which frames last began to queue: near it, steps up are small.
     trouble_at_bps: Option<f64>,
 }
@@ -249,11 +266,13 @@ impl RateControl {
             in_flight: VecDeque::new(),
             min_rtt: None,
             srtt: None,
+            recent: VecDeque::new(),
             delivered: 0,
             deliveries: VecDeque::new(),
             last_change: None,
             queue_at_step_down: None,
-            window_full_at: None,
+            full_marks: VecDeque::new(),
+            acked_since_full: true,
             trouble_at_bps: None,
         }
     }
@@ -282,12 +301,23 @@ impl RateControl {
     /// Frames in flight are forgotten (the window was reset).
     pub fn forget(&mut self) {
         self.in_flight.clear();
-        self.window_full_at = None;
+        self.full_marks.clear();
+        self.recent.clear();
     }
 
     /// A capture tick found the window full: a frame was skipped.
     pub fn window_full(&mut self, now: Instant) {
-        self.window_full_at = Some(now);
+        if self.acked_since_full {
+            self.full_marks.push_back(now);
+        }
+        self.acked_since_full = false;
+        while self
+            .full_marks
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > FULL_SPAN)
+        {
+            self.full_marks.pop_front();
+        }
     }
 
     /// Bytes per second acknowledged over the last [`RATE_WINDOW`], if measurable.
@@ -297,9 +327,13 @@ impl RateControl {
         (span >= Duration::from_millis(100)).then(|| (last.1 - first.1) as f64 / span.as_secs_f64())
     }
 
-    /// The smoothed round trip minus the shortest: how long frames queue on the way.
+    /// How long every frame lately queued on the way: the shortest round trip of the last
+    /// [`RECENT`] minus the shortest of the last 10 s. A queue that stays shows in every
+    /// frame's round trip; a retransmission holds up only the frames behind it, and the
+    /// frames before it still show the way clear.
     pub fn queueing(&self) -> Option<Duration> {
-        Some(self.srtt?.saturating_sub(self.min_rtt?.0))
+        let recent = self.recent.iter().map(|r| r.1).min()?;
+        Some(recent.saturating_sub(self.min_rtt?.0))
     }
 
     /// Frames up to `ack_seq` were acknowledged at `now`.
@@ -316,6 +350,7 @@ impl RateControl {
         let Some((sent_at, keyframe)) = newest else {
             return;
         };
+        self.acked_since_full = true;
         self.deliveries.push_back((now, self.delivered));
         while self
             .deliveries
@@ -335,6 +370,14 @@ impl RateControl {
         {
             self.min_rtt = Some((rtt, now));
         }
+        self.recent.push_back((now, rtt));
+        while self
+            .recent
+            .front()
+            .is_some_and(|r| now.saturating_duration_since(r.0) > RECENT)
+        {
+            self.recent.pop_front();
+        }
         self.srtt = Some(match self.srtt {
             None => rtt,
             Some(s) => (s * 7 + rtt) / 8,
@@ -348,10 +391,13 @@ impl RateControl {
         };
         let round = srtt.max(Duration::from_millis(100));
         let since = self.last_change.map(|t| now.saturating_duration_since(t));
-        // Within the last round trip a tick found the window full.
+        // Lately the window kept filling again as soon as acks opened it.
         let blocked = self
-            .window_full_at
-            .is_some_and(|t| now.saturating_duration_since(t) < round);
+            .full_marks
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) <= FULL_SPAN)
+            .count()
+            >= FULL_MARKS;
         let queued = queueing > QUEUE_HIGH && self.queue_at_step_down.is_none_or(|q| queueing >= q);
         if blocked || queued {
             // Once per round trip at most: the acks must first show the last step's effect.
@@ -465,12 +511,32 @@ mod tests {
         rate: f64,
         base: Duration,
         free_at: Instant,
+        /// Every this many frames one is lost and resent after this long, and the frames
+        /// behind it wait for it (TCP delivers in order).
+        stall: Option<(u32, Duration)>,
+        frames: u32,
     }
 
     impl Bottleneck {
+        fn new(rate_bps: f64, base: Duration, at: Instant) -> Self {
+            Self {
+                rate: rate_bps / 8.0,
+                base,
+                free_at: at,
+                stall: None,
+                frames: 0,
+            }
+        }
+
         fn ack_at(&mut self, bytes: usize, sent: Instant) -> Instant {
             let start = self.free_at.max(sent);
             self.free_at = start + Duration::from_secs_f64(bytes as f64 / self.rate);
+            self.frames += 1;
+            if let Some((every, pause)) = self.stall {
+                if self.frames.is_multiple_of(every) {
+                    self.free_at += pause;
+                }
+            }
             self.free_at + self.base
         }
     }
@@ -531,11 +597,7 @@ mod tests {
         let t0 = Instant::now();
         // 4 Mbit/s wanted, 2.5 Mbit/s carried, 40 ms round trip.
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
-        let mut link = Bottleneck {
-            rate: 2_500_000.0 / 8.0,
-            base: 40 * MS,
-            free_at: t0,
-        };
+        let mut link = Bottleneck::new(2_500_000.0, 40 * MS, t0);
         let run = run(&mut f, 30, &mut link, t0, 30);
         assert!(
             run.mean_bps < 2_600_000.0 && run.mean_bps > 1_500_000.0,
@@ -552,11 +614,7 @@ mod tests {
     fn a_fast_link_keeps_the_cap_and_a_link_that_recovers_is_used_again() {
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 60));
-        let mut fast = Bottleneck {
-            rate: 100e6 / 8.0,
-            base: MS,
-            free_at: t0,
-        };
+        let mut fast = Bottleneck::new(100e6, MS, t0);
         let run1 = run(&mut f, 60, &mut fast, t0, 5);
         assert_eq!(
             run1.target,
@@ -565,11 +623,7 @@ mod tests {
                 fps: 60
             }
         );
-        let mut slow = Bottleneck {
-            rate: 1_000_000.0 / 8.0,
-            base: MS,
-            free_at: t0 + Duration::from_secs(5),
-        };
+        let mut slow = Bottleneck::new(1_000_000.0, MS, t0 + Duration::from_secs(5));
         let run2 = run(&mut f, 60, &mut slow, t0 + Duration::from_secs(5), 15);
         assert!(
             run2.mean_bps < 1_100_000.0,
@@ -583,14 +637,21 @@ mod tests {
     }
 
     #[test]
+    fn retransmission_stalls_on_a_fast_link_do_not_cut_the_rate() {
+        let t0 = Instant::now();
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        // 5 Mbit/s, 40 ms; one frame in 30 (one a second) waits 250 ms for a resend.
+        let mut link = Bottleneck::new(5_000_000.0, 40 * MS, t0);
+        link.stall = Some((30, 250 * MS));
+        let run = run(&mut f, 30, &mut link, t0, 30);
+        assert!(run.mean_bps > 3_000_000.0, "aims at {} bit/s on average", run.mean_bps);
+    }
+
+    #[test]
     fn a_cap_below_the_floor_is_kept() {
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(100_000, 15));
-        let mut link = Bottleneck {
-            rate: 10_000.0,
-            base: 40 * MS,
-            free_at: t0,
-        };
+        let mut link = Bottleneck::new(80_000.0, 40 * MS, t0);
         let run = run(&mut f, 15, &mut link, t0, 10);
         assert!(run.target.bitrate_bps <= 100_000, "{:?}", run.target);
     }
