@@ -113,10 +113,11 @@ impl ScreenEncoder {
             let b = api.set_option(openh264_sys2::ENCODER_OPTION_FRAME_RATE, (&raw mut frame_rate).cast());
             a | b
         };
+        // Asked once per change: a refused retune is not asked again for every frame.
+        self.rate = (bitrate_bps, fps);
         if rc != 0 {
             return Err(EncodeError::Codec(format!("cannot change the bit rate (error {rc})")));
         }
-        self.rate = (bitrate_bps, fps);
         Ok(())
     }
 
@@ -273,6 +274,27 @@ mod tests {
             assert_eq!(yuv.dimensions(), (w, h));
             assert_bars_survive(&yuv, w, h, &format!("frame {n}"));
         }
+    }
+
+    #[test]
+    fn a_running_encoder_is_retuned_without_a_keyframe() {
+        let (w, h) = (320, 180);
+        let mut screen = SyntheticScreen::new(w, h);
+        let mut enc = ScreenEncoder::with_bitrate(w, h, 30.0, 4_000_000).unwrap();
+        let mut dec = Decoder::new().unwrap();
+        let first = enc.encode(screen.next_frame(), false).unwrap();
+        assert!(first.keyframe);
+        dec.decode(&first.h264).unwrap();
+        enc.set_rate(300_000, 8.0).unwrap();
+        for n in 0..3 {
+            let frame = enc.encode(screen.next_frame(), false).unwrap();
+            assert!(!frame.keyframe, "frame {n} after the retune is no keyframe");
+            let yuv = dec.decode(&frame.h264).unwrap().expect("a picture per access unit");
+            assert_bars_survive(&yuv, w, h, &format!("frame {n} after the retune"));
+        }
+        // Back up to where it started.
+        enc.set_rate(4_000_000, 30.0).unwrap();
+        assert!(!enc.encode(screen.next_frame(), false).unwrap().keyframe);
     }
 
     #[test]

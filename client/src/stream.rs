@@ -121,8 +121,9 @@ pub fn shoot(
         return Shot::Failed("no encoder".into());
     };
     if let Some(rate) = request.rate {
+        // A retune the encoder refuses leaves it at the rate it had: the stream goes on.
         if let Err(e) = enc.set_rate(rate.bitrate_bps, rate.fps as f32) {
-            return Shot::Failed(e.to_string());
+            tracing::warn!(error = %e, bitrate = rate.bitrate_bps, fps = rate.fps, "the encoder kept its rate");
         }
     }
     // After a new encoder, everything is converted; otherwise only the rows that changed.
