@@ -25,6 +25,8 @@ use super::{add_account, load_config, serve, PASSWORD};
 /// One way the client reaches the relay.
 pub struct Case {
     pub name: &'static str,
+    /// What the desktop shows.
+    pub scene: Scene,
     /// `None`: loopback.
     pub shape: Option<LinkShape>,
     /// The client's frame-rate cap (`--fps`).
@@ -33,8 +35,9 @@ pub struct Case {
 
 /// The cases `tsunagu-load screen` runs: loopback at the client's default cap (30 fps) and
 /// at 60; a customer's uplink of 5 Mbit/s with a 40 ms round trip and a 200 ms bottleneck
-/// buffer; the same losing 1% of packets each way; and a link too slow for the stream
-/// (500 kbit/s), where the client must cut its rate.
+/// buffer; the same losing 1% of packets each way; a link too slow for the stream
+/// (500 kbit/s), where the client must cut its rate; and the 5 Mbit/s link with a video
+/// playing beside the page (frames far larger than the page's).
 pub fn cases() -> Vec<Case> {
     let uplink = LinkShape {
         rate_bps: 5_000_000,
@@ -46,30 +49,41 @@ pub fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "loopback",
+            scene: Scene::Scrolling,
             shape: None,
             fps,
         },
         Case {
             name: "loopback_60fps",
+            scene: Scene::Scrolling,
             shape: None,
             fps: 60,
         },
         Case {
             name: "5mbit_40ms",
+            scene: Scene::Scrolling,
             shape: Some(uplink),
             fps,
         },
         Case {
             name: "5mbit_40ms_1pct_loss",
+            scene: Scene::Scrolling,
             shape: Some(LinkShape { loss: 0.01, ..uplink }),
             fps,
         },
         Case {
             name: "500kbit_40ms",
+            scene: Scene::Scrolling,
             shape: Some(LinkShape {
                 rate_bps: 500_000,
                 ..uplink
             }),
+            fps,
+        },
+        Case {
+            name: "video_5mbit_40ms",
+            scene: Scene::ScrollingWithVideo,
+            shape: Some(uplink),
             fps,
         },
     ]
@@ -291,7 +305,7 @@ fn run_case(
     let step = Duration::from_secs(1) / 60;
     let mut next = start;
     while start.elapsed() < limit {
-        painter.step(canvas, Scene::Scrolling);
+        painter.step(canvas, case.scene);
         next += step;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
         for v in op.drain() {
@@ -334,7 +348,7 @@ fn run_case(
     let bytes: u64 = steady.iter().map(|s| s.2).sum();
     Ok(json!({
         "scenario": "screen",
-        "scene": "scrolling_1080p_60hz",
+        "scene": case.scene.name(),
         "link": case.name,
         "fps_cap": case.fps,
         "seconds": (span * 10.0).round() / 10.0,

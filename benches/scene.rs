@@ -1,9 +1,12 @@
 //! The desktop the screen benchmarks draw on (`cargo bench --bench capture`,
 //! `tsunagu-load screen`): a window covering an X screen, and the scenes painted on it — a
-//! still desktop, typing in a terminal, a page of text scrolling one line per step.
+//! still desktop, typing in a terminal, a page of text scrolling one line per step, and that
+//! page with a video playing beside it.
 
 use x11rb::connection::Connection;
-use x11rb::protocol::xproto::{ChangeGCAux, ConnectionExt, CreateGCAux, CreateWindowAux, Rectangle, WindowClass};
+use x11rb::protocol::xproto::{
+    ChangeGCAux, ConnectionExt, CreateGCAux, CreateWindowAux, ImageFormat, Rectangle, WindowClass,
+};
 use x11rb::rust_connection::RustConnection;
 
 /// A window covering the whole X screen, painted with plain rectangles.
@@ -63,6 +66,32 @@ impl Canvas {
         let _ = self.conn.flush();
     }
 
+    /// Draws `pixels` (BGRX, `width` x `height`) at `(x, y)`, in strips that fit in one
+    /// request each.
+    pub fn put(&self, x: i16, y: i16, width: u16, height: u16, pixels: &[u8]) {
+        let row = usize::from(width) * 4;
+        let strip = 32u16;
+        let mut top = 0u16;
+        while top < height {
+            let rows = strip.min(height - top);
+            let start = usize::from(top) * row;
+            let _ = self.conn.put_image(
+                ImageFormat::Z_PIXMAP,
+                self.window,
+                self.gc,
+                width,
+                rows,
+                x,
+                y + top as i16,
+                0,
+                24,
+                &pixels[start..start + usize::from(rows) * row],
+            );
+            top += rows;
+        }
+        let _ = self.conn.flush();
+    }
+
     /// Copies a region of the window onto itself (a scroll).
     #[allow(clippy::too_many_arguments)]
     pub fn copy(&self, sx: i16, sy: i16, dx: i16, dy: i16, width: u16, height: u16) {
@@ -81,6 +110,9 @@ pub enum Scene {
     Idle,
     Typing,
     Scrolling,
+    /// The scrolling page with a video playing beside it: a 480x270 region of 4x4 blocks
+    /// in new colours every step, which compresses poorly (large frames).
+    ScrollingWithVideo,
 }
 
 #[allow(dead_code)]
@@ -90,6 +122,7 @@ impl Scene {
             Scene::Idle => "idle",
             Scene::Typing => "typing",
             Scene::Scrolling => "scrolling",
+            Scene::ScrollingWithVideo => "scrolling_with_video",
         }
     }
 }
@@ -97,6 +130,8 @@ impl Scene {
 /// The terminal and page rectangles.
 const TERM: (i16, i16, u16, u16) = (100, 100, 1200, 700);
 const PAGE: (i16, i16, u16, u16) = (400, 150, 1200, 800);
+/// The video region (beside the page).
+const VIDEO: (i16, i16, u16, u16) = (1400, 100, 480, 270);
 /// One text line of the page, in pixels.
 const LINE: u16 = 24;
 /// One terminal character cell.
@@ -137,6 +172,35 @@ impl Painter {
         }
     }
 
+    /// The page scrolls by one line.
+    fn scroll(&mut self, canvas: &Canvas) {
+        canvas.copy(PAGE.0, PAGE.1 + LINE as i16, PAGE.0, PAGE.1, PAGE.2, PAGE.3 - LINE);
+        let y = PAGE.1 + (PAGE.3 - LINE) as i16;
+        self.page_line(canvas, y, 1000 + self.step);
+    }
+
+    /// A new picture in the video region: 4x4 blocks of pseudo-random colours.
+    fn video(&mut self, canvas: &Canvas) {
+        let (w, h) = (VIDEO.2 as usize, VIDEO.3 as usize);
+        let mut s = self.step.wrapping_mul(2654435761) | 1;
+        let mut pixels = vec![0u8; w * h * 4];
+        for by in 0..h / 4 {
+            for bx in 0..w / 4 {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                let colour = s.to_le_bytes();
+                for y in by * 4..by * 4 + 4 {
+                    for x in bx * 4..bx * 4 + 4 {
+                        let o = (y * w + x) * 4;
+                        pixels[o..o + 3].copy_from_slice(&colour[..3]);
+                    }
+                }
+            }
+        }
+        canvas.put(VIDEO.0, VIDEO.1, VIDEO.2, VIDEO.3, &pixels);
+    }
+
     /// One step of `scene`; returns when the server has drawn it.
     pub fn step(&mut self, canvas: &Canvas, scene: Scene) {
         self.step += 1;
@@ -153,10 +217,10 @@ impl Painter {
                 canvas.fill(0xd0d0d0, x + 1, y + 3, 2, 12);
                 canvas.fill(0xd0d0d0, x + 1 + (n % 5) as i16, y + 3 + (n % 9) as i16, 5, 2);
             }
-            Scene::Scrolling => {
-                canvas.copy(PAGE.0, PAGE.1 + LINE as i16, PAGE.0, PAGE.1, PAGE.2, PAGE.3 - LINE);
-                let y = PAGE.1 + (PAGE.3 - LINE) as i16;
-                self.page_line(canvas, y, 1000 + self.step);
+            Scene::Scrolling => self.scroll(canvas),
+            Scene::ScrollingWithVideo => {
+                self.scroll(canvas);
+                self.video(canvas);
             }
         }
         canvas.sync();
