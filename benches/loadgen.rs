@@ -153,7 +153,7 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
         /// Run only this case: `loopback`, `loopback_60fps`, `5mbit_40ms`,
-        /// `5mbit_40ms_1pct_loss`, `500kbit_40ms` or `video_5mbit_40ms`.
+        /// `5mbit_40ms_1pct_loss`, `500kbit_40ms`, `video_5mbit_40ms` or `video_2mbit_40ms`.
         #[arg(long)]
         case: Option<String>,
     },

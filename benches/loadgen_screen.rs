@@ -36,8 +36,8 @@ pub struct Case {
 /// The cases `tsunagu-load screen` runs: loopback at the client's default cap (30 fps) and
 /// at 60; a customer's uplink of 5 Mbit/s with a 40 ms round trip and a 200 ms bottleneck
 /// buffer; the same losing 1% of packets each way; a link too slow for the stream
-/// (500 kbit/s), where the client must cut its rate; and the 5 Mbit/s link with a video
-/// playing beside the page (frames far larger than the page's).
+/// (500 kbit/s), where the client must cut its rate; and the 5 Mbit/s and a 2 Mbit/s link
+/// with a video playing beside the page (frames far larger than the page's).
 pub fn cases() -> Vec<Case> {
     let uplink = LinkShape {
         rate_bps: 5_000_000,
@@ -84,6 +84,15 @@ pub fn cases() -> Vec<Case> {
             name: "video_5mbit_40ms",
             scene: Scene::ScrollingWithVideo,
             shape: Some(uplink),
+            fps,
+        },
+        Case {
+            name: "video_2mbit_40ms",
+            scene: Scene::ScrollingWithVideo,
+            shape: Some(LinkShape {
+                rate_bps: 2_000_000,
+                ..uplink
+            }),
             fps,
         },
     ]
