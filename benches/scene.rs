@@ -93,7 +93,6 @@ impl Canvas {
     }
 
     /// Copies a region of the window onto itself (a scroll).
-    #[allow(clippy::too_many_arguments)]
     pub fn copy(&self, sx: i16, sy: i16, dx: i16, dy: i16, width: u16, height: u16) {
         let _ = self
             .conn

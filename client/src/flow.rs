@@ -211,6 +211,16 @@ const STEP_DOWN: f64 = 0.85;
 /// The most one step down takes off.
 const STEP_DOWN_MOST: f64 = 0.7;
 
+/// Drops the entries of `queue` (oldest first) seen more than `span` before `now`.
+fn expire<T>(queue: &mut VecDeque<T>, now: Instant, span: Duration, at: impl Fn(&T) -> Instant) {
+    while queue
+        .front()
+        .is_some_and(|e| now.saturating_duration_since(at(e)) > span)
+    {
+        queue.pop_front();
+    }
+}
+
 /// What the encoder should aim at now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateTarget {
@@ -311,13 +321,7 @@ impl RateControl {
             self.full_marks.push_back(now);
         }
         self.acked_since_full = false;
-        while self
-            .full_marks
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > FULL_SPAN)
-        {
-            self.full_marks.pop_front();
-        }
+        expire(&mut self.full_marks, now, FULL_SPAN, |t| *t);
     }
 
     /// Bytes per second acknowledged over the last [`RATE_WINDOW`], if measurable.
@@ -352,13 +356,7 @@ impl RateControl {
         };
         self.acked_since_full = true;
         self.deliveries.push_back((now, self.delivered));
-        while self
-            .deliveries
-            .front()
-            .is_some_and(|d| now.saturating_duration_since(d.0) > RATE_WINDOW)
-        {
-            self.deliveries.pop_front();
-        }
+        expire(&mut self.deliveries, now, RATE_WINDOW, |d| d.0);
         // A keyframe's round trip is mostly its own size: it says nothing of queueing.
         if keyframe {
             return;
@@ -371,13 +369,7 @@ impl RateControl {
             self.min_rtt = Some((rtt, now));
         }
         self.recent.push_back((now, rtt));
-        while self
-            .recent
-            .front()
-            .is_some_and(|r| now.saturating_duration_since(r.0) > RECENT)
-        {
-            self.recent.pop_front();
-        }
+        expire(&mut self.recent, now, RECENT, |r| r.0);
         self.srtt = Some(match self.srtt {
             None => rtt,
             Some(s) => (s * 7 + rtt) / 8,
@@ -392,12 +384,8 @@ impl RateControl {
         let round = srtt.max(Duration::from_millis(100));
         let since = self.last_change.map(|t| now.saturating_duration_since(t));
         // Lately the window kept filling again as soon as acks opened it.
-        let blocked = self
-            .full_marks
-            .iter()
-            .filter(|t| now.saturating_duration_since(**t) <= FULL_SPAN)
-            .count()
-            >= FULL_MARKS;
+        expire(&mut self.full_marks, now, FULL_SPAN, |t| *t);
+        let blocked = self.full_marks.len() >= FULL_MARKS;
         let queued = queueing > QUEUE_HIGH && self.queue_at_step_down.is_none_or(|q| queueing >= q);
         if blocked || queued {
             // Once per round trip at most: the acks must first show the last step's effect.
