@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{lookup_host, TcpStream};
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 use tsunagu_proto::pb::frame::Body;
 use tsunagu_proto::transport::{hello, remote_error, FrameReader, FrameWriter, TransportError};
@@ -28,12 +26,17 @@ pub trait ByteStream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> ByteStream for T {}
 
-/// The stream under a [`Connected`].
+/// A byte stream tests play the relay over (an in-memory pipe), for [`greet`].
 pub type Stream = Box<dyn ByteStream>;
+/// The reading half of a connection to the relay: TLS from [`dial`] (rustls' unbuffered
+/// API with our own buffers, `tsunagu_proto::tls`), or half of a [`Stream`].
+pub type ReadStream = Box<dyn AsyncRead + Send + Sync + Unpin>;
+/// The writing half of a connection to the relay.
+pub type WriteStream = Box<dyn AsyncWrite + Send + Sync + Unpin>;
 /// Reads frames from the relay.
-pub type Reader = FrameReader<ReadHalf<Stream>>;
+pub type Reader = FrameReader<ReadStream>;
 /// Writes frames to the relay.
-pub type Writer = FrameWriter<WriteHalf<Stream>>;
+pub type Writer = FrameWriter<WriteStream>;
 
 /// Where and how to reach the relay.
 #[derive(Clone)]
@@ -449,11 +452,12 @@ async fn attempt(cfg: &DialConfig, name: ServerName<'static>, addr: SocketAddr) 
     tcp.set_nodelay(true).map_err(|e| fail(&e))?;
     let peer = tcp.peer_addr().map_err(|e| fail(&e))?;
     let local = tcp.local_addr().map_err(|e| fail(&e))?;
-    let tls: TlsStream<TcpStream> = TlsConnector::from(cfg.tls.clone())
-        .connect(name, tcp)
+    let (r, w) = tcp.into_split();
+    let tls = tsunagu_proto::tls::connect(cfg.tls.clone(), name, r, w)
         .await
         .map_err(|e| fail(&e))?;
-    let (reader, writer) = hello_exchange(Box::new(tls), cfg.max_frame, &cfg.agent).await?;
+    let (reader, writer) =
+        hello_exchange(Box::new(tls.reader), Box::new(tls.writer), cfg.max_frame, &cfg.agent).await?;
     Ok(Connected {
         reader,
         writer,
@@ -474,7 +478,8 @@ pub async fn greet(
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Result<Connected, DialError> {
-    match hello_exchange(Box::new(stream), max_frame, agent).await {
+    let (r, w) = tokio::io::split(stream);
+    match hello_exchange(Box::new(r), Box::new(w), max_frame, agent).await {
         Ok((reader, writer)) => Ok(Connected {
             reader,
             writer,
@@ -491,9 +496,13 @@ pub async fn greet(
 }
 
 /// Sends our `Hello` and checks the relay's.
-async fn hello_exchange(stream: Stream, max_frame: usize, agent: &str) -> Result<(Reader, Writer), AttemptError> {
+async fn hello_exchange(
+    r: ReadStream,
+    w: WriteStream,
+    max_frame: usize,
+    agent: &str,
+) -> Result<(Reader, Writer), AttemptError> {
     let fail = |e: &dyn std::fmt::Display| AttemptError::Failed(e.to_string());
-    let (r, w) = tokio::io::split(stream);
     let mut reader = FrameReader::new(r, max_frame);
     let mut writer = FrameWriter::new(w, max_frame);
     writer.send(&hello(agent)).await.map_err(|e| fail(&e))?;

@@ -10,6 +10,8 @@
 //!   shown or stored: no control, format or bidi characters.
 //! * `transport` (feature `tokio`): the framed async transport, over any async byte stream
 //!   (TLS in practice).
+//! * `tls` (feature `tls`): TLS over rustls' unbuffered API with our own buffers, the
+//!   relay's end and the apps'.
 //!
 //! This crate is the wire format only. What the operator and client apps share on top of it
 //! (the dialer, the link, file transfer, the headless driver) lives in `tsunagu-endpoint`.
@@ -21,6 +23,8 @@ pub mod names;
 pub mod resume;
 pub mod types;
 
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "tokio")]
 pub mod transport;
 

@@ -153,11 +153,10 @@ impl RawPeer {
             .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
             .await
             .unwrap();
-        let stream: dial::Stream = Box::new(tls);
-        let (r, w) = tokio::io::split(stream);
+        let (r, w) = tokio::io::split(tls);
         let mut peer = Self {
-            reader: FrameReader::new(r, cfg.max_frame),
-            writer: FrameWriter::new(w, cfg.max_frame),
+            reader: FrameReader::new(Box::new(r), cfg.max_frame),
+            writer: FrameWriter::new(Box::new(w), cfg.max_frame),
             local,
             seq: Default::default(),
         };

@@ -7,8 +7,9 @@
 //!   given up on.
 //! * [`refusal`]: every reason a connection is refused, and the one mapping to what the
 //!   peer is told.
-//! * [`tls_stream`]: TLS over rustls' unbuffered API with the relay's own buffers (the one
-//!   part here that does I/O: it is the byte stream the rest is carried on).
+//!
+//! The byte stream all of it is carried on is `tsunagu_proto::tls` (rustls' unbuffered API
+//! with our own buffers).
 //!
 //! Once paired, a connection's frames go to the session (`session`), whose rules
 //! are the sans-IO `policy`.
@@ -16,7 +17,6 @@
 pub mod greeting;
 pub mod liveness;
 pub mod refusal;
-pub(crate) mod tls_stream;
 
 pub use greeting::{Action, AttemptKind, Event, Greeting, Settle, Timeouts};
 pub use liveness::{Due, Liveness};

@@ -20,7 +20,7 @@ use tsunagu_proto::transport::{error_frame, FrameReader, FrameWriter, TransportE
 use tsunagu_proto::PermissionSet;
 
 use crate::clock;
-use crate::conn::{tls_stream, Action, AttemptKind, Due, Event, Greeting, Liveness, Refusal, Settle, Timeouts};
+use crate::conn::{Action, AttemptKind, Due, Event, Greeting, Liveness, Refusal, Settle, Timeouts};
 use crate::connlimit::ConnPermit;
 use crate::directory::IssueError;
 use crate::grid::bridge::{BoxFuture, BridgeHandler, BridgeHeader, IncomingStream};
@@ -94,7 +94,7 @@ where
     let config = shared.acceptor.config().clone();
     // Boxed, like each later phase (see `serve_connection`): the handshake's state is
     // freed once it is over instead of weighing on the connection's task for its life.
-    let tls = match tokio::time::timeout(handshake, Box::pin(tls_stream::accept(config, r, w))).await {
+    let tls = match tokio::time::timeout(handshake, Box::pin(tsunagu_proto::tls::accept(config, r, w))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -1063,8 +1063,8 @@ mod future_sizes {
     use super::*;
     use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-    type R = tls_stream::TlsReader<OwnedReadHalf>;
-    type W = tls_stream::TlsWriter<OwnedWriteHalf>;
+    type R = tsunagu_proto::tls::TlsReader<OwnedReadHalf, tsunagu_proto::tls::Server>;
+    type W = tsunagu_proto::tls::TlsWriter<OwnedWriteHalf, tsunagu_proto::tls::Server>;
 
     fn size4<A, B, C, D, F>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()

@@ -1,10 +1,12 @@
-//! TLS for endpoint connections over rustls' unbuffered API, with the relay's own buffers.
+//! TLS over rustls' unbuffered API with our own buffers, for both ends of a connection to a
+//! relay: [`accept`] on the relay, [`connect`] in the apps.
 //!
 //! A relay moves every byte through TLS twice (opened from one peer, sealed to the other),
-//! so what the TLS layer costs per byte and per idle connection is what the relay costs.
-//! The buffered `rustls::ServerConnection` reads the socket a few KiB at a time into a
-//! deframing buffer it keeps for the connection's life, and queues each outgoing record in
-//! an allocation of its own. Here instead:
+//! so what the TLS layer costs per byte and per idle connection is what the relay costs;
+//! the apps' file transfers and screens pay the same per byte at their end. The buffered
+//! `rustls::ServerConnection`/`ClientConnection` read the socket a few KiB at a time into a
+//! deframing buffer kept for the connection's life, and queue each outgoing record in an
+//! allocation of its own. Here instead:
 //!
 //! * the reader takes as much ciphertext as the socket has in one `read` (up to
 //!   [`MAX_READ`]) and lets rustls open the records in that buffer. A quiet connection
@@ -12,8 +14,8 @@
 //! * the writer seals records straight into one outgoing buffer, written with one `write`
 //!   per flush (a batch of frames is one system call), and given up after small batches.
 //!
-//! Buffers stay below the allocator's mapping threshold (`crate::MMAP_THRESHOLD`), so a
-//! buffer given up and taken again comes from the heap, not from a fresh mapping.
+//! Buffers stay below glibc's default mapping threshold (128 KiB), so a buffer given up and
+//! taken again comes from the heap, not from a fresh mapping.
 //!
 //! The two halves share the rustls state, the received ciphertext and the opened data
 //! under one lock: rustls must always be handed the same received bytes (it keeps
@@ -29,10 +31,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, BytesMut};
-use rustls::pki_types::CertificateDer;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, ReadTraffic};
-use rustls::ServerConfig;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, ReadTraffic, UnbufferedStatus};
+use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// A quiet connection's read, into the stack: a ping or a control frame fits.
@@ -50,8 +53,46 @@ const RECORD_OVERHEAD: usize = 64;
 /// rustls' largest record payload.
 const MAX_FRAGMENT: usize = 16 * 1024;
 
-struct State {
-    conn: UnbufferedServerConnection,
+/// Which end of the connection this is: the relay's ([`Server`]) or an app's ([`Client`]).
+/// rustls gives each end its own connection type; this names what the two share here.
+pub trait Side: sealed::Sealed + Sized + Send + 'static {
+    /// rustls' unbuffered connection for this end.
+    type Conn: std::ops::DerefMut<Target = rustls::unbuffered::UnbufferedConnectionCommon<Self>> + Send;
+
+    /// Opens or produces the next TLS messages (`process_tls_records`, which rustls
+    /// defines for each end apart).
+    fn process<'c, 'i>(conn: &'c mut Self::Conn, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self>;
+}
+
+/// The relay's end: [`accept`].
+pub type Server = ServerConnectionData;
+/// An app's end: [`connect`].
+pub type Client = ClientConnectionData;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Server {}
+    impl Sealed for super::Client {}
+}
+
+impl Side for ServerConnectionData {
+    type Conn = UnbufferedServerConnection;
+
+    fn process<'c, 'i>(conn: &'c mut Self::Conn, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self> {
+        conn.process_tls_records(incoming)
+    }
+}
+
+impl Side for ClientConnectionData {
+    type Conn = UnbufferedClientConnection;
+
+    fn process<'c, 'i>(conn: &'c mut Self::Conn, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self> {
+        conn.process_tls_records(incoming)
+    }
+}
+
+struct State<S: Side> {
+    conn: S::Conn,
     /// Ciphertext read from the socket and not yet opened.
     incoming: BytesMut,
     /// Opened data the reader has not taken yet (rustls hands out whole records; the
@@ -66,9 +107,9 @@ struct State {
     reader: Option<Waker>,
 }
 
-type Shared = Arc<Mutex<State>>;
+type Shared<S> = Arc<Mutex<State<S>>>;
 
-fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+fn lock<S: Side>(shared: &Shared<S>) -> MutexGuard<'_, State<S>> {
     // A panic under the lock leaves rustls' state as it was between two calls.
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -84,19 +125,19 @@ fn closed_in_handshake() -> io::Error {
     )
 }
 
-impl State {
+impl<S: Side> State<S> {
     /// Opens the records `incoming` holds: into `out` while it has room and nothing is
     /// waiting before it, the rest into `plain`. Stops when rustls needs more bytes.
     fn open_records(&mut self, mut out: Option<&mut ReadBuf<'_>>) -> io::Result<()> {
         loop {
-            let status = self.conn.process_tls_records(&mut self.incoming[..]);
+            let status = S::process(&mut self.conn, &mut self.incoming[..]);
             let discard = status.discard;
             let opened = match status.state {
                 Ok(opened) => opened,
                 Err(e) => {
                     // The alert saying why goes out with the writer's next flush.
                     self.incoming.advance(discard);
-                    pending_alerts(&mut self.conn, &mut self.incoming, &mut self.to_send);
+                    pending_alerts::<S>(&mut self.conn, &mut self.incoming, &mut self.to_send);
                     return Err(tls_error(e));
                 }
             };
@@ -132,8 +173,8 @@ impl State {
 
 /// Takes the records rustls opened: into `out` while it has room and nothing waits before
 /// it in `plain`, the rest into `plain`.
-fn take_records(
-    t: &mut ReadTraffic<'_, '_, ServerConnectionData>,
+fn take_records<S: Side>(
+    t: &mut ReadTraffic<'_, '_, S>,
     mut out: Option<&mut ReadBuf<'_>>,
     plain: &mut BytesMut,
 ) -> io::Result<()> {
@@ -155,9 +196,9 @@ fn take_records(
 /// Encodes what rustls queued to send after an error (its alert) onto `out`. rustls is
 /// called only while it has something queued, so it never looks at the received bytes
 /// again (that would raise the same error a second time).
-fn pending_alerts(conn: &mut UnbufferedServerConnection, incoming: &mut BytesMut, out: &mut Vec<u8>) {
+fn pending_alerts<S: Side>(conn: &mut S::Conn, incoming: &mut BytesMut, out: &mut Vec<u8>) {
     while conn.wants_write() {
-        let status = conn.process_tls_records(&mut incoming[..]);
+        let status = S::process(conn, &mut incoming[..]);
         match status.state {
             Ok(ConnectionState::EncodeTlsData(mut e)) => {
                 if encode_into(out, MAX_FRAGMENT, |buf| e.encode(buf)).is_err() {
@@ -171,9 +212,9 @@ fn pending_alerts(conn: &mut UnbufferedServerConnection, incoming: &mut BytesMut
 
 /// A finished handshake: the connection's two halves, the protocol the peer chose and its
 /// certificate chain.
-pub(crate) struct Accepted<R, W> {
-    pub reader: TlsReader<R>,
-    pub writer: TlsWriter<W>,
+pub struct Established<R, W, S: Side> {
+    pub reader: TlsReader<R, S>,
+    pub writer: TlsWriter<W, S>,
     pub alpn: Option<Vec<u8>>,
     pub peer_certificates: Option<Vec<CertificateDer<'static>>>,
 }
@@ -187,15 +228,41 @@ enum Step {
     Failed(io::Error),
 }
 
-/// Runs the server side of a TLS handshake over `r` and `w`; the two halves of the
-/// connection once it is done.
-pub(crate) async fn accept<R, W>(config: Arc<ServerConfig>, r: R, mut w: W) -> io::Result<Accepted<R, W>>
+/// Runs the server side of a TLS handshake over `r` and `w` (the relay's); the two halves
+/// of the connection once it is done.
+pub async fn accept<R, W>(config: Arc<ServerConfig>, r: R, w: W) -> io::Result<Established<R, W, Server>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-    let shared: Shared = Arc::new(Mutex::new(State {
+    handshake(conn, r, w).await
+}
+
+/// Runs the client side of a TLS handshake with the server called `name` over `r` and `w`
+/// (an app's); the two halves of the connection once it is done.
+pub async fn connect<R, W>(
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    r: R,
+    w: W,
+) -> io::Result<Established<R, W, Client>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
+    handshake(conn, r, w).await
+}
+
+/// Runs rustls' handshake for either end until rustls says it is over.
+async fn handshake<R, W, S>(conn: S::Conn, r: R, mut w: W) -> io::Result<Established<R, W, S>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    S: Side,
+{
+    let shared: Shared<S> = Arc::new(Mutex::new(State {
         conn,
         incoming: BytesMut::new(),
         plain: BytesMut::new(),
@@ -209,7 +276,7 @@ where
         let step = {
             let mut guard = lock(&shared);
             let state = &mut *guard;
-            let status = state.conn.process_tls_records(&mut state.incoming[..]);
+            let status = S::process(&mut state.conn, &mut state.incoming[..]);
             let discard = status.discard;
             let step = match status.state {
                 Err(e) => Step::Failed(tls_error(e)),
@@ -241,7 +308,7 @@ where
                 Step::Failed(e) => {
                     // Refused (a certificate that is not accepted, a protocol error): the
                     // alert that says why goes to the peer before the connection closes.
-                    pending_alerts(&mut state.conn, &mut state.incoming, &mut out);
+                    pending_alerts::<S>(&mut state.conn, &mut state.incoming, &mut out);
                     Step::Failed(e)
                 }
                 other => other,
@@ -283,7 +350,7 @@ where
         written: 0,
         closed: false,
     };
-    Ok(Accepted {
+    Ok(Established {
         reader,
         writer,
         alpn,
@@ -349,17 +416,17 @@ fn encode_into<E: Into<SizeError>>(
 }
 
 /// The reading half: decrypted application data.
-pub(crate) struct TlsReader<R> {
+pub struct TlsReader<R, S: Side> {
     io: R,
-    shared: Shared,
+    shared: Shared<S>,
     /// The next read's size: [`QUIET_READ`] into the stack, or more into `incoming`.
     read_size: usize,
     /// The socket ended.
     eof: bool,
 }
 
-impl<R: AsyncRead + Unpin> TlsReader<R> {
-    fn new(io: R, shared: Shared) -> Self {
+impl<R: AsyncRead + Unpin, S: Side> TlsReader<R, S> {
+    fn new(io: R, shared: Shared<S>) -> Self {
         Self {
             io,
             shared,
@@ -415,7 +482,7 @@ impl<R: AsyncRead + Unpin> TlsReader<R> {
     }
 
     /// Gives up the buffers a quiet connection does not need.
-    fn release_if_drained(&self, state: &mut State) {
+    fn release_if_drained(&self, state: &mut State<S>) {
         let quiet = self.read_size == QUIET_READ;
         if state.incoming.is_empty() && quiet {
             state.incoming = BytesMut::new();
@@ -426,7 +493,7 @@ impl<R: AsyncRead + Unpin> TlsReader<R> {
     }
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for TlsReader<R> {
+impl<R: AsyncRead + Unpin, S: Side> AsyncRead for TlsReader<R, S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
@@ -473,16 +540,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for TlsReader<R> {
 }
 
 /// The writing half: seals what it is given into records and writes them in batches.
-pub(crate) struct TlsWriter<W> {
+pub struct TlsWriter<W, S: Side> {
     io: W,
-    shared: Shared,
+    shared: Shared<S>,
     /// Sealed records; `out[written..]` is still to be written to the socket.
     out: Vec<u8>,
     written: usize,
     closed: bool,
 }
 
-impl<W: AsyncWrite + Unpin> TlsWriter<W> {
+impl<W: AsyncWrite + Unpin, S: Side> TlsWriter<W, S> {
     /// Writes what is sealed to the socket.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.out.len() {
@@ -511,7 +578,7 @@ impl<W: AsyncWrite + Unpin> TlsWriter<W> {
             state.to_send = Vec::new();
         }
         loop {
-            let status = state.conn.process_tls_records(&mut state.incoming[..]);
+            let status = S::process(&mut state.conn, &mut state.incoming[..]);
             let discard = status.discard;
             let sealed = match status.state.map_err(tls_error)? {
                 ConnectionState::WriteTraffic(mut t) => {
@@ -560,7 +627,7 @@ impl<W: AsyncWrite + Unpin> TlsWriter<W> {
     }
 }
 
-impl<W: AsyncWrite + Unpin> AsyncWrite for TlsWriter<W> {
+impl<W: AsyncWrite + Unpin, S: Side> AsyncWrite for TlsWriter<W, S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.closed {
@@ -595,10 +662,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for TlsWriter<W> {
         let this = self.get_mut();
         if !this.closed {
             this.closed = true;
-            if let Err(e) = this.seal(&[], true) {
-                // No close_notify after a failure; what was sealed still goes out.
-                tracing::debug!(error = %e, "no close_notify");
-            }
+            // No close_notify after a failure (the connection is broken anyway); what was
+            // sealed before still goes out.
+            let _ = this.seal(&[], true);
         }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
@@ -612,7 +678,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, DuplexStream, ReadHalf, WriteHalf};
     use tokio_rustls::client::TlsStream;
 
-    type Server = Accepted<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
+    type Accepted = Established<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>, Server>;
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
@@ -645,7 +711,7 @@ mod tests {
         (Arc::new(server), Arc::new(client))
     }
 
-    async fn pair() -> (Server, TlsStream<DuplexStream>) {
+    async fn pair() -> (Accepted, TlsStream<DuplexStream>) {
         let (server_cfg, client_cfg) = configs();
         let (a, b) = tokio::io::duplex(64 * 1024);
         let (r, w) = tokio::io::split(a);
@@ -906,7 +972,7 @@ mod tests {
     #[tokio::test]
     async fn a_quiet_connection_gives_its_buffers_up() {
         let (mut server, client) = pair().await;
-        let held = |s: &Server| {
+        let held = |s: &Accepted| {
             let state = lock(&s.reader.shared);
             (
                 state.incoming.capacity(),
@@ -942,5 +1008,142 @@ mod tests {
             assert_eq!(read_all(&mut cr, 30, 64).await, vec![i; 30]);
         }
         assert_eq!(held(&server), (0, 0, 0), "a quiet connection holds no buffers");
+    }
+
+    // ---- The apps' end: `connect` ----
+
+    type Connected = Established<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>, Client>;
+
+    /// Our client and our server over one in-memory pipe.
+    async fn both_ours(
+        server_cfg: Arc<ServerConfig>,
+        client_cfg: Arc<rustls::ClientConfig>,
+    ) -> (io::Result<Accepted>, io::Result<Connected>) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (sr, sw) = tokio::io::split(a);
+        let (cr, cw) = tokio::io::split(b);
+        let name = ServerName::try_from("localhost").unwrap();
+        tokio::join!(accept(server_cfg, sr, sw), connect(client_cfg, name, cr, cw))
+    }
+
+    #[tokio::test]
+    async fn our_client_and_our_server_carry_bytes_both_ways_intact() {
+        let (server_cfg, client_cfg) = configs();
+        let (server, client) = both_ours(server_cfg, client_cfg).await;
+        let (server, client) = (server.unwrap(), client.unwrap());
+        assert_eq!(server.alpn.as_deref(), Some(&b"tsunagu"[..]));
+        assert_eq!(client.alpn.as_deref(), Some(&b"tsunagu"[..]));
+        let (mut sr, mut sw) = (server.reader, server.writer);
+        let (mut cr, mut cw) = (client.reader, client.writer);
+        let up = pattern(3_000_000, 5);
+        let down = pattern(2_000_000, 6);
+        let (up2, down2) = (up.clone(), down.clone());
+        let client_writes = tokio::spawn(async move {
+            let mut at = 0;
+            let mut step = 3;
+            while at < up2.len() {
+                let end = (at + step).min(up2.len());
+                cw.write_all(&up2[at..end]).await.unwrap();
+                if step % 3 == 0 {
+                    cw.flush().await.unwrap();
+                }
+                at = end;
+                step = (step * 11 + 7) % (90 * 1024) + 1;
+            }
+            cw.flush().await.unwrap();
+            cw
+        });
+        let server_writes = tokio::spawn(async move {
+            for chunk in down2.chunks(64 * 1024 + 9) {
+                sw.write_all(chunk).await.unwrap();
+                sw.flush().await.unwrap();
+            }
+            sw
+        });
+        let (got_up, got_down) = tokio::join!(
+            read_all(&mut sr, up.len(), 70 * 1024),
+            read_all(&mut cr, down.len(), 333)
+        );
+        assert!(got_up == up, "the client's bytes arrived changed");
+        assert!(got_down == down, "the server's bytes arrived changed");
+        let mut cw = client_writes.await.unwrap();
+        let _sw = server_writes.await.unwrap();
+        // The client closes: the server reads the end of the stream.
+        cw.shutdown().await.unwrap();
+        let mut rest = [0u8; 8];
+        assert_eq!(sr.read(&mut rest).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn our_client_refuses_a_server_it_does_not_trust_and_says_why() {
+        let (server_cfg, _) = configs();
+        let (_, stranger) = configs();
+        let (server, client) = both_ours(server_cfg, stranger).await;
+        let e = client.err().expect("an untrusted server is refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("certificate"), "the app is told why: {e}");
+        // The server hears the client's alert, not just a closed pipe.
+        let e = server.err().expect("the server's handshake fails too");
+        assert!(
+            e.to_string().contains("alert") || e.kind() == io::ErrorKind::UnexpectedEof,
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn our_client_presents_its_certificate_to_our_server() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let server_cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut server_roots = rustls::RootCertStore::empty();
+        server_roots.add(server_cert.der().clone()).unwrap();
+        let (ca, client_cfg) = client_with_cert(&server_roots);
+        let mut client_roots = rustls::RootCertStore::empty();
+        client_roots.add(ca.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider())
+            .build()
+            .unwrap();
+        let server_cfg = Arc::new(
+            ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(
+                    vec![server_cert.der().clone()],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .unwrap(),
+        );
+        let (server, client) = both_ours(server_cfg, client_cfg).await;
+        let (mut server, mut client) = (server.unwrap(), client.unwrap());
+        assert_eq!(server.peer_certificates.as_ref().map(Vec::len), Some(1));
+        client.writer.write_all(b"signed in").await.unwrap();
+        client.writer.flush().await.unwrap();
+        assert_eq!(read_all(&mut server.reader, 9, 64).await, b"signed in");
+    }
+
+    #[tokio::test]
+    async fn our_client_answers_a_key_update_from_a_buffered_server() {
+        let (server_cfg, client_cfg) = configs();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (cr, cw) = tokio::io::split(b);
+        let name = ServerName::try_from("localhost").unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
+        let (server, client) = tokio::join!(acceptor.accept(a), connect(client_cfg, name, cr, cw));
+        let (mut server, mut client) = (server.unwrap(), client.unwrap());
+        for i in 0..4u8 {
+            server.get_mut().1.refresh_traffic_keys().unwrap();
+            server.write_all(&[i; 3000]).await.unwrap();
+            server.flush().await.unwrap();
+            assert_eq!(read_all(&mut client.reader, 3000, 1024).await, vec![i; 3000]);
+            // More than the pipe holds: written while the server reads.
+            let (got, ()) = tokio::join!(read_all(&mut server, 70_000, 4096), async {
+                client.writer.write_all(&[i; 70_000]).await.unwrap();
+                client.writer.flush().await.unwrap();
+            });
+            assert_eq!(got, vec![i; 70_000]);
+        }
     }
 }
