@@ -14,7 +14,11 @@
 //! Then the bit rate drops below what the acks show gets through; while neither happens, it
 //! climbs back towards the cap. Frame rate and frame size share the cut (a quarter of the
 //! bit rate: half the frames, each half the size), so a slow link gets fewer and smaller
-//! frames rather than a growing queue.
+//! frames rather than a growing queue. An encoder that does not shrink its frames when
+//! asked (openh264's screen-content mode hardly does) would still overfill the link: once
+//! the link has pushed the rate under the cap, frames much larger than the target's size
+//! are paced further apart, so that what is sent fits the target bit rate
+//! ([`RateControl::pace_fps`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -111,7 +115,7 @@ impl ScreenFlow {
         // The caller captures now: the next frame is paced from here, half a frame early at
         // most so the capture ticks of the cap do not round the rate down.
         if let Some(rate) = &self.rate {
-            let interval = Duration::from_secs(1) / rate.target().fps.max(1);
+            let interval = Duration::from_secs(1) / rate.pace_fps().max(1);
             let slack = Duration::from_secs(1) / (rate.max_fps * 2);
             self.next_frame_at = Some(now + interval.saturating_sub(slack));
         }
@@ -206,6 +210,10 @@ const STEP_UP_EVERY: Duration = Duration::from_millis(200);
 /// The step up close to the bit rate at which frames last queued.
 const STEP_UP_NEAR: f64 = 1.02;
 
+/// Frames this many times the target's frame size or more are paced by their size
+/// ([`RateControl::pace_fps`]).
+const OVERSIZE: f64 = 1.5;
+
 /// A step down aims this far below what the acks show gets through.
 const STEP_DOWN: f64 = 0.85;
 /// The most one step down takes off.
@@ -263,6 +271,8 @@ pub struct RateControl {
     acked_since_full: bool,
     /// The bit rate at which frames last began to queue: near it, steps up are small.
     trouble_at_bps: Option<f64>,
+    /// The size of the frames lately sent (keyframes aside), smoothed.
+    frame_bytes: Option<f64>,
 }
 
 impl RateControl {
@@ -284,6 +294,7 @@ impl RateControl {
             full_marks: VecDeque::new(),
             acked_since_full: true,
             trouble_at_bps: None,
+            frame_bytes: None,
         }
     }
 
@@ -299,8 +310,30 @@ impl RateControl {
         }
     }
 
+    /// Frames per second to send at: the target's, or fewer when the link has pushed the
+    /// rate under the cap and the frames come out more than [`OVERSIZE`] times the target's
+    /// frame size (the encoder does not shrink them): then as many as fit the target bit
+    /// rate, at least [`MIN_FPS`]. An encoder that follows its target makes frames of the
+    /// target's size, and is paced at the target's frame rate.
+    pub fn pace_fps(&self) -> u32 {
+        let target = self.target();
+        let Some(frame_bytes) = self.frame_bytes else {
+            return target.fps;
+        };
+        let aimed = f64::from(target.bitrate_bps) / 8.0 / f64::from(target.fps.max(1));
+        if self.bitrate >= f64::from(self.max_bps) || frame_bytes <= aimed * OVERSIZE {
+            return target.fps;
+        }
+        let fit = (self.bitrate / 8.0 / frame_bytes).floor() as u32;
+        fit.clamp(MIN_FPS.min(target.fps), target.fps)
+    }
+
     /// Frame `seq` of `bytes` went out.
     pub fn sent(&mut self, seq: u64, bytes: usize, keyframe: bool, now: Instant) {
+        if !keyframe {
+            let b = bytes as f64;
+            self.frame_bytes = Some(self.frame_bytes.map_or(b, |f| f * 0.75 + b * 0.25));
+        }
         // Bounded by the flow window; the cap guards against a window that never closes.
         if self.in_flight.len() >= 64 {
             self.in_flight.pop_front();
@@ -542,6 +575,19 @@ mod tests {
     /// frame whenever the flow allows, sized by the target bit rate at the target frame rate;
     /// acks as the link delivers them.
     fn run(f: &mut ScreenFlow, cap_fps: u32, link: &mut Bottleneck, t0: Instant, seconds: u32) -> Run {
+        run_sized(f, cap_fps, link, t0, seconds, |t| (t.bitrate_bps / 8 / t.fps) as usize)
+    }
+
+    /// [`run`] with frames of the size `size` gives for the target (an encoder that does
+    /// or does not follow it).
+    fn run_sized(
+        f: &mut ScreenFlow,
+        cap_fps: u32,
+        link: &mut Bottleneck,
+        t0: Instant,
+        seconds: u32,
+        size: impl Fn(RateTarget) -> usize,
+    ) -> Run {
         let tick = Duration::from_secs(1) / cap_fps;
         let mut now = t0;
         let mut pending: VecDeque<(u64, Instant, Instant)> = VecDeque::new();
@@ -560,8 +606,7 @@ mod tests {
                 }
             }
             if f.may_send(now) {
-                let target = f.target().unwrap();
-                let bytes = (target.bitrate_bps / 8 / target.fps) as usize;
+                let bytes = size(f.target().unwrap());
                 let seq = f.sent + 1;
                 f.sent(seq, bytes, false, now);
                 pending.push_back((seq, now, link.ack_at(bytes, now)));
@@ -633,6 +678,43 @@ mod tests {
         link.stall = Some((30, 250 * MS));
         let run = run(&mut f, 30, &mut link, t0, 30);
         assert!(run.mean_bps > 3_000_000.0, "aims at {} bit/s on average", run.mean_bps);
+    }
+
+    #[test]
+    fn frames_that_do_not_shrink_are_paced_to_fit_the_link() {
+        let t0 = Instant::now();
+        // An encoder that makes 28 KB frames whatever it is asked (a video in
+        // openh264's screen-content mode), capped at 30 fps and 4 Mbit/s, over 2 Mbit/s and
+        // 40 ms: 30 such frames a second would be 6.7 Mbit/s.
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut link = Bottleneck::new(2_000_000.0, 40 * MS, t0);
+        let early = run_sized(&mut f, 30, &mut link, t0, 6, |_| 28_000);
+        // From the third second on (the second half of the first six), each frame crosses
+        // a link that is not queued: 112 ms to cross plus 40 ms; three frames queued would
+        // be 376 ms.
+        assert!(
+            early.p95_rtt < 250 * MS,
+            "p95 round trip {:?} in seconds 3-6",
+            early.p95_rtt
+        );
+        let pace = f.rate().unwrap().pace_fps();
+        assert!((5..=9).contains(&pace), "{pace} frames/s of 28 KB fit 2 Mbit/s");
+        // A link that carries it all again: the cap's frame rate comes back.
+        let t1 = t0 + Duration::from_secs(6);
+        let mut fast = Bottleneck::new(100e6, MS, t1);
+        run_sized(&mut f, 30, &mut fast, t1, 20, |_| 28_000);
+        assert_eq!(f.rate().unwrap().pace_fps(), 30);
+    }
+
+    #[test]
+    fn an_encoder_that_follows_its_target_is_paced_at_the_target_frame_rate() {
+        let t0 = Instant::now();
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut link = Bottleneck::new(1_000_000.0, 40 * MS, t0);
+        run(&mut f, 30, &mut link, t0, 20);
+        let rate = f.rate().unwrap();
+        assert!(rate.target().bitrate_bps < 1_100_000, "{:?}", rate.target());
+        assert_eq!(rate.pace_fps(), rate.target().fps);
     }
 
     #[test]
