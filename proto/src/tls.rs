@@ -909,8 +909,9 @@ mod tests {
         (ca, Arc::new(client))
     }
 
-    #[tokio::test]
-    async fn a_client_certificate_is_known_when_the_handshake_ends_and_a_refused_one_is_told() {
+    /// A server that asks for client certificates from one CA, a client with a certificate
+    /// of that CA, and a stranger with a certificate of another.
+    fn client_auth_configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let server_cert = rcgen::CertificateParams::new(vec!["localhost".into()])
             .unwrap()
@@ -936,6 +937,12 @@ mod tests {
                 )
                 .unwrap(),
         );
+        (server_cfg, client_cfg, stranger_cfg)
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_is_known_when_the_handshake_ends_and_a_refused_one_is_told() {
+        let (server_cfg, client_cfg, stranger_cfg) = client_auth_configs();
         let name = ServerName::try_from("localhost").unwrap();
         // Known: the chain is there as soon as `accept` returns, with the data sent right
         // after the handshake.
@@ -1092,30 +1099,7 @@ mod tests {
 
     #[tokio::test]
     async fn our_client_presents_its_certificate_to_our_server() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let server_cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let mut server_roots = rustls::RootCertStore::empty();
-        server_roots.add(server_cert.der().clone()).unwrap();
-        let (ca, client_cfg) = client_with_cert(&server_roots);
-        let mut client_roots = rustls::RootCertStore::empty();
-        client_roots.add(ca.der().clone()).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider())
-            .build()
-            .unwrap();
-        let server_cfg = Arc::new(
-            ServerConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(
-                    vec![server_cert.der().clone()],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-                )
-                .unwrap(),
-        );
+        let (server_cfg, client_cfg, _) = client_auth_configs();
         let (server, client) = both_ours(server_cfg, client_cfg).await;
         let (mut server, mut client) = (server.unwrap(), client.unwrap());
         assert_eq!(server.peer_certificates.as_ref().map(Vec::len), Some(1));
