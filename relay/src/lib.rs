@@ -74,6 +74,11 @@ pub fn raise_fd_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
 }
 
+/// glibc's malloc settings below matter for what is allocated through glibc: everything
+/// where the relay runs as a library (the tests), and C libraries' allocations (SQLite)
+/// in the relay program, whose own heap is jemalloc's (see `main.rs`: it returns the
+/// memory of ended sessions by itself).
+///
 /// Allocations at least this large get their own memory mapping, returned to the system
 /// when freed. glibc's default (128 KiB, then raised dynamically up to 32 MiB once a large
 /// block has been freed) lets argon2's 19 MiB blocks land in heap arenas that are never
