@@ -9,6 +9,11 @@
 //!   thread (one core), while the scene changes the screen between shots. `fps` is shots per
 //!   second of that thread's work; `bytes_per_s_at_cap` is what the stream would send at the
 //!   default 30 fps cap (`bytes_per_shot` x min(fps, 30)); an idle screen encodes nothing.
+//!   `capture_ms` and `convert_ms` are one capture and one whole-screen BGRX to I420
+//!   conversion on their own, timed every tenth shot (the rest of a shot is the change
+//!   check and the encoder).
+//!   `tuning` is what the encoder is tuned for (`screen`, `motion`: see
+//!   [`tsunagu_client::encode::Tuning`]), both on shm.
 //!   Scenes: `idle` (a still desktop), `typing` (glyph-sized cells appear one per frame in a
 //!   terminal-like window), `scrolling` (a text-like page scrolls one line per frame).
 //! * `{"bench":"latency",...}`: relay, operator and client release binaries, the client on
@@ -29,7 +34,8 @@ use scene::{Canvas, Painter, Scene};
 use serde_json::json;
 use support::xvfb::Xvfb;
 use tsunagu_client::capture::{open_x11, Capturer, MonitorChoice, Picture, X11Backend};
-use tsunagu_client::encode::DESKTOP_BITRATE_BPS;
+use tsunagu_client::encode::{bgrx_to_i420, Tuning, DESKTOP_BITRATE_BPS};
+use tsunagu_client::flow::RateTarget;
 use tsunagu_client::stream::{shoot, EncoderSettings, Shot, ShotRequest};
 
 /// The stream's default frame-rate cap on a real desktop.
@@ -43,7 +49,7 @@ fn seconds() -> Duration {
     Duration::from_secs_f64(s)
 }
 
-fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene) {
+fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene, tuning: Tuning) {
     let mut capturer: Box<dyn Capturer> = open_x11(backend, MonitorChoice::Primary).expect("capturer opens");
     let mut painter = Painter::setup(desk);
     let settings = EncoderSettings {
@@ -54,7 +60,14 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene) {
     // One shot of the stream's loop, and the time it took.
     let mut timed_shot = |capturer: &mut dyn Capturer| {
         let t = Instant::now();
-        let plain = ShotRequest::default();
+        let plain = ShotRequest {
+            force_keyframe: false,
+            rate: Some(RateTarget {
+                bitrate_bps: settings.bitrate_bps,
+                fps: settings.fps,
+                tuning,
+            }),
+        };
         let shot = shoot(capturer, &mut encoder, settings, &mut previous, &mut picture, plain);
         (shot, t.elapsed())
     };
@@ -69,6 +82,7 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene) {
     let mut work = Duration::ZERO;
     let mut capture_only = Duration::ZERO;
     let mut scratch = Picture::default();
+    let (mut planes, mut convert_only) = (Vec::new(), Duration::ZERO);
     let limit = seconds();
     let wall = Instant::now();
     while wall.elapsed() < limit && shots < 2000 {
@@ -88,6 +102,15 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene) {
             let t = Instant::now();
             let _ = capturer.capture(&mut scratch);
             capture_only += t.elapsed();
+            let (w, h) = (scratch.width, scratch.height);
+            if w > 0 && h > 0 {
+                planes.resize(w * h * 3 / 2, 0);
+                let t = Instant::now();
+                let (y, uv) = planes.split_at_mut(w * h);
+                let (u, v) = uv.split_at_mut(w * h / 4);
+                bgrx_to_i420(&scratch.bgrx, scratch.stride, w, h, y, u, v);
+                convert_only += t.elapsed();
+            }
         }
     }
     let fps = shots as f64 / work.as_secs_f64();
@@ -97,6 +120,7 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene) {
         json!({
             "bench": "throughput",
             "backend": capturer.name(),
+            "tuning": format!("{tuning:?}").to_lowercase(),
             "scene": scene.name(),
             "width": capturer.dimensions().0,
             "height": capturer.dimensions().1,
@@ -105,6 +129,7 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene) {
             "fps": (fps * 10.0).round() / 10.0,
             "ms_per_shot": (work.as_secs_f64() * 1e3 / shots as f64 * 100.0).round() / 100.0,
             "capture_ms": (capture_only.as_secs_f64() * 1e3 / (shots / 10).max(1) as f64 * 100.0).round() / 100.0,
+            "convert_ms": (convert_only.as_secs_f64() * 1e3 / (shots / 10).max(1) as f64 * 100.0).round() / 100.0,
             "bytes_per_shot": bytes_per_shot.round(),
             "bytes_per_s_at_cap": (bytes_per_shot * fps.min(CAP_FPS)).round(),
             "keyframe_bytes": keyframe_bytes,
@@ -175,17 +200,25 @@ fn latency(xvfb: &Xvfb, desk: &Canvas) {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; a filter argument picks parts: throughput, latency.
+    // `cargo bench` passes --bench; a filter argument picks parts: `throughput`, `latency`,
+    // or measurements such as `throughput/shm/scrolling` (both tunings) or
+    // `throughput/shm/scrolling/motion`.
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let xvfb = Xvfb::start(1920, 1080);
     let desk = Canvas::open(&xvfb.display).expect("the bench's X server takes a window");
     // The capturers read $DISPLAY; this process only ever talks to its own Xvfb.
     std::env::set_var("DISPLAY", &xvfb.display);
-    if wants("throughput") {
-        for scene in [Scene::Idle, Scene::Typing, Scene::Scrolling] {
-            for backend in [X11Backend::Shm, X11Backend::Xcap] {
-                throughput(&desk, backend, scene);
+    for scene in [Scene::Idle, Scene::Typing, Scene::Scrolling] {
+        // xcap is measured for the capture only: the encoder's tunings are compared on shm.
+        for (backend, tuning) in [
+            (X11Backend::Shm, Tuning::Screen),
+            (X11Backend::Shm, Tuning::Motion),
+            (X11Backend::Xcap, Tuning::Screen),
+        ] {
+            let name = format!("throughput/{backend:?}/{}/{tuning:?}", scene.name()).to_lowercase();
+            if wants(&name) {
+                throughput(&desk, backend, scene, tuning);
             }
         }
     }

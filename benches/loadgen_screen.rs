@@ -299,6 +299,8 @@ fn run_case(
             "x11",
             "--input",
             "log",
+            "--fps",
+            &case.fps.to_string(),
             "--ca",
         ])
         .arg(&ca)

@@ -19,9 +19,18 @@
 //! the link has pushed the rate under the cap, frames much larger than the target's size
 //! are paced further apart, so that what is sent fits the target bit rate
 //! ([`RateControl::pace_fps`]).
+//!
+//! Once the link has carried the cap for [`MOTION_AFTER`] with no step down, the encoder is
+//! tuned for motion ([`Tuning::Motion`]): a third of the CPU a frame or less and less delay,
+//! for frames a few times larger. After a trial of [`MOTION_TRIAL`] it stays so unless its
+//! frames take longer from capture to acknowledgement than the screen tuning's did (larger
+//! frames crossing a link of a few Mbit/s); that, or a step down, tunes it for the screen
+//! again (the smallest frames) and doubles the wait before motion is tried on this link.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use crate::encode::Tuning;
 
 /// Default number of frames that may be sent but not yet acknowledged. Three frames at 15 fps
 /// is 200 ms of video: enough to keep the link busy, little enough that a slow link drops
@@ -147,8 +156,14 @@ impl ScreenFlow {
 
     /// Records that frame `seq` of `bytes` went out (`keyframe`: it was one).
     pub fn sent(&mut self, seq: u64, bytes: usize, keyframe: bool, now: Instant) {
+        self.sent_frame(seq, bytes, keyframe, now, now);
+    }
+
+    /// [`sent`](Self::sent) for a frame whose picture was captured at `captured`: the rate
+    /// control weighs each tuning of the encoder by the time from capture to acknowledgement.
+    pub fn sent_frame(&mut self, seq: u64, bytes: usize, keyframe: bool, captured: Instant, now: Instant) {
         if let Some(rate) = &mut self.rate {
-            rate.sent(seq, bytes, keyframe, now);
+            rate.sent_frame(seq, bytes, keyframe, captured, now);
         }
         if self.unacked() == 0 {
             self.last_progress = Some(now);
@@ -219,6 +234,23 @@ const STEP_DOWN: f64 = 0.85;
 /// The most one step down takes off.
 const STEP_DOWN_MOST: f64 = 0.7;
 
+/// The link must have carried the cap this long, with no step down, before the encoder is
+/// tuned for motion (a new encoder and a keyframe): a link that has just recovered, or a
+/// session that has just begun, stays tuned for the screen.
+pub const MOTION_AFTER: Duration = Duration::from_secs(5);
+
+/// How long frames tuned for motion are sent before their time from capture to
+/// acknowledgement is compared with the screen tuning's.
+pub const MOTION_TRIAL: Duration = Duration::from_secs(2);
+
+/// Frames tuned for motion that reach the operator later than the screen tuning's by more
+/// than this end the trial.
+const MOTION_SLOWER_BY: Duration = Duration::from_millis(5);
+
+/// A link that could not carry the frames tuned for motion waits twice as long each time
+/// before they are tried again, up to this.
+const MOTION_AFTER_MOST: Duration = Duration::from_secs(300);
+
 /// Drops the entries of `queue` (oldest first) seen more than `span` before `now`.
 fn expire<T>(queue: &mut VecDeque<T>, now: Instant, span: Duration, at: impl Fn(&T) -> Instant) {
     while queue
@@ -236,6 +268,9 @@ pub struct RateTarget {
     pub bitrate_bps: u32,
     /// Frames per second (at most the cap).
     pub fps: u32,
+    /// What the encoder is tuned for: [`Tuning::Motion`] once the link has carried the cap
+    /// for a while without frames queueing, [`Tuning::Screen`] otherwise.
+    pub tuning: Tuning,
 }
 
 /// Bit rate and frame rate control from the acknowledgements (see the module's words).
@@ -246,8 +281,8 @@ pub struct RateControl {
     min_bps: u32,
     max_fps: u32,
     bitrate: f64,
-    /// Frames sent and not yet acknowledged: `(seq, bytes, sent at, keyframe)`.
-    in_flight: VecDeque<(u64, usize, Instant, bool)>,
+    /// Frames sent and not yet acknowledged.
+    in_flight: VecDeque<InFlight>,
     /// The shortest round trip lately, and when it was seen.
     min_rtt: Option<(Duration, Instant)>,
     /// Smoothed round trip.
@@ -273,6 +308,27 @@ pub struct RateControl {
     trouble_at_bps: Option<f64>,
     /// The size of the frames lately sent (keyframes aside), smoothed.
     frame_bytes: Option<f64>,
+    /// Since when the bit rate has been at the cap, without a step down.
+    at_cap_since: Option<Instant>,
+    /// How long at the cap before the encoder is tuned for motion.
+    motion_after: Duration,
+    tuning: Tuning,
+    /// When the encoder was last tuned for motion, while the trial is on.
+    motion_trial: Option<Instant>,
+    /// Capture to acknowledgement, smoothed, of the frames of each tuning (by
+    /// `Tuning as usize`).
+    latency: [Option<Duration>; 2],
+}
+
+/// A frame sent and not yet acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    seq: u64,
+    bytes: usize,
+    sent: Instant,
+    captured: Instant,
+    keyframe: bool,
+    tuning: Tuning,
 }
 
 impl RateControl {
@@ -295,6 +351,11 @@ impl RateControl {
             acked_since_full: true,
             trouble_at_bps: None,
             frame_bytes: None,
+            at_cap_since: None,
+            motion_after: MOTION_AFTER,
+            tuning: Tuning::Screen,
+            motion_trial: None,
+            latency: [None; 2],
         }
     }
 
@@ -307,6 +368,7 @@ impl RateControl {
         RateTarget {
             bitrate_bps: self.bitrate as u32,
             fps: fps.clamp(MIN_FPS.min(self.max_fps), self.max_fps),
+            tuning: self.tuning,
         }
     }
 
@@ -330,6 +392,11 @@ impl RateControl {
 
     /// Frame `seq` of `bytes` went out.
     pub fn sent(&mut self, seq: u64, bytes: usize, keyframe: bool, now: Instant) {
+        self.sent_frame(seq, bytes, keyframe, now, now);
+    }
+
+    /// Frame `seq` of `bytes`, captured at `captured`, went out at `now`.
+    pub fn sent_frame(&mut self, seq: u64, bytes: usize, keyframe: bool, captured: Instant, now: Instant) {
         if !keyframe {
             let b = bytes as f64;
             self.frame_bytes = Some(self.frame_bytes.map_or(b, |f| f * 0.75 + b * 0.25));
@@ -338,7 +405,14 @@ impl RateControl {
         if self.in_flight.len() >= 64 {
             self.in_flight.pop_front();
         }
-        self.in_flight.push_back((seq, bytes, now, keyframe));
+        self.in_flight.push_back(InFlight {
+            seq,
+            bytes,
+            sent: now,
+            captured,
+            keyframe,
+            tuning: self.tuning,
+        });
     }
 
     /// Frames in flight are forgotten (the window was reset).
@@ -376,15 +450,22 @@ impl RateControl {
     /// Frames up to `ack_seq` were acknowledged at `now`.
     pub fn acked(&mut self, ack_seq: u64, now: Instant) {
         let mut newest = None;
-        while let Some(&(seq, bytes, at, keyframe)) = self.in_flight.front() {
-            if seq > ack_seq {
+        while let Some(&frame) = self.in_flight.front() {
+            if frame.seq > ack_seq {
                 break;
             }
             self.in_flight.pop_front();
-            self.delivered += bytes as u64;
-            newest = Some((at, keyframe));
+            self.delivered += frame.bytes as u64;
+            newest = Some(frame);
         }
-        let Some((sent_at, keyframe)) = newest else {
+        let Some(InFlight {
+            sent: sent_at,
+            captured,
+            keyframe,
+            tuning,
+            ..
+        }) = newest
+        else {
             return;
         };
         self.acked_since_full = true;
@@ -407,6 +488,9 @@ impl RateControl {
             None => rtt,
             Some(s) => (s * 7 + rtt) / 8,
         });
+        let latency = now.saturating_duration_since(captured);
+        let slot = &mut self.latency[tuning as usize];
+        *slot = Some(slot.map_or(latency, |l| (l * 7 + latency) / 8));
         self.adjust(now);
     }
 
@@ -436,12 +520,19 @@ impl RateControl {
             let down = (self.bitrate.min(through) * STEP_DOWN).max(self.bitrate * STEP_DOWN_MOST);
             self.bitrate = down.max(f64::from(self.min_bps));
             self.last_change = Some(now);
+            self.at_cap_since = None;
+            if self.tuning == Tuning::Motion {
+                // Frames tuned for motion were too much for this link: back to the
+                // smaller ones, and a longer wait before they are tried again.
+                self.back_to_screen();
+            }
             tracing::debug!(
                 bitrate = self.bitrate as u64,
                 fps = self.target().fps,
                 queueing_ms = queueing.as_millis() as u64,
                 window_full = blocked,
                 delivered_bps = through as u64,
+                tuning = ?self.tuning,
                 "screen rate down"
             );
         } else if queueing < QUEUE_LOW && self.bitrate < f64::from(self.max_bps) {
@@ -456,6 +547,46 @@ impl RateControl {
             self.last_change = Some(now);
             tracing::trace!(bitrate = self.bitrate as u64, fps = self.target().fps, "screen rate up");
         }
+        if self.bitrate >= f64::from(self.max_bps) {
+            let since = *self.at_cap_since.get_or_insert(now);
+            if self.tuning == Tuning::Screen && now.saturating_duration_since(since) >= self.motion_after {
+                self.tuning = Tuning::Motion;
+                self.motion_trial = Some(now);
+                self.latency[Tuning::Motion as usize] = None;
+                tracing::debug!(
+                    after_s = self.motion_after.as_secs(),
+                    "screen encoder tuned for motion: the link has room"
+                );
+            }
+        }
+        // At the end of the trial, motion stays unless its frames reach the operator later
+        // than the screen's did: larger frames on a link of a few Mbit/s can take longer to
+        // cross than the encoder saves.
+        if let Some(trial) = self.motion_trial {
+            if now.saturating_duration_since(trial) >= MOTION_TRIAL {
+                self.motion_trial = None;
+                if let [Some(screen), Some(motion)] = self.latency {
+                    // Ties go to motion: it costs the client less CPU.
+                    if motion > screen + MOTION_SLOWER_BY {
+                        tracing::debug!(
+                            screen_ms = screen.as_millis() as u64,
+                            motion_ms = motion.as_millis() as u64,
+                            "screen encoder tuned for the screen again: its frames arrive sooner"
+                        );
+                        self.back_to_screen();
+                        self.at_cap_since = Some(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tunes the encoder for the screen again after motion did not fit the link; motion is
+    /// tried again after twice the wait.
+    fn back_to_screen(&mut self) {
+        self.tuning = Tuning::Screen;
+        self.motion_trial = None;
+        self.motion_after = (self.motion_after * 2).min(MOTION_AFTER_MOST);
     }
 }
 
@@ -653,7 +784,8 @@ mod tests {
             run1.target,
             RateTarget {
                 bitrate_bps: 4_000_000,
-                fps: 60
+                fps: 60,
+                tuning: Tuning::Screen,
             }
         );
         let mut slow = Bottleneck::new(1_000_000.0, MS, t0 + Duration::from_secs(5));
@@ -715,6 +847,133 @@ mod tests {
         let rate = f.rate().unwrap();
         assert!(rate.target().bitrate_bps < 1_100_000, "{:?}", rate.target());
         assert_eq!(rate.pace_fps(), rate.target().fps);
+    }
+
+    #[test]
+    fn a_link_with_room_gets_frames_tuned_for_motion_and_one_without_goes_back_to_the_screen() {
+        let t0 = Instant::now();
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut fast = Bottleneck::new(100e6, MS, t0);
+        // A session starts tuned for the screen, and stays so until the link has carried
+        // the cap for MOTION_AFTER.
+        run(&mut f, 30, &mut fast, t0, 4);
+        assert_eq!(f.target().unwrap().tuning, Tuning::Screen, "4 s into the session");
+        let t1 = t0 + Duration::from_secs(4);
+        run(&mut f, 30, &mut fast, t1, 2);
+        assert_eq!(f.target().unwrap().tuning, Tuning::Motion, "6 s at the cap");
+        // The link slows down: the first step down tunes for the screen again.
+        let t2 = t1 + Duration::from_secs(2);
+        let mut slow = Bottleneck::new(1_000_000.0, 40 * MS, t2);
+        let mut now = t2;
+        let mut seq = f.sent;
+        while f.target().unwrap().tuning == Tuning::Motion && now < t2 + Duration::from_secs(5) {
+            if f.may_send(now) {
+                seq += 1;
+                let bytes = 16_000;
+                let acked = slow.ack_at(bytes, now);
+                f.sent(seq, bytes, false, now);
+                f.feedback(seq, false, acked);
+            }
+            now += 33 * MS;
+        }
+        let after = now - t2;
+        assert_eq!(
+            f.target().unwrap().tuning,
+            Tuning::Screen,
+            "still motion {after:?} into a slow link"
+        );
+        assert!(f.target().unwrap().bitrate_bps < 4_000_000);
+        assert!(after < Duration::from_secs(1), "{after:?} to step down");
+        // The link recovers: motion again only after twice the wait at the cap.
+        let t3 = now + Duration::from_secs(1);
+        fast.free_at = t3;
+        let back = run(&mut f, 30, &mut fast, t3, 8);
+        assert_eq!(back.target.bitrate_bps, 4_000_000, "back at the cap");
+        assert_eq!(
+            back.target.tuning,
+            Tuning::Screen,
+            "8 s after recovering: the wait doubled to 10 s"
+        );
+        let t4 = t3 + Duration::from_secs(8);
+        run(&mut f, 30, &mut fast, t4, 6);
+        assert_eq!(f.target().unwrap().tuning, Tuning::Motion, "14 s after recovering");
+    }
+
+    /// Frames of each tuning, `(bytes, encoding time)`, over `link` for `seconds`; the
+    /// tunings the target had along the way.
+    fn run_tuned(
+        f: &mut ScreenFlow,
+        link: &mut Bottleneck,
+        t0: Instant,
+        seconds: u64,
+        frame: impl Fn(Tuning) -> (usize, Duration),
+    ) -> Vec<Tuning> {
+        let tick = Duration::from_secs(1) / 30;
+        let (mut now, mut seq, mut seen) = (t0, f.sent, Vec::new());
+        let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();
+        while now < t0 + Duration::from_secs(seconds) {
+            while let Some(&(n, at)) = pending.front() {
+                if at > now {
+                    break;
+                }
+                pending.pop_front();
+                f.feedback(n, false, at);
+            }
+            if f.may_send(now) {
+                let tuning = f.target().unwrap().tuning;
+                if seen.last() != Some(&tuning) {
+                    seen.push(tuning);
+                }
+                let (bytes, encoding) = frame(tuning);
+                seq += 1;
+                // The picture was taken `encoding` before the frame went out.
+                f.sent_frame(seq, bytes, false, now, now + encoding);
+                pending.push_back((seq, link.ack_at(bytes, now + encoding)));
+            }
+            now += tick;
+        }
+        seen
+    }
+
+    #[test]
+    fn motion_stays_where_its_frames_arrive_sooner_and_goes_where_they_arrive_later() {
+        // A scrolling page: 2 KB frames taking 15 ms to encode tuned for the screen, 15 KB
+        // taking 5 ms tuned for motion.
+        let page = |t: Tuning| match t {
+            Tuning::Screen => (2_000, 15 * MS),
+            Tuning::Motion => (15_000, 5 * MS),
+        };
+        // On a LAN the larger frames cross in about a millisecond: motion stays.
+        let t0 = Instant::now();
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut lan = Bottleneck::new(100e6, MS, t0);
+        let seen = run_tuned(&mut f, &mut lan, t0, 30, page);
+        assert_eq!(seen, [Tuning::Screen, Tuning::Motion], "on a LAN");
+        // Over 5 Mbit/s and 40 ms each frame tuned for motion takes 24 ms to cross, more
+        // than the encoder saves: after the trial it is the screen again, and the next
+        // trial comes after twice the wait (5 s, 2 s of trial, 10 s, 2 s, 20 s: three
+        // trials in 50 s).
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut wan = Bottleneck::new(5e6, 40 * MS, t0);
+        let seen = run_tuned(&mut f, &mut wan, t0, 50, page);
+        assert_eq!(
+            seen,
+            [
+                Tuning::Screen,
+                Tuning::Motion,
+                Tuning::Screen,
+                Tuning::Motion,
+                Tuning::Screen,
+                Tuning::Motion,
+                Tuning::Screen
+            ],
+            "over 5 Mbit/s"
+        );
+        assert_eq!(
+            f.target().unwrap().bitrate_bps,
+            4_000_000,
+            "the link carried the cap all along"
+        );
     }
 
     #[test]

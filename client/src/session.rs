@@ -814,7 +814,13 @@ impl Client {
             pause_cause: self.pause_cause() as i32,
         };
         let seq = core.send_data(Channel::Screen, frame.encode_to_vec()).await?;
-        self.flow.sent(seq, bytes, encoded.keyframe, now);
+        // How long ago the picture was taken (the capture time is wall-clock, for the operator).
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let age = Duration::from_micros(now_us.saturating_sub(captured_at_us).min(10_000_000));
+        let captured = now.checked_sub(age).unwrap_or(now);
+        self.flow.sent_frame(seq, bytes, encoded.keyframe, captured, now);
         Ok(Step::Continue)
     }
 }

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use crate::capture::Capturer;
-use crate::encode::{EncodedFrame, ScreenEncoder};
+use crate::encode::{EncodedFrame, ScreenEncoder, Tuning};
 use crate::flow::RateTarget;
 use crate::picture::Picture;
 
@@ -110,10 +110,20 @@ pub fn shoot(
     }
     let (w, h) = (picture.width, picture.height);
     let mut force = request.force_keyframe;
-    if encoder.as_ref().map(ScreenEncoder::dimensions) != Some((w, h)) {
-        match ScreenEncoder::with_bitrate(w, h, settings.fps as f32, settings.bitrate_bps) {
+    let tuning = match (request.rate, encoder.as_ref()) {
+        (Some(rate), _) => rate.tuning,
+        (None, Some(e)) => e.tuning(),
+        (None, None) => Tuning::default(),
+    };
+    let current = encoder.as_ref().map(|e| (e.dimensions(), e.tuning()));
+    if current != Some(((w, h), tuning)) {
+        // Another size, or another tuning (a new encoder: openh264 fixes it at start).
+        match ScreenEncoder::tuned(w, h, settings.fps as f32, settings.bitrate_bps, tuning) {
             Ok(e) => *encoder = Some(e),
             Err(e) => return Shot::Failed(e.to_string()),
+        }
+        if current.is_some_and(|(size, was)| size == (w, h) && was != tuning) {
+            tracing::info!(?tuning, "screen encoder retuned");
         }
         force = true;
     }
@@ -286,6 +296,46 @@ mod tests {
             captured_at: None,
         };
         assert_eq!(changed_rows(&a, &c), Some((0, 10)));
+    }
+
+    /// The flow tunes the encoder for motion and back: each change is a new encoder whose
+    /// first frame is a keyframe, and the operator's decoder goes on decoding the stream.
+    #[test]
+    fn a_new_tuning_starts_with_a_keyframe_and_the_stream_stays_decodable() {
+        let mut cap = SyntheticCapturer::new(320, 180);
+        let settings = EncoderSettings {
+            fps: 30,
+            bitrate_bps: 1_000_000,
+        };
+        let (mut enc, mut prev, mut pic) = (None, Picture::default(), Picture::default());
+        let mut decoder = openh264::decoder::Decoder::new().unwrap();
+        let at = |tuning| ShotRequest {
+            force_keyframe: false,
+            rate: Some(RateTarget {
+                bitrate_bps: 1_000_000,
+                fps: 30,
+                tuning,
+            }),
+        };
+        let plan = [
+            (Tuning::Screen, true),
+            (Tuning::Screen, false),
+            (Tuning::Motion, true),
+            (Tuning::Motion, false),
+            (Tuning::Motion, false),
+            (Tuning::Screen, true),
+            (Tuning::Screen, false),
+        ];
+        for (n, (tuning, keyframe)) in plan.into_iter().enumerate() {
+            let Shot::Frame { encoded, .. } = shoot(&mut cap, &mut enc, settings, &mut prev, &mut pic, at(tuning))
+            else {
+                panic!("frame {n}: the synthetic screen changes every frame");
+            };
+            assert_eq!(encoded.keyframe, keyframe, "frame {n} ({tuning:?})");
+            assert_eq!(enc.as_ref().map(ScreenEncoder::tuning), Some(tuning));
+            let picture = decoder.decode(&encoded.h264).unwrap();
+            assert!(picture.is_some(), "frame {n} decodes to a picture");
+        }
     }
 
     #[test]
