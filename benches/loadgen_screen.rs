@@ -355,6 +355,17 @@ fn run_case(
         q.sort_unstable();
         percentile(&q, 0.5) as f64 / 1000.0
     };
+    // Frames a second and kbit/s over the last quarter's frames: the session once its
+    // encoder has settled (tuned for motion or not).
+    let last_quarter = {
+        let q = &steady[steady.len() - steady.len() / 4..];
+        let span = q[q.len() - 1].0.saturating_sub(q[0].0).as_secs_f64().max(1e-3);
+        let bytes: u64 = q.iter().map(|s| s.2).sum();
+        (
+            ((q.len() - 1) as f64 / span * 10.0).round() / 10.0,
+            (bytes as f64 * 8.0 / span / 1000.0).round(),
+        )
+    };
     let ms = |us: u64| (us as f64 / 100.0).round() / 10.0;
     let bytes: u64 = steady.iter().map(|s| s.2).sum();
     Ok(json!({
@@ -371,5 +382,7 @@ fn run_case(
         "max_ms": ms(sorted[sorted.len() - 1]),
         "p50_ms_second_quarter": quarter_p50(1),
         "p50_ms_last_quarter": quarter_p50(3),
+        "fps_last_quarter": last_quarter.0,
+        "kbit_per_s_last_quarter": last_quarter.1,
     }))
 }
