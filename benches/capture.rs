@@ -34,7 +34,7 @@ use scene::{Canvas, Painter, Scene};
 use serde_json::json;
 use support::xvfb::Xvfb;
 use tsunagu_client::capture::{open_x11, Capturer, MonitorChoice, Picture, X11Backend};
-use tsunagu_client::encode::{bgrx_to_i420, Tuning, DESKTOP_BITRATE_BPS};
+use tsunagu_client::encode::{bgrx_to_i420, I420Planes, Tuning, DESKTOP_BITRATE_BPS};
 use tsunagu_client::flow::RateTarget;
 use tsunagu_client::stream::{shoot, EncoderSettings, Shot, ShotRequest};
 
@@ -106,9 +106,13 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene, tuning: Tuning) 
             if w > 0 && h > 0 {
                 planes.resize(w * h * 3 / 2, 0);
                 let t = Instant::now();
-                let (y, uv) = planes.split_at_mut(w * h);
-                let (u, v) = uv.split_at_mut(w * h / 4);
-                bgrx_to_i420(&scratch.bgrx, scratch.stride, w, h, y, u, v);
+                bgrx_to_i420(
+                    &scratch.bgrx,
+                    scratch.stride,
+                    w,
+                    h,
+                    I420Planes::from_row(&mut planes, w, h, 0),
+                );
                 convert_only += t.elapsed();
             }
         }

@@ -192,19 +192,18 @@ impl ScreenEncoder {
             Some((a, b)) if !fresh => (a & !1, (b.min(h) + 1) & !1),
             _ => (0, h),
         };
-        let (y_plane, chroma) = self.i420.split_at_mut(w * h);
-        let (u_plane, v_plane) = chroma.split_at_mut(w * h / 4);
         if bottom > top {
+            let band = I420Planes::from_row(&mut self.i420, w, h, top);
             bgrx_to_i420(
                 &picture.bgrx[top * picture.stride..],
                 picture.stride,
                 w,
                 bottom - top,
-                &mut y_plane[top * w..],
-                &mut u_plane[top / 2 * (w / 2)..],
-                &mut v_plane[top / 2 * (w / 2)..],
+                band,
             );
         }
+        let (y_plane, chroma) = self.i420.split_at_mut(w * h);
+        let (u_plane, v_plane) = chroma.split_at_mut(w * h / 4);
         let source = YUVSlices::new((y_plane, u_plane, v_plane), (w, h), (w, w / 2, w / 2));
         if force_keyframe {
             self.encoder.force_intra_frame();
@@ -242,69 +241,73 @@ impl ScreenEncoder {
     }
 }
 
-/// Converts BGRX (`stride` bytes per row) to I420 planes (BT.601, limited range), `h` rows
-/// from the top of each slice. `w` and `h` must be even. SIMD code picked for the CPU at run
-/// time does it ([`yuvutils_rs`]); the plain loop is kept for sizes it refuses.
-pub fn bgrx_to_i420(
-    bgrx: &[u8],
-    stride: usize,
-    w: usize,
-    h: usize,
-    y_plane: &mut [u8],
-    u_plane: &mut [u8],
-    v_plane: &mut [u8],
-) {
-    use yuvutils_rs::{BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix};
-    let (Ok(width), Ok(height), Ok(bgrx_stride), Ok(cw)) = (
-        u32::try_from(w),
-        u32::try_from(h),
-        u32::try_from(stride),
-        u32::try_from(w / 2),
-    ) else {
-        return bgrx_to_i420_plain(bgrx, stride, w, h, y_plane, u_plane, v_plane);
-    };
-    let rows = h * stride;
-    let (Some(src), Some(y), Some(u), Some(v)) = (
-        bgrx.get(..rows),
-        y_plane.get_mut(..w * h),
-        u_plane.get_mut(..w * h / 4),
-        v_plane.get_mut(..w * h / 4),
-    ) else {
-        return bgrx_to_i420_plain(bgrx, stride, w, h, y_plane, u_plane, v_plane);
-    };
-    let mut image = YuvPlanarImageMut {
-        y_plane: BufferStoreMut::Borrowed(y),
-        y_stride: width,
-        u_plane: BufferStoreMut::Borrowed(u),
-        u_stride: cw,
-        v_plane: BufferStoreMut::Borrowed(v),
-        v_stride: cw,
-        width,
-        height,
-    };
-    let converted = yuvutils_rs::bgra_to_yuv420(
-        &mut image,
-        src,
-        bgrx_stride,
-        YuvRange::Limited,
-        YuvStandardMatrix::Bt601,
-        YuvConversionMode::Balanced,
-    );
-    if converted.is_err() {
-        bgrx_to_i420_plain(bgrx, stride, w, h, y_plane, u_plane, v_plane);
+/// The three planes of an I420 picture `w` pixels wide, from the first row to convert on.
+pub struct I420Planes<'a> {
+    /// Luma, `w` bytes a row.
+    pub y: &'a mut [u8],
+    /// Blue-difference chroma, `w / 2` bytes a row, one row per two picture rows.
+    pub u: &'a mut [u8],
+    /// Red-difference chroma, as `u`.
+    pub v: &'a mut [u8],
+}
+
+impl<'a> I420Planes<'a> {
+    /// The planes of a whole I420 picture `w` x `h` in `buf` (at least `w * h * 3 / 2`
+    /// bytes), from row `top` (even) on.
+    pub fn from_row(buf: &'a mut [u8], w: usize, h: usize, top: usize) -> Self {
+        let (y, chroma) = buf.split_at_mut(w * h);
+        let (u, v) = chroma.split_at_mut(w * h / 4);
+        let chroma_at = top / 2 * (w / 2);
+        Self {
+            y: &mut y[top * w..],
+            u: &mut u[chroma_at..],
+            v: &mut v[chroma_at..w * h / 4],
+        }
     }
 }
 
+/// Converts `h` rows of BGRX (`stride` bytes per row) to I420 planes (BT.601, limited
+/// range). `w` and `h` must be even. SIMD code picked for the CPU at run time does it
+/// ([`yuvutils_rs`]); the plain loop is kept for sizes it refuses.
+pub fn bgrx_to_i420(bgrx: &[u8], stride: usize, w: usize, h: usize, mut out: I420Planes<'_>) {
+    if bgrx_to_i420_simd(bgrx, stride, w, h, &mut out).is_none() {
+        bgrx_to_i420_plain(bgrx, stride, w, h, out);
+    }
+}
+
+/// [`bgrx_to_i420`] through yuvutils; `None` if it refuses the sizes.
+fn bgrx_to_i420_simd(bgrx: &[u8], stride: usize, w: usize, h: usize, out: &mut I420Planes<'_>) -> Option<()> {
+    use yuvutils_rs::{BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix};
+    let width = u32::try_from(w).ok()?;
+    let chroma_width = u32::try_from(w / 2).ok()?;
+    let mut image = YuvPlanarImageMut {
+        y_plane: BufferStoreMut::Borrowed(out.y.get_mut(..w * h)?),
+        y_stride: width,
+        u_plane: BufferStoreMut::Borrowed(out.u.get_mut(..w * h / 4)?),
+        u_stride: chroma_width,
+        v_plane: BufferStoreMut::Borrowed(out.v.get_mut(..w * h / 4)?),
+        v_stride: chroma_width,
+        width,
+        height: u32::try_from(h).ok()?,
+    };
+    yuvutils_rs::bgra_to_yuv420(
+        &mut image,
+        bgrx.get(..h * stride)?,
+        u32::try_from(stride).ok()?,
+        YuvRange::Limited,
+        YuvStandardMatrix::Bt601,
+        YuvConversionMode::Balanced,
+    )
+    .ok()
+}
+
 /// [`bgrx_to_i420`] as a plain integer loop: chroma is the average of each 2x2 block.
-pub fn bgrx_to_i420_plain(
-    bgrx: &[u8],
-    stride: usize,
-    w: usize,
-    h: usize,
-    y_plane: &mut [u8],
-    u_plane: &mut [u8],
-    v_plane: &mut [u8],
-) {
+pub fn bgrx_to_i420_plain(bgrx: &[u8], stride: usize, w: usize, h: usize, out: I420Planes<'_>) {
+    let I420Planes {
+        y: y_plane,
+        u: u_plane,
+        v: v_plane,
+    } = out;
     let cw = w / 2;
     for row in (0..h).step_by(2) {
         let top = &bgrx[row * stride..row * stride + w * 4];
@@ -450,18 +453,14 @@ mod tests {
                 p[3] = 0xa5; // the X byte is anything
             }
         }
-        let planes = |f: fn(&[u8], usize, usize, usize, &mut [u8], &mut [u8], &mut [u8]), top: usize, rows: usize| {
+        let planes = |f: fn(&[u8], usize, usize, usize, I420Planes<'_>), top: usize, rows: usize| {
             let mut out = vec![7u8; w * h * 3 / 2];
-            let (y, uv) = out.split_at_mut(w * h);
-            let (u, v) = uv.split_at_mut(w * h / 4);
             f(
                 &bgrx[top * stride..],
                 stride,
                 w,
                 rows,
-                &mut y[top * w..],
-                &mut u[top / 2 * (w / 2)..],
-                &mut v[top / 2 * (w / 2)..],
+                I420Planes::from_row(&mut out, w, h, top),
             );
             out
         };
