@@ -24,8 +24,9 @@
 //! tuned for motion ([`Tuning::Motion`]): a third of the CPU a frame or less and less delay,
 //! for frames a few times larger. After a trial of [`MOTION_TRIAL`] it stays so unless its
 //! frames take longer from capture to acknowledgement than the screen tuning's did (larger
-//! frames crossing a link of a few Mbit/s); that, or a step down, tunes it for the screen
-//! again (the smallest frames) and doubles the wait before motion is tried on this link.
+//! frames crossing a link of a few Mbit/s) or queue; that tunes it for the screen again (the
+//! smallest frames) at the rate it had, and doubles the wait before motion is tried on this
+//! link. After the trial, a step down tunes it for the screen as well.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -512,6 +513,19 @@ impl RateControl {
             if queued {
                 self.queue_at_step_down = Some(queueing);
             }
+            if self.motion_trial.is_some() {
+                // The trial's larger frames made the queue, not a slower link: the screen
+                // tuning's smaller frames go on at the rate they had.
+                self.last_change = Some(now);
+                self.back_to_screen();
+                self.at_cap_since = Some(now);
+                tracing::debug!(
+                    queueing_ms = queueing.as_millis() as u64,
+                    window_full = blocked,
+                    "screen encoder tuned for the screen again: its frames queued when tuned for motion"
+                );
+                return;
+            }
             // Down to under what got through, but by at most [`STEP_DOWN_MOST`] at once: an
             // encoder making less than its target (a desktop that compresses well) shows a
             // low delivery rate that says nothing of the link.
@@ -859,10 +873,14 @@ mod tests {
         run(&mut f, 30, &mut fast, t0, 4);
         assert_eq!(f.target().unwrap().tuning, Tuning::Screen, "4 s into the session");
         let t1 = t0 + Duration::from_secs(4);
-        run(&mut f, 30, &mut fast, t1, 2);
-        assert_eq!(f.target().unwrap().tuning, Tuning::Motion, "6 s at the cap");
+        run(&mut f, 30, &mut fast, t1, 4);
+        assert_eq!(
+            f.target().unwrap().tuning,
+            Tuning::Motion,
+            "8 s at the cap, the 2 s trial over"
+        );
         // The link slows down: the first step down tunes for the screen again.
-        let t2 = t1 + Duration::from_secs(2);
+        let t2 = t1 + Duration::from_secs(4);
         let mut slow = Bottleneck::new(1_000_000.0, 40 * MS, t2);
         let mut now = t2;
         let mut seq = f.sent;
@@ -900,16 +918,17 @@ mod tests {
     }
 
     /// Frames of each tuning, `(bytes, encoding time)`, over `link` for `seconds`; the
-    /// tunings the target had along the way.
+    /// tunings the target had along the way, and the lowest bit rate it aimed at.
     fn run_tuned(
         f: &mut ScreenFlow,
         link: &mut Bottleneck,
         t0: Instant,
         seconds: u64,
         frame: impl Fn(Tuning) -> (usize, Duration),
-    ) -> Vec<Tuning> {
+    ) -> (Vec<Tuning>, u32) {
         let tick = Duration::from_secs(1) / 30;
         let (mut now, mut seq, mut seen) = (t0, f.sent, Vec::new());
+        let mut lowest = u32::MAX;
         let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();
         while now < t0 + Duration::from_secs(seconds) {
             while let Some(&(n, at)) = pending.front() {
@@ -921,6 +940,7 @@ mod tests {
             }
             if f.may_send(now) {
                 let tuning = f.target().unwrap().tuning;
+                lowest = lowest.min(f.target().unwrap().bitrate_bps);
                 if seen.last() != Some(&tuning) {
                     seen.push(tuning);
                 }
@@ -932,7 +952,7 @@ mod tests {
             }
             now += tick;
         }
-        seen
+        (seen, lowest)
     }
 
     #[test]
@@ -947,7 +967,7 @@ mod tests {
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
         let mut lan = Bottleneck::new(100e6, MS, t0);
-        let seen = run_tuned(&mut f, &mut lan, t0, 30, page);
+        let (seen, _) = run_tuned(&mut f, &mut lan, t0, 30, page);
         assert_eq!(seen, [Tuning::Screen, Tuning::Motion], "on a LAN");
         // Over 5 Mbit/s and 40 ms each frame tuned for motion takes 24 ms to cross, more
         // than the encoder saves: after the trial it is the screen again, and the next
@@ -955,7 +975,7 @@ mod tests {
         // trials in 50 s).
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
         let mut wan = Bottleneck::new(5e6, 40 * MS, t0);
-        let seen = run_tuned(&mut f, &mut wan, t0, 50, page);
+        let (seen, _) = run_tuned(&mut f, &mut wan, t0, 50, page);
         assert_eq!(
             seen,
             [
@@ -973,6 +993,25 @@ mod tests {
             f.target().unwrap().bitrate_bps,
             4_000_000,
             "the link carried the cap all along"
+        );
+    }
+
+    #[test]
+    fn a_link_that_carries_the_screen_but_not_motion_keeps_its_rate_after_the_trial() {
+        // 3 Mbit/s and 40 ms: 2 KB frames at 30 a second fit easily, 15 KB ones (3.6
+        // Mbit/s) queue.
+        let page = |t: Tuning| match t {
+            Tuning::Screen => (2_000, 15 * MS),
+            Tuning::Motion => (15_000, 5 * MS),
+        };
+        let t0 = Instant::now();
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut link = Bottleneck::new(3e6, 40 * MS, t0);
+        let (seen, lowest) = run_tuned(&mut f, &mut link, t0, 9, page);
+        assert_eq!(seen, [Tuning::Screen, Tuning::Motion, Tuning::Screen]);
+        assert_eq!(
+            lowest, 4_000_000,
+            "the rate stayed at the cap through the trial and after"
         );
     }
 
