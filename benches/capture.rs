@@ -12,6 +12,8 @@
 //!   `capture_ms` and `convert_ms` are one capture and one whole-screen BGRX to I420
 //!   conversion on their own, timed every tenth shot (the rest of a shot is the change
 //!   check and the encoder).
+//!   `psnr_db` is what the operator's decoder shows against what was captured (every fifth
+//!   frame, RGB, higher is closer; lossless would be 99).
 //!   `tuning` is what the encoder is tuned for (`screen`, `motion`: see
 //!   [`tsunagu_client::encode::Tuning`]), both on shm.
 //!   Scenes: `idle` (a still desktop), `typing` (glyph-sized cells appear one per frame in a
@@ -37,6 +39,7 @@ use tsunagu_client::capture::{open_x11, Capturer, MonitorChoice, Picture, X11Bac
 use tsunagu_client::encode::{bgrx_to_i420, I420Planes, Tuning, DESKTOP_BITRATE_BPS};
 use tsunagu_client::flow::RateTarget;
 use tsunagu_client::stream::{shoot, EncoderSettings, Shot, ShotRequest};
+use tsunagu_operator::decode::{FrameResult, ScreenDecoder};
 
 /// The stream's default frame-rate cap on a real desktop.
 const CAP_FPS: f64 = tsunagu_client::config::DEFAULT_DESKTOP_FPS as f64;
@@ -58,7 +61,7 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene, tuning: Tuning) 
     };
     let (mut encoder, mut previous, mut picture) = (None, Picture::default(), Picture::default());
     // One shot of the stream's loop, and the time it took.
-    let mut timed_shot = |capturer: &mut dyn Capturer| {
+    let mut timed_shot = |capturer: &mut dyn Capturer, previous: &mut Picture| {
         let t = Instant::now();
         let plain = ShotRequest {
             force_keyframe: false,
@@ -68,16 +71,30 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene, tuning: Tuning) 
                 tuning,
             }),
         };
-        let shot = shoot(capturer, &mut encoder, settings, &mut previous, &mut picture, plain);
+        let shot = shoot(capturer, &mut encoder, settings, previous, &mut picture, plain);
         (shot, t.elapsed())
     };
     // The first shot is the keyframe of a session start: measured apart.
-    let (first, keyframe_time) = timed_shot(capturer.as_mut());
+    let (first, keyframe_time) = timed_shot(capturer.as_mut(), &mut previous);
     let keyframe_ms = keyframe_time.as_secs_f64() * 1e3;
+    // What the operator sees, against what was captured (outside the timed work).
+    let mut decoder = ScreenDecoder::new().expect("decoder");
+    let mut seq = 0u64;
+    let mut decode = |h264: &[u8], keyframe: bool| {
+        seq += 1;
+        match decoder.frame(seq, keyframe, h264, Instant::now()).0 {
+            FrameResult::Decoded(_) => Some(decoder.rgb().0.to_vec()),
+            _ => None,
+        }
+    };
     let keyframe_bytes = match first {
-        Shot::Frame { encoded, .. } => encoded.h264.len(),
+        Shot::Frame { encoded, .. } => {
+            decode(&encoded.h264, encoded.keyframe);
+            encoded.h264.len()
+        }
         _ => 0,
     };
+    let mut psnr = Vec::new();
     let (mut shots, mut encoded_frames, mut bytes) = (0u64, 0u64, 0u64);
     let mut work = Duration::ZERO;
     let mut capture_only = Duration::ZERO;
@@ -87,13 +104,17 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene, tuning: Tuning) 
     let wall = Instant::now();
     while wall.elapsed() < limit && shots < 2000 {
         painter.step(desk, scene);
-        let (shot, took) = timed_shot(capturer.as_mut());
+        let (shot, took) = timed_shot(capturer.as_mut(), &mut previous);
         work += took;
         shots += 1;
         match shot {
             Shot::Frame { encoded, .. } => {
                 encoded_frames += 1;
                 bytes += encoded.h264.len() as u64;
+                let shown = decode(&encoded.h264, encoded.keyframe);
+                if let Some(rgb) = shown.filter(|_| encoded_frames % 5 == 0) {
+                    psnr.push(psnr_db(&previous, &rgb));
+                }
             }
             Shot::Unchanged => {}
             Shot::Failed(e) => eprintln!("shot failed: {e}"),
@@ -135,11 +156,37 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene, tuning: Tuning) 
             "capture_ms": (capture_only.as_secs_f64() * 1e3 / (shots / 10).max(1) as f64 * 100.0).round() / 100.0,
             "convert_ms": (convert_only.as_secs_f64() * 1e3 / (shots / 10).max(1) as f64 * 100.0).round() / 100.0,
             "bytes_per_shot": bytes_per_shot.round(),
+            "psnr_db": if psnr.is_empty() { serde_json::Value::Null } else {
+                json!((psnr.iter().sum::<f64>() / psnr.len() as f64 * 10.0).round() / 10.0)
+            },
             "bytes_per_s_at_cap": (bytes_per_shot * fps.min(CAP_FPS)).round(),
             "keyframe_bytes": keyframe_bytes,
             "keyframe_ms": (keyframe_ms * 100.0).round() / 100.0,
         })
     );
+}
+
+/// Peak signal-to-noise ratio in dB of what the operator decoded (`rgb`, 3 bytes a pixel)
+/// against the captured BGRX picture, over all three colour channels; 99 for identical.
+fn psnr_db(captured: &Picture, rgb: &[u8]) -> f64 {
+    let (w, h) = (captured.width, captured.height);
+    let mut sum = 0u64;
+    for y in 0..h {
+        let row = &captured.bgrx[y * captured.stride..y * captured.stride + w * 4];
+        let shown = &rgb[y * w * 3..(y + 1) * w * 3];
+        for (px, out) in row.chunks_exact(4).zip(shown.chunks_exact(3)) {
+            for (a, b) in [(px[2], out[0]), (px[1], out[1]), (px[0], out[2])] {
+                let d = i64::from(a) - i64::from(b);
+                sum += (d * d) as u64;
+            }
+        }
+    }
+    let mse = sum as f64 / (w * h * 3) as f64;
+    if mse == 0.0 {
+        99.0
+    } else {
+        10.0 * (255.0 * 255.0 / mse).log10()
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
