@@ -63,7 +63,9 @@ pub struct ScreenEncoder {
 /// What the encoder spends its time on. Measured at 1080p on one core
 /// (`cargo bench --bench capture`): a page scrolling one line a frame costs about 13 ms of
 /// encoding a frame tuned for the screen and 4 ms tuned for motion, with frames 2.4 times the
-/// size (2.1 vs 4.8 KB); typing, 13 vs 3 ms, 51 vs 670 bytes.
+/// size (2.1 vs 4.8 KB); typing, 13 vs 3 ms, 51 vs 670 bytes. At the desktop's 4 Mbit/s cap
+/// both show the operator the picture closely (PSNR 45.5 dB tuned for the screen, 47.5-48.5
+/// tuned for motion).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Tuning {
     /// openh264's screen-content mode: the smallest frames for text, windows and scrolling
