@@ -955,14 +955,18 @@ mod tests {
         (seen, lowest)
     }
 
-    #[test]
-    fn motion_stays_where_its_frames_arrive_sooner_and_goes_where_they_arrive_later() {
-        // A scrolling page: 2 KB frames taking 15 ms to encode tuned for the screen, 15 KB
-        // taking 5 ms tuned for motion.
-        let page = |t: Tuning| match t {
+    /// A scrolling page: 2 KB frames taking 15 ms to encode tuned for the screen, 15 KB
+    /// taking 5 ms tuned for motion.
+    fn scrolling_page(t: Tuning) -> (usize, Duration) {
+        match t {
             Tuning::Screen => (2_000, 15 * MS),
             Tuning::Motion => (15_000, 5 * MS),
-        };
+        }
+    }
+
+    #[test]
+    fn motion_stays_where_its_frames_arrive_sooner_and_goes_where_they_arrive_later() {
+        let page = scrolling_page;
         // On a LAN the larger frames cross in about a millisecond: motion stays.
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
@@ -1000,10 +1004,7 @@ mod tests {
     fn a_link_that_carries_the_screen_but_not_motion_keeps_its_rate_after_the_trial() {
         // 3 Mbit/s and 40 ms: 2 KB frames at 30 a second fit easily, 15 KB ones (3.6
         // Mbit/s) queue.
-        let page = |t: Tuning| match t {
-            Tuning::Screen => (2_000, 15 * MS),
-            Tuning::Motion => (15_000, 5 * MS),
-        };
+        let page = scrolling_page;
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
         let mut link = Bottleneck::new(3e6, 40 * MS, t0);
