@@ -368,6 +368,8 @@ struct OperatorSession {
     client: App,
     window: String,
     origin: (i64, i64),
+    /// The window's report once the session was on.
+    report: Value,
 }
 
 fn start_operator_window(xvfb: &Xvfb, home: &Path, save_dir: &Path, lang: &str, dialogs: bool) -> OperatorSession {
@@ -401,7 +403,8 @@ fn start_operator_window(xvfb: &Xvfb, home: &Path, save_dir: &Path, lang: &str, 
     client.send(serde_json::json!({"cmd": "consent", "grant": ["view", "control", "files", "chat"]}));
     client.expect("connected");
     op.expect("consent");
-    report_where(&mut op, |v| {
+    // Reports come only when something changes: this one may be the last for a while.
+    let report = report_where(&mut op, |v| {
         v["screen"] == "session" && shows(v, &["send_file", "save_dir"])
     });
     let window = app_window(xvfb, "tsunagu-operator");
@@ -412,6 +415,7 @@ fn start_operator_window(xvfb: &Xvfb, home: &Path, save_dir: &Path, lang: &str, 
         client,
         window,
         origin,
+        report,
     }
 }
 
@@ -522,8 +526,7 @@ fn the_operator_window_reports_a_missing_file_during_the_session() {
     let home = tempfile::tempdir().unwrap();
     let mut s = start_operator_window(&xvfb, home.path(), home.path(), "ja", false);
     let origin = s.origin;
-    let report = report_where(&mut s.op, |v| shows(v, &["send_file"]));
-    click(&xvfb, rect_of(&report, origin, "send_file"));
+    click(&xvfb, rect_of(&s.report, origin, "send_file"));
     let report = report_where(&mut s.op, |v| shows(v, &["dialog_note", "send_path", "send_path_go"]));
     let missing = home.path().join("gone.txt").display().to_string();
     retype(&xvfb, &s.window, rect_of(&report, origin, "send_path"), &missing);
