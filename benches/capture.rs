@@ -36,7 +36,7 @@ use scene::{Canvas, Painter, Scene};
 use serde_json::json;
 use support::xvfb::Xvfb;
 use tsunagu_client::capture::{open_x11, Capturer, MonitorChoice, Picture, X11Backend};
-use tsunagu_client::encode::{bgrx_to_i420, I420Planes, Tuning, DESKTOP_BITRATE_BPS};
+use tsunagu_client::encode::{bgrx_to_i420, EncodedFrame, I420Planes, Tuning, DESKTOP_BITRATE_BPS};
 use tsunagu_client::flow::RateTarget;
 use tsunagu_client::stream::{shoot, EncoderSettings, Shot, ShotRequest};
 use tsunagu_operator::decode::{FrameResult, ScreenDecoder};
@@ -80,16 +80,9 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene, tuning: Tuning) 
     // What the operator sees, against what was captured (outside the timed work).
     let mut decoder = ScreenDecoder::new().expect("decoder");
     let mut seq = 0u64;
-    let mut decode = |h264: &[u8], keyframe: bool| {
-        seq += 1;
-        match decoder.frame(seq, keyframe, h264, Instant::now()).0 {
-            FrameResult::Decoded(_) => Some(decoder.rgb().0.to_vec()),
-            _ => None,
-        }
-    };
     let keyframe_bytes = match first {
         Shot::Frame { encoded, .. } => {
-            decode(&encoded.h264, encoded.keyframe);
+            show(&mut decoder, &mut seq, &encoded);
             encoded.h264.len()
         }
         _ => 0,
@@ -111,9 +104,8 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene, tuning: Tuning) 
             Shot::Frame { encoded, .. } => {
                 encoded_frames += 1;
                 bytes += encoded.h264.len() as u64;
-                let shown = decode(&encoded.h264, encoded.keyframe);
-                if let Some(rgb) = shown.filter(|_| encoded_frames % 5 == 0) {
-                    psnr.push(psnr_db(&previous, &rgb));
+                if show(&mut decoder, &mut seq, &encoded) && encoded_frames % 5 == 0 {
+                    psnr.push(psnr_db(&previous, decoder.rgb().0));
                 }
             }
             Shot::Unchanged => {}
@@ -164,6 +156,13 @@ fn throughput(desk: &Canvas, backend: X11Backend, scene: Scene, tuning: Tuning) 
             "keyframe_ms": (keyframe_ms * 100.0).round() / 100.0,
         })
     );
+}
+
+/// Hands the next frame to the operator's decoder; whether a picture came out.
+fn show(decoder: &mut ScreenDecoder, seq: &mut u64, encoded: &EncodedFrame) -> bool {
+    *seq += 1;
+    let (result, _) = decoder.frame(*seq, encoded.keyframe, &encoded.h264, Instant::now());
+    matches!(result, FrameResult::Decoded(_))
 }
 
 /// Peak signal-to-noise ratio in dB of what the operator decoded (`rgb`, 3 bytes a pixel)
