@@ -27,6 +27,12 @@
 //! frames crossing a link of a few Mbit/s) or queue; that tunes it for the screen again (the
 //! smallest frames) at the rate it had, and doubles the wait before motion is tried on this
 //! link. After the trial, a step down tunes it for the screen as well.
+//!
+//! Keyframes weigh the link ([`RateControl::link_capacity`]): the time a keyframe's round
+//! trip takes beyond a small frame's is the time its bytes take to cross. A link they show
+//! carrying less than twice the cap is not tried with motion (its larger frames would fill
+//! it) until the wait has grown to its longest; one carrying eight times the cap or more (a
+//! LAN) is tried after [`MOTION_SOON`] instead of [`MOTION_AFTER`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -252,6 +258,23 @@ const MOTION_SLOWER_BY: Duration = Duration::from_millis(5);
 /// before they are tried again, up to this.
 const MOTION_AFTER_MOST: Duration = Duration::from_secs(300);
 
+/// A link whose keyframes show that it carries less than this many times the cap is not
+/// tried with frames tuned for motion (they come out a few times larger and would fill it):
+/// the wait doubles as if a trial had failed, and once it is [`MOTION_AFTER_MOST`] the trial
+/// runs anyway (a link that got faster is found within minutes).
+const MOTION_ROOM: f64 = 2.0;
+
+/// A link whose keyframes show that it carries at least this many times the cap (a LAN) is
+/// tried with frames tuned for motion after [`MOTION_SOON`] at the cap rather than
+/// [`MOTION_AFTER`].
+const MOTION_ROOM_AMPLE: f64 = 8.0;
+
+/// See [`MOTION_ROOM_AMPLE`].
+pub const MOTION_SOON: Duration = Duration::from_secs(1);
+
+/// How many keyframes lately acknowledged weigh the link ([`RateControl::link_capacity`]).
+const KEYFRAME_SAMPLES: usize = 4;
+
 /// Drops the entries of `queue` (oldest first) seen more than `span` before `now`.
 fn expire<T>(queue: &mut VecDeque<T>, now: Instant, span: Duration, at: impl Fn(&T) -> Instant) {
     while queue
@@ -319,6 +342,9 @@ pub struct RateControl {
     /// Capture to acknowledgement, smoothed, of the frames of each tuning (by
     /// `Tuning as usize`).
     latency: [Option<Duration>; 2],
+    /// The last [`KEYFRAME_SAMPLES`] keyframes acknowledged on their own: `(bytes, round
+    /// trip)`.
+    keyframes: VecDeque<(usize, Duration)>,
 }
 
 /// A frame sent and not yet acknowledged.
@@ -357,6 +383,7 @@ impl RateControl {
             tuning: Tuning::Screen,
             motion_trial: None,
             latency: [None; 2],
+            keyframes: VecDeque::new(),
         }
     }
 
@@ -448,6 +475,22 @@ impl RateControl {
         Some(recent.saturating_sub(self.min_rtt?.0))
     }
 
+    /// What the link carries, in bits per second, as the keyframes lately acknowledged show
+    /// it: a keyframe is many times a frame's size, and the time its round trip took beyond
+    /// the shortest round trip of small frames is the time its bytes took to cross. The
+    /// largest of the last [`KEYFRAME_SAMPLES`] (a keyframe delayed by anything else only
+    /// makes the link look slower). `None` before a keyframe and a small frame came back.
+    pub fn link_capacity(&self) -> Option<f64> {
+        let (floor, _) = self.min_rtt?;
+        self.keyframes
+            .iter()
+            .map(|&(bytes, rtt)| {
+                let crossing = rtt.saturating_sub(floor).max(Duration::from_millis(1));
+                bytes as f64 * 8.0 / crossing.as_secs_f64()
+            })
+            .reduce(f64::max)
+    }
+
     /// Frames up to `ack_seq` were acknowledged at `now`.
     pub fn acked(&mut self, ack_seq: u64, now: Instant) {
         let mut newest = None;
@@ -464,6 +507,7 @@ impl RateControl {
             captured,
             keyframe,
             tuning,
+            bytes,
             ..
         }) = newest
         else {
@@ -472,11 +516,16 @@ impl RateControl {
         self.acked_since_full = true;
         self.deliveries.push_back((now, self.delivered));
         expire(&mut self.deliveries, now, RATE_WINDOW, |d| d.0);
-        // A keyframe's round trip is mostly its own size: it says nothing of queueing.
+        let rtt = now.saturating_duration_since(sent_at);
+        // A keyframe's round trip is mostly its own size: it says nothing of queueing, but
+        // tells how fast the link is.
         if keyframe {
+            if self.keyframes.len() >= KEYFRAME_SAMPLES {
+                self.keyframes.pop_front();
+            }
+            self.keyframes.push_back((bytes, rtt));
             return;
         }
-        let rtt = now.saturating_duration_since(sent_at);
         if self
             .min_rtt
             .is_none_or(|(m, at)| rtt <= m || now.saturating_duration_since(at) > MIN_RTT_WINDOW)
@@ -562,16 +611,7 @@ impl RateControl {
             tracing::trace!(bitrate = self.bitrate as u64, fps = self.target().fps, "screen rate up");
         }
         if self.bitrate >= f64::from(self.max_bps) {
-            let since = *self.at_cap_since.get_or_insert(now);
-            if self.tuning == Tuning::Screen && now.saturating_duration_since(since) >= self.motion_after {
-                self.tuning = Tuning::Motion;
-                self.motion_trial = Some(now);
-                self.latency[Tuning::Motion as usize] = None;
-                tracing::debug!(
-                    after_s = self.motion_after.as_secs(),
-                    "screen encoder tuned for motion: the link has room"
-                );
-            }
+            self.maybe_motion(now);
         }
         // At the end of the trial, motion stays unless its frames reach the operator later
         // than the screen's did: larger frames on a link of a few Mbit/s can take longer to
@@ -593,6 +633,43 @@ impl RateControl {
                 }
             }
         }
+    }
+
+    /// At the cap: tunes the encoder for motion once the link has carried the cap long
+    /// enough, unless its keyframes show it has too little room for the larger frames.
+    fn maybe_motion(&mut self, now: Instant) {
+        let since = *self.at_cap_since.get_or_insert(now);
+        if self.tuning != Tuning::Screen {
+            return;
+        }
+        let capacity = self.link_capacity();
+        let room = capacity.map(|c| c / f64::from(self.max_bps));
+        let wait = if self.motion_after == MOTION_AFTER && room.is_some_and(|r| r >= MOTION_ROOM_AMPLE) {
+            MOTION_SOON
+        } else {
+            self.motion_after
+        };
+        if now.saturating_duration_since(since) < wait {
+            return;
+        }
+        if room.is_some_and(|r| r < MOTION_ROOM) && self.motion_after < MOTION_AFTER_MOST {
+            self.motion_after = (self.motion_after * 2).min(MOTION_AFTER_MOST);
+            self.at_cap_since = Some(now);
+            tracing::debug!(
+                link_bps = capacity.unwrap_or_default() as u64,
+                next_s = self.motion_after.as_secs(),
+                "screen encoder stays tuned for the screen: the link carries less than twice the cap"
+            );
+            return;
+        }
+        self.tuning = Tuning::Motion;
+        self.motion_trial = Some(now);
+        self.latency[Tuning::Motion as usize] = None;
+        tracing::debug!(
+            after_ms = wait.as_millis() as u64,
+            link_bps = capacity.map(|c| c as u64),
+            "screen encoder tuned for motion: the link has room"
+        );
     }
 
     /// Tunes the encoder for the screen again after motion did not fit the link; motion is
@@ -917,17 +994,20 @@ mod tests {
         assert_eq!(f.target().unwrap().tuning, Tuning::Motion, "14 s after recovering");
     }
 
-    /// Frames of each tuning, `(bytes, encoding time)`, over `link` for `seconds`; the
-    /// tunings the target had along the way, and the lowest bit rate it aimed at.
+    /// Frames of each tuning, `(bytes, encoding time)`, over `link` for `seconds`, with a
+    /// keyframe of `key` bytes first and whenever the tuning changes (as the session
+    /// sends; `None`: no keyframe, a link whose speed the flow does not know); when each
+    /// tuning began, and the lowest bit rate aimed at.
     fn run_tuned(
         f: &mut ScreenFlow,
         link: &mut Bottleneck,
         t0: Instant,
         seconds: u64,
+        key: Option<usize>,
         frame: impl Fn(Tuning) -> (usize, Duration),
-    ) -> (Vec<Tuning>, u32) {
+    ) -> (Vec<(Tuning, Duration)>, u32) {
         let tick = Duration::from_secs(1) / 30;
-        let (mut now, mut seq, mut seen) = (t0, f.sent, Vec::new());
+        let (mut now, mut seq, mut seen) = (t0, f.sent, Vec::<(Tuning, Duration)>::new());
         let mut lowest = u32::MAX;
         let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();
         while now < t0 + Duration::from_secs(seconds) {
@@ -941,18 +1021,27 @@ mod tests {
             if f.may_send(now) {
                 let tuning = f.target().unwrap().tuning;
                 lowest = lowest.min(f.target().unwrap().bitrate_bps);
-                if seen.last() != Some(&tuning) {
-                    seen.push(tuning);
+                let changed = seen.last().is_none_or(|s| s.0 != tuning);
+                if changed {
+                    seen.push((tuning, now - t0));
                 }
-                let (bytes, encoding) = frame(tuning);
+                let (mut bytes, encoding) = frame(tuning);
+                let keyframe = changed && key.is_some();
+                if keyframe {
+                    bytes = key.unwrap_or(bytes);
+                }
                 seq += 1;
                 // The picture was taken `encoding` before the frame went out.
-                f.sent_frame(seq, bytes, false, now, now + encoding);
+                f.sent_frame(seq, bytes, keyframe, now, now + encoding);
                 pending.push_back((seq, link.ack_at(bytes, now + encoding)));
             }
             now += tick;
         }
         (seen, lowest)
+    }
+
+    fn tunings(seen: &[(Tuning, Duration)]) -> Vec<Tuning> {
+        seen.iter().map(|s| s.0).collect()
     }
 
     /// A scrolling page: 2 KB frames taking 15 ms to encode tuned for the screen, 15 KB
@@ -964,24 +1053,30 @@ mod tests {
         }
     }
 
+    /// A 1080p keyframe of a page of text.
+    const KEY: Option<usize> = Some(100_000);
+
     #[test]
     fn motion_stays_where_its_frames_arrive_sooner_and_goes_where_they_arrive_later() {
-        let page = scrolling_page;
         // On a LAN the larger frames cross in about a millisecond: motion stays.
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
         let mut lan = Bottleneck::new(100e6, MS, t0);
-        let (seen, _) = run_tuned(&mut f, &mut lan, t0, 30, page);
-        assert_eq!(seen, [Tuning::Screen, Tuning::Motion], "on a LAN");
-        // Over 5 Mbit/s and 40 ms each frame tuned for motion takes 24 ms to cross, more
-        // than the encoder saves: after the trial it is the screen again, and the next
-        // trial comes after twice the wait (5 s, 2 s of trial, 10 s, 2 s, 20 s: three
-        // trials in 50 s).
+        let (seen, _) = run_tuned(&mut f, &mut lan, t0, 30, KEY, scrolling_page);
+        assert_eq!(tunings(&seen), [Tuning::Screen, Tuning::Motion], "on a LAN");
+        // Over 10 Mbit/s and 40 ms (room for twice the cap) frames of 24 KB tuned for
+        // motion take 19 ms to cross, more than the encoder saves: after the trial it is the
+        // screen again, and the next trial comes after twice the wait (5 s, 2 s of trial,
+        // 10 s, 2 s, 20 s: three trials in 50 s).
+        let page = |t| match t {
+            Tuning::Screen => (2_000, 15 * MS),
+            Tuning::Motion => (24_000, 5 * MS),
+        };
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
-        let mut wan = Bottleneck::new(5e6, 40 * MS, t0);
-        let (seen, _) = run_tuned(&mut f, &mut wan, t0, 50, page);
+        let mut wan = Bottleneck::new(10e6, 40 * MS, t0);
+        let (seen, _) = run_tuned(&mut f, &mut wan, t0, 50, KEY, page);
         assert_eq!(
-            seen,
+            tunings(&seen),
             [
                 Tuning::Screen,
                 Tuning::Motion,
@@ -991,7 +1086,7 @@ mod tests {
                 Tuning::Motion,
                 Tuning::Screen
             ],
-            "over 5 Mbit/s"
+            "over 10 Mbit/s: {seen:?}"
         );
         assert_eq!(
             f.target().unwrap().bitrate_bps,
@@ -1001,15 +1096,72 @@ mod tests {
     }
 
     #[test]
+    fn a_link_without_room_for_motion_keeps_the_screen_tuning_and_is_tried_every_few_minutes() {
+        // 5 Mbit/s and 40 ms: the keyframe shows a link under twice the 4 Mbit/s cap, so
+        // the larger frames are not tried at 5, 15, 35, 75, 155 and 315 s; once the wait has
+        // grown to 5 minutes they are, at 615 s (a link that got faster is found).
+        let t0 = Instant::now();
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut wan = Bottleneck::new(5e6, 40 * MS, t0);
+        let (seen, _) = run_tuned(&mut f, &mut wan, t0, 600, KEY, scrolling_page);
+        assert_eq!(tunings(&seen), [Tuning::Screen], "ten minutes over 5 Mbit/s: {seen:?}");
+        let capacity = f.rate().unwrap().link_capacity().unwrap();
+        assert!(
+            (4e6..=5.5e6).contains(&capacity),
+            "the keyframe shows {capacity} bit/s for a 5 Mbit/s link"
+        );
+        let t1 = t0 + Duration::from_secs(600);
+        let (seen, _) = run_tuned(&mut f, &mut wan, t1, 30, KEY, scrolling_page);
+        let motion_at = seen.iter().find(|s| s.0 == Tuning::Motion).map(|s| s.1);
+        assert!(
+            motion_at.is_some_and(|at| (Duration::from_secs(10)..Duration::from_secs(25)).contains(&at)),
+            "tried again {motion_at:?} after the tenth minute: {seen:?}"
+        );
+        assert_eq!(seen.last().unwrap().0, Tuning::Screen, "and the trial ended: {seen:?}");
+    }
+
+    #[test]
+    fn a_lan_is_tuned_for_motion_within_seconds_and_a_middling_link_after_the_usual_wait() {
+        let t0 = Instant::now();
+        let motion_at = |rate: f64, key: Option<usize>| {
+            let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+            let mut link = Bottleneck::new(rate, MS, t0);
+            let (seen, _) = run_tuned(&mut f, &mut link, t0, 10, key, scrolling_page);
+            let at = seen.iter().find(|s| s.0 == Tuning::Motion).map(|s| s.1);
+            (at, f.rate().unwrap().link_capacity())
+        };
+        // 100 Mbit/s: the keyframe shows 25 times the cap.
+        let (lan, capacity) = motion_at(100e6, KEY);
+        assert!(capacity.is_some_and(|c| c > 32e6), "{capacity:?} bit/s for a LAN");
+        assert!(
+            lan.is_some_and(|at| at >= MOTION_SOON && at < 2 * MOTION_SOON),
+            "motion at {lan:?} on a LAN"
+        );
+        // 20 Mbit/s: room for motion, not plenty.
+        let (middling, _) = motion_at(20e6, KEY);
+        assert!(
+            middling.is_some_and(|at| at >= MOTION_AFTER && at < MOTION_AFTER + MOTION_SOON),
+            "motion at {middling:?} over 20 Mbit/s"
+        );
+        // A LAN whose keyframes were not weighed: the usual wait.
+        let (unknown, capacity) = motion_at(100e6, None);
+        assert_eq!(capacity, None);
+        assert!(
+            unknown.is_some_and(|at| at >= MOTION_AFTER && at < MOTION_AFTER + MOTION_SOON),
+            "motion at {unknown:?} on a LAN not weighed"
+        );
+    }
+
+    #[test]
     fn a_link_that_carries_the_screen_but_not_motion_keeps_its_rate_after_the_trial() {
         // 3 Mbit/s and 40 ms: 2 KB frames at 30 a second fit easily, 15 KB ones (3.6
-        // Mbit/s) queue.
-        let page = scrolling_page;
+        // Mbit/s) queue. No keyframe weighed the link (acknowledged together with later
+        // frames), so the trial comes after the usual wait.
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
         let mut link = Bottleneck::new(3e6, 40 * MS, t0);
-        let (seen, lowest) = run_tuned(&mut f, &mut link, t0, 9, page);
-        assert_eq!(seen, [Tuning::Screen, Tuning::Motion, Tuning::Screen]);
+        let (seen, lowest) = run_tuned(&mut f, &mut link, t0, 9, None, scrolling_page);
+        assert_eq!(tunings(&seen), [Tuning::Screen, Tuning::Motion, Tuning::Screen]);
         assert_eq!(
             lowest, 4_000_000,
             "the rate stayed at the cap through the trial and after"
