@@ -28,11 +28,12 @@
 //! smallest frames) at the rate it had, and doubles the wait before motion is tried on this
 //! link. After the trial, a step down tunes it for the screen as well.
 //!
-//! Keyframes weigh the link ([`RateControl::link_capacity`]): the time a keyframe's round
-//! trip takes beyond a small frame's is the time its bytes take to cross. A link they show
-//! carrying less than twice the cap is not tried with motion (its larger frames would fill
-//! it) until the wait has grown to its longest; one carrying eight times the cap or more (a
-//! LAN) is tried after [`MOTION_SOON`] instead of [`MOTION_AFTER`].
+//! A LAN (small frames back within [`LAN_RTT`]) is tried with motion after [`MOTION_SOON`]
+//! instead of [`MOTION_AFTER`]. Beyond a LAN, keyframes weigh the link
+//! ([`RateControl::link_capacity`]): the time a keyframe's round trip takes beyond a small
+//! frame's is the time its bytes take to cross. A link they show carrying less than twice
+//! the cap is not tried with motion (its larger frames would fill it) until the wait has
+//! grown to its longest.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -258,22 +259,28 @@ const MOTION_SLOWER_BY: Duration = Duration::from_millis(5);
 /// before they are tried again, up to this.
 const MOTION_AFTER_MOST: Duration = Duration::from_secs(300);
 
-/// A link whose keyframes show that it carries less than this many times the cap is not
-/// tried with frames tuned for motion (they come out a few times larger and would fill it):
-/// the wait doubles as if a trial had failed, and once it is [`MOTION_AFTER_MOST`] the trial
-/// runs anyway (a link that got faster is found within minutes).
+/// A link beyond a LAN whose keyframes show that it carries less than this many times the
+/// cap is not tried with frames tuned for motion (they come out a few times larger and
+/// would fill it): the wait doubles as if a trial had failed, and once it is
+/// [`MOTION_AFTER_MOST`] the trial runs anyway (a link that got faster is found within
+/// minutes).
 const MOTION_ROOM: f64 = 2.0;
 
-/// A link whose keyframes show that it carries at least this many times the cap (a LAN) is
+/// A link whose small frames come back within this is a LAN (or the same machine): it is
 /// tried with frames tuned for motion after [`MOTION_SOON`] at the cap rather than
-/// [`MOTION_AFTER`].
-const MOTION_ROOM_AMPLE: f64 = 8.0;
+/// [`MOTION_AFTER`], and its keyframes do not hold motion back (there, the time the apps
+/// take to decode a keyframe is more of its round trip than the link's).
+pub const LAN_RTT: Duration = Duration::from_millis(10);
 
-/// See [`MOTION_ROOM_AMPLE`].
+/// See [`LAN_RTT`].
 pub const MOTION_SOON: Duration = Duration::from_secs(1);
 
 /// How many keyframes lately acknowledged weigh the link ([`RateControl::link_capacity`]).
 const KEYFRAME_SAMPLES: usize = 4;
+
+/// A keyframe weighs the link only if the cap takes at least this long to carry it: a
+/// smaller one crosses any link in less time than the apps take to handle it.
+const KEYFRAME_WEIGHS: Duration = Duration::from_millis(20);
 
 /// Drops the entries of `queue` (oldest first) seen more than `span` before `now`.
 fn expire<T>(queue: &mut VecDeque<T>, now: Instant, span: Duration, at: impl Fn(&T) -> Instant) {
@@ -342,8 +349,8 @@ pub struct RateControl {
     /// Capture to acknowledgement, smoothed, of the frames of each tuning (by
     /// `Tuning as usize`).
     latency: [Option<Duration>; 2],
-    /// The last [`KEYFRAME_SAMPLES`] keyframes acknowledged on their own: `(bytes, round
-    /// trip)`.
+    /// The last [`KEYFRAME_SAMPLES`] keyframes that weigh the link, acknowledged on their
+    /// own: `(bytes, round trip)`.
     keyframes: VecDeque<(usize, Duration)>,
 }
 
@@ -355,6 +362,10 @@ struct InFlight {
     sent: Instant,
     captured: Instant,
     keyframe: bool,
+    /// A keyframe that weighs the link: large enough ([`KEYFRAME_WEIGHS`]) and sent once
+    /// small frames had come back (the session's first keyframe waits on the operator
+    /// setting up its decoder).
+    weighs: bool,
     tuning: Tuning,
 }
 
@@ -433,12 +444,14 @@ impl RateControl {
         if self.in_flight.len() >= 64 {
             self.in_flight.pop_front();
         }
+        let weighty = f64::from(self.max_bps) / 8.0 * KEYFRAME_WEIGHS.as_secs_f64();
         self.in_flight.push_back(InFlight {
             seq,
             bytes,
             sent: now,
             captured,
             keyframe,
+            weighs: keyframe && self.min_rtt.is_some() && bytes as f64 >= weighty,
             tuning: self.tuning,
         });
     }
@@ -479,7 +492,7 @@ impl RateControl {
     /// it: a keyframe is many times a frame's size, and the time its round trip took beyond
     /// the shortest round trip of small frames is the time its bytes took to cross. The
     /// largest of the last [`KEYFRAME_SAMPLES`] (a keyframe delayed by anything else only
-    /// makes the link look slower). `None` before a keyframe and a small frame came back.
+    /// makes the link look slower). `None` before a keyframe weighed it.
     pub fn link_capacity(&self) -> Option<f64> {
         let (floor, _) = self.min_rtt?;
         self.keyframes
@@ -506,6 +519,7 @@ impl RateControl {
             sent: sent_at,
             captured,
             keyframe,
+            weighs,
             tuning,
             bytes,
             ..
@@ -520,10 +534,19 @@ impl RateControl {
         // A keyframe's round trip is mostly its own size: it says nothing of queueing, but
         // tells how fast the link is.
         if keyframe {
+            if !weighs {
+                return;
+            }
             if self.keyframes.len() >= KEYFRAME_SAMPLES {
                 self.keyframes.pop_front();
             }
             self.keyframes.push_back((bytes, rtt));
+            tracing::debug!(
+                bytes,
+                rtt_ms = rtt.as_millis() as u64,
+                link_bps = self.link_capacity().map(|c| c as u64),
+                "keyframe weighed the link"
+            );
             return;
         }
         if self
@@ -644,7 +667,9 @@ impl RateControl {
         }
         let capacity = self.link_capacity();
         let room = capacity.map(|c| c / f64::from(self.max_bps));
-        let wait = if self.motion_after == MOTION_AFTER && room.is_some_and(|r| r >= MOTION_ROOM_AMPLE) {
+        let lan = self.min_rtt.is_some_and(|(floor, _)| floor <= LAN_RTT);
+        let cramped = !lan && room.is_some_and(|r| r < MOTION_ROOM);
+        let wait = if self.motion_after == MOTION_AFTER && lan {
             MOTION_SOON
         } else {
             self.motion_after
@@ -652,7 +677,7 @@ impl RateControl {
         if now.saturating_duration_since(since) < wait {
             return;
         }
-        if room.is_some_and(|r| r < MOTION_ROOM) && self.motion_after < MOTION_AFTER_MOST {
+        if cramped && self.motion_after < MOTION_AFTER_MOST {
             self.motion_after = (self.motion_after * 2).min(MOTION_AFTER_MOST);
             self.at_cap_since = Some(now);
             tracing::debug!(
@@ -871,14 +896,7 @@ mod tests {
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 60));
         let mut fast = Bottleneck::new(100e6, MS, t0);
         let run1 = run(&mut f, 60, &mut fast, t0, 5);
-        assert_eq!(
-            run1.target,
-            RateTarget {
-                bitrate_bps: 4_000_000,
-                fps: 60,
-                tuning: Tuning::Screen,
-            }
-        );
+        assert_eq!((run1.target.bitrate_bps, run1.target.fps), (4_000_000, 60));
         let mut slow = Bottleneck::new(1_000_000.0, MS, t0 + Duration::from_secs(5));
         let run2 = run(&mut f, 60, &mut slow, t0 + Duration::from_secs(5), 15);
         assert!(
@@ -944,7 +962,8 @@ mod tests {
     fn a_link_with_room_gets_frames_tuned_for_motion_and_one_without_goes_back_to_the_screen() {
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
-        let mut fast = Bottleneck::new(100e6, MS, t0);
+        // 100 Mbit/s beyond a LAN.
+        let mut fast = Bottleneck::new(100e6, 20 * MS, t0);
         // A session starts tuned for the screen, and stays so until the link has carried
         // the cap for MOTION_AFTER.
         run(&mut f, 30, &mut fast, t0, 4);
@@ -1097,14 +1116,21 @@ mod tests {
 
     #[test]
     fn a_link_without_room_for_motion_keeps_the_screen_tuning_and_is_tried_every_few_minutes() {
-        // 5 Mbit/s and 40 ms: the keyframe shows a link under twice the 4 Mbit/s cap, so
-        // the larger frames are not tried at 5, 15, 35, 75, 155 and 315 s; once the wait has
-        // grown to 5 minutes they are, at 615 s (a link that got faster is found).
+        // 5 Mbit/s and 40 ms. The session's first keyframe does not weigh the link (the
+        // operator is setting up); the first trial's keyframe does: under twice the 4 Mbit/s
+        // cap, so after that trial the larger frames are not tried at 17, 37, 77, 157 and 317
+        // s; once the wait has grown to 5 minutes they are, at about 617 s (a link that got
+        // faster is found).
         let t0 = Instant::now();
         let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
         let mut wan = Bottleneck::new(5e6, 40 * MS, t0);
         let (seen, _) = run_tuned(&mut f, &mut wan, t0, 600, KEY, scrolling_page);
-        assert_eq!(tunings(&seen), [Tuning::Screen], "ten minutes over 5 Mbit/s: {seen:?}");
+        assert_eq!(
+            tunings(&seen),
+            [Tuning::Screen, Tuning::Motion, Tuning::Screen],
+            "ten minutes over 5 Mbit/s: {seen:?}"
+        );
+        assert!(seen[1].1 < 6 * MOTION_SOON, "the first trial at {:?}", seen[1].1);
         let capacity = f.rate().unwrap().link_capacity().unwrap();
         assert!(
             (4e6..=5.5e6).contains(&capacity),
@@ -1118,38 +1144,45 @@ mod tests {
             "tried again {motion_at:?} after the tenth minute: {seen:?}"
         );
         assert_eq!(seen.last().unwrap().0, Tuning::Screen, "and the trial ended: {seen:?}");
+        // Keyframes too small to weigh the link (a plain desktop's) leave the trials at
+        // 5, 17 and 39 s.
+        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut wan = Bottleneck::new(5e6, 40 * MS, t0);
+        let (seen, _) = run_tuned(&mut f, &mut wan, t0, 50, Some(8_000), scrolling_page);
+        assert_eq!(f.rate().unwrap().link_capacity(), None);
+        assert_eq!(seen.iter().filter(|s| s.0 == Tuning::Motion).count(), 3, "{seen:?}");
     }
 
     #[test]
-    fn a_lan_is_tuned_for_motion_within_seconds_and_a_middling_link_after_the_usual_wait() {
+    fn a_lan_is_tuned_for_motion_within_seconds_and_a_wan_after_the_usual_wait() {
         let t0 = Instant::now();
-        let motion_at = |rate: f64, key: Option<usize>| {
+        let motion_at = |rate: f64, rtt: Duration, key: Option<usize>| {
             let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
-            let mut link = Bottleneck::new(rate, MS, t0);
+            let mut link = Bottleneck::new(rate, rtt, t0);
             let (seen, _) = run_tuned(&mut f, &mut link, t0, 10, key, scrolling_page);
             let at = seen.iter().find(|s| s.0 == Tuning::Motion).map(|s| s.1);
             (at, f.rate().unwrap().link_capacity())
         };
-        // 100 Mbit/s: the keyframe shows 25 times the cap.
-        let (lan, capacity) = motion_at(100e6, KEY);
-        assert!(capacity.is_some_and(|c| c > 32e6), "{capacity:?} bit/s for a LAN");
+        let soon = MOTION_SOON..MOTION_SOON * 2;
+        let usual = MOTION_AFTER..MOTION_AFTER + MOTION_SOON;
+        // 100 Mbit/s and 1 ms: a LAN.
+        let (lan, capacity) = motion_at(100e6, MS, KEY);
+        assert!(lan.is_some_and(|at| soon.contains(&at)), "motion at {lan:?} on a LAN");
         assert!(
-            lan.is_some_and(|at| at >= MOTION_SOON && at < 2 * MOTION_SOON),
-            "motion at {lan:?} on a LAN"
+            capacity.is_some_and(|c| c > 50e6),
+            "{capacity:?} bit/s shown by the keyframe of motion on a LAN"
         );
-        // 20 Mbit/s: room for motion, not plenty.
-        let (middling, _) = motion_at(20e6, KEY);
-        assert!(
-            middling.is_some_and(|at| at >= MOTION_AFTER && at < MOTION_AFTER + MOTION_SOON),
-            "motion at {middling:?} over 20 Mbit/s"
-        );
-        // A LAN whose keyframes were not weighed: the usual wait.
-        let (unknown, capacity) = motion_at(100e6, None);
-        assert_eq!(capacity, None);
-        assert!(
-            unknown.is_some_and(|at| at >= MOTION_AFTER && at < MOTION_AFTER + MOTION_SOON),
-            "motion at {unknown:?} on a LAN not weighed"
-        );
+        // Without keyframes to weigh it, too.
+        let (lan, _) = motion_at(100e6, MS, None);
+        assert!(lan.is_some_and(|at| soon.contains(&at)), "motion at {lan:?} on a LAN");
+        // 100 Mbit/s and 40 ms, 20 Mbit/s and 20 ms: beyond a LAN, the usual wait.
+        for (rate, rtt) in [(100e6, 40 * MS), (20e6, 20 * MS)] {
+            let (wan, _) = motion_at(rate, rtt, KEY);
+            assert!(
+                wan.is_some_and(|at| usual.contains(&at)),
+                "motion at {wan:?} over {rate} bit/s and {rtt:?}"
+            );
+        }
     }
 
     #[test]
