@@ -21,7 +21,7 @@ use crate::config::{ClientConfig, InputSink, ScreenSource};
 use crate::flow::{RateControl, ScreenFlow};
 use crate::inject::SystemInjector;
 use crate::pointer::{PointerReport, PointerWatcher};
-use crate::stream::{EncoderSettings, ScreenWorker, Shot, ShotRequest};
+use crate::stream::{EncoderSettings, ScreenWorker, Shot, ShotGate, ShotRequest};
 use crate::takeover::{Takeover, Transition, CONSENT_CLICK_SETTLE};
 
 /// Sent in `Hello`.
@@ -135,7 +135,8 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
         Some((w, r)) => (Some(w), Some(r)),
         None => (None, None),
     };
-    // Capture ticks at the frame-rate cap; a late tick is skipped, never bunched up.
+    // Capture ticks at the frame-rate cap; ticks a busy worker missed are skipped, never
+    // bunched up (see `ShotGate`).
     let mut ticks = tokio::time::interval(Duration::from_secs(1) / config.fps.max(1));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let client = Client {
@@ -153,7 +154,7 @@ pub async fn run(config: ClientConfig, commands: mpsc::Receiver<Command>, events
         flow: ScreenFlow::new(config.max_unacked, config.ack_stall)
             .with_rate(RateControl::new(config.bitrate_bps, config.fps)),
         worker,
-        shot_pending: false,
+        gate: ShotGate::default(),
         injector,
         ticks,
         shots: Some(shots),
@@ -203,8 +204,8 @@ struct Client {
     flow: ScreenFlow,
     /// The capture/encode thread.
     worker: ScreenWorker,
-    /// A shot was requested and not answered yet (one at a time: skip, never queue).
-    shot_pending: bool,
+    /// One shot at a time, a tick missed while it is made taken when it is done.
+    gate: ShotGate,
     /// Input into the real desktop (`--input system`).
     injector: Option<SystemInjector>,
     /// The frame-rate cap's ticks.
@@ -335,7 +336,7 @@ impl driver::App for Client {
             Wake::Shot(None) => {
                 // Reported once: a stopped worker stays stopped.
                 self.shots = None;
-                self.shot_pending = false;
+                self.gate.stopped();
                 core.emit(Event::error("no_screen", "the screen worker stopped")).await;
                 Ok(Step::Continue)
             }
@@ -743,9 +744,17 @@ impl Client {
     }
 
     /// On each frame-rate tick: asks the worker for a shot if the stream runs, the window
-    /// has room and no shot is being made (a late worker makes ticks skip, never queue).
+    /// has room and no shot is being made (then the tick is taken when it is done).
     fn on_tick(&mut self) -> Handled {
-        if !self.streaming || self.phase != Phase::Active || self.shot_pending {
+        if !self.streaming || self.phase != Phase::Active || !self.gate.tick() {
+            return Ok(Step::Continue);
+        }
+        self.take_tick()
+    }
+
+    /// Asks the worker for a shot if the window has room.
+    fn take_tick(&mut self) -> Handled {
+        if !self.streaming || self.phase != Phase::Active {
             return Ok(Step::Continue);
         }
         if !self.flow.may_send(Instant::now()) {
@@ -755,7 +764,7 @@ impl Client {
             force_keyframe: self.flow.keyframe_due(),
             rate: self.flow.target(),
         }) {
-            self.shot_pending = true;
+            self.gate.requested();
         }
         Ok(Step::Continue)
     }
@@ -774,9 +783,19 @@ impl Client {
         Ok(Step::Continue)
     }
 
-    /// Sends what the worker made, if the stream still runs.
+    /// Sends what the worker made, if the stream still runs; takes a tick that came while it
+    /// was made.
     async fn on_shot(&mut self, core: &mut Core, shot: Shot) -> Handled {
-        self.shot_pending = false;
+        let missed = self.gate.answered();
+        let step = self.send_shot(core, shot).await?;
+        if missed && matches!(step, Step::Continue) {
+            return self.take_tick();
+        }
+        Ok(step)
+    }
+
+    /// Sends what the worker made, if the stream still runs.
+    async fn send_shot(&mut self, core: &mut Core, shot: Shot) -> Handled {
         let (encoded, width, height, captured_at_us) = match shot {
             Shot::Frame {
                 encoded,

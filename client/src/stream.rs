@@ -3,8 +3,9 @@
 //!
 //! The session asks for one shot at a time ([`ScreenWorker::request`]) when the frame-rate
 //! tick fires, the stream runs and the flow-control window has room; the worker answers with
-//! a [`Shot`]. One request in flight at most: a slow encoder makes the stream skip ticks,
-//! never queue them. An unchanged screen is answered with [`Shot::Unchanged`] and nothing is
+//! a [`Shot`]. One request in flight at most ([`ShotGate`]): a tick that comes while the
+//! worker is busy is taken as soon as it answers, and later ones are skipped, never queued.
+//! An unchanged screen is answered with [`Shot::Unchanged`] and nothing is
 //! encoded or sent, unless a keyframe is due.
 
 use std::sync::mpsc as std_mpsc;
@@ -44,6 +45,42 @@ pub enum Shot {
     Unchanged,
     /// Capture or encoding failed; the session logs it and asks for a keyframe next time.
     Failed(String),
+}
+
+/// One shot at a time, at the ticks of the frame-rate cap. A tick that comes while the
+/// worker is still busy is taken as soon as it answers: an encoder that needs 22 ms a frame
+/// under a 60 frames/s cap (16.7 ms ticks) then makes 45 frames a second, not the 30 that
+/// waiting for the next tick would leave. Ticks missed meanwhile count once: they are never
+/// queued, and frames never come faster than the ticks.
+#[derive(Debug, Default)]
+pub struct ShotGate {
+    pending: bool,
+    missed: bool,
+}
+
+impl ShotGate {
+    /// A tick came: whether a shot may be asked for now (else the tick is remembered).
+    pub fn tick(&mut self) -> bool {
+        self.missed |= self.pending;
+        !self.pending
+    }
+
+    /// A shot was asked for.
+    pub fn requested(&mut self) {
+        self.pending = true;
+        self.missed = false;
+    }
+
+    /// The worker answered: whether a tick came meanwhile (then it is taken now).
+    pub fn answered(&mut self) -> bool {
+        self.pending = false;
+        std::mem::take(&mut self.missed)
+    }
+
+    /// The worker stopped: nothing is pending any more.
+    pub fn stopped(&mut self) {
+        *self = Self::default();
+    }
 }
 
 /// Encoder settings for the worker.
@@ -220,6 +257,58 @@ impl ScreenWorker {
 mod tests {
     use super::*;
     use crate::capture::SyntheticCapturer;
+    use std::time::Duration;
+
+    /// Shots made in `run` with ticks every `tick` and a worker taking `work` a shot.
+    fn shots_made(tick: Duration, work: Duration, run: Duration) -> u32 {
+        let mut gate = ShotGate::default();
+        let (mut next_tick, mut done_at, mut now) = (Duration::ZERO, None::<Duration>, Duration::ZERO);
+        let mut shots = 0;
+        while now < run {
+            let mut ask = false;
+            if done_at.is_some_and(|d| d <= now) {
+                done_at = None;
+                ask = gate.answered();
+            }
+            if next_tick <= now {
+                next_tick += tick;
+                ask |= gate.tick();
+            }
+            if ask {
+                assert!(done_at.is_none(), "a shot asked for while one is made, at {now:?}");
+                gate.requested();
+                done_at = Some(now + work);
+                shots += 1;
+            }
+            now += Duration::from_millis(1);
+        }
+        shots
+    }
+
+    #[test]
+    fn a_worker_slower_than_the_ticks_starts_again_as_soon_as_it_is_done() {
+        let ms = Duration::from_millis;
+        // 60 frames/s ticks, 22 ms a shot: 45 a second, not every other tick (30).
+        let slow = shots_made(ms(1000) / 60, ms(22), ms(10_000));
+        assert!((440..=460).contains(&slow), "{slow} shots in 10 s at 22 ms each");
+        // A fast worker makes a shot at every tick and no more.
+        let fast = shots_made(ms(50), ms(10), ms(10_000));
+        assert_eq!(fast, 200, "ticks every 50 ms for 10 s");
+        // Ticks missed during a very slow shot count once.
+        let slowest = shots_made(ms(10), ms(95), ms(9_500));
+        assert_eq!(slowest, 100, "95 ms shots for 9.5 s");
+    }
+
+    #[test]
+    fn a_stopped_worker_leaves_no_tick_behind() {
+        let mut gate = ShotGate::default();
+        assert!(gate.tick());
+        gate.requested();
+        assert!(!gate.tick(), "one shot at a time");
+        gate.stopped();
+        assert!(!gate.answered(), "the tick missed before the stop is forgotten");
+        assert!(gate.tick());
+    }
 
     /// A capturer that always returns the same picture.
     struct Still(SyntheticCapturer, Option<Picture>);
