@@ -605,6 +605,8 @@ async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
     let error = plain.wait_text("#error", |t| t.contains("証明書")).await;
     assert!(error.contains("クライアント証明書"), "{error}");
     plain.screenshot("password-alone-refused-ja").await;
+    // Chromium outlives a killed chromedriver: the session is ended first.
+    http(driver.port, "DELETE", &format!("/session/{}", plain.session), None).await;
     drop(driver);
 
     // Password + certificate + TOTP: logged in.
@@ -676,6 +678,7 @@ async fn an_admin_who_must_present_a_certificate_logs_in_only_with_it() {
         );
     }
     b.screenshot("login-after-revocation").await;
+    http(driver.port, "DELETE", &format!("/session/{}", b.session), None).await;
 }
 
 /// An admin creates a read-only API token on the console's API tokens page in Chromium,
