@@ -809,6 +809,11 @@ mod tests {
         }
     }
 
+    /// The desktop's flow: three frames in flight, 4 Mbit/s and 30 frames/s at most.
+    fn desktop_flow() -> ScreenFlow {
+        ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30))
+    }
+
     /// What a simulated run ended with.
     struct Run {
         target: RateTarget,
@@ -876,7 +881,7 @@ mod tests {
     fn a_slow_link_brings_the_rate_under_what_it_carries_and_keeps_the_queue_short() {
         let t0 = Instant::now();
         // 4 Mbit/s wanted, 2.5 Mbit/s carried, 40 ms round trip.
-        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut f = desktop_flow();
         let mut link = Bottleneck::new(2_500_000.0, 40 * MS, t0);
         let run = run(&mut f, 30, &mut link, t0, 30);
         assert!(
@@ -913,7 +918,7 @@ mod tests {
     #[test]
     fn retransmission_stalls_on_a_fast_link_do_not_cut_the_rate() {
         let t0 = Instant::now();
-        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut f = desktop_flow();
         // 5 Mbit/s, 40 ms; one frame in 30 (one a second) waits 250 ms for a resend.
         let mut link = Bottleneck::new(5_000_000.0, 40 * MS, t0);
         link.stall = Some((30, 250 * MS));
@@ -927,7 +932,7 @@ mod tests {
         // An encoder that makes 28 KB frames whatever it is asked (a video in
         // openh264's screen-content mode), capped at 30 fps and 4 Mbit/s, over 2 Mbit/s and
         // 40 ms: 30 such frames a second would be 6.7 Mbit/s.
-        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut f = desktop_flow();
         let mut link = Bottleneck::new(2_000_000.0, 40 * MS, t0);
         let early = run_sized(&mut f, 30, &mut link, t0, 6, |_| 28_000);
         // From the third second on (the second half of the first six), each frame crosses
@@ -950,7 +955,7 @@ mod tests {
     #[test]
     fn an_encoder_that_follows_its_target_is_paced_at_the_target_frame_rate() {
         let t0 = Instant::now();
-        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut f = desktop_flow();
         let mut link = Bottleneck::new(1_000_000.0, 40 * MS, t0);
         run(&mut f, 30, &mut link, t0, 20);
         let rate = f.rate().unwrap();
@@ -961,7 +966,7 @@ mod tests {
     #[test]
     fn a_link_with_room_gets_frames_tuned_for_motion_and_one_without_goes_back_to_the_screen() {
         let t0 = Instant::now();
-        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut f = desktop_flow();
         // 100 Mbit/s beyond a LAN.
         let mut fast = Bottleneck::new(100e6, 20 * MS, t0);
         // A session starts tuned for the screen, and stays so until the link has carried
@@ -1079,7 +1084,7 @@ mod tests {
     fn motion_stays_where_its_frames_arrive_sooner_and_goes_where_they_arrive_later() {
         // On a LAN the larger frames cross in about a millisecond: motion stays.
         let t0 = Instant::now();
-        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut f = desktop_flow();
         let mut lan = Bottleneck::new(100e6, MS, t0);
         let (seen, _) = run_tuned(&mut f, &mut lan, t0, 30, KEY, scrolling_page);
         assert_eq!(tunings(&seen), [Tuning::Screen, Tuning::Motion], "on a LAN");
@@ -1091,7 +1096,7 @@ mod tests {
             Tuning::Screen => (2_000, 15 * MS),
             Tuning::Motion => (24_000, 5 * MS),
         };
-        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut f = desktop_flow();
         let mut wan = Bottleneck::new(10e6, 40 * MS, t0);
         let (seen, _) = run_tuned(&mut f, &mut wan, t0, 50, KEY, page);
         assert_eq!(
@@ -1122,7 +1127,7 @@ mod tests {
         // s; once the wait has grown to 5 minutes they are, at about 617 s (a link that got
         // faster is found).
         let t0 = Instant::now();
-        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut f = desktop_flow();
         let mut wan = Bottleneck::new(5e6, 40 * MS, t0);
         let (seen, _) = run_tuned(&mut f, &mut wan, t0, 600, KEY, scrolling_page);
         assert_eq!(
@@ -1146,7 +1151,7 @@ mod tests {
         assert_eq!(seen.last().unwrap().0, Tuning::Screen, "and the trial ended: {seen:?}");
         // Keyframes too small to weigh the link (a plain desktop's) leave the trials at
         // 5, 17 and 39 s.
-        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut f = desktop_flow();
         let mut wan = Bottleneck::new(5e6, 40 * MS, t0);
         let (seen, _) = run_tuned(&mut f, &mut wan, t0, 50, Some(8_000), scrolling_page);
         assert_eq!(f.rate().unwrap().link_capacity(), None);
@@ -1157,7 +1162,7 @@ mod tests {
     fn a_lan_is_tuned_for_motion_within_seconds_and_a_wan_after_the_usual_wait() {
         let t0 = Instant::now();
         let motion_at = |rate: f64, rtt: Duration, key: Option<usize>| {
-            let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+            let mut f = desktop_flow();
             let mut link = Bottleneck::new(rate, rtt, t0);
             let (seen, _) = run_tuned(&mut f, &mut link, t0, 10, key, scrolling_page);
             let at = seen.iter().find(|s| s.0 == Tuning::Motion).map(|s| s.1);
@@ -1191,7 +1196,7 @@ mod tests {
         // Mbit/s) queue. No keyframe weighed the link (acknowledged together with later
         // frames), so the trial comes after the usual wait.
         let t0 = Instant::now();
-        let mut f = ScreenFlow::new(3, 2000 * MS).with_rate(RateControl::new(4_000_000, 30));
+        let mut f = desktop_flow();
         let mut link = Bottleneck::new(3e6, 40 * MS, t0);
         let (seen, lowest) = run_tuned(&mut f, &mut link, t0, 9, None, scrolling_page);
         assert_eq!(tunings(&seen), [Tuning::Screen, Tuning::Motion, Tuning::Screen]);
