@@ -204,9 +204,8 @@ impl ScreenEncoder {
                 band,
             );
         }
-        let (y_plane, chroma) = self.i420.split_at_mut(w * h);
-        let (u_plane, v_plane) = chroma.split_at_mut(w * h / 4);
-        let source = YUVSlices::new((y_plane, u_plane, v_plane), (w, h), (w, w / 2, w / 2));
+        let whole = I420Planes::from_row(&mut self.i420, w, h, 0);
+        let source = YUVSlices::new((whole.y, whole.u, whole.v), (w, h), (w, w / 2, w / 2));
         if force_keyframe {
             self.encoder.force_intra_frame();
         }

@@ -678,7 +678,7 @@ impl RateControl {
             return;
         }
         if cramped && self.motion_after < MOTION_AFTER_MOST {
-            self.motion_after = (self.motion_after * 2).min(MOTION_AFTER_MOST);
+            self.wait_longer();
             self.at_cap_since = Some(now);
             tracing::debug!(
                 link_bps = capacity.unwrap_or_default() as u64,
@@ -702,6 +702,12 @@ impl RateControl {
     fn back_to_screen(&mut self) {
         self.tuning = Tuning::Screen;
         self.motion_trial = None;
+        self.wait_longer();
+    }
+
+    /// Twice the wait before motion is tried again on this link, up to
+    /// [`MOTION_AFTER_MOST`].
+    fn wait_longer(&mut self) {
         self.motion_after = (self.motion_after * 2).min(MOTION_AFTER_MOST);
     }
 }

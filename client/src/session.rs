@@ -746,13 +746,13 @@ impl Client {
     /// On each frame-rate tick: asks the worker for a shot if the stream runs, the window
     /// has room and no shot is being made (then the tick is taken when it is done).
     fn on_tick(&mut self) -> Handled {
-        if !self.streaming || self.phase != Phase::Active || !self.gate.tick() {
+        if !self.gate.tick() {
             return Ok(Step::Continue);
         }
         self.take_tick()
     }
 
-    /// Asks the worker for a shot if the window has room.
+    /// Asks the worker for a shot if the stream runs and the window has room.
     fn take_tick(&mut self) -> Handled {
         if !self.streaming || self.phase != Phase::Active {
             return Ok(Step::Continue);
