@@ -445,7 +445,22 @@ impl Peer {
 
 /// Pairs one session over already-open connections: returns the time from asking for a
 /// code to the operator seeing the consent, and the two peers.
-async fn pair(mut op: Peer, mut client: Peer, perms: PermissionSet) -> Result<(Duration, Peer, Peer)> {
+/// How long one pairing took, step by step: the operator's code request answered, the
+/// client's join answered with the consent request, the consent reaching the operator.
+#[derive(Clone, Copy, Debug)]
+struct PairTimes {
+    code: Duration,
+    join: Duration,
+    consent: Duration,
+}
+
+impl PairTimes {
+    fn total(&self) -> Duration {
+        self.code + self.join + self.consent
+    }
+}
+
+async fn pair(mut op: Peer, mut client: Peer, perms: PermissionSet) -> Result<(PairTimes, Peer, Peer)> {
     let start = Instant::now();
     op.writer
         .send(&frame(Body::RequestCode(pb::RequestCode {
@@ -457,6 +472,7 @@ async fn pair(mut op: Peer, mut client: Peer, perms: PermissionSet) -> Result<(D
         Body::CodeIssued(c) => c.code,
         other => bail!("expected a code, got {other:?}"),
     };
+    let coded = Instant::now();
     client
         .writer
         .send(&frame(Body::Join(pb::Join {
@@ -469,6 +485,7 @@ async fn pair(mut op: Peer, mut client: Peer, perms: PermissionSet) -> Result<(D
         Body::ConsentRequest(_) => {}
         other => bail!("expected a consent request, got {other:?}"),
     }
+    let asked = Instant::now();
     client
         .writer
         .send(&frame(Body::Consent(pb::Consent {
@@ -483,15 +500,19 @@ async fn pair(mut op: Peer, mut client: Peer, perms: PermissionSet) -> Result<(D
             other => bail!("expected consent, got {other:?}"),
         }
     }
-    let elapsed = start.elapsed();
+    let times = PairTimes {
+        code: coded - start,
+        join: asked - coded,
+        consent: asked.elapsed(),
+    };
     match client.next().await? {
         Body::SessionState(_) => {}
         other => bail!("client expected the session state, got {other:?}"),
     }
-    Ok((elapsed, op, client))
+    Ok((times, op, client))
 }
 
-async fn open_pair(cfg: &DialConfig, perms: PermissionSet) -> Result<(Duration, Peer, Peer)> {
+async fn open_pair(cfg: &DialConfig, perms: PermissionSet) -> Result<(PairTimes, Peer, Peer)> {
     open_pair_across(cfg, cfg, perms).await
 }
 
@@ -501,7 +522,7 @@ async fn open_pair_across(
     op_cfg: &DialConfig,
     client_cfg: &DialConfig,
     perms: PermissionSet,
-) -> Result<(Duration, Peer, Peer)> {
+) -> Result<(PairTimes, Peer, Peer)> {
     let op = Peer::login(op_cfg).await?;
     let client = Peer::connect(client_cfg).await?;
     pair(op, client, perms).await
@@ -510,9 +531,9 @@ async fn open_pair_across(
 /// One session's join latency: the connections (TLS handshake, Hello, login) are opened
 /// before the clock starts; the operator ends the session after.
 async fn join_latency(op_cfg: &DialConfig, client_cfg: &DialConfig, perms: PermissionSet) -> Result<Duration> {
-    let (elapsed, mut op, _client) = open_pair_across(op_cfg, client_cfg, perms).await?;
+    let (times, mut op, _client) = open_pair_across(op_cfg, client_cfg, perms).await?;
     op.writer.send(&frame(Body::End(pb::End {}))).await?;
-    Ok(elapsed)
+    Ok(times.total())
 }
 
 /// Opens `sessions` paired sessions (operator through `op_cfg`, client through
@@ -701,12 +722,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) -> Result<()> {
     let cfg = Arc::new(relay.dial_config()?);
     let perms = PermissionSet::ALL;
-    let mut latencies = Vec::with_capacity(sessions);
+    let mut times = Vec::with_capacity(sessions);
     let workers_n = concurrency.max(1);
     let rounds = sessions.div_ceil(workers_n);
     // Each round, every worker opens its connections (TLS handshakes and the operator's
-    // login with its password hash, not timed), then all pair at once: what is timed is
-    // `concurrency` pairings running together, not other workers' logins.
+    // login with its password hash, not timed), then all pair at once, and none goes on to
+    // the next round's logins before all have paired: what is timed is `concurrency`
+    // pairings running together, not other workers' logins.
     let barrier = Arc::new(tokio::sync::Barrier::new(workers_n));
     let mut workers = Vec::new();
     for _ in 0..workers_n {
@@ -721,32 +743,45 @@ async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) ->
                     .await
                     .map_err(|_| anyhow!("another worker did not reach the round"))?;
                 let (op, client) = opened?;
-                let (elapsed, mut op, _client) = pair(op, client, perms).await?;
+                let paired = pair(op, client, perms).await;
+                tokio::time::timeout(WAIT, barrier.wait())
+                    .await
+                    .map_err(|_| anyhow!("another worker did not finish the round"))?;
+                let (took, mut op, _client) = paired?;
                 op.writer.send(&frame(Body::End(pb::End {}))).await?;
-                out.push(elapsed);
+                out.push(took);
             }
             Ok::<_, anyhow::Error>(out)
         }));
     }
     for w in workers {
-        latencies.extend(w.await??);
+        times.extend(w.await??);
     }
-    latencies.sort();
-    let p50 = percentile(&latencies, 0.50);
-    let p99 = percentile(&latencies, 0.99);
+    let mut latencies: Vec<Duration> = times.iter().map(PairTimes::total).collect();
+    let (p50, p99, max) = latency_fields(&mut latencies);
+    // Each step's own p50 and p99: where a slow pairing spent its time.
+    let step = |pick: fn(&PairTimes) -> Duration| {
+        let mut of: Vec<Duration> = times.iter().map(pick).collect();
+        let (p50, p99, _) = latency_fields(&mut of);
+        serde_json::json!({ "p50_us": p50, "p99_us": p99 })
+    };
+    let steps = serde_json::json!({
+        "code": step(|t| t.code), "join": step(|t| t.join), "consent": step(|t| t.consent),
+    });
     println!(
         "{}",
         serde_json::json!({
             "scenario": "pairing", "sessions": latencies.len(), "concurrency": concurrency,
-            "p50_us": p50.as_micros() as u64, "p99_us": p99.as_micros() as u64,
-            "max_us": latencies.last().map(|d| d.as_micros() as u64),
+            "p50_us": p50, "p99_us": p99, "max_us": max, "steps": steps,
         })
     );
     eprintln!(
-        "pairing: {} sessions, code issue to consent: p50 {:?}, p99 {:?}",
+        "pairing: {} sessions, code issue to consent: p50 {p50} µs, p99 {p99} µs \
+         (code p99 {}, join p99 {}, consent p99 {})",
         latencies.len(),
-        p50,
-        p99
+        steps["code"]["p99_us"],
+        steps["join"]["p99_us"],
+        steps["consent"]["p99_us"],
     );
     Ok(())
 }

@@ -18,6 +18,13 @@ pub const HISTORY_QUEUE: usize = 16_384;
 /// How many queued changes the writer applies in one transaction.
 const BATCH: usize = 512;
 
+/// How long the writer gathers changes, from the first of them, before writing them: a
+/// busy relay writes one transaction (and one for their audit entries) every so often
+/// instead of one per change, and those writes keep out of the way of the sessions being
+/// set up meanwhile. Nothing is lost by waiting (the last sink going away or a flush ends
+/// the gathering); the console and `history` show a change at most this much later.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How long an event waits for room in a full queue while the database is being written
 /// (a wave of sessions ending at once): the session that records it waits, nothing is
 /// lost. While the database is unreachable a full queue loses the event at once instead
@@ -110,17 +117,21 @@ impl HistorySink {
 
 /// Starts the writer; it ends when every sink is dropped, after writing what is queued.
 /// Besides the history rows it keeps `live` current and audits code issue, join and the
-/// client's consent decisions. What queued up while it wrote is written together, up to
-/// [`BATCH`] changes in one transaction.
+/// client's consent decisions. Changes are gathered for [`GATHER`] after the first of them
+/// and written together, up to [`BATCH`] in one transaction, their audit entries in one
+/// more.
 pub fn start_writer(store: Store, audit: Audit, live: LiveMap) -> (HistorySink, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Message>(HISTORY_QUEUE);
     let unreachable = Arc::new(AtomicBool::new(false));
     let flag = unreachable.clone();
     let task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut entries = Vec::new();
         while let Some(first) = rx.recv().await {
-            // Take what else is queued, up to a batch; a barrier ends the batch (it is
-            // answered once what came before it is written).
+            // Take what else comes within the gathering time, up to a batch; a barrier ends
+            // the batch at once (it is answered once what came before it is written), and
+            // so does the last sink going away.
+            let until = tokio::time::Instant::now() + GATHER;
             let mut barrier = None;
             let mut next = Some(first);
             while let Some(message) = next {
@@ -131,14 +142,16 @@ pub fn start_writer(store: Store, audit: Audit, live: LiveMap) -> (HistorySink, 
                         break;
                     }
                 }
-                next = if batch.len() < BATCH { rx.try_recv().ok() } else { None };
+                next = if batch.len() < BATCH {
+                    tokio::time::timeout_at(until, rx.recv()).await.ok().flatten()
+                } else {
+                    None
+                };
             }
             write(&store, &flag, &batch).await;
-            for event in batch.drain(..) {
-                if let Some(entry) = track(&live, &event) {
-                    append_audit(&audit, entry).await;
-                }
-            }
+            entries.extend(batch.drain(..).filter_map(|event| track(&live, &event)));
+            append_audit(&audit, &entries).await;
+            entries.clear();
             if let Some(done) = barrier {
                 let _ = done.send(());
             }
@@ -180,18 +193,18 @@ async fn write(store: &Store, unreachable: &AtomicBool, events: &[HistoryEvent])
     unreachable.store(false, Ordering::Relaxed);
 }
 
-/// Appends one audit entry, waiting out an unreachable database.
-async fn append_audit(audit: &Audit, entry: audit::Entry) {
+/// Appends a batch's audit entries, waiting out an unreachable database.
+async fn append_audit(audit: &Audit, entries: &[audit::Entry]) {
     let mut pause = RETRY_FIRST;
     loop {
-        match audit.append(entry.clone()).await {
+        match audit.append_all(entries).await {
             Ok(_) => break,
             Err(e) if e.is_unavailable() => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(RETRY_MAX);
             }
             Err(e) => {
-                tracing::error!(error = %e, action = entry.action, "could not write to the audit trail");
+                tracing::error!(error = %e, entries = entries.len(), "could not write to the audit trail");
                 break;
             }
         }
@@ -575,6 +588,107 @@ mod tests {
         );
         drop(sink);
         writer.await.unwrap();
+    }
+
+    /// A keyed store (the audit trail needs its key) in `dir`.
+    async fn keyed_store(dir: &std::path::Path) -> Store {
+        let all = crate::keys::MayCreate {
+            secrets: true,
+            audit: true,
+            signing: true,
+        };
+        let keys = crate::keys::Keys::load(&crate::keys::KeyFiles::in_data_dir(dir), all).unwrap();
+        let store = Store::open(&dir.join("h.db")).await.unwrap();
+        store.with_keys(Arc::new(keys)).await.unwrap()
+    }
+
+    /// One session's code issue, join and consent, as a relay records them.
+    fn pairing(id: &str) -> [HistoryEvent; 3] {
+        use crate::store::SessionEvent as E;
+        [
+            E::Issued {
+                id: id.into(),
+                operator: "alice".into(),
+                operator_addr: "192.0.2.1:5000".parse().unwrap(),
+                relay_port: 7615,
+                requested: tsunagu_proto::PermissionSet::ALL,
+                at_ms: 1_700_000_000_000,
+            },
+            E::Joined {
+                id: id.into(),
+                client_host: "pc".into(),
+                client_addr: "198.51.100.2:6000".parse().unwrap(),
+                relay_port: 7615,
+                at_ms: 1_700_000_000_010,
+            },
+            E::Consented {
+                id: id.into(),
+                granted: tsunagu_proto::PermissionSet::ALL,
+                at_ms: 1_700_000_000_020,
+            },
+        ]
+    }
+
+    /// What the audit trail holds, as (action, target), oldest first.
+    async fn audited(store: &Store) -> Vec<(String, String)> {
+        let rows = store.audit_rows(0, 1_000).await.unwrap();
+        rows.into_iter().map(|r| (r.action, r.target)).collect()
+    }
+
+    /// Changes recorded and left (no flush) reach the history, the audit trail (in order,
+    /// a valid chain) and the console's live view on their own, soon after.
+    #[tokio::test]
+    async fn changes_reach_the_history_and_the_audit_trail_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keyed_store(dir.path()).await;
+        let live = LiveMap::default();
+        let (sink, writer) = start_writer(store.clone(), Audit::new(store.clone()), live.clone());
+        for id in ["s1", "s2"] {
+            for event in pairing(id) {
+                sink.record(event).await;
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while audited(&store).await.len() < 6 {
+            assert!(std::time::Instant::now() < deadline, "the changes were never written");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let expected: Vec<(String, String)> = ["s1", "s2"]
+            .iter()
+            .flat_map(|id| ["code_issued", "code_joined", "consent_granted"].map(|a| (a.to_string(), id.to_string())))
+            .collect();
+        assert_eq!(audited(&store).await, expected);
+        let report = audit::verify(&store).await.unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let rows = store.history(&crate::store::HistoryFilter::default()).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows
+            .iter()
+            .all(|r| r.consented_at.is_some() && r.client_host.as_deref() == Some("pc")));
+        assert_eq!(
+            live.get("s2").and_then(|i| i.granted.clone()),
+            Some(tsunagu_proto::PermissionSet::ALL.to_string())
+        );
+        drop(sink);
+        writer.await.unwrap();
+    }
+
+    /// A relay that stops while its writer is still gathering changes writes them all
+    /// before the writer ends: none of what was recorded is lost.
+    #[tokio::test]
+    async fn a_relay_that_stops_writes_what_it_was_gathering() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keyed_store(dir.path()).await;
+        let (sink, writer) = start_writer(store.clone(), Audit::new(store.clone()), LiveMap::default());
+        for event in pairing("s1") {
+            sink.record(event).await;
+        }
+        drop(sink);
+        writer.await.unwrap();
+        let rows = store.history(&crate::store::HistoryFilter::default()).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].consented_at.is_some());
+        assert_eq!(audited(&store).await.len(), 3);
     }
 
     /// A change the database refuses costs only itself: the rest of its batch is written.
