@@ -360,10 +360,19 @@ fn serve(
         .arg(data)
         .arg("--config")
         .arg(config)
-        .env("TSUNAGU_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()?;
+    // The relay logs at its default level, as it runs for its users, into a pipe read to
+    // the end as a log collector would; only its warnings and errors are shown.
+    let logs = BufReader::new(child.stderr.take().ok_or_else(|| anyhow!("no relay stderr"))?);
+    std::thread::spawn(move || {
+        for line in logs.lines().map_while(|l| l.ok()) {
+            if ["WARN", "ERROR"].iter().any(|level| line.contains(level)) {
+                eprintln!("relay: {line}");
+            }
+        }
+    });
     // One line per listener: the relay port, then the console.
     let mut out = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no relay stdout"))?);
     let mut addrs = Vec::new();

@@ -46,6 +46,7 @@ pub mod history;
 pub mod join;
 pub mod keys;
 pub mod level;
+pub mod logs;
 pub mod metrics;
 pub mod operator_cache;
 pub mod policy;

@@ -655,16 +655,21 @@ fn load_config(common: &Common) -> Result<Config, String> {
     Ok(config)
 }
 
-fn init_logs(json: bool) {
+/// The serving relay's logs, on stderr through [`tsunagu_relay::logs`]; the guard writes
+/// what is pending when the relay stops.
+fn init_logs(json: bool) -> Result<tsunagu_relay::logs::LogFlush, String> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TSUNAGU_LOG").unwrap_or_else(|_| "info".into());
+    let (writer, flush) =
+        tsunagu_relay::logs::start(std::io::stderr()).map_err(|e| format!("cannot start the log writer: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(move || writer.clone());
     if json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }
+    Ok(flush)
 }
 
 async fn open_store(config: &Config) -> Result<Store, String> {
@@ -691,7 +696,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             admin_listen,
             log_format,
         } => {
-            init_logs(log_format == "json");
+            let _logs = init_logs(log_format == "json")?;
             let mut config = load_config(&common)?;
             if !listen.is_empty() {
                 config.listen = listen;

@@ -1,0 +1,262 @@
+//! Where the relay's log lines go: gathered in memory and written out by a thread of their
+//! own every [`FLUSH_EVERY`], so a worker that logs a line never makes a system call, never
+//! wakes another thread while lines keep coming, and never waits for a slow log reader (a
+//! busy journald, a full pipe). A session being set up logs a few lines; written one by one
+//! they cost it a write each and, on a small machine, the CPU the other side was waiting
+//! for.
+//!
+//! Memory is bounded: while the reader does not keep up, at most [`MAX_PENDING`] bytes wait
+//! and further lines are dropped, counted (`tsunagu_log_lines_dropped_total`) and told in
+//! one line once the output moves again. A relay that stops writes what is pending first
+//! ([`LogFlush`]); one killed outright loses at most the last [`FLUSH_EVERY`] of lines.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often pending lines are written while lines keep coming.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+/// Bytes of lines held at most while the output is slow; beyond, lines are dropped.
+pub const MAX_PENDING: usize = 4 << 20;
+
+/// A buffer kept for the next round only up to this size, so a burst's memory goes back.
+const KEEP_CAPACITY: usize = 256 << 10;
+
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    dropped: u64,
+    /// The writing thread waits for a first line (nothing pending at its last look): the
+    /// next line wakes it. While lines keep coming it never waits, and no line wakes it.
+    idle: bool,
+    closed: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Pending> {
+    shared.pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes log lines (one `write` per line, as `tracing-subscriber` writes them); clone it
+/// for each line.
+#[derive(Clone)]
+pub struct LogWriter {
+    shared: Arc<Shared>,
+}
+
+/// Writes what is pending and stops the writing thread when dropped; lines logged after
+/// that go straight to the output.
+pub struct LogFlush {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts the thread writing lines to `out` and returns the writer the log layer uses and
+/// the guard that flushes at the end.
+pub fn start(out: impl Write + Send + 'static) -> io::Result<(LogWriter, LogFlush)> {
+    let shared = Arc::new(Shared {
+        pending: Mutex::new(Pending::default()),
+        wake: Condvar::new(),
+    });
+    let thread = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || write_out(&shared, out))?
+    };
+    Ok((
+        LogWriter { shared: shared.clone() },
+        LogFlush {
+            shared,
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// The writing thread: waits for lines, writes what is pending, pauses [`FLUSH_EVERY`] so
+/// the lines of that time go out together, and so on until closed and empty.
+fn write_out(shared: &Shared, mut out: impl Write) {
+    let mut spare = Vec::new();
+    loop {
+        let (dropped, closed) = {
+            let mut p = lock(shared);
+            while p.lines.is_empty() && p.dropped == 0 && !p.closed {
+                p.idle = true;
+                p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            p.idle = false;
+            std::mem::swap(&mut p.lines, &mut spare);
+            (std::mem::take(&mut p.dropped), p.closed)
+        };
+        // A failing output (stderr closed) has nowhere to be reported: the lines go.
+        let _ = out.write_all(&spare);
+        if dropped > 0 {
+            metrics::counter!("tsunagu_log_lines_dropped_total").increment(dropped);
+            let _ = writeln!(
+                out,
+                "tsunagu-relay: {dropped} log line(s) dropped: the log output did not keep up"
+            );
+        }
+        let _ = out.flush();
+        spare.clear();
+        if spare.capacity() > KEEP_CAPACITY {
+            spare = Vec::new();
+        }
+        if closed {
+            let p = lock(shared);
+            if p.lines.is_empty() && p.dropped == 0 {
+                return;
+            }
+            continue;
+        }
+        // Lines logged meanwhile wait for the next round; closing cuts the pause short.
+        let p = lock(shared);
+        if !p.closed {
+            let _ = shared.wake.wait_timeout(p, FLUSH_EVERY);
+        }
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let mut p = lock(&self.shared);
+        if p.closed {
+            drop(p);
+            return io::stderr().write(line);
+        }
+        if p.lines.len() + line.len() > MAX_PENDING {
+            p.dropped += 1;
+            return Ok(line.len());
+        }
+        p.lines.extend_from_slice(line);
+        if p.idle {
+            p.idle = false;
+            self.shared.wake.notify_one();
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogFlush {
+    fn drop(&mut self) {
+        lock(&self.shared).closed = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// An output the test reads back, optionally blocked (a log reader that stalls).
+    #[derive(Clone, Default)]
+    struct Out {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        gate: Arc<Mutex<()>>,
+    }
+
+    impl Write for Out {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let _stalled = self.gate.lock().unwrap();
+            self.bytes.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Out {
+        fn text(&self) -> String {
+            String::from_utf8(self.bytes.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    #[test]
+    fn lines_come_out_whole_in_order_soon_and_all_of_them_at_the_end() {
+        let out = Out::default();
+        let (writer, flush) = start(out.clone()).unwrap();
+        // A lone line goes out on its own, without a flush.
+        writer.clone().write_all(b"first\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.text().is_empty() {
+            assert!(Instant::now() < deadline, "a lone line was never written");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(out.text(), "first\n");
+        // Lines from many threads at once: each whole, each thread's in order.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2_000 {
+                        writer.clone().write_all(format!("t{t} line {i}\n").as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(flush);
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1 + 4 * 2_000);
+        for t in 0..4 {
+            let mine: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.starts_with(&format!("t{t} ")))
+                .collect();
+            let expected: Vec<String> = (0..2_000).map(|i| format!("t{t} line {i}")).collect();
+            assert_eq!(mine, expected, "thread {t}");
+        }
+        // After the end, lines still go somewhere (straight out) instead of vanishing.
+        assert!(writer.clone().write_all(b"late\n").is_ok());
+    }
+
+    #[test]
+    fn a_stalled_output_never_blocks_a_logger_and_holds_bounded_memory() {
+        let out = Out::default();
+        let stall = out.gate.clone();
+        let stalled = stall.lock().unwrap();
+        let (writer, flush) = start(out.clone()).unwrap();
+        // The writing thread takes the first line and blocks on the output.
+        writer.clone().write_all(b"blocked\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // Meanwhile far more than the bound is logged, and every call returns.
+        let mut line = vec![b'x'; 1023];
+        line.push(b'\n');
+        let lines = 3 * MAX_PENDING / 1024;
+        for _ in 0..lines {
+            writer.clone().write_all(&line).unwrap();
+        }
+        assert!(lock(&writer.shared).lines.len() <= MAX_PENDING);
+        drop(stalled);
+        drop(flush);
+        let text = out.text();
+        let kept = text.lines().filter(|l| l.starts_with('x')).count();
+        assert!(kept > 0 && kept * 1024 <= MAX_PENDING, "{kept} lines kept");
+        let notice = text.lines().find(|l| l.contains("dropped")).expect("the drop is told");
+        let dropped: usize = notice
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("a count");
+        assert_eq!(kept + dropped, lines, "{notice}");
+    }
+}
