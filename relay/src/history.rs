@@ -22,7 +22,8 @@ const BATCH: usize = 512;
 /// busy relay writes one transaction (and one for their audit entries) every so often
 /// instead of one per change, and those writes keep out of the way of the sessions being
 /// set up meanwhile. Nothing is lost by waiting (the last sink going away or a flush ends
-/// the gathering); the console and `history` show a change at most this much later.
+/// the gathering); the console and `history` show a change at most this much later, and a
+/// session's end without waiting.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long an event waits for room in a full queue while the database is being written
@@ -118,9 +119,19 @@ impl HistorySink {
 /// Starts the writer; it ends when every sink is dropped, after writing what is queued.
 /// Besides the history rows it keeps `live` current and audits code issue, join and the
 /// client's consent decisions. Changes are gathered for [`GATHER`] after the first of them
-/// and written together, up to [`BATCH`] in one transaction, their audit entries in one
-/// more.
+/// (a session's end is written at once) and written together, up to [`BATCH`] in one
+/// transaction, their audit entries in one more.
 pub fn start_writer(store: Store, audit: Audit, live: LiveMap) -> (HistorySink, tokio::task::JoinHandle<()>) {
+    start_writer_gathering(store, audit, live, GATHER)
+}
+
+/// [`start_writer`] with changes gathered for `gather`.
+fn start_writer_gathering(
+    store: Store,
+    audit: Audit,
+    live: LiveMap,
+    gather: std::time::Duration,
+) -> (HistorySink, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Message>(HISTORY_QUEUE);
     let unreachable = Arc::new(AtomicBool::new(false));
     let flag = unreachable.clone();
@@ -128,24 +139,31 @@ pub fn start_writer(store: Store, audit: Audit, live: LiveMap) -> (HistorySink, 
         let mut batch = Vec::with_capacity(BATCH);
         let mut entries = Vec::new();
         while let Some(first) = rx.recv().await {
-            // Take what else comes within the gathering time, up to a batch; a barrier ends
+            // Take what else comes within the gathering time, up to a batch. A barrier ends
             // the batch at once (it is answered once what came before it is written), and
-            // so does the last sink going away.
-            let until = tokio::time::Instant::now() + GATHER;
+            // so does the last sink going away, and so does a session's end: whoever looks
+            // at the history once a session is over finds it there.
+            let until = tokio::time::Instant::now() + gather;
             let mut barrier = None;
+            let mut ended = false;
             let mut next = Some(first);
             while let Some(message) = next {
                 match message {
-                    Message::Event(event) => batch.push(event),
+                    Message::Event(event) => {
+                        ended |= matches!(event, HistoryEvent::Ended { .. });
+                        batch.push(event);
+                    }
                     Message::Barrier(done) => {
                         barrier = Some(done);
                         break;
                     }
                 }
-                next = if batch.len() < BATCH {
-                    tokio::time::timeout_at(until, rx.recv()).await.ok().flatten()
-                } else {
+                next = if batch.len() >= BATCH {
                     None
+                } else if ended {
+                    rx.try_recv().ok()
+                } else {
+                    tokio::time::timeout_at(until, rx.recv()).await.ok().flatten()
                 };
             }
             write(&store, &flag, &batch).await;
@@ -669,6 +687,50 @@ mod tests {
             live.get("s2").and_then(|i| i.granted.clone()),
             Some(tsunagu_proto::PermissionSet::ALL.to_string())
         );
+        drop(sink);
+        writer.await.unwrap();
+    }
+
+    /// A session's end is written at once, with what was gathered before it; other changes
+    /// wait for the gathering time (an hour here) or a flush.
+    #[tokio::test]
+    async fn a_sessions_end_is_written_at_once_and_other_changes_when_gathered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keyed_store(dir.path()).await;
+        let hour = std::time::Duration::from_secs(3600);
+        let (sink, writer) = start_writer_gathering(store.clone(), Audit::new(store.clone()), LiveMap::default(), hour);
+        let history = || async { store.history(&crate::store::HistoryFilter::default()).await.unwrap() };
+        for event in pairing("s1") {
+            sink.record(event).await;
+        }
+        sink.record(HistoryEvent::Ended {
+            id: "s1".into(),
+            reason: "operator_ended",
+            counters: Default::default(),
+            granted: None,
+            at_ms: 1_700_000_000_030,
+        })
+        .await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !history().await.iter().any(|r| r.ended_at.is_some()) {
+            assert!(std::time::Instant::now() < deadline, "the session's end waited for the gathering");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let rows = history().await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].end_reason.as_deref(), Some("operator_ended"));
+        assert!(rows[0].consented_at.is_some());
+        assert_eq!(audited(&store).await.len(), 3);
+        // Another session's set-up, with no end: gathered, not yet written...
+        for event in pairing("s2") {
+            sink.record(event).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(history().await.len(), 1, "written before its gathering time");
+        // ...until a flush.
+        sink.flush().await;
+        assert_eq!(history().await.len(), 2);
+        assert_eq!(audited(&store).await.len(), 6);
         drop(sink);
         writer.await.unwrap();
     }

@@ -12,7 +12,6 @@
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How often pending lines are written while lines keep coming.
@@ -24,6 +23,10 @@ pub const MAX_PENDING: usize = 4 << 20;
 /// A buffer kept for the next round only up to this size, so a burst's memory goes back.
 const KEEP_CAPACITY: usize = 256 << 10;
 
+/// How long a stopping relay waits for its pending lines to be written: an output that
+/// does not take them (a stalled reader) does not hold the stop up longer.
+const LAST_WRITE: Duration = Duration::from_secs(2);
+
 #[derive(Default)]
 struct Pending {
     lines: Vec<u8>,
@@ -32,6 +35,8 @@ struct Pending {
     /// next line wakes it. While lines keep coming it never waits, and no line wakes it.
     idle: bool,
     closed: bool,
+    /// The writing thread has written everything and ended.
+    finished: bool,
 }
 
 struct Shared {
@@ -50,11 +55,10 @@ pub struct LogWriter {
     shared: Arc<Shared>,
 }
 
-/// Writes what is pending and stops the writing thread when dropped; lines logged after
-/// that go straight to the output.
+/// Writes what is pending and stops the writing thread when dropped (waiting at most
+/// [`LAST_WRITE`] for the output); lines logged after that go straight to the output.
 pub struct LogFlush {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// Starts the thread writing lines to `out` and returns the writer the log layer uses and
@@ -64,19 +68,15 @@ pub fn start(out: impl Write + Send + 'static) -> io::Result<(LogWriter, LogFlus
         pending: Mutex::new(Pending::default()),
         wake: Condvar::new(),
     });
-    let thread = {
+    {
         let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("log-writer".into())
-            .spawn(move || write_out(&shared, out))?
-    };
-    Ok((
-        LogWriter { shared: shared.clone() },
-        LogFlush {
-            shared,
-            thread: Some(thread),
-        },
-    ))
+        std::thread::Builder::new().name("log-writer".into()).spawn(move || {
+            write_out(&shared, out);
+            lock(&shared).finished = true;
+            shared.wake.notify_all();
+        })?;
+    }
+    Ok((LogWriter { shared: shared.clone() }, LogFlush { shared }))
 }
 
 /// The writing thread: waits for lines, writes what is pending, pauses [`FLUSH_EVERY`] so
@@ -149,11 +149,14 @@ impl Write for LogWriter {
 
 impl Drop for LogFlush {
     fn drop(&mut self) {
-        lock(&self.shared).closed = true;
-        self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let mut p = lock(&self.shared);
+        p.closed = true;
+        self.shared.wake.notify_all();
+        let _ = self
+            .shared
+            .wake
+            .wait_timeout_while(p, LAST_WRITE, |p| !p.finished)
+            .map_err(|e| e.into_inner());
     }
 }
 
@@ -227,6 +230,24 @@ mod tests {
         }
         // After the end, lines still go somewhere (straight out) instead of vanishing.
         assert!(writer.clone().write_all(b"late\n").is_ok());
+    }
+
+    #[test]
+    fn a_stop_gives_up_on_an_output_that_never_takes_its_lines() {
+        let out = Out::default();
+        let stall = out.gate.clone();
+        let _stalled = stall.lock().unwrap();
+        let (writer, flush) = start(out.clone()).unwrap();
+        writer.clone().write_all(b"never taken\n").unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(flush);
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done_rx.recv_timeout(LAST_WRITE * 10).is_ok(),
+            "the stop waited on a stalled output"
+        );
     }
 
     #[test]

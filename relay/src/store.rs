@@ -1382,37 +1382,54 @@ impl Store {
 
     /// Inserts one audit row; false when `seq` was taken meanwhile (the caller retries).
     pub async fn audit_insert(&self, row: &AuditRow) -> Result<bool, StoreError> {
-        self.audit_insert_all(std::slice::from_ref(row)).await
+        Self::inserted(Self::insert_audit_row(&self.pool, row).await)
     }
 
     /// Inserts audit rows in one transaction, all or none; false when a `seq` was taken
     /// meanwhile (nothing is written and the caller retries).
     pub async fn audit_insert_all(&self, rows: &[AuditRow]) -> Result<bool, StoreError> {
+        if let [row] = rows {
+            return self.audit_insert(row).await;
+        }
         let mut tx = self.pool.begin().await?;
         for row in rows {
-            let done = sqlx::query(
-                "INSERT INTO audit (seq, at, actor, action, target, ip, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(row.seq)
-            .bind(row.at)
-            .bind(&row.actor)
-            .bind(&row.action)
-            .bind(&row.target)
-            .bind(&row.ip)
-            .bind(&row.detail)
-            .bind(&row.prev_hash)
-            .bind(&row.hash)
-            .execute(&mut *tx)
-            .await;
-            match done {
-                Ok(_) => {}
-                // The transaction is rolled back as it is dropped.
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
-                Err(e) => return Err(e.into()),
+            // The transaction is rolled back as it is dropped.
+            if !Self::inserted(Self::insert_audit_row(&mut *tx, row).await)? {
+                return Ok(false);
             }
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn insert_audit_row<'e>(
+        on: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        row: &AuditRow,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO audit (seq, at, actor, action, target, ip, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(row.seq)
+        .bind(row.at)
+        .bind(&row.actor)
+        .bind(&row.action)
+        .bind(&row.target)
+        .bind(&row.ip)
+        .bind(&row.detail)
+        .bind(&row.prev_hash)
+        .bind(&row.hash)
+        .execute(on)
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether an audit row went in: false when its `seq` was taken.
+    fn inserted(done: Result<(), sqlx::Error>) -> Result<bool, StoreError> {
+        match done {
+            Ok(()) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Audit rows with `seq` greater than `after`, oldest first, at most `limit`.
