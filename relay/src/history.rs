@@ -712,8 +712,12 @@ mod tests {
         })
         .await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !history().await.iter().any(|r| r.ended_at.is_some()) {
-            assert!(std::time::Instant::now() < deadline, "the session's end waited for the gathering");
+        // The rows first, then their audit entries, each soon after.
+        while !history().await.iter().any(|r| r.ended_at.is_some()) || audited(&store).await.len() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the session's end waited for the gathering"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let rows = history().await;
