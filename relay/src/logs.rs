@@ -1,18 +1,23 @@
-//! Where the relay's log lines go: gathered in memory and written out by a thread of their
-//! own every [`FLUSH_EVERY`], so a worker that logs a line never makes a system call, never
-//! wakes another thread while lines keep coming, and never waits for a slow log reader (a
-//! busy journald, a full pipe). A session being set up logs a few lines; written one by one
-//! they cost it a write each and, on a small machine, the CPU the other side was waiting
-//! for.
+//! Where the relay's log lines go. Informational lines (the bulk: a few per session) are
+//! gathered in memory and written out by a thread of their own every [`FLUSH_EVERY`], so a
+//! worker that logs one never makes a system call, never wakes another thread while lines
+//! keep coming, and never waits for a slow log reader (a busy journald, a full pipe).
+//! Written one by one they cost a session being set up a write each and, on a small
+//! machine, the CPU the other side was waiting for. Warnings and errors are written at
+//! once, after the lines gathered before them, so they are out even if the relay is killed
+//! right after.
 //!
 //! Memory is bounded: while the reader does not keep up, at most [`MAX_PENDING`] bytes wait
 //! and further lines are dropped, counted (`tsunagu_log_lines_dropped_total`) and told in
 //! one line once the output moves again. A relay that stops writes what is pending first
-//! ([`LogFlush`]); one killed outright loses at most the last [`FLUSH_EVERY`] of lines.
+//! ([`LogFlush`]); one killed outright loses at most the last [`FLUSH_EVERY`] of
+//! informational lines.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
 
 /// How often pending lines are written while lines keep coming.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
@@ -39,63 +44,31 @@ struct Pending {
     finished: bool,
 }
 
+/// What the loggers and the writing thread share. Locks are taken `out` first, then
+/// `pending`: whoever writes takes what is pending while holding the output, so lines come
+/// out in the order they were logged.
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
+    out: Mutex<Box<dyn Write + Send>>,
 }
 
-fn lock(shared: &Shared) -> MutexGuard<'_, Pending> {
-    shared.pending.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Takes log lines (one `write` per line, as `tracing-subscriber` writes them); clone it
-/// for each line.
-#[derive(Clone)]
-pub struct LogWriter {
-    shared: Arc<Shared>,
-}
-
-/// Writes what is pending and stops the writing thread when dropped (waiting at most
-/// [`LAST_WRITE`] for the output); lines logged after that go straight to the output.
-pub struct LogFlush {
-    shared: Arc<Shared>,
-}
-
-/// Starts the thread writing lines to `out` and returns the writer the log layer uses and
-/// the guard that flushes at the end.
-pub fn start(out: impl Write + Send + 'static) -> io::Result<(LogWriter, LogFlush)> {
-    let shared = Arc::new(Shared {
-        pending: Mutex::new(Pending::default()),
-        wake: Condvar::new(),
-    });
-    {
-        let shared = shared.clone();
-        std::thread::Builder::new().name("log-writer".into()).spawn(move || {
-            write_out(&shared, out);
-            lock(&shared).finished = true;
-            shared.wake.notify_all();
-        })?;
-    }
-    Ok((LogWriter { shared: shared.clone() }, LogFlush { shared }))
-}
-
-/// The writing thread: waits for lines, writes what is pending, pauses [`FLUSH_EVERY`] so
-/// the lines of that time go out together, and so on until closed and empty.
-fn write_out(shared: &Shared, mut out: impl Write) {
-    let mut spare = Vec::new();
-    loop {
-        let (dropped, closed) = {
-            let mut p = lock(shared);
-            while p.lines.is_empty() && p.dropped == 0 && !p.closed {
-                p.idle = true;
-                p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
-            }
-            p.idle = false;
-            std::mem::swap(&mut p.lines, &mut spare);
-            (std::mem::take(&mut p.dropped), p.closed)
+impl Shared {
+    /// Writes what is pending (and `line` after it) to the output, on this thread.
+    fn write_now(&self, spare: &mut Vec<u8>, line: &[u8]) {
+        let mut out = lock(&self.out);
+        let dropped = {
+            let mut p = lock(&self.pending);
+            std::mem::swap(&mut p.lines, spare);
+            std::mem::take(&mut p.dropped)
         };
+        spare.extend_from_slice(line);
         // A failing output (stderr closed) has nowhere to be reported: the lines go.
-        let _ = out.write_all(&spare);
+        let _ = out.write_all(spare);
         if dropped > 0 {
             metrics::counter!("tsunagu_log_lines_dropped_total").increment(dropped);
             let _ = writeln!(
@@ -106,29 +79,102 @@ fn write_out(shared: &Shared, mut out: impl Write) {
         let _ = out.flush();
         spare.clear();
         if spare.capacity() > KEEP_CAPACITY {
-            spare = Vec::new();
+            *spare = Vec::new();
         }
-        if closed {
-            let p = lock(shared);
+    }
+}
+
+/// Makes the writer of each log line: gathered, or at once for warnings and errors.
+#[derive(Clone)]
+pub struct LogWriter {
+    shared: Arc<Shared>,
+}
+
+/// One line's writer (`tracing-subscriber` writes a line in one `write`).
+pub struct Line<'a> {
+    shared: &'a Shared,
+    at_once: bool,
+}
+
+impl LogWriter {
+    fn line(&self, at_once: bool) -> Line<'_> {
+        Line {
+            shared: &self.shared,
+            at_once,
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Line<'a> {
+        self.line(false)
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Line<'a> {
+        self.line(*meta.level() <= tracing::Level::WARN)
+    }
+}
+
+/// Writes what is pending and stops the writing thread when dropped (waiting at most
+/// [`LAST_WRITE`] for the output); lines logged after that are written at once.
+pub struct LogFlush {
+    shared: Arc<Shared>,
+}
+
+/// Starts the thread writing lines to `out` and returns the writer the log layer uses and
+/// the guard that flushes at the end.
+pub fn start(out: impl Write + Send + 'static) -> io::Result<(LogWriter, LogFlush)> {
+    let shared = Arc::new(Shared {
+        pending: Mutex::new(Pending::default()),
+        wake: Condvar::new(),
+        out: Mutex::new(Box::new(out)),
+    });
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new().name("log-writer".into()).spawn(move || {
+            write_out(&shared);
+            lock(&shared.pending).finished = true;
+            shared.wake.notify_all();
+        })?;
+    }
+    Ok((LogWriter { shared: shared.clone() }, LogFlush { shared }))
+}
+
+/// The writing thread: waits for lines, writes what is pending, pauses [`FLUSH_EVERY`] so
+/// the lines of that time go out together, and so on until closed and empty.
+fn write_out(shared: &Shared) {
+    let mut spare = Vec::new();
+    loop {
+        {
+            let mut p = lock(&shared.pending);
+            while p.lines.is_empty() && p.dropped == 0 && !p.closed {
+                p.idle = true;
+                p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            p.idle = false;
+        }
+        shared.write_now(&mut spare, &[]);
+        let p = lock(&shared.pending);
+        if p.closed {
             if p.lines.is_empty() && p.dropped == 0 {
                 return;
             }
             continue;
         }
         // Lines logged meanwhile wait for the next round; closing cuts the pause short.
-        let p = lock(shared);
-        if !p.closed {
-            let _ = shared.wake.wait_timeout(p, FLUSH_EVERY);
-        }
+        let _ = shared.wake.wait_timeout(p, FLUSH_EVERY);
     }
 }
 
-impl Write for LogWriter {
+impl Write for Line<'_> {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let mut p = lock(&self.shared);
-        if p.closed {
+        let mut p = lock(&self.shared.pending);
+        if p.closed || self.at_once {
             drop(p);
-            return io::stderr().write(line);
+            self.shared.write_now(&mut Vec::new(), line);
+            return Ok(line.len());
         }
         if p.lines.len() + line.len() > MAX_PENDING {
             p.dropped += 1;
@@ -149,7 +195,7 @@ impl Write for LogWriter {
 
 impl Drop for LogFlush {
     fn drop(&mut self) {
-        let mut p = lock(&self.shared);
+        let mut p = lock(&self.shared.pending);
         p.closed = true;
         self.shared.wake.notify_all();
         let _ = self
@@ -194,7 +240,7 @@ mod tests {
         let out = Out::default();
         let (writer, flush) = start(out.clone()).unwrap();
         // A lone line goes out on its own, without a flush.
-        writer.clone().write_all(b"first\n").unwrap();
+        writer.line(false).write_all(b"first\n").unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while out.text().is_empty() {
             assert!(Instant::now() < deadline, "a lone line was never written");
@@ -207,7 +253,10 @@ mod tests {
                 let writer = writer.clone();
                 std::thread::spawn(move || {
                     for i in 0..2_000 {
-                        writer.clone().write_all(format!("t{t} line {i}\n").as_bytes()).unwrap();
+                        writer
+                            .line(false)
+                            .write_all(format!("t{t} line {i}\n").as_bytes())
+                            .unwrap();
                     }
                 })
             })
@@ -228,8 +277,23 @@ mod tests {
             let expected: Vec<String> = (0..2_000).map(|i| format!("t{t} line {i}")).collect();
             assert_eq!(mine, expected, "thread {t}");
         }
-        // After the end, lines still go somewhere (straight out) instead of vanishing.
-        assert!(writer.clone().write_all(b"late\n").is_ok());
+        // After the end, lines are written at once instead of vanishing.
+        writer.line(false).write_all(b"late\n").unwrap();
+        assert!(out.text().ends_with("\nlate\n"));
+    }
+
+    #[test]
+    fn a_warning_is_out_when_it_is_logged_after_the_lines_gathered_before_it() {
+        let out = Out::default();
+        let (writer, _flush) = start(out.clone()).unwrap();
+        let stall = out.gate.clone();
+        // The writing thread may not take the gathered lines meanwhile.
+        let stalled = stall.lock().unwrap();
+        writer.line(false).write_all(b"one\n").unwrap();
+        writer.line(false).write_all(b"two\n").unwrap();
+        drop(stalled);
+        writer.line(true).write_all(b"warning\n").unwrap();
+        assert_eq!(out.text(), "one\ntwo\nwarning\n");
     }
 
     #[test]
@@ -238,7 +302,7 @@ mod tests {
         let stall = out.gate.clone();
         let _stalled = stall.lock().unwrap();
         let (writer, flush) = start(out.clone()).unwrap();
-        writer.clone().write_all(b"never taken\n").unwrap();
+        writer.line(false).write_all(b"never taken\n").unwrap();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             drop(flush);
@@ -257,16 +321,16 @@ mod tests {
         let stalled = stall.lock().unwrap();
         let (writer, flush) = start(out.clone()).unwrap();
         // The writing thread takes the first line and blocks on the output.
-        writer.clone().write_all(b"blocked\n").unwrap();
+        writer.line(false).write_all(b"blocked\n").unwrap();
         std::thread::sleep(Duration::from_millis(50));
         // Meanwhile far more than the bound is logged, and every call returns.
         let mut line = vec![b'x'; 1023];
         line.push(b'\n');
         let lines = 3 * MAX_PENDING / 1024;
         for _ in 0..lines {
-            writer.clone().write_all(&line).unwrap();
+            writer.line(false).write_all(&line).unwrap();
         }
-        assert!(lock(&writer.shared).lines.len() <= MAX_PENDING);
+        assert!(lock(&writer.shared.pending).lines.len() <= MAX_PENDING);
         drop(stalled);
         drop(flush);
         let text = out.text();

@@ -661,9 +661,7 @@ fn init_logs(json: bool) -> Result<tsunagu_relay::logs::LogFlush, String> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TSUNAGU_LOG").unwrap_or_else(|_| "info".into());
     let (writer, flush) =
         tsunagu_relay::logs::start(std::io::stderr()).map_err(|e| format!("cannot start the log writer: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(move || writer.clone());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if json {
         builder.json().flatten_event(true).init();
     } else {
