@@ -452,8 +452,6 @@ impl Peer {
     }
 }
 
-/// Pairs one session over already-open connections: returns the time from asking for a
-/// code to the operator seeing the consent, and the two peers.
 /// How long one pairing took, step by step: the operator's code request answered, the
 /// client's join answered with the consent request, the consent reaching the operator.
 #[derive(Clone, Copy, Debug)]
@@ -469,6 +467,8 @@ impl PairTimes {
     }
 }
 
+/// Pairs one session over already-open connections: returns how long each step took, from
+/// asking for a code to the operator seeing the consent, and the two peers.
 async fn pair(mut op: Peer, mut client: Peer, perms: PermissionSet) -> Result<(PairTimes, Peer, Peer)> {
     let start = Instant::now();
     op.writer
