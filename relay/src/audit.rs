@@ -529,19 +529,7 @@ mod tests {
         }
     }
 
-    fn keys(dir: &std::path::Path) -> std::sync::Arc<Keys> {
-        let all = crate::keys::MayCreate {
-            secrets: true,
-            audit: true,
-            signing: true,
-        };
-        std::sync::Arc::new(Keys::load(&crate::keys::KeyFiles::in_data_dir(dir), all).unwrap())
-    }
-
-    async fn keyed_store(dir: &std::path::Path) -> Store {
-        let store = Store::open(&dir.join("a.db")).await.unwrap();
-        store.with_keys(keys(dir)).await.unwrap()
-    }
+    use crate::testing::{keyed_store, keys};
 
     /// A keyed store in a fresh data dir, and the audit trail it holds.
     async fn keyed_trail() -> (tempfile::TempDir, Store, Audit) {
@@ -769,7 +757,7 @@ mod tests {
             .unwrap();
         audit.check_key().await.unwrap();
         let other = tempfile::tempdir().unwrap();
-        let wrong = Store::open(&dir.path().join("a.db"))
+        let wrong = Store::open(&dir.path().join("relay.db"))
             .await
             .unwrap()
             .with_keys(keys(other.path()))

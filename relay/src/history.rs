@@ -545,6 +545,7 @@ pub fn render_with_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::keyed_store;
 
     /// A wave of sessions ending at once (more than the queue holds, recorded from many
     /// tasks at once) on SQLite: every end reaches the history, none is lost.
@@ -606,18 +607,6 @@ mod tests {
         );
         drop(sink);
         writer.await.unwrap();
-    }
-
-    /// A keyed store (the audit trail needs its key) in `dir`.
-    async fn keyed_store(dir: &std::path::Path) -> Store {
-        let all = crate::keys::MayCreate {
-            secrets: true,
-            audit: true,
-            signing: true,
-        };
-        let keys = crate::keys::Keys::load(&crate::keys::KeyFiles::in_data_dir(dir), all).unwrap();
-        let store = Store::open(&dir.join("h.db")).await.unwrap();
-        store.with_keys(Arc::new(keys)).await.unwrap()
     }
 
     /// One session's code issue, join and consent, as a relay records them.

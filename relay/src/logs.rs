@@ -5,7 +5,7 @@
 //! Written one by one they cost a session being set up a write each and, on a small
 //! machine, the CPU the other side was waiting for. Warnings and errors are written at
 //! once, after the lines gathered before them, so they are out even if the relay is killed
-//! right after.
+//! right after; those few wait for the output as any direct write would.
 //!
 //! Memory is bounded: while the reader does not keep up, at most [`MAX_PENDING`] bytes wait
 //! and further lines are dropped, counted (`tsunagu_log_lines_dropped_total`) and told in
@@ -323,12 +323,26 @@ mod tests {
         // The writing thread takes the first line and blocks on the output.
         writer.line(false).write_all(b"blocked\n").unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        // Meanwhile far more than the bound is logged, and every call returns.
+        // Meanwhile far more than the bound is logged by eight threads at once, and every
+        // call returns.
         let mut line = vec![b'x'; 1023];
         line.push(b'\n');
-        let lines = 3 * MAX_PENDING / 1024;
-        for _ in 0..lines {
-            writer.line(false).write_all(&line).unwrap();
+        let (threads, per_thread) = (8, 3 * MAX_PENDING / 1024 / 8);
+        let lines = threads * per_thread;
+        let start_together = Arc::new(std::sync::Barrier::new(threads));
+        let loggers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (writer, line, start_together) = (writer.clone(), line.clone(), start_together.clone());
+                std::thread::spawn(move || {
+                    start_together.wait();
+                    for _ in 0..per_thread {
+                        writer.line(false).write_all(&line).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for logger in loggers {
+            logger.join().unwrap();
         }
         assert!(lock(&writer.shared.pending).lines.len() <= MAX_PENDING);
         drop(stalled);

@@ -8,7 +8,25 @@ use std::time::Duration;
 
 use crate::audit::{row_hash, GENESIS, KEYED_PREFIX};
 use crate::config::Config;
+use crate::keys::{KeyFiles, Keys, MayCreate};
 use crate::store::Store;
+
+/// The keys of a data dir `dir`, created there if missing (the audit trail is keyed with
+/// them, TOTP secrets sealed).
+pub fn keys(dir: &std::path::Path) -> std::sync::Arc<Keys> {
+    let all = MayCreate {
+        secrets: true,
+        audit: true,
+        signing: true,
+    };
+    std::sync::Arc::new(Keys::load(&KeyFiles::in_data_dir(dir), all).expect("the test's keys"))
+}
+
+/// A SQLite store in `dir` with that dir's keys, as the relay opens it.
+pub async fn keyed_store(dir: &std::path::Path) -> Store {
+    let store = Store::open(&dir.join("relay.db")).await.expect("the test's store");
+    store.with_keys(keys(dir)).await.expect("the test's keys on its store")
+}
 
 /// A schema of its own on the PostgreSQL server named by `TSUNAGU_TEST_POSTGRES` (the one
 /// `.ci/run` starts), so tests running at the same time do not see each other's rows.
