@@ -54,7 +54,7 @@ mod scene;
 #[path = "loadgen_screen.rs"]
 mod screen;
 
-use baseline::{baseline, Baseline, CpuMeter, CpuPerGb};
+use baseline::{baseline, Baseline, CpuMeter, CpuPerGb, Through};
 
 const PASSWORD: &str = "Load-test-pass-1";
 /// Payload of one file-channel frame: 64 KiB, a typical transfer chunk.
@@ -165,6 +165,8 @@ enum Scenario {
         sink: std::net::SocketAddr,
         #[arg(long)]
         sessions: usize,
+        #[arg(long, value_enum, default_value = "splice")]
+        through: baseline::Through,
     },
 }
 
@@ -698,7 +700,8 @@ async fn throughput(relay: &RelayUnderTest, sessions: usize, mb: usize) -> Resul
     let cfg = relay.dial_config()?;
     let bytes = mb * 1_000_000;
     let (relay_rate, cpu) = relay_rate(&cfg, &cfg, sessions, bytes, &[relay.child.id()]).await?;
-    let base = baseline(sessions, bytes).await?;
+    let base = baseline(sessions, bytes, Through::Splice).await?;
+    let floor = baseline::floor(sessions, bytes).await?;
     let ratio = relay_rate / base.rate;
     let line = serde_json::json!({
         "scenario": "throughput", "sessions": sessions, "mb_per_session": mb,
@@ -707,18 +710,26 @@ async fn throughput(relay: &RelayUnderTest, sessions: usize, mb: usize) -> Resul
     });
     println!(
         "{}",
-        with_fields(with_fields(line, cpu.fields()), baseline_fields(&base))
+        with_fields(
+            with_fields(with_fields(line, cpu.fields()), baseline_fields(&base)),
+            floor.fields(cpu.relay)
+        )
     );
     eprintln!(
         "throughput: {sessions} session(s) x {mb} MB: relay (TLS both legs) {:.0} MB/s, plain TCP copy ({}) {:.0} MB/s, \
-         ratio {:.2}; CPU-s per GB: relay {:.2}, load generator {:.2}, copier {:.2}",
+         ratio {:.2}; CPU-s per GB: relay {:.2}, load generator {:.2}, copier {:.2}; \
+         floor for a TLS relay {:.2} (user-space copy {:.2} + AES-GCM {:.2}), relay / floor {:.2}",
         mbps(relay_rate),
         Baseline::METHOD,
         mbps(base.rate),
         ratio,
         cpu.relay,
         cpu.loadgen,
-        base.copier_cpu_s_per_gb
+        base.copier_cpu_s_per_gb,
+        floor.total(),
+        floor.copy_cpu_s_per_gb,
+        floor.aes_cpu_s_per_gb,
+        cpu.relay / floor.total().max(f64::MIN_POSITIVE),
     );
     Ok(())
 }
@@ -739,23 +750,32 @@ async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) ->
     // the next round's logins before all have paired: what is timed is `concurrency`
     // pairings running together, not other workers' logins.
     let barrier = Arc::new(tokio::sync::Barrier::new(workers_n));
+    // The CPU the relay and this process use while the pairings run (from the round's
+    // start to its end, logins left out), read by the worker the barrier makes the leader.
+    let window = Arc::new(std::sync::Mutex::new(PairingCpu::new(relay.child.id())));
     let mut workers = Vec::new();
     for _ in 0..workers_n {
-        let (cfg, barrier) = (cfg.clone(), barrier.clone());
+        let (cfg, barrier, window) = (cfg.clone(), barrier.clone(), window.clone());
         workers.push(tokio::spawn(async move {
             let mut out = Vec::with_capacity(rounds);
             for _ in 0..rounds {
                 let opened =
                     async { Ok::<_, anyhow::Error>((Peer::login(&cfg).await?, Peer::connect(&cfg).await?)) }.await;
                 // A worker that failed still keeps the rounds in step, so none waits forever.
-                tokio::time::timeout(WAIT, barrier.wait())
+                let start = tokio::time::timeout(WAIT, barrier.wait())
                     .await
                     .map_err(|_| anyhow!("another worker did not reach the round"))?;
+                if start.is_leader() {
+                    window.lock().map_err(|_| anyhow!("CPU window"))?.start()?;
+                }
                 let (op, client) = opened?;
                 let paired = pair(op, client, perms).await;
-                tokio::time::timeout(WAIT, barrier.wait())
+                let end = tokio::time::timeout(WAIT, barrier.wait())
                     .await
                     .map_err(|_| anyhow!("another worker did not finish the round"))?;
+                if end.is_leader() {
+                    window.lock().map_err(|_| anyhow!("CPU window"))?.stop()?;
+                }
                 let (took, mut op, _client) = paired?;
                 op.writer.send(&frame(Body::End(pb::End {}))).await?;
                 out.push(took);
@@ -777,22 +797,82 @@ async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) ->
     let steps = serde_json::json!({
         "code": step(|t| t.code), "join": step(|t| t.join), "consent": step(|t| t.consent),
     });
+    let cpu = window.lock().map_err(|_| anyhow!("CPU window"))?.per_pairing(latencies.len());
+    // A round's pairings need the machine for `concurrency` times one pairing's CPU, on
+    // as many cores as there are pairings (at most all of them): the last of a round
+    // cannot end sooner, whatever the relay does.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let round_floor = workers_n as f64 * (cpu.0 + cpu.1) / workers_n.min(cores) as f64;
     println!(
         "{}",
         serde_json::json!({
             "scenario": "pairing", "sessions": latencies.len(), "concurrency": concurrency,
             "p50_us": p50, "p99_us": p99, "max_us": max, "steps": steps,
+            "relay_cpu_us_per_pairing": cpu.0.round(), "loadgen_cpu_us_per_pairing": cpu.1.round(),
+            "cores": cores, "round_floor_us": round_floor.round(),
         })
     );
     eprintln!(
         "pairing: {} sessions, code issue to consent: p50 {p50} µs, p99 {p99} µs \
-         (code p99 {}, join p99 {}, consent p99 {})",
+         (code p99 {}, join p99 {}, consent p99 {}); CPU per pairing: relay {:.0} µs, load generator {:.0} µs; \
+         {concurrency} at once on {cores} cores need at least {:.0} µs",
         latencies.len(),
         steps["code"]["p99_us"],
         steps["join"]["p99_us"],
         steps["consent"]["p99_us"],
+        cpu.0,
+        cpu.1,
+        round_floor,
     );
     Ok(())
+}
+
+/// The CPU the relay and this process use over the timed stretches of a pairing run.
+struct PairingCpu {
+    relay: u32,
+    /// Where the current stretch started: (relay, this process), CPU-seconds.
+    started: Option<(f64, f64)>,
+    /// CPU-seconds over the stretches so far: (relay, this process).
+    used: (f64, f64),
+}
+
+impl PairingCpu {
+    fn new(relay: u32) -> Self {
+        Self {
+            relay,
+            started: None,
+            used: (0.0, 0.0),
+        }
+    }
+
+    /// The relay's and this process's CPU clocks (nanosecond counts, not `/proc`'s clock
+    /// ticks: one stretch is a fraction of a millisecond).
+    fn now(&self) -> Result<(f64, f64)> {
+        Ok((
+            baseline::process_cpu_seconds(self.relay as libc::pid_t)?,
+            baseline::process_cpu_seconds(0)?,
+        ))
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.started = Some(self.now()?);
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        if let Some((relay, own)) = self.started.take() {
+            let (r, o) = self.now()?;
+            self.used.0 += r - relay;
+            self.used.1 += o - own;
+        }
+        Ok(())
+    }
+
+    /// Microseconds of CPU per pairing: (relay, this process).
+    fn per_pairing(&self, pairings: usize) -> (f64, f64) {
+        let n = pairings.max(1) as f64;
+        (self.used.0 * 1e6 / n, self.used.1 * 1e6 / n)
+    }
 }
 
 async fn idle(relay: &RelayUnderTest, sessions: usize) -> Result<()> {
@@ -980,18 +1060,24 @@ async fn files(relay: &RelayUnderTest, mb: usize) -> Result<()> {
         "baseline_tls_copy_mb_s": (mbps(base) * 10.0).round() / 10.0,
         "baseline_tls_copy_cpu_s_per_gb": (copy_cpu * 1000.0).round() / 1000.0,
         "ratio": ((rate / base) * 1000.0).round() / 1000.0,
+        // When the machine's cores are what limits both, the ratio is the copy's CPU per
+        // GB over the relayed transfer's (relay and both apps): the transfer crosses two
+        // TLS connections where the copy crosses one, so this stays under 0.5 however
+        // little the hashing and the framing cost.
+        "cpu_ratio": ((copy_cpu / (cpu.relay + cpu.loadgen).max(f64::MIN_POSITIVE)) * 1000.0).round() / 1000.0,
     });
     println!("{}", with_fields(line, cpu.fields()));
     eprintln!(
         "files: {mb} MiB through the relay {:.0} MB/s (after {:.2} s hashing), plain TLS copy {:.0} MB/s, ratio {:.2}; \
-         CPU-s per GB: relay {:.2}, load generator {:.2} (both apps), plain TLS copy {:.2}",
+         CPU-s per GB: relay {:.2}, load generator {:.2} (both apps), plain TLS copy {:.2}, copy / transfer {:.2}",
         mbps(rate),
         hashed.as_secs_f64(),
         mbps(base),
         rate / base,
         cpu.relay,
         cpu.loadgen,
-        copy_cpu
+        copy_cpu,
+        copy_cpu / (cpu.relay + cpu.loadgen).max(f64::MIN_POSITIVE),
     );
     Ok(())
 }
@@ -1247,7 +1333,7 @@ async fn grid_loads(grid: &GridUnderTest, sessions: usize, mb: usize, idle: usiz
         let pids = [grid.nodes[0].child.id(), grid.nodes[1].child.id()];
         let (through_bridge, bridge_cpu) = relay_rate(&a, &b, n, bytes, &pids).await?;
         let (on_one_node, one_node_cpu) = relay_rate(&a, &a, n, bytes, &pids).await?;
-        let copy = baseline(n, bytes).await?;
+        let copy = baseline(n, bytes, Through::Splice).await?;
         let round = |rate: f64| (mbps(rate) * 10.0).round() / 10.0;
         for (placement, rate, cpu) in [
             ("bridged", through_bridge, bridge_cpu),
@@ -1284,8 +1370,8 @@ async fn grid_loads(grid: &GridUnderTest, sessions: usize, mb: usize, idle: usiz
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let _ = rlimit_raise();
-    if let Scenario::CopyBaseline { sink, sessions } = cli.command {
-        return baseline::run_copier(sink, sessions);
+    if let Scenario::CopyBaseline { sink, sessions, through } = cli.command {
+        return baseline::run_copier(sink, sessions, through);
     }
     let bin = match cli.relay_bin {
         Some(b) => b,

@@ -7,6 +7,13 @@
 //!   pipe, one thread per connection: they never reach user space, so the copy is what the
 //!   kernel can do on this machine, not what one runtime's 8 KiB copy loop does while
 //!   sharing its threads with the senders and receivers.
+//! * The floor: what any relay that decrypts and re-encrypts the bytes must pay on this
+//!   machine. A second copier run moves the same bytes through **user space** instead
+//!   (`read(2)`/`write(2)` of up to 1 MiB, one thread per connection, no event loop): the
+//!   kernel's part of a hop that sees the bytes. Added to it, the CPU one AES-256-GCM open
+//!   and one seal of every byte take in 16 KiB records (TLS 1.3's largest, the cipher the
+//!   endpoints and the relay agree on), timed on one thread. Nothing a relay can do in
+//!   user space brings it below the sum.
 //! * CPU per gigabyte: user + system time of a process (all its threads) from
 //!   `/proc/PID/stat`, before and after the measured stretch, divided by the gigabytes moved.
 //!   On a shared machine this is the fair figure: other work slows a run down, but barely
@@ -129,6 +136,119 @@ impl Baseline {
     pub const METHOD: &'static str = "splice, separate process";
 }
 
+/// How the copier's middle hop moves the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Through {
+    /// `splice(2)` through a pipe: the bytes never reach user space (the baseline).
+    Splice,
+    /// `read(2)` and `write(2)` through a buffer in user space (the floor's kernel part).
+    User,
+}
+
+impl Through {
+    fn arg(self) -> &'static str {
+        match self {
+            Through::Splice => "splice",
+            Through::User => "user",
+        }
+    }
+}
+
+/// The least CPU per gigabyte a relay that terminates TLS on both legs pays on this
+/// machine: its kernel part (the user-space copier's CPU) and its cipher part.
+#[derive(Debug, Clone, Copy)]
+pub struct Floor {
+    pub copy_cpu_s_per_gb: f64,
+    pub aes_cpu_s_per_gb: f64,
+}
+
+impl Floor {
+    pub fn total(&self) -> f64 {
+        self.copy_cpu_s_per_gb + self.aes_cpu_s_per_gb
+    }
+
+    /// The floor's JSON fields, with how far `relay_cpu_s_per_gb` is above it.
+    pub fn fields(&self, relay_cpu_s_per_gb: f64) -> serde_json::Value {
+        let round = |x: f64| (x * 1000.0).round() / 1000.0;
+        serde_json::json!({
+            "floor_cpu_s_per_gb": round(self.total()),
+            "floor_copy_cpu_s_per_gb": round(self.copy_cpu_s_per_gb),
+            "floor_aes_cpu_s_per_gb": round(self.aes_cpu_s_per_gb),
+            "relay_over_floor": round(relay_cpu_s_per_gb / self.total().max(f64::MIN_POSITIVE)),
+        })
+    }
+}
+
+/// The floor for `sessions` connections of `bytes` each: a user-space copy of the same
+/// bytes and the cipher's cost.
+pub async fn floor(sessions: usize, bytes: usize) -> Result<Floor> {
+    let copy = baseline(sessions, bytes, Through::User).await?;
+    let aes = tokio::task::spawn_blocking(aes_cpu_s_per_gb).await??;
+    Ok(Floor {
+        copy_cpu_s_per_gb: copy.copier_cpu_s_per_gb,
+        aes_cpu_s_per_gb: aes,
+    })
+}
+
+/// TLS 1.3's largest record payload.
+const RECORD: usize = 16 * 1024;
+/// Bytes sealed and opened to time the cipher: enough for ~0.1 s of work.
+const CIPHER_BYTES: usize = 256 << 20;
+
+/// CPU-seconds one AES-256-GCM seal and one open of a gigabyte take on this thread, in
+/// 16 KiB records with TLS 1.3's 5-byte header as associated data.
+fn aes_cpu_s_per_gb() -> Result<f64> {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).map_err(|_| anyhow!("AES key"))?);
+    let nonce = |seq: u64| {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&seq.to_be_bytes());
+        Nonce::assume_unique_for_key(n)
+    };
+    let header = [23u8, 3, 3, 0x40, 0x11];
+    let mut record = vec![0x5au8; RECORD + 16];
+    let start = thread_cpu_seconds()?;
+    for seq in 0..(CIPHER_BYTES / RECORD) as u64 {
+        let (body, tag_room) = record.split_at_mut(RECORD);
+        let tag = key
+            .seal_in_place_separate_tag(nonce(seq), Aad::from(header), body)
+            .map_err(|_| anyhow!("seal"))?;
+        tag_room.copy_from_slice(tag.as_ref());
+        let opened = key
+            .open_in_place(nonce(seq), Aad::from(header), &mut record)
+            .map_err(|_| anyhow!("a record sealed here did not open"))?;
+        anyhow::ensure!(opened.len() == RECORD, "opened {} bytes of {RECORD}", opened.len());
+    }
+    let used = thread_cpu_seconds()? - start;
+    Ok(used / (CIPHER_BYTES as f64 / GB))
+}
+
+/// CPU time this thread has used, in seconds.
+fn thread_cpu_seconds() -> Result<f64> {
+    clock_seconds(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time (all threads) process `pid` has used, in seconds, to the nanosecond; 0 is
+/// this process.
+pub fn process_cpu_seconds(pid: libc::pid_t) -> Result<f64> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid clockid_t for clock_getcpuclockid to fill.
+    let e = unsafe { libc::clock_getcpuclockid(pid, &mut clock) };
+    if e != 0 {
+        return Err(std::io::Error::from_raw_os_error(e)).with_context(|| format!("the CPU clock of process {pid}"));
+    }
+    clock_seconds(clock)
+}
+
+fn clock_seconds(clock: libc::clockid_t) -> Result<f64> {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec for clock_gettime to fill.
+    if unsafe { libc::clock_gettime(clock, &mut t) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(t.tv_sec as f64 + t.tv_nsec as f64 / 1e9)
+}
+
 /// The copier process; killed if the run ends early.
 struct Copier(Child);
 
@@ -140,8 +260,9 @@ impl Drop for Copier {
 }
 
 /// The baseline: `sessions` connections each move `bytes` (in [`CHUNK`] writes, as the
-/// relay runs do) through the copier process to a receiver here.
-pub async fn baseline(sessions: usize, bytes: usize) -> Result<Baseline> {
+/// relay runs do) through the copier process, moving them `through` splice or user space,
+/// to a receiver here.
+pub async fn baseline(sessions: usize, bytes: usize, through: Through) -> Result<Baseline> {
     let sink = TcpListener::bind("127.0.0.1:0").await?;
     let back = sink.local_addr()?;
     let mut child = Copier(
@@ -150,6 +271,7 @@ pub async fn baseline(sessions: usize, bytes: usize) -> Result<Baseline> {
             .arg(back.to_string())
             .arg("--sessions")
             .arg(sessions.to_string())
+            .args(["--through", through.arg()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -226,8 +348,9 @@ pub async fn baseline(sessions: usize, bytes: usize) -> Result<Baseline> {
 
 /// The copier process (`tsunagu-load copy-baseline`): accepts `sessions` connections, dials
 /// `sink` for each and splices one into the other until it ends, one thread per
-/// connection. Prints `{"listening": ADDR}` first and `{"moved": BYTES, "cpu_s": S}` last.
-pub fn run_copier(sink: SocketAddr, sessions: usize) -> Result<()> {
+/// connection (or copies through user space: [`Through::User`]). Prints
+/// `{"listening": ADDR}` first and `{"moved": BYTES, "cpu_s": S}` last.
+pub fn run_copier(sink: SocketAddr, sessions: usize, through: Through) -> Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     println!(
         "{}",
@@ -237,7 +360,10 @@ pub fn run_copier(sink: SocketAddr, sessions: usize) -> Result<()> {
     for _ in 0..sessions {
         let (from, _) = listener.accept()?;
         let to = std::net::TcpStream::connect(sink)?;
-        copies.push(std::thread::spawn(move || splice_all(&from, &to)));
+        copies.push(std::thread::spawn(move || match through {
+            Through::Splice => splice_all(&from, &to),
+            Through::User => copy_all(from, to),
+        }));
     }
     let mut moved = 0u64;
     for c in copies {
@@ -273,12 +399,37 @@ fn splice_all(from: &std::net::TcpStream, to: &std::net::TcpStream) -> Result<u6
         }
         moved += n as u64;
     }
+    finish(to)?;
+    Ok(moved)
+}
+
+/// Moves everything `from` sends to `to` through a 1 MiB buffer in user space, then shuts
+/// `to`'s sending side; the bytes moved.
+fn copy_all(mut from: std::net::TcpStream, mut to: std::net::TcpStream) -> Result<u64> {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; PIPE_BYTES];
+    let mut moved = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(anyhow::Error::new(e).context("read from the sender")),
+        };
+        to.write_all(&buf[..n]).context("write to the receiver")?;
+        moved += n as u64;
+    }
+    finish(&to)?;
+    Ok(moved)
+}
+
+/// Shuts `to`'s sending side once a copy is done.
+fn finish(to: &std::net::TcpStream) -> Result<()> {
     match to.shutdown(std::net::Shutdown::Write) {
         // The receiver read every byte it waited for and closed first: nothing is lost.
-        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {}
-        other => other?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => Ok(()),
+        other => Ok(other?),
     }
-    Ok(moved)
 }
 
 /// One `splice(2)` of up to `len` bytes from `from` to `to` (one of them a pipe), retried
