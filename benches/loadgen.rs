@@ -766,7 +766,7 @@ async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) ->
                     .await
                     .map_err(|_| anyhow!("another worker did not reach the round"))?;
                 if start.is_leader() {
-                    window.lock().map_err(|_| anyhow!("CPU window"))?.start()?;
+                    lock(&window).start()?;
                 }
                 let (op, client) = opened?;
                 let paired = pair(op, client, perms).await;
@@ -774,7 +774,7 @@ async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) ->
                     .await
                     .map_err(|_| anyhow!("another worker did not finish the round"))?;
                 if end.is_leader() {
-                    window.lock().map_err(|_| anyhow!("CPU window"))?.stop()?;
+                    lock(&window).stop()?;
                 }
                 let (took, mut op, _client) = paired?;
                 op.writer.send(&frame(Body::End(pb::End {}))).await?;
@@ -797,7 +797,7 @@ async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) ->
     let steps = serde_json::json!({
         "code": step(|t| t.code), "join": step(|t| t.join), "consent": step(|t| t.consent),
     });
-    let cpu = window.lock().map_err(|_| anyhow!("CPU window"))?.per_pairing(latencies.len());
+    let cpu = lock(&window).per_pairing(latencies.len());
     // A round's pairings need the machine for `concurrency` times one pairing's CPU, on
     // as many cores as there are pairings (at most all of them): the last of a round
     // cannot end sooner, whatever the relay does.
@@ -825,6 +825,12 @@ async fn pairing(relay: &RelayUnderTest, sessions: usize, concurrency: usize) ->
         round_floor,
     );
     Ok(())
+}
+
+/// The pairing run's CPU figures; a worker that panicked while holding them left them
+/// usable (each update is one assignment).
+fn lock(window: &std::sync::Mutex<PairingCpu>) -> std::sync::MutexGuard<'_, PairingCpu> {
+    window.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The CPU the relay and this process use over the timed stretches of a pairing run.
@@ -1370,7 +1376,12 @@ async fn grid_loads(grid: &GridUnderTest, sessions: usize, mb: usize, idle: usiz
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let _ = rlimit_raise();
-    if let Scenario::CopyBaseline { sink, sessions, through } = cli.command {
+    if let Scenario::CopyBaseline {
+        sink,
+        sessions,
+        through,
+    } = cli.command
+    {
         return baseline::run_copier(sink, sessions, through);
     }
     let bin = match cli.relay_bin {
