@@ -252,3 +252,42 @@ fn without_a_display_the_client_explains_instead_of_faking_a_screen() {
     );
     assert_eq!(client.wait(), 2);
 }
+
+/// Tests start their X servers in parallel. Eight started at the same moment, all trying
+/// the same display numbers in the same order, each get a server of their own: none is
+/// handed the server another one won the number with (its test would lose its desktop
+/// when the other test ends). Stopped, each leaves no lock file or socket behind.
+#[test]
+fn x_servers_started_at_once_on_the_same_numbers_each_get_their_own() {
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    let start = std::sync::Barrier::new(8);
+    let servers: Vec<Xvfb> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    Xvfb::start_from(64, 64, seed)
+                })
+            })
+            .collect();
+        started.into_iter().map(|t| t.join().expect("Xvfb starts")).collect()
+    });
+    let mut displays: Vec<&str> = servers.iter().map(|x| x.display.as_str()).collect();
+    displays.sort();
+    displays.dedup();
+    assert_eq!(displays.len(), 8, "one server each: {displays:?}");
+    let files: Vec<String> = servers
+        .iter()
+        .flat_map(|x| {
+            let n = &x.display[1..];
+            [format!("/tmp/.X{n}-lock"), format!("/tmp/.X11-unix/X{n}")]
+        })
+        .collect();
+    drop(servers);
+    for f in &files {
+        assert!(
+            !std::path::Path::new(f).exists(),
+            "{f} is removed when its server stops"
+        );
+    }
+}

@@ -26,6 +26,12 @@ impl Xvfb {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0)
             ^ std::process::id();
+        Self::start_from(width, height, seed)
+    }
+
+    /// [`start`](Self::start) trying numbers in the order `seed` gives: servers started
+    /// at once with one seed all try the same numbers at the same moment.
+    pub fn start_from(width: u32, height: u32, seed: u32) -> Self {
         for attempt in 0..50u32 {
             let n = 90 + (seed.wrapping_add(attempt.wrapping_mul(7919)) % 900);
             if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() || Path::new(&format!("/tmp/.X{n}-lock")).exists() {
@@ -54,11 +60,19 @@ impl Xvfb {
                     break; // lost a race for this number: try another
                 }
                 if x11rb::connect(Some(&display)).is_ok() {
-                    return Self {
-                        child,
-                        display,
-                        size: (width, height),
-                    };
+                    if holds_lock(&child, n) {
+                        return Self {
+                            child,
+                            display,
+                            size: (width, height),
+                        };
+                    }
+                    // Another server started on this number at the same moment and won
+                    // its lock (a parallel test, say): what answered is that one, which
+                    // its owner will kill. Ours is on its way out; try another number.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -119,8 +133,31 @@ impl Xvfb {
     }
 }
 
+/// Whether the X server `child` holds display `n`'s lock file, which names the process
+/// that won the number (`%10d\n`).
+fn holds_lock(child: &Child, n: u32) -> bool {
+    std::fs::read_to_string(format!("/tmp/.X{n}-lock"))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        == Some(child.id())
+}
+
 impl Drop for Xvfb {
+    /// Asked to stop (SIGTERM), the server removes its lock file and socket; killed
+    /// outright it leaves both behind, and its number stays out of use until /tmp is
+    /// cleared. A server that has not stopped within a second is killed.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
