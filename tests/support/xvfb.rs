@@ -147,19 +147,7 @@ impl Drop for Xvfb {
     /// outright it leaves both behind, and its number stays out of use until /tmp is
     /// cleared. A server that has not stopped within a second is killed.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .stderr(Stdio::null())
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::terminate(&mut self.child, Duration::from_secs(1));
     }
 }
 
